@@ -1,0 +1,7 @@
+//! squeeze: explore how far a neural network can be compressed. Load a model and an evaluation
+//! set, compress it per layer (pruning, quantization, weight sharing) into real packed formats,
+//! run it on kernels made for those formats, and measure accuracy, size and latency.
+
+pub mod model;
+pub mod data;
+pub mod cli;

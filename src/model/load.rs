@@ -1,0 +1,735 @@
+//! Loading a model: find its architecture, read and check every tensor against the shapes that
+//! flow through the graph, fold batchnorm into the linear/conv before it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+use super::spec::{ArchSpec, LayerSpec, tensor_prefix};
+use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+
+/// The metadata key holding the architecture as JSON inside squeeze's own files.
+pub const ARCH_METADATA_KEY: &str = "squeeze.arch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    #[error(
+        "{path}: no architecture description found. Give one with --arch FILE.toml, put it beside the model as {sidecar}, or store it as JSON in the safetensors metadata key \"squeeze.arch\" ({why})"
+    )]
+    NoArch {
+        path: PathBuf,
+        sidecar: String,
+        why: String,
+    },
+    #[error("{path}: invalid architecture description: {msg}")]
+    Arch { path: PathBuf, msg: String },
+    #[error("{path}: layer {layer} ({op}) needs tensor \"{tensor}\", which is not in the file")]
+    MissingTensor {
+        path: PathBuf,
+        layer: String,
+        op: &'static str,
+        tensor: String,
+    },
+    #[error("{path}: tensor \"{tensor}\" (layer {layer}) has shape {found:?}, expected {expected}")]
+    WrongShape {
+        path: PathBuf,
+        layer: String,
+        tensor: String,
+        found: Vec<usize>,
+        expected: String,
+    },
+    #[error(
+        "{path}: tensor \"{tensor}\" (layer {layer}) has dtype {found}, expected F32, F16 or BF16"
+    )]
+    WrongDtype {
+        path: PathBuf,
+        layer: String,
+        tensor: String,
+        found: String,
+    },
+    #[error("{path}: layer {layer} ({op}): {msg}")]
+    Graph {
+        path: PathBuf,
+        layer: String,
+        op: &'static str,
+        msg: String,
+    },
+}
+
+/// Where the architecture came from, so commands can say so.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchSource {
+    File(PathBuf),
+    Sidecar(PathBuf),
+    Metadata,
+    /// A chain of 2-D `weight`/`bias` tensors read as an MLP with ReLU between layers.
+    InferredMlp,
+}
+
+/// A loaded model plus what the loader has to tell the user (unused tensors, inferred
+/// architecture) as warnings.
+#[derive(Debug)]
+pub struct Loaded {
+    pub model: Model,
+    pub arch_source: ArchSource,
+    pub warnings: Vec<String>,
+    /// The safetensors metadata (`squeeze.*` keys carry squeeze's own information).
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Loads `path`, finding the architecture beside it or in its metadata.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    load_with_arch(path, None)
+}
+
+/// Loads `path` with the architecture from `arch` (a TOML or JSON file) when given.
+pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let st_err = |e: safetensors::SafeTensorError| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(st_err)?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let tensors = SafeTensors::deserialize(&bytes).map_err(st_err)?;
+
+    let sidecar = sidecar_path(path);
+    let (spec, arch_source) = if let Some(arch) = arch {
+        (read_arch_file(arch)?, ArchSource::File(arch.to_path_buf()))
+    } else if sidecar.exists() {
+        (read_arch_file(&sidecar)?, ArchSource::Sidecar(sidecar.clone()))
+    } else if let Some(json) = metadata.get(ARCH_METADATA_KEY) {
+        let spec = ArchSpec::from_json(json).map_err(|e| LoadError::Arch {
+            path: path.to_path_buf(),
+            msg: format!("metadata key \"{ARCH_METADATA_KEY}\": {e}"),
+        })?;
+        (spec, ArchSource::Metadata)
+    } else {
+        match infer_mlp(&tensors) {
+            Ok(spec) => (spec, ArchSource::InferredMlp),
+            Err(why) => {
+                return Err(LoadError::NoArch {
+                    path: path.to_path_buf(),
+                    sidecar: sidecar.display().to_string(),
+                    why,
+                });
+            }
+        }
+    };
+
+    let mut warnings = Vec::new();
+    if arch_source == ArchSource::InferredMlp {
+        let dims: Vec<String> = std::iter::once(spec.input.shape[0])
+            .chain(spec.layers.iter().filter_map(|l| match l {
+                LayerSpec::Linear { weight, .. } => tensors.tensor(weight).ok().map(|t| t.shape()[0]),
+                _ => None,
+            }))
+            .map(|d| d.to_string())
+            .collect();
+        warnings.push(format!(
+            "{}: no architecture description; inferred an MLP {} with ReLU between layers and unscaled inputs (add {} to change this)",
+            path.display(),
+            dims.join("-"),
+            sidecar.display()
+        ));
+    }
+    let (model, used) = build(path, spec, &tensors)?;
+    let unused: Vec<String> = tensors
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(*n))
+        .map(str::to_string)
+        .collect();
+    if !unused.is_empty() {
+        let mut unused = unused;
+        unused.sort();
+        warnings.push(format!(
+            "{}: {} tensor(s) not used by the architecture: {}",
+            path.display(),
+            unused.len(),
+            unused.join(", ")
+        ));
+    }
+    Ok(Loaded {
+        model,
+        arch_source,
+        warnings,
+        metadata,
+    })
+}
+
+/// `lenet.safetensors` → `lenet.arch.toml` in the same directory.
+pub fn sidecar_path(model: &Path) -> PathBuf {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    model.with_file_name(format!("{stem}.arch.toml"))
+}
+
+fn read_arch_file(path: &Path) -> Result<ArchSpec, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let parsed = if is_json {
+        ArchSpec::from_json(&text).map_err(|e| e.to_string())
+    } else {
+        ArchSpec::from_toml(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|msg| LoadError::Arch {
+        path: path.to_path_buf(),
+        msg: msg.trim().to_string(),
+    })
+}
+
+/// Reads a chain of 2-D linear layers (`N.weight` `[out, in]`, optional `N.bias` `[out]`) as an
+/// MLP with ReLU between layers. Explains why not when the file is anything else.
+fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
+    let names = tensors.names();
+    let mut weights: Vec<(String, Vec<usize>)> = Vec::new();
+    for name in &names {
+        let shape = tensors.tensor(name).map_err(|e| e.to_string())?.shape().to_vec();
+        if let Some(prefix) = name.strip_suffix(".weight") {
+            if shape.len() != 2 {
+                return Err(format!("tensor \"{name}\" is {}-D, not a linear weight", shape.len()));
+            }
+            weights.push((prefix.to_string(), shape));
+        } else if let Some(prefix) = name.strip_suffix(".bias") {
+            if !names.iter().any(|n| *n == format!("{prefix}.weight")) || shape.len() != 1 {
+                return Err(format!("tensor \"{name}\" is not the bias of a linear layer"));
+            }
+        } else {
+            return Err(format!("tensor \"{name}\" is not a linear layer's weight or bias"));
+        }
+    }
+    if weights.is_empty() {
+        return Err("the file has no tensors".into());
+    }
+    // Order by chain: each layer's input size is the previous one's output size. Numeric
+    // prefixes (nn.Sequential) give the order directly; otherwise follow the sizes.
+    if weights.iter().all(|(p, _)| p.parse::<u64>().is_ok()) {
+        weights.sort_by_key(|(p, _)| p.parse::<u64>().unwrap_or(0));
+    } else {
+        let mut ordered = Vec::new();
+        let mut rest = weights.clone();
+        let start = rest
+            .iter()
+            .position(|(_, s)| !weights.iter().any(|(_, o)| o[0] == s[1]))
+            .ok_or("the linear layers do not form a chain")?;
+        ordered.push(rest.remove(start));
+        while !rest.is_empty() {
+            let out = ordered.last().map_or(0, |(_, s): &(String, Vec<usize>)| s[0]);
+            let next = rest
+                .iter()
+                .position(|(_, s)| s[1] == out)
+                .ok_or("the linear layers do not form a chain")?;
+            ordered.push(rest.remove(next));
+        }
+        weights = ordered;
+    }
+    for pair in weights.windows(2) {
+        if pair[1].1[1] != pair[0].1[0] {
+            return Err(format!(
+                "\"{}.weight\" outputs {} values but \"{}.weight\" takes {}",
+                pair[0].0, pair[0].1[0], pair[1].0, pair[1].1[1]
+            ));
+        }
+    }
+    let mut layers = Vec::new();
+    for (i, (prefix, _)) in weights.iter().enumerate() {
+        if i > 0 {
+            layers.push(LayerSpec::Relu { name: None });
+        }
+        let bias = format!("{prefix}.bias");
+        layers.push(LayerSpec::Linear {
+            name: None,
+            weight: format!("{prefix}.weight"),
+            bias: names.iter().any(|n| *n == bias).then_some(bias),
+        });
+    }
+    Ok(ArchSpec {
+        input: super::InputSpec {
+            shape: vec![weights[0].1[1]],
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        },
+        layers,
+    })
+}
+
+/// Converts a safetensors tensor (f32, f16 or bf16, little-endian) to f32 values.
+pub fn tensor_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f32>> {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => Some(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(
+            data.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        Dtype::BF16 => Some(
+            data.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+struct Builder<'a> {
+    path: &'a Path,
+    tensors: &'a SafeTensors<'a>,
+    used: BTreeSet<String>,
+}
+
+impl Builder<'_> {
+    /// Reads `name` for `layer`, checking dtype and shape; `expected` uses `None` for a dimension
+    /// any size may take.
+    fn tensor(
+        &mut self,
+        layer: &str,
+        op: &'static str,
+        name: &str,
+        expected: &[Option<usize>],
+    ) -> Result<(Tensor, usize), LoadError> {
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| LoadError::MissingTensor {
+                path: self.path.to_path_buf(),
+                layer: layer.to_string(),
+                op,
+                tensor: name.to_string(),
+            })?;
+        let shape = view.shape().to_vec();
+        let fits = shape.len() == expected.len()
+            && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| e == *s));
+        if !fits {
+            let exp: Vec<String> = expected
+                .iter()
+                .map(|e| e.map_or("_".to_string(), |v| v.to_string()))
+                .collect();
+            return Err(LoadError::WrongShape {
+                path: self.path.to_path_buf(),
+                layer: layer.to_string(),
+                tensor: name.to_string(),
+                found: shape,
+                expected: format!("[{}]", exp.join(", ")),
+            });
+        }
+        let values = tensor_to_f32(&view).ok_or_else(|| LoadError::WrongDtype {
+            path: self.path.to_path_buf(),
+            layer: layer.to_string(),
+            tensor: name.to_string(),
+            found: format!("{:?}", view.dtype()),
+        })?;
+        if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
+            return Err(LoadError::Graph {
+                path: self.path.to_path_buf(),
+                layer: layer.to_string(),
+                op,
+                msg: format!("tensor \"{name}\" holds a non-finite value at index {bad}"),
+            });
+        }
+        self.used.insert(name.to_string());
+        let t = Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| LoadError::Graph {
+            path: self.path.to_path_buf(),
+            layer: layer.to_string(),
+            op,
+            msg: e.to_string(),
+        })?;
+        Ok((t, view.data().len()))
+    }
+}
+
+/// Builds the layer graph from the description and the file's tensors. Returns the model and
+/// the names of the tensors it used.
+fn build(
+    path: &Path,
+    spec: ArchSpec,
+    tensors: &SafeTensors,
+) -> Result<(Model, BTreeSet<String>), LoadError> {
+    let arch_err = |msg: String| LoadError::Arch {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if spec.input.shape.is_empty() || spec.input.shape.contains(&0) {
+        return Err(arch_err(format!(
+            "[input] shape {:?} must be non-empty with no zero dimension",
+            spec.input.shape
+        )));
+    }
+    let channels = spec.input.shape[0];
+    for (field, v) in [("mean", &spec.input.mean), ("std", &spec.input.std)] {
+        if v.len() != 1 && v.len() != channels {
+            return Err(arch_err(format!(
+                "[input] {field} has {} values; expected 1 or one per channel ({channels})",
+                v.len()
+            )));
+        }
+    }
+    if spec.input.std.iter().any(|s| *s == 0.0 || !s.is_finite())
+        || !spec.input.scale.is_finite()
+        || spec.input.mean.iter().any(|m| !m.is_finite())
+    {
+        return Err(arch_err(
+            "[input] scale, mean and std must be finite and std non-zero".into(),
+        ));
+    }
+    if spec.layers.is_empty() {
+        return Err(arch_err("no [[layer]] entries".into()));
+    }
+
+    let mut b = Builder {
+        path,
+        tensors,
+        used: BTreeSet::new(),
+    };
+    let mut layers: Vec<Layer> = Vec::new();
+    // Spec layer name → index in `layers` (folded batchnorms map to their linear/conv).
+    let mut index_of: HashMap<String, usize> = HashMap::new();
+    // Layers whose output an `add` refers to: batchnorm is not folded into those.
+    let add_sources: BTreeSet<&str> = spec
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            LayerSpec::Add { from, .. } => Some(from.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut shape = spec.input.shape.clone();
+
+    for (i, ls) in spec.layers.iter().enumerate() {
+        let name = ls.display_name(i);
+        let op_name = ls.op_name();
+        if index_of.contains_key(&name) {
+            return Err(arch_err(format!(
+                "two layers are named \"{name}\"; give one a distinct `name`"
+            )));
+        }
+        let graph_err = |msg: String| LoadError::Graph {
+            path: path.to_path_buf(),
+            layer: name.clone(),
+            op: op_name,
+            msg,
+        };
+        let in_shape = shape.clone();
+        let mut stored = 0usize;
+        let op = match ls {
+            LayerSpec::Linear { weight, bias, .. } => {
+                if shape.len() != 1 {
+                    return Err(graph_err(format!(
+                        "input has shape {shape:?}; linear needs a flat vector (add a flatten layer before it)"
+                    )));
+                }
+                let (w, bytes) = b.tensor(&name, op_name, weight, &[None, Some(shape[0])])?;
+                stored += bytes;
+                let out = w.dims()[0];
+                let bias_t = match bias {
+                    Some(bn) => {
+                        let (t, bytes) = b.tensor(&name, op_name, bn, &[Some(out)])?;
+                        stored += bytes;
+                        Some(t)
+                    }
+                    None => None,
+                };
+                shape = vec![out];
+                Op::Linear(Params {
+                    weight: w,
+                    bias: bias_t,
+                    weight_name: weight.clone(),
+                    bias_name: bias
+                        .clone()
+                        .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
+                })
+            }
+            LayerSpec::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                if shape.len() != 3 {
+                    return Err(graph_err(format!(
+                        "input has shape {shape:?}; conv2d needs [channels, height, width]"
+                    )));
+                }
+                let g = *groups;
+                if g == 0 || shape[0] % g != 0 {
+                    return Err(graph_err(format!(
+                        "groups = {g} must divide the {} input channels",
+                        shape[0]
+                    )));
+                }
+                let geo = Conv2dGeometry {
+                    stride: stride.hw(),
+                    padding: padding.hw(),
+                    dilation: dilation.hw(),
+                    groups: g,
+                };
+                if geo.stride.0 == 0 || geo.stride.1 == 0 || geo.dilation.0 == 0 || geo.dilation.1 == 0 {
+                    return Err(graph_err("stride and dilation must be at least 1".into()));
+                }
+                let (w, bytes) =
+                    b.tensor(&name, op_name, weight, &[None, Some(shape[0] / g), None, None])?;
+                stored += bytes;
+                let d = w.dims().to_vec();
+                if d[0] % g != 0 {
+                    return Err(graph_err(format!(
+                        "{} output channels are not divisible by groups = {g}",
+                        d[0]
+                    )));
+                }
+                let oh = conv_out(shape[1], d[2], geo.stride.0, geo.padding.0, geo.dilation.0);
+                let ow = conv_out(shape[2], d[3], geo.stride.1, geo.padding.1, geo.dilation.1);
+                let (Some(oh), Some(ow)) = (oh, ow) else {
+                    return Err(graph_err(format!(
+                        "a {}×{} kernel does not fit the {}×{} input",
+                        d[2], d[3], shape[1], shape[2]
+                    )));
+                };
+                let bias_t = match bias {
+                    Some(bn) => {
+                        let (t, bytes) = b.tensor(&name, op_name, bn, &[Some(d[0])])?;
+                        stored += bytes;
+                        Some(t)
+                    }
+                    None => None,
+                };
+                shape = vec![d[0], oh, ow];
+                Op::Conv2d(
+                    Params {
+                        weight: w,
+                        bias: bias_t,
+                        weight_name: weight.clone(),
+                        bias_name: bias
+                            .clone()
+                            .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
+                    },
+                    geo,
+                )
+            }
+            LayerSpec::Batchnorm {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps,
+                ..
+            } => {
+                let c = shape[0];
+                let mut bn = Vec::new();
+                for t in [weight, bias, running_mean, running_var] {
+                    let (v, bytes) = b.tensor(&name, op_name, t, &[Some(c)])?;
+                    stored += bytes;
+                    bn.push(v.to_vec1::<f32>().map_err(|e| graph_err(e.to_string()))?);
+                }
+                // y = (x − mean) / sqrt(var + eps) × gamma + beta = x × s + (beta − mean × s)
+                let scale: Vec<f32> = (0..c)
+                    .map(|j| bn[0][j] / ((bn[3][j] as f64 + eps).sqrt() as f32))
+                    .collect();
+                let shift: Vec<f32> = (0..c).map(|j| bn[1][j] - bn[2][j] * scale[j]).collect();
+                let prev_name = i
+                    .checked_sub(1)
+                    .map(|p| spec.layers[p].display_name(p));
+                let foldable = layers.last().is_some_and(|l| {
+                    matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
+                        && prev_name.as_deref() == Some(l.name.as_str())
+                }) && !prev_name
+                    .as_deref()
+                    .is_some_and(|p| add_sources.contains(p));
+                if foldable {
+                    let last = layers.len() - 1;
+                    let prev = &mut layers[last];
+                    fold_batchnorm(prev, &scale, &shift).map_err(|e| graph_err(e.to_string()))?;
+                    prev.stored_bytes += stored;
+                    index_of.insert(name.clone(), last);
+                    continue;
+                }
+                let dev = Device::Cpu;
+                let mk = |v: Vec<f32>| Tensor::from_vec(v, c, &dev);
+                Op::ChannelAffine {
+                    scale: mk(scale).map_err(|e| graph_err(e.to_string()))?,
+                    shift: mk(shift).map_err(|e| graph_err(e.to_string()))?,
+                }
+            }
+            LayerSpec::Relu { .. } => Op::Activation(Activation::Relu),
+            LayerSpec::Relu6 { .. } => Op::Activation(Activation::Relu6),
+            LayerSpec::LeakyRelu { slope, .. } => Op::Activation(Activation::LeakyRelu(*slope)),
+            LayerSpec::Gelu { .. } => Op::Activation(Activation::Gelu),
+            LayerSpec::Tanh { .. } => Op::Activation(Activation::Tanh),
+            LayerSpec::Sigmoid { .. } => Op::Activation(Activation::Sigmoid),
+            LayerSpec::Silu { .. } => Op::Activation(Activation::Silu),
+            LayerSpec::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | LayerSpec::Avgpool2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                if shape.len() != 3 {
+                    return Err(graph_err(format!(
+                        "input has shape {shape:?}; pooling needs [channels, height, width]"
+                    )));
+                }
+                let pool = Pool2d {
+                    kernel: kernel.hw(),
+                    stride: stride.unwrap_or(*kernel).hw(),
+                    padding: padding.hw(),
+                };
+                if pool.kernel.0 == 0 || pool.kernel.1 == 0 || pool.stride.0 == 0 || pool.stride.1 == 0 {
+                    return Err(graph_err("kernel and stride must be at least 1".into()));
+                }
+                if pool.padding.0 * 2 > pool.kernel.0 || pool.padding.1 * 2 > pool.kernel.1 {
+                    return Err(graph_err("padding may be at most half the kernel size".into()));
+                }
+                let oh = conv_out(shape[1], pool.kernel.0, pool.stride.0, pool.padding.0, 1);
+                let ow = conv_out(shape[2], pool.kernel.1, pool.stride.1, pool.padding.1, 1);
+                let (Some(oh), Some(ow)) = (oh, ow) else {
+                    return Err(graph_err(format!(
+                        "a {:?} window does not fit the {}×{} input",
+                        pool.kernel, shape[1], shape[2]
+                    )));
+                };
+                shape = vec![shape[0], oh, ow];
+                if matches!(ls, LayerSpec::Maxpool2d { .. }) {
+                    Op::MaxPool2d(pool)
+                } else {
+                    Op::AvgPool2d(pool)
+                }
+            }
+            LayerSpec::GlobalAvgpool { .. } => {
+                if shape.len() != 3 {
+                    return Err(graph_err(format!(
+                        "input has shape {shape:?}; global_avgpool needs [channels, height, width]"
+                    )));
+                }
+                shape = vec![shape[0]];
+                Op::GlobalAvgPool
+            }
+            LayerSpec::Flatten { .. } => {
+                shape = vec![shape.iter().product()];
+                Op::Flatten
+            }
+            LayerSpec::Dropout { p, .. } => {
+                let p = p.unwrap_or(0.5);
+                if !(0.0..1.0).contains(&p) {
+                    return Err(graph_err(format!("p = {p} must be in [0, 1)")));
+                }
+                Op::Dropout(p)
+            }
+            LayerSpec::Softmax { .. } => Op::Softmax,
+            LayerSpec::Add { from, .. } => {
+                let Some(&src) = index_of.get(from) else {
+                    return Err(graph_err(format!(
+                        "from = \"{from}\" names no earlier layer (earlier layers: {})",
+                        layers.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                };
+                if layers[src].out_shape != shape {
+                    return Err(graph_err(format!(
+                        "adds \"{from}\" of shape {:?} to a value of shape {shape:?}",
+                        layers[src].out_shape
+                    )));
+                }
+                Op::Add { from: src }
+            }
+        };
+        index_of.insert(name.clone(), layers.len());
+        layers.push(Layer {
+            name,
+            op,
+            in_shape,
+            out_shape: shape.clone(),
+            stored_bytes: stored,
+        });
+    }
+    if shape.len() != 1 {
+        return Err(arch_err(format!(
+            "the last layer outputs shape {shape:?}; a classifier must end in a flat vector of class scores"
+        )));
+    }
+    let model = Model {
+        input: spec.input.clone(),
+        spec,
+        layers,
+        source: path.to_path_buf(),
+    };
+    Ok((model, b.used))
+}
+
+fn conv_out(size: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+    let span = dil * (kernel.checked_sub(1)?) + 1;
+    let padded = size + 2 * pad;
+    (padded >= span && kernel > 0).then(|| (padded - span) / stride + 1)
+}
+
+/// Folds per-channel `scale`/`shift` into the weights and bias of `layer` (linear or conv).
+fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_core::Result<()> {
+    let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut layer.op else {
+        return Ok(());
+    };
+    let out = p.weight.dims()[0];
+    let s = Tensor::from_slice(scale, out, &Device::Cpu)?;
+    let mut bshape = vec![out];
+    bshape.extend(std::iter::repeat_n(1, p.weight.rank() - 1));
+    p.weight = p.weight.broadcast_mul(&s.reshape(bshape)?)?;
+    let bias = match &p.bias {
+        Some(b) => b.to_vec1::<f32>()?,
+        None => vec![0.0; out],
+    };
+    let folded: Vec<f32> = (0..out).map(|j| bias[j] * scale[j] + shift[j]).collect();
+    p.bias = Some(Tensor::from_vec(folded, out, &Device::Cpu)?);
+    Ok(())
+}
+
+/// Serializes f32 tensors and metadata to safetensors bytes.
+pub fn to_safetensors_bytes(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<u8>, safetensors::SafeTensorError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<_, _>>()?;
+    safetensors::serialize(views, Some(metadata.clone()))
+}

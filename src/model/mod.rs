@@ -1,0 +1,187 @@
+//! Models: the architecture schema, loading from safetensors with shape checks, the layer graph
+//! (batchnorm folded at load), and the dense f32 forward pass on candle-core.
+
+mod forward;
+mod load;
+pub mod spec;
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+pub use load::{ArchSource, LoadError, Loaded, load, load_with_arch, tensor_to_f32, to_safetensors_bytes};
+pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
+
+/// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
+/// flow between them, for one sample.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The architecture as described (before batchnorm folding); written back on export.
+    pub spec: ArchSpec,
+    pub input: InputSpec,
+    pub layers: Vec<Layer>,
+    /// Where it came from, for messages.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub op: Op,
+    /// One sample's shape into and out of the layer.
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    /// Bytes of this layer's tensors as stored in the source file (batchnorm included when
+    /// folded into it).
+    pub stored_bytes: usize,
+}
+
+/// A linear or conv layer's parameters. `weight` is `[out, in]` for linear and
+/// `[out, in/groups, kh, kw]` for conv2d, as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// The state_dict names, used when writing dense weights back.
+    pub weight_name: String,
+    pub bias_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    LeakyRelu(f64),
+    Gelu,
+    Tanh,
+    Sigmoid,
+    Silu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Linear(Params),
+    Conv2d(Params, Conv2dGeometry),
+    /// A batchnorm that could not be folded (no linear/conv right before it): `x × scale + shift`
+    /// per channel (dimension 0 of one sample).
+    ChannelAffine { scale: Tensor, shift: Tensor },
+    Activation(Activation),
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    GlobalAvgPool,
+    Flatten,
+    Dropout(f64),
+    Softmax,
+    /// Adds the output of layer `from` (an index into `Model::layers`).
+    Add { from: usize },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Linear(_) => "linear",
+            Op::Conv2d(..) => "conv2d",
+            Op::ChannelAffine { .. } => "batchnorm",
+            Op::Activation(a) => match a {
+                Activation::Relu => "relu",
+                Activation::Relu6 => "relu6",
+                Activation::LeakyRelu(_) => "leaky_relu",
+                Activation::Gelu => "gelu",
+                Activation::Tanh => "tanh",
+                Activation::Sigmoid => "sigmoid",
+                Activation::Silu => "silu",
+            },
+            Op::MaxPool2d(_) => "maxpool2d",
+            Op::AvgPool2d(_) => "avgpool2d",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Flatten => "flatten",
+            Op::Dropout(_) => "dropout",
+            Op::Softmax => "softmax",
+            Op::Add { .. } => "add",
+        }
+    }
+
+    /// Linear and conv layers: the ones compression works on.
+    pub fn params(&self) -> Option<&Params> {
+        match self {
+            Op::Linear(p) | Op::Conv2d(p, _) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Layer {
+    pub fn params(&self) -> Option<&Params> {
+        self.op.params()
+    }
+
+    /// Number of parameters (weights and biases) the layer computes with.
+    pub fn param_count(&self) -> usize {
+        match &self.op {
+            Op::Linear(p) | Op::Conv2d(p, _) => {
+                p.weight.elem_count() + p.bias.as_ref().map_or(0, |b| b.elem_count())
+            }
+            Op::ChannelAffine { scale, shift } => scale.elem_count() + shift.elem_count(),
+            _ => 0,
+        }
+    }
+
+    /// Multiply-accumulates for one sample.
+    pub fn macs(&self) -> usize {
+        let out: usize = self.out_shape.iter().product();
+        match &self.op {
+            Op::Linear(p) => p.weight.elem_count(),
+            Op::Conv2d(p, _) => {
+                // Each output value takes (in/groups × kh × kw) MACs.
+                let dims = p.weight.dims();
+                out * dims[1..].iter().product::<usize>()
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl Model {
+    /// Number of classes: the size of the (1-D) output.
+    pub fn num_classes(&self) -> usize {
+        self.output_shape().iter().product()
+    }
+
+    pub fn output_shape(&self) -> &[usize] {
+        self.layers
+            .last()
+            .map_or(&self.input.shape[..], |l| &l.out_shape[..])
+    }
+
+    /// Values in one input sample.
+    pub fn input_len(&self) -> usize {
+        self.input.shape.iter().product()
+    }
+
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.name == name)
+    }
+
+    /// The layers compression works on (linear and conv), in order.
+    pub fn compressible(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.params().is_some())
+    }
+}
