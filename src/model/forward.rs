@@ -9,10 +9,22 @@ impl Model {
     /// Runs a batch `[N, ...input.shape]` of already-scaled inputs and returns `[N, classes]`
     /// logits (or whatever the last layer outputs). `train` enables dropout.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_observed(x, train, |_, _| Ok(()))
+    }
+
+    /// `forward`, calling `observe(i, input)` with each layer's input before layer `i` runs
+    /// (activation calibration watches the linear/conv inputs this way).
+    pub fn forward_observed(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let keep = self.residual_sources();
         let mut saved: Vec<Option<Tensor>> = vec![None; self.layers.len()];
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
+            observe(i, &x)?;
             x = match &layer.op {
                 Op::Linear(p) => {
                     let y = x.matmul(&p.weight.t()?)?;
@@ -99,7 +111,9 @@ fn pad(x: &Tensor, (ph, pw): (usize, usize), value: f32) -> Result<Tensor> {
         return Ok(x.clone());
     }
     if value == 0.0 {
-        return x.pad_with_zeros(D::Minus2, ph, ph)?.pad_with_zeros(D::Minus1, pw, pw);
+        return x
+            .pad_with_zeros(D::Minus2, ph, ph)?
+            .pad_with_zeros(D::Minus1, pw, pw);
     }
     let mut x = x.clone();
     for (dim, p) in [(2usize, ph), (3usize, pw)] {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::spec::{ArchSpec, LayerSpec, tensor_prefix};
+use super::spec::{ArchSpec, LayerSpec, Pair, tensor_prefix};
 use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
 
 /// The metadata key holding the architecture as JSON inside squeeze's own files.
@@ -113,7 +113,10 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
     let (spec, arch_source) = if let Some(arch) = arch {
         (read_arch_file(arch)?, ArchSource::File(arch.to_path_buf()))
     } else if sidecar.exists() {
-        (read_arch_file(&sidecar)?, ArchSource::Sidecar(sidecar.clone()))
+        (
+            read_arch_file(&sidecar)?,
+            ArchSource::Sidecar(sidecar.clone()),
+        )
     } else if let Some(json) = metadata.get(ARCH_METADATA_KEY) {
         let spec = ArchSpec::from_json(json).map_err(|e| LoadError::Arch {
             path: path.to_path_buf(),
@@ -137,7 +140,9 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
     if arch_source == ArchSource::InferredMlp {
         let dims: Vec<String> = std::iter::once(spec.input.shape[0])
             .chain(spec.layers.iter().filter_map(|l| match l {
-                LayerSpec::Linear { weight, .. } => tensors.tensor(weight).ok().map(|t| t.shape()[0]),
+                LayerSpec::Linear { weight, .. } => {
+                    tensors.tensor(weight).ok().map(|t| t.shape()[0])
+                }
                 _ => None,
             }))
             .map(|d| d.to_string())
@@ -206,18 +211,29 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
     let names = tensors.names();
     let mut weights: Vec<(String, Vec<usize>)> = Vec::new();
     for name in &names {
-        let shape = tensors.tensor(name).map_err(|e| e.to_string())?.shape().to_vec();
+        let shape = tensors
+            .tensor(name)
+            .map_err(|e| e.to_string())?
+            .shape()
+            .to_vec();
         if let Some(prefix) = name.strip_suffix(".weight") {
             if shape.len() != 2 {
-                return Err(format!("tensor \"{name}\" is {}-D, not a linear weight", shape.len()));
+                return Err(format!(
+                    "tensor \"{name}\" is {}-D, not a linear weight",
+                    shape.len()
+                ));
             }
             weights.push((prefix.to_string(), shape));
         } else if let Some(prefix) = name.strip_suffix(".bias") {
             if !names.iter().any(|n| *n == format!("{prefix}.weight")) || shape.len() != 1 {
-                return Err(format!("tensor \"{name}\" is not the bias of a linear layer"));
+                return Err(format!(
+                    "tensor \"{name}\" is not the bias of a linear layer"
+                ));
             }
         } else {
-            return Err(format!("tensor \"{name}\" is not a linear layer's weight or bias"));
+            return Err(format!(
+                "tensor \"{name}\" is not a linear layer's weight or bias"
+            ));
         }
     }
     if weights.is_empty() {
@@ -236,7 +252,9 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
             .ok_or("the linear layers do not form a chain")?;
         ordered.push(rest.remove(start));
         while !rest.is_empty() {
-            let out = ordered.last().map_or(0, |(_, s): &(String, Vec<usize>)| s[0]);
+            let out = ordered
+                .last()
+                .map_or(0, |(_, s): &(String, Vec<usize>)| s[0]);
             let next = rest
                 .iter()
                 .position(|(_, s)| s[1] == out)
@@ -263,6 +281,7 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
             name: None,
             weight: format!("{prefix}.weight"),
             bias: names.iter().any(|n| *n == bias).then_some(bias),
+            out_features: None,
         });
     }
     Ok(ArchSpec {
@@ -326,7 +345,10 @@ impl Builder<'_> {
             })?;
         let shape = view.shape().to_vec();
         let fits = shape.len() == expected.len()
-            && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| e == *s));
+            && shape
+                .iter()
+                .zip(expected)
+                .all(|(s, e)| e.is_none_or(|e| e == *s));
         if !fits {
             let exp: Vec<String> = expected
                 .iter()
@@ -439,13 +461,19 @@ fn build(
         let in_shape = shape.clone();
         let mut stored = 0usize;
         let op = match ls {
-            LayerSpec::Linear { weight, bias, .. } => {
+            LayerSpec::Linear {
+                weight,
+                bias,
+                out_features,
+                ..
+            } => {
                 if shape.len() != 1 {
                     return Err(graph_err(format!(
                         "input has shape {shape:?}; linear needs a flat vector (add a flatten layer before it)"
                     )));
                 }
-                let (w, bytes) = b.tensor(&name, op_name, weight, &[None, Some(shape[0])])?;
+                let (w, bytes) =
+                    b.tensor(&name, op_name, weight, &[*out_features, Some(shape[0])])?;
                 stored += bytes;
                 let out = w.dims()[0];
                 let bias_t = match bias {
@@ -473,6 +501,8 @@ fn build(
                 padding,
                 dilation,
                 groups,
+                out_channels,
+                kernel,
                 ..
             } => {
                 if shape.len() != 3 {
@@ -493,11 +523,25 @@ fn build(
                     dilation: dilation.hw(),
                     groups: g,
                 };
-                if geo.stride.0 == 0 || geo.stride.1 == 0 || geo.dilation.0 == 0 || geo.dilation.1 == 0 {
+                if geo.stride.0 == 0
+                    || geo.stride.1 == 0
+                    || geo.dilation.0 == 0
+                    || geo.dilation.1 == 0
+                {
                     return Err(graph_err("stride and dilation must be at least 1".into()));
                 }
-                let (w, bytes) =
-                    b.tensor(&name, op_name, weight, &[None, Some(shape[0] / g), None, None])?;
+                let k = kernel.map(Pair::hw);
+                let (w, bytes) = b.tensor(
+                    &name,
+                    op_name,
+                    weight,
+                    &[
+                        *out_channels,
+                        Some(shape[0] / g),
+                        k.map(|k| k.0),
+                        k.map(|k| k.1),
+                    ],
+                )?;
                 stored += bytes;
                 let d = w.dims().to_vec();
                 if d[0] % g != 0 {
@@ -555,9 +599,7 @@ fn build(
                     .map(|j| bn[0][j] / ((bn[3][j] as f64 + eps).sqrt() as f32))
                     .collect();
                 let shift: Vec<f32> = (0..c).map(|j| bn[1][j] - bn[2][j] * scale[j]).collect();
-                let prev_name = i
-                    .checked_sub(1)
-                    .map(|p| spec.layers[p].display_name(p));
+                let prev_name = i.checked_sub(1).map(|p| spec.layers[p].display_name(p));
                 let foldable = layers.last().is_some_and(|l| {
                     matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
                         && prev_name.as_deref() == Some(l.name.as_str())
@@ -608,11 +650,17 @@ fn build(
                     stride: stride.unwrap_or(*kernel).hw(),
                     padding: padding.hw(),
                 };
-                if pool.kernel.0 == 0 || pool.kernel.1 == 0 || pool.stride.0 == 0 || pool.stride.1 == 0 {
+                if pool.kernel.0 == 0
+                    || pool.kernel.1 == 0
+                    || pool.stride.0 == 0
+                    || pool.stride.1 == 0
+                {
                     return Err(graph_err("kernel and stride must be at least 1".into()));
                 }
                 if pool.padding.0 * 2 > pool.kernel.0 || pool.padding.1 * 2 > pool.kernel.1 {
-                    return Err(graph_err("padding may be at most half the kernel size".into()));
+                    return Err(graph_err(
+                        "padding may be at most half the kernel size".into(),
+                    ));
                 }
                 let oh = conv_out(shape[1], pool.kernel.0, pool.stride.0, pool.padding.0, 1);
                 let ow = conv_out(shape[2], pool.kernel.1, pool.stride.1, pool.padding.1, 1);
@@ -654,7 +702,11 @@ fn build(
                 let Some(&src) = index_of.get(from) else {
                     return Err(graph_err(format!(
                         "from = \"{from}\" names no earlier layer (earlier layers: {})",
-                        layers.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                        layers
+                            .iter()
+                            .map(|l| l.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 };
                 if layers[src].out_shape != shape {

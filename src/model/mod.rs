@@ -3,13 +3,18 @@
 
 mod forward;
 mod load;
+mod save;
 pub mod spec;
 
 use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-pub use load::{ArchSource, LoadError, Loaded, load, load_with_arch, tensor_to_f32, to_safetensors_bytes};
+pub use load::{
+    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, load, load_with_arch, sidecar_path,
+    tensor_to_f32, to_safetensors_bytes,
+};
+pub use save::write_atomic;
 pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
 
 /// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
@@ -79,7 +84,10 @@ pub enum Op {
     Conv2d(Params, Conv2dGeometry),
     /// A batchnorm that could not be folded (no linear/conv right before it): `x × scale + shift`
     /// per channel (dimension 0 of one sample).
-    ChannelAffine { scale: Tensor, shift: Tensor },
+    ChannelAffine {
+        scale: Tensor,
+        shift: Tensor,
+    },
     Activation(Activation),
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
@@ -88,7 +96,9 @@ pub enum Op {
     Dropout(f64),
     Softmax,
     /// Adds the output of layer `from` (an index into `Model::layers`).
-    Add { from: usize },
+    Add {
+        from: usize,
+    },
 }
 
 impl Op {

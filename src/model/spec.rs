@@ -84,6 +84,10 @@ pub enum LayerSpec {
         weight: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bias: Option<String>,
+        /// Output size. Optional when loading (the weight's shape says it; checked when given),
+        /// needed to build the layer from scratch (`squeeze train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        out_features: Option<usize>,
     },
     Conv2d {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,12 @@ pub enum LayerSpec {
         weight: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bias: Option<String>,
+        /// Output channels and kernel size: optional when loading (checked when given), needed
+        /// to build the layer from scratch (`squeeze train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        out_channels: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel: Option<Pair>,
         #[serde(default = "pair_one")]
         stride: Pair,
         #[serde(default)]

@@ -1,0 +1,117 @@
+//! Options and loading shared by several commands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::data::{DataOptions, EvalSet};
+use crate::model::{Loaded, Model};
+
+/// The bundled default model and evaluation set, relative to the crate root.
+pub const DEFAULT_MODEL: &str = "assets/models/lenet-300-100.safetensors";
+pub const DEFAULT_DATA: &str = "assets/data/mnist/t10k-images-idx3-ubyte.gz";
+
+/// Finds a bundled asset: relative to the working directory first, then to the crate root the
+/// binary was built from (so `cargo run` works from anywhere in the tree).
+pub fn asset(rel: &str) -> PathBuf {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Model file (safetensors).
+    #[arg(long, short = 'm', value_name = "FILE")]
+    pub model: PathBuf,
+    /// Architecture description (TOML or JSON), when neither a sidecar `NAME.arch.toml` nor the
+    /// file's metadata has one.
+    #[arg(long, value_name = "FILE")]
+    pub arch: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataArgs {
+    /// Evaluation set: IDX (.gz or raw, or a directory with one IDX pair), safetensors
+    /// (`inputs`, `labels`), NPY (x with a y beside it), NPZ (`x`, `y`) or CSV (a `label` column).
+    #[arg(long, short = 'd', value_name = "PATH")]
+    pub data: PathBuf,
+    /// Labels file for IDX or NPY inputs, when not found by the standard naming.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
+    /// CSV column holding the label.
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
+    /// Use only the first N samples.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+impl DataArgs {
+    pub fn load(&self) -> anyhow::Result<EvalSet> {
+        let opts = DataOptions {
+            labels: self.labels.clone(),
+            label_column: self.label_column.clone(),
+        };
+        let set = crate::data::load(&self.data, &opts)?;
+        Ok(match self.limit {
+            Some(0) => anyhow::bail!("--limit must be at least 1"),
+            Some(n) => set.truncated(n),
+            None => set,
+        })
+    }
+}
+
+/// Loads a model and prints the loader's warnings on stderr.
+pub fn load_model(path: &Path, arch: Option<&Path>) -> anyhow::Result<Loaded> {
+    let loaded = crate::model::load_with_arch(path, arch)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded)
+}
+
+/// Loads the evaluation set and prepares it for `model`: scaled inputs and the labels.
+pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
+    set.prepare(&model.input, model.num_classes())
+        .with_context(|| {
+            format!(
+                "evaluation set does not fit model {}",
+                model.source.display()
+            )
+        })
+}
+
+/// Bytes as a person reads them.
+pub fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{:.2} MiB", b / (1024.0 * 1024.0))
+    }
+}
+
+/// A count with thousands separators.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,244 @@
+//! Measurements: accuracy figures from logits (top-1, top-5, cross-entropy, per-class accuracy,
+//! confusion matrix, agreement and KL divergence against a reference), and running the dense
+//! reference model over an evaluation set in batches.
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::model::{Model, Op};
+
+/// Samples per batch for dense evaluation.
+pub const EVAL_BATCH: usize = 1000;
+
+/// How well a model's outputs match the labels (and a reference model's outputs).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Accuracy {
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+    pub top5: f64,
+    /// Mean cross-entropy (natural log).
+    pub loss: f64,
+    pub samples: usize,
+    /// Per class: (correct, total).
+    pub per_class: Vec<(u32, u32)>,
+    /// `confusion[label][predicted]`.
+    pub confusion: Vec<Vec<u32>>,
+    /// Fraction of samples where top-1 equals the reference's top-1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Mean KL(reference ‖ model) of the softmax distributions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
+}
+
+/// Everything measured for one compressed model on one evaluation set: what `squeeze eval
+/// --format json` prints and what the explorer charts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Measurement {
+    #[serde(flatten)]
+    pub accuracy: Accuracy,
+    /// Exact bytes of the packed model (the serialized tensors).
+    pub size_bytes: usize,
+    /// Bytes of the same model stored dense f32.
+    pub dense_bytes: usize,
+    /// `dense_bytes / size_bytes`.
+    pub ratio: f64,
+    /// Size after Huffman-coding the quantized values and index gaps.
+    pub entropy_bytes: usize,
+    /// Achieved fraction of pruned weights over all linear/conv weights.
+    pub sparsity: f64,
+    /// Median single-sample latency on one thread, microseconds.
+    pub latency_us: f64,
+    pub latency_p90_us: f64,
+    /// Samples per second at batch 256 on all threads.
+    pub throughput: f64,
+    /// Wall time of the evaluation, seconds.
+    pub wall_s: f64,
+    pub layers: Vec<LayerMeasurement>,
+}
+
+/// One linear/conv layer of a measured model.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LayerMeasurement {
+    pub name: String,
+    pub op: String,
+    /// The storage format the engine chose (e.g. `dense-f32`, `csr8-q4`).
+    pub format: String,
+    pub params: usize,
+    pub sparsity: f64,
+    pub size_bytes: usize,
+    pub dense_bytes: usize,
+    pub entropy_bytes: usize,
+}
+
+/// How a model's outputs are to be read: raw logits, or probabilities when it ends in softmax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Logits,
+    Probabilities,
+}
+
+impl OutputKind {
+    pub fn of(model: &Model) -> Self {
+        match model.layers.last().map(|l| &l.op) {
+            Some(Op::Softmax) => OutputKind::Probabilities,
+            _ => OutputKind::Logits,
+        }
+    }
+}
+
+/// Log-softmax of one row (or the log of probabilities when the model already outputs them).
+fn log_probs(row: &[f32], kind: OutputKind, out: &mut Vec<f64>) {
+    out.clear();
+    match kind {
+        OutputKind::Probabilities => {
+            out.extend(row.iter().map(|&p| (p as f64).max(1e-30).ln()));
+        }
+        OutputKind::Logits => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let lse = max + sum.ln();
+            out.extend(row.iter().map(|&v| v as f64 - lse));
+        }
+    }
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Scores `outputs` (`labels.len() × classes`, row-major) against the labels, and against a
+/// reference model's outputs when given.
+pub fn score(
+    outputs: &[f32],
+    classes: usize,
+    labels: &[u32],
+    kind: OutputKind,
+    reference: Option<(&[f32], OutputKind)>,
+) -> Accuracy {
+    let n = labels.len();
+    let mut top1 = 0usize;
+    let mut top5 = 0usize;
+    let mut loss = 0.0f64;
+    let mut agree = 0usize;
+    let mut kl = 0.0f64;
+    let mut per_class = vec![(0u32, 0u32); classes];
+    let mut confusion = vec![vec![0u32; classes]; classes];
+    let (mut lp, mut lq) = (Vec::new(), Vec::new());
+    for (i, &label) in labels.iter().enumerate() {
+        let row = &outputs[i * classes..(i + 1) * classes];
+        let label = label as usize;
+        let pred = argmax(row);
+        let correct = pred == label;
+        top1 += usize::from(correct);
+        // Top-5: the label is among the five largest when fewer than five values beat it.
+        let beaten_by = row.iter().filter(|&&v| v > row[label]).count();
+        top5 += usize::from(beaten_by < 5);
+        log_probs(row, kind, &mut lp);
+        loss -= lp[label];
+        if let Some(pc) = per_class.get_mut(label) {
+            pc.0 += u32::from(correct);
+            pc.1 += 1;
+        }
+        if let Some(r) = confusion.get_mut(label) {
+            r[pred] += 1;
+        }
+        if let Some((refs, rkind)) = reference {
+            let rrow = &refs[i * classes..(i + 1) * classes];
+            agree += usize::from(argmax(rrow) == pred);
+            log_probs(rrow, rkind, &mut lq);
+            kl += lq
+                .iter()
+                .zip(&lp)
+                .map(|(q, p)| {
+                    if q.is_finite() {
+                        q.exp() * (q - p)
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>();
+        }
+    }
+    let nf = n.max(1) as f64;
+    Accuracy {
+        accuracy: top1 as f64 / nf,
+        top5: top5 as f64 / nf,
+        loss: loss / nf,
+        samples: n,
+        per_class,
+        confusion,
+        agreement: reference.map(|_| agree as f64 / nf),
+        kl: reference.map(|_| kl / nf),
+    }
+}
+
+/// Runs the dense reference model (candle) over `n` prepared samples in batches and returns the
+/// outputs, `n × classes`.
+pub fn dense_outputs(model: &Model, inputs: &[f32], n: usize) -> candle_core::Result<Vec<f32>> {
+    let sample = model.input_len();
+    let mut out = Vec::with_capacity(n * model.num_classes());
+    let mut shape = vec![0];
+    shape.extend(&model.input.shape);
+    for start in (0..n).step_by(EVAL_BATCH) {
+        let len = EVAL_BATCH.min(n - start);
+        shape[0] = len;
+        let x = Tensor::from_slice(
+            &inputs[start * sample..(start + len) * sample],
+            shape.as_slice(),
+            &Device::Cpu,
+        )?;
+        let y = model.forward(&x, false)?;
+        out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_simple_outputs() {
+        // Three samples, three classes.
+        let outputs = [
+            2.0, 1.0, 0.0, // predicts 0
+            0.0, 3.0, 1.0, // predicts 1
+            1.0, 0.0, 0.5, // predicts 0
+        ];
+        let labels = [0, 1, 2];
+        let a = score(&outputs, 3, &labels, OutputKind::Logits, None);
+        assert!((a.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(a.top5, 1.0);
+        assert_eq!(a.confusion[2][0], 1);
+        assert_eq!(a.per_class[2], (0, 1));
+        // Cross-entropy of the first row: −log softmax(2,1,0)[0].
+        let lse = (2f64.exp() + 1f64.exp() + 1.0).ln();
+        let first = lse - 2.0;
+        assert!(a.loss > first / 3.0);
+        let same = score(
+            &outputs,
+            3,
+            &labels,
+            OutputKind::Logits,
+            Some((&outputs, OutputKind::Logits)),
+        );
+        assert_eq!(same.agreement, Some(1.0));
+        assert!(same.kl.unwrap_or(1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top5_counts_ties_kindly() {
+        let outputs = [0.0; 10];
+        let a = score(&outputs, 10, &[7], OutputKind::Logits, None);
+        assert_eq!(a.top5, 1.0);
+        assert_eq!(a.accuracy, 0.0);
+    }
+}

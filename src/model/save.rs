@@ -1,0 +1,117 @@
+//! Writing models: PyTorch state_dict names, the architecture in the metadata, atomic writes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::load::{ARCH_METADATA_KEY, to_safetensors_bytes};
+use super::{Model, Op};
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
+/// failure never leaves a half-written file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Model {
+    /// The model's tensors as f32 with their state_dict names (batchnorm folded: the linear/conv
+    /// weights and biases carry it).
+    pub fn named_tensors(&self) -> candle_core::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
+                out.push((
+                    p.weight_name.clone(),
+                    p.weight.dims().to_vec(),
+                    p.weight.flatten_all()?.to_vec1::<f32>()?,
+                ));
+                if let Some(b) = &p.bias {
+                    out.push((p.bias_name.clone(), b.dims().to_vec(), b.to_vec1::<f32>()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The architecture of the loaded graph (batchnorm folded away where it was folded), so a
+    /// written model reloads to the same layers.
+    pub fn folded_spec(&self) -> super::ArchSpec {
+        let mut spec = self.spec.clone();
+        let names: std::collections::HashSet<&str> =
+            self.layers.iter().map(|l| l.name.as_str()).collect();
+        let mut kept = Vec::new();
+        for (i, l) in spec.layers.drain(..).enumerate() {
+            let folded = matches!(l, super::LayerSpec::Batchnorm { .. })
+                && !names.contains(l.display_name(i).as_str());
+            if !folded {
+                // Pin the display name so positions shifting does not rename layers.
+                kept.push(with_name(l, i));
+            }
+        }
+        for l in &mut kept {
+            if let super::LayerSpec::Linear { bias, weight, .. }
+            | super::LayerSpec::Conv2d { bias, weight, .. } = l
+            {
+                let layer = self.layers.iter().find_map(|x| match &x.op {
+                    Op::Linear(p) | Op::Conv2d(p, _) if &p.weight_name == weight => Some(p),
+                    _ => None,
+                });
+                if let Some(p) = layer {
+                    *bias = p.bias.as_ref().map(|_| p.bias_name.clone());
+                }
+            }
+        }
+        spec.layers = kept;
+        spec
+    }
+
+    /// Writes the model as f32 safetensors with the architecture in the metadata, plus any
+    /// `extra` metadata entries.
+    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> anyhow::Result<()> {
+        let tensors = self.named_tensors()?;
+        let mut meta: HashMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        meta.insert(ARCH_METADATA_KEY.to_string(), self.folded_spec().to_json());
+        let bytes = to_safetensors_bytes(&tensors, &meta)?;
+        write_atomic(path, &bytes)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+    }
+}
+
+fn with_name(mut l: super::LayerSpec, i: usize) -> super::LayerSpec {
+    use super::LayerSpec as L;
+    let display = l.display_name(i);
+    let (L::Linear { name, .. }
+    | L::Conv2d { name, .. }
+    | L::Batchnorm { name, .. }
+    | L::Relu { name }
+    | L::Relu6 { name }
+    | L::LeakyRelu { name, .. }
+    | L::Gelu { name }
+    | L::Tanh { name }
+    | L::Sigmoid { name }
+    | L::Silu { name }
+    | L::Maxpool2d { name, .. }
+    | L::Avgpool2d { name, .. }
+    | L::GlobalAvgpool { name }
+    | L::Flatten { name }
+    | L::Dropout { name, .. }
+    | L::Softmax { name }
+    | L::Add { name, .. }) = &mut l;
+    *name = Some(display);
+    l
+}
