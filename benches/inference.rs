@@ -1,1 +1,185 @@
-fn main(){}
+//! Inference speed of the engine on the bundled models, dense and compressed, in one run:
+//! single-sample latency (one thread) and a full 10,000-sample evaluation (batches of 1000 on
+//! rayon) for LeNet-300-100 and LeNet-5 under dense f32, 90 % / 95 % unstructured sparsity
+//! (CSR), 8-bit and 4-bit weights; and fc1 of LeNet-300-100 alone (300×784) at 90 / 95 %
+//! sparsity, CSR against dense, batch 1 and batch 256.
+//!
+//! `cargo bench --bench inference`. Falls back to randomly initialised models of the same
+//! shapes when `assets/models/*.safetensors` are missing (and says so).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use squeeze::compress::{self, Plan, Recipe};
+use squeeze::engine::CompressedModel;
+use squeeze::model::{self, Model};
+
+const RECIPES: &[(&str, &str)] = &[
+    ("dense-f32", ""),
+    ("sparse90", "[default]\nprune = \"l1\"\nsparsity = 0.9\n"),
+    ("sparse95", "[default]\nprune = \"l1\"\nsparsity = 0.95\n"),
+    ("int8", "[default]\nbits = 8\nscheme = \"symmetric\"\ngranularity = \"channel\"\n"),
+    ("int4", "[default]\nbits = 4\nscheme = \"symmetric\"\ngranularity = \"channel\"\n"),
+];
+
+/// The bundled model, or a random one of the same architecture.
+fn load_model(name: &str, shapes: &[(&str, &[usize])]) -> Model {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = root.join(format!("assets/models/{name}.safetensors"));
+    let arch = root.join(format!("assets/arch/{name}.toml"));
+    if file.exists() {
+        match model::load(&file).or_else(|_| model::load_with_arch(&file, Some(&arch))) {
+            Ok(l) => return l.model,
+            Err(e) => eprintln!("{e}; benchmarking a random {name} instead"),
+        }
+    } else {
+        eprintln!("{} is missing: benchmarking a randomly initialised {name}", file.display());
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
+        .iter()
+        .map(|(n, s)| {
+            let count: usize = s.iter().product();
+            let fan_in: usize = s[1..].iter().product::<usize>().max(1);
+            let a = (1.0 / fan_in as f32).sqrt();
+            (
+                n.to_string(),
+                s.to_vec(),
+                (0..count).map(|_| rng.random_range(-a..a)).collect(),
+            )
+        })
+        .collect();
+    let bytes = model::to_safetensors_bytes(&tensors, &HashMap::new()).expect("serialize");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("{name}.safetensors"));
+    std::fs::write(&path, bytes).expect("write");
+    model::load_with_arch(&path, Some(&arch))
+        .expect("random model loads")
+        .model
+}
+
+fn lenet300() -> Model {
+    load_model(
+        "lenet-300-100",
+        &[
+            ("fc1.weight", &[300, 784]),
+            ("fc1.bias", &[300]),
+            ("fc2.weight", &[100, 300]),
+            ("fc2.bias", &[100]),
+            ("fc3.weight", &[10, 100]),
+            ("fc3.bias", &[10]),
+        ],
+    )
+}
+
+fn lenet5() -> Model {
+    load_model(
+        "lenet5",
+        &[
+            ("conv1.weight", &[20, 1, 5, 5]),
+            ("conv1.bias", &[20]),
+            ("conv2.weight", &[50, 20, 5, 5]),
+            ("conv2.bias", &[50]),
+            ("fc1.weight", &[500, 800]),
+            ("fc1.bias", &[500]),
+            ("fc2.weight", &[10, 500]),
+            ("fc2.bias", &[10]),
+        ],
+    )
+}
+
+fn plan(m: &Model, recipe: &str) -> Plan {
+    let r = Recipe::from_toml_str(recipe).expect("recipe parses");
+    compress::apply(m, &r, None).expect("recipe applies")
+}
+
+/// MNIST-like inputs: values in the scaled range of the bundled models.
+fn inputs(m: &Model, n: usize) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(2);
+    (0..n * m.input_len())
+        .map(|_| {
+            if rng.random_bool(0.8) {
+                -0.42
+            } else {
+                rng.random_range(-0.42f32..2.8)
+            }
+        })
+        .collect()
+}
+
+fn bench_model(c: &mut Criterion, name: &str, m: &Model) {
+    let x = inputs(m, 10_000);
+    let il = m.input_len();
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(300));
+    for (label, recipe) in RECIPES {
+        let cm = CompressedModel::build(&plan(m, recipe)).expect("build");
+        eprintln!(
+            "{name}/{label}: {} bytes (dense {}), layers: {}",
+            cm.size_bytes(),
+            cm.dense_bytes(),
+            cm.packed_layers()
+                .map(|(_, p)| p.format_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut s = cm.scratch();
+        let mut out = vec![0f32; cm.num_classes()];
+        g.measurement_time(Duration::from_millis(1500));
+        g.sample_size(50);
+        g.bench_function(format!("single/{label}"), |b| {
+            b.iter(|| cm.run(black_box(&x[..il]), 1, &mut s, &mut out))
+        });
+        g.measurement_time(Duration::from_secs(3));
+        g.sample_size(10);
+        g.bench_function(format!("10k/{label}"), |b| {
+            b.iter(|| {
+                for chunk in x.chunks(1000 * il) {
+                    black_box(cm.logits(chunk, chunk.len() / il));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_fc1(c: &mut Criterion, m: &Model) {
+    let Some((i, _)) = m.compressible().next() else {
+        return;
+    };
+    // fc1 alone: a one-layer model over the same input.
+    let mut one = m.clone();
+    one.layers.truncate(i + 1);
+    let x = inputs(&one, 256);
+    let il = one.input_len();
+    let mut g = c.benchmark_group("fc1");
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(1));
+    g.sample_size(30);
+    for (label, recipe) in [RECIPES[0], RECIPES[1], RECIPES[2]] {
+        let cm = CompressedModel::build(&plan(&one, recipe)).expect("build");
+        let mut s = cm.scratch();
+        let mut out = vec![0f32; cm.num_classes() * 256];
+        g.bench_function(format!("b1/{label}"), |b| {
+            b.iter(|| cm.run(black_box(&x[..il]), 1, &mut s, &mut out))
+        });
+        g.bench_function(format!("b256/{label}"), |b| {
+            b.iter(|| cm.run(black_box(&x), 256, &mut s, &mut out))
+        });
+    }
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let l300 = lenet300();
+    bench_model(c, "lenet-300-100", &l300);
+    bench_fc1(c, &l300);
+    bench_model(c, "lenet5", &lenet5());
+}
+
+criterion_group!(inference, benches);
+criterion_main!(inference);

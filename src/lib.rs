@@ -5,3 +5,10 @@
 pub mod model;
 pub mod data;
 pub mod cli;
+pub mod compress;
+pub mod measure;
+pub mod train;
+pub mod explore;
+pub mod engine;
+pub mod tui;
+pub mod report;

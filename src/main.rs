@@ -7,7 +7,7 @@ fn main() -> ExitCode {
     match squeeze::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", squeeze::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -5,6 +5,8 @@
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
+use crate::compress::{Plan, entropy_bytes};
+use crate::engine::{self, CompressedModel, Step};
 use crate::model::{Model, Op};
 
 /// Samples per batch for dense evaluation.
@@ -199,6 +201,114 @@ pub fn dense_outputs(model: &Model, inputs: &[f32], n: usize) -> candle_core::Re
         out.extend(y.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)
+}
+
+/// What `measure` times besides accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Single-sample latency on one thread.
+    pub latency: bool,
+    /// Samples per second at batch 256 on all threads.
+    pub throughput: bool,
+}
+
+/// One compressed model in, one measurement out: runs `inputs` (`labels.len()` prepared
+/// samples) through the engine, scores them, and reports sizes and, as asked, latency and
+/// throughput. `plan` (when the model was compressed in this process) gives the Huffman figure
+/// and the sparsity against `original`; a model reloaded from a file reports the fraction of
+/// zero weights instead.
+pub fn measure(
+    compressed: &CompressedModel,
+    plan: Option<&Plan>,
+    original: Option<&Model>,
+    inputs: &[f32],
+    labels: &[u32],
+    reference: Option<(&[f32], OutputKind)>,
+    timing: Timing,
+) -> Measurement {
+    let n = labels.len();
+    let start = std::time::Instant::now();
+    let outputs = compressed.logits(inputs, n);
+    let wall_s = start.elapsed().as_secs_f64();
+    let kind = OutputKind::of(&compressed.model);
+    let accuracy = score(&outputs, compressed.num_classes(), labels, kind, reference);
+
+    let sparsity = plan.map(|p| match original {
+        Some(o) => p.sparsity_against(o),
+        None => p.achieved_sparsity(),
+    });
+    let mut layers = Vec::new();
+    for (i, packed) in compressed.packed_layers() {
+        let layer = &compressed.model.layers[i];
+        let q = plan.and_then(|p| p.layers.iter().find(|q| q.layer == i));
+        let original_layer = original
+            .and_then(|o| o.layer_index(&layer.name).map(|j| &o.layers[j]))
+            .unwrap_or(layer);
+        let dense_bytes = original_layer.param_count() * 4;
+        let layer_sparsity = match sparsity
+            .as_ref()
+            .and_then(|s| s.layers.iter().find(|l| l.name == layer.name))
+        {
+            Some(l) => l.fraction(),
+            None => {
+                let w = packed.dequantized();
+                w.iter().filter(|v| **v == 0.0).count() as f64 / w.len().max(1) as f64
+            }
+        };
+        layers.push(LayerMeasurement {
+            name: layer.name.clone(),
+            op: layer.op.name().to_string(),
+            format: packed.format_name(),
+            params: layer.param_count(),
+            sparsity: layer_sparsity,
+            size_bytes: packed.size_bytes(),
+            dense_bytes,
+            entropy_bytes: q.map_or(packed.size_bytes(), entropy_bytes),
+        });
+    }
+    // Parameters outside linear/conv layers (unfolded batchnorm) are stored as they are.
+    let other_bytes: usize = compressed
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
+            _ => 0,
+        })
+        .sum();
+    let size_bytes = compressed.size_bytes();
+    let dense_bytes = layers.iter().map(|l| l.dense_bytes).sum::<usize>() + other_bytes;
+    let weights: usize = layers.iter().map(|l| l.params).sum();
+    let overall_sparsity = match &sparsity {
+        Some(s) => s.fraction(),
+        None => {
+            let zero: f64 = layers.iter().map(|l| l.sparsity * l.params as f64).sum();
+            zero / weights.max(1) as f64
+        }
+    };
+    let (latency_us, latency_p90_us) = if timing.latency && n > 0 {
+        let stats = engine::latency(compressed, &inputs[..compressed.input_len()]);
+        (stats.median_us, stats.p90_us)
+    } else {
+        (0.0, 0.0)
+    };
+    let throughput = if timing.throughput && n > 0 {
+        engine::throughput(compressed, inputs, n)
+    } else {
+        0.0
+    };
+    Measurement {
+        accuracy,
+        size_bytes,
+        dense_bytes,
+        ratio: dense_bytes as f64 / size_bytes.max(1) as f64,
+        entropy_bytes: layers.iter().map(|l| l.entropy_bytes).sum::<usize>() + other_bytes,
+        sparsity: overall_sparsity,
+        latency_us,
+        latency_p90_us,
+        throughput,
+        wall_s,
+        layers,
+    }
 }
 
 #[cfg(test)]

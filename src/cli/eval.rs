@@ -1,11 +1,17 @@
-//! `squeeze eval`: accuracy (and, with a recipe, size and latency) of a model on a data set.
+//! `squeeze eval`: accuracy, size and latency of a model (compressed by a recipe, or a
+//! compressed file) on an evaluation set.
 
-use std::time::Instant;
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::common::{DataArgs, Format, ModelArgs, load_model, prepare};
-use crate::measure::{self, Accuracy, OutputKind};
+use super::common::{DataArgs, Format, ModelArgs, human_bytes, load_model, prepare};
+use super::recipe_args::RecipeArgs;
+use crate::compress::{self, Plan, Recipe};
+use crate::data::EvalSet;
+use crate::engine::{self, CompressedModel};
+use crate::measure::{self, Measurement, OutputKind, Timing};
+use crate::model::Model;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -13,10 +19,19 @@ pub struct EvalArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub data: DataArgs,
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// Another model on the same data: report top-1 agreement with it and the mean KL
     /// divergence from its softmax.
     #[arg(long, value_name = "FILE")]
-    pub reference: Option<std::path::PathBuf>,
+    pub reference: Option<PathBuf>,
+    /// Samples for activation calibration (any evaluation-set format); default: the
+    /// evaluation set's first samples.
+    #[arg(long, value_name = "PATH")]
+    pub calibration_data: Option<PathBuf>,
+    /// Skip the latency and throughput measurements.
+    #[arg(long)]
+    pub no_timing: bool,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
@@ -25,58 +40,145 @@ pub struct EvalArgs {
 struct EvalReport<'a> {
     model: String,
     data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipe: Option<&'a Recipe>,
     #[serde(flatten)]
-    accuracy: &'a Accuracy,
-    wall_s: f64,
+    measurement: &'a Measurement,
+}
+
+/// A model ready to run: compressed by this process (with its plan and the model it came
+/// from) or reloaded from a compressed file.
+pub struct Prepared {
+    pub compressed: CompressedModel,
+    pub plan: Option<Plan>,
+    pub original: Option<Model>,
+    pub recipe: Option<Recipe>,
+}
+
+/// Loads `--model` and compresses it as the recipe flags say (dense when they say nothing).
+/// A compressed file is run as it is.
+pub fn prepare_model(
+    model: &ModelArgs,
+    recipe: &RecipeArgs,
+    calibration: impl FnOnce(&Model, usize) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<Prepared> {
+    if engine::is_compressed_file(&model.model) {
+        if recipe.recipe()?.is_some() {
+            anyhow::bail!(
+                "{} is already compressed; a recipe applies to a dense model",
+                model.model.display()
+            );
+        }
+        let compressed = engine::load_compressed(&model.model)?;
+        return Ok(Prepared {
+            compressed,
+            plan: None,
+            original: None,
+            recipe: None,
+        });
+    }
+    let loaded = load_model(&model.model, model.arch.as_deref())?;
+    let recipe = recipe.recipe()?;
+    let effective = recipe.clone().unwrap_or_default();
+    let calib = match &effective.activations {
+        Some(a) => Some((calibration(&loaded.model, a.calibration_samples)?, a.calibration_samples)),
+        None => None,
+    };
+    let calib_ref = calib.as_ref().map(|(v, n)| {
+        let n = (*n).min(v.len() / loaded.model.input_len().max(1));
+        (v.as_slice(), n)
+    });
+    let plan = compress::apply(&loaded.model, &effective, calib_ref)?;
+    let compressed = CompressedModel::build(&plan)?;
+    Ok(Prepared {
+        compressed,
+        plan: Some(plan),
+        original: Some(loaded.model),
+        recipe,
+    })
+}
+
+/// Calibration inputs: `path` when given, else the evaluation set's first samples.
+pub fn calibration_inputs(
+    path: Option<&PathBuf>,
+    fallback: &EvalSet,
+    model: &Model,
+    count: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let set = match path {
+        Some(p) => crate::data::load(p, &Default::default())?,
+        None => {
+            eprintln!(
+                "note: calibrating activations on the first {} samples of {} (give --calibration-data to use other data)",
+                count.min(fallback.len()),
+                fallback.source.display()
+            );
+            fallback.clone()
+        }
+    };
+    prepare(model, &set.truncated(count))
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model.model, args.model.arch.as_deref())?;
-    let model = &loaded.model;
     let set = args.data.load()?;
-    let inputs = prepare(model, &set)?;
+    let prepared = prepare_model(&args.model, &args.recipe, |m, count| {
+        calibration_inputs(args.calibration_data.as_ref(), &set, m, count)
+    })?;
+    let cm = &prepared.compressed;
+    let inputs = prepare(&cm.model, &set)?;
     let reference = match &args.reference {
         Some(path) => {
-            let r = load_model(path, None)?;
-            if r.model.num_classes() != model.num_classes() {
+            let r = prepare_model(
+                &ModelArgs {
+                    model: path.clone(),
+                    arch: None,
+                },
+                &RecipeArgs::default(),
+                |_, _| Ok(Vec::new()),
+            )?;
+            if r.compressed.num_classes() != cm.num_classes() {
                 anyhow::bail!(
                     "{}: reference has {} outputs, the model has {}",
                     path.display(),
-                    r.model.num_classes(),
-                    model.num_classes()
+                    r.compressed.num_classes(),
+                    cm.num_classes()
                 );
             }
-            let rin = prepare(&r.model, &set)?;
-            let out = measure::dense_outputs(&r.model, &rin, set.len())?;
-            Some((out, OutputKind::of(&r.model)))
+            let rin = prepare(&r.compressed.model, &set)?;
+            let out = r.compressed.logits(&rin, set.len());
+            Some((out, OutputKind::of(&r.compressed.model)))
         }
         None => None,
     };
-    let start = Instant::now();
-    let outputs = measure::dense_outputs(model, &inputs, set.len())?;
-    let wall_s = start.elapsed().as_secs_f64();
-    let acc = measure::score(
-        &outputs,
-        model.num_classes(),
+    let timing = Timing {
+        latency: !args.no_timing,
+        throughput: !args.no_timing,
+    };
+    let m = measure::measure(
+        cm,
+        prepared.plan.as_ref(),
+        prepared.original.as_ref(),
+        &inputs,
         &set.labels,
-        OutputKind::of(model),
         reference.as_ref().map(|(o, k)| (o.as_slice(), *k)),
+        timing,
     );
     let report = EvalReport {
         model: args.model.model.display().to_string(),
         data: set.source.display().to_string(),
-        accuracy: &acc,
-        wall_s,
+        recipe: prepared.recipe.as_ref(),
+        measurement: &m,
     };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Text => print!("{}", render_text(&report)),
+        Format::Text => print!("{}", render_text(&report, timing)),
     }
     Ok(())
 }
 
-fn render_text(r: &EvalReport) -> String {
-    let a = r.accuracy;
+fn render_text(r: &EvalReport, timing: Timing) -> String {
+    let m = r.measurement;
+    let a = &m.accuracy;
     let mut s = format!(
         "model    {}\ndata     {}\nsamples  {}\ntop-1    {:.2} %\ntop-5    {:.2} %\nloss     {:.4}\n",
         r.model,
@@ -92,7 +194,34 @@ fn render_text(r: &EvalReport) -> String {
             ag * 100.0
         );
     }
-    s += &format!("wall     {:.1} ms\n\nper class\n", r.wall_s * 1e3);
+    s += &format!(
+        "size     {} packed ({} bytes), dense f32 {}, ratio {:.1}×, Huffman-coded {}\nsparsity {:.1} %\n",
+        human_bytes(m.size_bytes),
+        m.size_bytes,
+        human_bytes(m.dense_bytes),
+        m.ratio,
+        human_bytes(m.entropy_bytes),
+        m.sparsity * 100.0
+    );
+    if timing.latency {
+        s += &format!(
+            "latency  {:.1} µs median, {:.1} µs p90 (one sample, one thread)\nthroughput {:.0} samples/s (batch 256, all threads)\n",
+            m.latency_us, m.latency_p90_us, m.throughput
+        );
+    }
+    s += &format!("wall     {:.1} ms for the whole set\n\nlayers\n", m.wall_s * 1e3);
+    for l in &m.layers {
+        s += &format!(
+            "  {:<10} {:<7} {:<24} sparsity {:>5.1} %  {:>10} of {:>10}\n",
+            l.name,
+            l.op,
+            l.format,
+            l.sparsity * 100.0,
+            human_bytes(l.size_bytes),
+            human_bytes(l.dense_bytes)
+        );
+    }
+    s += "\nper class\n";
     for (c, (ok, total)) in a.per_class.iter().enumerate() {
         if *total > 0 {
             s += &format!(

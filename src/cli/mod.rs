@@ -1,8 +1,10 @@
 //! The command line: clap definitions and thin dispatch to the library.
 
+mod apply;
 pub mod common;
 mod eval;
 mod info;
+pub mod recipe_args;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -19,8 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Show a model's layers, parameters, MACs, bytes and activation memory.
     Info(info::InfoArgs),
-    /// Measure a model on an evaluation set: accuracy, loss, per-class figures.
+    /// Measure a model (dense, compressed by a recipe, or a compressed file): accuracy, size, latency.
     Eval(eval::EvalArgs),
+    /// Compress a model as a recipe says and write the packed model (and optionally dense weights).
+    Apply(apply::ApplyArgs),
     /// Train a model from an architecture file and write it as safetensors.
     Train(train::TrainArgs),
 }
@@ -29,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Apply(args)) => apply::run(args),
         Some(Command::Train(args)) => train::run(args),
         None => default_job(),
     }
@@ -54,7 +59,22 @@ fn default_job() -> anyhow::Result<()> {
             label_column: None,
             limit: None,
         },
+        recipe: Default::default(),
         reference: None,
+        calibration_data: None,
+        no_timing: false,
         format: common::Format::Text,
     })
+}
+
+/// The error and its causes on one line, leaving out causes the message already quotes.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }

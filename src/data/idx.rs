@@ -46,21 +46,34 @@ pub(crate) fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError>
             u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
         })
         .collect();
-    let count: usize = dims.iter().product();
     let width = match ty {
         0x08 | 0x09 => 1,
         0x0B => 2,
         0x0C | 0x0D => 4,
         0x0E => 8,
-        other => return Err(format_err(path, format!("unknown IDX element type 0x{other:02x}"))),
+        other => {
+            return Err(format_err(
+                path,
+                format!("unknown IDX element type 0x{other:02x}"),
+            ));
+        }
     };
+    // Checked: the dimensions come from the file and may multiply past usize.
+    let need = super::array::element_count(&dims)
+        .and_then(|n| n.checked_mul(width))
+        .ok_or_else(|| {
+            format_err(
+                path,
+                format!("IDX header says {dims:?}, which is too large"),
+            )
+        })?;
     let body = &bytes[header..];
-    if body.len() != count * width {
+    if body.len() != need {
         return Err(format_err(
             path,
             format!(
                 "IDX header says {dims:?} ({} bytes of data) but the file holds {} bytes (truncated?)",
-                count * width,
+                need,
                 body.len()
             ),
         ));
@@ -68,7 +81,10 @@ pub(crate) fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError>
     let values: Vec<f32> = match ty {
         0x08 => body.iter().map(|&b| b as f32).collect(),
         0x09 => body.iter().map(|&b| b as i8 as f32).collect(),
-        0x0B => body.chunks_exact(2).map(|b| i16::from_be_bytes([b[0], b[1]]) as f32).collect(),
+        0x0B => body
+            .chunks_exact(2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]) as f32)
+            .collect(),
         0x0C => body
             .chunks_exact(4)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f32)
@@ -123,22 +139,36 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     let (dims, inputs) = read_idx(&images)?;
     let (ldims, labels) = read_idx(&labels_path)?;
     if dims.is_empty() {
-        return Err(format_err(&images, "IDX images need at least one dimension"));
+        return Err(format_err(
+            &images,
+            "IDX images need at least one dimension",
+        ));
     }
     if ldims.len() != 1 {
-        return Err(format_err(&labels_path, format!("labels must be 1-D, found shape {ldims:?}")));
+        return Err(format_err(
+            &labels_path,
+            format!("labels must be 1-D, found shape {ldims:?}"),
+        ));
     }
     if ldims[0] != dims[0] {
         return Err(DataError::Mismatch {
             path: labels_path,
-            msg: format!("{} labels for {} images in {}", ldims[0], dims[0], images.display()),
+            msg: format!(
+                "{} labels for {} images in {}",
+                ldims[0],
+                dims[0],
+                images.display()
+            ),
         });
     }
     let labels = labels
         .iter()
         .map(|&l| {
             if l < 0.0 || l.fract() != 0.0 {
-                Err(format_err(&labels_path, format!("label {l} is not a class index")))
+                Err(format_err(
+                    &labels_path,
+                    format!("label {l} is not a class index"),
+                ))
             } else {
                 Ok(l as u32)
             }
@@ -167,13 +197,20 @@ fn find_images_in_dir(dir: &Path) -> Result<PathBuf, DataError> {
     found.sort();
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(format_err(dir, "the directory holds no IDX image file (*idx3*)")),
+        0 => Err(format_err(
+            dir,
+            "the directory holds no IDX image file (*idx3*)",
+        )),
         _ => Err(format_err(
             dir,
             format!(
                 "the directory holds {} IDX image files; name one: {}",
                 found.len(),
-                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }

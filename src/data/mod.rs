@@ -1,9 +1,19 @@
 //! Evaluation sets: readers for IDX (raw or gzip), safetensors, NPY/NPZ and CSV, and the input
-//! scaling a model's `[input]` asks for.
+//! scaling a model's `[input]` asks for. [`load`] picks the reader from the file name (or, when
+//! the name says nothing, from the first bytes); each reader returns raw values and checked
+//! class labels, and [`load`] then checks what every set must satisfy (not empty, consistent
+//! lengths).
 
+mod array;
+mod csv;
 mod idx;
+mod npy;
+mod tensors;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+
+use array::Array;
 
 use crate::model::InputSpec;
 
@@ -25,7 +35,10 @@ pub enum DataError {
 /// Options that say how to read a data path.
 #[derive(Debug, Clone, Default)]
 pub struct DataOptions {
-    /// The labels file for an IDX image file, when not found by the standard naming.
+    /// The labels file for an IDX image file or an `.npy` inputs file, when not found by the
+    /// standard naming (`*-images-idx3-*` → `*-labels-idx1-*`; `x_test.npy` → `y_test.npy`,
+    /// `foo_x.npy` → `foo_y.npy`, `images.npy` → `labels.npy`). Formats that hold their own
+    /// labels (safetensors, NPZ, CSV) refuse it.
     pub labels: Option<PathBuf>,
     /// The CSV column holding the label (default `label`).
     pub label_column: Option<String>,
@@ -74,6 +87,12 @@ impl EvalSet {
             return Err(mismatch("the evaluation set has no samples".into()));
         }
         let want: usize = input.shape.iter().product();
+        if want == 0 {
+            return Err(mismatch(format!(
+                "the model's input shape {:?} holds no values",
+                input.shape
+            )));
+        }
         if self.sample_len() != want {
             return Err(mismatch(format!(
                 "samples have shape {:?} ({} values); the model expects {:?} ({} values)",
@@ -100,15 +119,37 @@ impl EvalSet {
                 i / want
             )));
         }
-        let channels = input.shape[0];
-        let per_channel = if input.shape.len() > 1 { want / channels } else { want };
-        let mean = |c: usize| input.mean.get(c).or(input.mean.first()).copied().unwrap_or(0.0);
-        let std = |c: usize| input.std.get(c).or(input.std.first()).copied().unwrap_or(1.0);
+        let channels = input.shape.first().copied().unwrap_or(1).max(1);
+        let per_channel = if input.shape.len() > 1 {
+            want / channels
+        } else {
+            want
+        };
+        let mean = |c: usize| {
+            input
+                .mean
+                .get(c)
+                .or(input.mean.first())
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let std = |c: usize| {
+            input
+                .std
+                .get(c)
+                .or(input.std.first())
+                .copied()
+                .unwrap_or(1.0)
+        };
         let mut out = Vec::with_capacity(self.inputs.len());
         for sample in self.inputs.chunks_exact(want) {
             for (j, v) in sample.iter().enumerate() {
                 // Image inputs have one mean/std per channel; vectors use the first for all.
-                let c = if input.shape.len() > 1 { j / per_channel } else { 0 };
+                let c = if input.shape.len() > 1 {
+                    j / per_channel
+                } else {
+                    0
+                };
                 out.push((v * input.scale - mean(c)) / std(c));
             }
         }
@@ -116,7 +157,238 @@ impl EvalSet {
     }
 }
 
-/// Reads an evaluation set, choosing the reader by extension (or an IDX pair in a directory).
+/// The evaluation-set formats [`load`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataFormat {
+    /// IDX images plus an IDX labels file (MNIST's format), raw or gzip-compressed.
+    Idx,
+    /// A safetensors file with tensors `inputs` and `labels`.
+    Safetensors,
+    /// An `.npy` inputs file plus an `.npy` labels file beside it.
+    Npy,
+    /// An `.npz` archive with arrays `x` and `y`.
+    Npz,
+    /// A CSV file with a header row and a `label` column.
+    Csv,
+}
+
+/// What [`load`] accepts, for messages.
+pub const ACCEPTED_FORMATS: &str = "IDX images (*-idx3-ubyte, raw or .gz, with the labels file \
+     beside it or given with --labels; or a directory holding such a pair), .safetensors (tensors \
+     'inputs' and 'labels'), .npy (inputs, with the labels in a sibling .npy such as \
+     x_test.npy → y_test.npy), .npz (arrays 'x' and 'y'), .csv (a header row with a 'label' \
+     column); .npy, .csv and .safetensors may also be gzip-compressed (.gz)";
+
+impl DataFormat {
+    /// The format of a file, from its name, or from its first bytes when the name says nothing.
+    /// A directory is an IDX pair.
+    pub fn detect(path: &Path) -> Result<DataFormat, DataError> {
+        let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Ok(DataFormat::Idx);
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let (base, gz) = match name.strip_suffix(".gz") {
+            Some(b) => (b, true),
+            None => (name.as_str(), false),
+        };
+        let ext = Path::new(base)
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned());
+        match ext.as_deref() {
+            Some("safetensors") => return Ok(DataFormat::Safetensors),
+            Some("npy") => return Ok(DataFormat::Npy),
+            Some("npz") => return Ok(DataFormat::Npz),
+            Some("csv") => return Ok(DataFormat::Csv),
+            Some("idx") => return Ok(DataFormat::Idx),
+            Some(e) if e.contains("idx") || e.contains("ubyte") => return Ok(DataFormat::Idx),
+            _ => {}
+        }
+        if base.contains("-ubyte") || base.contains("idx3") || base.contains("idx1") {
+            return Ok(DataFormat::Idx);
+        }
+        if gz && ext.is_none() {
+            // A bare `.gz` has always meant gzip-compressed IDX.
+            return Ok(DataFormat::Idx);
+        }
+        if ext.is_none()
+            && let Some(format) = sniff(path)?
+        {
+            return Ok(format);
+        }
+        let shown = match &ext {
+            Some(e) => format!("extension '.{e}'"),
+            None => "no extension, and the first bytes match no known format".to_string(),
+        };
+        Err(format_err(
+            path,
+            format!("unknown evaluation-set format ({shown}); accepted: {ACCEPTED_FORMATS}"),
+        ))
+    }
+}
+
+/// Recognises a format from a file's first bytes.
+fn sniff(path: &Path) -> Result<Option<DataFormat>, DataError> {
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(16).read_to_end(&mut head))
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(match head.as_slice() {
+        [0x93, b'N', b'U', b'M', b'P', b'Y', ..] => Some(DataFormat::Npy),
+        [b'P', b'K', 3, 4, ..] | [b'P', b'K', 5, 6, ..] => Some(DataFormat::Npz),
+        [0x1f, 0x8b, ..] => Some(DataFormat::Idx),
+        [0, 0, 0x08 | 0x09 | 0x0B | 0x0C | 0x0D | 0x0E, 1..=8, ..] => Some(DataFormat::Idx),
+        [_, _, _, _, _, _, _, _, b'{', ..] => Some(DataFormat::Safetensors),
+        _ => None,
+    })
+}
+
+/// Reads an evaluation set, choosing the reader by extension (or an IDX pair in a directory,
+/// or by content when the name has no extension). Every error names the file and what was
+/// expected.
 pub fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
-    idx::load(path, opts)
+    let set = match DataFormat::detect(path)? {
+        DataFormat::Idx => idx::load(path, opts)?,
+        DataFormat::Safetensors => tensors::load(path, opts)?,
+        DataFormat::Npy => npy::load_pair(path, opts)?,
+        DataFormat::Npz => npy::load_npz(path, opts)?,
+        DataFormat::Csv => csv::load(path, opts)?,
+    };
+    check(set)
+}
+
+/// What every evaluation set must satisfy, whatever its format.
+fn check(set: EvalSet) -> Result<EvalSet, DataError> {
+    if set.is_empty() {
+        return Err(DataError::Mismatch {
+            msg: format!(
+                "the evaluation set is empty (0 samples of shape {:?}); expected at least one sample",
+                set.sample_shape
+            ),
+            path: set.source,
+        });
+    }
+    if set.sample_len() == 0 {
+        return Err(DataError::Mismatch {
+            msg: format!(
+                "samples have shape {:?}, which holds no values",
+                set.sample_shape
+            ),
+            path: set.source,
+        });
+    }
+    if set.labels.len().checked_mul(set.sample_len()) != Some(set.inputs.len()) {
+        return Err(format_err(
+            &set.source,
+            format!(
+                "{} input values do not make {} samples of shape {:?}",
+                set.inputs.len(),
+                set.labels.len(),
+                set.sample_shape
+            ),
+        ));
+    }
+    Ok(set)
+}
+
+pub(crate) fn format_err(path: &Path, msg: impl Into<String>) -> DataError {
+    DataError::Format {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Formats that hold their own labels refuse a separate labels file rather than ignore it.
+pub(crate) fn reject_labels_option(
+    path: &Path,
+    opts: &DataOptions,
+    holds: &str,
+) -> Result<(), DataError> {
+    match &opts.labels {
+        Some(l) => Err(format_err(
+            path,
+            format!(
+                "--labels ({}) applies to IDX and NPY inputs only; this file holds its own labels ({holds})",
+                l.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One array of a set, with where it came from for messages.
+pub(crate) struct Part<'p, 'a> {
+    pub path: &'p Path,
+    /// `tensor 'inputs'`, `array 'y'`, ...
+    pub what: &'p str,
+    pub array: &'p Array<'a>,
+}
+
+/// Builds a set from an inputs array `[N, ...sample shape]` and a labels array `[N]` (or
+/// `[N, 1]`), checking shapes, counts and label values.
+pub(crate) fn assemble(source: &Path, x: Part, y: Part) -> Result<EvalSet, DataError> {
+    let Some((&n, sample_shape)) = x.array.shape.split_first() else {
+        return Err(format_err(
+            x.path,
+            format!(
+                "{} is a scalar ({}); expected shape [N, ...sample shape], one row per sample",
+                x.what,
+                x.array.describe()
+            ),
+        ));
+    };
+    let labels_n = match y.array.shape.as_slice() {
+        [n] | [n, 1] => *n,
+        shape => {
+            let hint = match shape {
+                [_, c] if *c > 1 => " (one-hot labels? store labels.argmax(axis=1))",
+                _ => "",
+            };
+            return Err(format_err(
+                y.path,
+                format!(
+                    "{} has shape {shape:?}; expected [N]: one class index per sample{hint}",
+                    y.what
+                ),
+            ));
+        }
+    };
+    if labels_n != n {
+        let inputs_file = if x.path == y.path {
+            String::new()
+        } else {
+            format!(" in {}", x.path.display())
+        };
+        return Err(DataError::Mismatch {
+            path: y.path.to_path_buf(),
+            msg: format!(
+                "{} holds {labels_n} labels but {} holds {n} samples{inputs_file}; expected one label per sample",
+                y.what, x.what
+            ),
+        });
+    }
+    let labels = y
+        .array
+        .to_labels()
+        .map_err(|m| format_err(y.path, format!("{} ({}): {m}", y.what, y.array.describe())))?;
+    Ok(EvalSet {
+        source: source.to_path_buf(),
+        inputs: x.array.to_f32(),
+        // A 1-D inputs array holds one value per sample.
+        sample_shape: if sample_shape.is_empty() {
+            vec![1]
+        } else {
+            sample_shape.to_vec()
+        },
+        labels,
+    })
 }

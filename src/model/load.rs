@@ -783,5 +783,28 @@ pub fn to_safetensors_bytes(
                 .map(|v| (name.clone(), v))
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize(views, Some(metadata.clone()))
+    let bytes = safetensors::serialize(views, Some(metadata.clone()))?;
+    // safetensors writes the metadata in HashMap order, which changes from run to run: sort the
+    // header so the same tensors and metadata always give the same bytes.
+    Ok(sorted_header(&bytes).unwrap_or(bytes))
+}
+
+/// `bytes` with the JSON header's keys (and the metadata's) in sorted order.
+fn sorted_header(bytes: &[u8]) -> Option<Vec<u8>> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let data = bytes.get(8usize.checked_add(n)?..)?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).ok()?;
+        *meta = serde_json::to_value(sorted).ok()?;
+    }
+    let mut json = serde_json::to_vec(&header).ok()?;
+    // Keep the data 8-byte aligned, padding with spaces as safetensors does.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    out.extend(data);
+    Some(out)
 }

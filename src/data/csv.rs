@@ -1,0 +1,228 @@
+//! CSV evaluation sets: a header row, one sample per row, the label in the column named `label`
+//! (or [`DataOptions::label_column`]) and every other column a feature. A small hand parser:
+//! comma, semicolon or tab separated (guessed from the header), CRLF or LF line ends, blank
+//! lines skipped, fields optionally in double quotes. Quoted fields may not span lines.
+
+use std::path::Path;
+
+use super::array::{float_label, int_label};
+use super::idx::read_maybe_gz;
+use super::{DataError, DataOptions, EvalSet, format_err};
+
+pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
+    super::reject_labels_option(path, opts, "a label column")?;
+    let bytes = read_maybe_gz(path)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format_err(
+            path,
+            format!(
+                "not UTF-8 text (invalid byte at offset {}); expected a CSV file",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))
+        .filter(|(_, l)| !l.trim().is_empty());
+    let want = opts.label_column.as_deref().unwrap_or("label");
+    let Some((header_line, header)) = lines.next() else {
+        return Err(format_err(
+            path,
+            format!(
+                "the CSV file is empty; expected a header row naming the columns, one of them '{want}'"
+            ),
+        ));
+    };
+    let sep = guess_separator(header);
+    let at = |line: usize, msg: String| format_err(path, format!("line {line}: {msg}"));
+    let names = split_fields(header, sep).map_err(|m| at(header_line, m))?;
+    let label_at = names
+        .iter()
+        .position(|n| n == want)
+        .or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(want)))
+        .ok_or_else(|| {
+            let looks_numeric = names.iter().all(|n| n.parse::<f64>().is_ok());
+            let hint = if looks_numeric {
+                " (the first row looks like data: the file needs a header row)"
+            } else {
+                ""
+            };
+            format_err(
+                path,
+                format!(
+                    "no label column '{want}' in the header{hint}; the columns are: {}",
+                    names.join(", ")
+                ),
+            )
+        })?;
+    let features = names.len() - 1;
+    if features == 0 {
+        return Err(format_err(
+            path,
+            format!("the only column is the label '{want}'; expected feature columns beside it"),
+        ));
+    }
+    let mut inputs = Vec::new();
+    let mut labels = Vec::new();
+    for (line, text) in lines {
+        let fields = split_fields(text, sep).map_err(|m| at(line, m))?;
+        if fields.len() != names.len() {
+            return Err(at(
+                line,
+                format!(
+                    "{} fields, but the header has {} columns",
+                    fields.len(),
+                    names.len()
+                ),
+            ));
+        }
+        for (j, (field, name)) in fields.iter().zip(&names).enumerate() {
+            if j == label_at {
+                labels.push(
+                    parse_label(field).map_err(|m| at(line, format!("column '{name}': {m}")))?,
+                );
+            } else {
+                let v = field
+                    .parse::<f32>()
+                    .map_err(|_| at(line, format!("column '{name}': '{field}' is not a number")))?;
+                inputs.push(v);
+            }
+        }
+    }
+    Ok(EvalSet {
+        source: path.to_path_buf(),
+        inputs,
+        sample_shape: vec![features],
+        labels,
+    })
+}
+
+fn parse_label(field: &str) -> Result<u32, String> {
+    if field.is_empty() {
+        return Err("the label is empty; expected a class index 0, 1, 2, ...".into());
+    }
+    if let Ok(v) = field.parse::<i128>() {
+        return int_label(v);
+    }
+    match field.parse::<f64>() {
+        Ok(v) => float_label(v),
+        Err(_) => Err(format!(
+            "label '{field}' is not a number; expected a class index 0, 1, 2, ..."
+        )),
+    }
+}
+
+/// The separator used by the header: the most frequent of comma, semicolon and tab outside
+/// quotes (comma on a tie or when there is only one column).
+fn guess_separator(header: &str) -> char {
+    let mut in_quotes = false;
+    let mut counts = [(',', 0usize), (';', 0), ('\t', 0)];
+    for c in header.chars() {
+        if c == '"' {
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            for (s, n) in counts.iter_mut() {
+                if *s == c {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    counts
+        .iter()
+        .fold(
+            (',', 0),
+            |best, &(s, n)| if n > best.1 { (s, n) } else { best },
+        )
+        .0
+}
+
+/// Splits one line into trimmed fields; a field may be wrapped in double quotes (`""` inside
+/// stands for one quote).
+fn split_fields(line: &str, sep: char) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c != sep && c.is_whitespace()) {
+            chars.next();
+        }
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(
+                            "unterminated quoted field (quoted fields may not span lines)".into(),
+                        );
+                    }
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != sep && c.is_whitespace()) {
+                chars.next();
+            }
+            match chars.peek() {
+                None => {}
+                Some(c) if *c == sep => {}
+                Some(c) => return Err(format!("unexpected '{c}' after a quoted field")),
+            }
+            fields.push(field.trim().to_string());
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == sep {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+            fields.push(field.trim().to_string());
+        }
+        match chars.next() {
+            Some(c) if c == sep => continue,
+            _ => break,
+        }
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_quoted_fields() {
+        assert_eq!(
+            split_fields(r#" 1, "2.5" ,"a""b",,x"#, ',').unwrap(),
+            vec!["1", "2.5", "a\"b", "", "x"]
+        );
+        assert!(split_fields(r#"1,"2"#, ',').is_err());
+        assert!(split_fields(r#"1,"2"3"#, ',').is_err());
+        assert_eq!(split_fields("a\tb", '\t').unwrap(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn guesses_separator() {
+        assert_eq!(guess_separator("a,b,label"), ',');
+        assert_eq!(guess_separator("a;b;label"), ';');
+        assert_eq!(guess_separator("a\tb\t\"x,y\""), '\t');
+        assert_eq!(guess_separator("label"), ',');
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(parse_label("3"), Ok(3));
+        assert_eq!(parse_label("3.0"), Ok(3));
+        assert!(parse_label("3.5").unwrap_err().contains("whole number"));
+        assert!(parse_label("-1").unwrap_err().contains("negative"));
+        assert!(parse_label("cat").unwrap_err().contains("not a number"));
+    }
+}

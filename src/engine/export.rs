@@ -1,0 +1,827 @@
+//! Writing and reading compressed models: a safetensors file whose tensors are the packed
+//! buffers themselves (so `size_bytes` is the file size minus the header), with the
+//! architecture, a per-layer format descriptor and the recipe in the metadata.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start};
+use super::model::{CompressedModel, Step};
+use crate::compress::{ActivationQuant, Granularity};
+use crate::model::{
+    ARCH_METADATA_KEY, Activation, ArchSpec, Conv2dGeometry, Layer, Model, Op, Params, Pool2d,
+    write_atomic,
+};
+
+pub const FORMAT_KEY: &str = "squeeze.format";
+pub const FORMAT_VALUE: &str = "compressed";
+pub const LAYERS_KEY: &str = "squeeze.layers";
+pub const RECIPE_KEY: &str = "squeeze.recipe";
+
+/// How one layer of the graph is stored: its op, shapes and (for linear/conv) its format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerDesc {
+    pub name: String,
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    pub op: OpDesc,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OpDesc {
+    Linear {
+        weight_name: String,
+        bias_name: String,
+        format: FormatDesc,
+    },
+    Conv2d {
+        weight_name: String,
+        bias_name: String,
+        weight_shape: Vec<usize>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+        groups: usize,
+        format: FormatDesc,
+    },
+    /// Unfolded batchnorm: tensors `<name>.scale` and `<name>.shift`.
+    ChannelAffine,
+    Activation {
+        function: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slope: Option<f64>,
+    },
+    Maxpool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    },
+    Avgpool2d {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    },
+    GlobalAvgpool,
+    Flatten,
+    Dropout {
+        p: f64,
+    },
+    Softmax,
+    Add {
+        from: usize,
+    },
+}
+
+/// The storage format of one linear/conv layer; the buffers are tensors `<layer>.<part>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FormatDesc {
+    pub rows: usize,
+    pub cols: usize,
+    pub entries: usize,
+    pub index: IndexDesc,
+    pub values: ValuesDesc,
+    pub bias: bool,
+    /// Bits of the input activation quantization (`<layer>.act_scale`, `.act_zero_point`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_bits: Option<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IndexDesc {
+    Dense,
+    /// `<layer>.gaps` (4-bit packed or 8-bit as U8, 16-bit as U16) and `<layer>.row_ptr`.
+    Csr { gap_bits: u8, row_ptr_bits: u8 },
+    /// `<layer>.mask`, one bit per position.
+    Bitmask,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ValuesDesc {
+    F32,
+    F16,
+    Bf16,
+    /// `<layer>.values` (bit-packed codes), `<layer>.scales`, `<layer>.zero_points` unless
+    /// `zero_points` is `"midpoint"`.
+    Uniform {
+        bits: u8,
+        granularity: Granularity,
+        zero_points: String,
+    },
+    /// `<layer>.values` (bit-packed codes) and `<layer>.codebook`.
+    Codebook { bits: u8, size: usize },
+}
+
+impl PackedLayer {
+    /// The format descriptor written to the metadata.
+    pub fn descriptor(&self) -> FormatDesc {
+        FormatDesc {
+            rows: self.rows,
+            cols: self.cols,
+            entries: self.entries,
+            index: match &self.index {
+                Indexing::Dense => IndexDesc::Dense,
+                Indexing::Csr {
+                    gap_bits, row_ptr, ..
+                } => IndexDesc::Csr {
+                    gap_bits: *gap_bits,
+                    row_ptr_bits: row_ptr.bits(),
+                },
+                Indexing::Bitmask { .. } => IndexDesc::Bitmask,
+            },
+            values: match &self.values {
+                ValueStore::F32(_) => ValuesDesc::F32,
+                ValueStore::F16(_) => ValuesDesc::F16,
+                ValueStore::Bf16(_) => ValuesDesc::Bf16,
+                ValueStore::Uniform {
+                    bits,
+                    granularity,
+                    zero_points,
+                    ..
+                } => ValuesDesc::Uniform {
+                    bits: *bits,
+                    granularity: *granularity,
+                    zero_points: match zero_points {
+                        ZeroPoints::Midpoint => "midpoint",
+                        ZeroPoints::U8(_) => "u8",
+                        ZeroPoints::I32(_) => "i32",
+                    }
+                    .into(),
+                },
+                ValueStore::Codebook { bits, codebook, .. } => ValuesDesc::Codebook {
+                    bits: *bits,
+                    size: codebook.len(),
+                },
+            },
+            bias: self.bias.is_some(),
+            activation_bits: self.activation.map(|a| a.bits),
+        }
+    }
+
+    /// The layer's tensors: (suffix, dtype, shape, little-endian bytes).
+    pub fn tensors(&self) -> Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let u16s = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        match &self.values {
+            ValueStore::F32(v) => out.push(("values", Dtype::F32, vec![v.len()], f32s(v))),
+            ValueStore::F16(v) => out.push(("values", Dtype::F16, vec![v.len()], u16s(v))),
+            ValueStore::Bf16(v) => out.push(("values", Dtype::BF16, vec![v.len()], u16s(v))),
+            ValueStore::Uniform {
+                codes,
+                scales,
+                zero_points,
+                ..
+            } => {
+                out.push(("values", Dtype::U8, vec![codes.len()], codes.clone()));
+                out.push(("scales", Dtype::F32, vec![scales.len()], f32s(scales)));
+                match zero_points {
+                    ZeroPoints::Midpoint => {}
+                    ZeroPoints::U8(z) => out.push(("zero_points", Dtype::U8, vec![z.len()], z.clone())),
+                    ZeroPoints::I32(z) => out.push((
+                        "zero_points",
+                        Dtype::I32,
+                        vec![z.len()],
+                        z.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    )),
+                }
+            }
+            ValueStore::Codebook {
+                codes, codebook, ..
+            } => {
+                out.push(("values", Dtype::U8, vec![codes.len()], codes.clone()));
+                out.push(("codebook", Dtype::F32, vec![codebook.len()], f32s(codebook)));
+            }
+        }
+        match &self.index {
+            Indexing::Dense => {}
+            Indexing::Csr {
+                gap_bits,
+                gaps,
+                row_ptr,
+            } => {
+                if *gap_bits == 16 {
+                    out.push(("gaps", Dtype::U16, vec![gaps.len() / 2], gaps.clone()));
+                } else {
+                    out.push(("gaps", Dtype::U8, vec![gaps.len()], gaps.clone()));
+                }
+                match row_ptr {
+                    RowPtr::U16(v) => out.push(("row_ptr", Dtype::U16, vec![v.len()], u16s(v))),
+                    RowPtr::U32(v) => out.push((
+                        "row_ptr",
+                        Dtype::U32,
+                        vec![v.len()],
+                        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    )),
+                }
+            }
+            Indexing::Bitmask { mask, .. } => {
+                out.push(("mask", Dtype::U8, vec![mask.len()], mask.clone()))
+            }
+        }
+        if let Some(b) = &self.bias {
+            out.push(("bias", Dtype::F32, vec![b.len()], f32s(b)));
+        }
+        if let Some(a) = &self.activation {
+            out.push(("act_scale", Dtype::F32, vec![1], a.scale.to_le_bytes().to_vec()));
+            out.push((
+                "act_zero_point",
+                Dtype::I32,
+                vec![1],
+                a.zero_point.to_le_bytes().to_vec(),
+            ));
+        }
+        out
+    }
+}
+
+impl CompressedModel {
+    /// The per-layer descriptors written to the metadata key `squeeze.layers`.
+    pub fn descriptors(&self) -> Vec<LayerDesc> {
+        self.model
+            .layers
+            .iter()
+            .zip(&self.steps)
+            .map(|(l, s)| LayerDesc {
+                name: l.name.clone(),
+                in_shape: l.in_shape.clone(),
+                out_shape: l.out_shape.clone(),
+                op: op_desc(l, s),
+            })
+            .collect()
+    }
+
+    /// The safetensors bytes of the compressed model.
+    pub fn to_bytes(&self, recipe_text: Option<&str>) -> Result<Vec<u8>, EngineError> {
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (layer, step) in self.model.layers.iter().zip(&self.steps) {
+            match step {
+                Step::Linear(p) | Step::Conv(p, _) => {
+                    for (suffix, dt, shape, bytes) in p.tensors() {
+                        tensors.push((format!("{}.{suffix}", layer.name), dt, shape, bytes));
+                    }
+                }
+                Step::ChannelAffine { scale, shift, .. } => {
+                    for (suffix, v) in [("scale", scale), ("shift", shift)] {
+                        tensors.push((
+                            format!("{}.{suffix}", layer.name),
+                            Dtype::F32,
+                            vec![v.len()],
+                            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut meta = HashMap::new();
+        meta.insert(ARCH_METADATA_KEY.to_string(), self.model.folded_spec().to_json());
+        meta.insert(FORMAT_KEY.to_string(), FORMAT_VALUE.to_string());
+        meta.insert(
+            LAYERS_KEY.to_string(),
+            serde_json::to_string(&self.descriptors()).unwrap_or_default(),
+        );
+        meta.insert(
+            "squeeze.input".to_string(),
+            serde_json::to_string(&self.model.input).unwrap_or_default(),
+        );
+        if let Some(r) = recipe_text {
+            meta.insert(RECIPE_KEY.to_string(), r.to_string());
+        }
+        let views = tensors
+            .iter()
+            .map(|(n, dt, shape, bytes)| {
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).map(|v| (n.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::Serialize(e.to_string()))?;
+        safetensors::serialize(views, Some(meta)).map_err(|e| EngineError::Serialize(e.to_string()))
+    }
+
+    /// Writes the compressed model to `path` atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path, recipe_text: Option<&str>) -> Result<(), EngineError> {
+        let bytes = self.to_bytes(recipe_text)?;
+        write_atomic(path, &bytes).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn pair(p: (usize, usize)) -> [usize; 2] {
+    [p.0, p.1]
+}
+
+fn op_desc(l: &Layer, s: &Step) -> OpDesc {
+    match (&l.op, s) {
+        (Op::Linear(p), Step::Linear(pl)) => OpDesc::Linear {
+            weight_name: p.weight_name.clone(),
+            bias_name: p.bias_name.clone(),
+            format: pl.descriptor(),
+        },
+        (Op::Conv2d(p, g), Step::Conv(pl, _)) => OpDesc::Conv2d {
+            weight_name: p.weight_name.clone(),
+            bias_name: p.bias_name.clone(),
+            weight_shape: p.weight.dims().to_vec(),
+            stride: pair(g.stride),
+            padding: pair(g.padding),
+            dilation: pair(g.dilation),
+            groups: g.groups,
+            format: pl.descriptor(),
+        },
+        (Op::ChannelAffine { .. }, _) => OpDesc::ChannelAffine,
+        (Op::Activation(a), _) => {
+            let (function, slope) = match a {
+                Activation::LeakyRelu(s) => ("leaky_relu", Some(*s)),
+                _ => (l.op.name(), None),
+            };
+            OpDesc::Activation {
+                function: function.into(),
+                slope,
+            }
+        }
+        (Op::MaxPool2d(p), _) => OpDesc::Maxpool2d {
+            kernel: pair(p.kernel),
+            stride: pair(p.stride),
+            padding: pair(p.padding),
+        },
+        (Op::AvgPool2d(p), _) => OpDesc::Avgpool2d {
+            kernel: pair(p.kernel),
+            stride: pair(p.stride),
+            padding: pair(p.padding),
+        },
+        (Op::GlobalAvgPool, _) => OpDesc::GlobalAvgpool,
+        (Op::Dropout(p), _) => OpDesc::Dropout { p: *p },
+        (Op::Softmax, _) => OpDesc::Softmax,
+        (Op::Add { from }, _) => OpDesc::Add { from: *from },
+        // Flatten, and (unreachable) a linear/conv without its packed step.
+        _ => OpDesc::Flatten,
+    }
+}
+
+/// `true` when `path` is a safetensors file written by `CompressedModel::save`.
+pub fn is_compressed_file(path: &Path) -> bool {
+    let Ok(bytes) = read_header(path) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes[8..]).is_ok_and(|h| {
+        h.get("__metadata__")
+            .and_then(|m| m.get(FORMAT_KEY))
+            .and_then(|v| v.as_str())
+            == Some(FORMAT_VALUE)
+    })
+}
+
+/// The first `8 + header` bytes of a safetensors file (enough for `read_metadata`).
+fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)?;
+    let n = u64::from_le_bytes(len);
+    if n > 100_000_000 {
+        return Err(std::io::Error::other("header too large"));
+    }
+    let mut out = len.to_vec();
+    out.resize(8 + n as usize, 0);
+    f.read_exact(&mut out[8..])?;
+    Ok(out)
+}
+
+/// Loads a file written by `CompressedModel::save`.
+pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |tensor: &str, msg: String| EngineError::Corrupt {
+        path: path.to_path_buf(),
+        tensor: tensor.to_string(),
+        msg,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
+    let metadata: BTreeMap<String, String> = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VALUE) {
+        return Err(corrupt(
+            "(header)",
+            format!("not a compressed squeeze model (metadata \"{FORMAT_KEY}\" is not \"{FORMAT_VALUE}\")"),
+        ));
+    }
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
+    let meta_json = |key: &str| {
+        metadata
+            .get(key)
+            .ok_or_else(|| corrupt("(header)", format!("metadata key \"{key}\" is missing")))
+    };
+    let spec = ArchSpec::from_json(meta_json(ARCH_METADATA_KEY)?)
+        .map_err(|e| corrupt("(header)", format!("metadata \"{ARCH_METADATA_KEY}\": {e}")))?;
+    let descs: Vec<LayerDesc> = serde_json::from_str(meta_json(LAYERS_KEY)?)
+        .map_err(|e| corrupt("(header)", format!("metadata \"{LAYERS_KEY}\": {e}")))?;
+    let input = match metadata.get("squeeze.input") {
+        Some(j) => serde_json::from_str(j)
+            .map_err(|e| corrupt("(header)", format!("metadata \"squeeze.input\": {e}")))?,
+        None => spec.input.clone(),
+    };
+    let mut reader = Reader {
+        st: &st,
+        path,
+        used: 0,
+    };
+    let mut layers = Vec::with_capacity(descs.len());
+    let mut packed = Vec::with_capacity(descs.len());
+    let dev = Device::Cpu;
+    for (i, d) in descs.iter().enumerate() {
+        let placeholder = |shape: &[usize]| {
+            Tensor::zeros(shape, candle_core::DType::F32, &dev)
+                .map_err(|e| corrupt(&d.name, e.to_string()))
+        };
+        let (op, p) = match &d.op {
+            OpDesc::Linear {
+                weight_name,
+                bias_name,
+                format,
+            } => {
+                let pl = reader.packed(&d.name, format)?;
+                let params = Params {
+                    weight: placeholder(&[format.rows, format.cols])?,
+                    bias: None,
+                    weight_name: weight_name.clone(),
+                    bias_name: bias_name.clone(),
+                };
+                (Op::Linear(params), Some(pl))
+            }
+            OpDesc::Conv2d {
+                weight_name,
+                bias_name,
+                weight_shape,
+                stride,
+                padding,
+                dilation,
+                groups,
+                format,
+            } => {
+                let pl = reader.packed(&d.name, format)?;
+                if weight_shape.len() != 4 || weight_shape.iter().product::<usize>() != format.rows * format.cols {
+                    return Err(corrupt(&d.name, format!("conv weight shape {weight_shape:?} does not match {}×{}", format.rows, format.cols)));
+                }
+                let params = Params {
+                    weight: placeholder(weight_shape)?,
+                    bias: None,
+                    weight_name: weight_name.clone(),
+                    bias_name: bias_name.clone(),
+                };
+                let geo = Conv2dGeometry {
+                    stride: (stride[0], stride[1]),
+                    padding: (padding[0], padding[1]),
+                    dilation: (dilation[0], dilation[1]),
+                    groups: *groups,
+                };
+                (Op::Conv2d(params, geo), Some(pl))
+            }
+            OpDesc::ChannelAffine => {
+                let c = d.in_shape.first().copied().unwrap_or(0);
+                let scale = reader.f32s(&format!("{}.scale", d.name), c)?;
+                let shift = reader.f32s(&format!("{}.shift", d.name), c)?;
+                let t = |v: Vec<f32>| {
+                    Tensor::from_vec(v, c, &dev).map_err(|e| corrupt(&d.name, e.to_string()))
+                };
+                (
+                    Op::ChannelAffine {
+                        scale: t(scale)?,
+                        shift: t(shift)?,
+                    },
+                    None,
+                )
+            }
+            OpDesc::Activation { function, slope } => {
+                let a = match function.as_str() {
+                    "relu" => Activation::Relu,
+                    "relu6" => Activation::Relu6,
+                    "leaky_relu" => Activation::LeakyRelu(slope.unwrap_or(0.01)),
+                    "gelu" => Activation::Gelu,
+                    "tanh" => Activation::Tanh,
+                    "sigmoid" => Activation::Sigmoid,
+                    "silu" => Activation::Silu,
+                    other => return Err(corrupt(&d.name, format!("unknown activation \"{other}\""))),
+                };
+                (Op::Activation(a), None)
+            }
+            OpDesc::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+            }
+            | OpDesc::Avgpool2d {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let p = Pool2d {
+                    kernel: (kernel[0], kernel[1]),
+                    stride: (stride[0], stride[1]),
+                    padding: (padding[0], padding[1]),
+                };
+                if matches!(d.op, OpDesc::Maxpool2d { .. }) {
+                    (Op::MaxPool2d(p), None)
+                } else {
+                    (Op::AvgPool2d(p), None)
+                }
+            }
+            OpDesc::GlobalAvgpool => (Op::GlobalAvgPool, None),
+            OpDesc::Flatten => (Op::Flatten, None),
+            OpDesc::Dropout { p } => (Op::Dropout(*p), None),
+            OpDesc::Softmax => (Op::Softmax, None),
+            OpDesc::Add { from } => {
+                if *from >= i {
+                    return Err(corrupt(&d.name, format!("add reads layer {from}, not an earlier one")));
+                }
+                (Op::Add { from: *from }, None)
+            }
+        };
+        check_shapes(d, &layers, &input).map_err(|m| corrupt(&d.name, m))?;
+        layers.push(Layer {
+            name: d.name.clone(),
+            op,
+            in_shape: d.in_shape.clone(),
+            out_shape: d.out_shape.clone(),
+            stored_bytes: p.as_ref().map_or(0, |p: &PackedLayer| p.size_bytes()),
+        });
+        packed.push(p);
+    }
+    if layers.is_empty() {
+        return Err(corrupt("(header)", "no layers".into()));
+    }
+    if reader.used != st.len() {
+        return Err(corrupt(
+            "(header)",
+            format!("{} tensors in the file, {} described by the layers", st.len(), reader.used),
+        ));
+    }
+    let model = Model {
+        spec,
+        input,
+        layers,
+        source: path.to_path_buf(),
+    };
+    CompressedModel::assemble(model, packed).map_err(|e| corrupt("(graph)", e.to_string()))
+}
+
+/// Shapes must chain: each layer reads what the previous one wrote, and element-wise ops keep
+/// the size, so the kernels' buffers are always large enough.
+fn check_shapes(d: &LayerDesc, prev: &[Layer], input: &crate::model::InputSpec) -> Result<(), String> {
+    let expect = prev.last().map_or(&input.shape, |l| &l.out_shape);
+    if &d.in_shape != expect {
+        return Err(format!("input shape {:?}, but the previous layer outputs {expect:?}", d.in_shape));
+    }
+    let inn: usize = d.in_shape.iter().product();
+    let out: usize = d.out_shape.iter().product();
+    let same = matches!(
+        d.op,
+        OpDesc::ChannelAffine
+            | OpDesc::Activation { .. }
+            | OpDesc::Flatten
+            | OpDesc::Dropout { .. }
+            | OpDesc::Softmax
+            | OpDesc::Add { .. }
+    );
+    if same && inn != out {
+        return Err(format!("{:?} → {:?} changes the size", d.in_shape, d.out_shape));
+    }
+    if let OpDesc::Add { from } = d.op
+        && prev.get(from).is_none_or(|l| l.out_shape != d.out_shape)
+    {
+        return Err(format!("add of layer {from} with a different shape"));
+    }
+    let geo_ok = match &d.op {
+        OpDesc::Linear { format, .. } => format.cols == inn && format.rows == out,
+        OpDesc::Conv2d {
+            weight_shape,
+            stride,
+            padding,
+            dilation,
+            groups,
+            ..
+        } => {
+            d.in_shape.len() == 3
+                && d.out_shape.len() == 3
+                && *groups > 0
+                && d.in_shape[0] % groups == 0
+                && d.out_shape[0] % groups == 0
+                && weight_shape[0] == d.out_shape[0]
+                && weight_shape[1] * groups == d.in_shape[0]
+                && conv_fits(d.in_shape[1], weight_shape[2], stride[0], padding[0], dilation[0]) == Some(d.out_shape[1])
+                && conv_fits(d.in_shape[2], weight_shape[3], stride[1], padding[1], dilation[1]) == Some(d.out_shape[2])
+        }
+        OpDesc::Maxpool2d {
+            kernel,
+            stride,
+            padding,
+        }
+        | OpDesc::Avgpool2d {
+            kernel,
+            stride,
+            padding,
+        } => {
+            d.in_shape.len() == 3
+                && d.out_shape.len() == 3
+                && d.out_shape[0] == d.in_shape[0]
+                && conv_fits(d.in_shape[1], kernel[0], stride[0], padding[0], 1) == Some(d.out_shape[1])
+                && conv_fits(d.in_shape[2], kernel[1], stride[1], padding[1], 1) == Some(d.out_shape[2])
+        }
+        OpDesc::GlobalAvgpool => d.in_shape.len() == 3 && d.out_shape == [d.in_shape[0]],
+        _ => true,
+    };
+    if !geo_ok {
+        return Err(format!("shapes {:?} → {:?} do not fit the op", d.in_shape, d.out_shape));
+    }
+    Ok(())
+}
+
+fn conv_fits(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
+    if k == 0 || stride == 0 || dil == 0 {
+        return None;
+    }
+    let span = dil * (k - 1) + 1;
+    let padded = size + 2 * pad;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+struct Reader<'a> {
+    st: &'a SafeTensors<'a>,
+    path: &'a Path,
+    used: usize,
+}
+
+impl Reader<'_> {
+    fn err(&self, tensor: &str, msg: String) -> EngineError {
+        EngineError::Corrupt {
+            path: self.path.to_path_buf(),
+            tensor: tensor.to_string(),
+            msg,
+        }
+    }
+
+    /// The bytes of `name`, checking its dtype and element count.
+    fn raw(&mut self, name: &str, dtypes: &[Dtype], len: usize) -> Result<(Dtype, Vec<u8>), EngineError> {
+        let v = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.err(name, "tensor is missing".into()))?;
+        if !dtypes.contains(&v.dtype()) {
+            return Err(self.err(name, format!("dtype {:?}, expected one of {dtypes:?}", v.dtype())));
+        }
+        let n: usize = v.shape().iter().product();
+        if n != len || v.shape().len() != 1 {
+            return Err(self.err(name, format!("shape {:?}, expected [{len}]", v.shape())));
+        }
+        self.used += 1;
+        Ok((v.dtype(), v.data().to_vec()))
+    }
+
+    fn f32s(&mut self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        let (_, b) = self.raw(name, &[Dtype::F32], len)?;
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(self.err(name, format!("non-finite value at {i}")));
+        }
+        Ok(v)
+    }
+
+    fn u16s(&mut self, name: &str, dt: Dtype, len: usize) -> Result<Vec<u16>, EngineError> {
+        let (_, b) = self.raw(name, &[dt], len)?;
+        Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    }
+
+    fn packed(&mut self, layer: &str, f: &FormatDesc) -> Result<PackedLayer, EngineError> {
+        let t = |s: &str| format!("{layer}.{s}");
+        let values = match &f.values {
+            ValuesDesc::F32 => ValueStore::F32(self.f32s(&t("values"), f.entries)?),
+            ValuesDesc::F16 => ValueStore::F16(self.u16s(&t("values"), Dtype::F16, f.entries)?),
+            ValuesDesc::Bf16 => ValueStore::Bf16(self.u16s(&t("values"), Dtype::BF16, f.entries)?),
+            ValuesDesc::Uniform {
+                bits,
+                granularity,
+                zero_points,
+            } => {
+                if !(1..=8).contains(bits) {
+                    return Err(self.err(&t("values"), format!("{bits}-bit codes")));
+                }
+                if let Granularity::Group { size: 0 } = granularity {
+                    return Err(self.err(&t("scales"), "group size 0".into()));
+                }
+                let codes = self.raw(&t("values"), &[Dtype::U8], super::pack::packed_len(f.entries, *bits))?.1;
+                let groups = granularity.group_count(f.rows, f.cols);
+                let scales = self.f32s(&t("scales"), groups)?;
+                let zp = match zero_points.as_str() {
+                    "midpoint" => ZeroPoints::Midpoint,
+                    "u8" => ZeroPoints::U8(self.raw(&t("zero_points"), &[Dtype::U8], groups)?.1),
+                    "i32" => ZeroPoints::I32(
+                        self.raw(&t("zero_points"), &[Dtype::I32], groups)?
+                            .1
+                            .chunks_exact(4)
+                            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    ),
+                    other => return Err(self.err(&t("zero_points"), format!("unknown zero point storage \"{other}\""))),
+                };
+                ValueStore::Uniform {
+                    bits: *bits,
+                    codes,
+                    scales,
+                    zero_points: zp,
+                    granularity: *granularity,
+                }
+            }
+            ValuesDesc::Codebook { bits, size } => {
+                if !(1..=8).contains(bits) {
+                    return Err(self.err(&t("values"), format!("{bits}-bit codes")));
+                }
+                let codes = self.raw(&t("values"), &[Dtype::U8], super::pack::packed_len(f.entries, *bits))?.1;
+                ValueStore::Codebook {
+                    bits: *bits,
+                    codes,
+                    codebook: self.f32s(&t("codebook"), *size)?,
+                }
+            }
+        };
+        let index = match f.index {
+            IndexDesc::Dense => Indexing::Dense,
+            IndexDesc::Csr { gap_bits, row_ptr_bits } => {
+                if ![4, 8, 16].contains(&gap_bits) {
+                    return Err(self.err(&t("gaps"), format!("{gap_bits}-bit gaps")));
+                }
+                let gaps = if gap_bits == 16 {
+                    self.raw(&t("gaps"), &[Dtype::U16], f.entries)?.1
+                } else {
+                    self.raw(&t("gaps"), &[Dtype::U8], super::pack::packed_len(f.entries, gap_bits))?.1
+                };
+                let row_ptr = match row_ptr_bits {
+                    16 => RowPtr::U16(self.u16s(&t("row_ptr"), Dtype::U16, f.rows + 1)?),
+                    32 => RowPtr::U32(
+                        self.raw(&t("row_ptr"), &[Dtype::U32], f.rows + 1)?
+                            .1
+                            .chunks_exact(4)
+                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect(),
+                    ),
+                    b => return Err(self.err(&t("row_ptr"), format!("{b}-bit row pointers"))),
+                };
+                Indexing::Csr {
+                    gap_bits,
+                    gaps,
+                    row_ptr,
+                }
+            }
+            IndexDesc::Bitmask => {
+                let mask = self.raw(&t("mask"), &[Dtype::U8], (f.rows * f.cols).div_ceil(8))?.1;
+                let row_start = bitmask_row_start(&mask, f.rows, f.cols);
+                Indexing::Bitmask { mask, row_start }
+            }
+        };
+        let bias = if f.bias {
+            Some(self.f32s(&t("bias"), f.rows)?)
+        } else {
+            None
+        };
+        let activation = match f.activation_bits {
+            Some(bits) => {
+                let scale = self.f32s(&t("act_scale"), 1)?[0];
+                let zp = self.raw(&t("act_zero_point"), &[Dtype::I32], 1)?.1;
+                if !(1..=8).contains(&bits) || scale <= 0.0 {
+                    return Err(self.err(&t("act_scale"), format!("{bits}-bit activations with scale {scale}")));
+                }
+                Some(ActivationQuant {
+                    bits,
+                    scale,
+                    zero_point: i32::from_le_bytes([zp[0], zp[1], zp[2], zp[3]]),
+                })
+            }
+            None => None,
+        };
+        let p = PackedLayer {
+            rows: f.rows,
+            cols: f.cols,
+            entries: f.entries,
+            index,
+            values,
+            bias,
+            activation,
+        };
+        p.check().map_err(|m| self.err(&t("values"), m))?;
+        Ok(p)
+    }
+}

@@ -1,0 +1,865 @@
+//! Storage formats of one linear/conv layer (`PackedLayer`): how its kept positions are indexed
+//! (dense, CSR with narrow relative column gaps, or a bitmask) and how its values are stored
+//! (f32 / f16 / bf16, bit-packed uniform codes with per-group scales and zero points, or
+//! bit-packed codebook indices). `size_bytes` is the exact number of bytes of the tensors the
+//! layer serializes to.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use super::EngineError;
+use super::pack::{self, GapWidth};
+use crate::compress::{ActivationQuant, FloatStorage, Granularity, QuantizedLayer, WeightValues};
+
+/// Row pointers of a CSR layer: entry offsets, `rows + 1` of them, 16-bit when they fit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowPtr {
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl RowPtr {
+    fn from_offsets(offsets: &[usize]) -> Self {
+        if offsets.last().is_none_or(|&n| n <= u16::MAX as usize) {
+            RowPtr::U16(offsets.iter().map(|&o| o as u16).collect())
+        } else {
+            RowPtr::U32(offsets.iter().map(|&o| o as u32).collect())
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize) -> usize {
+        match self {
+            RowPtr::U16(v) => v[i] as usize,
+            RowPtr::U32(v) => v[i] as usize,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RowPtr::U16(v) => v.len(),
+            RowPtr::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            RowPtr::U16(v) => v.len() * 2,
+            RowPtr::U32(v) => v.len() * 4,
+        }
+    }
+
+    pub fn bits(&self) -> u8 {
+        match self {
+            RowPtr::U16(_) => 16,
+            RowPtr::U32(_) => 32,
+        }
+    }
+}
+
+/// Where a layer's stored entries sit in its `rows × cols` matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Indexing {
+    /// Every position, row-major.
+    Dense,
+    /// Compressed sparse rows with relative column indices: within a row, entry `k` sits at
+    /// column `p + gap[k]` where `p` is one past the previous entry's column (0 at the row's
+    /// start). A distance longer than the widest gap takes padding entries holding zero, as in
+    /// Deep Compression.
+    Csr {
+        gap_bits: u8,
+        gaps: Vec<u8>,
+        row_ptr: RowPtr,
+    },
+    /// One bit per position (row-major, LSB-first); entries are the set bits in order.
+    /// `row_start` (the first entry of each row, `rows + 1` values) is derived from the mask at
+    /// build time for the kernels and is not stored.
+    Bitmask { mask: Vec<u8>, row_start: Vec<u32> },
+}
+
+/// Zero points of uniform codes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ZeroPoints {
+    /// Every group's zero point is `2^(bits−1)` (symmetric quantization): nothing stored.
+    Midpoint,
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+}
+
+impl ZeroPoints {
+    #[inline]
+    pub fn get(&self, g: usize, bits: u8) -> i32 {
+        match self {
+            ZeroPoints::Midpoint => 1 << (bits - 1),
+            ZeroPoints::U8(v) => v[g] as i32,
+            ZeroPoints::I32(v) => v[g],
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            ZeroPoints::Midpoint => 0,
+            ZeroPoints::U8(v) => v.len(),
+            ZeroPoints::I32(v) => v.len() * 4,
+        }
+    }
+}
+
+/// The stored values, one per entry of the indexing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueStore {
+    F32(Vec<f32>),
+    /// IEEE half bits.
+    F16(Vec<u16>),
+    /// bfloat16 bits.
+    Bf16(Vec<u16>),
+    /// `value = scales[g] × (code − zero_point[g])`, codes bit-packed.
+    Uniform {
+        bits: u8,
+        codes: Vec<u8>,
+        scales: Vec<f32>,
+        zero_points: ZeroPoints,
+        granularity: Granularity,
+    },
+    /// `value = codebook[code]`, codes bit-packed.
+    Codebook {
+        bits: u8,
+        codes: Vec<u8>,
+        codebook: Vec<f32>,
+    },
+}
+
+/// A layer's exact stored bytes by role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeBreakdown {
+    pub values: usize,
+    pub indices: usize,
+    /// Scales, zero points, codebook and activation quantization parameters.
+    pub scales: usize,
+    pub bias: usize,
+}
+
+impl SizeBreakdown {
+    pub fn total(&self) -> usize {
+        self.values + self.indices + self.scales + self.bias
+    }
+}
+
+impl std::ops::AddAssign for SizeBreakdown {
+    fn add_assign(&mut self, o: Self) {
+        self.values += o.values;
+        self.indices += o.indices;
+        self.scales += o.scales;
+        self.bias += o.bias;
+    }
+}
+
+/// One linear/conv layer in its storage format, executed directly by the kernels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedLayer {
+    pub rows: usize,
+    pub cols: usize,
+    /// Stored entries (values): `rows × cols` when dense, kept weights plus padding for CSR,
+    /// kept weights for a bitmask.
+    pub entries: usize,
+    pub index: Indexing,
+    pub values: ValueStore,
+    pub bias: Option<Vec<f32>>,
+    pub activation: Option<ActivationQuant>,
+}
+
+/// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    Dense,
+    Csr,
+    Bitmask,
+}
+
+impl PackedLayer {
+    /// A plain dense f32 layer (no compression): `rows × cols × 4 + bias` bytes.
+    pub fn dense_f32(rows: usize, cols: usize, weights: Vec<f32>, bias: Option<Vec<f32>>) -> Self {
+        PackedLayer {
+            rows,
+            cols,
+            entries: rows * cols,
+            index: Indexing::Dense,
+            values: ValueStore::F32(weights),
+            bias,
+            activation: None,
+        }
+    }
+
+    /// Packs a quantized layer into the smallest valid encoding (dense, CSR with 4/8/16-bit gaps,
+    /// or bitmask). Ties go to the simpler (faster) format.
+    pub fn pack(q: &QuantizedLayer, name: &str) -> Result<Self, EngineError> {
+        let mut best: Option<PackedLayer> = None;
+        for c in Self::candidates(q, name)? {
+            if best.as_ref().is_none_or(|b| c.size_bytes() < b.size_bytes()) {
+                best = Some(c);
+            }
+        }
+        // The bitmask encoding is valid for every layer, so there is always a candidate.
+        best.ok_or_else(|| EngineError::Invalid {
+            layer: name.to_string(),
+            msg: "no storage format fits this layer".into(),
+        })
+    }
+
+    /// Every valid encoding of `q`, dense first.
+    pub fn candidates(q: &QuantizedLayer, name: &str) -> Result<Vec<Self>, EngineError> {
+        validate(q, name)?;
+        let (rows, cols) = (q.rows, q.cols);
+        let mut out = Vec::new();
+        let pruned = q.kept.iter().any(|k| !k);
+        // Dense: every position; pruned positions hold the value zero.
+        let all: Vec<Entry> = (0..rows * cols)
+            .map(|i| {
+                if q.kept[i] {
+                    Entry::Kept(i)
+                } else {
+                    Entry::Zero(i)
+                }
+            })
+            .collect();
+        if let Some(values) = build_values(q, &all) {
+            out.push(self::PackedLayer {
+                rows,
+                cols,
+                entries: all.len(),
+                index: Indexing::Dense,
+                values,
+                bias: q.bias.clone(),
+                activation: q.activation,
+            });
+        }
+        if pruned || out.is_empty() {
+            for width in [4u8, 8, 16] {
+                let (entries, gaps, offsets) = csr_entries(q, GapWidth(width));
+                if let Some(values) = build_values(q, &entries) {
+                    out.push(PackedLayer {
+                        rows,
+                        cols,
+                        entries: entries.len(),
+                        index: Indexing::Csr {
+                            gap_bits: width,
+                            gaps: pack::pack_gaps(&gaps, width),
+                            row_ptr: RowPtr::from_offsets(&offsets),
+                        },
+                        values,
+                        bias: q.bias.clone(),
+                        activation: q.activation,
+                    });
+                }
+            }
+            let entries: Vec<Entry> = (0..rows * cols)
+                .filter(|&i| q.kept[i])
+                .map(Entry::Kept)
+                .collect();
+            if let Some(values) = build_values(q, &entries) {
+                let mask = pack::pack_mask(&q.kept);
+                let row_start = bitmask_row_start(&mask, rows, cols);
+                out.push(PackedLayer {
+                    rows,
+                    cols,
+                    entries: entries.len(),
+                    index: Indexing::Bitmask { mask, row_start },
+                    values,
+                    bias: q.bias.clone(),
+                    activation: q.activation,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn index_kind(&self) -> IndexKind {
+        match self.index {
+            Indexing::Dense => IndexKind::Dense,
+            Indexing::Csr { .. } => IndexKind::Csr,
+            Indexing::Bitmask { .. } => IndexKind::Bitmask,
+        }
+    }
+
+    /// A short human-readable name of the encoding.
+    pub fn format_name(&self) -> String {
+        let idx = match &self.index {
+            Indexing::Dense => "dense".to_string(),
+            Indexing::Csr { gap_bits, .. } => format!("csr{gap_bits}"),
+            Indexing::Bitmask { .. } => "bitmask".to_string(),
+        };
+        let val = match &self.values {
+            ValueStore::F32(_) => "f32".to_string(),
+            ValueStore::F16(_) => "f16".to_string(),
+            ValueStore::Bf16(_) => "bf16".to_string(),
+            ValueStore::Uniform {
+                bits, granularity, ..
+            } => match granularity {
+                Granularity::Tensor => format!("u{bits}/tensor"),
+                Granularity::Channel => format!("u{bits}/channel"),
+                Granularity::Group { size } => format!("u{bits}/group{size}"),
+            },
+            ValueStore::Codebook { bits, .. } => format!("codebook{bits}"),
+        };
+        let act = match self.activation {
+            Some(a) => format!(" ×a{}", a.bits),
+            None => String::new(),
+        };
+        format!("{idx}+{val}{act}")
+    }
+
+    /// Exact stored bytes by role.
+    pub fn size_breakdown(&self) -> SizeBreakdown {
+        let values = match &self.values {
+            ValueStore::F32(v) => v.len() * 4,
+            ValueStore::F16(v) | ValueStore::Bf16(v) => v.len() * 2,
+            ValueStore::Uniform { codes, .. } | ValueStore::Codebook { codes, .. } => codes.len(),
+        };
+        let mut scales = match &self.values {
+            ValueStore::Uniform {
+                scales,
+                zero_points,
+                ..
+            } => scales.len() * 4 + zero_points.bytes(),
+            ValueStore::Codebook { codebook, .. } => codebook.len() * 4,
+            _ => 0,
+        };
+        if self.activation.is_some() {
+            // act_scale (f32) and act_zero_point (i32).
+            scales += 8;
+        }
+        let indices = match &self.index {
+            Indexing::Dense => 0,
+            Indexing::Csr { gaps, row_ptr, .. } => gaps.len() + row_ptr.bytes(),
+            Indexing::Bitmask { mask, .. } => mask.len(),
+        };
+        SizeBreakdown {
+            values,
+            indices,
+            scales,
+            bias: self.bias.as_ref().map_or(0, |b| b.len() * 4),
+        }
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.size_breakdown().total()
+    }
+
+    /// The stored entries of row `r`.
+    #[inline]
+    pub fn row_entries(&self, r: usize) -> Range<usize> {
+        match &self.index {
+            Indexing::Dense => r * self.cols..(r + 1) * self.cols,
+            Indexing::Csr { row_ptr, .. } => row_ptr.get(r)..row_ptr.get(r + 1),
+            Indexing::Bitmask { row_start, .. } => {
+                row_start[r] as usize..row_start[r + 1] as usize
+            }
+        }
+    }
+
+    /// Columns of row `r`'s entries (sparse formats), appended to `out` after clearing it.
+    pub fn row_columns(&self, r: usize, out: &mut Vec<u32>) {
+        out.clear();
+        match &self.index {
+            Indexing::Dense => out.extend(0..self.cols as u32),
+            Indexing::Csr {
+                gap_bits, gaps, ..
+            } => {
+                let mut p = 0usize;
+                let range = self.row_entries(r);
+                match gap_bits {
+                    8 => {
+                        for &g in &gaps[range] {
+                            let c = p + g as usize;
+                            out.push(c as u32);
+                            p = c + 1;
+                        }
+                    }
+                    _ => {
+                        for k in range {
+                            let c = p + pack::gap_at(gaps, *gap_bits, k);
+                            out.push(c as u32);
+                            p = c + 1;
+                        }
+                    }
+                }
+            }
+            Indexing::Bitmask { mask, .. } => {
+                pack::for_each_set_bit(mask, r * self.cols, self.cols, |c| out.push(c as u32));
+            }
+        }
+    }
+
+    /// Dequantized values of entries `range` (all in row `row`; `cols` gives their columns for
+    /// sparse formats, `None` when dense) into `out`.
+    pub fn decode_values(
+        &self,
+        range: Range<usize>,
+        row: usize,
+        cols: Option<&[u32]>,
+        codes: &mut Vec<u8>,
+        out: &mut [f32],
+    ) {
+        let n = range.len();
+        let out = &mut out[..n];
+        match &self.values {
+            ValueStore::F32(v) => out.copy_from_slice(&v[range]),
+            ValueStore::F16(v) => {
+                for (o, &h) in out.iter_mut().zip(&v[range]) {
+                    *o = half::f16::from_bits(h).to_f32();
+                }
+            }
+            ValueStore::Bf16(v) => {
+                for (o, &h) in out.iter_mut().zip(&v[range]) {
+                    *o = half::bf16::from_bits(h).to_f32();
+                }
+            }
+            ValueStore::Codebook {
+                bits,
+                codes: packed,
+                codebook,
+            } => {
+                codes.resize(n, 0);
+                pack::unpack_codes(packed, *bits, range.start, codes);
+                // A 256-entry table makes the lookup branch- and bounds-check-free.
+                let mut lut = [0f32; 256];
+                lut[..codebook.len()].copy_from_slice(codebook);
+                for (o, &c) in out.iter_mut().zip(codes.iter()) {
+                    *o = lut[c as usize];
+                }
+            }
+            ValueStore::Uniform {
+                bits,
+                codes: packed,
+                scales,
+                zero_points,
+                granularity,
+            } => {
+                codes.resize(n, 0);
+                pack::unpack_codes(packed, *bits, range.start, codes);
+                let seg = |g: usize| (scales[g], zero_points.get(g, *bits) as f32);
+                match (granularity, cols) {
+                    (Granularity::Tensor | Granularity::Channel, _) => {
+                        let g = granularity.group_of(row, 0, self.cols);
+                        let (s, z) = seg(g);
+                        for (o, &c) in out.iter_mut().zip(codes.iter()) {
+                            *o = s * (c as f32 - z);
+                        }
+                    }
+                    (Granularity::Group { size }, None) => {
+                        // Dense row: entry k is column k.
+                        for (gi, (o, c)) in out
+                            .chunks_mut(*size)
+                            .zip(codes.chunks(*size))
+                            .enumerate()
+                        {
+                            let (s, z) = seg(row * self.cols.div_ceil(*size) + gi);
+                            for (o, &c) in o.iter_mut().zip(c) {
+                                *o = s * (c as f32 - z);
+                            }
+                        }
+                    }
+                    (Granularity::Group { size }, Some(cols)) => {
+                        let base = row * self.cols.div_ceil(*size);
+                        for ((o, &c), &col) in out.iter_mut().zip(codes.iter()).zip(cols) {
+                            let (s, z) = seg(base + col as usize / size);
+                            *o = s * (c as f32 - z);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole matrix, dequantized, row-major (`rows × cols`), zeros where nothing is stored.
+    pub fn decode_dense(&self, out: &mut [f32]) {
+        let mut cols = Vec::new();
+        let mut codes = Vec::new();
+        let mut vals = vec![0f32; self.cols.max(1)];
+        let out = &mut out[..self.rows * self.cols];
+        match self.index {
+            Indexing::Dense => {
+                for r in 0..self.rows {
+                    let range = self.row_entries(r);
+                    let row = &mut out[r * self.cols..(r + 1) * self.cols];
+                    self.decode_values(range, r, None, &mut codes, row);
+                }
+            }
+            _ => {
+                out.fill(0.0);
+                for r in 0..self.rows {
+                    let range = self.row_entries(r);
+                    self.row_columns(r, &mut cols);
+                    vals.resize(range.len().max(1), 0.0);
+                    self.decode_values(range, r, Some(&cols), &mut codes, &mut vals);
+                    let row = &mut out[r * self.cols..(r + 1) * self.cols];
+                    for (&c, &v) in cols.iter().zip(&vals) {
+                        // Padding entries hold zero; adding keeps a kept value they share a
+                        // column with (they never do, but this is exact either way).
+                        row[c as usize] += v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The dequantized matrix as a new vector.
+    pub fn dequantized(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.decode_dense(&mut out);
+        out
+    }
+
+    /// Checks the internal consistency of a layer read from a file (every index in range,
+    /// lengths matching), so kernels can trust it.
+    pub fn check(&self) -> Result<(), String> {
+        let (rows, cols) = (self.rows, self.cols);
+        match &self.index {
+            Indexing::Dense => {
+                if self.entries != rows * cols {
+                    return Err(format!(
+                        "dense layer holds {} entries, expected {}",
+                        self.entries,
+                        rows * cols
+                    ));
+                }
+            }
+            Indexing::Csr {
+                gap_bits,
+                gaps,
+                row_ptr,
+            } => {
+                if ![4, 8, 16].contains(gap_bits) {
+                    return Err(format!("gap width {gap_bits} is not 4, 8 or 16"));
+                }
+                if row_ptr.len() != rows + 1 {
+                    return Err(format!(
+                        "row_ptr has {} values, expected {}",
+                        row_ptr.len(),
+                        rows + 1
+                    ));
+                }
+                if gaps.len() != GapWidth(*gap_bits).bytes_for(self.entries) {
+                    return Err(format!(
+                        "gaps take {} bytes, expected {} for {} entries",
+                        gaps.len(),
+                        GapWidth(*gap_bits).bytes_for(self.entries),
+                        self.entries
+                    ));
+                }
+                if row_ptr.get(0) != 0 || row_ptr.get(rows) != self.entries {
+                    return Err("row_ptr does not span the entries".into());
+                }
+                let mut buf = Vec::new();
+                for r in 0..rows {
+                    if row_ptr.get(r + 1) < row_ptr.get(r) {
+                        return Err(format!("row_ptr decreases at row {r}"));
+                    }
+                    self.row_columns(r, &mut buf);
+                    if buf.last().is_some_and(|&c| c as usize >= cols) {
+                        return Err(format!("row {r} has a column index past {cols}"));
+                    }
+                }
+            }
+            Indexing::Bitmask { mask, row_start } => {
+                if mask.len() != (rows * cols).div_ceil(8) {
+                    return Err(format!(
+                        "mask takes {} bytes, expected {}",
+                        mask.len(),
+                        (rows * cols).div_ceil(8)
+                    ));
+                }
+                if row_start.last().is_none_or(|&n| n as usize != self.entries) {
+                    return Err(format!(
+                        "mask has {} set bits, but {} values are stored",
+                        row_start.last().copied().unwrap_or(0),
+                        self.entries
+                    ));
+                }
+            }
+        }
+        let n = self.entries;
+        match &self.values {
+            ValueStore::F32(v) if v.len() != n => Err(format!("{} values, expected {n}", v.len())),
+            ValueStore::F16(v) | ValueStore::Bf16(v) if v.len() != n => {
+                Err(format!("{} values, expected {n}", v.len()))
+            }
+            ValueStore::Uniform {
+                bits,
+                codes,
+                scales,
+                zero_points,
+                granularity,
+            } => {
+                check_codes(*bits, codes, n)?;
+                if let Granularity::Group { size: 0 } = granularity {
+                    return Err("group size 0".into());
+                }
+                let groups = granularity.group_count(rows, cols);
+                if scales.len() != groups {
+                    return Err(format!("{} scales, expected {groups}", scales.len()));
+                }
+                let zp = match zero_points {
+                    ZeroPoints::Midpoint => groups,
+                    ZeroPoints::U8(v) => v.len(),
+                    ZeroPoints::I32(v) => v.len(),
+                };
+                if zp != groups {
+                    return Err(format!("{zp} zero points, expected {groups}"));
+                }
+                Ok(())
+            }
+            ValueStore::Codebook {
+                bits,
+                codes,
+                codebook,
+            } => {
+                check_codes(*bits, codes, n)?;
+                if codebook.is_empty() || codebook.len() > 1 << bits {
+                    return Err(format!(
+                        "codebook of {} entries for {bits}-bit codes",
+                        codebook.len()
+                    ));
+                }
+                let mut buf = vec![0u8; n];
+                pack::unpack_codes(codes, *bits, 0, &mut buf);
+                if let Some(bad) = buf.iter().position(|&c| c as usize >= codebook.len()) {
+                    return Err(format!("code at entry {bad} is past the codebook"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }?;
+        if let Some(b) = &self.bias
+            && b.len() != rows
+        {
+            return Err(format!("{} biases, expected {rows}", b.len()));
+        }
+        Ok(())
+    }
+}
+
+fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
+    if !(1..=8).contains(&bits) {
+        return Err(format!("{bits}-bit codes (1 to 8 supported)"));
+    }
+    if codes.len() != pack::packed_len(n, bits) {
+        return Err(format!(
+            "codes take {} bytes, expected {} for {n} {bits}-bit codes",
+            codes.len(),
+            pack::packed_len(n, bits)
+        ));
+    }
+    Ok(())
+}
+
+/// Value index of each row's first set bit, `rows + 1` values.
+pub(crate) fn bitmask_row_start(mask: &[u8], rows: usize, cols: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows + 1);
+    let mut n = 0usize;
+    out.push(0);
+    for r in 0..rows {
+        n += pack::count_ones(mask, r * cols, cols);
+        out.push(n as u32);
+    }
+    out
+}
+
+/// What one stored entry holds: kept weight `i` (row-major position) or zero at position `i`.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Kept(usize),
+    Zero(usize),
+}
+
+/// CSR entries of `q` with gaps of `width` bits: entries, gaps and row offsets.
+fn csr_entries(q: &QuantizedLayer, width: GapWidth) -> (Vec<Entry>, Vec<usize>, Vec<usize>) {
+    let max = width.max_gap();
+    let mut entries = Vec::new();
+    let mut gaps = Vec::new();
+    let mut offsets = vec![0usize];
+    for r in 0..q.rows {
+        let mut p = 0usize;
+        for c in 0..q.cols {
+            if !q.kept[r * q.cols + c] {
+                continue;
+            }
+            while c - p > max {
+                entries.push(Entry::Zero(r * q.cols + p + max));
+                gaps.push(max);
+                p += max + 1;
+            }
+            entries.push(Entry::Kept(r * q.cols + c));
+            gaps.push(c - p);
+            p = c + 1;
+        }
+        offsets.push(entries.len());
+    }
+    (entries, gaps, offsets)
+}
+
+/// The value store holding `entries` in order, or `None` when a zero entry cannot be
+/// represented (a codebook without 0.0, a zero point outside the code range).
+fn build_values(q: &QuantizedLayer, entries: &[Entry]) -> Option<ValueStore> {
+    let cols = q.cols;
+    Some(match &q.values {
+        WeightValues::Float { data, storage } => {
+            let v = entries.iter().map(|e| match *e {
+                Entry::Kept(i) => data[i],
+                Entry::Zero(_) => 0.0,
+            });
+            match storage {
+                FloatStorage::F32 => ValueStore::F32(v.collect()),
+                FloatStorage::F16 => {
+                    ValueStore::F16(v.map(|x| half::f16::from_f32(x).to_bits()).collect())
+                }
+                FloatStorage::Bf16 => {
+                    ValueStore::Bf16(v.map(|x| half::bf16::from_f32(x).to_bits()).collect())
+                }
+            }
+        }
+        WeightValues::Uniform {
+            bits,
+            codes,
+            scales,
+            zero_points,
+            granularity,
+        } => {
+            let top = (1i32 << bits) - 1;
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                out.push(match *e {
+                    Entry::Kept(i) => codes[i],
+                    Entry::Zero(i) => {
+                        let z = zero_points[granularity.group_of(i / cols, i % cols, cols)];
+                        if !(0..=top).contains(&z) {
+                            return None;
+                        }
+                        z as u8
+                    }
+                });
+            }
+            let mid = 1i32 << (bits - 1);
+            let zp = if zero_points.iter().all(|&z| z == mid) {
+                ZeroPoints::Midpoint
+            } else if zero_points.iter().all(|&z| (0..=255).contains(&z)) {
+                ZeroPoints::U8(zero_points.iter().map(|&z| z as u8).collect())
+            } else {
+                ZeroPoints::I32(zero_points.clone())
+            };
+            ValueStore::Uniform {
+                bits: *bits,
+                codes: pack::pack_codes(&out, *bits),
+                scales: scales.clone(),
+                zero_points: zp,
+                granularity: *granularity,
+            }
+        }
+        WeightValues::Codebook {
+            bits,
+            codes,
+            codebook,
+        } => {
+            let zero = codebook.iter().position(|&v| v == 0.0);
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                out.push(match *e {
+                    Entry::Kept(i) => codes[i],
+                    Entry::Zero(_) => zero? as u8,
+                });
+            }
+            ValueStore::Codebook {
+                bits: *bits,
+                codes: pack::pack_codes(&out, *bits),
+                codebook: codebook.clone(),
+            }
+        }
+    })
+}
+
+/// Checks a `QuantizedLayer` against its own description before packing it.
+fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
+    let err = |msg: String| EngineError::Invalid {
+        layer: name.to_string(),
+        msg,
+    };
+    let n = q.rows * q.cols;
+    if q.kept.len() != n {
+        return Err(err(format!("kept has {} flags, expected {n}", q.kept.len())));
+    }
+    if let Some(b) = &q.bias
+        && b.len() != q.rows
+    {
+        return Err(err(format!("{} biases, expected {}", b.len(), q.rows)));
+    }
+    if let Some(a) = &q.activation
+        && (!(1..=8).contains(&a.bits) || !(a.scale > 0.0 && a.scale.is_finite()))
+    {
+        return Err(err(format!(
+            "activation quantization needs 1 to 8 bits and a positive scale (got {} bits, scale {})",
+            a.bits, a.scale
+        )));
+    }
+    match &q.values {
+        WeightValues::Float { data, .. } => {
+            if data.len() != n {
+                return Err(err(format!("{} values, expected {n}", data.len())));
+            }
+        }
+        WeightValues::Uniform {
+            bits,
+            codes,
+            scales,
+            zero_points,
+            granularity,
+        } => {
+            if !(1..=8).contains(bits) {
+                return Err(err(format!("{bits}-bit codes (1 to 8 supported)")));
+            }
+            if codes.len() != n {
+                return Err(err(format!("{} codes, expected {n}", codes.len())));
+            }
+            if let Some(i) = codes.iter().position(|&c| (c as u32) >> bits != 0) {
+                return Err(err(format!("code {} at {i} does not fit {bits} bits", codes[i])));
+            }
+            if let Granularity::Group { size: 0 } = granularity {
+                return Err(err("group size 0".into()));
+            }
+            let groups = granularity.group_count(q.rows, q.cols);
+            if scales.len() != groups || zero_points.len() != groups {
+                return Err(err(format!(
+                    "{} scales and {} zero points, expected {groups}",
+                    scales.len(),
+                    zero_points.len()
+                )));
+            }
+        }
+        WeightValues::Codebook {
+            bits,
+            codes,
+            codebook,
+        } => {
+            if !(1..=8).contains(bits) {
+                return Err(err(format!("{bits}-bit codes (1 to 8 supported)")));
+            }
+            if codes.len() != n {
+                return Err(err(format!("{} codes, expected {n}", codes.len())));
+            }
+            if codebook.is_empty() || codebook.len() > 1 << bits {
+                return Err(err(format!(
+                    "codebook of {} entries for {bits}-bit codes",
+                    codebook.len()
+                )));
+            }
+            if let Some(i) = codes.iter().position(|&c| c as usize >= codebook.len()) {
+                return Err(err(format!("code {} at {i} is past the codebook", codes[i])));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The engine: storage formats for compressed layers (`PackedLayer`: dense, CSR with narrow
+//! relative indices, bitmask; f32/f16/bf16 values, bit-packed uniform codes with scales,
+//! codebooks), kernels that execute those formats directly, the `CompressedModel` built from a
+//! `compress::Plan`, its export to and reload from safetensors, and latency/throughput timing.
+//!
+//! Sizes are the exact bytes of the packed tensors; latency is measured on kernels that read
+//! the packed data, never on dense tensors with masks.
+
+mod export;
+mod format;
+mod kernels;
+mod model;
+mod ops;
+pub mod pack;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use export::{
+    FORMAT_KEY, FORMAT_VALUE, FormatDesc, IndexDesc, LAYERS_KEY, LayerDesc, OpDesc, RECIPE_KEY,
+    ValuesDesc, is_compressed_file, load_compressed,
+};
+pub use format::{IndexKind, Indexing, PackedLayer, RowPtr, SizeBreakdown, ValueStore, ZeroPoints};
+pub use kernels::{KernelScratch, dot, fake_quantize, matmul, matmul_int, quantize_centered};
+pub use model::{CHUNK, CompressedModel, Scratch, Step};
+pub use ops::{ConvShape, PoolShape, im2col};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("layer {layer}: {msg}")]
+    Invalid { layer: String, msg: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: tensor \"{tensor}\": {msg}")]
+    Corrupt {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
+    #[error("cannot serialize the compressed model: {0}")]
+    Serialize(String),
+}
+
+/// Single-sample latency on one thread.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LatencyStats {
+    pub median_us: f64,
+    pub p90_us: f64,
+    pub runs: usize,
+}
+
+/// Times single-sample inference of `sample` on the calling thread: a warm-up, then at least
+/// 200 runs and at least 0.3 s (at most 20,000 runs). Each run is timed on its own.
+pub fn latency(model: &CompressedModel, sample: &[f32]) -> LatencyStats {
+    latency_with(model, sample, 200, Duration::from_millis(300))
+}
+
+/// `latency` with a chosen minimum number of runs and minimum time.
+pub fn latency_with(
+    model: &CompressedModel,
+    sample: &[f32],
+    min_runs: usize,
+    min_time: Duration,
+) -> LatencyStats {
+    let mut s = model.scratch();
+    let mut out = vec![0f32; model.num_classes()];
+    let x = &sample[..model.input_len()];
+    let warm = Instant::now();
+    let mut w = 0;
+    while w < 20 || (warm.elapsed() < Duration::from_millis(50) && w < 2000) {
+        model.run(x, 1, &mut s, &mut out);
+        w += 1;
+    }
+    let mut times = Vec::with_capacity(min_runs.max(1024));
+    let start = Instant::now();
+    while (times.len() < min_runs || start.elapsed() < min_time) && times.len() < 20_000 {
+        let t = Instant::now();
+        model.run(x, 1, &mut s, &mut out);
+        std::hint::black_box(&out);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    LatencyStats {
+        median_us: at(0.5),
+        p90_us: at(0.9),
+        runs: times.len(),
+    }
+}
+
+/// Samples per second at batch 256 on all threads of rayon's pool: `inputs` holds `n` samples,
+/// cycled through in batches of 256 for at least 0.3 s after one warm-up batch.
+pub fn throughput(model: &CompressedModel, inputs: &[f32], n: usize) -> f64 {
+    const BATCH: usize = 256;
+    let il = model.input_len();
+    if n == 0 || il == 0 {
+        return 0.0;
+    }
+    // A batch of 256 samples, repeating the inputs when there are fewer.
+    let batch: Vec<f32> = (0..BATCH)
+        .flat_map(|i| inputs[(i % n) * il..(i % n + 1) * il].iter().copied())
+        .collect();
+    std::hint::black_box(model.logits(&batch, BATCH));
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < Duration::from_millis(300) || done < 4 * BATCH {
+        std::hint::black_box(model.logits(&batch, BATCH));
+        done += BATCH;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}

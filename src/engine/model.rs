@@ -1,0 +1,587 @@
+//! `CompressedModel`: a model whose linear/conv layers are `PackedLayer`s, executed by the
+//! engine's kernels one sample at a time or in batches over rayon.
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::EngineError;
+use super::format::{Indexing, PackedLayer, SizeBreakdown};
+use super::kernels::{self, KernelScratch};
+use super::ops::{self, ConvShape, PoolShape};
+use crate::compress::Plan;
+use crate::model::{Activation, InputSpec, Model, Op};
+
+/// Samples per rayon task in `logits` (measured: see `benches/inference.rs`).
+pub const CHUNK: usize = 128;
+
+/// One step of the compressed graph.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Linear(PackedLayer),
+    Conv(PackedLayer, ConvShape),
+    ChannelAffine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        per: usize,
+    },
+    Activation(Activation),
+    MaxPool(PoolShape),
+    AvgPool(PoolShape),
+    GlobalAvgPool {
+        c: usize,
+        hw: usize,
+    },
+    /// Flatten and dropout (at inference) leave one sample's values as they are.
+    Identity,
+    Softmax {
+        last: usize,
+    },
+    Add {
+        from: usize,
+    },
+}
+
+/// A compressed model: the architecture (with the dequantized weights, for reference and dense
+/// export) and the packed layers the engine runs.
+#[derive(Debug, Clone)]
+pub struct CompressedModel {
+    /// The architecture; linear/conv weights are the dequantized values the engine computes
+    /// with (zeros where pruned).
+    pub model: Model,
+    pub steps: Vec<Step>,
+    in_len: usize,
+    out_len: usize,
+    /// Largest per-sample value count between layers.
+    max_len: usize,
+    keep: Vec<bool>,
+}
+
+/// Per-thread buffers for one run.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    t1: Vec<f32>,
+    t2: Vec<f32>,
+    qa: Vec<i16>,
+    qb: Vec<i16>,
+    dense: Vec<Vec<f32>>,
+    saved: Vec<Vec<f32>>,
+    k: KernelScratch,
+}
+
+impl CompressedModel {
+    /// Packs every planned layer in its smallest format; layers without a plan stay dense f32.
+    pub fn build(plan: &Plan) -> Result<Self, EngineError> {
+        let model = &plan.model;
+        let mut packed: Vec<Option<PackedLayer>> = vec![None; model.layers.len()];
+        for q in &plan.layers {
+            let layer = model.layers.get(q.layer).ok_or_else(|| EngineError::Invalid {
+                layer: format!("#{}", q.layer),
+                msg: format!("the plan names layer {} of {}", q.layer, model.layers.len()),
+            })?;
+            let Some(p) = layer.params() else {
+                return Err(EngineError::Invalid {
+                    layer: layer.name.clone(),
+                    msg: format!("a {} layer has no weights to compress", layer.op.name()),
+                });
+            };
+            let dims = p.weight.dims();
+            let (rows, cols) = (dims[0], dims[1..].iter().product::<usize>());
+            if (q.rows, q.cols) != (rows, cols) {
+                return Err(EngineError::Invalid {
+                    layer: layer.name.clone(),
+                    msg: format!(
+                        "planned as {}×{}, but the weight is {rows}×{cols}",
+                        q.rows, q.cols
+                    ),
+                });
+            }
+            packed[q.layer] = Some(PackedLayer::pack(q, &layer.name)?);
+        }
+        for (i, layer) in model.layers.iter().enumerate() {
+            if packed[i].is_none()
+                && let Some(p) = layer.params()
+            {
+                let dims = p.weight.dims();
+                let cand = |e: candle_core::Error| EngineError::Invalid {
+                    layer: layer.name.clone(),
+                    msg: e.to_string(),
+                };
+                let w = p.weight.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(cand)?;
+                let b = match &p.bias {
+                    Some(b) => Some(b.to_vec1::<f32>().map_err(cand)?),
+                    None => None,
+                };
+                packed[i] = Some(PackedLayer::dense_f32(
+                    dims[0],
+                    dims[1..].iter().product(),
+                    w,
+                    b,
+                ));
+            }
+        }
+        Self::assemble(model.clone(), packed)
+    }
+
+    /// Builds the steps from the graph and the packed layers (one per linear/conv layer), and
+    /// puts the dequantized weights into the model's parameters.
+    pub(crate) fn assemble(
+        mut model: Model,
+        mut packed: Vec<Option<PackedLayer>>,
+    ) -> Result<Self, EngineError> {
+        let mut steps = Vec::with_capacity(model.layers.len());
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            let name = layer.name.clone();
+            let graph = |msg: String| EngineError::Invalid {
+                layer: name.clone(),
+                msg,
+            };
+            let in_len: usize = layer.in_shape.iter().product();
+            let step = match &mut layer.op {
+                Op::Linear(p) | Op::Conv2d(p, _) => {
+                    let Some(pl) = packed[i].take() else {
+                        return Err(graph("no packed weights".into()));
+                    };
+                    let dims = p.weight.dims().to_vec();
+                    if pl.rows != dims[0] || pl.cols != dims[1..].iter().product::<usize>() {
+                        return Err(graph(
+                            format!("packed as {}×{}, weight is {dims:?}", pl.rows, pl.cols),
+                        ));
+                    }
+                    let deq = pl.dequantized();
+                    p.weight = Tensor::from_vec(deq, dims.clone(), &Device::Cpu)
+                        .map_err(|e| graph(e.to_string()))?;
+                    p.bias = match &pl.bias {
+                        Some(b) => Some(
+                            Tensor::from_vec(b.clone(), b.len(), &Device::Cpu)
+                                .map_err(|e| graph(e.to_string()))?,
+                        ),
+                        None => None,
+                    };
+                    match &layer.op {
+                        Op::Conv2d(_, g) => {
+                            let (ins, outs) = (&layer.in_shape, &layer.out_shape);
+                            if ins.len() != 3 || outs.len() != 3 || dims.len() != 4 {
+                                return Err(graph("conv2d needs [C, H, W] shapes".into()));
+                            }
+                            let shape = ConvShape {
+                                cin: ins[0],
+                                h: ins[1],
+                                w: ins[2],
+                                cout: outs[0],
+                                kh: dims[2],
+                                kw: dims[3],
+                                stride: g.stride,
+                                pad: g.padding,
+                                dil: g.dilation,
+                                groups: g.groups,
+                                oh: outs[1],
+                                ow: outs[2],
+                            };
+                            if g.groups == 0
+                                || ins[0] % g.groups != 0
+                                || outs[0] % g.groups != 0
+                                || pl.cols != shape.k()
+                            {
+                                return Err(graph("inconsistent conv2d groups".into()));
+                            }
+                            Step::Conv(pl, shape)
+                        }
+                        _ => {
+                            if pl.cols != in_len {
+                                return Err(graph("linear input size mismatch".into()));
+                            }
+                            Step::Linear(pl)
+                        }
+                    }
+                }
+                Op::ChannelAffine { scale, shift } => {
+                    let c = layer.in_shape.first().copied().unwrap_or(1);
+                    let v = |t: &Tensor| t.to_vec1::<f32>();
+                    Step::ChannelAffine {
+                        scale: v(scale).map_err(|e| graph(e.to_string()))?,
+                        shift: v(shift).map_err(|e| graph(e.to_string()))?,
+                        per: in_len / c.max(1),
+                    }
+                }
+                Op::Activation(a) => Step::Activation(*a),
+                Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                    let (ins, outs) = (&layer.in_shape, &layer.out_shape);
+                    if ins.len() != 3 || outs.len() != 3 {
+                        return Err(graph("pooling needs [C, H, W] shapes".into()));
+                    }
+                    let s = PoolShape {
+                        c: ins[0],
+                        h: ins[1],
+                        w: ins[2],
+                        kernel: p.kernel,
+                        stride: p.stride,
+                        pad: p.padding,
+                        oh: outs[1],
+                        ow: outs[2],
+                    };
+                    if matches!(layer.op, Op::MaxPool2d(_)) {
+                        Step::MaxPool(s)
+                    } else {
+                        Step::AvgPool(s)
+                    }
+                }
+                Op::GlobalAvgPool => {
+                    let c = layer.in_shape.first().copied().unwrap_or(1);
+                    Step::GlobalAvgPool {
+                        c,
+                        hw: in_len / c.max(1),
+                    }
+                }
+                Op::Flatten | Op::Dropout(_) => Step::Identity,
+                Op::Softmax => Step::Softmax {
+                    last: layer.in_shape.last().copied().unwrap_or(1),
+                },
+                Op::Add { from } => Step::Add { from: *from },
+            };
+            steps.push(step);
+        }
+        let in_len = model.input_len();
+        let out_len = model.num_classes();
+        let max_len = model
+            .layers
+            .iter()
+            .map(|l| l.out_shape.iter().product::<usize>())
+            .chain(std::iter::once(in_len))
+            .max()
+            .unwrap_or(in_len);
+        let keep = model.residual_sources();
+        Ok(CompressedModel {
+            model,
+            steps,
+            in_len,
+            out_len,
+            max_len,
+            keep,
+        })
+    }
+
+    pub fn input(&self) -> &InputSpec {
+        &self.model.input
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.in_len
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.out_len
+    }
+
+    /// The packed layers with their model layer index.
+    pub fn packed_layers(&self) -> impl Iterator<Item = (usize, &PackedLayer)> {
+        self.steps.iter().enumerate().filter_map(|(i, s)| match s {
+            Step::Linear(p) | Step::Conv(p, _) => Some((i, p)),
+            _ => None,
+        })
+    }
+
+    /// Exact bytes of every tensor the model serializes to (packed layers and unfolded
+    /// batchnorm parameters).
+    pub fn size_bytes(&self) -> usize {
+        self.size_breakdown().total()
+    }
+
+    pub fn size_breakdown(&self) -> SizeBreakdown {
+        let mut total = SizeBreakdown::default();
+        for s in &self.steps {
+            match s {
+                Step::Linear(p) | Step::Conv(p, _) => total += p.size_breakdown(),
+                Step::ChannelAffine { scale, shift, .. } => {
+                    total.scales += (scale.len() + shift.len()) * 4
+                }
+                _ => {}
+            }
+        }
+        total
+    }
+
+    /// What the same layers take dense in f32 (`rows × cols × 4 + bias`, plus unfolded
+    /// batchnorm parameters).
+    pub fn dense_bytes(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Linear(p) | Step::Conv(p, _) => {
+                    (p.rows * p.cols + p.bias.as_ref().map_or(0, Vec::len)) * 4
+                }
+                Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Buffers for `run`, sized for this model.
+    pub fn scratch(&self) -> Scratch {
+        Scratch::default()
+    }
+
+    /// Logits of `n` samples (`inputs` is `n × input_len`, already scaled): `n × classes`.
+    /// Chunks of samples run in parallel on rayon's pool; each chunk runs single-threaded.
+    pub fn logits(&self, inputs: &[f32], n: usize) -> Vec<f32> {
+        let (il, ol) = (self.in_len, self.out_len);
+        let mut out = vec![0f32; n * ol];
+        let inputs = &inputs[..n * il];
+        if n <= CHUNK {
+            let mut s = self.scratch();
+            self.run(inputs, n, &mut s, &mut out);
+            return out;
+        }
+        out.par_chunks_mut(CHUNK * ol)
+            .zip(inputs.par_chunks(CHUNK * il))
+            .for_each_init(
+                || self.scratch(),
+                |s, (o, x)| self.run(x, x.len() / il, s, o),
+            );
+        out
+    }
+
+    /// Runs `n` samples on the calling thread with `s`'s buffers, writing `n × classes` to
+    /// `out`.
+    pub fn run(&self, inputs: &[f32], n: usize, s: &mut Scratch, out: &mut [f32]) {
+        let need = n * self.max_len;
+        s.a.resize(need, 0.0);
+        s.b.resize(need, 0.0);
+        s.saved.resize(self.steps.len(), Vec::new());
+        s.dense.resize(self.steps.len(), Vec::new());
+        let mut len = self.in_len;
+        s.a[..n * len].copy_from_slice(&inputs[..n * len]);
+        for (i, step) in self.steps.iter().enumerate() {
+            let out_len: usize = self.model.layers[i].out_shape.iter().product();
+            let (cur, next) = (&mut s.a, &mut s.b);
+            let mut swapped = true;
+            match step {
+                Step::Linear(p) => {
+                    linear(p, &cur[..n * len], n, &mut next[..n * out_len], &mut s.t1, &mut s.t2,
+                        &mut s.qa, &mut s.dense[i], &mut s.k);
+                }
+                Step::Conv(p, shape) => {
+                    conv(p, shape, &cur[..n * len], n, &mut next[..n * out_len], &mut s.t1,
+                        &mut s.qa, &mut s.qb, &mut s.dense[i], &mut s.k);
+                }
+                Step::ChannelAffine { scale, shift, per } => {
+                    for x in cur[..n * len].chunks_mut(len) {
+                        ops::channel_affine(x, scale, shift, *per);
+                    }
+                    swapped = false;
+                }
+                Step::Activation(a) => {
+                    ops::activation(&mut cur[..n * len], *a);
+                    swapped = false;
+                }
+                Step::MaxPool(ps) | Step::AvgPool(ps) => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        if matches!(step, Step::MaxPool(_)) {
+                            ops::max_pool(x, ps, y);
+                        } else {
+                            ops::avg_pool(x, ps, y);
+                        }
+                    }
+                }
+                Step::GlobalAvgPool { c, hw } => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        ops::global_avg_pool(x, *c, *hw, y);
+                    }
+                }
+                Step::Identity => swapped = false,
+                Step::Softmax { last } => {
+                    ops::softmax(&mut cur[..n * len], *last);
+                    swapped = false;
+                }
+                Step::Add { from } => {
+                    let src = &s.saved[*from];
+                    for (v, a) in cur[..n * len].iter_mut().zip(src) {
+                        *v += a;
+                    }
+                    swapped = false;
+                }
+            }
+            if swapped {
+                std::mem::swap(&mut s.a, &mut s.b);
+            }
+            len = out_len;
+            if self.keep[i] {
+                let saved = &mut s.saved[i];
+                saved.clear();
+                saved.extend_from_slice(&s.a[..n * len]);
+            }
+        }
+        out[..n * len].copy_from_slice(&s.a[..n * len]);
+    }
+}
+
+/// A linear layer over `n` samples (`x` is `n × cols`, `y` is `n × rows`).
+#[allow(clippy::too_many_arguments)]
+fn linear(
+    p: &PackedLayer,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    t1: &mut Vec<f32>,
+    t2: &mut Vec<f32>,
+    qa: &mut Vec<i16>,
+    dense: &mut Vec<f32>,
+    k: &mut KernelScratch,
+) {
+    let (rows, cols) = (p.rows, p.cols);
+    if let Some(a) = p.activation {
+        // Quantize the input once; integer codes × integer codes when the weights are codes.
+        let int = matches!(p.values, super::format::ValueStore::Uniform { .. });
+        if int {
+            qa.resize(n * cols, 0);
+            // Feature-major (cols × n) centred codes.
+            let mut q = vec![0i16; cols];
+            for (si, xs) in x.chunks(cols).enumerate() {
+                kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut q);
+                for (c, &v) in q.iter().enumerate() {
+                    qa[c * n + si] = v;
+                }
+            }
+            t2.resize(rows * n, 0.0);
+            kernels::matmul_int(p, 0..rows, qa, n, a.scale, t2, k);
+            transpose(t2, rows, n, y);
+            return;
+        }
+        t1.resize(n * cols, 0.0);
+        t1.copy_from_slice(x);
+        kernels::fake_quantize(t1, a.bits, a.scale, a.zero_point);
+        let xq = std::mem::take(t1);
+        linear_float(p, &xq, n, y, t2, dense, k);
+        *t1 = xq;
+        return;
+    }
+    let mut bt = std::mem::take(t1);
+    linear_float_with(p, x, n, y, &mut bt, t2, dense, k);
+    *t1 = bt;
+}
+
+fn linear_float(
+    p: &PackedLayer,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    t2: &mut Vec<f32>,
+    dense: &mut Vec<f32>,
+    k: &mut KernelScratch,
+) {
+    let mut bt = Vec::new();
+    linear_float_with(p, x, n, y, &mut bt, t2, dense, k);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_float_with(
+    p: &PackedLayer,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    bt: &mut Vec<f32>,
+    t2: &mut Vec<f32>,
+    dense: &mut Vec<f32>,
+    k: &mut KernelScratch,
+) {
+    let (rows, cols) = (p.rows, p.cols);
+    if n == 1 {
+        kernels::matmul(p, 0..rows, x, 1, y, None, k);
+        return;
+    }
+    // B = xᵀ (cols × n), Y = W·B (rows × n), y = Yᵀ.
+    bt.resize(cols * n, 0.0);
+    transpose(x, n, cols, bt);
+    t2.resize(rows * n, 0.0);
+    let dw = prepare_dense(p, dense, k);
+    kernels::matmul(p, 0..rows, bt, n, t2, dw, k);
+    transpose(t2, rows, n, y);
+}
+
+/// Decodes a dense-indexed, non-f32 layer once per batch; `None` for layers the kernels read
+/// directly (f32 values, sparse formats).
+fn prepare_dense<'a>(p: &PackedLayer, dense: &'a mut Vec<f32>, _k: &mut KernelScratch) -> Option<&'a [f32]> {
+    if !matches!(p.index, Indexing::Dense) || matches!(p.values, super::format::ValueStore::F32(_)) {
+        return None;
+    }
+    dense.resize(p.rows * p.cols, 0.0);
+    p.decode_dense(dense);
+    Some(dense)
+}
+
+/// `out (c × r) = xᵀ` for `x (r × c)`, in cache-sized tiles.
+fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
+    const T: usize = 32;
+    for i0 in (0..r).step_by(T) {
+        for j0 in (0..c).step_by(T) {
+            for i in i0..(i0 + T).min(r) {
+                for j in j0..(j0 + T).min(c) {
+                    out[j * r + i] = x[i * c + j];
+                }
+            }
+        }
+    }
+}
+
+/// A convolution over `n` samples, each one im2col then the matrix kernel.
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    p: &PackedLayer,
+    s: &ConvShape,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    col: &mut Vec<f32>,
+    qa: &mut Vec<i16>,
+    qb: &mut Vec<i16>,
+    dense: &mut Vec<f32>,
+    k: &mut KernelScratch,
+) {
+    let in_len = s.cin * s.h * s.w;
+    let out_len = s.cout * s.positions();
+    let (kk, pos) = (s.k(), s.positions());
+    let rows_g = s.cout / s.groups;
+    // Decoded once for all samples (and groups) of this call.
+    let dw = if n > 1 || s.positions() > 1 {
+        prepare_dense(p, dense, k)
+    } else {
+        None
+    };
+    let int = p.activation.filter(|_| matches!(p.values, super::format::ValueStore::Uniform { .. }));
+    let mut fq: Vec<f32> = Vec::new();
+    for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+        if let Some(a) = int {
+            qa.resize(in_len, 0);
+            kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, qa);
+            qb.resize(kk * pos, 0);
+            for g in 0..s.groups {
+                ops::im2col(qa, s, g, qb);
+                let rows = g * rows_g..(g + 1) * rows_g;
+                kernels::matmul_int(p, rows, qb, pos, a.scale, &mut ys[g * rows_g * pos..], k);
+            }
+            continue;
+        }
+        let xs: &[f32] = match p.activation {
+            Some(a) => {
+                fq.clear();
+                fq.extend_from_slice(xs);
+                kernels::fake_quantize(&mut fq, a.bits, a.scale, a.zero_point);
+                &fq
+            }
+            None => xs,
+        };
+        for g in 0..s.groups {
+            let rows = g * rows_g..(g + 1) * rows_g;
+            let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
+            if s.is_pointwise() {
+                let cg = s.cin / s.groups;
+                kernels::matmul(p, rows, &xs[g * cg * pos..(g + 1) * cg * pos], pos, yg, dw, k);
+            } else {
+                col.resize(kk * pos, 0.0);
+                ops::im2col(xs, s, g, col);
+                kernels::matmul(p, rows, col, pos, yg, dw, k);
+            }
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The non-parametric ops on one sample's `[C, H, W]` (or flat) values, and the im2col that
+//! turns a convolution into the matrix kernels' `W · B`.
+
+use crate::model::Activation;
+
+/// One convolution's geometry for one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub dil: (usize, usize),
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvShape {
+    /// Rows of the im2col matrix of one group: `cin/groups × kh × kw`.
+    pub fn k(&self) -> usize {
+        self.cin / self.groups * self.kh * self.kw
+    }
+
+    /// Output positions: `oh × ow`.
+    pub fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// A 1×1, stride-1, unpadded convolution reads its input as the im2col matrix directly.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == (1, 1) && self.pad == (0, 0)
+    }
+}
+
+/// Lays out group `g` of `x` (`cin × h × w`) as the `k × (oh·ow)` matrix whose row
+/// `ci·kh·kw + i·kw + j` holds input channel `ci` shifted by kernel offset `(i, j)` (PyTorch's
+/// OIHW weight order), zeros where the window overhangs the padding.
+pub fn im2col<T: Copy + Default>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
+    let cg = s.cin / s.groups;
+    let p = s.positions();
+    for ci in 0..cg {
+        let plane = &x[(g * cg + ci) * s.h * s.w..(g * cg + ci + 1) * s.h * s.w];
+        for i in 0..s.kh {
+            for j in 0..s.kw {
+                let row = (ci * s.kh + i) * s.kw + j;
+                let o = &mut out[row * p..(row + 1) * p];
+                for oy in 0..s.oh {
+                    let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
+                    let orow = &mut o[oy * s.ow..(oy + 1) * s.ow];
+                    if iy < 0 || iy >= s.h as isize {
+                        orow.fill(T::default());
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    let off = (j * s.dil.1) as isize - s.pad.1 as isize;
+                    if s.stride.1 == 1 && off >= 0 && off as usize + s.ow <= s.w {
+                        orow.copy_from_slice(&src[off as usize..off as usize + s.ow]);
+                        continue;
+                    }
+                    for (ox, v) in orow.iter_mut().enumerate() {
+                        let ix = (ox * s.stride.1) as isize + off;
+                        *v = if ix < 0 || ix >= s.w as isize {
+                            T::default()
+                        } else {
+                            src[ix as usize]
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pooling window geometry for one sample `[c, h, w]` → `[c, oh, ow]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// Max pooling; padded positions never win (PyTorch pads with −∞).
+pub fn max_pool(x: &[f32], s: &PoolShape, out: &mut [f32]) {
+    pool(x, s, out, f32::NEG_INFINITY, f32::max, |m, _| m);
+}
+
+/// Average pooling counting padded zeros (PyTorch's default `count_include_pad=True`).
+pub fn avg_pool(x: &[f32], s: &PoolShape, out: &mut [f32]) {
+    let area = (s.kernel.0 * s.kernel.1) as f32;
+    pool(x, s, out, 0.0, |a, b| a + b, |sum, _| sum / area);
+}
+
+fn pool(
+    x: &[f32],
+    s: &PoolShape,
+    out: &mut [f32],
+    init: f32,
+    fold: impl Fn(f32, f32) -> f32,
+    finish: impl Fn(f32, usize) -> f32,
+) {
+    for c in 0..s.c {
+        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let o = &mut out[c * s.oh * s.ow..(c + 1) * s.oh * s.ow];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                let mut acc = init;
+                for i in 0..s.kernel.0 {
+                    let iy = (oy * s.stride.0 + i) as isize - s.pad.0 as isize;
+                    if iy < 0 || iy >= s.h as isize {
+                        continue;
+                    }
+                    let row = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    for j in 0..s.kernel.1 {
+                        let ix = (ox * s.stride.1 + j) as isize - s.pad.1 as isize;
+                        if ix >= 0 && ix < s.w as isize {
+                            acc = fold(acc, row[ix as usize]);
+                        }
+                    }
+                }
+                o[oy * s.ow + ox] = finish(acc, 0);
+            }
+        }
+    }
+}
+
+/// Mean over each channel's `hw` values.
+pub fn global_avg_pool(x: &[f32], c: usize, hw: usize, out: &mut [f32]) {
+    for ch in 0..c {
+        let sum: f32 = x[ch * hw..(ch + 1) * hw].iter().sum();
+        out[ch] = sum / hw as f32;
+    }
+}
+
+/// `x × scale[c] + shift[c]` per channel of `per` values.
+pub fn channel_affine(x: &mut [f32], scale: &[f32], shift: &[f32], per: usize) {
+    for (c, chunk) in x.chunks_mut(per.max(1)).enumerate() {
+        let (a, b) = (scale[c], shift[c]);
+        for v in chunk {
+            *v = v.mul_add(a, b);
+        }
+    }
+}
+
+pub fn activation(x: &mut [f32], a: Activation) {
+    match a {
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Activation::LeakyRelu(s) => {
+            let s = s as f32;
+            x.iter_mut().for_each(|v| {
+                if *v < 0.0 {
+                    *v *= s
+                }
+            })
+        }
+        Activation::Gelu => x
+            .iter_mut()
+            .for_each(|v| *v = (0.5 * *v as f64 * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2))) as f32),
+        Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
+        Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+    }
+}
+
+/// Softmax over consecutive runs of `last` values (the last dimension).
+pub fn softmax(x: &mut [f32], last: usize) {
+    for row in x.chunks_mut(last.max(1)) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
+
+/// The error function, to f64 precision well below f32's (W. J. Cody's rational
+/// approximations as used by many libms would be overkill; this series/continued-fraction pair
+/// is accurate to ~1e-15).
+fn erf(x: f64) -> f64 {
+    if x.abs() < 2.5 {
+        // Maclaurin series: erf x = 2/√π Σ (−1)^n x^(2n+1) / (n! (2n+1)).
+        let mut term = x;
+        let mut sum = x;
+        let x2 = x * x;
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x2 / n;
+            let t = term / (2.0 * n + 1.0);
+            sum += t;
+            if t.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        // erfc by continued fraction (Lentz), accurate for |x| ≥ 2.5.
+        let ax = x.abs();
+        let mut f = ax;
+        let mut c = ax;
+        let mut d = 0.0;
+        for k in 1..200 {
+            let a = k as f64 / 2.0;
+            d = ax + a * d;
+            d = 1.0 / d;
+            c = ax + a / c;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        let erfc = (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt());
+        if x > 0.0 { 1.0 - erfc } else { erfc - 1.0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.0, -0.842_700_792_949_714_9),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-12, "erf({x}) = {}", erf(x));
+        }
+    }
+}

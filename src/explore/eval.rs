@@ -1,0 +1,176 @@
+//! Evaluation as the explorer sees it: a configuration and a stage in, figures out, behind the
+//! `Evaluator` trait so the TUI can be driven by fakes in tests and by the real
+//! compress → engine → measure path in the binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::Config;
+
+/// How much of the work one evaluation does. Results arrive in this order for one edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Accuracy on a fixed random subset (with a ± range) and the exact size: a first answer
+    /// within a fraction of a second.
+    Quick,
+    /// Accuracy on the whole evaluation set.
+    Full,
+    /// Single-sample latency.
+    Latency,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Quick, Stage::Full, Stage::Latency];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Quick => "quick estimate",
+            Stage::Full => "full set",
+            Stage::Latency => "latency",
+        }
+    }
+}
+
+/// An accuracy with its 95 % range.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Top-1 accuracy in [0, 1].
+    pub value: f64,
+    /// Half-width of the 95 % interval; 0 when measured on the whole set.
+    pub half_width: f64,
+    pub samples: usize,
+}
+
+impl Estimate {
+    /// The 95 % normal-approximation interval of a proportion `p` measured on `n` of
+    /// `population` samples drawn without replacement (finite-population corrected).
+    pub fn from_subset(p: f64, n: usize, population: usize) -> Estimate {
+        let half_width = if n == 0 || n >= population {
+            0.0
+        } else {
+            let fpc = ((population - n) as f64 / (population.max(2) - 1) as f64).sqrt();
+            1.96 * (p * (1.0 - p) / n as f64).sqrt() * fpc
+        };
+        Estimate {
+            value: p,
+            half_width,
+            samples: n,
+        }
+    }
+}
+
+/// One layer of an evaluated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LayerFigures {
+    pub size_bytes: u64,
+    /// Achieved fraction of removed weights.
+    pub sparsity: f64,
+    /// The storage format chosen (e.g. `csr8-q4`).
+    pub format: String,
+    /// Histogram of the surviving weights' values after compression, on the same edges as
+    /// `LayerInfo::hist_before` (pruned weights are not counted here).
+    pub hist_after: Vec<u32>,
+}
+
+/// What one stage measured. Fields a stage does not measure are `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Figures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Estimate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p90_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerFigures>,
+}
+
+/// Measures configurations. Implementations check `cancel` between batches and return
+/// `Err(CANCELLED)` when it is set.
+pub trait Evaluator: Send + Sync {
+    fn evaluate(&self, config: &Config, stage: Stage, cancel: &AtomicBool)
+    -> Result<Figures, String>;
+
+    /// Writes the recipe (TOML), the compressed model (safetensors) and its measurement
+    /// (JSON) into `dir`, atomically; returns the written paths.
+    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String>;
+}
+
+/// The error text of a cancelled evaluation.
+pub const CANCELLED: &str = "cancelled";
+
+/// A stable 64-bit FNV-1a hash: cache keys must mean the same thing in a resumed session, so
+/// std's randomly keyed hashers will not do.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) -> &mut Self {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator so ("ab", "c") and ("a", "bc") differ.
+        self.0 ^= 0xff;
+        self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        self
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The cache key of a configuration: a hash of (model and data fingerprint, configuration).
+/// The stage (the evaluation subset) is the second half of the cache's key.
+pub fn config_key(fingerprint: u64, config: &Config) -> u64 {
+    Fnv::default()
+        .write(&fingerprint.to_le_bytes())
+        .write(config.canonical().as_bytes())
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        let a = Config::dense(3);
+        let mut b = a.clone();
+        b.layers[0].sparsity = 50;
+        b.layers[0].prune = crate::compress::recipe::PruneMethod::L1;
+        assert_eq!(config_key(1, &a), config_key(1, &a.clone()));
+        assert_ne!(config_key(1, &a), config_key(1, &b));
+        assert_ne!(config_key(1, &a), config_key(2, &a));
+        // Pinned value: a changed hash would orphan every journaled session.
+        assert_eq!(Fnv::default().write(b"squeeze").finish(), 3_269_748_817_460_405_832);
+    }
+
+    #[test]
+    fn subset_estimates_shrink_with_samples() {
+        let a = Estimate::from_subset(0.9, 1000, 10_000);
+        let b = Estimate::from_subset(0.9, 5000, 10_000);
+        assert!(a.half_width > b.half_width && b.half_width > 0.0);
+        assert_eq!(Estimate::from_subset(0.9, 10_000, 10_000).half_width, 0.0);
+        // 1.96 × sqrt(0.09 / 1000) × sqrt(9000 / 9999) ≈ 0.01764
+        assert!((a.half_width - 0.017_64).abs() < 1e-4, "{}", a.half_width);
+    }
+}

@@ -1,0 +1,732 @@
+//! Training from scratch: PyTorch-default initialisation from a seeded RNG, shuffled mini-batch
+//! training through the dense candle forward (candle-nn AdamW, or SGD with momentum), per-epoch
+//! learning-rate decay and test accuracy, and safetensors export with the architecture embedded.
+//!
+//! Everything random comes from seeded RNGs, so one seed gives the same bytes on one machine.
+//! The only exception is dropout, whose mask candle draws from its own unseeded RNG.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::Optimizer as _;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::data::{DataError, EvalSet};
+use crate::model::{
+    ARCH_METADATA_KEY, ArchSpec, LayerSpec, LoadError, Model, Op, to_safetensors_bytes,
+};
+
+/// The metadata key holding the training settings and result as JSON.
+pub const TRAIN_METADATA_KEY: &str = "squeeze.train";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A setting out of range (learning rate, epochs, batch size, ...).
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The architecture cannot be built or trained from scratch.
+    #[error("{path}: {msg}")]
+    Arch { path: PathBuf, msg: String },
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("training failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    AdamW,
+    Sgd,
+}
+
+/// How the learning rate changes from one epoch to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrDecay {
+    /// `lr × ½(1 + cos(π·epoch/epochs))`: full rate in the first epoch, near zero in the last.
+    Cosine,
+    /// `lr × 0.1` from half-way and `lr × 0.01` from three quarters of the epochs.
+    Step,
+    None,
+}
+
+impl LrDecay {
+    /// The learning rate for `epoch` (0-based) of `epochs`.
+    pub fn rate(self, lr: f64, epoch: usize, epochs: usize) -> f64 {
+        let e = epochs.max(1) as f64;
+        let t = epoch as f64;
+        match self {
+            LrDecay::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * t / e).cos()),
+            LrDecay::Step => {
+                if t >= 0.75 * e {
+                    lr * 0.01
+                } else if t >= 0.5 * e {
+                    lr * 0.1
+                } else {
+                    lr
+                }
+            }
+            LrDecay::None => lr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch: usize,
+    pub seed: u64,
+    pub optimizer: OptimizerKind,
+    /// SGD only.
+    pub momentum: f64,
+    /// Decoupled (AdamW) or L2 (SGD, as PyTorch) weight decay.
+    pub weight_decay: f64,
+    pub lr_decay: LrDecay,
+}
+
+impl TrainConfig {
+    /// Rejects settings that cannot train: checked before any data is read.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("--batch must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be zero or positive, got {}",
+                self.weight_decay
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an architecture file (TOML, or JSON when it ends in `.json`).
+pub fn read_arch(path: &Path) -> Result<ArchSpec, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        ArchSpec::from_json(&text).map_err(|e| e.to_string())
+    } else {
+        ArchSpec::from_toml(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|msg| TrainError::Arch {
+        path: path.to_path_buf(),
+        msg: format!("invalid architecture description: {}", msg.trim()),
+    })
+}
+
+/// A model whose linear and conv parameters are candle `Var`s, so a forward pass with
+/// `Model::forward` builds a graph whose gradients reach them.
+#[derive(Debug)]
+pub struct TrainableModel {
+    pub model: Model,
+    /// Weights and biases in layer order (weight, then bias).
+    pub vars: Vec<Var>,
+}
+
+impl TrainableModel {
+    /// A copy of the model whose tensors are cut from the graph, for evaluation and export.
+    pub fn detached(&self) -> Model {
+        let mut m = self.model.clone();
+        for layer in &mut m.layers {
+            if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
+                p.weight = p.weight.detach();
+                p.bias = p.bias.as_ref().map(Tensor::detach);
+            }
+        }
+        m
+    }
+}
+
+/// Builds `spec` with PyTorch's default initialisation (weights and biases drawn from
+/// U(−1/√fan_in, 1/√fan_in)) from an RNG seeded with `seed`. `arch_path` names the
+/// description in messages.
+pub fn init_model(
+    spec: &ArchSpec,
+    arch_path: &Path,
+    seed: u64,
+) -> Result<TrainableModel, TrainError> {
+    let tensors = initial_tensors(spec, arch_path, seed)?;
+    let mut meta = HashMap::new();
+    meta.insert(ARCH_METADATA_KEY.to_string(), spec.to_json());
+    let bytes = to_safetensors_bytes(&tensors, &meta).map_err(|e| TrainError::Arch {
+        path: arch_path.to_path_buf(),
+        msg: format!("cannot build the initial tensors: {e}"),
+    })?;
+    // The loader checks every shape against the graph; it reads files, so go through one.
+    let tmp = TempFile::new(&std::env::temp_dir(), "squeeze-init")?;
+    std::fs::write(&tmp.0, bytes).map_err(|source| TrainError::Io {
+        path: tmp.0.clone(),
+        source,
+    })?;
+    let loaded = crate::model::load(&tmp.0).map_err(|e| TrainError::Arch {
+        path: arch_path.to_path_buf(),
+        // The temporary file's name means nothing to the user: name the description instead.
+        msg: e
+            .to_string()
+            .replacen(&format!("{}: ", tmp.0.display()), "", 1),
+    })?;
+    drop(tmp);
+    let mut model = loaded.model;
+    model.source = arch_path.to_path_buf();
+    let mut vars = Vec::new();
+    for layer in &mut model.layers {
+        if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
+            let w = Var::from_tensor(&p.weight)?;
+            p.weight = w.as_tensor().clone();
+            vars.push(w);
+            if let Some(b) = &p.bias {
+                let b = Var::from_tensor(b)?;
+                p.bias = Some(b.as_tensor().clone());
+                vars.push(b);
+            }
+        }
+    }
+    Ok(TrainableModel { model, vars })
+}
+
+type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Walks the description, following one sample's shape, and draws every parameter.
+fn initial_tensors(
+    spec: &ArchSpec,
+    arch_path: &Path,
+    seed: u64,
+) -> Result<Vec<NamedTensor>, TrainError> {
+    let err = |msg: String| TrainError::Arch {
+        path: arch_path.to_path_buf(),
+        msg,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut shape = spec.input.shape.clone();
+    let mut out: Vec<NamedTensor> = Vec::new();
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let name = layer.display_name(i);
+        match layer {
+            LayerSpec::Linear {
+                weight,
+                bias,
+                out_features,
+                ..
+            } => {
+                let Some(o) = *out_features else {
+                    return Err(err(format!(
+                        "layer {name} (linear): `out_features` is needed to build it from scratch"
+                    )));
+                };
+                let fan_in: usize = shape.iter().product();
+                draw(&mut rng, &mut out, weight, vec![o, fan_in], fan_in);
+                if let Some(b) = bias {
+                    draw(&mut rng, &mut out, b, vec![o], fan_in);
+                }
+                shape = vec![o];
+            }
+            LayerSpec::Conv2d {
+                weight,
+                bias,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => {
+                let (Some(o), Some(k)) = (*out_channels, *kernel) else {
+                    return Err(err(format!(
+                        "layer {name} (conv2d): `out_channels` and `kernel` are needed to build it from scratch"
+                    )));
+                };
+                if shape.len() != 3 || *groups == 0 || shape[0] % groups != 0 {
+                    // Let the loader explain the exact problem.
+                    return Err(err(format!(
+                        "layer {name} (conv2d): input shape {shape:?} does not fit groups = {groups}"
+                    )));
+                }
+                let (kh, kw) = k.hw();
+                let cin = shape[0] / groups;
+                let fan_in = cin * kh * kw;
+                draw(&mut rng, &mut out, weight, vec![o, cin, kh, kw], fan_in);
+                if let Some(b) = bias {
+                    draw(&mut rng, &mut out, b, vec![o], fan_in);
+                }
+                let oh = window_out(shape[1], kh, stride.hw().0, padding.hw().0, dilation.hw().0);
+                let ow = window_out(shape[2], kw, stride.hw().1, padding.hw().1, dilation.hw().1);
+                shape = vec![o, oh, ow];
+            }
+            LayerSpec::Batchnorm { .. } => {
+                return Err(err(format!(
+                    "layer {name} (batchnorm): batchnorm is not trainable here (squeeze train keeps no batch statistics); remove it, or train in PyTorch and load the result"
+                )));
+            }
+            LayerSpec::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            }
+            | LayerSpec::Avgpool2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => {
+                if shape.len() == 3 {
+                    let (kh, kw) = kernel.hw();
+                    let (sh, sw) = stride.unwrap_or(*kernel).hw();
+                    let (ph, pw) = padding.hw();
+                    shape = vec![
+                        shape[0],
+                        window_out(shape[1], kh, sh, ph, 1),
+                        window_out(shape[2], kw, sw, pw, 1),
+                    ];
+                }
+            }
+            LayerSpec::GlobalAvgpool { .. } => shape.truncate(1),
+            LayerSpec::Flatten { .. } => shape = vec![shape.iter().product()],
+            _ => {}
+        }
+        if shape.contains(&0) {
+            return Err(err(format!(
+                "layer {name} ({}): its output would be empty (shape {shape:?})",
+                layer.op_name()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Output size of a convolution or pooling window along one dimension (0 when it does not fit).
+fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> usize {
+    let span = dil.max(1) * kernel.saturating_sub(1) + 1;
+    let padded = size + 2 * pad;
+    if padded < span || kernel == 0 {
+        0
+    } else {
+        (padded - span) / stride.max(1) + 1
+    }
+}
+
+fn draw(
+    rng: &mut StdRng,
+    out: &mut Vec<NamedTensor>,
+    name: &str,
+    shape: Vec<usize>,
+    fan_in: usize,
+) {
+    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+    let n: usize = shape.iter().product();
+    let values = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+    out.push((name.to_string(), shape, values));
+}
+
+/// A file removed when dropped (the standard library has no temporary files).
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(dir: &Path, prefix: &str) -> Result<Self, TrainError> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".{prefix}-{}-{n}.tmp", std::process::id()));
+        Ok(TempFile(path))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Inputs scaled for a model and held as tensors, ready to batch.
+#[derive(Debug)]
+pub struct PreparedSet {
+    /// `[N, ...input shape]`, scaled.
+    pub inputs: Tensor,
+    pub labels: Vec<u32>,
+    /// Values per sample.
+    sample_len: usize,
+    /// The same scaled values, for gathering shuffled batches without going through candle.
+    flat: Vec<f32>,
+}
+
+impl PreparedSet {
+    pub fn new(set: &EvalSet, model: &Model) -> Result<Self, TrainError> {
+        let flat = set.prepare(&model.input, model.num_classes())?;
+        let mut shape = vec![set.len()];
+        shape.extend(&model.input.shape);
+        let inputs = Tensor::from_slice(&flat, shape, &Device::Cpu)?;
+        Ok(PreparedSet {
+            inputs,
+            labels: set.labels.clone(),
+            sample_len: model.input_len(),
+            flat,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The samples at `indices` as an input batch and a label tensor.
+    fn batch(
+        &self,
+        indices: &[usize],
+        sample_shape: &[usize],
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let mut x = Vec::with_capacity(indices.len() * self.sample_len);
+        let mut y = Vec::with_capacity(indices.len());
+        for &i in indices {
+            x.extend_from_slice(&self.flat[i * self.sample_len..(i + 1) * self.sample_len]);
+            y.push(self.labels[i]);
+        }
+        let mut shape = vec![indices.len()];
+        shape.extend(sample_shape);
+        Ok((
+            Tensor::from_vec(x, shape, &Device::Cpu)?,
+            Tensor::from_vec(y, indices.len(), &Device::Cpu)?,
+        ))
+    }
+}
+
+/// Top-1 accuracy of `model` on `set`, in batches of `batch`.
+pub fn accuracy(model: &Model, set: &PreparedSet, batch: usize) -> Result<f64, TrainError> {
+    if set.is_empty() {
+        return Ok(0.0);
+    }
+    let mut correct = 0usize;
+    let n = set.len();
+    let mut start = 0;
+    while start < n {
+        let len = batch.max(1).min(n - start);
+        let x = set.inputs.narrow(0, start, len)?;
+        let pred = model.forward(&x, false)?.argmax(1)?.to_vec1::<u32>()?;
+        correct += pred
+            .iter()
+            .zip(&set.labels[start..start + len])
+            .filter(|(p, l)| p == l)
+            .count();
+        start += len;
+    }
+    Ok(correct as f64 / n as f64)
+}
+
+/// What training reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    EpochStarted {
+        epoch: usize,
+        epochs: usize,
+        lr: f64,
+        batches: usize,
+    },
+    /// After each optimizer step: `samples` seen in this epoch so far, the batch's loss.
+    Step {
+        epoch: usize,
+        batch: usize,
+        samples: usize,
+        loss: f32,
+    },
+    EpochFinished(EpochSummary),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochSummary {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub lr: f64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    pub test_accuracy: f64,
+    /// Wall time of the epoch's training steps, without the test evaluation.
+    pub train_seconds: f64,
+    pub samples: usize,
+}
+
+/// SGD with momentum and L2 weight decay, as PyTorch's `torch.optim.SGD`:
+/// `v ← μ·v + (g + λ·w)`, `w ← w − lr·v`.
+struct MomentumSgd {
+    vars: Vec<(Var, Option<Tensor>)>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+}
+
+impl MomentumSgd {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
+        for (var, velocity) in &mut self.vars {
+            let Some(g) = grads.get(var) else { continue };
+            let w = var.as_tensor();
+            let g = if self.weight_decay > 0.0 {
+                (g + (w * self.weight_decay)?)?
+            } else {
+                g.clone()
+            };
+            let v = match velocity.take() {
+                Some(v) if self.momentum > 0.0 => ((v * self.momentum)? + g)?,
+                _ => g,
+            };
+            var.set(&(w - (&v * self.lr)?)?)?;
+            // The update is applied: keep the velocity off the graph.
+            *velocity = Some(v.detach());
+        }
+        Ok(())
+    }
+}
+
+enum Optim {
+    AdamW(candle_nn::AdamW),
+    Sgd(MomentumSgd),
+}
+
+impl Optim {
+    fn new(vars: &[Var], cfg: &TrainConfig) -> candle_core::Result<Self> {
+        Ok(match cfg.optimizer {
+            OptimizerKind::AdamW => Optim::AdamW(candle_nn::AdamW::new(
+                vars.to_vec(),
+                candle_nn::ParamsAdamW {
+                    lr: cfg.lr,
+                    weight_decay: cfg.weight_decay,
+                    ..Default::default()
+                },
+            )?),
+            OptimizerKind::Sgd => Optim::Sgd(MomentumSgd {
+                vars: vars.iter().map(|v| (v.clone(), None)).collect(),
+                lr: cfg.lr,
+                momentum: cfg.momentum,
+                weight_decay: cfg.weight_decay,
+            }),
+        })
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        match self {
+            Optim::AdamW(o) => o.set_learning_rate(lr),
+            Optim::Sgd(o) => o.lr = lr,
+        }
+    }
+
+    fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
+        let grads = loss.backward()?;
+        match self {
+            Optim::AdamW(o) => o.step(&grads),
+            Optim::Sgd(o) => o.step(&grads),
+        }
+    }
+}
+
+/// The outcome of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochSummary>,
+    pub test_accuracy: f64,
+}
+
+/// Trains `tm` on `train` for `cfg.epochs` epochs, evaluating on `test` after each, and reports
+/// progress through `on_event`. Shuffling uses an RNG seeded from `cfg.seed`.
+pub fn train(
+    tm: &mut TrainableModel,
+    train: &PreparedSet,
+    test: &PreparedSet,
+    cfg: &TrainConfig,
+    on_event: &mut dyn FnMut(&TrainEvent),
+) -> Result<TrainReport, TrainError> {
+    cfg.validate()?;
+    if train.is_empty() {
+        return Err(TrainError::Config("the training set has no samples".into()));
+    }
+    let mut opt = Optim::new(&tm.vars, cfg)?;
+    // A stream separate from initialisation's, so the batch order does not depend on how many
+    // parameters the model has.
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_0F_5A_FF1E);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let batches = train.len().div_ceil(cfg.batch);
+    let sample_shape = tm.model.input.shape.clone();
+    let mut summaries = Vec::new();
+    let mut test_accuracy = 0.0;
+    for epoch in 0..cfg.epochs {
+        let lr = cfg.lr_decay.rate(cfg.lr, epoch, cfg.epochs);
+        opt.set_lr(lr);
+        on_event(&TrainEvent::EpochStarted {
+            epoch,
+            epochs: cfg.epochs,
+            lr,
+            batches,
+        });
+        order.shuffle(&mut rng);
+        let started = Instant::now();
+        let mut loss_sum = 0.0f64;
+        let mut samples = 0usize;
+        for (b, chunk) in order.chunks(cfg.batch).enumerate() {
+            let (x, y) = train.batch(chunk, &sample_shape)?;
+            let logits = tm.model.forward(&x, true)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            opt.backward_step(&loss)?;
+            let loss = loss.to_scalar::<f32>()?;
+            if !loss.is_finite() {
+                return Err(TrainError::Config(format!(
+                    "the loss became {loss} in epoch {} (batch {}): the learning rate {lr:e} is probably too high",
+                    epoch + 1,
+                    b + 1
+                )));
+            }
+            loss_sum += loss as f64;
+            samples += chunk.len();
+            on_event(&TrainEvent::Step {
+                epoch,
+                batch: b,
+                samples,
+                loss,
+            });
+        }
+        let train_seconds = started.elapsed().as_secs_f64();
+        test_accuracy = accuracy(&tm.detached(), test, 500)?;
+        let summary = EpochSummary {
+            epoch,
+            epochs: cfg.epochs,
+            lr,
+            train_loss: loss_sum / batches as f64,
+            test_accuracy,
+            train_seconds,
+            samples,
+        };
+        on_event(&TrainEvent::EpochFinished(summary.clone()));
+        summaries.push(summary);
+    }
+    Ok(TrainReport {
+        epochs: summaries,
+        test_accuracy,
+    })
+}
+
+/// The parameters of `model` as PyTorch state_dict entries, in layer order.
+pub fn state_dict(model: &Model) -> Result<Vec<NamedTensor>, TrainError> {
+    let mut out = Vec::new();
+    for layer in &model.layers {
+        if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
+            let w = p.weight.detach();
+            out.push((
+                p.weight_name.clone(),
+                w.dims().to_vec(),
+                w.flatten_all()?.to_vec1::<f32>()?,
+            ));
+            if let Some(b) = &p.bias {
+                out.push((
+                    p.bias_name.clone(),
+                    b.dims().to_vec(),
+                    b.detach().to_vec1::<f32>()?,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `model` to `path` as safetensors with the architecture (`squeeze.arch`) and `extra`
+/// metadata, through a temporary file in the same directory so no half-written file is left.
+pub fn save(model: &Model, path: &Path, extra: &HashMap<String, String>) -> Result<(), TrainError> {
+    let tensors = state_dict(model)?;
+    let mut meta = extra.clone();
+    meta.insert(ARCH_METADATA_KEY.to_string(), model.spec.to_json());
+    let bytes = to_safetensors_bytes(&tensors, &meta).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = output_dir(path);
+    let tmp = TempFile::new(dir, "squeeze-out")?;
+    std::fs::write(&tmp.0, bytes).map_err(io)?;
+    std::fs::rename(&tmp.0, path).map_err(io)?;
+    Ok(())
+}
+
+/// The directory `path` will be written in (`.` for a bare file name).
+pub fn output_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Fails early, before any training, when `path` cannot be written: its directory is missing
+/// or not writable, or it names a directory.
+pub fn check_writable(path: &Path) -> Result<(), TrainError> {
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(io(std::io::Error::other(
+            "is a directory; give a file name",
+        )));
+    }
+    let dir = output_dir(path);
+    if !dir.is_dir() {
+        return Err(io(std::io::Error::other(format!(
+            "the directory {} does not exist",
+            dir.display()
+        ))));
+    }
+    let probe = TempFile::new(dir, "squeeze-probe")?;
+    std::fs::write(&probe.0, b"").map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_and_step_schedules() {
+        assert_eq!(LrDecay::Cosine.rate(1.0, 0, 10), 1.0);
+        assert!((LrDecay::Cosine.rate(1.0, 5, 10) - 0.5).abs() < 1e-12);
+        assert_eq!(LrDecay::Step.rate(1.0, 4, 10), 1.0);
+        assert!((LrDecay::Step.rate(1.0, 5, 10) - 0.1).abs() < 1e-12);
+        assert!((LrDecay::Step.rate(1.0, 8, 10) - 0.01).abs() < 1e-12);
+        assert_eq!(LrDecay::None.rate(0.3, 9, 10), 0.3);
+    }
+
+    #[test]
+    fn window_sizes_match_lenet() {
+        assert_eq!(window_out(28, 5, 1, 0, 1), 24);
+        assert_eq!(window_out(24, 2, 2, 0, 1), 12);
+        assert_eq!(window_out(3, 5, 1, 0, 1), 0);
+    }
+}

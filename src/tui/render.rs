@@ -1,0 +1,836 @@
+//! Drawing: pure functions of `&App`. Nothing here changes state; the layout is computed from
+//! the area and the app alone, so the mouse handler can ask where things are.
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Axis, Block, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, LineGauge, Paragraph,
+    Row, Sparkline, Table, TableState, Wrap,
+};
+
+use crate::compress::recipe::PruneMethod;
+use crate::explore::config::pct;
+use crate::explore::eval::Stage;
+use crate::explore::units;
+
+use super::app::{App, ChartSeries, Point, View};
+use super::keymap::{Group, KEYMAP, key_label, keys_label};
+
+/// The smallest terminal the full layout fits in.
+pub const MIN_WIDTH: u16 = 80;
+pub const MIN_HEIGHT: u16 = 24;
+
+const ACCENT: Color = Color::Cyan;
+const CURRENT: Color = Color::LightMagenta;
+const DENSE: Color = Color::Yellow;
+const PINNED: Color = Color::LightGreen;
+const DIM: Color = Color::DarkGray;
+const ERROR: Color = Color::LightRed;
+
+/// Where each part of the screen goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Areas {
+    pub title: Rect,
+    pub table: Option<Rect>,
+    pub size_chart: Rect,
+    pub latency_chart: Rect,
+    pub status: Rect,
+    pub detail: Option<Rect>,
+    pub keys: Rect,
+}
+
+pub fn too_small(area: Rect) -> bool {
+    area.width < MIN_WIDTH || area.height < MIN_HEIGHT
+}
+
+/// The main screen's layout for `area` (also used for mouse hit-testing).
+pub fn layout(area: Rect, app: &App) -> Areas {
+    let layers = app.info.layers.len() as u16;
+    let table_h = (layers + 3).min((area.height / 3).max(5));
+    let status_h = 9;
+    let [title, table, charts, bottom, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(table_h),
+        Constraint::Min(6),
+        Constraint::Length(status_h),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [size_chart, latency_chart] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
+    let (status, detail) = if area.width >= 110 {
+        let [s, d] =
+            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(bottom);
+        (s, Some(d))
+    } else {
+        (bottom, None)
+    };
+    Areas {
+        title,
+        table: Some(table),
+        size_chart,
+        latency_chart,
+        status,
+        detail,
+        keys,
+    }
+}
+
+/// The first layer row shown in a table of `area`, keeping the selection visible.
+pub fn table_first_row(area: Rect, app: &App) -> usize {
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    app.selected.saturating_sub(visible - 1)
+}
+
+/// Draws the whole screen.
+pub fn render(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if area.width == 0 || area.height == 0 {
+        return;
+    }
+    if too_small(area) {
+        render_too_small(frame, area);
+        return;
+    }
+    match app.view {
+        View::Detail => render_detail_screen(frame, area, app),
+        View::Main | View::Help => {
+            let a = layout(area, app);
+            render_title(frame, a.title, app);
+            if let Some(t) = a.table {
+                render_table(frame, t, app);
+            }
+            render_chart(frame, a.size_chart, app, &app.size_chart, "Accuracy vs size", true);
+            render_chart(
+                frame,
+                a.latency_chart,
+                app,
+                &app.latency_chart,
+                "Accuracy vs latency",
+                false,
+            );
+            render_status(frame, a.status, app);
+            if let Some(d) = a.detail {
+                render_detail_pane(frame, d, app);
+            }
+            render_keys(frame, a.keys);
+            if app.view == View::Help {
+                render_help(frame, area);
+            }
+        }
+    }
+}
+
+fn render_too_small(frame: &mut Frame, area: Rect) {
+    let text = format!(
+        "squeeze needs a terminal of at least {MIN_WIDTH}×{MIN_HEIGHT}; this one is {}×{}. \
+         Enlarge the window (q quits).",
+        area.width, area.height
+    );
+    let p = Paragraph::new(text)
+        .wrap(Wrap { trim: true })
+        .alignment(Alignment::Center);
+    let y = area.height / 2;
+    let h = (area.height - y).min(3);
+    frame.render_widget(p, Rect::new(area.x, area.y + y.saturating_sub(1), area.width, h.max(1)));
+}
+
+fn render_title(frame: &mut Frame, area: Rect, app: &App) {
+    let mut spans = vec![
+        Span::styled(" squeeze ", Style::new().bold().fg(Color::Black).bg(ACCENT)),
+        Span::raw(format!(
+            " {} on {} ({} samples)",
+            app.info.name, app.info.data_name, app.info.samples
+        )),
+    ];
+    if let Some(p) = app.preset_name() {
+        spans.push(Span::styled(format!("  preset: {p}"), Style::new().fg(ACCENT)));
+    }
+    if app.pinned.is_some() {
+        spans.push(Span::styled("  A pinned", Style::new().fg(PINNED)));
+    }
+    let right = format!("{} points ", app.measured().count());
+    let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
+    let pad = usize::from(area.width).saturating_sub(used + right.chars().count());
+    spans.push(Span::raw(" ".repeat(pad)));
+    spans.push(Span::styled(right, Style::new().fg(DIM)));
+    frame.render_widget(Line::from(spans), area);
+}
+
+fn shape_label(shape: &[usize]) -> String {
+    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+}
+
+fn render_table(frame: &mut Frame, area: Rect, app: &App) {
+    let wide = area.width >= 118;
+    let current = app.current();
+    let figures = current.map(Point::layers).unwrap_or(&[]);
+    let total: u64 = figures.iter().map(|l| l.size_bytes).sum();
+    let global = app.config.global;
+    let mut rows = Vec::new();
+    for (i, (info, setting)) in app.info.layers.iter().zip(&app.config.layers).enumerate() {
+        let f = figures.get(i);
+        let prune = match global {
+            Some(g) => Cell::from(format!("global {}", pct(g))).style(Style::new().fg(ACCENT)),
+            None => Cell::from(setting.prune_label()),
+        };
+        let bytes = f.map_or("…".into(), |f| units::bytes(f.size_bytes as f64));
+        let share = match f {
+            Some(f) if total > 0 => format!("{:.0}%", f.size_bytes as f64 * 100.0 / total as f64),
+            _ => "…".into(),
+        };
+        let sens = sensitivity_label(app, i);
+        let mut cells = vec![Cell::from(info.name.clone())];
+        if wide {
+            cells.push(Cell::from(info.op.clone()));
+            cells.push(Cell::from(shape_label(&info.shape)));
+        }
+        cells.push(Cell::from(units::count(info.params)));
+        if wide {
+            cells.push(Cell::from(units::count(info.macs)));
+        }
+        cells.extend([
+            prune,
+            Cell::from(setting.quant_label()),
+            Cell::from(bytes),
+            Cell::from(share),
+            Cell::from(sens),
+        ]);
+        let _ = i;
+        rows.push(Row::new(cells));
+    }
+    let mut header = vec!["layer"];
+    let mut widths = vec![Constraint::Min(6)];
+    if wide {
+        header.extend(["op", "shape"]);
+        widths.extend([Constraint::Length(7), Constraint::Length(12)]);
+    }
+    header.push("params");
+    widths.push(Constraint::Length(8));
+    if wide {
+        header.push("MACs");
+        widths.push(Constraint::Length(8));
+    }
+    header.extend(["prune", "weights", "bytes", "share", "sens 90%/4b"]);
+    widths.extend([
+        Constraint::Length(12),
+        Constraint::Length(15),
+        Constraint::Length(11),
+        Constraint::Length(5),
+        Constraint::Length(13),
+    ]);
+    let mut extra = Vec::new();
+    if let Some(b) = app.config.activation_bits {
+        extra.push(format!("activations int{b}"));
+    }
+    let title = if extra.is_empty() {
+        " Layers ".to_string()
+    } else {
+        format!(" Layers · {} ", extra.join(" · "))
+    };
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(Style::new().bold().fg(ACCENT)))
+        .block(Block::bordered().title(title))
+        .row_highlight_style(Style::new().bg(Color::Indexed(237)).add_modifier(Modifier::BOLD))
+        .highlight_symbol("▶ ");
+    let mut state = TableState::default()
+        .with_selected(Some(app.selected))
+        .with_offset(table_first_row(area, app));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+/// `−0.4/−1.9`: accuracy change when only this layer is pruned to 90 % / quantized to 4 bits.
+fn sensitivity_label(app: &App, layer: usize) -> String {
+    let Some(s) = app.sensitivity.get(layer) else {
+        return String::new();
+    };
+    let Some(dense) = app.dense().and_then(Point::accuracy) else {
+        return "…".into();
+    };
+    let d = |acc: Option<f64>| {
+        acc.map_or("·".to_string(), |a| {
+            let pt = (a - dense.value) * 100.0;
+            if pt.abs() < 0.05 {
+                "0.0".into()
+            } else if pt < 0.0 {
+                format!("−{:.1}", -pt)
+            } else {
+                format!("+{pt:.1}")
+            }
+        })
+    };
+    let p = s.prune.iter().find(|(p, _)| *p == 900).map(|x| x.1);
+    let b = s.bits.iter().find(|(b, _)| *b == 4).map(|x| x.1);
+    if p.is_none() && b.is_none() {
+        return "—".into();
+    }
+    format!("{}/{}", d(p), d(b))
+}
+
+fn render_chart(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    series: &ChartSeries,
+    title: &str,
+    is_size: bool,
+) {
+    let title = if series.log_x {
+        format!(" {title} (log scale) ")
+    } else {
+        format!(" {title} ")
+    };
+    let block = Block::bordered().title(title);
+    if series.all.is_empty() {
+        let what = if is_size { "size" } else { "latency" };
+        let waiting = if app.pending.is_empty() && app.sweeps.is_empty() {
+            format!("no {what} measured yet")
+        } else {
+            format!("waiting for the first {what} measurement …")
+        };
+        frame.render_widget(
+            Paragraph::new(waiting).style(Style::new().fg(DIM)).block(block),
+            area,
+        );
+        return;
+    }
+    let one = |p: &Option<(f64, f64)>| p.map(|p| vec![p]).unwrap_or_default();
+    let (dense, current, pinned) = (one(&series.dense), one(&series.current), one(&series.pinned));
+    let budget: Vec<(f64, f64)> = series.budget.map(|b| b.to_vec()).unwrap_or_default();
+    let mut datasets = vec![
+        Dataset::default()
+            .name("points")
+            .marker(Marker::Dot)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(Color::Gray))
+            .data(&series.all),
+        Dataset::default()
+            .name("Pareto")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(ACCENT))
+            .data(&series.frontier),
+    ];
+    if !budget.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("budget")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(ERROR))
+                .data(&budget),
+        );
+    }
+    if !dense.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("dense")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(DENSE))
+                .data(&dense),
+        );
+    }
+    if !pinned.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("A")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(PINNED))
+                .data(&pinned),
+        );
+    }
+    if !current.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("current")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(CURRENT))
+                .data(&current),
+        );
+    }
+    let fmt_x = |x: f64| {
+        if is_size {
+            units::bytes(if series.log_x { 10f64.powf(x) } else { x })
+        } else {
+            units::micros(x)
+        }
+    };
+    let [x0, x1] = series.x_bounds;
+    let [y0, y1] = series.y_bounds;
+    let x_labels = vec![
+        Span::raw(fmt_x(x0)),
+        Span::raw(fmt_x((x0 + x1) / 2.0)),
+        Span::raw(fmt_x(x1)),
+    ];
+    let y_labels = vec![
+        Span::raw(format!("{y0:.1}%")),
+        Span::raw(format!("{:.1}%", (y0 + y1) / 2.0)),
+        Span::raw(format!("{y1:.1}%")),
+    ];
+    let mut block = block;
+    if series.hidden_below > 0 {
+        block = block.title_bottom(
+            Line::from(format!(" {} points below (z) ", series.hidden_below)).right_aligned(),
+        );
+    }
+    let chart = Chart::new(datasets)
+        .block(block)
+        .legend_position(Some(LegendPosition::BottomRight))
+        .hidden_legend_constraints((Constraint::Ratio(1, 3), Constraint::Ratio(1, 2)))
+        .x_axis(
+            Axis::default()
+                .bounds(series.x_bounds)
+                .labels(x_labels)
+                .style(Style::new().fg(DIM)),
+        )
+        .y_axis(
+            Axis::default()
+                .title("top-1")
+                .bounds(series.y_bounds)
+                .labels(y_labels)
+                .style(Style::new().fg(DIM)),
+        );
+    frame.render_widget(chart, area);
+}
+
+/// Accuracy of a point as text: `97.85%`, `97.9% ±0.9 (1000)`, or what is happening.
+fn accuracy_text(p: Option<&Point>) -> String {
+    let Some(p) = p else {
+        return "—".into();
+    };
+    match (p.accuracy(), &p.error) {
+        (Some(a), _) if a.half_width > 0.0 => format!(
+            "{:.1}% ±{:.1} (n={})",
+            a.value * 100.0,
+            a.half_width * 100.0,
+            a.samples
+        ),
+        (Some(a), _) => units::percent(a.value),
+        (None, Some(_)) => "failed".into(),
+        (None, None) => "measuring …".into(),
+    }
+}
+
+fn ratio_text(dense: Option<f64>, now: Option<f64>, less: &str, more: &str) -> String {
+    match (dense, now) {
+        (Some(d), Some(n)) if d > 0.0 && n > 0.0 => {
+            let r = d / n;
+            if (r - 1.0).abs() < 0.005 {
+                "same".into()
+            } else if r > 1.0 {
+                format!("{r:.2}× {less}")
+            } else {
+                format!("{:.2}× {more}", 1.0 / r)
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+fn render_status(frame: &mut Frame, area: Rect, app: &App) {
+    let block = Block::bordered().title(" Status ");
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if inner.height == 0 {
+        return;
+    }
+    let cur = app.current();
+    let dense = app.dense();
+    let pin = app.pinned.as_ref().and(app.pinned_point());
+    let acc = |p: Option<&Point>| p.and_then(Point::accuracy).map(|a| a.value);
+    let size = |p: Option<&Point>| p.and_then(Point::size_bytes).map(|s| s as f64);
+    let lat = |p: Option<&Point>| p.and_then(Point::latency_us);
+    let delta = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => units::points_delta(a - b),
+        _ => String::new(),
+    };
+    let size_text = |p: Option<&Point>| size(p).map_or("…".into(), units::bytes);
+    let lat_text = |p: Option<&Point>| lat(p).map_or("…".into(), units::micros);
+    let sparsity_text =
+        |p: Option<&Point>| p.and_then(Point::sparsity).map_or("…".into(), |s| format!("{:.1}%", s * 100.0));
+
+    let mut header = vec!["", "current", "vs dense"];
+    let mut widths = vec![
+        Constraint::Length(9),
+        Constraint::Length(22),
+        Constraint::Length(15),
+    ];
+    if app.pinned.is_some() {
+        header.extend(["A (pinned)", "current vs A"]);
+        widths.extend([Constraint::Length(14), Constraint::Length(14)]);
+    }
+    let row = |name: &str, cells: Vec<String>| {
+        let mut c = vec![Cell::from(name.to_string()).style(Style::new().fg(DIM))];
+        c.extend(cells.into_iter().map(Cell::from));
+        Row::new(c)
+    };
+    let with_pin = |mut v: Vec<String>, a: String, d: String| {
+        if app.pinned.is_some() {
+            v.push(a);
+            v.push(d);
+        }
+        v
+    };
+    let rows = vec![
+        row(
+            "accuracy",
+            with_pin(
+                vec![accuracy_text(cur), delta(acc(cur), acc(dense))],
+                accuracy_text(pin),
+                delta(acc(cur), acc(pin)),
+            ),
+        ),
+        row(
+            "size",
+            with_pin(
+                vec![size_text(cur), ratio_text(size(dense), size(cur), "smaller", "larger")],
+                size_text(pin),
+                ratio_text(size(pin), size(cur), "smaller", "larger"),
+            ),
+        ),
+        row(
+            "latency",
+            with_pin(
+                vec![lat_text(cur), ratio_text(lat(dense), lat(cur), "faster", "slower")],
+                lat_text(pin),
+                ratio_text(lat(pin), lat(cur), "faster", "slower"),
+            ),
+        ),
+        row(
+            "sparsity",
+            with_pin(vec![sparsity_text(cur), String::new()], sparsity_text(pin), String::new()),
+        ),
+    ];
+    let table_h = (rows.len() as u16 + 1).min(inner.height);
+    let [stats, work, note] = Layout::vertical([
+        Constraint::Length(table_h),
+        Constraint::Length(1),
+        Constraint::Min(0),
+    ])
+    .areas(inner);
+    frame.render_widget(
+        Table::new(rows, widths).header(Row::new(header).style(Style::new().fg(ACCENT))),
+        stats,
+    );
+    render_work(frame, work, app);
+    let note_line = if let Some(e) = &app.last_error {
+        Line::from(vec![
+            Span::styled("error: ", Style::new().fg(ERROR).bold()),
+            Span::styled(e.clone(), Style::new().fg(ERROR)),
+        ])
+    } else if let Some(m) = &app.message {
+        Line::from(Span::raw(m.clone()))
+    } else {
+        Line::default()
+    };
+    frame.render_widget(Paragraph::new(note_line).wrap(Wrap { trim: true }), note);
+}
+
+/// The progress line: a running sweep's gauge, or what the current edit is waiting for.
+fn render_work(frame: &mut Frame, area: Rect, app: &App) {
+    if let Some(s) = app.sweeps.first() {
+        let queued = app.sweeps.len() - 1;
+        let mut label = format!("{} {}/{}", s.label, s.done, s.total);
+        if queued > 0 {
+            label.push_str(&format!(" (+{queued} queued)"));
+        }
+        label.push_str(" · Esc cancels ");
+        let ratio = if s.total > 0 {
+            (s.done as f64 / s.total as f64).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        frame.render_widget(
+            LineGauge::default()
+                .ratio(ratio)
+                .label(label)
+                .filled_style(Style::new().fg(ACCENT))
+                .unfilled_style(Style::new().fg(DIM)),
+            area,
+        );
+    } else if let Some(stage) = app.pending.first() {
+        let text = match stage {
+            Stage::Quick => "measuring: quick estimate on a subset …",
+            Stage::Full => "measuring: accuracy on the full set …",
+            Stage::Latency => "measuring: latency …",
+        };
+        frame.render_widget(Line::styled(text, Style::new().fg(ACCENT)), area);
+    } else {
+        frame.render_widget(Line::styled("idle", Style::new().fg(DIM)), area);
+    }
+}
+
+fn layer_title(app: &App) -> String {
+    let Some(info) = app.info.layers.get(app.selected) else {
+        return " Layer ".into();
+    };
+    let setting = app.selected_setting();
+    let prune = match (app.config.global, setting) {
+        (Some(g), _) => format!("global {}", pct(g)),
+        (None, Some(s)) if s.prune != PruneMethod::None => s.prune_label(),
+        _ => "not pruned".into(),
+    };
+    let quant = setting.map(|s| s.quant_label()).unwrap_or_default();
+    format!(
+        " {} · {} {} · {prune} · {quant} ",
+        info.name,
+        info.op,
+        shape_label(&info.shape)
+    )
+}
+
+/// The histograms of the selected layer: before, and after (kept weights only).
+fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
+    let Some(info) = app.info.layers.get(app.selected) else {
+        return;
+    };
+    let after = app
+        .current()
+        .and_then(|p| p.layers().get(app.selected))
+        .cloned();
+    let [l1, h1, l2, h2, axis] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(rows_each),
+        Constraint::Length(1),
+        Constraint::Length(rows_each),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let width = usize::from(area.width);
+    let before: Vec<u64> = stretch(&info.hist_before, width);
+    frame.render_widget(Line::styled("weights before", Style::new().fg(DIM)), l1);
+    frame.render_widget(Sparkline::default().data(&before).style(Style::new().fg(DENSE)), h1);
+    match after {
+        Some(f) if !f.hist_after.is_empty() => {
+            let pruned = if f.sparsity > 0.0 {
+                format!(" ({:.1}% pruned, not shown)", f.sparsity * 100.0)
+            } else {
+                String::new()
+            };
+            frame.render_widget(
+                Line::styled(format!("after: {}{pruned}", f.format), Style::new().fg(DIM)),
+                l2,
+            );
+            let data = stretch(&f.hist_after, width);
+            frame.render_widget(Sparkline::default().data(&data).style(Style::new().fg(CURRENT)), h2);
+        }
+        _ => frame.render_widget(Line::styled("after: measuring …", Style::new().fg(DIM)), l2),
+    }
+    let (lo, hi) = info.hist_range;
+    let left = format!("{lo:.3}");
+    let right = format!("{hi:.3}");
+    let gap = width.saturating_sub(left.len() + right.len());
+    frame.render_widget(
+        Line::styled(format!("{left}{}{right}", " ".repeat(gap)), Style::new().fg(DIM)),
+        axis,
+    );
+}
+
+/// Spreads `bins` over `width` columns (each bin repeated), so the histogram fills the area.
+fn stretch(bins: &[u32], width: usize) -> Vec<u64> {
+    if bins.is_empty() || width == 0 {
+        return Vec::new();
+    }
+    (0..width)
+        .map(|c| u64::from(bins[(c * bins.len() / width).min(bins.len() - 1)]))
+        .collect()
+}
+
+fn sensitivity_text(app: &App) -> Vec<Line<'static>> {
+    let Some(s) = app.sensitivity.get(app.selected) else {
+        return vec![];
+    };
+    if s.prune.is_empty() && s.bits.is_empty() {
+        return vec![Line::styled(
+            "sensitivity: not measured (S runs the sweep)",
+            Style::new().fg(DIM),
+        )];
+    }
+    let prune: Vec<String> = s
+        .prune
+        .iter()
+        .map(|(p, a)| format!("{} {:.1}", pct(*p), a * 100.0))
+        .collect();
+    let bits: Vec<String> = s
+        .bits
+        .iter()
+        .map(|(b, a)| format!("{b}b {:.1}", a * 100.0))
+        .collect();
+    vec![
+        Line::styled("accuracy with only this layer compressed:", Style::new().fg(DIM)),
+        Line::from(format!("pruned  {}", prune.join(" · "))),
+        Line::from(format!("bits    {}", bits.join(" · "))),
+    ]
+}
+
+fn render_detail_pane(frame: &mut Frame, area: Rect, app: &App) {
+    let block = Block::bordered().title(layer_title(app));
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    if inner.height < 5 {
+        return;
+    }
+    let sens = sensitivity_text(app);
+    let sens_h = (sens.len() as u16).min(inner.height.saturating_sub(5));
+    let hist_h = inner.height - sens_h;
+    let [hist, text] =
+        Layout::vertical([Constraint::Length(hist_h), Constraint::Length(sens_h)]).areas(inner);
+    let rows_each = (hist_h.saturating_sub(3) / 2).max(1);
+    render_histograms(frame, hist, app, rows_each);
+    frame.render_widget(Paragraph::new(sens), text);
+}
+
+fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
+    let layers = app.info.layers.len() as u16;
+    let [title, table, body, keys] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length((layers + 3).min(area.height / 4).max(4)),
+        Constraint::Min(8),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    render_title(frame, title, app);
+    render_table(frame, table, app);
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
+    let block = Block::bordered().title(layer_title(app));
+    let inner = block.inner(left);
+    frame.render_widget(block, left);
+    let rows_each = (inner.height.saturating_sub(3) / 2).max(1);
+    render_histograms(frame, inner, app, rows_each);
+
+    let [pc, bc] =
+        Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
+    render_sensitivity_chart(frame, pc, app, true);
+    render_sensitivity_chart(frame, bc, app, false);
+    render_keys(frame, keys);
+}
+
+/// Accuracy when only the selected layer is pruned (x: sparsity %) or quantized (x: bits).
+fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: bool) {
+    let name = app.info.layers.get(app.selected).map_or("", |l| l.name.as_str());
+    let title = if prune {
+        format!(" {name} alone: accuracy vs sparsity (L1) ")
+    } else {
+        format!(" {name} alone: accuracy vs bits (symmetric, per channel) ")
+    };
+    let block = Block::bordered().title(title);
+    let s = app.sensitivity.get(app.selected);
+    let data: Vec<(f64, f64)> = match s {
+        Some(s) if prune => s.prune.iter().map(|(p, a)| (f64::from(*p) / 10.0, a * 100.0)).collect(),
+        Some(s) => s.bits.iter().map(|(b, a)| (f64::from(*b), a * 100.0)).collect(),
+        None => Vec::new(),
+    };
+    if data.is_empty() {
+        frame.render_widget(
+            Paragraph::new("not measured yet: S runs the sensitivity sweep")
+                .style(Style::new().fg(DIM))
+                .block(block),
+            area,
+        );
+        return;
+    }
+    let dense = app.dense().and_then(Point::accuracy).map(|a| a.value * 100.0);
+    let (lo, hi) = data
+        .iter()
+        .map(|p| p.1)
+        .chain(dense)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let pad = ((hi - lo) * 0.05).max(0.1);
+    let (y0, y1) = ((lo - pad).max(0.0), (hi + pad).min(100.0));
+    let (x0, x1) = if prune { (0.0, 100.0) } else { (1.0, 8.0) };
+    let dense_line: Vec<(f64, f64)> = dense.map(|d| vec![(x0, d), (x1, d)]).unwrap_or_default();
+    let mut datasets = vec![
+        Dataset::default()
+            .name("measured")
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(CURRENT))
+            .data(&data),
+    ];
+    if !dense_line.is_empty() {
+        datasets.insert(
+            0,
+            Dataset::default()
+                .name("dense")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(DENSE))
+                .data(&dense_line),
+        );
+    }
+    let xl = |v: f64| {
+        if prune {
+            format!("{v:.0}%")
+        } else {
+            format!("{v:.0}b")
+        }
+    };
+    let chart = Chart::new(datasets)
+        .block(block)
+        .legend_position(Some(LegendPosition::BottomLeft))
+        .x_axis(
+            Axis::default()
+                .bounds([x0, x1])
+                .labels(vec![Span::raw(xl(x0)), Span::raw(xl((x0 + x1) / 2.0)), Span::raw(xl(x1))])
+                .style(Style::new().fg(DIM)),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([y0, y1])
+                .labels(vec![Span::raw(format!("{y0:.1}%")), Span::raw(format!("{y1:.1}%"))])
+                .style(Style::new().fg(DIM)),
+        );
+    frame.render_widget(chart, area);
+}
+
+/// The key hints, generated from the key table.
+fn render_keys(frame: &mut Frame, area: Rect) {
+    let mut spans = Vec::new();
+    for b in KEYMAP {
+        if let (Some(hint), Some(k)) = (b.hint, b.keys.first()) {
+            spans.push(Span::styled(format!(" {} ", key_label(k)), Style::new().fg(Color::Black).bg(Color::Gray)));
+            spans.push(Span::raw(format!(" {hint} ")));
+        }
+    }
+    frame.render_widget(Line::from(spans), area);
+}
+
+/// The help overlay: every binding of the key table, by group, in two columns.
+fn render_help(frame: &mut Frame, area: Rect) {
+    let w = area.width.saturating_sub(4).min(150);
+    let h = area.height.saturating_sub(2);
+    let popup = Rect::new(area.x + (area.width - w) / 2, area.y + 1, w, h);
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .title(" Keys (Esc or ? closes) ")
+        .border_style(Style::new().fg(ACCENT));
+    let inner = block.inner(popup);
+    frame.render_widget(block, popup);
+    let columns = [[Group::Layers, Group::Work], [Group::Configurations, Group::Screen]];
+    let halves = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).split(inner);
+    for (col, groups) in halves.iter().zip(columns) {
+        let key_w = 18;
+        let mut lines = Vec::new();
+        for g in groups {
+            debug_assert!(Group::ALL.contains(&g));
+            if !lines.is_empty() {
+                lines.push(Line::default());
+            }
+            lines.push(Line::styled(g.title(), Style::new().bold().fg(ACCENT)));
+            for b in KEYMAP.iter().filter(|b| b.group == g) {
+                lines.push(Line::from(vec![
+                    Span::styled(format!(" {:<key_w$}", keys_label(b)), Style::new().bold()),
+                    Span::raw(b.help),
+                ]));
+            }
+        }
+        frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), *col);
+    }
+}

@@ -1,0 +1,174 @@
+//! The command line as a user meets it: the real binary on good and bad input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use squeeze::model::{ArchSpec, to_safetensors_bytes};
+
+fn squeeze() -> Command {
+    Command::cargo_bin("squeeze").expect("binary builds")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A 4-input, 3-class linear model that predicts the class of its largest input among the first
+/// three.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let spec = ArchSpec::from_toml(
+        "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\nbias = \"fc.bias\"\n",
+    )
+    .expect("arch");
+    let mut meta = HashMap::new();
+    meta.insert("squeeze.arch".to_string(), spec.to_json());
+    let w = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+    let bytes = to_safetensors_bytes(
+        &[
+            ("fc.weight".into(), vec![3, 4], w),
+            ("fc.bias".into(), vec![3], vec![0.0; 3]),
+        ],
+        &meta,
+    )
+    .expect("serialize");
+    let p = dir.join("tiny.safetensors");
+    std::fs::write(&p, bytes).expect("write");
+    p
+}
+
+fn csv(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p
+}
+
+#[test]
+fn help_lists_the_commands() {
+    squeeze()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("info").and(predicate::str::contains("eval")))
+        .stdout(predicate::str::contains("train"));
+}
+
+#[test]
+fn eval_on_a_csv_reports_accuracy_as_json() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let data = csv(
+        dir.path(),
+        "d.csv",
+        "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n0,0,3,0,2\n0,5,0,0,0\n",
+    );
+    let out = squeeze()
+        .args(["eval", "--format", "json", "--model"])
+        .arg(&model)
+        .arg("--data")
+        .arg(&data)
+        .arg("--reference")
+        .arg(&model)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["samples"], 4);
+    assert!((v["accuracy"].as_f64().expect("accuracy") - 0.75).abs() < 1e-9);
+    assert_eq!(v["agreement"], 1.0);
+    assert!(v["kl"].as_f64().expect("kl").abs() < 1e-9);
+    assert!(v["loss"].as_f64().is_some() && v["top5"].as_f64().is_some());
+}
+
+#[test]
+fn info_reports_layers_and_totals() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let out = squeeze()
+        .args(["info", "--format", "json", "--model"])
+        .arg(&model)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["layers"][0]["name"], "fc");
+    assert_eq!(v["layers"][0]["params"], 15);
+    assert_eq!(v["layers"][0]["macs"], 12);
+    assert_eq!(v["bytes"], 60);
+    assert_eq!(v["peak_activation_bytes"], 28);
+}
+
+#[test]
+fn bad_inputs_are_answers_not_crashes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            csv(dir.path(), "range.csv", "a,b,c,d,label\n1,0,0,0,7\n"),
+            "label 7",
+        ),
+        (
+            csv(dir.path(), "size.csv", "a,b,c,label\n1,0,0,1\n"),
+            "the model expects",
+        ),
+        (csv(dir.path(), "empty.csv", "a,b,c,d,label\n"), "empty.csv"),
+        (
+            csv(dir.path(), "nan.csv", "a,b,c,d,label\nNaN,0,0,0,1\n"),
+            "nan.csv",
+        ),
+    ];
+    for (data, expect) in cases {
+        squeeze()
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(expect))
+            .stderr(predicate::str::contains("panicked").not());
+    }
+    // A file that is not a model.
+    let junk = csv(dir.path(), "junk.safetensors", "not a model");
+    squeeze()
+        .args(["info", "--model"])
+        .arg(&junk)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("junk.safetensors"));
+    // A missing model file.
+    squeeze()
+        .args(["info", "--model", "/nonexistent/m.safetensors"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("/nonexistent/m.safetensors"));
+}
+
+#[test]
+fn bundled_models_reach_their_stated_accuracy() {
+    let data = root().join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+    for (model, floor) in [
+        ("assets/models/lenet-300-100.safetensors", 0.980),
+        ("assets/models/lenet5.safetensors", 0.990),
+    ] {
+        let out = squeeze()
+            .args(["eval", "--format", "json", "--model"])
+            .arg(root().join(model))
+            .arg("--data")
+            .arg(&data)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["samples"], 10_000);
+        let acc = v["accuracy"].as_f64().expect("accuracy");
+        assert!(acc >= floor, "{model}: {acc} < {floor}");
+    }
+}

@@ -1,0 +1,910 @@
+//! The engine against independent references: every storage format's kernels against a naive
+//! dense product of the dequantized weights, whole models against candle's forward pass,
+//! export → reload, format choice, and corrupt files.
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use squeeze::compress::{
+    ActivationQuant, FloatStorage, Granularity, Plan, QuantizedLayer, WeightValues,
+};
+use squeeze::engine::{
+    self, CompressedModel, IndexKind, Indexing, KernelScratch, PackedLayer, ValueStore,
+};
+use squeeze::model::{self, ArchSpec, Model, to_safetensors_bytes};
+
+type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn write_model(dir: &tempfile::TempDir, arch: &str, tensors: &Named) -> Model {
+    let spec = ArchSpec::from_toml(arch).expect("test arch parses");
+    let mut meta = HashMap::new();
+    meta.insert("squeeze.arch".to_string(), spec.to_json());
+    let bytes = to_safetensors_bytes(tensors, &meta).expect("serialize");
+    let path = dir.path().join("m.safetensors");
+    std::fs::write(&path, bytes).expect("write");
+    model::load(&path).expect("load").model
+}
+
+fn forward(m: &Model, x: &[f32], n: usize) -> Vec<f32> {
+    let mut shape = vec![n];
+    shape.extend(&m.input.shape);
+    let t = Tensor::from_slice(x, shape, &Device::Cpu).expect("input");
+    m.forward(&t, false)
+        .expect("forward")
+        .flatten_all()
+        .expect("flatten")
+        .to_vec1()
+        .expect("vec")
+}
+
+fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}: index {i}: {x} vs {y}"
+        );
+    }
+}
+
+/// How a test layer is quantized.
+#[derive(Debug, Clone, Copy)]
+enum Scheme {
+    Float(FloatStorage),
+    Uniform {
+        bits: u8,
+        granularity: Granularity,
+        symmetric: bool,
+    },
+    Codebook {
+        bits: u8,
+        with_zero: bool,
+    },
+}
+
+/// Prunes the smallest `sparsity` fraction by magnitude (`exact_zero_rows` rows emptied
+/// entirely) and quantizes with `scheme`: an independent little quantizer for the tests.
+fn quantize(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    sparsity: f64,
+    scheme: Scheme,
+    bias: Option<Vec<f32>>,
+) -> QuantizedLayer {
+    let n = rows * cols;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| w[a].abs().total_cmp(&w[b].abs()));
+    let mut kept = vec![true; n];
+    for &i in &order[..(sparsity * n as f64).round() as usize] {
+        kept[i] = false;
+    }
+    let wk: Vec<f32> = w
+        .iter()
+        .zip(&kept)
+        .map(|(&v, &k)| if k { v } else { 0.0 })
+        .collect();
+    let values = match scheme {
+        Scheme::Float(storage) => WeightValues::Float {
+            data: wk
+                .iter()
+                .map(|&v| match storage {
+                    FloatStorage::F32 => v,
+                    FloatStorage::F16 => half::f16::from_f32(v).to_f32(),
+                    FloatStorage::Bf16 => half::bf16::from_f32(v).to_f32(),
+                })
+                .collect(),
+            storage,
+        },
+        Scheme::Uniform {
+            bits,
+            granularity,
+            symmetric,
+        } => {
+            let groups = granularity.group_count(rows, cols);
+            let mut lo = vec![0f32; groups];
+            let mut hi = vec![0f32; groups];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let g = granularity.group_of(r, c, cols);
+                    lo[g] = lo[g].min(wk[r * cols + c]);
+                    hi[g] = hi[g].max(wk[r * cols + c]);
+                }
+            }
+            let qmax = (1i32 << bits) - 1;
+            let (scales, zps): (Vec<f32>, Vec<i32>) = (0..groups)
+                .map(|g| {
+                    if symmetric {
+                        let m = lo[g].abs().max(hi[g]).max(1e-6);
+                        let half = ((1i32 << (bits - 1)) - 1).max(1);
+                        (m / half as f32, 1 << (bits - 1))
+                    } else {
+                        let s = ((hi[g] - lo[g]) / qmax as f32).max(1e-6);
+                        (s, ((-lo[g] / s).round() as i32).clamp(0, qmax))
+                    }
+                })
+                .unzip();
+            let codes = (0..n)
+                .map(|i| {
+                    let g = granularity.group_of(i / cols, i % cols, cols);
+                    if !kept[i] {
+                        return zps[g] as u8;
+                    }
+                    ((wk[i] / scales[g]).round() as i32 + zps[g]).clamp(0, qmax) as u8
+                })
+                .collect();
+            WeightValues::Uniform {
+                bits,
+                codes,
+                scales,
+                zero_points: zps,
+                granularity,
+            }
+        }
+        Scheme::Codebook { bits, with_zero } => {
+            let k = 1usize << bits;
+            let (lo, hi) = wk
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let mut book: Vec<f32> = (0..k)
+                .map(|j| lo + (hi - lo) * (j as f32 + 0.5) / k as f32)
+                .collect();
+            if with_zero {
+                book[0] = 0.0;
+            }
+            let codes = wk
+                .iter()
+                .map(|&v| {
+                    (0..k)
+                        .min_by(|&a, &b| (book[a] - v).abs().total_cmp(&(book[b] - v).abs()))
+                        .unwrap_or(0) as u8
+                })
+                .collect();
+            WeightValues::Codebook {
+                bits,
+                codes,
+                codebook: book,
+            }
+        }
+    };
+    QuantizedLayer {
+        layer: 0,
+        rows,
+        cols,
+        kept,
+        values,
+        bias,
+        activation: None,
+    }
+}
+
+/// The test's own dequantization: exactly zero where pruned.
+fn dequantize(q: &QuantizedLayer) -> Vec<f32> {
+    (0..q.rows * q.cols)
+        .map(|i| {
+            if !q.kept[i] {
+                return 0.0;
+            }
+            match &q.values {
+                WeightValues::Float { data, .. } => data[i],
+                WeightValues::Uniform {
+                    codes,
+                    scales,
+                    zero_points,
+                    granularity,
+                    ..
+                } => {
+                    let g = granularity.group_of(i / q.cols, i % q.cols, q.cols);
+                    scales[g] * (codes[i] as f32 - zero_points[g] as f32)
+                }
+                WeightValues::Codebook {
+                    codes, codebook, ..
+                } => codebook[codes[i] as usize],
+            }
+        })
+        .collect()
+}
+
+/// Naive `y = W·B + bias` with `B` `cols × p`.
+fn naive(w: &[f32], bias: Option<&[f32]>, rows: usize, cols: usize, b: &[f32], p: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * p];
+    for r in 0..rows {
+        for j in 0..p {
+            let mut acc = 0f64;
+            for c in 0..cols {
+                acc += w[r * cols + c] as f64 * b[c * p + j] as f64;
+            }
+            y[r * p + j] = acc as f32 + bias.map_or(0.0, |b| b[r]);
+        }
+    }
+    y
+}
+
+fn schemes() -> Vec<Scheme> {
+    let mut s = vec![
+        Scheme::Float(FloatStorage::F32),
+        Scheme::Float(FloatStorage::F16),
+        Scheme::Float(FloatStorage::Bf16),
+        Scheme::Codebook {
+            bits: 4,
+            with_zero: true,
+        },
+        Scheme::Codebook {
+            bits: 3,
+            with_zero: false,
+        },
+    ];
+    for bits in 1..=8u8 {
+        for granularity in [
+            Granularity::Tensor,
+            Granularity::Channel,
+            Granularity::Group { size: 16 },
+        ] {
+            s.push(Scheme::Uniform {
+                bits,
+                granularity,
+                symmetric: bits % 2 == 0,
+            });
+        }
+    }
+    s
+}
+
+#[test]
+fn every_format_matches_the_naive_product() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let (rows, cols) = (13, 301);
+    let w = rand_vec(&mut rng, rows * cols);
+    let bias = rand_vec(&mut rng, rows);
+    let mut seen = std::collections::HashSet::new();
+    for sparsity in [0.0, 0.5, 0.9, 0.99] {
+        for scheme in schemes() {
+            let mut q = quantize(&w, rows, cols, sparsity, scheme, Some(bias.clone()));
+            if sparsity > 0.0 {
+                // An empty row and a row whose only weight is at the far end (long gaps).
+                for c in 0..cols {
+                    q.kept[2 * cols + c] = false;
+                    q.kept[5 * cols + c] = c == cols - 1;
+                }
+                q = requantize_kept(q);
+            }
+            let deq = dequantize(&q);
+            let cands = PackedLayer::candidates(&q, "t").expect("candidates");
+            assert!(!cands.is_empty());
+            for pl in &cands {
+                seen.insert(pl.format_name());
+                assert_eq!(pl.dequantized(), deq, "{} decode", pl.format_name());
+                let mut s = KernelScratch::default();
+                for p in [1usize, 7] {
+                    let b = rand_vec(&mut rng, cols * p);
+                    let want = naive(&deq, Some(&bias), rows, cols, &b, p);
+                    let mut y = vec![0f32; rows * p];
+                    engine::matmul(pl, 0..rows, &b, p, &mut y, None, &mut s);
+                    assert_close(&y, &want, 1e-4, &format!("{} p={p} s={sparsity}", pl.format_name()));
+                    // A row sub-range (as grouped convolutions use).
+                    let mut y2 = vec![0f32; 4 * p];
+                    engine::matmul(pl, 3..7, &b, p, &mut y2, None, &mut s);
+                    assert_close(&y2, &want[3 * p..7 * p], 1e-4, "row range");
+                }
+            }
+        }
+    }
+    for want in ["csr4", "csr8", "csr16", "bitmask", "dense"] {
+        assert!(seen.iter().any(|n| n.starts_with(want)), "{want} never built: {seen:?}");
+    }
+}
+
+/// Keeps codes consistent after the test edits `kept` by hand: pruned weights take the value
+/// zero (the zero point, 0.0, or the codebook's zero when it has one).
+fn requantize_kept(mut q: QuantizedLayer) -> QuantizedLayer {
+    let cols = q.cols;
+    match &mut q.values {
+        WeightValues::Float { data, .. } => {
+            for (v, k) in data.iter_mut().zip(&q.kept) {
+                if !k {
+                    *v = 0.0;
+                }
+            }
+        }
+        WeightValues::Uniform {
+            codes,
+            zero_points,
+            granularity,
+            ..
+        } => {
+            for (i, (c, k)) in codes.iter_mut().zip(&q.kept).enumerate() {
+                if !k {
+                    *c = zero_points[granularity.group_of(i / cols, i % cols, cols)] as u8;
+                }
+            }
+        }
+        WeightValues::Codebook { .. } => {}
+    }
+    q
+}
+
+#[test]
+fn sixteen_bit_gaps_pad_very_long_distances() {
+    let (rows, cols) = (2, 70_000);
+    let mut w = vec![0f32; rows * cols];
+    w[cols - 1] = 0.5;
+    w[cols + 3] = -2.0;
+    let q = QuantizedLayer {
+        kept: w.iter().map(|&v| v != 0.0).collect(),
+        ..quantize(&w, rows, cols, 0.0, Scheme::Float(FloatStorage::F32), None)
+    };
+    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    let Indexing::Csr { gap_bits, .. } = pl.index else {
+        panic!("expected CSR, got {}", pl.format_name());
+    };
+    assert_eq!(gap_bits, 16);
+    // 69,999 = 65,535 + 1 + 4,463: one padding entry before the kept weight in row 0.
+    assert_eq!(pl.entries, 3);
+    let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32).collect();
+    let mut y = vec![0f32; 2];
+    engine::matmul(&pl, 0..2, &x, 1, &mut y, None, &mut KernelScratch::default());
+    assert_eq!(y, vec![0.5 * x[cols - 1], -2.0 * x[3]]);
+}
+
+#[test]
+fn format_choice_picks_the_smallest_encoding() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let (rows, cols) = (40, 200);
+    let w = rand_vec(&mut rng, rows * cols);
+    let dense = quantize(&w, rows, cols, 0.0, Scheme::Float(FloatStorage::F32), None);
+    let pl = PackedLayer::pack(&dense, "d").expect("pack");
+    assert_eq!(pl.index_kind(), IndexKind::Dense);
+    assert_eq!(pl.size_bytes(), rows * cols * 4);
+    for sparsity in [0.3, 0.6, 0.9, 0.97] {
+        for scheme in [
+            Scheme::Float(FloatStorage::F32),
+            Scheme::Uniform {
+                bits: 4,
+                granularity: Granularity::Channel,
+                symmetric: true,
+            },
+        ] {
+            let q = quantize(&w, rows, cols, sparsity, scheme, None);
+            let cands = PackedLayer::candidates(&q, "t").expect("candidates");
+            let best = PackedLayer::pack(&q, "t").expect("pack");
+            let min = cands.iter().map(PackedLayer::size_bytes).min().unwrap_or(0);
+            assert_eq!(best.size_bytes(), min, "s={sparsity} {scheme:?}");
+            if sparsity >= 0.9 {
+                assert_ne!(best.index_kind(), IndexKind::Dense, "s={sparsity}");
+            }
+        }
+    }
+    // 90 % sparse f32: CSR with 8-bit gaps beats a bitmask and dense.
+    let q = quantize(&w, rows, cols, 0.9, Scheme::Float(FloatStorage::F32), None);
+    let best = PackedLayer::pack(&q, "t").expect("pack");
+    assert_eq!(best.index_kind(), IndexKind::Csr, "{}", best.format_name());
+    let b = best.size_breakdown();
+    assert_eq!(b.values, best.entries * 4);
+    assert_eq!(b.bias + b.scales, 0);
+}
+
+#[test]
+fn size_is_exact_for_uniform_codes() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols) = (10, 30);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        0.0,
+        Scheme::Uniform {
+            bits: 3,
+            granularity: Granularity::Group { size: 8 },
+            symmetric: false,
+        },
+        Some(vec![0.0; rows]),
+    );
+    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    let b = pl.size_breakdown();
+    assert_eq!(b.values, (rows * cols * 3).div_ceil(8));
+    // 4 groups per row: f32 scale + u8 zero point each.
+    assert_eq!(b.scales, rows * 4 * 5);
+    assert_eq!(b.bias, rows * 4);
+    assert_eq!(b.indices, 0);
+}
+
+#[test]
+fn codebook_without_zero_still_packs_sparse_layers() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (rows, cols) = (8, 64);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        0.8,
+        Scheme::Codebook {
+            bits: 2,
+            with_zero: false,
+        },
+        None,
+    );
+    // No code decodes to zero: only the bitmask can leave pruned weights out.
+    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    assert_eq!(pl.index_kind(), IndexKind::Bitmask);
+    assert_eq!(pl.dequantized(), dequantize(&q));
+}
+
+/// Naive layer with activation quantization: fake-quantized input, then the dense product.
+#[test]
+fn quantized_activations_use_integer_kernels() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (rows, cols) = (11, 90);
+    let w = rand_vec(&mut rng, rows * cols);
+    let bias = rand_vec(&mut rng, rows);
+    let act = ActivationQuant {
+        bits: 8,
+        scale: 2.0 / 255.0,
+        zero_point: 128,
+    };
+    for sparsity in [0.0, 0.7] {
+        for scheme in [
+            Scheme::Uniform {
+                bits: 8,
+                granularity: Granularity::Channel,
+                symmetric: true,
+            },
+            Scheme::Uniform {
+                bits: 4,
+                granularity: Granularity::Group { size: 32 },
+                symmetric: false,
+            },
+            Scheme::Float(FloatStorage::F32),
+        ] {
+            let mut q = quantize(&w, rows, cols, sparsity, scheme, Some(bias.clone()));
+            q.activation = Some(act);
+            let deq = dequantize(&q);
+            for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
+                for p in [1usize, 5] {
+                    let b = rand_vec(&mut rng, cols * p);
+                    let mut bq = b.clone();
+                    engine::fake_quantize(&mut bq, act.bits, act.scale, act.zero_point);
+                    let want = naive(&deq, Some(&bias), rows, cols, &bq, p);
+                    let mut y = vec![0f32; rows * p];
+                    let mut s = KernelScratch::default();
+                    if matches!(pl.values, ValueStore::Uniform { .. }) {
+                        let mut codes = vec![0i16; cols * p];
+                        engine::quantize_centered(&b, act.bits, act.scale, act.zero_point, &mut codes);
+                        assert!(engine::matmul_int(&pl, 0..rows, &codes, p, act.scale, &mut y, &mut s));
+                    } else {
+                        engine::matmul(&pl, 0..rows, &bq, p, &mut y, None, &mut s);
+                    }
+                    assert_close(&y, &want, 1e-4, &format!("{} p={p}", pl.format_name()));
+                }
+            }
+        }
+    }
+}
+
+const MLP: &str = r#"
+[input]
+shape = [20]
+[[layer]]
+op = "linear"
+name = "fc1"
+weight = "fc1.weight"
+bias = "fc1.bias"
+[[layer]]
+op = "relu"
+[[layer]]
+op = "linear"
+name = "fc2"
+weight = "fc2.weight"
+bias = "fc2.bias"
+[[layer]]
+op = "tanh"
+[[layer]]
+op = "linear"
+name = "fc3"
+weight = "fc3.weight"
+"#;
+
+fn mlp(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
+    let t: Named = vec![
+        ("fc1.weight".into(), vec![64, 20], rand_vec(rng, 64 * 20)),
+        ("fc1.bias".into(), vec![64], rand_vec(rng, 64)),
+        ("fc2.weight".into(), vec![32, 64], rand_vec(rng, 32 * 64)),
+        ("fc2.bias".into(), vec![32], rand_vec(rng, 32)),
+        ("fc3.weight".into(), vec![10, 32], rand_vec(rng, 320)),
+    ];
+    write_model(dir, MLP, &t)
+}
+
+const CONVNET: &str = r#"
+[input]
+shape = [4, 12, 11]
+[[layer]]
+op = "conv2d"
+name = "c1"
+weight = "c1.weight"
+bias = "c1.bias"
+padding = 1
+[[layer]]
+op = "relu"
+[[layer]]
+op = "conv2d"
+name = "dw"
+weight = "dw.weight"
+bias = "dw.bias"
+stride = 2
+padding = 1
+groups = 8
+[[layer]]
+op = "batchnorm"
+name = "bn"
+weight = "bn.weight"
+bias = "bn.bias"
+running_mean = "bn.mean"
+running_var = "bn.var"
+[[layer]]
+op = "add"
+name = "res"
+from = "dw"
+[[layer]]
+op = "maxpool2d"
+kernel = 2
+padding = 1
+[[layer]]
+op = "conv2d"
+name = "g2"
+weight = "g2.weight"
+groups = 2
+[[layer]]
+op = "silu"
+[[layer]]
+op = "avgpool2d"
+kernel = 2
+stride = 1
+[[layer]]
+op = "flatten"
+[[layer]]
+op = "linear"
+name = "fc"
+weight = "fc.weight"
+bias = "fc.bias"
+[[layer]]
+op = "softmax"
+"#;
+
+fn convnet(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
+    // c1: 4→8, 3×3 pad 1 → 12×11; dw: depthwise 3×3 stride 2 pad 1 → 6×6; bn stays unfolded
+    // because dw feeds the add; maxpool 2 pad 1 → 4×4; g2: 8→6, 2×2, groups 2 → 3×3;
+    // avgpool 2 stride 1 → 2×2; fc: 24 → 5.
+    let t: Named = vec![
+        ("c1.weight".into(), vec![8, 4, 3, 3], rand_vec(rng, 8 * 4 * 9)),
+        ("c1.bias".into(), vec![8], rand_vec(rng, 8)),
+        ("dw.weight".into(), vec![8, 1, 3, 3], rand_vec(rng, 72)),
+        ("dw.bias".into(), vec![8], rand_vec(rng, 8)),
+        ("bn.weight".into(), vec![8], rand_vec(rng, 8)),
+        ("bn.bias".into(), vec![8], rand_vec(rng, 8)),
+        ("bn.mean".into(), vec![8], rand_vec(rng, 8)),
+        (
+            "bn.var".into(),
+            vec![8],
+            rand_vec(rng, 8).iter().map(|v| v.abs() + 0.5).collect(),
+        ),
+        ("g2.weight".into(), vec![6, 4, 2, 2], rand_vec(rng, 6 * 16)),
+        ("fc.weight".into(), vec![5, 24], rand_vec(rng, 120)),
+        ("fc.bias".into(), vec![5], rand_vec(rng, 5)),
+    ];
+    write_model(dir, CONVNET, &t)
+}
+
+/// Quantizes every linear/conv layer of `m` with the scheme `pick(i)` returns.
+fn plan(m: &Model, sparsity: f64, pick: impl Fn(usize) -> Scheme) -> Plan {
+    let layers = m
+        .compressible()
+        .enumerate()
+        .map(|(k, (i, l))| {
+            let p = l.params().expect("params");
+            let dims = p.weight.dims();
+            let (rows, cols) = (dims[0], dims[1..].iter().product());
+            let w: Vec<f32> = p.weight.flatten_all().and_then(|t| t.to_vec1()).expect("w");
+            let bias = p.bias.as_ref().map(|b| b.to_vec1().expect("bias"));
+            let mut q = quantize(&w, rows, cols, sparsity, pick(k), bias);
+            q.layer = i;
+            q
+        })
+        .collect();
+    Plan {
+        model: m.clone(),
+        layers,
+    }
+}
+
+/// The test's own dequantized model: the plan's weights replaced by `dequantize`.
+fn dequantized_model(plan: &Plan) -> Model {
+    let mut m = plan.model.clone();
+    for q in &plan.layers {
+        let layer = &mut m.layers[q.layer];
+        if let model::Op::Linear(p) | model::Op::Conv2d(p, _) = &mut layer.op {
+            let dims = p.weight.dims().to_vec();
+            p.weight = Tensor::from_vec(dequantize(q), dims, &Device::Cpu).expect("tensor");
+        }
+    }
+    m
+}
+
+fn mixed(k: usize) -> Scheme {
+    match k % 4 {
+        0 => Scheme::Uniform {
+            bits: 8,
+            granularity: Granularity::Channel,
+            symmetric: true,
+        },
+        1 => Scheme::Uniform {
+            bits: 4,
+            granularity: Granularity::Group { size: 8 },
+            symmetric: false,
+        },
+        2 => Scheme::Codebook {
+            bits: 5,
+            with_zero: true,
+        },
+        _ => Scheme::Float(FloatStorage::F16),
+    }
+}
+
+fn check_model(m: &Model, n: usize, rng: &mut StdRng) {
+    let x = rand_vec(rng, n * m.input_len());
+    for sparsity in [0.0, 0.6, 0.93] {
+        for offset in 0..4 {
+            let p = plan(m, sparsity, |k| mixed(k + offset));
+            let cm = CompressedModel::build(&p).expect("build");
+            let want = forward(&dequantized_model(&p), &x, n);
+            let got = cm.logits(&x, n);
+            assert_close(&got, &want, 2e-4, &format!("sparsity {sparsity} offset {offset}"));
+            // The engine's own dequantized model agrees with the test's.
+            assert_close(&forward(&cm.model, &x, n), &want, 1e-6, "cm.model");
+            // One sample at a time gives the same as the batch.
+            let one = cm.logits(&x[..m.input_len()], 1);
+            assert_close(&one, &got[..cm.num_classes()], 1e-5, "single sample");
+        }
+    }
+    // No plan at all: dense f32 equals the original model.
+    let cm = CompressedModel::build(&Plan {
+        model: m.clone(),
+        layers: vec![],
+    })
+    .expect("build");
+    assert_close(&cm.logits(&x, n), &forward(m, &x, n), 1e-4, "dense");
+    let dense: usize = m.compressible().map(|(_, l)| l.param_count() * 4).sum();
+    assert!(cm.size_bytes() >= dense);
+}
+
+#[test]
+fn mlp_logits_match_candle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(6);
+    let m = mlp(&dir, &mut rng);
+    // 300 samples: more than one rayon chunk.
+    check_model(&m, 300, &mut rng);
+}
+
+#[test]
+fn conv_net_logits_match_candle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(7);
+    let m = convnet(&dir, &mut rng);
+    assert!(
+        m.layers.iter().any(|l| matches!(l.op, model::Op::ChannelAffine { .. })),
+        "the test wants an unfolded batchnorm"
+    );
+    check_model(&m, 9, &mut rng);
+}
+
+#[test]
+fn conv_with_quantized_activations_matches_fake_quantized_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(8);
+    let m = convnet(&dir, &mut rng);
+    let n = 3;
+    let x = rand_vec(&mut rng, n * m.input_len());
+    let mut p = plan(&m, 0.5, |k| mixed(k));
+    for q in &mut p.layers {
+        q.activation = Some(ActivationQuant {
+            bits: 8,
+            scale: 0.02,
+            zero_point: 120,
+        });
+    }
+    let cm = CompressedModel::build(&p).expect("build");
+    // Reference: each compressed layer's input fake-quantized, via a hand-rolled pass on
+    // candle (the dense model with the inputs of linear/conv layers rounded).
+    let want = fake_quant_forward(&dequantized_model(&p), &p, &x, n);
+    assert_close(&cm.logits(&x, n), &want, 1e-3, "activation-quantized conv net");
+}
+
+/// Runs `m` layer by layer on candle, fake-quantizing the input of every planned layer.
+fn fake_quant_forward(m: &Model, p: &Plan, x: &[f32], n: usize) -> Vec<f32> {
+    let mut cur = x.to_vec();
+    let mut shape = m.input.shape.clone();
+    let mut outputs: Vec<Vec<f32>> = Vec::new();
+    for (i, layer) in m.layers.iter().enumerate() {
+        if let Some(a) = p.layers.iter().find(|q| q.layer == i).and_then(|q| q.activation) {
+            engine::fake_quantize(&mut cur, a.bits, a.scale, a.zero_point);
+        }
+        let one = Model {
+            layers: vec![model::Layer {
+                op: match &layer.op {
+                    model::Op::Add { .. } => model::Op::Flatten,
+                    op => op.clone(),
+                },
+                ..layer.clone()
+            }],
+            input: model::InputSpec {
+                shape: shape.clone(),
+                ..m.input.clone()
+            },
+            ..m.clone()
+        };
+        let mut t_shape = vec![n];
+        t_shape.extend(&shape);
+        let t = Tensor::from_slice(&cur, t_shape, &Device::Cpu).expect("t");
+        let mut y: Vec<f32> = one
+            .forward(&t, false)
+            .expect("forward")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        if let model::Op::Add { from } = layer.op {
+            for (v, s) in y.iter_mut().zip(&outputs[from]) {
+                *v += s;
+            }
+        }
+        shape = layer.out_shape.clone();
+        outputs.push(y.clone());
+        cur = y;
+    }
+    cur
+}
+
+#[test]
+fn export_reload_gives_identical_logits_and_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(9);
+    for (name, m) in [("mlp", mlp(&dir, &mut rng)), ("conv", convnet(&dir, &mut rng))] {
+        let n = 7;
+        let x = rand_vec(&mut rng, n * m.input_len());
+        for sparsity in [0.0, 0.9] {
+            let mut p = plan(&m, sparsity, |k| mixed(k + 1));
+            p.layers[0].activation = Some(ActivationQuant {
+                bits: 6,
+                scale: 0.05,
+                zero_point: 30,
+            });
+            let cm = CompressedModel::build(&p).expect("build");
+            let path = dir.path().join(format!("{name}-{sparsity}.safetensors"));
+            cm.save(&path, Some("[default]\nbits = 4\n")).expect("save");
+            assert!(engine::is_compressed_file(&path));
+            let back = engine::load_compressed(&path).expect("reload");
+            assert_eq!(back.logits(&x, n), cm.logits(&x, n), "{name}: logits differ");
+            assert_eq!(back.size_bytes(), cm.size_bytes());
+            assert_eq!(back.size_breakdown(), cm.size_breakdown());
+            let bytes = std::fs::read(&path).expect("read");
+            let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+            assert_eq!(cm.size_bytes(), bytes.len() - 8 - header, "{name}: size = file − header");
+            // The reloaded architecture is the same graph.
+            assert_eq!(back.model.layers.len(), cm.model.layers.len());
+            assert_eq!(back.model.folded_spec(), cm.model.folded_spec());
+            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("meta");
+            let meta = meta.metadata().clone().expect("metadata");
+            assert_eq!(meta["squeeze.format"], "compressed");
+            assert_eq!(meta["squeeze.recipe"], "[default]\nbits = 4\n");
+            assert!(ArchSpec::from_json(&meta["squeeze.arch"]).is_ok());
+        }
+    }
+    // A plain model file is not a compressed one.
+    assert!(!engine::is_compressed_file(&dir.path().join("m.safetensors")));
+    assert!(!engine::is_compressed_file(&dir.path().join("missing.safetensors")));
+}
+
+#[test]
+fn corrupt_files_give_errors_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(10);
+    let m = convnet(&dir, &mut rng);
+    let p = plan(&m, 0.8, |k| mixed(k));
+    let cm = CompressedModel::build(&p).expect("build");
+    let path = dir.path().join("c.safetensors");
+    cm.save(&path, None).expect("save");
+    let good = std::fs::read(&path).expect("read");
+    let bad = dir.path().join("bad.safetensors");
+
+    // Truncated.
+    std::fs::write(&bad, &good[..good.len() - 10]).expect("write");
+    let e = engine::load_compressed(&bad).expect_err("truncated");
+    assert!(e.to_string().contains("bad.safetensors"), "{e}");
+
+    // A plain model file.
+    let e = engine::load_compressed(&dir.path().join("m.safetensors")).expect_err("plain");
+    assert!(e.to_string().contains("compressed"), "{e}");
+
+    // A tensor renamed: the error names the one missing.
+    let mut bytes = good.clone();
+    let at = good
+        .windows(11)
+        .position(|w| w == b"\"fc.values\"")
+        .expect("tensor name in header");
+    bytes[at + 9] = b'z';
+    std::fs::write(&bad, &bytes).expect("write");
+    let e = engine::load_compressed(&bad).expect_err("renamed");
+    assert!(e.to_string().contains("fc.values"), "{e}");
+
+    // Every byte of the data region flipped in turn (a sample of them): errors or a model,
+    // never a panic; the header region likewise.
+    let header = u64::from_le_bytes(good[..8].try_into().expect("8")) as usize;
+    for pos in (0..good.len()).step_by(7) {
+        let mut bytes = good.clone();
+        bytes[pos] ^= if pos < 8 + header { 0x21 } else { 0xff };
+        std::fs::write(&bad, &bytes).expect("write");
+        if let Ok(cm) = engine::load_compressed(&bad) {
+            let x = vec![0.5f32; cm.input_len()];
+            let _ = cm.logits(&x, 1);
+        }
+    }
+}
+
+#[test]
+fn latency_and_throughput_report_sane_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(11);
+    let m = mlp(&dir, &mut rng);
+    let cm = CompressedModel::build(&plan(&m, 0.9, |_| Scheme::Float(FloatStorage::F32))).expect("build");
+    let x = rand_vec(&mut rng, 10 * m.input_len());
+    let l = engine::latency_with(&cm, &x, 50, std::time::Duration::from_millis(10));
+    assert!(l.runs >= 50 && l.median_us > 0.0 && l.p90_us >= l.median_us);
+    assert!(engine::throughput(&cm, &x, 10) > 0.0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn packed_codes_round_trip(bits in 1u8..=8, codes in prop::collection::vec(any::<u8>(), 0..300), start in 0usize..40) {
+        let codes: Vec<u8> = codes.iter().map(|c| c & ((1u16 << bits) - 1) as u8).collect();
+        let packed = engine::pack::pack_codes(&codes, bits);
+        prop_assert_eq!(packed.len(), (codes.len() * bits as usize).div_ceil(8));
+        let start = start.min(codes.len());
+        let mut out = vec![0u8; codes.len() - start];
+        engine::pack::unpack_codes(&packed, bits, start, &mut out);
+        prop_assert_eq!(&out[..], &codes[start..]);
+    }
+
+    #[test]
+    fn every_encoding_decodes_to_the_dequantized_weights(
+        rows in 1usize..6,
+        cols in 1usize..90,
+        sparsity in 0.0f64..1.0,
+        bits in 1u8..=8,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w = rand_vec(&mut rng, rows * cols);
+        for scheme in [
+            Scheme::Float(FloatStorage::Bf16),
+            Scheme::Uniform { bits, granularity: Granularity::Group { size: 7 }, symmetric: false },
+            Scheme::Codebook { bits, with_zero: true },
+        ] {
+            let q = quantize(&w, rows, cols, sparsity, scheme, None);
+            let deq = dequantize(&q);
+            for pl in PackedLayer::candidates(&q, "p").expect("candidates") {
+                prop_assert!(pl.check().is_ok(), "{}", pl.format_name());
+                prop_assert_eq!(pl.dequantized(), deq.clone(), "{}", pl.format_name());
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Fakes for driving the explorer without a model: a LeNet-shaped `ModelInfo`, deterministic
+//! figures for any configuration, and helpers that answer the app's requests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use squeeze::compress::Bits;
+use squeeze::compress::recipe::PruneMethod;
+use squeeze::explore::eval::{Estimate, Evaluator, Figures, LayerFigures, Stage};
+use squeeze::explore::info::{HIST_BINS, LayerInfo, ModelInfo};
+use squeeze::explore::jobs::{Origin, WorkerMsg};
+use squeeze::explore::Config;
+use squeeze::tui::{App, AppOptions, Request};
+
+pub fn info() -> ModelInfo {
+    let layer = |name: &str, rows: usize, cols: usize| {
+        // A bell-shaped histogram, as trained weights have.
+        let hist: Vec<u32> = (0..HIST_BINS)
+            .map(|i| {
+                let x = (i as f64 - (HIST_BINS / 2) as f64) / 6.0;
+                ((-x * x).exp() * (rows * cols) as f64 / 15.0) as u32
+            })
+            .collect();
+        LayerInfo {
+            name: name.into(),
+            op: "linear".into(),
+            shape: vec![rows, cols],
+            params: rows * cols + rows,
+            macs: rows * cols,
+            dense_bytes: (rows * cols + rows) * 4,
+            cols,
+            hist_range: (-0.25, 0.25),
+            hist_before: hist,
+        }
+    };
+    ModelInfo {
+        name: "lenet-300-100".into(),
+        data_name: "t10k-images-idx3-ubyte.gz".into(),
+        samples: 10_000,
+        layers: vec![layer("fc1", 300, 784), layer("fc2", 100, 300), layer("fc3", 10, 100)],
+    }
+}
+
+pub fn options() -> AppOptions {
+    AppOptions {
+        fingerprint: 42,
+        out_dir: PathBuf::from("squeeze-out"),
+        budget_bytes: None,
+        budget_latency_us: None,
+        session: None,
+    }
+}
+
+pub fn app() -> App {
+    let mut app = App::new(info(), options());
+    app.resize(140, 45);
+    app
+}
+
+/// Plausible, deterministic figures: size from bits and sparsity, accuracy falling with both.
+pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
+    let mut size = 0u64;
+    let mut loss = 0.0;
+    let mut layers = Vec::new();
+    let mut pruned = 0.0;
+    let mut total = 0.0;
+    for (l, s) in info.layers.iter().zip(&config.layers) {
+        let weights = (l.params - l.shape[0]) as f64;
+        let sparsity = match (config.global, s.prune) {
+            (Some(g), _) => f64::from(g) / 1000.0,
+            (None, PruneMethod::None) => 0.0,
+            (None, PruneMethod::Nm) => 0.5,
+            (None, PruneMethod::Std) => 0.6,
+            (None, _) => f64::from(s.sparsity) / 1000.0,
+        };
+        let bits = match s.bits {
+            Bits::F32 => 32.0,
+            Bits::F16 | Bits::Bf16 => 16.0,
+            Bits::Int(b) => f64::from(b),
+        };
+        let kept = weights * (1.0 - sparsity);
+        let index = if sparsity > 0.0 { kept * 8.0 } else { 0.0 };
+        let bytes = ((kept * bits + index) / 8.0) as u64 + l.shape[0] as u64 * 4;
+        size += bytes;
+        pruned += weights * sparsity;
+        total += weights;
+        loss += 0.02 * (sparsity / 0.99).powi(8) + 0.1 * (2f64).powf(-bits);
+        let mut hist = l.hist_before.clone();
+        for (i, h) in hist.iter_mut().enumerate() {
+            *h = (f64::from(*h) * (1.0 - sparsity)) as u32;
+            if bits < 9.0 && i % 3 != 0 {
+                *h = 0;
+            }
+        }
+        layers.push(LayerFigures {
+            size_bytes: bytes,
+            sparsity,
+            format: if sparsity > 0.0 {
+                format!("csr8-{}", if bits < 32.0 { format!("q{bits}") } else { "f32".into() })
+            } else if bits < 32.0 {
+                format!("dense-q{bits}")
+            } else {
+                "dense-f32".into()
+            },
+            hist_after: hist,
+        });
+    }
+    let acc = (0.9812 - loss).max(0.1);
+    let mut f = Figures {
+        size_bytes: Some(size),
+        dense_bytes: Some(info.dense_bytes() as u64),
+        entropy_bytes: Some(size * 7 / 10),
+        sparsity: Some(pruned / total),
+        layers,
+        ..Figures::default()
+    };
+    match stage {
+        Stage::Quick => {
+            // The subset's estimate is a little off, with its range.
+            f.accuracy = Some(Estimate::from_subset(acc - 0.003, 1000, 10_000));
+        }
+        Stage::Full => f.accuracy = Some(Estimate::from_subset(acc, 10_000, 10_000)),
+        Stage::Latency => {
+            f.latency_us = Some(2.0 + size as f64 / 30_000.0);
+            f.latency_p90_us = Some(2.5 + size as f64 / 28_000.0);
+            f.layers.clear();
+        }
+    }
+    f
+}
+
+/// The worker messages that answer `requests` completely (every stage of every evaluation).
+pub fn answers(info: &ModelInfo, requests: &[Request]) -> Vec<WorkerMsg> {
+    let mut out = Vec::new();
+    for r in requests {
+        match r {
+            Request::Evaluate {
+                generation,
+                request,
+            } => {
+                for &stage in &request.stages {
+                    out.push(WorkerMsg::Result {
+                        origin: Origin::Interactive(*generation),
+                        key: request.key,
+                        stage,
+                        figures: figures(info, &request.config, stage),
+                    });
+                }
+            }
+            Request::Sweep { id, points } => {
+                for (i, p) in points.iter().enumerate() {
+                    for &stage in &p.stages {
+                        out.push(WorkerMsg::Result {
+                            origin: Origin::Sweep(*id),
+                            key: p.key,
+                            stage,
+                            figures: figures(info, &p.config, stage),
+                        });
+                    }
+                    out.push(WorkerMsg::Progress {
+                        sweep: *id,
+                        done: i + 1,
+                        total: points.len(),
+                    });
+                }
+                out.push(WorkerMsg::SweepDone {
+                    sweep: *id,
+                    cancelled: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Feeds every answer back, and the answers to whatever those cause, until quiet.
+pub fn settle(app: &mut App, requests: Vec<Request>) {
+    let info = app.info.clone();
+    let mut pending = requests;
+    while !pending.is_empty() {
+        let msgs = answers(&info, &pending);
+        pending = Vec::new();
+        for m in msgs {
+            pending.extend(app.handle_worker(m));
+        }
+    }
+}
+
+pub fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+pub fn code(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+/// Presses a key and answers all the work it asks for.
+pub fn press(app: &mut App, k: KeyEvent) {
+    let r = app.handle_key(k);
+    settle(app, r);
+}
+
+/// Draws the app into a `width × height` test terminal.
+pub fn draw(app: &App, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(width, height)).expect("test terminal");
+    t.draw(|f| squeeze::tui::render::render(f, app))
+        .expect("draw");
+    t
+}
+
+/// The whole screen as text, one line per row.
+pub fn screen(t: &Terminal<TestBackend>) -> String {
+    let buf = t.backend().buffer();
+    let mut s = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// A fake evaluator for runs through the real worker pool.
+pub struct FakeEvaluator(pub ModelInfo);
+
+impl Evaluator for FakeEvaluator {
+    fn evaluate(&self, config: &Config, stage: Stage, _: &AtomicBool) -> Result<Figures, String> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        Ok(figures(&self.0, config, stage))
+    }
+
+    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let path = dir.join("recipe.toml");
+        std::fs::write(&path, config.to_recipe(&self.0).to_toml()).map_err(|e| e.to_string())?;
+        Ok(vec![path])
+    }
+}

@@ -1,0 +1,357 @@
+//! The explorer's update logic without a terminal: keys → state → requested work,
+//! latest-wins generations, cache hits, sweeps and their cancellation, journaling, resume.
+
+mod tui_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratatui::crossterm::event::{KeyCode, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+
+use squeeze::compress::Bits;
+use squeeze::compress::recipe::{PruneMethod, Scheme};
+use squeeze::explore::eval::Stage;
+use squeeze::explore::jobs::{Origin, Runner, WorkerMsg};
+use squeeze::explore::journal::Record;
+use squeeze::explore::sweep;
+use squeeze::tui::app::View;
+use squeeze::tui::{Executor, Request};
+use tui_support::*;
+
+fn evaluations(r: &[Request]) -> Vec<&squeeze::explore::EvalRequest> {
+    r.iter()
+        .filter_map(|r| match r {
+            Request::Evaluate { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_evaluates_dense_at_every_stage() {
+    let mut app = app();
+    let r = app.start();
+    let ev = evaluations(&r);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].key, app.dense_key);
+    assert_eq!(ev[0].stages, vec![Stage::Quick, Stage::Full, Stage::Latency]);
+    assert!(r.iter().any(|r| matches!(r, Request::Journal(Record::Current { .. }))));
+    assert_eq!(app.pending.len(), 3);
+    settle(&mut app, r);
+    assert!(app.pending.is_empty());
+    let dense = app.dense().unwrap();
+    assert!(dense.full.is_some() && dense.latency.is_some());
+}
+
+#[test]
+fn an_edit_requests_the_new_configuration() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let g0 = app.generation;
+    let r = app.handle_key(code(KeyCode::Right));
+    let ev = evaluations(&r);
+    assert_eq!(ev.len(), 1);
+    let layer = &ev[0].config.layers[0];
+    assert_eq!((layer.prune, layer.sparsity), (PruneMethod::L1, 50));
+    assert!(matches!(r[0], Request::Evaluate { .. } | Request::Journal(_)));
+    assert_eq!(app.generation, g0 + 1);
+    assert!(r.iter().any(|r| matches!(r, Request::Evaluate { generation, .. } if *generation == g0 + 1)));
+
+    // Shift+→ and + act on the same layer: 5 % + 1 %, then f32 stays the widest.
+    app.handle_key(ratatui::crossterm::event::KeyEvent::new(KeyCode::Right, KeyModifiers::SHIFT));
+    assert_eq!(app.config.layers[0].sparsity, 60);
+    assert!(app.handle_key(key('+')).is_empty());
+    app.handle_key(key('-'));
+    app.handle_key(key('-'));
+    assert_eq!(app.config.layers[0].bits, Bits::Int(8));
+    app.handle_key(key('s'));
+    assert_eq!(app.config.layers[0].scheme, Scheme::Asymmetric);
+    // ↓ moves to fc2; edits go there.
+    app.handle_key(key('j'));
+    app.handle_key(key('l'));
+    assert_eq!(app.config.layers[1].sparsity, 50);
+    assert_eq!(app.config.layers[0].sparsity, 60);
+}
+
+#[test]
+fn stale_results_land_on_their_own_point_only() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let first = app.handle_key(code(KeyCode::Right));
+    let second = app.handle_key(code(KeyCode::Right));
+    let (k1, k2) = (evaluations(&first)[0].key, evaluations(&second)[0].key);
+    assert_ne!(k1, k2);
+    // The older request's quick answer arrives late (it was cancelled after one stage).
+    let late = answers(&app.info, &first)
+        .into_iter()
+        .find(|m| matches!(m, WorkerMsg::Result { stage: Stage::Quick, .. }))
+        .unwrap();
+    app.handle_worker(late);
+    assert!(app.points[&k1].quick.is_some());
+    assert!(app.current().unwrap().quick.is_none());
+    assert_eq!(app.pending, vec![Stage::Quick, Stage::Full, Stage::Latency]);
+    settle(&mut app, second);
+    assert!(app.pending.is_empty());
+    assert_eq!(app.current().unwrap().key, k2);
+}
+
+#[test]
+fn returning_to_a_configuration_is_a_cache_hit() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, code(KeyCode::Right));
+    // Undo goes back to dense: measured already, so nothing is evaluated and the running
+    // edit (none here) is cancelled.
+    let r = app.handle_key(key('u'));
+    assert!(evaluations(&r).is_empty());
+    assert!(r.contains(&Request::CancelInteractive));
+    assert!(app.pending.is_empty());
+    assert_eq!(app.current_key, app.dense_key);
+    // Redo: the 5 % point is cached too.
+    let r = app.handle_key(key('U'));
+    assert!(evaluations(&r).is_empty());
+    assert_eq!(app.config.layers[0].sparsity, 50);
+    // Undo past the start says so.
+    app.handle_key(key('u'));
+    assert!(app.handle_key(key('u')).is_empty());
+    assert_eq!(app.message.as_deref(), Some("nothing to undo"));
+}
+
+#[test]
+fn partially_cached_configurations_ask_only_for_missing_stages() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let r = app.handle_key(code(KeyCode::Right));
+    // Only the quick estimate arrives before we go back and forth.
+    let quick = answers(&app.info, &r).remove(0);
+    app.handle_worker(quick);
+    app.handle_key(code(KeyCode::Left));
+    let r = app.handle_key(code(KeyCode::Right));
+    assert_eq!(evaluations(&r)[0].stages, vec![Stage::Full, Stage::Latency]);
+}
+
+#[test]
+fn failures_show_in_plain_words_and_are_journaled() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let r = app.handle_key(key('a'));
+    let ev = evaluations(&r)[0].clone();
+    let out = app.handle_worker(WorkerMsg::Failed {
+        origin: Origin::Interactive(app.generation),
+        key: ev.key,
+        stage: Stage::Quick,
+        error: "activation calibration: no samples".into(),
+    });
+    assert!(matches!(&out[0], Request::Journal(Record::Failed { error, .. }) if error.contains("calibration")));
+    assert_eq!(
+        app.last_error.as_deref(),
+        Some("quick estimate failed: activation calibration: no samples")
+    );
+    assert!(app.pending.is_empty());
+}
+
+#[test]
+fn sweeps_skip_cached_points_and_cancel_with_esc() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let r = app.handle_key(key('w'));
+    let [Request::Sweep { id, points }] = r.as_slice() else {
+        panic!("expected one sweep: {r:?}");
+    };
+    let grid = sweep::UNIFORM_SPARSITIES.len() * sweep::UNIFORM_BITS.len();
+    // The dense corner of the grid is cached.
+    assert_eq!(points.len(), grid - 1);
+    assert_eq!(app.sweeps.len(), 1);
+    let id = *id;
+    app.handle_worker(WorkerMsg::Progress { sweep: id, done: 3, total: grid - 1 });
+    assert_eq!(app.sweeps[0].done, 3);
+    let r = app.handle_key(code(KeyCode::Esc));
+    assert!(r.contains(&Request::CancelSweeps));
+    assert!(app.sweeps.is_empty());
+    assert!(app.message.as_deref().unwrap().contains("3 of"));
+    // The worker confirms later; nothing breaks.
+    app.handle_worker(WorkerMsg::SweepDone { sweep: id, cancelled: true });
+
+    // A full sweep, then the same sweep again: everything is cached.
+    let r = app.handle_key(key('S'));
+    settle(&mut app, r);
+    assert!(app.handle_key(key('S')).is_empty());
+    assert!(app.message.as_deref().unwrap().contains("already measured"));
+    // Sensitivity curves are filled for every layer.
+    for s in &app.sensitivity {
+        assert_eq!(s.prune.len(), sweep::SENSITIVITY_SPARSITIES.len());
+        assert_eq!(s.bits.len(), sweep::SENSITIVITY_BITS.len());
+    }
+}
+
+#[test]
+fn presets_global_pruning_and_apply_to_all() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    app.handle_key(key('4'));
+    assert_eq!(app.preset_name(), Some("Deep-Compression-like"));
+    assert_eq!(app.config.layers[0].sparsity, 920);
+    assert_eq!(app.config.layers[2].sparsity, 740);
+    assert_eq!(app.config.layers[0].scheme, Scheme::Kmeans);
+    app.handle_key(key('n'));
+    assert_eq!(app.preset_name(), Some("dense"));
+    app.handle_key(key('n'));
+    assert_eq!(app.preset_name(), Some("int8 everywhere"));
+    assert!(app.config.layers.iter().all(|l| l.bits == Bits::Int(8)));
+    // An edit leaves the preset.
+    app.handle_key(key('-'));
+    assert_eq!(app.preset_name(), None);
+    app.handle_key(key('A'));
+    assert!(app.config.layers.iter().all(|l| l.bits == Bits::Int(7)));
+
+    app.handle_key(key('r'));
+    assert!(app.config.is_dense());
+    app.handle_key(key('G'));
+    assert_eq!(app.config.global, Some(500));
+    app.handle_key(code(KeyCode::Right));
+    assert_eq!(app.config.global, Some(550));
+    assert!(app.config.layers.iter().all(|l| l.sparsity == 0));
+    let recipe = app.config.to_recipe(&app.info);
+    assert_eq!(recipe.global.map(|g| g.sparsity), Some(0.55));
+}
+
+#[test]
+fn export_plot_pin_and_views() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, key('3'));
+    let r = app.handle_key(key('e'));
+    let [Request::Export { config, dir }] = r.as_slice() else {
+        panic!("{r:?}");
+    };
+    assert_eq!(config.global, Some(500));
+    assert!(dir.starts_with("squeeze-out"));
+    assert!(dir.to_string_lossy().contains("lenet-300-100-"));
+    app.handle_key(key('c'));
+    assert!(app.pinned.is_some());
+    press(&mut app, key('1'));
+    let r = app.handle_key(key('p'));
+    let [Request::Plot { input, .. }] = r.as_slice() else {
+        panic!("{r:?}");
+    };
+    assert_eq!(input.points.len(), 2);
+    assert!(input.pinned.is_some() && input.dense.is_some());
+    app.handle_worker(WorkerMsg::TaskDone {
+        task: "plots".into(),
+        result: Ok(vec!["squeeze-out/accuracy-vs-size.png".into()]),
+    });
+    assert!(app.message.as_deref().unwrap().contains("accuracy-vs-size.png"));
+
+    app.handle_key(key('?'));
+    assert_eq!(app.view, View::Help);
+    app.handle_key(code(KeyCode::Esc));
+    assert_eq!(app.view, View::Main);
+    app.handle_key(code(KeyCode::Enter));
+    assert_eq!(app.view, View::Detail);
+    let r = app.handle_key(key('q'));
+    assert_eq!(r, vec![Request::Quit]);
+    assert!(app.should_quit);
+}
+
+#[test]
+fn mouse_selects_rows_and_scrolls() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let click = |row| MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: 10,
+        row,
+        modifiers: KeyModifiers::NONE,
+    };
+    // Title on row 0, table border on 1, header on 2: fc3 is on row 5.
+    app.handle_mouse(click(5));
+    assert_eq!(app.selected, 2);
+    app.handle_mouse(click(2));
+    assert_eq!(app.selected, 2);
+    app.handle_mouse(MouseEvent {
+        kind: MouseEventKind::ScrollUp,
+        column: 0,
+        row: 0,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_eq!(app.selected, 1);
+}
+
+#[test]
+fn resume_restores_points_pin_and_current() {
+    let mut app = app();
+    let mut journal = Vec::new();
+    let mut run = |app: &mut squeeze::tui::App, r: Vec<Request>, journal: &mut Vec<Record>| {
+        let mut pending = r;
+        while !pending.is_empty() {
+            for r in &pending {
+                if let Request::Journal(rec) = r {
+                    journal.push(rec.clone());
+                }
+            }
+            let msgs = answers(&app.info, &pending);
+            pending = msgs.into_iter().flat_map(|m| app.handle_worker(m)).collect();
+        }
+    };
+    let r = app.start();
+    run(&mut app, r, &mut journal);
+    for k in ['4', 'c', 'j', '-'] {
+        let r = app.handle_key(key(k));
+        run(&mut app, r, &mut journal);
+    }
+    let measured = app.measured().count();
+    let config = app.config.clone();
+
+    let mut again = tui_support::app();
+    again.restore(journal);
+    assert_eq!(again.measured().count(), measured);
+    assert_eq!(again.config, config);
+    assert!(again.pinned.is_some());
+    // Everything is cached: starting evaluates nothing.
+    let r = again.start();
+    assert!(evaluations(&r).is_empty());
+}
+
+#[test]
+fn runs_through_the_real_worker_pool() {
+    let mut app = app();
+    let mut runner = Runner::new(Arc::new(FakeEvaluator(info())), 2).unwrap();
+    let rx = runner.messages();
+    let first = app.start();
+    Executor {
+        runner: &mut runner,
+        journal: None,
+    }
+    .run(first);
+    let mut sweep_started = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if app.pending.is_empty() && !sweep_started {
+            let r = app.handle_key(key('S'));
+            Executor { runner: &mut runner, journal: None }.run(r);
+            // An edit while the sweep runs is answered in between its points.
+            let r = app.handle_key(code(KeyCode::Right));
+            Executor { runner: &mut runner, journal: None }.run(r);
+            sweep_started = true;
+        }
+        if sweep_started && app.sweeps.is_empty() && app.pending.is_empty() {
+            break;
+        }
+        if let Ok(m) = rx.recv_timeout(Duration::from_secs(5)) {
+            let r = app.handle_worker(m);
+            Executor { runner: &mut runner, journal: None }.run(r);
+        }
+    }
+    assert!(sweep_started && app.sweeps.is_empty(), "sweep did not finish");
+    assert!(app.current().unwrap().full.is_some());
+    assert!(app.sensitivity.iter().all(|s| !s.prune.is_empty()));
+}
