@@ -474,3 +474,34 @@ fn save_and_reload_round_trips() {
     assert_eq!(forward(&m, &x, 1), forward(&back.model, &x, 1));
     assert_eq!(back.model.input.scale, 0.5);
 }
+
+#[test]
+fn an_unfolded_batchnorm_survives_save_and_reload() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let dir = tempfile::tempdir().expect("tmp");
+    let arch = "[input]\nshape = [3]\n[[layer]]\nop = \"linear\"\nweight = \"a.weight\"\n[[layer]]\nop = \"relu\"\n[[layer]]\nop = \"batchnorm\"\nweight = \"bn.weight\"\nbias = \"bn.bias\"\nrunning_mean = \"bn.m\"\nrunning_var = \"bn.v\"\neps = 0.001\n";
+    let p = write_model(
+        &dir,
+        "u.safetensors",
+        arch,
+        &vec![
+            ("a.weight".into(), vec![2, 3], rand_vec(&mut rng, 6)),
+            ("bn.weight".into(), vec![2], vec![1.5, 0.5]),
+            ("bn.bias".into(), vec![2], vec![0.1, -0.1]),
+            ("bn.m".into(), vec![2], vec![0.2, 0.3]),
+            ("bn.v".into(), vec![2], vec![2.0, 1.0]),
+        ],
+    );
+    let m = model::load(&p).expect("load").model;
+    assert_eq!(
+        m.layers[2].op.name(),
+        "batchnorm",
+        "not foldable after relu"
+    );
+    let out = dir.path().join("u2.safetensors");
+    m.save(&out, &[]).expect("save");
+    let back = model::load(&out).expect("reload");
+    assert!(back.warnings.is_empty(), "{:?}", back.warnings);
+    let x = rand_vec(&mut rng, 3);
+    assert_close(&forward(&back.model, &x, 1), &forward(&m, &x, 1), 1e-6);
+}

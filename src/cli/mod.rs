@@ -1,6 +1,7 @@
 //! The command line: clap definitions and thin dispatch to the library.
 
 mod apply;
+mod bench;
 pub mod common;
 mod eval;
 mod info;
@@ -25,6 +26,8 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Compress a model as a recipe says and write the packed model (and optionally dense weights).
     Apply(apply::ApplyArgs),
+    /// Measure dense and compressed variants in one run: accuracy, size, full-set time, latency.
+    Bench(bench::BenchArgs),
     /// Train a model from an architecture file and write it as safetensors.
     Train(train::TrainArgs),
 }
@@ -34,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Apply(args)) => apply::run(args),
+        Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
         None => default_job(),
     }

@@ -511,7 +511,7 @@ fn build(
                     )));
                 }
                 let g = *groups;
-                if g == 0 || shape[0] % g != 0 {
+                if g == 0 || !shape[0].is_multiple_of(g) {
                     return Err(graph_err(format!(
                         "groups = {g} must divide the {} input channels",
                         shape[0]
@@ -766,9 +766,12 @@ fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_cor
     Ok(())
 }
 
+/// A tensor by name: its state_dict name, shape and f32 values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Serializes f32 tensors and metadata to safetensors bytes.
 pub fn to_safetensors_bytes(
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tensors: &[NamedTensor],
     metadata: &HashMap<String, String>,
 ) -> Result<Vec<u8>, safetensors::SafeTensorError> {
     let bytes: Vec<Vec<u8>> = tensors

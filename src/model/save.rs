@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::load::{ARCH_METADATA_KEY, to_safetensors_bytes};
+use super::load::{ARCH_METADATA_KEY, NamedTensor, to_safetensors_bytes};
 use super::{Model, Op};
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
@@ -26,11 +26,41 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Model {
-    /// The model's tensors as f32 with their state_dict names (batchnorm folded: the linear/conv
-    /// weights and biases carry it).
-    pub fn named_tensors(&self) -> candle_core::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    /// The model's tensors as f32 with their state_dict names. Folded batchnorm is carried by
+    /// the linear/conv weights and biases; a batchnorm that could not be folded is written as
+    /// its per-channel scale and shift (`weight` = scale, `bias` = shift, `running_mean` = 0,
+    /// `running_var` = 1 − eps, so that `(x − 0) / √(1 − eps + eps) × scale + shift` reproduces it).
+    pub fn named_tensors(&self) -> candle_core::Result<Vec<NamedTensor>> {
         let mut out = Vec::new();
         for layer in &self.layers {
+            if let Op::ChannelAffine { scale, shift } = &layer.op {
+                let spec = self
+                    .spec
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, l)| {
+                        matches!(l, super::LayerSpec::Batchnorm { .. })
+                            && l.display_name(*i) == layer.name
+                    })
+                    .map(|(_, l)| l);
+                if let Some(super::LayerSpec::Batchnorm {
+                    weight,
+                    bias,
+                    running_mean,
+                    running_var,
+                    eps,
+                    ..
+                }) = spec
+                {
+                    let c = scale.elem_count();
+                    out.push((weight.clone(), vec![c], scale.to_vec1::<f32>()?));
+                    out.push((bias.clone(), vec![c], shift.to_vec1::<f32>()?));
+                    out.push((running_mean.clone(), vec![c], vec![0.0; c]));
+                    out.push((running_var.clone(), vec![c], vec![(1.0 - eps) as f32; c]));
+                }
+                continue;
+            }
             if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
                 out.push((
                     p.weight_name.clone(),

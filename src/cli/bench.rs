@@ -1,0 +1,200 @@
+//! `squeeze bench`: dense and compressed variants of a model measured in one run — accuracy,
+//! exact size, full-set evaluation time and single-sample latency.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::common::{DataArgs, Format, ModelArgs, human_bytes, load_model, prepare};
+use crate::compress::{self, Recipe};
+use crate::engine::{self, CompressedModel};
+use crate::measure::{self, OutputKind};
+use crate::model::Model;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Recipes to measure besides the built-in set (repeatable).
+    #[arg(long, short = 'r', value_name = "FILE")]
+    pub recipe: Vec<PathBuf>,
+    /// Only the given recipes (and the dense baselines), not the built-in set.
+    #[arg(long)]
+    pub only: bool,
+    /// Timed repetitions of the full-set evaluation (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    accuracy: f64,
+    size_bytes: usize,
+    ratio: f64,
+    /// Median wall time of evaluating the whole set (batches of 1000 on all threads).
+    full_set_ms: f64,
+    latency_us: f64,
+    latency_p90_us: f64,
+    /// Dense f32 single-sample latency of the same engine divided by this one.
+    speedup: f64,
+}
+
+/// The built-in comparison set: the cases the peers are compared on.
+fn builtin() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("l1 90 %", "[default]\nprune = \"l1\"\nsparsity = 0.9\n"),
+        ("l1 95 %", "[default]\nprune = \"l1\"\nsparsity = 0.95\n"),
+        ("int8 weights", "[default]\nbits = 8\n"),
+        ("int4 weights", "[default]\nbits = 4\n"),
+        (
+            "l1 90 % + int4",
+            "[default]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\n",
+        ),
+        ("kmeans 5 bits", "[default]\nbits = 5\nscheme = \"kmeans\"\n"),
+        ("2:4 + f16", "[default]\nprune = \"nm\"\nbits = 16\n"),
+        (
+            "int8 weights + activations",
+            "[default]\nbits = 8\n[activations]\nbits = 8\ncalibration_samples = 512\n",
+        ),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Single-sample latency of the candle reference forward pass.
+fn candle_latency(model: &Model, sample: &[f32]) -> anyhow::Result<(f64, f64)> {
+    let mut shape = vec![1];
+    shape.extend(&model.input.shape);
+    let x = Tensor::from_slice(sample, shape, &Device::Cpu)?;
+    for _ in 0..20 {
+        model.forward(&x, false)?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 200 || start.elapsed() < Duration::from_millis(300) {
+        let t = Instant::now();
+        std::hint::black_box(model.forward(&x, false)?);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        if times.len() >= 20_000 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.9)))
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let loaded = load_model(&args.model.model, args.model.arch.as_deref())?;
+    let model = &loaded.model;
+    let set = args.data.load()?;
+    let inputs = prepare(model, &set)?;
+    let n = set.len();
+    let repeat = args.repeat.max(1);
+    let kind = OutputKind::of(model);
+    let mut rows = Vec::new();
+
+    // The candle reference.
+    let mut times = Vec::new();
+    let mut outputs = Vec::new();
+    for _ in 0..repeat {
+        let t = Instant::now();
+        outputs = measure::dense_outputs(model, &inputs, n)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let acc = measure::score(&outputs, model.num_classes(), &set.labels, kind, None);
+    let (lat, p90) = candle_latency(model, &inputs[..model.input_len()])?;
+    let dense_size = model.compressible().map(|(_, l)| l.param_count() * 4).sum();
+    rows.push(Row {
+        name: "dense f32 (candle reference)".into(),
+        accuracy: acc.accuracy,
+        size_bytes: dense_size,
+        ratio: 1.0,
+        full_set_ms: median(times),
+        latency_us: lat,
+        latency_p90_us: p90,
+        speedup: 0.0,
+    });
+
+    let mut recipes: Vec<(String, Recipe)> = vec![("dense f32".into(), Recipe::default())];
+    if !args.only {
+        for (name, text) in builtin() {
+            recipes.push((name.into(), Recipe::from_toml_str(text)?));
+        }
+    }
+    for path in &args.recipe {
+        recipes.push((path.display().to_string(), Recipe::from_path(path)?));
+    }
+    let mut dense_latency = 0.0;
+    for (name, recipe) in recipes {
+        let calib = recipe.activations.as_ref().map(|a| {
+            let count = a.calibration_samples.min(n);
+            (&inputs[..count * model.input_len()], count)
+        });
+        let plan = compress::apply(model, &recipe, calib)?;
+        let cm = CompressedModel::build(&plan)?;
+        let mut times = Vec::new();
+        let mut outputs = Vec::new();
+        for _ in 0..repeat {
+            let t = Instant::now();
+            outputs = cm.logits(&inputs, n);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let acc = measure::score(&outputs, cm.num_classes(), &set.labels, kind, None);
+        let lat = engine::latency(&cm, &inputs[..cm.input_len()]);
+        if dense_latency == 0.0 {
+            dense_latency = lat.median_us;
+        }
+        rows.push(Row {
+            name,
+            accuracy: acc.accuracy,
+            size_bytes: cm.size_bytes(),
+            ratio: dense_size as f64 / cm.size_bytes().max(1) as f64,
+            full_set_ms: median(times),
+            latency_us: lat.median_us,
+            latency_p90_us: lat.p90_us,
+            speedup: dense_latency / lat.median_us.max(1e-9),
+        });
+    }
+
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Text => {
+            println!(
+                "{} on {} samples of {}; {} threads\n",
+                args.model.model.display(),
+                n,
+                set.source.display(),
+                rayon::current_num_threads()
+            );
+            println!(
+                "{:<30} {:>8} {:>11} {:>7} {:>11} {:>11} {:>10} {:>8}",
+                "variant", "top-1", "size", "ratio", "full set", "latency", "p90", "speed-up"
+            );
+            for r in &rows {
+                println!(
+                    "{:<30} {:>7.2}% {:>11} {:>6.1}× {:>8.1} ms {:>8.1} µs {:>7.1} µs {:>7.2}×",
+                    r.name,
+                    r.accuracy * 100.0,
+                    human_bytes(r.size_bytes),
+                    r.ratio,
+                    r.full_set_ms,
+                    r.latency_us,
+                    r.latency_p90_us,
+                    r.speedup
+                );
+            }
+        }
+    }
+    Ok(())
+}
