@@ -172,3 +172,134 @@ fn bundled_models_reach_their_stated_accuracy() {
         assert!(acc >= floor, "{model}: {acc} < {floor}");
     }
 }
+
+fn eval_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = squeeze()
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).expect("json")
+}
+
+#[test]
+fn apply_then_eval_reproduces_accuracy_and_size() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = root().join("assets/models/lenet-300-100.safetensors");
+    let data = root().join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        "[default]\nprune = \"l1\"\nsparsity = 0.8\nbits = 5\n\n[layer.fc3]\nsparsity = 0.3\nbits = 8\n",
+    )
+    .expect("write");
+    let out = dir.path().join("c.safetensors");
+    let dense = dir.path().join("d.safetensors");
+    squeeze()
+        .args(["apply", "--model"])
+        .arg(&model)
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&out)
+        .arg("--dense-out")
+        .arg(&dense)
+        .assert()
+        .success();
+    let limit = std::ffi::OsStr::new("2000");
+    let direct = eval_json(&[
+        "eval".as_ref(),
+        "--no-timing".as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+        "--limit".as_ref(),
+        limit,
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--recipe".as_ref(),
+        recipe.as_os_str(),
+    ]);
+    let reloaded = eval_json(&[
+        "eval".as_ref(),
+        "--no-timing".as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+        "--limit".as_ref(),
+        limit,
+        "--model".as_ref(),
+        out.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert_eq!(direct["accuracy"], reloaded["accuracy"]);
+    assert_eq!(direct["loss"], reloaded["loss"]);
+    assert_eq!(direct["size_bytes"], reloaded["size_bytes"]);
+    // size_bytes is the file minus its safetensors header.
+    let bytes = std::fs::read(&out).expect("read");
+    let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    assert_eq!(
+        direct["size_bytes"].as_u64().expect("size") as usize,
+        bytes.len() - 8 - header
+    );
+    // The dense export is a plain model with the original names and the same predictions.
+    let dense_eval = eval_json(&[
+        "eval".as_ref(),
+        "--no-timing".as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+        "--limit".as_ref(),
+        limit,
+        "--model".as_ref(),
+        dense.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    let d = dense_eval["accuracy"].as_f64().expect("acc");
+    let c = direct["accuracy"].as_f64().expect("acc");
+    assert!((d - c).abs() <= 0.001, "dense export {d} vs compressed {c}");
+    assert!(direct["sparsity"].as_f64().expect("sparsity") > 0.75);
+    assert!(direct["ratio"].as_f64().expect("ratio") > 10.0);
+}
+
+#[test]
+fn recipe_errors_name_the_problem() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = root().join("assets/models/lenet-300-100.safetensors");
+    let data = root().join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+    for (text, expect) in [
+        ("[layer.fc9]\nbits = 4\n", "fc1"),
+        ("[default]\nprune = \"l1\"\nsparsity = 1.5\n", "sparsity"),
+        ("[default]\nbits = 12\n", "bits"),
+        ("[default]\nbitz = 4\n", "bitz"),
+    ] {
+        let recipe = dir.path().join("bad.toml");
+        std::fs::write(&recipe, text).expect("write");
+        squeeze()
+            .args(["eval", "--no-timing", "--limit", "10", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--recipe")
+            .arg(&recipe)
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains(expect))
+            .stderr(predicate::str::contains("bad.toml"))
+            .stderr(predicate::str::contains("panicked").not());
+    }
+    // A failed apply leaves nothing behind.
+    let out = dir.path().join("never.safetensors");
+    squeeze()
+        .args(["apply", "--bits", "12", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .failure();
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+}
