@@ -267,7 +267,7 @@ fn initial_tensors(
                         "layer {name} (conv2d): `out_channels` and `kernel` are needed to build it from scratch"
                     )));
                 };
-                if shape.len() != 3 || *groups == 0 || shape[0] % groups != 0 {
+                if shape.len() != 3 || *groups == 0 || !shape[0].is_multiple_of(*groups) {
                     // Let the loader explain the exact problem.
                     return Err(err(format!(
                         "layer {name} (conv2d): input shape {shape:?} does not fit groups = {groups}"
@@ -300,17 +300,15 @@ fn initial_tensors(
                 stride,
                 padding,
                 ..
-            } => {
-                if shape.len() == 3 {
-                    let (kh, kw) = kernel.hw();
-                    let (sh, sw) = stride.unwrap_or(*kernel).hw();
-                    let (ph, pw) = padding.hw();
-                    shape = vec![
-                        shape[0],
-                        window_out(shape[1], kh, sh, ph, 1),
-                        window_out(shape[2], kw, sw, pw, 1),
-                    ];
-                }
+            } if shape.len() == 3 => {
+                let (kh, kw) = kernel.hw();
+                let (sh, sw) = stride.unwrap_or(*kernel).hw();
+                let (ph, pw) = padding.hw();
+                shape = vec![
+                    shape[0],
+                    window_out(shape[1], kh, sh, ph, 1),
+                    window_out(shape[2], kw, sw, pw, 1),
+                ];
             }
             LayerSpec::GlobalAvgpool { .. } => shape.truncate(1),
             LayerSpec::Flatten { .. } => shape = vec![shape.iter().product()],
@@ -572,7 +570,7 @@ pub fn train(
     let mut opt = Optim::new(&tm.vars, cfg)?;
     // A stream separate from initialisation's, so the batch order does not depend on how many
     // parameters the model has.
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_0F_5A_FF1E);
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_0F5A_FF1E);
     let mut order: Vec<usize> = (0..train.len()).collect();
     let batches = train.len().div_ceil(cfg.batch);
     let sample_shape = tm.model.input.shape.clone();
