@@ -163,9 +163,9 @@ pub fn activation(x: &mut [f32], a: Activation) {
                 }
             })
         }
-        Activation::Gelu => x
-            .iter_mut()
-            .for_each(|v| *v = (0.5 * *v as f64 * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2))) as f32),
+        Activation::Gelu => x.iter_mut().for_each(|v| {
+            *v = (0.5 * *v as f64 * (1.0 + erf(*v as f64 / std::f64::consts::SQRT_2))) as f32
+        }),
         Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
         Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
@@ -197,12 +197,13 @@ fn erf(x: f64) -> f64 {
         let mut sum = x;
         let x2 = x * x;
         let mut n = 0.0;
-        loop {
+        // |x| < 2.5 converges well within 100 terms; the bound also ends x = 0 at once.
+        while n < 100.0 {
             n += 1.0;
             term *= -x2 / n;
             let t = term / (2.0 * n + 1.0);
             sum += t;
-            if t.abs() < 1e-17 * sum.abs() {
+            if t.abs() <= 1e-17 * sum.abs() {
                 break;
             }
         }
