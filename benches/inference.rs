@@ -15,15 +15,21 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use squeeze::compress::{self, Plan, Recipe};
-use squeeze::engine::CompressedModel;
+use squeeze::engine::{self, CompressedModel};
 use squeeze::model::{self, Model};
 
 const RECIPES: &[(&str, &str)] = &[
     ("dense-f32", ""),
     ("sparse90", "[default]\nprune = \"l1\"\nsparsity = 0.9\n"),
     ("sparse95", "[default]\nprune = \"l1\"\nsparsity = 0.95\n"),
-    ("int8", "[default]\nbits = 8\nscheme = \"symmetric\"\ngranularity = \"channel\"\n"),
-    ("int4", "[default]\nbits = 4\nscheme = \"symmetric\"\ngranularity = \"channel\"\n"),
+    (
+        "int8",
+        "[default]\nbits = 8\nscheme = \"symmetric\"\ngranularity = \"channel\"\n",
+    ),
+    (
+        "int4",
+        "[default]\nbits = 4\nscheme = \"symmetric\"\ngranularity = \"channel\"\n",
+    ),
 ];
 
 /// The bundled model, or a random one of the same architecture.
@@ -37,7 +43,10 @@ fn load_model(name: &str, shapes: &[(&str, &[usize])]) -> Model {
             Err(e) => eprintln!("{e}; benchmarking a random {name} instead"),
         }
     } else {
-        eprintln!("{} is missing: benchmarking a randomly initialised {name}", file.display());
+        eprintln!(
+            "{} is missing: benchmarking a randomly initialised {name}",
+            file.display()
+        );
     }
     let mut rng = StdRng::seed_from_u64(1);
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = shapes
@@ -127,6 +136,11 @@ fn bench_model(c: &mut Criterion, name: &str, m: &Model) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let l = engine::latency(&cm, &x[..il]);
+        eprintln!(
+            "{name}/{label}: engine::latency median {:.2} µs, p90 {:.2} µs over {} runs",
+            l.median_us, l.p90_us, l.runs
+        );
         let mut s = cm.scratch();
         let mut out = vec![0f32; cm.num_classes()];
         g.measurement_time(Duration::from_millis(1500));
@@ -164,6 +178,8 @@ fn bench_fc1(c: &mut Criterion, m: &Model) {
         let cm = CompressedModel::build(&plan(&one, recipe)).expect("build");
         let mut s = cm.scratch();
         let mut out = vec![0f32; cm.num_classes() * 256];
+        let l = engine::latency(&cm, &x[..il]);
+        eprintln!("fc1/{label}: engine::latency median {:.2} µs", l.median_us);
         g.bench_function(format!("b1/{label}"), |b| {
             b.iter(|| cm.run(black_box(&x[..il]), 1, &mut s, &mut out))
         });

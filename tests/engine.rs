@@ -212,7 +212,14 @@ fn dequantize(q: &QuantizedLayer) -> Vec<f32> {
 }
 
 /// Naive `y = W·B + bias` with `B` `cols × p`.
-fn naive(w: &[f32], bias: Option<&[f32]>, rows: usize, cols: usize, b: &[f32], p: usize) -> Vec<f32> {
+fn naive(
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    cols: usize,
+    b: &[f32],
+    p: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; rows * p];
     for r in 0..rows {
         for j in 0..p {
@@ -286,7 +293,12 @@ fn every_format_matches_the_naive_product() {
                     let want = naive(&deq, Some(&bias), rows, cols, &b, p);
                     let mut y = vec![0f32; rows * p];
                     engine::matmul(pl, 0..rows, &b, p, &mut y, None, &mut s);
-                    assert_close(&y, &want, 1e-4, &format!("{} p={p} s={sparsity}", pl.format_name()));
+                    assert_close(
+                        &y,
+                        &want,
+                        1e-4,
+                        &format!("{} p={p} s={sparsity}", pl.format_name()),
+                    );
                     // A row sub-range (as grouped convolutions use).
                     let mut y2 = vec![0f32; 4 * p];
                     engine::matmul(pl, 3..7, &b, p, &mut y2, None, &mut s);
@@ -296,7 +308,10 @@ fn every_format_matches_the_naive_product() {
         }
     }
     for want in ["csr4", "csr8", "csr16", "bitmask", "dense"] {
-        assert!(seen.iter().any(|n| n.starts_with(want)), "{want} never built: {seen:?}");
+        assert!(
+            seen.iter().any(|n| n.starts_with(want)),
+            "{want} never built: {seen:?}"
+        );
     }
 }
 
@@ -348,7 +363,15 @@ fn sixteen_bit_gaps_pad_very_long_distances() {
     assert_eq!(pl.entries, 3);
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32).collect();
     let mut y = vec![0f32; 2];
-    engine::matmul(&pl, 0..2, &x, 1, &mut y, None, &mut KernelScratch::default());
+    engine::matmul(
+        &pl,
+        0..2,
+        &x,
+        1,
+        &mut y,
+        None,
+        &mut KernelScratch::default(),
+    );
     assert_eq!(y, vec![0.5 * x[cols - 1], -2.0 * x[3]]);
 }
 
@@ -476,8 +499,22 @@ fn quantized_activations_use_integer_kernels() {
                     let mut s = KernelScratch::default();
                     if matches!(pl.values, ValueStore::Uniform { .. }) {
                         let mut codes = vec![0i16; cols * p];
-                        engine::quantize_centered(&b, act.bits, act.scale, act.zero_point, &mut codes);
-                        assert!(engine::matmul_int(&pl, 0..rows, &codes, p, act.scale, &mut y, &mut s));
+                        engine::quantize_centered(
+                            &b,
+                            act.bits,
+                            act.scale,
+                            act.zero_point,
+                            &mut codes,
+                        );
+                        assert!(engine::matmul_int(
+                            &pl,
+                            0..rows,
+                            &codes,
+                            p,
+                            act.scale,
+                            &mut y,
+                            &mut s
+                        ));
                     } else {
                         engine::matmul(&pl, 0..rows, &bq, p, &mut y, None, &mut s);
                     }
@@ -583,7 +620,11 @@ fn convnet(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
     // because dw feeds the add; maxpool 2 pad 1 → 4×4; g2: 8→6, 2×2, groups 2 → 3×3;
     // avgpool 2 stride 1 → 2×2; fc: 24 → 5.
     let t: Named = vec![
-        ("c1.weight".into(), vec![8, 4, 3, 3], rand_vec(rng, 8 * 4 * 9)),
+        (
+            "c1.weight".into(),
+            vec![8, 4, 3, 3],
+            rand_vec(rng, 8 * 4 * 9),
+        ),
         ("c1.bias".into(), vec![8], rand_vec(rng, 8)),
         ("dw.weight".into(), vec![8, 1, 3, 3], rand_vec(rng, 72)),
         ("dw.bias".into(), vec![8], rand_vec(rng, 8)),
@@ -665,7 +706,12 @@ fn check_model(m: &Model, n: usize, rng: &mut StdRng) {
             let cm = CompressedModel::build(&p).expect("build");
             let want = forward(&dequantized_model(&p), &x, n);
             let got = cm.logits(&x, n);
-            assert_close(&got, &want, 2e-4, &format!("sparsity {sparsity} offset {offset}"));
+            assert_close(
+                &got,
+                &want,
+                2e-4,
+                &format!("sparsity {sparsity} offset {offset}"),
+            );
             // The engine's own dequantized model agrees with the test's.
             assert_close(&forward(&cm.model, &x, n), &want, 1e-6, "cm.model");
             // One sample at a time gives the same as the batch.
@@ -699,7 +745,9 @@ fn conv_net_logits_match_candle() {
     let mut rng = StdRng::seed_from_u64(7);
     let m = convnet(&dir, &mut rng);
     assert!(
-        m.layers.iter().any(|l| matches!(l.op, model::Op::ChannelAffine { .. })),
+        m.layers
+            .iter()
+            .any(|l| matches!(l.op, model::Op::ChannelAffine { .. })),
         "the test wants an unfolded batchnorm"
     );
     check_model(&m, 9, &mut rng);
@@ -712,7 +760,7 @@ fn conv_with_quantized_activations_matches_fake_quantized_reference() {
     let m = convnet(&dir, &mut rng);
     let n = 3;
     let x = rand_vec(&mut rng, n * m.input_len());
-    let mut p = plan(&m, 0.5, |k| mixed(k));
+    let mut p = plan(&m, 0.5, mixed);
     for q in &mut p.layers {
         q.activation = Some(ActivationQuant {
             bits: 8,
@@ -724,7 +772,12 @@ fn conv_with_quantized_activations_matches_fake_quantized_reference() {
     // Reference: each compressed layer's input fake-quantized, via a hand-rolled pass on
     // candle (the dense model with the inputs of linear/conv layers rounded).
     let want = fake_quant_forward(&dequantized_model(&p), &p, &x, n);
-    assert_close(&cm.logits(&x, n), &want, 1e-3, "activation-quantized conv net");
+    assert_close(
+        &cm.logits(&x, n),
+        &want,
+        1e-3,
+        "activation-quantized conv net",
+    );
 }
 
 /// Runs `m` layer by layer on candle, fake-quantizing the input of every planned layer.
@@ -733,7 +786,12 @@ fn fake_quant_forward(m: &Model, p: &Plan, x: &[f32], n: usize) -> Vec<f32> {
     let mut shape = m.input.shape.clone();
     let mut outputs: Vec<Vec<f32>> = Vec::new();
     for (i, layer) in m.layers.iter().enumerate() {
-        if let Some(a) = p.layers.iter().find(|q| q.layer == i).and_then(|q| q.activation) {
+        if let Some(a) = p
+            .layers
+            .iter()
+            .find(|q| q.layer == i)
+            .and_then(|q| q.activation)
+        {
             engine::fake_quantize(&mut cur, a.bits, a.scale, a.zero_point);
         }
         let one = Model {
@@ -776,7 +834,10 @@ fn fake_quant_forward(m: &Model, p: &Plan, x: &[f32], n: usize) -> Vec<f32> {
 fn export_reload_gives_identical_logits_and_size() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(9);
-    for (name, m) in [("mlp", mlp(&dir, &mut rng)), ("conv", convnet(&dir, &mut rng))] {
+    for (name, m) in [
+        ("mlp", mlp(&dir, &mut rng)),
+        ("conv", convnet(&dir, &mut rng)),
+    ] {
         let n = 7;
         let x = rand_vec(&mut rng, n * m.input_len());
         for sparsity in [0.0, 0.9] {
@@ -791,12 +852,20 @@ fn export_reload_gives_identical_logits_and_size() {
             cm.save(&path, Some("[default]\nbits = 4\n")).expect("save");
             assert!(engine::is_compressed_file(&path));
             let back = engine::load_compressed(&path).expect("reload");
-            assert_eq!(back.logits(&x, n), cm.logits(&x, n), "{name}: logits differ");
+            assert_eq!(
+                back.logits(&x, n),
+                cm.logits(&x, n),
+                "{name}: logits differ"
+            );
             assert_eq!(back.size_bytes(), cm.size_bytes());
             assert_eq!(back.size_breakdown(), cm.size_breakdown());
             let bytes = std::fs::read(&path).expect("read");
             let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-            assert_eq!(cm.size_bytes(), bytes.len() - 8 - header, "{name}: size = file − header");
+            assert_eq!(
+                cm.size_bytes(),
+                bytes.len() - 8 - header,
+                "{name}: size = file − header"
+            );
             // The reloaded architecture is the same graph.
             assert_eq!(back.model.layers.len(), cm.model.layers.len());
             assert_eq!(back.model.folded_spec(), cm.model.folded_spec());
@@ -808,8 +877,12 @@ fn export_reload_gives_identical_logits_and_size() {
         }
     }
     // A plain model file is not a compressed one.
-    assert!(!engine::is_compressed_file(&dir.path().join("m.safetensors")));
-    assert!(!engine::is_compressed_file(&dir.path().join("missing.safetensors")));
+    assert!(!engine::is_compressed_file(
+        &dir.path().join("m.safetensors")
+    ));
+    assert!(!engine::is_compressed_file(
+        &dir.path().join("missing.safetensors")
+    ));
 }
 
 #[test]
@@ -817,7 +890,7 @@ fn corrupt_files_give_errors_not_panics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(10);
     let m = convnet(&dir, &mut rng);
-    let p = plan(&m, 0.8, |k| mixed(k));
+    let p = plan(&m, 0.8, mixed);
     let cm = CompressedModel::build(&p).expect("build");
     let path = dir.path().join("c.safetensors");
     cm.save(&path, None).expect("save");
@@ -863,7 +936,8 @@ fn latency_and_throughput_report_sane_figures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(11);
     let m = mlp(&dir, &mut rng);
-    let cm = CompressedModel::build(&plan(&m, 0.9, |_| Scheme::Float(FloatStorage::F32))).expect("build");
+    let cm = CompressedModel::build(&plan(&m, 0.9, |_| Scheme::Float(FloatStorage::F32)))
+        .expect("build");
     let x = rand_vec(&mut rng, 10 * m.input_len());
     let l = engine::latency_with(&cm, &x, 50, std::time::Duration::from_millis(10));
     assert!(l.runs >= 50 && l.median_us > 0.0 && l.p90_us >= l.median_us);

@@ -34,8 +34,14 @@ fn start_evaluates_dense_at_every_stage() {
     let ev = evaluations(&r);
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].key, app.dense_key);
-    assert_eq!(ev[0].stages, vec![Stage::Quick, Stage::Full, Stage::Latency]);
-    assert!(r.iter().any(|r| matches!(r, Request::Journal(Record::Current { .. }))));
+    assert_eq!(
+        ev[0].stages,
+        vec![Stage::Quick, Stage::Full, Stage::Latency]
+    );
+    assert!(
+        r.iter()
+            .any(|r| matches!(r, Request::Journal(Record::Current { .. })))
+    );
     assert_eq!(app.pending.len(), 3);
     settle(&mut app, r);
     assert!(app.pending.is_empty());
@@ -54,12 +60,21 @@ fn an_edit_requests_the_new_configuration() {
     assert_eq!(ev.len(), 1);
     let layer = &ev[0].config.layers[0];
     assert_eq!((layer.prune, layer.sparsity), (PruneMethod::L1, 50));
-    assert!(matches!(r[0], Request::Evaluate { .. } | Request::Journal(_)));
+    assert!(matches!(
+        r[0],
+        Request::Evaluate { .. } | Request::Journal(_)
+    ));
     assert_eq!(app.generation, g0 + 1);
-    assert!(r.iter().any(|r| matches!(r, Request::Evaluate { generation, .. } if *generation == g0 + 1)));
+    assert!(
+        r.iter()
+            .any(|r| matches!(r, Request::Evaluate { generation, .. } if *generation == g0 + 1))
+    );
 
     // Shift+→ and + act on the same layer: 5 % + 1 %, then f32 stays the widest.
-    app.handle_key(ratatui::crossterm::event::KeyEvent::new(KeyCode::Right, KeyModifiers::SHIFT));
+    app.handle_key(ratatui::crossterm::event::KeyEvent::new(
+        KeyCode::Right,
+        KeyModifiers::SHIFT,
+    ));
     assert_eq!(app.config.layers[0].sparsity, 60);
     assert!(app.handle_key(key('+')).is_empty());
     app.handle_key(key('-'));
@@ -86,7 +101,15 @@ fn stale_results_land_on_their_own_point_only() {
     // The older request's quick answer arrives late (it was cancelled after one stage).
     let late = answers(&app.info, &first)
         .into_iter()
-        .find(|m| matches!(m, WorkerMsg::Result { stage: Stage::Quick, .. }))
+        .find(|m| {
+            matches!(
+                m,
+                WorkerMsg::Result {
+                    stage: Stage::Quick,
+                    ..
+                }
+            )
+        })
         .unwrap();
     app.handle_worker(late);
     assert!(app.points[&k1].quick.is_some());
@@ -147,7 +170,9 @@ fn failures_show_in_plain_words_and_are_journaled() {
         stage: Stage::Quick,
         error: "activation calibration: no samples".into(),
     });
-    assert!(matches!(&out[0], Request::Journal(Record::Failed { error, .. }) if error.contains("calibration")));
+    assert!(
+        matches!(&out[0], Request::Journal(Record::Failed { error, .. }) if error.contains("calibration"))
+    );
     assert_eq!(
         app.last_error.as_deref(),
         Some("quick estimate failed: activation calibration: no samples")
@@ -169,14 +194,21 @@ fn sweeps_skip_cached_points_and_cancel_with_esc() {
     assert_eq!(points.len(), grid - 1);
     assert_eq!(app.sweeps.len(), 1);
     let id = *id;
-    app.handle_worker(WorkerMsg::Progress { sweep: id, done: 3, total: grid - 1 });
+    app.handle_worker(WorkerMsg::Progress {
+        sweep: id,
+        done: 3,
+        total: grid - 1,
+    });
     assert_eq!(app.sweeps[0].done, 3);
     let r = app.handle_key(code(KeyCode::Esc));
     assert!(r.contains(&Request::CancelSweeps));
     assert!(app.sweeps.is_empty());
     assert!(app.message.as_deref().unwrap().contains("3 of"));
     // The worker confirms later; nothing breaks.
-    app.handle_worker(WorkerMsg::SweepDone { sweep: id, cancelled: true });
+    app.handle_worker(WorkerMsg::SweepDone {
+        sweep: id,
+        cancelled: true,
+    });
 
     // A full sweep, then the same sweep again: everything is cached.
     let r = app.handle_key(key('S'));
@@ -228,13 +260,31 @@ fn export_plot_pin_and_views() {
     let r = app.start();
     settle(&mut app, r);
     press(&mut app, key('3'));
-    let r = app.handle_key(key('e'));
+    // `e` asks where, prefilled with the default directory.
+    assert!(app.handle_key(key('e')).is_empty());
+    let default = app.prompt.clone().unwrap();
+    assert!(default.starts_with("squeeze-out"), "{default}");
+    assert!(default.contains("lenet-300-100-"));
+    // Keys edit the path while the prompt is open (q does not quit).
+    for _ in 0..default.len() {
+        app.handle_key(code(KeyCode::Backspace));
+    }
+    for c in "exports/q".chars() {
+        app.handle_key(key(c));
+    }
+    assert!(!app.should_quit);
+    let r = app.handle_key(code(KeyCode::Enter));
     let [Request::Export { config, dir }] = r.as_slice() else {
         panic!("{r:?}");
     };
     assert_eq!(config.global, Some(500));
-    assert!(dir.starts_with("squeeze-out"));
-    assert!(dir.to_string_lossy().contains("lenet-300-100-"));
+    assert_eq!(dir, &std::path::PathBuf::from("exports/q"));
+    assert!(app.prompt.is_none());
+    // Esc cancels an export.
+    app.handle_key(key('e'));
+    assert!(app.handle_key(code(KeyCode::Esc)).is_empty());
+    assert!(app.prompt.is_none());
+    assert_eq!(app.message.as_deref(), Some("export cancelled"));
     app.handle_key(key('c'));
     assert!(app.pinned.is_some());
     press(&mut app, key('1'));
@@ -248,7 +298,12 @@ fn export_plot_pin_and_views() {
         task: "plots".into(),
         result: Ok(vec!["squeeze-out/accuracy-vs-size.png".into()]),
     });
-    assert!(app.message.as_deref().unwrap().contains("accuracy-vs-size.png"));
+    assert!(
+        app.message
+            .as_deref()
+            .unwrap()
+            .contains("accuracy-vs-size.png")
+    );
 
     app.handle_key(key('?'));
     assert_eq!(app.view, View::Help);
@@ -290,7 +345,7 @@ fn mouse_selects_rows_and_scrolls() {
 fn resume_restores_points_pin_and_current() {
     let mut app = app();
     let mut journal = Vec::new();
-    let mut run = |app: &mut squeeze::tui::App, r: Vec<Request>, journal: &mut Vec<Record>| {
+    let run = |app: &mut squeeze::tui::App, r: Vec<Request>, journal: &mut Vec<Record>| {
         let mut pending = r;
         while !pending.is_empty() {
             for r in &pending {
@@ -299,7 +354,10 @@ fn resume_restores_points_pin_and_current() {
                 }
             }
             let msgs = answers(&app.info, &pending);
-            pending = msgs.into_iter().flat_map(|m| app.handle_worker(m)).collect();
+            pending = msgs
+                .into_iter()
+                .flat_map(|m| app.handle_worker(m))
+                .collect();
         }
     };
     let r = app.start();
@@ -337,10 +395,18 @@ fn runs_through_the_real_worker_pool() {
     while std::time::Instant::now() < deadline {
         if app.pending.is_empty() && !sweep_started {
             let r = app.handle_key(key('S'));
-            Executor { runner: &mut runner, journal: None }.run(r);
+            Executor {
+                runner: &mut runner,
+                journal: None,
+            }
+            .run(r);
             // An edit while the sweep runs is answered in between its points.
             let r = app.handle_key(code(KeyCode::Right));
-            Executor { runner: &mut runner, journal: None }.run(r);
+            Executor {
+                runner: &mut runner,
+                journal: None,
+            }
+            .run(r);
             sweep_started = true;
         }
         if sweep_started && app.sweeps.is_empty() && app.pending.is_empty() {
@@ -348,10 +414,29 @@ fn runs_through_the_real_worker_pool() {
         }
         if let Ok(m) = rx.recv_timeout(Duration::from_secs(5)) {
             let r = app.handle_worker(m);
-            Executor { runner: &mut runner, journal: None }.run(r);
+            Executor {
+                runner: &mut runner,
+                journal: None,
+            }
+            .run(r);
         }
     }
-    assert!(sweep_started && app.sweeps.is_empty(), "sweep did not finish");
+    assert!(
+        sweep_started && app.sweeps.is_empty(),
+        "sweep did not finish"
+    );
     assert!(app.current().unwrap().full.is_some());
     assert!(app.sensitivity.iter().all(|s| !s.prune.is_empty()));
+}
+
+#[test]
+fn edits_that_keep_the_recipe_keep_the_cache() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    // Granularity means nothing for an f32 layer: same recipe, same measurements.
+    let r = app.handle_key(key('g'));
+    assert!(evaluations(&r).is_empty(), "{r:?}");
+    assert_eq!(app.current_key, app.dense_key);
+    assert!(app.can_undo());
 }

@@ -113,7 +113,11 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         .data
         .clone()
         .unwrap_or_else(|| common::asset(common::DEFAULT_DATA));
-    eprintln!("loading {} and {} …", model_path.display(), data_path.display());
+    eprintln!(
+        "loading {} and {} …",
+        model_path.display(),
+        data_path.display()
+    );
     let loaded = common::load_model(&model_path, args.arch.as_deref())?;
     let model = loaded.model;
     let set = DataArgs {
@@ -231,7 +235,9 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         app.message = Some(format!(
             "resumed: {} points from {}",
             app.measured().count(),
-            session.as_ref().map_or(String::new(), |p| p.display().to_string())
+            session
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
         ));
     }
     tui::run(
@@ -254,9 +260,7 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
 /// `100KiB`, `1.5 MiB`, `2MB`, `20000` → bytes.
 pub fn parse_bytes(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 = num
         .trim()
@@ -268,7 +272,11 @@ pub fn parse_bytes(s: &str) -> Result<f64, String> {
         "kb" => 1000.0,
         "m" | "mib" => 1024.0 * 1024.0,
         "mb" => 1e6,
-        other => return Err(format!("unknown size unit \"{other}\"; use B, KiB, MiB, kB or MB")),
+        other => {
+            return Err(format!(
+                "unknown size unit \"{other}\"; use B, KiB, MiB, kB or MB"
+            ));
+        }
     };
     if !(v > 0.0 && v.is_finite()) {
         return Err(format!("\"{s}\": a budget must be positive"));
@@ -279,9 +287,7 @@ pub fn parse_bytes(s: &str) -> Result<f64, String> {
 /// `20us`, `20µs`, `1.5ms`, `0.002s`, `20` (µs) → microseconds.
 pub fn parse_micros(s: &str) -> Result<f64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| c.is_alphabetic())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| c.is_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 = num
         .trim()
@@ -292,7 +298,11 @@ pub fn parse_micros(s: &str) -> Result<f64, String> {
         "ns" => 1e-3,
         "ms" => 1e3,
         "s" => 1e6,
-        other => return Err(format!("unknown time unit \"{other}\"; use ns, us, ms or s")),
+        other => {
+            return Err(format!(
+                "unknown time unit \"{other}\"; use ns, us, ms or s"
+            ));
+        }
     };
     if !(v > 0.0 && v.is_finite()) {
         return Err(format!("\"{s}\": a budget must be positive"));
@@ -309,7 +319,11 @@ mod tests {
         assert_eq!(parse_bytes("100KiB"), Ok(102_400.0));
         assert_eq!(parse_bytes("1.5 MiB"), Ok(1_572_864.0));
         assert_eq!(parse_bytes("2000"), Ok(2000.0));
-        assert!(parse_bytes("12 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_bytes("12 parsecs")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!(parse_bytes("-1").is_err());
         assert_eq!(parse_micros("20us"), Ok(20.0));
         assert_eq!(parse_micros("1.5ms"), Ok(1500.0));

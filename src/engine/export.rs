@@ -97,7 +97,10 @@ pub struct FormatDesc {
 pub enum IndexDesc {
     Dense,
     /// `<layer>.gaps` (4-bit packed or 8-bit as U8, 16-bit as U16) and `<layer>.row_ptr`.
-    Csr { gap_bits: u8, row_ptr_bits: u8 },
+    Csr {
+        gap_bits: u8,
+        row_ptr_bits: u8,
+    },
     /// `<layer>.mask`, one bit per position.
     Bitmask,
 }
@@ -116,7 +119,10 @@ pub enum ValuesDesc {
         zero_points: String,
     },
     /// `<layer>.values` (bit-packed codes) and `<layer>.codebook`.
-    Codebook { bits: u8, size: usize },
+    Codebook {
+        bits: u8,
+        size: usize,
+    },
 }
 
 impl PackedLayer {
@@ -184,7 +190,9 @@ impl PackedLayer {
                 out.push(("scales", Dtype::F32, vec![scales.len()], f32s(scales)));
                 match zero_points {
                     ZeroPoints::Midpoint => {}
-                    ZeroPoints::U8(z) => out.push(("zero_points", Dtype::U8, vec![z.len()], z.clone())),
+                    ZeroPoints::U8(z) => {
+                        out.push(("zero_points", Dtype::U8, vec![z.len()], z.clone()))
+                    }
                     ZeroPoints::I32(z) => out.push((
                         "zero_points",
                         Dtype::I32,
@@ -230,7 +238,12 @@ impl PackedLayer {
             out.push(("bias", Dtype::F32, vec![b.len()], f32s(b)));
         }
         if let Some(a) = &self.activation {
-            out.push(("act_scale", Dtype::F32, vec![1], a.scale.to_le_bytes().to_vec()));
+            out.push((
+                "act_scale",
+                Dtype::F32,
+                vec![1],
+                a.scale.to_le_bytes().to_vec(),
+            ));
             out.push((
                 "act_zero_point",
                 Dtype::I32,
@@ -282,7 +295,10 @@ impl CompressedModel {
             }
         }
         let mut meta = HashMap::new();
-        meta.insert(ARCH_METADATA_KEY.to_string(), self.model.folded_spec().to_json());
+        meta.insert(
+            ARCH_METADATA_KEY.to_string(),
+            self.model.folded_spec().to_json(),
+        );
         meta.insert(FORMAT_KEY.to_string(), FORMAT_VALUE.to_string());
         meta.insert(
             LAYERS_KEY.to_string(),
@@ -298,7 +314,8 @@ impl CompressedModel {
         let views = tensors
             .iter()
             .map(|(n, dt, shape, bytes)| {
-                safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes).map(|v| (n.clone(), v))
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                    .map(|v| (n.clone(), v))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Serialize(e.to_string()))?;
@@ -406,7 +423,8 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
         tensor: tensor.to_string(),
         msg,
     };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
     let metadata: BTreeMap<String, String> = meta
         .metadata()
         .as_ref()
@@ -415,7 +433,9 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     if metadata.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT_VALUE) {
         return Err(corrupt(
             "(header)",
-            format!("not a compressed squeeze model (metadata \"{FORMAT_KEY}\" is not \"{FORMAT_VALUE}\")"),
+            format!(
+                "not a compressed squeeze model (metadata \"{FORMAT_KEY}\" is not \"{FORMAT_VALUE}\")"
+            ),
         ));
     }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
@@ -472,8 +492,16 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
                 format,
             } => {
                 let pl = reader.packed(&d.name, format)?;
-                if weight_shape.len() != 4 || weight_shape.iter().product::<usize>() != format.rows * format.cols {
-                    return Err(corrupt(&d.name, format!("conv weight shape {weight_shape:?} does not match {}×{}", format.rows, format.cols)));
+                if weight_shape.len() != 4
+                    || weight_shape.iter().product::<usize>() != format.rows * format.cols
+                {
+                    return Err(corrupt(
+                        &d.name,
+                        format!(
+                            "conv weight shape {weight_shape:?} does not match {}×{}",
+                            format.rows, format.cols
+                        ),
+                    ));
                 }
                 let params = Params {
                     weight: placeholder(weight_shape)?,
@@ -513,7 +541,9 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
                     "tanh" => Activation::Tanh,
                     "sigmoid" => Activation::Sigmoid,
                     "silu" => Activation::Silu,
-                    other => return Err(corrupt(&d.name, format!("unknown activation \"{other}\""))),
+                    other => {
+                        return Err(corrupt(&d.name, format!("unknown activation \"{other}\"")));
+                    }
                 };
                 (Op::Activation(a), None)
             }
@@ -544,7 +574,10 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             OpDesc::Softmax => (Op::Softmax, None),
             OpDesc::Add { from } => {
                 if *from >= i {
-                    return Err(corrupt(&d.name, format!("add reads layer {from}, not an earlier one")));
+                    return Err(corrupt(
+                        &d.name,
+                        format!("add reads layer {from}, not an earlier one"),
+                    ));
                 }
                 (Op::Add { from: *from }, None)
             }
@@ -565,7 +598,11 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     if reader.used != st.len() {
         return Err(corrupt(
             "(header)",
-            format!("{} tensors in the file, {} described by the layers", st.len(), reader.used),
+            format!(
+                "{} tensors in the file, {} described by the layers",
+                st.len(),
+                reader.used
+            ),
         ));
     }
     let model = Model {
@@ -579,10 +616,17 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
 
 /// Shapes must chain: each layer reads what the previous one wrote, and element-wise ops keep
 /// the size, so the kernels' buffers are always large enough.
-fn check_shapes(d: &LayerDesc, prev: &[Layer], input: &crate::model::InputSpec) -> Result<(), String> {
+fn check_shapes(
+    d: &LayerDesc,
+    prev: &[Layer],
+    input: &crate::model::InputSpec,
+) -> Result<(), String> {
     let expect = prev.last().map_or(&input.shape, |l| &l.out_shape);
     if &d.in_shape != expect {
-        return Err(format!("input shape {:?}, but the previous layer outputs {expect:?}", d.in_shape));
+        return Err(format!(
+            "input shape {:?}, but the previous layer outputs {expect:?}",
+            d.in_shape
+        ));
     }
     let inn: usize = d.in_shape.iter().product();
     let out: usize = d.out_shape.iter().product();
@@ -596,7 +640,10 @@ fn check_shapes(d: &LayerDesc, prev: &[Layer], input: &crate::model::InputSpec) 
             | OpDesc::Add { .. }
     );
     if same && inn != out {
-        return Err(format!("{:?} → {:?} changes the size", d.in_shape, d.out_shape));
+        return Err(format!(
+            "{:?} → {:?} changes the size",
+            d.in_shape, d.out_shape
+        ));
     }
     if let OpDesc::Add { from } = d.op
         && prev.get(from).is_none_or(|l| l.out_shape != d.out_shape)
@@ -616,12 +663,24 @@ fn check_shapes(d: &LayerDesc, prev: &[Layer], input: &crate::model::InputSpec) 
             d.in_shape.len() == 3
                 && d.out_shape.len() == 3
                 && *groups > 0
-                && d.in_shape[0] % groups == 0
-                && d.out_shape[0] % groups == 0
+                && d.in_shape[0].is_multiple_of(*groups)
+                && d.out_shape[0].is_multiple_of(*groups)
                 && weight_shape[0] == d.out_shape[0]
                 && weight_shape[1] * groups == d.in_shape[0]
-                && conv_fits(d.in_shape[1], weight_shape[2], stride[0], padding[0], dilation[0]) == Some(d.out_shape[1])
-                && conv_fits(d.in_shape[2], weight_shape[3], stride[1], padding[1], dilation[1]) == Some(d.out_shape[2])
+                && conv_fits(
+                    d.in_shape[1],
+                    weight_shape[2],
+                    stride[0],
+                    padding[0],
+                    dilation[0],
+                ) == Some(d.out_shape[1])
+                && conv_fits(
+                    d.in_shape[2],
+                    weight_shape[3],
+                    stride[1],
+                    padding[1],
+                    dilation[1],
+                ) == Some(d.out_shape[2])
         }
         OpDesc::Maxpool2d {
             kernel,
@@ -636,14 +695,19 @@ fn check_shapes(d: &LayerDesc, prev: &[Layer], input: &crate::model::InputSpec) 
             d.in_shape.len() == 3
                 && d.out_shape.len() == 3
                 && d.out_shape[0] == d.in_shape[0]
-                && conv_fits(d.in_shape[1], kernel[0], stride[0], padding[0], 1) == Some(d.out_shape[1])
-                && conv_fits(d.in_shape[2], kernel[1], stride[1], padding[1], 1) == Some(d.out_shape[2])
+                && conv_fits(d.in_shape[1], kernel[0], stride[0], padding[0], 1)
+                    == Some(d.out_shape[1])
+                && conv_fits(d.in_shape[2], kernel[1], stride[1], padding[1], 1)
+                    == Some(d.out_shape[2])
         }
         OpDesc::GlobalAvgpool => d.in_shape.len() == 3 && d.out_shape == [d.in_shape[0]],
         _ => true,
     };
     if !geo_ok {
-        return Err(format!("shapes {:?} → {:?} do not fit the op", d.in_shape, d.out_shape));
+        return Err(format!(
+            "shapes {:?} → {:?} do not fit the op",
+            d.in_shape, d.out_shape
+        ));
     }
     Ok(())
 }
@@ -673,13 +737,21 @@ impl Reader<'_> {
     }
 
     /// The bytes of `name`, checking its dtype and element count.
-    fn raw(&mut self, name: &str, dtypes: &[Dtype], len: usize) -> Result<(Dtype, Vec<u8>), EngineError> {
+    fn raw(
+        &mut self,
+        name: &str,
+        dtypes: &[Dtype],
+        len: usize,
+    ) -> Result<(Dtype, Vec<u8>), EngineError> {
         let v = self
             .st
             .tensor(name)
             .map_err(|_| self.err(name, "tensor is missing".into()))?;
         if !dtypes.contains(&v.dtype()) {
-            return Err(self.err(name, format!("dtype {:?}, expected one of {dtypes:?}", v.dtype())));
+            return Err(self.err(
+                name,
+                format!("dtype {:?}, expected one of {dtypes:?}", v.dtype()),
+            ));
         }
         let n: usize = v.shape().iter().product();
         if n != len || v.shape().len() != 1 {
@@ -703,7 +775,9 @@ impl Reader<'_> {
 
     fn u16s(&mut self, name: &str, dt: Dtype, len: usize) -> Result<Vec<u16>, EngineError> {
         let (_, b) = self.raw(name, &[dt], len)?;
-        Ok(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        Ok(b.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
     }
 
     fn packed(&mut self, layer: &str, f: &FormatDesc) -> Result<PackedLayer, EngineError> {
@@ -711,7 +785,9 @@ impl Reader<'_> {
         let values = match &f.values {
             ValuesDesc::F32 => ValueStore::F32(self.f32s(&t("values"), f.entries)?),
             ValuesDesc::F16 => ValueStore::F16(self.u16s(&t("values"), Dtype::F16, f.entries)?),
-            ValuesDesc::Bf16 => ValueStore::Bf16(self.u16s(&t("values"), Dtype::BF16, f.entries)?),
+            ValuesDesc::Bf16 => {
+                ValueStore::Bf16(self.u16s(&t("values"), Dtype::BF16, f.entries)?)
+            }
             ValuesDesc::Uniform {
                 bits,
                 granularity,
@@ -723,7 +799,13 @@ impl Reader<'_> {
                 if let Granularity::Group { size: 0 } = granularity {
                     return Err(self.err(&t("scales"), "group size 0".into()));
                 }
-                let codes = self.raw(&t("values"), &[Dtype::U8], super::pack::packed_len(f.entries, *bits))?.1;
+                let codes = self
+                    .raw(
+                        &t("values"),
+                        &[Dtype::U8],
+                        super::pack::packed_len(f.entries, *bits),
+                    )?
+                    .1;
                 let groups = granularity.group_count(f.rows, f.cols);
                 let scales = self.f32s(&t("scales"), groups)?;
                 let zp = match zero_points.as_str() {
@@ -736,7 +818,12 @@ impl Reader<'_> {
                             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                             .collect(),
                     ),
-                    other => return Err(self.err(&t("zero_points"), format!("unknown zero point storage \"{other}\""))),
+                    other => {
+                        return Err(self.err(
+                            &t("zero_points"),
+                            format!("unknown zero point storage \"{other}\""),
+                        ));
+                    }
                 };
                 ValueStore::Uniform {
                     bits: *bits,
@@ -750,7 +837,13 @@ impl Reader<'_> {
                 if !(1..=8).contains(bits) {
                     return Err(self.err(&t("values"), format!("{bits}-bit codes")));
                 }
-                let codes = self.raw(&t("values"), &[Dtype::U8], super::pack::packed_len(f.entries, *bits))?.1;
+                let codes = self
+                    .raw(
+                        &t("values"),
+                        &[Dtype::U8],
+                        super::pack::packed_len(f.entries, *bits),
+                    )?
+                    .1;
                 ValueStore::Codebook {
                     bits: *bits,
                     codes,
@@ -760,14 +853,22 @@ impl Reader<'_> {
         };
         let index = match f.index {
             IndexDesc::Dense => Indexing::Dense,
-            IndexDesc::Csr { gap_bits, row_ptr_bits } => {
+            IndexDesc::Csr {
+                gap_bits,
+                row_ptr_bits,
+            } => {
                 if ![4, 8, 16].contains(&gap_bits) {
                     return Err(self.err(&t("gaps"), format!("{gap_bits}-bit gaps")));
                 }
                 let gaps = if gap_bits == 16 {
                     self.raw(&t("gaps"), &[Dtype::U16], f.entries)?.1
                 } else {
-                    self.raw(&t("gaps"), &[Dtype::U8], super::pack::packed_len(f.entries, gap_bits))?.1
+                    self.raw(
+                        &t("gaps"),
+                        &[Dtype::U8],
+                        super::pack::packed_len(f.entries, gap_bits),
+                    )?
+                    .1
                 };
                 let row_ptr = match row_ptr_bits {
                     16 => RowPtr::U16(self.u16s(&t("row_ptr"), Dtype::U16, f.rows + 1)?),
@@ -787,7 +888,9 @@ impl Reader<'_> {
                 }
             }
             IndexDesc::Bitmask => {
-                let mask = self.raw(&t("mask"), &[Dtype::U8], (f.rows * f.cols).div_ceil(8))?.1;
+                let mask = self
+                    .raw(&t("mask"), &[Dtype::U8], (f.rows * f.cols).div_ceil(8))?
+                    .1;
                 let row_start = bitmask_row_start(&mask, f.rows, f.cols);
                 Indexing::Bitmask { mask, row_start }
             }
@@ -802,7 +905,10 @@ impl Reader<'_> {
                 let scale = self.f32s(&t("act_scale"), 1)?[0];
                 let zp = self.raw(&t("act_zero_point"), &[Dtype::I32], 1)?.1;
                 if !(1..=8).contains(&bits) || scale <= 0.0 {
-                    return Err(self.err(&t("act_scale"), format!("{bits}-bit activations with scale {scale}")));
+                    return Err(self.err(
+                        &t("act_scale"),
+                        format!("{bits}-bit activations with scale {scale}"),
+                    ));
                 }
                 Some(ActivationQuant {
                     bits,
@@ -820,6 +926,7 @@ impl Reader<'_> {
             values,
             bias,
             activation,
+            derived: Default::default(),
         };
         p.check().map_err(|m| self.err(&t("values"), m))?;
         Ok(p)

@@ -5,6 +5,7 @@
 //! layer serializes to.
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +172,35 @@ pub struct PackedLayer {
     pub values: ValueStore,
     pub bias: Option<Vec<f32>>,
     pub activation: Option<ActivationQuant>,
+    /// Runtime-only layout derived from `index` (see `DerivedColumns`): not stored, not counted
+    /// in `size_bytes`.
+    pub(crate) derived: DerivedColumns,
+}
+
+/// Runtime-only data derived from a sparse layer's stored index, never serialized and not part
+/// of `size_bytes`: the absolute column of every stored entry (CSR padding entries included), in
+/// entry order, so the kernels gather `x[col]` directly instead of walking the running sum of
+/// the narrow gaps or scanning the mask (the same role as the bitmask's derived `row_start`).
+/// Built on first use; `CompressedModel` builds it when the model is assembled so timed runs
+/// never pay for it. It is a pure function of the stored fields, so it takes no part in
+/// equality.
+#[derive(Debug, Clone, Default)]
+pub struct DerivedColumns(OnceLock<EntryColumns>);
+
+impl PartialEq for DerivedColumns {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Absolute columns of a sparse layer's entries and a bound on them.
+#[derive(Debug, Clone, Default)]
+pub struct EntryColumns {
+    /// Column of entry `k`, for every stored entry.
+    pub cols: Vec<u32>,
+    /// One past the largest column (0 when there are no entries): the kernels check the input
+    /// covers it once per call, which makes their unchecked gathers in bounds.
+    pub bound: usize,
 }
 
 /// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
@@ -192,6 +222,7 @@ impl PackedLayer {
             values: ValueStore::F32(weights),
             bias,
             activation: None,
+            derived: DerivedColumns::default(),
         }
     }
 
@@ -200,7 +231,10 @@ impl PackedLayer {
     pub fn pack(q: &QuantizedLayer, name: &str) -> Result<Self, EngineError> {
         let mut best: Option<PackedLayer> = None;
         for c in Self::candidates(q, name)? {
-            if best.as_ref().is_none_or(|b| c.size_bytes() < b.size_bytes()) {
+            if best
+                .as_ref()
+                .is_none_or(|b| c.size_bytes() < b.size_bytes())
+            {
                 best = Some(c);
             }
         }
@@ -236,6 +270,7 @@ impl PackedLayer {
                 values,
                 bias: q.bias.clone(),
                 activation: q.activation,
+                derived: DerivedColumns::default(),
             });
         }
         if pruned || out.is_empty() {
@@ -254,6 +289,7 @@ impl PackedLayer {
                         values,
                         bias: q.bias.clone(),
                         activation: q.activation,
+                        derived: DerivedColumns::default(),
                     });
                 }
             }
@@ -272,6 +308,7 @@ impl PackedLayer {
                     values,
                     bias: q.bias.clone(),
                     activation: q.activation,
+                    derived: DerivedColumns::default(),
                 });
             }
         }
@@ -356,10 +393,26 @@ impl PackedLayer {
         match &self.index {
             Indexing::Dense => r * self.cols..(r + 1) * self.cols,
             Indexing::Csr { row_ptr, .. } => row_ptr.get(r)..row_ptr.get(r + 1),
-            Indexing::Bitmask { row_start, .. } => {
-                row_start[r] as usize..row_start[r + 1] as usize
-            }
+            Indexing::Bitmask { row_start, .. } => row_start[r] as usize..row_start[r + 1] as usize,
         }
+    }
+
+    /// The derived absolute column of every entry (`None` for dense layers), built on first
+    /// use: see `DerivedColumns`.
+    pub fn entry_columns(&self) -> Option<&EntryColumns> {
+        if matches!(self.index, Indexing::Dense) {
+            return None;
+        }
+        Some(self.derived.0.get_or_init(|| {
+            let mut cols = Vec::with_capacity(self.entries);
+            let mut row = Vec::new();
+            for r in 0..self.rows {
+                self.row_columns(r, &mut row);
+                cols.extend_from_slice(&row);
+            }
+            let bound = cols.iter().max().map_or(0, |&c| c as usize + 1);
+            EntryColumns { cols, bound }
+        }))
     }
 
     /// Columns of row `r`'s entries (sparse formats), appended to `out` after clearing it.
@@ -367,9 +420,7 @@ impl PackedLayer {
         out.clear();
         match &self.index {
             Indexing::Dense => out.extend(0..self.cols as u32),
-            Indexing::Csr {
-                gap_bits, gaps, ..
-            } => {
+            Indexing::Csr { gap_bits, gaps, .. } => {
                 let mut p = 0usize;
                 let range = self.row_entries(r);
                 match gap_bits {
@@ -453,10 +504,8 @@ impl PackedLayer {
                     }
                     (Granularity::Group { size }, None) => {
                         // Dense row: entry k is column k.
-                        for (gi, (o, c)) in out
-                            .chunks_mut(*size)
-                            .zip(codes.chunks(*size))
-                            .enumerate()
+                        for (gi, (o, c)) in
+                            out.chunks_mut(*size).zip(codes.chunks(*size)).enumerate()
                         {
                             let (s, z) = seg(row * self.cols.div_ceil(*size) + gi);
                             for (o, &c) in o.iter_mut().zip(c) {
@@ -790,7 +839,10 @@ fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
     };
     let n = q.rows * q.cols;
     if q.kept.len() != n {
-        return Err(err(format!("kept has {} flags, expected {n}", q.kept.len())));
+        return Err(err(format!(
+            "kept has {} flags, expected {n}",
+            q.kept.len()
+        )));
     }
     if let Some(b) = &q.bias
         && b.len() != q.rows
@@ -798,7 +850,7 @@ fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
         return Err(err(format!("{} biases, expected {}", b.len(), q.rows)));
     }
     if let Some(a) = &q.activation
-        && (!(1..=8).contains(&a.bits) || !(a.scale > 0.0 && a.scale.is_finite()))
+        && !((1..=8).contains(&a.bits) && a.scale > 0.0 && a.scale.is_finite())
     {
         return Err(err(format!(
             "activation quantization needs 1 to 8 bits and a positive scale (got {} bits, scale {})",
@@ -825,7 +877,10 @@ fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
                 return Err(err(format!("{} codes, expected {n}", codes.len())));
             }
             if let Some(i) = codes.iter().position(|&c| (c as u32) >> bits != 0) {
-                return Err(err(format!("code {} at {i} does not fit {bits} bits", codes[i])));
+                return Err(err(format!(
+                    "code {} at {i} does not fit {bits} bits",
+                    codes[i]
+                )));
             }
             if let Granularity::Group { size: 0 } = granularity {
                 return Err(err("group size 0".into()));
@@ -857,7 +912,10 @@ fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
                 )));
             }
             if let Some(i) = codes.iter().position(|&c| c as usize >= codebook.len()) {
-                return Err(err(format!("code {} at {i} is past the codebook", codes[i])));
+                return Err(err(format!(
+                    "code {} at {i} is past the codebook",
+                    codes[i]
+                )));
             }
         }
     }

@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use super::format::{Indexing, PackedLayer, ValueStore};
 use super::pack;
+use super::simd;
 use crate::compress::Granularity;
 
 /// Buffers the kernels reuse between calls, so a single-sample run allocates nothing.
@@ -29,66 +30,87 @@ pub struct KernelScratch {
     acci: Vec<i32>,
     dense: Vec<f32>,
     segs: Vec<(usize, usize, usize)>,
+    xe: Vec<f32>,
+    xo: Vec<f32>,
 }
 
-/// Dot product with independent accumulators so LLVM keeps several vector FMAs in flight.
+/// Sum of 16 lanes by halving, so the reduction stays in vector adds instead of a chain of
+/// 16 dependent scalar adds.
+#[inline(always)]
+fn hsum16(v: &[f32; 16]) -> f32 {
+    let mut h8 = [0f32; 8];
+    for i in 0..8 {
+        h8[i] = v[i] + v[i + 8];
+    }
+    let mut h4 = [0f32; 4];
+    for i in 0..4 {
+        h4[i] = h8[i] + h8[i + 4];
+    }
+    (h4[0] + h4[2]) + (h4[1] + h4[3])
+}
+
+/// Sum of 64 lanes (four vector registers) by halving.
+#[inline(always)]
+fn hsum64(a: &[f32; 64]) -> f32 {
+    let mut v = [0f32; 16];
+    for i in 0..16 {
+        v[i] = (a[i] + a[i + 16]) + (a[i + 32] + a[i + 48]);
+    }
+    hsum16(&v)
+}
+
+/// Dot product with 64 independent accumulators (four vector registers) so LLVM keeps
+/// several FMAs in flight.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 64;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    const L: usize = 16;
-    let mut acc = [[0f32; L]; 4];
-    let mut ca = a.chunks_exact(4 * L);
-    let mut cb = b.chunks_exact(4 * L);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for j in 0..4 {
-            for i in 0..L {
-                acc[j][i] = x[j * L + i].mul_add(y[j * L + i], acc[j][i]);
-            }
-        }
-    }
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut ca = ra.chunks_exact(L);
-    let mut cb = rb.chunks_exact(L);
+    let mut acc = [0f32; L];
+    let mut ca = a.chunks_exact(L);
+    let mut cb = b.chunks_exact(L);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for i in 0..L {
-            acc[0][i] = x[i].mul_add(y[i], acc[0][i]);
+            acc[i] = x[i].mul_add(y[i], acc[i]);
         }
     }
     let mut tail = 0f32;
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
         tail = x.mul_add(*y, tail);
     }
-    let mut s = [0f32; L];
-    for (i, si) in s.iter_mut().enumerate() {
-        *si = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
-    }
-    s.iter().sum::<f32>() + tail
+    hsum64(&acc) + tail
 }
 
 /// Four rows against one vector at once: `x` is loaded once for four rows.
 #[inline]
 fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     const L: usize = 16;
-    let n = x.len();
-    let mut acc = [[0f32; L]; 4];
+    let n = x.len().min(w.iter().map(|r| r.len()).min().unwrap_or(0));
     let full = n / L * L;
-    for base in (0..full).step_by(L) {
-        let xv = &x[base..base + L];
-        for r in 0..4 {
-            let wv = &w[r][base..base + L];
-            for i in 0..L {
-                acc[r][i] = wv[i].mul_add(xv[i], acc[r][i]);
-            }
+    let (x, xt) = x[..n].split_at(full);
+    let mut a0 = [0f32; L];
+    let mut a1 = [0f32; L];
+    let mut a2 = [0f32; L];
+    let mut a3 = [0f32; L];
+    for ((((xv, w0), w1), w2), w3) in x
+        .chunks_exact(L)
+        .zip(w[0][..full].chunks_exact(L))
+        .zip(w[1][..full].chunks_exact(L))
+        .zip(w[2][..full].chunks_exact(L))
+        .zip(w[3][..full].chunks_exact(L))
+    {
+        for i in 0..L {
+            a0[i] = w0[i].mul_add(xv[i], a0[i]);
+            a1[i] = w1[i].mul_add(xv[i], a1[i]);
+            a2[i] = w2[i].mul_add(xv[i], a2[i]);
+            a3[i] = w3[i].mul_add(xv[i], a3[i]);
         }
     }
-    let mut out = [0f32; 4];
-    for r in 0..4 {
-        let mut t = 0f32;
-        for i in full..n {
-            t = w[r][i].mul_add(x[i], t);
+    let mut out = [hsum16(&a0), hsum16(&a1), hsum16(&a2), hsum16(&a3)];
+    for (r, o) in out.iter_mut().enumerate() {
+        for (wv, xv) in w[r][full..n].iter().zip(xt) {
+            *o = wv.mul_add(*xv, *o);
         }
-        out[r] = acc[r].iter().sum::<f32>() + t;
     }
     out
 }
@@ -113,58 +135,105 @@ fn gather_dot(vals: &[f32], idx: &[u32], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + t
 }
 
-/// Σ (codes[i] − z) · x[i], the conversion done in vector registers.
+/// `Σ vals[k] · x[cols[k]]` over a sparse row's derived absolute columns, each `< bound`.
+#[inline]
+fn sparse_dot(vals: &[f32], cols: &[u32], x: &[f32], bound: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx512() && bound <= x.len() && bound <= i32::MAX as usize {
+        // SAFETY: AVX-512F was detected; every derived column is `< bound` (`EntryColumns`),
+        // and `bound` ≤ x.len() and < 2^31 was checked just above.
+        return unsafe { simd::gather_dot(vals, cols, x) };
+    }
+    let _ = bound;
+    gather_dot(vals, cols, x)
+}
+
+/// `Σ (codes[i] − z) · x[i]`, AVX-512 when available.
+#[inline]
+fn codes_dot(codes: &[u8], z: i32, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx512() {
+        // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
+        return unsafe { simd::dot_codes(codes, z, x) };
+    }
+    dot_codes(codes, z, x)
+}
+
+/// 4-bit codes two per byte against the even / odd inputs, AVX-512 when available.
+#[inline]
+fn nibbles_dot(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx512() {
+        // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
+        return unsafe { simd::dot_nibbles(bytes, z, xe, xo) };
+    }
+    dot_nibbles(bytes, z, xe, xo)
+}
+
+/// Σ (codes[i] − z) · x[i], the conversion done in vector registers. One flat array of 64
+/// accumulators: LLVM keeps it in four vector registers.
 #[inline]
 fn dot_codes(codes: &[u8], z: i32, x: &[f32]) -> f32 {
-    const L: usize = 16;
+    const L: usize = 64;
     let n = codes.len().min(x.len());
     let (codes, x) = (&codes[..n], &x[..n]);
-    let mut acc = [[0f32; L]; 2];
-    let mut cc = codes.chunks_exact(2 * L);
-    let mut cx = x.chunks_exact(2 * L);
+    let mut acc = [0f32; L];
+    let mut cc = codes.chunks_exact(L);
+    let mut cx = x.chunks_exact(L);
     for (c, xv) in (&mut cc).zip(&mut cx) {
-        for j in 0..2 {
-            for i in 0..L {
-                let w = (c[j * L + i] as i32 - z) as f32;
-                acc[j][i] = w.mul_add(xv[j * L + i], acc[j][i]);
-            }
+        for i in 0..L {
+            acc[i] = ((c[i] as i32 - z) as f32).mul_add(xv[i], acc[i]);
+        }
+    }
+    let (rc, rx) = (cc.remainder(), cx.remainder());
+    let mut cc = rc.chunks_exact(16);
+    let mut cx = rx.chunks_exact(16);
+    for (c, xv) in (&mut cc).zip(&mut cx) {
+        for i in 0..16 {
+            acc[i] = ((c[i] as i32 - z) as f32).mul_add(xv[i], acc[i]);
         }
     }
     let mut t = 0f32;
     for (&c, &xv) in cc.remainder().iter().zip(cx.remainder()) {
         t = ((c as i32 - z) as f32).mul_add(xv, t);
     }
-    let mut sum = 0f32;
-    for i in 0..L {
-        sum += acc[0][i] + acc[1][i];
-    }
-    sum + t
+    hsum64(&acc) + t
 }
 
-/// One CSR row with 8-bit gaps and f32 values against `x`: the gaps are a running sum, and
-/// four accumulators hide the FMA latency.
+/// Σ over bytes j of (lo_j − z)·xe[j] + (hi_j − z)·xo[j]: 4-bit codes two per byte against
+/// the even and odd inputs, split once per call, so the nibbles never leave vector registers.
 #[inline]
-fn csr_dot8(gaps: &[u8], vals: &[f32], x: &[f32]) -> f32 {
-    let n = gaps.len().min(vals.len());
-    let (gaps, vals) = (&gaps[..n], &vals[..n]);
-    let mut acc = [0f32; 4];
-    let mut p = 0usize;
-    let mut gc = gaps.chunks_exact(4);
-    let mut vc = vals.chunks_exact(4);
-    for (g, v) in (&mut gc).zip(&mut vc) {
-        for j in 0..4 {
-            let c = p + g[j] as usize;
-            acc[j] = v[j].mul_add(x[c], acc[j]);
-            p = c + 1;
+fn dot_nibbles(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32]) -> f32 {
+    const L: usize = 32;
+    let n = bytes.len().min(xe.len()).min(xo.len());
+    let (bytes, xe, xo) = (&bytes[..n], &xe[..n], &xo[..n]);
+    let mut lo = [0f32; L];
+    let mut hi = [0f32; L];
+    let mut cb = bytes.chunks_exact(L);
+    let mut ce = xe.chunks_exact(L);
+    let mut co = xo.chunks_exact(L);
+    for ((b, e), o) in (&mut cb).zip(&mut ce).zip(&mut co) {
+        for i in 0..L {
+            let v = b[i] as i32;
+            lo[i] = (((v & 0xF) - z) as f32).mul_add(e[i], lo[i]);
+            hi[i] = (((v >> 4) - z) as f32).mul_add(o[i], hi[i]);
         }
     }
     let mut t = 0f32;
-    for (&g, &v) in gc.remainder().iter().zip(vc.remainder()) {
-        let c = p + g as usize;
-        t = v.mul_add(x[c], t);
-        p = c + 1;
+    for ((&b, &e), &o) in cb
+        .remainder()
+        .iter()
+        .zip(ce.remainder())
+        .zip(co.remainder())
+    {
+        let v = b as i32;
+        t = (((v & 0xF) - z) as f32).mul_add(e, t);
+        t = (((v >> 4) - z) as f32).mul_add(o, t);
     }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + t
+    let mut both = [0f32; 64];
+    both[..L].copy_from_slice(&lo);
+    both[L..].copy_from_slice(&hi);
+    hsum64(&both) + t
 }
 
 #[inline]
@@ -205,7 +274,10 @@ pub fn matmul(
 ) {
     let cols = layer.cols;
     let m = rows.len();
-    assert!(b.len() >= cols * p && y.len() >= m * p, "matmul operands too short");
+    assert!(
+        b.len() >= cols * p && y.len() >= m * p,
+        "matmul operands too short"
+    );
     match (&layer.index, p) {
         (Indexing::Dense, 1) => {
             let x = &b[..cols];
@@ -215,7 +287,8 @@ pub fn matmul(
                     let rw = |k: usize| &w[(r + k) * cols..(r + k + 1) * cols];
                     let d = dot4([rw(0), rw(1), rw(2), rw(3)], x);
                     for k in 0..4 {
-                        y[r - rows.start + k] = d[k] + layer.bias.as_ref().map_or(0.0, |b| b[r + k]);
+                        y[r - rows.start + k] =
+                            d[k] + layer.bias.as_ref().map_or(0.0, |b| b[r + k]);
                     }
                     r += 4;
                 }
@@ -233,15 +306,25 @@ pub fn matmul(
             {
                 // Codes straight into the FMA: (code − zp) converted in registers, one scale
                 // per row applied to the sum.
+                let nibbles = *bits == 4 && cols.is_multiple_of(2);
+                if nibbles {
+                    s.xe.clear();
+                    s.xo.clear();
+                    s.xe.extend(x.iter().step_by(2));
+                    s.xo.extend(x.iter().skip(1).step_by(2));
+                }
                 for r in rows.clone() {
                     let g = granularity.group_of(r, 0, cols);
                     let z = zero_points.get(g, *bits);
                     let d = if *bits == 8 {
-                        dot_codes(&codes[r * cols..(r + 1) * cols], z, x)
+                        codes_dot(&codes[r * cols..(r + 1) * cols], z, x)
+                    } else if nibbles {
+                        let half = cols / 2;
+                        nibbles_dot(&codes[r * half..(r + 1) * half], z, &s.xe, &s.xo)
                     } else {
                         s.codes.resize(cols, 0);
                         pack::unpack_codes(codes, *bits, r * cols, &mut s.codes);
-                        dot_codes(&s.codes, z, x)
+                        codes_dot(&s.codes, z, x)
                     };
                     y[r - rows.start] = scales[g] * d + layer.bias.as_ref().map_or(0.0, |b| b[r]);
                 }
@@ -266,51 +349,45 @@ pub fn matmul(
             fill_bias(layer, &rows, p, y);
             gemm_acc(m, p, cols, w, b, y);
         }
-        (Indexing::Csr { gap_bits, gaps, .. }, 1) if matches!(layer.values, ValueStore::F32(_)) => {
+        (_, 1) => {
             let x = &b[..cols];
-            let ValueStore::F32(v) = &layer.values else {
+            // Sparse: the derived absolute columns (`EntryColumns`) drive a gather dot; f32
+            // values are read in place, other stores decoded per row.
+            let Some(ec) = layer.entry_columns() else {
                 return;
             };
             for r in rows.clone() {
                 let range = layer.row_entries(r);
-                let d = match gap_bits {
-                    8 => csr_dot8(&gaps[range.clone()], &v[range], x),
-                    _ => {
-                        let mut acc = 0f32;
-                        let mut p = 0usize;
-                        for k in range {
-                            let c = p + pack::gap_at(gaps, *gap_bits, k);
-                            acc = v[k].mul_add(x[c], acc);
-                            p = c + 1;
-                        }
-                        acc
-                    }
+                let n = range.len();
+                let idx = &ec.cols[range.clone()];
+                let d = if let ValueStore::F32(v) = &layer.values {
+                    sparse_dot(&v[range], idx, x, ec.bound)
+                } else {
+                    s.vals.resize(n.max(1), 0.0);
+                    layer.decode_values(range, r, Some(idx), &mut s.codes, &mut s.vals);
+                    sparse_dot(&s.vals[..n], idx, x, ec.bound)
                 };
                 y[r - rows.start] = d + layer.bias.as_ref().map_or(0.0, |b| b[r]);
             }
         }
-        (_, 1) => {
-            let x = &b[..cols];
-            for r in rows.clone() {
-                let range = layer.row_entries(r);
-                let n = range.len();
-                layer.row_columns(r, &mut s.idx);
-                s.vals.resize(n.max(1), 0.0);
-                layer.decode_values(range, r, Some(&s.idx), &mut s.codes, &mut s.vals);
-                y[r - rows.start] =
-                    gather_dot(&s.vals[..n], &s.idx, x) + layer.bias.as_ref().map_or(0.0, |b| b[r]);
-            }
-        }
         _ => {
             fill_bias(layer, &rows, p, y);
+            let Some(ec) = layer.entry_columns() else {
+                return;
+            };
             for r in rows.clone() {
                 let range = layer.row_entries(r);
                 let n = range.len();
-                layer.row_columns(r, &mut s.idx);
-                s.vals.resize(n.max(1), 0.0);
-                layer.decode_values(range, r, Some(&s.idx), &mut s.codes, &mut s.vals);
+                let idx = &ec.cols[range.clone()];
+                let vals: &[f32] = if let ValueStore::F32(v) = &layer.values {
+                    &v[range]
+                } else {
+                    s.vals.resize(n.max(1), 0.0);
+                    layer.decode_values(range, r, Some(idx), &mut s.codes, &mut s.vals);
+                    &s.vals[..n]
+                };
                 let yr = &mut y[(r - rows.start) * p..(r - rows.start + 1) * p];
-                for (&c, &v) in s.idx.iter().zip(&s.vals[..n]) {
+                for (&c, &v) in idx.iter().zip(vals) {
                     let c = c as usize;
                     axpy(v, &b[c * p..(c + 1) * p], yr);
                 }
@@ -397,7 +474,10 @@ pub fn matmul_int(
         return false;
     };
     let cols = layer.cols;
-    assert!(bq.len() >= cols * p && y.len() >= rows.len() * p, "matmul_int operands too short");
+    assert!(
+        bq.len() >= cols * p && y.len() >= rows.len() * p,
+        "matmul_int operands too short"
+    );
     let dense = matches!(layer.index, Indexing::Dense);
     let groups_per_row = match granularity {
         Granularity::Group { size } => cols.div_ceil(*size),

@@ -12,6 +12,7 @@ mod kernels;
 mod model;
 mod ops;
 pub mod pack;
+mod simd;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,10 +21,13 @@ pub use export::{
     FORMAT_KEY, FORMAT_VALUE, FormatDesc, IndexDesc, LAYERS_KEY, LayerDesc, OpDesc, RECIPE_KEY,
     ValuesDesc, is_compressed_file, load_compressed,
 };
-pub use format::{IndexKind, Indexing, PackedLayer, RowPtr, SizeBreakdown, ValueStore, ZeroPoints};
+pub use format::{
+    EntryColumns, IndexKind, Indexing, PackedLayer, RowPtr, SizeBreakdown, ValueStore, ZeroPoints,
+};
 pub use kernels::{KernelScratch, dot, fake_quantize, matmul, matmul_int, quantize_centered};
 pub use model::{CHUNK, CompressedModel, Scratch, Step};
 pub use ops::{ConvShape, PoolShape, im2col};
+pub use simd::force_portable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

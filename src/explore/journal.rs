@@ -107,7 +107,11 @@ pub fn read(path: &Path) -> Result<Loaded, JournalError> {
 }
 
 /// Checks that the journal's session headers match `fingerprint`.
-pub fn check_fingerprint(path: &Path, loaded: &Loaded, fingerprint: u64) -> Result<(), JournalError> {
+pub fn check_fingerprint(
+    path: &Path,
+    loaded: &Loaded,
+    fingerprint: u64,
+) -> Result<(), JournalError> {
     let want = key_hex(fingerprint);
     for r in &loaded.records {
         if let Record::Session {
@@ -201,7 +205,11 @@ impl Drop for JournalWriter {
 
 /// The platform's per-user data directory for squeeze.
 pub fn data_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if cfg!(target_os = "windows") {
         return env("APPDATA").map(|d| d.join("squeeze"));
     }
@@ -217,7 +225,13 @@ pub fn data_dir() -> Option<PathBuf> {
 pub fn default_path(model_name: &str, fingerprint: u64) -> Option<PathBuf> {
     let safe: String = model_name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     data_dir().map(|d| {
         d.join("sessions")
@@ -264,7 +278,9 @@ mod tests {
         assert_eq!(loaded.records.len(), 3);
         assert_eq!(loaded.skipped, 1);
         assert!(check_fingerprint(&path, &loaded, 7).is_ok());
-        let err = check_fingerprint(&path, &loaded, 8).unwrap_err().to_string();
+        let err = check_fingerprint(&path, &loaded, 8)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("recorded for m on d"), "{err}");
         assert_eq!(parse_key(&key_hex(42)), Some(42));
     }

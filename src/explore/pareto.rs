@@ -31,7 +31,14 @@ mod tests {
 
     #[test]
     fn keeps_only_undominated_points() {
-        let pts = [(10.0, 0.9), (5.0, 0.8), (7.0, 0.7), (20.0, 0.95), (5.0, 0.85), (30.0, 0.95)];
+        let pts = [
+            (10.0, 0.9),
+            (5.0, 0.8),
+            (7.0, 0.7),
+            (20.0, 0.95),
+            (5.0, 0.85),
+            (30.0, 0.95),
+        ];
         assert_eq!(frontier(&pts), vec![4, 0, 3]);
         assert!(frontier(&[]).is_empty());
         assert_eq!(frontier(&[(f64::NAN, 1.0), (1.0, 0.5)]), vec![1]);

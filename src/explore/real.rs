@@ -3,15 +3,16 @@
 //! same path `squeeze eval` takes, so the TUI's numbers are the CLI's.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 
 use crate::compress::{self, Plan};
 use crate::data::EvalSet;
 use crate::engine::{self, CompressedModel};
-use crate::measure::{self, LayerMeasurement, Measurement, OutputKind};
+use crate::measure::{self, Measurement, OutputKind};
 use crate::model::Model;
 
 use super::config::Config;
@@ -27,6 +28,7 @@ const BUILT_CACHE: usize = 6;
 
 struct Built {
     canonical: String,
+    plan: Plan,
     model: CompressedModel,
     /// Size figures and per-layer histograms, shared by every stage's answer.
     base: Figures,
@@ -43,14 +45,24 @@ pub struct ModelEvaluator {
     quick_inputs: Vec<f32>,
     quick_labels: Vec<u32>,
     built: Mutex<Vec<Arc<Built>>>,
-    /// One latency measurement at a time: they are single-thread timings.
+    /// Latency is a single-thread timing: one at a time, and while it runs our accuracy
+    /// evaluations pause between batches (`quiet`), so they do not inflate it.
     latency_lock: Mutex<()>,
+    quiet: AtomicBool,
+    /// Accuracy batches running now.
+    active: AtomicUsize,
 }
 
 impl ModelEvaluator {
     /// `inputs` are the set's prepared (scaled) inputs. The quick subset is a fixed random
     /// choice of `quick` samples (the same every run, so cached estimates stay comparable).
-    pub fn new(model: Model, info: ModelInfo, inputs: Vec<f32>, labels: Vec<u32>, quick: usize) -> Self {
+    pub fn new(
+        model: Model,
+        info: ModelInfo,
+        inputs: Vec<f32>,
+        labels: Vec<u32>,
+        quick: usize,
+    ) -> Self {
         let il = model.input_len();
         let n = labels.len();
         let k = quick.min(n);
@@ -73,6 +85,8 @@ impl ModelEvaluator {
             quick_labels,
             built: Mutex::new(Vec::new()),
             latency_lock: Mutex::new(()),
+            quiet: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
         }
     }
 
@@ -88,12 +102,17 @@ impl ModelEvaluator {
             return Ok(Arc::clone(b));
         }
         let recipe = config.to_recipe(&self.info);
-        let plan = compress::apply(&self.model, &recipe, Some((&self.inputs, self.labels.len())))
-            .map_err(|e| e.to_string())?;
+        let plan = compress::apply(
+            &self.model,
+            &recipe,
+            Some((&self.inputs, self.labels.len())),
+        )
+        .map_err(|e| e.to_string())?;
         let model = CompressedModel::build(&plan).map_err(|e| e.to_string())?;
         let base = self.base_figures(&plan, &model);
         let built = Arc::new(Built {
             canonical,
+            plan,
             model,
             base,
         });
@@ -112,16 +131,22 @@ impl ModelEvaluator {
             .layers
             .iter()
             .map(|info| {
-                let q = plan
-                    .layers
-                    .iter()
-                    .find(|q| plan.model.layers.get(q.layer).is_some_and(|l| l.name == info.name));
+                let q = plan.layers.iter().find(|q| {
+                    plan.model
+                        .layers
+                        .get(q.layer)
+                        .is_some_and(|l| l.name == info.name)
+                });
                 let Some(q) = q else {
                     return LayerFigures::default();
                 };
                 let packed = packed.iter().find(|(i, _)| *i == q.layer).map(|(_, p)| *p);
                 let values = q.dequantized();
-                let kept = values.iter().zip(&q.kept).filter(|(_, k)| **k).map(|(v, _)| *v);
+                let kept = values
+                    .iter()
+                    .zip(&q.kept)
+                    .filter(|(_, k)| **k)
+                    .map(|(v, _)| *v);
                 LayerFigures {
                     size_bytes: packed.map_or(0, |p| p.size_bytes() as u64),
                     sparsity: sparsity
@@ -137,7 +162,12 @@ impl ModelEvaluator {
         Figures {
             size_bytes: Some(model.size_bytes() as u64),
             dense_bytes: Some(self.info.dense_bytes() as u64),
-            entropy_bytes: Some(plan.layers.iter().map(compress::entropy_bytes).sum::<usize>() as u64),
+            entropy_bytes: Some(
+                plan.layers
+                    .iter()
+                    .map(compress::entropy_bytes)
+                    .sum::<usize>() as u64,
+            ),
             sparsity: Some(sparsity.fraction()),
             layers,
             ..Figures::default()
@@ -159,60 +189,74 @@ impl ModelEvaluator {
             if cancel.load(Ordering::Relaxed) {
                 return Err(CANCELLED.into());
             }
+            // Pause while a latency measurement runs (bounded: it takes well under a second).
+            while self.quiet.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let n = BATCH.min(labels.len() - start);
+            self.active.fetch_add(1, Ordering::AcqRel);
             outputs.extend(model.logits(&inputs[start * il..(start + n) * il], n));
+            self.active.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(measure::score(&outputs, classes, labels, self.kind, None))
     }
 
-    /// The full measurement of a configuration, as `squeeze eval --format json` reports it.
+    /// Median single-sample latency, measured while our other evaluations pause. Waiting for
+    /// them is bounded (a batch may be running on this very thread, under a stolen job), so
+    /// this can never deadlock; at worst one batch overlaps the start of the timing.
+    fn latency(&self, model: &CompressedModel) -> engine::LatencyStats {
+        /// Lifts the pause however the timing ends (a panic included).
+        struct Quiet<'a>(&'a AtomicBool);
+        impl Drop for Quiet<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _one = self.latency_lock.lock();
+        self.quiet.store(true, Ordering::Release);
+        let _lift = Quiet(&self.quiet);
+        let start = Instant::now();
+        while self.active.load(Ordering::Acquire) > 0
+            && start.elapsed() < Duration::from_millis(200)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        engine::latency(model, &self.inputs)
+    }
+
+    /// The full measurement of a configuration, as `squeeze eval --format json` reports it:
+    /// `measure::measure` scores it; latency is timed with our other work paused, and
+    /// throughput after it.
     pub fn measurement(&self, config: &Config) -> Result<Measurement, String> {
-        let start = std::time::Instant::now();
         let built = self.build(config)?;
-        let never = AtomicBool::new(false);
-        let accuracy = self.accuracy(&built.model, &self.inputs, &self.labels, &never)?;
-        let lat = {
-            let _one = self.latency_lock.lock();
-            engine::latency(&built.model, &self.inputs)
+        let timing = measure::Timing {
+            latency: false,
+            throughput: false,
         };
-        let throughput = engine::throughput(&built.model, &self.inputs, self.labels.len());
-        let b = &built.base;
-        let size = b.size_bytes.unwrap_or(0) as usize;
-        let dense = b.dense_bytes.unwrap_or(0) as usize;
-        let layers = self
-            .info
-            .layers
-            .iter()
-            .zip(&b.layers)
-            .map(|(info, f)| LayerMeasurement {
-                name: info.name.clone(),
-                op: info.op.clone(),
-                format: f.format.clone(),
-                params: info.params,
-                sparsity: f.sparsity,
-                size_bytes: f.size_bytes as usize,
-                dense_bytes: info.dense_bytes,
-                entropy_bytes: 0,
-            })
-            .collect();
-        Ok(Measurement {
-            accuracy,
-            size_bytes: size,
-            dense_bytes: dense,
-            ratio: if size > 0 { dense as f64 / size as f64 } else { 0.0 },
-            entropy_bytes: b.entropy_bytes.unwrap_or(0) as usize,
-            sparsity: b.sparsity.unwrap_or(0.0),
-            latency_us: lat.median_us,
-            latency_p90_us: lat.p90_us,
-            throughput,
-            wall_s: start.elapsed().as_secs_f64(),
-            layers,
-        })
+        let mut m = measure::measure(
+            &built.model,
+            Some(&built.plan),
+            Some(&self.model),
+            &self.inputs,
+            &self.labels,
+            None,
+            timing,
+        );
+        let lat = self.latency(&built.model);
+        m.latency_us = lat.median_us;
+        m.latency_p90_us = lat.p90_us;
+        m.throughput = engine::throughput(&built.model, &self.inputs, self.labels.len());
+        Ok(m)
     }
 }
 
 impl Evaluator for ModelEvaluator {
-    fn evaluate(&self, config: &Config, stage: Stage, cancel: &AtomicBool) -> Result<Figures, String> {
+    fn evaluate(
+        &self,
+        config: &Config,
+        stage: Stage,
+        cancel: &AtomicBool,
+    ) -> Result<Figures, String> {
         if cancel.load(Ordering::Relaxed) {
             return Err(CANCELLED.into());
         }
@@ -220,7 +264,8 @@ impl Evaluator for ModelEvaluator {
         let mut figures = built.base.clone();
         match stage {
             Stage::Quick => {
-                let a = self.accuracy(&built.model, &self.quick_inputs, &self.quick_labels, cancel)?;
+                let a =
+                    self.accuracy(&built.model, &self.quick_inputs, &self.quick_labels, cancel)?;
                 figures.accuracy = Some(Estimate::from_subset(
                     a.accuracy,
                     self.quick_labels.len(),
@@ -236,11 +281,7 @@ impl Evaluator for ModelEvaluator {
                 ));
             }
             Stage::Latency => {
-                let _one = self.latency_lock.lock();
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(CANCELLED.into());
-                }
-                let lat = engine::latency(&built.model, &self.inputs);
+                let lat = self.latency(&built.model);
                 figures.latency_us = Some(lat.median_us);
                 figures.latency_p90_us = Some(lat.p90_us);
                 // Latency answers carry no per-layer detail: the other stages have it.
@@ -279,7 +320,12 @@ pub fn fingerprint(model: &Model, set: &EvalSet) -> u64 {
     if let Ok(tensors) = model.named_tensors() {
         for (name, shape, values) in tensors {
             h.write(name.as_bytes());
-            h.write(&shape.iter().flat_map(|d| (*d as u64).to_le_bytes()).collect::<Vec<_>>());
+            h.write(
+                &shape
+                    .iter()
+                    .flat_map(|d| (*d as u64).to_le_bytes())
+                    .collect::<Vec<_>>(),
+            );
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             h.write(&bytes);
         }

@@ -15,7 +15,13 @@ pub const SENSITIVITY_SPARSITIES: [Permille; 7] = [300, 500, 700, 800, 900, 950,
 pub const SENSITIVITY_BITS: [u8; 6] = [8, 6, 5, 4, 3, 2];
 /// The uniform grid.
 pub const UNIFORM_SPARSITIES: [Permille; 6] = [0, 500, 700, 800, 900, 950];
-pub const UNIFORM_BITS: [Bits; 5] = [Bits::F32, Bits::Int(8), Bits::Int(6), Bits::Int(4), Bits::Int(2)];
+pub const UNIFORM_BITS: [Bits; 5] = [
+    Bits::F32,
+    Bits::Int(8),
+    Bits::Int(6),
+    Bits::Int(4),
+    Bits::Int(2),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepKind {
@@ -123,7 +129,10 @@ mod tests {
     fn sweeps_cover_their_grids() {
         let names: Vec<String> = ["fc1", "fc2"].iter().map(|s| s.to_string()).collect();
         let s = sensitivity(&names);
-        assert_eq!(s.len(), 2 * (SENSITIVITY_SPARSITIES.len() + SENSITIVITY_BITS.len()));
+        assert_eq!(
+            s.len(),
+            2 * (SENSITIVITY_SPARSITIES.len() + SENSITIVITY_BITS.len())
+        );
         // Only the probed layer changes.
         for p in &s {
             let probe = p.probe.unwrap();

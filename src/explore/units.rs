@@ -16,7 +16,9 @@ pub fn bytes(n: f64) -> String {
 
 /// Microseconds as `850 ns`, `17.3 µs`, `1.20 ms` or `2.5 s`.
 pub fn micros(us: f64) -> String {
-    if us < 1.0 {
+    if us == 0.0 {
+        "0".into()
+    } else if us < 1.0 {
         format!("{:.0} ns", us * 1000.0)
     } else if us < 1000.0 {
         format!("{:.*} µs", decimals(us), us)

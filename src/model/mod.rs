@@ -5,6 +5,7 @@ mod forward;
 mod load;
 mod save;
 pub mod spec;
+pub mod train_ops;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -88,11 +89,14 @@ pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, Report
             continue;
         }
         let png = dir.join(format!("{}.png", axis.file_stem()));
-        let tmp = dir.join(format!(".{}.{}.tmp.png", axis.file_stem(), std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp.png",
+            axis.file_stem(),
+            std::process::id()
+        ));
         let drawn = {
             let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
-            draw_chart(&root, input, axis)
-                .and_then(|()| root.present().map_err(|e| e.to_string()))
+            draw_chart(&root, input, axis).and_then(|()| root.present().map_err(|e| e.to_string()))
         };
         if let Err(msg) = drawn {
             let _ = std::fs::remove_file(&tmp);
@@ -119,7 +123,8 @@ pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, Report
         return Err(ReportError::Empty { what: "size" });
     }
     let json_path = dir.join("points.json");
-    crate::model::write_atomic(&json_path, points_json(input).as_bytes()).map_err(io(&json_path))?;
+    crate::model::write_atomic(&json_path, points_json(input).as_bytes())
+        .map_err(io(&json_path))?;
     written.push(json_path);
     Ok(written)
 }
@@ -173,7 +178,31 @@ pub fn points_json(input: &PlotInput) -> String {
     serde_json::to_string_pretty(&out).unwrap_or_default()
 }
 
-/// Draws one chart on any plotters backend.
+/// How one chart item is drawn in the legend strip.
+enum Key {
+    Dot(RGBColor),
+    Line(RGBColor),
+    Triangle(RGBColor),
+}
+
+/// The series of one chart in data units, ready for any x coordinate.
+struct Series {
+    points: Vec<(f64, f64)>,
+    frontier: Vec<(f64, f64)>,
+    budget: Option<f64>,
+    marks: Vec<(String, RGBColor, i32, (f64, f64))>,
+    y_range: std::ops::Range<f64>,
+}
+
+const GREY: RGBColor = RGBColor(150, 150, 150);
+const BLUE: RGBColor = RGBColor(31, 119, 180);
+const RED: RGBColor = RGBColor(214, 39, 40);
+/// Width of the legend strip right of the plot.
+const LEGEND_W: u32 = 230;
+
+/// Draws one chart on any plotters backend: all points, the Pareto frontier, the dense
+/// baseline, the pinned and current configurations, and the budget, with the legend in a
+/// strip of its own so it never hides a point. Sizes spanning more than 20× use a log axis.
 pub fn draw_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     input: &PlotInput,
@@ -189,120 +218,182 @@ pub fn draw_chart<DB: DrawingBackend>(
     if pts.is_empty() {
         return Err("no points".into());
     }
-    let (xlo, xhi) = pts
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
     let budget = match axis {
         Axis::Size => input.budget_bytes,
         Axis::Latency => input.budget_latency_us,
     }
     .filter(|b| *b > 0.0);
-    let (xlo, xhi) = match budget {
-        Some(b) => (xlo.min(b), xhi.max(b)),
-        None => (xlo, xhi),
-    };
-    // Sizes span orders of magnitude once pruning and low bits come in: log scale then.
-    let log = axis == Axis::Size && xhi / xlo > 20.0;
-    let tx = |x: f64| if log { x.log10() } else { x };
-    let (x0, x1) = (tx(xlo), tx(xhi));
-    let xpad = if x1 > x0 { (x1 - x0) * 0.06 } else { x0.abs().max(1.0) * 0.1 };
+    let (xlo, xhi) = pts
+        .iter()
+        .map(|p| p.0)
+        .chain(budget)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(x), hi.max(x))
+        });
     let (ylo, yhi) = pts
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.1), hi.max(p.1))
+        });
     let ypad = ((yhi - ylo) * 0.06).max(0.2);
-    let x_range = if log { (x0 - xpad)..(x1 + xpad) } else { (x0 - xpad).max(0.0)..(x1 + xpad) };
-    let y_range = (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5);
-    let (y_bottom, y_top) = (y_range.start, y_range.end);
+    let mut frontier: Vec<(f64, f64)> =
+        pareto::frontier(&pts).into_iter().map(|i| pts[i]).collect();
+    frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut marks = Vec::new();
+    for (p, name, color, size) in [
+        (&input.dense, "dense baseline", RGBColor(255, 127, 14), 9),
+        (&input.pinned, "A (pinned)", RGBColor(44, 160, 44), 9),
+        (&input.current, "current", RGBColor(200, 30, 160), 11),
+    ] {
+        if let Some(xy) = p
+            .as_ref()
+            .and_then(|p| Some((axis.x_of(p)?, p.accuracy * 100.0)))
+        {
+            marks.push((name.to_string(), color, size, xy));
+        }
+    }
+    let series = Series {
+        points: pts,
+        frontier,
+        budget,
+        marks,
+        y_range: (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
+    };
 
+    let (w, _) = root.dim_in_pixel();
+    let (plot, legend) = root.split_horizontally(w.saturating_sub(LEGEND_W));
     let what = match axis {
         Axis::Size => "size",
         Axis::Latency => "latency",
     };
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("Accuracy vs {what} — {}", input.title), ("sans-serif", 28))
+    let caption = (
+        format!("Accuracy vs {what} — {}", input.title),
+        ("sans-serif", 26),
+    );
+    let mut builder = ChartBuilder::on(&plot);
+    builder
+        .caption(caption.0, caption.1)
         .margin(20)
         .x_label_area_size(55)
-        .y_label_area_size(75)
-        .build_cartesian_2d(x_range, y_range)
-        .map_err(err)?;
-    let x_fmt = |v: &f64| match axis {
-        Axis::Size => units::bytes(if log { 10f64.powf(*v) } else { *v }),
-        Axis::Latency => units::micros(*v),
-    };
-    let x_desc = match (axis, log) {
-        (Axis::Size, true) => "compressed size (log scale)",
-        (Axis::Size, false) => "compressed size",
-        (Axis::Latency, _) => "single-sample latency (median)",
-    };
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc("top-1 accuracy (%)")
-        .x_label_formatter(&x_fmt)
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .label_style(("sans-serif", 16))
-        .axis_desc_style(("sans-serif", 18))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(err)?;
-
-    let grey = RGBColor(150, 150, 150);
-    chart
-        .draw_series(pts.iter().map(|&(x, y)| Circle::new((tx(x), y), 4, grey.filled())))
-        .map_err(err)?
-        .label("configurations")
-        .legend(move |(x, y)| Circle::new((x + 10, y), 4, grey.filled()));
-
-    let mut frontier: Vec<(f64, f64)> = pareto::frontier(&pts).into_iter().map(|i| pts[i]).collect();
-    frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let blue = RGBColor(31, 119, 180);
-    chart
-        .draw_series(LineSeries::new(
-            frontier.iter().map(|&(x, y)| (tx(x), y)),
-            blue.stroke_width(2),
-        ))
-        .map_err(err)?
-        .label("Pareto frontier")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
-    chart
-        .draw_series(frontier.iter().map(|&(x, y)| Circle::new((tx(x), y), 5, blue.filled())))
-        .map_err(err)?;
-
-    if let Some(b) = budget {
-        let red = RGBColor(214, 39, 40);
+        .y_label_area_size(75);
+    let log = axis == Axis::Size && xhi / xlo > 20.0;
+    let x_desc;
+    if log {
+        // log2 of bytes on a linear axis: ticks fall on powers of two (16 KiB, 32 KiB, ...).
+        let (l0, l1) = (xlo.log2() - 0.3, xhi.log2() + 0.3);
+        let mut chart = builder
+            .build_cartesian_2d(l0..l1, series.y_range.clone())
+            .map_err(err)?;
+        x_desc = "compressed size (log scale)".to_string();
         chart
-            .draw_series(LineSeries::new(
-                [(tx(b), y_bottom), (tx(b), y_top)],
-                red.stroke_width(2),
-            ))
-            .map_err(err)?
-            .label(format!("budget {}", x_fmt(&tx(b))))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
-    }
-
-    let mut mark = |p: &Option<PlotPoint>, name: &str, color: RGBColor, size: i32| -> Result<(), String> {
-        let Some((x, y)) = p.as_ref().and_then(|p| Some((axis.x_of(p)?, p.accuracy * 100.0))) else {
-            return Ok(());
+            .configure_mesh()
+            .x_desc(&x_desc)
+            .y_desc("top-1 accuracy (%)")
+            .x_labels(12)
+            .x_label_formatter(&|v| units::bytes(v.exp2()))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        draw_series(&mut chart, &series, &|x: f64| x.log2()).map_err(err)?;
+    } else {
+        // Plain numbers in one unit give round ticks (200, 400 KiB) instead of odd bytes.
+        let (scale, unit) = match axis {
+            Axis::Size if xhi >= 10.0 * 1024.0 * 1024.0 => (1024.0 * 1024.0, "MiB"),
+            Axis::Size if xhi >= 10.0 * 1024.0 => (1024.0, "KiB"),
+            Axis::Size => (1.0, "bytes"),
+            Axis::Latency if xhi >= 10_000.0 => (1000.0, "ms"),
+            Axis::Latency => (1.0, "µs"),
+        };
+        let pad = ((xhi - xlo) * 0.06).max(xhi * 0.02);
+        let range = ((xlo - pad).max(0.0) / scale)..((xhi + pad) / scale);
+        let mut chart = builder
+            .build_cartesian_2d(range, series.y_range.clone())
+            .map_err(err)?;
+        x_desc = match axis {
+            Axis::Size => format!("compressed size ({unit})"),
+            Axis::Latency => format!("single-sample latency, median ({unit})"),
         };
         chart
-            .draw_series(std::iter::once(TriangleMarker::new((tx(x), y), size, color.filled())))
-            .map_err(err)?
-            .label(name.to_string())
-            .legend(move |(lx, ly)| TriangleMarker::new((lx + 10, ly), size, color.filled()));
-        Ok(())
-    };
-    mark(&input.dense, "dense baseline", RGBColor(255, 127, 14), 9)?;
-    mark(&input.pinned, "A (pinned)", RGBColor(44, 160, 44), 9)?;
-    mark(&input.current, "current", RGBColor(200, 30, 160), 11)?;
+            .configure_mesh()
+            .x_desc(&x_desc)
+            .y_desc("top-1 accuracy (%)")
+            .x_label_formatter(&|v| format!("{v}"))
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        draw_series(&mut chart, &series, &|x: f64| x / scale).map_err(err)?;
+    }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .draw()
+    let mut keys = vec![
+        ("configurations".to_string(), Key::Dot(GREY)),
+        ("Pareto frontier".to_string(), Key::Line(BLUE)),
+    ];
+    if let Some(b) = budget {
+        let text = match axis {
+            Axis::Size => units::bytes(b),
+            Axis::Latency => units::micros(b),
+        };
+        keys.push((format!("budget {text}"), Key::Line(RED)));
+    }
+    for (name, color, _, _) in &series.marks {
+        keys.push((name.clone(), Key::Triangle(*color)));
+    }
+    for (i, (name, key)) in keys.iter().enumerate() {
+        let y = 90 + 30 * i as i32;
+        match key {
+            Key::Dot(c) => legend.draw(&Circle::new((20, y), 5, c.filled())),
+            Key::Line(c) => {
+                legend.draw(&PathElement::new(vec![(8, y), (32, y)], c.stroke_width(3)))
+            }
+            Key::Triangle(c) => legend.draw(&TriangleMarker::new((20, y), 9, c.filled())),
+        }
         .map_err(err)?;
+        legend
+            .draw(&Text::new(name.clone(), (42, y - 9), ("sans-serif", 17)))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Draws the series on a chart whose x coordinate is `tx(data)`.
+fn draw_series<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    s: &Series,
+    tx: &dyn Fn(f64) -> f64,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.draw_series(
+        s.points
+            .iter()
+            .map(|&(x, y)| Circle::new((tx(x), y), 4, GREY.filled())),
+    )?;
+    chart.draw_series(LineSeries::new(
+        s.frontier.iter().map(|&(x, y)| (tx(x), y)),
+        BLUE.stroke_width(2),
+    ))?;
+    chart.draw_series(
+        s.frontier
+            .iter()
+            .map(|&(x, y)| Circle::new((tx(x), y), 5, BLUE.filled())),
+    )?;
+    if let Some(b) = s.budget {
+        chart.draw_series(LineSeries::new(
+            [(tx(b), s.y_range.start), (tx(b), s.y_range.end)],
+            RED.stroke_width(2),
+        ))?;
+    }
+    for (_, color, size, (x, y)) in &s.marks {
+        chart.draw_series(std::iter::once(TriangleMarker::new(
+            (tx(*x), *y),
+            *size,
+            color.filled(),
+        )))?;
+    }
     Ok(())
 }
 
@@ -346,6 +437,10 @@ mod tests {
         }
         let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
         assert!(svg.contains("Pareto frontier"));
+        assert!(
+            svg.contains("budget 97.7 KiB"),
+            "the budget is in the legend"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.path().join("points.json")).unwrap())
                 .unwrap();
@@ -362,6 +457,29 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn wide_size_ranges_use_a_log_axis() {
+        let mut input = input();
+        input.points.push(PlotPoint {
+            size_bytes: 9_000.0,
+            latency_us: Some(5.0),
+            accuracy: 0.6,
+            label: None,
+        });
+        let dir = tempfile::tempdir().unwrap();
+        write_plots(&input, dir.path()).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
+        assert!(svg.contains("log scale"));
+        // Ticks on powers of two.
+        assert!(
+            svg.contains("16.0 KiB") && svg.contains("64.0 KiB"),
+            "no power-of-two ticks"
+        );
+        if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
+            write_plots(&input, Path::new(&out)).unwrap();
+        }
     }
 
     #[test]

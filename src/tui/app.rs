@@ -6,17 +6,19 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use ratatui::crossterm::event::{KeyEvent, KeyEventKind, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
 use ratatui::layout::{Position, Rect};
 
 use crate::compress::recipe::{GranularityKind, PruneMethod};
 use crate::explore::config::{
     self, Config, MAX_SPARSITY, PRUNE_CYCLE, SCHEME_CYCLE, next_granularity, next_in, step_bits,
 };
-use crate::explore::eval::{Estimate, Figures, LayerFigures, Stage, config_key};
+use crate::explore::eval::{Estimate, Figures, LayerFigures, Stage, recipe_key};
 use crate::explore::info::ModelInfo;
 use crate::explore::jobs::{EvalRequest, Origin, WorkerMsg};
-use crate::explore::journal::{Record, key_hex, parse_key};
+use crate::explore::journal::{Record, key_hex};
 use crate::explore::pareto;
 use crate::explore::presets::{Preset, presets};
 use crate::explore::sweep::{self, Probe, ProbeKind, SweepKind};
@@ -32,13 +34,25 @@ const SWEEP_STAGES: [Stage; 2] = [Stage::Full, Stage::Latency];
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     /// Evaluate the current configuration (latest wins).
-    Evaluate { generation: u64, request: EvalRequest },
+    Evaluate {
+        generation: u64,
+        request: EvalRequest,
+    },
     /// Stop the interactive evaluation: the current configuration is cached.
     CancelInteractive,
-    Sweep { id: u64, points: Vec<EvalRequest> },
+    Sweep {
+        id: u64,
+        points: Vec<EvalRequest>,
+    },
     CancelSweeps,
-    Export { config: Config, dir: PathBuf },
-    Plot { input: PlotInput, dir: PathBuf },
+    Export {
+        config: Config,
+        dir: PathBuf,
+    },
+    Plot {
+        input: PlotInput,
+        dir: PathBuf,
+    },
     Journal(Record),
     Quit,
 }
@@ -223,6 +237,8 @@ pub struct App {
     pub message: Option<String>,
     pub size_chart: ChartSeries,
     pub latency_chart: ChartSeries,
+    /// The export directory being typed (after `e`), when the prompt is open.
+    pub prompt: Option<String>,
     /// Terminal size, for mouse hit-testing (drawing gets its area from the frame).
     pub area: Rect,
     pub should_quit: bool,
@@ -231,7 +247,7 @@ pub struct App {
 impl App {
     pub fn new(info: ModelInfo, options: AppOptions) -> App {
         let dense = Config::dense(info.layers.len());
-        let dense_key = config_key(options.fingerprint, &dense);
+        let dense_key = recipe_key(options.fingerprint, &dense.to_recipe(&info));
         let mut app = App {
             presets: presets(&info),
             sensitivity: vec![LayerSensitivity::default(); info.layers.len()],
@@ -259,6 +275,7 @@ impl App {
             message: None,
             size_chart: ChartSeries::default(),
             latency_chart: ChartSeries::default(),
+            prompt: None,
             area: Rect::new(0, 0, 120, 40),
             should_quit: false,
         };
@@ -270,7 +287,6 @@ impl App {
     /// Records for another number of layers are skipped.
     pub fn restore(&mut self, records: Vec<Record>) {
         let n = self.info.layers.len();
-        let fp = self.options.fingerprint;
         for record in records {
             match record {
                 Record::Point {
@@ -280,25 +296,23 @@ impl App {
                     figures,
                     ..
                 } if config.layers.len() == n => {
-                    let key = config_key(fp, &config);
+                    let key = self.key_of(&config);
                     self.ensure_point(key, &config, label.as_deref());
                     if let Some(p) = self.points.get_mut(&key) {
                         p.set(stage, figures);
                         p.error = None;
                     }
                 }
-                Record::Failed {
-                    config, error, key, ..
-                } if config.layers.len() == n => {
-                    let k = config_key(fp, &config);
-                    debug_assert!(parse_key(&key).is_some());
+                Record::Failed { config, error, .. } if config.layers.len() == n => {
+                    // Keys are recomputed from the configuration, not trusted from the file.
+                    let k = self.key_of(&config);
                     self.ensure_point(k, &config, None);
                     if let Some(p) = self.points.get_mut(&k) {
                         p.error = Some(error);
                     }
                 }
                 Record::Current { config } if config.layers.len() == n => {
-                    self.current_key = config_key(fp, &config);
+                    self.current_key = self.key_of(&config);
                     self.config = config;
                     self.preset = None;
                 }
@@ -317,7 +331,7 @@ impl App {
     /// Sets the starting configuration (from `--recipe`) before `start`.
     pub fn set_initial(&mut self, config: Config) {
         if config.layers.len() == self.info.layers.len() {
-            self.current_key = config_key(self.options.fingerprint, &config);
+            self.current_key = self.key_of(&config);
             self.config = config;
             self.preset = None;
             let c = self.config.clone();
@@ -349,6 +363,11 @@ impl App {
         out
     }
 
+    /// The cache key of a configuration: its recipe's hash (with the model and data).
+    pub fn key_of(&self, config: &Config) -> u64 {
+        recipe_key(self.options.fingerprint, &config.to_recipe(&self.info))
+    }
+
     // ----- queries used by drawing -----
 
     pub fn current(&self) -> Option<&Point> {
@@ -361,7 +380,7 @@ impl App {
 
     pub fn pinned_point(&self) -> Option<&Point> {
         let c = self.pinned.as_ref()?;
-        self.points.get(&config_key(self.options.fingerprint, c))
+        self.points.get(&self.key_of(c))
     }
 
     pub fn can_undo(&self) -> bool {
@@ -369,7 +388,9 @@ impl App {
     }
 
     pub fn preset_name(&self) -> Option<&str> {
-        self.preset.and_then(|i| self.presets.get(i)).map(|p| p.name)
+        self.preset
+            .and_then(|i| self.presets.get(i))
+            .map(|p| p.name)
     }
 
     /// Points with an accuracy, in the order they appeared.
@@ -390,6 +411,9 @@ impl App {
         if key.kind == KeyEventKind::Release {
             return Vec::new();
         }
+        if self.prompt.is_some() {
+            return self.prompt_key(key);
+        }
         match lookup(&key) {
             Some(action) => self.act(action),
             None => {
@@ -399,6 +423,55 @@ impl App {
                 Vec::new()
             }
         }
+    }
+
+    /// Keys while the export prompt is open: text editing, Enter exports, Esc cancels.
+    fn prompt_key(&mut self, key: KeyEvent) -> Vec<Request> {
+        let Some(text) = self.prompt.as_mut() else {
+            return Vec::new();
+        };
+        match key.code {
+            KeyCode::Enter => {
+                let dir = PathBuf::from(text.trim());
+                self.prompt = None;
+                if dir.as_os_str().is_empty() {
+                    self.message = Some("export cancelled: no directory given".into());
+                    return Vec::new();
+                }
+                self.message = Some(format!("exporting to {} …", dir.display()));
+                vec![Request::Export {
+                    config: self.config.clone(),
+                    dir,
+                }]
+            }
+            KeyCode::Esc => {
+                self.prompt = None;
+                self.message = Some("export cancelled".into());
+                Vec::new()
+            }
+            KeyCode::Backspace => {
+                text.pop();
+                Vec::new()
+            }
+            KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                text.clear();
+                Vec::new()
+            }
+            KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                text.push(c);
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The directory an export goes to unless the person types another.
+    pub fn default_export_dir(&self) -> PathBuf {
+        self.options.out_dir.join(format!(
+            "{}-{}",
+            self.info.name,
+            &key_hex(self.current_key)[..8]
+        ))
     }
 
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Vec<Request> {
@@ -487,10 +560,14 @@ impl App {
                 }
             }),
             Action::CycleScheme => {
-                if self.config.layers.get(sel).is_some_and(|l| l.int_bits().is_none()) {
+                if self
+                    .config
+                    .layers
+                    .get(sel)
+                    .is_some_and(|l| l.int_bits().is_none())
+                {
                     self.message = Some(
-                        "the scheme applies to integer widths: press − to go below 16 bits"
-                            .into(),
+                        "the scheme applies to integer widths: press − to go below 16 bits".into(),
                     );
                     return Vec::new();
                 }
@@ -520,7 +597,9 @@ impl App {
                 self.edit(|c| {
                     for (l, &cols) in c.layers.iter_mut().zip(&cols) {
                         *l = setting;
-                        if l.granularity == GranularityKind::Group && cols % l.group_size != 0 {
+                        if l.granularity == GranularityKind::Group
+                            && !cols.is_multiple_of(l.group_size)
+                        {
                             // This layer's rows do not split into such groups.
                             l.granularity = GranularityKind::Channel;
                         }
@@ -631,15 +710,9 @@ impl App {
                 out
             }
             Action::Export => {
-                let dir = self
-                    .options
-                    .out_dir
-                    .join(format!("{}-{}", self.info.name, &key_hex(self.current_key)[..8]));
-                self.message = Some(format!("exporting to {} …", dir.display()));
-                vec![Request::Export {
-                    config: self.config.clone(),
-                    dir,
-                }]
+                self.prompt = Some(self.default_export_dir().display().to_string());
+                self.view = View::Main;
+                Vec::new()
             }
             Action::Plot => {
                 let dir = self.options.out_dir.clone();
@@ -730,7 +803,7 @@ impl App {
     /// the stages not cached yet (none when returning to a known configuration).
     fn config_changed(&mut self) -> Vec<Request> {
         self.generation += 1;
-        self.current_key = config_key(self.options.fingerprint, &self.config);
+        self.current_key = self.key_of(&self.config);
         let config = self.config.clone();
         self.ensure_point(self.current_key, &config, None);
         let mut out = vec![Request::Journal(Record::Current { config })];
@@ -783,7 +856,7 @@ impl App {
         let total = points.len();
         let mut requests = Vec::new();
         for p in points {
-            let key = config_key(self.options.fingerprint, &p.config);
+            let key = self.key_of(&p.config);
             self.ensure_point(key, &p.config, Some(&p.label));
             if let Some(probe) = p.probe {
                 self.probes.insert(key, probe);
@@ -851,7 +924,8 @@ impl App {
                     figures,
                 };
                 if origin == Origin::Interactive(self.generation) || key == self.current_key {
-                    self.pending.retain(|s| *s != stage && !(stage == Stage::Full && *s == Stage::Quick));
+                    self.pending
+                        .retain(|s| *s != stage && !(stage == Stage::Full && *s == Stage::Quick));
                 }
                 if self.probes.contains_key(&key) {
                     self.rebuild_sensitivity();
@@ -876,7 +950,8 @@ impl App {
                     config: point.config.clone(),
                     error: error.clone(),
                 };
-                let current = origin == Origin::Interactive(self.generation) || key == self.current_key;
+                let current =
+                    origin == Origin::Interactive(self.generation) || key == self.current_key;
                 if current {
                     self.pending.clear();
                     self.last_error = Some(format!("{} failed: {error}", stage.label()));
@@ -924,7 +999,7 @@ impl App {
         // Probes are not journaled; find them again by regenerating the sweep's points.
         let names: Vec<String> = self.info.layers.iter().map(|l| l.name.clone()).collect();
         for p in sweep::sensitivity(&names) {
-            let key = config_key(self.options.fingerprint, &p.config);
+            let key = self.key_of(&p.config);
             if let (Some(probe), true) = (p.probe, self.points.contains_key(&key)) {
                 self.probes.insert(key, probe);
             }
@@ -956,11 +1031,11 @@ impl App {
     /// Recomputes the chart series after points, the current or pinned configuration, the
     /// budget or the zoom changed.
     pub fn refresh(&mut self) {
-        let dense_acc = self.dense().and_then(Point::accuracy).map(|a| a.value * 100.0);
-        let pinned_key = self
-            .pinned
-            .as_ref()
-            .map(|c| config_key(self.options.fingerprint, c));
+        let dense_acc = self
+            .dense()
+            .and_then(Point::accuracy)
+            .map(|a| a.value * 100.0);
+        let pinned_key = self.pinned.as_ref().map(|c| self.key_of(c));
         let size = |p: &Point| p.size_bytes().map(|s| s as f64);
         let latency = |p: &Point| p.latency_us();
         self.size_chart = self.series(&size, dense_acc, pinned_key, self.budget_bytes, true);
@@ -994,7 +1069,9 @@ impl App {
         }
         let (lo, hi) = raw
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
         s.log_x = may_log && hi / lo > 20.0;
         let tx = |x: f64| if s.log_x { x.log10() } else { x };
         let pts: Vec<(f64, f64)> = raw.iter().map(|&(_, x, y)| (tx(x), y)).collect();
@@ -1005,14 +1082,20 @@ impl App {
         s.pinned = pinned_key.and_then(find);
 
         let (x0, x1) = (tx(lo), tx(hi));
-        let pad = if x1 > x0 { (x1 - x0) * 0.05 } else { x0.abs().max(1.0) * 0.1 };
+        let pad = if x1 > x0 {
+            (x1 - x0) * 0.05
+        } else {
+            x0.abs().max(1.0) * 0.1
+        };
         let mut xb = [x0 - pad, x1 + pad];
         if !s.log_x {
             xb[0] = xb[0].max(0.0);
         }
         let (ylo, yhi) = pts
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                (lo.min(p.1), hi.max(p.1))
+            });
         let mut yb = [ylo, yhi];
         if self.zoom
             && let Some(d) = dense_acc

@@ -133,8 +133,8 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[code(KeyCode::Right), key('l')],
         action: Action::SparsityUp,
         group: Group::Layers,
-        help: "prune more: +5 % sparsity (global sparsity when global pruning is on)",
-        hint: Some("sparsity"),
+        help: "prune more: +5 % sparsity (or global sparsity)",
+        hint: Some("prune"),
     },
     Binding {
         keys: &[code(KeyCode::Left), key('h')],
@@ -161,7 +161,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('+'), key('=')],
         action: Action::BitsUp,
         group: Group::Layers,
-        help: "more bits per weight (… 4, 5, 6, 7, 8, f16, f32)",
+        help: "more bits per weight (… 6, 7, 8, f16, f32)",
         hint: None,
     },
     Binding {
@@ -175,35 +175,35 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('m')],
         action: Action::CyclePrune,
         group: Group::Layers,
-        help: "prune method: none, l1, random, structured, 2:4, std",
+        help: "method: none, l1, random, structured, 2:4, std",
         hint: Some("method"),
     },
     Binding {
         keys: &[key('s')],
         action: Action::CycleScheme,
         group: Group::Layers,
-        help: "quantization scheme: symmetric, asymmetric, k-means",
-        hint: Some("scheme"),
+        help: "scheme: symmetric, asymmetric, k-means",
+        hint: None,
     },
     Binding {
         keys: &[key('g')],
         action: Action::CycleGranularity,
         group: Group::Layers,
-        help: "scale granularity: per tensor, per channel, per group",
+        help: "scales: per tensor, per channel, per group",
         hint: None,
     },
     Binding {
         keys: &[key('A')],
         action: Action::ApplyToAll,
         group: Group::Layers,
-        help: "apply the selected layer's setting to all layers",
+        help: "apply this layer's setting to all layers",
         hint: None,
     },
     Binding {
         keys: &[key('G')],
         action: Action::ToggleGlobal,
         group: Group::Configurations,
-        help: "global pruning on/off (one magnitude ranking across all layers)",
+        help: "global pruning (one ranking over all layers)",
         hint: None,
     },
     Binding {
@@ -238,7 +238,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('n')],
         action: Action::NextPreset,
         group: Group::Configurations,
-        help: "next preset: dense → int8 → 50 % global → Deep-Compression-like",
+        help: "next preset (the workshop path)",
         hint: Some("preset"),
     },
     Binding {
@@ -280,8 +280,8 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('c')],
         action: Action::Pin,
         group: Group::Configurations,
-        help: "pin the current configuration as A, to compare with",
-        hint: Some("pin A"),
+        help: "pin this configuration as A, to compare",
+        hint: Some("pin"),
     },
     Binding {
         keys: &[key('C')],
@@ -294,28 +294,28 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('S')],
         action: Action::SensitivitySweep,
         group: Group::Work,
-        help: "sensitivity sweep: each layer alone across sparsities and bit widths",
-        hint: Some("sensitivity"),
+        help: "sensitivity sweep: each layer alone",
+        hint: Some("sweep"),
     },
     Binding {
         keys: &[key('w')],
         action: Action::UniformSweep,
         group: Group::Work,
-        help: "uniform sweep: all layers on a sparsity × bits grid",
-        hint: Some("uniform"),
+        help: "uniform sweep: all layers, sparsity × bits",
+        hint: None,
     },
     Binding {
         keys: &[code(KeyCode::Esc)],
         action: Action::Cancel,
         group: Group::Work,
-        help: "cancel sweeps and running work; close help or detail",
+        help: "cancel sweeps and work; close help/detail",
         hint: None,
     },
     Binding {
         keys: &[key('e')],
         action: Action::Export,
         group: Group::Work,
-        help: "export recipe (TOML), compressed model (safetensors), measurement (JSON)",
+        help: "export recipe, model, measurement (asks where)",
         hint: Some("export"),
     },
     Binding {
@@ -329,21 +329,21 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('b')],
         action: Action::Budget,
         group: Group::Work,
-        help: "size budget at the current size on/off (a line on the charts)",
+        help: "size budget at the current size on/off",
         hint: None,
     },
     Binding {
         keys: &[key('z')],
         action: Action::Zoom,
         group: Group::Screen,
-        help: "zoom the accuracy axis to within 5 points of dense",
+        help: "zoom accuracy to within 5 points of dense",
         hint: None,
     },
     Binding {
         keys: &[code(KeyCode::Enter), key('d')],
         action: Action::Detail,
         group: Group::Screen,
-        help: "layer detail: weight histograms and sensitivity curves",
+        help: "layer detail: histograms, sensitivity",
         hint: Some("detail"),
     },
     Binding {
@@ -357,7 +357,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('q'), ctrl('c')],
         action: Action::Quit,
         group: Group::Screen,
-        help: "quit (the session is journaled: --resume brings it back)",
+        help: "quit (--resume brings the session back)",
         hint: Some("quit"),
     },
 ];
@@ -431,12 +431,30 @@ mod tests {
     #[test]
     fn lookup_handles_shift() {
         let ev = |c, m| KeyEvent::new(c, m);
-        assert_eq!(lookup(&ev(KeyCode::Char('L'), KeyModifiers::SHIFT)), Some(Action::SparsityUpFine));
-        assert_eq!(lookup(&ev(KeyCode::Char('L'), KeyModifiers::NONE)), Some(Action::SparsityUpFine));
-        assert_eq!(lookup(&ev(KeyCode::Right, KeyModifiers::SHIFT)), Some(Action::SparsityUpFine));
-        assert_eq!(lookup(&ev(KeyCode::Right, KeyModifiers::NONE)), Some(Action::SparsityUp));
-        assert_eq!(lookup(&ev(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Action::Quit));
-        assert_eq!(lookup(&ev(KeyCode::Char('c'), KeyModifiers::NONE)), Some(Action::Pin));
+        assert_eq!(
+            lookup(&ev(KeyCode::Char('L'), KeyModifiers::SHIFT)),
+            Some(Action::SparsityUpFine)
+        );
+        assert_eq!(
+            lookup(&ev(KeyCode::Char('L'), KeyModifiers::NONE)),
+            Some(Action::SparsityUpFine)
+        );
+        assert_eq!(
+            lookup(&ev(KeyCode::Right, KeyModifiers::SHIFT)),
+            Some(Action::SparsityUpFine)
+        );
+        assert_eq!(
+            lookup(&ev(KeyCode::Right, KeyModifiers::NONE)),
+            Some(Action::SparsityUp)
+        );
+        assert_eq!(
+            lookup(&ev(KeyCode::Char('c'), KeyModifiers::CONTROL)),
+            Some(Action::Quit)
+        );
+        assert_eq!(
+            lookup(&ev(KeyCode::Char('c'), KeyModifiers::NONE)),
+            Some(Action::Pin)
+        );
         assert_eq!(lookup(&ev(KeyCode::Char('#'), KeyModifiers::NONE)), None);
         assert_eq!(key_label(&shift(KeyCode::Left)), "Shift+←");
     }

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select, unbounded};
-use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event, KeyEventKind};
+use ratatui::crossterm::event::{
+    self, DisableMouseCapture, EnableMouseCapture, Event, KeyEventKind,
+};
 use ratatui::crossterm::execute;
 
 use crate::explore::jobs::Runner;
@@ -92,10 +94,9 @@ struct Timings {
 impl Timings {
     fn open(path: Option<&PathBuf>) -> anyhow::Result<Timings> {
         let file = match path {
-            Some(p) => Some(std::io::BufWriter::new(
-                std::fs::File::create(p)
-                    .map_err(|e| anyhow::anyhow!("{}: cannot write timings: {e}", p.display()))?,
-            )),
+            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+                |e| anyhow::anyhow!("{}: cannot write timings: {e}", p.display()),
+            )?)),
             None => None,
         };
         Ok(Timings {
@@ -123,7 +124,11 @@ impl Timings {
         let Some(f) = &mut self.file else { return };
         let us = latency.as_secs_f64() * 1e6;
         self.key_us.push(us);
-        let _ = writeln!(f, "key key_to_screen_us={us:.0} sweeps={}", app.sweeps.len());
+        let _ = writeln!(
+            f,
+            "key key_to_screen_us={us:.0} sweeps={}",
+            app.sweeps.len()
+        );
     }
 
     fn summary(&mut self) {
@@ -160,8 +165,8 @@ pub fn run(
     options: RunOptions,
 ) -> anyhow::Result<()> {
     let mut timings = Timings::open(options.timings.as_ref())?;
-    let mut terminal = ratatui::try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up the terminal: {e}"))?;
+    let mut terminal =
+        ratatui::try_init().map_err(|e| anyhow::anyhow!("cannot set up the terminal: {e}"))?;
     let _guard = TerminalGuard;
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
 
@@ -221,7 +226,8 @@ pub fn run(
         }
 
         // Wait for anything, then take everything else already waiting, then draw once.
-        let handle_input = |app: &mut App, at: Instant, ev: Event, keys: &mut Vec<Instant>| match ev {
+        let handle_input = |app: &mut App, at: Instant, ev: Event, keys: &mut Vec<Instant>| match ev
+        {
             Event::Key(k) if k.kind != KeyEventKind::Release => {
                 keys.push(at);
                 app.handle_key(k)

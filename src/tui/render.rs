@@ -7,8 +7,8 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Block, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, LineGauge, Paragraph,
-    Row, Sparkline, Table, TableState, Wrap,
+    Axis, Block, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, LineGauge, Paragraph, Row,
+    Sparkline, Table, TableState, Wrap,
 };
 
 use crate::compress::recipe::PruneMethod;
@@ -17,7 +17,7 @@ use crate::explore::eval::Stage;
 use crate::explore::units;
 
 use super::app::{App, ChartSeries, Point, View};
-use super::keymap::{Group, KEYMAP, key_label, keys_label};
+use super::keymap::{Action, Group, KEYMAP, key_label, keys_label};
 
 /// The smallest terminal the full layout fits in.
 pub const MIN_WIDTH: u16 = 80;
@@ -62,8 +62,8 @@ pub fn layout(area: Rect, app: &App) -> Areas {
     let [size_chart, latency_chart] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(charts);
     let (status, detail) = if area.width >= 110 {
-        let [s, d] =
-            Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(bottom);
+        let [s, d] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+            .areas(bottom);
         (s, Some(d))
     } else {
         (bottom, None)
@@ -103,7 +103,14 @@ pub fn render(frame: &mut Frame, app: &App) {
             if let Some(t) = a.table {
                 render_table(frame, t, app);
             }
-            render_chart(frame, a.size_chart, app, &app.size_chart, "Accuracy vs size", true);
+            render_chart(
+                frame,
+                a.size_chart,
+                app,
+                &app.size_chart,
+                "Accuracy vs size",
+                true,
+            );
             render_chart(
                 frame,
                 a.latency_chart,
@@ -120,6 +127,9 @@ pub fn render(frame: &mut Frame, app: &App) {
             if app.view == View::Help {
                 render_help(frame, area);
             }
+            if let Some(text) = &app.prompt {
+                render_prompt(frame, area, text);
+            }
         }
     }
 }
@@ -135,7 +145,10 @@ fn render_too_small(frame: &mut Frame, area: Rect) {
         .alignment(Alignment::Center);
     let y = area.height / 2;
     let h = (area.height - y).min(3);
-    frame.render_widget(p, Rect::new(area.x, area.y + y.saturating_sub(1), area.width, h.max(1)));
+    frame.render_widget(
+        p,
+        Rect::new(area.x, area.y + y.saturating_sub(1), area.width, h.max(1)),
+    );
 }
 
 fn render_title(frame: &mut Frame, area: Rect, app: &App) {
@@ -147,7 +160,10 @@ fn render_title(frame: &mut Frame, area: Rect, app: &App) {
         )),
     ];
     if let Some(p) = app.preset_name() {
-        spans.push(Span::styled(format!("  preset: {p}"), Style::new().fg(ACCENT)));
+        spans.push(Span::styled(
+            format!("  preset: {p}"),
+            Style::new().fg(ACCENT),
+        ));
     }
     if app.pinned.is_some() {
         spans.push(Span::styled("  A pinned", Style::new().fg(PINNED)));
@@ -161,7 +177,11 @@ fn render_title(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn shape_label(shape: &[usize]) -> String {
-    shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
 }
 
 fn render_table(frame: &mut Frame, area: Rect, app: &App) {
@@ -199,11 +219,17 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
             Cell::from(share),
             Cell::from(sens),
         ]);
-        let _ = i;
         rows.push(Row::new(cells));
     }
+    let name_w = app
+        .info
+        .layers
+        .iter()
+        .map(|l| l.name.chars().count())
+        .max()
+        .unwrap_or(5);
     let mut header = vec!["layer"];
-    let mut widths = vec![Constraint::Min(6)];
+    let mut widths = vec![Constraint::Length(name_w.clamp(5, 24) as u16)];
     if wide {
         header.extend(["op", "shape"]);
         widths.extend([Constraint::Length(7), Constraint::Length(12)]);
@@ -220,7 +246,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(15),
         Constraint::Length(11),
         Constraint::Length(5),
-        Constraint::Length(13),
+        Constraint::Fill(1),
     ]);
     let mut extra = Vec::new();
     if let Some(b) = app.config.activation_bits {
@@ -234,7 +260,11 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
     let table = Table::new(rows, widths)
         .header(Row::new(header).style(Style::new().bold().fg(ACCENT)))
         .block(Block::bordered().title(title))
-        .row_highlight_style(Style::new().bg(Color::Indexed(237)).add_modifier(Modifier::BOLD))
+        .row_highlight_style(
+            Style::new()
+                .bg(Color::Indexed(237))
+                .add_modifier(Modifier::BOLD),
+        )
         .highlight_symbol("▶ ");
     let mut state = TableState::default()
         .with_selected(Some(app.selected))
@@ -292,13 +322,19 @@ fn render_chart(
             format!("waiting for the first {what} measurement …")
         };
         frame.render_widget(
-            Paragraph::new(waiting).style(Style::new().fg(DIM)).block(block),
+            Paragraph::new(waiting)
+                .style(Style::new().fg(DIM))
+                .block(block),
             area,
         );
         return;
     }
     let one = |p: &Option<(f64, f64)>| p.map(|p| vec![p]).unwrap_or_default();
-    let (dense, current, pinned) = (one(&series.dense), one(&series.current), one(&series.pinned));
+    let (dense, current, pinned) = (
+        one(&series.dense),
+        one(&series.current),
+        one(&series.pinned),
+    );
     let budget: Vec<(f64, f64)> = series.budget.map(|b| b.to_vec()).unwrap_or_default();
     let mut datasets = vec![
         Dataset::default()
@@ -452,8 +488,10 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
     };
     let size_text = |p: Option<&Point>| size(p).map_or("…".into(), units::bytes);
     let lat_text = |p: Option<&Point>| lat(p).map_or("…".into(), units::micros);
-    let sparsity_text =
-        |p: Option<&Point>| p.and_then(Point::sparsity).map_or("…".into(), |s| format!("{:.1}%", s * 100.0));
+    let sparsity_text = |p: Option<&Point>| {
+        p.and_then(Point::sparsity)
+            .map_or("…".into(), |s| format!("{:.1}%", s * 100.0))
+    };
 
     let mut header = vec!["", "current", "vs dense"];
     let mut widths = vec![
@@ -489,7 +527,10 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         row(
             "size",
             with_pin(
-                vec![size_text(cur), ratio_text(size(dense), size(cur), "smaller", "larger")],
+                vec![
+                    size_text(cur),
+                    ratio_text(size(dense), size(cur), "smaller", "larger"),
+                ],
                 size_text(pin),
                 ratio_text(size(pin), size(cur), "smaller", "larger"),
             ),
@@ -497,14 +538,21 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         row(
             "latency",
             with_pin(
-                vec![lat_text(cur), ratio_text(lat(dense), lat(cur), "faster", "slower")],
+                vec![
+                    lat_text(cur),
+                    ratio_text(lat(dense), lat(cur), "faster", "slower"),
+                ],
                 lat_text(pin),
                 ratio_text(lat(pin), lat(cur), "faster", "slower"),
             ),
         ),
         row(
             "sparsity",
-            with_pin(vec![sparsity_text(cur), String::new()], sparsity_text(pin), String::new()),
+            with_pin(
+                vec![sparsity_text(cur), String::new()],
+                sparsity_text(pin),
+                String::new(),
+            ),
         ),
     ];
     let table_h = (rows.len() as u16 + 1).min(inner.height);
@@ -605,7 +653,12 @@ fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
     let width = usize::from(area.width);
     let before: Vec<u64> = stretch(&info.hist_before, width);
     frame.render_widget(Line::styled("weights before", Style::new().fg(DIM)), l1);
-    frame.render_widget(Sparkline::default().data(&before).style(Style::new().fg(DENSE)), h1);
+    frame.render_widget(
+        Sparkline::default()
+            .data(&before)
+            .style(Style::new().fg(DENSE)),
+        h1,
+    );
     match after {
         Some(f) if !f.hist_after.is_empty() => {
             let pruned = if f.sparsity > 0.0 {
@@ -618,7 +671,12 @@ fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
                 l2,
             );
             let data = stretch(&f.hist_after, width);
-            frame.render_widget(Sparkline::default().data(&data).style(Style::new().fg(CURRENT)), h2);
+            frame.render_widget(
+                Sparkline::default()
+                    .data(&data)
+                    .style(Style::new().fg(CURRENT)),
+                h2,
+            );
         }
         _ => frame.render_widget(Line::styled("after: measuring …", Style::new().fg(DIM)), l2),
     }
@@ -627,7 +685,10 @@ fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
     let right = format!("{hi:.3}");
     let gap = width.saturating_sub(left.len() + right.len());
     frame.render_widget(
-        Line::styled(format!("{left}{}{right}", " ".repeat(gap)), Style::new().fg(DIM)),
+        Line::styled(
+            format!("{left}{}{right}", " ".repeat(gap)),
+            Style::new().fg(DIM),
+        ),
         axis,
     );
 }
@@ -642,6 +703,8 @@ fn stretch(bins: &[u32], width: usize) -> Vec<u64> {
         .collect()
 }
 
+/// The selected layer's sensitivity in a few words: accuracy change vs dense (points) when
+/// only this layer is pruned or quantized; the detail view (Enter) draws the curves.
 fn sensitivity_text(app: &App) -> Vec<Line<'static>> {
     let Some(s) = app.sensitivity.get(app.selected) else {
         return vec![];
@@ -652,20 +715,34 @@ fn sensitivity_text(app: &App) -> Vec<Line<'static>> {
             Style::new().fg(DIM),
         )];
     }
+    let dense = app
+        .dense()
+        .and_then(Point::accuracy)
+        .map_or(0.0, |a| a.value);
+    let d = |a: f64| {
+        let pt = (a - dense) * 100.0;
+        if pt.abs() < 0.05 {
+            "0.0".to_string()
+        } else {
+            format!("{pt:+.1}").replace('-', "−")
+        }
+    };
     let prune: Vec<String> = s
         .prune
         .iter()
-        .map(|(p, a)| format!("{} {:.1}", pct(*p), a * 100.0))
+        .filter(|(p, _)| [500, 800, 900, 950].contains(p))
+        .map(|(p, a)| format!("{} {}", pct(*p), d(*a)))
         .collect();
     let bits: Vec<String> = s
         .bits
         .iter()
-        .map(|(b, a)| format!("{b}b {:.1}", a * 100.0))
+        .filter(|(b, _)| [8, 6, 4, 2].contains(b))
+        .map(|(b, a)| format!("{b}b {}", d(*a)))
         .collect();
     vec![
-        Line::styled("accuracy with only this layer compressed:", Style::new().fg(DIM)),
-        Line::from(format!("pruned  {}", prune.join(" · "))),
-        Line::from(format!("bits    {}", bits.join(" · "))),
+        Line::styled("alone, Δ pt vs dense (Enter: curves)", Style::new().fg(DIM)),
+        Line::from(format!("pruned {}", prune.join(" · "))),
+        Line::from(format!("bits   {}", bits.join(" · "))),
     ]
 }
 
@@ -714,7 +791,11 @@ fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
 
 /// Accuracy when only the selected layer is pruned (x: sparsity %) or quantized (x: bits).
 fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: bool) {
-    let name = app.info.layers.get(app.selected).map_or("", |l| l.name.as_str());
+    let name = app
+        .info
+        .layers
+        .get(app.selected)
+        .map_or("", |l| l.name.as_str());
     let title = if prune {
         format!(" {name} alone: accuracy vs sparsity (L1) ")
     } else {
@@ -723,8 +804,16 @@ fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: boo
     let block = Block::bordered().title(title);
     let s = app.sensitivity.get(app.selected);
     let data: Vec<(f64, f64)> = match s {
-        Some(s) if prune => s.prune.iter().map(|(p, a)| (f64::from(*p) / 10.0, a * 100.0)).collect(),
-        Some(s) => s.bits.iter().map(|(b, a)| (f64::from(*b), a * 100.0)).collect(),
+        Some(s) if prune => s
+            .prune
+            .iter()
+            .map(|(p, a)| (f64::from(*p) / 10.0, a * 100.0))
+            .collect(),
+        Some(s) => s
+            .bits
+            .iter()
+            .map(|(b, a)| (f64::from(*b), a * 100.0))
+            .collect(),
         None => Vec::new(),
     };
     if data.is_empty() {
@@ -736,12 +825,17 @@ fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: boo
         );
         return;
     }
-    let dense = app.dense().and_then(Point::accuracy).map(|a| a.value * 100.0);
+    let dense = app
+        .dense()
+        .and_then(Point::accuracy)
+        .map(|a| a.value * 100.0);
     let (lo, hi) = data
         .iter()
         .map(|p| p.1)
         .chain(dense)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+            (lo.min(y), hi.max(y))
+        });
     let pad = ((hi - lo) * 0.05).max(0.1);
     let (y0, y1) = ((lo - pad).max(0.0), (hi + pad).min(100.0));
     let (x0, x1) = if prune { (0.0, 100.0) } else { (1.0, 8.0) };
@@ -778,48 +872,108 @@ fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: boo
         .x_axis(
             Axis::default()
                 .bounds([x0, x1])
-                .labels(vec![Span::raw(xl(x0)), Span::raw(xl((x0 + x1) / 2.0)), Span::raw(xl(x1))])
+                .labels(vec![
+                    Span::raw(xl(x0)),
+                    Span::raw(xl((x0 + x1) / 2.0)),
+                    Span::raw(xl(x1)),
+                ])
                 .style(Style::new().fg(DIM)),
         )
         .y_axis(
             Axis::default()
                 .bounds([y0, y1])
-                .labels(vec![Span::raw(format!("{y0:.1}%")), Span::raw(format!("{y1:.1}%"))])
+                .labels(vec![
+                    Span::raw(format!("{y0:.1}%")),
+                    Span::raw(format!("{y1:.1}%")),
+                ])
                 .style(Style::new().fg(DIM)),
         );
     frame.render_widget(chart, area);
 }
 
-/// The key hints, generated from the key table.
+/// The key hints, generated from the key table: as many as fit, always ending with help
+/// and quit.
 fn render_keys(frame: &mut Frame, area: Rect) {
+    let badge = |k: &str, hint: &str| {
+        [
+            Span::styled(
+                format!(" {k} "),
+                Style::new().fg(Color::Black).bg(Color::Gray),
+            ),
+            Span::raw(format!(" {hint} ")),
+        ]
+    };
+    let hints: Vec<(String, &str, Action)> = KEYMAP
+        .iter()
+        .filter_map(|b| Some((key_label(b.keys.first()?), b.hint?, b.action)))
+        .collect();
+    let width = |k: &str, h: &str| k.chars().count() + h.chars().count() + 4;
+    let last: Vec<&(String, &str, Action)> = hints
+        .iter()
+        .filter(|h| matches!(h.2, Action::Help | Action::Quit))
+        .collect();
+    let mut room = usize::from(area.width)
+        .saturating_sub(last.iter().map(|h| width(&h.0, h.1)).sum::<usize>());
     let mut spans = Vec::new();
-    for b in KEYMAP {
-        if let (Some(hint), Some(k)) = (b.hint, b.keys.first()) {
-            spans.push(Span::styled(format!(" {} ", key_label(k)), Style::new().fg(Color::Black).bg(Color::Gray)));
-            spans.push(Span::raw(format!(" {hint} ")));
+    for (k, h, a) in &hints {
+        if matches!(a, Action::Help | Action::Quit) {
+            continue;
         }
+        let w = width(k, h);
+        if w > room {
+            break;
+        }
+        room -= w;
+        spans.extend(badge(k, h));
+    }
+    for (k, h, _) in last {
+        spans.extend(badge(k, h));
     }
     frame.render_widget(Line::from(spans), area);
 }
 
-/// The help overlay: every binding of the key table, by group, in two columns.
-fn render_help(frame: &mut Frame, area: Rect) {
-    let w = area.width.saturating_sub(4).min(150);
-    let h = area.height.saturating_sub(2);
-    let popup = Rect::new(area.x + (area.width - w) / 2, area.y + 1, w, h);
+/// The export prompt: a one-line box over the bottom of the screen.
+fn render_prompt(frame: &mut Frame, area: Rect, text: &str) {
+    let w = area.width.saturating_sub(8).min(100);
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + area.height.saturating_sub(7),
+        w,
+        3.min(area.height),
+    );
     frame.render_widget(Clear, popup);
     let block = Block::bordered()
-        .title(" Keys (Esc or ? closes) ")
+        .title(" Export recipe, compressed model and measurement to (Enter: export, Esc: cancel) ")
         .border_style(Style::new().fg(ACCENT));
-    let inner = block.inner(popup);
-    frame.render_widget(block, popup);
-    let columns = [[Group::Layers, Group::Work], [Group::Configurations, Group::Screen]];
-    let halves = Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).split(inner);
-    for (col, groups) in halves.iter().zip(columns) {
-        let key_w = 18;
+    // Show the end of a long path, where the typing happens.
+    let room = usize::from(w.saturating_sub(4));
+    let chars: Vec<char> = text.chars().collect();
+    let shown: String = chars[chars.len().saturating_sub(room)..].iter().collect();
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::raw(shown),
+            Span::styled("█", Style::new().fg(ACCENT)),
+        ]))
+        .block(block),
+        popup,
+    );
+}
+
+/// The help overlay: every binding of the key table, by group, in two columns.
+fn render_help(frame: &mut Frame, area: Rect) {
+    let columns = [
+        [Group::Layers, Group::Work],
+        [Group::Configurations, Group::Screen],
+    ];
+    let key_w = KEYMAP
+        .iter()
+        .map(|b| keys_label(b).chars().count())
+        .max()
+        .unwrap_or(8)
+        + 2;
+    let lines_of = |groups: [Group; 2]| {
         let mut lines = Vec::new();
         for g in groups {
-            debug_assert!(Group::ALL.contains(&g));
             if !lines.is_empty() {
                 lines.push(Line::default());
             }
@@ -831,6 +985,27 @@ fn render_help(frame: &mut Frame, area: Rect) {
                 ]));
             }
         }
-        frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: false }), *col);
+        lines
+    };
+    let cols: Vec<Vec<Line>> = columns.into_iter().map(lines_of).collect();
+    let tallest = cols.iter().map(Vec::len).max().unwrap_or(0) as u16;
+    let w = area.width.saturating_sub(4).min(140);
+    let h = (tallest + 2).min(area.height.saturating_sub(2));
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .title(" Keys (Esc or ? closes) ")
+        .border_style(Style::new().fg(ACCENT));
+    let inner = block.inner(popup);
+    frame.render_widget(block, popup);
+    let halves =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).split(inner);
+    for (col, lines) in halves.iter().zip(cols) {
+        frame.render_widget(Paragraph::new(lines), *col);
     }
 }

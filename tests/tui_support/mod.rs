@@ -12,10 +12,10 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use squeeze::compress::Bits;
 use squeeze::compress::recipe::PruneMethod;
+use squeeze::explore::Config;
 use squeeze::explore::eval::{Estimate, Evaluator, Figures, LayerFigures, Stage};
 use squeeze::explore::info::{HIST_BINS, LayerInfo, ModelInfo};
 use squeeze::explore::jobs::{Origin, WorkerMsg};
-use squeeze::explore::Config;
 use squeeze::tui::{App, AppOptions, Request};
 
 pub fn info() -> ModelInfo {
@@ -43,7 +43,11 @@ pub fn info() -> ModelInfo {
         name: "lenet-300-100".into(),
         data_name: "t10k-images-idx3-ubyte.gz".into(),
         samples: 10_000,
-        layers: vec![layer("fc1", 300, 784), layer("fc2", 100, 300), layer("fc3", 10, 100)],
+        layers: vec![
+            layer("fc1", 300, 784),
+            layer("fc2", 100, 300),
+            layer("fc3", 10, 100),
+        ],
     }
 }
 
@@ -102,7 +106,14 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
             size_bytes: bytes,
             sparsity,
             format: if sparsity > 0.0 {
-                format!("csr8-{}", if bits < 32.0 { format!("q{bits}") } else { "f32".into() })
+                format!(
+                    "csr8-{}",
+                    if bits < 32.0 {
+                        format!("q{bits}")
+                    } else {
+                        "f32".into()
+                    }
+                )
             } else if bits < 32.0 {
                 format!("dense-q{bits}")
             } else {

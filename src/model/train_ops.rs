@@ -1,0 +1,534 @@
+//! Training-mode conv2d and max pooling: the values of candle's `conv2d` and `max_pool2d`, with
+//! backward passes that are fast on the CPU.
+//!
+//! candle's CPU conv2d backward computes the input gradient with a direct-loop transposed
+//! convolution (even for a first layer whose input needs none), which made training a conv net
+//! about 8× slower than PyTorch. Here a convolution is one custom op: an unfold (im2col)
+//! followed by one matmul per group, so both gradients are matmuls (plus a fold, the scatter
+//! back, for the input gradient, which is skipped when the input needs none).
+//!
+//! Max pooling's backward sends each output's gradient to the first maximum of its window (in
+//! row-major order), as PyTorch does. candle's own max-pool backward multiplies it by
+//! `maxima / (kh·kw)` instead (¼ for a 2×2 window with one maximum); see `max_pool2d`.
+//!
+//! Everything here is f32 on the CPU and deterministic: each output element is summed by one
+//! thread in a fixed order.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, bail,
+};
+use rayon::prelude::*;
+
+use super::Conv2dGeometry;
+
+/// One spatial axis of a sliding window: input size, kernel, stride, padding, dilation, output
+/// size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Axis {
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    out: usize,
+}
+
+impl Axis {
+    fn new(size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<Self> {
+        if kernel == 0 || stride == 0 || dilation == 0 {
+            bail!("kernel, stride and dilation must be at least 1");
+        }
+        let span = dilation * (kernel - 1) + 1;
+        if size + 2 * pad < span {
+            bail!(
+                "window of {span} (kernel {kernel}, dilation {dilation}) does not fit an input of {size} padded by {pad}"
+            );
+        }
+        let out = (size + 2 * pad - span) / stride + 1;
+        Ok(Axis {
+            size,
+            kernel,
+            stride,
+            pad,
+            dilation,
+            out,
+        })
+    }
+
+    /// The input coordinate that output `o`, kernel tap `k` reads, or `None` in the padding.
+    #[inline]
+    fn input(&self, o: usize, k: usize) -> Option<usize> {
+        (o * self.stride + k * self.dilation)
+            .checked_sub(self.pad)
+            .filter(|&i| i < self.size)
+    }
+
+    /// The outputs `o` for which tap `k` reads inside the input: `lo..hi`.
+    fn valid_outputs(&self, k: usize) -> (usize, usize) {
+        let off = k * self.dilation;
+        // o·stride + off ≥ pad
+        let lo = self
+            .pad
+            .saturating_sub(off)
+            .div_ceil(self.stride)
+            .min(self.out);
+        // o·stride + off < size + pad
+        let hi = (self.size + self.pad)
+            .saturating_sub(off)
+            .div_ceil(self.stride)
+            .clamp(lo, self.out);
+        (lo, hi)
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor.
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        bail!("{what}: only f32 tensors are supported");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => bail!("{what}: the input must be contiguous"),
+    }
+}
+
+/// im2col for `[N, C, H, W]` inputs: `[groups, C/groups·kh·kw, N·oh·ow]`, row `(c, i, j)` (the
+/// weight's order) holding what tap `(i, j)` of channel `c` sees at every output position, zero
+/// in the padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Unfold {
+    n: usize,
+    c: usize,
+    groups: usize,
+    h: Axis,
+    w: Axis,
+}
+
+impl Unfold {
+    fn channels_per_group(&self) -> usize {
+        self.c / self.groups
+    }
+
+    /// Rows per group.
+    fn k(&self) -> usize {
+        self.channels_per_group() * self.h.kernel * self.w.kernel
+    }
+
+    /// Output positions per sample.
+    fn l(&self) -> usize {
+        self.h.out * self.w.out
+    }
+
+    fn input_dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h.size, self.w.size]
+    }
+
+    /// Splits a row index within a group into (channel within the group, tap row, tap column).
+    fn tap(&self, row: usize) -> (usize, usize, usize) {
+        let (kh, kw) = (self.h.kernel, self.w.kernel);
+        (row / (kh * kw), row / kw % kh, row % kw)
+    }
+}
+
+impl CustomOp1 for Unfold {
+    fn name(&self) -> &'static str {
+        "squeeze-unfold"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        if layout.dims() != self.input_dims() {
+            bail!(
+                "unfold: input {:?}, expected {:?}",
+                layout.dims(),
+                self.input_dims()
+            );
+        }
+        let x = f32_slice(storage, layout, "unfold")?;
+        let (k, l) = (self.k(), self.l());
+        let cg = self.channels_per_group();
+        let (hw, nl) = (self.h.size * self.w.size, self.n * l);
+        let mut out = vec![0f32; self.groups * k * nl];
+        out.par_chunks_mut(nl).enumerate().for_each(|(r, row)| {
+            let (g, (c, i, j)) = (r / k, self.tap(r % k));
+            let (lo, hi) = self.w.valid_outputs(j);
+            if lo == hi {
+                return;
+            }
+            for n in 0..self.n {
+                let plane = &x[(n * self.c + g * cg + c) * hw..][..hw];
+                let dst = &mut row[n * l..][..l];
+                for oy in 0..self.h.out {
+                    let Some(iy) = self.h.input(oy, i) else {
+                        continue;
+                    };
+                    let src = &plane[iy * self.w.size..][..self.w.size];
+                    let dst = &mut dst[oy * self.w.out..][..self.w.out];
+                    let first = lo * self.w.stride + j * self.w.dilation - self.w.pad;
+                    if self.w.stride == 1 {
+                        dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
+                    } else {
+                        for (d, s) in dst[lo..hi]
+                            .iter_mut()
+                            .zip(src[first..].iter().step_by(self.w.stride))
+                        {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        });
+        let shape = Shape::from((self.groups, k, nl));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// The adjoint of `Unfold` (col2im): sums every column entry back into the input position it
+/// was read from.
+#[derive(Debug, Clone, Copy)]
+struct Fold(Unfold);
+
+impl CustomOp1 for Fold {
+    fn name(&self) -> &'static str {
+        "squeeze-fold"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let u = &self.0;
+        let (k, l) = (u.k(), u.l());
+        let nl = u.n * l;
+        if layout.dims() != [u.groups, k, nl] {
+            bail!(
+                "fold: input {:?}, expected {:?}",
+                layout.dims(),
+                [u.groups, k, nl]
+            );
+        }
+        let cols = f32_slice(storage, layout, "fold")?;
+        let cg = u.channels_per_group();
+        let hw = u.h.size * u.w.size;
+        let mut out = vec![0f32; u.n * u.c * hw];
+        // One input plane per task: its sums never race and always run in the same order.
+        out.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
+            let (n, ch) = (p / u.c, p % u.c);
+            let (g, c) = (ch / cg, ch % cg);
+            for i in 0..u.h.kernel {
+                for j in 0..u.w.kernel {
+                    let row = g * k + (c * u.h.kernel + i) * u.w.kernel + j;
+                    let src = &cols[row * nl + n * l..][..l];
+                    let (lo, hi) = u.w.valid_outputs(j);
+                    if lo == hi {
+                        continue;
+                    }
+                    for oy in 0..u.h.out {
+                        let Some(iy) = u.h.input(oy, i) else {
+                            continue;
+                        };
+                        let dst = &mut plane[iy * u.w.size..][..u.w.size];
+                        let src = &src[oy * u.w.out..][..u.w.out];
+                        let first = lo * u.w.stride + j * u.w.dilation - u.w.pad;
+                        for (d, s) in dst[first..]
+                            .iter_mut()
+                            .step_by(u.w.stride)
+                            .zip(&src[lo..hi])
+                        {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from(&u.input_dims())))
+    }
+}
+
+/// A 2-D convolution of `x` `[N, C, H, W]` with `weight` `[O, C/groups, kh, kw]` (and `bias`
+/// `[O]`), equal to candle's `conv2d` on the zero-padded input up to rounding, with any stride,
+/// padding and dilation per dimension. Gradients flow to `x` (when it needs one), the weight and
+/// the bias.
+///
+/// The whole convolution is one graph node: candle's backward allocates a zeroed gradient and
+/// adds into it for every node, which on an unfold → matmul → permute → bias chain cost more
+/// than the arithmetic.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (o, cg, kh, kw) = weight.dims4()?;
+    let groups = geometry.groups;
+    if groups == 0 || cg * groups != c || !o.is_multiple_of(groups) {
+        bail!(
+            "conv2d: weight {:?} does not fit {c} input channels in {groups} groups",
+            weight.dims()
+        );
+    }
+    let unfold = Unfold {
+        n,
+        c,
+        groups,
+        h: Axis::new(
+            h,
+            kh,
+            geometry.stride.0,
+            geometry.padding.0,
+            geometry.dilation.0,
+        )?,
+        w: Axis::new(
+            w,
+            kw,
+            geometry.stride.1,
+            geometry.padding.1,
+            geometry.dilation.1,
+        )?,
+    };
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(o, x.dtype(), x.device())?,
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias, Conv { unfold, out: o })
+}
+
+/// `(x, weight, bias)` → convolution, as unfold + one matmul per group.
+#[derive(Debug, Clone, Copy)]
+struct Conv {
+    unfold: Unfold,
+    out: usize,
+}
+
+impl Conv {
+    fn out_dims(&self) -> [usize; 4] {
+        let u = &self.unfold;
+        [u.n, self.out, u.h.out, u.w.out]
+    }
+
+    /// `[G, O/G, N·L]` (matmul order) → `[N, O, L]` plus `bias`, or back when `to_nchw` is
+    /// false (then without bias).
+    fn rearrange(&self, src: &[f32], bias: Option<&[f32]>, to_nchw: bool) -> Vec<f32> {
+        let (n, l) = (self.unfold.n, self.unfold.l());
+        let mut dst = vec![0f32; src.len()];
+        if to_nchw {
+            dst.par_chunks_mut(l).enumerate().for_each(|(p, row)| {
+                let (ni, oi) = (p / self.out, p % self.out);
+                let from = &src[(oi * n + ni) * l..][..l];
+                let b = bias.map_or(0.0, |b| b[oi]);
+                for (d, s) in row.iter_mut().zip(from) {
+                    *d = s + b;
+                }
+            });
+        } else {
+            dst.par_chunks_mut(l).enumerate().for_each(|(p, row)| {
+                let (oi, ni) = (p / n, p % n);
+                row.copy_from_slice(&src[(ni * self.out + oi) * l..][..l]);
+            });
+        }
+        dst
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "squeeze-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let u = &self.unfold;
+        let (cols, _) = u.cpu_fwd(s1, l1)?;
+        let CpuStorage::F32(cols) = cols else {
+            bail!("conv2d: only f32 tensors are supported");
+        };
+        let cols = Tensor::from_vec(cols, (u.groups, u.k(), u.n * u.l()), &Device::Cpu)?;
+        let w = f32_slice(s2, l2, "conv2d weight")?;
+        let b = f32_slice(s3, l3, "conv2d bias")?;
+        if w.len() != self.out * u.k() || b.len() != self.out {
+            bail!("conv2d: unexpected weight or bias size");
+        }
+        let w = Tensor::from_slice(w, (u.groups, self.out / u.groups, u.k()), &Device::Cpu)?;
+        let y = w.matmul(&cols)?.flatten_all()?.to_vec1::<f32>()?;
+        let y = self.rearrange(&y, Some(b), true);
+        Ok((CpuStorage::F32(y), Shape::from(&self.out_dims())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let u = &self.unfold;
+        let (g, og, k, nl) = (u.groups, self.out / u.groups, u.k(), u.n * u.l());
+        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let grad = Tensor::from_vec(self.rearrange(&grad, None, false), (g, og, nl), &Device::Cpu)?;
+        let grad_bias = if bias.track_op() {
+            Some(grad.sum(2)?.reshape(self.out)?)
+        } else {
+            None
+        };
+        let grad_weight = if weight.track_op() {
+            let cols = x.apply_op1_no_bwd(u)?;
+            Some(grad.matmul(&cols.t()?)?.reshape(weight.shape())?)
+        } else {
+            None
+        };
+        let grad_x = if x.track_op() {
+            let w = weight.reshape((g, og, k))?;
+            let cols = w.t()?.matmul(&grad)?;
+            Some(cols.apply_op1_no_bwd(&Fold(*u))?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_weight, grad_bias))
+    }
+}
+
+/// Max pooling of `x` `[N, C, H, W]`, padding counting as −∞. Its values equal candle's
+/// `max_pool2d_with_stride` on the padded input; its gradient goes to the first maximum of each
+/// window (PyTorch's rule), where candle's backward scales it by `maxima / (kh·kw)` and
+/// supports only stride = kernel.
+pub fn max_pool2d(
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let pool = MaxPool {
+        planes: n * c,
+        h: Axis::new(h, kernel.0, stride.0, padding.0, 1)?,
+        w: Axis::new(w, kernel.1, stride.1, padding.1, 1)?,
+    };
+    let y = x.contiguous()?.apply_op1(pool)?;
+    y.reshape((n, c, pool.h.out, pool.w.out))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MaxPool {
+    /// N·C.
+    planes: usize,
+    h: Axis,
+    w: Axis,
+}
+
+impl MaxPool {
+    /// Calls `visit(output index, input index of the window's first maximum)` for one plane; the
+    /// input index is `None` when the window lies entirely in the padding.
+    #[inline]
+    fn argmax(&self, plane: &[f32], mut visit: impl FnMut(usize, Option<usize>)) {
+        for oy in 0..self.h.out {
+            for ox in 0..self.w.out {
+                let mut best: Option<(usize, f32)> = None;
+                for i in 0..self.h.kernel {
+                    let Some(iy) = self.h.input(oy, i) else {
+                        continue;
+                    };
+                    for j in 0..self.w.kernel {
+                        let Some(ix) = self.w.input(ox, j) else {
+                            continue;
+                        };
+                        let at = iy * self.w.size + ix;
+                        let v = plane[at];
+                        // Strictly greater keeps the first maximum, as candle's forward and
+                        // PyTorch do.
+                        if best.is_none_or(|(_, b)| v > b) {
+                            best = Some((at, v));
+                        }
+                    }
+                }
+                visit(oy * self.w.out + ox, best.map(|(at, _)| at));
+            }
+        }
+    }
+
+    fn plane_in(&self) -> usize {
+        self.h.size * self.w.size
+    }
+
+    fn plane_out(&self) -> usize {
+        self.h.out * self.w.out
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "squeeze-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, "max_pool2d")?;
+        let (pin, pout) = (self.plane_in(), self.plane_out());
+        if x.len() != self.planes * pin {
+            bail!(
+                "max_pool2d: input of {} values, expected {}",
+                x.len(),
+                self.planes * pin
+            );
+        }
+        let mut out = vec![0f32; self.planes * pout];
+        out.par_chunks_mut(pout)
+            .zip(x.par_chunks(pin))
+            .for_each(|(dst, src)| {
+                self.argmax(src, |o, at| {
+                    dst[o] = at.map_or(f32::NEG_INFINITY, |at| src[at]);
+                })
+            });
+        Ok((CpuStorage::F32(out), Shape::from((self.planes, pout))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        let grad = grad_res.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &MaxPoolBackward(*self))?))
+    }
+}
+
+/// `(input, output gradient)` → input gradient: each output's gradient added at the first
+/// maximum of its window.
+#[derive(Debug, Clone, Copy)]
+struct MaxPoolBackward(MaxPool);
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "squeeze-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let p = &self.0;
+        let x = f32_slice(s1, l1, "max_pool2d backward")?;
+        let g = f32_slice(s2, l2, "max_pool2d backward")?;
+        let (pin, pout) = (p.plane_in(), p.plane_out());
+        if x.len() != p.planes * pin || g.len() != p.planes * pout {
+            bail!("max_pool2d backward: unexpected input or gradient size");
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(pin)
+            .zip(x.par_chunks(pin).zip(g.par_chunks(pout)))
+            .for_each(|(dst, (src, grad))| {
+                p.argmax(src, |o, at| {
+                    if let Some(at) = at {
+                        dst[at] += grad[o];
+                    }
+                })
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

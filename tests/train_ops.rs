@@ -1,0 +1,495 @@
+//! Training-mode conv2d and max pooling (`squeeze::model::train_ops`): values and gradients
+//! against naive f64 loops and against candle's own ops, and the train-mode forward of LeNet-5
+//! against the inference path.
+//!
+//! Tolerances are relative to the largest magnitude in the reference tensor (1e-5), since the
+//! new path sums in a different order than candle's.
+
+use candle_core::{D, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use squeeze::model::Conv2dGeometry;
+use squeeze::model::train_ops;
+
+fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel * scale,
+            "{what}[{i}]: {g} vs {w} (scale {scale})"
+        );
+    }
+}
+
+/// Naive conv2d with its gradients for the loss `sum(y · r)`, in f64. Returns (y, dx, dw, db).
+#[allow(clippy::type_complexity)]
+fn naive_conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    g: Conv2dGeometry,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, c, h, wd) = x.dims4().unwrap();
+    let (o, cg, kh, kw) = w.dims4().unwrap();
+    let (_, _, oh, ow) = r.dims4().unwrap();
+    let (xv, wv, bv, rv) = (values(x), values(w), values(b), values(r));
+    let og = o / g.groups;
+    let mut y = vec![0f64; n * o * oh * ow];
+    let mut dx = vec![0f64; xv.len()];
+    let mut dw = vec![0f64; wv.len()];
+    let mut db = vec![0f64; o];
+    for ni in 0..n {
+        for oi in 0..o {
+            let grp = oi / og;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let yi = ((ni * o + oi) * oh + oy) * ow + ox;
+                    let ri = rv[yi] as f64;
+                    let mut acc = bv[oi] as f64;
+                    db[oi] += ri;
+                    for ci in 0..cg {
+                        let ch = grp * cg + ci;
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let iy = (oy * g.stride.0 + i * g.dilation.0) as isize
+                                    - g.padding.0 as isize;
+                                let ix = (ox * g.stride.1 + j * g.dilation.1) as isize
+                                    - g.padding.1 as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xi = ((ni * c + ch) * h + iy as usize) * wd + ix as usize;
+                                let wi = ((oi * cg + ci) * kh + i) * kw + j;
+                                acc += xv[xi] as f64 * wv[wi] as f64;
+                                dx[xi] += ri * wv[wi] as f64;
+                                dw[wi] += ri * xv[xi] as f64;
+                            }
+                        }
+                    }
+                    y[yi] = acc;
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
+    (f(y), f(dx), f(dw), f(db))
+}
+
+/// Value and gradients of `f(x, w, b)` for the loss `sum(y · r)`.
+#[allow(clippy::type_complexity)]
+fn with_grads(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    r: Option<&Tensor>,
+    f: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> (Tensor, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (xv, wv, bv) = (
+        Var::from_tensor(x).unwrap(),
+        Var::from_tensor(w).unwrap(),
+        Var::from_tensor(b).unwrap(),
+    );
+    let y = f(xv.as_tensor(), wv.as_tensor(), bv.as_tensor()).unwrap();
+    let r = match r {
+        Some(r) => r.clone(),
+        None => y.ones_like().unwrap(),
+    };
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = |v: &Var| values(grads.get(v).unwrap());
+    (y, g(&xv), g(&wv), g(&bv))
+}
+
+fn geometry(
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    groups: usize,
+) -> Conv2dGeometry {
+    Conv2dGeometry {
+        stride,
+        padding,
+        dilation,
+        groups,
+    }
+}
+
+/// candle's conv2d on the zero-padded input (equal stride and dilation only), one call per group
+/// (candle's conv2d backward does not support groups).
+fn candle_conv(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    g: Conv2dGeometry,
+) -> candle_core::Result<Tensor> {
+    let x = x
+        .pad_with_zeros(D::Minus2, g.padding.0, g.padding.0)?
+        .pad_with_zeros(D::Minus1, g.padding.1, g.padding.1)?;
+    let (cg, og) = (w.dim(1)?, w.dim(0)? / g.groups);
+    let parts = (0..g.groups)
+        .map(|i| {
+            x.narrow(1, i * cg, cg)?.conv2d(
+                &w.narrow(0, i * og, og)?,
+                0,
+                g.stride.0,
+                g.dilation.0,
+                1,
+            )
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 1)?.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)
+}
+
+const CASES: &[(
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+    usize,
+)] = &[
+    // n, c, h, w, o, k, stride, padding, dilation, groups
+    (3, 1, 12, 12, 4, 5, (1, 1), (0, 0), (1, 1), 1),
+    (2, 3, 11, 9, 6, 3, (2, 2), (1, 1), (1, 1), 1),
+    (2, 3, 11, 11, 6, 3, (2, 2), (1, 1), (1, 1), 1),
+    (2, 6, 10, 10, 6, 3, (3, 3), (1, 1), (2, 2), 3),
+    (2, 4, 13, 13, 4, 3, (1, 1), (2, 2), (2, 2), 2),
+    (2, 6, 10, 12, 6, 3, (3, 3), (1, 2), (2, 2), 3),
+    (1, 4, 7, 7, 8, 1, (2, 2), (0, 0), (1, 1), 4),
+    (2, 2, 9, 10, 3, 3, (1, 2), (2, 0), (1, 2), 1),
+];
+
+#[test]
+fn conv2d_values_and_gradients_match_naive_loops() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for &(n, c, h, w, o, k, stride, padding, dilation, groups) in CASES {
+        let g = geometry(stride, padding, dilation, groups);
+        let x = rand_tensor(&mut rng, &[n, c, h, w]);
+        let wt = rand_tensor(&mut rng, &[o, c / groups, k, k]);
+        let b = rand_tensor(&mut rng, &[o]);
+        let (y, dx, dw, db) = with_grads(&x, &wt, &b, None, |x, w, b| {
+            train_ops::conv2d(x, w, Some(b), g)
+        });
+        let r = rand_tensor(&mut rng, y.dims());
+        let (y, dx2, dw2, db2) = with_grads(&x, &wt, &b, Some(&r), |x, w, b| {
+            train_ops::conv2d(x, w, Some(b), g)
+        });
+        let (ny, ndx, ndw, ndb) = naive_conv(&x, &wt, &b, &r, g);
+        let case = format!("{:?}", (n, c, h, w, o, k, g));
+        assert_close(&format!("y {case}"), &values(&y), &ny, 1e-5);
+        assert_close(&format!("dx {case}"), &dx2, &ndx, 1e-5);
+        assert_close(&format!("dw {case}"), &dw2, &ndw, 1e-5);
+        assert_close(&format!("db {case}"), &db2, &ndb, 1e-5);
+        // The all-ones loss too (dx then counts how often each input is read).
+        assert!(dx.iter().chain(&dw).chain(&db).all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn conv2d_values_and_gradients_match_candle() {
+    let mut rng = StdRng::seed_from_u64(8);
+    for &(n, c, h, w, o, k, stride, padding, dilation, groups) in CASES {
+        // candle's conv2d takes one stride and one dilation, and its backward takes the
+        // transposed convolution's output padding from the height alone: it fails when the
+        // padded input is not square.
+        if stride.0 != stride.1
+            || dilation.0 != dilation.1
+            || h + 2 * padding.0 != w + 2 * padding.1
+        {
+            continue;
+        }
+        let g = geometry(stride, padding, dilation, groups);
+        let x = rand_tensor(&mut rng, &[n, c, h, w]);
+        let wt = rand_tensor(&mut rng, &[o, c / groups, k, k]);
+        let b = rand_tensor(&mut rng, &[o]);
+        let probe = train_ops::conv2d(&x, &wt, Some(&b), g).unwrap();
+        let r = rand_tensor(&mut rng, probe.dims());
+        let (y, dx, dw, db) = with_grads(&x, &wt, &b, Some(&r), |x, w, b| {
+            train_ops::conv2d(x, w, Some(b), g)
+        });
+        let (cy, cdx, cdw, cdb) =
+            with_grads(&x, &wt, &b, Some(&r), |x, w, b| candle_conv(x, w, b, g));
+        let case = format!("{:?}", (n, c, h, w, o, k, g));
+        assert_eq!(y.dims(), cy.dims(), "{case}");
+        assert_close(&format!("y {case}"), &values(&y), &values(&cy), 1e-5);
+        assert_close(&format!("dx {case}"), &dx, &cdx, 1e-5);
+        assert_close(&format!("dw {case}"), &dw, &cdw, 1e-5);
+        assert_close(&format!("db {case}"), &db, &cdb, 1e-5);
+    }
+}
+
+#[test]
+fn conv2d_without_bias_and_with_a_constant_input() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let x = rand_tensor(&mut rng, &[2, 3, 8, 8]);
+    let w = Var::from_tensor(&rand_tensor(&mut rng, &[5, 3, 3, 3])).unwrap();
+    let g = geometry((1, 1), (1, 1), (1, 1), 1);
+    // The input is not a variable: only the weight gets a gradient.
+    let y = train_ops::conv2d(&x, w.as_tensor(), None, g).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    let b = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let r = y.ones_like().unwrap();
+    let (ny, _, ndw, _) = naive_conv(&x, w.as_tensor(), &b, &r, g);
+    assert_close("y", &values(&y), &ny, 1e-5);
+    assert_close("dw", &values(grads.get(&w).unwrap()), &ndw, 1e-5);
+}
+
+/// Naive max pooling (padding = −∞) and its gradient for `sum(y · r)`: each window's first
+/// maximum in row-major order takes the output's gradient.
+fn naive_pool(
+    x: &Tensor,
+    r: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, c, h, w) = x.dims4().unwrap();
+    let (_, _, oh, ow) = r.dims4().unwrap();
+    let (xv, rv) = (values(x), values(r));
+    let mut y = vec![f32::NEG_INFINITY; n * c * oh * ow];
+    let mut dx = vec![0f32; xv.len()];
+    for p in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best: Option<usize> = None;
+                for i in 0..kernel.0 {
+                    for j in 0..kernel.1 {
+                        let iy = (oy * stride.0 + i) as isize - padding.0 as isize;
+                        let ix = (ox * stride.1 + j) as isize - padding.1 as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let at = p * h * w + iy as usize * w + ix as usize;
+                        if best.is_none_or(|b| xv[at] > xv[b]) {
+                            best = Some(at);
+                        }
+                    }
+                }
+                let yi = (p * oh + oy) * ow + ox;
+                if let Some(b) = best {
+                    y[yi] = xv[b];
+                    dx[b] += rv[yi];
+                }
+            }
+        }
+    }
+    (y, dx)
+}
+
+const POOLS: &[(
+    (usize, usize, usize, usize),
+    (usize, usize),
+    (usize, usize),
+    (usize, usize),
+)] = &[
+    // (n, c, h, w), kernel, stride, padding
+    ((3, 4, 24, 24), (2, 2), (2, 2), (0, 0)),
+    ((2, 3, 9, 11), (3, 3), (2, 2), (1, 1)),
+    ((2, 2, 8, 9), (3, 2), (1, 2), (1, 0)),
+    ((1, 2, 7, 7), (2, 2), (2, 2), (0, 0)),
+];
+
+#[test]
+fn max_pool_values_and_gradients_match_naive_loops_and_candle_values() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for &((n, c, h, w), kernel, stride, padding) in POOLS {
+        let x = rand_tensor(&mut rng, &[n, c, h, w]);
+        // Ties, as ReLU leaves them: the first maximum wins.
+        let x = x.relu().unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = train_ops::max_pool2d(xv.as_tensor(), kernel, stride, padding).unwrap();
+        let r = rand_tensor(&mut rng, y.dims());
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ny, ndx) = naive_pool(&x, &r, kernel, stride, padding);
+        let case = format!("{:?}", (n, c, h, w, kernel, stride, padding));
+        assert_eq!(values(&y), ny, "y {case}");
+        assert_close(
+            &format!("dx {case}"),
+            &values(grads.get(&xv).unwrap()),
+            &ndx,
+            1e-6,
+        );
+
+        // candle's forward on the −∞-padded input gives the same values.
+        let mut padded = x.clone();
+        for (dim, p) in [(2usize, padding.0), (3usize, padding.1)] {
+            if p > 0 {
+                let mut shape = padded.dims().to_vec();
+                shape[dim] = p;
+                let fill = Tensor::full(f32::NEG_INFINITY, shape, &Device::Cpu).unwrap();
+                padded = Tensor::cat(&[&fill, &padded, &fill], dim).unwrap();
+            }
+        }
+        let cy = padded.max_pool2d_with_stride(kernel, stride).unwrap();
+        assert_eq!(values(&y), values(&cy), "candle y {case}");
+    }
+}
+
+/// candle 0.11's max-pool backward (stride = kernel only) multiplies each window's gradient by
+/// `maxima / (kh·kw)`: with one maximum per window, it is the true gradient over kh·kw. The
+/// train path gives the true gradient; this pins the relation so a candle fix is noticed.
+#[test]
+fn candle_max_pool_gradient_is_the_true_one_over_the_window_size() {
+    let mut rng = StdRng::seed_from_u64(12);
+    let x = rand_tensor(&mut rng, &[2, 3, 8, 8]); // continuous values: no ties
+    let xv = Var::from_tensor(&x).unwrap();
+    let r = rand_tensor(&mut rng, &[2, 3, 4, 4]);
+    let ours = train_ops::max_pool2d(xv.as_tensor(), (2, 2), (2, 2), (0, 0)).unwrap();
+    let ours = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let theirs = xv.as_tensor().max_pool2d(2).unwrap();
+    let theirs = (&theirs * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let ours = values(ours.get(&xv).unwrap());
+    let theirs: Vec<f32> = values(theirs.get(&xv).unwrap())
+        .iter()
+        .map(|v| v * 4.0)
+        .collect();
+    assert_close("dx", &ours, &theirs, 1e-6);
+}
+
+/// LeNet-5 as `squeeze train` builds it: the train-mode forward (new ops) gives the inference
+/// path's logits, the fc gradients agree, and the conv gradients are the inference path's
+/// times 4 (conv2, one 2×2 max pool) and 16 (conv1, two) — candle's max-pool scaling above.
+#[test]
+fn lenet5_train_mode_matches_the_inference_path() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/arch/lenet5.toml");
+    let spec = squeeze::train::read_arch(&path).unwrap();
+    let tm = squeeze::train::init_model(&spec, &path, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let x = rand_tensor(&mut rng, &[6, 1, 28, 28]);
+    let labels = Tensor::new(&[0u32, 1, 2, 3, 4, 5], &Device::Cpu).unwrap();
+    let run = |train: bool| {
+        let logits = tm.model.forward(&x, train).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let g: Vec<Vec<f32>> = tm
+            .vars
+            .iter()
+            .map(|v| values(grads.get(v).unwrap()))
+            .collect();
+        (values(&logits), g)
+    };
+    let (y_train, g_train) = run(true);
+    let (y_ref, g_ref) = run(false);
+    assert_close("logits", &y_train, &y_ref, 1e-5);
+    // vars: conv1 w, b, conv2 w, b, fc1 w, b, fc2 w, b
+    let factors = [16.0f32, 16.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0];
+    assert_eq!(g_train.len(), factors.len());
+    for (i, ((gt, gr), f)) in g_train.iter().zip(&g_ref).zip(factors).enumerate() {
+        let scaled: Vec<f32> = gr.iter().map(|v| v * f).collect();
+        assert_close(&format!("grad of var {i}"), gt, &scaled, 1e-4);
+    }
+    // Same inputs, same bytes.
+    let (y_again, g_again) = run(true);
+    assert_eq!(y_train, y_again);
+    assert_eq!(g_train, g_again);
+}
+
+#[test]
+#[ignore]
+fn timing_lenet5_pieces() {
+    use std::time::Instant;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/arch/lenet5.toml");
+    let spec = squeeze::train::read_arch(&path).unwrap();
+    let tm = squeeze::train::init_model(&spec, &path, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let x = rand_tensor(&mut rng, &[128, 1, 28, 28]);
+    let labels = Tensor::new(&[3u32; 128], &Device::Cpu).unwrap();
+    let best = |name: &str, f: &mut dyn FnMut()| {
+        let mut t = f64::MAX;
+        for _ in 0..15 {
+            let s = Instant::now();
+            f();
+            t = t.min(s.elapsed().as_secs_f64());
+        }
+        eprintln!("{name:40} {:8.2} ms", t * 1e3);
+    };
+    for train in [false, true] {
+        best(&format!("forward train={train}"), &mut || {
+            tm.model.forward(&x, train).unwrap();
+        });
+        best(&format!("forward+backward train={train}"), &mut || {
+            let logits = tm.model.forward(&x, train).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+            loss.backward().unwrap();
+        });
+    }
+    // Pieces: conv1, conv2, pools.
+    let w1 = Var::from_tensor(&rand_tensor(&mut rng, &[20, 1, 5, 5])).unwrap();
+    let b1 = Var::from_tensor(&rand_tensor(&mut rng, &[20])).unwrap();
+    let x2 = Var::from_tensor(&rand_tensor(&mut rng, &[128, 20, 12, 12])).unwrap();
+    let w2 = Var::from_tensor(&rand_tensor(&mut rng, &[50, 20, 5, 5])).unwrap();
+    let b2 = Var::from_tensor(&rand_tensor(&mut rng, &[50])).unwrap();
+    let p1 = Var::from_tensor(&rand_tensor(&mut rng, &[128, 20, 24, 24])).unwrap();
+    let g = geometry((1, 1), (0, 0), (1, 1), 1);
+    let fb = |f: &dyn Fn() -> Tensor| {
+        let y = f();
+        y.sum_all().unwrap().backward().unwrap();
+    };
+    best("conv1 new fwd", &mut || {
+        train_ops::conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), g).unwrap();
+    });
+    best("conv1 new fwd+bwd", &mut || {
+        fb(&|| train_ops::conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), g).unwrap())
+    });
+    best("conv1 candle fwd+bwd", &mut || {
+        fb(&|| candle_conv(&x, w1.as_tensor(), b1.as_tensor(), g).unwrap())
+    });
+    best("conv2 new fwd", &mut || {
+        train_ops::conv2d(x2.as_tensor(), w2.as_tensor(), Some(b2.as_tensor()), g).unwrap();
+    });
+    best("conv2 new fwd+bwd", &mut || {
+        fb(&|| train_ops::conv2d(x2.as_tensor(), w2.as_tensor(), Some(b2.as_tensor()), g).unwrap())
+    });
+    best("conv2 candle fwd", &mut || {
+        candle_conv(x2.as_tensor(), w2.as_tensor(), b2.as_tensor(), g).unwrap();
+    });
+    best("conv2 candle fwd+bwd", &mut || {
+        fb(&|| candle_conv(x2.as_tensor(), w2.as_tensor(), b2.as_tensor(), g).unwrap())
+    });
+    best("pool1 new fwd+bwd", &mut || {
+        fb(&|| train_ops::max_pool2d(p1.as_tensor(), (2, 2), (2, 2), (0, 0)).unwrap())
+    });
+    best("pool1 candle fwd+bwd", &mut || {
+        fb(&|| p1.as_tensor().max_pool2d(2).unwrap())
+    });
+    best("relu1 fwd+bwd", &mut || fb(&|| p1.as_tensor().relu().unwrap()));
+}
+
+#[test]
+#[ignore]
+fn timing_train_steps() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/arch/lenet5.toml");
+    let spec = squeeze::train::read_arch(&path).unwrap();
+    let tm = squeeze::train::init_model(&spec, &path, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(13);
+    let x = rand_tensor(&mut rng, &[128, 1, 28, 28]);
+    let labels = Tensor::new(&[3u32; 128], &Device::Cpu).unwrap();
+    let s = std::time::Instant::now();
+    for _ in 0..30 {
+        let logits = tm.model.forward(&x, true).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+        loss.backward().unwrap();
+    }
+    eprintln!("step {:.1} ms", s.elapsed().as_secs_f64() * 1e3 / 30.0);
+}

@@ -1,0 +1,173 @@
+//! The explorer's real evaluator on the bundled LeNet-300-100 and MNIST test set: stages give
+//! consistent figures, cancellation stops work, and an export is a recipe `squeeze eval
+//! --recipe` reads back to the same accuracy and size. Skipped when the bundled files are
+//! missing.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+use squeeze::compress::Bits;
+use squeeze::compress::recipe::{PruneMethod, Scheme};
+use squeeze::data::DataOptions;
+use squeeze::explore::config::Config;
+use squeeze::explore::eval::{CANCELLED, Evaluator, Stage};
+use squeeze::explore::info::ModelInfo;
+use squeeze::explore::real::{ModelEvaluator, fingerprint};
+
+fn evaluator() -> Option<(ModelEvaluator, u64)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model_path = root.join("assets/models/lenet-300-100.safetensors");
+    let data_path = root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+    if !model_path.exists() || !data_path.exists() {
+        eprintln!("skipping: the bundled model or data is missing");
+        return None;
+    }
+    let model = squeeze::model::load(&model_path).ok()?.model;
+    let set = squeeze::data::load(&data_path, &DataOptions::default()).ok()?;
+    let inputs = set.prepare(&model.input, model.num_classes()).ok()?;
+    let info = ModelInfo::from_model(&model, "t10k", set.len());
+    let fp = fingerprint(&model, &set);
+    Some((
+        ModelEvaluator::new(model, info, inputs, set.labels, 1000),
+        fp,
+    ))
+}
+
+fn tuned(n: usize) -> Config {
+    let mut c = Config::dense(n);
+    c.layers[0].prune = PruneMethod::L1;
+    c.layers[0].sparsity = 900;
+    c.layers[0].bits = Bits::Int(6);
+    c.layers[0].scheme = Scheme::Kmeans;
+    c.layers[1].bits = Bits::Int(8);
+    c
+}
+
+#[test]
+fn stages_agree_and_exports_reload_in_the_cli() {
+    let Some((ev, fp)) = evaluator() else { return };
+    let n = ev.info().layers.len();
+    let never = AtomicBool::new(false);
+
+    let dense = ev.evaluate(&Config::dense(n), Stage::Full, &never).unwrap();
+    let acc = dense.accuracy.unwrap();
+    assert_eq!(acc.samples, 10_000);
+    assert_eq!(acc.half_width, 0.0);
+    assert!(acc.value > 0.97, "{}", acc.value);
+    assert_eq!(dense.size_bytes, dense.dense_bytes);
+    assert_eq!(dense.sparsity, Some(0.0));
+
+    let config = tuned(n);
+    let quick = ev.evaluate(&config, Stage::Quick, &never).unwrap();
+    let full = ev.evaluate(&config, Stage::Full, &never).unwrap();
+    let q = quick.accuracy.unwrap();
+    let f = full.accuracy.unwrap();
+    assert_eq!(q.samples, 1000);
+    assert!(q.half_width > 0.0 && q.half_width < 0.03);
+    // The subset's estimate is within a generous range of the exact figure.
+    assert!(
+        (q.value - f.value).abs() < 3.0 * q.half_width + 0.005,
+        "{q:?} vs {f:?}"
+    );
+    assert_eq!(quick.size_bytes, full.size_bytes);
+    assert!(full.size_bytes.unwrap() * 4 < dense.size_bytes.unwrap());
+    let layers = &full.layers;
+    assert_eq!(layers.len(), n);
+    assert!((layers[0].sparsity - 0.9).abs() < 1e-3);
+    // The histogram after compression counts the kept weights only.
+    let kept: u32 = layers[0].hist_after.iter().sum();
+    assert_eq!(kept as usize, 235_200 - 211_680);
+
+    let latency = ev.evaluate(&config, Stage::Latency, &never).unwrap();
+    assert!(latency.latency_us.unwrap() > 0.0);
+
+    let cancelled = AtomicBool::new(true);
+    assert_eq!(
+        ev.evaluate(&config, Stage::Full, &cancelled),
+        Err(CANCELLED.to_string())
+    );
+
+    // Export, then ask the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let files = ev.export(&config, dir.path()).unwrap();
+    assert_eq!(files.len(), 3);
+    let recipe = dir.path().join("recipe.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(
+        text.contains("[layer.fc1]") && text.contains("kmeans"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("measurement.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["accuracy"].as_f64(), Some(f.value));
+    assert_eq!(json["size_bytes"].as_u64(), full.size_bytes);
+    assert!(json["latency_us"].as_f64().unwrap() > 0.0);
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(["eval", "--model"])
+        .arg(root.join("assets/models/lenet-300-100.safetensors"))
+        .arg("--data")
+        .arg(root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz"))
+        .arg("--recipe")
+        .arg(&recipe)
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        cli["accuracy"].as_f64(),
+        Some(f.value),
+        "the TUI's number is the CLI's"
+    );
+    assert_eq!(cli["size_bytes"].as_u64(), full.size_bytes);
+
+    // The compressed model reloads in the CLI to the same accuracy.
+    let out = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .args(["eval", "--model"])
+        .arg(dir.path().join("model.safetensors"))
+        .arg("--data")
+        .arg(root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz"))
+        .args(["--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reloaded["accuracy"].as_f64(), Some(f.value));
+
+    // The fingerprint is stable for the same model and data.
+    let (_, fp2) = evaluator().unwrap();
+    assert_eq!(fp, fp2);
+}
+
+#[test]
+fn recipes_round_trip_through_the_edit_state() {
+    let Some((ev, _)) = evaluator() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = squeeze::model::load(&root.join("assets/models/lenet-300-100.safetensors"))
+        .unwrap()
+        .model;
+    let n = ev.info().layers.len();
+    let mut config = tuned(n);
+    config.activation_bits = Some(8);
+    let recipe = config.to_recipe(ev.info());
+    let (back, notes) = Config::from_recipe(&recipe, &model).unwrap();
+    assert_eq!(back, config);
+    assert!(notes.is_empty(), "{notes:?}");
+    // Activation quantization goes through calibration on the evaluation set.
+    let never = AtomicBool::new(false);
+    let f = ev.evaluate(&config, Stage::Quick, &never).unwrap();
+    assert!(f.accuracy.unwrap().value > 0.9);
+}
