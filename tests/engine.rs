@@ -263,10 +263,11 @@ fn schemes() -> Vec<Scheme> {
     s
 }
 
-#[test]
-fn every_format_matches_the_naive_product() {
-    let mut rng = StdRng::seed_from_u64(1);
-    let (rows, cols) = (13, 301);
+/// Every encoding of a `rows × cols` layer, at several sparsities and every value scheme,
+/// against the naive product, at p = 1 and p = 7 and on a row sub-range. Returns the format
+/// names built.
+fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::HashSet<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
     let w = rand_vec(&mut rng, rows * cols);
     let bias = rand_vec(&mut rng, rows);
     let mut seen = std::collections::HashSet::new();
@@ -285,20 +286,16 @@ fn every_format_matches_the_naive_product() {
             let cands = PackedLayer::candidates(&q, "t").expect("candidates");
             assert!(!cands.is_empty());
             for pl in &cands {
+                let name = format!("{} {rows}×{cols}", pl.format_name());
                 seen.insert(pl.format_name());
-                assert_eq!(pl.dequantized(), deq, "{} decode", pl.format_name());
+                assert_eq!(pl.dequantized(), deq, "{name} decode");
                 let mut s = KernelScratch::default();
                 for p in [1usize, 7] {
                     let b = rand_vec(&mut rng, cols * p);
                     let want = naive(&deq, Some(&bias), rows, cols, &b, p);
                     let mut y = vec![0f32; rows * p];
                     engine::matmul(pl, 0..rows, &b, p, &mut y, None, &mut s);
-                    assert_close(
-                        &y,
-                        &want,
-                        1e-4,
-                        &format!("{} p={p} s={sparsity}", pl.format_name()),
-                    );
+                    assert_close(&y, &want, 1e-4, &format!("{name} p={p} s={sparsity}"));
                     // A row sub-range (as grouped convolutions use).
                     let mut y2 = vec![0f32; 4 * p];
                     engine::matmul(pl, 3..7, &b, p, &mut y2, None, &mut s);
@@ -307,11 +304,66 @@ fn every_format_matches_the_naive_product() {
             }
         }
     }
-    for want in ["csr4", "csr8", "csr16", "bitmask", "dense"] {
-        assert!(
-            seen.iter().any(|n| n.starts_with(want)),
-            "{want} never built: {seen:?}"
-        );
+    seen
+}
+
+/// Serializes the tests that switch between the AVX-512 and the portable kernels (a global
+/// switch), so each really runs the path it names.
+static KERNEL_PATH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with the portable kernels forced (`true`) or the run-time choice (`false`).
+fn with_kernel_path(portable: bool, f: impl FnOnce()) {
+    let _guard = KERNEL_PATH.lock().unwrap_or_else(|e| e.into_inner());
+    engine::force_portable(portable);
+    f();
+    engine::force_portable(false);
+}
+
+#[test]
+fn every_format_matches_the_naive_product() {
+    with_kernel_path(false, || {
+        let seen = check_every_format(13, 301, 1);
+        for want in ["csr4", "csr8", "csr16", "bitmask", "dense"] {
+            assert!(
+                seen.iter().any(|n| n.starts_with(want)),
+                "{want} never built: {seen:?}"
+            );
+        }
+    });
+}
+
+/// Sizes around the kernels' 16- and 32-lane blocks (odd and even, so the 4-bit nibble path and
+/// the masked gather tails both run), on both kernel paths.
+#[test]
+fn vector_kernels_and_fallback_match_the_naive_product_at_odd_sizes() {
+    for portable in [false, true] {
+        with_kernel_path(portable, || {
+            for (i, cols) in [8usize, 16, 17, 31, 32, 33, 48, 64, 70, 130].into_iter().enumerate() {
+                check_every_format(9, cols, 10 + i as u64);
+            }
+        });
+    }
+}
+
+/// The derived column index of a sparse layer lists every entry's column in order.
+#[test]
+fn derived_entry_columns_match_the_stored_index() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols) = (7, 700);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(&w, rows, cols, 0.97, Scheme::Float(FloatStorage::F32), None);
+    for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
+        let Some(ec) = pl.entry_columns() else {
+            assert_eq!(pl.index_kind(), IndexKind::Dense);
+            continue;
+        };
+        assert_eq!(ec.cols.len(), pl.entries, "{}", pl.format_name());
+        let mut row = Vec::new();
+        for r in 0..rows {
+            pl.row_columns(r, &mut row);
+            assert_eq!(&ec.cols[pl.row_entries(r)], &row[..], "{}", pl.format_name());
+        }
+        assert!(ec.cols.iter().all(|&c| (c as usize) < ec.bound && ec.bound <= cols));
     }
 }
 

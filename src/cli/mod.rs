@@ -4,6 +4,7 @@ mod apply;
 mod bench;
 pub mod common;
 mod eval;
+mod explore;
 mod info;
 pub mod recipe_args;
 mod train;
@@ -20,6 +21,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Open the interactive explorer: tune pruning and quantization per layer and watch
+    /// accuracy, size and latency move.
+    Explore(explore::ExploreArgs),
     /// Show a model's layers, parameters, MACs, bytes and activation memory.
     Info(info::InfoArgs),
     /// Measure a model (dense, compressed by a recipe, or a compressed file): accuracy, size, latency.
@@ -34,6 +38,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Some(Command::Explore(args)) => explore::run(args),
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Apply(args)) => apply::run(args),
@@ -43,8 +48,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `squeeze` with no arguments: the main job on the bundled model and data.
+/// `squeeze` with no arguments: the explorer on the bundled model and data when on a terminal;
+/// otherwise (a pipe, CI) the same model's summary and evaluation, never waiting for keys.
 fn default_job() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        return explore::run(explore::ExploreArgs::default());
+    }
+    eprintln!(
+        "squeeze: not on a terminal, so showing the bundled model's summary and evaluation; `squeeze explore` opens the explorer on a terminal, `squeeze --help` lists the headless commands"
+    );
     let model = common::asset(common::DEFAULT_MODEL);
     let data = common::asset(common::DEFAULT_DATA);
     info::run(info::InfoArgs {

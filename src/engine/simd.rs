@@ -13,12 +13,19 @@ pub fn force_portable(on: bool) {
     PORTABLE.store(on, Ordering::Relaxed);
 }
 
-/// Whether the AVX-512 kernels run (`is_x86_feature_detected!` caches its answer).
+/// Whether the AVX-512 kernels run: the CPU has AVX-512F, `SQUEEZE_PORTABLE_KERNELS` is unset
+/// in the environment (read once, to compare the paths from the command line), and
+/// `force_portable` is off.
 #[inline]
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        !PORTABLE.load(Ordering::Relaxed) && std::is_x86_feature_detected!("avx512f")
+        static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let usable = *USABLE.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("SQUEEZE_PORTABLE_KERNELS").is_none()
+        });
+        usable && !PORTABLE.load(Ordering::Relaxed)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

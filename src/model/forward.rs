@@ -54,6 +54,7 @@ impl Model {
                     x.broadcast_mul(&scale.reshape(shape.clone())?)?
                         .broadcast_add(&shift.reshape(shape)?)?
                 }
+                Op::Activation(Activation::Relu) if train => train_ops::relu(&x)?,
                 Op::Activation(a) => activation(&x, *a)?,
                 Op::MaxPool2d(p) if train => {
                     // Same values; the gradient goes to each window's maximum (see train_ops).

@@ -15,7 +15,8 @@
 //! thread in a fixed order.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, bail,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+    bail,
 };
 use rayon::prelude::*;
 
@@ -81,6 +82,15 @@ impl Axis {
     }
 }
 
+/// The kernel taps `lo..hi` that output `o` reads inside the input (pooling: no dilation).
+#[inline]
+fn taps(a: &Axis, o: usize) -> (usize, usize) {
+    let first = o * a.stride;
+    let lo = a.pad.saturating_sub(first).min(a.kernel);
+    let hi = (a.size + a.pad).saturating_sub(first).clamp(lo, a.kernel);
+    (lo, hi)
+}
+
 /// The f32 values of a contiguous CPU tensor.
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
@@ -90,6 +100,15 @@ fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result
         Some((start, end)) => Ok(&values[start..end]),
         None => bail!("{what}: the input must be contiguous"),
     }
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor, without copying them.
+fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("{what}: only CPU tensors are supported");
+    };
+    Ok(f(f32_slice(cpu, layout, what)?))
 }
 
 /// im2col for `[N, C, H, W]` inputs: `[groups, C/groups·kh·kw, N·oh·ow]`, row `(c, i, j)` (the
@@ -354,8 +373,8 @@ impl CustomOp3 for Conv {
             bail!("conv2d: unexpected weight or bias size");
         }
         let w = Tensor::from_slice(w, (u.groups, self.out / u.groups, u.k()), &Device::Cpu)?;
-        let y = w.matmul(&cols)?.flatten_all()?.to_vec1::<f32>()?;
-        let y = self.rearrange(&y, Some(b), true);
+        let y = w.matmul(&cols)?;
+        let y = with_f32(&y, "conv2d", |y| self.rearrange(y, Some(b), true))?;
         Ok((CpuStorage::F32(y), Shape::from(&self.out_dims())))
     }
 
@@ -369,8 +388,10 @@ impl CustomOp3 for Conv {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let u = &self.unfold;
         let (g, og, k, nl) = (u.groups, self.out / u.groups, u.k(), u.n * u.l());
-        let grad = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let grad = Tensor::from_vec(self.rearrange(&grad, None, false), (g, og, nl), &Device::Cpu)?;
+        let grad = with_f32(&grad.contiguous()?, "conv2d backward", |g| {
+            self.rearrange(g, None, false)
+        })?;
+        let grad = Tensor::from_vec(grad, (g, og, nl), &Device::Cpu)?;
         let grad_bias = if bias.track_op() {
             Some(grad.sum(2)?.reshape(self.out)?)
         } else {
@@ -426,27 +447,26 @@ impl MaxPool {
     /// input index is `None` when the window lies entirely in the padding.
     #[inline]
     fn argmax(&self, plane: &[f32], mut visit: impl FnMut(usize, Option<usize>)) {
-        for oy in 0..self.h.out {
-            for ox in 0..self.w.out {
+        let (h, w) = (&self.h, &self.w);
+        for oy in 0..h.out {
+            let (i0, i1) = taps(h, oy);
+            for ox in 0..w.out {
+                let (j0, j1) = taps(w, ox);
                 let mut best: Option<(usize, f32)> = None;
-                for i in 0..self.h.kernel {
-                    let Some(iy) = self.h.input(oy, i) else {
-                        continue;
-                    };
-                    for j in 0..self.w.kernel {
-                        let Some(ix) = self.w.input(ox, j) else {
-                            continue;
-                        };
-                        let at = iy * self.w.size + ix;
+                for i in i0..i1 {
+                    let row = (oy * h.stride + i - h.pad) * w.size;
+                    for j in j0..j1 {
+                        let at = row + ox * w.stride + j - w.pad;
                         let v = plane[at];
-                        // Strictly greater keeps the first maximum, as candle's forward and
-                        // PyTorch do.
-                        if best.is_none_or(|(_, b)| v > b) {
-                            best = Some((at, v));
+                        // The first value, then only strictly greater ones: the first maximum,
+                        // as candle's forward and PyTorch keep.
+                        match best {
+                            Some((_, b)) if !(v > b) => {}
+                            _ => best = Some((at, v)),
                         }
                     }
                 }
-                visit(oy * self.w.out + ox, best.map(|(at, _)| at));
+                visit(oy * w.out + ox, best.map(|(at, _)| at));
             }
         }
     }
@@ -532,3 +552,75 @@ impl CustomOp2 for MaxPoolBackward {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// ReLU whose backward is one pass: `grad · [x ≥ 0]`, candle's rule (which takes four passes and
+/// two temporaries).
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Relu)
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "squeeze-relu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, "relu")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(d, s)| {
+                for (d, s) in d.iter_mut().zip(s) {
+                    *d = s.max(0.0);
+                }
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &ReluBackward,
+        )?))
+    }
+}
+
+/// `(x, output gradient)` → `grad · [x ≥ 0]`.
+struct ReluBackward;
+
+impl CustomOp2 for ReluBackward {
+    fn name(&self) -> &'static str {
+        "squeeze-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "relu backward")?;
+        let g = f32_slice(s2, l2, "relu backward")?;
+        if x.len() != g.len() {
+            bail!("relu backward: input and gradient sizes differ");
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (x, g))| {
+                for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
+                    *d = g * if *x >= 0.0 { 1.0 } else { 0.0 };
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Elements per parallel task in element-wise loops.
+const CHUNK: usize = 1 << 15;
