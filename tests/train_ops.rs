@@ -367,6 +367,25 @@ fn candle_max_pool_gradient_is_the_true_one_over_the_window_size() {
     assert_close("dx", &ours, &theirs, 1e-6);
 }
 
+#[test]
+fn relu_matches_candle_including_zeros() {
+    let mut rng = StdRng::seed_from_u64(14);
+    // Whole numbers in −3..3: exact zeros, where candle's gradient passes (x ≥ 0).
+    let v: Vec<f32> = (0..3000)
+        .map(|_| rng.random_range(-3i32..3) as f32)
+        .collect();
+    let x = Var::from_vec(v, (3, 10, 100), &Device::Cpu).unwrap();
+    let r = rand_tensor(&mut rng, &[3, 10, 100]);
+    let ours = train_ops::relu(x.as_tensor()).unwrap();
+    let theirs = x.as_tensor().relu().unwrap();
+    assert_eq!(values(&ours), values(&theirs));
+    let g = |y: &Tensor| {
+        let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        values(grads.get(&x).unwrap())
+    };
+    assert_eq!(g(&ours), g(&theirs));
+}
+
 /// LeNet-5 as `squeeze train` builds it: the train-mode forward (new ops) gives the inference
 /// path's logits, the fc gradients agree, and the conv gradients are the inference path's
 /// times 4 (conv2, one 2×2 max pool) and 16 (conv1, two) — candle's max-pool scaling above.
@@ -473,7 +492,9 @@ fn timing_lenet5_pieces() {
     best("pool1 candle fwd+bwd", &mut || {
         fb(&|| p1.as_tensor().max_pool2d(2).unwrap())
     });
-    best("relu1 fwd+bwd", &mut || fb(&|| p1.as_tensor().relu().unwrap()));
+    best("relu1 fwd+bwd", &mut || {
+        fb(&|| p1.as_tensor().relu().unwrap())
+    });
 }
 
 #[test]
@@ -492,4 +513,35 @@ fn timing_train_steps() {
         loss.backward().unwrap();
     }
     eprintln!("step {:.1} ms", s.elapsed().as_secs_f64() * 1e3 / 30.0);
+}
+
+#[test]
+#[ignore]
+fn timing_gemm_shapes() {
+    use std::time::Instant;
+    let mut rng = StdRng::seed_from_u64(1);
+    let best = |name: &str, f: &mut dyn FnMut()| {
+        let mut t = f64::MAX;
+        for _ in 0..20 {
+            let s = Instant::now();
+            f();
+            t = t.min(s.elapsed().as_secs_f64());
+        }
+        eprintln!("{name:40} {:8.2} ms", t * 1e3);
+    };
+    let w = rand_tensor(&mut rng, &[1, 50, 500]);
+    let cols = rand_tensor(&mut rng, &[1, 500, 8192]);
+    let colst = cols.transpose(1, 2).unwrap().contiguous().unwrap();
+    let g = rand_tensor(&mut rng, &[1, 50, 8192]);
+    let gt = g.transpose(1, 2).unwrap().contiguous().unwrap();
+    best("a W x cols", &mut || { w.matmul(&cols).unwrap(); });
+    best("b cols.t x W.t", &mut || { cols.t().unwrap().matmul(&w.t().unwrap()).unwrap(); });
+    best("c colsT x W.t", &mut || { colst.matmul(&w.t().unwrap()).unwrap(); });
+    best("gw a: g x cols.t", &mut || { g.matmul(&cols.t().unwrap()).unwrap(); });
+    best("gw b: gt.t x colsT", &mut || { gt.t().unwrap().matmul(&colst).unwrap(); });
+    best("gc a: W.t x g", &mut || { w.t().unwrap().matmul(&g).unwrap(); });
+    best("gc b: gt x W", &mut || { gt.matmul(&w).unwrap(); });
+    let x2 = rand_tensor(&mut rng, &[128, 20, 12, 12]);
+    let w2 = rand_tensor(&mut rng, &[50, 20, 5, 5]);
+    best("candle conv2d fwd", &mut || { x2.conv2d(&w2, 0, 1, 1, 1).unwrap(); });
 }

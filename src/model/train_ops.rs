@@ -111,9 +111,9 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R>
     Ok(f(f32_slice(cpu, layout, what)?))
 }
 
-/// im2col for `[N, C, H, W]` inputs: `[groups, C/groups·kh·kw, N·oh·ow]`, row `(c, i, j)` (the
-/// weight's order) holding what tap `(i, j)` of channel `c` sees at every output position, zero
-/// in the padding.
+/// im2col for `[N, C, H, W]` inputs: `[groups, N·oh·ow, C/groups·kh·kw]`, one row per output
+/// position holding what each tap `(c, i, j)` (the weight's order) sees there, zero in the
+/// padding. (Rows of taps make the matmul with the weight twice as fast as columns.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Unfold {
     n: usize,
@@ -142,10 +142,27 @@ impl Unfold {
         [self.n, self.c, self.h.size, self.w.size]
     }
 
-    /// Splits a row index within a group into (channel within the group, tap row, tap column).
-    fn tap(&self, row: usize) -> (usize, usize, usize) {
+    /// Calls `f(tap, input offset within the sample)` for every tap of one group (channel
+    /// offsets from `g`'s first channel) that output `(oy, ox)` reads inside the input.
+    #[inline]
+    fn for_taps(&self, g: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
         let (kh, kw) = (self.h.kernel, self.w.kernel);
-        (row / (kh * kw), row / kw % kh, row % kw)
+        let hw = self.h.size * self.w.size;
+        let cg = self.channels_per_group();
+        for c in 0..cg {
+            let plane = (g * cg + c) * hw;
+            for i in 0..kh {
+                let Some(iy) = self.h.input(oy, i) else {
+                    continue;
+                };
+                let row = plane + iy * self.w.size;
+                for j in 0..kw {
+                    if let Some(ix) = self.w.input(ox, j) {
+                        f((c * kh + i) * kw + j, row + ix);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -164,45 +181,26 @@ impl CustomOp1 for Unfold {
         }
         let x = f32_slice(storage, layout, "unfold")?;
         let (k, l) = (self.k(), self.l());
-        let cg = self.channels_per_group();
-        let (hw, nl) = (self.h.size * self.w.size, self.n * l);
-        let mut out = vec![0f32; self.groups * k * nl];
-        out.par_chunks_mut(nl).enumerate().for_each(|(r, row)| {
-            let (g, (c, i, j)) = (r / k, self.tap(r % k));
-            let (lo, hi) = self.w.valid_outputs(j);
-            if lo == hi {
-                return;
-            }
-            for n in 0..self.n {
-                let plane = &x[(n * self.c + g * cg + c) * hw..][..hw];
-                let dst = &mut row[n * l..][..l];
-                for oy in 0..self.h.out {
-                    let Some(iy) = self.h.input(oy, i) else {
-                        continue;
-                    };
-                    let src = &plane[iy * self.w.size..][..self.w.size];
-                    let dst = &mut dst[oy * self.w.out..][..self.w.out];
-                    let first = lo * self.w.stride + j * self.w.dilation - self.w.pad;
-                    if self.w.stride == 1 {
-                        dst[lo..hi].copy_from_slice(&src[first..first + (hi - lo)]);
-                    } else {
-                        for (d, s) in dst[lo..hi]
-                            .iter_mut()
-                            .zip(src[first..].iter().step_by(self.w.stride))
-                        {
-                            *d = *s;
-                        }
-                    }
+        let chw = self.c * self.h.size * self.w.size;
+        let mut out = vec![0f32; self.groups * self.n * l * k];
+        // One (group, sample) block of L rows per task.
+        out.par_chunks_mut(l * k)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let (g, n) = (b / self.n, b % self.n);
+                let sample = &x[n * chw..][..chw];
+                for (p, row) in block.chunks_exact_mut(k).enumerate() {
+                    let (oy, ox) = (p / self.w.out, p % self.w.out);
+                    self.for_taps(g, oy, ox, |t, at| row[t] = sample[at]);
                 }
-            }
-        });
-        let shape = Shape::from((self.groups, k, nl));
+            });
+        let shape = Shape::from((self.groups, self.n * l, k));
         Ok((CpuStorage::F32(out), shape))
     }
 }
 
-/// The adjoint of `Unfold` (col2im): sums every column entry back into the input position it
-/// was read from.
+/// The adjoint of `Unfold` (col2im): sums every entry back into the input position it was read
+/// from.
 #[derive(Debug, Clone, Copy)]
 struct Fold(Unfold);
 
@@ -215,44 +213,23 @@ impl CustomOp1 for Fold {
         let u = &self.0;
         let (k, l) = (u.k(), u.l());
         let nl = u.n * l;
-        if layout.dims() != [u.groups, k, nl] {
+        if layout.dims() != [u.groups, nl, k] {
             bail!(
                 "fold: input {:?}, expected {:?}",
                 layout.dims(),
-                [u.groups, k, nl]
+                [u.groups, nl, k]
             );
         }
         let cols = f32_slice(storage, layout, "fold")?;
-        let cg = u.channels_per_group();
-        let hw = u.h.size * u.w.size;
-        let mut out = vec![0f32; u.n * u.c * hw];
-        // One input plane per task: its sums never race and always run in the same order.
-        out.par_chunks_mut(hw).enumerate().for_each(|(p, plane)| {
-            let (n, ch) = (p / u.c, p % u.c);
-            let (g, c) = (ch / cg, ch % cg);
-            for i in 0..u.h.kernel {
-                for j in 0..u.w.kernel {
-                    let row = g * k + (c * u.h.kernel + i) * u.w.kernel + j;
-                    let src = &cols[row * nl + n * l..][..l];
-                    let (lo, hi) = u.w.valid_outputs(j);
-                    if lo == hi {
-                        continue;
-                    }
-                    for oy in 0..u.h.out {
-                        let Some(iy) = u.h.input(oy, i) else {
-                            continue;
-                        };
-                        let dst = &mut plane[iy * u.w.size..][..u.w.size];
-                        let src = &src[oy * u.w.out..][..u.w.out];
-                        let first = lo * u.w.stride + j * u.w.dilation - u.w.pad;
-                        for (d, s) in dst[first..]
-                            .iter_mut()
-                            .step_by(u.w.stride)
-                            .zip(&src[lo..hi])
-                        {
-                            *d += *s;
-                        }
-                    }
+        let chw = u.c * u.h.size * u.w.size;
+        let mut out = vec![0f32; u.n * chw];
+        // One sample per task: its sums never race and always run in the same order.
+        out.par_chunks_mut(chw).enumerate().for_each(|(n, sample)| {
+            for g in 0..u.groups {
+                let block = &cols[(g * nl + n * l) * k..][..l * k];
+                for (p, row) in block.chunks_exact(k).enumerate() {
+                    let (oy, ox) = (p / u.w.out, p % u.w.out);
+                    u.for_taps(g, oy, ox, |t, at| sample[at] += row[t]);
                 }
             }
         });
@@ -323,26 +300,44 @@ impl Conv {
         [u.n, self.out, u.h.out, u.w.out]
     }
 
-    /// `[G, O/G, N·L]` (matmul order) → `[N, O, L]` plus `bias`, or back when `to_nchw` is
-    /// false (then without bias).
-    fn rearrange(&self, src: &[f32], bias: Option<&[f32]>, to_nchw: bool) -> Vec<f32> {
-        let (n, l) = (self.unfold.n, self.unfold.l());
+    /// `[G, N·L, O/G]` (matmul order) → `[N, O, L]` plus `bias`.
+    fn to_nchw(&self, src: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (n, l, og) = (
+            self.unfold.n,
+            self.unfold.l(),
+            self.out / self.unfold.groups,
+        );
         let mut dst = vec![0f32; src.len()];
-        if to_nchw {
-            dst.par_chunks_mut(l).enumerate().for_each(|(p, row)| {
-                let (ni, oi) = (p / self.out, p % self.out);
-                let from = &src[(oi * n + ni) * l..][..l];
-                let b = bias.map_or(0.0, |b| b[oi]);
-                for (d, s) in row.iter_mut().zip(from) {
-                    *d = s + b;
+        dst.par_chunks_mut(l).enumerate().for_each(|(p, plane)| {
+            let (ni, oi) = (p / self.out, p % self.out);
+            let (g, o) = (oi / og, oi % og);
+            let from = &src[(g * n + ni) * l * og..][..l * og];
+            for (d, s) in plane.iter_mut().zip(from[o..].iter().step_by(og)) {
+                *d = s + bias[oi];
+            }
+        });
+        dst
+    }
+
+    /// `[N, O, L]` → `[G, N·L, O/G]`.
+    fn from_nchw(&self, src: &[f32]) -> Vec<f32> {
+        let (n, l, og) = (
+            self.unfold.n,
+            self.unfold.l(),
+            self.out / self.unfold.groups,
+        );
+        let mut dst = vec![0f32; src.len()];
+        dst.par_chunks_mut(l * og)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let (g, ni) = (b / n, b % n);
+                for o in 0..og {
+                    let plane = &src[(ni * self.out + g * og + o) * l..][..l];
+                    for (d, s) in block[o..].iter_mut().step_by(og).zip(plane) {
+                        *d = *s;
+                    }
                 }
             });
-        } else {
-            dst.par_chunks_mut(l).enumerate().for_each(|(p, row)| {
-                let (oi, ni) = (p / n, p % n);
-                row.copy_from_slice(&src[(ni * self.out + oi) * l..][..l]);
-            });
-        }
         dst
     }
 }
@@ -366,15 +361,16 @@ impl CustomOp3 for Conv {
         let CpuStorage::F32(cols) = cols else {
             bail!("conv2d: only f32 tensors are supported");
         };
-        let cols = Tensor::from_vec(cols, (u.groups, u.k(), u.n * u.l()), &Device::Cpu)?;
+        let cols = Tensor::from_vec(cols, (u.groups, u.n * u.l(), u.k()), &Device::Cpu)?;
         let w = f32_slice(s2, l2, "conv2d weight")?;
         let b = f32_slice(s3, l3, "conv2d bias")?;
         if w.len() != self.out * u.k() || b.len() != self.out {
             bail!("conv2d: unexpected weight or bias size");
         }
         let w = Tensor::from_slice(w, (u.groups, self.out / u.groups, u.k()), &Device::Cpu)?;
-        let y = w.matmul(&cols)?;
-        let y = with_f32(&y, "conv2d", |y| self.rearrange(y, Some(b), true))?;
+        // [G, N·L, K] × [G, K, O/G]
+        let y = cols.matmul(&w.t()?)?;
+        let y = with_f32(&y, "conv2d", |y| self.to_nchw(y, b))?;
         Ok((CpuStorage::F32(y), Shape::from(&self.out_dims())))
     }
 
@@ -389,23 +385,26 @@ impl CustomOp3 for Conv {
         let u = &self.unfold;
         let (g, og, k, nl) = (u.groups, self.out / u.groups, u.k(), u.n * u.l());
         let grad = with_f32(&grad.contiguous()?, "conv2d backward", |g| {
-            self.rearrange(g, None, false)
+            self.from_nchw(g)
         })?;
-        let grad = Tensor::from_vec(grad, (g, og, nl), &Device::Cpu)?;
+        // [G, N·L, O/G]
+        let grad = Tensor::from_vec(grad, (g, nl, og), &Device::Cpu)?;
         let grad_bias = if bias.track_op() {
-            Some(grad.sum(2)?.reshape(self.out)?)
+            Some(grad.sum(1)?.reshape(self.out)?)
         } else {
             None
         };
         let grad_weight = if weight.track_op() {
             let cols = x.apply_op1_no_bwd(u)?;
-            Some(grad.matmul(&cols.t()?)?.reshape(weight.shape())?)
+            // [G, O/G, N·L] × [G, N·L, K]
+            Some(grad.t()?.matmul(&cols)?.reshape(weight.shape())?)
         } else {
             None
         };
         let grad_x = if x.track_op() {
             let w = weight.reshape((g, og, k))?;
-            let cols = w.t()?.matmul(&grad)?;
+            // [G, N·L, O/G] × [G, O/G, K]
+            let cols = grad.matmul(&w)?;
             Some(cols.apply_op1_no_bwd(&Fold(*u))?)
         } else {
             None
