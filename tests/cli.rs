@@ -38,6 +38,12 @@ fn tiny_model(dir: &Path) -> PathBuf {
     p
 }
 
+/// Runs a command that must succeed and parses its stdout as JSON.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).expect("json")
+}
+
 fn csv(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).expect("write");
@@ -63,19 +69,15 @@ fn eval_on_a_csv_reports_accuracy_as_json() {
         "d.csv",
         "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n0,0,3,0,2\n0,5,0,0,0\n",
     );
-    let out = squeeze()
-        .args(["eval", "--format", "json", "--model"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--reference")
-        .arg(&model)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let v = json_of(
+        squeeze()
+            .args(["eval", "--format", "json", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg("--reference")
+            .arg(&model),
+    );
     assert_eq!(v["samples"], 4);
     assert!((v["accuracy"].as_f64().expect("accuracy") - 0.75).abs() < 1e-9);
     assert_eq!(v["agreement"], 1.0);
@@ -87,15 +89,11 @@ fn eval_on_a_csv_reports_accuracy_as_json() {
 fn info_reports_layers_and_totals() {
     let dir = tempfile::tempdir().expect("tmp");
     let model = tiny_model(dir.path());
-    let out = squeeze()
-        .args(["info", "--format", "json", "--model"])
-        .arg(&model)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let v = json_of(
+        squeeze()
+            .args(["info", "--format", "json", "--model"])
+            .arg(&model),
+    );
     assert_eq!(v["layers"][0]["name"], "fc");
     assert_eq!(v["layers"][0]["params"], 15);
     assert_eq!(v["layers"][0]["macs"], 12);
@@ -156,17 +154,13 @@ fn bundled_models_reach_their_stated_accuracy() {
         ("assets/models/lenet-300-100.safetensors", 0.980),
         ("assets/models/lenet5.safetensors", 0.990),
     ] {
-        let out = squeeze()
-            .args(["eval", "--format", "json", "--model"])
-            .arg(root().join(model))
-            .arg("--data")
-            .arg(&data)
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        let v = json_of(
+            squeeze()
+                .args(["eval", "--format", "json", "--model"])
+                .arg(root().join(model))
+                .arg("--data")
+                .arg(&data),
+        );
         assert_eq!(v["samples"], 10_000);
         let acc = v["accuracy"].as_f64().expect("accuracy");
         assert!(acc >= floor, "{model}: {acc} < {floor}");
@@ -174,14 +168,7 @@ fn bundled_models_reach_their_stated_accuracy() {
 }
 
 fn eval_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let out = squeeze()
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    serde_json::from_slice(&out).expect("json")
+    json_of(squeeze().args(args))
 }
 
 #[test]
