@@ -151,7 +151,8 @@ fn candle_conv(
     Tensor::cat(&parts, 1)?.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?)
 }
 
-const CASES: &[(
+/// n, c, h, w, o, k, stride, padding, dilation, groups
+type ConvCase = (
     usize,
     usize,
     usize,
@@ -162,7 +163,9 @@ const CASES: &[(
     (usize, usize),
     (usize, usize),
     usize,
-)] = &[
+);
+
+const CASES: &[ConvCase] = &[
     // n, c, h, w, o, k, stride, padding, dilation, groups
     (3, 1, 12, 12, 4, 5, (1, 1), (0, 0), (1, 1), 1),
     (2, 3, 11, 9, 6, 3, (2, 2), (1, 1), (1, 1), 1),
@@ -292,12 +295,15 @@ fn naive_pool(
     (y, dx)
 }
 
-const POOLS: &[(
+/// (n, c, h, w), kernel, stride, padding
+type PoolCase = (
     (usize, usize, usize, usize),
     (usize, usize),
     (usize, usize),
     (usize, usize),
-)] = &[
+);
+
+const POOLS: &[PoolCase] = &[
     // (n, c, h, w), kernel, stride, padding
     ((3, 4, 24, 24), (2, 2), (2, 2), (0, 0)),
     ((2, 3, 9, 11), (3, 3), (2, 2), (1, 1)),
@@ -422,126 +428,4 @@ fn lenet5_train_mode_matches_the_inference_path() {
     let (y_again, g_again) = run(true);
     assert_eq!(y_train, y_again);
     assert_eq!(g_train, g_again);
-}
-
-#[test]
-#[ignore]
-fn timing_lenet5_pieces() {
-    use std::time::Instant;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/arch/lenet5.toml");
-    let spec = squeeze::train::read_arch(&path).unwrap();
-    let tm = squeeze::train::init_model(&spec, &path, 3).unwrap();
-    let mut rng = StdRng::seed_from_u64(13);
-    let x = rand_tensor(&mut rng, &[128, 1, 28, 28]);
-    let labels = Tensor::new(&[3u32; 128], &Device::Cpu).unwrap();
-    let best = |name: &str, f: &mut dyn FnMut()| {
-        let mut t = f64::MAX;
-        for _ in 0..15 {
-            let s = Instant::now();
-            f();
-            t = t.min(s.elapsed().as_secs_f64());
-        }
-        eprintln!("{name:40} {:8.2} ms", t * 1e3);
-    };
-    for train in [false, true] {
-        best(&format!("forward train={train}"), &mut || {
-            tm.model.forward(&x, train).unwrap();
-        });
-        best(&format!("forward+backward train={train}"), &mut || {
-            let logits = tm.model.forward(&x, train).unwrap();
-            let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-            loss.backward().unwrap();
-        });
-    }
-    // Pieces: conv1, conv2, pools.
-    let w1 = Var::from_tensor(&rand_tensor(&mut rng, &[20, 1, 5, 5])).unwrap();
-    let b1 = Var::from_tensor(&rand_tensor(&mut rng, &[20])).unwrap();
-    let x2 = Var::from_tensor(&rand_tensor(&mut rng, &[128, 20, 12, 12])).unwrap();
-    let w2 = Var::from_tensor(&rand_tensor(&mut rng, &[50, 20, 5, 5])).unwrap();
-    let b2 = Var::from_tensor(&rand_tensor(&mut rng, &[50])).unwrap();
-    let p1 = Var::from_tensor(&rand_tensor(&mut rng, &[128, 20, 24, 24])).unwrap();
-    let g = geometry((1, 1), (0, 0), (1, 1), 1);
-    let fb = |f: &dyn Fn() -> Tensor| {
-        let y = f();
-        y.sum_all().unwrap().backward().unwrap();
-    };
-    best("conv1 new fwd", &mut || {
-        train_ops::conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), g).unwrap();
-    });
-    best("conv1 new fwd+bwd", &mut || {
-        fb(&|| train_ops::conv2d(&x, w1.as_tensor(), Some(b1.as_tensor()), g).unwrap())
-    });
-    best("conv1 candle fwd+bwd", &mut || {
-        fb(&|| candle_conv(&x, w1.as_tensor(), b1.as_tensor(), g).unwrap())
-    });
-    best("conv2 new fwd", &mut || {
-        train_ops::conv2d(x2.as_tensor(), w2.as_tensor(), Some(b2.as_tensor()), g).unwrap();
-    });
-    best("conv2 new fwd+bwd", &mut || {
-        fb(&|| train_ops::conv2d(x2.as_tensor(), w2.as_tensor(), Some(b2.as_tensor()), g).unwrap())
-    });
-    best("conv2 candle fwd", &mut || {
-        candle_conv(x2.as_tensor(), w2.as_tensor(), b2.as_tensor(), g).unwrap();
-    });
-    best("conv2 candle fwd+bwd", &mut || {
-        fb(&|| candle_conv(x2.as_tensor(), w2.as_tensor(), b2.as_tensor(), g).unwrap())
-    });
-    best("pool1 new fwd+bwd", &mut || {
-        fb(&|| train_ops::max_pool2d(p1.as_tensor(), (2, 2), (2, 2), (0, 0)).unwrap())
-    });
-    best("pool1 candle fwd+bwd", &mut || {
-        fb(&|| p1.as_tensor().max_pool2d(2).unwrap())
-    });
-    best("relu1 fwd+bwd", &mut || {
-        fb(&|| p1.as_tensor().relu().unwrap())
-    });
-}
-
-#[test]
-#[ignore]
-fn timing_train_steps() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/arch/lenet5.toml");
-    let spec = squeeze::train::read_arch(&path).unwrap();
-    let tm = squeeze::train::init_model(&spec, &path, 3).unwrap();
-    let mut rng = StdRng::seed_from_u64(13);
-    let x = rand_tensor(&mut rng, &[128, 1, 28, 28]);
-    let labels = Tensor::new(&[3u32; 128], &Device::Cpu).unwrap();
-    let s = std::time::Instant::now();
-    for _ in 0..30 {
-        let logits = tm.model.forward(&x, true).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
-        loss.backward().unwrap();
-    }
-    eprintln!("step {:.1} ms", s.elapsed().as_secs_f64() * 1e3 / 30.0);
-}
-
-#[test]
-#[ignore]
-fn timing_gemm_shapes() {
-    use std::time::Instant;
-    let mut rng = StdRng::seed_from_u64(1);
-    let best = |name: &str, f: &mut dyn FnMut()| {
-        let mut t = f64::MAX;
-        for _ in 0..20 {
-            let s = Instant::now();
-            f();
-            t = t.min(s.elapsed().as_secs_f64());
-        }
-        eprintln!("{name:40} {:8.2} ms", t * 1e3);
-    };
-    let w = rand_tensor(&mut rng, &[1, 50, 500]);
-    let cols = rand_tensor(&mut rng, &[1, 500, 8192]);
-    let colst = cols.transpose(1, 2).unwrap().contiguous().unwrap();
-    let g = rand_tensor(&mut rng, &[1, 50, 8192]);
-    let gt = g.transpose(1, 2).unwrap().contiguous().unwrap();
-    best("a W x cols", &mut || { w.matmul(&cols).unwrap(); });
-    best("b cols.t x W.t", &mut || { cols.t().unwrap().matmul(&w.t().unwrap()).unwrap(); });
-    best("c colsT x W.t", &mut || { colst.matmul(&w.t().unwrap()).unwrap(); });
-    best("gw a: g x cols.t", &mut || { g.matmul(&cols.t().unwrap()).unwrap(); });
-    best("gw b: gt.t x colsT", &mut || { gt.t().unwrap().matmul(&colst).unwrap(); });
-    best("gc a: W.t x g", &mut || { w.t().unwrap().matmul(&g).unwrap(); });
-    best("gc b: gt x W", &mut || { gt.matmul(&w).unwrap(); });
-    let x2 = rand_tensor(&mut rng, &[128, 20, 12, 12]);
-    let w2 = rand_tensor(&mut rng, &[50, 20, 5, 5]);
-    best("candle conv2d fwd", &mut || { x2.conv2d(&w2, 0, 1, 1, 1).unwrap(); });
 }

@@ -1,5 +1,6 @@
-//! Training-mode conv2d and max pooling: the values of candle's `conv2d` and `max_pool2d`, with
-//! backward passes that are fast on the CPU.
+//! Training-mode conv2d, max pooling and ReLU: the values of candle's `conv2d`, `max_pool2d` and
+//! `relu`, with backward passes that are fast on the CPU. Each is one graph node, because
+//! candle's backward allocates a zeroed gradient and adds into it for every node.
 //!
 //! candle's CPU conv2d backward computes the input gradient with a direct-loop transposed
 //! convolution (even for a first layer whose input needs none), which made training a conv net
@@ -62,23 +63,6 @@ impl Axis {
         (o * self.stride + k * self.dilation)
             .checked_sub(self.pad)
             .filter(|&i| i < self.size)
-    }
-
-    /// The outputs `o` for which tap `k` reads inside the input: `lo..hi`.
-    fn valid_outputs(&self, k: usize) -> (usize, usize) {
-        let off = k * self.dilation;
-        // o·stride + off ≥ pad
-        let lo = self
-            .pad
-            .saturating_sub(off)
-            .div_ceil(self.stride)
-            .min(self.out);
-        // o·stride + off < size + pad
-        let hi = (self.size + self.pad)
-            .saturating_sub(off)
-            .div_ceil(self.stride)
-            .clamp(lo, self.out);
-        (lo, hi)
     }
 }
 
@@ -301,7 +285,7 @@ impl Conv {
     }
 
     /// `[G, N·L, O/G]` (matmul order) → `[N, O, L]` plus `bias`.
-    fn to_nchw(&self, src: &[f32], bias: &[f32]) -> Vec<f32> {
+    fn matmul_to_nchw(&self, src: &[f32], bias: &[f32]) -> Vec<f32> {
         let (n, l, og) = (
             self.unfold.n,
             self.unfold.l(),
@@ -320,7 +304,7 @@ impl Conv {
     }
 
     /// `[N, O, L]` → `[G, N·L, O/G]`.
-    fn from_nchw(&self, src: &[f32]) -> Vec<f32> {
+    fn nchw_to_matmul(&self, src: &[f32]) -> Vec<f32> {
         let (n, l, og) = (
             self.unfold.n,
             self.unfold.l(),
@@ -370,7 +354,7 @@ impl CustomOp3 for Conv {
         let w = Tensor::from_slice(w, (u.groups, self.out / u.groups, u.k()), &Device::Cpu)?;
         // [G, N·L, K] × [G, K, O/G]
         let y = cols.matmul(&w.t()?)?;
-        let y = with_f32(&y, "conv2d", |y| self.to_nchw(y, b))?;
+        let y = with_f32(&y, "conv2d", |y| self.matmul_to_nchw(y, b))?;
         Ok((CpuStorage::F32(y), Shape::from(&self.out_dims())))
     }
 
@@ -385,7 +369,7 @@ impl CustomOp3 for Conv {
         let u = &self.unfold;
         let (g, og, k, nl) = (u.groups, self.out / u.groups, u.k(), u.n * u.l());
         let grad = with_f32(&grad.contiguous()?, "conv2d backward", |g| {
-            self.from_nchw(g)
+            self.nchw_to_matmul(g)
         })?;
         // [G, N·L, O/G]
         let grad = Tensor::from_vec(grad, (g, nl, og), &Device::Cpu)?;
@@ -459,9 +443,8 @@ impl MaxPool {
                         let v = plane[at];
                         // The first value, then only strictly greater ones: the first maximum,
                         // as candle's forward and PyTorch keep.
-                        match best {
-                            Some((_, b)) if !(v > b) => {}
-                            _ => best = Some((at, v)),
+                        if best.is_none_or(|(_, b)| v > b) {
+                            best = Some((at, v));
                         }
                     }
                 }
