@@ -2,7 +2,8 @@
 //! single-sample latency (one thread) and a full 10,000-sample evaluation (batches of 1000 on
 //! rayon) for LeNet-300-100 and LeNet-5 under dense f32, 90 % / 95 % unstructured sparsity
 //! (CSR), 8-bit and 4-bit weights; and fc1 of LeNet-300-100 alone (300×784) at 90 / 95 %
-//! sparsity, CSR against dense, batch 1 and batch 256.
+//! sparsity, CSR against dense, batch 1 and batch 256 (batch 1 also on the portable kernels).
+//! `SQUEEZE_PORTABLE_KERNELS=1` forces the portable kernels everywhere.
 //!
 //! `cargo bench --bench inference`. Falls back to randomly initialised models of the same
 //! shapes when `assets/models/*.safetensors` are missing (and says so).
@@ -186,6 +187,13 @@ fn bench_fc1(c: &mut Criterion, m: &Model) {
         g.bench_function(format!("b256/{label}"), |b| {
             b.iter(|| cm.run(black_box(&x), 256, &mut s, &mut out))
         });
+        // The same single sample on the portable kernels (the fallback on CPUs without
+        // AVX-512), to keep its cost visible.
+        engine::force_portable(true);
+        g.bench_function(format!("b1-portable/{label}"), |b| {
+            b.iter(|| cm.run(black_box(&x[..il]), 1, &mut s, &mut out))
+        });
+        engine::force_portable(false);
     }
     g.finish();
 }

@@ -338,9 +338,14 @@ fn every_format_matches_the_naive_product() {
 fn vector_kernels_and_fallback_match_the_naive_product_at_odd_sizes() {
     for portable in [false, true] {
         with_kernel_path(portable, || {
-            for (i, cols) in [8usize, 16, 17, 31, 32, 33, 48, 64, 70, 130].into_iter().enumerate() {
+            for (i, cols) in [8usize, 16, 17, 31, 32, 33, 48, 64, 70, 130]
+                .into_iter()
+                .enumerate()
+            {
                 check_every_format(9, cols, 10 + i as u64);
             }
+            // Several 16-row blocks, the last one partial.
+            check_every_format(37, 70, 30);
         });
     }
 }
@@ -361,9 +366,29 @@ fn derived_entry_columns_match_the_stored_index() {
         let mut row = Vec::new();
         for r in 0..rows {
             pl.row_columns(r, &mut row);
-            assert_eq!(&ec.cols[pl.row_entries(r)], &row[..], "{}", pl.format_name());
+            assert_eq!(
+                &ec.cols[pl.row_entries(r)],
+                &row[..],
+                "{}",
+                pl.format_name()
+            );
         }
-        assert!(ec.cols.iter().all(|&c| (c as usize) < ec.bound && ec.bound <= cols));
+        assert!(
+            ec.cols
+                .iter()
+                .all(|&c| (c as usize) < ec.bound && ec.bound <= cols)
+        );
+        // The row blocks (f32 values) hold every entry once, plus zero padding.
+        if let Some(rb) = pl.row_blocks() {
+            let ValueStore::F32(v) = &pl.values else {
+                panic!("row blocks for non-f32 values");
+            };
+            let mut got: Vec<f32> = rb.values.iter().copied().filter(|&x| x != 0.0).collect();
+            let mut want: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
+            got.sort_by(f32::total_cmp);
+            want.sort_by(f32::total_cmp);
+            assert_eq!(got, want, "{}", pl.format_name());
+        }
     }
 }
 
@@ -803,6 +828,18 @@ fn conv_net_logits_match_candle() {
         "the test wants an unfolded batchnorm"
     );
     check_model(&m, 9, &mut rng);
+}
+
+/// Batches larger than one im2col block (several blocks, the last partial) and the
+/// feature-major linear chain match candle too.
+#[test]
+fn conv_net_large_batches_match_candle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(8);
+    let m = convnet(&dir, &mut rng);
+    check_model(&m, 37, &mut rng);
+    let m = mlp(&dir, &mut rng);
+    check_model(&m, 37, &mut rng);
 }
 
 #[test]

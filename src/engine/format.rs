@@ -185,7 +185,10 @@ pub struct PackedLayer {
 /// never pay for it. It is a pure function of the stored fields, so it takes no part in
 /// equality.
 #[derive(Debug, Clone, Default)]
-pub struct DerivedColumns(OnceLock<EntryColumns>);
+pub struct DerivedColumns {
+    columns: OnceLock<EntryColumns>,
+    blocks: OnceLock<Option<RowBlocks>>,
+}
 
 impl PartialEq for DerivedColumns {
     fn eq(&self, _: &Self) -> bool {
@@ -201,6 +204,33 @@ pub struct EntryColumns {
     /// One past the largest column (0 when there are no entries): the kernels check the input
     /// covers it once per call, which makes their unchecked gathers in bounds.
     pub bound: usize,
+}
+
+/// Rows rearranged for single-sample vector kernels (derived at run time from a sparse f32
+/// layer, never stored; see `PackedLayer::row_blocks`): rows are taken `LANES` at a time (lane
+/// `j` = row `16·b + j`) and columns in windows of `WINDOW`. Within block `b` and window `w`,
+/// step `s` holds for every lane its row's `s`-th entry in that window (column offset in the
+/// window and value), or a zero value when the row has fewer: a kernel loads the window of `x`
+/// into two registers, picks each lane's input with one in-register permutation and multiplies
+/// 16 rows at once, so no memory gathers are needed. Holds a copy of the values (plus the
+/// zero padding), so it is built only when the padding stays small.
+#[derive(Debug, Clone, Default)]
+pub struct RowBlocks {
+    /// Per block, the range of `windows` it uses.
+    pub block_windows: Vec<u32>,
+    /// `(window, first step, steps)` for every window a block touches.
+    pub windows: Vec<(u32, u32, u32)>,
+    /// Column offset within the window, `LANES` per step.
+    pub offsets: Vec<u8>,
+    /// Values, `LANES` per step (0 in padded lanes).
+    pub values: Vec<f32>,
+}
+
+impl RowBlocks {
+    pub const LANES: usize = 16;
+    pub const WINDOW: usize = 32;
+    /// The layout is built only while it holds at most this many slots per stored entry.
+    pub const MAX_EXPANSION: usize = 5;
 }
 
 /// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
@@ -403,7 +433,7 @@ impl PackedLayer {
         if matches!(self.index, Indexing::Dense) {
             return None;
         }
-        Some(self.derived.0.get_or_init(|| {
+        Some(self.derived.columns.get_or_init(|| {
             let mut cols = Vec::with_capacity(self.entries);
             let mut row = Vec::new();
             for r in 0..self.rows {
@@ -413,6 +443,20 @@ impl PackedLayer {
             let bound = cols.iter().max().map_or(0, |&c| c as usize + 1);
             EntryColumns { cols, bound }
         }))
+    }
+
+    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32 values, built on
+    /// first use; `None` for other layers and when the padding would exceed
+    /// `RowBlocks::MAX_EXPANSION` slots per entry.
+    pub fn row_blocks(&self) -> Option<&RowBlocks> {
+        let ValueStore::F32(vals) = &self.values else {
+            return None;
+        };
+        let ec = self.entry_columns()?;
+        self.derived
+            .blocks
+            .get_or_init(|| build_row_blocks(self, vals, &ec.cols))
+            .as_ref()
     }
 
     /// Columns of row `r`'s entries (sparse formats), appended to `out` after clearing it.
@@ -705,6 +749,72 @@ fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `RowBlocks` of a sparse layer whose entry `k` sits in column `cols[k]` with value
+/// `vals[k]`, or `None` when it would take too many padded slots.
+fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<RowBlocks> {
+    const L: usize = RowBlocks::LANES;
+    const W: usize = RowBlocks::WINDOW;
+    if vals.len() < layer.entries || cols.len() < layer.entries {
+        return None;
+    }
+    let nwin = layer.cols.div_ceil(W);
+    let mut out = RowBlocks {
+        block_windows: vec![0],
+        ..Default::default()
+    };
+    // Per lane: the entries of its row, walked window by window.
+    let mut next = [0usize; L];
+    let mut end = [0usize; L];
+    let mut steps = 0usize;
+    for b in 0..layer.rows.div_ceil(L) {
+        for (j, (n, e)) in next.iter_mut().zip(end.iter_mut()).enumerate() {
+            let r = b * L + j;
+            let range = if r < layer.rows {
+                layer.row_entries(r)
+            } else {
+                0..0
+            };
+            (*n, *e) = (range.start, range.end);
+        }
+        for w in 0..nwin {
+            let first = steps;
+            loop {
+                let mut any = false;
+                let mut offs = [0u8; L];
+                let mut vs = [0f32; L];
+                for j in 0..L {
+                    if next[j] < end[j] && cols[next[j]] as usize / W == w {
+                        offs[j] = (cols[next[j]] as usize % W) as u8;
+                        vs[j] = vals[next[j]];
+                        next[j] += 1;
+                        any = true;
+                    }
+                }
+                if !any {
+                    break;
+                }
+                out.offsets.extend_from_slice(&offs);
+                out.values.extend_from_slice(&vs);
+                steps += 1;
+            }
+            if steps > first {
+                out.windows
+                    .push((w as u32, first as u32, (steps - first) as u32));
+            }
+        }
+        // Columns beyond the last window never occur (they are < cols), so every entry of the
+        // block has been placed.
+        if next.iter().zip(&end).any(|(n, e)| n != e) {
+            return None;
+        }
+        out.block_windows.push(out.windows.len() as u32);
+        if steps * L > RowBlocks::MAX_EXPANSION * layer.entries.max(1) {
+            return None;
+        }
+    }
+    Some(out)
 }
 
 /// Value index of each row's first set bit, `rows + 1` values.

@@ -148,25 +148,29 @@ fn sparse_dot(vals: &[f32], cols: &[u32], x: &[f32], bound: usize) -> f32 {
     gather_dot(vals, cols, x)
 }
 
-/// `Σ (codes[i] − z) · x[i]`, AVX-512 when available.
+/// `Σ (codes[i] − z) · x[i]`, AVX-512 when available (`sum_x` = Σ x, for its zero-point
+/// correction).
 #[inline]
-fn codes_dot(codes: &[u8], z: i32, x: &[f32]) -> f32 {
+fn codes_dot(codes: &[u8], z: i32, x: &[f32], sum_x: f64) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() {
         // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
-        return unsafe { simd::dot_codes(codes, z, x) };
+        return unsafe { simd::dot_codes(codes, (z as f64 * sum_x) as f32, x) };
     }
+    let _ = sum_x;
     dot_codes(codes, z, x)
 }
 
-/// 4-bit codes two per byte against the even / odd inputs, AVX-512 when available.
+/// 4-bit codes two per byte against the even / odd inputs, AVX-512 when available (`sum_x` =
+/// Σ xe + Σ xo, for its zero-point correction).
 #[inline]
-fn nibbles_dot(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32]) -> f32 {
+fn nibbles_dot(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32], sum_x: f64) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() {
         // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
-        return unsafe { simd::dot_nibbles(bytes, z, xe, xo) };
+        return unsafe { simd::dot_nibbles(bytes, (z as f64 * sum_x) as f32, xe, xo) };
     }
+    let _ = sum_x;
     dot_nibbles(bytes, z, xe, xo)
 }
 
@@ -234,6 +238,33 @@ fn dot_nibbles(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32]) -> f32 {
     both[..L].copy_from_slice(&lo);
     both[L..].copy_from_slice(&hi);
     hsum64(&both) + t
+}
+
+/// `yr[j] += Σ_k vals[k] · b[idx[k]·p + j]` (`b` is `cols × p`): 64 batch columns at a time
+/// held in registers across the row's entries, so `yr` is loaded and stored once per tile
+/// instead of once per kept weight.
+fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f32]) {
+    const T: usize = 64;
+    let mut t0 = 0;
+    while t0 + T <= p {
+        let mut acc = [0f32; T];
+        acc.copy_from_slice(&yr[t0..t0 + T]);
+        for (&c, &v) in idx.iter().zip(vals) {
+            let at = c as usize * p + t0;
+            let br = &b[at..at + T];
+            for i in 0..T {
+                acc[i] = v.mul_add(br[i], acc[i]);
+            }
+        }
+        yr[t0..t0 + T].copy_from_slice(&acc);
+        t0 += T;
+    }
+    if t0 < p {
+        for (&c, &v) in idx.iter().zip(vals) {
+            let c = c as usize;
+            axpy(v, &b[c * p + t0..(c + 1) * p], &mut yr[t0..]);
+        }
+    }
 }
 
 #[inline]
@@ -307,6 +338,9 @@ pub fn matmul(
                 // Codes straight into the FMA: (code − zp) converted in registers, one scale
                 // per row applied to the sum.
                 let nibbles = *bits == 4 && cols.is_multiple_of(2);
+                // Σ x once per call: the vector kernels subtract `z · Σ x` per row instead of
+                // `z` per code (in f64, so the correction adds no rounding of its own).
+                let sum_x: f64 = x.iter().map(|&v| v as f64).sum();
                 if nibbles {
                     s.xe.clear();
                     s.xo.clear();
@@ -317,14 +351,14 @@ pub fn matmul(
                     let g = granularity.group_of(r, 0, cols);
                     let z = zero_points.get(g, *bits);
                     let d = if *bits == 8 {
-                        codes_dot(&codes[r * cols..(r + 1) * cols], z, x)
+                        codes_dot(&codes[r * cols..(r + 1) * cols], z, x, sum_x)
                     } else if nibbles {
                         let half = cols / 2;
-                        nibbles_dot(&codes[r * half..(r + 1) * half], z, &s.xe, &s.xo)
+                        nibbles_dot(&codes[r * half..(r + 1) * half], z, &s.xe, &s.xo, sum_x)
                     } else {
                         s.codes.resize(cols, 0);
                         pack::unpack_codes(codes, *bits, r * cols, &mut s.codes);
-                        codes_dot(&s.codes, z, x)
+                        codes_dot(&s.codes, z, x, sum_x)
                     };
                     y[r - rows.start] = scales[g] * d + layer.bias.as_ref().map_or(0.0, |b| b[r]);
                 }
@@ -353,6 +387,20 @@ pub fn matmul(
             let x = &b[..cols];
             // Sparse: the derived absolute columns (`EntryColumns`) drive a gather dot; f32
             // values are read in place, other stores decoded per row.
+            #[cfg(target_arch = "x86_64")]
+            if rows == (0..layer.rows)
+                && simd::avx512()
+                && let Some(rb) = layer.row_blocks()
+            {
+                // SAFETY: AVX-512F was detected; the kernel bounds every access itself.
+                unsafe { simd::row_blocks_dot(rb, x, &mut y[..m]) };
+                if let Some(bias) = &layer.bias {
+                    for (yv, bv) in y[..m].iter_mut().zip(bias) {
+                        *yv += bv;
+                    }
+                }
+                return;
+            }
             let Some(ec) = layer.entry_columns() else {
                 return;
             };
@@ -387,10 +435,7 @@ pub fn matmul(
                     &s.vals[..n]
                 };
                 let yr = &mut y[(r - rows.start) * p..(r - rows.start + 1) * p];
-                for (&c, &v) in idx.iter().zip(vals) {
-                    let c = c as usize;
-                    axpy(v, &b[c * p..(c + 1) * p], yr);
-                }
+                sparse_row_batch(idx, vals, b, p, yr);
             }
         }
     }

@@ -260,10 +260,11 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.residual_sources();
-        // Derive the sparse layers' runtime column index now, so no timed run builds it.
+        // Derive the sparse layers' runtime layouts (column index, row blocks) now, so no timed
+        // run builds them.
         for step in &steps {
             if let Step::Linear(p) | Step::Conv(p, _) = step {
-                let _ = p.entry_columns();
+                let _ = (p.entry_columns(), p.row_blocks());
             }
         }
         Ok(CompressedModel {
@@ -366,11 +367,39 @@ impl CompressedModel {
         s.dense.resize(self.steps.len(), Vec::new());
         let mut len = self.in_len;
         s.a[..n * len].copy_from_slice(&inputs[..n * len]);
+        // Batches keep activations feature-major (`len × n`) through runs of linear layers and
+        // elementwise steps, so a chain of linear layers transposes once on the way in and once
+        // on the way out rather than around every layer. `fm` says which layout `s.a` holds.
+        let mut fm = false;
         for (i, step) in self.steps.iter().enumerate() {
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
+            let layout_free = match step {
+                Step::Linear(p) => n > 1 && p.activation.is_none(),
+                Step::Activation(_) | Step::Identity => true,
+                _ => false,
+            };
+            if fm && !layout_free {
+                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len]);
+                std::mem::swap(&mut s.a, &mut s.b);
+                fm = false;
+            }
             let (cur, next) = (&mut s.a, &mut s.b);
             let mut swapped = true;
             match step {
+                Step::Linear(p) if n > 1 && p.activation.is_none() => {
+                    // Feature-major in (transposing once if needed) and out.
+                    let (rows, cols) = (p.rows, p.cols);
+                    let b: &[f32] = if fm {
+                        &cur[..n * len]
+                    } else {
+                        s.t1.resize(cols * n, 0.0);
+                        transpose(&cur[..n * len], n, cols, &mut s.t1);
+                        &s.t1
+                    };
+                    let dw = prepare_dense(p, &mut s.dense[i], &mut s.k);
+                    kernels::matmul(p, 0..rows, b, n, &mut next[..rows * n], dw, &mut s.k);
+                    fm = true;
+                }
                 Step::Linear(p) => {
                     linear(
                         p,
@@ -439,13 +468,22 @@ impl CompressedModel {
                 std::mem::swap(&mut s.a, &mut s.b);
             }
             len = out_len;
+            if self.keep[i] && fm {
+                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len]);
+                std::mem::swap(&mut s.a, &mut s.b);
+                fm = false;
+            }
             if self.keep[i] {
                 let saved = &mut s.saved[i];
                 saved.clear();
                 saved.extend_from_slice(&s.a[..n * len]);
             }
         }
-        out[..n * len].copy_from_slice(&s.a[..n * len]);
+        if fm {
+            transpose(&s.a[..n * len], len, n, &mut out[..n * len]);
+        } else {
+            out[..n * len].copy_from_slice(&s.a[..n * len]);
+        }
     }
 }
 
@@ -589,6 +627,10 @@ fn conv(
     let int = p
         .activation
         .filter(|_| matches!(p.values, super::format::ValueStore::Uniform { .. }));
+    if int.is_none() && p.activation.is_none() && n > 1 && !s.is_pointwise() {
+        conv_batched(p, s, x, n, y, col, dw, k);
+        return;
+    }
     let mut fq: Vec<f32> = Vec::new();
     for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
         if let Some(a) = int {
@@ -629,6 +671,53 @@ fn conv(
                 col.resize(kk * pos, 0.0);
                 ops::im2col(xs, s, g, col);
                 kernels::matmul(p, rows, col, pos, yg, dw, k);
+            }
+        }
+    }
+}
+
+/// Samples whose im2col columns are multiplied together in `conv_batched`: enough columns for
+/// the matrix kernel to run at speed, few enough for the im2col block to stay in cache.
+const CONV_BATCH: usize = 16;
+
+/// A float convolution over `n` samples, `CONV_BATCH` samples at a time: their im2col matrices
+/// side by side (`k × (samples·positions)`), one matrix product per group, then each sample's
+/// output rows copied into place.
+#[allow(clippy::too_many_arguments)]
+fn conv_batched(
+    p: &PackedLayer,
+    s: &ConvShape,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    col: &mut Vec<f32>,
+    dw: Option<&[f32]>,
+    k: &mut KernelScratch,
+) {
+    let in_len = s.cin * s.h * s.w;
+    let out_len = s.cout * s.positions();
+    let (kk, pos) = (s.k(), s.positions());
+    let rows_g = s.cout / s.groups;
+    let mut prod = Vec::new();
+    for start in (0..n).step_by(CONV_BATCH) {
+        let count = CONV_BATCH.min(n - start);
+        let wide = count * pos;
+        col.resize(kk * wide, 0.0);
+        prod.resize(rows_g * wide, 0.0);
+        for g in 0..s.groups {
+            for j in 0..count {
+                let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
+                ops::im2col_into(xs, s, g, col, wide, j * pos);
+            }
+            let rows = g * rows_g..(g + 1) * rows_g;
+            kernels::matmul(p, rows, col, wide, &mut prod, dw, k);
+            for j in 0..count {
+                let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
+                for r in 0..rows_g {
+                    let at = (g * rows_g + r) * pos;
+                    ys[at..at + pos]
+                        .copy_from_slice(&prod[r * wide + j * pos..r * wide + (j + 1) * pos]);
+                }
             }
         }
     }

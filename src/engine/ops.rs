@@ -41,6 +41,19 @@ impl ConvShape {
 /// `ci·kh·kw + i·kw + j` holds input channel `ci` shifted by kernel offset `(i, j)` (PyTorch's
 /// OIHW weight order), zeros where the window overhangs the padding.
 pub fn im2col<T: Copy + Default>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
+    im2col_into(x, s, g, out, s.positions(), 0);
+}
+
+/// `im2col` writing row `r` at `out[r·stride + offset ..][..oh·ow]`, so several samples'
+/// matrices can sit side by side in one wide matrix.
+pub fn im2col_into<T: Copy + Default>(
+    x: &[T],
+    s: &ConvShape,
+    g: usize,
+    out: &mut [T],
+    stride: usize,
+    offset: usize,
+) {
     let cg = s.cin / s.groups;
     let p = s.positions();
     for ci in 0..cg {
@@ -48,7 +61,7 @@ pub fn im2col<T: Copy + Default>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]
         for i in 0..s.kh {
             for j in 0..s.kw {
                 let row = (ci * s.kh + i) * s.kw + j;
-                let o = &mut out[row * p..(row + 1) * p];
+                let o = &mut out[row * stride + offset..row * stride + offset + p];
                 for oy in 0..s.oh {
                     let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
                     let orow = &mut o[oy * s.ow..(oy + 1) * s.ow];
@@ -91,6 +104,26 @@ pub struct PoolShape {
 
 /// Max pooling; padded positions never win (PyTorch pads with −∞).
 pub fn max_pool(x: &[f32], s: &PoolShape, out: &mut [f32]) {
+    if s.pad == (0, 0) && s.kernel == (2, 2) && s.stride == (2, 2) {
+        // The common 2×2 / stride 2 window, unpadded: two input rows per output row, no
+        // bounds tests in the inner loop.
+        for c in 0..s.c {
+            let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+            let o = &mut out[c * s.oh * s.ow..(c + 1) * s.oh * s.ow];
+            for (oy, orow) in o.chunks_exact_mut(s.ow).enumerate() {
+                let r0 = &plane[2 * oy * s.w..][..2 * s.ow];
+                let r1 = &plane[(2 * oy + 1) * s.w..][..2 * s.ow];
+                for ((v, a), b) in orow
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    *v = a[0].max(a[1]).max(b[0].max(b[1]));
+                }
+            }
+        }
+        return;
+    }
     pool(x, s, out, f32::NEG_INFINITY, f32::max, |m, _| m);
 }
 
@@ -233,6 +266,62 @@ fn erf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_by_two_max_pool_matches_the_general_window() {
+        for (h, w) in [(4, 4), (5, 7), (2, 3), (9, 8)] {
+            let c = 3;
+            let x: Vec<f32> = (0..c * h * w)
+                .map(|i| ((i * 37) % 23) as f32 - 11.0)
+                .collect();
+            let s = PoolShape {
+                c,
+                h,
+                w,
+                kernel: (2, 2),
+                stride: (2, 2),
+                pad: (0, 0),
+                oh: (h - 2) / 2 + 1,
+                ow: (w - 2) / 2 + 1,
+            };
+            let mut fast = vec![0f32; c * s.oh * s.ow];
+            let mut general = fast.clone();
+            max_pool(&x, &s, &mut fast);
+            pool(&x, &s, &mut general, f32::NEG_INFINITY, f32::max, |m, _| m);
+            assert_eq!(fast, general, "{h}×{w}");
+        }
+    }
+
+    #[test]
+    fn im2col_into_places_rows_at_the_offset() {
+        let s = ConvShape {
+            cin: 2,
+            h: 4,
+            w: 5,
+            cout: 1,
+            kh: 3,
+            kw: 2,
+            stride: (1, 2),
+            pad: (1, 0),
+            dil: (1, 1),
+            groups: 1,
+            oh: 4,
+            ow: 2,
+        };
+        let x: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        let (k, p) = (s.k(), s.positions());
+        let mut one = vec![0f32; k * p];
+        im2col(&x, &s, 0, &mut one);
+        let mut wide = vec![-1f32; k * 3 * p];
+        im2col_into(&x, &s, 0, &mut wide, 3 * p, p);
+        for r in 0..k {
+            assert_eq!(
+                &wide[r * 3 * p + p..r * 3 * p + 2 * p],
+                &one[r * p..(r + 1) * p]
+            );
+            assert!(wide[r * 3 * p..r * 3 * p + p].iter().all(|&v| v == -1.0));
+        }
+    }
 
     #[test]
     fn erf_matches_known_values() {
