@@ -2,13 +2,13 @@
 //! set, compress it per layer (pruning, quantization, weight sharing) into real packed formats,
 //! run it on kernels made for those formats, and measure accuracy, size and latency.
 
-pub mod model;
-pub mod data;
 pub mod cli;
 pub mod compress;
-pub mod measure;
-pub mod train;
-pub mod explore;
+pub mod data;
 pub mod engine;
-pub mod tui;
+pub mod explore;
+pub mod measure;
+pub mod model;
 pub mod report;
+pub mod train;
+pub mod tui;

@@ -27,7 +27,9 @@ pub struct ApplyArgs {
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     if args.recipe.recipe()?.is_none() {
-        anyhow::bail!("give a recipe: --recipe FILE, or quick flags such as --sparsity 0.5 --bits 8");
+        anyhow::bail!(
+            "give a recipe: --recipe FILE, or quick flags such as --sparsity 0.5 --bits 8"
+        );
     }
     let prepared = prepare_model(&args.model, &args.recipe, |m, count| {
         let Some(path) = args.calibration_data.as_ref() else {

@@ -57,7 +57,10 @@ fn builtin() -> Vec<(&'static str, &'static str)> {
             "l1 90 % + int4",
             "[default]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\n",
         ),
-        ("kmeans 5 bits", "[default]\nbits = 5\nscheme = \"kmeans\"\n"),
+        (
+            "kmeans 5 bits",
+            "[default]\nbits = 5\nscheme = \"kmeans\"\n",
+        ),
         ("2:4 + f16", "[default]\nprune = \"nm\"\nbits = 16\n"),
         (
             "int8 weights + activations",

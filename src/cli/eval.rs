@@ -81,7 +81,10 @@ pub fn prepare_model(
     let recipe = recipe.recipe()?;
     let effective = recipe.clone().unwrap_or_default();
     let calib = match &effective.activations {
-        Some(a) => Some((calibration(&loaded.model, a.calibration_samples)?, a.calibration_samples)),
+        Some(a) => Some((
+            calibration(&loaded.model, a.calibration_samples)?,
+            a.calibration_samples,
+        )),
         None => None,
     };
     let calib_ref = calib.as_ref().map(|(v, n)| {
@@ -209,7 +212,10 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
             m.latency_us, m.latency_p90_us, m.throughput
         );
     }
-    s += &format!("wall     {:.1} ms for the whole set\n\nlayers\n", m.wall_s * 1e3);
+    s += &format!(
+        "wall     {:.1} ms for the whole set\n\nlayers\n",
+        m.wall_s * 1e3
+    );
     for l in &m.layers {
         s += &format!(
             "  {:<10} {:<7} {:<24} sparsity {:>5.1} %  {:>10} of {:>10}\n",

@@ -140,7 +140,7 @@ fn gather_dot(vals: &[f32], idx: &[u32], x: &[f32]) -> f32 {
 fn sparse_dot(vals: &[f32], cols: &[u32], x: &[f32], bound: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() && bound <= x.len() && bound <= i32::MAX as usize {
-        // SAFETY: AVX-512F was detected; every derived column is `< bound` (`EntryColumns`),
+        // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; every derived column is `< bound` (`EntryColumns`),
         // and `bound` ≤ x.len() and < 2^31 was checked just above.
         return unsafe { simd::gather_dot(vals, cols, x) };
     }
@@ -154,7 +154,7 @@ fn sparse_dot(vals: &[f32], cols: &[u32], x: &[f32], bound: usize) -> f32 {
 fn codes_dot(codes: &[u8], z: i32, x: &[f32], sum_x: f64) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() {
-        // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
+        // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; the kernel bounds its own loads.
         return unsafe { simd::dot_codes(codes, (z as f64 * sum_x) as f32, x) };
     }
     let _ = sum_x;
@@ -167,7 +167,7 @@ fn codes_dot(codes: &[u8], z: i32, x: &[f32], sum_x: f64) -> f32 {
 fn nibbles_dot(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32], sum_x: f64) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if simd::avx512() {
-        // SAFETY: AVX-512F was detected; the kernel bounds its own loads.
+        // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; the kernel bounds its own loads.
         return unsafe { simd::dot_nibbles(bytes, (z as f64 * sum_x) as f32, xe, xo) };
     }
     let _ = sum_x;
@@ -392,7 +392,7 @@ pub fn matmul(
                 && simd::avx512()
                 && let Some(rb) = layer.row_blocks()
             {
-                // SAFETY: AVX-512F was detected; the kernel bounds every access itself.
+                // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; the kernel bounds every access itself.
                 unsafe { simd::row_blocks_dot(rb, x, &mut y[..m]) };
                 if let Some(bias) = &layer.bias {
                     for (yv, bv) in y[..m].iter_mut().zip(bias) {

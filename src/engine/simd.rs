@@ -53,7 +53,7 @@ mod x86 {
     /// `Σ vals[k] · x[cols[k]]` with 16-lane gathers.
     ///
     /// # Safety
-    /// The CPU has AVX-512F (`avx512()`), and every `cols[k]` for `k < min(len)` is
+    /// The CPU has AVX-512F/BW/VL (`avx512()`), and every `cols[k]` for `k < min(len)` is
     /// `< x.len()` and `< 2^31`.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gather_dot(vals: &[f32], cols: &[u32], x: &[f32]) -> f32 {
@@ -185,7 +185,7 @@ mod x86 {
     /// rows. Columns past `x.len()` read as zero; `y` receives at most `y.len()` rows.
     ///
     /// # Safety
-    /// The CPU has AVX-512F (`avx512()`).
+    /// The CPU has AVX-512F/BW/VL (`avx512()`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn row_blocks_dot(rb: &RowBlocks, x: &[f32], y: &mut [f32]) {
         const L: usize = RowBlocks::LANES;

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 
 pub use load::{
-    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, load, load_with_arch, sidecar_path,
-    tensor_to_f32, to_safetensors_bytes,
+    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, load, load_with_arch,
+    sidecar_path, tensor_to_f32, to_safetensors_bytes,
 };
 pub use save::write_atomic;
 pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
