@@ -238,6 +238,8 @@ pub fn measure(
         None => p.achieved_sparsity(),
     });
     let mut layers = Vec::new();
+    // Pruned (or zero) weights and all weights, for the overall figure without a plan.
+    let (mut zero_weights, mut all_weights) = (0.0f64, 0usize);
     for (i, packed) in compressed.packed_layers() {
         let layer = &compressed.model.layers[i];
         let q = plan.and_then(|p| p.layers.iter().find(|q| q.layer == i));
@@ -255,6 +257,8 @@ pub fn measure(
                 w.iter().filter(|v| **v == 0.0).count() as f64 / w.len().max(1) as f64
             }
         };
+        zero_weights += layer_sparsity * (packed.rows * packed.cols) as f64;
+        all_weights += packed.rows * packed.cols;
         layers.push(LayerMeasurement {
             name: layer.name.clone(),
             op: layer.op.name().to_string(),
@@ -277,13 +281,9 @@ pub fn measure(
         .sum();
     let size_bytes = compressed.size_bytes();
     let dense_bytes = layers.iter().map(|l| l.dense_bytes).sum::<usize>() + other_bytes;
-    let weights: usize = layers.iter().map(|l| l.params).sum();
     let overall_sparsity = match &sparsity {
         Some(s) => s.fraction(),
-        None => {
-            let zero: f64 = layers.iter().map(|l| l.sparsity * l.params as f64).sum();
-            zero / weights.max(1) as f64
-        }
+        None => zero_weights / all_weights.max(1) as f64,
     };
     let (latency_us, latency_p90_us) = if timing.latency && n > 0 {
         let stats = engine::latency(compressed, &inputs[..compressed.input_len()]);
