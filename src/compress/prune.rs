@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::CompressError;
 use super::recipe::Norm;
-use crate::model::{Activation, LayerSpec, Model, Op};
+use crate::model::{LayerSpec, Model, Op};
 
 /// How many of `n` items `sparsity` removes: `round(sparsity × n)`, ties to even (as Python's
 /// `round` in `torch.nn.utils.prune`).
@@ -306,19 +306,6 @@ fn scale_bytes(stored: usize, new: usize, old: usize) -> usize {
     ((stored as u128 * new as u128) / old as u128) as usize
 }
 
-fn apply_activation(x: &Tensor, a: Activation) -> candle_core::Result<Tensor> {
-    // The same candle calls as the dense forward, so folded constants match it exactly.
-    match a {
-        Activation::Relu => x.relu(),
-        Activation::Relu6 => x.clamp(0f32, 6f32),
-        Activation::LeakyRelu(s) => candle_nn::ops::leaky_relu(x, s),
-        Activation::Gelu => x.gelu_erf(),
-        Activation::Tanh => x.tanh(),
-        Activation::Sigmoid => candle_nn::ops::sigmoid(x),
-        Activation::Silu => x.silu(),
-    }
-}
-
 /// Removes the output rows of `layer` not in `keep` (ascending), the matching values of the
 /// per-channel ops after it, and the matching inputs of the layer that consumes it.
 ///
@@ -394,7 +381,8 @@ pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, Comp
                 if !consts.is_empty() {
                     let t = Tensor::from_vec(consts.clone(), consts.len(), &Device::Cpu)
                         .map_err(terr(&lname))?;
-                    consts = apply_activation(&t, *a)
+                    // The dense forward's own activation, so folded constants match it exactly.
+                    consts = crate::model::activation(&t, *a)
                         .and_then(|t| t.to_dtype(DType::F32))
                         .and_then(|t| t.to_vec1::<f32>())
                         .map_err(terr(&lname))?;

@@ -99,7 +99,8 @@ impl Model {
     }
 }
 
-fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
+/// An activation on candle, as the dense inference forward applies it.
+pub(crate) fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
     match a {
         Activation::Relu => x.relu(),
         Activation::Relu6 => x.clamp(0f32, 6f32),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
+pub(crate) use forward::activation;
 pub use load::{
     ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, load, load_with_arch,
     sidecar_path, tensor_to_f32, to_safetensors_bytes,
