@@ -1071,3 +1071,142 @@ proptest! {
         }
     }
 }
+
+/// The blocked matrix product against a plain triple loop, at shapes that leave partial row
+/// panels, partial column panels and several inner blocks, on both kernel paths.
+#[test]
+fn matrix_product_matches_the_plain_product() {
+    use squeeze::engine::gemm;
+    let mut rng = StdRng::seed_from_u64(21);
+    for portable in [false, true] {
+        with_kernel_path(portable, || {
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (12, 32, 160),
+                (13, 33, 161),
+                (7, 5, 3),
+                (30, 70, 400),
+                (25, 128, 784),
+            ] {
+                let a = rand_vec(&mut rng, m * k);
+                let b = rand_vec(&mut rng, k * n);
+                let y0 = rand_vec(&mut rng, m * n);
+                let mut packed = Vec::new();
+                gemm::pack_a(&a, m, k, &mut packed);
+                assert_eq!(packed.len(), gemm::packed_len(m, k));
+                let mut y = y0.clone();
+                gemm::gemm_acc(&packed, m, n, k, &b, &mut y, &mut Default::default());
+                let mut want = y0.clone();
+                for r in 0..m {
+                    for j in 0..n {
+                        let s: f64 = (0..k).map(|c| (a[r * k + c] * b[c * n + j]) as f64).sum();
+                        want[r * n + j] += s as f32;
+                    }
+                }
+                assert_close(
+                    &y,
+                    &want,
+                    1e-5,
+                    &format!("{m}×{k}·{k}×{n} portable={portable}"),
+                );
+            }
+        });
+    }
+}
+
+/// The 8-bit integer kernel a model runs for layers with quantized inputs and 8-bit weights
+/// gives exactly the generic integer kernel's outputs: dense and pruned weights, row counts
+/// that leave a partial panel, inputs not a multiple of four, one sample and batches with a
+/// partial tile, on both kernel paths.
+#[test]
+fn eight_bit_integer_kernel_matches_the_generic_integer_kernel() {
+    const ARCH: &str = r#"
+[input]
+shape = [90]
+[[layer]]
+op = "linear"
+name = "fc"
+weight = "fc.weight"
+bias = "fc.bias"
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(22);
+    let (rows, cols) = (37, 90);
+    let w = rand_vec(&mut rng, rows * cols);
+    let bias = rand_vec(&mut rng, rows);
+    let t: Named = vec![
+        ("fc.weight".into(), vec![rows, cols], w.clone()),
+        ("fc.bias".into(), vec![rows], bias.clone()),
+    ];
+    let m = write_model(&dir, ARCH, &t);
+    let act = ActivationQuant {
+        bits: 8,
+        scale: 2.0 / 255.0,
+        zero_point: 100,
+    };
+    for sparsity in [0.0, 0.7] {
+        for granularity in [Granularity::Channel, Granularity::Tensor] {
+            let scheme = Scheme::Uniform {
+                bits: 8,
+                granularity,
+                symmetric: true,
+            };
+            let mut q = quantize(&w, rows, cols, sparsity, scheme, Some(bias.clone()));
+            q.activation = Some(act);
+            let p = Plan {
+                model: m.clone(),
+                layers: vec![q],
+            };
+            let cm = CompressedModel::build(&p).expect("build");
+            let Some((_, pl)) = cm.packed_layers().next() else {
+                panic!("one packed layer");
+            };
+            for portable in [false, true] {
+                with_kernel_path(portable, || {
+                    for n in [1usize, 30] {
+                        let x: Vec<f32> = rand_vec(&mut rng, n * cols)
+                            .iter()
+                            .map(|v| v * 1.5)
+                            .collect();
+                        let got = cm.logits(&x, n);
+                        // The generic kernel, feature-major, then back to sample-major.
+                        let mut codes = vec![0i16; cols * n];
+                        let mut one = vec![0i16; cols];
+                        for j in 0..n {
+                            engine::quantize_centered(
+                                &x[j * cols..(j + 1) * cols],
+                                act.bits,
+                                act.scale,
+                                act.zero_point,
+                                &mut one,
+                            );
+                            for c in 0..cols {
+                                codes[c * n + j] = one[c];
+                            }
+                        }
+                        let mut y = vec![0f32; rows * n];
+                        let mut s = KernelScratch::default();
+                        assert!(engine::matmul_int(
+                            pl,
+                            0..rows,
+                            &codes,
+                            n,
+                            act.scale,
+                            &mut y,
+                            &mut s
+                        ));
+                        for j in 0..n {
+                            for r in 0..rows {
+                                assert_eq!(
+                                    got[j * rows + r].to_bits(),
+                                    y[r * n + j].to_bits(),
+                                    "sparsity {sparsity} {granularity:?} portable={portable} n={n} row {r} sample {j}"
+                                );
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+}

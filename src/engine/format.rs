@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use super::EngineError;
+use super::gemm;
+use super::int8::Int8Layer;
 use super::pack::{self, GapWidth};
 use crate::compress::{ActivationQuant, FloatStorage, Granularity, QuantizedLayer, WeightValues};
 
@@ -188,6 +190,8 @@ pub struct PackedLayer {
 pub struct DerivedColumns {
     columns: OnceLock<EntryColumns>,
     blocks: OnceLock<Option<RowBlocks>>,
+    panels: OnceLock<Vec<f32>>,
+    int8: OnceLock<Option<Int8Layer>>,
 }
 
 impl PartialEq for DerivedColumns {
@@ -457,6 +461,38 @@ impl PackedLayer {
             .blocks
             .get_or_init(|| build_row_blocks(self, vals, &ec.cols))
             .as_ref()
+    }
+
+    /// The 8-bit integer form of a layer with quantized inputs and uniform weight codes
+    /// (`Int8Layer`, zeros where pruned: at 64 products per instruction it outruns the sparse
+    /// integer kernel at any sparsity), built on first use; `None` when the inputs are not
+    /// quantized or the weights do not qualify.
+    pub fn int8(&self) -> Option<&Int8Layer> {
+        let a = self.activation?;
+        if a.bits > 8 {
+            return None;
+        }
+        self.derived
+            .int8
+            .get_or_init(|| Int8Layer::build(self))
+            .as_ref()
+    }
+
+    /// Stored entries per weight (`1` for dense layers; CSR padding entries count).
+    pub fn density(&self) -> f64 {
+        self.entries as f64 / (self.rows * self.cols).max(1) as f64
+    }
+
+    /// The whole matrix dequantized into the matrix product's row-panel layout
+    /// (`gemm::pack_a`), built on first use by a batched run: the batched kernels multiply
+    /// by it at full speed whatever the storage format, and single-sample runs never build it.
+    /// It costs `rows × cols × 4` bytes of memory at run time, never stored.
+    pub fn gemm_panels(&self) -> &[f32] {
+        self.derived.panels.get_or_init(|| {
+            let mut out = Vec::new();
+            gemm::pack_a(&self.dequantized(), self.rows, self.cols, &mut out);
+            out
+        })
     }
 
     /// Columns of row `r`'s entries (sparse formats), appended to `out` after clearing it.

@@ -8,6 +8,8 @@
 
 mod export;
 mod format;
+pub mod gemm;
+mod int8;
 mod kernels;
 mod model;
 mod ops;

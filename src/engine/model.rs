@@ -5,7 +5,8 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::EngineError;
-use super::format::{Indexing, PackedLayer, SizeBreakdown};
+use super::format::{Indexing, PackedLayer, SizeBreakdown, ValueStore};
+use super::int8;
 use super::kernels::{self, KernelScratch};
 use super::ops::{self, ConvShape, PoolShape};
 use crate::compress::Plan;
@@ -61,12 +62,25 @@ pub struct CompressedModel {
 pub struct Scratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    saved: Vec<Vec<f32>>,
+    bufs: LayerBufs,
+}
+
+/// Buffers of one layer's computation (kept between layers and runs, so a run allocates
+/// nothing once warm).
+#[derive(Debug, Default)]
+struct LayerBufs {
     t1: Vec<f32>,
     t2: Vec<f32>,
+    /// Centred activation codes (generic integer kernel).
     qa: Vec<i16>,
     qb: Vec<i16>,
-    dense: Vec<Vec<f32>>,
-    saved: Vec<Vec<f32>>,
+    /// Unsigned activation codes (8-bit kernel).
+    q8: Vec<u8>,
+    /// A layer's outputs before they are transposed into place.
+    yt: Vec<f32>,
+    /// A grouped layer decoded for the current call.
+    dense: Vec<f32>,
     k: KernelScratch,
 }
 
@@ -364,7 +378,6 @@ impl CompressedModel {
         s.a.resize(need, 0.0);
         s.b.resize(need, 0.0);
         s.saved.resize(self.steps.len(), Vec::new());
-        s.dense.resize(self.steps.len(), Vec::new());
         let mut len = self.in_len;
         s.a[..n * len].copy_from_slice(&inputs[..n * len]);
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
@@ -389,29 +402,19 @@ impl CompressedModel {
                 Step::Linear(p) if n > 1 && p.activation.is_none() => {
                     // Feature-major in (transposing once if needed) and out.
                     let (rows, cols) = (p.rows, p.cols);
+                    let t = &mut s.bufs;
                     let b: &[f32] = if fm {
                         &cur[..n * len]
                     } else {
-                        s.t1.resize(cols * n, 0.0);
-                        transpose(&cur[..n * len], n, cols, &mut s.t1);
-                        &s.t1
+                        t.t1.resize(cols * n, 0.0);
+                        transpose(&cur[..n * len], n, cols, &mut t.t1);
+                        &t.t1
                     };
-                    let dw = prepare_dense(p, &mut s.dense[i], &mut s.k);
-                    kernels::matmul(p, 0..rows, b, n, &mut next[..rows * n], dw, &mut s.k);
+                    kernels::matmul(p, 0..rows, b, n, &mut next[..rows * n], None, &mut t.k);
                     fm = true;
                 }
                 Step::Linear(p) => {
-                    linear(
-                        p,
-                        &cur[..n * len],
-                        n,
-                        &mut next[..n * out_len],
-                        &mut s.t1,
-                        &mut s.t2,
-                        &mut s.qa,
-                        &mut s.dense[i],
-                        &mut s.k,
-                    );
+                    linear(p, &cur[..n * len], n, &mut next[..n * out_len], &mut s.bufs);
                 }
                 Step::Conv(p, shape) => {
                     conv(
@@ -420,11 +423,7 @@ impl CompressedModel {
                         &cur[..n * len],
                         n,
                         &mut next[..n * out_len],
-                        &mut s.t1,
-                        &mut s.qa,
-                        &mut s.qb,
-                        &mut s.dense[i],
-                        &mut s.k,
+                        &mut s.bufs,
                     );
                 }
                 Step::ChannelAffine { scale, shift, per } => {
@@ -488,97 +487,66 @@ impl CompressedModel {
 }
 
 /// A linear layer over `n` samples (`x` is `n × cols`, `y` is `n × rows`).
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    p: &PackedLayer,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    t1: &mut Vec<f32>,
-    t2: &mut Vec<f32>,
-    qa: &mut Vec<i16>,
-    dense: &mut Vec<f32>,
-    k: &mut KernelScratch,
-) {
+fn linear(p: &PackedLayer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
     let (rows, cols) = (p.rows, p.cols);
     if let Some(a) = p.activation {
-        // Quantize the input once; integer codes × integer codes when the weights are codes.
-        let int = matches!(p.values, super::format::ValueStore::Uniform { .. });
-        if int {
-            qa.resize(n * cols, 0);
-            // Feature-major (cols × n) centred codes.
-            let mut q = vec![0i16; cols];
-            for (si, xs) in x.chunks(cols).enumerate() {
-                kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut q);
-                for (c, &v) in q.iter().enumerate() {
-                    qa[c * n + si] = v;
-                }
+        if let Some(il) = p.int8() {
+            // 8-bit activation codes × 8-bit weights, sample-major in and out.
+            let kp = il.kp;
+            t.q8.resize(n * kp, 0);
+            for (xs, qs) in x.chunks(cols).zip(t.q8.chunks_mut(kp)).take(n) {
+                int8::quantize_u8(xs, &a, qs);
             }
-            t2.resize(rows * n, 0.0);
-            kernels::matmul_int(p, 0..rows, qa, n, a.scale, t2, k);
-            transpose(t2, rows, n, y);
+            il.run(&t.q8, n, &a, y);
             return;
         }
-        t1.resize(n * cols, 0.0);
-        t1.copy_from_slice(x);
-        kernels::fake_quantize(t1, a.bits, a.scale, a.zero_point);
-        let xq = std::mem::take(t1);
-        linear_float(p, &xq, n, y, t2, dense, k);
-        *t1 = xq;
+        if matches!(p.values, ValueStore::Uniform { .. }) {
+            // Integer codes × integer codes, accumulated exactly per scale group.
+            t.qa.resize(n * cols, 0);
+            // Feature-major (cols × n) centred codes.
+            t.qb.resize(cols, 0);
+            for (si, xs) in x.chunks(cols).enumerate().take(n) {
+                kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qb);
+                for (c, &v) in t.qb.iter().enumerate() {
+                    t.qa[c * n + si] = v;
+                }
+            }
+            t.t2.resize(rows * n, 0.0);
+            kernels::matmul_int(p, 0..rows, &t.qa, n, a.scale, &mut t.t2, &mut t.k);
+            transpose(&t.t2, rows, n, y);
+            return;
+        }
+        // Float weights see the quantized inputs' values.
+        let mut xq = std::mem::take(&mut t.t2);
+        xq.clear();
+        xq.extend_from_slice(&x[..n * cols]);
+        kernels::fake_quantize(&mut xq, a.bits, a.scale, a.zero_point);
+        linear_float(p, &xq, n, y, t);
+        t.t2 = xq;
         return;
     }
-    let mut bt = std::mem::take(t1);
-    linear_float_with(p, x, n, y, &mut bt, t2, dense, k);
-    *t1 = bt;
+    linear_float(p, x, n, y, t);
 }
 
-fn linear_float(
-    p: &PackedLayer,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    t2: &mut Vec<f32>,
-    dense: &mut Vec<f32>,
-    k: &mut KernelScratch,
-) {
-    let mut bt = Vec::new();
-    linear_float_with(p, x, n, y, &mut bt, t2, dense, k);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn linear_float_with(
-    p: &PackedLayer,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    bt: &mut Vec<f32>,
-    t2: &mut Vec<f32>,
-    dense: &mut Vec<f32>,
-    k: &mut KernelScratch,
-) {
+/// A linear layer over float inputs: the row kernels for one sample; for a batch,
+/// `Y = W·xᵀ` (`rows × n`) through the matrix kernels, then transposed back.
+fn linear_float(p: &PackedLayer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
     let (rows, cols) = (p.rows, p.cols);
     if n == 1 {
-        kernels::matmul(p, 0..rows, x, 1, y, None, k);
+        kernels::matmul(p, 0..rows, x, 1, y, None, &mut t.k);
         return;
     }
-    // B = xᵀ (cols × n), Y = W·B (rows × n), y = Yᵀ.
-    bt.resize(cols * n, 0.0);
-    transpose(x, n, cols, bt);
-    t2.resize(rows * n, 0.0);
-    let dw = prepare_dense(p, dense, k);
-    kernels::matmul(p, 0..rows, bt, n, t2, dw, k);
-    transpose(t2, rows, n, y);
+    t.t1.resize(cols * n, 0.0);
+    transpose(x, n, cols, &mut t.t1);
+    t.yt.resize(rows * n, 0.0);
+    kernels::matmul(p, 0..rows, &t.t1, n, &mut t.yt, None, &mut t.k);
+    transpose(&t.yt, rows, n, y);
 }
 
-/// Decodes a dense-indexed, non-f32 layer once per batch; `None` for layers the kernels read
+/// Decodes a dense-indexed, non-f32 layer into `dense`; `None` for layers the kernels read
 /// directly (f32 values, sparse formats).
-fn prepare_dense<'a>(
-    p: &PackedLayer,
-    dense: &'a mut Vec<f32>,
-    _k: &mut KernelScratch,
-) -> Option<&'a [f32]> {
-    if !matches!(p.index, Indexing::Dense) || matches!(p.values, super::format::ValueStore::F32(_))
-    {
+fn prepare_dense<'a>(p: &PackedLayer, dense: &'a mut Vec<f32>) -> Option<&'a [f32]> {
+    if !matches!(p.index, Indexing::Dense) || matches!(p.values, ValueStore::F32(_)) {
         return None;
     }
     dense.resize(p.rows * p.cols, 0.0);
@@ -587,7 +555,7 @@ fn prepare_dense<'a>(
 }
 
 /// `out (c × r) = xᵀ` for `x (r × c)`, in cache-sized tiles.
-fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
+fn transpose<T: Copy>(x: &[T], r: usize, c: usize, out: &mut [T]) {
     const T: usize = 32;
     for i0 in (0..r).step_by(T) {
         for j0 in (0..c).step_by(T) {
@@ -601,55 +569,67 @@ fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
 }
 
 /// A convolution over `n` samples, each one im2col then the matrix kernel.
-#[allow(clippy::too_many_arguments)]
-fn conv(
-    p: &PackedLayer,
-    s: &ConvShape,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    col: &mut Vec<f32>,
-    qa: &mut Vec<i16>,
-    qb: &mut Vec<i16>,
-    dense: &mut Vec<f32>,
-    k: &mut KernelScratch,
-) {
+fn conv(p: &PackedLayer, s: &ConvShape, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
     let in_len = s.cin * s.h * s.w;
     let out_len = s.cout * s.positions();
     let (kk, pos) = (s.k(), s.positions());
     let rows_g = s.cout / s.groups;
-    // Decoded once for all samples (and groups) of this call.
-    let dw = if n > 1 || s.positions() > 1 {
-        prepare_dense(p, dense, k)
+    if let (Some(a), Some(il), 1) = (p.activation, p.int8(), s.groups) {
+        // 8-bit codes × 8-bit weights: the positions are the kernel's samples.
+        let kp = il.kp;
+        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+            // im2col on the float inputs, so padding is the code of 0.0 (the zero point),
+            // then quantized into position-major rows of `kp` codes (padding columns have
+            // zero weights).
+            t.t1.resize(kk * pos, 0.0);
+            ops::im2col(xs, s, 0, &mut t.t1);
+            t.t2.resize(kk, 0.0);
+            t.q8.resize(pos * kp, 0);
+            for (j, q) in t.q8.chunks_exact_mut(kp).enumerate() {
+                for (c, v) in t.t2.iter_mut().enumerate() {
+                    *v = t.t1[c * pos + j];
+                }
+                int8::quantize_u8(&t.t2, &a, q);
+            }
+            t.yt.resize(pos * s.cout, 0.0);
+            il.run(&t.q8, pos, &a, &mut t.yt);
+            transpose(&t.yt, pos, s.cout, ys);
+        }
+        return;
+    }
+    // A grouped layer's rows are multiplied group by group: decoded once for all samples and
+    // groups of this call (a whole layer multiplies by its cached panels instead).
+    let dw = if s.groups > 1 && (n > 1 || s.positions() > 1) {
+        prepare_dense(p, &mut t.dense)
     } else {
         None
     };
     let int = p
         .activation
-        .filter(|_| matches!(p.values, super::format::ValueStore::Uniform { .. }));
+        .filter(|_| matches!(p.values, ValueStore::Uniform { .. }));
     if int.is_none() && p.activation.is_none() && n > 1 && !s.is_pointwise() {
-        conv_batched(p, s, x, n, y, col, dw, k);
+        conv_batched(p, s, x, n, y, &mut t.t1, &mut t.yt, dw, &mut t.k);
         return;
     }
-    let mut fq: Vec<f32> = Vec::new();
     for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
         if let Some(a) = int {
-            qa.resize(in_len, 0);
-            kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, qa);
-            qb.resize(kk * pos, 0);
+            t.qa.resize(in_len, 0);
+            kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qa);
+            t.qb.resize(kk * pos, 0);
             for g in 0..s.groups {
-                ops::im2col(qa, s, g, qb);
+                ops::im2col(&t.qa, s, g, &mut t.qb);
                 let rows = g * rows_g..(g + 1) * rows_g;
-                kernels::matmul_int(p, rows, qb, pos, a.scale, &mut ys[g * rows_g * pos..], k);
+                let yg = &mut ys[g * rows_g * pos..];
+                kernels::matmul_int(p, rows, &t.qb, pos, a.scale, yg, &mut t.k);
             }
             continue;
         }
         let xs: &[f32] = match p.activation {
             Some(a) => {
-                fq.clear();
-                fq.extend_from_slice(xs);
-                kernels::fake_quantize(&mut fq, a.bits, a.scale, a.zero_point);
-                &fq
+                t.t2.clear();
+                t.t2.extend_from_slice(xs);
+                kernels::fake_quantize(&mut t.t2, a.bits, a.scale, a.zero_point);
+                &t.t2
             }
             None => xs,
         };
@@ -658,31 +638,25 @@ fn conv(
             let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
             if s.is_pointwise() {
                 let cg = s.cin / s.groups;
-                kernels::matmul(
-                    p,
-                    rows,
-                    &xs[g * cg * pos..(g + 1) * cg * pos],
-                    pos,
-                    yg,
-                    dw,
-                    k,
-                );
+                let b = &xs[g * cg * pos..(g + 1) * cg * pos];
+                kernels::matmul(p, rows, b, pos, yg, dw, &mut t.k);
             } else {
-                col.resize(kk * pos, 0.0);
-                ops::im2col(xs, s, g, col);
-                kernels::matmul(p, rows, col, pos, yg, dw, k);
+                t.t1.resize(kk * pos, 0.0);
+                ops::im2col(xs, s, g, &mut t.t1);
+                kernels::matmul(p, rows, &t.t1, pos, yg, dw, &mut t.k);
             }
         }
     }
 }
 
-/// Samples whose im2col columns are multiplied together in `conv_batched`: enough columns for
-/// the matrix kernel to run at speed, few enough for the im2col block to stay in cache.
-const CONV_BATCH: usize = 16;
+/// Output positions `conv_batched` multiplies at once: the im2col block of that many columns
+/// (`k × columns`) stays in the L2 cache, and the matrix kernel gets whole column panels.
+const CONV_COLUMNS: usize = 128;
 
-/// A float convolution over `n` samples, `CONV_BATCH` samples at a time: their im2col matrices
-/// side by side (`k × (samples·positions)`), one matrix product per group, then each sample's
-/// output rows copied into place.
+/// A float convolution over `n` samples, a few samples at a time (`CONV_COLUMNS` output
+/// positions, at least one sample): their im2col matrices side by side
+/// (`k × (samples·positions)`), one matrix product per group, then each sample's output rows
+/// copied into place.
 #[allow(clippy::too_many_arguments)]
 fn conv_batched(
     p: &PackedLayer,
@@ -691,6 +665,7 @@ fn conv_batched(
     n: usize,
     y: &mut [f32],
     col: &mut Vec<f32>,
+    prod: &mut Vec<f32>,
     dw: Option<&[f32]>,
     k: &mut KernelScratch,
 ) {
@@ -698,9 +673,9 @@ fn conv_batched(
     let out_len = s.cout * s.positions();
     let (kk, pos) = (s.k(), s.positions());
     let rows_g = s.cout / s.groups;
-    let mut prod = Vec::new();
-    for start in (0..n).step_by(CONV_BATCH) {
-        let count = CONV_BATCH.min(n - start);
+    let per = CONV_COLUMNS.div_ceil(pos.max(1));
+    for start in (0..n).step_by(per) {
+        let count = per.min(n - start);
         let wide = count * pos;
         col.resize(kk * wide, 0.0);
         prod.resize(rows_g * wide, 0.0);
@@ -710,7 +685,7 @@ fn conv_batched(
                 ops::im2col_into(xs, s, g, col, wide, j * pos);
             }
             let rows = g * rows_g..(g + 1) * rows_g;
-            kernels::matmul(p, rows, col, wide, &mut prod, dw, k);
+            kernels::matmul(p, rows, col, wide, prod, dw, k);
             for j in 0..count {
                 let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
                 for r in 0..rows_g {

@@ -1,0 +1,215 @@
+//! The f32 matrix product behind batched linear layers and convolutions:
+//! `Y (m × n) += A (m × k) · B (k × n)`, all row-major, single-threaded (callers parallelise
+//! over batches).
+//!
+//! The layout follows the classic blocked design (Goto & van de Geijn):
+//! - `A` (the weights) is stored once in *row panels* of `MR` rows, each panel `k`-major
+//!   (`k × MR`), rows past `m` zero (`pack_a`), so the micro-kernel reads it sequentially;
+//! - `B` (activations, im2col columns) is copied per call in blocks of at most `KC` steps of `k`
+//!   into column panels of `NR` columns (`kc × NR`, columns past `n` zero), a panel small enough
+//!   to stay in the L1 cache while every row panel of `A` streams past it;
+//! - the micro-kernel keeps an `MR × NR` tile of `Y` in registers for the whole `k` block: per
+//!   step two vector loads of `B`, `MR` broadcasts of `A` and `2·MR` FMAs.
+//!
+//! The AVX-512 micro-kernel is chosen at run time (`simd::avx512()`); the portable one computes
+//! the same tile with plain loops (the compiler vectorises it for the target).
+
+use super::simd;
+
+/// Rows of `A` per panel and per register tile.
+pub const MR: usize = 12;
+/// Columns of `B` per panel (two 16-lane vectors).
+pub const NR: usize = 32;
+/// Largest block of the inner dimension: a `KC × NR` panel of `B` is 20 KiB, inside L1.
+const KC: usize = 160;
+
+/// Length of `A`'s panel layout for an `m × k` matrix.
+pub fn packed_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
+/// Writes `w` (`m × k`, row-major) into `out` as row panels: element `(r, c)` goes to
+/// `(r / MR)·MR·k + c·MR + r % MR`; the rows of the last panel past `m` are zero.
+pub fn pack_a(w: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(packed_len(m, k), 0.0);
+    for (r, row) in w[..m * k].chunks_exact(k.max(1)).enumerate().take(m) {
+        let base = (r / MR) * MR * k + r % MR;
+        for (c, &v) in row.iter().enumerate() {
+            out[base + c * MR] = v;
+        }
+    }
+}
+
+/// Buffers `gemm_acc` reuses between calls.
+#[derive(Debug, Default, Clone)]
+pub struct GemmScratch {
+    bpack: Vec<f32>,
+}
+
+/// `y (m × n) += A (m × k) · b (k × n)` with `a` in `pack_a`'s panel layout.
+///
+/// # Panics
+/// When a slice is shorter than its shape says.
+pub fn gemm_acc(
+    a: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    b: &[f32],
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= packed_len(m, k) && b.len() >= k * n && y.len() >= m * n,
+        "gemm operands too short"
+    );
+    let blocks = k.div_ceil(KC);
+    let kc_max = k.div_ceil(blocks);
+    let panels = n.div_ceil(NR);
+    let row_panels = m.div_ceil(MR);
+    let avx = simd::avx512();
+    for kb in 0..blocks {
+        let k0 = kb * kc_max;
+        let k1 = (k0 + kc_max).min(k);
+        let kc = k1 - k0;
+        pack_b(&b[k0 * n..k1 * n], kc, n, &mut s.bpack);
+        for jp in 0..panels {
+            let j0 = jp * NR;
+            let cols = NR.min(n - j0);
+            let bp = &s.bpack[jp * kc * NR..(jp + 1) * kc * NR];
+            for rp in 0..row_panels {
+                let r0 = rp * MR;
+                let rows = MR.min(m - r0);
+                let ap = &a[rp * MR * k + k0 * MR..rp * MR * k + k1 * MR];
+                let yt = &mut y[r0 * n + j0..];
+                #[cfg(target_arch = "x86_64")]
+                if avx {
+                    // SAFETY: `simd::avx512()` confirmed AVX-512F; `ap` holds `kc × MR` and `bp`
+                    // `kc × NR` values (slices checked above); the tile writes rows `< rows` at
+                    // stride `n` and columns `< cols`, all inside `yt` since `r0 + rows ≤ m`
+                    // and `j0 + cols ≤ n`.
+                    unsafe { x86::micro(kc, ap, bp, yt, n, rows, cols) };
+                    continue;
+                }
+                let _ = avx;
+                micro_portable(kc, ap, bp, yt, n, rows, cols);
+            }
+        }
+    }
+}
+
+/// Copies `b` (`kc × n`) into column panels of `NR` (`kc × NR` each, columns past `n` zero).
+fn pack_b(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
+    let panels = n.div_ceil(NR);
+    out.resize(panels * kc * NR, 0.0);
+    for jp in 0..panels {
+        let j0 = jp * NR;
+        let w = NR.min(n - j0);
+        let dst = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
+        for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+            let src = &b[kk * n + j0..kk * n + j0 + w];
+            if let (Ok(d), Ok(src)) = (
+                <&mut [f32; NR]>::try_from(&mut *d),
+                <&[f32; NR]>::try_from(src),
+            ) {
+                // A whole panel row: a fixed-size copy the compiler does in two vector moves.
+                *d = *src;
+            } else {
+                d[..w].copy_from_slice(src);
+                d[w..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The portable `MR × NR` tile: `y[i·ldy + j] += Σ_kk a[kk·MR + i] · b[kk·NR + j]` for
+/// `i < rows`, `j < cols`.
+fn micro_portable(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    ldy: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let mut acc = [[0f32; NR]; MR];
+    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+        for i in 0..MR {
+            let ai = av[i];
+            for j in 0..NR {
+                acc[i][j] = ai.mul_add(bv[j], acc[i][j]);
+            }
+        }
+    }
+    for (i, row) in acc.iter().enumerate().take(rows) {
+        for (yv, &v) in y[i * ldy..i * ldy + cols].iter_mut().zip(row) {
+            *yv += v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// The AVX-512 `MR × NR` tile: 24 accumulators held in registers across the `k` block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
+    /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ NR`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn micro(
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        y: &mut [f32],
+        ldy: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= NR);
+        assert!(rows == 0 || y.len() >= (rows - 1) * ldy + cols);
+        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // SAFETY (whole block): step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
+        // `b[kk·NR .. kk·NR + NR]`, inside both slices (asserted above); the tile loads and
+        // stores are masked to the `cols` columns of the `rows` rows that `y` holds.
+        unsafe {
+            for _ in 0..kc {
+                let b0 = _mm512_loadu_ps(bp);
+                let b1 = _mm512_loadu_ps(bp.add(16));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            let lanes = |c: usize| -> __mmask16 {
+                if c >= 16 {
+                    0xFFFF
+                } else {
+                    ((1u32 << c) - 1) as __mmask16
+                }
+            };
+            let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
+            let yp = y.as_mut_ptr();
+            for (i, acc) in acc.iter().enumerate().take(rows) {
+                let p0 = yp.add(i * ldy);
+                let p1 = p0.wrapping_add(16);
+                let c0 = _mm512_maskz_loadu_ps(m0, p0);
+                _mm512_mask_storeu_ps(p0, m0, _mm512_add_ps(c0, acc[0]));
+                let c1 = _mm512_maskz_loadu_ps(m1, p1);
+                _mm512_mask_storeu_ps(p1, m1, _mm512_add_ps(c1, acc[1]));
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Integer kernels for layers whose weights are uniform codes and whose inputs are quantized
+//! (static activation quantization): unsigned 8-bit activation codes times signed 8-bit weights,
+//! four products summed per 32-bit lane (`vpdpbusd`, AVX-512 VNNI), so one instruction does 64
+//! multiply-adds where an f32 FMA does 16.
+//!
+//! For activation codes `q` (zero point `z_a`, scale `s_a`) and weights `w = code − z_w` with one
+//! scale `s_w[r]` per row (per-tensor or per-channel granularity):
+//!
+//! `y[r] = bias[r] + (s_w[r] · s_a) · (Σ_c w[r][c] · q[c] − z_a · Σ_c w[r][c])`
+//!
+//! The integer sum is exact (bounded at build time), and the float steps are the ones of
+//! `kernels::matmul_int` (one product, one addition), so both paths give identical outputs.
+//!
+//! Layout: the weights in panels of `LANES` rows, each `k`-quad-major: panel `p`, quad `t` holds
+//! rows `16p..16p+16` × columns `4t..4t+4` as 64 bytes (row-major within), so one vector load
+//! feeds 16 rows and one broadcast of a sample's four codes feeds all of them. Columns are padded
+//! to a multiple of 4 and rows to a multiple of 16 with zero weights.
+
+use super::format::{Indexing, PackedLayer, ValueStore};
+use super::pack;
+use crate::compress::{ActivationQuant, Granularity};
+
+/// Rows per panel: the 16 lanes of a vector of 32-bit sums.
+pub const LANES: usize = 16;
+/// Samples per batched tile: 24 accumulators, one per sample, each holding 16 rows.
+const NR: usize = 24;
+
+/// A layer's weights as signed 8-bit integers in the panel layout, with what turns the integer
+/// sums back into outputs.
+#[derive(Debug, Clone)]
+pub struct Int8Layer {
+    pub rows: usize,
+    pub cols: usize,
+    /// Columns padded to a multiple of 4.
+    pub kp: usize,
+    panels: Vec<i8>,
+    /// `Σ_c w[r][c]` per row (padded to whole panels with 0).
+    row_sums: Vec<i32>,
+    /// The weight scale of each row (padded with 0).
+    scales: Vec<f32>,
+    /// The bias of each row (padded with 0).
+    bias: Vec<f32>,
+}
+
+impl Int8Layer {
+    /// The integer form of `layer`, or `None` when its values are not uniform codes with one
+    /// scale per row whose centred values fit in `i8`, or when a sum could overflow `i32`.
+    pub fn build(layer: &PackedLayer) -> Option<Int8Layer> {
+        let ValueStore::Uniform {
+            bits,
+            codes,
+            scales,
+            zero_points,
+            granularity,
+        } = &layer.values
+        else {
+            return None;
+        };
+        if !matches!(granularity, Granularity::Tensor | Granularity::Channel) {
+            return None;
+        }
+        let (rows, cols) = (layer.rows, layer.cols);
+        let kp = cols.div_ceil(4) * 4;
+        let prow = rows.div_ceil(LANES) * LANES;
+        let mut panels = vec![0i8; prow * kp];
+        let mut row_sums = vec![0i32; prow];
+        let mut row_scales = vec![0f32; prow];
+        let mut bias = vec![0f32; prow];
+        let mut buf = Vec::new();
+        let mut cols_of = Vec::new();
+        for r in 0..rows {
+            let g = granularity.group_of(r, 0, cols);
+            let z = zero_points.get(g, *bits);
+            let range = layer.row_entries(r);
+            buf.resize(range.len(), 0);
+            pack::unpack_codes(codes, *bits, range.start, &mut buf);
+            if matches!(layer.index, Indexing::Dense) {
+                cols_of.clear();
+                cols_of.extend(0..cols as u32);
+            } else {
+                layer.row_columns(r, &mut cols_of);
+            }
+            let (mut sum, mut abs) = (0i64, 0i64);
+            for (&code, &c) in buf.iter().zip(&cols_of) {
+                let w = code as i32 - z;
+                let w8 = i8::try_from(w).ok()?;
+                let c = c as usize;
+                // Padding entries of CSR rows hold the zero code and add nothing.
+                let at = (r / LANES) * LANES * kp + (c / 4) * LANES * 4 + (r % LANES) * 4 + c % 4;
+                panels[at] = panels[at].checked_add(w8)?;
+                sum += w as i64;
+                abs += (w as i64).abs();
+            }
+            // |Σ w·q| ≤ Σ|w| · 255, and the zero-point term is at most as large.
+            if abs * 255 * 2 > i32::MAX as i64 {
+                return None;
+            }
+            row_sums[r] = sum as i32;
+            row_scales[r] = scales[g];
+            bias[r] = layer.bias.as_ref().map_or(0.0, |b| b[r]);
+        }
+        Some(Int8Layer {
+            rows,
+            cols,
+            kp,
+            panels,
+            row_sums,
+            scales: row_scales,
+            bias,
+        })
+    }
+
+    /// `y (n × rows, sample-major) = W · q` for `n` samples of activation codes `q`
+    /// (`n × kp`, sample-major, codes past `cols` ignored as their weights are zero).
+    pub fn run(&self, q: &[u8], n: usize, a: &ActivationQuant, y: &mut [f32]) {
+        let (m, kp) = (self.rows, self.kp);
+        assert!(
+            q.len() >= n * kp && y.len() >= n * m,
+            "int8 operands too short"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        let za = a.zero_point;
+        #[cfg(target_arch = "x86_64")]
+        if vnni() {
+            // SAFETY: `vnni()` confirmed AVX-512F/BW/VNNI; operand lengths were checked above
+            // and the kernels bound every access by `rows`, `kp` and `n`.
+            unsafe { x86::run(self, q, n, a.scale, za, y) };
+            return;
+        }
+        for j in 0..n {
+            let qs = &q[j * kp..(j + 1) * kp];
+            for r in 0..m {
+                let base = (r / LANES) * LANES * kp + (r % LANES) * 4;
+                let mut acc = 0i32;
+                for t in 0..kp / 4 {
+                    let w = &self.panels[base + t * LANES * 4..base + t * LANES * 4 + 4];
+                    for (&wv, &qv) in w.iter().zip(&qs[t * 4..t * 4 + 4]) {
+                        acc += wv as i32 * qv as i32;
+                    }
+                }
+                y[j * m + r] = self.finish(r, acc, za, a.scale);
+            }
+        }
+    }
+
+    /// The output of row `r` from its integer sum `Σ w·q`.
+    #[inline]
+    fn finish(&self, r: usize, acc: i32, za: i32, a_scale: f32) -> f32 {
+        let centred = acc - za * self.row_sums[r];
+        self.bias[r] + (self.scales[r] * a_scale) * centred as f32
+    }
+}
+
+/// Quantizes one sample's inputs to unsigned activation codes
+/// (`clamp(round_half_even(x / scale) + zero_point, 0, 2^bits − 1)`, as `kernels::quantize_centered`
+/// before centring), padding `out` past `x.len()` with zeros.
+pub fn quantize_u8(x: &[f32], a: &ActivationQuant, out: &mut [u8]) {
+    let top = ((1i32 << a.bits) - 1) as f32;
+    let z = a.zero_point as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = ((v / a.scale).round_ties_even() + z).clamp(0.0, top) as u8;
+    }
+    let done = x.len().min(out.len());
+    out[done..].fill(0);
+}
+
+/// Whether the VNNI kernels run (AVX-512F/BW/VNNI present and the portable kernels not forced).
+#[inline]
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        super::simd::avx512() && *USABLE.get_or_init(|| std::is_x86_feature_detected!("avx512vnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Int8Layer, LANES, NR};
+
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VNNI; `q` holds `n × l.kp` codes and `y` `n × l.rows` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn run(l: &Int8Layer, q: &[u8], n: usize, a_scale: f32, za: i32, y: &mut [f32]) {
+        let (m, kp) = (l.rows, l.kp);
+        let quads = kp / 4;
+        let panels = m.div_ceil(LANES);
+        let mut j0 = 0;
+        // SAFETY (whole block): panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps
+        // of 64 bytes); sample `j < n` reads `q[j·kp .. j·kp + kp]` four bytes at a time; the
+        // output stores are masked to the rows `< m` of samples `< n`.
+        unsafe {
+            while j0 + NR <= n {
+                for p in 0..panels {
+                    let wp = l.panels.as_ptr().add(p * LANES * kp);
+                    let mut acc = [_mm512_setzero_si512(); NR];
+                    for t in 0..quads {
+                        let w = _mm512_loadu_si512(wp.add(t * 64).cast());
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            let qp = q.as_ptr().add((j0 + j) * kp + t * 4);
+                            let b = _mm512_set1_epi32(qp.cast::<i32>().read_unaligned());
+                            *acc = _mm512_dpbusd_epi32(*acc, b, w);
+                        }
+                    }
+                    for (j, acc) in acc.iter().enumerate() {
+                        store(l, p, *acc, a_scale, za, y.as_mut_ptr().add((j0 + j) * m));
+                    }
+                }
+                j0 += NR;
+            }
+            // Remaining samples one at a time, four panels per pass so four sums are in flight.
+            for j in j0..n {
+                let qs = q.as_ptr().add(j * kp);
+                let mut p = 0;
+                while p < panels {
+                    let count = (panels - p).min(4);
+                    let mut acc = [_mm512_setzero_si512(); 4];
+                    for t in 0..quads {
+                        let b = _mm512_set1_epi32(qs.add(t * 4).cast::<i32>().read_unaligned());
+                        for (i, acc) in acc.iter_mut().enumerate().take(count) {
+                            let w = _mm512_loadu_si512(
+                                l.panels.as_ptr().add((p + i) * LANES * kp + t * 64).cast(),
+                            );
+                            *acc = _mm512_dpbusd_epi32(*acc, b, w);
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate().take(count) {
+                        store(l, p + i, *acc, a_scale, za, y.as_mut_ptr().add(j * m));
+                    }
+                    p += count;
+                }
+            }
+        }
+    }
+
+    /// Writes panel `p`'s 16 rows of one sample (`yrow` is that sample's output row):
+    /// `bias + (s_w · s_a) · (acc − z_a · Σw)`, a product then a sum as in the scalar path.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `yrow` holds `l.rows` values.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn store(l: &Int8Layer, p: usize, acc: __m512i, a_scale: f32, za: i32, yrow: *mut f32) {
+        let r0 = p * LANES;
+        let left = l.rows - r0;
+        let mask: __mmask16 = if left >= LANES {
+            0xFFFF
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        };
+        // SAFETY: the row vectors are padded to whole panels; the store is masked to rows < m.
+        unsafe {
+            let sums = _mm512_loadu_si512(l.row_sums.as_ptr().add(r0).cast());
+            let centred = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(za), sums));
+            let f = _mm512_mul_ps(
+                _mm512_loadu_ps(l.scales.as_ptr().add(r0)),
+                _mm512_set1_ps(a_scale),
+            );
+            let out = _mm512_add_ps(
+                _mm512_loadu_ps(l.bias.as_ptr().add(r0)),
+                _mm512_mul_ps(f, _mm512_cvtepi32_ps(centred)),
+            );
+            _mm512_mask_storeu_ps(yrow.add(r0), mask, out);
+        }
+    }
+}
