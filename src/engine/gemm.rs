@@ -17,7 +17,7 @@
 use super::simd;
 
 /// Rows of `A` per panel and per register tile.
-pub const MR: usize = 12;
+pub const MR: usize = 10;
 /// Columns of `B` per panel (two 16-lane vectors).
 pub const NR: usize = 32;
 /// Largest block of the inner dimension: a `KC × NR` panel of `B` is 20 KiB, inside L1.

@@ -37,16 +37,83 @@ impl ConvShape {
     }
 }
 
+/// Values im2col can lay out. The copy of one short output row is specialised per type: a
+/// general `copy_from_slice` of a few values costs a library call each, and a 5×5 convolution
+/// over an 8×8 output copies 25 rows of 8 values per input channel.
+pub trait Cell: Copy + Default {
+    /// Whether `copy_row` may take its vector path (decided once per im2col call).
+    fn vector_copies() -> bool {
+        false
+    }
+
+    #[inline]
+    fn copy_row(dst: &mut [Self], src: &[Self], _vector: bool) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Cell for i16 {}
+impl Cell for u8 {}
+
+impl Cell for f32 {
+    fn vector_copies() -> bool {
+        super::simd::avx512()
+    }
+
+    #[inline]
+    fn copy_row(dst: &mut [f32], src: &[f32], vector: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if vector && dst.len() <= 64 && src.len() == dst.len() {
+            // SAFETY: `vector` comes from `simd::avx512()` (AVX-512F present); both slices
+            // hold `dst.len()` values.
+            unsafe { copy_short(dst, src) };
+            return;
+        }
+        let _ = vector;
+        dst.copy_from_slice(src);
+    }
+}
+
+/// Copies up to 64 f32: whole 16- and 8-lane steps unmasked, a masked step for the rest.
+///
+/// # Safety
+/// The CPU has AVX-512F; `dst.len() == src.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len());
+    let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut k = 0;
+    // SAFETY (whole block): every step reads and writes lanes `k .. k + width ≤ n`, or, for the
+    // masked step, only the lanes `k .. n` the mask admits: inside both slices.
+    unsafe {
+        while k + 16 <= n {
+            _mm512_storeu_ps(dp.add(k), _mm512_loadu_ps(sp.add(k)));
+            k += 16;
+        }
+        if k + 8 <= n {
+            _mm256_storeu_ps(dp.add(k), _mm256_loadu_ps(sp.add(k)));
+            k += 8;
+        }
+        if k < n {
+            let m = ((1u32 << (n - k)) - 1) as __mmask16;
+            let v = _mm512_maskz_loadu_ps(m, sp.add(k));
+            _mm512_mask_storeu_ps(dp.add(k), m, v);
+        }
+    }
+}
+
 /// Lays out group `g` of `x` (`cin × h × w`) as the `k × (oh·ow)` matrix whose row
 /// `ci·kh·kw + i·kw + j` holds input channel `ci` shifted by kernel offset `(i, j)` (PyTorch's
 /// OIHW weight order), zeros where the window overhangs the padding.
-pub fn im2col<T: Copy + Default>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
+pub fn im2col<T: Cell>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
     im2col_into(x, s, g, out, s.positions(), 0);
 }
 
 /// `im2col` writing row `r` at `out[r·stride + offset ..][..oh·ow]`, so several samples'
 /// matrices can sit side by side in one wide matrix.
-pub fn im2col_into<T: Copy + Default>(
+pub fn im2col_into<T: Cell>(
     x: &[T],
     s: &ConvShape,
     g: usize,
@@ -56,12 +123,22 @@ pub fn im2col_into<T: Copy + Default>(
 ) {
     let cg = s.cin / s.groups;
     let p = s.positions();
+    let vector = T::vector_copies();
     for ci in 0..cg {
         let plane = &x[(g * cg + ci) * s.h * s.w..(g * cg + ci + 1) * s.h * s.w];
         for i in 0..s.kh {
             for j in 0..s.kw {
                 let row = (ci * s.kh + i) * s.kw + j;
                 let o = &mut out[row * stride + offset..row * stride + offset + p];
+                if s.stride == (1, 1) && s.dil == (1, 1) && s.pad == (0, 0) && s.ow > 0 {
+                    // A valid convolution: output row `oy` is input row `oy + i` from column
+                    // `j`, always inside the plane (`oy + i < h`, `j + ow ≤ w`).
+                    let src = &plane[i * s.w + j..];
+                    for (orow, srow) in o.chunks_exact_mut(s.ow).zip(src.chunks(s.w)) {
+                        T::copy_row(orow, &srow[..s.ow], vector);
+                    }
+                    continue;
+                }
                 for oy in 0..s.oh {
                     let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
                     let orow = &mut o[oy * s.ow..(oy + 1) * s.ow];
@@ -72,7 +149,7 @@ pub fn im2col_into<T: Copy + Default>(
                     let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
                     let off = (j * s.dil.1) as isize - s.pad.1 as isize;
                     if s.stride.1 == 1 && off >= 0 && off as usize + s.ow <= s.w {
-                        orow.copy_from_slice(&src[off as usize..off as usize + s.ow]);
+                        T::copy_row(orow, &src[off as usize..off as usize + s.ow], vector);
                         continue;
                     }
                     for (ox, v) in orow.iter_mut().enumerate() {
