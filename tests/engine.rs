@@ -1210,3 +1210,81 @@ bias = "fc.bias"
         }
     }
 }
+
+/// The 8-bit integer kernel on convolutions: an input window count that is not a multiple of
+/// four (3 × 3 × 3 = 27), zero padding (which must read as the activation zero point), a valid
+/// convolution, and a batch, against the fake-quantized reference.
+#[test]
+fn eight_bit_convolutions_match_the_fake_quantized_reference() {
+    const ARCH: &str = r#"
+[input]
+shape = [3, 7, 6]
+[[layer]]
+op = "conv2d"
+name = "c1"
+weight = "c1.weight"
+bias = "c1.bias"
+padding = 1
+[[layer]]
+op = "relu"
+[[layer]]
+op = "conv2d"
+name = "c2"
+weight = "c2.weight"
+[[layer]]
+op = "flatten"
+[[layer]]
+op = "linear"
+name = "fc"
+weight = "fc.weight"
+bias = "fc.bias"
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(23);
+    let t: Named = vec![
+        (
+            "c1.weight".into(),
+            vec![5, 3, 3, 3],
+            rand_vec(&mut rng, 135),
+        ),
+        ("c1.bias".into(), vec![5], rand_vec(&mut rng, 5)),
+        (
+            "c2.weight".into(),
+            vec![18, 5, 2, 3],
+            rand_vec(&mut rng, 18 * 30),
+        ),
+        (
+            "fc.weight".into(),
+            vec![4, 18 * 6 * 4],
+            rand_vec(&mut rng, 4 * 432),
+        ),
+        ("fc.bias".into(), vec![4], rand_vec(&mut rng, 4)),
+    ];
+    let m = write_model(&dir, ARCH, &t);
+    let n = 3;
+    let x = rand_vec(&mut rng, n * m.input_len());
+    let mut p = plan(&m, 0.0, |_| Scheme::Uniform {
+        bits: 8,
+        granularity: Granularity::Channel,
+        symmetric: true,
+    });
+    for q in &mut p.layers {
+        q.activation = Some(ActivationQuant {
+            bits: 8,
+            scale: 0.01,
+            zero_point: 90,
+        });
+    }
+    let cm = CompressedModel::build(&p).expect("build");
+    let want = fake_quant_forward(&dequantized_model(&p), &p, &x, n);
+    for portable in [false, true] {
+        with_kernel_path(portable, || {
+            assert_close(
+                &cm.logits(&x, n),
+                &want,
+                1e-3,
+                &format!("8-bit conv net, portable={portable}"),
+            );
+        });
+    }
+}

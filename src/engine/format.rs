@@ -469,7 +469,7 @@ impl PackedLayer {
     /// quantized or the weights do not qualify.
     pub fn int8(&self) -> Option<&Int8Layer> {
         let a = self.activation?;
-        if a.bits > 8 {
+        if a.bits > 8 || !(0..1i32 << a.bits).contains(&a.zero_point) {
             return None;
         }
         self.derived

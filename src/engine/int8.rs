@@ -110,9 +110,9 @@ impl Int8Layer {
         })
     }
 
-    /// `y (n × rows, sample-major) = W · q` for `n` samples of activation codes `q`
-    /// (`n × kp`, sample-major, codes past `cols` ignored as their weights are zero).
-    pub fn run(&self, q: &[u8], n: usize, a: &ActivationQuant, y: &mut [f32]) {
+    /// `y (n × rows, sample-major) = W · q` for `n` samples of activation codes `q` (`n × kp`
+    /// codes in `layout`; codes past `cols` are ignored, their weights being zero).
+    pub fn run(&self, q: &[u8], n: usize, layout: Layout, a: &ActivationQuant, y: &mut [f32]) {
         let (m, kp) = (self.rows, self.kp);
         assert!(
             q.len() >= n * kp && y.len() >= n * m,
@@ -122,21 +122,27 @@ impl Int8Layer {
             return;
         }
         let za = a.zero_point;
+        // Byte offset of sample `j`'s quad `t`: `j·sj + t·st`.
+        let (sj, st) = match layout {
+            Layout::Samples => (kp, 4),
+            Layout::Quads => (4, 4 * n),
+        };
         #[cfg(target_arch = "x86_64")]
         if vnni() {
-            // SAFETY: `vnni()` confirmed AVX-512F/BW/VNNI; operand lengths were checked above
-            // and the kernels bound every access by `rows`, `kp` and `n`.
-            unsafe { x86::run(self, q, n, a.scale, za, y) };
+            // SAFETY: `vnni()` confirmed AVX-512F/BW/VNNI; `q` holds `n × kp` codes, so every
+            // `j·sj + t·st + 4 ≤ n·kp` for `j < n`, `t < kp/4` in either layout; the kernels
+            // bound every other access by `rows`, `kp` and `n`.
+            unsafe { x86::run(self, q, n, sj, st, a.scale, za, y) };
             return;
         }
         for j in 0..n {
-            let qs = &q[j * kp..(j + 1) * kp];
             for r in 0..m {
                 let base = (r / LANES) * LANES * kp + (r % LANES) * 4;
                 let mut acc = 0i32;
                 for t in 0..kp / 4 {
                     let w = &self.panels[base + t * LANES * 4..base + t * LANES * 4 + 4];
-                    for (&wv, &qv) in w.iter().zip(&qs[t * 4..t * 4 + 4]) {
+                    let at = j * sj + t * st;
+                    for (&wv, &qv) in w.iter().zip(&q[at..at + 4]) {
                         acc += wv as i32 * qv as i32;
                     }
                 }
@@ -150,6 +156,29 @@ impl Int8Layer {
     fn finish(&self, r: usize, acc: i32, za: i32, a_scale: f32) -> f32 {
         let centred = acc - za * self.row_sums[r];
         self.bias[r] + (self.scales[r] * a_scale) * centred as f32
+    }
+}
+
+/// How `Int8Layer::run` finds the codes of sample `j`, columns `4t .. 4t + 4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Sample-major: sample `j`'s `kp` codes back to back.
+    Samples,
+    /// Quad-major: for each quad `t`, every sample's four codes (`interleave_quads`).
+    Quads,
+}
+
+/// Interleaves a feature-major code matrix (`rows × n`, `rows` a multiple of 4) into the
+/// `Layout::Quads` layout: `out[(t·n + j)·4 + i] = codes[(4t + i)·n + j]`.
+pub fn interleave_quads(codes: &[u8], n: usize, out: &mut [u8]) {
+    for (t, quad) in codes.chunks_exact(4 * n).enumerate() {
+        let (r0, rest) = quad.split_at(n);
+        let (r1, rest) = rest.split_at(n);
+        let (r2, r3) = rest.split_at(n);
+        let o = &mut out[t * 4 * n..(t + 1) * 4 * n];
+        for (j, o) in o.chunks_exact_mut(4).enumerate() {
+            o.copy_from_slice(&[r0[j], r1[j], r2[j], r3[j]]);
+        }
     }
 }
 
@@ -187,16 +216,28 @@ mod x86 {
     use super::{Int8Layer, LANES, NR};
 
     /// # Safety
-    /// The CPU has AVX-512F/BW/VNNI; `q` holds `n × l.kp` codes and `y` `n × l.rows` values.
+    /// The CPU has AVX-512F/BW/VNNI; `q` holds `n × l.kp` codes with sample `j`'s quad `t` at
+    /// `j·sj + t·st`, and `y` holds `n × l.rows` values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn run(l: &Int8Layer, q: &[u8], n: usize, a_scale: f32, za: i32, y: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run(
+        l: &Int8Layer,
+        q: &[u8],
+        n: usize,
+        sj: usize,
+        st: usize,
+        a_scale: f32,
+        za: i32,
+        y: &mut [f32],
+    ) {
         let (m, kp) = (l.rows, l.kp);
         let quads = kp / 4;
         let panels = m.div_ceil(LANES);
         let mut j0 = 0;
         // SAFETY (whole block): panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps
-        // of 64 bytes); sample `j < n` reads `q[j·kp .. j·kp + kp]` four bytes at a time; the
-        // output stores are masked to the rows `< m` of samples `< n`.
+        // of 64 bytes); sample `j < n` reads four bytes at `j·sj + t·st` for `t < quads`, inside
+        // `q` by the caller's contract; the output stores are masked to the rows `< m` of
+        // samples `< n`.
         unsafe {
             while j0 + NR <= n {
                 for p in 0..panels {
@@ -205,7 +246,7 @@ mod x86 {
                     for t in 0..quads {
                         let w = _mm512_loadu_si512(wp.add(t * 64).cast());
                         for (j, acc) in acc.iter_mut().enumerate() {
-                            let qp = q.as_ptr().add((j0 + j) * kp + t * 4);
+                            let qp = q.as_ptr().add((j0 + j) * sj + t * st);
                             let b = _mm512_set1_epi32(qp.cast::<i32>().read_unaligned());
                             *acc = _mm512_dpbusd_epi32(*acc, b, w);
                         }
@@ -218,13 +259,13 @@ mod x86 {
             }
             // Remaining samples one at a time, four panels per pass so four sums are in flight.
             for j in j0..n {
-                let qs = q.as_ptr().add(j * kp);
+                let qs = q.as_ptr().add(j * sj);
                 let mut p = 0;
                 while p < panels {
                     let count = (panels - p).min(4);
                     let mut acc = [_mm512_setzero_si512(); 4];
                     for t in 0..quads {
-                        let b = _mm512_set1_epi32(qs.add(t * 4).cast::<i32>().read_unaligned());
+                        let b = _mm512_set1_epi32(qs.add(t * st).cast::<i32>().read_unaligned());
                         for (i, acc) in acc.iter_mut().enumerate().take(count) {
                             let w = _mm512_loadu_si512(
                                 l.panels.as_ptr().add((p + i) * LANES * kp + t * 64).cast(),

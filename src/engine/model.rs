@@ -77,6 +77,7 @@ struct LayerBufs {
     qb: Vec<i16>,
     /// Unsigned activation codes (8-bit kernel).
     q8: Vec<u8>,
+    q8b: Vec<u8>,
     /// A layer's outputs before they are transposed into place.
     yt: Vec<f32>,
     /// A grouped layer decoded for the current call.
@@ -497,7 +498,7 @@ fn linear(p: &PackedLayer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs
             for (xs, qs) in x.chunks(cols).zip(t.q8.chunks_mut(kp)).take(n) {
                 int8::quantize_u8(xs, &a, qs);
             }
-            il.run(&t.q8, n, &a, y);
+            il.run(&t.q8, n, int8::Layout::Samples, &a, y);
             return;
         }
         if matches!(p.values, ValueStore::Uniform { .. }) {
@@ -578,21 +579,20 @@ fn conv(p: &PackedLayer, s: &ConvShape, x: &[f32], n: usize, y: &mut [f32], t: &
         // 8-bit codes × 8-bit weights: the positions are the kernel's samples.
         let kp = il.kp;
         for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
-            // im2col on the float inputs, so padding is the code of 0.0 (the zero point),
-            // then quantized into position-major rows of `kp` codes (padding columns have
-            // zero weights).
-            t.t1.resize(kk * pos, 0.0);
-            ops::im2col(xs, s, 0, &mut t.t1);
-            t.t2.resize(kk, 0.0);
-            t.q8.resize(pos * kp, 0);
-            for (j, q) in t.q8.chunks_exact_mut(kp).enumerate() {
-                for (c, v) in t.t2.iter_mut().enumerate() {
-                    *v = t.t1[c * pos + j];
-                }
-                int8::quantize_u8(&t.t2, &a, q);
-            }
+            // The input quantized once; im2col of the codes (padding is the zero point, the
+            // code of 0.0); then each quad of rows interleaved into the kernel's layout
+            // (`[quad][position][4]`; the padding rows past `kk` have zero weights).
+            t.q8.resize(in_len, 0);
+            int8::quantize_u8(xs, &a, &mut t.q8);
+            t.q8b.resize(kp * pos, 0);
+            // `PackedLayer::int8` admits only zero points in the codes' range.
+            let zero = u8::try_from(a.zero_point).unwrap_or_default();
+            ops::im2col_into(&t.q8, s, 0, &mut t.q8b, pos, 0, zero);
+            t.q8b[kk * pos..].fill(0);
+            t.q8.resize(kp * pos, 0);
+            int8::interleave_quads(&t.q8b, pos, &mut t.q8);
             t.yt.resize(pos * s.cout, 0.0);
-            il.run(&t.q8, pos, &a, &mut t.yt);
+            il.run(&t.q8, pos, int8::Layout::Quads, &a, &mut t.yt);
             transpose(&t.yt, pos, s.cout, ys);
         }
         return;
@@ -682,7 +682,7 @@ fn conv_batched(
         for g in 0..s.groups {
             for j in 0..count {
                 let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
-                ops::im2col_into(xs, s, g, col, wide, j * pos);
+                ops::im2col_into(xs, s, g, col, wide, j * pos, 0.0);
             }
             let rows = g * rows_g..(g + 1) * rows_g;
             kernels::matmul(p, rows, col, wide, prod, dw, k);

@@ -108,11 +108,12 @@ unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
 /// `ci·kh·kw + i·kw + j` holds input channel `ci` shifted by kernel offset `(i, j)` (PyTorch's
 /// OIHW weight order), zeros where the window overhangs the padding.
 pub fn im2col<T: Cell>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
-    im2col_into(x, s, g, out, s.positions(), 0);
+    im2col_into(x, s, g, out, s.positions(), 0, T::default());
 }
 
 /// `im2col` writing row `r` at `out[r·stride + offset ..][..oh·ow]`, so several samples'
-/// matrices can sit side by side in one wide matrix.
+/// matrices can sit side by side in one wide matrix, with `fill` where the window overhangs
+/// the padding (the zero point, for activation codes).
 pub fn im2col_into<T: Cell>(
     x: &[T],
     s: &ConvShape,
@@ -120,6 +121,7 @@ pub fn im2col_into<T: Cell>(
     out: &mut [T],
     stride: usize,
     offset: usize,
+    fill: T,
 ) {
     let cg = s.cin / s.groups;
     let p = s.positions();
@@ -143,7 +145,7 @@ pub fn im2col_into<T: Cell>(
                     let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
                     let orow = &mut o[oy * s.ow..(oy + 1) * s.ow];
                     if iy < 0 || iy >= s.h as isize {
-                        orow.fill(T::default());
+                        orow.fill(fill);
                         continue;
                     }
                     let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
@@ -155,7 +157,7 @@ pub fn im2col_into<T: Cell>(
                     for (ox, v) in orow.iter_mut().enumerate() {
                         let ix = (ox * s.stride.1) as isize + off;
                         *v = if ix < 0 || ix >= s.w as isize {
-                            T::default()
+                            fill
                         } else {
                             src[ix as usize]
                         };
@@ -390,7 +392,7 @@ mod tests {
         let mut one = vec![0f32; k * p];
         im2col(&x, &s, 0, &mut one);
         let mut wide = vec![-1f32; k * 3 * p];
-        im2col_into(&x, &s, 0, &mut wide, 3 * p, p);
+        im2col_into(&x, &s, 0, &mut wide, 3 * p, p, 0.0);
         for r in 0..k {
             assert_eq!(
                 &wide[r * 3 * p + p..r * 3 * p + 2 * p],
