@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::format::{Indexing, PackedLayer, ValueStore};
+use super::format::{EntryColumns, Indexing, PackedLayer, ValueStore};
 use super::gemm::{self, GemmScratch};
 use super::pack;
 use super::simd;
@@ -243,6 +243,335 @@ fn dot_nibbles(bytes: &[u8], z: i32, xe: &[f32], xo: &[f32]) -> f32 {
     hsum64(&both) + t
 }
 
+/// The bias of row `r` (0 without one).
+#[inline]
+fn bias_of(layer: &PackedLayer, r: usize) -> f32 {
+    layer.bias.as_ref().map_or(0.0, |b| b[r])
+}
+
+/// Runs `f` on the rows of `rows` four at a time (a short last block repeats its last row) and
+/// writes `y[r − rows.start] = f(..)[k] + bias[r]` for each block's own rows.
+#[inline]
+fn by_four_rows(
+    layer: &PackedLayer,
+    rows: Range<usize>,
+    y: &mut [f32],
+    mut f: impl FnMut([usize; 4]) -> [f32; 4],
+) {
+    let mut r = rows.start;
+    while r < rows.end {
+        let last = rows.end - 1;
+        let d = f([r, r + 1, r + 2, r + 3].map(|k| k.min(last)));
+        for (k, &v) in d.iter().enumerate().take(rows.end - r) {
+            y[r + k - rows.start] = v + bias_of(layer, r + k);
+        }
+        r += 4;
+    }
+}
+
+/// A codebook as `simd::Levels::Book` wants it: repeated with period `2^bits` over 256
+/// entries, 0 past its end.
+#[cfg(target_arch = "x86_64")]
+fn book_table(bits: u8, codebook: &[f32]) -> [f32; 256] {
+    let period = 1usize << bits.clamp(1, 8);
+    std::array::from_fn(|i| codebook.get(i % period).copied().unwrap_or(0.0))
+}
+
+/// `simd::rows4_packed` for `bits`-bit codes (`None` for widths outside 1..=8).
+///
+/// # Safety
+/// As `simd::rows4_packed`: the CPU has AVX-512F/BW/VL/VBMI (`simd::avx512_vbmi()`) and
+/// `Levels::Affine` holds `ceil(n / seg)` scales and zero points per row.
+#[cfg(target_arch = "x86_64")]
+unsafe fn packed_rows4(
+    bits: u8,
+    codes: &[u8],
+    starts: [usize; 4],
+    n: usize,
+    levels: simd::Levels<'_>,
+    x: &[f32],
+) -> Option<[f32; 4]> {
+    // SAFETY: forwarded contract; the width is the kernel's constant.
+    unsafe {
+        Some(match bits {
+            1 => simd::rows4_packed::<1>(codes, starts, n, levels, x),
+            2 => simd::rows4_packed::<2>(codes, starts, n, levels, x),
+            3 => simd::rows4_packed::<3>(codes, starts, n, levels, x),
+            4 => simd::rows4_packed::<4>(codes, starts, n, levels, x),
+            5 => simd::rows4_packed::<5>(codes, starts, n, levels, x),
+            6 => simd::rows4_packed::<6>(codes, starts, n, levels, x),
+            7 => simd::rows4_packed::<7>(codes, starts, n, levels, x),
+            8 => simd::rows4_packed::<8>(codes, starts, n, levels, x),
+            _ => return None,
+        })
+    }
+}
+
+/// `simd::gather_packed` for `bits`-bit codes (`None` for widths outside 1..=8).
+///
+/// # Safety
+/// As `simd::gather_packed`: the CPU has AVX-512F/BW/VL/VBMI (`simd::avx512_vbmi()`), every
+/// `cols[k]` is `< x.len()` and `< 2^31`, and `Levels::Affine` holds row 0's scale and zero
+/// point.
+#[cfg(target_arch = "x86_64")]
+unsafe fn packed_gather(
+    bits: u8,
+    codes: &[u8],
+    start: usize,
+    cols: &[u32],
+    levels: simd::Levels<'_>,
+    x: &[f32],
+) -> Option<f32> {
+    // SAFETY: forwarded contract; the width is the kernel's constant.
+    unsafe {
+        Some(match bits {
+            1 => simd::gather_packed::<1>(codes, start, cols, levels, x),
+            2 => simd::gather_packed::<2>(codes, start, cols, levels, x),
+            3 => simd::gather_packed::<3>(codes, start, cols, levels, x),
+            4 => simd::gather_packed::<4>(codes, start, cols, levels, x),
+            5 => simd::gather_packed::<5>(codes, start, cols, levels, x),
+            6 => simd::gather_packed::<6>(codes, start, cols, levels, x),
+            7 => simd::gather_packed::<7>(codes, start, cols, levels, x),
+            8 => simd::gather_packed::<8>(codes, start, cols, levels, x),
+            _ => return None,
+        })
+    }
+}
+
+/// Single-sample product of a dense-indexed layer with non-f32 values on the AVX-512 kernels,
+/// four rows per pass, the weights dequantized in registers: 8-bit and (even-width) 4-bit
+/// codes with one scale per row convert straight into the FMA with the zero point and scale
+/// applied to each row's sum; f16/bf16 widen in registers; other uniform codes and codebooks
+/// unpack in registers and look their weights up in a table (with VBMI). Returns `false`,
+/// doing nothing, for layers it has no kernel for (f32 values among them).
+///
+/// The caller has checked `simd::avx512()`.
+#[cfg(target_arch = "x86_64")]
+fn dense_rows_avx512(
+    layer: &PackedLayer,
+    rows: Range<usize>,
+    x: &[f32],
+    y: &mut [f32],
+    s: &mut KernelScratch,
+) -> bool {
+    let cols = layer.cols;
+    match &layer.values {
+        ValueStore::F16(v) | ValueStore::Bf16(v) => {
+            let bf = matches!(layer.values, ValueStore::Bf16(_));
+            let row = |r: usize| &v[r * cols..(r + 1) * cols];
+            by_four_rows(layer, rows, y, |ks| {
+                let w = ks.map(row);
+                // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own loads.
+                unsafe {
+                    if bf {
+                        simd::rows4_half::<true>(w, x)
+                    } else {
+                        simd::rows4_half::<false>(w, x)
+                    }
+                }
+            });
+            true
+        }
+        ValueStore::Uniform {
+            bits,
+            codes,
+            scales,
+            zero_points,
+            granularity,
+        } => {
+            let bits = *bits;
+            let per_row = matches!(granularity, Granularity::Tensor | Granularity::Channel);
+            if per_row && (bits == 8 || (bits == 4 && cols.is_multiple_of(2))) {
+                // Raw code sums, then per row `scale · (Σ code·x − z · Σ x)` (Σ x in f64, so the
+                // correction adds no rounding of its own).
+                let sum_x: f64 = x.iter().map(|&v| v as f64).sum();
+                let finish = |r: usize, d: f32| {
+                    let g = granularity.group_of(r, 0, cols);
+                    scales[g] * (d - (zero_points.get(g, bits) as f64 * sum_x) as f32)
+                };
+                if bits == 8 {
+                    by_four_rows(layer, rows, y, |ks| {
+                        let w = ks.map(|r| &codes[r * cols..(r + 1) * cols]);
+                        // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its
+                        // own loads.
+                        let d = unsafe { simd::rows4_codes(w, x) };
+                        [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
+                    });
+                } else {
+                    s.xe.clear();
+                    s.xo.clear();
+                    s.xe.extend(x.iter().step_by(2));
+                    s.xo.extend(x.iter().skip(1).step_by(2));
+                    let (xe, xo) = (&s.xe, &s.xo);
+                    let half = cols / 2;
+                    by_four_rows(layer, rows, y, |ks| {
+                        let w = ks.map(|r| &codes[r * half..(r + 1) * half]);
+                        // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its
+                        // own loads.
+                        let d = unsafe { simd::rows4_nibbles(w, xe, xo) };
+                        [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
+                    });
+                }
+                return true;
+            }
+            if !simd::avx512_vbmi() || !(1..=8).contains(&bits) {
+                return false;
+            }
+            // Segments of one scale and zero point: the whole row, or groups whose size keeps
+            // every group boundary on a 16-code step.
+            let (seg, per) = match granularity {
+                Granularity::Group { size } if size.is_multiple_of(16) || *size >= cols => {
+                    (*size, cols.div_ceil(*size))
+                }
+                Granularity::Group { .. } => return false,
+                _ => (usize::MAX, 1),
+            };
+            let zf = &mut s.vals;
+            zf.resize(4 * per, 0.0);
+            by_four_rows(layer, rows, y, |ks| {
+                let first = ks.map(|r| granularity.group_of(r, 0, cols));
+                for (z, &g0) in zf.chunks_exact_mut(per).zip(&first) {
+                    for (i, zv) in z.iter_mut().enumerate() {
+                        *zv = zero_points.get(g0 + i, bits) as f32;
+                    }
+                }
+                let zf: &[f32] = zf;
+                let levels = simd::Levels::Affine {
+                    seg,
+                    scales: first.map(|g0| &scales[g0..g0 + per]),
+                    zeros: [0, 1, 2, 3].map(|k| &zf[k * per..(k + 1) * per]),
+                };
+                // SAFETY: `simd::avx512_vbmi()` was checked above; every row has `per =
+                // ceil(cols / seg)` scales and zero points.
+                unsafe { packed_rows4(bits, codes, ks.map(|r| r * cols), cols, levels, x) }
+                    .unwrap_or([0.0; 4])
+            });
+            true
+        }
+        ValueStore::Codebook {
+            bits,
+            codes,
+            codebook,
+        } if simd::avx512_vbmi() && (1..=8).contains(bits) => {
+            let book = book_table(*bits, codebook);
+            by_four_rows(layer, rows, y, |ks| {
+                let levels = simd::Levels::Book(&book);
+                // SAFETY: `simd::avx512_vbmi()` was checked above.
+                unsafe { packed_rows4(*bits, codes, ks.map(|r| r * cols), cols, levels, x) }
+                    .unwrap_or([0.0; 4])
+            });
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Single-sample product of a sparse layer with non-f32 values on the AVX-512 kernels: each
+/// row's values are widened (f16/bf16) or unpacked and looked up (codes with one scale per
+/// row, codebooks; with VBMI) in registers, straight into a gather dot over the derived
+/// columns. Returns `false`, doing nothing, for layers it has no kernel for.
+///
+/// The caller has checked `simd::avx512()`.
+#[cfg(target_arch = "x86_64")]
+fn sparse_rows_avx512(
+    layer: &PackedLayer,
+    rows: Range<usize>,
+    x: &[f32],
+    y: &mut [f32],
+    ec: &EntryColumns,
+) -> bool {
+    // Every derived column is `< bound` (`EntryColumns`): with these checks the gathers stay
+    // inside `x`.
+    if ec.bound > x.len() || ec.bound > i32::MAX as usize {
+        return false;
+    }
+    let out = |y: &mut [f32], r: usize, d: f32| y[r - rows.start] = d + bias_of(layer, r);
+    // A bitmask keeping at least a quarter of the weights: expanding each row's values over
+    // its columns costs less than gathering its inputs.
+    if let (Indexing::Bitmask { mask, .. }, ValueStore::F16(v) | ValueStore::Bf16(v)) =
+        (&layer.index, &layer.values)
+        && layer.entries * 4 >= layer.rows * layer.cols
+    {
+        let bf = matches!(layer.values, ValueStore::Bf16(_));
+        let cols = layer.cols;
+        by_four_rows(layer, rows, y, |ks| {
+            let vals = ks.map(|r| &v[layer.row_entries(r)]);
+            let bits = ks.map(|r| r * cols);
+            // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own loads.
+            unsafe {
+                if bf {
+                    simd::rows4_mask_half::<true>(mask, bits, vals, cols, x)
+                } else {
+                    simd::rows4_mask_half::<false>(mask, bits, vals, cols, x)
+                }
+            }
+        });
+        return true;
+    }
+    match &layer.values {
+        ValueStore::F16(v) | ValueStore::Bf16(v) => {
+            let bf = matches!(layer.values, ValueStore::Bf16(_));
+            for r in rows.clone() {
+                let range = layer.row_entries(r);
+                let (vals, idx) = (&v[range.clone()], &ec.cols[range]);
+                // SAFETY: the caller checked `simd::avx512()`; the columns are in `x` and below
+                // 2^31 (checked above).
+                let d = unsafe {
+                    if bf {
+                        simd::gather_half::<true>(vals, idx, x)
+                    } else {
+                        simd::gather_half::<false>(vals, idx, x)
+                    }
+                };
+                out(y, r, d);
+            }
+            true
+        }
+        ValueStore::Uniform {
+            bits,
+            codes,
+            scales,
+            zero_points,
+            granularity: granularity @ (Granularity::Tensor | Granularity::Channel),
+        } if simd::avx512_vbmi() && (1..=8).contains(bits) => {
+            for r in rows.clone() {
+                let range = layer.row_entries(r);
+                let g = granularity.group_of(r, 0, layer.cols);
+                let z = [zero_points.get(g, *bits) as f32];
+                let levels = simd::Levels::Affine {
+                    seg: usize::MAX,
+                    scales: [&scales[g..g + 1]; 4],
+                    zeros: [&z[..]; 4],
+                };
+                let idx = &ec.cols[range.clone()];
+                // SAFETY: `simd::avx512_vbmi()` was checked above; the columns are in `x` and
+                // below 2^31 (checked above); row 0 of `levels` has a scale and a zero point.
+                let d = unsafe { packed_gather(*bits, codes, range.start, idx, levels, x) };
+                out(y, r, d.unwrap_or(0.0));
+            }
+            true
+        }
+        ValueStore::Codebook {
+            bits,
+            codes,
+            codebook,
+        } if simd::avx512_vbmi() && (1..=8).contains(bits) => {
+            let book = book_table(*bits, codebook);
+            for r in rows.clone() {
+                let range = layer.row_entries(r);
+                let idx = &ec.cols[range.clone()];
+                let levels = simd::Levels::Book(&book);
+                // SAFETY: `simd::avx512_vbmi()` was checked above; the columns are in `x` and
+                // below 2^31 (checked above).
+                let d = unsafe { packed_gather(*bits, codes, range.start, idx, levels, x) };
+                out(y, r, d.unwrap_or(0.0));
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `yr[j] += Σ_k vals[k] · b[idx[k]·p + j]` (`b` is `cols × p`): 64 batch columns at a time
 /// held in registers across the row's entries, so `yr` is loaded and stored once per tile
 /// instead of once per kept weight.
@@ -315,6 +644,10 @@ pub fn matmul(
     match (&layer.index, p) {
         (Indexing::Dense, 1) => {
             let x = &b[..cols];
+            #[cfg(target_arch = "x86_64")]
+            if simd::avx512() && dense_rows_avx512(layer, rows.clone(), x, &mut y[..m], s) {
+                return;
+            }
             if let ValueStore::F32(w) = &layer.values {
                 let mut r = rows.start;
                 while r + 4 <= rows.end {
@@ -395,6 +728,10 @@ pub fn matmul(
             let Some(ec) = layer.entry_columns() else {
                 return;
             };
+            #[cfg(target_arch = "x86_64")]
+            if simd::avx512() && sparse_rows_avx512(layer, rows.clone(), x, &mut y[..m], ec) {
+                return;
+            }
             for r in rows.clone() {
                 let range = layer.row_entries(r);
                 let n = range.len();
