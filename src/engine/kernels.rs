@@ -37,6 +37,32 @@ pub struct KernelScratch {
     gemm: GemmScratch,
 }
 
+/// `Σ x` in f64 over eight independent lanes (a single chain of dependent f64 additions costs
+/// more than the 8-bit row kernels it serves).
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i] as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// The even and odd elements of `x` (`x.len()` even) into `xe` and `xo`, by indexed writes the
+/// compiler turns into vector shuffles.
+fn split_even_odd(x: &[f32], xe: &mut Vec<f32>, xo: &mut Vec<f32>) {
+    let half = x.len() / 2;
+    xe.resize(half, 0.0);
+    xo.resize(half, 0.0);
+    for ((p, e), o) in x.chunks_exact(2).zip(xe.iter_mut()).zip(xo.iter_mut()) {
+        *e = p[0];
+        *o = p[1];
+    }
+}
+
 /// Sum of 16 lanes by halving, so the reduction stays in vector adds instead of a chain of
 /// 16 dependent scalar adds.
 #[inline(always)]
@@ -384,7 +410,7 @@ fn dense_rows_avx512(
             if per_row && (bits == 8 || (bits == 4 && cols.is_multiple_of(2))) {
                 // Raw code sums, then per row `scale · (Σ code·x − z · Σ x)` (Σ x in f64, so the
                 // correction adds no rounding of its own).
-                let sum_x: f64 = x.iter().map(|&v| v as f64).sum();
+                let sum_x = sum_f64(x);
                 let finish = |r: usize, d: f32| {
                     let g = granularity.group_of(r, 0, cols);
                     scales[g] * (d - (zero_points.get(g, bits) as f64 * sum_x) as f32)
@@ -398,10 +424,7 @@ fn dense_rows_avx512(
                         [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
                     });
                 } else {
-                    s.xe.clear();
-                    s.xo.clear();
-                    s.xe.extend(x.iter().step_by(2));
-                    s.xo.extend(x.iter().skip(1).step_by(2));
+                    split_even_odd(x, &mut s.xe, &mut s.xo);
                     let (xe, xo) = (&s.xe, &s.xo);
                     let half = cols / 2;
                     by_four_rows(layer, rows, y, |ks| {
@@ -676,12 +699,9 @@ pub fn matmul(
                 let nibbles = *bits == 4 && cols.is_multiple_of(2);
                 // Σ x once per call: the vector kernels subtract `z · Σ x` per row instead of
                 // `z` per code (in f64, so the correction adds no rounding of its own).
-                let sum_x: f64 = x.iter().map(|&v| v as f64).sum();
+                let sum_x = sum_f64(x);
                 if nibbles {
-                    s.xe.clear();
-                    s.xo.clear();
-                    s.xe.extend(x.iter().step_by(2));
-                    s.xo.extend(x.iter().skip(1).step_by(2));
+                    split_even_odd(x, &mut s.xe, &mut s.xo);
                 }
                 for r in rows.clone() {
                     let g = granularity.group_of(r, 0, cols);

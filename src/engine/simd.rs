@@ -355,29 +355,31 @@ mod x86 {
         // SAFETY (whole block): every unmasked load ends at or before `n`, within all six
         // slices; the masked tail admits only lanes `k..n`.
         unsafe {
-            while k < n {
-                let m = lanes_upto(n - k);
-                let (e, o) = if n - k >= 16 {
-                    (_mm512_loadu_ps(ep.add(k)), _mm512_loadu_ps(op.add(k)))
-                } else {
-                    (
-                        _mm512_maskz_loadu_ps(m, ep.add(k)),
-                        _mm512_maskz_loadu_ps(m, op.add(k)),
-                    )
-                };
+            let step = |raw: [__m128i; 4],
+                        e: __m512,
+                        o: __m512,
+                        lo: &mut [__m512; 4],
+                        hi: &mut [__m512; 4]| {
                 for r in 0..4 {
-                    let raw = if n - k >= 16 {
-                        _mm_loadu_si128(rp[r].add(k).cast())
-                    } else {
-                        _mm_maskz_loadu_epi8(m, rp[r].add(k).cast())
-                    };
-                    let b = _mm512_cvtepu8_epi32(raw);
+                    let b = _mm512_cvtepu8_epi32(raw[r]);
                     let l = _mm512_cvtepi32_ps(_mm512_and_si512(b, lo_mask));
                     let h = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(b));
                     lo[r] = _mm512_fmadd_ps(l, e, lo[r]);
                     hi[r] = _mm512_fmadd_ps(h, o, hi[r]);
                 }
+            };
+            while k + 16 <= n {
+                let raw = rp.map(|p| _mm_loadu_si128(p.add(k).cast()));
+                let (e, o) = (_mm512_loadu_ps(ep.add(k)), _mm512_loadu_ps(op.add(k)));
+                step(raw, e, o, &mut lo, &mut hi);
                 k += 16;
+            }
+            if k < n {
+                let m = lanes_upto(n - k);
+                let raw = rp.map(|p| _mm_maskz_loadu_epi8(m, p.add(k).cast()));
+                let e = _mm512_maskz_loadu_ps(m, ep.add(k));
+                let o = _mm512_maskz_loadu_ps(m, op.add(k));
+                step(raw, e, o, &mut lo, &mut hi);
             }
         }
         hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], hi[r])))
