@@ -15,7 +15,7 @@
 
 use std::ops::Range;
 
-use super::format::{EntryColumns, Indexing, PackedLayer, ValueStore};
+use super::format::{EntryColumns, Indexing, PackedLayer, RowBlocks, ValueStore};
 use super::gemm::{self, GemmScratch};
 use super::pack;
 use super::simd;
@@ -34,6 +34,7 @@ pub struct KernelScratch {
     xe: Vec<f32>,
     xo: Vec<f32>,
     apack: Vec<f32>,
+    xpad: Vec<f32>,
     gemm: GemmScratch,
 }
 
@@ -736,8 +737,14 @@ pub fn matmul(
                 && simd::avx512()
                 && let Some(rb) = layer.row_blocks()
             {
-                // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; the kernel bounds every access itself.
-                unsafe { simd::row_blocks_dot(rb, x, &mut y[..m]) };
+                // The input zero-padded to whole windows, so every window loads unmasked.
+                let width = layer.cols.div_ceil(RowBlocks::WINDOW) * RowBlocks::WINDOW;
+                s.xpad.clear();
+                s.xpad.extend_from_slice(x);
+                s.xpad.resize(width, 0.0);
+                // SAFETY: `simd::avx512()` confirmed AVX-512F/BW/VL; the kernel bounds every
+                // access itself.
+                unsafe { simd::row_blocks_dot(rb, &s.xpad, &mut y[..m]) };
                 if let Some(bias) = &layer.bias {
                     for (yv, bv) in y[..m].iter_mut().zip(bias) {
                         *yv += bv;

@@ -197,39 +197,39 @@ mod x86 {
     /// `y[r] = Σ_c W[r][c] · x[c]` for every row of a layer laid out as `RowBlocks`: per block
     /// of 16 rows and window of 32 columns, the window of `x` sits in two registers and each
     /// step picks every lane's input with one permutation (`vpermt2ps`), then one FMA serves 16
-    /// rows. Columns past `x.len()` read as zero; `y` receives at most `y.len()` rows.
+    /// rows. `x` is the input zero-padded to whole windows (`xpad`, at least `32 ×` the windows
+    /// the layer spans), so every window loads unmasked; `y` receives at most `y.len()` rows.
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL (`avx512()`).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn row_blocks_dot(rb: &RowBlocks, x: &[f32], y: &mut [f32]) {
+    pub unsafe fn row_blocks_dot(rb: &RowBlocks, xpad: &[f32], y: &mut [f32]) {
         const L: usize = RowBlocks::LANES;
         const W: usize = RowBlocks::WINDOW;
-        let lanes = |n: usize| -> __mmask16 { if n >= L { 0xFFFF } else { low_lanes(n) } };
+        let steps = rb.offsets.len().min(rb.values.len()) / L;
+        let (op0, vp0, xp0) = (rb.offsets.as_ptr(), rb.values.as_ptr(), xpad.as_ptr());
         for (b, span) in rb.block_windows.windows(2).enumerate() {
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
             let mut a2 = _mm512_setzero_ps();
             let mut a3 = _mm512_setzero_ps();
-            let wins = &rb.windows[span[0] as usize..span[1] as usize];
+            let Some(wins) = rb.windows.get(span[0] as usize..span[1] as usize) else {
+                continue;
+            };
             for &(w, first, n) in wins {
-                let base = w as usize * W;
-                let avail = x.len().saturating_sub(base);
-                let (first, n) = (first as usize, n as usize);
-                // Checked slicing: every load below stays inside these two slices.
-                let offs = &rb.offsets[first * L..(first + n) * L];
-                let vals = &rb.values[first * L..(first + n) * L];
-                let (op, vp) = (offs.as_ptr(), vals.as_ptr());
-                // SAFETY: the masks admit only lanes below `x.len() − base`, so the masked
-                // loads read inside `x` (a zero mask reads nothing; the pointer is formed with
-                // `wrapping_add` since it may then lie past the end); the offset and value loads
-                // read step `s < n` of slices holding `n` steps of 16 lanes; the permutation
-                // uses only the low 5 bits of each offset, a register index.
+                let (base, first, n) = (w as usize * W, first as usize, n as usize);
+                // A window outside the padded input or steps outside the layout (a malformed
+                // layout) is skipped rather than read.
+                if base + W > xpad.len() || first + n > steps {
+                    continue;
+                }
+                // SAFETY: the window `base .. base + 32` lies in `xpad` and steps
+                // `first .. first + n` in both step arrays (checked just above); the
+                // permutation uses only the low 5 bits of each offset, a register index.
                 unsafe {
-                    let xp = x.as_ptr().wrapping_add(base);
-                    let x0 = _mm512_maskz_loadu_ps(lanes(avail), xp);
-                    let x1 =
-                        _mm512_maskz_loadu_ps(lanes(avail.saturating_sub(L)), xp.wrapping_add(L));
+                    let x0 = _mm512_loadu_ps(xp0.add(base));
+                    let x1 = _mm512_loadu_ps(xp0.add(base + L));
+                    let (op, vp) = (op0.add(first * L), vp0.add(first * L));
                     let pick = |s: usize| {
                         let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(op.add(s * L).cast()));
                         _mm512_permutex2var_ps(x0, i, x1)
@@ -243,9 +243,13 @@ mod x86 {
                         a3 = _mm512_fmadd_ps(val(s + 3), pick(s + 3), a3);
                         s += 4;
                     }
-                    while s < n {
+                    if s + 2 <= n {
                         a0 = _mm512_fmadd_ps(val(s), pick(s), a0);
-                        s += 1;
+                        a1 = _mm512_fmadd_ps(val(s + 1), pick(s + 1), a1);
+                        s += 2;
+                    }
+                    if s < n {
+                        a2 = _mm512_fmadd_ps(val(s), pick(s), a2);
                     }
                 }
             }
