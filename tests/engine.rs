@@ -383,7 +383,12 @@ fn derived_entry_columns_match_the_stored_index() {
             let ValueStore::F32(v) = &pl.values else {
                 panic!("row blocks for non-f32 values");
             };
-            let mut got: Vec<f32> = rb.values.iter().copied().filter(|&x| x != 0.0).collect();
+            let mut got: Vec<f32> = rb
+                .values
+                .iter()
+                .flat_map(|l| l.0)
+                .filter(|&x| x != 0.0)
+                .collect();
             let mut want: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
             got.sort_by(f32::total_cmp);
             want.sort_by(f32::total_cmp);

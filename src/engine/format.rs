@@ -226,9 +226,15 @@ pub struct RowBlocks {
     pub windows: Vec<(u32, u32, u32)>,
     /// Column offset within the window, `LANES` per step.
     pub offsets: Vec<u8>,
-    /// Values, `LANES` per step (0 in padded lanes).
-    pub values: Vec<f32>,
+    /// Values, one cache line of `LANES` per step (0 in padded lanes).
+    pub values: Vec<Lanes>,
 }
+
+/// One step of `RowBlocks`' values: sixteen f32 on one 64-byte cache line, so a step loads
+/// from a single line wherever the allocator put the vector.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, align(64))]
+pub struct Lanes(pub [f32; RowBlocks::LANES]);
 
 impl RowBlocks {
     pub const LANES: usize = 16;
@@ -832,7 +838,7 @@ fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<R
                     break;
                 }
                 out.offsets.extend_from_slice(&offs);
-                out.values.extend_from_slice(&vs);
+                out.values.push(Lanes(vs));
                 steps += 1;
             }
             if steps > first {

@@ -206,8 +206,9 @@ mod x86 {
     pub unsafe fn row_blocks_dot(rb: &RowBlocks, xpad: &[f32], y: &mut [f32]) {
         const L: usize = RowBlocks::LANES;
         const W: usize = RowBlocks::WINDOW;
-        let steps = rb.offsets.len().min(rb.values.len()) / L;
-        let (op0, vp0, xp0) = (rb.offsets.as_ptr(), rb.values.as_ptr(), xpad.as_ptr());
+        let steps = (rb.offsets.len() / L).min(rb.values.len());
+        let (op0, xp0) = (rb.offsets.as_ptr(), xpad.as_ptr());
+        let vp0 = rb.values.as_ptr().cast::<f32>();
         for (b, span) in rb.block_windows.windows(2).enumerate() {
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
