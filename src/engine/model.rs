@@ -275,11 +275,11 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.residual_sources();
-        // Derive the sparse layers' runtime layouts (column index, row blocks) now, so no timed
-        // run builds them.
+        // Derive the runtime layouts single samples use (column index, row blocks, 8-bit form)
+        // now, so no timed run builds them.
         for step in &steps {
             if let Step::Linear(p) | Step::Conv(p, _) = step {
-                let _ = (p.entry_columns(), p.row_blocks());
+                let _ = (p.entry_columns(), p.row_blocks(), p.int8());
             }
         }
         Ok(CompressedModel {
