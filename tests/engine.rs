@@ -1036,6 +1036,23 @@ fn latency_and_throughput_report_sane_figures() {
     let l = engine::latency_with(&cm, &x, 50, std::time::Duration::from_millis(10));
     assert!(l.runs >= 50 && l.median_us > 0.0 && l.p90_us >= l.median_us);
     assert!(engine::throughput(&cm, &x, 10) > 0.0);
+    assert!(engine::fma_peak_gflops(std::time::Duration::from_millis(20)) > 0.0);
+}
+
+/// The dense work of a model: every conv weight once per output position (a grouped conv's
+/// weights span only their group's inputs), every linear weight once.
+#[test]
+fn dense_multiply_adds_count_every_weight_at_every_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(12);
+    let m = convnet(&dir, &mut rng);
+    let cm = CompressedModel::build(&plan(&m, 0.5, |_| Scheme::Float(FloatStorage::F32)))
+        .expect("build");
+    // c1: 8 × (4·3·3) × 12·11; dw: 8 × 9 × 6·6; g2: 6 × (4·2·2) × 3·3; fc: 5 × 24.
+    assert_eq!(
+        cm.dense_macs(),
+        8 * 36 * 132 + 8 * 9 * 36 + 6 * 16 * 9 + 5 * 24
+    );
 }
 
 proptest! {

@@ -118,3 +118,49 @@ pub fn throughput(model: &CompressedModel, inputs: &[f32], n: usize) -> f64 {
     }
     done as f64 / start.elapsed().as_secs_f64()
 }
+
+/// The machine's f32 multiply-add throughput, measured now: every thread of rayon's pool runs
+/// twelve independent FMA chains of 16 lanes for `time` at once (AVX-512 where the kernels use
+/// it); returns the total in GFLOP/s (2 FLOP per multiply-add). The roofline the matrix kernels
+/// are judged against: a dense product of `m` multiply-adds cannot take less than
+/// `2·m / peak` seconds.
+pub fn fma_peak_gflops(time: Duration) -> f64 {
+    let runs = rayon::broadcast(|_| {
+        let start = Instant::now();
+        let mut flops = 0f64;
+        while start.elapsed() < time {
+            flops += fma_burst();
+        }
+        (flops, start.elapsed().as_secs_f64())
+    });
+    let flops: f64 = runs.iter().map(|r| r.0).sum();
+    let secs = runs.iter().map(|r| r.1).fold(0f64, f64::max);
+    flops / secs.max(1e-9) / 1e9
+}
+
+/// One burst of independent FMA chains; returns the FLOPs done.
+fn fma_burst() -> f64 {
+    const STEPS: usize = 100_000;
+    const CHAINS: usize = 12;
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx512() {
+        // SAFETY: `simd::avx512()` confirmed AVX-512F.
+        let r = unsafe { simd::fma_chains(STEPS) };
+        std::hint::black_box(r);
+        return (STEPS * CHAINS * 16 * 2) as f64;
+    }
+    let mut acc = [[1f32; 16]; CHAINS];
+    let (m, c) = (
+        std::hint::black_box(0.999_999f32),
+        std::hint::black_box(1e-7f32),
+    );
+    for _ in 0..STEPS {
+        for chain in acc.iter_mut() {
+            for v in chain.iter_mut() {
+                *v = v.mul_add(m, c);
+            }
+        }
+    }
+    std::hint::black_box(&acc);
+    (STEPS * CHAINS * 16 * 2) as f64
+}

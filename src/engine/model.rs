@@ -347,6 +347,19 @@ impl CompressedModel {
             .sum()
     }
 
+    /// Multiply-adds of one sample through the linear/conv layers computed densely (every
+    /// weight, pruned or not): the work a dense f32 evaluation does.
+    pub fn dense_macs(&self) -> u64 {
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Linear(p) => (p.rows * p.cols) as u64,
+                Step::Conv(p, shape) => (p.rows * p.cols * shape.positions()) as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Buffers for `run`, sized for this model.
     pub fn scratch(&self) -> Scratch {
         Scratch::default()

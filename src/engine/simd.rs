@@ -65,6 +65,27 @@ mod x86 {
         ((1u32 << n) - 1) as __mmask16
     }
 
+    /// `steps` rounds of twelve independent 16-lane FMA chains (the machine's FMA peak, for
+    /// `engine::fma_peak_gflops`); returns a sum of the chains so the work is kept.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (`avx512()`).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma_chains(steps: usize) -> f32 {
+        let mut acc = [_mm512_set1_ps(1.0); 12];
+        let m = _mm512_set1_ps(std::hint::black_box(0.999_999));
+        let c = _mm512_set1_ps(std::hint::black_box(1e-7));
+        for _ in 0..steps {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, m, c);
+            }
+        }
+        let sum = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+        _mm512_reduce_add_ps(sum)
+    }
+
     /// `Σ vals[k] · x[cols[k]]` with 16-lane gathers.
     ///
     /// # Safety
