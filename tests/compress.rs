@@ -9,7 +9,7 @@ use squeeze::compress::prune::{
     global_masks, l1_mask, nm_mask, prune_count, random_mask, shrink_structured,
 };
 use squeeze::compress::quant::{dequantize, kmeans, lloyd_1d, quantize_uniform};
-use squeeze::compress::recipe::Norm;
+use squeeze::compress::recipe::{Norm, Pruning};
 use squeeze::compress::{
     Bits, FloatStorage, Granularity, Plan, QuantizedLayer, Recipe, RecipeError, WeightValues,
     apply, entropy_bytes, entropy_size, huffman,
@@ -373,6 +373,28 @@ fn structured_refusals() {
             .validate(&r),
         Err(RecipeError::Structured { .. })
     ));
+}
+
+/// `[default]` structured pruning (what `--prune structured` builds) prunes every layer but the
+/// output one, which keeps its classes; the plan applies.
+#[test]
+fn default_structured_pruning_leaves_the_output_layer_whole() {
+    let m = mlp(4);
+    let r = recipe("[default]\nprune = \"structured\"\nsparsity = 0.5\n");
+    let resolved = r.validate(&m).expect("validates");
+    let by_name = |n: &str| {
+        resolved
+            .layers
+            .iter()
+            .find(|l| l.name == n)
+            .map(|l| l.prune.clone())
+            .expect("layer")
+    };
+    assert!(matches!(by_name("fc1"), Pruning::Structured { .. }));
+    assert!(matches!(by_name("fc2"), Pruning::Structured { .. }));
+    assert!(matches!(by_name("fc3"), Pruning::None));
+    let plan = apply(&m, &r, None).expect("applies");
+    assert_eq!(plan.model.num_classes(), 4);
 }
 
 #[test]

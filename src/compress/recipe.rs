@@ -540,6 +540,16 @@ impl Recipe {
             } else {
                 self.resolve_pruning(&r, method, cols, &invalid)?
             };
+            // Structured pruning asked for by `[default]` leaves the output layer whole: its
+            // outputs are the classes. Named in its own `[layer.NAME]`, it is refused below.
+            let from_default = over.and_then(|o| o.prune).is_none();
+            let is_output = !model.layers[index + 1..]
+                .iter()
+                .any(|l| l.params().is_some());
+            let prune = match prune {
+                Pruning::Structured { .. } if from_default && is_output => Pruning::None,
+                p => p,
+            };
             if matches!(prune, Pruning::Structured { .. }) {
                 super::prune::structured_path(model, index).map_err(|msg| {
                     RecipeError::Structured {
