@@ -472,9 +472,9 @@ impl PackedLayer {
     }
 
     /// The 8-bit integer form of a layer with quantized inputs and uniform weight codes
-    /// (`Int8Layer`, zeros where pruned: at 64 products per instruction it outruns the sparse
-    /// integer kernel at any sparsity), built on first use; `None` when the inputs are not
-    /// quantized or the weights do not qualify.
+    /// (`Int8Layer`, zeros where pruned: one instruction does 64 products, where the sparse
+    /// integer kernel does one per kept weight), built on first use; `None` when the inputs are
+    /// not quantized or the weights do not qualify.
     pub fn int8(&self) -> Option<&Int8Layer> {
         let a = self.activation?;
         if a.bits > 8 || !(0..1i32 << a.bits).contains(&a.zero_point) {
