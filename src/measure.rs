@@ -267,7 +267,10 @@ pub fn measure(
             sparsity: layer_sparsity,
             size_bytes: packed.size_bytes(),
             dense_bytes,
-            entropy_bytes: q.map_or(packed.size_bytes(), entropy_bytes),
+            entropy_bytes: packed
+                .entropy_bytes
+                .or_else(|| q.map(entropy_bytes))
+                .unwrap_or(packed.size_bytes()),
         });
     }
     // Parameters outside linear/conv layers (unfolded batchnorm) are stored as they are.

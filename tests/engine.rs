@@ -953,6 +953,12 @@ fn export_reload_gives_identical_logits_and_size() {
             );
             assert_eq!(back.size_bytes(), cm.size_bytes());
             assert_eq!(back.size_breakdown(), cm.size_breakdown());
+            // The Huffman-coded size travels in the metadata.
+            let entropy = |m: &CompressedModel| -> Vec<Option<usize>> {
+                m.packed_layers().map(|(_, p)| p.entropy_bytes).collect()
+            };
+            assert!(entropy(&cm).iter().all(Option::is_some), "{name}");
+            assert_eq!(entropy(&back), entropy(&cm), "{name}: entropy sizes");
             let bytes = std::fs::read(&path).expect("read");
             let header = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
             assert_eq!(

@@ -90,6 +90,9 @@ pub struct FormatDesc {
     /// Bits of the input activation quantization (`<layer>.act_scale`, `.act_zero_point`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_bits: Option<u8>,
+    /// The layer's Huffman-coded size (`PackedLayer::entropy_bytes`), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_bytes: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ impl PackedLayer {
             },
             bias: self.bias.is_some(),
             activation_bits: self.activation.map(|a| a.bits),
+            entropy_bytes: self.entropy_bytes,
         }
     }
 
@@ -926,6 +930,7 @@ impl Reader<'_> {
             values,
             bias,
             activation,
+            entropy_bytes: f.entropy_bytes,
             derived: Default::default(),
         };
         p.check().map_err(|m| self.err(&t("values"), m))?;

@@ -174,6 +174,10 @@ pub struct PackedLayer {
     pub values: ValueStore,
     pub bias: Option<Vec<f32>>,
     pub activation: Option<ActivationQuant>,
+    /// Bytes of the layer Huffman-coded (Deep Compression's third stage: codes and index gaps
+    /// entropy-coded, plus tables, scales and bias), a figure reported beside `size_bytes`;
+    /// known when the layer was packed from a plan, kept in the exported file's metadata.
+    pub entropy_bytes: Option<usize>,
     /// Runtime-only layout derived from `index` (see `DerivedColumns`): not stored, not counted
     /// in `size_bytes`.
     pub(crate) derived: DerivedColumns,
@@ -264,6 +268,7 @@ impl PackedLayer {
             values: ValueStore::F32(weights),
             bias,
             activation: None,
+            entropy_bytes: None,
             derived: DerivedColumns::default(),
         }
     }
@@ -291,6 +296,7 @@ impl PackedLayer {
     pub fn candidates(q: &QuantizedLayer, name: &str) -> Result<Vec<Self>, EngineError> {
         validate(q, name)?;
         let (rows, cols) = (q.rows, q.cols);
+        let entropy = crate::compress::entropy_bytes(q);
         let mut out = Vec::new();
         let pruned = q.kept.iter().any(|k| !k);
         // Dense: every position; pruned positions hold the value zero.
@@ -312,6 +318,7 @@ impl PackedLayer {
                 values,
                 bias: q.bias.clone(),
                 activation: q.activation,
+                entropy_bytes: Some(entropy),
                 derived: DerivedColumns::default(),
             });
         }
@@ -331,6 +338,7 @@ impl PackedLayer {
                         values,
                         bias: q.bias.clone(),
                         activation: q.activation,
+                        entropy_bytes: Some(entropy),
                         derived: DerivedColumns::default(),
                     });
                 }
@@ -350,6 +358,7 @@ impl PackedLayer {
                     values,
                     bias: q.bias.clone(),
                     activation: q.activation,
+                    entropy_bytes: Some(entropy),
                     derived: DerivedColumns::default(),
                 });
             }
