@@ -387,7 +387,7 @@ fn default_structured_pruning_leaves_the_output_layer_whole() {
             .layers
             .iter()
             .find(|l| l.name == n)
-            .map(|l| l.prune.clone())
+            .map(|l| l.prune)
             .expect("layer")
     };
     assert!(matches!(by_name("fc1"), Pruning::Structured { .. }));
