@@ -162,10 +162,11 @@ impl ModelEvaluator {
         Figures {
             size_bytes: Some(model.size_bytes() as u64),
             dense_bytes: Some(self.info.dense_bytes() as u64),
+            // Computed when the layers were packed.
             entropy_bytes: Some(
-                plan.layers
-                    .iter()
-                    .map(compress::entropy_bytes)
+                model
+                    .packed_layers()
+                    .map(|(_, p)| p.entropy_bytes.unwrap_or(p.size_bytes()))
                     .sum::<usize>() as u64,
             ),
             sparsity: Some(sparsity.fraction()),
