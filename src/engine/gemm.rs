@@ -105,7 +105,11 @@ pub fn gemm_acc(
 /// Copies `b` (`kc × n`) into column panels of `NR` (`kc × NR` each, columns past `n` zero).
 fn pack_b(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
     let panels = n.div_ceil(NR);
-    out.resize(panels * kc * NR, 0.0);
+    // Grown, never shrunk: every value read is written below, so a later, larger call
+    // need not zero what an earlier one left.
+    if out.len() < panels * kc * NR {
+        out.resize(panels * kc * NR, 0.0);
+    }
     for jp in 0..panels {
         let j0 = jp * NR;
         let w = NR.min(n - j0);

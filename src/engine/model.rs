@@ -3,12 +3,15 @@
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use super::EngineError;
 use super::format::{Indexing, PackedLayer, SizeBreakdown, ValueStore};
 use super::int8;
 use super::kernels::{self, KernelScratch};
 use super::ops::{self, ConvShape, PoolShape};
+use super::simd;
 use crate::compress::Plan;
 use crate::model::{Activation, InputSpec, Model, Op};
 
@@ -55,6 +58,47 @@ pub struct CompressedModel {
     /// Largest per-sample value count between layers.
     max_len: usize,
     keep: Vec<bool>,
+    /// Buffers of finished batch runs, reused by the next (`logits`).
+    pool: ScratchPool,
+}
+
+/// Idle `Scratch`es. rayon calls `logits`' buffer initialiser once per piece of work it
+/// splits off, often many times per call; taking warm buffers from here saves allocating and
+/// zeroing (and page-faulting) them each time. A clone of a model starts with an empty pool.
+#[derive(Debug, Default)]
+struct ScratchPool(Mutex<Vec<Scratch>>);
+
+impl Clone for ScratchPool {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ScratchPool {
+    fn take(&self) -> Pooled<'_> {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        Pooled {
+            pool: self,
+            s: s.unwrap_or_default(),
+        }
+    }
+}
+
+/// A `Scratch` on loan from a `ScratchPool`, returned to it when dropped.
+struct Pooled<'a> {
+    pool: &'a ScratchPool,
+    s: Scratch,
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        let s = std::mem::take(&mut self.s);
+        self.pool
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(s);
+    }
 }
 
 /// Per-thread buffers for one run.
@@ -289,6 +333,7 @@ impl CompressedModel {
             out_len,
             max_len,
             keep,
+            pool: ScratchPool::default(),
         })
     }
 
@@ -372,15 +417,14 @@ impl CompressedModel {
         let mut out = vec![0f32; n * ol];
         let inputs = &inputs[..n * il];
         if n <= CHUNK {
-            let mut s = self.scratch();
-            self.run(inputs, n, &mut s, &mut out);
+            self.run(inputs, n, &mut self.pool.take().s, &mut out);
             return out;
         }
         out.par_chunks_mut(CHUNK * ol)
             .zip(inputs.par_chunks(CHUNK * il))
             .for_each_init(
-                || self.scratch(),
-                |s, (o, x)| self.run(x, x.len() / il, s, o),
+                || self.pool.take(),
+                |p, (o, x)| self.run(x, x.len() / il, &mut p.s, o),
             );
         out
     }
@@ -393,11 +437,16 @@ impl CompressedModel {
         s.b.resize(need, 0.0);
         s.saved.resize(self.steps.len(), Vec::new());
         let mut len = self.in_len;
-        s.a[..n * len].copy_from_slice(&inputs[..n * len]);
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
         // elementwise steps, so a chain of linear layers transposes once on the way in and once
         // on the way out rather than around every layer. `fm` says which layout `s.a` holds.
-        let mut fm = false;
+        let first = self.steps.iter().find(|s| !matches!(s, Step::Identity));
+        let mut fm = n > 1 && matches!(first, Some(Step::Linear(p)) if p.activation.is_none());
+        if fm {
+            transpose(&inputs[..n * len], n, len, &mut s.a[..n * len]);
+        } else {
+            s.a[..n * len].copy_from_slice(&inputs[..n * len]);
+        }
         for (i, step) in self.steps.iter().enumerate() {
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
             let layout_free = match step {
@@ -568,13 +617,36 @@ fn prepare_dense<'a>(p: &PackedLayer, dense: &'a mut Vec<f32>) -> Option<&'a [f3
     Some(dense)
 }
 
-/// `out (c × r) = xᵀ` for `x (r × c)`, in cache-sized tiles.
-fn transpose<T: Copy>(x: &[T], r: usize, c: usize, out: &mut [T]) {
+/// `out (c × r) = xᵀ` for `x (r × c)`: whole 16 × 16 blocks in registers where the CPU has
+/// AVX-512, the rest in cache-sized tiles.
+fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
+    let (x, out) = (&x[..r * c], &mut out[..r * c]);
+    #[cfg(target_arch = "x86_64")]
+    if simd::avx512() {
+        // SAFETY: `avx512()` confirmed AVX-512F; both slices hold `r·c` values.
+        unsafe { simd::transpose_blocks16(x, r, c, out) };
+        let (r16, c16) = (r / 16 * 16, c / 16 * 16);
+        transpose_tiles(x, r, c, 0..r16, c16..c, out);
+        transpose_tiles(x, r, c, r16..r, 0..c, out);
+        return;
+    }
+    transpose_tiles(x, r, c, 0..r, 0..c, out);
+}
+
+/// The part `rows × cols` of `transpose`, in 32 × 32 tiles.
+fn transpose_tiles(
+    x: &[f32],
+    r: usize,
+    c: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: &mut [f32],
+) {
     const T: usize = 32;
-    for i0 in (0..r).step_by(T) {
-        for j0 in (0..c).step_by(T) {
-            for i in i0..(i0 + T).min(r) {
-                for j in j0..(j0 + T).min(c) {
+    for i0 in rows.clone().step_by(T) {
+        for j0 in cols.clone().step_by(T) {
+            for i in i0..(i0 + T).min(rows.end) {
+                for j in j0..(j0 + T).min(cols.end) {
                     out[j * r + i] = x[i * c + j];
                 }
             }
@@ -708,5 +780,36 @@ fn conv_batched(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_the_definition_on_both_paths_and_ragged_shapes() {
+        for portable in [false, true] {
+            simd::force_portable(portable);
+            for (r, c) in [
+                (1, 1),
+                (16, 16),
+                (128, 784),
+                (37, 50),
+                (15, 33),
+                (48, 17),
+                (3, 64),
+            ] {
+                let x: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
+                let mut out = vec![f32::NAN; r * c];
+                transpose(&x, r, c, &mut out);
+                for i in 0..r {
+                    for j in 0..c {
+                        assert_eq!(out[j * r + i], x[i * c + j], "{r}×{c} at ({i}, {j})");
+                    }
+                }
+            }
+        }
+        simd::force_portable(false);
     }
 }
