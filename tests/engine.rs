@@ -1115,6 +1115,7 @@ fn matrix_product_matches_the_plain_product() {
                 (7, 5, 3),
                 (30, 70, 400),
                 (25, 128, 784),
+                (10, 47, 200),
             ] {
                 let a = rand_vec(&mut rng, m * k);
                 let b = rand_vec(&mut rng, k * n);
@@ -1123,7 +1124,28 @@ fn matrix_product_matches_the_plain_product() {
                 gemm::pack_a(&a, m, k, &mut packed);
                 assert_eq!(packed.len(), gemm::packed_len(m, k));
                 let mut y = y0.clone();
-                gemm::gemm_acc(&packed, m, n, k, &b, &mut y, &mut Default::default());
+                gemm::gemm_acc(
+                    &packed,
+                    m,
+                    n,
+                    k,
+                    gemm::Rhs::Rows(&b),
+                    &mut y,
+                    &mut Default::default(),
+                );
+                // The same product from Bᵀ (sample-major), packed by transposing blocks.
+                let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                let mut yt = y0.clone();
+                gemm::gemm_acc(
+                    &packed,
+                    m,
+                    n,
+                    k,
+                    gemm::Rhs::Cols(&bt),
+                    &mut yt,
+                    &mut Default::default(),
+                );
+                assert_eq!(y, yt, "{m}×{k}·{k}×{n} from Bᵀ, portable={portable}");
                 let mut want = y0.clone();
                 for r in 0..m {
                     for j in 0..n {

@@ -47,7 +47,18 @@ pub struct GemmScratch {
     bpack: Vec<f32>,
 }
 
-/// `y (m × n) += A (m × k) · b (k × n)` with `a` in `pack_a`'s panel layout.
+/// The right-hand operand of `gemm_acc`, `B (k × n)`, in one of two layouts.
+#[derive(Debug, Clone, Copy)]
+pub enum Rhs<'a> {
+    /// `B` itself, row-major (`k × n`): feature-major activations, im2col columns.
+    Rows(&'a [f32]),
+    /// `Bᵀ`, row-major (`n × k`): sample-major activations, each sample's `k` inputs
+    /// contiguous. The panels are packed by 16 × 16 register transposes, so a batch needs no
+    /// transposed copy of its own.
+    Cols(&'a [f32]),
+}
+
+/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `pack_a`'s panel layout.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
@@ -56,15 +67,16 @@ pub fn gemm_acc(
     m: usize,
     n: usize,
     k: usize,
-    b: &[f32],
+    b: Rhs<'_>,
     y: &mut [f32],
     s: &mut GemmScratch,
 ) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    let (Rhs::Rows(bs) | Rhs::Cols(bs)) = b;
     assert!(
-        a.len() >= packed_len(m, k) && b.len() >= k * n && y.len() >= m * n,
+        a.len() >= packed_len(m, k) && bs.len() >= k * n && y.len() >= m * n,
         "gemm operands too short"
     );
     let blocks = k.div_ceil(KC);
@@ -76,7 +88,10 @@ pub fn gemm_acc(
         let k0 = kb * kc_max;
         let k1 = (k0 + kc_max).min(k);
         let kc = k1 - k0;
-        pack_b(&b[k0 * n..k1 * n], kc, n, &mut s.bpack);
+        match b {
+            Rhs::Rows(b) => pack_b(&b[k0 * n..k1 * n], kc, n, &mut s.bpack),
+            Rhs::Cols(bt) => pack_bt(bt, k, k0, kc, n, &mut s.bpack),
+        }
         for jp in 0..panels {
             let j0 = jp * NR;
             let cols = NR.min(n - j0);
@@ -125,6 +140,53 @@ fn pack_b(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
             } else {
                 d[..w].copy_from_slice(src);
                 d[w..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// `pack_b` for `Bᵀ` (`bt`, `n × k`): columns `k0 .. k0 + kc` of its rows into the same
+/// panels, 16 × 16 blocks in registers where the CPU has AVX-512.
+fn pack_bt(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, out: &mut Vec<f32>) {
+    let panels = n.div_ceil(NR);
+    if out.len() < panels * kc * NR {
+        out.resize(panels * kc * NR, 0.0);
+    }
+    let avx = simd::avx512();
+    for jp in 0..panels {
+        let dst = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
+        for h in 0..NR / 16 {
+            // Samples `j0 .. j0 + 16` go to lanes `16h .. 16h + 16` of each panel row.
+            let j0 = jp * NR + 16 * h;
+            let mut kk = 0;
+            #[cfg(target_arch = "x86_64")]
+            if avx && j0 + 16 <= n {
+                while kk + 16 <= kc {
+                    // SAFETY: `avx512()` confirmed AVX-512F; the block reads rows `j0 .. j0 + 16
+                    // ≤ n` of `bt` at columns `k0 + kk .. + 16 ≤ k` (`bt.len() ≥ n·k`, asserted
+                    // by `gemm_acc`) and writes panel rows `kk .. kk + 16 ≤ kc`, lanes
+                    // `16h .. 16h + 16 ≤ NR`, inside `dst` (`kc × NR`).
+                    unsafe {
+                        simd::transpose16(
+                            bt.as_ptr().add(j0 * k + k0 + kk),
+                            k,
+                            dst.as_mut_ptr().add(kk * NR + 16 * h),
+                            NR,
+                        )
+                    };
+                    kk += 16;
+                }
+            }
+            let _ = avx;
+            for kk in kk..kc {
+                let row = &mut dst[kk * NR + 16 * h..kk * NR + 16 * h + 16];
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = if j0 + j < n {
+                        bt[(j0 + j) * k + k0 + kk]
+                    } else {
+                        0.0
+                    };
+                }
             }
         }
     }

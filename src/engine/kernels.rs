@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use super::format::{EntryColumns, Indexing, PackedLayer, RowBlocks, ValueStore};
-use super::gemm::{self, GemmScratch};
+use super::gemm::{self, GemmScratch, Rhs};
 use super::pack;
 use super::simd;
 use crate::compress::Granularity;
@@ -799,6 +799,36 @@ pub fn matmul(
     }
 }
 
+/// `y (rows × p) = bias + W · xᵀ` for a whole layer and sample-major inputs `x` (`p × cols`),
+/// where the layer runs as a matrix product over its cached panels (dense-indexed, or sparse
+/// at `SPARSE_GEMM_DENSITY` or more): the product packs `x` itself, so the caller needs no
+/// transposed copy. `false`, with nothing written, for other layers and single samples.
+pub fn matmul_samples(
+    layer: &PackedLayer,
+    x: &[f32],
+    p: usize,
+    y: &mut [f32],
+    s: &mut KernelScratch,
+) -> bool {
+    let whole = matches!(layer.index, Indexing::Dense) || layer.density() >= SPARSE_GEMM_DENSITY;
+    if p < 2 || !whole {
+        return false;
+    }
+    let rows = 0..layer.rows;
+    fill_bias(layer, &rows, p, y);
+    let panels = layer.gemm_panels();
+    gemm::gemm_acc(
+        panels,
+        layer.rows,
+        p,
+        layer.cols,
+        Rhs::Cols(x),
+        y,
+        &mut s.gemm,
+    );
+    true
+}
+
 /// Stored entries per weight from which a batched sparse layer runs as a dense matrix product
 /// over its decoded panels (zeros where pruned): the sparse kernel reloads `p` inputs from memory
 /// per kept weight, the product keeps its tile in registers. Measured with `squeeze bench` on
@@ -823,7 +853,15 @@ fn dense_product(
     let (m, cols) = (rows.len(), layer.cols);
     fill_bias(layer, &rows, p, y);
     if rows == (0..layer.rows) {
-        gemm::gemm_acc(layer.gemm_panels(), m, p, cols, b, y, &mut s.gemm);
+        gemm::gemm_acc(
+            layer.gemm_panels(),
+            m,
+            p,
+            cols,
+            Rhs::Rows(b),
+            y,
+            &mut s.gemm,
+        );
         return;
     }
     let w: &[f32] = match (dense_w, &layer.values) {
@@ -836,7 +874,7 @@ fn dense_product(
         }
     };
     gemm::pack_a(w, m, cols, &mut s.apack);
-    gemm::gemm_acc(&s.apack, m, p, cols, b, y, &mut s.gemm);
+    gemm::gemm_acc(&s.apack, m, p, cols, Rhs::Rows(b), y, &mut s.gemm);
 }
 
 /// Quantizes `x` to activation codes centred on the zero point: `q − zero_point`, with

@@ -121,21 +121,25 @@ pub fn throughput(model: &CompressedModel, inputs: &[f32], n: usize) -> f64 {
 
 /// The machine's f32 multiply-add throughput, measured now: every thread of rayon's pool runs
 /// twelve independent FMA chains of 16 lanes for `time` at once (AVX-512 where the kernels use
-/// it); returns the total in GFLOP/s (2 FLOP per multiply-add). The roofline the matrix kernels
-/// are judged against: a dense product of `m` multiply-adds cannot take less than
-/// `2·m / peak` seconds.
+/// it); returns the total in GFLOP/s (2 FLOP per multiply-add). Each thread keeps its best
+/// tenth of `time`, so a neighbour's burst on a shared host does not pass for the machine's
+/// speed. The roofline the matrix kernels are judged against: a dense product of `m`
+/// multiply-adds cannot take less than `2·m / peak` seconds.
 pub fn fma_peak_gflops(time: Duration) -> f64 {
-    let runs = rayon::broadcast(|_| {
-        let start = Instant::now();
-        let mut flops = 0f64;
-        while start.elapsed() < time {
-            flops += fma_burst();
+    let window = time / 10;
+    let best = rayon::broadcast(|_| {
+        let mut best = 0f64;
+        for _ in 0..10 {
+            let start = Instant::now();
+            let mut flops = 0f64;
+            while start.elapsed() < window {
+                flops += fma_burst();
+            }
+            best = best.max(flops / start.elapsed().as_secs_f64().max(1e-9));
         }
-        (flops, start.elapsed().as_secs_f64())
+        best
     });
-    let flops: f64 = runs.iter().map(|r| r.0).sum();
-    let secs = runs.iter().map(|r| r.1).fold(0f64, f64::max);
-    flops / secs.max(1e-9) / 1e9
+    best.iter().sum::<f64>() / 1e9
 }
 
 /// One burst of independent FMA chains; returns the FLOPs done.

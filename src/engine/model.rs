@@ -440,14 +440,28 @@ impl CompressedModel {
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
         // elementwise steps, so a chain of linear layers transposes once on the way in and once
         // on the way out rather than around every layer. `fm` says which layout `s.a` holds.
-        let first = self.steps.iter().find(|s| !matches!(s, Step::Identity));
-        let mut fm = n > 1 && matches!(first, Some(Step::Linear(p)) if p.activation.is_none());
-        if fm {
-            transpose(&inputs[..n * len], n, len, &mut s.a[..n * len]);
-        } else {
-            s.a[..n * len].copy_from_slice(&inputs[..n * len]);
+        let mut fm = false;
+        // Steps already run before the loop.
+        let mut done = 0;
+        let lead = self.steps.iter().position(|s| !matches!(s, Step::Identity));
+        match lead.map(|i| (i, &self.steps[i])) {
+            Some((i, Step::Linear(p)))
+                if n > 1 && p.activation.is_none() && !self.keep[..=i].contains(&true) =>
+            {
+                // A leading linear layer reads the sample-major inputs in place: straight into
+                // its matrix product where the layer runs as one, else transposed once.
+                let x = &inputs[..n * len];
+                if kernels::matmul_samples(p, x, n, &mut s.a[..p.rows * n], &mut s.bufs.k) {
+                    len = p.rows;
+                    done = i + 1;
+                } else {
+                    transpose(x, n, len, &mut s.a[..n * len]);
+                }
+                fm = true;
+            }
+            _ => s.a[..n * len].copy_from_slice(&inputs[..n * len]),
         }
-        for (i, step) in self.steps.iter().enumerate() {
+        for (i, step) in self.steps.iter().enumerate().skip(done) {
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
             let layout_free = match step {
                 Step::Linear(p) => n > 1 && p.activation.is_none(),
@@ -463,17 +477,18 @@ impl CompressedModel {
             let mut swapped = true;
             match step {
                 Step::Linear(p) if n > 1 && p.activation.is_none() => {
-                    // Feature-major in (transposing once if needed) and out.
+                    // Feature-major out; in, feature-major or, from sample-major, straight into
+                    // the matrix product (else transposed once).
                     let (rows, cols) = (p.rows, p.cols);
                     let t = &mut s.bufs;
-                    let b: &[f32] = if fm {
-                        &cur[..n * len]
-                    } else {
+                    let (x, y) = (&cur[..n * len], &mut next[..rows * n]);
+                    if fm {
+                        kernels::matmul(p, 0..rows, x, n, y, None, &mut t.k);
+                    } else if !kernels::matmul_samples(p, x, n, y, &mut t.k) {
                         t.t1.resize(cols * n, 0.0);
-                        transpose(&cur[..n * len], n, cols, &mut t.t1);
-                        &t.t1
-                    };
-                    kernels::matmul(p, 0..rows, b, n, &mut next[..rows * n], None, &mut t.k);
+                        transpose(x, n, cols, &mut t.t1);
+                        kernels::matmul(p, 0..rows, &t.t1, n, y, None, &mut t.k);
+                    }
                     fm = true;
                 }
                 Step::Linear(p) => {

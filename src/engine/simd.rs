@@ -87,8 +87,7 @@ mod x86 {
     }
 
     /// `out (c × r) = xᵀ` for `x (r × c)` over the whole 16 × 16 blocks (rows and columns below
-    /// `r / 16 · 16` and `c / 16 · 16`): each block is 16 loads, an in-register transpose and
-    /// 16 stores. The caller handles the ragged edges.
+    /// `r / 16 · 16` and `c / 16 · 16`). The caller handles the ragged edges.
     ///
     /// # Safety
     /// The CPU has AVX-512F (`avx512()`); `x.len() ≥ r·c` and `out.len() ≥ r·c`.
@@ -96,6 +95,24 @@ mod x86 {
     pub unsafe fn transpose_blocks16(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
         assert!(x.len() >= r * c && out.len() >= r * c);
         let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+        for i0 in (0..r / 16 * 16).step_by(16) {
+            for j0 in (0..c / 16 * 16).step_by(16) {
+                // SAFETY: rows `i0..i0 + 16 ≤ r` and columns `j0..j0 + 16 ≤ c` of `x`, written to
+                // rows `j0..j0 + 16` and columns `i0..i0 + 16` of `out`: all inside `r·c`.
+                unsafe { transpose16(xp.add(i0 * c + j0), c, op.add(j0 * r + i0), r) };
+            }
+        }
+    }
+
+    /// One 16 × 16 block: `dst[j·ldd + i] = src[i·lds + j]` for `i, j < 16`, as 16 loads, an
+    /// in-register transpose and 16 stores.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `src` is readable for rows `i·lds .. i·lds + 16` and `dst`
+    /// writable for rows `j·ldd .. j·ldd + 16` (`i, j < 16`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
         // Interleaves pairs of lanes (`unpack*_ps`), then pairs of pairs (`unpack*_pd`), then
         // 128-bit quarters twice (`shuffle_f32x4`).
         #[inline]
@@ -108,46 +125,39 @@ mod x86 {
         fn hi_pd(a: __m512, b: __m512) -> __m512 {
             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
         }
-        for i0 in (0..r / 16 * 16).step_by(16) {
-            for j0 in (0..c / 16 * 16).step_by(16) {
-                // SAFETY: rows `i0..i0 + 16 ≤ r` and columns `j0..j0 + 16 ≤ c` of `x`, written to
-                // rows `j0..j0 + 16` and columns `i0..i0 + 16` of `out`: all inside `r·c`.
-                unsafe {
-                    let mut v = [_mm512_setzero_ps(); 16];
-                    for (i, v) in v.iter_mut().enumerate() {
-                        *v = _mm512_loadu_ps(xp.add((i0 + i) * c + j0));
-                    }
-                    let mut t = [_mm512_setzero_ps(); 16];
-                    for p in 0..8 {
-                        t[2 * p] = _mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]);
-                        t[2 * p + 1] = _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]);
-                    }
-                    for q in 0..4 {
-                        let b = 4 * q;
-                        v[b] = lo_pd(t[b], t[b + 2]);
-                        v[b + 1] = hi_pd(t[b], t[b + 2]);
-                        v[b + 2] = lo_pd(t[b + 1], t[b + 3]);
-                        v[b + 3] = hi_pd(t[b + 1], t[b + 3]);
-                    }
-                    // v[4q + e] now holds, in each 128-bit quarter l, column 4l + e of rows
-                    // 4q..4q + 4.
-                    for h in 0..2 {
-                        for e in 0..4 {
-                            let (a, b) = (v[8 * h + e], v[8 * h + 4 + e]);
-                            t[8 * h + e] = _mm512_shuffle_f32x4::<0x88>(a, b);
-                            t[8 * h + 4 + e] = _mm512_shuffle_f32x4::<0xdd>(a, b);
-                        }
-                    }
-                    for e in 0..8 {
-                        let (a, b) = (t[e], t[8 + e]);
-                        v[e] = _mm512_shuffle_f32x4::<0x88>(a, b);
-                        v[8 + e] = _mm512_shuffle_f32x4::<0xdd>(a, b);
-                    }
-                    for (j, v) in v.iter().enumerate() {
-                        _mm512_storeu_ps(op.add((j0 + j) * r + i0), *v);
-                    }
-                }
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (i, v) in v.iter_mut().enumerate() {
+            // SAFETY: row `i < 16` of the block, readable by the contract.
+            *v = unsafe { _mm512_loadu_ps(src.add(i * lds)) };
+        }
+        let mut t = [_mm512_setzero_ps(); 16];
+        for p in 0..8 {
+            t[2 * p] = _mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]);
+            t[2 * p + 1] = _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]);
+        }
+        for q in 0..4 {
+            let b = 4 * q;
+            v[b] = lo_pd(t[b], t[b + 2]);
+            v[b + 1] = hi_pd(t[b], t[b + 2]);
+            v[b + 2] = lo_pd(t[b + 1], t[b + 3]);
+            v[b + 3] = hi_pd(t[b + 1], t[b + 3]);
+        }
+        // v[4q + e] now holds, in each 128-bit quarter l, column 4l + e of rows 4q..4q + 4.
+        for h in 0..2 {
+            for e in 0..4 {
+                let (a, b) = (v[8 * h + e], v[8 * h + 4 + e]);
+                t[8 * h + e] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                t[8 * h + 4 + e] = _mm512_shuffle_f32x4::<0xdd>(a, b);
             }
+        }
+        for e in 0..8 {
+            let (a, b) = (t[e], t[8 + e]);
+            v[e] = _mm512_shuffle_f32x4::<0x88>(a, b);
+            v[8 + e] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+        }
+        for (j, v) in v.iter().enumerate() {
+            // SAFETY: row `j < 16` of the destination block, writable by the contract.
+            unsafe { _mm512_storeu_ps(dst.add(j * ldd), *v) };
         }
     }
 
