@@ -304,6 +304,26 @@ fn book_table(bits: u8, codebook: &[f32]) -> [f32; 256] {
     std::array::from_fn(|i| codebook.get(i % period).copied().unwrap_or(0.0))
 }
 
+/// `simd::$kernel::<B>(args)` for the code width `B` equal to `$bits`, as `Some`; `None` for widths
+/// outside 1..=8. The unpacking kernels take the width as a constant, so each width compiles
+/// to its own loop.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_width {
+    ($bits:expr, $kernel:ident, $($arg:expr),* $(,)?) => {
+        match $bits {
+            1 => Some(simd::$kernel::<1>($($arg),*)),
+            2 => Some(simd::$kernel::<2>($($arg),*)),
+            3 => Some(simd::$kernel::<3>($($arg),*)),
+            4 => Some(simd::$kernel::<4>($($arg),*)),
+            5 => Some(simd::$kernel::<5>($($arg),*)),
+            6 => Some(simd::$kernel::<6>($($arg),*)),
+            7 => Some(simd::$kernel::<7>($($arg),*)),
+            8 => Some(simd::$kernel::<8>($($arg),*)),
+            _ => None,
+        }
+    };
+}
+
 /// `simd::rows4_packed` for `bits`-bit codes (`None` for widths outside 1..=8).
 ///
 /// # Safety
@@ -319,19 +339,7 @@ unsafe fn packed_rows4(
     x: &[f32],
 ) -> Option<[f32; 4]> {
     // SAFETY: forwarded contract; the width is the kernel's constant.
-    unsafe {
-        Some(match bits {
-            1 => simd::rows4_packed::<1>(codes, starts, n, levels, x),
-            2 => simd::rows4_packed::<2>(codes, starts, n, levels, x),
-            3 => simd::rows4_packed::<3>(codes, starts, n, levels, x),
-            4 => simd::rows4_packed::<4>(codes, starts, n, levels, x),
-            5 => simd::rows4_packed::<5>(codes, starts, n, levels, x),
-            6 => simd::rows4_packed::<6>(codes, starts, n, levels, x),
-            7 => simd::rows4_packed::<7>(codes, starts, n, levels, x),
-            8 => simd::rows4_packed::<8>(codes, starts, n, levels, x),
-            _ => return None,
-        })
-    }
+    unsafe { by_width!(bits, rows4_packed, codes, starts, n, levels, x) }
 }
 
 /// `simd::gather_packed` for `bits`-bit codes (`None` for widths outside 1..=8).
@@ -350,19 +358,7 @@ unsafe fn packed_gather(
     x: &[f32],
 ) -> Option<f32> {
     // SAFETY: forwarded contract; the width is the kernel's constant.
-    unsafe {
-        Some(match bits {
-            1 => simd::gather_packed::<1>(codes, start, cols, levels, x),
-            2 => simd::gather_packed::<2>(codes, start, cols, levels, x),
-            3 => simd::gather_packed::<3>(codes, start, cols, levels, x),
-            4 => simd::gather_packed::<4>(codes, start, cols, levels, x),
-            5 => simd::gather_packed::<5>(codes, start, cols, levels, x),
-            6 => simd::gather_packed::<6>(codes, start, cols, levels, x),
-            7 => simd::gather_packed::<7>(codes, start, cols, levels, x),
-            8 => simd::gather_packed::<8>(codes, start, cols, levels, x),
-            _ => return None,
-        })
-    }
+    unsafe { by_width!(bits, gather_packed, codes, start, cols, levels, x) }
 }
 
 /// Single-sample product of a dense-indexed layer with non-f32 values on the AVX-512 kernels,
