@@ -188,10 +188,16 @@ pub fn interleave_quads(codes: &[u8], n: usize, out: &mut [u8]) {
 pub fn quantize_u8(x: &[f32], a: &ActivationQuant, out: &mut [u8]) {
     let top = ((1i32 << a.bits) - 1) as f32;
     let z = a.zero_point as f32;
-    for (o, &v) in out.iter_mut().zip(x) {
+    let done = x.len().min(out.len());
+    let mut k = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::avx512() {
+        // SAFETY: `avx512()` confirmed AVX-512F/BW; both slices hold `done` values.
+        k = unsafe { x86::quantize_u8(&x[..done], a.scale, z, top, &mut out[..done]) };
+    }
+    for (o, &v) in out[k..].iter_mut().zip(&x[k..done]) {
         *o = ((v / a.scale).round_ties_even() + z).clamp(0.0, top) as u8;
     }
-    let done = x.len().min(out.len());
     out[done..].fill(0);
 }
 
@@ -214,6 +220,36 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Int8Layer, LANES, NR};
+
+    /// `quantize_u8` over the whole 16-value steps of `x`, the same operations in the same
+    /// order (so the same codes); returns how many values it wrote.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW; `out.len() ≥ x.len()`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_u8(x: &[f32], scale: f32, z: f32, top: f32, out: &mut [u8]) -> usize {
+        assert!(out.len() >= x.len());
+        let (s, zv, lo, hi) = (
+            _mm512_set1_ps(scale),
+            _mm512_set1_ps(z),
+            _mm512_setzero_ps(),
+            _mm512_set1_ps(top),
+        );
+        let mut k = 0;
+        while k + 16 <= x.len() {
+            // SAFETY: values `k .. k + 16 ≤ x.len() ≤ out.len()` of both slices.
+            unsafe {
+                let v = _mm512_div_ps(_mm512_loadu_ps(x.as_ptr().add(k)), s);
+                let r =
+                    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                let c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, zv), lo), hi);
+                let q = _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(c));
+                _mm_storeu_si128(out.as_mut_ptr().add(k).cast(), q);
+            }
+            k += 16;
+        }
+        k
+    }
 
     /// # Safety
     /// The CPU has AVX-512F/BW/VNNI; `q` holds `n × l.kp` codes with sample `j`'s quad `t` at

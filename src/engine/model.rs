@@ -445,19 +445,24 @@ impl CompressedModel {
         let mut done = 0;
         let lead = self.steps.iter().position(|s| !matches!(s, Step::Identity));
         match lead.map(|i| (i, &self.steps[i])) {
-            Some((i, Step::Linear(p)))
-                if n > 1 && p.activation.is_none() && !self.keep[..=i].contains(&true) =>
-            {
-                // A leading linear layer reads the sample-major inputs in place: straight into
-                // its matrix product where the layer runs as one, else transposed once.
+            Some((i, Step::Linear(p))) if !self.keep[..=i].contains(&true) => {
+                // A leading linear layer reads the sample-major inputs in place.
                 let x = &inputs[..n * len];
-                if kernels::matmul_samples(p, x, n, &mut s.a[..p.rows * n], &mut s.bufs.k) {
+                if n > 1 && p.activation.is_none() {
+                    // Straight into its matrix product where the layer runs as one, else
+                    // transposed once.
+                    if kernels::matmul_samples(p, x, n, &mut s.a[..p.rows * n], &mut s.bufs.k) {
+                        len = p.rows;
+                        done = i + 1;
+                    } else {
+                        transpose(x, n, len, &mut s.a[..n * len]);
+                    }
+                    fm = true;
+                } else {
+                    linear(p, x, n, &mut s.a[..n * p.rows], &mut s.bufs);
                     len = p.rows;
                     done = i + 1;
-                } else {
-                    transpose(x, n, len, &mut s.a[..n * len]);
                 }
-                fm = true;
             }
             _ => s.a[..n * len].copy_from_slice(&inputs[..n * len]),
         }
