@@ -348,3 +348,41 @@ mod x86 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn activation_codes_are_the_same_on_both_paths_at_ties_and_out_of_range() {
+        let a = ActivationQuant {
+            bits: 8,
+            scale: 0.5,
+            zero_point: 3,
+        };
+        // Exact ties (x / scale = k + 0.5), values past both ends, NaN and infinities, and a
+        // length that leaves a ragged tail.
+        let mut x: Vec<f32> = (-40..40).map(|k| k as f32 * 0.25).collect();
+        x.extend([
+            1e9,
+            -1e9,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            126.25,
+            126.75,
+        ]);
+        let want: Vec<u8> = x
+            .iter()
+            .map(|&v| ((v / a.scale).round_ties_even() + 3.0).clamp(0.0, 255.0) as u8)
+            .chain([0; 5])
+            .collect();
+        for portable in [false, true] {
+            crate::engine::simd::force_portable(portable);
+            let mut out = vec![7u8; x.len() + 5];
+            quantize_u8(&x, &a, &mut out);
+            assert_eq!(out, want, "portable = {portable}");
+        }
+        crate::engine::simd::force_portable(false);
+    }
+}
