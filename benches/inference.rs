@@ -2,7 +2,10 @@
 //! single-sample latency (one thread) and a full 10,000-sample evaluation (batches of 1000 on
 //! rayon) for LeNet-300-100 and LeNet-5 under dense f32, 90 % / 95 % unstructured sparsity
 //! (CSR), 8-bit and 4-bit weights; and fc1 of LeNet-300-100 alone (300×784) at 90 / 95 %
-//! sparsity, CSR against dense, batch 1 and batch 256 (batch 1 also on the portable kernels).
+//! sparsity, CSR against dense, batch 1 and batch 256 (batch 1 also on the portable kernels);
+//! and the blocked matrix product at fc1's shape over one 128-sample chunk, from feature-major
+//! and from sample-major inputs, in FLOP/s (criterion's elements/s), with the machine's FMA
+//! peak printed beside it.
 //! `SQUEEZE_PORTABLE_KERNELS=1` forces the portable kernels everywhere.
 //!
 //! `cargo bench --bench inference`. Falls back to randomly initialised models of the same
@@ -198,7 +201,39 @@ fn bench_fc1(c: &mut Criterion, m: &Model) {
     g.finish();
 }
 
+/// `gemm_acc` at fc1's shape (300 × 784 weights, 128 samples), both input layouts.
+fn bench_gemm(c: &mut Criterion) {
+    use engine::gemm::{self, Rhs};
+    let (m, k, n) = (300, 784, 128);
+    let mut rng = StdRng::seed_from_u64(3);
+    let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut a = Vec::new();
+    gemm::pack_a(&w, m, k, &mut a);
+    let mut y = vec![0f32; m * n];
+    let mut s = gemm::GemmScratch::default();
+    let peak = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map(|p| p.install(|| engine::fma_peak_gflops(Duration::from_millis(500))));
+    if let Ok(peak) = peak {
+        eprintln!("gemm: FMA peak of one core, measured now: {peak:.1} GFLOP/s");
+    }
+    let mut g = c.benchmark_group("gemm");
+    g.throughput(criterion::Throughput::Elements((2 * m * k * n) as u64));
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(1));
+    g.bench_function("fc1x128/feature-major", |bch| {
+        bch.iter(|| gemm::gemm_acc(&a, m, n, k, Rhs::Rows(black_box(&b)), &mut y, &mut s))
+    });
+    g.bench_function("fc1x128/sample-major", |bch| {
+        bch.iter(|| gemm::gemm_acc(&a, m, n, k, Rhs::Cols(black_box(&b)), &mut y, &mut s))
+    });
+    g.finish();
+}
+
 fn benches(c: &mut Criterion) {
+    bench_gemm(c);
     let l300 = lenet300();
     bench_model(c, "lenet-300-100", &l300);
     bench_fc1(c, &l300);
