@@ -356,44 +356,54 @@ fn derived_entry_columns_match_the_stored_index() {
     let mut rng = StdRng::seed_from_u64(3);
     let (rows, cols) = (7, 700);
     let w = rand_vec(&mut rng, rows * cols);
-    let q = quantize(&w, rows, cols, 0.97, Scheme::Float(FloatStorage::F32), None);
-    for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
-        let Some(ec) = pl.entry_columns() else {
-            assert_eq!(pl.index_kind(), IndexKind::Dense);
-            continue;
-        };
-        assert_eq!(ec.cols.len(), pl.entries, "{}", pl.format_name());
-        let mut row = Vec::new();
-        for r in 0..rows {
-            pl.row_columns(r, &mut row);
-            assert_eq!(
-                &ec.cols[pl.row_entries(r)],
-                &row[..],
-                "{}",
-                pl.format_name()
-            );
-        }
-        assert!(
-            ec.cols
-                .iter()
-                .all(|&c| (c as usize) < ec.bound && ec.bound <= cols)
-        );
-        // The row blocks (f32 values) hold every entry once, plus zero padding.
-        if let Some(rb) = pl.row_blocks() {
-            let ValueStore::F32(v) = &pl.values else {
-                panic!("row blocks for non-f32 values");
+    for storage in [FloatStorage::F32, FloatStorage::F16, FloatStorage::Bf16] {
+        let mut blocks = 0;
+        let q = quantize(&w, rows, cols, 0.97, Scheme::Float(storage), None);
+        for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
+            let Some(ec) = pl.entry_columns() else {
+                assert_eq!(pl.index_kind(), IndexKind::Dense);
+                continue;
             };
-            let mut got: Vec<f32> = rb
-                .values
-                .iter()
-                .flat_map(|l| l.0)
-                .filter(|&x| x != 0.0)
-                .collect();
-            let mut want: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
-            got.sort_by(f32::total_cmp);
-            want.sort_by(f32::total_cmp);
-            assert_eq!(got, want, "{}", pl.format_name());
+            assert_eq!(ec.cols.len(), pl.entries, "{}", pl.format_name());
+            let mut row = Vec::new();
+            for r in 0..rows {
+                pl.row_columns(r, &mut row);
+                assert_eq!(
+                    &ec.cols[pl.row_entries(r)],
+                    &row[..],
+                    "{}",
+                    pl.format_name()
+                );
+            }
+            assert!(
+                ec.cols
+                    .iter()
+                    .all(|&c| (c as usize) < ec.bound && ec.bound <= cols)
+            );
+            // The row blocks hold every entry once, in its stored precision, plus zero padding.
+            if let Some(rb) = pl.row_blocks() {
+                blocks += 1;
+                let v: Vec<f32> = match &pl.values {
+                    ValueStore::F32(v) => v.clone(),
+                    ValueStore::F16(v) => v
+                        .iter()
+                        .map(|&b| half::f16::from_bits(b).to_f32())
+                        .collect(),
+                    ValueStore::Bf16(v) => v
+                        .iter()
+                        .map(|&b| half::bf16::from_bits(b).to_f32())
+                        .collect(),
+                    _ => panic!("row blocks for quantized values"),
+                };
+                let mut got: Vec<f32> =
+                    rb.slot_values().into_iter().filter(|&x| x != 0.0).collect();
+                let mut want: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
+                got.sort_by(f32::total_cmp);
+                want.sort_by(f32::total_cmp);
+                assert_eq!(got, want, "{}", pl.format_name());
+            }
         }
+        assert!(blocks > 0, "no row blocks for {storage:?}");
     }
 }
 

@@ -232,21 +232,60 @@ pub struct RowBlocks {
     pub windows: Vec<(u32, u32, u32)>,
     /// Column offset within the window, `LANES` per step.
     pub offsets: Vec<u8>,
-    /// Values, one cache line of `LANES` per step (0 in padded lanes).
-    pub values: Vec<Lanes>,
+    /// Values, `LANES` per step (0 in padded lanes), in the layer's own value type.
+    pub values: BlockValues,
 }
 
-/// One step of `RowBlocks`' values: sixteen f32 on one 64-byte cache line, so a step loads
-/// from a single line wherever the allocator put the vector.
+/// `RowBlocks`' values as the layer stores them: f32, or f16/bf16 bits the kernel widens in
+/// registers (so a half-precision layer's blocks hold half-precision values).
+#[derive(Debug, Clone)]
+pub enum BlockValues {
+    F32(Vec<Lanes>),
+    F16(Vec<HalfLanes>),
+    Bf16(Vec<HalfLanes>),
+}
+
+impl Default for BlockValues {
+    fn default() -> Self {
+        BlockValues::F32(Vec::new())
+    }
+}
+
+/// One step of f32 values: sixteen on one 64-byte cache line, so a step loads from a single
+/// line wherever the allocator put the vector.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[repr(C, align(64))]
 pub struct Lanes(pub [f32; RowBlocks::LANES]);
+
+/// One step of half-precision values (bits): sixteen on half a cache line.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, align(32))]
+pub struct HalfLanes(pub [u16; RowBlocks::LANES]);
 
 impl RowBlocks {
     pub const LANES: usize = 16;
     pub const WINDOW: usize = 32;
     /// The layout is built only while it holds at most this many slots per stored entry.
     pub const MAX_EXPANSION: usize = 5;
+
+    fn with(self, values: BlockValues) -> Self {
+        RowBlocks { values, ..self }
+    }
+
+    /// Every slot's value as f32, step by step (zeros where padded).
+    pub fn slot_values(&self) -> Vec<f32> {
+        match &self.values {
+            BlockValues::F32(v) => v.iter().flat_map(|l| l.0).collect(),
+            BlockValues::F16(v) => v
+                .iter()
+                .flat_map(|l| l.0.map(|b| half::f16::from_bits(b).to_f32()))
+                .collect(),
+            BlockValues::Bf16(v) => v
+                .iter()
+                .flat_map(|l| l.0.map(|b| half::bf16::from_bits(b).to_f32()))
+                .collect(),
+        }
+    }
 }
 
 /// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
@@ -466,17 +505,34 @@ impl PackedLayer {
         }))
     }
 
-    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32 values, built on
+    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values, built on
     /// first use; `None` for other layers and when the padding would exceed
     /// `RowBlocks::MAX_EXPANSION` slots per entry.
     pub fn row_blocks(&self) -> Option<&RowBlocks> {
-        let ValueStore::F32(vals) = &self.values else {
+        if !matches!(
+            self.values,
+            ValueStore::F32(_) | ValueStore::F16(_) | ValueStore::Bf16(_)
+        ) {
             return None;
-        };
+        }
         let ec = self.entry_columns()?;
         self.derived
             .blocks
-            .get_or_init(|| build_row_blocks(self, vals, &ec.cols))
+            .get_or_init(|| {
+                let c = &ec.cols;
+                match &self.values {
+                    ValueStore::F32(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
+                        rb.with(BlockValues::F32(vs.into_iter().map(Lanes).collect()))
+                    }),
+                    ValueStore::F16(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
+                        rb.with(BlockValues::F16(vs.into_iter().map(HalfLanes).collect()))
+                    }),
+                    ValueStore::Bf16(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
+                        rb.with(BlockValues::Bf16(vs.into_iter().map(HalfLanes).collect()))
+                    }),
+                    _ => None,
+                }
+            })
             .as_ref()
     }
 
@@ -806,7 +862,11 @@ fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
 
 /// `RowBlocks` of a sparse layer whose entry `k` sits in column `cols[k]` with value
 /// `vals[k]`, or `None` when it would take too many padded slots.
-fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<RowBlocks> {
+fn build_row_blocks<T: Copy + Default>(
+    layer: &PackedLayer,
+    vals: &[T],
+    cols: &[u32],
+) -> Option<(RowBlocks, Vec<[T; RowBlocks::LANES]>)> {
     const L: usize = RowBlocks::LANES;
     const W: usize = RowBlocks::WINDOW;
     if vals.len() < layer.entries || cols.len() < layer.entries {
@@ -817,6 +877,7 @@ fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<R
         block_windows: vec![0],
         ..Default::default()
     };
+    let mut values = Vec::new();
     // Per lane: the entries of its row, walked window by window.
     let mut next = [0usize; L];
     let mut end = [0usize; L];
@@ -836,7 +897,7 @@ fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<R
             loop {
                 let mut any = false;
                 let mut offs = [0u8; L];
-                let mut vs = [0f32; L];
+                let mut vs = [T::default(); L];
                 for j in 0..L {
                     if next[j] < end[j] && cols[next[j]] as usize / W == w {
                         offs[j] = (cols[next[j]] as usize % W) as u8;
@@ -849,7 +910,7 @@ fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<R
                     break;
                 }
                 out.offsets.extend_from_slice(&offs);
-                out.values.push(Lanes(vs));
+                values.push(vs);
                 steps += 1;
             }
             if steps > first {
@@ -867,7 +928,7 @@ fn build_row_blocks(layer: &PackedLayer, vals: &[f32], cols: &[u32]) -> Option<R
             return None;
         }
     }
-    Some(out)
+    Some((out, values))
 }
 
 /// Value index of each row's first set bit, `rows + 1` values.

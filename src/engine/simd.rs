@@ -57,7 +57,7 @@ pub use x86::*;
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::format::RowBlocks;
+    use super::super::format::{BlockValues, RowBlocks};
 
     /// Lanes `0..n` (`n < 16`) of a 16-lane mask.
     #[inline(always)]
@@ -293,18 +293,49 @@ mod x86 {
     /// `y[r] = Σ_c W[r][c] · x[c]` for every row of a layer laid out as `RowBlocks`: per block
     /// of 16 rows and window of 32 columns, the window of `x` sits in two registers and each
     /// step picks every lane's input with one permutation (`vpermt2ps`), then one FMA serves 16
-    /// rows. `x` is the input zero-padded to whole windows (`xpad`, at least `32 ×` the windows
-    /// the layer spans), so every window loads unmasked; `y` receives at most `y.len()` rows.
+    /// rows (half-precision values widened first). `x` is the input zero-padded to whole
+    /// windows (`xpad`, at least `32 ×` the windows the layer spans), so every window loads
+    /// unmasked; `y` receives at most `y.len()` rows.
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL (`avx512()`).
-    #[target_feature(enable = "avx512f")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn row_blocks_dot(rb: &RowBlocks, xpad: &[f32], y: &mut [f32]) {
+        // SAFETY: forwarded contract; each pointer is the start of `len` steps of its type.
+        unsafe {
+            match &rb.values {
+                BlockValues::F32(v) => {
+                    row_blocks_kernel::<0>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                }
+                BlockValues::F16(v) => {
+                    row_blocks_kernel::<1>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                }
+                BlockValues::Bf16(v) => {
+                    row_blocks_kernel::<2>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                }
+            }
+        }
+    }
+
+    /// `row_blocks_dot` over `len` steps of values at `vp0`: f32 (`V = 0`), f16 (`1`) or
+    /// bf16 (`2`) bits.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL; `vp0` points at `len` steps of 16 values of the type `V`
+    /// names.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn row_blocks_kernel<const V: u8>(
+        rb: &RowBlocks,
+        vp0: *const u8,
+        len: usize,
+        xpad: &[f32],
+        y: &mut [f32],
+    ) {
         const L: usize = RowBlocks::LANES;
         const W: usize = RowBlocks::WINDOW;
-        let steps = (rb.offsets.len() / L).min(rb.values.len());
+        let size = if V == 0 { 4 } else { 2 };
+        let steps = (rb.offsets.len() / L).min(len);
         let (op0, xp0) = (rb.offsets.as_ptr(), xpad.as_ptr());
-        let vp0 = rb.values.as_ptr().cast::<f32>();
         for (b, span) in rb.block_windows.windows(2).enumerate() {
             let mut a0 = _mm512_setzero_ps();
             let mut a1 = _mm512_setzero_ps();
@@ -326,12 +357,19 @@ mod x86 {
                 unsafe {
                     let x0 = _mm512_loadu_ps(xp0.add(base));
                     let x1 = _mm512_loadu_ps(xp0.add(base + L));
-                    let (op, vp) = (op0.add(first * L), vp0.add(first * L));
+                    let (op, vp) = (op0.add(first * L), vp0.add(first * L * size));
                     let pick = |s: usize| {
                         let i = _mm512_cvtepu8_epi32(_mm_loadu_si128(op.add(s * L).cast()));
                         _mm512_permutex2var_ps(x0, i, x1)
                     };
-                    let val = |s: usize| _mm512_loadu_ps(vp.add(s * L));
+                    let val = |s: usize| {
+                        let p = vp.add(s * L * size);
+                        match V {
+                            0 => _mm512_loadu_ps(p.cast()),
+                            1 => widen_half::<false>(_mm256_loadu_si256(p.cast())),
+                            _ => widen_half::<true>(_mm256_loadu_si256(p.cast())),
+                        }
+                    };
                     let mut s = 0;
                     while s + 4 <= n {
                         a0 = _mm512_fmadd_ps(val(s), pick(s), a0);
