@@ -356,9 +356,20 @@ fn derived_entry_columns_match_the_stored_index() {
     let mut rng = StdRng::seed_from_u64(3);
     let (rows, cols) = (7, 700);
     let w = rand_vec(&mut rng, rows * cols);
-    for storage in [FloatStorage::F32, FloatStorage::F16, FloatStorage::Bf16] {
+    let uniform = |bits, granularity, symmetric| Scheme::Uniform {
+        bits,
+        granularity,
+        symmetric,
+    };
+    for scheme in [
+        Scheme::Float(FloatStorage::F32),
+        Scheme::Float(FloatStorage::F16),
+        Scheme::Float(FloatStorage::Bf16),
+        uniform(4, Granularity::Channel, true),
+        uniform(7, Granularity::Tensor, false),
+    ] {
         let mut blocks = 0;
-        let q = quantize(&w, rows, cols, 0.97, Scheme::Float(storage), None);
+        let q = quantize(&w, rows, cols, 0.97, scheme, None);
         for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
             let Some(ec) = pl.entry_columns() else {
                 assert_eq!(pl.index_kind(), IndexKind::Dense);
@@ -380,21 +391,12 @@ fn derived_entry_columns_match_the_stored_index() {
                     .iter()
                     .all(|&c| (c as usize) < ec.bound && ec.bound <= cols)
             );
-            // The row blocks hold every entry once, in its stored precision, plus zero padding.
+            // The row blocks hold every entry once, in its stored precision (codes times their row's
+            // scale), plus zero padding.
             if let Some(rb) = pl.row_blocks() {
                 blocks += 1;
-                let v: Vec<f32> = match &pl.values {
-                    ValueStore::F32(v) => v.clone(),
-                    ValueStore::F16(v) => v
-                        .iter()
-                        .map(|&b| half::f16::from_bits(b).to_f32())
-                        .collect(),
-                    ValueStore::Bf16(v) => v
-                        .iter()
-                        .map(|&b| half::bf16::from_bits(b).to_f32())
-                        .collect(),
-                    _ => panic!("row blocks for quantized values"),
-                };
+                // Every entry's value as the layer decodes it (one scale per row for codes).
+                let v = pl.dequantized();
                 let mut got: Vec<f32> =
                     rb.slot_values().into_iter().filter(|&x| x != 0.0).collect();
                 let mut want: Vec<f32> = v.iter().copied().filter(|&x| x != 0.0).collect();
@@ -403,7 +405,7 @@ fn derived_entry_columns_match_the_stored_index() {
                 assert_eq!(got, want, "{}", pl.format_name());
             }
         }
-        assert!(blocks > 0, "no row blocks for {storage:?}");
+        assert!(blocks > 0, "no row blocks for {scheme:?}");
     }
 }
 

@@ -243,6 +243,13 @@ pub enum BlockValues {
     F32(Vec<Lanes>),
     F16(Vec<HalfLanes>),
     Bf16(Vec<HalfLanes>),
+    /// Uniform codes with one scale per row, centred on the row's zero point (`code − z`,
+    /// which fits i8), and per block the 16 rows' scales: the kernel sums `(code − z) · x` and
+    /// scales each lane once at the end.
+    Codes {
+        codes: Vec<CodeLanes>,
+        scales: Vec<Lanes>,
+    },
 }
 
 impl Default for BlockValues {
@@ -256,6 +263,11 @@ impl Default for BlockValues {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[repr(C, align(64))]
 pub struct Lanes(pub [f32; RowBlocks::LANES]);
+
+/// One step of centred codes: sixteen bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[repr(C, align(16))]
+pub struct CodeLanes(pub [i8; RowBlocks::LANES]);
 
 /// One step of half-precision values (bits): sixteen on half a cache line.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -284,6 +296,20 @@ impl RowBlocks {
                 .iter()
                 .flat_map(|l| l.0.map(|b| half::bf16::from_bits(b).to_f32()))
                 .collect(),
+            BlockValues::Codes { codes, scales } => {
+                // A step's scales are those of the block whose windows list it.
+                let mut out = Vec::with_capacity(codes.len() * Self::LANES);
+                for (b, span) in self.block_windows.windows(2).enumerate() {
+                    for &(_, first, n) in &self.windows[span[0] as usize..span[1] as usize] {
+                        for step in &codes[first as usize..(first + n) as usize] {
+                            for (j, &c) in step.0.iter().enumerate() {
+                                out.push(scales[b].0[j] * c as f32);
+                            }
+                        }
+                    }
+                }
+                out
+            }
         }
     }
 }
@@ -505,15 +531,16 @@ impl PackedLayer {
         }))
     }
 
-    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values, built on
+    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values
+    /// or uniform codes with one scale per row, built on
     /// first use; `None` for other layers and when the padding would exceed
     /// `RowBlocks::MAX_EXPANSION` slots per entry.
     pub fn row_blocks(&self) -> Option<&RowBlocks> {
-        if !matches!(
-            self.values,
-            ValueStore::F32(_) | ValueStore::F16(_) | ValueStore::Bf16(_)
-        ) {
-            return None;
+        let per_row = |g: &Granularity| matches!(g, Granularity::Tensor | Granularity::Channel);
+        match &self.values {
+            ValueStore::F32(_) | ValueStore::F16(_) | ValueStore::Bf16(_) => {}
+            ValueStore::Uniform { granularity, .. } if per_row(granularity) => {}
+            _ => return None,
         }
         let ec = self.entry_columns()?;
         self.derived
@@ -530,10 +557,51 @@ impl PackedLayer {
                     ValueStore::Bf16(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
                         rb.with(BlockValues::Bf16(vs.into_iter().map(HalfLanes).collect()))
                     }),
+                    ValueStore::Uniform { .. } => self.code_row_blocks(c),
                     _ => None,
                 }
             })
             .as_ref()
+    }
+
+    /// `RowBlocks` of uniform codes with one scale per row (`BlockValues::Codes`); `None` when
+    /// a centred code does not fit i8 or the padding is too large.
+    fn code_row_blocks(&self, cols: &[u32]) -> Option<RowBlocks> {
+        let ValueStore::Uniform {
+            bits,
+            codes: packed,
+            scales,
+            zero_points,
+            granularity,
+        } = &self.values
+        else {
+            return None;
+        };
+        let mut raw = vec![0u8; self.entries];
+        pack::unpack_codes(packed, *bits, 0, &mut raw);
+        let mut centred = vec![0i8; self.entries];
+        let mut row_scale = vec![0f32; self.rows];
+        for (r, rs) in row_scale.iter_mut().enumerate() {
+            let g = granularity.group_of(r, 0, self.cols);
+            let z = zero_points.get(g, *bits);
+            *rs = scales[g];
+            for k in self.row_entries(r) {
+                centred[k] = i8::try_from(i32::from(raw[k]) - z).ok()?;
+            }
+        }
+        let (rb, vs) = build_row_blocks(self, &centred, cols)?;
+        const L: usize = RowBlocks::LANES;
+        let scales = (0..self.rows.div_ceil(L))
+            .map(|b| {
+                Lanes(std::array::from_fn(|j| {
+                    row_scale.get(b * L + j).copied().unwrap_or(0.0)
+                }))
+            })
+            .collect();
+        Some(rb.with(BlockValues::Codes {
+            codes: vs.into_iter().map(CodeLanes).collect(),
+            scales,
+        }))
     }
 
     /// The 8-bit integer form of a layer with quantized inputs and uniform weight codes

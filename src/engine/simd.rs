@@ -57,7 +57,7 @@ pub use x86::*;
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::format::{BlockValues, RowBlocks};
+    use super::super::format::{BlockValues, Lanes, RowBlocks};
 
     /// Lanes `0..n` (`n < 16`) of a 16-lane mask.
     #[inline(always)]
@@ -305,20 +305,24 @@ mod x86 {
         unsafe {
             match &rb.values {
                 BlockValues::F32(v) => {
-                    row_blocks_kernel::<0>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                    row_blocks_kernel::<0>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
                 }
                 BlockValues::F16(v) => {
-                    row_blocks_kernel::<1>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                    row_blocks_kernel::<1>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
                 }
                 BlockValues::Bf16(v) => {
-                    row_blocks_kernel::<2>(rb, v.as_ptr().cast(), v.len(), xpad, y)
+                    row_blocks_kernel::<2>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
+                }
+                BlockValues::Codes { codes, scales } => {
+                    row_blocks_kernel::<3>(rb, codes.as_ptr().cast(), codes.len(), scales, xpad, y)
                 }
             }
         }
     }
 
     /// `row_blocks_dot` over `len` steps of values at `vp0`: f32 (`V = 0`), f16 (`1`) or
-    /// bf16 (`2`) bits.
+    /// bf16 (`2`) bits, or centred i8 codes (`3`) whose block sums are multiplied by that
+    /// block's `scales` (a block without scales gives zeros).
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL; `vp0` points at `len` steps of 16 values of the type `V`
@@ -328,12 +332,17 @@ mod x86 {
         rb: &RowBlocks,
         vp0: *const u8,
         len: usize,
+        scales: &[Lanes],
         xpad: &[f32],
         y: &mut [f32],
     ) {
         const L: usize = RowBlocks::LANES;
         const W: usize = RowBlocks::WINDOW;
-        let size = if V == 0 { 4 } else { 2 };
+        let size = match V {
+            0 => 4,
+            3 => 1,
+            _ => 2,
+        };
         let steps = (rb.offsets.len() / L).min(len);
         let (op0, xp0) = (rb.offsets.as_ptr(), xpad.as_ptr());
         for (b, span) in rb.block_windows.windows(2).enumerate() {
@@ -367,7 +376,10 @@ mod x86 {
                         match V {
                             0 => _mm512_loadu_ps(p.cast()),
                             1 => widen_half::<false>(_mm256_loadu_si256(p.cast())),
-                            _ => widen_half::<true>(_mm256_loadu_si256(p.cast())),
+                            2 => widen_half::<true>(_mm256_loadu_si256(p.cast())),
+                            _ => {
+                                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
+                            }
                         }
                     };
                     let mut s = 0;
@@ -388,7 +400,14 @@ mod x86 {
                     }
                 }
             }
-            let sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            let mut sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            if V == 3 {
+                sum = match scales.get(b) {
+                    // SAFETY: `sc` holds exactly 16 f32.
+                    Some(sc) => _mm512_mul_ps(sum, unsafe { _mm512_loadu_ps(sc.0.as_ptr()) }),
+                    None => _mm512_setzero_ps(),
+                };
+            }
             let mut out = [0f32; L];
             // SAFETY: `out` holds exactly 16 f32.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
