@@ -20,6 +20,8 @@ use super::simd;
 pub const MR: usize = 10;
 /// Columns of `B` per panel (two 16-lane vectors).
 pub const NR: usize = 32;
+// `pack_bt` fills panels 16 columns at a time.
+const _: () = assert!(NR.is_multiple_of(16));
 /// Largest block of the inner dimension: a `KC × NR` panel of `B` is 20 KiB, inside L1.
 const KC: usize = 160;
 
