@@ -227,7 +227,7 @@ mod x86 {
 
     use super::{MR, NR};
 
-    /// The AVX-512 `MR × NR` tile: 24 accumulators held in registers across the `k` block.
+    /// The AVX-512 `MR × NR` tile: `2·MR` accumulators held in registers across the `k` block.
     ///
     /// # Safety
     /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
