@@ -354,7 +354,7 @@ fn vector_kernels_and_fallback_match_the_naive_product_at_odd_sizes() {
 #[test]
 fn derived_entry_columns_match_the_stored_index() {
     let mut rng = StdRng::seed_from_u64(3);
-    let (rows, cols) = (7, 700);
+    let (rows, cols) = (32, 700);
     let w = rand_vec(&mut rng, rows * cols);
     let uniform = |bits, granularity, symmetric| Scheme::Uniform {
         bits,
@@ -367,6 +367,14 @@ fn derived_entry_columns_match_the_stored_index() {
         Scheme::Float(FloatStorage::Bf16),
         uniform(4, Granularity::Channel, true),
         uniform(7, Granularity::Tensor, false),
+        Scheme::Codebook {
+            bits: 4,
+            with_zero: false,
+        },
+        Scheme::Codebook {
+            bits: 5,
+            with_zero: true,
+        },
     ] {
         let mut blocks = 0;
         let q = quantize(&w, rows, cols, 0.97, scheme, None);

@@ -250,6 +250,13 @@ pub enum BlockValues {
         codes: Vec<CodeLanes>,
         scales: Vec<Lanes>,
     },
+    /// Codebook indices (up to 32 entries) into `table`, the codebook reordered so entry 0 is
+    /// 0.0 (the padding's value) and zero-filled to 32: the kernel looks each step's weights
+    /// up with one two-register permutation.
+    Book {
+        codes: Vec<CodeLanes>,
+        table: [f32; 32],
+    },
 }
 
 impl Default for BlockValues {
@@ -310,6 +317,10 @@ impl RowBlocks {
                 }
                 out
             }
+            BlockValues::Book { codes, table } => codes
+                .iter()
+                .flat_map(|l| l.0.map(|c| table[c as u8 as usize % 32]))
+                .collect(),
         }
     }
 }
@@ -531,8 +542,8 @@ impl PackedLayer {
         }))
     }
 
-    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values
-    /// or uniform codes with one scale per row, built on
+    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values,
+    /// uniform codes with one scale per row or a codebook of up to 32 entries, built on
     /// first use; `None` for other layers and when the padding would exceed
     /// `RowBlocks::MAX_EXPANSION` slots per entry.
     pub fn row_blocks(&self) -> Option<&RowBlocks> {
@@ -540,6 +551,7 @@ impl PackedLayer {
         match &self.values {
             ValueStore::F32(_) | ValueStore::F16(_) | ValueStore::Bf16(_) => {}
             ValueStore::Uniform { granularity, .. } if per_row(granularity) => {}
+            ValueStore::Codebook { bits, .. } if *bits <= 5 => {}
             _ => return None,
         }
         let ec = self.entry_columns()?;
@@ -558,10 +570,51 @@ impl PackedLayer {
                         rb.with(BlockValues::Bf16(vs.into_iter().map(HalfLanes).collect()))
                     }),
                     ValueStore::Uniform { .. } => self.code_row_blocks(c),
-                    _ => None,
+                    ValueStore::Codebook { .. } => self.book_row_blocks(c),
                 }
             })
             .as_ref()
+    }
+
+    /// `RowBlocks` of codebook indices (`BlockValues::Book`); `None` for codebooks of more
+    /// than 32 entries, when all 32 are non-zero (no index can stand for the padding), or when
+    /// the padding is too large.
+    fn book_row_blocks(&self, cols: &[u32]) -> Option<RowBlocks> {
+        let ValueStore::Codebook {
+            bits,
+            codes: packed,
+            codebook,
+        } = &self.values
+        else {
+            return None;
+        };
+        if codebook.len() > 32 {
+            return None;
+        }
+        let mut table = [0f32; 32];
+        table[..codebook.len()].copy_from_slice(codebook);
+        // Entry 0 must be 0.0, the value of padded slots: swap in the first zero entry.
+        let zero = table.iter().position(|&v| v == 0.0)?;
+        table.swap(0, zero);
+        let remap = |c: u8| -> i8 {
+            let c = c as usize;
+            let c = if c == 0 {
+                zero
+            } else if c == zero {
+                0
+            } else {
+                c
+            };
+            c as i8
+        };
+        let mut raw = vec![0u8; self.entries];
+        pack::unpack_codes(packed, *bits, 0, &mut raw);
+        let idx: Vec<i8> = raw.into_iter().map(remap).collect();
+        let (rb, vs) = build_row_blocks(self, &idx, cols)?;
+        Some(rb.with(BlockValues::Book {
+            codes: vs.into_iter().map(CodeLanes).collect(),
+            table,
+        }))
     }
 
     /// `RowBlocks` of uniform codes with one scale per row (`BlockValues::Codes`); `None` when

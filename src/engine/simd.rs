@@ -305,24 +305,29 @@ mod x86 {
         unsafe {
             match &rb.values {
                 BlockValues::F32(v) => {
-                    row_blocks_kernel::<0>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
+                    row_blocks_kernel::<0>(rb, v.as_ptr().cast(), v.len(), &[], &[0.0; 32], xpad, y)
                 }
                 BlockValues::F16(v) => {
-                    row_blocks_kernel::<1>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
+                    row_blocks_kernel::<1>(rb, v.as_ptr().cast(), v.len(), &[], &[0.0; 32], xpad, y)
                 }
                 BlockValues::Bf16(v) => {
-                    row_blocks_kernel::<2>(rb, v.as_ptr().cast(), v.len(), &[], xpad, y)
+                    row_blocks_kernel::<2>(rb, v.as_ptr().cast(), v.len(), &[], &[0.0; 32], xpad, y)
                 }
                 BlockValues::Codes { codes, scales } => {
-                    row_blocks_kernel::<3>(rb, codes.as_ptr().cast(), codes.len(), scales, xpad, y)
+                    let (p, n) = (codes.as_ptr().cast(), codes.len());
+                    row_blocks_kernel::<3>(rb, p, n, scales, &[0.0; 32], xpad, y)
+                }
+                BlockValues::Book { codes, table } => {
+                    let (p, n) = (codes.as_ptr().cast(), codes.len());
+                    row_blocks_kernel::<4>(rb, p, n, &[], table, xpad, y)
                 }
             }
         }
     }
 
     /// `row_blocks_dot` over `len` steps of values at `vp0`: f32 (`V = 0`), f16 (`1`) or
-    /// bf16 (`2`) bits, or centred i8 codes (`3`) whose block sums are multiplied by that
-    /// block's `scales` (a block without scales gives zeros).
+    /// bf16 (`2`) bits, centred i8 codes (`3`) whose block sums are multiplied by that
+    /// block's `scales` (a block without scales gives zeros), or indices into `table` (`4`).
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL; `vp0` points at `len` steps of 16 values of the type `V`
@@ -333,15 +338,23 @@ mod x86 {
         vp0: *const u8,
         len: usize,
         scales: &[Lanes],
+        table: &[f32; 32],
         xpad: &[f32],
         y: &mut [f32],
     ) {
+        // SAFETY: `table` holds 32 f32.
+        let (t0, t1) = unsafe {
+            (
+                _mm512_loadu_ps(table.as_ptr()),
+                _mm512_loadu_ps(table.as_ptr().add(16)),
+            )
+        };
         const L: usize = RowBlocks::LANES;
         const W: usize = RowBlocks::WINDOW;
         let size = match V {
             0 => 4,
-            3 => 1,
-            _ => 2,
+            1 | 2 => 2,
+            _ => 1,
         };
         let steps = (rb.offsets.len() / L).min(len);
         let (op0, xp0) = (rb.offsets.as_ptr(), xpad.as_ptr());
@@ -377,9 +390,15 @@ mod x86 {
                             0 => _mm512_loadu_ps(p.cast()),
                             1 => widen_half::<false>(_mm256_loadu_si256(p.cast())),
                             2 => widen_half::<true>(_mm256_loadu_si256(p.cast())),
-                            _ => {
+                            3 => {
                                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())))
                             }
+                            // The permutation reads the low 5 bits of each index.
+                            _ => _mm512_permutex2var_ps(
+                                t0,
+                                _mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast())),
+                                t1,
+                            ),
                         }
                     };
                     let mut s = 0;
