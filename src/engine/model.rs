@@ -320,10 +320,20 @@ impl CompressedModel {
             .unwrap_or(in_len);
         let keep = model.residual_sources();
         // Derive the runtime layouts single samples use (column index, row blocks, 8-bit form)
-        // now, so no timed run builds them.
+        // now, so no timed run builds them. Row blocks serve one input column at a time: a
+        // convolution uses them only when it has a single output position.
         for step in &steps {
-            if let Step::Linear(p) | Step::Conv(p, _) = step {
-                let _ = (p.entry_columns(), p.row_blocks(), p.int8());
+            match step {
+                Step::Linear(p) => {
+                    let _ = (p.entry_columns(), p.row_blocks(), p.int8());
+                }
+                Step::Conv(p, shape) => {
+                    let _ = (p.entry_columns(), p.int8());
+                    if shape.positions() == 1 {
+                        let _ = p.row_blocks();
+                    }
+                }
+                _ => {}
             }
         }
         Ok(CompressedModel {
