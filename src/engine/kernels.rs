@@ -31,6 +31,8 @@ pub struct KernelScratch {
     acci: Vec<i32>,
     dense: Vec<f32>,
     segs: Vec<(usize, usize, usize)>,
+    /// The two halves of a 4-bit layer's input: even / odd elements on the portable path,
+    /// `nibble_inputs` on AVX-512.
     xe: Vec<f32>,
     xo: Vec<f32>,
     apack: Vec<f32>,
@@ -61,6 +63,20 @@ fn split_even_odd(x: &[f32], xe: &mut Vec<f32>, xo: &mut Vec<f32>) {
     for ((p, e), o) in x.chunks_exact(2).zip(xe.iter_mut()).zip(xo.iter_mut()) {
         *e = p[0];
         *o = p[1];
+    }
+}
+
+/// The inputs of `simd::rows4_nibbles`: `ea[j] = x[2j] − x[2j+1] / 16` and `ob[j] = x[2j+1] /
+/// 16` (`x.len()` even), so that `lo · x[2j] + hi · x[2j+1] = lo · ea[j] + (lo + 16 · hi) ·
+/// ob[j]`. Dividing by 16 is exact; `ea` rounds once, like any product of the dot.
+#[cfg(target_arch = "x86_64")]
+fn nibble_inputs(x: &[f32], ea: &mut Vec<f32>, ob: &mut Vec<f32>) {
+    let half = x.len() / 2;
+    ea.resize(half, 0.0);
+    ob.resize(half, 0.0);
+    for ((p, e), o) in x.chunks_exact(2).zip(ea.iter_mut()).zip(ob.iter_mut()) {
+        *o = p[1] * 0.0625;
+        *e = p[0] - *o;
     }
 }
 
@@ -421,14 +437,14 @@ fn dense_rows_avx512(
                         [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
                     });
                 } else {
-                    split_even_odd(x, &mut s.xe, &mut s.xo);
-                    let (xe, xo) = (&s.xe, &s.xo);
+                    nibble_inputs(x, &mut s.xe, &mut s.xo);
+                    let (ea, ob) = (&s.xe, &s.xo);
                     let half = cols / 2;
                     by_four_rows(layer, rows, y, |ks| {
                         let w = ks.map(|r| &codes[r * half..(r + 1) * half]);
                         // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its
                         // own loads.
-                        let d = unsafe { simd::rows4_nibbles(w, xe, xo) };
+                        let d = unsafe { simd::rows4_nibbles(w, ea, ob) };
                         [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
                     });
                 }

@@ -513,21 +513,27 @@ mod x86 {
     }
 
     /// `[Σ_j lo_kj · xe[j] + hi_kj · xo[j]]` for four rows of 4-bit codes two per byte (low
-    /// nibble first) against the even and odd inputs (zero points and scales are the caller's):
-    /// eight independent accumulator chains, each `xe`/`xo` load serving four rows.
+    /// nibble first), given `ea = xe − xo / 16` and `ob = xo / 16` (`nibble_inputs`; zero points
+    /// and scales are the caller's). Since the byte read as a number is `lo + 16 · hi`, the sum
+    /// is `Σ lo · ea + byte · ob`: the low nibble becomes a float by one permute (which reads
+    /// only each lane's low four bits) and the whole byte by one conversion, so 32 codes cost
+    /// one widening load, two conversions and two FMAs, as many operations as 32 8-bit codes
+    /// (`rows4_codes`). Eight independent accumulator chains, each input load serving four rows.
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL (`avx512()`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    pub unsafe fn rows4_nibbles(rows: [&[u8]; 4], xe: &[f32], xo: &[f32]) -> [f32; 4] {
+    pub unsafe fn rows4_nibbles(rows: [&[u8]; 4], ea: &[f32], ob: &[f32]) -> [f32; 4] {
         let n = rows
             .iter()
-            .fold(xe.len().min(xo.len()), |n, r| n.min(r.len()));
+            .fold(ea.len().min(ob.len()), |n, r| n.min(r.len()));
         let rp = rows.map(|r| r.as_ptr());
-        let (ep, op) = (xe.as_ptr(), xo.as_ptr());
-        let lo_mask = _mm512_set1_epi32(0xF);
+        let (ep, op) = (ea.as_ptr(), ob.as_ptr());
+        let table = _mm512_setr_ps(
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+        );
         let mut lo = [_mm512_setzero_ps(); 4];
-        let mut hi = [_mm512_setzero_ps(); 4];
+        let mut whole = [_mm512_setzero_ps(); 4];
         let mut k = 0;
         // SAFETY (whole block): every unmasked load ends at or before `n`, within all six
         // slices; the masked tail admits only lanes `k..n`.
@@ -536,19 +542,17 @@ mod x86 {
                         e: __m512,
                         o: __m512,
                         lo: &mut [__m512; 4],
-                        hi: &mut [__m512; 4]| {
+                        whole: &mut [__m512; 4]| {
                 for r in 0..4 {
                     let b = _mm512_cvtepu8_epi32(raw[r]);
-                    let l = _mm512_cvtepi32_ps(_mm512_and_si512(b, lo_mask));
-                    let h = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(b));
-                    lo[r] = _mm512_fmadd_ps(l, e, lo[r]);
-                    hi[r] = _mm512_fmadd_ps(h, o, hi[r]);
+                    lo[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(b, table), e, lo[r]);
+                    whole[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), o, whole[r]);
                 }
             };
             while k + 16 <= n {
                 let raw = rp.map(|p| _mm_loadu_si128(p.add(k).cast()));
                 let (e, o) = (_mm512_loadu_ps(ep.add(k)), _mm512_loadu_ps(op.add(k)));
-                step(raw, e, o, &mut lo, &mut hi);
+                step(raw, e, o, &mut lo, &mut whole);
                 k += 16;
             }
             if k < n {
@@ -556,10 +560,10 @@ mod x86 {
                 let raw = rp.map(|p| _mm_maskz_loadu_epi8(m, p.add(k).cast()));
                 let e = _mm512_maskz_loadu_ps(m, ep.add(k));
                 let o = _mm512_maskz_loadu_ps(m, op.add(k));
-                step(raw, e, o, &mut lo, &mut hi);
+                step(raw, e, o, &mut lo, &mut whole);
             }
         }
-        hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], hi[r])))
+        hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], whole[r])))
     }
 
     /// 16 half-precision values (IEEE f16, or bfloat16 when `BF`) widened to f32, exactly.
