@@ -1453,3 +1453,23 @@ fn single_sample_kernels_match_at_lenet_shapes() {
         with_kernel_path(portable, || check_single_sample(11, 784, 70, &schemes));
     }
 }
+
+#[test]
+fn paired_latency_times_both_models_as_often() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(17);
+    let m = mlp(&dir, &mut rng);
+    let dense = CompressedModel::build(&plan(&m, 0.0, |_| Scheme::Float(FloatStorage::F32)))
+        .expect("dense");
+    let sparse = CompressedModel::build(&plan(&m, 0.9, mixed)).expect("sparse");
+    let x = rand_vec(&mut rng, dense.input_len());
+    let (a, b) = engine::latency_pair(&dense, &sparse, &x);
+    assert_eq!(
+        a.runs, b.runs,
+        "alternating bursts time both models equally often"
+    );
+    assert!(a.runs >= 200, "{} runs", a.runs);
+    for s in [a, b] {
+        assert!(s.median_us > 0.0 && s.p90_us >= s.median_us, "{s:?}");
+    }
+}

@@ -39,11 +39,12 @@ struct Row {
     accuracy: f64,
     size_bytes: usize,
     ratio: f64,
-    /// Median wall time of evaluating the whole set (batches of 1000 on all threads).
+    /// Median wall time of evaluating the whole set (chunks of samples spread over all threads).
     full_set_ms: f64,
     latency_us: f64,
     latency_p90_us: f64,
-    /// Dense f32 single-sample latency of the same engine divided by this one.
+    /// Dense f32 single-sample latency of the same engine divided by this one, both measured in
+    /// alternating bursts (`engine::latency_pair`).
     speedup: f64,
 }
 
@@ -119,7 +120,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for path in &args.recipe {
         recipes.push((path.display().to_string(), Recipe::from_path(path)?));
     }
-    let mut dense_latency = 0.0;
+    let mut dense: Option<CompressedModel> = None;
     let mut dense_macs = 0u64;
     for (name, recipe) in recipes {
         let calib = recipe.activations.as_ref().map(|a| {
@@ -138,11 +139,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         let acc = measure::score(&outputs, cm.num_classes(), &set.labels, kind, None);
-        let lat = engine::latency(&cm, &inputs[..cm.input_len()]);
-        if dense_latency == 0.0 {
-            dense_latency = lat.median_us;
-            dense_macs = cm.dense_macs();
-        }
+        // The dense model's latency alone; every other variant's in alternating bursts with
+        // the dense model's, so each speed-up compares two medians taken in the same moments.
+        let sample = &inputs[..cm.input_len()];
+        let (lat, speedup) = match &dense {
+            None => (engine::latency(&cm, sample), 1.0),
+            Some(d) => {
+                let (base, lat) = engine::latency_pair(d, &cm, sample);
+                let speedup = base.median_us / lat.median_us.max(1e-9);
+                (lat, speedup)
+            }
+        };
         rows.push(Row {
             name,
             accuracy: acc.accuracy,
@@ -151,8 +158,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             full_set_ms: median(times),
             latency_us: lat.median_us,
             latency_p90_us: lat.p90_us,
-            speedup: dense_latency / lat.median_us.max(1e-9),
+            speedup,
         });
+        if dense.is_none() {
+            dense_macs = cm.dense_macs();
+            dense = Some(cm);
+        }
     }
 
     // The candle reference, measured after the engine so the threads it starts cannot weigh

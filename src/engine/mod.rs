@@ -97,6 +97,51 @@ pub fn latency_with(
     }
 }
 
+/// Single-sample latency of two models measured in alternating bursts on the calling thread,
+/// so that both medians come from the same moments: on a shared machine a neighbour's burst
+/// then weighs on both instead of on one, and their ratio stays honest. Each burst of
+/// `BURST` timed runs follows a few untimed ones that bring the model's weights back into
+/// the cache; at least 200 runs each and 0.3 s in all (at most 20,000 runs each).
+pub fn latency_pair(
+    a: &CompressedModel,
+    b: &CompressedModel,
+    sample: &[f32],
+) -> (LatencyStats, LatencyStats) {
+    const BURST: usize = 200;
+    let models = [a, b];
+    let mut scratch = models.map(|m| m.scratch());
+    let mut outs = models.map(|m| vec![0f32; m.num_classes()]);
+    let mut times: [Vec<f64>; 2] = [Vec::with_capacity(1024), Vec::with_capacity(1024)];
+    let start = Instant::now();
+    while (times[1].len() < 200 || start.elapsed() < Duration::from_millis(300))
+        && times[1].len() < 20_000
+    {
+        for k in 0..2 {
+            let (m, s, out) = (models[k], &mut scratch[k], &mut outs[k]);
+            let x = &sample[..m.input_len()];
+            for _ in 0..20 {
+                m.run(x, 1, s, out);
+            }
+            for _ in 0..BURST {
+                let t = Instant::now();
+                m.run(x, 1, s, out);
+                std::hint::black_box(&*out);
+                times[k].push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let [ta, tb] = times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+        LatencyStats {
+            median_us: at(0.5),
+            p90_us: at(0.9),
+            runs: t.len(),
+        }
+    });
+    (ta, tb)
+}
+
 /// Samples per second at batch 256 on all threads of rayon's pool: `inputs` holds `n` samples,
 /// cycled through in batches of 256 for at least 0.3 s after one warm-up batch.
 pub fn throughput(model: &CompressedModel, inputs: &[f32], n: usize) -> f64 {
