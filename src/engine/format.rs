@@ -189,7 +189,8 @@ pub struct PackedLayer {
 /// the narrow gaps or scanning the mask (the same role as the bitmask's derived `row_start`).
 /// Built on first use; `CompressedModel` builds it when the model is assembled so timed runs
 /// never pay for it. The same holds for the other runtime layouts kept here: the sparse row
-/// blocks, the 8-bit integer form of layers with quantized inputs, and the decoded panels the
+/// blocks, the bit planes of dense 1- to 3-bit codes, the 8-bit integer form of layers with
+/// quantized inputs, and the decoded panels the
 /// batched matrix product reads (built by the first batched run, as they cost memory). All are
 /// pure functions of the stored fields, so they take no part in equality.
 #[derive(Debug, Clone, Default)]
@@ -198,6 +199,7 @@ pub struct DerivedColumns {
     blocks: OnceLock<Option<RowBlocks>>,
     panels: OnceLock<Vec<f32>>,
     int8: OnceLock<Option<Int8Layer>>,
+    planes: OnceLock<Option<BitPlanes>>,
 }
 
 impl PartialEq for DerivedColumns {
@@ -214,6 +216,28 @@ pub struct EntryColumns {
     /// One past the largest column (0 when there are no entries): the kernels check the input
     /// covers it once per call, which makes their unchecked gathers in bounds.
     pub bound: usize,
+}
+
+/// The codes of a dense layer of uniform `bits`-bit codes with one scale per row, as bit
+/// planes (derived at run time, never stored; see `PackedLayer::bit_planes`): for row `r` and
+/// each run of 16 columns `j`, `bits` 16-bit masks, mask `b` holding bit `b` of those 16 codes
+/// (bit `i` of the mask for column `16·j + i`; columns past the row's end are 0). Since
+/// `Σ code·x = Σ_b 2^b · Σ_{bit b set} x`, a kernel adds `x` under each mask, one masked add per
+/// plane and 16 weights, with no unpacking. It holds exactly the stored bits, rearranged (plus
+/// padding of each row to 16 columns).
+#[derive(Debug, Clone, Default)]
+pub struct BitPlanes {
+    pub bits: usize,
+    /// Masks per row: `ceil(cols / 16) · bits`.
+    pub per_row: usize,
+    pub masks: Vec<u16>,
+}
+
+impl BitPlanes {
+    /// Row `r`'s masks, run after run.
+    pub fn row(&self, r: usize) -> &[u16] {
+        &self.masks[r * self.per_row..(r + 1) * self.per_row]
+    }
 }
 
 /// Rows rearranged for single-sample vector kernels (derived at run time from a sparse f32
@@ -669,6 +693,49 @@ impl PackedLayer {
         self.derived
             .int8
             .get_or_init(|| Int8Layer::build(self))
+            .as_ref()
+    }
+
+    /// The derived bit-plane layout (`BitPlanes`) of a dense layer of 1- to 3-bit uniform codes
+    /// with one scale per row, built on first use; `None` for other layers. (At 5 bits and
+    /// more, a masked add per plane costs more than unpacking the codes in registers.)
+    pub fn bit_planes(&self) -> Option<&BitPlanes> {
+        let ValueStore::Uniform {
+            bits,
+            codes,
+            granularity: Granularity::Tensor | Granularity::Channel,
+            ..
+        } = &self.values
+        else {
+            return None;
+        };
+        if !matches!(self.index, Indexing::Dense) || !(1..=3).contains(bits) {
+            return None;
+        }
+        self.derived
+            .planes
+            .get_or_init(|| {
+                let (b, cols) = (*bits as usize, self.cols);
+                let runs = cols.div_ceil(16);
+                let per_row = runs * b;
+                let mut masks = vec![0u16; self.rows * per_row];
+                let mut row = vec![0u8; cols];
+                for (r, out) in masks.chunks_exact_mut(per_row.max(1)).enumerate() {
+                    pack::unpack_codes(codes, *bits, r * cols, &mut row);
+                    for (run, m) in row.chunks(16).zip(out.chunks_exact_mut(b)) {
+                        for (i, &c) in run.iter().enumerate() {
+                            for (plane, mask) in m.iter_mut().enumerate() {
+                                *mask |= u16::from((c >> plane) & 1) << i;
+                            }
+                        }
+                    }
+                }
+                Some(BitPlanes {
+                    bits: b,
+                    per_row,
+                    masks,
+                })
+            })
             .as_ref()
     }
 

@@ -358,6 +358,23 @@ unsafe fn packed_rows4(
     unsafe { by_width!(bits, rows4_packed, codes, starts, n, levels, x) }
 }
 
+/// `simd::rows4_planes` for `bits` planes (`[0.0; 4]` for widths it is not built for).
+///
+/// # Safety
+/// As `simd::rows4_planes`: the CPU has AVX-512F (`simd::avx512()`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn planes_rows4(bits: usize, rows: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+    // SAFETY: forwarded contract; the width is the kernel's constant.
+    unsafe {
+        match bits {
+            1 => simd::rows4_planes::<1>(rows, x),
+            2 => simd::rows4_planes::<2>(rows, x),
+            3 => simd::rows4_planes::<3>(rows, x),
+            _ => [0.0; 4],
+        }
+    }
+}
+
 /// `simd::gather_packed` for `bits`-bit codes (`None` for widths outside 1..=8).
 ///
 /// # Safety
@@ -448,6 +465,20 @@ fn dense_rows_avx512(
                         [0, 1, 2, 3].map(|k| finish(ks[k], d[k]))
                     });
                 }
+                return true;
+            }
+            if let Some(planes) = layer.bit_planes() {
+                let sum_x = sum_f64(x);
+                by_four_rows(layer, rows, y, |ks| {
+                    let w = ks.map(|r| planes.row(r));
+                    // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own
+                    // loads.
+                    let d = unsafe { planes_rows4(planes.bits, w, x) };
+                    [0, 1, 2, 3].map(|k| {
+                        let g = granularity.group_of(ks[k], 0, cols);
+                        scales[g] * (d[k] - (zero_points.get(g, bits) as f64 * sum_x) as f32)
+                    })
+                });
                 return true;
             }
             if !simd::avx512_vbmi() || !(1..=8).contains(&bits) {

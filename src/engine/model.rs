@@ -319,18 +319,19 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.residual_sources();
-        // Derive the runtime layouts single samples use (column index, row blocks, 8-bit form)
-        // now, so no timed run builds them. Row blocks serve one input column at a time: a
-        // convolution uses them only when it has a single output position.
+        // Derive the runtime layouts single samples use (column index, row blocks, bit planes,
+        // 8-bit form) now, so no timed run builds them. Row blocks and bit planes serve one
+        // input column at a time: a convolution uses them only when it has a single output
+        // position.
         for step in &steps {
             match step {
                 Step::Linear(p) => {
-                    let _ = (p.entry_columns(), p.row_blocks(), p.int8());
+                    let _ = (p.entry_columns(), p.row_blocks(), p.int8(), p.bit_planes());
                 }
                 Step::Conv(p, shape) => {
                     let _ = (p.entry_columns(), p.int8());
                     if shape.positions() == 1 {
-                        let _ = p.row_blocks();
+                        let _ = (p.row_blocks(), p.bit_planes());
                     }
                 }
                 _ => {}

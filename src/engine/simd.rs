@@ -566,6 +566,49 @@ mod x86 {
         hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], whole[r])))
     }
 
+    /// `[Σ_i code_k[i] · x[i]]` for four rows of `B`-bit codes held as bit planes (`BitPlanes`:
+    /// per run of 16 columns, `B` masks; zero points and scales are the caller's): every plane
+    /// adds the run's inputs under its mask into its own accumulator, and the planes are
+    /// combined as `Σ_b 2^b · acc_b` at the end (exact doublings). One masked add per plane and
+    /// 16 weights, no unpacking.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F (`avx512()`).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows4_planes<const B: usize>(rows: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
+        let runs = rows
+            .iter()
+            .fold(x.len().div_ceil(16), |n, r| n.min(r.len() / B));
+        let rp = rows.map(|r| r.as_ptr());
+        let xp = x.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); B]; 4];
+        for j in 0..runs {
+            let at = 16 * j;
+            // SAFETY: `at < x.len()`; a short last run loads only lanes `at..x.len()`. Each
+            // row has `runs · B` masks, so mask `j·B + b` is in bounds.
+            unsafe {
+                let xv = if at + 16 <= x.len() {
+                    _mm512_loadu_ps(xp.add(at))
+                } else {
+                    _mm512_maskz_loadu_ps(low_lanes(x.len() - at), xp.add(at))
+                };
+                for k in 0..4 {
+                    for (b, a) in acc[k].iter_mut().enumerate() {
+                        let m: __mmask16 = *rp[k].add(j * B + b);
+                        *a = _mm512_mask_add_ps(*a, m, *a, xv);
+                    }
+                }
+            }
+        }
+        let two = _mm512_set1_ps(2.0);
+        hsum4(acc.map(|planes| {
+            planes[..B - 1]
+                .iter()
+                .rev()
+                .fold(planes[B - 1], |t, &a| _mm512_fmadd_ps(t, two, a))
+        }))
+    }
+
     /// 16 half-precision values (IEEE f16, or bfloat16 when `BF`) widened to f32, exactly.
     #[target_feature(enable = "avx512f")]
     #[inline]
