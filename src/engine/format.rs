@@ -189,7 +189,7 @@ pub struct PackedLayer {
 /// the narrow gaps or scanning the mask (the same role as the bitmask's derived `row_start`).
 /// Built on first use; `CompressedModel` builds it when the model is assembled so timed runs
 /// never pay for it. The same holds for the other runtime layouts kept here: the sparse row
-/// blocks, the bit planes of dense 1- to 3-bit codes, the 8-bit integer form of layers with
+/// blocks, the bit planes of dense codes of widths other than 4 and 8, the 8-bit integer form of layers with
 /// quantized inputs, and the decoded panels the
 /// batched matrix product reads (built by the first batched run, as they cost memory). All are
 /// pure functions of the stored fields, so they take no part in equality.
@@ -218,19 +218,25 @@ pub struct EntryColumns {
     pub bound: usize,
 }
 
-/// The codes of a dense layer of uniform `bits`-bit codes with one scale per row, as bit
-/// planes (derived at run time, never stored; see `PackedLayer::bit_planes`): for row `r` and
-/// each run of 16 columns `j`, `bits` 16-bit masks, mask `b` holding bit `b` of those 16 codes
-/// (bit `i` of the mask for column `16·j + i`; columns past the row's end are 0). Since
-/// `Σ code·x = Σ_b 2^b · Σ_{bit b set} x`, a kernel adds `x` under each mask, one masked add per
-/// plane and 16 weights, with no unpacking. It holds exactly the stored bits, rearranged (plus
-/// padding of each row to 16 columns).
+/// The codes of a dense layer of uniform codes with one scale per row, as bit planes (derived
+/// at run time, never stored; see `PackedLayer::bit_planes`): for row `r` and each run of 16
+/// columns `j`, `planes` 16-bit masks, mask `b` holding bit `b` of those 16 codes (bit `i` of
+/// the mask for column `16·j + i`; columns past the row's end are 0). Since `Σ code·x = Σ_b 2^b
+/// · Σ_{bit b set} x`, a kernel adds `x` under each mask, one masked add per plane and 16
+/// weights, with no unpacking. Codes of 5 to 7 bits keep their low four bits as nibble pairs
+/// (`nibbles`, two per byte like 4-bit codes, run by the 4-bit kernel) and only the bits above
+/// as planes. Either way it holds exactly the stored bits, rearranged (plus padding of each row
+/// to 16 columns).
 #[derive(Debug, Clone, Default)]
 pub struct BitPlanes {
-    pub bits: usize,
-    /// Masks per row: `ceil(cols / 16) · bits`.
+    /// Planes per run: the code width, or the width − 4 when `nibbles` holds the low bits.
+    pub planes: usize,
+    /// Masks per row: `ceil(cols / 16) · planes`.
     pub per_row: usize,
     pub masks: Vec<u16>,
+    /// The low four bits of every code, two per byte (low nibble first), `cols / 2` bytes per
+    /// row; empty for codes of 1 to 3 bits.
+    pub nibbles: Vec<u8>,
 }
 
 impl BitPlanes {
@@ -696,9 +702,9 @@ impl PackedLayer {
             .as_ref()
     }
 
-    /// The derived bit-plane layout (`BitPlanes`) of a dense layer of 1- to 3-bit uniform codes
-    /// with one scale per row, built on first use; `None` for other layers. (At 5 bits and
-    /// more, a masked add per plane costs more than unpacking the codes in registers.)
+    /// The derived bit-plane layout (`BitPlanes`) of a dense layer of uniform codes with one
+    /// scale per row, for the widths without a kernel of their own (1–3 bits, and 5–7 bits with
+    /// an even row length), built on first use; `None` for other layers.
     pub fn bit_planes(&self) -> Option<&BitPlanes> {
         let ValueStore::Uniform {
             bits,
@@ -709,31 +715,48 @@ impl PackedLayer {
         else {
             return None;
         };
-        if !matches!(self.index, Indexing::Dense) || !(1..=3).contains(bits) {
+        let cols = self.cols;
+        let split = match bits {
+            1..=3 => false,
+            5..=7 if cols.is_multiple_of(2) => true,
+            _ => return None,
+        };
+        if !matches!(self.index, Indexing::Dense) {
             return None;
         }
         self.derived
             .planes
             .get_or_init(|| {
-                let (b, cols) = (*bits as usize, self.cols);
-                let runs = cols.div_ceil(16);
-                let per_row = runs * b;
+                let low = if split { 4 } else { 0 };
+                let planes = *bits as usize - low;
+                let per_row = cols.div_ceil(16) * planes;
                 let mut masks = vec![0u16; self.rows * per_row];
+                let mut nibbles = vec![0u8; if split { self.rows * cols / 2 } else { 0 }];
                 let mut row = vec![0u8; cols];
                 for (r, out) in masks.chunks_exact_mut(per_row.max(1)).enumerate() {
                     pack::unpack_codes(codes, *bits, r * cols, &mut row);
-                    for (run, m) in row.chunks(16).zip(out.chunks_exact_mut(b)) {
+                    for (run, m) in row.chunks(16).zip(out.chunks_exact_mut(planes)) {
                         for (i, &c) in run.iter().enumerate() {
                             for (plane, mask) in m.iter_mut().enumerate() {
-                                *mask |= u16::from((c >> plane) & 1) << i;
+                                *mask |= u16::from((c >> (low + plane)) & 1) << i;
                             }
+                        }
+                    }
+                    if split {
+                        let half = cols / 2;
+                        for (b, pair) in nibbles[r * half..(r + 1) * half]
+                            .iter_mut()
+                            .zip(row.chunks_exact(2))
+                        {
+                            *b = (pair[0] & 0xF) | (pair[1] & 0xF) << 4;
                         }
                     }
                 }
                 Some(BitPlanes {
-                    bits: b,
+                    planes,
                     per_row,
                     masks,
+                    nibbles,
                 })
             })
             .as_ref()

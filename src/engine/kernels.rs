@@ -469,11 +469,21 @@ fn dense_rows_avx512(
             }
             if let Some(planes) = layer.bit_planes() {
                 let sum_x = sum_f64(x);
+                let split = !planes.nibbles.is_empty();
+                if split {
+                    nibble_inputs(x, &mut s.xe, &mut s.xo);
+                }
+                let (ea, ob, half) = (&s.xe, &s.xo, cols / 2);
                 by_four_rows(layer, rows, y, |ks| {
-                    let w = ks.map(|r| planes.row(r));
-                    // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own
-                    // loads.
-                    let d = unsafe { planes_rows4(planes.bits, w, x) };
+                    // SAFETY (both kernels): the caller checked `simd::avx512()`; the kernels
+                    // bound their own loads.
+                    let mut d =
+                        unsafe { planes_rows4(planes.planes, ks.map(|r| planes.row(r)), x) };
+                    if split {
+                        let w = ks.map(|r| &planes.nibbles[r * half..(r + 1) * half]);
+                        let lo = unsafe { simd::rows4_nibbles(w, ea, ob) };
+                        d = [0, 1, 2, 3].map(|k| lo[k] + 16.0 * d[k]);
+                    }
                     [0, 1, 2, 3].map(|k| {
                         let g = granularity.group_of(ks[k], 0, cols);
                         scales[g] * (d[k] - (zero_points.get(g, bits) as f64 * sum_x) as f32)
