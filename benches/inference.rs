@@ -201,6 +201,40 @@ fn bench_fc1(c: &mut Criterion, m: &Model) {
     g.finish();
 }
 
+/// One LeNet-300-100 sample at every weight width, uniform per channel (1 bit asymmetric, the
+/// others symmetric) and k-means: the latency a per-layer bit-width sweep walks through.
+fn bench_widths(c: &mut Criterion, m: &Model) {
+    let x = inputs(m, 1);
+    let mut g = c.benchmark_group("widths");
+    g.warm_up_time(Duration::from_millis(300));
+    g.measurement_time(Duration::from_secs(1));
+    g.sample_size(30);
+    let mut cases: Vec<(String, String)> = (1..=8)
+        .map(|b| {
+            let scheme = if b == 1 { "asymmetric" } else { "symmetric" };
+            (
+                format!("u{b}"),
+                format!("[default]\nbits = {b}\nscheme = \"{scheme}\"\n"),
+            )
+        })
+        .collect();
+    for b in [4, 5] {
+        cases.push((
+            format!("kmeans{b}"),
+            format!("[default]\nbits = {b}\nscheme = \"kmeans\"\n"),
+        ));
+    }
+    for (label, recipe) in cases {
+        let cm = CompressedModel::build(&plan(m, &recipe)).expect("build");
+        let mut s = cm.scratch();
+        let mut out = vec![0f32; cm.num_classes()];
+        g.bench_function(label, |b| {
+            b.iter(|| cm.run(black_box(&x), 1, &mut s, &mut out))
+        });
+    }
+    g.finish();
+}
+
 /// `gemm_acc` at fc1's shape (300 × 784 weights, 128 samples), both input layouts.
 fn bench_gemm(c: &mut Criterion) {
     use engine::gemm::{self, Rhs};
@@ -237,6 +271,7 @@ fn benches(c: &mut Criterion) {
     let l300 = lenet300();
     bench_model(c, "lenet-300-100", &l300);
     bench_fc1(c, &l300);
+    bench_widths(c, &l300);
     bench_model(c, "lenet5", &lenet5());
 }
 
