@@ -1473,3 +1473,73 @@ fn paired_latency_times_both_models_as_often() {
         assert!(s.median_us > 0.0 && s.p90_us >= s.median_us, "{s:?}");
     }
 }
+
+/// The class with the highest logit in each row of `logits` (`classes` per row).
+fn top1(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks_exact(classes)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                    if v > best.1 { (i, v) } else { best }
+                })
+                .0
+        })
+        .collect()
+}
+
+/// Weight-only schemes change no prediction: on the bundled LeNet-300-100 and the bundled
+/// test set, the engine's top-1 class, batched and one sample at a time, equals the dense f32
+/// evaluation (candle) of the dequantized weights for every one of the 10,000 images.
+#[test]
+fn weight_only_formats_keep_every_top1_of_the_dequantized_model() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let m = model::load(&root.join("assets/models/lenet-300-100.safetensors"))
+        .expect("bundled model")
+        .model;
+    let set = squeeze::data::load(
+        &root.join("assets/data/mnist"),
+        &squeeze::data::DataOptions::default(),
+    )
+    .expect("bundled test set");
+    let x = squeeze::cli::common::prepare(&m, &set).expect("inputs");
+    let (n, il) = (set.len(), m.input_len());
+    let mut recipes: Vec<String> = (1..=8)
+        .map(|b| {
+            let scheme = if b == 1 { "asymmetric" } else { "symmetric" };
+            format!("[default]\nbits = {b}\nscheme = \"{scheme}\"\n")
+        })
+        .collect();
+    recipes.extend(
+        [
+            "[default]\nbits = 3\nscheme = \"asymmetric\"\n",
+            "[default]\nbits = 4\ngranularity = \"group\"\ngroup_size = 4\n",
+            "[default]\nbits = 4\nscheme = \"kmeans\"\n",
+            "[default]\nbits = 5\nscheme = \"kmeans\"\n",
+            "[default]\nbits = 16\n",
+            "[default]\nprune = \"nm\"\nbits = 16\n",
+            "[default]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\n",
+            "[default]\nprune = \"l1\"\nsparsity = 0.5\n",
+        ]
+        .map(String::from),
+    );
+    for text in &recipes {
+        let recipe = squeeze::compress::Recipe::from_toml_str(text).expect("recipe");
+        let plan = squeeze::compress::apply(&m, &recipe, None).expect("plan");
+        let reference = squeeze::measure::dense_outputs(&plan.dequantized_model(), &x, n)
+            .expect("dense reference");
+        let cm = CompressedModel::build(&plan).expect("build");
+        let classes = cm.num_classes();
+        let want = top1(&reference, classes);
+        assert_eq!(top1(&cm.logits(&x, n), classes), want, "batched, {text}");
+        let mut s = cm.scratch();
+        let mut one = vec![0f32; classes];
+        let mut single = Vec::with_capacity(n * classes);
+        for sample in x.chunks_exact(il) {
+            cm.run(sample, 1, &mut s, &mut one);
+            single.extend_from_slice(&one);
+        }
+        assert_eq!(top1(&single, classes), want, "one sample at a time, {text}");
+    }
+}
