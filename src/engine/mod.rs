@@ -58,6 +58,25 @@ pub struct LatencyStats {
     pub runs: usize,
 }
 
+impl LatencyStats {
+    /// The median and 90th percentile of per-run times in µs (zeros for no runs).
+    fn of(mut times: Vec<f64>) -> Self {
+        times.sort_by(f64::total_cmp);
+        let last = times.len().saturating_sub(1) as f64;
+        let at = |q: f64| {
+            times
+                .get((last * q).round() as usize)
+                .copied()
+                .unwrap_or(0.0)
+        };
+        LatencyStats {
+            median_us: at(0.5),
+            p90_us: at(0.9),
+            runs: times.len(),
+        }
+    }
+}
+
 /// Times single-sample inference of `sample` on the calling thread: a warm-up, then at least
 /// 200 runs and at least 0.3 s (at most 20,000 runs). Each run is timed on its own.
 pub fn latency(model: &CompressedModel, sample: &[f32]) -> LatencyStats {
@@ -88,13 +107,7 @@ pub fn latency_with(
         std::hint::black_box(&out);
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
-    LatencyStats {
-        median_us: at(0.5),
-        p90_us: at(0.9),
-        runs: times.len(),
-    }
+    LatencyStats::of(times)
 }
 
 /// Single-sample latency of two models measured in alternating bursts on the calling thread,
@@ -130,15 +143,7 @@ pub fn latency_pair(
             }
         }
     }
-    let [ta, tb] = times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
-        LatencyStats {
-            median_us: at(0.5),
-            p90_us: at(0.9),
-            runs: t.len(),
-        }
-    });
+    let [ta, tb] = times.map(LatencyStats::of);
     (ta, tb)
 }
 
