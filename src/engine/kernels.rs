@@ -395,11 +395,13 @@ unsafe fn packed_gather(
 }
 
 /// Single-sample product of a dense-indexed layer with non-f32 values on the AVX-512 kernels,
-/// four rows per pass, the weights dequantized in registers: 8-bit and (even-width) 4-bit
+/// four rows per pass, the weights dequantized in registers: 8-bit and (even-length) 4-bit
 /// codes with one scale per row convert straight into the FMA with the zero point and scale
-/// applied to each row's sum; f16/bf16 widen in registers; other uniform codes and codebooks
-/// unpack in registers and look their weights up in a table (with VBMI). Returns `false`,
-/// doing nothing, for layers it has no kernel for (f32 values among them).
+/// applied to each row's sum, other widths with one scale per row run as bit planes
+/// (`BitPlanes`); 4-bit codebooks look each nibble up in a register; f16/bf16 widen in
+/// registers; other codes and codebooks unpack in registers and look their weights up in a
+/// table (with VBMI). Returns `false`, doing nothing, for layers it has no kernel for (f32
+/// values among them).
 ///
 /// The caller has checked `simd::avx512()`.
 #[cfg(target_arch = "x86_64")]
@@ -522,6 +524,22 @@ fn dense_rows_avx512(
                 // ceil(cols / seg)` scales and zero points.
                 unsafe { packed_rows4(bits, codes, ks.map(|r| r * cols), cols, levels, x) }
                     .unwrap_or([0.0; 4])
+            });
+            true
+        }
+        ValueStore::Codebook {
+            bits,
+            codes,
+            codebook,
+        } if *bits == 4 && cols.is_multiple_of(2) && codebook.len() <= 16 => {
+            // Stored two per byte, like 4-bit uniform codes: each nibble looked up in a register.
+            let book: [f32; 16] = std::array::from_fn(|i| codebook.get(i).copied().unwrap_or(0.0));
+            split_even_odd(x, &mut s.xe, &mut s.xo);
+            let (xe, xo, half) = (&s.xe, &s.xo, cols / 2);
+            by_four_rows(layer, rows, y, |ks| {
+                let w = ks.map(|r| &codes[r * half..(r + 1) * half]);
+                // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own loads.
+                unsafe { simd::rows4_book_nibbles(w, xe, xo, &book) }
             });
             true
         }

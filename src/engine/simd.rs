@@ -518,52 +518,92 @@ mod x86 {
     /// is `Σ lo · ea + byte · ob`: the low nibble becomes a float by one permute (which reads
     /// only each lane's low four bits) and the whole byte by one conversion, so 32 codes cost
     /// one widening load, two conversions and two FMAs, as many operations as 32 8-bit codes
-    /// (`rows4_codes`). Eight independent accumulator chains, each input load serving four rows.
+    /// (`rows4_codes`).
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VL (`avx512()`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub unsafe fn rows4_nibbles(rows: [&[u8]; 4], ea: &[f32], ob: &[f32]) -> [f32; 4] {
+        let levels: [f32; 16] = std::array::from_fn(|i| i as f32);
+        // SAFETY: forwarded contract.
+        unsafe { rows4_nibble_pairs::<false>(rows, ea, ob, &levels) }
+    }
+
+    /// `[Σ_j book[lo_kj] · xe[j] + book[hi_kj] · xo[j]]` for four rows of 4-bit codebook
+    /// indices two per byte (low nibble first) against the even and odd inputs: each nibble
+    /// looked up with one permute of the 16-entry codebook held in a register.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL (`avx512()`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub unsafe fn rows4_book_nibbles(
+        rows: [&[u8]; 4],
+        xe: &[f32],
+        xo: &[f32],
+        book: &[f32; 16],
+    ) -> [f32; 4] {
+        // SAFETY: forwarded contract.
+        unsafe { rows4_nibble_pairs::<true>(rows, xe, xo, book) }
+    }
+
+    /// The loop of `rows4_nibbles` (`BOOK` false: `table` holds 0..15 and the high half is the
+    /// whole byte against `b`) and `rows4_book_nibbles` (`BOOK`: both nibbles looked up in
+    /// `table`): eight independent accumulator chains, each load of `a`/`b` serving four rows.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL (`avx512()`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    #[inline]
+    unsafe fn rows4_nibble_pairs<const BOOK: bool>(
+        rows: [&[u8]; 4],
+        a: &[f32],
+        b: &[f32],
+        table: &[f32; 16],
+    ) -> [f32; 4] {
         let n = rows
             .iter()
-            .fold(ea.len().min(ob.len()), |n, r| n.min(r.len()));
+            .fold(a.len().min(b.len()), |n, r| n.min(r.len()));
         let rp = rows.map(|r| r.as_ptr());
-        let (ep, op) = (ea.as_ptr(), ob.as_ptr());
-        let table = _mm512_setr_ps(
-            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
-        );
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: `table` holds 16 f32.
+        let table = unsafe { _mm512_loadu_ps(table.as_ptr()) };
         let mut lo = [_mm512_setzero_ps(); 4];
-        let mut whole = [_mm512_setzero_ps(); 4];
+        let mut hi = [_mm512_setzero_ps(); 4];
         let mut k = 0;
         // SAFETY (whole block): every unmasked load ends at or before `n`, within all six
         // slices; the masked tail admits only lanes `k..n`.
         unsafe {
             let step = |raw: [__m128i; 4],
-                        e: __m512,
-                        o: __m512,
+                        va: __m512,
+                        vb: __m512,
                         lo: &mut [__m512; 4],
-                        whole: &mut [__m512; 4]| {
+                        hi: &mut [__m512; 4]| {
                 for r in 0..4 {
-                    let b = _mm512_cvtepu8_epi32(raw[r]);
-                    lo[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(b, table), e, lo[r]);
-                    whole[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), o, whole[r]);
+                    let byte = _mm512_cvtepu8_epi32(raw[r]);
+                    let h = if BOOK {
+                        _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(byte), table)
+                    } else {
+                        _mm512_cvtepi32_ps(byte)
+                    };
+                    lo[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(byte, table), va, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(h, vb, hi[r]);
                 }
             };
             while k + 16 <= n {
                 let raw = rp.map(|p| _mm_loadu_si128(p.add(k).cast()));
-                let (e, o) = (_mm512_loadu_ps(ep.add(k)), _mm512_loadu_ps(op.add(k)));
-                step(raw, e, o, &mut lo, &mut whole);
+                let (va, vb) = (_mm512_loadu_ps(ap.add(k)), _mm512_loadu_ps(bp.add(k)));
+                step(raw, va, vb, &mut lo, &mut hi);
                 k += 16;
             }
             if k < n {
                 let m = lanes_upto(n - k);
                 let raw = rp.map(|p| _mm_maskz_loadu_epi8(m, p.add(k).cast()));
-                let e = _mm512_maskz_loadu_ps(m, ep.add(k));
-                let o = _mm512_maskz_loadu_ps(m, op.add(k));
-                step(raw, e, o, &mut lo, &mut whole);
+                let va = _mm512_maskz_loadu_ps(m, ap.add(k));
+                let vb = _mm512_maskz_loadu_ps(m, bp.add(k));
+                step(raw, va, vb, &mut lo, &mut hi);
             }
         }
-        hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], whole[r])))
+        hsum4([0, 1, 2, 3].map(|r| _mm512_add_ps(lo[r], hi[r])))
     }
 
     /// `[Σ_i code_k[i] · x[i]]` for four rows of `B`-bit codes held as bit planes (`BitPlanes`:
