@@ -189,10 +189,10 @@ pub struct PackedLayer {
 /// the narrow gaps or scanning the mask (the same role as the bitmask's derived `row_start`).
 /// Built on first use; `CompressedModel` builds it when the model is assembled so timed runs
 /// never pay for it. The same holds for the other runtime layouts kept here: the sparse row
-/// blocks, the bit planes of dense codes of widths other than 4 and 8, the 8-bit integer form of layers with
-/// quantized inputs, and the decoded panels the
-/// batched matrix product reads (built by the first batched run, as they cost memory). All are
-/// pure functions of the stored fields, so they take no part in equality.
+/// blocks, the bit planes of dense codes of widths other than 4 and 8, the 8-bit integer form
+/// of layers with quantized inputs, and the decoded panels the batched matrix product reads
+/// (built by the first batched run, as they cost memory). All are pure functions of the stored
+/// fields, so they take no part in equality.
 #[derive(Debug, Clone, Default)]
 pub struct DerivedColumns {
     columns: OnceLock<EntryColumns>,
