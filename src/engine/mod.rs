@@ -113,8 +113,8 @@ pub fn latency_with(
 /// Single-sample latency of two models measured in alternating bursts on the calling thread,
 /// so that both medians come from the same moments: on a shared machine a neighbour's burst
 /// then weighs on both instead of on one, and their ratio stays honest. Each burst of
-/// `BURST` timed runs follows a few untimed ones that bring the model's weights back into
-/// the cache; at least 200 runs each and 0.3 s in all (at most 20,000 runs each).
+/// `BURST` timed runs follows 20 untimed ones that bring the model's weights back into the
+/// cache; at least 200 runs each and 0.3 s in all (at most 20,000 runs each, plus a burst).
 pub fn latency_pair(
     a: &CompressedModel,
     b: &CompressedModel,
