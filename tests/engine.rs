@@ -1478,14 +1478,7 @@ fn paired_latency_times_both_models_as_often() {
 fn top1(logits: &[f32], classes: usize) -> Vec<usize> {
     logits
         .chunks_exact(classes)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                    if v > best.1 { (i, v) } else { best }
-                })
-                .0
-        })
+        .map(squeeze::measure::argmax)
         .collect()
 }
 
