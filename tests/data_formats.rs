@@ -175,6 +175,43 @@ fn idx_gz_pair_and_directory_load() {
 }
 
 #[test]
+fn a_directory_with_a_train_and_a_test_pair_reads_the_split_asked_for() {
+    let d = TempDir::new().unwrap();
+    write(
+        d.path(),
+        "t10k-images-idx3-ubyte",
+        &idx_u8(&[3, 2, 2], &X12),
+    );
+    write(d.path(), "t10k-labels-idx1-ubyte", &idx_u8(&[3], &Y3));
+    let train_x: Vec<u8> = X12.iter().take(8).map(|v| v + 100).collect();
+    write(
+        d.path(),
+        "train-images-idx3-ubyte",
+        &idx_u8(&[2, 2, 2], &train_x),
+    );
+    write(d.path(), "train-labels-idx1-ubyte", &idx_u8(&[2], &[1, 1]));
+    // Evaluation (the default) reads the test pair; training asks for the training pair.
+    assert_x12(&load(d.path()).unwrap(), &[2, 2]);
+    let train = data::load(
+        d.path(),
+        &DataOptions {
+            split: data::Split::Train,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(train.len(), 2);
+    assert_eq!(train.inputs[0], 100.0);
+    // A third image file that belongs to neither split leaves the choice ambiguous for neither.
+    write(
+        d.path(),
+        "extra-images-idx3-ubyte",
+        &idx_u8(&[3, 2, 2], &X12),
+    );
+    assert_x12(&load(d.path()).unwrap(), &[2, 2]);
+}
+
+#[test]
 fn idx_labels_option() {
     let d = TempDir::new().unwrap();
     let x = write(d.path(), "imgs.idx3-ubyte", &idx_u8(&[3, 2, 2], &X12));

@@ -61,6 +61,7 @@ impl DataArgs {
         let opts = DataOptions {
             labels: self.labels.clone(),
             label_column: self.label_column.clone(),
+            ..Default::default()
         };
         let set = crate::data::load(&self.data, &opts)?;
         Ok(match self.limit {

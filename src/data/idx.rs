@@ -123,7 +123,7 @@ pub(crate) fn labels_path_for(images: &Path) -> Option<PathBuf> {
 
 pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
     let images = if path.is_dir() {
-        find_images_in_dir(path)?
+        find_images_in_dir(path, opts.split)?
     } else {
         path.to_path_buf()
     };
@@ -182,7 +182,7 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     })
 }
 
-fn find_images_in_dir(dir: &Path) -> Result<PathBuf, DataError> {
+fn find_images_in_dir(dir: &Path, split: super::Split) -> Result<PathBuf, DataError> {
     let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,
@@ -195,6 +195,19 @@ fn find_images_in_dir(dir: &Path) -> Result<PathBuf, DataError> {
         })
         .collect();
     found.sort();
+    if found.len() > 1 {
+        // MNIST's folder holds a training and a test pair: take the split the command reads.
+        let of_split: Vec<&PathBuf> = found
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| split.matches(&n.to_string_lossy()))
+            })
+            .collect();
+        if let [one] = of_split.as_slice() {
+            return Ok((*one).clone());
+        }
+    }
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(format_err(

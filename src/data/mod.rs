@@ -42,6 +42,30 @@ pub struct DataOptions {
     pub labels: Option<PathBuf>,
     /// The CSV column holding the label (default `label`).
     pub label_column: Option<String>,
+    /// Which split a directory holding several IDX pairs stands for (MNIST's folder holds
+    /// `train-*` and `t10k-*`): evaluation reads the test split, training the training split.
+    pub split: Split,
+}
+
+/// The part of a data set a command reads from a directory holding both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Split {
+    /// `t10k-*` or `*test*` files: what evaluation reports on.
+    #[default]
+    Test,
+    /// `train-*` files: what fine-tuning, distillation and calibration learn from.
+    Train,
+}
+
+impl Split {
+    /// Whether a file name belongs to this split.
+    pub fn matches(self, file_name: &str) -> bool {
+        let n = file_name.to_ascii_lowercase();
+        match self {
+            Split::Test => n.contains("t10k") || n.contains("test"),
+            Split::Train => n.contains("train"),
+        }
+    }
 }
 
 /// Samples with their labels. Inputs are raw (unscaled) values, row-major, one sample after
