@@ -197,7 +197,7 @@ pub fn dense_outputs(model: &Model, inputs: &[f32], n: usize) -> candle_core::Re
             shape.as_slice(),
             &Device::Cpu,
         )?;
-        let y = model.forward(&x, false)?;
+        let y = model.forward(&x)?;
         out.extend(y.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(out)

@@ -174,7 +174,7 @@ fn run(model: &Model, x: &[f32], n: usize) -> Vec<f32> {
     shape.extend_from_slice(&model.input.shape);
     let t = Tensor::from_slice(x, shape, &Device::Cpu).unwrap();
     model
-        .forward(&t, false)
+        .forward(&t)
         .unwrap()
         .flatten_all()
         .unwrap()

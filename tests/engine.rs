@@ -35,7 +35,7 @@ fn forward(m: &Model, x: &[f32], n: usize) -> Vec<f32> {
     let mut shape = vec![n];
     shape.extend(&m.input.shape);
     let t = Tensor::from_slice(x, shape, &Device::Cpu).expect("input");
-    m.forward(&t, false)
+    m.forward(&t)
         .expect("forward")
         .flatten_all()
         .expect("flatten")
@@ -926,7 +926,7 @@ fn fake_quant_forward(m: &Model, p: &Plan, x: &[f32], n: usize) -> Vec<f32> {
         t_shape.extend(&shape);
         let t = Tensor::from_slice(&cur, t_shape, &Device::Cpu).expect("t");
         let mut y: Vec<f32> = one
-            .forward(&t, false)
+            .forward(&t)
             .expect("forward")
             .flatten_all()
             .expect("flat")

@@ -32,7 +32,7 @@ fn forward(m: &model::Model, x: &[f32], n: usize) -> Vec<f32> {
     let mut shape = vec![n];
     shape.extend(&m.input.shape);
     let t = Tensor::from_slice(x, shape, &Device::Cpu).expect("input");
-    m.forward(&t, false)
+    m.forward(&t)
         .expect("forward")
         .flatten_all()
         .expect("flatten")

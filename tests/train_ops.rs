@@ -1,4 +1,4 @@
-//! Training-mode conv2d and max pooling (`squeeze::model::train_ops`): values and gradients
+//! Training-mode conv2d and max pooling (`squeeze::train::ops`): values and gradients
 //! against naive f64 loops and against candle's own ops, and the train-mode forward of LeNet-5
 //! against the inference path.
 //!
@@ -9,7 +9,7 @@ use candle_core::{D, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squeeze::model::Conv2dGeometry;
-use squeeze::model::train_ops;
+use squeeze::train::ops as train_ops;
 
 fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
@@ -404,7 +404,13 @@ fn lenet5_train_mode_matches_the_inference_path() {
     let x = rand_tensor(&mut rng, &[6, 1, 28, 28]);
     let labels = Tensor::new(&[0u32, 1, 2, 3, 4, 5], &Device::Cpu).unwrap();
     let run = |train: bool| {
-        let logits = tm.model.forward(&x, train).unwrap();
+        let logits = if train {
+            tm.model
+                .forward_with(&x, &squeeze::train::TrainOps, |_, _| Ok(()))
+                .unwrap()
+        } else {
+            tm.model.forward(&x).unwrap()
+        };
         let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
         let grads = loss.backward().unwrap();
         let g: Vec<Vec<f32>> = tm

@@ -82,13 +82,13 @@ fn candle_latency(model: &Model, sample: &[f32]) -> anyhow::Result<(f64, f64)> {
     shape.extend(&model.input.shape);
     let x = Tensor::from_slice(sample, shape, &Device::Cpu)?;
     for _ in 0..20 {
-        model.forward(&x, false)?;
+        model.forward(&x)?;
     }
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < 200 || start.elapsed() < Duration::from_millis(300) {
         let t = Instant::now();
-        std::hint::black_box(model.forward(&x, false)?);
+        std::hint::black_box(model.forward(&x)?);
         times.push(t.elapsed().as_secs_f64() * 1e6);
         if times.len() >= 20_000 {
             break;

@@ -95,7 +95,7 @@ pub(crate) fn calibrate(
         let x = Tensor::from_slice(&data[start * len..(start + b) * len], shape, &Device::Cpu)
             .map_err(terr)?;
         model
-            .forward_observed(&x, false, |i, input| {
+            .forward_with(&x, &crate::model::Reference, |i, input| {
                 let k = slot[i];
                 if k == usize::MAX {
                     return Ok(());

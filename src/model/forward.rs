@@ -1,24 +1,82 @@
 //! The dense f32 forward pass on candle-core: the reference every compressed run is compared
-//! with, and the graph training differentiates through (in train mode, conv and max pooling go
-//! through `train_ops`, whose backward passes are fast).
+//! with, and the graph training differentiates through. Training substitutes its own versions
+//! of a few operations (fast backward passes, masked or fake-quantized weights) through
+//! [`ForwardOps`], so the layer dispatch exists once and the model knows nothing of training.
 
 use candle_core::{D, Result, Tensor};
 
-use super::{Activation, Conv2dGeometry, Model, Op, Params, Pool2d, train_ops};
+use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+
+/// How the forward pass computes the operations that training customises. Every method has
+/// the inference reference as its default, so `Model::forward` is `forward_with` on
+/// [`Reference`].
+pub trait ForwardOps {
+    /// The weight and bias layer `layer` (an index into `Model::layers`) computes with. Training
+    /// applies pruning masks and fake quantization here.
+    fn params(&self, _layer: usize, p: &Params) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((p.weight.clone(), p.bias.clone()))
+    }
+
+    /// The input of linear/conv layer `layer` as the layer sees it (training fake-quantizes
+    /// activations here when a recipe quantizes them).
+    fn layer_input(&self, _layer: usize, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    /// `x · wᵀ + b` for `x` `[N, in]`, `w` `[out, in]`.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.matmul(&w.t()?)?;
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        conv2d(x, w, b, g)
+    }
+
+    fn activation(&self, x: &Tensor, a: Activation) -> Result<Tensor> {
+        activation(x, a)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, p: &Pool2d) -> Result<Tensor> {
+        let x = pad(x, p.padding, f32::NEG_INFINITY)?;
+        x.max_pool2d_with_stride(p.kernel, p.stride)
+    }
+
+    /// Dropout with probability `p`: the identity at inference.
+    fn dropout(&self, x: &Tensor, _p: f64) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+}
+
+/// The inference reference: every operation as [`ForwardOps`]' defaults compute it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reference;
+
+impl ForwardOps for Reference {}
 
 impl Model {
     /// Runs a batch `[N, ...input.shape]` of already-scaled inputs and returns `[N, classes]`
-    /// logits (or whatever the last layer outputs). `train` enables dropout.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_observed(x, train, |_, _| Ok(()))
+    /// logits (or whatever the last layer outputs).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, &Reference, |_, _| Ok(()))
     }
 
-    /// `forward`, calling `observe(i, input)` with each layer's input before layer `i` runs
-    /// (activation calibration watches the linear/conv inputs this way).
-    pub fn forward_observed(
+    /// The forward pass with `ops` computing the customisable operations, calling
+    /// `observe(i, input)` with each layer's input before layer `i` runs (activation
+    /// calibration watches the linear/conv inputs this way).
+    pub fn forward_with(
         &self,
         x: &Tensor,
-        train: bool,
+        ops: &dyn ForwardOps,
         mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let keep = self.residual_sources();
@@ -26,60 +84,7 @@ impl Model {
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             observe(i, &x)?;
-            x = match &layer.op {
-                Op::Linear(p) => {
-                    let y = x.matmul(&p.weight.t()?)?;
-                    match &p.bias {
-                        Some(b) => y.broadcast_add(b)?,
-                        None => y,
-                    }
-                }
-                Op::Conv2d(p, g) => {
-                    if g.stride.0 != g.stride.1 || g.dilation.0 != g.dilation.1 {
-                        candle_core::bail!(
-                            "layer {}: the dense reference needs equal stride and dilation in both dimensions",
-                            layer.name
-                        );
-                    }
-                    if train {
-                        // Same values; a backward pass several times faster than candle's.
-                        train_ops::conv2d(&x, &p.weight, p.bias.as_ref(), *g)?
-                    } else {
-                        conv2d(&x, p, g)?
-                    }
-                }
-                Op::ChannelAffine { scale, shift } => {
-                    let mut shape = vec![1, scale.elem_count()];
-                    shape.extend(std::iter::repeat_n(1, x.rank() - 2));
-                    x.broadcast_mul(&scale.reshape(shape.clone())?)?
-                        .broadcast_add(&shift.reshape(shape)?)?
-                }
-                Op::Activation(Activation::Relu) if train => train_ops::relu(&x)?,
-                Op::Activation(a) => activation(&x, *a)?,
-                Op::MaxPool2d(p) if train => {
-                    // Same values; the gradient goes to each window's maximum (see train_ops).
-                    train_ops::max_pool2d(&x, p.kernel, p.stride, p.padding)?
-                }
-                Op::MaxPool2d(p) => {
-                    let x = pad(&x, p.padding, f32::NEG_INFINITY)?;
-                    x.max_pool2d_with_stride(p.kernel, p.stride)?
-                }
-                Op::AvgPool2d(p) => avg_pool(&x, p)?,
-                Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1)?,
-                Op::Flatten => x.flatten_from(1)?,
-                Op::Dropout(p) => {
-                    if train && *p > 0.0 {
-                        candle_nn::ops::dropout(&x, *p as f32)?
-                    } else {
-                        x
-                    }
-                }
-                Op::Softmax => candle_nn::ops::softmax_last_dim(&x)?,
-                Op::Add { from } => match &saved[*from] {
-                    Some(s) => (x + s)?,
-                    None => candle_core::bail!("layer {}: residual source not kept", layer.name),
-                },
-            };
+            x = layer_forward(i, layer, &x, ops, &saved)?;
             if keep[i] {
                 saved[i] = Some(x.clone());
             }
@@ -99,6 +104,51 @@ impl Model {
     }
 }
 
+/// One layer of the forward pass.
+fn layer_forward(
+    i: usize,
+    layer: &Layer,
+    x: &Tensor,
+    ops: &dyn ForwardOps,
+    saved: &[Option<Tensor>],
+) -> Result<Tensor> {
+    match &layer.op {
+        Op::Linear(p) => {
+            let (w, b) = ops.params(i, p)?;
+            let x = ops.layer_input(i, x)?;
+            ops.linear(&x, &w, b.as_ref())
+        }
+        Op::Conv2d(p, g) => {
+            if g.stride.0 != g.stride.1 || g.dilation.0 != g.dilation.1 {
+                candle_core::bail!(
+                    "layer {}: the dense reference needs equal stride and dilation in both dimensions",
+                    layer.name
+                );
+            }
+            let (w, b) = ops.params(i, p)?;
+            let x = ops.layer_input(i, x)?;
+            ops.conv2d(&x, &w, b.as_ref(), g)
+        }
+        Op::ChannelAffine { scale, shift } => {
+            let mut shape = vec![1, scale.elem_count()];
+            shape.extend(std::iter::repeat_n(1, x.rank() - 2));
+            x.broadcast_mul(&scale.reshape(shape.clone())?)?
+                .broadcast_add(&shift.reshape(shape)?)
+        }
+        Op::Activation(a) => ops.activation(x, *a),
+        Op::MaxPool2d(p) => ops.max_pool2d(x, p),
+        Op::AvgPool2d(p) => avg_pool(x, p),
+        Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1),
+        Op::Flatten => x.flatten_from(1),
+        Op::Dropout(p) => ops.dropout(x, *p),
+        Op::Softmax => candle_nn::ops::softmax_last_dim(x),
+        Op::Add { from } => match &saved[*from] {
+            Some(s) => x + s,
+            None => candle_core::bail!("layer {}: residual source not kept", layer.name),
+        },
+    }
+}
+
 /// An activation on candle, as the dense inference forward applies it.
 pub(crate) fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
     match a {
@@ -113,10 +163,10 @@ pub(crate) fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
 }
 
 /// candle's conv2d on the zero-padded input (equal stride and dilation in both dimensions).
-fn conv2d(x: &Tensor, p: &Params, g: &Conv2dGeometry) -> Result<Tensor> {
+fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &Conv2dGeometry) -> Result<Tensor> {
     let x = pad(x, g.padding, 0.0)?;
-    let y = x.conv2d(&p.weight, 0, g.stride.0, g.dilation.0, g.groups)?;
-    match &p.bias {
+    let y = x.conv2d(w, 0, g.stride.0, g.dilation.0, g.groups)?;
+    match b {
         Some(b) => y.broadcast_add(&b.reshape((1, b.elem_count(), 1, 1))?),
         None => Ok(y),
     }

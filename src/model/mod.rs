@@ -5,13 +5,13 @@ mod forward;
 mod load;
 mod save;
 pub mod spec;
-pub mod train_ops;
 
 use std::path::PathBuf;
 
 use candle_core::Tensor;
 
 pub(crate) use forward::activation;
+pub use forward::{ForwardOps, Reference};
 pub use load::{
     ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, load, load_with_arch,
     sidecar_path, tensor_to_f32, to_safetensors_bytes,

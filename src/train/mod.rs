@@ -1,3 +1,6 @@
+//! Training: the loop, its settings and events (here), the optimizers (`optim`) and the
+//! training-mode operations with fast backward passes (`ops`).
+//!
 //! Training from scratch: PyTorch-default initialisation from a seeded RNG, shuffled mini-batch
 //! training through the dense candle forward (candle-nn AdamW, or SGD with momentum), per-epoch
 //! learning-rate decay and test accuracy, and safetensors export with the architecture embedded.
@@ -5,13 +8,15 @@
 //! Everything random comes from seeded RNGs, so one seed gives the same bytes on one machine.
 //! The only exception is dropout, whose mask candle draws from its own unseeded RNG.
 
+pub mod ops;
+mod optim;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::Optimizer as _;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -21,6 +26,8 @@ use crate::data::{DataError, EvalSet};
 use crate::model::{
     ARCH_METADATA_KEY, ArchSpec, LayerSpec, LoadError, Model, Op, to_safetensors_bytes,
 };
+pub use ops::TrainOps;
+use optim::Optim;
 
 /// The metadata key holding the training settings and result as JSON.
 pub const TRAIN_METADATA_KEY: &str = "squeeze.train";
@@ -432,7 +439,7 @@ pub fn accuracy(model: &Model, set: &PreparedSet, batch: usize) -> Result<f64, T
     while start < n {
         let len = batch.max(1).min(n - start);
         let x = set.inputs.narrow(0, start, len)?;
-        let pred = model.forward(&x, false)?.argmax(1)?.to_vec1::<u32>()?;
+        let pred = model.forward(&x)?.argmax(1)?.to_vec1::<u32>()?;
         correct += pred
             .iter()
             .zip(&set.labels[start..start + len])
@@ -473,78 +480,6 @@ pub struct EpochSummary {
     /// Wall time of the epoch's training steps, without the test evaluation.
     pub train_seconds: f64,
     pub samples: usize,
-}
-
-/// SGD with momentum and L2 weight decay, as PyTorch's `torch.optim.SGD`:
-/// `v ← μ·v + (g + λ·w)`, `w ← w − lr·v`.
-struct MomentumSgd {
-    vars: Vec<(Var, Option<Tensor>)>,
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
-}
-
-impl MomentumSgd {
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> candle_core::Result<()> {
-        for (var, velocity) in &mut self.vars {
-            let Some(g) = grads.get(var) else { continue };
-            let w = var.as_tensor();
-            let g = if self.weight_decay > 0.0 {
-                (g + (w * self.weight_decay)?)?
-            } else {
-                g.clone()
-            };
-            let v = match velocity.take() {
-                Some(v) if self.momentum > 0.0 => ((v * self.momentum)? + g)?,
-                _ => g,
-            };
-            var.set(&(w - (&v * self.lr)?)?)?;
-            // The update is applied: keep the velocity off the graph.
-            *velocity = Some(v.detach());
-        }
-        Ok(())
-    }
-}
-
-enum Optim {
-    AdamW(candle_nn::AdamW),
-    Sgd(MomentumSgd),
-}
-
-impl Optim {
-    fn new(vars: &[Var], cfg: &TrainConfig) -> candle_core::Result<Self> {
-        Ok(match cfg.optimizer {
-            OptimizerKind::AdamW => Optim::AdamW(candle_nn::AdamW::new(
-                vars.to_vec(),
-                candle_nn::ParamsAdamW {
-                    lr: cfg.lr,
-                    weight_decay: cfg.weight_decay,
-                    ..Default::default()
-                },
-            )?),
-            OptimizerKind::Sgd => Optim::Sgd(MomentumSgd {
-                vars: vars.iter().map(|v| (v.clone(), None)).collect(),
-                lr: cfg.lr,
-                momentum: cfg.momentum,
-                weight_decay: cfg.weight_decay,
-            }),
-        })
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        match self {
-            Optim::AdamW(o) => o.set_learning_rate(lr),
-            Optim::Sgd(o) => o.lr = lr,
-        }
-    }
-
-    fn backward_step(&mut self, loss: &Tensor) -> candle_core::Result<()> {
-        let grads = loss.backward()?;
-        match self {
-            Optim::AdamW(o) => o.step(&grads),
-            Optim::Sgd(o) => o.step(&grads),
-        }
-    }
 }
 
 /// The outcome of a training run.
@@ -591,7 +526,7 @@ pub fn train(
         let mut samples = 0usize;
         for (b, chunk) in order.chunks(cfg.batch).enumerate() {
             let (x, y) = train.batch(chunk, &sample_shape)?;
-            let logits = tm.model.forward(&x, true)?;
+            let logits = tm.model.forward_with(&x, &TrainOps, |_, _| Ok(()))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;

@@ -1,4 +1,5 @@
-//! Training-mode conv2d, max pooling and ReLU: the values of candle's `conv2d`, `max_pool2d` and
+//! Training-mode conv2d, max pooling and ReLU ([`TrainOps`], the forward pass training
+//! differentiates through): the values of candle's `conv2d`, `max_pool2d` and
 //! `relu`, with backward passes that are fast on the CPU. Each is one graph node, because
 //! candle's backward allocates a zeroed gradient and adds into it for every node.
 //!
@@ -21,7 +22,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::Conv2dGeometry;
+use crate::model::{Activation, Conv2dGeometry, ForwardOps, Pool2d};
 
 /// One spatial axis of a sliding window: input size, kernel, stride, padding, dilation, output
 /// size.
@@ -606,3 +607,40 @@ impl CustomOp2 for ReluBackward {
 
 /// Elements per parallel task in element-wise loops.
 const CHUNK: usize = 1 << 15;
+
+/// The operations of the training forward pass: conv2d, ReLU and max pooling with the fast
+/// backward passes above, dropout active; everything else as the inference reference.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOps;
+
+impl ForwardOps for TrainOps {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        g: &Conv2dGeometry,
+    ) -> Result<Tensor> {
+        conv2d(x, w, b, *g)
+    }
+
+    fn activation(&self, x: &Tensor, a: Activation) -> Result<Tensor> {
+        match a {
+            Activation::Relu => relu(x),
+            other => crate::model::activation(x, other),
+        }
+    }
+
+    fn max_pool2d(&self, x: &Tensor, p: &Pool2d) -> Result<Tensor> {
+        // Same values; the gradient goes to each window's first maximum.
+        max_pool2d(x, p.kernel, p.stride, p.padding)
+    }
+
+    fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p > 0.0 {
+            candle_nn::ops::dropout(x, p as f32)
+        } else {
+            Ok(x.clone())
+        }
+    }
+}
