@@ -202,6 +202,19 @@ fn a_directory_with_a_train_and_a_test_pair_reads_the_split_asked_for() {
     .unwrap();
     assert_eq!(train.len(), 2);
     assert_eq!(train.inputs[0], 100.0);
+    // The training set beside a test set: the folder, or the sibling file.
+    assert_eq!(
+        data::training_set_beside(d.path()).as_deref(),
+        Some(d.path())
+    );
+    assert_eq!(
+        data::training_set_beside(&d.path().join("t10k-images-idx3-ubyte")),
+        Some(d.path().join("train-images-idx3-ubyte"))
+    );
+    assert_eq!(
+        data::training_set_beside(&d.path().join("train-images-idx3-ubyte")),
+        None
+    );
     // A third image file that belongs to neither split leaves the choice ambiguous for neither.
     write(
         d.path(),

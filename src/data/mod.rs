@@ -276,6 +276,31 @@ fn sniff(path: &Path) -> Result<Option<DataFormat>, DataError> {
     })
 }
 
+/// The training set that belongs with the evaluation set at `path`, when there is one: the
+/// folder itself when it holds a `train-*` IDX pair beside the test pair (load it with
+/// [`Split::Train`]), or the `train-*` file beside a `t10k-*`/`*test*` file. Calibration and
+/// fine-tuning learn from it, so the set that reports accuracy is never the one learnt from.
+pub fn training_set_beside(path: &Path) -> Option<PathBuf> {
+    let holds_train = |dir: &Path| {
+        std::fs::read_dir(dir).ok().is_some_and(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.contains("idx3") && Split::Train.matches(&n)
+            })
+        })
+    };
+    if path.is_dir() {
+        return holds_train(path).then(|| path.to_path_buf());
+    }
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let lower = name.to_ascii_lowercase();
+    let test_part = ["t10k", "test"].into_iter().find(|t| lower.contains(t))?;
+    let at = lower.find(test_part)?;
+    let candidate = format!("{}train{}", &name[..at], &name[at + test_part.len()..]);
+    let candidate = path.with_file_name(candidate);
+    candidate.is_file().then_some(candidate)
+}
+
 /// Reads an evaluation set, choosing the reader by extension (or an IDX pair in a directory,
 /// or by content when the name has no extension). Every error names the file and what was
 /// expected.
