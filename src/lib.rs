@@ -7,6 +7,7 @@ pub mod compress;
 pub mod data;
 pub mod engine;
 pub mod explore;
+pub mod files;
 pub mod measure;
 pub mod model;
 pub mod report;

@@ -290,3 +290,252 @@ fn recipe_errors_name_the_problem() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
 }
+
+// ---- No command destroys an input ----------------------------------------------------------
+
+/// `squeeze apply` on the tiny model with a quick recipe and the extra arguments.
+fn apply_tiny(model: &Path, extra: &[&std::ffi::OsStr]) -> assert_cmd::assert::Assert {
+    squeeze()
+        .args(["apply", "--bits", "8", "--model"])
+        .arg(model)
+        .args(extra)
+        .assert()
+}
+
+fn os<P: AsRef<std::ffi::OsStr> + ?Sized>(p: &P) -> &std::ffi::OsStr {
+    p.as_ref()
+}
+
+#[test]
+fn apply_never_overwrites_its_model_however_spelled() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let before = std::fs::read(&model).expect("read");
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let respelled = sub.join("..").join("tiny.safetensors");
+    let linked = dir.path().join("link.safetensors");
+    std::fs::hard_link(&model, &linked).expect("hard link");
+    #[cfg(unix)]
+    let symlinked = {
+        let s = dir.path().join("sym.safetensors");
+        std::os::unix::fs::symlink(&model, &s).expect("symlink");
+        s
+    };
+    #[cfg(not(unix))]
+    let symlinked = model.clone();
+    let other = dir.path().join("other.safetensors");
+    for (flag, target) in [
+        ("--out", &model),
+        ("--out", &respelled),
+        ("--out", &linked),
+        ("--out", &symlinked),
+    ] {
+        apply_tiny(&model, &[os(flag), os(target)])
+            .failure()
+            .stderr(predicate::str::contains("same file as --model"))
+            .stderr(predicate::str::contains(target.display().to_string()));
+    }
+    // --dense-out naming the model (the lossy dequantized weights would replace it).
+    apply_tiny(
+        &model,
+        &[os("--out"), os(&other), os("--dense-out"), os(&respelled)],
+    )
+    .failure()
+    .stderr(predicate::str::contains("--dense-out"))
+    .stderr(predicate::str::contains("same file as --model"));
+    assert_eq!(std::fs::read(&model).expect("read"), before);
+    assert!(!other.exists(), "nothing is written when a check fails");
+}
+
+#[test]
+fn apply_outputs_may_not_name_the_recipe_or_each_other() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(&recipe, "[default]\nbits = 8\n").expect("write");
+    squeeze()
+        .args(["apply", "--model"])
+        .arg(&model)
+        .arg("--recipe")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(dir.path().join(".").join("r.toml"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("same file as --recipe"));
+    assert_eq!(
+        std::fs::read_to_string(&recipe).expect("read"),
+        "[default]\nbits = 8\n"
+    );
+    let out = dir.path().join("c.safetensors");
+    let same = dir.path().join("sub/../c.safetensors");
+    std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    apply_tiny(
+        &model,
+        &[os("--out"), os(&out), os("--dense-out"), os(&same)],
+    )
+    .failure()
+    .stderr(predicate::str::contains("--dense-out"))
+    .stderr(predicate::str::contains("same file as --out"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn apply_refuses_to_replace_what_is_not_a_regular_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).expect("mkdir");
+    apply_tiny(&model, &[os("--out"), os(&folder)])
+        .failure()
+        .stderr(predicate::str::contains("is a directory"));
+    #[cfg(unix)]
+    {
+        apply_tiny(&model, &[os("--out"), os("/dev/null")])
+            .failure()
+            .stderr(predicate::str::contains("character device"));
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            std::fs::metadata("/dev/null")
+                .expect("/dev/null")
+                .file_type()
+                .is_char_device()
+        );
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            apply_tiny(&model, &[os("--out"), os(&fifo)])
+                .failure()
+                .stderr(predicate::str::contains("FIFO"));
+            assert!(
+                std::fs::symlink_metadata(&fifo)
+                    .expect("fifo")
+                    .file_type()
+                    .is_fifo()
+            );
+        }
+    }
+    // A missing directory is reported before any work.
+    apply_tiny(
+        &model,
+        &[os("--out"), os(&dir.path().join("nope/c.safetensors"))],
+    )
+    .failure()
+    .stderr(predicate::str::contains("does not exist"));
+}
+
+/// The pid of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_squeeze"))
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    child.wait().expect("wait");
+    pid
+}
+
+#[test]
+fn apply_removes_temporaries_left_by_killed_runs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let pid = dead_pid();
+    let stale = dir
+        .path()
+        .join(format!(".c.safetensors.squeeze-{pid}-0.tmp"));
+    std::fs::write(&stale, b"half a file").expect("write");
+    let foreign = dir.path().join(".notes.tmp");
+    std::fs::write(&foreign, b"not ours").expect("write");
+    let out = dir.path().join("c.safetensors");
+    apply_tiny(&model, &[os("--out"), os(&out)]).success();
+    assert!(!stale.exists(), "a temporary of a dead run is removed");
+    assert!(foreign.exists(), "files of other naming are left alone");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".squeeze-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_apply_pair_records_its_partner_and_a_mismatch_is_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("c.safetensors");
+    let dense = dir.path().join("d.safetensors");
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    apply_tiny(
+        &model,
+        &[os("--out"), os(&out), os("--dense-out"), os(&dense)],
+    )
+    .success();
+    let meta = |p: &Path| squeeze::files::read_metadata(p).expect("metadata");
+    let (mc, md) = (meta(&out), meta(&dense));
+    let partner = |m: &std::collections::BTreeMap<String, String>| {
+        squeeze::files::Partner::of(m).expect("partner record")
+    };
+    assert_eq!(partner(&mc).file, "d.safetensors");
+    assert_eq!(
+        Some(partner(&mc).sha256),
+        squeeze::files::content_digest(&md)
+    );
+    assert_eq!(
+        Some(partner(&md).sha256),
+        squeeze::files::content_digest(&mc)
+    );
+    // A matching pair loads quietly.
+    squeeze()
+        .args(["eval", "--no-timing", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("pair").not());
+    // Replace the dense file by one of another run (as a run stopped between the two renames
+    // would leave it): both files now say so.
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).expect("mkdir");
+    squeeze()
+        .args(["apply", "--bits", "4", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(old.join("c.safetensors"))
+        .arg("--dense-out")
+        .arg(old.join("d.safetensors"))
+        .assert()
+        .success();
+    std::fs::copy(old.join("d.safetensors"), &dense).expect("copy");
+    for file in [&out, &dense] {
+        squeeze()
+            .args(["eval", "--no-timing", "--model"])
+            .arg(file)
+            .arg("--data")
+            .arg(&data)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("the pair no longer matches"));
+    }
+}
+
+#[test]
+fn apply_writes_the_same_bytes_for_the_same_inputs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = root().join("assets/models/lenet-300-100.safetensors");
+    let mut files = Vec::new();
+    for name in ["a.safetensors", "b.safetensors"] {
+        let out = dir.path().join(name);
+        squeeze()
+            .args(["apply", "--sparsity", "0.5", "--bits", "4", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        files.push(std::fs::read(&out).expect("read"));
+    }
+    assert!(files[0] == files[1], "two runs wrote different bytes");
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::common::{ModelArgs, human_bytes};
 use super::eval::{calibration_inputs, prepare_model};
 use super::recipe_args::RecipeArgs;
+use crate::files::{self, OutputCheck, Sealed};
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -17,7 +18,11 @@ pub struct ApplyArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
     /// Also write the dequantized weights as dense f32 with the original tensor names (zeros
-    /// where pruned), for going back to PyTorch.
+    /// where pruned), for going back to PyTorch. With --out, the two files are a pair: each is
+    /// either left as it was or replaced whole (both are complete on disk before either is
+    /// renamed into place), and each records its partner's SHA-256 (metadata
+    /// `squeeze.partner`), so a pair whose files come from different runs — a run stopped
+    /// between the two renames, or one file replaced later — is reported when either is loaded.
     #[arg(long, value_name = "FILE")]
     pub dense_out: Option<PathBuf>,
     /// Samples for activation calibration, when the recipe quantizes activations.
@@ -26,6 +31,7 @@ pub struct ApplyArgs {
 }
 
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
+    check_paths(&args)?;
     if args.recipe.recipe()?.is_none() {
         anyhow::bail!(
             "give a recipe: --recipe FILE, or quick flags such as --sparsity 0.5 --bits 8"
@@ -41,10 +47,30 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         calibration_inputs(Some(path), &set, m, count)
     })?;
     let recipe_text = prepared.recipe.as_ref().map(|r| r.to_toml());
-    prepared
-        .compressed
-        .save(&args.out, recipe_text.as_deref())?;
     let cm = &prepared.compressed;
+    let mut compressed = cm.sealed(recipe_text.as_deref());
+    let serialize = |file: &Sealed, path: &PathBuf| {
+        file.to_bytes()
+            .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", path.display()))
+    };
+    match &args.dense_out {
+        None => files::write_atomic(&args.out, &serialize(&compressed, &args.out)?)?,
+        Some(dense_path) => {
+            let plan = prepared
+                .plan
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no plan to write densely"))?;
+            let model = plan.try_dequantized_model()?;
+            let mut dense = model.sealed(&[("squeeze.recipe", recipe_text.unwrap_or_default())])?;
+            let (c, d) = (compressed.digest().to_string(), dense.digest().to_string());
+            compressed.set_partner(&args.out, dense_path, &d);
+            dense.set_partner(dense_path, &args.out, &c);
+            files::write_all_atomic(&[
+                (&args.out, &serialize(&compressed, &args.out)?),
+                (dense_path, &serialize(&dense, dense_path)?),
+            ])?;
+        }
+    }
     println!(
         "wrote {}: {} packed ({} bytes), dense f32 {}, ratio {:.1}×",
         args.out.display(),
@@ -54,14 +80,33 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         cm.dense_bytes() as f64 / cm.size_bytes().max(1) as f64
     );
     if let Some(dense) = &args.dense_out {
-        let plan = prepared
-            .plan
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("no plan to write densely"))?;
-        let model = plan.try_dequantized_model()?;
-        let recipe = recipe_text.unwrap_or_default();
-        model.save(dense, &[("squeeze.recipe", recipe)])?;
         println!("wrote {} (dense f32, dequantized)", dense.display());
     }
+    Ok(())
+}
+
+/// Refuses, before any work, outputs that would overwrite an input or each other, or that
+/// cannot be written.
+fn check_paths(args: &ApplyArgs) -> anyhow::Result<()> {
+    let model = &args.model.model;
+    let sidecar = crate::model::sidecar_path(model);
+    let mut check = OutputCheck::new().input("--model", model);
+    if let Some(arch) = &args.model.arch {
+        check = check.input("--arch", arch);
+    } else if sidecar.is_file() {
+        check = check.input("the architecture beside the model", &sidecar);
+    }
+    if let Some(recipe) = &args.recipe.recipe {
+        check = check.input("--recipe", recipe);
+    }
+    if let Some(data) = &args.calibration_data {
+        let sources = crate::data::source_files(data, &Default::default());
+        check = check.inputs("--calibration-data", sources.iter().map(PathBuf::as_path));
+    }
+    check = check.output("--out", &args.out);
+    if let Some(dense) = &args.dense_out {
+        check = check.output("--dense-out", dense);
+    }
+    check.check()?;
     Ok(())
 }

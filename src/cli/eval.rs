@@ -70,6 +70,11 @@ pub fn prepare_model(
             );
         }
         let compressed = engine::load_compressed(&model.model)?;
+        if let Ok(meta) = crate::files::read_metadata(&model.model)
+            && let Some(w) = crate::files::partner_warning(&model.model, &meta)
+        {
+            eprintln!("warning: {w}");
+        }
         return Ok(Prepared {
             compressed,
             plan: None,

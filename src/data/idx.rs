@@ -182,7 +182,7 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     })
 }
 
-fn find_images_in_dir(dir: &Path, split: super::Split) -> Result<PathBuf, DataError> {
+pub(crate) fn find_images_in_dir(dir: &Path, split: super::Split) -> Result<PathBuf, DataError> {
     let entries = std::fs::read_dir(dir).map_err(|source| DataError::Io {
         path: dir.to_path_buf(),
         source,

@@ -301,6 +301,42 @@ pub fn training_set_beside(path: &Path) -> Option<PathBuf> {
     candidate.is_file().then_some(candidate)
 }
 
+/// The files [`load`] would read for `path`: the inputs file and, for IDX and NPY, the labels
+/// file beside it (or `opts.labels`). A directory stands for the IDX pair it holds. Paths that
+/// cannot be resolved are left out (loading reports them). Commands protect these from being
+/// overwritten by their outputs.
+pub fn source_files(path: &Path, opts: &DataOptions) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let Ok(format) = DataFormat::detect(path) else {
+        return files;
+    };
+    if let Some(l) = &opts.labels {
+        files.push(l.clone());
+    }
+    match format {
+        DataFormat::Idx if opts.labels.is_none() => {
+            let images = if path.is_dir() {
+                idx::find_images_in_dir(path, opts.split).ok()
+            } else {
+                Some(path.to_path_buf())
+            };
+            if let Some(images) = images {
+                files.extend(idx::labels_path_for(&images));
+                files.push(images);
+            }
+        }
+        DataFormat::Npy if opts.labels.is_none() => {
+            files.extend(
+                npy::labels_candidates(path)
+                    .into_iter()
+                    .find(|p| p.is_file()),
+            );
+        }
+        _ => {}
+    }
+    files
+}
+
 /// Reads an evaluation set, choosing the reader by extension (or an IDX pair in a directory,
 /// or by content when the name has no extension). Every error names the file and what was
 /// expected.

@@ -2,7 +2,7 @@
 //! buffers themselves (so `size_bytes` is the file size minus the header), with the
 //! architecture, a per-layer format descriptor and the recipe in the metadata.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -13,15 +13,16 @@ use super::EngineError;
 use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start};
 use super::model::{CompressedModel, Step};
 use crate::compress::{ActivationQuant, Granularity};
+use crate::files::{Sealed, TensorBytes};
 use crate::model::{
     ARCH_METADATA_KEY, Activation, ArchSpec, Conv2dGeometry, Layer, Model, Op, Params, Pool2d,
-    write_atomic,
 };
 
 pub const FORMAT_KEY: &str = "squeeze.format";
 pub const FORMAT_VALUE: &str = "compressed";
 pub const LAYERS_KEY: &str = "squeeze.layers";
 pub const RECIPE_KEY: &str = "squeeze.recipe";
+pub const INPUT_KEY: &str = "squeeze.input";
 
 /// How one layer of the graph is stored: its op, shapes and (for linear/conv) its format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,9 +276,11 @@ impl CompressedModel {
             .collect()
     }
 
-    /// The safetensors bytes of the compressed model.
-    pub fn to_bytes(&self, recipe_text: Option<&str>) -> Result<Vec<u8>, EngineError> {
-        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    /// The compressed model as a sealed safetensors file: the packed buffers as tensors, the
+    /// architecture, layer formats, input scaling and recipe in the metadata, and the checksum
+    /// record.
+    pub fn sealed(&self, recipe_text: Option<&str>) -> Sealed {
+        let mut tensors: Vec<TensorBytes> = Vec::new();
         for (layer, step) in self.model.layers.iter().zip(&self.steps) {
             match step {
                 Step::Linear(p) | Step::Conv(p, _) => {
@@ -298,7 +301,7 @@ impl CompressedModel {
                 _ => {}
             }
         }
-        let mut meta = HashMap::new();
+        let mut meta = BTreeMap::new();
         meta.insert(
             ARCH_METADATA_KEY.to_string(),
             self.model.folded_spec().to_json(),
@@ -309,30 +312,27 @@ impl CompressedModel {
             serde_json::to_string(&self.descriptors()).unwrap_or_default(),
         );
         meta.insert(
-            "squeeze.input".to_string(),
+            INPUT_KEY.to_string(),
             serde_json::to_string(&self.model.input).unwrap_or_default(),
         );
         if let Some(r) = recipe_text {
             meta.insert(RECIPE_KEY.to_string(), r.to_string());
         }
-        let views = tensors
-            .iter()
-            .map(|(n, dt, shape, bytes)| {
-                safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
-                    .map(|v| (n.clone(), v))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::Serialize(e.to_string()))?;
-        safetensors::serialize(views, Some(meta)).map_err(|e| EngineError::Serialize(e.to_string()))
+        Sealed::new(tensors, meta)
+    }
+
+    /// The safetensors bytes of the compressed model (the same model and recipe always give
+    /// the same bytes).
+    pub fn to_bytes(&self, recipe_text: Option<&str>) -> Result<Vec<u8>, EngineError> {
+        self.sealed(recipe_text)
+            .to_bytes()
+            .map_err(EngineError::Serialize)
     }
 
     /// Writes the compressed model to `path` atomically (temporary file, then rename).
     pub fn save(&self, path: &Path, recipe_text: Option<&str>) -> Result<(), EngineError> {
         let bytes = self.to_bytes(recipe_text)?;
-        write_atomic(path, &bytes).map_err(|source| EngineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        crate::files::write_atomic(path, &bytes).map_err(EngineError::File)
     }
 }
 
@@ -452,7 +452,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
         .map_err(|e| corrupt("(header)", format!("metadata \"{ARCH_METADATA_KEY}\": {e}")))?;
     let descs: Vec<LayerDesc> = serde_json::from_str(meta_json(LAYERS_KEY)?)
         .map_err(|e| corrupt("(header)", format!("metadata \"{LAYERS_KEY}\": {e}")))?;
-    let input = match metadata.get("squeeze.input") {
+    let input = match metadata.get(INPUT_KEY) {
         Some(j) => serde_json::from_str(j)
             .map_err(|e| corrupt("(header)", format!("metadata \"squeeze.input\": {e}")))?,
         None => spec.input.clone(),

@@ -48,6 +48,8 @@ pub enum EngineError {
     },
     #[error("cannot serialize the compressed model: {0}")]
     Serialize(String),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 /// Single-sample latency on one thread.

@@ -301,14 +301,12 @@ impl Evaluator for ModelEvaluator {
         let built = self.build(config)?;
         let measurement = self.measurement(config)?;
         let json = serde_json::to_string_pretty(&measurement).map_err(|e| e.to_string())?;
-        crate::model::write_atomic(&recipe_path, recipe.as_bytes())
-            .map_err(|e| format!("{}: {e}", recipe_path.display()))?;
+        crate::files::write_atomic(&recipe_path, recipe.as_bytes()).map_err(|e| e.to_string())?;
         built
             .model
             .save(&model_path, Some(&recipe))
             .map_err(|e| e.to_string())?;
-        crate::model::write_atomic(&json_path, json.as_bytes())
-            .map_err(|e| format!("{}: {e}", json_path.display()))?;
+        crate::files::write_atomic(&json_path, json.as_bytes()).map_err(|e| e.to_string())?;
         Ok(vec![recipe_path, model_path, json_path])
     }
 }

@@ -136,7 +136,9 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
         }
     };
 
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = crate::files::partner_warning(path, &metadata)
+        .into_iter()
+        .collect();
     if arch_source == ArchSource::InferredMlp {
         let dims: Vec<String> = std::iter::once(spec.input.shape[0])
             .chain(spec.layers.iter().filter_map(|l| match l {
@@ -177,6 +179,16 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
         warnings,
         metadata,
     })
+}
+
+/// Builds a model from safetensors `bytes` held in memory and the architecture `spec`;
+/// `path` names the model in messages.
+pub fn load_bytes_with_spec(path: &Path, bytes: &[u8], spec: ArchSpec) -> Result<Model, LoadError> {
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    Ok(build(path, spec, &tensors)?.0)
 }
 
 /// `lenet.safetensors` → `lenet.arch.toml` in the same directory.
@@ -769,45 +781,31 @@ fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_cor
 /// A tensor by name: its state_dict name, shape and f32 values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// Serializes f32 tensors and metadata to safetensors bytes.
+/// f32 tensors as safetensors tensor bytes (little-endian).
+pub fn f32_tensor_bytes(tensors: &[NamedTensor]) -> Vec<crate::files::TensorBytes> {
+    tensors
+        .iter()
+        .map(|(name, shape, v)| {
+            (
+                name.clone(),
+                Dtype::F32,
+                shape.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Serializes f32 tensors and metadata to safetensors bytes, keys sorted so the same tensors
+/// and metadata always give the same bytes. No checksum: files squeeze writes as its own go
+/// through [`crate::files::Sealed`].
 pub fn to_safetensors_bytes(
     tensors: &[NamedTensor],
     metadata: &HashMap<String, String>,
-) -> Result<Vec<u8>, safetensors::SafeTensorError> {
-    let bytes: Vec<Vec<u8>> = tensors
+) -> Result<Vec<u8>, String> {
+    let metadata: BTreeMap<String, String> = metadata
         .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-        })
-        .collect::<Result<_, _>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata.clone()))?;
-    // safetensors writes the metadata in HashMap order, which changes from run to run: sort the
-    // header so the same tensors and metadata always give the same bytes.
-    Ok(sorted_header(&bytes).unwrap_or(bytes))
-}
-
-/// `bytes` with the JSON header's keys (and the metadata's) in sorted order.
-fn sorted_header(bytes: &[u8]) -> Option<Vec<u8>> {
-    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let data = bytes.get(8usize.checked_add(n)?..)?;
-    let mut header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
-    if let Some(meta) = header.get_mut("__metadata__") {
-        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).ok()?;
-        *meta = serde_json::to_value(sorted).ok()?;
-    }
-    let mut json = serde_json::to_vec(&header).ok()?;
-    // Keep the data 8-byte aligned, padding with spaces as safetensors does.
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + data.len());
-    out.extend((json.len() as u64).to_le_bytes());
-    out.extend(json);
-    out.extend(data);
-    Some(out)
+    crate::files::serialize(&f32_tensor_bytes(tensors), &metadata)
 }

@@ -13,10 +13,9 @@ use candle_core::Tensor;
 pub(crate) use forward::activation;
 pub use forward::{ForwardOps, Reference};
 pub use load::{
-    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, load, load_with_arch,
-    sidecar_path, tensor_to_f32, to_safetensors_bytes,
+    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, f32_tensor_bytes, load,
+    load_bytes_with_spec, load_with_arch, sidecar_path, tensor_to_f32, to_safetensors_bytes,
 };
-pub use save::write_atomic;
 pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
 
 /// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that

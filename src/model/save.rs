@@ -1,29 +1,12 @@
-//! Writing models: PyTorch state_dict names, the architecture in the metadata, atomic writes.
+//! Writing models: PyTorch state_dict names, the architecture in the metadata, a checksum of
+//! every tensor, written atomically through [`crate::files`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::load::{ARCH_METADATA_KEY, NamedTensor, to_safetensors_bytes};
+use super::load::{ARCH_METADATA_KEY, NamedTensor, f32_tensor_bytes};
 use super::{Model, Op};
-
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
-/// failure never leaves a half-written file behind.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+use crate::files::Sealed;
 
 impl Model {
     /// The model's tensors as f32 with their state_dict names. Folded batchnorm is carried by
@@ -107,18 +90,27 @@ impl Model {
         spec
     }
 
-    /// Writes the model as f32 safetensors with the architecture in the metadata, plus any
-    /// `extra` metadata entries.
-    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> anyhow::Result<()> {
+    /// The model as a sealed safetensors file: f32 tensors, the architecture and `extra`
+    /// metadata, with the checksum record.
+    pub fn sealed(&self, extra: &[(&str, String)]) -> candle_core::Result<Sealed> {
         let tensors = self.named_tensors()?;
-        let mut meta: HashMap<String, String> = extra
+        let mut meta: BTreeMap<String, String> = extra
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         meta.insert(ARCH_METADATA_KEY.to_string(), self.folded_spec().to_json());
-        let bytes = to_safetensors_bytes(&tensors, &meta)?;
-        write_atomic(path, &bytes)
-            .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", path.display()))
+        Ok(Sealed::new(f32_tensor_bytes(&tensors), meta))
+    }
+
+    /// Writes the model as f32 safetensors with the architecture in the metadata, plus any
+    /// `extra` metadata entries, atomically.
+    pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> anyhow::Result<()> {
+        let bytes = self
+            .sealed(extra)?
+            .to_bytes()
+            .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", path.display()))?;
+        crate::files::write_atomic(path, &bytes)?;
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::explore::pareto;
 use crate::explore::units;
+use crate::files;
 
 /// One evaluated configuration on a plot.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,6 +47,8 @@ pub enum ReportError {
     Draw { path: PathBuf, msg: String },
     #[error("nothing to plot yet: no configuration has both an accuracy and a {what}")]
     Empty { what: &'static str },
+    #[error(transparent)]
+    File(#[from] files::FileError),
 }
 
 /// Which chart.
@@ -75,7 +78,7 @@ impl Axis {
 const SIZE: (u32, u32) = (1200, 800);
 
 /// Writes `accuracy-vs-size` and `accuracy-vs-latency` as PNG and SVG, and `points.json`, into
-/// `dir` (created if missing). Each file is written to a temporary name and renamed. A chart
+/// `dir` (created if missing), each atomically through [`crate::files`]. A chart
 /// with no points is skipped; it is an error only when both are empty.
 pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let io = |path: &Path| {
@@ -89,20 +92,10 @@ pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, Report
             continue;
         }
         let png = dir.join(format!("{}.png", axis.file_stem()));
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp.png",
-            axis.file_stem(),
-            std::process::id()
-        ));
-        let drawn = {
-            let root = BitMapBackend::new(&tmp, SIZE).into_drawing_area();
+        files::write_atomic_with(&png, |tmp| {
+            let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
             draw_chart(&root, input, axis).and_then(|()| root.present().map_err(|e| e.to_string()))
-        };
-        if let Err(msg) = drawn {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(ReportError::Draw { path: png, msg });
-        }
-        std::fs::rename(&tmp, &png).map_err(io(&png))?;
+        })?;
         written.push(png);
 
         let svg_path = dir.join(format!("{}.svg", axis.file_stem()));
@@ -116,15 +109,14 @@ pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, Report
                     msg,
                 })?;
         }
-        crate::model::write_atomic(&svg_path, svg.as_bytes()).map_err(io(&svg_path))?;
+        files::write_atomic(&svg_path, svg.as_bytes())?;
         written.push(svg_path);
     }
     if written.is_empty() {
         return Err(ReportError::Empty { what: "size" });
     }
     let json_path = dir.join("points.json");
-    crate::model::write_atomic(&json_path, points_json(input).as_bytes())
-        .map_err(io(&json_path))?;
+    files::write_atomic(&json_path, points_json(input).as_bytes())?;
     written.push(json_path);
     Ok(written)
 }
