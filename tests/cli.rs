@@ -539,3 +539,43 @@ fn apply_writes_the_same_bytes_for_the_same_inputs() {
     }
     assert!(files[0] == files[1], "two runs wrote different bytes");
 }
+
+#[test]
+fn train_checks_its_output_before_training() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let arch = dir.path().join("a.toml");
+    std::fs::write(
+        &arch,
+        "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nweight = \"fc.weight\"\nout_features = 3\n",
+    )
+    .expect("write");
+    let body = "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n0,0,3,0,2\n";
+    let data = csv(dir.path(), "d.csv", body);
+    let train = |out: &Path| {
+        let mut c = squeeze();
+        c.args(["train", "--epochs", "1", "--arch"])
+            .arg(&arch)
+            .arg("--data")
+            .arg(&data)
+            .arg("--test")
+            .arg(&data)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    train(&data)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("same file as --data"))
+        .stderr(predicate::str::contains("training").not());
+    assert_eq!(std::fs::read_to_string(&data).expect("read"), body);
+    train(&arch)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("same file as --arch"));
+    train(&dir.path().join("missing/m.safetensors"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("does not exist"))
+        .stderr(predicate::str::contains("training").not());
+}

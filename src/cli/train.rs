@@ -120,7 +120,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
-    train::check_writable(&args.out)?;
+    let opts = DataOptions::default();
+    let data_files = crate::data::source_files(&args.data, &opts);
+    let test_files = crate::data::source_files(&args.test, &opts);
+    crate::files::OutputCheck::new()
+        .input("--arch", &args.arch)
+        .inputs("--data", data_files.iter().map(PathBuf::as_path))
+        .inputs("--test", test_files.iter().map(PathBuf::as_path))
+        .output("--out", &args.out)
+        .check()?;
     let spec = train::read_arch(&args.arch)?;
     let mut tm = train::init_model(&spec, &args.arch, cfg.seed)?;
     if tm
@@ -134,7 +142,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
 
-    let opts = DataOptions::default();
     let mut train_set = crate::data::load(&args.data, &opts)
         .with_context(|| format!("reading the training set {}", args.data.display()))?;
     if let Some(n) = args.limit {

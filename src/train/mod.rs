@@ -13,7 +13,6 @@ mod optim;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -47,6 +46,8 @@ pub enum TrainError {
     Arch { path: PathBuf, msg: String },
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error("training failed: {0}")]
@@ -190,22 +191,9 @@ pub fn init_model(
         path: arch_path.to_path_buf(),
         msg: format!("cannot build the initial tensors: {e}"),
     })?;
-    // The loader checks every shape against the graph; it reads files, so go through one.
-    let tmp = TempFile::new(&std::env::temp_dir(), "squeeze-init")?;
-    std::fs::write(&tmp.0, bytes).map_err(|source| TrainError::Io {
-        path: tmp.0.clone(),
-        source,
-    })?;
-    let loaded = crate::model::load(&tmp.0).map_err(|e| TrainError::Arch {
-        path: arch_path.to_path_buf(),
-        // The temporary file's name means nothing to the user: name the description instead.
-        msg: e
-            .to_string()
-            .replacen(&format!("{}: ", tmp.0.display()), "", 1),
-    })?;
-    drop(tmp);
-    let mut model = loaded.model;
-    model.source = arch_path.to_path_buf();
+    // The loader checks every shape against the graph.
+    let loaded = crate::model::load_bytes_with_spec(arch_path, &bytes, spec.clone())?;
+    let mut model = loaded;
     let mut vars = Vec::new();
     for layer in &mut model.layers {
         if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
@@ -356,23 +344,6 @@ fn draw(
 }
 
 /// A file removed when dropped (the standard library has no temporary files).
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(dir: &Path, prefix: &str) -> Result<Self, TrainError> {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".{prefix}-{}-{n}.tmp", std::process::id()));
-        Ok(TempFile(path))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// Inputs scaled for a model and held as tensors, ready to batch.
 #[derive(Debug)]
 pub struct PreparedSet {
@@ -589,56 +560,20 @@ pub fn state_dict(model: &Model) -> Result<Vec<NamedTensor>, TrainError> {
     Ok(out)
 }
 
-/// Writes `model` to `path` as safetensors with the architecture (`squeeze.arch`) and `extra`
-/// metadata, through a temporary file in the same directory so no half-written file is left.
+/// Writes `model` to `path` as safetensors with the architecture (`squeeze.arch`), `extra`
+/// metadata and the checksum record, atomically.
 pub fn save(model: &Model, path: &Path, extra: &HashMap<String, String>) -> Result<(), TrainError> {
     let tensors = state_dict(model)?;
-    let mut meta = extra.clone();
+    let mut meta: std::collections::BTreeMap<String, String> =
+        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     meta.insert(ARCH_METADATA_KEY.to_string(), model.spec.to_json());
-    let bytes = to_safetensors_bytes(&tensors, &meta).map_err(|e| TrainError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = output_dir(path);
-    let tmp = TempFile::new(dir, "squeeze-out")?;
-    std::fs::write(&tmp.0, bytes).map_err(io)?;
-    std::fs::rename(&tmp.0, path).map_err(io)?;
-    Ok(())
-}
-
-/// The directory `path` will be written in (`.` for a bare file name).
-pub fn output_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Fails early, before any training, when `path` cannot be written: its directory is missing
-/// or not writable, or it names a directory.
-pub fn check_writable(path: &Path) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if path.is_dir() {
-        return Err(io(std::io::Error::other(
-            "is a directory; give a file name",
-        )));
-    }
-    let dir = output_dir(path);
-    if !dir.is_dir() {
-        return Err(io(std::io::Error::other(format!(
-            "the directory {} does not exist",
-            dir.display()
-        ))));
-    }
-    let probe = TempFile::new(dir, "squeeze-probe")?;
-    std::fs::write(&probe.0, b"").map_err(io)?;
+    let bytes = crate::files::Sealed::new(crate::model::f32_tensor_bytes(&tensors), meta)
+        .to_bytes()
+        .map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+    crate::files::write_atomic(path, &bytes)?;
     Ok(())
 }
 
