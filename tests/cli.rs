@@ -579,3 +579,47 @@ fn train_checks_its_output_before_training() {
         .stderr(predicate::str::contains("does not exist"))
         .stderr(predicate::str::contains("training").not());
 }
+
+#[test]
+fn the_explorer_export_never_replaces_its_model_or_data() {
+    use squeeze::explore::eval::Evaluator;
+    let dir = tempfile::tempdir().expect("tmp");
+    let model_path = dir.path().join("model.safetensors");
+    std::fs::rename(tiny_model(dir.path()), &model_path).expect("rename");
+    let before = std::fs::read(&model_path).expect("read");
+    let body = "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n";
+    let data = csv(dir.path(), "d.csv", body);
+    let model = squeeze::model::load(&model_path).expect("load").model;
+    let set = squeeze::data::load(&data, &Default::default()).expect("data");
+    let inputs = set
+        .prepare(&model.input, model.num_classes())
+        .expect("prepare");
+    let info = squeeze::explore::info::ModelInfo::from_model(&model, "d", set.len());
+    let config = squeeze::explore::config::Config::dense(info.layers.len());
+    let ev = squeeze::explore::real::ModelEvaluator::new(model, info, inputs, set.labels, 2);
+    // Exporting into the model's own folder would replace model.safetensors.
+    let err = ev
+        .export(&config, dir.path())
+        .expect_err("the model is in the folder");
+    assert!(err.contains("same file as input"), "{err}");
+    assert!(err.contains("model.safetensors"), "{err}");
+    assert_eq!(std::fs::read(&model_path).expect("read"), before);
+    assert!(
+        !dir.path().join("recipe.toml").exists(),
+        "nothing is written"
+    );
+    // Another input named like an exported file is protected too.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    let named = csv(&out, "measurement.json", body);
+    let ev = ev.with_inputs(vec![named.clone()]);
+    let err = ev
+        .export(&config, &out)
+        .expect_err("an input in the folder");
+    assert!(err.contains("measurement.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(&named).expect("read"), body);
+    // Elsewhere the export goes through.
+    let fine = dir.path().join("fine");
+    let written = ev.export(&config, &fine).expect("export");
+    assert_eq!(written.len(), 3);
+}

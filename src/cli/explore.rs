@@ -190,13 +190,21 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         restored = loaded.records;
     }
 
-    let evaluator = Arc::new(ModelEvaluator::new(
-        model,
-        info.clone(),
-        inputs,
-        set.labels,
-        args.quick_samples.max(1),
-    ));
+    let evaluator = Arc::new(
+        ModelEvaluator::new(
+            model,
+            info.clone(),
+            inputs,
+            set.labels,
+            args.quick_samples.max(1),
+        )
+        .with_inputs(session_inputs(
+            &args,
+            &model_path,
+            &data_path,
+            session.as_deref(),
+        )),
+    );
     let runner = Runner::new(evaluator, args.threads)?;
     let journal = match &session {
         Some(path) => {
@@ -308,6 +316,27 @@ pub fn parse_micros(s: &str) -> Result<f64, String> {
         return Err(format!("\"{s}\": a budget must be positive"));
     }
     Ok(v * mult)
+}
+
+/// The files the session reads, which its exports and plots must not replace.
+fn session_inputs(
+    args: &ExploreArgs,
+    model: &std::path::Path,
+    data: &std::path::Path,
+    journal: Option<&std::path::Path>,
+) -> Vec<PathBuf> {
+    let opts = crate::data::DataOptions {
+        labels: args.labels.clone(),
+        label_column: args.label_column.clone(),
+        ..Default::default()
+    };
+    let mut inputs = crate::data::source_files(data, &opts);
+    inputs.push(model.to_path_buf());
+    inputs.push(crate::model::sidecar_path(model));
+    inputs.extend(args.arch.iter().cloned());
+    inputs.extend(args.recipe.iter().cloned());
+    inputs.extend(journal.map(std::path::Path::to_path_buf));
+    inputs
 }
 
 #[cfg(test)]

@@ -110,6 +110,12 @@ pub trait Evaluator: Send + Sync {
     /// Writes the recipe (TOML), the compressed model (safetensors) and its measurement
     /// (JSON) into `dir`, atomically; returns the written paths.
     fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String>;
+
+    /// The files the session reads (model, data, recipe, ...), which nothing it writes may
+    /// replace.
+    fn inputs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// The error text of a cancelled evaluation.

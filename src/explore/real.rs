@@ -51,6 +51,8 @@ pub struct ModelEvaluator {
     quiet: AtomicBool,
     /// Accuracy batches running now.
     active: AtomicUsize,
+    /// Files the session reads besides the model, protected from its exports.
+    input_files: Vec<PathBuf>,
 }
 
 impl ModelEvaluator {
@@ -87,7 +89,15 @@ impl ModelEvaluator {
             latency_lock: Mutex::new(()),
             quiet: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            input_files: Vec::new(),
         }
+    }
+
+    /// Names the files the session reads (data, recipe, journal, ...) so that no export
+    /// replaces one of them; the model's own file is always protected.
+    pub fn with_inputs(mut self, inputs: Vec<PathBuf>) -> Self {
+        self.input_files = inputs;
+        self
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -298,16 +308,33 @@ impl Evaluator for ModelEvaluator {
         let recipe_path = dir.join("recipe.toml");
         let model_path = dir.join("model.safetensors");
         let json_path = dir.join("measurement.json");
+        crate::files::OutputCheck::new()
+            .inputs("input", self.inputs().iter().map(PathBuf::as_path))
+            .output("the exported recipe", &recipe_path)
+            .output("the exported model", &model_path)
+            .output("the exported measurement", &json_path)
+            .check()
+            .map_err(|e| e.to_string())?;
         let built = self.build(config)?;
         let measurement = self.measurement(config)?;
         let json = serde_json::to_string_pretty(&measurement).map_err(|e| e.to_string())?;
-        crate::files::write_atomic(&recipe_path, recipe.as_bytes()).map_err(|e| e.to_string())?;
-        built
+        let model = built
             .model
-            .save(&model_path, Some(&recipe))
+            .to_bytes(Some(&recipe))
             .map_err(|e| e.to_string())?;
-        crate::files::write_atomic(&json_path, json.as_bytes()).map_err(|e| e.to_string())?;
+        crate::files::write_all_atomic(&[
+            (&recipe_path, recipe.as_bytes()),
+            (&model_path, &model),
+            (&json_path, json.as_bytes()),
+        ])
+        .map_err(|e| e.to_string())?;
         Ok(vec![recipe_path, model_path, json_path])
+    }
+
+    fn inputs(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.model.source.clone()];
+        all.extend(self.input_files.iter().cloned());
+        all
     }
 }
 

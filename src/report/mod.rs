@@ -78,19 +78,35 @@ impl Axis {
 const SIZE: (u32, u32) = (1200, 800);
 
 /// Writes `accuracy-vs-size` and `accuracy-vs-latency` as PNG and SVG, and `points.json`, into
-/// `dir` (created if missing), each atomically through [`crate::files`]. A chart
-/// with no points is skipped; it is an error only when both are empty.
-pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ReportError::Io { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut written = Vec::new();
-    for axis in [Axis::Size, Axis::Latency] {
-        if !input.points.iter().any(|p| axis.x_of(p).is_some()) {
-            continue;
+/// `dir` (created if missing), each atomically through [`crate::files`]. A chart with no points
+/// is skipped; it is an error only when both are empty. Nothing is written when one of the
+/// files would be one of `inputs` (the session's model, data, ...).
+pub fn write_plots(
+    input: &PlotInput,
+    dir: &Path,
+    inputs: &[PathBuf],
+) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let axes: Vec<Axis> = [Axis::Size, Axis::Latency]
+        .into_iter()
+        .filter(|axis| input.points.iter().any(|p| axis.x_of(p).is_some()))
+        .collect();
+    if axes.is_empty() {
+        return Err(ReportError::Empty { what: "size" });
+    }
+    let json_path = dir.join("points.json");
+    let mut check = files::OutputCheck::new().inputs("input", inputs.iter().map(PathBuf::as_path));
+    for axis in &axes {
+        for ext in ["png", "svg"] {
+            check = check.output("plot", &dir.join(format!("{}.{ext}", axis.file_stem())));
         }
+    }
+    check.output("plot", &json_path).check()?;
+    let mut written = Vec::new();
+    for axis in axes {
         let png = dir.join(format!("{}.png", axis.file_stem()));
         files::write_atomic_with(&png, |tmp| {
             let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
@@ -112,10 +128,6 @@ pub fn write_plots(input: &PlotInput, dir: &Path) -> Result<Vec<PathBuf>, Report
         files::write_atomic(&svg_path, svg.as_bytes())?;
         written.push(svg_path);
     }
-    if written.is_empty() {
-        return Err(ReportError::Empty { what: "size" });
-    }
-    let json_path = dir.join("points.json");
     files::write_atomic(&json_path, points_json(input).as_bytes())?;
     written.push(json_path);
     Ok(written)
@@ -422,7 +434,7 @@ mod tests {
     #[test]
     fn writes_png_svg_and_json() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_plots(&input(), dir.path()).unwrap();
+        let files = write_plots(&input(), dir.path(), &[]).unwrap();
         assert_eq!(files.len(), 5, "{files:?}");
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() > 100, "{}", f.display());
@@ -461,7 +473,7 @@ mod tests {
             label: None,
         });
         let dir = tempfile::tempdir().unwrap();
-        write_plots(&input, dir.path()).unwrap();
+        write_plots(&input, dir.path(), &[]).unwrap();
         let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
         assert!(svg.contains("log scale"));
         // Ticks on powers of two.
@@ -470,14 +482,14 @@ mod tests {
             "no power-of-two ticks"
         );
         if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
-            write_plots(&input, Path::new(&out)).unwrap();
+            write_plots(&input, Path::new(&out), &[]).unwrap();
         }
     }
 
     #[test]
     fn empty_input_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_plots(&PlotInput::default(), dir.path()).unwrap_err();
+        let err = write_plots(&PlotInput::default(), dir.path(), &[]).unwrap_err();
         assert!(err.to_string().contains("nothing to plot"));
     }
 }

@@ -68,8 +68,8 @@ impl Executor<'_> {
                         .spawn_task("export", move |ev| ev.export(&config, &dir));
                 }
                 Request::Plot { input, dir } => {
-                    self.runner.spawn_task("plots", move |_| {
-                        report::write_plots(&input, &dir).map_err(|e| e.to_string())
+                    self.runner.spawn_task("plots", move |ev| {
+                        report::write_plots(&input, &dir, &ev.inputs()).map_err(|e| e.to_string())
                     });
                 }
                 Request::Journal(record) => {
