@@ -1051,6 +1051,195 @@ fn corrupt_files_give_errors_not_panics() {
     }
 }
 
+/// The byte range of tensor `name`'s data in the safetensors file `file`, and its dtype.
+fn tensor_bytes(file: &[u8], name: &str) -> (std::ops::Range<usize>, String) {
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + n]).expect("header");
+    let t = &header[name];
+    let off = |i: usize| t["data_offsets"][i].as_u64().expect("offset") as usize + 8 + n;
+    (
+        off(0)..off(1),
+        t["dtype"].as_str().expect("dtype").to_string(),
+    )
+}
+
+/// `file` without its checksum record, as another program could write it: what the engine's
+/// own checks must then catch.
+fn unsealed(file: &[u8]) -> Vec<u8> {
+    let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&file[8..8 + n]).expect("header");
+    if let Some(meta) = header
+        .get_mut("__metadata__")
+        .and_then(|m| m.as_object_mut())
+    {
+        meta.remove(squeeze::files::CHECKSUM_KEY);
+    }
+    let json = serde_json::to_vec(&header).expect("json");
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&file[8 + n..]);
+    out
+}
+
+/// A CSR row pointer past the entries is refused when the file loads, before any row is read
+/// through it: LeNet-300-100 at 90 % sparsity and 4 bits, element 10 of `fc1.row_ptr` set to
+/// 65535 (it used to panic reading row 9's gaps).
+#[test]
+fn a_row_pointer_past_the_entries_is_refused_before_any_row_is_read() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let m = model::load(&root.join("assets/models/lenet-300-100.safetensors"))
+        .expect("bundled model")
+        .model;
+    let recipe = squeeze::compress::Recipe::from_toml_str(
+        "[default]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\n",
+    )
+    .expect("recipe");
+    let plan = squeeze::compress::apply(&m, &recipe, None).expect("plan");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("x.safetensors");
+    CompressedModel::build(&plan)
+        .expect("build")
+        .save(&path, None)
+        .expect("save");
+    let mut bytes = unsealed(&std::fs::read(&path).expect("read"));
+    let (range, dtype) = tensor_bytes(&bytes, "fc1.row_ptr");
+    assert_eq!(dtype, "U16");
+    bytes[range.start + 20..range.start + 22].copy_from_slice(&65535u16.to_le_bytes());
+    std::fs::write(&path, &bytes).expect("write");
+    let e = engine::load_compressed(&path).expect_err("a row pointer past the entries");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("x.safetensors") && msg.contains("fc1") && msg.contains("row_ptr"),
+        "{msg}"
+    );
+}
+
+/// Every index and value tensor of compressed layers in every index format (CSR with 4-, 8-
+/// and 16-bit gaps, bitmasks, dense) and value store, overwritten at its ends and middle with
+/// extreme values: the file is refused or loads and runs, never panics.
+#[test]
+fn no_index_or_value_tensor_of_a_loaded_file_is_read_out_of_bounds() {
+    const WIDE: &str = r#"
+[input]
+shape = [70000]
+[[layer]]
+op = "linear"
+name = "wide"
+weight = "wide.weight"
+bias = "wide.bias"
+"#;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(31);
+    let conv = convnet(&dir, &mut rng);
+    let conv_dir = tempfile::tempdir().expect("tempdir");
+    let mlp_model = mlp(&conv_dir, &mut rng);
+    // Two rows with one weight each at the far ends: 16-bit gaps and a padding entry.
+    let wide_dir = tempfile::tempdir().expect("tempdir");
+    let mut w = vec![0f32; 2 * 70_000];
+    w[69_999] = 0.5;
+    w[70_003] = -2.0;
+    let wide = write_model(
+        &wide_dir,
+        WIDE,
+        &vec![
+            ("wide.weight".into(), vec![2, 70_000], w.clone()),
+            ("wide.bias".into(), vec![2], vec![0.1, 0.2]),
+        ],
+    );
+    let codebook = |k: usize| Scheme::Codebook {
+        bits: 2 + k as u8,
+        with_zero: true,
+    };
+    let asymmetric = |k: usize| Scheme::Uniform {
+        bits: 3 + k as u8,
+        granularity: Granularity::Group { size: 4 },
+        symmetric: false,
+    };
+    let mut plans = vec![
+        plan(&conv, 0.8, mixed),
+        plan(&conv, 0.3, mixed),
+        plan(&conv, 0.0, codebook),
+        plan(&mlp_model, 0.9, |_| Scheme::Float(FloatStorage::F32)),
+        plan(&mlp_model, 0.97, asymmetric),
+        plan(&mlp_model, 0.6, codebook),
+    ];
+    let mut far = plan(&wide, 0.0, |_| Scheme::Float(FloatStorage::F32));
+    far.layers[0].kept = w.iter().map(|&v| v != 0.0).collect();
+    plans.push(far);
+    let mut act = plan(&mlp_model, 0.5, |_| Scheme::Uniform {
+        bits: 8,
+        granularity: Granularity::Channel,
+        symmetric: false,
+    });
+    for q in &mut act.layers {
+        q.activation = Some(ActivationQuant {
+            bits: 8,
+            scale: 0.05,
+            zero_point: 7,
+        });
+    }
+    plans.push(act);
+    let path = dir.path().join("c.safetensors");
+    let bad = dir.path().join("bad.safetensors");
+    let mut formats = std::collections::HashSet::new();
+    for p in &plans {
+        let cm = CompressedModel::build(p).expect("build");
+        for (_, pl) in cm.packed_layers() {
+            formats.insert(pl.format_name());
+        }
+        cm.save(&path, None).expect("save");
+        let good = unsealed(&std::fs::read(&path).expect("read"));
+        let n = u64::from_le_bytes(good[..8].try_into().expect("8 bytes")) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&good[8..8 + n]).expect("header");
+        let names: Vec<String> = header
+            .as_object()
+            .expect("object")
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect();
+        for name in names {
+            let (range, dtype) = tensor_bytes(&good, &name);
+            let width = match dtype.as_str() {
+                "U8" => 1,
+                "U16" | "F16" | "BF16" => 2,
+                _ => 4,
+            };
+            let count = range.len() / width;
+            for at in [
+                0,
+                1,
+                count / 2,
+                count.saturating_sub(2),
+                count.saturating_sub(1),
+            ] {
+                if at >= count {
+                    continue;
+                }
+                for fill in [0x00u8, 0xff, 0x7f, 0x80, 0x55] {
+                    let mut bytes = good.clone();
+                    let start = range.start + at * width;
+                    bytes[start..start + width].fill(fill);
+                    std::fs::write(&bad, &bytes).expect("write");
+                    if let Ok(cm) = engine::load_compressed(&bad) {
+                        let x = vec![0.5f32; 3 * cm.input_len()];
+                        let _ = cm.logits(&x, 3);
+                        let _ = cm.logits(&x, 1);
+                    }
+                }
+            }
+        }
+    }
+    for want in [
+        "csr4", "csr8", "csr16", "bitmask", "dense", "codebook", "×a8",
+    ] {
+        assert!(
+            formats.iter().any(|f| f.contains(want)),
+            "{want} never built: {formats:?}"
+        );
+    }
+}
+
 #[test]
 fn latency_and_throughput_report_sane_figures() {
     let dir = tempfile::tempdir().expect("tempdir");

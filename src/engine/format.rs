@@ -928,17 +928,21 @@ impl PackedLayer {
         out
     }
 
-    /// Checks the internal consistency of a layer read from a file (every index in range,
-    /// lengths matching), so kernels can trust it.
+    /// Checks the internal consistency of a layer read from a file, so kernels can trust it:
+    /// every length matches the shape, and every index structure is checked whole (row
+    /// pointers in order and inside the entries, columns inside the row, codes inside the
+    /// codebook) before anything is read through it.
     pub fn check(&self) -> Result<(), String> {
         let (rows, cols) = (self.rows, self.cols);
+        let positions = rows
+            .checked_mul(cols)
+            .ok_or_else(|| format!("{rows}×{cols} positions overflow"))?;
         match &self.index {
             Indexing::Dense => {
-                if self.entries != rows * cols {
+                if self.entries != positions {
                     return Err(format!(
-                        "dense layer holds {} entries, expected {}",
-                        self.entries,
-                        rows * cols
+                        "dense layer holds {} entries, expected {positions}",
+                        self.entries
                     ));
                 }
             }
@@ -946,46 +950,18 @@ impl PackedLayer {
                 gap_bits,
                 gaps,
                 row_ptr,
-            } => {
-                if ![4, 8, 16].contains(gap_bits) {
-                    return Err(format!("gap width {gap_bits} is not 4, 8 or 16"));
-                }
-                if row_ptr.len() != rows + 1 {
-                    return Err(format!(
-                        "row_ptr has {} values, expected {}",
-                        row_ptr.len(),
-                        rows + 1
-                    ));
-                }
-                if gaps.len() != GapWidth(*gap_bits).bytes_for(self.entries) {
-                    return Err(format!(
-                        "gaps take {} bytes, expected {} for {} entries",
-                        gaps.len(),
-                        GapWidth(*gap_bits).bytes_for(self.entries),
-                        self.entries
-                    ));
-                }
-                if row_ptr.get(0) != 0 || row_ptr.get(rows) != self.entries {
-                    return Err("row_ptr does not span the entries".into());
-                }
-                let mut buf = Vec::new();
-                for r in 0..rows {
-                    if row_ptr.get(r + 1) < row_ptr.get(r) {
-                        return Err(format!("row_ptr decreases at row {r}"));
-                    }
-                    self.row_columns(r, &mut buf);
-                    if buf.last().is_some_and(|&c| c as usize >= cols) {
-                        return Err(format!("row {r} has a column index past {cols}"));
-                    }
-                }
-            }
+            } => self.check_csr(*gap_bits, gaps, row_ptr)?,
             Indexing::Bitmask { mask, row_start } => {
-                if mask.len() != (rows * cols).div_ceil(8) {
+                if mask.len() != positions.div_ceil(8) {
                     return Err(format!(
                         "mask takes {} bytes, expected {}",
                         mask.len(),
-                        (rows * cols).div_ceil(8)
+                        positions.div_ceil(8)
                     ));
+                }
+                // `row_start` is derived from the mask, never stored: it must be exactly that.
+                if *row_start != bitmask_row_start(mask, rows, cols) {
+                    return Err("row starts do not match the mask".into());
                 }
                 if row_start.last().is_none_or(|&n| n as usize != self.entries) {
                     return Err(format!(
@@ -996,6 +972,70 @@ impl PackedLayer {
                 }
             }
         }
+        self.check_values()?;
+        if let Some(b) = &self.bias
+            && b.len() != rows
+        {
+            return Err(format!("{} biases, expected {rows}", b.len()));
+        }
+        Ok(())
+    }
+
+    /// The CSR index: its row pointers whole first (`0` first, never decreasing, the entry
+    /// count last, hence every one inside the entries), then each row's columns.
+    fn check_csr(&self, gap_bits: u8, gaps: &[u8], row_ptr: &RowPtr) -> Result<(), String> {
+        let (rows, cols) = (self.rows, self.cols);
+        if ![4, 8, 16].contains(&gap_bits) {
+            return Err(format!("gap width {gap_bits} is not 4, 8 or 16"));
+        }
+        if Some(row_ptr.len()) != rows.checked_add(1) {
+            return Err(format!(
+                "row_ptr has {} values, expected {rows} + 1",
+                row_ptr.len()
+            ));
+        }
+        let need = self
+            .entries
+            .checked_mul(gap_bits as usize)
+            .map(|b| b.div_ceil(8));
+        if need != Some(gaps.len()) {
+            return Err(format!(
+                "gaps take {} bytes, expected {} {gap_bits}-bit gaps",
+                gaps.len(),
+                self.entries
+            ));
+        }
+        if row_ptr.get(0) != 0 {
+            return Err(format!("row_ptr starts at {}, not 0", row_ptr.get(0)));
+        }
+        if let Some(r) = (0..rows).find(|&r| row_ptr.get(r + 1) < row_ptr.get(r)) {
+            return Err(format!(
+                "row_ptr decreases at row {r} ({} then {})",
+                row_ptr.get(r),
+                row_ptr.get(r + 1)
+            ));
+        }
+        if row_ptr.get(rows) != self.entries {
+            return Err(format!(
+                "row_ptr ends at {}, but {} entries are stored",
+                row_ptr.get(rows),
+                self.entries
+            ));
+        }
+        // Every row pointer now lies in `0..=entries`: the rows can be read.
+        let mut buf = Vec::new();
+        for r in 0..rows {
+            self.row_columns(r, &mut buf);
+            // Columns increase within a row, so the last one is the largest.
+            if buf.last().is_some_and(|&c| c as usize >= cols) {
+                return Err(format!("row {r} has a column index past {cols}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The value store against the entry count and the shape's scale groups.
+    fn check_values(&self) -> Result<(), String> {
         let n = self.entries;
         match &self.values {
             ValueStore::F32(v) if v.len() != n => Err(format!("{} values, expected {n}", v.len())),
@@ -1013,7 +1053,7 @@ impl PackedLayer {
                 if let Granularity::Group { size: 0 } = granularity {
                     return Err("group size 0".into());
                 }
-                let groups = granularity.group_count(rows, cols);
+                let groups = granularity.group_count(self.rows, self.cols);
                 if scales.len() != groups {
                     return Err(format!("{} scales, expected {groups}", scales.len()));
                 }
@@ -1024,6 +1064,13 @@ impl PackedLayer {
                 };
                 if zp != groups {
                     return Err(format!("{zp} zero points, expected {groups}"));
+                }
+                // The kernels subtract zero points from codes in i32 and convert them to f32:
+                // both stay exact within ±2^24, far beyond any code range.
+                if let ZeroPoints::I32(v) = zero_points
+                    && let Some(g) = v.iter().position(|z| z.unsigned_abs() > 1 << 24)
+                {
+                    return Err(format!("zero point {} of group {g} is out of range", v[g]));
                 }
                 Ok(())
             }
@@ -1047,13 +1094,7 @@ impl PackedLayer {
                 Ok(())
             }
             _ => Ok(()),
-        }?;
-        if let Some(b) = &self.bias
-            && b.len() != rows
-        {
-            return Err(format!("{} biases, expected {rows}", b.len()));
         }
-        Ok(())
     }
 }
 
@@ -1061,11 +1102,10 @@ fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
     if !(1..=8).contains(&bits) {
         return Err(format!("{bits}-bit codes (1 to 8 supported)"));
     }
-    if codes.len() != pack::packed_len(n, bits) {
+    if n.checked_mul(bits as usize).map(|b| b.div_ceil(8)) != Some(codes.len()) {
         return Err(format!(
-            "codes take {} bytes, expected {} for {n} {bits}-bit codes",
-            codes.len(),
-            pack::packed_len(n, bits)
+            "codes take {} bytes, expected {n} {bits}-bit codes",
+            codes.len()
         ));
     }
     Ok(())
