@@ -246,7 +246,7 @@ mod x86 {
         assert!(rows == 0 || y.len() >= (rows - 1) * ldy + cols);
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-        // SAFETY (whole block): step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
+        // SAFETY: for the whole block, step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
         // `b[kk·NR .. kk·NR + NR]`, inside both slices (asserted above); the tile loads and
         // stores are masked to the `cols` columns of the `rows` rows that `y` holds.
         unsafe {

@@ -270,7 +270,7 @@ mod x86 {
         let quads = kp / 4;
         let panels = m.div_ceil(LANES);
         let mut j0 = 0;
-        // SAFETY (whole block): panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps
+        // SAFETY: for the whole block, panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps
         // of 64 bytes); sample `j < n` reads four bytes at `j·sj + t·st` for `t < quads`, inside
         // `q` by the caller's contract; the output stores are masked to the rows `< m` of
         // samples `< n`.

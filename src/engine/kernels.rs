@@ -477,12 +477,13 @@ fn dense_rows_avx512(
                 }
                 let (ea, ob, half) = (&s.xe, &s.xo, cols / 2);
                 by_four_rows(layer, rows, y, |ks| {
-                    // SAFETY (both kernels): the caller checked `simd::avx512()`; the kernels
-                    // bound their own loads.
+                    // SAFETY: the caller checked `simd::avx512()`; the kernel bounds its own
+                    // loads.
                     let mut d =
                         unsafe { planes_rows4(planes.planes, ks.map(|r| planes.row(r)), x) };
                     if split {
                         let w = ks.map(|r| &planes.nibbles[r * half..(r + 1) * half]);
+                        // SAFETY: as above.
                         let lo = unsafe { simd::rows4_nibbles(w, ea, ob) };
                         d = [0, 1, 2, 3].map(|k| lo[k] + 16.0 * d[k]);
                     }

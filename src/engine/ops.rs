@@ -85,7 +85,7 @@ unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
     let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
     let mut k = 0;
-    // SAFETY (whole block): every step reads and writes lanes `k .. k + width ≤ n`, or, for the
+    // SAFETY: for the whole block, every step reads and writes lanes `k .. k + width ≤ n`, or, for the
     // masked step, only the lanes `k .. n` the mask admits: inside both slices.
     unsafe {
         while k + 16 <= n {

@@ -173,7 +173,7 @@ mod x86 {
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut k = 0;
-        // SAFETY (whole block): loads stay below `n`, within both slices; gathered columns are
+        // SAFETY: for the whole block, loads stay below `n`, within both slices; gathered columns are
         // in `x` by the caller's contract; masked lanes are neither loaded nor gathered.
         unsafe {
             while k + 32 <= n {
@@ -214,7 +214,7 @@ mod x86 {
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut k = 0;
-        // SAFETY (whole block): every 16-byte code load and 64-byte `x` load ends at or before
+        // SAFETY: for the whole block, every 16-byte code load and 64-byte `x` load ends at or before
         // `n`, within both slices.
         unsafe {
             while k + 32 <= n {
@@ -261,7 +261,7 @@ mod x86 {
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut k = 0;
-        // SAFETY (whole block): every 16-byte load of `bytes` and 64-byte load of `xe`/`xo`
+        // SAFETY: for the whole block, every 16-byte load of `bytes` and 64-byte load of `xe`/`xo`
         // ends at or before `n`, within all three slices.
         unsafe {
             while k + 16 <= n {
@@ -485,7 +485,7 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut acc2 = [_mm512_setzero_ps(); 4];
         let mut k = 0;
-        // SAFETY (whole block): every unmasked load ends at or before `n`, within all five
+        // SAFETY: for the whole block, every unmasked load ends at or before `n`, within all five
         // slices; the masked tail admits only lanes `k..n`.
         unsafe {
             while k + 32 <= n {
@@ -570,7 +570,7 @@ mod x86 {
         let mut lo = [_mm512_setzero_ps(); 4];
         let mut hi = [_mm512_setzero_ps(); 4];
         let mut k = 0;
-        // SAFETY (whole block): every unmasked load ends at or before `n`, within all six
+        // SAFETY: for the whole block, every unmasked load ends at or before `n`, within all six
         // slices; the masked tail admits only lanes `k..n`.
         unsafe {
             let step = |raw: [__m128i; 4],
@@ -672,7 +672,7 @@ mod x86 {
         let xp = x.as_ptr();
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut k = 0;
-        // SAFETY (whole block): every unmasked load ends at or before `n`, within all five
+        // SAFETY: for the whole block, every unmasked load ends at or before `n`, within all five
         // slices; the masked tail admits only lanes `k..n`.
         unsafe {
             while k + 16 <= n {
@@ -708,7 +708,7 @@ mod x86 {
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut k = 0;
-        // SAFETY (whole block): loads stay below `n`, within both slices; gathered columns are
+        // SAFETY: for the whole block, loads stay below `n`, within both slices; gathered columns are
         // in `x` by the caller's contract; masked lanes are neither loaded nor gathered.
         unsafe {
             while k + 32 <= n {
