@@ -243,7 +243,7 @@ fn bench_gemm(c: &mut Criterion) {
     let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
     let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
     let mut a = Vec::new();
-    gemm::pack_a(&w, m, k, &mut a);
+    gemm::row_panels(&w, m, k, &mut a);
     let mut y = vec![0f32; m * n];
     let mut s = gemm::GemmScratch::default();
     let peak = rayon::ThreadPoolBuilder::new()

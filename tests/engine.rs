@@ -283,7 +283,7 @@ fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::
                 q = requantize_kept(q);
             }
             let deq = dequantize(&q);
-            let cands = PackedLayer::candidates(&q, "t").expect("candidates");
+            let cands = PackedLayer::encodings(&q, "t").expect("encodings");
             assert!(!cands.is_empty());
             for pl in &cands {
                 let name = format!("{} {rows}×{cols}", pl.format_name());
@@ -378,7 +378,7 @@ fn derived_entry_columns_match_the_stored_index() {
     ] {
         let mut blocks = 0;
         let q = quantize(&w, rows, cols, 0.97, scheme, None);
-        for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
+        for pl in PackedLayer::encodings(&q, "t").expect("encodings") {
             let Some(ec) = pl.entry_columns() else {
                 assert_eq!(pl.index_kind(), IndexKind::Dense);
                 continue;
@@ -456,7 +456,7 @@ fn sixteen_bit_gaps_pad_very_long_distances() {
         kept: w.iter().map(|&v| v != 0.0).collect(),
         ..quantize(&w, rows, cols, 0.0, Scheme::Float(FloatStorage::F32), None)
     };
-    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    let pl = PackedLayer::encode(&q, "t").expect("encode");
     let Indexing::Csr { gap_bits, .. } = pl.index else {
         panic!("expected CSR, got {}", pl.format_name());
     };
@@ -483,7 +483,7 @@ fn format_choice_picks_the_smallest_encoding() {
     let (rows, cols) = (40, 200);
     let w = rand_vec(&mut rng, rows * cols);
     let dense = quantize(&w, rows, cols, 0.0, Scheme::Float(FloatStorage::F32), None);
-    let pl = PackedLayer::pack(&dense, "d").expect("pack");
+    let pl = PackedLayer::encode(&dense, "d").expect("encode");
     assert_eq!(pl.index_kind(), IndexKind::Dense);
     assert_eq!(pl.size_bytes(), rows * cols * 4);
     for sparsity in [0.3, 0.6, 0.9, 0.97] {
@@ -496,8 +496,8 @@ fn format_choice_picks_the_smallest_encoding() {
             },
         ] {
             let q = quantize(&w, rows, cols, sparsity, scheme, None);
-            let cands = PackedLayer::candidates(&q, "t").expect("candidates");
-            let best = PackedLayer::pack(&q, "t").expect("pack");
+            let cands = PackedLayer::encodings(&q, "t").expect("encodings");
+            let best = PackedLayer::encode(&q, "t").expect("encode");
             let min = cands.iter().map(PackedLayer::size_bytes).min().unwrap_or(0);
             assert_eq!(best.size_bytes(), min, "s={sparsity} {scheme:?}");
             if sparsity >= 0.9 {
@@ -507,7 +507,7 @@ fn format_choice_picks_the_smallest_encoding() {
     }
     // 90 % sparse f32: CSR with 8-bit gaps beats a bitmask and dense.
     let q = quantize(&w, rows, cols, 0.9, Scheme::Float(FloatStorage::F32), None);
-    let best = PackedLayer::pack(&q, "t").expect("pack");
+    let best = PackedLayer::encode(&q, "t").expect("encode");
     assert_eq!(best.index_kind(), IndexKind::Csr, "{}", best.format_name());
     let b = best.size_breakdown();
     assert_eq!(b.values, best.entries * 4);
@@ -531,7 +531,7 @@ fn size_is_exact_for_uniform_codes() {
         },
         Some(vec![0.0; rows]),
     );
-    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    let pl = PackedLayer::encode(&q, "t").expect("encode");
     let b = pl.size_breakdown();
     assert_eq!(b.values, (rows * cols * 3).div_ceil(8));
     // 4 groups per row: f32 scale + u8 zero point each.
@@ -557,7 +557,7 @@ fn codebook_without_zero_still_packs_sparse_layers() {
         None,
     );
     // No code decodes to zero: only the bitmask can leave pruned weights out.
-    let pl = PackedLayer::pack(&q, "t").expect("pack");
+    let pl = PackedLayer::encode(&q, "t").expect("encode");
     assert_eq!(pl.index_kind(), IndexKind::Bitmask);
     assert_eq!(pl.dequantized(), dequantize(&q));
 }
@@ -591,7 +591,7 @@ fn quantized_activations_use_integer_kernels() {
             let mut q = quantize(&w, rows, cols, sparsity, scheme, Some(bias.clone()));
             q.activation = Some(act);
             let deq = dequantize(&q);
-            for pl in PackedLayer::candidates(&q, "t").expect("candidates") {
+            for pl in PackedLayer::encodings(&q, "t").expect("encodings") {
                 for p in [1usize, 5] {
                     let b = rand_vec(&mut rng, cols * p);
                     let mut bq = b.clone();
@@ -1301,7 +1301,7 @@ proptest! {
         ] {
             let q = quantize(&w, rows, cols, sparsity, scheme, None);
             let deq = dequantize(&q);
-            for pl in PackedLayer::candidates(&q, "p").expect("candidates") {
+            for pl in PackedLayer::encodings(&q, "p").expect("encodings") {
                 prop_assert!(pl.check().is_ok(), "{}", pl.format_name());
                 prop_assert_eq!(pl.dequantized(), deq.clone(), "{}", pl.format_name());
             }
@@ -1330,8 +1330,8 @@ fn matrix_product_matches_the_plain_product() {
                 let b = rand_vec(&mut rng, k * n);
                 let y0 = rand_vec(&mut rng, m * n);
                 let mut packed = Vec::new();
-                gemm::pack_a(&a, m, k, &mut packed);
-                assert_eq!(packed.len(), gemm::packed_len(m, k));
+                gemm::row_panels(&a, m, k, &mut packed);
+                assert_eq!(packed.len(), gemm::row_panels_len(m, k));
                 let mut y = y0.clone();
                 gemm::gemm_acc(
                     &packed,
@@ -1559,7 +1559,7 @@ fn check_single_sample(rows: usize, cols: usize, seed: u64, schemes: &[Scheme]) 
         for &scheme in schemes {
             let q = quantize(&w, rows, cols, sparsity, scheme, Some(bias.clone()));
             let deq = dequantize(&q);
-            let cands = PackedLayer::candidates(&q, "t").expect("candidates");
+            let cands = PackedLayer::encodings(&q, "t").expect("encodings");
             let mut s = KernelScratch::default();
             for pl in &cands {
                 let name = format!("{} {rows}×{cols} s={sparsity}", pl.format_name());

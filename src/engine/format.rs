@@ -9,11 +9,10 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::EngineError;
 use super::gemm;
 use super::int8::Int8Layer;
-use super::pack::{self, GapWidth};
-use crate::compress::{ActivationQuant, FloatStorage, Granularity, QuantizedLayer, WeightValues};
+use super::pack;
+use crate::compress::{ActivationQuant, Granularity};
 
 /// Row pointers of a CSR layer: entry offsets, `rows + 1` of them, 16-bit when they fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,7 +22,7 @@ pub enum RowPtr {
 }
 
 impl RowPtr {
-    fn from_offsets(offsets: &[usize]) -> Self {
+    pub(super) fn from_offsets(offsets: &[usize]) -> Self {
         if offsets.last().is_none_or(|&n| n <= u16::MAX as usize) {
             RowPtr::U16(offsets.iter().map(|&o| o as u16).collect())
         } else {
@@ -176,7 +175,7 @@ pub struct PackedLayer {
     pub activation: Option<ActivationQuant>,
     /// Bytes of the layer Huffman-coded (Deep Compression's third stage: codes and index gaps
     /// entropy-coded, plus tables, scales and bias), a figure reported beside `size_bytes`;
-    /// known when the layer was packed from a plan, kept in the exported file's metadata.
+    /// known when the layer was encoded from a plan, kept in the exported file's metadata.
     pub entropy_bytes: Option<usize>,
     /// Runtime-only layout derived from `index` (see `DerivedColumns`): not stored, not counted
     /// in `size_bytes`.
@@ -377,99 +376,6 @@ impl PackedLayer {
             entropy_bytes: None,
             derived: DerivedColumns::default(),
         }
-    }
-
-    /// Packs a quantized layer into the smallest valid encoding (dense, CSR with 4/8/16-bit gaps,
-    /// or bitmask). Ties go to the simpler (faster) format.
-    pub fn pack(q: &QuantizedLayer, name: &str) -> Result<Self, EngineError> {
-        let mut best: Option<PackedLayer> = None;
-        for c in Self::candidates(q, name)? {
-            if best
-                .as_ref()
-                .is_none_or(|b| c.size_bytes() < b.size_bytes())
-            {
-                best = Some(c);
-            }
-        }
-        // The bitmask encoding is valid for every layer, so there is always a candidate.
-        best.ok_or_else(|| EngineError::Invalid {
-            layer: name.to_string(),
-            msg: "no storage format fits this layer".into(),
-        })
-    }
-
-    /// Every valid encoding of `q`, dense first.
-    pub fn candidates(q: &QuantizedLayer, name: &str) -> Result<Vec<Self>, EngineError> {
-        validate(q, name)?;
-        let (rows, cols) = (q.rows, q.cols);
-        let entropy = crate::compress::entropy_bytes(q);
-        let mut out = Vec::new();
-        let pruned = q.kept.iter().any(|k| !k);
-        // Dense: every position; pruned positions hold the value zero.
-        let all: Vec<Entry> = (0..rows * cols)
-            .map(|i| {
-                if q.kept[i] {
-                    Entry::Kept(i)
-                } else {
-                    Entry::Zero(i)
-                }
-            })
-            .collect();
-        if let Some(values) = build_values(q, &all) {
-            out.push(self::PackedLayer {
-                rows,
-                cols,
-                entries: all.len(),
-                index: Indexing::Dense,
-                values,
-                bias: q.bias.clone(),
-                activation: q.activation,
-                entropy_bytes: Some(entropy),
-                derived: DerivedColumns::default(),
-            });
-        }
-        if pruned || out.is_empty() {
-            for width in [4u8, 8, 16] {
-                let (entries, gaps, offsets) = csr_entries(q, GapWidth(width));
-                if let Some(values) = build_values(q, &entries) {
-                    out.push(PackedLayer {
-                        rows,
-                        cols,
-                        entries: entries.len(),
-                        index: Indexing::Csr {
-                            gap_bits: width,
-                            gaps: pack::pack_gaps(&gaps, width),
-                            row_ptr: RowPtr::from_offsets(&offsets),
-                        },
-                        values,
-                        bias: q.bias.clone(),
-                        activation: q.activation,
-                        entropy_bytes: Some(entropy),
-                        derived: DerivedColumns::default(),
-                    });
-                }
-            }
-            let entries: Vec<Entry> = (0..rows * cols)
-                .filter(|&i| q.kept[i])
-                .map(Entry::Kept)
-                .collect();
-            if let Some(values) = build_values(q, &entries) {
-                let mask = pack::pack_mask(&q.kept);
-                let row_start = bitmask_row_start(&mask, rows, cols);
-                out.push(PackedLayer {
-                    rows,
-                    cols,
-                    entries: entries.len(),
-                    index: Indexing::Bitmask { mask, row_start },
-                    values,
-                    bias: q.bias.clone(),
-                    activation: q.activation,
-                    entropy_bytes: Some(entropy),
-                    derived: DerivedColumns::default(),
-                });
-            }
-        }
-        Ok(out)
     }
 
     pub fn index_kind(&self) -> IndexKind {
@@ -768,13 +674,13 @@ impl PackedLayer {
     }
 
     /// The whole matrix dequantized into the matrix product's row-panel layout
-    /// (`gemm::pack_a`), built on first use by a batched run: the batched kernels multiply
+    /// (`gemm::row_panels`), built on first use by a batched run: the batched kernels multiply
     /// by it at full speed whatever the storage format, and single-sample runs never build it.
     /// It costs `rows × cols × 4` bytes of memory at run time, never stored.
     pub fn gemm_panels(&self) -> &[f32] {
         self.derived.panels.get_or_init(|| {
             let mut out = Vec::new();
-            gemm::pack_a(&self.dequantized(), self.rows, self.cols, &mut out);
+            gemm::row_panels(&self.dequantized(), self.rows, self.cols, &mut out);
             out
         })
     }
@@ -1192,207 +1098,4 @@ pub(crate) fn bitmask_row_start(mask: &[u8], rows: usize, cols: usize) -> Vec<u3
         out.push(n as u32);
     }
     out
-}
-
-/// What one stored entry holds: kept weight `i` (row-major position) or zero at position `i`.
-#[derive(Debug, Clone, Copy)]
-enum Entry {
-    Kept(usize),
-    Zero(usize),
-}
-
-/// CSR entries of `q` with gaps of `width` bits: entries, gaps and row offsets.
-fn csr_entries(q: &QuantizedLayer, width: GapWidth) -> (Vec<Entry>, Vec<usize>, Vec<usize>) {
-    let max = width.max_gap();
-    let mut entries = Vec::new();
-    let mut gaps = Vec::new();
-    let mut offsets = vec![0usize];
-    for r in 0..q.rows {
-        let mut p = 0usize;
-        for c in 0..q.cols {
-            if !q.kept[r * q.cols + c] {
-                continue;
-            }
-            while c - p > max {
-                entries.push(Entry::Zero(r * q.cols + p + max));
-                gaps.push(max);
-                p += max + 1;
-            }
-            entries.push(Entry::Kept(r * q.cols + c));
-            gaps.push(c - p);
-            p = c + 1;
-        }
-        offsets.push(entries.len());
-    }
-    (entries, gaps, offsets)
-}
-
-/// The value store holding `entries` in order, or `None` when a zero entry cannot be
-/// represented (a codebook without 0.0, a zero point outside the code range).
-fn build_values(q: &QuantizedLayer, entries: &[Entry]) -> Option<ValueStore> {
-    let cols = q.cols;
-    Some(match &q.values {
-        WeightValues::Float { data, storage } => {
-            let v = entries.iter().map(|e| match *e {
-                Entry::Kept(i) => data[i],
-                Entry::Zero(_) => 0.0,
-            });
-            match storage {
-                FloatStorage::F32 => ValueStore::F32(v.collect()),
-                FloatStorage::F16 => {
-                    ValueStore::F16(v.map(|x| half::f16::from_f32(x).to_bits()).collect())
-                }
-                FloatStorage::Bf16 => {
-                    ValueStore::Bf16(v.map(|x| half::bf16::from_f32(x).to_bits()).collect())
-                }
-            }
-        }
-        WeightValues::Uniform {
-            bits,
-            codes,
-            scales,
-            zero_points,
-            granularity,
-        } => {
-            let top = (1i32 << bits) - 1;
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                out.push(match *e {
-                    Entry::Kept(i) => codes[i],
-                    Entry::Zero(i) => {
-                        let z = zero_points[granularity.group_of(i / cols, i % cols, cols)];
-                        if !(0..=top).contains(&z) {
-                            return None;
-                        }
-                        z as u8
-                    }
-                });
-            }
-            let mid = 1i32 << (bits - 1);
-            let zp = if zero_points.iter().all(|&z| z == mid) {
-                ZeroPoints::Midpoint
-            } else if zero_points.iter().all(|&z| (0..=255).contains(&z)) {
-                ZeroPoints::U8(zero_points.iter().map(|&z| z as u8).collect())
-            } else {
-                ZeroPoints::I32(zero_points.clone())
-            };
-            ValueStore::Uniform {
-                bits: *bits,
-                codes: pack::pack_codes(&out, *bits),
-                scales: scales.clone(),
-                zero_points: zp,
-                granularity: *granularity,
-            }
-        }
-        WeightValues::Codebook {
-            bits,
-            codes,
-            codebook,
-        } => {
-            let zero = codebook.iter().position(|&v| v == 0.0);
-            let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                out.push(match *e {
-                    Entry::Kept(i) => codes[i],
-                    Entry::Zero(_) => zero? as u8,
-                });
-            }
-            ValueStore::Codebook {
-                bits: *bits,
-                codes: pack::pack_codes(&out, *bits),
-                codebook: codebook.clone(),
-            }
-        }
-    })
-}
-
-/// Checks a `QuantizedLayer` against its own description before packing it.
-fn validate(q: &QuantizedLayer, name: &str) -> Result<(), EngineError> {
-    let err = |msg: String| EngineError::Invalid {
-        layer: name.to_string(),
-        msg,
-    };
-    let n = q.rows * q.cols;
-    if q.kept.len() != n {
-        return Err(err(format!(
-            "kept has {} flags, expected {n}",
-            q.kept.len()
-        )));
-    }
-    if let Some(b) = &q.bias
-        && b.len() != q.rows
-    {
-        return Err(err(format!("{} biases, expected {}", b.len(), q.rows)));
-    }
-    if let Some(a) = &q.activation
-        && !((1..=8).contains(&a.bits) && a.scale > 0.0 && a.scale.is_finite())
-    {
-        return Err(err(format!(
-            "activation quantization needs 1 to 8 bits and a positive scale (got {} bits, scale {})",
-            a.bits, a.scale
-        )));
-    }
-    match &q.values {
-        WeightValues::Float { data, .. } => {
-            if data.len() != n {
-                return Err(err(format!("{} values, expected {n}", data.len())));
-            }
-        }
-        WeightValues::Uniform {
-            bits,
-            codes,
-            scales,
-            zero_points,
-            granularity,
-        } => {
-            if !(1..=8).contains(bits) {
-                return Err(err(format!("{bits}-bit codes (1 to 8 supported)")));
-            }
-            if codes.len() != n {
-                return Err(err(format!("{} codes, expected {n}", codes.len())));
-            }
-            if let Some(i) = codes.iter().position(|&c| (c as u32) >> bits != 0) {
-                return Err(err(format!(
-                    "code {} at {i} does not fit {bits} bits",
-                    codes[i]
-                )));
-            }
-            if let Granularity::Group { size: 0 } = granularity {
-                return Err(err("group size 0".into()));
-            }
-            let groups = granularity.group_count(q.rows, q.cols);
-            if scales.len() != groups || zero_points.len() != groups {
-                return Err(err(format!(
-                    "{} scales and {} zero points, expected {groups}",
-                    scales.len(),
-                    zero_points.len()
-                )));
-            }
-        }
-        WeightValues::Codebook {
-            bits,
-            codes,
-            codebook,
-        } => {
-            if !(1..=8).contains(bits) {
-                return Err(err(format!("{bits}-bit codes (1 to 8 supported)")));
-            }
-            if codes.len() != n {
-                return Err(err(format!("{} codes, expected {n}", codes.len())));
-            }
-            if codebook.is_empty() || codebook.len() > 1 << bits {
-                return Err(err(format!(
-                    "codebook of {} entries for {bits}-bit codes",
-                    codebook.len()
-                )));
-            }
-            if let Some(i) = codes.iter().position(|&c| c as usize >= codebook.len()) {
-                return Err(err(format!(
-                    "code {} at {i} is past the codebook",
-                    codes[i]
-                )));
-            }
-        }
-    }
-    Ok(())
 }

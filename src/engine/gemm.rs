@@ -4,7 +4,7 @@
 //!
 //! The layout follows the classic blocked design (Goto & van de Geijn):
 //! - `A` (the weights) is stored once in *row panels* of `MR` rows, each panel `k`-major
-//!   (`k × MR`), rows past `m` zero (`pack_a`), so the micro-kernel reads it sequentially;
+//!   (`k × MR`), rows past `m` zero (`row_panels`), so the micro-kernel reads it sequentially;
 //! - `B` (activations, im2col columns) is copied per call in blocks of at most `KC` steps of `k`
 //!   into column panels of `NR` columns (`kc × NR`, columns past `n` zero), a panel small enough
 //!   to stay in the L1 cache while every row panel of `A` streams past it;
@@ -20,21 +20,21 @@ use super::simd;
 pub const MR: usize = 10;
 /// Columns of `B` per panel (two 16-lane vectors).
 pub const NR: usize = 32;
-// `pack_bt` fills panels 16 columns at a time.
+// `transpose_col_panels` fills panels 16 columns at a time.
 const _: () = assert!(NR.is_multiple_of(16));
 /// Largest block of the inner dimension: a `KC × NR` panel of `B` is 20 KiB, inside L1.
 const KC: usize = 160;
 
 /// Length of `A`'s panel layout for an `m × k` matrix.
-pub fn packed_len(m: usize, k: usize) -> usize {
+pub fn row_panels_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
 }
 
 /// Writes `w` (`m × k`, row-major) into `out` as row panels: element `(r, c)` goes to
 /// `(r / MR)·MR·k + c·MR + r % MR`; the rows of the last panel past `m` are zero.
-pub fn pack_a(w: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
+pub fn row_panels(w: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
     out.clear();
-    out.resize(packed_len(m, k), 0.0);
+    out.resize(row_panels_len(m, k), 0.0);
     for (r, row) in w[..m * k].chunks_exact(k.max(1)).enumerate().take(m) {
         let base = (r / MR) * MR * k + r % MR;
         for (c, &v) in row.iter().enumerate() {
@@ -46,7 +46,7 @@ pub fn pack_a(w: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
 /// Buffers `gemm_acc` reuses between calls.
 #[derive(Debug, Default, Clone)]
 pub struct GemmScratch {
-    bpack: Vec<f32>,
+    col_panels: Vec<f32>,
 }
 
 /// The right-hand operand of `gemm_acc`, `B (k × n)`, in one of two layouts.
@@ -60,7 +60,7 @@ pub enum Rhs<'a> {
     Cols(&'a [f32]),
 }
 
-/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `pack_a`'s panel layout.
+/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `row_panels`'s panel layout.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
@@ -78,27 +78,27 @@ pub fn gemm_acc(
     }
     let (Rhs::Rows(bs) | Rhs::Cols(bs)) = b;
     assert!(
-        a.len() >= packed_len(m, k) && bs.len() >= k * n && y.len() >= m * n,
+        a.len() >= row_panels_len(m, k) && bs.len() >= k * n && y.len() >= m * n,
         "gemm operands too short"
     );
     let blocks = k.div_ceil(KC);
     let kc_max = k.div_ceil(blocks);
     let panels = n.div_ceil(NR);
-    let row_panels = m.div_ceil(MR);
+    let row_panel_count = m.div_ceil(MR);
     let avx = simd::avx512();
     for kb in 0..blocks {
         let k0 = kb * kc_max;
         let k1 = (k0 + kc_max).min(k);
         let kc = k1 - k0;
         match b {
-            Rhs::Rows(b) => pack_b(&b[k0 * n..k1 * n], kc, n, &mut s.bpack),
-            Rhs::Cols(bt) => pack_bt(bt, k, k0, kc, n, &mut s.bpack),
+            Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, &mut s.col_panels),
+            Rhs::Cols(bt) => transpose_col_panels(bt, k, k0, kc, n, &mut s.col_panels),
         }
         for jp in 0..panels {
             let j0 = jp * NR;
             let cols = NR.min(n - j0);
-            let bp = &s.bpack[jp * kc * NR..(jp + 1) * kc * NR];
-            for rp in 0..row_panels {
+            let bp = &s.col_panels[jp * kc * NR..(jp + 1) * kc * NR];
+            for rp in 0..row_panel_count {
                 let r0 = rp * MR;
                 let rows = MR.min(m - r0);
                 let ap = &a[rp * MR * k + k0 * MR..rp * MR * k + k1 * MR];
@@ -120,7 +120,7 @@ pub fn gemm_acc(
 }
 
 /// Copies `b` (`kc × n`) into column panels of `NR` (`kc × NR` each, columns past `n` zero).
-fn pack_b(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
+fn copy_col_panels(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
     let panels = n.div_ceil(NR);
     // Grown, never shrunk: every value read is written below, so a later, larger call
     // need not zero what an earlier one left.
@@ -147,9 +147,9 @@ fn pack_b(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
     }
 }
 
-/// `pack_b` for `Bᵀ` (`bt`, `n × k`): columns `k0 .. k0 + kc` of its rows into the same
+/// `copy_col_panels` for `Bᵀ` (`bt`, `n × k`): columns `k0 .. k0 + kc` of its rows into the same
 /// panels, 16 × 16 blocks in registers where the CPU has AVX-512.
-fn pack_bt(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, out: &mut Vec<f32>) {
+fn transpose_col_panels(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, out: &mut Vec<f32>) {
     let panels = n.div_ceil(NR);
     if out.len() < panels * kc * NR {
         out.resize(panels * kc * NR, 0.0);

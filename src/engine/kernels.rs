@@ -35,7 +35,7 @@ pub struct KernelScratch {
     /// `nibble_inputs` on AVX-512.
     xe: Vec<f32>,
     xo: Vec<f32>,
-    apack: Vec<f32>,
+    panels: Vec<f32>,
     xpad: Vec<f32>,
     gemm: GemmScratch,
 }
@@ -945,8 +945,8 @@ fn dense_product(
             &s.dense
         }
     };
-    gemm::pack_a(w, m, cols, &mut s.apack);
-    gemm::gemm_acc(&s.apack, m, p, cols, Rhs::Rows(b), y, &mut s.gemm);
+    gemm::row_panels(w, m, cols, &mut s.panels);
+    gemm::gemm_acc(&s.panels, m, p, cols, Rhs::Rows(b), y, &mut s.gemm);
 }
 
 /// Quantizes `x` to activation codes centred on the zero point: `q − zero_point`, with

@@ -6,6 +6,7 @@
 //! Sizes are the exact bytes of the packed tensors; latency is measured on kernels that read
 //! the packed data, never on dense tensors with masks.
 
+mod encode;
 mod export;
 mod format;
 pub mod gemm;

@@ -130,7 +130,7 @@ struct LayerBufs {
 }
 
 impl CompressedModel {
-    /// Packs every planned layer in its smallest format; layers without a plan stay dense f32.
+    /// Encodes every planned layer in its smallest format; layers without a plan stay dense f32.
     pub fn build(plan: &Plan) -> Result<Self, EngineError> {
         let model = &plan.model;
         let mut packed: Vec<Option<PackedLayer>> = vec![None; model.layers.len()];
@@ -159,7 +159,7 @@ impl CompressedModel {
                     ),
                 });
             }
-            packed[q.layer] = Some(PackedLayer::pack(q, &layer.name)?);
+            packed[q.layer] = Some(PackedLayer::encode(q, &layer.name)?);
         }
         for (i, layer) in model.layers.iter().enumerate() {
             if packed[i].is_none()
