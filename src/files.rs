@@ -56,6 +56,8 @@ pub enum FileError {
         path: PathBuf,
         dir: PathBuf,
     },
+    #[error("{path}: {msg}")]
+    Corrupt { path: PathBuf, msg: String },
     #[error("{role} {path}: cannot write in {dir}: {source}")]
     NotWritable {
         role: String,
@@ -582,43 +584,49 @@ pub enum Verified {
 }
 
 /// Checks a file's tensors and metadata against its checksum record. The error names what
-/// does not match: `"fc1.values"`, `"the metadata"`, `"the checksum record"`.
+/// does not match: "file is corrupt (checksum mismatch in fc1.values)".
 pub fn verify_checksum(
+    path: &Path,
     tensors: &safetensors::SafeTensors<'_>,
     metadata: &BTreeMap<String, String>,
-) -> Result<Verified, String> {
+) -> Result<Verified, FileError> {
     let Some(json) = metadata.get(CHECKSUM_KEY) else {
         return Ok(Verified::Unsealed);
     };
+    let corrupt = |msg: String| FileError::Corrupt {
+        path: path.to_path_buf(),
+        msg: format!("file is corrupt ({msg})"),
+    };
     let record: Checksums = serde_json::from_str(json).map_err(|_| {
-        format!("file is corrupt (metadata \"{CHECKSUM_KEY}\" is not a checksum record)")
+        corrupt(format!(
+            "metadata \"{CHECKSUM_KEY}\" is not a checksum record"
+        ))
     })?;
-    let mismatch = |what: &str| format!("file is corrupt (checksum mismatch in {what})");
     if record.sha256.metadata != metadata_digest(metadata) {
-        return Err(mismatch("the metadata"));
+        return Err(corrupt("checksum mismatch in the metadata".into()));
     }
     let mut names = tensors.names();
     names.sort();
-    for name in &names {
-        let Some(expected) = record.sha256.tensors.get(*name) else {
-            return Err(format!(
-                "file is corrupt (tensor {name} is not in the checksum record)"
-            ));
-        };
-        let view = tensors.tensor(name).map_err(|e| e.to_string())?;
-        if *expected != tensor_digest(name, view.dtype(), view.shape(), view.data()) {
-            return Err(mismatch(name));
-        }
-    }
     if let Some(missing) = record
         .sha256
         .tensors
         .keys()
         .find(|k| !names.contains(&k.as_str()))
     {
-        return Err(format!(
-            "file is corrupt (tensor {missing} of the checksum record is missing)"
-        ));
+        return Err(corrupt(format!("tensor {missing} is missing")));
+    }
+    for name in &names {
+        let Some(expected) = record.sha256.tensors.get(*name) else {
+            return Err(corrupt(format!(
+                "tensor {name} is not in the checksum record"
+            )));
+        };
+        let view = tensors
+            .tensor(name)
+            .map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+        if *expected != tensor_digest(name, view.dtype(), view.shape(), view.data()) {
+            return Err(corrupt(format!("checksum mismatch in {name}")));
+        }
     }
     Ok(Verified::Intact)
 }
@@ -854,13 +862,14 @@ mod tests {
         let bytes = serialize(&tensors, &meta).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("b").unwrap().data(), &[1, 2, 3]);
-        assert_eq!(verify_checksum(&st, &meta), Ok(Verified::Intact));
+        let p = Path::new("x.safetensors");
+        assert_eq!(verify_checksum(p, &st, &meta).unwrap(), Verified::Intact);
         let mut other = meta.clone();
         other.insert("a".to_string(), "3".to_string());
-        assert!(
-            verify_checksum(&st, &other)
-                .unwrap_err()
-                .contains("the metadata")
+        let e = verify_checksum(p, &st, &other).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "x.safetensors: file is corrupt (checksum mismatch in the metadata)"
         );
         // Reversed input order gives the same bytes.
         let rev: Vec<TensorBytes> = tensors.iter().rev().cloned().collect();

@@ -8,6 +8,7 @@ pub mod data;
 pub mod engine;
 pub mod explore;
 pub mod files;
+pub mod limits;
 pub mod measure;
 pub mod model;
 pub mod report;

@@ -623,3 +623,337 @@ fn the_explorer_export_never_replaces_its_model_or_data() {
     let written = ev.export(&config, &fine).expect("export");
     assert_eq!(written.len(), 3);
 }
+
+// ---- Absurd or corrupted input is an answer --------------------------------------------------
+
+type Meta = std::collections::BTreeMap<String, String>;
+
+/// Rewrites a safetensors file as another program would (no checksum record): `edit` changes
+/// its metadata and tensors (name → dtype, shape, bytes).
+fn rewrite(path: &Path, edit: impl FnOnce(&mut Meta, &mut Vec<squeeze::files::TensorBytes>)) {
+    let bytes = std::fs::read(path).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut meta = squeeze::files::read_metadata(path).expect("metadata");
+    let mut tensors: Vec<squeeze::files::TensorBytes> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    meta.remove(squeeze::files::CHECKSUM_KEY);
+    edit(&mut meta, &mut tensors);
+    let out = squeeze::files::serialize(&tensors, &meta).expect("serialize");
+    std::fs::write(path, out).expect("write");
+}
+
+/// The tiny model compressed to 4 bits, asymmetric (u8 zero points), with an f32 copy.
+fn tiny_compressed(dir: &Path) -> PathBuf {
+    let model = tiny_model(dir);
+    let out = dir.join("c.safetensors");
+    squeeze()
+        .args(["apply", "--bits", "4", "--scheme", "asymmetric", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    out
+}
+
+/// Runs `squeeze eval` on `model` and expects a one-line error containing every `expect`.
+fn eval_fails(model: &Path, data: &Path, expect: &[&str]) {
+    let out = squeeze()
+        .args(["eval", "--no-timing", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .assert()
+        .failure()
+        .code(1)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for e in expect {
+        assert!(err.contains(e), "expected '{e}' in: {err}");
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_a_squeeze_file_is_reported_as_corruption() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    let c = tiny_compressed(dir.path());
+    let good = std::fs::read(&c).expect("read");
+    let header = u64::from_le_bytes(good[..8].try_into().expect("8")) as usize;
+    let json: serde_json::Value = serde_json::from_slice(&good[8..8 + header]).expect("json");
+    let start = json["fc.scales"]["data_offsets"][0]
+        .as_u64()
+        .expect("offset") as usize;
+    let mut bad = good.clone();
+    bad[8 + header + start + 1] ^= 0x04;
+    std::fs::write(&c, &bad).expect("write");
+    eval_fails(
+        &c,
+        &data,
+        &[
+            "c.safetensors",
+            "file is corrupt (checksum mismatch in fc.scales)",
+        ],
+    );
+    // A metadata edit is caught as well.
+    let mut bad = good.clone();
+    let at = good
+        .windows(8)
+        .position(|w| w == b"bits = 4")
+        .expect("the recipe in the header");
+    bad[at + 7] = b'5';
+    std::fs::write(&c, &bad).expect("write");
+    eval_fails(&c, &data, &["checksum mismatch in the metadata"]);
+    // The dense files squeeze writes carry one too.
+    let model = tiny_model(dir.path());
+    let d = dir.path().join("d.safetensors");
+    apply_tiny(&model, &[os("--out"), os(&c), os("--dense-out"), os(&d)]).success();
+    let mut bytes = std::fs::read(&d).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&d, &bytes).expect("write");
+    eval_fails(&d, &data, &["file is corrupt (checksum mismatch in fc."]);
+}
+
+#[test]
+fn metadata_out_of_range_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    let c = tiny_compressed(dir.path());
+    let good = std::fs::read(&c).expect("read");
+    type Edit = Box<dyn Fn(&mut Meta, &mut Vec<squeeze::files::TensorBytes>)>;
+    let cases: Vec<(Edit, &[&str])> = vec![
+        (
+            Box::new(|m, _| {
+                let v = m["squeeze.input"].replace("\"std\":[1.0]", "\"std\":[0.0]");
+                m.insert("squeeze.input".into(), v);
+            }),
+            &["squeeze.input", "std non-zero"],
+        ),
+        (
+            Box::new(|m, _| {
+                let v = m["squeeze.layers"].replace("\"cols\":4", "\"cols\":1099511627776");
+                m.insert("squeeze.layers".into(), v);
+            }),
+            &["c.safetensors", "fc"],
+        ),
+        (
+            Box::new(|_, t| {
+                let s = t.iter_mut().find(|t| t.0 == "fc.scales").expect("scales");
+                s.3[..4].copy_from_slice(&3e38f32.to_le_bytes());
+            }),
+            &["fc.scales", "out of range"],
+        ),
+        (
+            Box::new(|_, t| {
+                let z = t
+                    .iter_mut()
+                    .find(|t| t.0 == "fc.zero_points")
+                    .expect("zero points");
+                z.3[0] = 255;
+            }),
+            &["fc.zero_points", "outside 0..=15"],
+        ),
+    ];
+    for (edit, expect) in cases {
+        std::fs::write(&c, &good).expect("write");
+        rewrite(&c, edit);
+        eval_fails(&c, &data, expect);
+    }
+    // Without the checksum record (as another program would write it) an intact file loads.
+    std::fs::write(&c, &good).expect("write");
+    rewrite(&c, |_, _| {});
+    squeeze()
+        .args(["eval", "--no-timing", "--model"])
+        .arg(&c)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success();
+}
+
+fn arch_model(dir: &Path, arch: &str, tensors: &[(&str, Vec<usize>)]) -> PathBuf {
+    let spec = ArchSpec::from_toml(arch).expect("arch");
+    let mut meta = HashMap::new();
+    meta.insert("squeeze.arch".to_string(), spec.to_json());
+    let named: Vec<_> = tensors
+        .iter()
+        .map(|(n, s)| {
+            let len = s.iter().product();
+            (n.to_string(), s.clone(), vec![0.5f32; len])
+        })
+        .collect();
+    let p = dir.join("arch.safetensors");
+    std::fs::write(&p, to_safetensors_bytes(&named, &meta).expect("ser")).expect("write");
+    p
+}
+
+#[test]
+fn absurd_shapes_are_refused_with_the_figure() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let conv = |input: &str, padding: &str| {
+        format!(
+            "[input]\nshape = {input}\n[[layer]]\nop = \"conv2d\"\nname = \"c\"\nweight = \"c.weight\"\npadding = {padding}\n[[layer]]\nop = \"global_avgpool\"\n"
+        )
+    };
+    // A padding of 2^62 used to wrap to an output of 9223372036854775832.
+    let m = arch_model(
+        dir.path(),
+        &conv("[1, 8, 8]", "4611686018427387904"),
+        &[("c.weight", vec![2, 1, 3, 3])],
+    );
+    squeeze()
+        .args(["info", "--model"])
+        .arg(&m)
+        .assert()
+        .failure()
+        .code(1)
+        .stderr(predicate::str::contains("too large"))
+        .stderr(predicate::str::contains("9223372036854775832").not());
+    // A million by a million input with a consistent graph.
+    let m = arch_model(
+        dir.path(),
+        &conv("[1, 1000000, 1000000]", "0"),
+        &[("c.weight", vec![2, 1, 3, 3])],
+    );
+    squeeze()
+        .args(["info", "--model"])
+        .arg(&m)
+        .assert()
+        .failure()
+        .code(1)
+        .stderr(predicate::str::contains("TiB, more than the memory limit"));
+    // The limit is a flag: low enough, it refuses even the bundled model; high enough, a large
+    // one passes the check.
+    let bundled = root().join("assets/models/lenet-300-100.safetensors");
+    squeeze()
+        .args(["info", "--memory-limit", "64K", "--model"])
+        .arg(&bundled)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "more than the memory limit of 64.0 KiB",
+        ));
+    squeeze()
+        .args(["info", "--memory-limit", "1T", "--model"])
+        .arg(&bundled)
+        .assert()
+        .success();
+}
+
+#[test]
+fn train_refuses_huge_layers_before_allocating() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    for (layer, expect) in [
+        (
+            "op = \"linear\"\nweight = \"fc.weight\"\nout_features = 1000000000\n",
+            "needs",
+        ),
+        (
+            "op = \"linear\"\nweight = \"fc.weight\"\nout_features = 4611686018427387904\n",
+            "needs",
+        ),
+    ] {
+        let arch = dir.path().join("a.toml");
+        std::fs::write(&arch, format!("[input]\nshape = [4]\n[[layer]]\n{layer}")).expect("write");
+        squeeze()
+            .args(["train", "--memory-limit", "16G", "--epochs", "1", "--arch"])
+            .arg(&arch)
+            .arg("--data")
+            .arg(&data)
+            .arg("--test")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join("m.safetensors"))
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .failure()
+            .code(1)
+            .stderr(predicate::str::contains(expect))
+            .stderr(predicate::str::contains("memory limit"));
+    }
+    // Huge conv widths likewise.
+    let arch = dir.path().join("c.toml");
+    std::fs::write(
+        &arch,
+        "[input]\nshape = [1, 2, 2]\n[[layer]]\nop = \"conv2d\"\nweight = \"c.weight\"\nout_channels = 1000\nkernel = 2\n[[layer]]\nop = \"conv2d\"\nweight = \"d.weight\"\nout_channels = 100000000\nkernel = 1\n[[layer]]\nop = \"flatten\"\n",
+    )
+    .expect("write");
+    squeeze()
+        .args(["train", "--memory-limit", "16G", "--epochs", "1", "--arch"])
+        .arg(&arch)
+        .arg("--data")
+        .arg(&data)
+        .arg("--test")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("m.safetensors"))
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("memory limit"));
+}
+
+#[test]
+fn quick_flags_out_of_range_are_refused_like_a_recipe() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    for s in ["NaN", "-0.5", "1.5", "inf"] {
+        squeeze()
+            .args(["eval", "--no-timing", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .arg(format!("--sparsity={s}"))
+            .assert()
+            .failure()
+            .stderr(predicate::str::contains("--sparsity"))
+            .stderr(predicate::str::contains("[0, 1)"));
+    }
+}
+
+#[test]
+fn non_finite_parameters_are_refused_once_at_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n");
+    // A NaN slope given in a sidecar description (JSON metadata cannot even hold one).
+    let arch = "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nweight = \"fc.weight\"\n[[layer]]\nop = \"leaky_relu\"\n";
+    let leaky = arch_model(dir.path(), arch, &[("fc.weight", vec![3, 4])]);
+    std::fs::write(
+        dir.path().join("arch.arch.toml"),
+        format!("{arch}slope = nan\n"),
+    )
+    .expect("write");
+    eval_fails(&leaky, &data, &["slope", "finite"]);
+    let out = dir.path().join("never.safetensors");
+    apply_tiny(&leaky, &[os("--out"), os(&out)]).failure();
+    assert!(!out.exists());
+    // A negative running variance folds to NaN.
+    let spec = ArchSpec::from_toml(
+        "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nweight = \"fc.weight\"\n[[layer]]\nop = \"batchnorm\"\nweight = \"bn.weight\"\nbias = \"bn.bias\"\nrunning_mean = \"bn.running_mean\"\nrunning_var = \"bn.running_var\"\n",
+    )
+    .expect("arch");
+    let mut meta = HashMap::new();
+    meta.insert("squeeze.arch".to_string(), spec.to_json());
+    let p = dir.path().join("bn.safetensors");
+    let bytes = to_safetensors_bytes(
+        &[
+            ("fc.weight".into(), vec![3, 4], vec![0.5; 12]),
+            ("bn.weight".into(), vec![3], vec![1.0; 3]),
+            ("bn.bias".into(), vec![3], vec![0.0; 3]),
+            ("bn.running_mean".into(), vec![3], vec![0.0; 3]),
+            ("bn.running_var".into(), vec![3], vec![1.0, -2.0, 1.0]),
+        ],
+        &meta,
+    )
+    .expect("ser");
+    std::fs::write(&p, bytes).expect("write");
+    eval_fails(&p, &data, &["bn", "channel 1"]);
+}

@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The most memory a model, a run or a data set may ask for (e.g. 512M, 16G, 2T). Sizes
+    /// read from files are checked against it before anything is allocated, and going over is
+    /// an error giving the figure. Default: the machine's physical memory.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = crate::limits::parse_size)]
+    pub memory_limit: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +42,9 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(limit) = cli.memory_limit {
+        crate::limits::set_memory_limit(limit);
+    }
     match cli.command {
         Some(Command::Explore(args)) => explore::run(args),
         Some(Command::Info(args)) => info::run(args),

@@ -50,6 +50,15 @@ impl RecipeArgs {
         if !quick {
             return Ok(None);
         }
+        // As a recipe file's `sparsity`: NaN or a negative fraction is a mistake, not 0.
+        if let Some(s) = self.sparsity
+            && !(0.0..1.0).contains(&s)
+        {
+            anyhow::bail!("--sparsity {s}: expected a fraction in [0, 1)");
+        }
+        if self.group_size == Some(0) {
+            anyhow::bail!("--group-size 0: expected at least 1 input per group");
+        }
         let bits = match self.bits.as_deref() {
             None | Some("32") => Bits::F32,
             Some("16") => Bits::F16,

@@ -14,6 +14,7 @@ use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitma
 use super::model::{CompressedModel, Step};
 use crate::compress::{ActivationQuant, Granularity};
 use crate::files::{Sealed, TensorBytes};
+use crate::model::shape::{Window, element_count};
 use crate::model::{
     ARCH_METADATA_KEY, Activation, ArchSpec, Conv2dGeometry, Layer, Model, Op, Params, Pool2d,
 };
@@ -443,6 +444,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
         ));
     }
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt("(header)", e.to_string()))?;
+    crate::files::verify_checksum(path, &st, &metadata)?;
     let meta_json = |key: &str| {
         metadata
             .get(key)
@@ -457,6 +459,8 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             .map_err(|e| corrupt("(header)", format!("metadata \"squeeze.input\": {e}")))?,
         None => spec.input.clone(),
     };
+    crate::model::check_input(&input)
+        .map_err(|m| corrupt("(header)", format!("metadata \"{INPUT_KEY}\": {m}")))?;
     let mut reader = Reader {
         st: &st,
         path,
@@ -466,8 +470,13 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     let mut packed = Vec::with_capacity(descs.len());
     let dev = Device::Cpu;
     for (i, d) in descs.iter().enumerate() {
+        // Shapes first: the sizes below come from the file and are only used once they chain.
+        check_shapes(d, &layers, &input).map_err(|m| corrupt(&d.name, m))?;
+        // The weights live in the packed layer; the graph keeps only their shape, as a
+        // broadcast zero that allocates nothing whatever the shape.
         let placeholder = |shape: &[usize]| {
-            Tensor::zeros(shape, candle_core::DType::F32, &dev)
+            Tensor::zeros((), candle_core::DType::F32, &dev)
+                .and_then(|z| z.broadcast_as(shape))
                 .map_err(|e| corrupt(&d.name, e.to_string()))
         };
         let (op, p) = match &d.op {
@@ -497,7 +506,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             } => {
                 let pl = reader.packed(&d.name, format)?;
                 if weight_shape.len() != 4
-                    || weight_shape.iter().product::<usize>() != format.rows * format.cols
+                    || element_count(weight_shape) != format.rows.checked_mul(format.cols)
                 {
                     return Err(corrupt(
                         &d.name,
@@ -540,7 +549,12 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
                 let a = match function.as_str() {
                     "relu" => Activation::Relu,
                     "relu6" => Activation::Relu6,
-                    "leaky_relu" => Activation::LeakyRelu(slope.unwrap_or(0.01)),
+                    "leaky_relu" => match slope.unwrap_or(0.01) {
+                        s if s.is_finite() => Activation::LeakyRelu(s),
+                        s => {
+                            return Err(corrupt(&d.name, format!("leaky_relu slope {s}")));
+                        }
+                    },
                     "gelu" => Activation::Gelu,
                     "tanh" => Activation::Tanh,
                     "sigmoid" => Activation::Sigmoid,
@@ -574,7 +588,13 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             }
             OpDesc::GlobalAvgpool => (Op::GlobalAvgPool, None),
             OpDesc::Flatten => (Op::Flatten, None),
-            OpDesc::Dropout { p } => (Op::Dropout(*p), None),
+            OpDesc::Dropout { p } if (0.0..1.0).contains(p) => (Op::Dropout(*p), None),
+            OpDesc::Dropout { p } => {
+                return Err(corrupt(
+                    &d.name,
+                    format!("dropout p = {p}, expected [0, 1)"),
+                ));
+            }
             OpDesc::Softmax => (Op::Softmax, None),
             OpDesc::Add { from } => {
                 if *from >= i {
@@ -586,7 +606,6 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
                 (Op::Add { from: *from }, None)
             }
         };
-        check_shapes(d, &layers, &input).map_err(|m| corrupt(&d.name, m))?;
         layers.push(Layer {
             name: d.name.clone(),
             op,
@@ -609,6 +628,13 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             ),
         ));
     }
+    // Running needs each layer's activations; refuse a graph too large for memory before
+    // any buffer is sized from it.
+    crate::limits::check_memory(
+        "one sample through this model",
+        Some(crate::model::shape::sample_activation_bytes(&layers)),
+    )
+    .map_err(|m| corrupt("(graph)", m))?;
     let model = Model {
         spec,
         input,
@@ -632,8 +658,8 @@ fn check_shapes(
             d.in_shape
         ));
     }
-    let inn: usize = d.in_shape.iter().product();
-    let out: usize = d.out_shape.iter().product();
+    let inn = element_count(&d.in_shape).ok_or("the input shape is too large")?;
+    let out = element_count(&d.out_shape).ok_or("the output shape is too large")?;
     let same = matches!(
         d.op,
         OpDesc::ChannelAffine
@@ -666,11 +692,12 @@ fn check_shapes(
         } => {
             d.in_shape.len() == 3
                 && d.out_shape.len() == 3
+                && weight_shape.len() == 4
                 && *groups > 0
                 && d.in_shape[0].is_multiple_of(*groups)
                 && d.out_shape[0].is_multiple_of(*groups)
                 && weight_shape[0] == d.out_shape[0]
-                && weight_shape[1] * groups == d.in_shape[0]
+                && weight_shape[1].checked_mul(*groups) == Some(d.in_shape[0])
                 && conv_fits(
                     d.in_shape[1],
                     weight_shape[2],
@@ -717,12 +744,7 @@ fn check_shapes(
 }
 
 fn conv_fits(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
-    if k == 0 || stride == 0 || dil == 0 {
-        return None;
-    }
-    let span = dil * (k - 1) + 1;
-    let padded = size + 2 * pad;
-    (padded >= span).then(|| (padded - span) / stride + 1)
+    Window::new(k, stride, pad, dil).out_size(size).ok()
 }
 
 struct Reader<'a> {
@@ -786,6 +808,18 @@ impl Reader<'_> {
 
     fn packed(&mut self, layer: &str, f: &FormatDesc) -> Result<PackedLayer, EngineError> {
         let t = |s: &str| format!("{layer}.{s}");
+        // Every entry is a position of the rows × cols matrix; with that bound the sizes
+        // computed from these fields below (bits per entry, mask bits) cannot overflow.
+        let positions = f
+            .rows
+            .checked_mul(f.cols)
+            .filter(|n| n.checked_mul(8).is_some());
+        if positions.is_none_or(|n| f.entries > n) {
+            return Err(self.err(
+                &t("values"),
+                format!("{} entries in a {}×{} layer", f.entries, f.rows, f.cols),
+            ));
+        }
         let values = match &f.values {
             ValuesDesc::F32 => ValueStore::F32(self.f32s(&t("values"), f.entries)?),
             ValuesDesc::F16 => ValueStore::F16(self.u16s(&t("values"), Dtype::F16, f.entries)?),
@@ -829,6 +863,36 @@ impl Reader<'_> {
                         ));
                     }
                 };
+                // Every level `scale × (code − zero point)` must be a finite f32.
+                let levels = (1u32 << bits) as f32;
+                if let Some(g) = scales
+                    .iter()
+                    .position(|s| *s < 0.0 || !(s * levels).is_finite())
+                {
+                    return Err(self.err(
+                        &t("scales"),
+                        format!(
+                            "scale {} of group {g} is out of range for {bits}-bit codes",
+                            scales[g]
+                        ),
+                    ));
+                }
+                let top = (1i64 << bits) - 1;
+                let bad_zero = match &zp {
+                    ZeroPoints::Midpoint => None,
+                    ZeroPoints::U8(v) => v.iter().position(|z| i64::from(*z) > top),
+                    ZeroPoints::I32(v) => {
+                        v.iter().position(|z| !(0..=top).contains(&i64::from(*z)))
+                    }
+                };
+                if let Some(g) = bad_zero {
+                    return Err(self.err(
+                        &t("zero_points"),
+                        format!(
+                            "zero point of group {g} is outside 0..={top} for {bits}-bit codes"
+                        ),
+                    ));
+                }
                 ValueStore::Uniform {
                     bits: *bits,
                     codes,
@@ -908,16 +972,23 @@ impl Reader<'_> {
             Some(bits) => {
                 let scale = self.f32s(&t("act_scale"), 1)?[0];
                 let zp = self.raw(&t("act_zero_point"), &[Dtype::I32], 1)?.1;
-                if !(1..=8).contains(&bits) || scale <= 0.0 {
+                let zero_point = i32::from_le_bytes([zp[0], zp[1], zp[2], zp[3]]);
+                if !(1..=8).contains(&bits)
+                    || scale <= 0.0
+                    || !(scale * 256.0).is_finite()
+                    || !(0..1i32 << bits).contains(&zero_point)
+                {
                     return Err(self.err(
                         &t("act_scale"),
-                        format!("{bits}-bit activations with scale {scale}"),
+                        format!(
+                            "{bits}-bit activations with scale {scale} and zero point {zero_point}"
+                        ),
                     ));
                 }
                 Some(ActivationQuant {
                     bits,
                     scale,
-                    zero_point: i32::from_le_bytes([zp[0], zp[1], zp[2], zp[3]]),
+                    zero_point,
                 })
             }
             None => None,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
+use super::shape::Window;
 use super::spec::{ArchSpec, LayerSpec, Pair, tensor_prefix};
 use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
 
@@ -56,6 +57,8 @@ pub enum LoadError {
         tensor: String,
         found: String,
     },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("{path}: layer {layer} ({op}): {msg}")]
     Graph {
         path: PathBuf,
@@ -108,6 +111,7 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     let tensors = SafeTensors::deserialize(&bytes).map_err(st_err)?;
+    crate::files::verify_checksum(path, &tensors, &metadata)?;
 
     let sidecar = sidecar_path(path);
     let (spec, arch_source) = if let Some(arch) = arch {
@@ -399,6 +403,33 @@ impl Builder<'_> {
     }
 }
 
+/// What every model's `[input]` must satisfy: a non-empty shape without zero dimensions, one
+/// mean and std (or one per channel), finite values and a non-zero std.
+pub fn check_input(input: &super::InputSpec) -> Result<(), String> {
+    if input.shape.is_empty() || input.shape.contains(&0) {
+        return Err(format!(
+            "[input] shape {:?} must be non-empty with no zero dimension",
+            input.shape
+        ));
+    }
+    let channels = input.shape[0];
+    for (field, v) in [("mean", &input.mean), ("std", &input.std)] {
+        if v.len() != 1 && v.len() != channels {
+            return Err(format!(
+                "[input] {field} has {} values; expected 1 or one per channel ({channels})",
+                v.len()
+            ));
+        }
+    }
+    if input.std.iter().any(|s| *s == 0.0 || !s.is_finite())
+        || !input.scale.is_finite()
+        || input.mean.iter().any(|m| !m.is_finite())
+    {
+        return Err("[input] scale, mean and std must be finite and std non-zero".into());
+    }
+    Ok(())
+}
+
 /// Builds the layer graph from the description and the file's tensors. Returns the model and
 /// the names of the tensors it used.
 fn build(
@@ -410,29 +441,7 @@ fn build(
         path: path.to_path_buf(),
         msg,
     };
-    if spec.input.shape.is_empty() || spec.input.shape.contains(&0) {
-        return Err(arch_err(format!(
-            "[input] shape {:?} must be non-empty with no zero dimension",
-            spec.input.shape
-        )));
-    }
-    let channels = spec.input.shape[0];
-    for (field, v) in [("mean", &spec.input.mean), ("std", &spec.input.std)] {
-        if v.len() != 1 && v.len() != channels {
-            return Err(arch_err(format!(
-                "[input] {field} has {} values; expected 1 or one per channel ({channels})",
-                v.len()
-            )));
-        }
-    }
-    if spec.input.std.iter().any(|s| *s == 0.0 || !s.is_finite())
-        || !spec.input.scale.is_finite()
-        || spec.input.mean.iter().any(|m| !m.is_finite())
-    {
-        return Err(arch_err(
-            "[input] scale, mean and std must be finite and std non-zero".into(),
-        ));
-    }
+    check_input(&spec.input).map_err(arch_err)?;
     if spec.layers.is_empty() {
         return Err(arch_err("no [[layer]] entries".into()));
     }
@@ -562,14 +571,12 @@ fn build(
                         d[0]
                     )));
                 }
-                let oh = conv_out(shape[1], d[2], geo.stride.0, geo.padding.0, geo.dilation.0);
-                let ow = conv_out(shape[2], d[3], geo.stride.1, geo.padding.1, geo.dilation.1);
-                let (Some(oh), Some(ow)) = (oh, ow) else {
-                    return Err(graph_err(format!(
-                        "a {}×{} kernel does not fit the {}×{} input",
-                        d[2], d[3], shape[1], shape[2]
-                    )));
-                };
+                let (oh, ow) = windows(
+                    &shape,
+                    Window::new(d[2], geo.stride.0, geo.padding.0, geo.dilation.0),
+                    Window::new(d[3], geo.stride.1, geo.padding.1, geo.dilation.1),
+                )
+                .map_err(graph_err)?;
                 let bias_t = match bias {
                     Some(bn) => {
                         let (t, bytes) = b.tensor(&name, op_name, bn, &[Some(d[0])])?;
@@ -611,6 +618,14 @@ fn build(
                     .map(|j| bn[0][j] / ((bn[3][j] as f64 + eps).sqrt() as f32))
                     .collect();
                 let shift: Vec<f32> = (0..c).map(|j| bn[1][j] - bn[2][j] * scale[j]).collect();
+                // A negative running variance or eps, or an overflow, folds to a non-finite
+                // scale: refuse it here, once, rather than write a model that cannot reload.
+                if let Some(j) = (0..c).find(|&j| !(scale[j].is_finite() && shift[j].is_finite())) {
+                    return Err(graph_err(format!(
+                        "channel {j} folds to scale {} and shift {} (running_var {} + eps {eps}); expected finite values",
+                        scale[j], shift[j], bn[3][j]
+                    )));
+                }
                 let prev_name = i.checked_sub(1).map(|p| spec.layers[p].display_name(p));
                 let foldable = layers.last().is_some_and(|l| {
                     matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
@@ -635,7 +650,12 @@ fn build(
             }
             LayerSpec::Relu { .. } => Op::Activation(Activation::Relu),
             LayerSpec::Relu6 { .. } => Op::Activation(Activation::Relu6),
-            LayerSpec::LeakyRelu { slope, .. } => Op::Activation(Activation::LeakyRelu(*slope)),
+            LayerSpec::LeakyRelu { slope, .. } => {
+                if !slope.is_finite() {
+                    return Err(graph_err(format!("slope = {slope} must be finite")));
+                }
+                Op::Activation(Activation::LeakyRelu(*slope))
+            }
             LayerSpec::Gelu { .. } => Op::Activation(Activation::Gelu),
             LayerSpec::Tanh { .. } => Op::Activation(Activation::Tanh),
             LayerSpec::Sigmoid { .. } => Op::Activation(Activation::Sigmoid),
@@ -674,14 +694,12 @@ fn build(
                         "padding may be at most half the kernel size".into(),
                     ));
                 }
-                let oh = conv_out(shape[1], pool.kernel.0, pool.stride.0, pool.padding.0, 1);
-                let ow = conv_out(shape[2], pool.kernel.1, pool.stride.1, pool.padding.1, 1);
-                let (Some(oh), Some(ow)) = (oh, ow) else {
-                    return Err(graph_err(format!(
-                        "a {:?} window does not fit the {}×{} input",
-                        pool.kernel, shape[1], shape[2]
-                    )));
-                };
+                let (oh, ow) = windows(
+                    &shape,
+                    Window::new(pool.kernel.0, pool.stride.0, pool.padding.0, 1),
+                    Window::new(pool.kernel.1, pool.stride.1, pool.padding.1, 1),
+                )
+                .map_err(graph_err)?;
                 shape = vec![shape[0], oh, ow];
                 if matches!(ls, LayerSpec::Maxpool2d { .. }) {
                     Op::MaxPool2d(pool)
@@ -699,7 +717,10 @@ fn build(
                 Op::GlobalAvgPool
             }
             LayerSpec::Flatten { .. } => {
-                shape = vec![shape.iter().product()];
+                let n = super::shape::element_count(&shape).ok_or_else(|| {
+                    graph_err(format!("input shape {shape:?} has too many elements"))
+                })?;
+                shape = vec![n];
                 Op::Flatten
             }
             LayerSpec::Dropout { p, .. } => {
@@ -744,6 +765,10 @@ fn build(
             "the last layer outputs shape {shape:?}; a classifier must end in a flat vector of class scores"
         )));
     }
+    let need = super::shape::parameter_bytes(&layers)
+        .saturating_add(super::shape::sample_activation_bytes(&layers));
+    crate::limits::check_memory("running one sample of this model", Some(need))
+        .map_err(arch_err)?;
     let model = Model {
         input: spec.input.clone(),
         spec,
@@ -753,10 +778,15 @@ fn build(
     Ok((model, b.used))
 }
 
-fn conv_out(size: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
-    let span = dil * (kernel.checked_sub(1)?) + 1;
-    let padded = size + 2 * pad;
-    (padded >= span && kernel > 0).then(|| (padded - span) / stride + 1)
+/// The output height and width of windows sliding over a `[channels, height, width]` input.
+fn windows(shape: &[usize], h: Window, w: Window) -> Result<(usize, usize), String> {
+    let oh = h
+        .out_size(shape[1])
+        .map_err(|e| format!("height {}: {e}", shape[1]))?;
+    let ow = w
+        .out_size(shape[2])
+        .map_err(|e| format!("width {}: {e}", shape[2]))?;
+    Ok((oh, ow))
 }
 
 /// Folds per-channel `scale`/`shift` into the weights and bias of `layer` (linear or conv).
@@ -774,6 +804,18 @@ fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_cor
         None => vec![0.0; out],
     };
     let folded: Vec<f32> = (0..out).map(|j| bias[j] * scale[j] + shift[j]).collect();
+    let weights_finite = p
+        .weight
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .all(|w| w.is_finite());
+    if !weights_finite || folded.iter().any(|b| !b.is_finite()) {
+        return Err(candle_core::Error::Msg(
+            "folding the batchnorm into the layer before it overflows to a non-finite weight or bias"
+                .into(),
+        ));
+    }
     p.bias = Some(Tensor::from_vec(folded, out, &Device::Cpu)?);
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod forward;
 mod load;
 mod save;
+pub mod shape;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -13,8 +14,8 @@ use candle_core::Tensor;
 pub(crate) use forward::activation;
 pub use forward::{ForwardOps, Reference};
 pub use load::{
-    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, f32_tensor_bytes, load,
-    load_bytes_with_spec, load_with_arch, sidecar_path, tensor_to_f32, to_safetensors_bytes,
+    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, check_input, f32_tensor_bytes,
+    load, load_bytes_with_spec, load_with_arch, sidecar_path, tensor_to_f32, to_safetensors_bytes,
 };
 pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
 
