@@ -131,6 +131,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         .check()?;
     let spec = train::read_arch(&args.arch)?;
     let mut tm = train::init_model(&spec, &args.arch, cfg.seed)?;
+    check_training_memory(&tm.model, cfg.batch)?;
     if tm
         .model
         .layers
@@ -199,6 +200,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         total / report.epochs.len().max(1) as f64
     );
     Ok(())
+}
+
+/// Refuses a run whose batches would not fit the memory limit: every parameter with its
+/// gradient and two optimizer moments, and every layer's output and its gradient for each
+/// sample of a batch (the backward pass keeps them all).
+fn check_training_memory(model: &crate::model::Model, batch: usize) -> anyhow::Result<()> {
+    use crate::model::shape::{elements_u128, parameter_bytes};
+    let per_sample = model
+        .layers
+        .iter()
+        .map(|l| elements_u128(&l.out_shape))
+        .fold(elements_u128(&model.input.shape), u128::saturating_add)
+        .saturating_mul(8);
+    let need = parameter_bytes(&model.layers)
+        .saturating_mul(4)
+        .saturating_add(per_sample.saturating_mul(batch as u128));
+    crate::limits::check_memory(&format!("training in batches of {batch}"), Some(need))
+        .map_err(anyhow::Error::msg)
 }
 
 /// A progress bar with loss and samples/s on a terminal; one plain line per epoch otherwise.

@@ -239,10 +239,14 @@ fn initial_tensors(
                         "layer {name} (linear): `out_features` is needed to build it from scratch"
                     )));
                 };
-                let fan_in: usize = shape.iter().product();
-                draw(&mut rng, &mut out, weight, vec![o, fan_in], fan_in);
+                let fan_in = crate::model::shape::element_count(&shape).ok_or_else(|| {
+                    err(format!(
+                        "layer {name} (linear): input {shape:?} is too large"
+                    ))
+                })?;
+                draw(&mut rng, &mut out, weight, vec![o, fan_in], fan_in).map_err(&err)?;
                 if let Some(b) = bias {
-                    draw(&mut rng, &mut out, b, vec![o], fan_in);
+                    draw(&mut rng, &mut out, b, vec![o], fan_in).map_err(&err)?;
                 }
                 shape = vec![o];
             }
@@ -270,10 +274,15 @@ fn initial_tensors(
                 }
                 let (kh, kw) = k.hw();
                 let cin = shape[0] / groups;
-                let fan_in = cin * kh * kw;
-                draw(&mut rng, &mut out, weight, vec![o, cin, kh, kw], fan_in);
+                let fan_in =
+                    crate::model::shape::element_count(&[cin, kh, kw]).ok_or_else(|| {
+                        err(format!(
+                            "layer {name} (conv2d): kernel {kh}×{kw} is too large"
+                        ))
+                    })?;
+                draw(&mut rng, &mut out, weight, vec![o, cin, kh, kw], fan_in).map_err(&err)?;
                 if let Some(b) = bias {
-                    draw(&mut rng, &mut out, b, vec![o], fan_in);
+                    draw(&mut rng, &mut out, b, vec![o], fan_in).map_err(&err)?;
                 }
                 let oh = window_out(shape[1], kh, stride.hw().0, padding.hw().0, dilation.hw().0);
                 let ow = window_out(shape[2], kw, stride.hw().1, padding.hw().1, dilation.hw().1);
@@ -306,7 +315,13 @@ fn initial_tensors(
                 ];
             }
             LayerSpec::GlobalAvgpool { .. } => shape.truncate(1),
-            LayerSpec::Flatten { .. } => shape = vec![shape.iter().product()],
+            LayerSpec::Flatten { .. } => {
+                shape = vec![crate::model::shape::element_count(&shape).ok_or_else(|| {
+                    err(format!(
+                        "layer {name} (flatten): input {shape:?} is too large"
+                    ))
+                })?]
+            }
             _ => {}
         }
         if shape.contains(&0) {
@@ -321,26 +336,33 @@ fn initial_tensors(
 
 /// Output size of a convolution or pooling window along one dimension (0 when it does not fit).
 fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> usize {
-    let span = dil.max(1) * kernel.saturating_sub(1) + 1;
-    let padded = size + 2 * pad;
-    if padded < span || kernel == 0 {
-        0
-    } else {
-        (padded - span) / stride.max(1) + 1
-    }
+    crate::model::shape::Window::new(kernel, stride, pad, dil)
+        .out_size(size)
+        .unwrap_or(0)
 }
 
+/// Draws one parameter tensor, refusing first when the parameters so far and this one would
+/// not fit the memory limit while training (each parameter has a value, a gradient and two
+/// optimizer moments: 16 bytes).
 fn draw(
     rng: &mut StdRng,
     out: &mut Vec<NamedTensor>,
     name: &str,
     shape: Vec<usize>,
     fan_in: usize,
-) {
+) -> Result<(), String> {
+    let held: u128 = out.iter().map(|t| t.2.len() as u128).sum();
+    let n = crate::model::shape::elements_u128(&shape);
+    crate::limits::check_memory(
+        &format!("training with parameter \"{name}\" {shape:?}"),
+        Some(held.saturating_add(n).saturating_mul(16)),
+    )?;
     let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-    let n: usize = shape.iter().product();
-    let values = (0..n).map(|_| rng.random_range(-bound..=bound)).collect();
+    let values = (0..n as usize)
+        .map(|_| rng.random_range(-bound..=bound))
+        .collect();
     out.push((name.to_string(), shape, values));
+    Ok(())
 }
 
 /// A file removed when dropped (the standard library has no temporary files).

@@ -38,16 +38,11 @@ struct Axis {
 
 impl Axis {
     fn new(size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<Self> {
-        if kernel == 0 || stride == 0 || dilation == 0 {
-            bail!("kernel, stride and dilation must be at least 1");
-        }
-        let span = dilation * (kernel - 1) + 1;
-        if size + 2 * pad < span {
-            bail!(
-                "window of {span} (kernel {kernel}, dilation {dilation}) does not fit an input of {size} padded by {pad}"
-            );
-        }
-        let out = (size + 2 * pad - span) / stride + 1;
+        let out =
+            match crate::model::shape::Window::new(kernel, stride, pad, dilation).out_size(size) {
+                Ok(out) => out,
+                Err(e) => bail!("{e}"),
+            };
         Ok(Axis {
             size,
             kernel,
