@@ -43,6 +43,21 @@ pub fn row_panels(w: &[f32], m: usize, k: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// `row_panels` for an `A` held transposed: row `c` of `at` holds column `c` of `A`
+/// (`at[c·ld .. c·ld + m]`, `ld ≥ m`), as when a backward product multiplies by the transpose
+/// of a row-major gradient or weight. Each panel row is then one contiguous copy.
+pub fn row_panels_t(at: &[f32], ld: usize, m: usize, k: usize, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(row_panels_len(m, k), 0.0);
+    for (rp, panel) in out.chunks_exact_mut(MR * k.max(1)).enumerate() {
+        let r0 = rp * MR;
+        let rows = MR.min(m - r0);
+        for (c, dst) in panel.chunks_exact_mut(MR).enumerate().take(k) {
+            dst[..rows].copy_from_slice(&at[c * ld + r0..c * ld + r0 + rows]);
+        }
+    }
+}
+
 /// Buffers `gemm_acc` reuses between calls.
 #[derive(Debug, Default, Clone)]
 pub struct GemmScratch {
@@ -279,5 +294,26 @@ mod x86 {
                 _mm512_mask_storeu_ps(p1, m1, _mm512_add_ps(c1, acc[1]));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_panels_t_lays_out_the_transpose_as_row_panels() {
+        let (m, k, ld) = (23, 7, 25);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 + 0.5).collect();
+        let mut at = vec![-1f32; k * ld];
+        for r in 0..m {
+            for c in 0..k {
+                at[c * ld + r] = a[r * k + c];
+            }
+        }
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        row_panels(&a, m, k, &mut want);
+        row_panels_t(&at, ld, m, k, &mut got);
+        assert_eq!(got, want);
     }
 }
