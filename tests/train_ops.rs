@@ -1,6 +1,6 @@
-//! Training-mode conv2d and max pooling (`squeeze::train::ops`): values and gradients
-//! against naive f64 loops and against candle's own ops, and the train-mode forward of LeNet-5
-//! against the inference path.
+//! The training ops (`squeeze::train::ops`: linear, conv2d, max pooling, ReLU, cross-entropy):
+//! values and gradients against naive f64 loops and against candle's own ops, and the
+//! train-mode forward of LeNet-5 against the inference path.
 //!
 //! Tolerances are relative to the largest magnitude in the reference tensor (1e-5), since the
 //! new path sums in a different order than candle's.
@@ -406,7 +406,7 @@ fn lenet5_train_mode_matches_the_inference_path() {
     let run = |train: bool| {
         let logits = if train {
             tm.model
-                .forward_with(&x, &squeeze::train::TrainOps, |_, _| Ok(()))
+                .forward_with(&x, &squeeze::train::TrainOps::default(), |_, _| Ok(()))
                 .unwrap()
         } else {
             tm.model.forward(&x).unwrap()
@@ -434,4 +434,139 @@ fn lenet5_train_mode_matches_the_inference_path() {
     let (y_again, g_again) = run(true);
     assert_eq!(y_train, y_again);
     assert_eq!(g_train, g_again);
+}
+
+#[test]
+fn linear_values_and_gradients_match_candle_matmul() {
+    let mut rng = StdRng::seed_from_u64(15);
+    // (n, in, out): tiny, around the GEMM's panel sizes, and LeNet-300-100's fc1 at batch 128.
+    for (n, inputs, out) in [(1, 1, 1), (3, 7, 5), (13, 33, 11), (128, 784, 300)] {
+        let x = rand_tensor(&mut rng, &[n, inputs]);
+        let w = rand_tensor(&mut rng, &[out, inputs]);
+        let b = rand_tensor(&mut rng, &[out]);
+        let r = rand_tensor(&mut rng, &[n, out]);
+        let (y, dx, dw, db) = with_grads(&x, &w, &b, Some(&r), |x, w, b| {
+            train_ops::linear(x, w, Some(b))
+        });
+        let (cy, cdx, cdw, cdb) = with_grads(&x, &w, &b, Some(&r), |x, w, b| {
+            x.matmul(&w.t()?)?.broadcast_add(b)
+        });
+        let case = format!("{:?}", (n, inputs, out));
+        assert_eq!(y.dims(), cy.dims(), "{case}");
+        assert_close(&format!("y {case}"), &values(&y), &values(&cy), 1e-5);
+        assert_close(&format!("dx {case}"), &dx, &cdx, 1e-5);
+        assert_close(&format!("dw {case}"), &dw, &cdw, 1e-5);
+        assert_close(&format!("db {case}"), &db, &cdb, 1e-5);
+    }
+}
+
+#[test]
+fn linear_without_bias_and_with_a_constant_input() {
+    let mut rng = StdRng::seed_from_u64(16);
+    let x = rand_tensor(&mut rng, &[4, 9]);
+    let w = Var::from_tensor(&rand_tensor(&mut rng, &[6, 9])).unwrap();
+    let y = train_ops::linear(&x, w.as_tensor(), None).unwrap();
+    let want = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
+    assert_close("y", &values(&y), &values(&want), 1e-6);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_none());
+    // d/dw Σ x·wᵀ = column sums of x, for every output row.
+    let sums = values(&x.sum(0).unwrap());
+    let dw = values(grads.get(&w).unwrap());
+    for row in dw.chunks(9) {
+        assert_close("dw", row, &sums, 1e-6);
+    }
+    assert!(train_ops::linear(&x, &rand_tensor(&mut rng, &[6, 8]), None).is_err());
+}
+
+#[test]
+fn cross_entropy_value_and_gradient_match_candle_nn() {
+    let mut rng = StdRng::seed_from_u64(17);
+    for (n, classes) in [(1, 2), (7, 10), (128, 10)] {
+        let z = Var::from_tensor(&(rand_tensor(&mut rng, &[n, classes]) * 8.0).unwrap()).unwrap();
+        let y: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        let y = Tensor::new(y.as_slice(), &Device::Cpu).unwrap();
+        let ours = train_ops::cross_entropy(z.as_tensor(), &y).unwrap();
+        let theirs = candle_nn::loss::cross_entropy(z.as_tensor(), &y).unwrap();
+        let (a, b) = (
+            ours.to_scalar::<f32>().unwrap(),
+            theirs.to_scalar::<f32>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{n}×{classes}: {a} vs {b}"
+        );
+        // A scaled loss scales the gradient.
+        let g = |l: &Tensor| {
+            values(
+                l.affine(3.0, 0.0)
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+                    .get(&z)
+                    .unwrap(),
+            )
+        };
+        assert_close(&format!("dz {n}×{classes}"), &g(&ours), &g(&theirs), 1e-5);
+    }
+    let z = rand_tensor(&mut rng, &[2, 3]);
+    let bad = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
+    let err = train_ops::cross_entropy(&z, &bad).unwrap_err().to_string();
+    assert!(err.contains("label 3 out of range for 3 classes"), "{err}");
+}
+
+/// `TrainOps` joins a ReLU and a max pooling to the conv node before them. When the conv's
+/// output is also used elsewhere, both uses still back-propagate: the gradients equal those of
+/// the same graph built from separate nodes.
+#[test]
+fn fused_stages_give_the_gradients_of_separate_nodes() {
+    use squeeze::model::{Activation, ForwardOps, Pool2d};
+    let mut rng = StdRng::seed_from_u64(18);
+    let x = rand_tensor(&mut rng, &[3, 2, 10, 10]);
+    let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 2, 3, 3])).unwrap();
+    let b = Var::from_tensor(&rand_tensor(&mut rng, &[4])).unwrap();
+    let g = geometry((1, 1), (0, 0), (1, 1), 1);
+    let pool = Pool2d {
+        kernel: (2, 2),
+        stride: (2, 2),
+        padding: (0, 0),
+    };
+    let r1 = rand_tensor(&mut rng, &[3, 4, 4, 4]);
+    let r2 = rand_tensor(&mut rng, &[3, 4, 8, 8]);
+    let run = |fused: bool, also_conv: bool| {
+        let (y, z) = if fused {
+            let ops = squeeze::train::TrainOps::default();
+            let y = ops
+                .conv2d(&x, w.as_tensor(), Some(b.as_tensor()), &g)
+                .unwrap();
+            let r = ops.activation(&y, Activation::Relu).unwrap();
+            (y, ops.max_pool2d(&r, &pool).unwrap())
+        } else {
+            let y = train_ops::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), g).unwrap();
+            let r = train_ops::relu(&y).unwrap();
+            (
+                y,
+                train_ops::max_pool2d(&r, (2, 2), (2, 2), (0, 0)).unwrap(),
+            )
+        };
+        let mut loss = (&z * &r1).unwrap().sum_all().unwrap();
+        if also_conv {
+            loss = (loss + (&y * &r2).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        (
+            values(&z),
+            values(grads.get(&w).unwrap()),
+            values(grads.get(&b).unwrap()),
+        )
+    };
+    for also_conv in [false, true] {
+        let (z, dw, db) = run(true, also_conv);
+        let (z2, dw2, db2) = run(false, also_conv);
+        assert_eq!(z, z2);
+        assert_close(&format!("dw {also_conv}"), &dw, &dw2, 1e-6);
+        assert_close(&format!("db {also_conv}"), &db, &db2, 1e-6);
+    }
 }

@@ -8,6 +8,8 @@
 //! Everything random comes from seeded RNGs, so one seed gives the same bytes on one machine.
 //! The only exception is dropout, whose mask candle draws from its own unseeded RNG.
 
+mod kernels;
+mod matmul;
 pub mod ops;
 mod optim;
 
@@ -519,7 +521,9 @@ pub fn train(
         let mut samples = 0usize;
         for (b, chunk) in order.chunks(cfg.batch).enumerate() {
             let (x, y) = train.batch(chunk, &sample_shape)?;
-            let logits = tm.model.forward_with(&x, &TrainOps, |_, _| Ok(()))?;
+            let logits = tm
+                .model
+                .forward_with(&x, &TrainOps::default(), |_, _| Ok(()))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;

@@ -1,75 +1,34 @@
-//! Training-mode conv2d, max pooling and ReLU ([`TrainOps`], the forward pass training
-//! differentiates through): the values of candle's `conv2d`, `max_pool2d` and
-//! `relu`, with backward passes that are fast on the CPU. Each is one graph node, because
-//! candle's backward allocates a zeroed gradient and adds into it for every node.
+//! The operations of the training forward pass ([`TrainOps`]) and the loss as candle graph
+//! nodes with hand-written backward passes; the arithmetic is in `kernels`.
 //!
-//! candle's CPU conv2d backward computes the input gradient with a direct-loop transposed
-//! convolution (even for a first layer whose input needs none), which made training a conv net
-//! about 8× slower than PyTorch. Here a convolution is one custom op: an unfold (im2col)
-//! followed by one matmul per group, so both gradients are matmuls (plus a fold, the scatter
-//! back, for the input gradient, which is skipped when the input needs none).
+//! Every gradient candle's backward hands from one node to the next costs a zeroed tensor and
+//! an addition, and on 2 cores those passes over the activations cost as much as the layers'
+//! arithmetic. So the nodes are few and large:
+//! - a linear or conv layer is one node, bias included;
+//! - [`TrainOps`] fuses a ReLU or a max pooling that directly follows into the node before it:
+//!   the fused node still takes `(x, weight, bias)`, keeps the input each stage saw, and
+//!   back-propagates through the stages and the layer in one call, so no gradient of the
+//!   large intermediate activations goes through candle's store. (The unfused intermediate
+//!   nodes stay valid: a value also used elsewhere, or observed, is back-propagated correctly,
+//!   just without the saving.)
+//! - cross-entropy is one node whose gradient is one pass.
 //!
 //! Max pooling's backward sends each output's gradient to the first maximum of its window (in
 //! row-major order), as PyTorch does. candle's own max-pool backward multiplies it by
 //! `maxima / (kh·kw)` instead (¼ for a 2×2 window with one maximum); see `max_pool2d`.
 //!
-//! Everything here is f32 on the CPU and deterministic: each output element is summed by one
-//! thread in a fixed order.
+//! Everything here is f32 on the CPU and deterministic whatever the number of threads.
+
+use std::cell::RefCell;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
-    bail,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    Tensor, TensorId, bail,
 };
-use rayon::prelude::*;
 
-use crate::model::{Activation, Conv2dGeometry, ForwardOps, Pool2d};
-
-/// One spatial axis of a sliding window: input size, kernel, stride, padding, dilation, output
-/// size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Axis {
-    size: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    dilation: usize,
-    out: usize,
-}
-
-impl Axis {
-    fn new(size: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<Self> {
-        let out =
-            match crate::model::shape::Window::new(kernel, stride, pad, dilation).out_size(size) {
-                Ok(out) => out,
-                Err(e) => bail!("{e}"),
-            };
-        Ok(Axis {
-            size,
-            kernel,
-            stride,
-            pad,
-            dilation,
-            out,
-        })
-    }
-
-    /// The input coordinate that output `o`, kernel tap `k` reads, or `None` in the padding.
-    #[inline]
-    fn input(&self, o: usize, k: usize) -> Option<usize> {
-        (o * self.stride + k * self.dilation)
-            .checked_sub(self.pad)
-            .filter(|&i| i < self.size)
-    }
-}
-
-/// The kernel taps `lo..hi` that output `o` reads inside the input (pooling: no dilation).
-#[inline]
-fn taps(a: &Axis, o: usize) -> (usize, usize) {
-    let first = o * a.stride;
-    let lo = a.pad.saturating_sub(first).min(a.kernel);
-    let hi = (a.size + a.pad).saturating_sub(first).clamp(lo, a.kernel);
-    (lo, hi)
-}
+use super::kernels::{self, Axis, Conv, Linear, MaxPool};
+use crate::engine::ConvShape;
+use crate::model::{Activation, Conv2dGeometry, ForwardOps, Pool2d, Reference};
 
 /// The f32 values of a contiguous CPU tensor.
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -91,240 +50,151 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R>
     Ok(f(f32_slice(cpu, layout, what)?))
 }
 
-/// im2col for `[N, C, H, W]` inputs: `[groups, N·oh·ow, C/groups·kh·kw]`, one row per output
-/// position holding what each tap `(c, i, j)` (the weight's order) sees there, zero in the
-/// padding. (Rows of taps make the matmul with the weight twice as fast as columns.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Unfold {
-    n: usize,
-    c: usize,
-    groups: usize,
-    h: Axis,
-    w: Axis,
+fn cpu_tensor(values: Vec<f32>, shape: &Shape) -> Result<Tensor> {
+    Tensor::from_vec(values, shape, &Device::Cpu)
 }
 
-impl Unfold {
-    fn channels_per_group(&self) -> usize {
-        self.c / self.groups
+/// What a layer node computes from `(x, weight, bias)`.
+#[derive(Debug, Clone, Copy)]
+enum Product {
+    Linear(Linear),
+    Conv(Conv),
+}
+
+impl Product {
+    fn out_shape(&self) -> Shape {
+        match self {
+            Product::Linear(l) => Shape::from((l.n, l.out)),
+            Product::Conv(c) => Shape::from((c.n, c.shape.cout, c.shape.oh, c.shape.ow)),
+        }
     }
 
-    /// Rows per group.
-    fn k(&self) -> usize {
-        self.channels_per_group() * self.h.kernel * self.w.kernel
+    fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> Result<Vec<f32>> {
+        Ok(match self {
+            Product::Linear(l) => {
+                if x.len() != l.n * l.inputs || w.len() != l.out * l.inputs || b.len() != l.out {
+                    bail!("linear: unexpected input, weight or bias size");
+                }
+                l.forward(x, w, b)
+            }
+            Product::Conv(c) => {
+                let s = &c.shape;
+                if x.len() != c.n * c.sample_in() || w.len() != s.cout * s.k() || b.len() != s.cout
+                {
+                    bail!("conv2d: unexpected input, weight or bias size");
+                }
+                c.forward(x, w, b)
+            }
+        })
     }
 
-    /// Output positions per sample.
-    fn l(&self) -> usize {
-        self.h.out * self.w.out
-    }
-
-    fn input_dims(&self) -> [usize; 4] {
-        [self.n, self.c, self.h.size, self.w.size]
-    }
-
-    /// Calls `f(tap, input offset within the sample)` for every tap of one group (channel
-    /// offsets from `g`'s first channel) that output `(oy, ox)` reads inside the input.
-    #[inline]
-    fn for_taps(&self, g: usize, oy: usize, ox: usize, mut f: impl FnMut(usize, usize)) {
-        let (kh, kw) = (self.h.kernel, self.w.kernel);
-        let hw = self.h.size * self.w.size;
-        let cg = self.channels_per_group();
-        for c in 0..cg {
-            let plane = (g * cg + c) * hw;
-            for i in 0..kh {
-                let Some(iy) = self.h.input(oy, i) else {
-                    continue;
+    /// The gradients of `x`, the weight and the bias that need one, for the output gradient
+    /// `dy`.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        dy: &[f32],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        const WHAT: &str = "layer backward";
+        let (dx, dw, db) = match self {
+            Product::Linear(l) => {
+                let dx = if x.track_op() {
+                    Some(with_f32(w, WHAT, |w| l.input_grad(w, dy))?)
+                } else {
+                    None
                 };
-                let row = plane + iy * self.w.size;
-                for j in 0..kw {
-                    if let Some(ix) = self.w.input(ox, j) {
-                        f((c * kh + i) * kw + j, row + ix);
-                    }
-                }
+                let dw = if w.track_op() {
+                    Some(with_f32(x, WHAT, |x| l.weight_grad(x, dy))?)
+                } else {
+                    None
+                };
+                (dx, dw, b.track_op().then(|| l.bias_grad(dy)))
             }
-        }
+            Product::Conv(c) => {
+                let (want_dx, want_dw) = (x.track_op(), w.track_op());
+                let (dx, dw) = if want_dx || want_dw {
+                    with_f32(x, WHAT, |xv| {
+                        with_f32(w, WHAT, |wv| c.backward(xv, wv, dy, want_dx, want_dw))
+                    })??
+                } else {
+                    (None, None)
+                };
+                (dx, dw, b.track_op().then(|| c.bias_grad(dy)))
+            }
+        };
+        Ok((
+            dx.map(|v| cpu_tensor(v, x.shape())).transpose()?,
+            dw.map(|v| cpu_tensor(v, w.shape())).transpose()?,
+            db.map(|v| cpu_tensor(v, b.shape())).transpose()?,
+        ))
     }
 }
 
-impl CustomOp1 for Unfold {
-    fn name(&self) -> &'static str {
-        "squeeze-unfold"
+/// A stage that can follow a layer inside its node.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Relu,
+    MaxPool(MaxPool),
+}
+
+impl Stage {
+    fn out_shape(&self, input: &Shape) -> Result<Shape> {
+        Ok(match self {
+            Stage::Relu => input.clone(),
+            Stage::MaxPool(p) => {
+                let (n, c, _, _) = input.dims4()?;
+                Shape::from((n, c, p.h.out, p.w.out))
+            }
+        })
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        if layout.dims() != self.input_dims() {
+    fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+        Ok(match self {
+            Stage::Relu => kernels::relu_forward(x),
+            Stage::MaxPool(p) => {
+                if x.len() != p.planes * p.plane_in() {
+                    bail!(
+                        "max_pool2d: input of {} values, expected {}",
+                        x.len(),
+                        p.planes * p.plane_in()
+                    );
+                }
+                p.forward(x)
+            }
+        })
+    }
+
+    fn backward(&self, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
+        let expected = match self {
+            Stage::Relu => x.len(),
+            Stage::MaxPool(p) => p.planes * p.plane_out(),
+        };
+        if dy.len() != expected {
             bail!(
-                "unfold: input {:?}, expected {:?}",
-                layout.dims(),
-                self.input_dims()
+                "backward: gradient of {} values, expected {expected}",
+                dy.len()
             );
         }
-        let x = f32_slice(storage, layout, "unfold")?;
-        let (k, l) = (self.k(), self.l());
-        let chw = self.c * self.h.size * self.w.size;
-        let mut out = vec![0f32; self.groups * self.n * l * k];
-        // One (group, sample) block of L rows per task.
-        out.par_chunks_mut(l * k)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let (g, n) = (b / self.n, b % self.n);
-                let sample = &x[n * chw..][..chw];
-                for (p, row) in block.chunks_exact_mut(k).enumerate() {
-                    let (oy, ox) = (p / self.w.out, p % self.w.out);
-                    self.for_taps(g, oy, ox, |t, at| row[t] = sample[at]);
-                }
-            });
-        let shape = Shape::from((self.groups, self.n * l, k));
-        Ok((CpuStorage::F32(out), shape))
+        Ok(match self {
+            Stage::Relu => kernels::relu_backward(x, dy),
+            Stage::MaxPool(p) => p.backward(x, dy),
+        })
     }
 }
 
-/// The adjoint of `Unfold` (col2im): sums every entry back into the input position it was read
-/// from.
-#[derive(Debug, Clone, Copy)]
-struct Fold(Unfold);
+/// `(x, weight, bias)` → the product, then each stage in order. Each stage's input (computed by
+/// the nodes built before this one) is kept here for the forward value and the backward.
+#[derive(Debug, Clone)]
+struct LayerNode {
+    product: Product,
+    stages: Vec<(Stage, Tensor)>,
+}
 
-impl CustomOp1 for Fold {
+impl CustomOp3 for LayerNode {
     fn name(&self) -> &'static str {
-        "squeeze-fold"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let u = &self.0;
-        let (k, l) = (u.k(), u.l());
-        let nl = u.n * l;
-        if layout.dims() != [u.groups, nl, k] {
-            bail!(
-                "fold: input {:?}, expected {:?}",
-                layout.dims(),
-                [u.groups, nl, k]
-            );
-        }
-        let cols = f32_slice(storage, layout, "fold")?;
-        let chw = u.c * u.h.size * u.w.size;
-        let mut out = vec![0f32; u.n * chw];
-        // One sample per task: its sums never race and always run in the same order.
-        out.par_chunks_mut(chw).enumerate().for_each(|(n, sample)| {
-            for g in 0..u.groups {
-                let block = &cols[(g * nl + n * l) * k..][..l * k];
-                for (p, row) in block.chunks_exact(k).enumerate() {
-                    let (oy, ox) = (p / u.w.out, p % u.w.out);
-                    u.for_taps(g, oy, ox, |t, at| sample[at] += row[t]);
-                }
-            }
-        });
-        Ok((CpuStorage::F32(out), Shape::from(&u.input_dims())))
-    }
-}
-
-/// A 2-D convolution of `x` `[N, C, H, W]` with `weight` `[O, C/groups, kh, kw]` (and `bias`
-/// `[O]`), equal to candle's `conv2d` on the zero-padded input up to rounding, with any stride,
-/// padding and dilation per dimension. Gradients flow to `x` (when it needs one), the weight and
-/// the bias.
-///
-/// The whole convolution is one graph node: candle's backward allocates a zeroed gradient and
-/// adds into it for every node, which on an unfold → matmul → permute → bias chain cost more
-/// than the arithmetic.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    geometry: Conv2dGeometry,
-) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (o, cg, kh, kw) = weight.dims4()?;
-    let groups = geometry.groups;
-    if groups == 0 || cg * groups != c || !o.is_multiple_of(groups) {
-        bail!(
-            "conv2d: weight {:?} does not fit {c} input channels in {groups} groups",
-            weight.dims()
-        );
-    }
-    let unfold = Unfold {
-        n,
-        c,
-        groups,
-        h: Axis::new(
-            h,
-            kh,
-            geometry.stride.0,
-            geometry.padding.0,
-            geometry.dilation.0,
-        )?,
-        w: Axis::new(
-            w,
-            kw,
-            geometry.stride.1,
-            geometry.padding.1,
-            geometry.dilation.1,
-        )?,
-    };
-    let bias = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(o, x.dtype(), x.device())?,
-    };
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias, Conv { unfold, out: o })
-}
-
-/// `(x, weight, bias)` → convolution, as unfold + one matmul per group.
-#[derive(Debug, Clone, Copy)]
-struct Conv {
-    unfold: Unfold,
-    out: usize,
-}
-
-impl Conv {
-    fn out_dims(&self) -> [usize; 4] {
-        let u = &self.unfold;
-        [u.n, self.out, u.h.out, u.w.out]
-    }
-
-    /// `[G, N·L, O/G]` (matmul order) → `[N, O, L]` plus `bias`.
-    fn matmul_to_nchw(&self, src: &[f32], bias: &[f32]) -> Vec<f32> {
-        let (n, l, og) = (
-            self.unfold.n,
-            self.unfold.l(),
-            self.out / self.unfold.groups,
-        );
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(l).enumerate().for_each(|(p, plane)| {
-            let (ni, oi) = (p / self.out, p % self.out);
-            let (g, o) = (oi / og, oi % og);
-            let from = &src[(g * n + ni) * l * og..][..l * og];
-            for (d, s) in plane.iter_mut().zip(from[o..].iter().step_by(og)) {
-                *d = s + bias[oi];
-            }
-        });
-        dst
-    }
-
-    /// `[N, O, L]` → `[G, N·L, O/G]`.
-    fn nchw_to_matmul(&self, src: &[f32]) -> Vec<f32> {
-        let (n, l, og) = (
-            self.unfold.n,
-            self.unfold.l(),
-            self.out / self.unfold.groups,
-        );
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(l * og)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let (g, ni) = (b / n, b % n);
-                for o in 0..og {
-                    let plane = &src[(ni * self.out + g * og + o) * l..][..l];
-                    for (d, s) in block[o..].iter_mut().step_by(og).zip(plane) {
-                        *d = *s;
-                    }
-                }
-            });
-        dst
-    }
-}
-
-impl CustomOp3 for Conv {
-    fn name(&self) -> &'static str {
-        "squeeze-conv2d"
+        "squeeze-layer"
     }
 
     fn cpu_fwd(
@@ -336,61 +206,190 @@ impl CustomOp3 for Conv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let u = &self.unfold;
-        let (cols, _) = u.cpu_fwd(s1, l1)?;
-        let CpuStorage::F32(cols) = cols else {
-            bail!("conv2d: only f32 tensors are supported");
+        let Some((stage, input)) = self.stages.last() else {
+            let x = f32_slice(s1, l1, "layer input")?;
+            let w = f32_slice(s2, l2, "layer weight")?;
+            let b = f32_slice(s3, l3, "layer bias")?;
+            let y = self.product.forward(x, w, b)?;
+            return Ok((CpuStorage::F32(y), self.product.out_shape()));
         };
-        let cols = Tensor::from_vec(cols, (u.groups, u.n * u.l(), u.k()), &Device::Cpu)?;
-        let w = f32_slice(s2, l2, "conv2d weight")?;
-        let b = f32_slice(s3, l3, "conv2d bias")?;
-        if w.len() != self.out * u.k() || b.len() != self.out {
-            bail!("conv2d: unexpected weight or bias size");
-        }
-        let w = Tensor::from_slice(w, (u.groups, self.out / u.groups, u.k()), &Device::Cpu)?;
-        // [G, N·L, K] × [G, K, O/G]
-        let y = cols.matmul(&w.t()?)?;
-        let y = with_f32(&y, "conv2d", |y| self.matmul_to_nchw(y, b))?;
-        Ok((CpuStorage::F32(y), Shape::from(&self.out_dims())))
+        // The stages before the last ran in earlier nodes: only the last is computed here.
+        let y = with_f32(input, "layer stage", |v| stage.forward(v))??;
+        Ok((CpuStorage::F32(y), stage.out_shape(input.shape())?))
     }
 
     fn bwd(
         &self,
         x: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let u = &self.unfold;
-        let (g, og, k, nl) = (u.groups, self.out / u.groups, u.k(), u.n * u.l());
-        let grad = with_f32(&grad.contiguous()?, "conv2d backward", |g| {
-            self.nchw_to_matmul(g)
-        })?;
-        // [G, N·L, O/G]
-        let grad = Tensor::from_vec(grad, (g, nl, og), &Device::Cpu)?;
-        let grad_bias = if bias.track_op() {
-            Some(grad.sum(1)?.reshape(self.out)?)
-        } else {
-            None
-        };
-        let grad_weight = if weight.track_op() {
-            let cols = x.apply_op1_no_bwd(u)?;
-            // [G, O/G, N·L] × [G, N·L, K]
-            Some(grad.t()?.matmul(&cols)?.reshape(weight.shape())?)
-        } else {
-            None
-        };
-        let grad_x = if x.track_op() {
-            let w = weight.reshape((g, og, k))?;
-            // [G, N·L, O/G] × [G, O/G, K]
-            let cols = grad.matmul(&w)?;
-            Some(cols.apply_op1_no_bwd(&Fold(*u))?)
-        } else {
-            None
-        };
-        Ok((grad_x, grad_weight, grad_bias))
+        let grad = grad.contiguous()?;
+        let mut dy: Option<Vec<f32>> = None;
+        for (stage, input) in self.stages.iter().rev() {
+            let next = with_f32(input, "layer backward", |xv| match &dy {
+                Some(g) => stage.backward(xv, g),
+                None => with_f32(&grad, "layer backward", |g| stage.backward(xv, g))?,
+            })??;
+            dy = Some(next);
+        }
+        match dy {
+            Some(dy) => self.product.backward(x, w, b, &dy),
+            None => with_f32(&grad, "layer backward", |g| {
+                self.product.backward(x, w, b, g)
+            })?,
+        }
     }
+}
+
+/// `(x, weight, bias)` contiguous, a zero bias (that needs no gradient) when there is none.
+fn operands(x: &Tensor, w: &Tensor, b: Option<&Tensor>, out: usize) -> Result<[Tensor; 3]> {
+    let b = match b {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(out, x.dtype(), x.device())?,
+    };
+    Ok([x.contiguous()?, w.contiguous()?, b])
+}
+
+/// The linear layer's node and its operands.
+fn linear_node(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(LayerNode, [Tensor; 3])> {
+    let (n, inputs) = x.dims2()?;
+    let (out, win) = w.dims2()?;
+    if win != inputs {
+        bail!(
+            "linear: weight {:?} does not take {inputs} inputs",
+            w.dims()
+        );
+    }
+    let node = LayerNode {
+        product: Product::Linear(Linear { n, inputs, out }),
+        stages: Vec::new(),
+    };
+    Ok((node, operands(x, w, b, out)?))
+}
+
+/// The convolution's node and its operands.
+fn conv_node(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<(LayerNode, [Tensor; 3])> {
+    let (n, c, h, wd) = x.dims4()?;
+    let (o, cg, kh, kw) = w.dims4()?;
+    let groups = geometry.groups;
+    if groups == 0 || cg * groups != c || !o.is_multiple_of(groups) {
+        bail!(
+            "conv2d: weight {:?} does not fit {c} input channels in {groups} groups",
+            w.dims()
+        );
+    }
+    let (stride, pad, dil) = (geometry.stride, geometry.padding, geometry.dilation);
+    let ah = Axis::new(h, kh, stride.0, pad.0, dil.0).map_err(candle_core::Error::msg)?;
+    let aw = Axis::new(wd, kw, stride.1, pad.1, dil.1).map_err(candle_core::Error::msg)?;
+    let shape = ConvShape {
+        cin: c,
+        h,
+        w: wd,
+        cout: o,
+        kh,
+        kw,
+        stride,
+        pad,
+        dil,
+        groups,
+        oh: ah.out,
+        ow: aw.out,
+    };
+    let node = LayerNode {
+        product: Product::Conv(Conv { n, shape }),
+        stages: Vec::new(),
+    };
+    Ok((node, operands(x, w, b, o)?))
+}
+
+/// `x · wᵀ + b` for `x` `[N, in]`, `w` `[out, in]` (and `b` `[out]`), as one graph node whose
+/// products run on the engine's GEMM: the forward with the bias written first, the backward
+/// as `dx = dy · w` (only when `x` needs a gradient) and `dw = dyᵀ · x`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (node, [x, w, b]) = linear_node(x, w, b)?;
+    x.apply_op3(&w, &b, node)
+}
+
+/// A 2-D convolution of `x` `[N, C, H, W]` with `weight` `[O, C/groups, kh, kw]` (and `bias`
+/// `[O]`), equal to candle's `conv2d` on the zero-padded input up to rounding, with any stride,
+/// padding and dilation per dimension. Gradients flow to `x` (when it needs one), the weight and
+/// the bias.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: Conv2dGeometry,
+) -> Result<Tensor> {
+    let (node, [x, w, b]) = conv_node(x, weight, bias, geometry)?;
+    x.apply_op3(&w, &b, node)
+}
+
+/// One stage on its own, as a node: `x` → the stage's output.
+#[derive(Debug, Clone, Copy)]
+struct StageNode(Stage);
+
+impl CustomOp1 for StageNode {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Stage::Relu => "squeeze-relu",
+            Stage::MaxPool(_) => "squeeze-max-pool2d",
+        }
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let y = self.0.forward(x)?;
+        Ok((CpuStorage::F32(y), self.0.out_shape(layout.shape())?))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        if !arg.track_op() {
+            return Ok(None);
+        }
+        let grad = grad_res.contiguous()?;
+        Ok(Some(arg.apply_op2_no_bwd(&grad, &StageBackward(self.0))?))
+    }
+}
+
+/// `(stage input, output gradient)` → input gradient.
+#[derive(Debug, Clone, Copy)]
+struct StageBackward(Stage);
+
+impl CustomOp2 for StageBackward {
+    fn name(&self) -> &'static str {
+        "squeeze-stage-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "backward")?;
+        let g = f32_slice(s2, l2, "backward")?;
+        let dx = self.0.backward(x, g)?;
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+fn pool_stage(x: &Tensor, p: &Pool2d) -> Result<Stage> {
+    let (n, c, h, w) = x.dims4()?;
+    let axis = |size, k, s, pad| Axis::new(size, k, s, pad, 1).map_err(candle_core::Error::msg);
+    Ok(Stage::MaxPool(MaxPool {
+        planes: n * c,
+        h: axis(h, p.kernel.0, p.stride.0, p.padding.0)?,
+        w: axis(w, p.kernel.1, p.stride.1, p.padding.1)?,
+    }))
 }
 
 /// Max pooling of `x` `[N, C, H, W]`, padding counting as −∞. Its values equal candle's
@@ -403,177 +402,74 @@ pub fn max_pool2d(
     stride: (usize, usize),
     padding: (usize, usize),
 ) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let pool = MaxPool {
-        planes: n * c,
-        h: Axis::new(h, kernel.0, stride.0, padding.0, 1)?,
-        w: Axis::new(w, kernel.1, stride.1, padding.1, 1)?,
+    let p = Pool2d {
+        kernel,
+        stride,
+        padding,
     };
-    let y = x.contiguous()?.apply_op1(pool)?;
-    y.reshape((n, c, pool.h.out, pool.w.out))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct MaxPool {
-    /// N·C.
-    planes: usize,
-    h: Axis,
-    w: Axis,
-}
-
-impl MaxPool {
-    /// Calls `visit(output index, input index of the window's first maximum)` for one plane; the
-    /// input index is `None` when the window lies entirely in the padding.
-    #[inline]
-    fn argmax(&self, plane: &[f32], mut visit: impl FnMut(usize, Option<usize>)) {
-        let (h, w) = (&self.h, &self.w);
-        for oy in 0..h.out {
-            let (i0, i1) = taps(h, oy);
-            for ox in 0..w.out {
-                let (j0, j1) = taps(w, ox);
-                let mut best: Option<(usize, f32)> = None;
-                for i in i0..i1 {
-                    let row = (oy * h.stride + i - h.pad) * w.size;
-                    for j in j0..j1 {
-                        let at = row + ox * w.stride + j - w.pad;
-                        let v = plane[at];
-                        // The first value, then only strictly greater ones: the first maximum,
-                        // as candle's forward and PyTorch keep.
-                        if best.is_none_or(|(_, b)| v > b) {
-                            best = Some((at, v));
-                        }
-                    }
-                }
-                visit(oy * w.out + ox, best.map(|(at, _)| at));
-            }
-        }
-    }
-
-    fn plane_in(&self) -> usize {
-        self.h.size * self.w.size
-    }
-
-    fn plane_out(&self) -> usize {
-        self.h.out * self.w.out
-    }
-}
-
-impl CustomOp1 for MaxPool {
-    fn name(&self) -> &'static str {
-        "squeeze-max-pool2d"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "max_pool2d")?;
-        let (pin, pout) = (self.plane_in(), self.plane_out());
-        if x.len() != self.planes * pin {
-            bail!(
-                "max_pool2d: input of {} values, expected {}",
-                x.len(),
-                self.planes * pin
-            );
-        }
-        let mut out = vec![0f32; self.planes * pout];
-        out.par_chunks_mut(pout)
-            .zip(x.par_chunks(pin))
-            .for_each(|(dst, src)| {
-                self.argmax(src, |o, at| {
-                    dst[o] = at.map_or(f32::NEG_INFINITY, |at| src[at]);
-                })
-            });
-        Ok((CpuStorage::F32(out), Shape::from((self.planes, pout))))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        if !arg.track_op() {
-            return Ok(None);
-        }
-        let grad = grad_res.contiguous()?;
-        Ok(Some(arg.apply_op2_no_bwd(&grad, &MaxPoolBackward(*self))?))
-    }
-}
-
-/// `(input, output gradient)` → input gradient: each output's gradient added at the first
-/// maximum of its window.
-#[derive(Debug, Clone, Copy)]
-struct MaxPoolBackward(MaxPool);
-
-impl CustomOp2 for MaxPoolBackward {
-    fn name(&self) -> &'static str {
-        "squeeze-max-pool2d-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let p = &self.0;
-        let x = f32_slice(s1, l1, "max_pool2d backward")?;
-        let g = f32_slice(s2, l2, "max_pool2d backward")?;
-        let (pin, pout) = (p.plane_in(), p.plane_out());
-        if x.len() != p.planes * pin || g.len() != p.planes * pout {
-            bail!("max_pool2d backward: unexpected input or gradient size");
-        }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(pin)
-            .zip(x.par_chunks(pin).zip(g.par_chunks(pout)))
-            .for_each(|(dst, (src, grad))| {
-                p.argmax(src, |o, at| {
-                    if let Some(at) = at {
-                        dst[at] += grad[o];
-                    }
-                })
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+    x.contiguous()?.apply_op1(StageNode(pool_stage(x, &p)?))
 }
 
 /// ReLU whose backward is one pass: `grad · [x ≥ 0]`, candle's rule (which takes four passes and
 /// two temporaries).
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Relu)
+    x.contiguous()?.apply_op1(StageNode(Stage::Relu))
 }
 
-struct Relu;
-
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        "squeeze-relu"
+/// The mean cross-entropy of `logits` `[N, C]` against class indices `labels` `[N]`:
+/// candle-nn's `cross_entropy` (log-softmax, then the negative log-likelihood) as one graph
+/// node, its gradient `(softmax − onehot) / N` computed in one pass.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (n, classes) = logits.dims2()?;
+    if labels.dims() != [n] {
+        bail!(
+            "cross_entropy: labels {:?} for logits {:?}",
+            labels.dims(),
+            logits.dims()
+        );
     }
+    let labels = labels.to_dtype(DType::U32)?.contiguous()?;
+    logits
+        .contiguous()?
+        .apply_op2(&labels, CrossEntropy { n, classes })
+}
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, "relu")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(d, s)| {
-                for (d, s) in d.iter_mut().zip(s) {
-                    *d = s.max(0.0);
-                }
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
+#[derive(Debug, Clone, Copy)]
+struct CrossEntropy {
+    n: usize,
+    classes: usize,
+}
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        if !arg.track_op() {
-            return Ok(None);
+impl CrossEntropy {
+    /// Checks the operands and returns the logits and the labels.
+    fn operands<'a>(
+        &self,
+        s1: &'a CpuStorage,
+        l1: &Layout,
+        s2: &'a CpuStorage,
+        l2: &Layout,
+    ) -> Result<(&'a [f32], &'a [u32])> {
+        let z = f32_slice(s1, l1, "cross_entropy logits")?;
+        let (CpuStorage::U32(labels), Some((a, b))) = (s2, l2.contiguous_offsets()) else {
+            bail!("cross_entropy: labels must be contiguous u32");
+        };
+        let labels = &labels[a..b];
+        if z.len() != self.n * self.classes || labels.len() != self.n {
+            bail!("cross_entropy: unexpected logits or labels size");
         }
-        Ok(Some(arg.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &ReluBackward,
-        )?))
+        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= self.classes) {
+            bail!(
+                "cross_entropy: label {bad} out of range for {} classes",
+                self.classes
+            );
+        }
+        Ok((z, labels))
     }
 }
 
-/// `(x, output gradient)` → `grad · [x ≥ 0]`.
-struct ReluBackward;
-
-impl CustomOp2 for ReluBackward {
+impl CustomOp2 for CrossEntropy {
     fn name(&self) -> &'static str {
-        "squeeze-relu-backward"
+        "squeeze-cross-entropy"
     }
 
     fn cpu_fwd(
@@ -583,32 +479,108 @@ impl CustomOp2 for ReluBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "relu backward")?;
-        let g = f32_slice(s2, l2, "relu backward")?;
-        if x.len() != g.len() {
-            bail!("relu backward: input and gradient sizes differ");
+        let (z, labels) = self.operands(s1, l1, s2, l2)?;
+        let loss = kernels::cross_entropy(z, labels, self.classes);
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !logits.track_op() {
+            return Ok((None, None));
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(d, (x, g))| {
-                for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                    *d = g * if *x >= 0.0 { 1.0 } else { 0.0 };
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        let scale = grad.to_scalar::<f32>()? / self.n.max(1) as f32;
+        let dz = logits.apply_op2_no_bwd(labels, &CrossEntropyBackward(*self, scale))?;
+        Ok((Some(dz), None))
     }
 }
 
-/// Elements per parallel task in element-wise loops.
-const CHUNK: usize = 1 << 15;
+/// `(logits, labels)` → `scale · (softmax(logits) − onehot(labels))`.
+#[derive(Debug, Clone, Copy)]
+struct CrossEntropyBackward(CrossEntropy, f32);
 
-/// The operations of the training forward pass: conv2d, ReLU and max pooling with the fast
-/// backward passes above, dropout active; everything else as the inference reference.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TrainOps;
+impl CustomOp2 for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "squeeze-cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CrossEntropyBackward(ce, scale) = *self;
+        let (z, labels) = ce.operands(s1, l1, s2, l2)?;
+        let dz = kernels::cross_entropy_grad(z, labels, ce.classes, scale);
+        Ok((CpuStorage::F32(dz), l1.shape().clone()))
+    }
+}
+
+/// The last layer node [`TrainOps`] built, which a following stage can join.
+#[derive(Debug)]
+struct Open {
+    /// Its output.
+    out: TensorId,
+    node: LayerNode,
+    operands: [Tensor; 3],
+}
+
+/// The operations of the training forward pass: linear, conv2d, ReLU and max pooling as the
+/// nodes above (a ReLU or max pooling that reads a layer's output fused into the layer's
+/// node), dropout active; everything else as the inference reference. One value per forward
+/// pass: it remembers the last layer node it built.
+#[derive(Debug, Default)]
+pub struct TrainOps {
+    open: RefCell<Option<Open>>,
+}
+
+impl TrainOps {
+    /// Builds `node`'s output and keeps it open for a following stage.
+    fn build(&self, node: LayerNode, operands: [Tensor; 3]) -> Result<Tensor> {
+        let [x, w, b] = &operands;
+        let y = x.apply_op3(w, b, node.clone())?;
+        *self.open.borrow_mut() = Some(Open {
+            out: y.id(),
+            node,
+            operands,
+        });
+        Ok(y)
+    }
+
+    /// `stage` on `x`: joined to the open layer node when `x` is its output, else a node of
+    /// its own.
+    fn stage(&self, x: &Tensor, stage: Stage) -> Result<Tensor> {
+        let open = self.open.borrow_mut().take();
+        match open {
+            Some(Open {
+                out,
+                mut node,
+                operands,
+            }) if out == x.id() => {
+                node.stages.push((stage, x.detach()));
+                self.build(node, operands)
+            }
+            _ => x.contiguous()?.apply_op1(StageNode(stage)),
+        }
+    }
+}
 
 impl ForwardOps for TrainOps {
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        if x.rank() != 2 {
+            return Reference.linear(x, w, b);
+        }
+        let (node, operands) = linear_node(x, w, b)?;
+        self.build(node, operands)
+    }
+
     fn conv2d(
         &self,
         x: &Tensor,
@@ -616,19 +588,20 @@ impl ForwardOps for TrainOps {
         b: Option<&Tensor>,
         g: &Conv2dGeometry,
     ) -> Result<Tensor> {
-        conv2d(x, w, b, *g)
+        let (node, operands) = conv_node(x, w, b, *g)?;
+        self.build(node, operands)
     }
 
     fn activation(&self, x: &Tensor, a: Activation) -> Result<Tensor> {
         match a {
-            Activation::Relu => relu(x),
+            Activation::Relu => self.stage(x, Stage::Relu),
             other => crate::model::activation(x, other),
         }
     }
 
     fn max_pool2d(&self, x: &Tensor, p: &Pool2d) -> Result<Tensor> {
         // Same values; the gradient goes to each window's first maximum.
-        max_pool2d(x, p.kernel, p.stride, p.padding)
+        self.stage(x, pool_stage(x, p)?)
     }
 
     fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
