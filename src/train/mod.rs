@@ -524,7 +524,7 @@ pub fn train(
             let logits = tm
                 .model
                 .forward_with(&x, &TrainOps::default(), |_, _| Ok(()))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = ops::cross_entropy(&logits, &y)?;
             opt.backward_step(&loss)?;
             let loss = loss.to_scalar::<f32>()?;
             if !loss.is_finite() {
