@@ -1,9 +1,11 @@
 //! Training: the loop, its settings and events (here), the optimizers (`optim`) and the
-//! training-mode operations with fast backward passes (`ops`).
+//! training-mode operations with fast backward passes (`ops`, their arithmetic in `kernels` and
+//! `matmul`).
 //!
 //! Training from scratch: PyTorch-default initialisation from a seeded RNG, shuffled mini-batch
-//! training through the dense candle forward (candle-nn AdamW, or SGD with momentum), per-epoch
-//! learning-rate decay and test accuracy, and safetensors export with the architecture embedded.
+//! training through the dense candle forward (AdamW, or SGD with momentum, as PyTorch computes
+//! them), per-epoch learning-rate decay and test accuracy, and safetensors export with the
+//! architecture embedded.
 //!
 //! Everything random comes from seeded RNGs, so one seed gives the same bytes on one machine.
 //! The only exception is dropout, whose mask candle draws from its own unseeded RNG.
