@@ -191,12 +191,13 @@ fn bench_fc1(c: &mut Criterion, m: &Model) {
             b.iter(|| cm.run(black_box(&x), 256, &mut s, &mut out))
         });
         // The same single sample on the portable kernels (the fallback on CPUs without
-        // AVX-512), to keep its cost visible.
+        // AVX-512), to keep its cost visible: the model prepared with them.
         engine::force_portable(true);
-        g.bench_function(format!("b1-portable/{label}"), |b| {
-            b.iter(|| cm.run(black_box(&x[..il]), 1, &mut s, &mut out))
-        });
+        let portable = CompressedModel::build(&plan(&one, recipe)).expect("build");
         engine::force_portable(false);
+        g.bench_function(format!("b1-portable/{label}"), |b| {
+            b.iter(|| portable.run(black_box(&x[..il]), 1, &mut s, &mut out))
+        });
     }
     g.finish();
 }

@@ -10,8 +10,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use squeeze::compress::{
     ActivationQuant, FloatStorage, Granularity, Plan, QuantizedLayer, WeightValues,
 };
+use squeeze::engine::kernels::{EntryColumns, RowBlocks};
 use squeeze::engine::{
-    self, CompressedModel, IndexKind, Indexing, KernelScratch, PackedLayer, ValueStore,
+    self, CompressedModel, IndexKind, Indexing, KernelScratch, LayerKernels, PackedLayer, Work,
 };
 use squeeze::model::{self, ArchSpec, Model, to_safetensors_bytes};
 
@@ -290,16 +291,19 @@ fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::
                 seen.insert(pl.format_name());
                 assert_eq!(pl.dequantized(), deq, "{name} decode");
                 let mut s = KernelScratch::default();
+                let whole = LayerKernels::prepare(pl, Work::ALL);
+                // A row sub-range as a layer of its own (as grouped convolutions use).
+                let part = LayerKernels::prepare(&pl.row_slice(3..7), Work::ALL);
                 for p in [1usize, 7] {
                     let b = rand_vec(&mut rng, cols * p);
                     let want = naive(&deq, Some(&bias), rows, cols, &b, p);
                     let mut y = vec![0f32; rows * p];
-                    engine::matmul(pl, 0..rows, &b, p, &mut y, None, &mut s);
-                    assert_close(&y, &want, 1e-4, &format!("{name} p={p} s={sparsity}"));
-                    // A row sub-range (as grouped convolutions use).
+                    whole.run(&b, p, &mut y, &mut s);
+                    let what = format!("{name} p={p} s={sparsity} ({})", whole.describe());
+                    assert_close(&y, &want, 1e-4, &what);
                     let mut y2 = vec![0f32; 4 * p];
-                    engine::matmul(pl, 3..7, &b, p, &mut y2, None, &mut s);
-                    assert_close(&y2, &want[3 * p..7 * p], 1e-4, "row range");
+                    part.run(&b, p, &mut y2, &mut s);
+                    assert_close(&y2, &want[3 * p..7 * p], 1e-4, &format!("{what} rows 3..7"));
                 }
             }
         }
@@ -379,7 +383,7 @@ fn derived_entry_columns_match_the_stored_index() {
         let mut blocks = 0;
         let q = quantize(&w, rows, cols, 0.97, scheme, None);
         for pl in PackedLayer::encodings(&q, "t").expect("encodings") {
-            let Some(ec) = pl.entry_columns() else {
+            let Some(ec) = EntryColumns::of(&pl) else {
                 assert_eq!(pl.index_kind(), IndexKind::Dense);
                 continue;
             };
@@ -401,7 +405,7 @@ fn derived_entry_columns_match_the_stored_index() {
             );
             // The row blocks hold every entry once, in its stored precision (codes times their row's
             // scale), plus zero padding.
-            if let Some(rb) = pl.row_blocks() {
+            if let Some(rb) = RowBlocks::build(&pl) {
                 blocks += 1;
                 // Every entry's value as the layer decodes it (one scale per row for codes).
                 let v = pl.dequantized();
@@ -465,15 +469,7 @@ fn sixteen_bit_gaps_pad_very_long_distances() {
     assert_eq!(pl.entries, 3);
     let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32).collect();
     let mut y = vec![0f32; 2];
-    engine::matmul(
-        &pl,
-        0..2,
-        &x,
-        1,
-        &mut y,
-        None,
-        &mut KernelScratch::default(),
-    );
+    LayerKernels::prepare(&pl, Work::ALL).run(&x, 1, &mut y, &mut KernelScratch::default());
     assert_eq!(y, vec![0.5 * x[cols - 1], -2.0 * x[3]]);
 }
 
@@ -592,35 +588,25 @@ fn quantized_activations_use_integer_kernels() {
             q.activation = Some(act);
             let deq = dequantize(&q);
             for pl in PackedLayer::encodings(&q, "t").expect("encodings") {
-                for p in [1usize, 5] {
-                    let b = rand_vec(&mut rng, cols * p);
-                    let mut bq = b.clone();
-                    engine::fake_quantize(&mut bq, act.bits, act.scale, act.zero_point);
-                    let want = naive(&deq, Some(&bias), rows, cols, &bq, p);
-                    let mut y = vec![0f32; rows * p];
-                    let mut s = KernelScratch::default();
-                    if matches!(pl.values, ValueStore::Uniform { .. }) {
-                        let mut codes = vec![0i16; cols * p];
-                        engine::quantize_centered(
-                            &b,
-                            act.bits,
-                            act.scale,
-                            act.zero_point,
-                            &mut codes,
-                        );
-                        assert!(engine::matmul_int(
-                            &pl,
-                            0..rows,
-                            &codes,
-                            p,
-                            act.scale,
-                            &mut y,
-                            &mut s
-                        ));
-                    } else {
-                        engine::matmul(&pl, 0..rows, &bq, p, &mut y, None, &mut s);
+                // The 8-bit kernel where it applies, and the generic integer kernel.
+                for work in [
+                    Work::ALL,
+                    Work {
+                        int8: false,
+                        ..Work::ALL
+                    },
+                ] {
+                    let k = LayerKernels::prepare(&pl, work);
+                    for p in [1usize, 5] {
+                        let b = rand_vec(&mut rng, cols * p);
+                        let mut bq = b.clone();
+                        engine::fake_quantize(&mut bq, act.bits, act.scale, act.zero_point);
+                        let want = naive(&deq, Some(&bias), rows, cols, &bq, p);
+                        let mut y = vec![0f32; rows * p];
+                        k.run(&b, p, &mut y, &mut KernelScratch::default());
+                        let what = format!("{} p={p} ({})", pl.format_name(), k.describe());
+                        assert_close(&y, &want, 1e-4, &what);
                     }
-                    assert_close(&y, &want, 1e-4, &format!("{} p={p}", pl.format_name()));
                 }
             }
         }
@@ -1416,44 +1402,30 @@ bias = "fc.bias"
                 model: m.clone(),
                 layers: vec![q],
             };
-            let cm = CompressedModel::build(&p).expect("build");
-            let Some((_, pl)) = cm.packed_layers().next() else {
-                panic!("one packed layer");
-            };
             for portable in [false, true] {
                 with_kernel_path(portable, || {
+                    let cm = CompressedModel::build(&p).expect("build");
+                    let Some((_, pl)) = cm.packed_layers().next() else {
+                        panic!("one packed layer");
+                    };
+                    // The generic integer kernel: the same layer without the 8-bit one.
+                    let work = Work {
+                        int8: false,
+                        ..Work::ALL
+                    };
+                    let generic = LayerKernels::prepare(pl, work);
+                    assert_eq!(generic.describe(), "integer");
                     for n in [1usize, 30] {
                         let x: Vec<f32> = rand_vec(&mut rng, n * cols)
                             .iter()
                             .map(|v| v * 1.5)
                             .collect();
                         let got = cm.logits(&x, n);
-                        // The generic kernel, feature-major, then back to sample-major.
-                        let mut codes = vec![0i16; cols * n];
-                        let mut one = vec![0i16; cols];
-                        for j in 0..n {
-                            engine::quantize_centered(
-                                &x[j * cols..(j + 1) * cols],
-                                act.bits,
-                                act.scale,
-                                act.zero_point,
-                                &mut one,
-                            );
-                            for c in 0..cols {
-                                codes[c * n + j] = one[c];
-                            }
-                        }
+                        // Feature-major in, feature-major out.
+                        let xt: Vec<f32> =
+                            (0..cols * n).map(|i| x[(i % n) * cols + i / n]).collect();
                         let mut y = vec![0f32; rows * n];
-                        let mut s = KernelScratch::default();
-                        assert!(engine::matmul_int(
-                            pl,
-                            0..rows,
-                            &codes,
-                            n,
-                            act.scale,
-                            &mut y,
-                            &mut s
-                        ));
+                        generic.run(&xt, n, &mut y, &mut KernelScratch::default());
                         for j in 0..n {
                             for r in 0..rows {
                                 assert_eq!(
@@ -1534,10 +1506,10 @@ bias = "fc.bias"
             zero_point: 90,
         });
     }
-    let cm = CompressedModel::build(&p).expect("build");
     let want = fake_quant_forward(&dequantized_model(&p), &p, &x, n);
     for portable in [false, true] {
         with_kernel_path(portable, || {
+            let cm = CompressedModel::build(&p).expect("build");
             assert_close(
                 &cm.logits(&x, n),
                 &want,
@@ -1566,11 +1538,13 @@ fn check_single_sample(rows: usize, cols: usize, seed: u64, schemes: &[Scheme]) 
                 let b = rand_vec(&mut rng, cols);
                 let want = naive(&deq, Some(&bias), rows, cols, &b, 1);
                 let mut y = vec![0f32; rows];
-                engine::matmul(pl, 0..rows, &b, 1, &mut y, None, &mut s);
-                assert_close(&y, &want, 1e-4, &name);
+                let k = LayerKernels::prepare(pl, Work::ALL);
+                k.run(&b, 1, &mut y, &mut s);
+                assert_close(&y, &want, 1e-4, &format!("{name} ({})", k.describe()));
                 let (a, e) = (1.min(rows), rows.min(6));
                 let mut y2 = vec![0f32; e - a];
-                engine::matmul(pl, a..e, &b, 1, &mut y2, None, &mut s);
+                let part = LayerKernels::prepare(&pl.row_slice(a..e), Work::ALL);
+                part.run(&b, 1, &mut y2, &mut s);
                 assert_close(&y2, &want[a..e], 1e-4, &format!("{name} rows {a}..{e}"));
             }
         }

@@ -2,7 +2,7 @@
 //! CSR with 4-, 8- or 16-bit gaps, bitmask; values as the plan says) is built and the smallest
 //! kept (`PackedLayer::encode`). The stored format itself lives in `format.rs`.
 
-use super::EngineError;
+use super::error::EngineError;
 use super::format::{
     DerivedColumns, Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start,
 };
@@ -56,7 +56,7 @@ impl PackedLayer {
                 bias: q.bias.clone(),
                 activation: q.activation,
                 entropy_bytes: Some(entropy),
-                derived: DerivedColumns::default(),
+                derived: DerivedColumns,
             });
         }
         if pruned || out.is_empty() {
@@ -76,7 +76,7 @@ impl PackedLayer {
                         bias: q.bias.clone(),
                         activation: q.activation,
                         entropy_bytes: Some(entropy),
-                        derived: DerivedColumns::default(),
+                        derived: DerivedColumns,
                     });
                 }
             }
@@ -96,7 +96,7 @@ impl PackedLayer {
                     bias: q.bias.clone(),
                     activation: q.activation,
                     entropy_bytes: Some(entropy),
-                    derived: DerivedColumns::default(),
+                    derived: DerivedColumns,
                 });
             }
         }

@@ -2,15 +2,14 @@
 //! (dense, CSR with narrow relative column gaps, or a bitmask) and how its values are stored
 //! (f32 / f16 / bf16, bit-packed uniform codes with per-group scales and zero points, or
 //! bit-packed codebook indices). `size_bytes` is the exact number of bytes of the tensors the
-//! layer serializes to.
+//! layer serializes to. Reading a stored layer (row access, decoding) and validating one read
+//! from a file live here; how it runs — the layouts and kernels prepared from it — lives in
+//! `kernels/`.
 
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use super::gemm;
-use super::int8::Int8Layer;
 use super::pack;
 use crate::compress::{ActivationQuant, Granularity};
 
@@ -161,7 +160,7 @@ impl std::ops::AddAssign for SizeBreakdown {
     }
 }
 
-/// One linear/conv layer in its storage format, executed directly by the kernels.
+/// One linear/conv layer in its storage format: exactly what is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedLayer {
     pub rows: usize,
@@ -177,182 +176,14 @@ pub struct PackedLayer {
     /// entropy-coded, plus tables, scales and bias), a figure reported beside `size_bytes`;
     /// known when the layer was encoded from a plan, kept in the exported file's metadata.
     pub entropy_bytes: Option<usize>,
-    /// Runtime-only layout derived from `index` (see `DerivedColumns`): not stored, not counted
-    /// in `size_bytes`.
+    /// Nothing: see `DerivedColumns`.
     pub(crate) derived: DerivedColumns,
 }
 
-/// Runtime-only data derived from a sparse layer's stored index, never serialized and not part
-/// of `size_bytes`: the absolute column of every stored entry (CSR padding entries included), in
-/// entry order, so the kernels gather `x[col]` directly instead of walking the running sum of
-/// the narrow gaps or scanning the mask (the same role as the bitmask's derived `row_start`).
-/// Built on first use; `CompressedModel` builds it when the model is assembled so timed runs
-/// never pay for it. The same holds for the other runtime layouts kept here: the sparse row
-/// blocks, the bit planes of dense codes of widths other than 4 and 8, the 8-bit integer form
-/// of layers with quantized inputs, and the decoded panels the batched matrix product reads
-/// (built by the first batched run, as they cost memory). All are pure functions of the stored
-/// fields, so they take no part in equality.
-#[derive(Debug, Clone, Default)]
-pub struct DerivedColumns {
-    columns: OnceLock<EntryColumns>,
-    blocks: OnceLock<Option<RowBlocks>>,
-    panels: OnceLock<Vec<f32>>,
-    int8: OnceLock<Option<Int8Layer>>,
-    planes: OnceLock<Option<BitPlanes>>,
-}
-
-impl PartialEq for DerivedColumns {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// Absolute columns of a sparse layer's entries and a bound on them.
-#[derive(Debug, Clone, Default)]
-pub struct EntryColumns {
-    /// Column of entry `k`, for every stored entry.
-    pub cols: Vec<u32>,
-    /// One past the largest column (0 when there are no entries): the kernels check the input
-    /// covers it once per call, which makes their unchecked gathers in bounds.
-    pub bound: usize,
-}
-
-/// The codes of a dense layer of uniform codes with one scale per row, as bit planes (derived
-/// at run time, never stored; see `PackedLayer::bit_planes`): for row `r` and each run of 16
-/// columns `j`, `planes` 16-bit masks, mask `b` holding bit `b` of those 16 codes (bit `i` of
-/// the mask for column `16·j + i`; columns past the row's end are 0). Since `Σ code·x = Σ_b 2^b
-/// · Σ_{bit b set} x`, a kernel adds `x` under each mask, one masked add per plane and 16
-/// weights, with no unpacking. Codes of 5 to 7 bits keep their low four bits as nibble pairs
-/// (`nibbles`, two per byte like 4-bit codes, run by the 4-bit kernel) and only the bits above
-/// as planes. Either way it holds exactly the stored bits, rearranged (plus padding of each row
-/// to 16 columns).
-#[derive(Debug, Clone, Default)]
-pub struct BitPlanes {
-    /// Planes per run: the code width, or the width − 4 when `nibbles` holds the low bits.
-    pub planes: usize,
-    /// Masks per row: `ceil(cols / 16) · planes`.
-    pub per_row: usize,
-    pub masks: Vec<u16>,
-    /// The low four bits of every code, two per byte (low nibble first), `cols / 2` bytes per
-    /// row; empty for codes of 1 to 3 bits.
-    pub nibbles: Vec<u8>,
-}
-
-impl BitPlanes {
-    /// Row `r`'s masks, run after run.
-    pub fn row(&self, r: usize) -> &[u16] {
-        &self.masks[r * self.per_row..(r + 1) * self.per_row]
-    }
-}
-
-/// Rows rearranged for single-sample vector kernels (derived at run time from a sparse f32
-/// layer, never stored; see `PackedLayer::row_blocks`): rows are taken `LANES` at a time (lane
-/// `j` = row `16·b + j`) and columns in windows of `WINDOW`. Within block `b` and window `w`,
-/// step `s` holds for every lane its row's `s`-th entry in that window (column offset in the
-/// window and value), or a zero value when the row has fewer: a kernel loads the window of `x`
-/// into two registers, picks each lane's input with one in-register permutation and multiplies
-/// 16 rows at once, so no memory gathers are needed. Holds a copy of the values (plus the
-/// zero padding), so it is built only when the padding stays small.
-#[derive(Debug, Clone, Default)]
-pub struct RowBlocks {
-    /// Per block, the range of `windows` it uses.
-    pub block_windows: Vec<u32>,
-    /// `(window, first step, steps)` for every window a block touches.
-    pub windows: Vec<(u32, u32, u32)>,
-    /// Column offset within the window, `LANES` per step.
-    pub offsets: Vec<u8>,
-    /// Values, `LANES` per step (0 in padded lanes), in the layer's own value type.
-    pub values: BlockValues,
-}
-
-/// `RowBlocks`' values as the layer stores them: f32, or f16/bf16 bits the kernel widens in
-/// registers (so a half-precision layer's blocks hold half-precision values).
-#[derive(Debug, Clone)]
-pub enum BlockValues {
-    F32(Vec<Lanes>),
-    F16(Vec<HalfLanes>),
-    Bf16(Vec<HalfLanes>),
-    /// Uniform codes with one scale per row, centred on the row's zero point (`code − z`,
-    /// which fits i8), and per block the 16 rows' scales: the kernel sums `(code − z) · x` and
-    /// scales each lane once at the end.
-    Codes {
-        codes: Vec<CodeLanes>,
-        scales: Vec<Lanes>,
-    },
-    /// Codebook indices (up to 32 entries) into `table`, the codebook reordered so entry 0 is
-    /// 0.0 (the padding's value) and zero-filled to 32: the kernel looks each step's weights
-    /// up with one two-register permutation.
-    Book {
-        codes: Vec<CodeLanes>,
-        table: [f32; 32],
-    },
-}
-
-impl Default for BlockValues {
-    fn default() -> Self {
-        BlockValues::F32(Vec::new())
-    }
-}
-
-/// One step of f32 values: sixteen on one 64-byte cache line, so a step loads from a single
-/// line wherever the allocator put the vector.
+/// Placeholder for the runtime layouts a layer once kept beside its stored fields; they are
+/// now prepared apart from the stored format (`kernels`), and this field goes next.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-#[repr(C, align(64))]
-pub struct Lanes(pub [f32; RowBlocks::LANES]);
-
-/// One step of centred codes: sixteen bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-#[repr(C, align(16))]
-pub struct CodeLanes(pub [i8; RowBlocks::LANES]);
-
-/// One step of half-precision values (bits): sixteen on half a cache line.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-#[repr(C, align(32))]
-pub struct HalfLanes(pub [u16; RowBlocks::LANES]);
-
-impl RowBlocks {
-    pub const LANES: usize = 16;
-    pub const WINDOW: usize = 32;
-    /// The layout is built only while it holds at most this many slots per stored entry.
-    pub const MAX_EXPANSION: usize = 5;
-
-    fn with(self, values: BlockValues) -> Self {
-        RowBlocks { values, ..self }
-    }
-
-    /// Every slot's value as f32, step by step (zeros where padded).
-    pub fn slot_values(&self) -> Vec<f32> {
-        match &self.values {
-            BlockValues::F32(v) => v.iter().flat_map(|l| l.0).collect(),
-            BlockValues::F16(v) => v
-                .iter()
-                .flat_map(|l| l.0.map(|b| half::f16::from_bits(b).to_f32()))
-                .collect(),
-            BlockValues::Bf16(v) => v
-                .iter()
-                .flat_map(|l| l.0.map(|b| half::bf16::from_bits(b).to_f32()))
-                .collect(),
-            BlockValues::Codes { codes, scales } => {
-                // A step's scales are those of the block whose windows list it.
-                let mut out = Vec::with_capacity(codes.len() * Self::LANES);
-                for (b, span) in self.block_windows.windows(2).enumerate() {
-                    for &(_, first, n) in &self.windows[span[0] as usize..span[1] as usize] {
-                        for step in &codes[first as usize..(first + n) as usize] {
-                            for (j, &c) in step.0.iter().enumerate() {
-                                out.push(scales[b].0[j] * c as f32);
-                            }
-                        }
-                    }
-                }
-                out
-            }
-            BlockValues::Book { codes, table } => codes
-                .iter()
-                .flat_map(|l| l.0.map(|c| table[c as u8 as usize % 32]))
-                .collect(),
-        }
-    }
-}
+pub(crate) struct DerivedColumns;
 
 /// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +205,7 @@ impl PackedLayer {
             bias,
             activation: None,
             entropy_bytes: None,
-            derived: DerivedColumns::default(),
+            derived: DerivedColumns,
         }
     }
 
@@ -460,229 +291,122 @@ impl PackedLayer {
         }
     }
 
-    /// The derived absolute column of every entry (`None` for dense layers), built on first
-    /// use: see `DerivedColumns`.
-    pub fn entry_columns(&self) -> Option<&EntryColumns> {
-        if matches!(self.index, Indexing::Dense) {
-            return None;
-        }
-        Some(self.derived.columns.get_or_init(|| {
-            let mut cols = Vec::with_capacity(self.entries);
-            let mut row = Vec::new();
-            for r in 0..self.rows {
-                self.row_columns(r, &mut row);
-                cols.extend_from_slice(&row);
-            }
-            let bound = cols.iter().max().map_or(0, |&c| c as usize + 1);
-            EntryColumns { cols, bound }
-        }))
+    /// Whether every position is stored (no index).
+    pub fn is_dense(&self) -> bool {
+        matches!(self.index, Indexing::Dense)
     }
 
-    /// The derived row-block layout (`RowBlocks`) of a sparse layer with f32, f16 or bf16 values,
-    /// uniform codes with one scale per row or a codebook of up to 32 entries, built on
-    /// first use; `None` for other layers and when the padding would exceed
-    /// `RowBlocks::MAX_EXPANSION` slots per entry.
-    pub fn row_blocks(&self) -> Option<&RowBlocks> {
-        let per_row = |g: &Granularity| matches!(g, Granularity::Tensor | Granularity::Channel);
-        match &self.values {
-            ValueStore::F32(_) | ValueStore::F16(_) | ValueStore::Bf16(_) => {}
-            ValueStore::Uniform { granularity, .. } if per_row(granularity) => {}
-            ValueStore::Codebook { bits, .. } if *bits <= 5 => {}
-            _ => return None,
-        }
-        let ec = self.entry_columns()?;
-        self.derived
-            .blocks
-            .get_or_init(|| {
-                let c = &ec.cols;
-                match &self.values {
-                    ValueStore::F32(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
-                        rb.with(BlockValues::F32(vs.into_iter().map(Lanes).collect()))
-                    }),
-                    ValueStore::F16(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
-                        rb.with(BlockValues::F16(vs.into_iter().map(HalfLanes).collect()))
-                    }),
-                    ValueStore::Bf16(v) => build_row_blocks(self, v, c).map(|(rb, vs)| {
-                        rb.with(BlockValues::Bf16(vs.into_iter().map(HalfLanes).collect()))
-                    }),
-                    ValueStore::Uniform { .. } => self.code_row_blocks(c),
-                    ValueStore::Codebook { .. } => self.book_row_blocks(c),
-                }
-            })
-            .as_ref()
-    }
-
-    /// `RowBlocks` of codebook indices (`BlockValues::Book`); `None` for codebooks of more
-    /// than 32 entries, when all 32 are non-zero (no index can stand for the padding), or when
-    /// the padding is too large.
-    fn book_row_blocks(&self, cols: &[u32]) -> Option<RowBlocks> {
-        let ValueStore::Codebook {
-            bits,
-            codes: packed,
-            codebook,
-        } = &self.values
-        else {
-            return None;
-        };
-        if codebook.len() > 32 {
-            return None;
-        }
-        let mut table = [0f32; 32];
-        table[..codebook.len()].copy_from_slice(codebook);
-        // Entry 0 must be 0.0, the value of padded slots: swap in the first zero entry.
-        let zero = table.iter().position(|&v| v == 0.0)?;
-        table.swap(0, zero);
-        let remap = |c: u8| -> i8 {
-            let c = c as usize;
-            let c = if c == 0 {
-                zero
-            } else if c == zero {
-                0
-            } else {
-                c
-            };
-            c as i8
-        };
-        let mut raw = vec![0u8; self.entries];
-        pack::unpack_codes(packed, *bits, 0, &mut raw);
-        let idx: Vec<i8> = raw.into_iter().map(remap).collect();
-        let (rb, vs) = build_row_blocks(self, &idx, cols)?;
-        Some(rb.with(BlockValues::Book {
-            codes: vs.into_iter().map(CodeLanes).collect(),
-            table,
-        }))
-    }
-
-    /// `RowBlocks` of uniform codes with one scale per row (`BlockValues::Codes`); `None` when
-    /// a centred code does not fit i8 or the padding is too large.
-    fn code_row_blocks(&self, cols: &[u32]) -> Option<RowBlocks> {
-        let ValueStore::Uniform {
-            bits,
-            codes: packed,
-            scales,
-            zero_points,
-            granularity,
-        } = &self.values
-        else {
-            return None;
-        };
-        let mut raw = vec![0u8; self.entries];
-        pack::unpack_codes(packed, *bits, 0, &mut raw);
-        let mut centred = vec![0i8; self.entries];
-        let mut row_scale = vec![0f32; self.rows];
-        for (r, rs) in row_scale.iter_mut().enumerate() {
-            let g = granularity.group_of(r, 0, self.cols);
-            let z = zero_points.get(g, *bits);
-            *rs = scales[g];
-            for k in self.row_entries(r) {
-                centred[k] = i8::try_from(i32::from(raw[k]) - z).ok()?;
+    /// The stored entries of rows `rows`.
+    fn entry_span(&self, rows: &Range<usize>) -> Range<usize> {
+        match &self.index {
+            Indexing::Dense => rows.start * self.cols..rows.end * self.cols,
+            Indexing::Csr { row_ptr, .. } => row_ptr.get(rows.start)..row_ptr.get(rows.end),
+            Indexing::Bitmask { row_start, .. } => {
+                row_start[rows.start] as usize..row_start[rows.end] as usize
             }
         }
-        let (rb, vs) = build_row_blocks(self, &centred, cols)?;
-        const L: usize = RowBlocks::LANES;
-        let scales = (0..self.rows.div_ceil(L))
-            .map(|b| {
-                Lanes(std::array::from_fn(|j| {
-                    row_scale.get(b * L + j).copied().unwrap_or(0.0)
-                }))
-            })
-            .collect();
-        Some(rb.with(BlockValues::Codes {
-            codes: vs.into_iter().map(CodeLanes).collect(),
-            scales,
-        }))
     }
 
-    /// The 8-bit integer form of a layer with quantized inputs and uniform weight codes
-    /// (`Int8Layer`, zeros where pruned: one instruction does 64 products, where the sparse
-    /// integer kernel does one per kept weight), built on first use; `None` when the inputs are
-    /// not quantized or the weights do not qualify.
-    pub fn int8(&self) -> Option<&Int8Layer> {
-        let a = self.activation?;
-        if a.bits > 8 || !(0..1i32 << a.bits).contains(&a.zero_point) {
-            return None;
-        }
-        self.derived
-            .int8
-            .get_or_init(|| Int8Layer::build(self))
-            .as_ref()
-    }
-
-    /// The derived bit-plane layout (`BitPlanes`) of a dense layer of uniform codes with one
-    /// scale per row, for the widths without a kernel of their own (1–3 bits, and 5–7 bits with
-    /// an even row length), built on first use; `None` for other layers.
-    pub fn bit_planes(&self) -> Option<&BitPlanes> {
-        let ValueStore::Uniform {
-            bits,
-            codes,
-            granularity: Granularity::Tensor | Granularity::Channel,
-            ..
-        } = &self.values
-        else {
-            return None;
-        };
+    /// Rows `rows` as a layer of their own (one group of a grouped convolution): the same
+    /// encoding, with the index, values, scales, zero points and bias of those rows.
+    pub fn row_slice(&self, rows: Range<usize>) -> PackedLayer {
         let cols = self.cols;
-        let split = match bits {
-            1..=3 => false,
-            5..=7 if cols.is_multiple_of(2) => true,
-            _ => return None,
+        let span = self.entry_span(&rows);
+        let rebased = |offsets: &mut dyn Iterator<Item = usize>| -> Vec<usize> {
+            offsets.map(|o| o - span.start).collect()
         };
-        if !matches!(self.index, Indexing::Dense) {
-            return None;
-        }
-        self.derived
-            .planes
-            .get_or_init(|| {
-                let low = if split { 4 } else { 0 };
-                let planes = *bits as usize - low;
-                let per_row = cols.div_ceil(16) * planes;
-                let mut masks = vec![0u16; self.rows * per_row];
-                let mut nibbles = vec![0u8; if split { self.rows * cols / 2 } else { 0 }];
-                let mut row = vec![0u8; cols];
-                for (r, out) in masks.chunks_exact_mut(per_row.max(1)).enumerate() {
-                    pack::unpack_codes(codes, *bits, r * cols, &mut row);
-                    for (run, m) in row.chunks(16).zip(out.chunks_exact_mut(planes)) {
-                        for (i, &c) in run.iter().enumerate() {
-                            for (plane, mask) in m.iter_mut().enumerate() {
-                                *mask |= u16::from((c >> (low + plane)) & 1) << i;
-                            }
-                        }
-                    }
-                    if split {
-                        let half = cols / 2;
-                        for (b, pair) in nibbles[r * half..(r + 1) * half]
-                            .iter_mut()
-                            .zip(row.chunks_exact(2))
-                        {
-                            *b = (pair[0] & 0xF) | (pair[1] & 0xF) << 4;
-                        }
-                    }
+        let index = match &self.index {
+            Indexing::Dense => Indexing::Dense,
+            Indexing::Csr {
+                gap_bits,
+                gaps,
+                row_ptr,
+            } => {
+                let kept: Vec<usize> = span
+                    .clone()
+                    .map(|k| pack::gap_at(gaps, *gap_bits, k))
+                    .collect();
+                let offsets = rebased(&mut (rows.start..=rows.end).map(|r| row_ptr.get(r)));
+                Indexing::Csr {
+                    gap_bits: *gap_bits,
+                    gaps: pack::pack_gaps(&kept, *gap_bits),
+                    row_ptr: RowPtr::from_offsets(&offsets),
                 }
-                Some(BitPlanes {
-                    planes,
-                    per_row,
-                    masks,
-                    nibbles,
-                })
-            })
-            .as_ref()
+            }
+            Indexing::Bitmask { mask, row_start } => {
+                let bits: Vec<bool> = (rows.start * cols..rows.end * cols)
+                    .map(|i| pack::mask_bit(mask, i))
+                    .collect();
+                let starts = rebased(&mut (rows.start..=rows.end).map(|r| row_start[r] as usize));
+                Indexing::Bitmask {
+                    mask: pack::pack_mask(&bits),
+                    row_start: starts.into_iter().map(|o| o as u32).collect(),
+                }
+            }
+        };
+        let codes_of = |packed: &[u8], bits: u8| {
+            let mut codes = vec![0u8; span.len()];
+            pack::unpack_codes(packed, bits, span.start, &mut codes);
+            pack::pack_codes(&codes, bits)
+        };
+        let values = match &self.values {
+            ValueStore::F32(v) => ValueStore::F32(v[span.clone()].to_vec()),
+            ValueStore::F16(v) => ValueStore::F16(v[span.clone()].to_vec()),
+            ValueStore::Bf16(v) => ValueStore::Bf16(v[span.clone()].to_vec()),
+            ValueStore::Uniform {
+                bits,
+                codes,
+                scales,
+                zero_points,
+                granularity,
+            } => {
+                // The scale groups of those rows.
+                let groups = match granularity {
+                    Granularity::Tensor => 0..1,
+                    Granularity::Channel => rows.clone(),
+                    Granularity::Group { size } => {
+                        let per_row = cols.div_ceil(*size);
+                        rows.start * per_row..rows.end * per_row
+                    }
+                };
+                ValueStore::Uniform {
+                    bits: *bits,
+                    codes: codes_of(codes, *bits),
+                    scales: scales[groups.clone()].to_vec(),
+                    zero_points: match zero_points {
+                        ZeroPoints::Midpoint => ZeroPoints::Midpoint,
+                        ZeroPoints::U8(z) => ZeroPoints::U8(z[groups].to_vec()),
+                        ZeroPoints::I32(z) => ZeroPoints::I32(z[groups].to_vec()),
+                    },
+                    granularity: *granularity,
+                }
+            }
+            ValueStore::Codebook {
+                bits,
+                codes,
+                codebook,
+            } => ValueStore::Codebook {
+                bits: *bits,
+                codes: codes_of(codes, *bits),
+                codebook: codebook.clone(),
+            },
+        };
+        PackedLayer {
+            rows: rows.len(),
+            cols,
+            entries: span.len(),
+            index,
+            values,
+            bias: self.bias.as_ref().map(|b| b[rows].to_vec()),
+            activation: self.activation,
+            entropy_bytes: None,
+            derived: DerivedColumns,
+        }
     }
 
     /// Stored entries per weight (`1` for dense layers; CSR padding entries count).
     pub fn density(&self) -> f64 {
         self.entries as f64 / (self.rows * self.cols).max(1) as f64
-    }
-
-    /// The whole matrix dequantized into the matrix product's row-panel layout
-    /// (`gemm::row_panels`), built on first use by a batched run: the batched kernels multiply
-    /// by it at full speed whatever the storage format, and single-sample runs never build it.
-    /// It costs `rows × cols × 4` bytes of memory at run time, never stored.
-    pub fn gemm_panels(&self) -> &[f32] {
-        self.derived.panels.get_or_init(|| {
-            let mut out = Vec::new();
-            gemm::row_panels(&self.dequantized(), self.rows, self.cols, &mut out);
-            out
-        })
     }
 
     /// Columns of row `r`'s entries (sparse formats), appended to `out` after clearing it.
@@ -1015,77 +739,6 @@ fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// `RowBlocks` of a sparse layer whose entry `k` sits in column `cols[k]` with value
-/// `vals[k]`, or `None` when it would take too many padded slots.
-fn build_row_blocks<T: Copy + Default>(
-    layer: &PackedLayer,
-    vals: &[T],
-    cols: &[u32],
-) -> Option<(RowBlocks, Vec<[T; RowBlocks::LANES]>)> {
-    const L: usize = RowBlocks::LANES;
-    const W: usize = RowBlocks::WINDOW;
-    if vals.len() < layer.entries || cols.len() < layer.entries {
-        return None;
-    }
-    let nwin = layer.cols.div_ceil(W);
-    let mut out = RowBlocks {
-        block_windows: vec![0],
-        ..Default::default()
-    };
-    let mut values = Vec::new();
-    // Per lane: the entries of its row, walked window by window.
-    let mut next = [0usize; L];
-    let mut end = [0usize; L];
-    let mut steps = 0usize;
-    for b in 0..layer.rows.div_ceil(L) {
-        for (j, (n, e)) in next.iter_mut().zip(end.iter_mut()).enumerate() {
-            let r = b * L + j;
-            let range = if r < layer.rows {
-                layer.row_entries(r)
-            } else {
-                0..0
-            };
-            (*n, *e) = (range.start, range.end);
-        }
-        for w in 0..nwin {
-            let first = steps;
-            loop {
-                let mut any = false;
-                let mut offs = [0u8; L];
-                let mut vs = [T::default(); L];
-                for j in 0..L {
-                    if next[j] < end[j] && cols[next[j]] as usize / W == w {
-                        offs[j] = (cols[next[j]] as usize % W) as u8;
-                        vs[j] = vals[next[j]];
-                        next[j] += 1;
-                        any = true;
-                    }
-                }
-                if !any {
-                    break;
-                }
-                out.offsets.extend_from_slice(&offs);
-                values.push(vs);
-                steps += 1;
-            }
-            if steps > first {
-                out.windows
-                    .push((w as u32, first as u32, (steps - first) as u32));
-            }
-        }
-        // Columns beyond the last window never occur (they are < cols), so every entry of the
-        // block has been placed.
-        if next.iter().zip(&end).any(|(n, e)| n != e) {
-            return None;
-        }
-        out.block_windows.push(out.windows.len() as u32);
-        if steps * L > RowBlocks::MAX_EXPANSION * layer.entries.max(1) {
-            return None;
-        }
-    }
-    Some((out, values))
 }
 
 /// Value index of each row's first set bit, `rows + 1` values.

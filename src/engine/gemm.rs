@@ -11,9 +11,12 @@
 //! - the micro-kernel keeps an `MR × NR` tile of `Y` in registers for the whole `k` block: per
 //!   step two vector loads of `B`, `MR` broadcasts of `A` and `2·MR` FMAs.
 //!
-//! The AVX-512 micro-kernel is chosen at run time (`simd::avx512()`); the portable one computes
-//! the same tile with plain loops (the compiler vectorises it for the target).
+//! The AVX-512 micro-kernel runs where the caller holds the `cpu::Avx512` token (`gemm_acc`
+//! asks `cpu::Isa::current()`); the portable one computes the same tile with plain loops (the
+//! compiler vectorises it for the target).
 
+use super::cpu::{Avx512, Isa};
+#[cfg(target_arch = "x86_64")]
 use super::simd;
 
 /// Rows of `A` per panel and per register tile.
@@ -75,7 +78,16 @@ pub enum Rhs<'a> {
     Cols(&'a [f32]),
 }
 
-/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `row_panels`'s panel layout.
+/// `A (m × k)` in `row_panels`'s layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Lhs<'a> {
+    pub panels: &'a [f32],
+    pub m: usize,
+    pub k: usize,
+}
+
+/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `row_panels`'s panel layout, on the
+/// AVX-512 micro-kernel where the CPU has it.
 ///
 /// # Panics
 /// When a slice is shorter than its shape says.
@@ -88,6 +100,20 @@ pub fn gemm_acc(
     y: &mut [f32],
     s: &mut GemmScratch,
 ) {
+    let a = Lhs { panels: a, m, k };
+    product(Isa::current().avx512, a, n, b, y, s);
+}
+
+/// `gemm_acc` on the AVX-512 micro-kernel when given the token, else on the portable one.
+pub(crate) fn product(
+    avx512: Option<Avx512>,
+    a: Lhs<'_>,
+    n: usize,
+    b: Rhs<'_>,
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) {
+    let Lhs { panels: a, m, k } = a;
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -100,14 +126,13 @@ pub fn gemm_acc(
     let kc_max = k.div_ceil(blocks);
     let panels = n.div_ceil(NR);
     let row_panel_count = m.div_ceil(MR);
-    let avx = simd::avx512();
     for kb in 0..blocks {
         let k0 = kb * kc_max;
         let k1 = (k0 + kc_max).min(k);
         let kc = k1 - k0;
         match b {
             Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, &mut s.col_panels),
-            Rhs::Cols(bt) => transpose_col_panels(bt, k, k0, kc, n, &mut s.col_panels),
+            Rhs::Cols(bt) => transpose_col_panels(avx512, bt, k, k0, kc, n, &mut s.col_panels),
         }
         for jp in 0..panels {
             let j0 = jp * NR;
@@ -119,15 +144,14 @@ pub fn gemm_acc(
                 let ap = &a[rp * MR * k + k0 * MR..rp * MR * k + k1 * MR];
                 let yt = &mut y[r0 * n + j0..];
                 #[cfg(target_arch = "x86_64")]
-                if avx {
-                    // SAFETY: `simd::avx512()` confirmed AVX-512F; `ap` holds `kc × MR` and `bp`
-                    // `kc × NR` values (slices checked above); the tile writes rows `< rows` at
-                    // stride `n` and columns `< cols`, all inside `yt` since `r0 + rows ≤ m`
-                    // and `j0 + cols ≤ n`.
+                if avx512.is_some() {
+                    // SAFETY: the `Avx512` token vouches for AVX-512F; `ap` holds `kc × MR` and
+                    // `bp` `kc × NR` values (slices checked above); the tile writes rows
+                    // `< rows` at stride `n` and columns `< cols`, all inside `yt` since
+                    // `r0 + rows ≤ m` and `j0 + cols ≤ n`.
                     unsafe { x86::micro(kc, ap, bp, yt, n, rows, cols) };
                     continue;
                 }
-                let _ = avx;
                 micro_portable(kc, ap, bp, yt, n, rows, cols);
             }
         }
@@ -163,13 +187,21 @@ fn copy_col_panels(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
 }
 
 /// `copy_col_panels` for `Bᵀ` (`bt`, `n × k`): columns `k0 .. k0 + kc` of its rows into the same
-/// panels, 16 × 16 blocks in registers where the CPU has AVX-512.
-fn transpose_col_panels(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, out: &mut Vec<f32>) {
+/// panels, 16 × 16 blocks in registers given the `Avx512` token.
+fn transpose_col_panels(
+    avx512: Option<Avx512>,
+    bt: &[f32],
+    k: usize,
+    k0: usize,
+    kc: usize,
+    n: usize,
+    out: &mut Vec<f32>,
+) {
+    assert!(bt.len() >= n * k && k0 + kc <= k, "gemm operand too short");
     let panels = n.div_ceil(NR);
     if out.len() < panels * kc * NR {
         out.resize(panels * kc * NR, 0.0);
     }
-    let avx = simd::avx512();
     for jp in 0..panels {
         let dst = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
         for h in 0..NR / 16 {
@@ -177,11 +209,11 @@ fn transpose_col_panels(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, ou
             let j0 = jp * NR + 16 * h;
             let mut kk = 0;
             #[cfg(target_arch = "x86_64")]
-            if avx && j0 + 16 <= n {
+            if avx512.is_some() && j0 + 16 <= n {
                 while kk + 16 <= kc {
-                    // SAFETY: `avx512()` confirmed AVX-512F; the block reads rows `j0 .. j0 + 16
-                    // ≤ n` of `bt` at columns `k0 + kk .. + 16 ≤ k` (`bt.len() ≥ n·k`, asserted
-                    // by `gemm_acc`) and writes panel rows `kk .. kk + 16 ≤ kc`, lanes
+                    // SAFETY: the `Avx512` token vouches for AVX-512F; the block reads rows
+                    // `j0 .. j0 + 16 ≤ n` of `bt` at columns `k0 + kk .. + 16 ≤ k` (`bt.len() ≥
+                    // n·k`, asserted above) and writes panel rows `kk .. kk + 16 ≤ kc`, lanes
                     // `16h .. 16h + 16 ≤ NR`, inside `dst` (`kc × NR`).
                     unsafe {
                         simd::transpose16(
@@ -194,7 +226,6 @@ fn transpose_col_panels(bt: &[f32], k: usize, k0: usize, kc: usize, n: usize, ou
                     kk += 16;
                 }
             }
-            let _ = avx;
             for kk in kk..kc {
                 let row = &mut dst[kk * NR + 16 * h..kk * NR + 16 * h + 16];
                 for (j, d) in row.iter_mut().enumerate() {
@@ -248,7 +279,7 @@ mod x86 {
     /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
     /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ NR`.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn micro(
+    pub(super) unsafe fn micro(
         kc: usize,
         a: &[f32],
         b: &[f32],

@@ -1,17 +1,20 @@
-//! `CompressedModel`: a model whose linear/conv layers are `PackedLayer`s, executed by the
-//! engine's kernels one sample at a time or in batches over rayon.
+//! `CompressedModel`: a model whose linear/conv layers are `PackedLayer`s, each prepared into
+//! its kernels when the model is assembled, run one sample at a time or in batches over rayon:
+//! the batch layouts (sample-major, feature-major), im2col, and the layer-by-layer walk.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
-use std::ops::Range;
+use std::ops::Deref;
 use std::sync::{Mutex, PoisonError};
 
-use super::EngineError;
-use super::format::{Indexing, PackedLayer, SizeBreakdown, ValueStore};
-use super::int8;
-use super::kernels::{self, KernelScratch};
-use super::ops::{self, ConvShape, PoolShape};
-use super::simd;
+use super::cpu::{Avx512, Isa};
+use super::error::EngineError;
+use super::format::{PackedLayer, SizeBreakdown};
+use super::kernels::{
+    FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work, fake_quantize,
+    interleave_quads, quantize_centered,
+};
+use super::ops::{self, ConvShape, PoolShape, transpose};
 use crate::compress::Plan;
 use crate::model::{Activation, InputSpec, Model, Op};
 
@@ -21,8 +24,8 @@ pub const CHUNK: usize = 128;
 /// One step of the compressed graph.
 #[derive(Debug, Clone)]
 pub enum Step {
-    Linear(PackedLayer),
-    Conv(PackedLayer, ConvShape),
+    Linear(Prepared),
+    Conv(Prepared, ConvShape),
     ChannelAffine {
         scale: Vec<f32>,
         shift: Vec<f32>,
@@ -45,6 +48,61 @@ pub enum Step {
     },
 }
 
+/// A linear/conv layer as stored, with the kernels prepared from it (one per group of a grouped
+/// convolution). It reads as its `PackedLayer`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    stored: PackedLayer,
+    kernels: Vec<LayerKernels>,
+}
+
+impl Prepared {
+    /// A linear layer: every kind of work.
+    fn linear(stored: PackedLayer) -> Prepared {
+        let kernels = vec![LayerKernels::prepare(&stored, Work::ALL)];
+        Prepared { stored, kernels }
+    }
+
+    /// A convolution: its groups each prepared as a layer of their own; the single-column
+    /// variants only for one output position, the 8-bit kernel only without groups (the
+    /// activation codes are laid out for it by `Conv::run`).
+    fn conv(stored: PackedLayer, shape: &ConvShape) -> Prepared {
+        let work = Work {
+            one_column: shape.positions() == 1,
+            int8: shape.groups == 1,
+        };
+        let kernels = if shape.groups == 1 {
+            vec![LayerKernels::prepare(&stored, work)]
+        } else {
+            let rows = stored.rows / shape.groups;
+            (0..shape.groups)
+                .map(|g| LayerKernels::prepare(&stored.row_slice(g * rows..(g + 1) * rows), work))
+                .collect()
+        };
+        Prepared { stored, kernels }
+    }
+
+    /// The layer as stored.
+    pub fn stored(&self) -> &PackedLayer {
+        &self.stored
+    }
+
+    /// A linear layer's kernels (a convolution's first group's).
+    fn kernels(&self) -> &LayerKernels {
+        // Every layer has a group: `Prepared::conv` makes one per group, and a convolution has
+        // at least one (`assemble` refuses zero).
+        &self.kernels[0]
+    }
+}
+
+impl Deref for Prepared {
+    type Target = PackedLayer;
+
+    fn deref(&self) -> &PackedLayer {
+        &self.stored
+    }
+}
+
 /// A compressed model: the architecture (with the dequantized weights, for reference and dense
 /// export) and the packed layers the engine runs.
 #[derive(Debug, Clone)]
@@ -58,6 +116,8 @@ pub struct CompressedModel {
     /// Largest per-sample value count between layers.
     max_len: usize,
     keep: Vec<bool>,
+    /// The transposes' and im2col's vector moves (chosen with the kernels).
+    avx512: Option<Avx512>,
     /// Buffers of finished batch runs, reused by the next (`logits`).
     pool: ScratchPool,
 }
@@ -124,8 +184,6 @@ struct LayerBufs {
     q8b: Vec<u8>,
     /// A layer's outputs before they are transposed into place.
     yt: Vec<f32>,
-    /// A grouped layer decoded for the current call.
-    dense: Vec<f32>,
     k: KernelScratch,
 }
 
@@ -253,13 +311,13 @@ impl CompressedModel {
                             {
                                 return Err(graph("inconsistent conv2d groups".into()));
                             }
-                            Step::Conv(pl, shape)
+                            Step::Conv(Prepared::conv(pl, &shape), shape)
                         }
                         _ => {
                             if pl.cols != in_len {
                                 return Err(graph("linear input size mismatch".into()));
                             }
-                            Step::Linear(pl)
+                            Step::Linear(Prepared::linear(pl))
                         }
                     }
                 }
@@ -319,24 +377,6 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.residual_sources();
-        // Derive the runtime layouts single samples use (column index, row blocks, bit planes,
-        // 8-bit form) now, so no timed run builds them. Row blocks and bit planes serve one
-        // input column at a time: a convolution uses them only when it has a single output
-        // position.
-        for step in &steps {
-            match step {
-                Step::Linear(p) => {
-                    let _ = (p.entry_columns(), p.row_blocks(), p.int8(), p.bit_planes());
-                }
-                Step::Conv(p, shape) => {
-                    let _ = (p.entry_columns(), p.int8());
-                    if shape.positions() == 1 {
-                        let _ = (p.row_blocks(), p.bit_planes());
-                    }
-                }
-                _ => {}
-            }
-        }
         Ok(CompressedModel {
             model,
             steps,
@@ -344,6 +384,7 @@ impl CompressedModel {
             out_len,
             max_len,
             keep,
+            avx512: Isa::current().avx512,
             pool: ScratchPool::default(),
         })
     }
@@ -363,7 +404,7 @@ impl CompressedModel {
     /// The packed layers with their model layer index.
     pub fn packed_layers(&self) -> impl Iterator<Item = (usize, &PackedLayer)> {
         self.steps.iter().enumerate().filter_map(|(i, s)| match s {
-            Step::Linear(p) | Step::Conv(p, _) => Some((i, p)),
+            Step::Linear(p) | Step::Conv(p, _) => Some((i, p.stored())),
             _ => None,
         })
     }
@@ -459,18 +500,19 @@ impl CompressedModel {
             Some((i, Step::Linear(p))) if !self.keep[..=i].contains(&true) => {
                 // A leading linear layer reads the sample-major inputs in place.
                 let x = &inputs[..n * len];
+                let k = p.kernels();
                 if n > 1 && p.activation.is_none() {
                     // Straight into its matrix product where the layer runs as one, else
                     // transposed once.
-                    if kernels::matmul_samples(p, x, n, &mut s.a[..p.rows * n], &mut s.bufs.k) {
+                    if k.run_samples(x, n, &mut s.a[..p.rows * n], &mut s.bufs.k) {
                         len = p.rows;
                         done = i + 1;
                     } else {
-                        transpose(x, n, len, &mut s.a[..n * len]);
+                        transpose(x, n, len, &mut s.a[..n * len], self.avx512);
                     }
                     fm = true;
                 } else {
-                    linear(p, x, n, &mut s.a[..n * p.rows], &mut s.bufs);
+                    linear(k, x, n, &mut s.a[..n * p.rows], &mut s.bufs, self.avx512);
                     len = p.rows;
                     done = i + 1;
                 }
@@ -485,7 +527,7 @@ impl CompressedModel {
                 _ => false,
             };
             if fm && !layout_free {
-                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len]);
+                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len], self.avx512);
                 std::mem::swap(&mut s.a, &mut s.b);
                 fm = false;
             }
@@ -495,30 +537,29 @@ impl CompressedModel {
                 Step::Linear(p) if n > 1 && p.activation.is_none() => {
                     // Feature-major out; in, feature-major or, from sample-major, straight into
                     // the matrix product (else transposed once).
-                    let (rows, cols) = (p.rows, p.cols);
+                    let (rows, cols, k) = (p.rows, p.cols, p.kernels());
                     let t = &mut s.bufs;
                     let (x, y) = (&cur[..n * len], &mut next[..rows * n]);
                     if fm {
-                        kernels::matmul(p, 0..rows, x, n, y, None, &mut t.k);
-                    } else if !kernels::matmul_samples(p, x, n, y, &mut t.k) {
+                        k.run(x, n, y, &mut t.k);
+                    } else if !k.run_samples(x, n, y, &mut t.k) {
                         t.t1.resize(cols * n, 0.0);
-                        transpose(x, n, cols, &mut t.t1);
-                        kernels::matmul(p, 0..rows, &t.t1, n, y, None, &mut t.k);
+                        transpose(x, n, cols, &mut t.t1, self.avx512);
+                        k.run(&t.t1, n, y, &mut t.k);
                     }
                     fm = true;
                 }
                 Step::Linear(p) => {
-                    linear(p, &cur[..n * len], n, &mut next[..n * out_len], &mut s.bufs);
+                    let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
+                    linear(p.kernels(), x, n, y, &mut s.bufs, self.avx512);
                 }
                 Step::Conv(p, shape) => {
-                    conv(
-                        p,
+                    let conv = Conv {
+                        layer: p,
                         shape,
-                        &cur[..n * len],
-                        n,
-                        &mut next[..n * out_len],
-                        &mut s.bufs,
-                    );
+                        avx512: self.avx512,
+                    };
+                    conv.run(&cur[..n * len], n, &mut next[..n * out_len], &mut s.bufs);
                 }
                 Step::ChannelAffine { scale, shift, per } => {
                     for x in cur[..n * len].chunks_mut(len) {
@@ -562,7 +603,7 @@ impl CompressedModel {
             }
             len = out_len;
             if self.keep[i] && fm {
-                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len]);
+                transpose(&s.a[..n * len], len, n, &mut s.b[..n * len], self.avx512);
                 std::mem::swap(&mut s.a, &mut s.b);
                 fm = false;
             }
@@ -573,274 +614,225 @@ impl CompressedModel {
             }
         }
         if fm {
-            transpose(&s.a[..n * len], len, n, &mut out[..n * len]);
+            transpose(&s.a[..n * len], len, n, &mut out[..n * len], self.avx512);
         } else {
             out[..n * len].copy_from_slice(&s.a[..n * len]);
         }
     }
 }
 
-/// A linear layer over `n` samples (`x` is `n × cols`, `y` is `n × rows`).
-fn linear(p: &PackedLayer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
-    let (rows, cols) = (p.rows, p.cols);
-    if let Some(a) = p.activation {
-        if let Some(il) = p.int8() {
+/// A linear layer over `n` samples (`x` is `n × cols`, `y` is `n × rows`), sample-major in
+/// and out.
+fn linear(
+    k: &LayerKernels,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    t: &mut LayerBufs,
+    avx512: Option<Avx512>,
+) {
+    let (rows, cols) = (k.rows(), k.cols());
+    match k.kernels() {
+        Run::Int8(il) => {
             // 8-bit activation codes × 8-bit weights, sample-major in and out.
             let kp = il.kp;
             t.q8.resize(n * kp, 0);
             for (xs, qs) in x.chunks(cols).zip(t.q8.chunks_mut(kp)).take(n) {
-                int8::quantize_u8(xs, &a, qs);
+                il.quantize(xs, qs);
             }
-            il.run(&t.q8, n, int8::Layout::Samples, &a, y);
-            return;
+            il.run(&t.q8, n, Layout::Samples, y);
         }
-        if matches!(p.values, ValueStore::Uniform { .. }) {
+        Run::Integer(ir, a) => {
             // Integer codes × integer codes, accumulated exactly per scale group.
             t.qa.resize(n * cols, 0);
             // Feature-major (cols × n) centred codes.
             t.qb.resize(cols, 0);
             for (si, xs) in x.chunks(cols).enumerate().take(n) {
-                kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qb);
+                quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qb);
                 for (c, &v) in t.qb.iter().enumerate() {
                     t.qa[c * n + si] = v;
                 }
             }
             t.t2.resize(rows * n, 0.0);
-            kernels::matmul_int(p, 0..rows, &t.qa, n, a.scale, &mut t.t2, &mut t.k);
-            transpose(&t.t2, rows, n, y);
-            return;
+            ir.run(&t.qa, n, &mut t.t2, &mut t.k);
+            transpose(&t.t2, rows, n, y, avx512);
         }
-        // Float weights see the quantized inputs' values.
-        let mut xq = std::mem::take(&mut t.t2);
-        xq.clear();
-        xq.extend_from_slice(&x[..n * cols]);
-        kernels::fake_quantize(&mut xq, a.bits, a.scale, a.zero_point);
-        linear_float(p, &xq, n, y, t);
-        t.t2 = xq;
-        return;
-    }
-    linear_float(p, x, n, y, t);
-}
-
-/// A linear layer over float inputs: the row kernels for one sample; for a batch,
-/// `Y = W·xᵀ` (`rows × n`) through the matrix kernels, then transposed back.
-fn linear_float(p: &PackedLayer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
-    let (rows, cols) = (p.rows, p.cols);
-    if n == 1 {
-        kernels::matmul(p, 0..rows, x, 1, y, None, &mut t.k);
-        return;
-    }
-    t.t1.resize(cols * n, 0.0);
-    transpose(x, n, cols, &mut t.t1);
-    t.yt.resize(rows * n, 0.0);
-    kernels::matmul(p, 0..rows, &t.t1, n, &mut t.yt, None, &mut t.k);
-    transpose(&t.yt, rows, n, y);
-}
-
-/// Decodes a dense-indexed, non-f32 layer into `dense`; `None` for layers the kernels read
-/// directly (f32 values, sparse formats).
-fn prepare_dense<'a>(p: &PackedLayer, dense: &'a mut Vec<f32>) -> Option<&'a [f32]> {
-    if !matches!(p.index, Indexing::Dense) || matches!(p.values, ValueStore::F32(_)) {
-        return None;
-    }
-    dense.resize(p.rows * p.cols, 0.0);
-    p.decode_dense(dense);
-    Some(dense)
-}
-
-/// `out (c × r) = xᵀ` for `x (r × c)`: whole 16 × 16 blocks in registers where the CPU has
-/// AVX-512, the rest in cache-sized tiles.
-fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32]) {
-    let (x, out) = (&x[..r * c], &mut out[..r * c]);
-    #[cfg(target_arch = "x86_64")]
-    if simd::avx512() {
-        // SAFETY: `avx512()` confirmed AVX-512F; both slices hold `r·c` values.
-        unsafe { simd::transpose_blocks16(x, r, c, out) };
-        let (r16, c16) = (r / 16 * 16, c / 16 * 16);
-        transpose_tiles(x, r, c, 0..r16, c16..c, out);
-        transpose_tiles(x, r, c, r16..r, 0..c, out);
-        return;
-    }
-    transpose_tiles(x, r, c, 0..r, 0..c, out);
-}
-
-/// The part `rows × cols` of `transpose`, in 32 × 32 tiles.
-fn transpose_tiles(
-    x: &[f32],
-    r: usize,
-    c: usize,
-    rows: Range<usize>,
-    cols: Range<usize>,
-    out: &mut [f32],
-) {
-    const T: usize = 32;
-    for i0 in rows.clone().step_by(T) {
-        for j0 in cols.clone().step_by(T) {
-            for i in i0..(i0 + T).min(rows.end) {
-                for j in j0..(j0 + T).min(cols.end) {
-                    out[j * r + i] = x[i * c + j];
-                }
-            }
-        }
-    }
-}
-
-/// A convolution over `n` samples, each one im2col then the matrix kernel.
-fn conv(p: &PackedLayer, s: &ConvShape, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
-    let in_len = s.cin * s.h * s.w;
-    let out_len = s.cout * s.positions();
-    let (kk, pos) = (s.k(), s.positions());
-    let rows_g = s.cout / s.groups;
-    if let (Some(a), Some(il), 1) = (p.activation, p.int8(), s.groups) {
-        // 8-bit codes × 8-bit weights: the positions are the kernel's samples.
-        let kp = il.kp;
-        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
-            // The input quantized once; im2col of the codes (padding is the zero point, the
-            // code of 0.0); then each quad of rows interleaved into the kernel's layout
-            // (`[quad][position][4]`; the padding rows past `kk` have zero weights).
-            t.q8.resize(in_len, 0);
-            int8::quantize_u8(xs, &a, &mut t.q8);
-            t.q8b.resize(kp * pos, 0);
-            // `PackedLayer::int8` admits only zero points in the codes' range.
-            let zero = u8::try_from(a.zero_point).unwrap_or_default();
-            ops::im2col_into(&t.q8, s, 0, &mut t.q8b, pos, 0, zero);
-            t.q8b[kk * pos..].fill(0);
-            t.q8.resize(kp * pos, 0);
-            int8::interleave_quads(&t.q8b, pos, &mut t.q8);
-            t.yt.resize(pos * s.cout, 0.0);
-            il.run(&t.q8, pos, int8::Layout::Quads, &a, &mut t.yt);
-            transpose(&t.yt, pos, s.cout, ys);
-        }
-        return;
-    }
-    // A grouped layer's rows are multiplied group by group: decoded once for all samples and
-    // groups of this call (a whole layer multiplies by its cached panels instead).
-    let dw = if s.groups > 1 && (n > 1 || s.positions() > 1) {
-        prepare_dense(p, &mut t.dense)
-    } else {
-        None
-    };
-    let int = p
-        .activation
-        .filter(|_| matches!(p.values, ValueStore::Uniform { .. }));
-    if int.is_none() && p.activation.is_none() && n > 1 && !s.is_pointwise() {
-        conv_batched(p, s, x, n, y, &mut t.t1, &mut t.yt, dw, &mut t.k);
-        return;
-    }
-    for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
-        if let Some(a) = int {
-            t.qa.resize(in_len, 0);
-            kernels::quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qa);
-            t.qb.resize(kk * pos, 0);
-            for g in 0..s.groups {
-                ops::im2col(&t.qa, s, g, &mut t.qb);
-                let rows = g * rows_g..(g + 1) * rows_g;
-                let yg = &mut ys[g * rows_g * pos..];
-                kernels::matmul_int(p, rows, &t.qb, pos, a.scale, yg, &mut t.k);
-            }
-            continue;
-        }
-        let xs: &[f32] = match p.activation {
+        Run::Float(f) => match f.fake_quant {
             Some(a) => {
-                t.t2.clear();
-                t.t2.extend_from_slice(xs);
-                kernels::fake_quantize(&mut t.t2, a.bits, a.scale, a.zero_point);
-                &t.t2
+                // Float weights see the quantized inputs' values.
+                let mut xq = std::mem::take(&mut t.t2);
+                xq.clear();
+                xq.extend_from_slice(&x[..n * cols]);
+                fake_quantize(&mut xq, a.bits, a.scale, a.zero_point);
+                linear_float(f, &xq, n, y, t, avx512);
+                t.t2 = xq;
             }
-            None => xs,
-        };
-        for g in 0..s.groups {
-            let rows = g * rows_g..(g + 1) * rows_g;
-            let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
-            if s.is_pointwise() {
-                let cg = s.cin / s.groups;
-                let b = &xs[g * cg * pos..(g + 1) * cg * pos];
-                kernels::matmul(p, rows, b, pos, yg, dw, &mut t.k);
-            } else {
-                t.t1.resize(kk * pos, 0.0);
-                ops::im2col(xs, s, g, &mut t.t1);
-                kernels::matmul(p, rows, &t.t1, pos, yg, dw, &mut t.k);
-            }
-        }
+            None => linear_float(f, x, n, y, t, avx512),
+        },
     }
 }
 
-/// Output positions `conv_batched` multiplies at once: the im2col block of that many columns
-/// (`k × columns`) stays in the L2 cache, and the matrix kernel gets whole column panels.
-const CONV_COLUMNS: usize = 128;
-
-/// A float convolution over `n` samples, a few samples at a time (`CONV_COLUMNS` output
-/// positions, at least one sample): their im2col matrices side by side
-/// (`k × (samples·positions)`), one matrix product per group, then each sample's output rows
-/// copied into place.
-#[allow(clippy::too_many_arguments)]
-fn conv_batched(
-    p: &PackedLayer,
-    s: &ConvShape,
+/// A linear layer over float inputs: the single-column kernel for one sample; for a batch,
+/// `Y = W·xᵀ` (`rows × n`) through the many-column kernel, then transposed back.
+fn linear_float(
+    f: &FloatKernels,
     x: &[f32],
     n: usize,
     y: &mut [f32],
-    col: &mut Vec<f32>,
-    prod: &mut Vec<f32>,
-    dw: Option<&[f32]>,
-    k: &mut KernelScratch,
+    t: &mut LayerBufs,
+    avx512: Option<Avx512>,
 ) {
-    let in_len = s.cin * s.h * s.w;
-    let out_len = s.cout * s.positions();
-    let (kk, pos) = (s.k(), s.positions());
-    let rows_g = s.cout / s.groups;
-    let per = CONV_COLUMNS.div_ceil(pos.max(1));
-    for start in (0..n).step_by(per) {
-        let count = per.min(n - start);
-        let wide = count * pos;
-        col.resize(kk * wide, 0.0);
-        prod.resize(rows_g * wide, 0.0);
-        for g in 0..s.groups {
-            for j in 0..count {
-                let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
-                ops::im2col_into(xs, s, g, col, wide, j * pos, 0.0);
-            }
-            let rows = g * rows_g..(g + 1) * rows_g;
-            kernels::matmul(p, rows, col, wide, prod, dw, k);
-            for j in 0..count {
-                let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
-                for r in 0..rows_g {
-                    let at = (g * rows_g + r) * pos;
-                    ys[at..at + pos]
-                        .copy_from_slice(&prod[r * wide + j * pos..r * wide + (j + 1) * pos]);
-                }
-            }
-        }
+    let (rows, cols) = (f.rows(), f.cols());
+    if n == 1 {
+        f.run(x, 1, y, &mut t.k);
+        return;
     }
+    t.t1.resize(cols * n, 0.0);
+    transpose(x, n, cols, &mut t.t1, avx512);
+    t.yt.resize(rows * n, 0.0);
+    f.run(&t.t1, n, &mut t.yt, &mut t.k);
+    transpose(&t.yt, rows, n, y, avx512);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A convolution over `n` samples: its geometry, its layer (kernels prepared per group) and
+/// the vector moves of its transposes and im2col.
+struct Conv<'a> {
+    layer: &'a Prepared,
+    shape: &'a ConvShape,
+    avx512: Option<Avx512>,
+}
 
-    #[test]
-    fn transpose_matches_the_definition_on_both_paths_and_ragged_shapes() {
-        for portable in [false, true] {
-            simd::force_portable(portable);
-            for (r, c) in [
-                (1, 1),
-                (16, 16),
-                (128, 784),
-                (37, 50),
-                (15, 33),
-                (48, 17),
-                (3, 64),
-            ] {
-                let x: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
-                let mut out = vec![f32::NAN; r * c];
-                transpose(&x, r, c, &mut out);
-                for i in 0..r {
-                    for j in 0..c {
-                        assert_eq!(out[j * r + i], x[i * c + j], "{r}×{c} at ({i}, {j})");
+impl Conv<'_> {
+    /// Each sample im2col then the matrix kernels, group by group; batches of float samples
+    /// several at a time (`batched`).
+    fn run(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+        let (s, avx512) = (self.shape, self.avx512);
+        let in_len = s.cin * s.h * s.w;
+        let out_len = s.cout * s.positions();
+        let (kk, pos) = (s.k(), s.positions());
+        let rows_g = s.cout / s.groups;
+        if let [k] = &self.layer.kernels[..]
+            && let Run::Int8(il) = k.kernels()
+        {
+            return self.int8(il, x, n, y, t);
+        }
+        if self.layer.activation.is_none() && n > 1 && !s.is_pointwise() {
+            return self.batched(x, n, y, t);
+        }
+        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+            // The sample's activation codes, or their values for float weights, made once for
+            // all groups.
+            let (mut codes, mut values) = (false, false);
+            for (g, k) in self.layer.kernels.iter().enumerate() {
+                let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
+                match k.kernels() {
+                    Run::Integer(ir, a) => {
+                        if !codes {
+                            t.qa.resize(in_len, 0);
+                            quantize_centered(xs, a.bits, a.scale, a.zero_point, &mut t.qa);
+                            codes = true;
+                        }
+                        t.qb.resize(kk * pos, 0);
+                        ops::im2col_into(&t.qa, s, g, &mut t.qb, (pos, 0), 0, avx512);
+                        ir.run(&t.qb, pos, yg, &mut t.k);
+                    }
+                    Run::Float(f) => {
+                        let xs: &[f32] = match f.fake_quant {
+                            Some(a) => {
+                                if !values {
+                                    t.t2.clear();
+                                    t.t2.extend_from_slice(xs);
+                                    fake_quantize(&mut t.t2, a.bits, a.scale, a.zero_point);
+                                    values = true;
+                                }
+                                &t.t2
+                            }
+                            None => xs,
+                        };
+                        if s.is_pointwise() {
+                            let cg = s.cin / s.groups;
+                            f.run(&xs[g * cg * pos..(g + 1) * cg * pos], pos, yg, &mut t.k);
+                        } else {
+                            t.t1.resize(kk * pos, 0.0);
+                            ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
+                            f.run(&t.t1, pos, yg, &mut t.k);
+                        }
+                    }
+                    // Only ungrouped convolutions prepare the 8-bit kernel (`Prepared::conv`),
+                    // and those run it above; the layer's own product gives the same outputs.
+                    Run::Int8(_) => {
+                        t.t1.resize(kk * pos, 0.0);
+                        ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
+                        k.run(&t.t1, pos, yg, &mut t.k);
                     }
                 }
             }
         }
-        simd::force_portable(false);
+    }
+
+    /// 8-bit codes × 8-bit weights: the positions are the kernel's samples.
+    fn int8(&self, il: &Int8Layer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+        let s = self.shape;
+        let in_len = s.cin * s.h * s.w;
+        let out_len = s.cout * s.positions();
+        let (kk, pos) = (s.k(), s.positions());
+        let kp = il.kp;
+        // Padding is the zero point, the code of 0.0 (`Int8Layer` admits only zero points in
+        // the codes' range).
+        let zero = u8::try_from(il.act.zero_point).unwrap_or_default();
+        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+            // The input quantized once; im2col of the codes; then each quad of rows interleaved
+            // into the kernel's layout (`[quad][position][4]`; the padding rows past `kk` have
+            // zero weights).
+            t.q8.resize(in_len, 0);
+            il.quantize(xs, &mut t.q8);
+            t.q8b.resize(kp * pos, 0);
+            ops::im2col_into(&t.q8, s, 0, &mut t.q8b, (pos, 0), zero, self.avx512);
+            t.q8b[kk * pos..].fill(0);
+            t.q8.resize(kp * pos, 0);
+            interleave_quads(&t.q8b, pos, &mut t.q8);
+            t.yt.resize(pos * s.cout, 0.0);
+            il.run(&t.q8, pos, Layout::Quads, &mut t.yt);
+            transpose(&t.yt, pos, s.cout, ys, self.avx512);
+        }
+    }
+
+    /// A float convolution over `n` samples, a few samples at a time (`CONV_COLUMNS` output
+    /// positions, at least one sample): their im2col matrices side by side
+    /// (`k × (samples·positions)`), one matrix product per group, then each sample's output
+    /// rows copied into place.
+    fn batched(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+        let s = self.shape;
+        let in_len = s.cin * s.h * s.w;
+        let out_len = s.cout * s.positions();
+        let (kk, pos) = (s.k(), s.positions());
+        let rows_g = s.cout / s.groups;
+        let per = CONV_COLUMNS.div_ceil(pos.max(1));
+        let (col, prod) = (&mut t.t1, &mut t.yt);
+        for start in (0..n).step_by(per) {
+            let count = per.min(n - start);
+            let wide = count * pos;
+            col.resize(kk * wide, 0.0);
+            prod.resize(rows_g * wide, 0.0);
+            for (g, k) in self.layer.kernels.iter().enumerate() {
+                for j in 0..count {
+                    let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
+                    ops::im2col_into(xs, s, g, col, (wide, j * pos), 0.0, self.avx512);
+                }
+                k.run(col, wide, prod, &mut t.k);
+                for j in 0..count {
+                    let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
+                    for r in 0..rows_g {
+                        let at = (g * rows_g + r) * pos;
+                        ys[at..at + pos]
+                            .copy_from_slice(&prod[r * wide + j * pos..r * wide + (j + 1) * pos]);
+                    }
+                }
+            }
+        }
     }
 }
+
+/// Output positions `Conv::batched` multiplies at once: the im2col block of that many columns
+/// (`k × columns`) stays in the L2 cache, and the matrix kernel gets whole column panels.
+const CONV_COLUMNS: usize = 128;

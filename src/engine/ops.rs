@@ -1,6 +1,12 @@
-//! The non-parametric ops on one sample's `[C, H, W]` (or flat) values, and the im2col that
-//! turns a convolution into the matrix kernels' `W · B`.
+//! The non-parametric ops on one sample's `[C, H, W]` (or flat) values, the im2col that turns
+//! a convolution into the matrix kernels' `W · B`, and the transposes between sample-major and
+//! feature-major activations.
 
+use std::ops::Range;
+
+use super::cpu::{Avx512, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::simd;
 use crate::model::Activation;
 
 /// One convolution's geometry for one sample.
@@ -41,13 +47,9 @@ impl ConvShape {
 /// general `copy_from_slice` of a few values costs a library call each, and a 5×5 convolution
 /// over an 8×8 output copies 25 rows of 8 values per input channel.
 pub trait Cell: Copy + Default {
-    /// Whether `copy_row` may take its vector path (decided once per im2col call).
-    fn vector_copies() -> bool {
-        false
-    }
-
+    /// Copies `src` into `dst` (of the same length), with vector moves given the token.
     #[inline]
-    fn copy_row(dst: &mut [Self], src: &[Self], _vector: bool) {
+    fn copy_row(dst: &mut [Self], src: &[Self], _avx512: Option<Avx512>) {
         dst.copy_from_slice(src);
     }
 }
@@ -56,20 +58,16 @@ impl Cell for i16 {}
 impl Cell for u8 {}
 
 impl Cell for f32 {
-    fn vector_copies() -> bool {
-        super::simd::avx512()
-    }
-
     #[inline]
-    fn copy_row(dst: &mut [f32], src: &[f32], vector: bool) {
+    fn copy_row(dst: &mut [f32], src: &[f32], avx512: Option<Avx512>) {
         #[cfg(target_arch = "x86_64")]
-        if vector && dst.len() <= 64 && src.len() == dst.len() {
-            // SAFETY: `vector` comes from `simd::avx512()` (AVX-512F present); both slices
-            // hold `dst.len()` values.
+        if avx512.is_some() && dst.len() <= 64 && src.len() == dst.len() {
+            // SAFETY: the `Avx512` token vouches for AVX-512F; both slices hold `dst.len()`
+            // values.
             unsafe { copy_short(dst, src) };
             return;
         }
-        let _ = vector;
+        let _ = avx512;
         dst.copy_from_slice(src);
     }
 }
@@ -85,8 +83,8 @@ unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
     let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
     let mut k = 0;
-    // SAFETY: for the whole block, every step reads and writes lanes `k .. k + width ≤ n`, or, for the
-    // masked step, only the lanes `k .. n` the mask admits: inside both slices.
+    // SAFETY: for the whole block, every step reads and writes lanes `k .. k + width ≤ n`, or, for
+    // the masked step, only the lanes `k .. n` the mask admits: inside both slices.
     unsafe {
         while k + 16 <= n {
             _mm512_storeu_ps(dp.add(k), _mm512_loadu_ps(sp.add(k)));
@@ -106,26 +104,30 @@ unsafe fn copy_short(dst: &mut [f32], src: &[f32]) {
 
 /// Lays out group `g` of `x` (`cin × h × w`) as the `k × (oh·ow)` matrix whose row
 /// `ci·kh·kw + i·kw + j` holds input channel `ci` shifted by kernel offset `(i, j)` (PyTorch's
-/// OIHW weight order), zeros where the window overhangs the padding.
+/// OIHW weight order), zeros where the window overhangs the padding; short rows copied with
+/// vector moves where the CPU has them (`cpu::Isa::current`).
 pub fn im2col<T: Cell>(x: &[T], s: &ConvShape, g: usize, out: &mut [T]) {
-    im2col_into(x, s, g, out, s.positions(), 0, T::default());
+    let avx512 = Isa::current().avx512;
+    im2col_into(x, s, g, out, (s.positions(), 0), T::default(), avx512);
 }
 
-/// `im2col` writing row `r` at `out[r·stride + offset ..][..oh·ow]`, so several samples'
-/// matrices can sit side by side in one wide matrix, with `fill` where the window overhangs
-/// the padding (the zero point, for activation codes).
+/// `im2col` writing row `r` at `out[r·stride + offset ..][..oh·ow]` for `at = (stride,
+/// offset)`, so several samples' matrices can sit side by side in one wide matrix, with `fill`
+/// where the window overhangs the padding (the zero point, for activation codes), and vector
+/// moves given the `Avx512` token.
 pub fn im2col_into<T: Cell>(
     x: &[T],
     s: &ConvShape,
     g: usize,
     out: &mut [T],
-    stride: usize,
-    offset: usize,
+    at: (usize, usize),
     fill: T,
+    avx512: Option<Avx512>,
 ) {
+    let (stride, offset) = at;
     let cg = s.cin / s.groups;
     let p = s.positions();
-    let vector = T::vector_copies();
+    let vector = avx512;
     for ci in 0..cg {
         let plane = &x[(g * cg + ci) * s.h * s.w..(g * cg + ci + 1) * s.h * s.w];
         for i in 0..s.kh {
@@ -342,9 +344,71 @@ fn erf(x: f64) -> f64 {
     }
 }
 
+/// `out (c × r) = xᵀ` for `x (r × c)`: whole 16 × 16 blocks in registers given the `Avx512`
+/// token, the rest in cache-sized tiles.
+pub fn transpose(x: &[f32], r: usize, c: usize, out: &mut [f32], avx512: Option<Avx512>) {
+    let (x, out) = (&x[..r * c], &mut out[..r * c]);
+    #[cfg(target_arch = "x86_64")]
+    if avx512.is_some() {
+        // SAFETY: the `Avx512` token vouches for AVX-512F; both slices hold `r·c` values.
+        unsafe { simd::transpose_blocks16(x, r, c, out) };
+        let (r16, c16) = (r / 16 * 16, c / 16 * 16);
+        transpose_tiles(x, r, c, 0..r16, c16..c, out);
+        transpose_tiles(x, r, c, r16..r, 0..c, out);
+        return;
+    }
+    let _ = avx512;
+    transpose_tiles(x, r, c, 0..r, 0..c, out);
+}
+
+/// The part `rows × cols` of `transpose`, in 32 × 32 tiles.
+fn transpose_tiles(
+    x: &[f32],
+    r: usize,
+    c: usize,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    out: &mut [f32],
+) {
+    const T: usize = 32;
+    for i0 in rows.clone().step_by(T) {
+        for j0 in cols.clone().step_by(T) {
+            for i in i0..(i0 + T).min(rows.end) {
+                for j in j0..(j0 + T).min(cols.end) {
+                    out[j * r + i] = x[i * c + j];
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transpose_matches_the_definition_on_both_paths_and_ragged_shapes() {
+        for avx512 in [crate::engine::cpu::Isa::current().avx512, None] {
+            for (r, c) in [
+                (1, 1),
+                (16, 16),
+                (128, 784),
+                (37, 50),
+                (15, 33),
+                (48, 17),
+                (3, 64),
+            ] {
+                let x: Vec<f32> = (0..r * c).map(|i| i as f32).collect();
+                let mut out = vec![f32::NAN; r * c];
+                transpose(&x, r, c, &mut out, avx512);
+                for i in 0..r {
+                    for j in 0..c {
+                        assert_eq!(out[j * r + i], x[i * c + j], "{r}×{c} at ({i}, {j})");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn two_by_two_max_pool_matches_the_general_window() {
@@ -392,7 +456,7 @@ mod tests {
         let mut one = vec![0f32; k * p];
         im2col(&x, &s, 0, &mut one);
         let mut wide = vec![-1f32; k * 3 * p];
-        im2col_into(&x, &s, 0, &mut wide, 3 * p, p, 0.0);
+        im2col_into(&x, &s, 0, &mut wide, (3 * p, p), 0.0, None);
         for r in 0..k {
             assert_eq!(
                 &wide[r * 3 * p + p..r * 3 * p + 2 * p],

@@ -8,31 +8,34 @@
 //!
 //! `y[r] = bias[r] + (s_w[r] · s_a) · (Σ_c w[r][c] · q[c] − z_a · Σ_c w[r][c])`
 //!
-//! The integer sum is exact (bounded at build time), and the float steps are the ones of
-//! `kernels::matmul_int` (one product, one addition), so both paths give identical outputs.
+//! The integer sum is exact (bounded when the layer is prepared), and the float steps are the
+//! ones of the generic integer kernel (`integer::IntegerRows`: one product, one addition), so
+//! both give identical outputs.
 //!
 //! Layout: the weights in panels of `LANES` rows, each `k`-quad-major: panel `p`, quad `t` holds
 //! rows `16p..16p+16` × columns `4t..4t+4` as 64 bytes (row-major within), so one vector load
 //! feeds 16 rows and one broadcast of a sample's four codes feeds all of them. Columns are padded
 //! to a multiple of 4 and rows to a multiple of 16 with zero weights.
 
-use super::format::{Indexing, PackedLayer, ValueStore};
-use super::pack;
+use super::super::format::{PackedLayer, ValueStore};
+use super::super::pack;
 use crate::compress::{ActivationQuant, Granularity};
+use crate::engine::cpu::{Avx512, Isa, Vnni};
 
 /// Rows per panel: the 16 lanes of a vector of 32-bit sums.
-pub const LANES: usize = 16;
+const LANES: usize = 16;
 /// Samples per batched tile: 24 accumulators, one per sample, each holding 16 rows.
 const NR: usize = 24;
 
 /// A layer's weights as signed 8-bit integers in the panel layout, with what turns the integer
-/// sums back into outputs.
+/// sums back into outputs, and its inputs' quantization.
 #[derive(Debug, Clone)]
-pub struct Int8Layer {
-    pub rows: usize,
-    pub cols: usize,
+pub(crate) struct Int8Layer {
+    pub(super) rows: usize,
     /// Columns padded to a multiple of 4.
-    pub kp: usize,
+    pub(crate) kp: usize,
+    /// The inputs' quantization.
+    pub(crate) act: ActivationQuant,
     panels: Vec<i8>,
     /// `Σ_c w[r][c]` per row (padded to whole panels with 0).
     row_sums: Vec<i32>,
@@ -40,12 +43,23 @@ pub struct Int8Layer {
     scales: Vec<f32>,
     /// The bias of each row (padded with 0).
     bias: Vec<f32>,
+    /// Vector quantization of the inputs.
+    avx512: Option<Avx512>,
+    /// The VNNI kernel.
+    vnni: Option<Vnni>,
 }
 
 impl Int8Layer {
-    /// The integer form of `layer`, or `None` when its values are not uniform codes with one
-    /// scale per row whose centred values fit in `i8`, or when a sum could overflow `i32`.
-    pub fn build(layer: &PackedLayer) -> Option<Int8Layer> {
+    /// The integer form of `layer`, or `None` when its inputs are not quantized to at most 8
+    /// bits with a zero point among the codes, its values are not uniform codes with one scale
+    /// per row whose centred values fit in `i8`, or a sum could overflow `i32`. One
+    /// instruction does 64 products, where the generic integer kernel does one per kept weight,
+    /// so a pruned layer runs here too, zeros where pruned.
+    pub(super) fn new(layer: &PackedLayer, isa: Isa) -> Option<Int8Layer> {
+        let act = layer.activation?;
+        if act.bits > 8 || !(0..1i32 << act.bits).contains(&act.zero_point) {
+            return None;
+        }
         let ValueStore::Uniform {
             bits,
             codes,
@@ -74,7 +88,7 @@ impl Int8Layer {
             let range = layer.row_entries(r);
             buf.resize(range.len(), 0);
             pack::unpack_codes(codes, *bits, range.start, &mut buf);
-            if matches!(layer.index, Indexing::Dense) {
+            if layer.is_dense() {
                 cols_of.clear();
                 cols_of.extend(0..cols as u32);
             } else {
@@ -101,38 +115,47 @@ impl Int8Layer {
         }
         Some(Int8Layer {
             rows,
-            cols,
             kp,
+            act,
             panels,
             row_sums,
             scales: row_scales,
             bias,
+            avx512: isa.avx512,
+            vnni: isa.vnni,
         })
     }
 
     /// `y (n × rows, sample-major) = W · q` for `n` samples of activation codes `q` (`n × kp`
     /// codes in `layout`; codes past `cols` are ignored, their weights being zero).
-    pub fn run(&self, q: &[u8], n: usize, layout: Layout, a: &ActivationQuant, y: &mut [f32]) {
+    pub(crate) fn run(&self, q: &[u8], n: usize, layout: Layout, y: &mut [f32]) {
         let (m, kp) = (self.rows, self.kp);
         assert!(
             q.len() >= n * kp && y.len() >= n * m,
             "int8 operands too short"
         );
-        if m == 0 || n == 0 {
-            return;
-        }
-        let za = a.zero_point;
-        // Byte offset of sample `j`'s quad `t`: `j·sj + t·st`.
-        let (sj, st) = match layout {
-            Layout::Samples => (kp, 4),
-            Layout::Quads => (4, 4 * n),
+        let (za, a_scale) = (self.act.zero_point, self.act.scale);
+        // Byte offset of sample `j`'s quad `t`: `j·sample + t·quad`.
+        let codes = match layout {
+            Layout::Samples => Codes {
+                q,
+                n,
+                sample: kp,
+                quad: 4,
+            },
+            Layout::Quads => Codes {
+                q,
+                n,
+                sample: 4,
+                quad: 4 * n,
+            },
         };
         #[cfg(target_arch = "x86_64")]
-        if vnni() {
-            // SAFETY: `vnni()` confirmed AVX-512F/BW/VNNI; `q` holds `n × kp` codes, so every
-            // `j·sj + t·st + 4 ≤ n·kp` for `j < n`, `t < kp/4` in either layout; the kernels
-            // bound every other access by `rows`, `kp` and `n`.
-            unsafe { x86::run(self, q, n, sj, st, a.scale, za, y) };
+        if self.vnni.is_some() {
+            // SAFETY: the `Vnni` token vouches for AVX-512F/BW/VNNI; `q` holds `n × kp` codes
+            // (asserted above), so every `j·sample + t·quad + 4 ≤ n·kp` for `j < n`, `t < kp/4`
+            // in either layout; the kernel bounds every other access by `rows`, `kp` and `n`.
+            unsafe { x86::run(self, codes, y) };
             return;
         }
         for j in 0..n {
@@ -141,14 +164,20 @@ impl Int8Layer {
                 let mut acc = 0i32;
                 for t in 0..kp / 4 {
                     let w = &self.panels[base + t * LANES * 4..base + t * LANES * 4 + 4];
-                    let at = j * sj + t * st;
+                    let at = j * codes.sample + t * codes.quad;
                     for (&wv, &qv) in w.iter().zip(&q[at..at + 4]) {
                         acc += wv as i32 * qv as i32;
                     }
                 }
-                y[j * m + r] = self.finish(r, acc, za, a.scale);
+                y[j * m + r] = self.finish(r, acc, za, a_scale);
             }
         }
+    }
+
+    /// Quantizes one sample's inputs to the kernel's unsigned codes, padding `out` past
+    /// `x.len()` with zeros (`quantize_u8`).
+    pub(crate) fn quantize(&self, x: &[f32], out: &mut [u8]) {
+        quantize_u8(self.avx512, x, &self.act, out);
     }
 
     /// The output of row `r` from its integer sum `Σ w·q`.
@@ -159,9 +188,19 @@ impl Int8Layer {
     }
 }
 
+/// `n` samples of activation codes, sample `j`'s columns `4t .. 4t + 4` at byte `j·sample +
+/// t·quad` of `q`.
+#[derive(Debug, Clone, Copy)]
+struct Codes<'a> {
+    q: &'a [u8],
+    n: usize,
+    sample: usize,
+    quad: usize,
+}
+
 /// How `Int8Layer::run` finds the codes of sample `j`, columns `4t .. 4t + 4`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
+pub(crate) enum Layout {
     /// Sample-major: sample `j`'s `kp` codes back to back.
     Samples,
     /// Quad-major: for each quad `t`, every sample's four codes (`interleave_quads`).
@@ -170,7 +209,7 @@ pub enum Layout {
 
 /// Interleaves a feature-major code matrix (`rows × n`, `rows` a multiple of 4) into the
 /// `Layout::Quads` layout: `out[(t·n + j)·4 + i] = codes[(4t + i)·n + j]`.
-pub fn interleave_quads(codes: &[u8], n: usize, out: &mut [u8]) {
+pub(crate) fn interleave_quads(codes: &[u8], n: usize, out: &mut [u8]) {
     for (t, quad) in codes.chunks_exact(4 * n).enumerate() {
         let (r0, rest) = quad.split_at(n);
         let (r1, rest) = rest.split_at(n);
@@ -183,16 +222,17 @@ pub fn interleave_quads(codes: &[u8], n: usize, out: &mut [u8]) {
 }
 
 /// Quantizes one sample's inputs to unsigned activation codes
-/// (`clamp(round_half_even(x / scale) + zero_point, 0, 2^bits − 1)`, as `kernels::quantize_centered`
-/// before centring), padding `out` past `x.len()` with zeros.
-pub fn quantize_u8(x: &[f32], a: &ActivationQuant, out: &mut [u8]) {
+/// (`clamp(round_half_even(x / scale) + zero_point, 0, 2^bits − 1)`, as `quantize_centered`
+/// before centring), padding `out` past `x.len()` with zeros; 16 at a time given the `Avx512`
+/// token.
+fn quantize_u8(avx512: Option<Avx512>, x: &[f32], a: &ActivationQuant, out: &mut [u8]) {
     let top = ((1i32 << a.bits) - 1) as f32;
     let z = a.zero_point as f32;
     let done = x.len().min(out.len());
     let mut k = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::simd::avx512() {
-        // SAFETY: `avx512()` confirmed AVX-512F/BW; both slices hold `done` values.
+    if avx512.is_some() {
+        // SAFETY: the `Avx512` token vouches for AVX-512F/BW; both slices hold `done` values.
         k = unsafe { x86::quantize_u8(&x[..done], a.scale, z, top, &mut out[..done]) };
     }
     for (o, &v) in out[k..].iter_mut().zip(&x[k..done]) {
@@ -201,25 +241,11 @@ pub fn quantize_u8(x: &[f32], a: &ActivationQuant, out: &mut [u8]) {
     out[done..].fill(0);
 }
 
-/// Whether the VNNI kernels run (AVX-512F/BW/VNNI present and the portable kernels not forced).
-#[inline]
-fn vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        super::simd::avx512() && *USABLE.get_or_init(|| std::is_x86_feature_detected!("avx512vnni"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Int8Layer, LANES, NR};
+    use super::{Codes, Int8Layer, LANES, NR};
 
     /// `quantize_u8` over the whole 16-value steps of `x`, the same operations in the same
     /// order (so the same codes); returns how many values it wrote.
@@ -227,7 +253,13 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F/BW; `out.len() ≥ x.len()`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn quantize_u8(x: &[f32], scale: f32, z: f32, top: f32, out: &mut [u8]) -> usize {
+    pub(super) unsafe fn quantize_u8(
+        x: &[f32],
+        scale: f32,
+        z: f32,
+        top: f32,
+        out: &mut [u8],
+    ) -> usize {
         assert!(out.len() >= x.len());
         let (s, zv, lo, hi) = (
             _mm512_set1_ps(scale),
@@ -251,28 +283,29 @@ mod x86 {
         k
     }
 
+    /// `Int8Layer::run` on VNNI: 24 samples at a time against each panel of 16 rows, then the
+    /// remaining samples one at a time, four panels per pass.
+    ///
     /// # Safety
-    /// The CPU has AVX-512F/BW/VNNI; `q` holds `n × l.kp` codes with sample `j`'s quad `t` at
-    /// `j·sj + t·st`, and `y` holds `n × l.rows` values.
+    /// The CPU has AVX-512F/BW/VNNI (a `cpu::Vnni` token); `codes.q` holds `codes.n × l.kp`
+    /// codes with sample `j`'s quad `t` at `j·sample + t·quad`, and `y` holds `n × l.rows`
+    /// values.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn run(
-        l: &Int8Layer,
-        q: &[u8],
-        n: usize,
-        sj: usize,
-        st: usize,
-        a_scale: f32,
-        za: i32,
-        y: &mut [f32],
-    ) {
+    pub(super) unsafe fn run(l: &Int8Layer, codes: Codes<'_>, y: &mut [f32]) {
+        let Codes {
+            q,
+            n,
+            sample: sj,
+            quad: st,
+        } = codes;
+        let (a_scale, za) = (l.act.scale, l.act.zero_point);
         let (m, kp) = (l.rows, l.kp);
         let quads = kp / 4;
         let panels = m.div_ceil(LANES);
         let mut j0 = 0;
-        // SAFETY: for the whole block, panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps
-        // of 64 bytes); sample `j < n` reads four bytes at `j·sj + t·st` for `t < quads`, inside
-        // `q` by the caller's contract; the output stores are masked to the rows `< m` of
+        // SAFETY: for the whole block, panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads`
+        // steps of 64 bytes); sample `j < n` reads four bytes at `j·sj + t·st` for `t < quads`,
+        // inside `q` by the caller's contract; the output stores are masked to the rows `< m` of
         // samples `< n`.
         unsafe {
             while j0 + NR <= n {
@@ -377,12 +410,10 @@ mod tests {
             .map(|&v| ((v / a.scale).round_ties_even() + 3.0).clamp(0.0, 255.0) as u8)
             .chain([0; 5])
             .collect();
-        for portable in [false, true] {
-            crate::engine::simd::force_portable(portable);
+        for avx512 in [Isa::current().avx512, None] {
             let mut out = vec![7u8; x.len() + 5];
-            quantize_u8(&x, &a, &mut out);
-            assert_eq!(out, want, "portable = {portable}");
+            quantize_u8(avx512, &x, &a, &mut out);
+            assert_eq!(out, want, "AVX-512 = {}", avx512.is_some());
         }
-        crate::engine::simd::force_portable(false);
     }
 }

@@ -1,0 +1,544 @@
+//! One or many input columns through a sparse layer (CSR or bitmask) over the absolute column
+//! of every stored entry, derived when the layer is prepared (`EntryColumns`): the kernels
+//! gather `x[col]` directly instead of walking the running sum of the narrow gaps or scanning
+//! the mask. One column (`GatheredRows`): a gather dot per row, f32 values read in place,
+//! f16/bf16 widened and codes unpacked in registers (AVX-512, VBMI), other values decoded per
+//! row; half-precision bitmasks keeping a quarter of the weights or more expand each row's
+//! values over its columns instead (`MaskRows`). Many columns (`GatheredBatch`): one axpy per
+//! kept weight over the batch, so the work is proportional to the kept weights.
+
+use super::super::format::{Indexing, PackedLayer, ValueStore};
+#[cfg(target_arch = "x86_64")]
+use super::common::by_four_rows;
+use super::common::{KernelScratch, bias_of, fill_bias};
+#[cfg(target_arch = "x86_64")]
+use super::unpack::{self, Levels, Width, book_table};
+use crate::compress::Granularity;
+use crate::engine::cpu::{Avx512, Isa};
+
+/// Absolute columns of a sparse layer's entries and a bound on them.
+#[derive(Debug, Clone, Default)]
+pub struct EntryColumns {
+    /// Column of entry `k`, for every stored entry (CSR padding entries included), in entry
+    /// order.
+    pub cols: Vec<u32>,
+    /// One past the largest column (0 when there are no entries).
+    pub bound: usize,
+}
+
+impl EntryColumns {
+    /// The columns of a sparse layer's entries; `None` for dense layers.
+    pub fn of(layer: &PackedLayer) -> Option<EntryColumns> {
+        if layer.is_dense() {
+            return None;
+        }
+        let mut cols = Vec::with_capacity(layer.entries);
+        let mut row = Vec::new();
+        for r in 0..layer.rows {
+            layer.row_columns(r, &mut row);
+            cols.extend_from_slice(&row);
+        }
+        let bound = cols.iter().max().map_or(0, |&c| c as usize + 1);
+        Some(EntryColumns { cols, bound })
+    }
+
+    /// Whether the vector gathers may read `x[col]` for every column of an input of `cols`
+    /// values: every column inside it and addressable by a 32-bit lane.
+    fn gatherable(&self, cols: usize) -> bool {
+        self.bound <= cols && self.bound <= i32::MAX as usize
+    }
+}
+
+/// Each row's first entry, and one past the last row's: `rows + 1` offsets (a stored layer's
+/// rows follow each other from entry 0).
+fn row_starts(layer: &PackedLayer) -> Vec<usize> {
+    std::iter::once(0)
+        .chain((0..layer.rows).map(|r| layer.row_entries(r).end))
+        .collect()
+}
+
+/// How `GatheredRows` turns a row's entries into weights.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// f32 values read in place (gathered with AVX-512 when the token is there).
+    F32 {
+        values: Vec<f32>,
+        avx512: Option<Avx512>,
+    },
+    /// f16 or bf16 bits widened in registers. Made only with an `Avx512` token.
+    #[cfg(target_arch = "x86_64")]
+    Half { values: Vec<u16>, bf: bool },
+    /// Codes unpacked in registers, uniform codes with one scale per row (`scale`, `zero` per
+    /// row) or a codebook repeated over 256 entries. Made only with a `Vbmi` token.
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        width: Width,
+        codes: Vec<u8>,
+        levels: PackedLevels,
+    },
+    /// Any value store, each row decoded into a buffer first (gathered with AVX-512 when the
+    /// token is there).
+    Decoded {
+        layer: Box<PackedLayer>,
+        avx512: Option<Avx512>,
+    },
+}
+
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+enum PackedLevels {
+    Book(Box<[f32; 256]>),
+    Affine { scale: Vec<f32>, zero: Vec<f32> },
+}
+
+/// One input column through a sparse layer: per row, `Σ w_k · x[col_k]` over its entries.
+#[derive(Debug, Clone)]
+pub(super) struct GatheredRows {
+    rows: usize,
+    cols: usize,
+    columns: Vec<u32>,
+    starts: Vec<usize>,
+    weights: Weights,
+    bias: Option<Vec<f32>>,
+}
+
+impl GatheredRows {
+    /// Over `ec`, the layer's entry columns (`EntryColumns::of`).
+    pub(super) fn new(layer: &PackedLayer, ec: EntryColumns, isa: Isa) -> Self {
+        // Vector gathers only where every column lies inside the input.
+        let avx512 = isa.avx512.filter(|_| ec.gatherable(layer.cols));
+        let weights = match (&layer.values, avx512) {
+            (ValueStore::F32(v), _) => Weights::F32 {
+                values: v.clone(),
+                avx512,
+            },
+            #[cfg(target_arch = "x86_64")]
+            (ValueStore::F16(v) | ValueStore::Bf16(v), Some(_)) => Weights::Half {
+                values: v.clone(),
+                bf: matches!(layer.values, ValueStore::Bf16(_)),
+            },
+            #[cfg(target_arch = "x86_64")]
+            (
+                ValueStore::Uniform {
+                    bits,
+                    codes,
+                    scales,
+                    zero_points,
+                    granularity: granularity @ (Granularity::Tensor | Granularity::Channel),
+                },
+                Some(_),
+            ) if isa.vbmi.is_some()
+                && let Some(width) = Width::new(*bits) =>
+            {
+                let group = |r: usize| granularity.group_of(r, 0, layer.cols);
+                Weights::Packed {
+                    width,
+                    codes: codes.clone(),
+                    levels: PackedLevels::Affine {
+                        scale: (0..layer.rows).map(|r| scales[group(r)]).collect(),
+                        zero: (0..layer.rows)
+                            .map(|r| zero_points.get(group(r), *bits) as f32)
+                            .collect(),
+                    },
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (
+                ValueStore::Codebook {
+                    bits,
+                    codes,
+                    codebook,
+                },
+                Some(_),
+            ) if isa.vbmi.is_some()
+                && let Some(width) = Width::new(*bits) =>
+            {
+                Weights::Packed {
+                    width,
+                    codes: codes.clone(),
+                    levels: PackedLevels::Book(Box::new(book_table(*bits, codebook))),
+                }
+            }
+            _ => Weights::Decoded {
+                layer: Box::new(layer.clone()),
+                avx512,
+            },
+        };
+        GatheredRows {
+            rows: layer.rows,
+            cols: layer.cols,
+            columns: ec.cols,
+            starts: row_starts(layer),
+            weights,
+            bias: layer.bias.clone(),
+        }
+    }
+
+    pub(super) fn run(&self, x: &[f32], y: &mut [f32], s: &mut KernelScratch) {
+        // Every column is below `cols` when the vector gathers were chosen (`new`).
+        let x = &x[..self.cols];
+        for r in 0..self.rows {
+            let range = self.starts[r]..self.starts[r + 1];
+            let idx = &self.columns[range.clone()];
+            let d = match &self.weights {
+                Weights::F32 { values, avx512 } => gather(*avx512, &values[range], idx, x),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Half` is made only with an `Avx512` token (AVX-512 F/BW/VL, the
+                // features the kernel enables) and only when every column is below `cols`
+                // and 2^31 (`new`); `x` holds `cols` values.
+                Weights::Half { values, bf: true } => unsafe {
+                    x86::gather_half::<true>(&values[range], idx, x)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as for `bf: true`.
+                Weights::Half { values, bf: false } => unsafe {
+                    x86::gather_half::<false>(&values[range], idx, x)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Weights::Packed {
+                    width,
+                    codes,
+                    levels,
+                } => {
+                    let levels = match levels {
+                        PackedLevels::Book(book) => Levels::Book(book),
+                        PackedLevels::Affine { scale, zero } => Levels::Affine {
+                            seg: usize::MAX,
+                            scales: [&scale[r..r + 1]; 4],
+                            zeros: [&zero[r..r + 1]; 4],
+                        },
+                    };
+                    // SAFETY: `Packed` is made only with a `Vbmi` token (AVX-512 F/BW/VL/VBMI,
+                    // the features the kernel enables) and only when every column is below
+                    // `cols` and 2^31 (`new`); `x` holds `cols` values; row 0 of `levels` has
+                    // a scale and a zero point.
+                    unsafe { unpack::packed_gather(*width, codes, range.start, idx, levels, x) }
+                }
+                Weights::Decoded { layer, avx512 } => {
+                    let n = range.len();
+                    s.vals.resize(n.max(1), 0.0);
+                    layer.decode_values(range, r, Some(idx), &mut s.codes, &mut s.vals);
+                    gather(*avx512, &s.vals[..n], idx, x)
+                }
+            };
+            y[r] = d + bias_of(&self.bias, r);
+        }
+    }
+}
+
+/// `Σ vals[k] · x[idx[k]]`, with AVX-512 gathers when the token is there.
+#[inline]
+fn gather(avx512: Option<Avx512>, vals: &[f32], idx: &[u32], x: &[f32]) -> f32 {
+    match avx512 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the token vouches for AVX-512 F/BW/VL, the features the kernel enables; the
+        // callers pass one only when every column is below `x.len()` and 2^31
+        // (`EntryColumns::gatherable`).
+        Some(_) => unsafe { x86::gather_dot(vals, idx, x) },
+        _ => gather_dot(vals, idx, x),
+    }
+}
+
+/// Σ vals[k] · x[idx[k]].
+#[inline]
+fn gather_dot(vals: &[f32], idx: &[u32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n = vals.len().min(idx.len());
+    let mut k = 0;
+    while k + 8 <= n {
+        for j in 0..8 {
+            acc[j] = vals[k + j].mul_add(x[idx[k + j] as usize], acc[j]);
+        }
+        k += 8;
+    }
+    let mut t = 0f32;
+    while k < n {
+        t = vals[k].mul_add(x[idx[k] as usize], t);
+        k += 1;
+    }
+    acc.iter().sum::<f32>() + t
+}
+
+/// One input column through a half-precision bitmask layer keeping at least a quarter of its
+/// weights: per 16 columns, each row's next values are widened and expanded into the set lanes
+/// (`vexpandps`), then multiplied with the dense input, four rows per pass: no gathers. Made
+/// only by `new`, which takes the `Avx512` token.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone)]
+pub(super) struct MaskRows {
+    rows: usize,
+    cols: usize,
+    mask: Vec<u8>,
+    starts: Vec<usize>,
+    values: Vec<u16>,
+    bf: bool,
+    bias: Option<Vec<f32>>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl MaskRows {
+    /// `None` unless the layer is a bitmask of f16 or bf16 values keeping at least a quarter of
+    /// its weights (and its columns, `ec`, lie inside the input).
+    pub(super) fn new(layer: &PackedLayer, ec: &EntryColumns, _: Avx512) -> Option<Self> {
+        let (Indexing::Bitmask { mask, .. }, ValueStore::F16(v) | ValueStore::Bf16(v)) =
+            (&layer.index, &layer.values)
+        else {
+            return None;
+        };
+        let dense_enough = layer.entries * 4 >= layer.rows * layer.cols;
+        (dense_enough && ec.gatherable(layer.cols)).then(|| MaskRows {
+            rows: layer.rows,
+            cols: layer.cols,
+            mask: mask.clone(),
+            starts: row_starts(layer),
+            values: v.clone(),
+            bf: matches!(layer.values, ValueStore::Bf16(_)),
+            bias: layer.bias.clone(),
+        })
+    }
+
+    pub(super) fn run(&self, x: &[f32], y: &mut [f32]) {
+        let cols = self.cols;
+        let x = &x[..cols];
+        by_four_rows(self.rows, &self.bias, y, |ks| {
+            let vals = ks.map(|r| &self.values[self.starts[r]..self.starts[r + 1]]);
+            let bits = ks.map(|r| r * cols);
+            // SAFETY: a `MaskRows` exists only where an `Avx512` token vouched for AVX-512
+            // F/BW/VL, the features the kernel enables; it bounds its loads by the slices.
+            unsafe {
+                if self.bf {
+                    x86::rows4_mask_half::<true>(&self.mask, bits, vals, cols, x)
+                } else {
+                    x86::rows4_mask_half::<false>(&self.mask, bits, vals, cols, x)
+                }
+            }
+        });
+    }
+}
+
+/// Many input columns through a sparse layer: `y[r] = bias[r] + Σ_k w_k · B[col_k]`, one axpy
+/// of a batch row per kept weight (f32 values read in place, others decoded per row).
+#[derive(Debug, Clone)]
+pub(super) struct GatheredBatch {
+    rows: usize,
+    columns: Vec<u32>,
+    starts: Vec<usize>,
+    /// f32 values read in place, or the stored layer, decoded row by row.
+    values: Result<Vec<f32>, Box<PackedLayer>>,
+    bias: Option<Vec<f32>>,
+}
+
+impl GatheredBatch {
+    /// Over `ec`, the layer's entry columns (`EntryColumns::of`).
+    pub(super) fn new(layer: &PackedLayer, ec: EntryColumns) -> Self {
+        GatheredBatch {
+            rows: layer.rows,
+            columns: ec.cols,
+            starts: row_starts(layer),
+            values: match &layer.values {
+                ValueStore::F32(v) => Ok(v.clone()),
+                _ => Err(Box::new(layer.clone())),
+            },
+            bias: layer.bias.clone(),
+        }
+    }
+
+    /// `y (rows × p) = bias + W · b` for `b` (`cols × p`).
+    pub(super) fn run(&self, b: &[f32], p: usize, y: &mut [f32], s: &mut KernelScratch) {
+        fill_bias(&self.bias, 0..self.rows, p, y);
+        for r in 0..self.rows {
+            let range = self.starts[r]..self.starts[r + 1];
+            let n = range.len();
+            let idx = &self.columns[range.clone()];
+            let vals: &[f32] = match &self.values {
+                Ok(v) => &v[range],
+                Err(layer) => {
+                    s.vals.resize(n.max(1), 0.0);
+                    layer.decode_values(range, r, Some(idx), &mut s.codes, &mut s.vals);
+                    &s.vals[..n]
+                }
+            };
+            sparse_row_batch(idx, vals, b, p, &mut y[r * p..(r + 1) * p]);
+        }
+    }
+}
+
+/// `yr[j] += Σ_k vals[k] · b[idx[k]·p + j]` (`b` is `cols × p`): 64 batch columns at a time
+/// held in registers across the row's entries, so `yr` is loaded and stored once per tile
+/// instead of once per kept weight.
+fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f32]) {
+    const T: usize = 64;
+    let mut t0 = 0;
+    while t0 + T <= p {
+        let mut acc = [0f32; T];
+        acc.copy_from_slice(&yr[t0..t0 + T]);
+        for (&c, &v) in idx.iter().zip(vals) {
+            let at = c as usize * p + t0;
+            let br = &b[at..at + T];
+            for i in 0..T {
+                acc[i] = v.mul_add(br[i], acc[i]);
+            }
+        }
+        yr[t0..t0 + T].copy_from_slice(&acc);
+        t0 += T;
+    }
+    if t0 < p {
+        for (&c, &v) in idx.iter().zip(vals) {
+            let c = c as usize;
+            axpy(v, &b[c * p + t0..(c + 1) * p], &mut yr[t0..]);
+        }
+    }
+}
+
+#[inline]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = a.mul_add(*xi, *yi);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::engine::simd::{hsum4, lanes_upto, low_lanes, widen_half};
+
+    /// `Σ vals[k] · x[cols[k]]` with 16-lane gathers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL (a `cpu::Avx512` token), and every `cols[k]` for `k < min(len)`
+    /// is `< x.len()` and `< 2^31`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_dot(vals: &[f32], cols: &[u32], x: &[f32]) -> f32 {
+        let n = vals.len().min(cols.len());
+        let (vp, cp, xp) = (vals.as_ptr(), cols.as_ptr(), x.as_ptr());
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut k = 0;
+        // SAFETY: for the whole block, loads stay below `n`, within both slices; gathered columns
+        // are in `x` by the caller's contract; masked lanes are neither loaded nor gathered.
+        unsafe {
+            while k + 32 <= n {
+                let i0 = _mm512_loadu_si512(cp.add(k).cast());
+                let i1 = _mm512_loadu_si512(cp.add(k + 16).cast());
+                let g0 = _mm512_i32gather_ps::<4>(i0, xp);
+                let g1 = _mm512_i32gather_ps::<4>(i1, xp);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k + 16)), g1, a1);
+                k += 32;
+            }
+            if k + 16 <= n {
+                let i0 = _mm512_loadu_si512(cp.add(k).cast());
+                let g0 = _mm512_i32gather_ps::<4>(i0, xp);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(k)), g0, a0);
+                k += 16;
+            }
+            if k < n {
+                let m = low_lanes(n - k);
+                let i1 = _mm512_maskz_loadu_epi32(m, cp.add(k).cast());
+                let g1 = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i1, xp);
+                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, vp.add(k)), g1, a1);
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    }
+
+    /// `Σ w[k] · x[cols[k]]` over half-precision values (IEEE f16, or bfloat16 when `BF`)
+    /// widened in registers, with 16-lane gathers.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL (a `cpu::Avx512` token), and every `cols[k]` for `k < min(len)`
+    /// is `< x.len()` and `< 2^31`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn gather_half<const BF: bool>(vals: &[u16], cols: &[u32], x: &[f32]) -> f32 {
+        let n = vals.len().min(cols.len());
+        let (vp, cp, xp) = (vals.as_ptr(), cols.as_ptr(), x.as_ptr());
+        let mut a0 = _mm512_setzero_ps();
+        let mut a1 = _mm512_setzero_ps();
+        let mut k = 0;
+        // SAFETY: for the whole block, loads stay below `n`, within both slices; gathered columns
+        // are in `x` by the caller's contract; masked lanes are neither loaded nor gathered.
+        unsafe {
+            while k + 32 <= n {
+                let g0 = _mm512_i32gather_ps::<4>(_mm512_loadu_si512(cp.add(k).cast()), xp);
+                let g1 = _mm512_i32gather_ps::<4>(_mm512_loadu_si512(cp.add(k + 16).cast()), xp);
+                let w0 = widen_half::<BF>(_mm256_loadu_si256(vp.add(k).cast()));
+                let w1 = widen_half::<BF>(_mm256_loadu_si256(vp.add(k + 16).cast()));
+                a0 = _mm512_fmadd_ps(w0, g0, a0);
+                a1 = _mm512_fmadd_ps(w1, g1, a1);
+                k += 32;
+            }
+            while k < n {
+                let m = lanes_upto(n - k);
+                let i = _mm512_maskz_loadu_epi32(m, cp.add(k).cast());
+                let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), m, i, xp);
+                let w = widen_half::<BF>(_mm256_maskz_loadu_epi16(m, vp.add(k).cast()));
+                a0 = _mm512_fmadd_ps(w, g, a0);
+                k += 16;
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+    }
+
+    /// Bits `bit .. bit + 16` of an LSB-first bitmask (bits past its end read as 0).
+    #[inline(always)]
+    fn mask_bits16(mask: &[u8], bit: usize) -> u32 {
+        let at = bit / 8;
+        let word = match mask.get(at..at + 4) {
+            Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
+            _ => {
+                let byte = |i: usize| mask.get(at + i).copied().unwrap_or(0) as u32;
+                byte(0) | byte(1) << 8 | byte(2) << 16
+            }
+        };
+        (word >> (bit % 8)) & 0xFFFF
+    }
+
+    /// `[Σ_c w_k[c] · x[c]]` for four rows of a bitmask layer with half-precision values
+    /// (IEEE f16, or bfloat16 when `BF`): row `k`'s columns `0..n` are bits `bits[k] ..` of
+    /// `mask`, its values `vals[k]` the set columns' in order. Per 16 columns, the row's next
+    /// values are widened and expanded into the set lanes (`vexpandps`), then multiplied with
+    /// the dense input: no gathers, so it pays off when many columns are kept.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F/BW/VL (a `cpu::Avx512` token).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn rows4_mask_half<const BF: bool>(
+        mask: &[u8],
+        bits: [usize; 4],
+        vals: [&[u16]; 4],
+        n: usize,
+        x: &[f32],
+    ) -> [f32; 4] {
+        let n = n.min(x.len());
+        let xp = x.as_ptr();
+        let mut at = [0usize; 4];
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut j = 0;
+        while j < n {
+            let lanes = lanes_upto(n - j);
+            // SAFETY: the mask admits only lanes `j..n`, inside `x`.
+            let xv = unsafe { _mm512_maskz_loadu_ps(lanes, xp.add(j)) };
+            for k in 0..4 {
+                let m = mask_bits16(mask, bits[k] + j) as __mmask16 & lanes;
+                let left = vals[k].len().saturating_sub(at[k]);
+                let p = vals[k].as_ptr().wrapping_add(at[k]);
+                // SAFETY: 16 values are read only when `left >= 16` remain in `vals[k]`;
+                // otherwise the mask admits only the `left` remaining (none when it is
+                // exhausted, the pointer then never being dereferenced).
+                let h = unsafe {
+                    if left >= 16 {
+                        _mm256_loadu_si256(p.cast())
+                    } else {
+                        _mm256_maskz_loadu_epi16(low_lanes(left), p.cast())
+                    }
+                };
+                let w = _mm512_maskz_expand_ps(m, widen_half::<BF>(h));
+                acc[k] = _mm512_fmadd_ps(w, xv, acc[k]);
+                at[k] += m.count_ones() as usize;
+            }
+            j += 16;
+        }
+        hsum4(acc)
+    }
+}
