@@ -3,9 +3,7 @@
 //! kept (`PackedLayer::encode`). The stored format itself lives in `format.rs`.
 
 use super::error::EngineError;
-use super::format::{
-    DerivedColumns, Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start,
-};
+use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start};
 use super::pack::{self, GapWidth};
 use crate::compress::{FloatStorage, Granularity, QuantizedLayer, WeightValues};
 
@@ -56,7 +54,6 @@ impl PackedLayer {
                 bias: q.bias.clone(),
                 activation: q.activation,
                 entropy_bytes: Some(entropy),
-                derived: DerivedColumns,
             });
         }
         if pruned || out.is_empty() {
@@ -76,7 +73,6 @@ impl PackedLayer {
                         bias: q.bias.clone(),
                         activation: q.activation,
                         entropy_bytes: Some(entropy),
-                        derived: DerivedColumns,
                     });
                 }
             }
@@ -96,7 +92,6 @@ impl PackedLayer {
                     bias: q.bias.clone(),
                     activation: q.activation,
                     entropy_bytes: Some(entropy),
-                    derived: DerivedColumns,
                 });
             }
         }

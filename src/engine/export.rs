@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use super::EngineError;
+use super::error::EngineError;
 use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start};
 use super::model::{CompressedModel, Step};
 use crate::compress::{ActivationQuant, Granularity};
@@ -1002,7 +1002,6 @@ impl Reader<'_> {
             bias,
             activation,
             entropy_bytes: f.entropy_bytes,
-            derived: Default::default(),
         };
         p.check().map_err(|m| self.err(&t("values"), m))?;
         Ok(p)

@@ -176,14 +176,7 @@ pub struct PackedLayer {
     /// entropy-coded, plus tables, scales and bias), a figure reported beside `size_bytes`;
     /// known when the layer was encoded from a plan, kept in the exported file's metadata.
     pub entropy_bytes: Option<usize>,
-    /// Nothing: see `DerivedColumns`.
-    pub(crate) derived: DerivedColumns,
 }
-
-/// Placeholder for the runtime layouts a layer once kept beside its stored fields; they are
-/// now prepared apart from the stored format (`kernels`), and this field goes next.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct DerivedColumns;
 
 /// A short name for the encoding, for reports: `csr8+u4/channel`, `dense+f32`, ...
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +198,6 @@ impl PackedLayer {
             bias,
             activation: None,
             entropy_bytes: None,
-            derived: DerivedColumns,
         }
     }
 
@@ -400,7 +392,6 @@ impl PackedLayer {
             bias: self.bias.as_ref().map(|b| b[rows].to_vec()),
             activation: self.activation,
             entropy_bytes: None,
-            derived: DerivedColumns,
         }
     }
 
