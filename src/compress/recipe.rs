@@ -390,7 +390,7 @@ impl Recipe {
         toml::from_str(text).map_err(|e| RecipeError::Parse {
             at: at(src),
             format: "TOML",
-            msg: e.to_string().trim().to_string(),
+            msg: crate::model::spec::toml_error_line(text, &e),
         })
     }
 

@@ -123,7 +123,14 @@ struct Header {
 
 impl Header {
     fn parse(text: &str) -> Result<Header, String> {
-        let bad = |what: &str| format!("malformed NPY header ({what}): {}", text.trim_end());
+        // The header comes from the file: escape control characters so the message stays one
+        // line.
+        let bad = |what: &str| {
+            format!(
+                "malformed NPY header ({what}): {}",
+                text.trim_end().escape_debug()
+            )
+        };
         let value = PyParser::new(text).parse_all().map_err(|e| bad(&e))?;
         let Py::Dict(entries) = value else {
             return Err(bad("expected a dict"));
@@ -242,7 +249,7 @@ impl<'a> PyParser<'a> {
         self.skip_ws();
         match self.chars.next() {
             None => Ok(v),
-            Some(c) => Err(format!("unexpected '{c}' after the dict")),
+            Some(c) => Err(format!("unexpected {c:?} after the dict")),
         }
     }
 
@@ -325,7 +332,7 @@ impl<'a> PyParser<'a> {
                     _ => Err(format!("unexpected name '{s}'")),
                 }
             }
-            Some(c) => Err(format!("unexpected '{c}'")),
+            Some(c) => Err(format!("unexpected {c:?}")),
             None => Err("unexpected end".into()),
         }
     }
@@ -356,7 +363,7 @@ impl<'a> PyParser<'a> {
             match self.chars.next() {
                 Some(',') => {}
                 Some(c) if c == close => break,
-                Some(c) => return Err(format!("expected ',' or '{close}', found '{c}'")),
+                Some(c) => return Err(format!("expected ',' or '{close}', found {c:?}")),
                 None => return Err(format!("missing '{close}'")),
             }
         }

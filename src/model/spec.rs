@@ -261,9 +261,31 @@ pub fn tensor_prefix(tensor: &str) -> &str {
     tensor.rsplit_once('.').map_or(tensor, |(p, _)| p)
 }
 
+/// A TOML parse error on one line, as every error message is: `line 3, column 1: duplicate
+/// key` (toml's own rendering quotes the source over several lines).
+pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e
+        .message()
+        .trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 impl ArchSpec {
-    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// Parses a TOML description; the error is one line ([`toml_error_line`]).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| toml_error_line(text, &e))
     }
 
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
