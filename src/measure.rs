@@ -1,6 +1,7 @@
 //! Measurements: accuracy figures from logits (top-1, top-5, cross-entropy, per-class accuracy,
-//! confusion matrix, agreement and KL divergence against a reference), and running the dense
-//! reference model over an evaluation set in batches.
+//! confusion matrix, agreement and KL divergence against a reference), running the dense
+//! reference model over an evaluation set in batches, and the activation memory a model needs
+//! (the arena: what a device must hold besides the weights).
 
 use candle_core::{Device, Tensor};
 use serde::Serialize;
@@ -311,6 +312,113 @@ pub fn measure(
         throughput,
         wall_s,
         layers,
+    }
+}
+
+/// The activation memory one layer needs while it runs, for one sample.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LayerArena {
+    pub name: String,
+    pub op: &'static str,
+    pub input_bytes: usize,
+    /// 0 for operations that work in place (activations, batchnorm, flatten, softmax, add).
+    pub output_bytes: usize,
+    /// Outputs of earlier layers kept for a residual `add` after this one.
+    pub saved_bytes: usize,
+    /// Kernel scratch: a convolution's im2col matrix (`in/groups × kh × kw` values per output
+    /// position; none for a 1×1, stride-1, unpadded one).
+    pub scratch_bytes: usize,
+    pub total_bytes: usize,
+}
+
+/// Peak activation memory of one sample through a model, layer by layer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Arena {
+    /// Bytes per activation value (4 for f32, 1 for quantized activations).
+    pub value_bytes: usize,
+    pub layers: Vec<LayerArena>,
+    pub peak_bytes: usize,
+    /// The layer that sets the peak (the first of equals).
+    pub peak_layer: String,
+}
+
+/// Bytes per activation value: 4 in f32, 1 when activations are quantized to 8 bits or fewer.
+pub fn activation_value_bytes(activation_bits: Option<u8>) -> usize {
+    match activation_bits {
+        Some(b) if b <= 8 => 1,
+        _ => 4,
+    }
+}
+
+/// The activation arena of `model` with activations of `value_bytes` each: for every layer,
+/// its input and output buffers (one when it works in place), the outputs saved for later
+/// residual additions, and its kernel scratch; the peak is the largest such sum.
+pub fn arena(model: &Model, value_bytes: usize) -> Arena {
+    let values = |shape: &[usize]| shape.iter().product::<usize>();
+    // Last layer index that reads each saved output.
+    let mut last_use = vec![None; model.layers.len()];
+    for (i, l) in model.layers.iter().enumerate() {
+        if let Op::Add { from } = l.op
+            && let Some(u) = last_use.get_mut(from)
+        {
+            *u = Some(i);
+        }
+    }
+    let mut layers = Vec::with_capacity(model.layers.len());
+    for (i, l) in model.layers.iter().enumerate() {
+        let input = values(&l.in_shape);
+        let in_place = matches!(
+            l.op,
+            Op::Activation(_)
+                | Op::ChannelAffine { .. }
+                | Op::Flatten
+                | Op::Dropout(_)
+                | Op::Softmax
+                | Op::Add { .. }
+        );
+        let output = if in_place { 0 } else { values(&l.out_shape) };
+        let saved: usize = (0..i)
+            .filter(|&j| last_use[j].is_some_and(|u| u > i))
+            .map(|j| values(&model.layers[j].out_shape))
+            .sum();
+        let scratch = match &l.op {
+            Op::Conv2d(p, g) => {
+                let dims = p.weight.dims();
+                let pointwise = dims.get(2..4) == Some(&[1, 1][..])
+                    && g.stride == (1, 1)
+                    && g.padding == (0, 0);
+                if pointwise {
+                    0
+                } else {
+                    let positions: usize = l.out_shape.iter().skip(1).product();
+                    dims[1..].iter().product::<usize>() * positions
+                }
+            }
+            _ => 0,
+        };
+        let b = |v: usize| v * value_bytes;
+        layers.push(LayerArena {
+            name: l.name.clone(),
+            op: l.op.name(),
+            input_bytes: b(input),
+            output_bytes: b(output),
+            saved_bytes: b(saved),
+            scratch_bytes: b(scratch),
+            total_bytes: b(input + output + saved + scratch),
+        });
+    }
+    let (peak_bytes, peak_layer) = layers.iter().fold((0, String::new()), |(best, name), l| {
+        if l.total_bytes > best {
+            (l.total_bytes, l.name.clone())
+        } else {
+            (best, name)
+        }
+    });
+    Arena {
+        value_bytes,
+        layers,
+        peak_bytes,
+        peak_layer,
     }
 }
 

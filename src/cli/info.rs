@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::common::{Format, ModelArgs, human_bytes, load_model, thousands};
-use crate::model::{Model, Op};
+use crate::model::Model;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -36,11 +36,15 @@ pub struct ModelInfo {
     pub macs: usize,
     pub bytes: usize,
     /// Largest amount of activation memory alive at once for one sample (f32): a layer's input
-    /// and output plus outputs kept for later residual additions.
+    /// and output (one buffer for in-place operations), outputs kept for later residual
+    /// additions, and kernel scratch (a convolution's im2col).
     pub peak_activation_bytes: usize,
+    /// The layer that sets that peak.
+    pub peak_activation_layer: String,
 }
 
 pub fn model_info(model: &Model) -> ModelInfo {
+    let arena = crate::measure::arena(model, 4);
     let layers: Vec<LayerInfo> = model
         .layers
         .iter()
@@ -61,30 +65,10 @@ pub fn model_info(model: &Model) -> ModelInfo {
         params: layers.iter().map(|l| l.params).sum(),
         macs: layers.iter().map(|l| l.macs).sum(),
         bytes: layers.iter().map(|l| l.bytes).sum(),
-        peak_activation_bytes: peak_activation_bytes(model),
+        peak_activation_bytes: arena.peak_bytes,
+        peak_activation_layer: arena.peak_layer,
         layers,
     }
-}
-
-/// Peak live activation bytes for one sample, walking the graph in order.
-pub fn peak_activation_bytes(model: &Model) -> usize {
-    let bytes = |shape: &[usize]| shape.iter().product::<usize>() * 4;
-    // Last layer index that reads each saved output.
-    let mut last_use = vec![None; model.layers.len()];
-    for (i, l) in model.layers.iter().enumerate() {
-        if let Op::Add { from } = l.op {
-            last_use[from] = Some(i);
-        }
-    }
-    let mut peak = bytes(&model.input.shape);
-    for (i, l) in model.layers.iter().enumerate() {
-        let kept: usize = (0..i)
-            .filter(|&j| last_use[j].is_some_and(|u| u > i))
-            .map(|j| bytes(&model.layers[j].out_shape))
-            .sum();
-        peak = peak.max(bytes(&l.in_shape) + bytes(&l.out_shape) + kept);
-    }
-    peak
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
@@ -119,12 +103,13 @@ pub fn render_text(info: &ModelInfo) -> String {
         );
     }
     s += &format!(
-        "{:<42} {:>10} {:>12} {:>11}\n\npeak activation memory (one sample, f32): {}\n",
+        "{:<42} {:>10} {:>12} {:>11}\n\npeak activation memory (one sample, f32, kernel scratch included): {} at {}\n",
         "total",
         thousands(info.params),
         thousands(info.macs),
         human_bytes(info.bytes),
-        human_bytes(info.peak_activation_bytes)
+        human_bytes(info.peak_activation_bytes),
+        info.peak_activation_layer
     );
     s
 }
