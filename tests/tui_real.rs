@@ -11,9 +11,9 @@ use squeeze::compress::Bits;
 use squeeze::compress::recipe::{PruneMethod, Scheme};
 use squeeze::data::DataOptions;
 use squeeze::explore::config::Config;
-use squeeze::explore::eval::{CANCELLED, Evaluator, Stage};
+use squeeze::explore::eval::{EvalError, Evaluator, Stage};
 use squeeze::explore::info::ModelInfo;
-use squeeze::explore::real::{ModelEvaluator, fingerprint};
+use squeeze::explore::model_evaluator::{ModelEvaluator, fingerprint};
 
 fn evaluator() -> Option<(ModelEvaluator, u64)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -83,10 +83,10 @@ fn stages_agree_and_exports_reload_in_the_cli() {
     assert!(latency.latency_us.unwrap() > 0.0);
 
     let cancelled = AtomicBool::new(true);
-    assert_eq!(
+    assert!(matches!(
         ev.evaluate(&config, Stage::Full, &cancelled),
-        Err(CANCELLED.to_string())
-    );
+        Err(EvalError::Cancelled)
+    ));
 
     // Export, then ask the CLI.
     let dir = tempfile::tempdir().unwrap();
@@ -170,4 +170,83 @@ fn recipes_round_trip_through_the_edit_state() {
     let never = AtomicBool::new(false);
     let f = ev.evaluate(&config, Stage::Quick, &never).unwrap();
     assert!(f.accuracy.unwrap().value > 0.9);
+}
+
+/// The figures of a sensitivity probe are the same whichever path measured them: the whole
+/// model (what an edit in the explorer asks for) or the probe path that reuses the dense
+/// layers before the probed one (what `S` and `squeeze sensitivity` use) — every field, to the
+/// last bit.
+#[test]
+fn probes_measure_what_a_whole_evaluation_measures() {
+    use squeeze::explore::jobs::EvalRequest;
+    use squeeze::explore::sensitivity::{self, ProbeChain, ProbeEvent, ProbeJob, SensitivityGrid};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (model_file, limit) in [
+        ("lenet-300-100.safetensors", 2000),
+        ("lenet5.safetensors", 500),
+    ] {
+        let model_path = root.join("assets/models").join(model_file);
+        let data_path = root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+        if !model_path.exists() || !data_path.exists() {
+            eprintln!("skipping: the bundled model or data is missing");
+            return;
+        }
+        let model = squeeze::model::load(&model_path).unwrap().model;
+        let set = squeeze::data::load(&data_path, &DataOptions::default())
+            .unwrap()
+            .truncated(limit);
+        let inputs = set.prepare(&model.input, model.num_classes()).unwrap();
+        let info = ModelInfo::from_model(&model, "t10k", set.len());
+        let n = info.layers.len();
+        let ev = ModelEvaluator::new(model, info.clone(), inputs, set.labels, 100);
+        let grid = SensitivityGrid {
+            sparsities: vec![500, 900],
+            bits: vec![4],
+            ..SensitivityGrid::default()
+        };
+        let probes = sensitivity::probes(&info, &grid);
+        let chains: Vec<ProbeChain> = sensitivity::chains(&probes)
+            .into_iter()
+            .map(|chain| ProbeChain {
+                layer: chain[0].layer,
+                points: chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| EvalRequest {
+                        key: (p.layer * 100
+                            + i
+                            + usize::from(matches!(p.kind, sensitivity::ProbeKind::Bits(_))) * 50)
+                            as u64,
+                        config: p.config(n),
+                        stages: vec![Stage::Full],
+                    })
+                    .collect(),
+            })
+            .collect();
+        let job = ProbeJob {
+            chains: chains.clone(),
+            dense: None,
+            // No collapse: every probe is measured.
+            dense_accuracy: None,
+            classes: 10,
+        };
+        let got = std::sync::Mutex::new(Vec::new());
+        let never = AtomicBool::new(false);
+        ev.measure_probes(&job, &never, &|e| got.lock().unwrap().push(e));
+        let got = got.into_inner().unwrap();
+        assert_eq!(got.len(), probes.len(), "{model_file}");
+        for chain in &chains {
+            for p in &chain.points {
+                let fast = got
+                    .iter()
+                    .find_map(|e| match e {
+                        ProbeEvent::Measured { key, figures } if *key == p.key => Some(figures),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| panic!("{model_file}: probe {} not measured", p.key));
+                let whole = ev.evaluate(&p.config, Stage::Full, &never).unwrap();
+                assert_eq!(fast, &whole, "{model_file}: {:?}", p.config);
+            }
+        }
+    }
 }

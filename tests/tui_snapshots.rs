@@ -69,14 +69,14 @@ fn sweep_in_progress() {
     let mut app = tuned();
     let r = app.handle_key(key('S'));
     // Half of the sweep's answers have arrived.
-    let msgs = answers(&app.info, &r);
+    let msgs = answers(&app.session.info, &r);
     let half = msgs.len() / 2;
     for m in msgs.into_iter().take(half) {
         app.handle_worker(m);
     }
     // And a new edit is being measured: its quick estimate is in.
     let r = app.handle_key(code(KeyCode::Right));
-    let quick = answers(&app.info, &r).remove(0);
+    let quick = answers(&app.session.info, &r).remove(0);
     app.handle_worker(quick);
     insta::assert_snapshot!(draw(&app, 140, 45).backend());
 }

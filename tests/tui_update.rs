@@ -13,9 +13,10 @@ use squeeze::compress::recipe::{PruneMethod, Scheme};
 use squeeze::explore::eval::Stage;
 use squeeze::explore::jobs::{Origin, Runner, WorkerMsg};
 use squeeze::explore::journal::Record;
+use squeeze::explore::sensitivity;
 use squeeze::explore::sweep;
 use squeeze::tui::app::View;
-use squeeze::tui::{Executor, Request};
+use squeeze::tui::{Request, executor};
 use tui_support::*;
 
 fn evaluations(r: &[Request]) -> Vec<&squeeze::explore::EvalRequest> {
@@ -33,7 +34,7 @@ fn start_evaluates_dense_at_every_stage() {
     let r = app.start();
     let ev = evaluations(&r);
     assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].key, app.dense_key);
+    assert_eq!(ev[0].key, app.session.dense_key);
     assert_eq!(
         ev[0].stages,
         vec![Stage::Quick, Stage::Full, Stage::Latency]
@@ -42,10 +43,10 @@ fn start_evaluates_dense_at_every_stage() {
         r.iter()
             .any(|r| matches!(r, Request::Journal(Record::Current { .. })))
     );
-    assert_eq!(app.pending.len(), 3);
+    assert_eq!(app.session.pending.len(), 3);
     settle(&mut app, r);
-    assert!(app.pending.is_empty());
-    let dense = app.dense().unwrap();
+    assert!(app.session.pending.is_empty());
+    let dense = app.session.dense().unwrap();
     assert!(dense.full.is_some() && dense.latency.is_some());
 }
 
@@ -54,7 +55,7 @@ fn an_edit_requests_the_new_configuration() {
     let mut app = app();
     let r = app.start();
     settle(&mut app, r);
-    let g0 = app.generation;
+    let g0 = app.session.generation;
     let r = app.handle_key(code(KeyCode::Right));
     let ev = evaluations(&r);
     assert_eq!(ev.len(), 1);
@@ -64,7 +65,7 @@ fn an_edit_requests_the_new_configuration() {
         r[0],
         Request::Evaluate { .. } | Request::Journal(_)
     ));
-    assert_eq!(app.generation, g0 + 1);
+    assert_eq!(app.session.generation, g0 + 1);
     assert!(
         r.iter()
             .any(|r| matches!(r, Request::Evaluate { generation, .. } if *generation == g0 + 1))
@@ -75,18 +76,18 @@ fn an_edit_requests_the_new_configuration() {
         KeyCode::Right,
         KeyModifiers::SHIFT,
     ));
-    assert_eq!(app.config.layers[0].sparsity, 60);
+    assert_eq!(app.session.config.layers[0].sparsity, 60);
     assert!(app.handle_key(key('+')).is_empty());
     app.handle_key(key('-'));
     app.handle_key(key('-'));
-    assert_eq!(app.config.layers[0].bits, Bits::Int(8));
+    assert_eq!(app.session.config.layers[0].bits, Bits::Int(8));
     app.handle_key(key('s'));
-    assert_eq!(app.config.layers[0].scheme, Scheme::Asymmetric);
+    assert_eq!(app.session.config.layers[0].scheme, Scheme::Asymmetric);
     // ↓ moves to fc2; edits go there.
     app.handle_key(key('j'));
     app.handle_key(key('l'));
-    assert_eq!(app.config.layers[1].sparsity, 50);
-    assert_eq!(app.config.layers[0].sparsity, 60);
+    assert_eq!(app.session.config.layers[1].sparsity, 50);
+    assert_eq!(app.session.config.layers[0].sparsity, 60);
 }
 
 #[test]
@@ -99,7 +100,7 @@ fn stale_results_land_on_their_own_point_only() {
     let (k1, k2) = (evaluations(&first)[0].key, evaluations(&second)[0].key);
     assert_ne!(k1, k2);
     // The older request's quick answer arrives late (it was cancelled after one stage).
-    let late = answers(&app.info, &first)
+    let late = answers(&app.session.info, &first)
         .into_iter()
         .find(|m| {
             matches!(
@@ -112,11 +113,14 @@ fn stale_results_land_on_their_own_point_only() {
         })
         .unwrap();
     app.handle_worker(late);
-    assert!(app.points[&k1].quick.is_some());
+    assert!(app.session.points[&k1].quick.is_some());
     assert!(app.current().unwrap().quick.is_none());
-    assert_eq!(app.pending, vec![Stage::Quick, Stage::Full, Stage::Latency]);
+    assert_eq!(
+        app.session.pending,
+        vec![Stage::Quick, Stage::Full, Stage::Latency]
+    );
     settle(&mut app, second);
-    assert!(app.pending.is_empty());
+    assert!(app.session.pending.is_empty());
     assert_eq!(app.current().unwrap().key, k2);
 }
 
@@ -131,12 +135,12 @@ fn returning_to_a_configuration_is_a_cache_hit() {
     let r = app.handle_key(key('u'));
     assert!(evaluations(&r).is_empty());
     assert!(r.contains(&Request::CancelInteractive));
-    assert!(app.pending.is_empty());
-    assert_eq!(app.current_key, app.dense_key);
+    assert!(app.session.pending.is_empty());
+    assert_eq!(app.session.current_key, app.session.dense_key);
     // Redo: the 5 % point is cached too.
     let r = app.handle_key(key('U'));
     assert!(evaluations(&r).is_empty());
-    assert_eq!(app.config.layers[0].sparsity, 50);
+    assert_eq!(app.session.config.layers[0].sparsity, 50);
     // Undo past the start says so.
     app.handle_key(key('u'));
     assert!(app.handle_key(key('u')).is_empty());
@@ -150,7 +154,7 @@ fn partially_cached_configurations_ask_only_for_missing_stages() {
     settle(&mut app, r);
     let r = app.handle_key(code(KeyCode::Right));
     // Only the quick estimate arrives before we go back and forth.
-    let quick = answers(&app.info, &r).remove(0);
+    let quick = answers(&app.session.info, &r).remove(0);
     app.handle_worker(quick);
     app.handle_key(code(KeyCode::Left));
     let r = app.handle_key(code(KeyCode::Right));
@@ -165,7 +169,7 @@ fn failures_show_in_plain_words_and_are_journaled() {
     let r = app.handle_key(key('a'));
     let ev = evaluations(&r)[0].clone();
     let out = app.handle_worker(WorkerMsg::Failed {
-        origin: Origin::Interactive(app.generation),
+        origin: Origin::Interactive(app.session.generation),
         key: ev.key,
         stage: Stage::Quick,
         error: "activation calibration: no samples".into(),
@@ -177,7 +181,7 @@ fn failures_show_in_plain_words_and_are_journaled() {
         app.last_error.as_deref(),
         Some("quick estimate failed: activation calibration: no samples")
     );
-    assert!(app.pending.is_empty());
+    assert!(app.session.pending.is_empty());
 }
 
 #[test]
@@ -192,17 +196,17 @@ fn sweeps_skip_cached_points_and_cancel_with_esc() {
     let grid = sweep::UNIFORM_SPARSITIES.len() * sweep::UNIFORM_BITS.len();
     // The dense corner of the grid is cached.
     assert_eq!(points.len(), grid - 1);
-    assert_eq!(app.sweeps.len(), 1);
+    assert_eq!(app.session.sweeps.len(), 1);
     let id = *id;
     app.handle_worker(WorkerMsg::Progress {
         sweep: id,
         done: 3,
         total: grid - 1,
     });
-    assert_eq!(app.sweeps[0].done, 3);
+    assert_eq!(app.session.sweeps[0].done, 3);
     let r = app.handle_key(code(KeyCode::Esc));
     assert!(r.contains(&Request::CancelSweeps));
-    assert!(app.sweeps.is_empty());
+    assert!(app.session.sweeps.is_empty());
     assert!(app.message.as_deref().unwrap().contains("3 of"));
     // The worker confirms later; nothing breaks.
     app.handle_worker(WorkerMsg::SweepDone {
@@ -216,9 +220,9 @@ fn sweeps_skip_cached_points_and_cancel_with_esc() {
     assert!(app.handle_key(key('S')).is_empty());
     assert!(app.message.as_deref().unwrap().contains("already measured"));
     // Sensitivity curves are filled for every layer.
-    for s in &app.sensitivity {
-        assert_eq!(s.prune.len(), sweep::SENSITIVITY_SPARSITIES.len());
-        assert_eq!(s.bits.len(), sweep::SENSITIVITY_BITS.len());
+    for s in &app.session.sensitivity {
+        assert_eq!(s.prune.len(), sensitivity::DEFAULT_SPARSITIES.len());
+        assert_eq!(s.bits.len(), sensitivity::DEFAULT_BITS.len());
     }
 }
 
@@ -228,29 +232,41 @@ fn presets_global_pruning_and_apply_to_all() {
     let r = app.start();
     settle(&mut app, r);
     app.handle_key(key('4'));
-    assert_eq!(app.preset_name(), Some("Deep-Compression-like"));
-    assert_eq!(app.config.layers[0].sparsity, 920);
-    assert_eq!(app.config.layers[2].sparsity, 740);
-    assert_eq!(app.config.layers[0].scheme, Scheme::Kmeans);
+    assert_eq!(app.session.preset_name(), Some("Deep-Compression-like"));
+    assert_eq!(app.session.config.layers[0].sparsity, 920);
+    assert_eq!(app.session.config.layers[2].sparsity, 740);
+    assert_eq!(app.session.config.layers[0].scheme, Scheme::Kmeans);
     app.handle_key(key('n'));
-    assert_eq!(app.preset_name(), Some("dense"));
+    assert_eq!(app.session.preset_name(), Some("dense"));
     app.handle_key(key('n'));
-    assert_eq!(app.preset_name(), Some("int8 everywhere"));
-    assert!(app.config.layers.iter().all(|l| l.bits == Bits::Int(8)));
+    assert_eq!(app.session.preset_name(), Some("int8 everywhere"));
+    assert!(
+        app.session
+            .config
+            .layers
+            .iter()
+            .all(|l| l.bits == Bits::Int(8))
+    );
     // An edit leaves the preset.
     app.handle_key(key('-'));
-    assert_eq!(app.preset_name(), None);
+    assert_eq!(app.session.preset_name(), None);
     app.handle_key(key('A'));
-    assert!(app.config.layers.iter().all(|l| l.bits == Bits::Int(7)));
+    assert!(
+        app.session
+            .config
+            .layers
+            .iter()
+            .all(|l| l.bits == Bits::Int(7))
+    );
 
     app.handle_key(key('r'));
-    assert!(app.config.is_dense());
+    assert!(app.session.config.is_dense());
     app.handle_key(key('G'));
-    assert_eq!(app.config.global, Some(500));
+    assert_eq!(app.session.config.global, Some(500));
     app.handle_key(code(KeyCode::Right));
-    assert_eq!(app.config.global, Some(550));
-    assert!(app.config.layers.iter().all(|l| l.sparsity == 0));
-    let recipe = app.config.to_recipe(&app.info);
+    assert_eq!(app.session.config.global, Some(550));
+    assert!(app.session.config.layers.iter().all(|l| l.sparsity == 0));
+    let recipe = app.session.config.to_recipe(&app.session.info);
     assert_eq!(recipe.global.map(|g| g.sparsity), Some(0.55));
 }
 
@@ -286,7 +302,7 @@ fn export_plot_pin_and_views() {
     assert!(app.prompt.is_none());
     assert_eq!(app.message.as_deref(), Some("export cancelled"));
     app.handle_key(key('c'));
-    assert!(app.pinned.is_some());
+    assert!(app.session.pins[0].is_some());
     press(&mut app, key('1'));
     let r = app.handle_key(key('p'));
     let [Request::Plot { input, .. }] = r.as_slice() else {
@@ -353,7 +369,7 @@ fn resume_restores_points_pin_and_current() {
                     journal.push(rec.clone());
                 }
             }
-            let msgs = answers(&app.info, &pending);
+            let msgs = answers(&app.session.info, &pending);
             pending = msgs
                 .into_iter()
                 .flat_map(|m| app.handle_worker(m))
@@ -366,14 +382,14 @@ fn resume_restores_points_pin_and_current() {
         let r = app.handle_key(key(k));
         run(&mut app, r, &mut journal);
     }
-    let measured = app.measured().count();
-    let config = app.config.clone();
+    let measured = app.session.measured().count();
+    let config = app.session.config.clone();
 
     let mut again = tui_support::app();
     again.restore(journal);
-    assert_eq!(again.measured().count(), measured);
-    assert_eq!(again.config, config);
-    assert!(again.pinned.is_some());
+    assert_eq!(again.session.measured().count(), measured);
+    assert_eq!(again.session.config, config);
+    assert!(again.session.pins[0].is_some());
     // Everything is cached: starting evaluates nothing.
     let r = again.start();
     assert!(evaluations(&r).is_empty());
@@ -385,48 +401,32 @@ fn runs_through_the_real_worker_pool() {
     let mut runner = Runner::new(Arc::new(FakeEvaluator(info())), 2).unwrap();
     let rx = runner.messages();
     let first = app.start();
-    Executor {
-        runner: &mut runner,
-        journal: None,
-    }
-    .run(first);
+    executor(&mut runner, None).run(first);
     let mut sweep_started = false;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while std::time::Instant::now() < deadline {
-        if app.pending.is_empty() && !sweep_started {
+        if app.session.pending.is_empty() && !sweep_started {
             let r = app.handle_key(key('S'));
-            Executor {
-                runner: &mut runner,
-                journal: None,
-            }
-            .run(r);
+            executor(&mut runner, None).run(r);
             // An edit while the sweep runs is answered in between its points.
             let r = app.handle_key(code(KeyCode::Right));
-            Executor {
-                runner: &mut runner,
-                journal: None,
-            }
-            .run(r);
+            executor(&mut runner, None).run(r);
             sweep_started = true;
         }
-        if sweep_started && app.sweeps.is_empty() && app.pending.is_empty() {
+        if sweep_started && app.session.sweeps.is_empty() && app.session.pending.is_empty() {
             break;
         }
         if let Ok(m) = rx.recv_timeout(Duration::from_secs(5)) {
             let r = app.handle_worker(m);
-            Executor {
-                runner: &mut runner,
-                journal: None,
-            }
-            .run(r);
+            executor(&mut runner, None).run(r);
         }
     }
     assert!(
-        sweep_started && app.sweeps.is_empty(),
+        sweep_started && app.session.sweeps.is_empty(),
         "sweep did not finish"
     );
     assert!(app.current().unwrap().full.is_some());
-    assert!(app.sensitivity.iter().all(|s| !s.prune.is_empty()));
+    assert!(app.session.sensitivity.iter().all(|s| !s.prune.is_empty()));
 }
 
 #[test]
@@ -437,6 +437,6 @@ fn edits_that_keep_the_recipe_keep_the_cache() {
     // Granularity means nothing for an f32 layer: same recipe, same measurements.
     let r = app.handle_key(key('g'));
     assert!(evaluations(&r).is_empty(), "{r:?}");
-    assert_eq!(app.current_key, app.dense_key);
-    assert!(app.can_undo());
+    assert_eq!(app.session.current_key, app.session.dense_key);
+    assert!(app.session.can_undo());
 }

@@ -1,24 +1,28 @@
-//! `squeeze explore`: the interactive explorer on a model and an evaluation set. Loads both,
-//! sets up the real evaluator, the worker pool and the session journal, and hands over to the
-//! TUI. Without a terminal it points to the headless commands and fails.
+//! `squeeze explore`: the interactive explorer on a model and an evaluation set. Parses the
+//! options, sets the session up (`explore::Setup`), and hands over to the TUI. Without a
+//! terminal it points to the headless commands and fails. `SessionArgs` are the options every
+//! command that opens a session shares.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::common::{self, DataArgs};
+use super::common;
 use crate::compress::Recipe;
 use crate::explore::config::Config;
-use crate::explore::info::ModelInfo;
 use crate::explore::jobs::Runner;
-use crate::explore::journal::{self, JOURNAL_VERSION, JournalWriter, Record};
-use crate::explore::real::{self, ModelEvaluator};
+use crate::explore::model_evaluator::QUICK_SAMPLES;
+use crate::explore::search::{parse_bytes, parse_micros};
+use crate::explore::session::SessionOptions;
+use crate::explore::setup::{JournalChoice, Setup, SetupOptions};
+use crate::explore::targets;
 use crate::tui::{self, App, AppOptions, RunOptions};
 
+/// The model, the data and the journal a session works on: shared by `explore` and the
+/// headless commands, so they open the same cache.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ExploreArgs {
+pub struct SessionArgs {
     /// Model file (safetensors). Default: the bundled LeNet-300-100.
     #[arg(long, short = 'm', value_name = "FILE")]
     pub model: Option<PathBuf>,
@@ -37,20 +41,90 @@ pub struct ExploreArgs {
     /// Use only the first N samples.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Training set that calibrates quantized activations. Default: the training set beside
+    /// the evaluation set (MNIST's folder holds both), else the evaluation set itself.
+    #[arg(long, value_name = "PATH")]
+    pub train: Option<PathBuf>,
+    /// The journal of measurements (JSON lines), read as a cache and appended to. Default:
+    /// one file per model and data set in the user's data directory (e.g.
+    /// ~/.local/share/squeeze/sessions/).
+    #[arg(long, value_name = "FILE")]
+    pub session: Option<PathBuf>,
+    /// Neither read nor write the journal.
+    #[arg(long, conflicts_with = "session")]
+    pub no_session: bool,
+    /// Samples in the quick first estimate (a fixed random subset).
+    #[arg(long, value_name = "N", default_value_t = QUICK_SAMPLES)]
+    pub quick_samples: usize,
+    /// Worker threads (default: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl Default for SessionArgs {
+    /// The bundled model and data.
+    fn default() -> Self {
+        SessionArgs {
+            model: None,
+            arch: None,
+            data: None,
+            labels: None,
+            label_column: None,
+            limit: None,
+            train: None,
+            session: None,
+            no_session: false,
+            quick_samples: QUICK_SAMPLES,
+            threads: 0,
+        }
+    }
+}
+
+impl SessionArgs {
+    pub fn journal(&self) -> JournalChoice {
+        if self.no_session {
+            JournalChoice::Off
+        } else {
+            match &self.session {
+                Some(p) => JournalChoice::File(p.clone()),
+                None => JournalChoice::Default,
+            }
+        }
+    }
+
+    pub fn setup_options(&self) -> SetupOptions {
+        SetupOptions {
+            model: self
+                .model
+                .clone()
+                .unwrap_or_else(|| common::asset(common::DEFAULT_MODEL)),
+            arch: self.arch.clone(),
+            data: self
+                .data
+                .clone()
+                .unwrap_or_else(|| common::asset(common::DEFAULT_DATA)),
+            labels: self.labels.clone(),
+            label_column: self.label_column.clone(),
+            limit: self.limit,
+            train: self.train.clone(),
+            quick_samples: self.quick_samples,
+            journal: self.journal(),
+            also_reads: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
     /// Start from this recipe (TOML or JSON).
     #[arg(long, short = 'r', value_name = "FILE")]
     pub recipe: Option<PathBuf>,
-    /// Bring back the journaled session: every point measured before and the last
+    /// Bring back the journaled session: every point measured before, the pins and the last
     /// configuration.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_session")]
     pub resume: bool,
-    /// The session journal (JSON lines). Default: one file per model and data set in the
-    /// user's data directory (e.g. ~/.local/share/squeeze/sessions/).
-    #[arg(long, value_name = "FILE")]
-    pub session: Option<PathBuf>,
-    /// Do not journal this session.
-    #[arg(long, conflicts_with_all = ["session", "resume"])]
-    pub no_session: bool,
     /// Where exports (`e`) and plots (`p`) are written.
     #[arg(long, value_name = "DIR", default_value = "squeeze-out")]
     pub out_dir: PathBuf,
@@ -60,12 +134,16 @@ pub struct ExploreArgs {
     /// A latency budget drawn on the charts, e.g. 20us or 1.5ms.
     #[arg(long, value_name = "TIME", value_parser = parse_micros)]
     pub budget_latency: Option<f64>,
-    /// Samples in the quick first estimate (a fixed random subset).
-    #[arg(long, value_name = "N", default_value_t = real::QUICK_SAMPLES)]
-    pub quick_samples: usize,
-    /// Worker threads (default: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub threads: usize,
+    /// A device whose flash is drawn as a budget line and whose fit is marked on every point
+    /// (cortex-m4, cortex-m7, esp32-s3, pi-zero-2w, host; `t` cycles through them).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// The device targets file. Default: the bundled assets/targets.toml.
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<PathBuf>,
+    /// Seconds a search (`o`) may take.
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    pub search_seconds: u64,
     /// Log every frame's render time and every key's key-to-screen latency (µs) to FILE,
     /// with a summary at the end.
     #[arg(long, value_name = "FILE")]
@@ -76,21 +154,15 @@ impl Default for ExploreArgs {
     /// The bundled model and data with every default: what `squeeze` alone opens.
     fn default() -> Self {
         ExploreArgs {
-            model: None,
-            arch: None,
-            data: None,
-            labels: None,
-            label_column: None,
-            limit: None,
+            session: SessionArgs::default(),
             recipe: None,
             resume: false,
-            session: None,
-            no_session: false,
             out_dir: PathBuf::from("squeeze-out"),
             budget_size: None,
             budget_latency: None,
-            quick_samples: real::QUICK_SAMPLES,
-            threads: 0,
+            target: None,
+            targets: None,
+            search_seconds: 30,
             timings: None,
         }
     }
@@ -99,53 +171,41 @@ impl Default for ExploreArgs {
 /// What to say when there is no terminal to draw on.
 pub const NO_TERMINAL: &str = "squeeze explore is interactive and needs a terminal. \
 Without one, use the headless commands: `squeeze info --model M` for the layers, \
-`squeeze eval --model M --data D [--recipe R] --format json` for one measurement.";
+`squeeze eval --model M --data D [--recipe R] --format json` for one measurement, \
+`squeeze sensitivity`, `squeeze sweep` and `squeeze search` to explore.";
 
 pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         anyhow::bail!(NO_TERMINAL);
     }
-    let model_path = args
-        .model
-        .clone()
-        .unwrap_or_else(|| common::asset(common::DEFAULT_MODEL));
-    let data_path = args
-        .data
-        .clone()
-        .unwrap_or_else(|| common::asset(common::DEFAULT_DATA));
+    let mut options = args.session.setup_options();
+    options.also_reads.extend(args.recipe.iter().cloned());
     eprintln!(
         "loading {} and {} …",
-        model_path.display(),
-        data_path.display()
+        options.model.display(),
+        options.data.display()
     );
-    let loaded = common::load_model(&model_path, args.arch.as_deref())?;
-    let model = loaded.model;
-    let set = DataArgs {
-        data: data_path.clone(),
-        labels: args.labels.clone(),
-        label_column: args.label_column.clone(),
-        limit: args.limit,
+    let all_targets = targets::load(args.targets.as_deref())?;
+    let target = match &args.target {
+        Some(name) => Some(targets::find(&all_targets, name)?),
+        None => None,
+    };
+    let setup = Setup::open(&options)?;
+    if args.resume {
+        match &setup.journal_path {
+            Some(p) if !p.exists() => anyhow::bail!(
+                "{}: no session to resume (start one with `squeeze explore` first, or name it with --session)",
+                p.display()
+            ),
+            None => anyhow::bail!("--resume needs a session file (--session FILE)"),
+            Some(_) => {}
+        }
     }
-    .load()?;
-    let inputs = common::prepare(&model, &set)?;
-    if model.compressible().next().is_none() {
-        anyhow::bail!(
-            "{}: the model has no linear or conv layer to compress",
-            model_path.display()
-        );
-    }
-    let fingerprint = real::fingerprint(&model, &set);
-    let data_name = data_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| data_path.display().to_string());
-    let info = ModelInfo::from_model(&model, &data_name, set.len());
-
-    let mut notes = Vec::new();
+    let mut notes = setup.notes.clone();
     let initial = match &args.recipe {
         Some(path) => {
             let recipe = Recipe::from_path(path)?;
-            let (config, n) = Config::from_recipe(&recipe, &model)
+            let (config, n) = Config::from_recipe(&recipe, setup.evaluator.model())
                 .with_context(|| format!("{} does not fit the model", path.display()))?;
             notes.extend(n);
             Some(config)
@@ -153,100 +213,40 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let session = if args.no_session {
-        None
-    } else {
-        match args
-            .session
-            .clone()
-            .or_else(|| journal::default_path(&info.name, fingerprint))
-        {
-            Some(p) => Some(p),
-            None => {
-                notes.push("no data directory found: this session is not journaled".into());
-                None
-            }
-        }
-    };
-    let mut restored = Vec::new();
-    if args.resume {
-        let path = session
-            .as_ref()
-            .context("--resume needs a session file (--session FILE)")?;
-        if !path.exists() {
-            anyhow::bail!(
-                "{}: no session to resume (start one with `squeeze explore` first, or name it with --session)",
-                path.display()
-            );
-        }
-        let loaded = journal::read(path)?;
-        journal::check_fingerprint(path, &loaded, fingerprint)?;
-        if loaded.skipped > 0 {
-            notes.push(format!(
-                "{} unreadable line(s) of the journal were skipped",
-                loaded.skipped
-            ));
-        }
-        restored = loaded.records;
-    }
-
-    let evaluator = Arc::new(
-        ModelEvaluator::new(
-            model,
-            info.clone(),
-            inputs,
-            set.labels,
-            args.quick_samples.max(1),
-        )
-        .with_inputs(session_inputs(
-            &args,
-            &model_path,
-            &data_path,
-            session.as_deref(),
-        )),
-    );
-    let runner = Runner::new(evaluator, args.threads)?;
-    let journal = match &session {
-        Some(path) => {
-            let w = JournalWriter::open(path, runner.sender())?;
-            w.append(Record::Session {
-                version: JOURNAL_VERSION,
-                model: model_path.display().to_string(),
-                data: data_path.display().to_string(),
-                fingerprint: journal::key_hex(fingerprint),
-            });
-            Some(w)
-        }
-        None => None,
-    };
-
+    let session = setup.session(SessionOptions {
+        budget_bytes: args.budget_size,
+        budget_latency_us: args.budget_latency,
+        target,
+        ..SessionOptions::default()
+    });
+    let runner = Runner::new(setup.evaluator.clone(), args.session.threads)?;
+    let journal = setup.journal_writer(runner.sender())?;
     let mut app = App::new(
-        info,
+        session,
         AppOptions {
-            fingerprint,
             out_dir: args.out_dir.clone(),
-            budget_bytes: args.budget_size,
-            budget_latency_us: args.budget_latency,
-            session: session.clone(),
+            session: setup.journal_path.clone(),
+            search_seconds: args.search_seconds,
+            targets: all_targets,
         },
     );
-    let resumed = !restored.is_empty();
-    if resumed {
-        app.restore(restored);
+    if args.resume {
+        app.restore(setup.journal_records.clone());
     }
     if let Some(c) = initial {
         app.set_initial(c);
     }
-    if !notes.is_empty() {
-        app.message = Some(notes.join("; "));
-    } else if resumed {
+    if args.resume && notes.iter().all(|n| n.starts_with("quantized activations")) {
         app.message = Some(format!(
             "resumed: {} points from {}",
-            app.measured().count(),
-            session
+            app.session.measured().count(),
+            setup
+                .journal_path
                 .as_ref()
                 .map_or(String::new(), |p| p.display().to_string())
         ));
+    } else if !notes.is_empty() {
+        app.message = Some(notes.join("; "));
     }
     tui::run(
         app,
@@ -256,87 +256,13 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
             timings: args.timings.clone(),
         },
     )?;
-    if let Some(p) = &session {
+    if let Some(p) = &setup.journal_path {
         eprintln!(
             "session journaled to {}; `squeeze explore --resume` brings it back",
             p.display()
         );
     }
     Ok(())
-}
-
-/// `100KiB`, `1.5 MiB`, `2MB`, `20000` → bytes.
-pub fn parse_bytes(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a size; write e.g. 100KiB, 1.5MiB or 20000"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "kb" => 1000.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "mb" => 1e6,
-        other => {
-            return Err(format!(
-                "unknown size unit \"{other}\"; use B, KiB, MiB, kB or MB"
-            ));
-        }
-    };
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("\"{s}\": a budget must be positive"));
-    }
-    Ok(v * mult)
-}
-
-/// `20us`, `20µs`, `1.5ms`, `0.002s`, `20` (µs) → microseconds.
-pub fn parse_micros(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a time; write e.g. 20us or 1.5ms"))?;
-    let mult = match unit.trim() {
-        "" | "us" | "µs" => 1.0,
-        "ns" => 1e-3,
-        "ms" => 1e3,
-        "s" => 1e6,
-        other => {
-            return Err(format!(
-                "unknown time unit \"{other}\"; use ns, us, ms or s"
-            ));
-        }
-    };
-    if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("\"{s}\": a budget must be positive"));
-    }
-    Ok(v * mult)
-}
-
-/// The files the session reads, which its exports and plots must not replace.
-fn session_inputs(
-    args: &ExploreArgs,
-    model: &std::path::Path,
-    data: &std::path::Path,
-    journal: Option<&std::path::Path>,
-) -> Vec<PathBuf> {
-    let opts = crate::data::DataOptions {
-        labels: args.labels.clone(),
-        label_column: args.label_column.clone(),
-        ..Default::default()
-    };
-    let mut inputs = crate::data::source_files(data, &opts);
-    inputs.push(model.to_path_buf());
-    inputs.push(crate::model::sidecar_path(model));
-    inputs.extend(args.arch.iter().cloned());
-    inputs.extend(args.recipe.iter().cloned());
-    inputs.extend(journal.map(std::path::Path::to_path_buf));
-    inputs
 }
 
 #[cfg(test)]

@@ -5,8 +5,12 @@ mod bench;
 pub mod common;
 mod eval;
 mod explore;
+mod headless;
 mod info;
 pub mod recipe_args;
+mod search;
+mod sensitivity;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +43,15 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train a model from an architecture file and write it as safetensors.
     Train(train::TrainArgs),
+    /// Each layer alone across sparsities and bit widths: how much each layer can take.
+    Sensitivity(sensitivity::SensitivityArgs),
+    /// Measure a grid of recipes (or one shard of it), one JSON line per configuration.
+    Sweep(sweep::SweepArgs),
+    /// Join the result files of sweep shards, one line per configuration.
+    Merge(sweep::MergeArgs),
+    /// Find per-layer sparsity and bits that maximise accuracy under a budget (size, latency,
+    /// flash, RAM, a device target).
+    Search(search::SearchArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -52,6 +65,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Apply(args)) => apply::run(args),
         Some(Command::Bench(args)) => bench::run(args),
         Some(Command::Train(args)) => train::run(args),
+        Some(Command::Sensitivity(args)) => sensitivity::run(args),
+        Some(Command::Sweep(args)) => sweep::run_sweep(args),
+        Some(Command::Merge(args)) => sweep::run_merge(args),
+        Some(Command::Search(args)) => search::run(args),
         None => default_job(),
     }
 }

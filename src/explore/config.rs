@@ -391,6 +391,7 @@ mod tests {
             cols,
             hist_range: (-1.0, 1.0),
             hist_before: vec![],
+            coupled: None,
         };
         ModelInfo::for_tests(vec![layer("fc1", 784), layer("fc2", 300)])
     }

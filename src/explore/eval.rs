@@ -7,7 +7,10 @@ use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Config;
+use super::config::{Config, LayerSetting};
+use super::info::ModelInfo;
+use super::search::LayerCost;
+use super::sensitivity::{ProbeEvent, ProbeJob};
 use crate::compress::Recipe;
 
 /// How much of the work one evaluation does. Results arrive in this order for one edit.
@@ -74,6 +77,10 @@ pub struct LayerFigures {
     /// Histogram of the surviving weights' values after compression, on the same edges as
     /// `LayerInfo::hist_before` (pruned weights are not counted here).
     pub hist_after: Vec<u32>,
+    /// Multiply-adds the stored format performs for one sample (stored entries × output
+    /// positions): what a device's latency estimate counts.
+    #[serde(default)]
+    pub macs: u64,
 }
 
 /// What one stage measured. Fields a stage does not measure are `None`.
@@ -95,31 +102,105 @@ pub struct Figures {
     pub latency_p90_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerFigures>,
+    /// Peak activation memory of one sample (the live buffers and kernel scratch of the layer
+    /// that needs most), at the activations' precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_bytes: Option<u64>,
+    /// The layer that sets that peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_layer: Option<String>,
+}
+
+/// Why an evaluation produced no figures.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// The cancel flag was set: nobody wants the answer any more. Never shown as a failure.
+    #[error("cancelled")]
+    Cancelled,
+    /// The configuration cannot be compressed (a recipe that does not fit the model, a
+    /// calibration problem, a value that does not fit its storage).
+    #[error(transparent)]
+    Compress(#[from] crate::compress::CompressError),
+    /// The engine cannot pack or build the compressed model.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// An output file could not be written.
+    #[error("{}: {msg}", path.display())]
+    Write { path: PathBuf, msg: String },
+    /// Anything else, in words (evaluators outside this crate, fakes in tests).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EvalError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, EvalError::Cancelled)
+    }
 }
 
 /// Measures configurations. Implementations check `cancel` between batches and return
-/// `Err(CANCELLED)` when it is set.
+/// `Err(EvalError::Cancelled)` when it is set.
 pub trait Evaluator: Send + Sync {
     fn evaluate(
         &self,
         config: &Config,
         stage: Stage,
         cancel: &AtomicBool,
-    ) -> Result<Figures, String>;
+    ) -> Result<Figures, EvalError>;
 
     /// Writes the recipe (TOML), the compressed model (safetensors) and its measurement
     /// (JSON) into `dir`, atomically; returns the written paths.
-    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String>;
+    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, EvalError>;
 
     /// The files the session reads (model, data, recipe, ...), which nothing it writes may
     /// replace.
     fn inputs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
-}
 
-/// The error text of a cancelled evaluation.
-pub const CANCELLED: &str = "cancelled";
+    /// Measures sensitivity probes on the whole evaluation set, reporting each as it is
+    /// measured (from any thread). The figures must be those `evaluate(config, Full)` gives;
+    /// an evaluator may get them faster (layers in parallel, reusing what the probes share).
+    fn measure_probes(
+        &self,
+        job: &ProbeJob,
+        cancel: &AtomicBool,
+        report: &(dyn Fn(ProbeEvent) + Sync),
+    ) {
+        super::sensitivity::measure_each(self, job, cancel, report);
+    }
+
+    /// The packed bytes, multiply-adds and format of one layer under each of `settings`
+    /// (every other layer dense), and with `latency` its single-sample time alone. The
+    /// provided version evaluates each configuration's quick stage.
+    fn layer_costs(
+        &self,
+        info: &ModelInfo,
+        layer: usize,
+        settings: &[LayerSetting],
+        latency: bool,
+    ) -> Result<Vec<LayerCost>, EvalError> {
+        let _ = latency;
+        let never = AtomicBool::new(false);
+        settings
+            .iter()
+            .map(|s| {
+                let mut config = Config::dense(info.layers.len());
+                if let Some(l) = config.layers.get_mut(layer) {
+                    *l = *s;
+                }
+                let f = self.evaluate(&config, Stage::Quick, &never)?;
+                let l = f.layers.get(layer).cloned().unwrap_or_default();
+                Ok(LayerCost {
+                    size_bytes: l.size_bytes,
+                    macs: l.macs,
+                    format: l.format,
+                    latency_us: None,
+                })
+            })
+            .collect()
+    }
+}
 
 /// A stable 64-bit FNV-1a hash: cache keys must mean the same thing in a resumed session, so
 /// std's randomly keyed hashers will not do.

@@ -1,7 +1,8 @@
 //! What the explorer shows about a model that never changes: its linear/conv layers with
-//! shapes, sizes and the histogram of their dense weights.
+//! shapes, sizes, the histogram of their dense weights and the residual connections that
+//! couple them.
 
-use crate::model::Model;
+use crate::model::{Model, Op};
 
 /// Bins of the weight histograms (before and after compression use the same edges).
 pub const HIST_BINS: usize = 41;
@@ -22,6 +23,9 @@ pub struct LayerInfo {
     /// Edges of the weight histograms: the dense weights' (min, max).
     pub hist_range: (f32, f32),
     pub hist_before: Vec<u32>,
+    /// When the layer's output meets others in a residual `add`: the other compressible
+    /// layers there (empty when it meets only the block's input). `None`: not coupled.
+    pub coupled: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,13 +36,16 @@ pub struct ModelInfo {
     pub data_name: String,
     pub samples: usize,
     pub layers: Vec<LayerInfo>,
+    /// Classes the model outputs.
+    pub classes: usize,
 }
 
 impl ModelInfo {
     pub fn from_model(model: &Model, data_name: &str, samples: usize) -> ModelInfo {
+        let coupling = coupling(model);
         let layers = model
             .compressible()
-            .filter_map(|(_, layer)| {
+            .filter_map(|(index, layer)| {
                 let p = layer.params()?;
                 let shape = p.weight.dims().to_vec();
                 let weights: Vec<f32> = p
@@ -57,6 +64,12 @@ impl ModelInfo {
                     dense_bytes: layer.param_count() * 4,
                     hist_range: range,
                     hist_before: histogram(weights.iter().copied(), range, HIST_BINS),
+                    coupled: coupling.get(&index).map(|others| {
+                        others
+                            .iter()
+                            .map(|&j| model.layers[j].name.clone())
+                            .collect()
+                    }),
                 })
             })
             .collect();
@@ -70,6 +83,7 @@ impl ModelInfo {
             data_name: data_name.to_string(),
             samples,
             layers,
+            classes: model.num_classes(),
         }
     }
 
@@ -80,12 +94,59 @@ impl ModelInfo {
             data_name: "test-data".into(),
             samples: 10_000,
             layers,
+            classes: 10,
         }
     }
 
     pub fn dense_bytes(&self) -> usize {
         self.layers.iter().map(|l| l.dense_bytes).sum()
     }
+
+    /// Classes the model outputs (at least 1).
+    pub fn classes(&self) -> usize {
+        self.classes.max(1)
+    }
+}
+
+/// For each compressible layer (by model index) whose output meets others in a residual
+/// `add`, the other compressible layers there. Values flow from a layer through single-input
+/// operations (activations, pooling, batchnorm, flatten) unchanged in who produced them; an
+/// `add` merges its two inputs' producers, and its output carries both on.
+pub fn coupling(model: &Model) -> std::collections::BTreeMap<usize, Vec<usize>> {
+    // The compressible layers whose outputs make up layer i's output.
+    let mut producers: Vec<Vec<usize>> = Vec::with_capacity(model.layers.len());
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, layer) in model.layers.iter().enumerate() {
+        let previous = |k: usize| -> Vec<usize> {
+            k.checked_sub(1)
+                .and_then(|k| producers.get(k))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let mine = match &layer.op {
+            Op::Linear(_) | Op::Conv2d(..) => vec![i],
+            Op::Add { from } => {
+                let mut both = previous(i);
+                both.extend(producers.get(*from).cloned().unwrap_or_default());
+                both.sort_unstable();
+                both.dedup();
+                groups.push(both.clone());
+                both
+            }
+            _ => previous(i),
+        };
+        producers.push(mine);
+    }
+    let mut out: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for g in groups {
+        for &a in &g {
+            let others = out.entry(a).or_default();
+            others.extend(g.iter().copied().filter(|b| *b != a));
+            others.sort_unstable();
+            others.dedup();
+        }
+    }
+    out
 }
 
 /// (min, max) of the finite values, widened when they are all equal.
@@ -126,8 +187,29 @@ pub fn histogram(values: impl Iterator<Item = f32>, range: (f32, f32), bins: usi
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// LeNet-300-100's three layers, without weights.
+    pub(crate) fn lenet300() -> ModelInfo {
+        let layer = |name: &str, rows: usize, cols: usize| LayerInfo {
+            name: name.into(),
+            op: "linear".into(),
+            shape: vec![rows, cols],
+            params: rows * cols + rows,
+            macs: rows * cols,
+            dense_bytes: (rows * cols + rows) * 4,
+            cols,
+            hist_range: (-1.0, 1.0),
+            hist_before: vec![],
+            coupled: None,
+        };
+        ModelInfo::for_tests(vec![
+            layer("fc1", 300, 784),
+            layer("fc2", 100, 300),
+            layer("fc3", 10, 100),
+        ])
+    }
 
     #[test]
     fn histogram_puts_edges_in_end_bins() {

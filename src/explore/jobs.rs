@@ -2,10 +2,11 @@
 //! small messages on a channel.
 //!
 //! Interactive evaluations are latest-wins: submitting one cancels the unfinished previous one
-//! (its cancel flag is set; evaluators check it between batches). Sweeps are queued on a
-//! driver thread and run a few points at a time on the same pool, so an interactive request
-//! is never stuck behind a whole sweep; `cancel_sweeps` drops the queue and stops the running
-//! one.
+//! (its cancel flag is set; evaluators check it between batches). Sweeps, sensitivity probes
+//! and searches are queued on a driver thread and run on the same pool, a few points at a
+//! time, so an interactive request is never stuck behind a whole sweep; `cancel_sweeps` drops
+//! the queue and stops the running one. `Executor` turns a session's requests into this work;
+//! `drive` runs a session's requests to the end without a person watching.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +16,12 @@ use crossbeam_channel::{Receiver, Sender, unbounded};
 use rayon::prelude::*;
 
 use super::config::Config;
-use super::eval::{CANCELLED, Evaluator, Figures, Stage};
+use super::eval::{EvalError, Evaluator, Figures, Stage};
+use super::journal::JournalWriter;
+use super::plot::PlotInput;
+use super::search::{self, SearchJob, SearchOutcome};
+use super::sensitivity::{ProbeEvent, ProbeJob};
+use super::session::{Request, Session};
 
 /// Who asked for an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +48,15 @@ pub enum WorkerMsg {
         stage: Stage,
         error: String,
     },
+    /// A job measured a configuration it chose itself (a search's candidates).
+    Measured {
+        sweep: u64,
+        key: u64,
+        config: Config,
+        label: Option<String>,
+        stage: Stage,
+        figures: Figures,
+    },
     /// A sweep finished one more point.
     Progress {
         sweep: u64,
@@ -51,6 +66,11 @@ pub enum WorkerMsg {
     SweepDone {
         sweep: u64,
         cancelled: bool,
+    },
+    /// A search ended (before its `SweepDone`): the best configuration it found.
+    SearchDone {
+        sweep: u64,
+        outcome: Box<SearchOutcome>,
     },
     /// A background task (export, plot) finished: what it wrote, or why it could not.
     TaskDone {
@@ -68,9 +88,16 @@ pub struct EvalRequest {
     pub stages: Vec<Stage>,
 }
 
+/// What the sweep driver runs, in order.
+enum Work {
+    Points(Vec<EvalRequest>),
+    Probes(ProbeJob),
+    Search(Box<SearchJob>),
+}
+
 struct SweepJob {
     id: u64,
-    points: Vec<EvalRequest>,
+    work: Work,
     cancel: Arc<AtomicBool>,
 }
 
@@ -159,10 +186,24 @@ impl Runner {
 
     /// Queues a sweep; it starts when the sweeps before it finish.
     pub fn start_sweep(&mut self, id: u64, points: Vec<EvalRequest>) {
+        self.queue(id, Work::Points(points));
+    }
+
+    /// Queues sensitivity probes, like a sweep.
+    pub fn start_probes(&mut self, id: u64, job: ProbeJob) {
+        self.queue(id, Work::Probes(job));
+    }
+
+    /// Queues a search, like a sweep.
+    pub fn start_search(&mut self, id: u64, job: Box<SearchJob>) {
+        self.queue(id, Work::Search(job));
+    }
+
+    fn queue(&mut self, id: u64, work: Work) {
         let cancel = Arc::new(AtomicBool::new(false));
         self.sweep_cancels.retain(|c| !c.load(Ordering::Relaxed));
         self.sweep_cancels.push(Arc::clone(&cancel));
-        let job = SweepJob { id, points, cancel };
+        let job = SweepJob { id, work, cancel };
         if let Some(tx) = &self.sweep_tx
             && let Err(e) = tx.send(job)
         {
@@ -226,12 +267,12 @@ fn evaluate_stages(
                 figures,
             },
             Err(_) if cancel.load(Ordering::Relaxed) => return,
-            Err(error) if error == CANCELLED => return,
+            Err(EvalError::Cancelled) => return,
             Err(error) => WorkerMsg::Failed {
                 origin,
                 key: request.key,
                 stage,
-                error,
+                error: error.to_string(),
             },
         };
         let failed = matches!(msg, WorkerMsg::Failed { .. });
@@ -248,12 +289,81 @@ fn run_sweep(
     tx: &Sender<WorkerMsg>,
     job: SweepJob,
 ) {
-    let total = job.points.len();
+    match &job.work {
+        Work::Points(points) => run_points(pool, evaluator, tx, &job, points),
+        Work::Probes(probes) => run_probes(pool, evaluator, tx, &job, probes),
+        Work::Search(search) => {
+            let id = job.id;
+            let outcome = pool.install(|| {
+                search::run(evaluator, search, &job.cancel, &|event| {
+                    let _ = tx.send(event.into_msg(id));
+                })
+            });
+            let _ = tx.send(WorkerMsg::SearchDone {
+                sweep: id,
+                outcome: Box::new(outcome),
+            });
+        }
+    }
+    let _ = tx.send(WorkerMsg::SweepDone {
+        sweep: job.id,
+        cancelled: job.cancel.load(Ordering::Relaxed),
+    });
+}
+
+fn run_probes(
+    pool: &rayon::ThreadPool,
+    evaluator: &dyn Evaluator,
+    tx: &Sender<WorkerMsg>,
+    job: &SweepJob,
+    probes: &ProbeJob,
+) {
+    let total = probes.len();
+    let done = AtomicUsize::new(0);
+    let origin = Origin::Sweep(job.id);
+    pool.install(|| {
+        evaluator.measure_probes(probes, &job.cancel, &|event| {
+            let msg = match event {
+                ProbeEvent::Measured { key, figures } => Some(WorkerMsg::Result {
+                    origin,
+                    key,
+                    stage: Stage::Full,
+                    figures,
+                }),
+                ProbeEvent::Failed { key, error } => Some(WorkerMsg::Failed {
+                    origin,
+                    key,
+                    stage: Stage::Full,
+                    error,
+                }),
+                ProbeEvent::Skipped { .. } => None,
+            };
+            if let Some(m) = msg {
+                let _ = tx.send(m);
+            }
+            let done = done.fetch_add(1, Ordering::Relaxed) + 1;
+            let _ = tx.send(WorkerMsg::Progress {
+                sweep: job.id,
+                done,
+                total,
+            });
+        });
+    });
+}
+
+fn run_points(
+    pool: &rayon::ThreadPool,
+    evaluator: &dyn Evaluator,
+    tx: &Sender<WorkerMsg>,
+    job: &SweepJob,
+    points: &[EvalRequest],
+) {
+    let total = points.len();
     let done = AtomicUsize::new(0);
     // A few points at a time (one per worker): interactive requests queued on the pool run
     // between the chunks instead of after the whole sweep.
     let chunk = pool.current_num_threads().max(1);
-    for points in job.points.chunks(chunk) {
+    for points in points.chunks(chunk) {
         if job.cancel.load(Ordering::Relaxed) {
             break;
         }
@@ -271,10 +381,89 @@ fn run_sweep(
             });
         });
     }
-    let _ = tx.send(WorkerMsg::SweepDone {
-        sweep: job.id,
-        cancelled: job.cancel.load(Ordering::Relaxed),
-    });
+}
+
+/// Draws plots for a `Request::Plot` into a directory, replacing none of the session's input
+/// files (the report module's job; the explorer supplies it).
+pub type PlotFn = fn(
+    &PlotInput,
+    &std::path::Path,
+    &[std::path::PathBuf],
+) -> Result<Vec<std::path::PathBuf>, String>;
+
+/// Carries out a session's requests on a runner and a journal.
+pub struct Executor<'a> {
+    pub runner: &'a mut Runner,
+    pub journal: Option<&'a JournalWriter>,
+    pub plot: Option<PlotFn>,
+}
+
+impl Executor<'_> {
+    pub fn run(&mut self, requests: Vec<Request>) {
+        for r in requests {
+            match r {
+                Request::Evaluate {
+                    generation,
+                    request,
+                } => self.runner.evaluate_latest(generation, request),
+                Request::CancelInteractive => self.runner.cancel_interactive(),
+                Request::Sweep { id, points } => self.runner.start_sweep(id, points),
+                Request::Probes { id, job } => self.runner.start_probes(id, job),
+                Request::Search { id, job } => self.runner.start_search(id, job),
+                Request::CancelSweeps => self.runner.cancel_sweeps(),
+                Request::Export { config, dir } => {
+                    self.runner.spawn_task("export", move |ev| {
+                        ev.export(&config, &dir).map_err(|e| e.to_string())
+                    });
+                }
+                Request::Plot { input, dir } => {
+                    if let Some(plot) = self.plot {
+                        self.runner
+                            .spawn_task("plots", move |ev| plot(&input, &dir, &ev.inputs()));
+                    }
+                }
+                Request::Journal(record) => {
+                    if let Some(j) = self.journal {
+                        j.append(record);
+                    }
+                }
+                Request::Quit => {}
+            }
+        }
+    }
+}
+
+/// Runs `requests` and everything they lead to until the session is idle, handing every
+/// worker message to the session and then to `watch` (a progress bar, a printer). Returns
+/// early, with the work cancelled, when `stop` says so.
+pub fn drive(
+    session: &mut Session,
+    exec: &mut Executor<'_>,
+    requests: Vec<Request>,
+    watch: &mut dyn FnMut(&Session, &WorkerMsg),
+    stop: &dyn Fn() -> bool,
+) {
+    let rx = exec.runner.messages();
+    exec.run(requests);
+    while !session.idle() {
+        if stop() {
+            let r = session.cancel_work();
+            exec.run(r);
+            break;
+        }
+        let Ok(msg) = rx.recv_timeout(std::time::Duration::from_millis(200)) else {
+            continue;
+        };
+        let requests = session.handle(msg.clone());
+        exec.run(requests);
+        watch(session, &msg);
+    }
+    // Messages that arrived with the last one (journal errors, late progress).
+    while let Ok(msg) = rx.try_recv() {
+        let requests = session.handle(msg.clone());
+        exec.run(requests);
+        watch(session, &msg);
+    }
 }
 
 #[cfg(test)]
@@ -292,15 +481,17 @@ mod tests {
             config: &Config,
             stage: Stage,
             cancel: &AtomicBool,
-        ) -> Result<Figures, String> {
+        ) -> Result<Figures, EvalError> {
             for _ in 0..20 {
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(CANCELLED.into());
+                    return Err(EvalError::Cancelled);
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
             if config.activation_bits == Some(1) {
-                return Err("one-bit activations are not supported".into());
+                return Err(EvalError::Other(
+                    "one-bit activations are not supported".into(),
+                ));
             }
             Ok(Figures {
                 size_bytes: Some(config.layers.len() as u64),
@@ -309,7 +500,7 @@ mod tests {
             })
         }
 
-        fn export(&self, _: &Config, _: &Path) -> Result<Vec<PathBuf>, String> {
+        fn export(&self, _: &Config, _: &Path) -> Result<Vec<PathBuf>, EvalError> {
             Ok(vec![])
         }
     }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Config;
 use super::eval::{Figures, Stage};
 use super::jobs::WorkerMsg;
+use super::session::Provenance;
 
 /// The format version written in each session header.
 pub const JOURNAL_VERSION: u32 = 1;
@@ -37,7 +38,14 @@ pub enum Record {
         config: Config,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         label: Option<String>,
-        figures: Figures,
+        figures: Box<Figures>,
+        /// How the measured model came about (compressed as it is unless said).
+        #[serde(default, skip_serializing_if = "Provenance::is_compressed")]
+        provenance: Provenance,
+        /// Hex hash of the inputs activations were calibrated on, for configurations that
+        /// quantize activations (absent: the evaluation set's own samples).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        calibration: Option<String>,
     },
     Failed {
         key: String,
@@ -47,8 +55,16 @@ pub enum Record {
     },
     /// The configuration being edited (written on every change).
     Current { config: Config },
-    /// The configuration pinned as A (or none).
-    Pin { config: Option<Config> },
+    /// The configuration pinned in a slot (A to D), or none.
+    Pin {
+        config: Option<Config>,
+        #[serde(default = "slot_a")]
+        slot: char,
+    },
+}
+
+fn slot_a() -> char {
+    'A'
 }
 
 pub fn key_hex(key: u64) -> String {
@@ -82,23 +98,39 @@ pub struct Loaded {
     pub skipped: usize,
 }
 
-/// Reads every record of `path`. A record of a newer format or a damaged line is skipped and
-/// counted, never fatal: the rest of the session is still worth having.
+/// Reads every record of `path`. A record of a newer format or a damaged line (a torn write,
+/// bytes that are not text) is skipped and counted, never fatal: the rest of the session is
+/// still worth having. A path that cannot be read (a directory, no permission) is an error.
 pub fn read(path: &Path) -> Result<Loaded, JournalError> {
-    let file = File::open(path).map_err(|source| JournalError::Io {
+    let io = |source| JournalError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    if path.is_dir() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "is a directory; name a file, e.g. DIR/session.jsonl",
+        )));
+    }
+    let file = File::open(path).map_err(io)?;
     let mut loaded = Loaded::default();
-    for line in BufReader::new(file).lines() {
-        let Ok(line) = line else {
+    let mut reader = BufReader::new(file);
+    let mut bytes = Vec::new();
+    loop {
+        bytes.clear();
+        // Reading lines as bytes: a line that is not UTF-8 is one damaged line, and an error
+        // of the file itself ends the reading instead of being retried forever.
+        if reader.read_until(b'\n', &mut bytes).map_err(io)? == 0 {
+            break;
+        }
+        let Ok(line) = std::str::from_utf8(&bytes) else {
             loaded.skipped += 1;
             continue;
         };
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Record>(&line) {
+        match serde_json::from_str::<Record>(line) {
             Ok(r) => loaded.records.push(r),
             Err(_) => loaded.skipped += 1,
         }
@@ -146,6 +178,12 @@ impl JournalWriter {
             path: path.to_path_buf(),
             source,
         };
+        if path.is_dir() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory; name a file, e.g. DIR/session.jsonl",
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -261,10 +299,12 @@ mod tests {
                 stage: Stage::Full,
                 config: Config::dense(2),
                 label: None,
-                figures: Figures {
+                figures: Box::new(Figures {
                     size_bytes: Some(10),
                     ..Figures::default()
-                },
+                }),
+                provenance: Provenance::Compressed,
+                calibration: None,
             });
             w.append(Record::Current {
                 config: Config::dense(2),
@@ -283,5 +323,49 @@ mod tests {
             .to_string();
         assert!(err.contains("recorded for m on d"), "{err}");
         assert_eq!(parse_key(&key_hex(42)), Some(42));
+    }
+
+    #[test]
+    fn lines_written_before_pins_and_provenance_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.jsonl");
+        let mut bytes = concat!(
+            r#"{"type":"point","key":"00000000000000aa","stage":"full","config":{"layers":[]},"figures":{"size_bytes":10}}"#,
+            "\n",
+            r#"{"type":"pin","config":null}"#,
+            "\n",
+        )
+        .as_bytes()
+        .to_vec();
+        bytes.extend_from_slice(b"\xff\xfe not text\n");
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = read(&path).unwrap();
+        assert_eq!(loaded.records.len(), 2);
+        assert!(matches!(
+            &loaded.records[0],
+            Record::Point {
+                provenance: Provenance::Compressed,
+                calibration: None,
+                ..
+            }
+        ));
+        assert!(matches!(loaded.records[1], Record::Pin { slot: 'A', .. }));
+    }
+
+    /// A directory given as the journal used to be read forever (every read failed and was
+    /// counted as a damaged line): it is refused at once, by reading and by writing.
+    #[test]
+    fn a_directory_is_not_a_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::time::Instant::now();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        let (tx, _rx) = unbounded();
+        let err = JournalWriter::open(dir.path(), tx)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("is a directory"), "{err}");
     }
 }

@@ -1,23 +1,36 @@
-//! The real evaluator: a configuration becomes a recipe, `compress::apply` turns it into a
-//! plan, `engine::CompressedModel` packs and runs it, and `measure` scores the outputs — the
-//! same path `squeeze eval` takes, so the TUI's numbers are the CLI's.
+//! `ModelEvaluator`, the evaluator of a real model on a real evaluation set: a configuration
+//! becomes a recipe, `compress::apply` turns it into a plan, `engine::CompressedModel` packs
+//! and runs it, and `measure` scores the outputs — the path `squeeze eval` takes, so the
+//! explorer's numbers are the command line's.
+//!
+//! Sensitivity probes compress one layer with every other layer dense, so the layers before
+//! the probed one compute the same activations for every probe of it: they are computed once
+//! per sweep and each probe runs only from its layer on (`measure_probes`). The figures are
+//! the ones the whole path gives (the tests compare them).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::Serialize;
 
-use crate::compress::{self, Plan};
+use crate::compress::{self, Plan, Recipe};
 use crate::data::EvalSet;
-use crate::engine::{self, CompressedModel};
+use crate::engine::{self, CompressedModel, PackedLayer, Step};
 use crate::measure::{self, Measurement, OutputKind};
-use crate::model::Model;
+use crate::model::{InputSpec, Model, Op};
 
-use super::config::Config;
-use super::eval::{CANCELLED, Estimate, Evaluator, Figures, Fnv, LayerFigures, Stage};
+use super::config::{Config, LayerSetting};
+use super::eval::{Estimate, EvalError, Evaluator, Figures, Fnv, LayerFigures, Stage};
 use super::info::{HIST_BINS, ModelInfo, histogram};
+use super::results::Inputs;
+use super::search::LayerCost;
+use super::sensitivity::{self, ProbeEvent, ProbeJob};
+use super::setup::CalibrationLoader;
 
 /// Samples in the quick estimate's fixed random subset.
 pub const QUICK_SAMPLES: usize = 1000;
@@ -25,6 +38,20 @@ pub const QUICK_SAMPLES: usize = 1000;
 const BATCH: usize = 1000;
 /// Built models kept for the next stages of the same configuration.
 const BUILT_CACHE: usize = 6;
+
+/// Where activation calibration takes its inputs.
+enum Calibration {
+    /// The evaluation set's own samples.
+    Evaluation,
+    Given(Vec<f32>),
+    Lazy {
+        loader: CalibrationLoader,
+        loaded: OnceLock<Result<Vec<f32>, String>>,
+    },
+}
+
+/// The dense model's activations at each cut: (model index, the whole set's values there).
+type Prefixes = Vec<(usize, Arc<Vec<f32>>)>;
 
 struct Built {
     canonical: String,
@@ -44,6 +71,12 @@ pub struct ModelEvaluator {
     labels: Vec<u32>,
     quick_inputs: Vec<f32>,
     quick_labels: Vec<u32>,
+    /// Scaled inputs activation calibration observes (default: the evaluation inputs).
+    calibration: Calibration,
+    /// What the figures were measured on, recorded in exports.
+    provenance: Option<Inputs>,
+    /// Files the session reads besides the model, protected from its exports.
+    input_files: Vec<PathBuf>,
     built: Mutex<Vec<Arc<Built>>>,
     /// Latency is a single-thread timing: one at a time, and while it runs our accuracy
     /// evaluations pause between batches (`quiet`), so they do not inflate it.
@@ -51,8 +84,6 @@ pub struct ModelEvaluator {
     quiet: AtomicBool,
     /// Accuracy batches running now.
     active: AtomicUsize,
-    /// Files the session reads besides the model, protected from its exports.
-    input_files: Vec<PathBuf>,
 }
 
 impl ModelEvaluator {
@@ -85,12 +116,33 @@ impl ModelEvaluator {
             labels,
             quick_inputs,
             quick_labels,
+            calibration: Calibration::Evaluation,
+            provenance: None,
+            input_files: Vec::new(),
             built: Mutex::new(Vec::new()),
             latency_lock: Mutex::new(()),
             quiet: AtomicBool::new(false),
             active: AtomicUsize::new(0),
-            input_files: Vec::new(),
         }
+    }
+
+    /// Calibrates quantized activations on these prepared inputs (training images, so the
+    /// set that reports accuracy is not the one calibration learns from).
+    pub fn with_calibration(mut self, inputs: Vec<f32>) -> Self {
+        if !inputs.is_empty() {
+            self.calibration = Calibration::Given(inputs);
+        }
+        self
+    }
+
+    /// Calibrates on the prepared inputs `loader` gives, read the first time a configuration
+    /// quantizes activations.
+    pub fn with_calibration_loader(mut self, loader: CalibrationLoader) -> Self {
+        self.calibration = Calibration::Lazy {
+            loader,
+            loaded: OnceLock::new(),
+        };
+        self
     }
 
     /// Names the files the session reads (data, recipe, journal, ...) so that no export
@@ -100,26 +152,56 @@ impl ModelEvaluator {
         self
     }
 
+    /// Records what the figures are measured on in every export.
+    pub fn with_provenance(mut self, inputs: Inputs) -> Self {
+        self.provenance = Some(inputs);
+        self
+    }
+
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    fn build(&self, config: &Config) -> Result<Arc<Built>, String> {
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn calibration(&self) -> Result<(&[f32], usize), EvalError> {
+        let data: &[f32] = match &self.calibration {
+            Calibration::Evaluation => &self.inputs,
+            Calibration::Given(v) => v,
+            Calibration::Lazy { loader, loaded } => loaded
+                .get_or_init(loader)
+                .as_deref()
+                .map_err(|e| EvalError::Other(format!("calibration set: {e}")))?,
+        };
+        Ok((data, data.len() / self.model.input_len().max(1)))
+    }
+
+    fn plan(&self, config: &Config) -> Result<Plan, EvalError> {
+        let recipe = config.to_recipe(&self.info);
+        let calibration = match recipe.activations {
+            Some(_) => Some(self.calibration()?),
+            None => None,
+        };
+        Ok(compress::apply(&self.model, &recipe, calibration)?)
+    }
+
+    fn build(&self, config: &Config) -> Result<Arc<Built>, EvalError> {
         let canonical = config.canonical();
         if let Ok(cache) = self.built.lock()
             && let Some(b) = cache.iter().find(|b| b.canonical == canonical)
         {
             return Ok(Arc::clone(b));
         }
-        let recipe = config.to_recipe(&self.info);
-        let plan = compress::apply(
-            &self.model,
-            &recipe,
-            Some((&self.inputs, self.labels.len())),
-        )
-        .map_err(|e| e.to_string())?;
-        let model = CompressedModel::build(&plan).map_err(|e| e.to_string())?;
-        let base = self.base_figures(&plan, &model);
+        let plan = self.plan(config)?;
+        let model = CompressedModel::build(&plan)?;
+        let base = self.base_figures(
+            &plan,
+            &|i| packed_at(&model.steps, i),
+            model.size_bytes() as u64,
+            config.activation_bits,
+        );
         let built = Arc::new(Built {
             canonical,
             plan,
@@ -133,24 +215,43 @@ impl ModelEvaluator {
         Ok(built)
     }
 
-    fn base_figures(&self, plan: &Plan, model: &CompressedModel) -> Figures {
+    /// Size figures, per-layer figures and the activation arena of a plan whose packed layer
+    /// at model index `i` is `packed(i)`.
+    fn base_figures<'p>(
+        &self,
+        plan: &Plan,
+        packed: &dyn Fn(usize) -> Option<&'p PackedLayer>,
+        size_bytes: u64,
+        activation_bits: Option<u8>,
+    ) -> Figures {
         let sparsity = plan.sparsity_against(&self.model);
-        let packed: Vec<_> = model.packed_layers().collect();
+        // Computed when the layers were packed.
+        let entropy: u64 = (0..plan.model.layers.len())
+            .filter_map(packed)
+            .map(|p| p.entropy_bytes.unwrap_or(p.size_bytes()) as u64)
+            .sum();
         let layers = self
             .info
             .layers
             .iter()
             .map(|info| {
-                let q = plan.layers.iter().find(|q| {
+                let Some(q) = plan.layers.iter().find(|q| {
                     plan.model
                         .layers
                         .get(q.layer)
                         .is_some_and(|l| l.name == info.name)
-                });
-                let Some(q) = q else {
+                }) else {
                     return LayerFigures::default();
                 };
-                let packed = packed.iter().find(|(i, _)| *i == q.layer).map(|(_, p)| *p);
+                let p = packed(q.layer);
+                let positions: usize = match plan.model.layers.get(q.layer).map(|l| &l.op) {
+                    Some(Op::Conv2d(..)) => plan.model.layers[q.layer]
+                        .out_shape
+                        .iter()
+                        .skip(1)
+                        .product(),
+                    _ => 1,
+                };
                 let values = q.dequantized();
                 let kept = values
                     .iter()
@@ -158,29 +259,30 @@ impl ModelEvaluator {
                     .filter(|(_, k)| **k)
                     .map(|(v, _)| *v);
                 LayerFigures {
-                    size_bytes: packed.map_or(0, |p| p.size_bytes() as u64),
+                    size_bytes: p.map_or(0, |p| p.size_bytes() as u64),
                     sparsity: sparsity
                         .layers
                         .iter()
                         .find(|l| l.name == info.name)
                         .map_or(0.0, |l| l.fraction()),
-                    format: packed.map(|p| p.format_name()).unwrap_or_default(),
+                    format: p.map(|p| p.format_name()).unwrap_or_default(),
                     hist_after: histogram(kept, info.hist_range, HIST_BINS),
+                    macs: p.map_or(0, |p| (p.entries * positions) as u64),
                 }
             })
             .collect();
+        let arena = measure::arena(
+            &plan.model,
+            measure::activation_value_bytes(activation_bits),
+        );
         Figures {
-            size_bytes: Some(model.size_bytes() as u64),
+            size_bytes: Some(size_bytes),
             dense_bytes: Some(self.info.dense_bytes() as u64),
-            // Computed when the layers were packed.
-            entropy_bytes: Some(
-                model
-                    .packed_layers()
-                    .map(|(_, p)| p.entropy_bytes.unwrap_or(p.size_bytes()))
-                    .sum::<usize>() as u64,
-            ),
+            entropy_bytes: Some(entropy),
             sparsity: Some(sparsity.fraction()),
             layers,
+            arena_bytes: Some(arena.peak_bytes as u64),
+            arena_layer: Some(arena.peak_layer),
             ..Figures::default()
         }
     }
@@ -192,13 +294,13 @@ impl ModelEvaluator {
         inputs: &[f32],
         labels: &[u32],
         cancel: &AtomicBool,
-    ) -> Result<measure::Accuracy, String> {
-        let il = self.model.input_len();
+    ) -> Result<f64, EvalError> {
+        let il = model.input_len();
         let classes = model.num_classes();
         let mut outputs = Vec::with_capacity(labels.len() * classes);
         for start in (0..labels.len()).step_by(BATCH) {
             if cancel.load(Ordering::Relaxed) {
-                return Err(CANCELLED.into());
+                return Err(EvalError::Cancelled);
             }
             // Pause while a latency measurement runs (bounded: it takes well under a second).
             while self.quiet.load(Ordering::Acquire) {
@@ -209,7 +311,7 @@ impl ModelEvaluator {
             outputs.extend(model.logits(&inputs[start * il..(start + n) * il], n));
             self.active.fetch_sub(1, Ordering::AcqRel);
         }
-        Ok(measure::score(&outputs, classes, labels, self.kind, None))
+        Ok(measure::score(&outputs, classes, labels, self.kind, None).accuracy)
     }
 
     /// Median single-sample latency, measured while our other evaluations pause. Waiting for
@@ -238,7 +340,7 @@ impl ModelEvaluator {
     /// The full measurement of a configuration, as `squeeze eval --format json` reports it:
     /// `measure::measure` scores it; latency is timed with our other work paused, and
     /// throughput after it.
-    pub fn measurement(&self, config: &Config) -> Result<Measurement, String> {
+    pub fn measurement(&self, config: &Config) -> Result<Measurement, EvalError> {
         let built = self.build(config)?;
         let timing = measure::Timing {
             latency: false,
@@ -259,6 +361,180 @@ impl ModelEvaluator {
         m.throughput = engine::throughput(&built.model, &self.inputs, self.labels.len());
         Ok(m)
     }
+
+    /// The model index where a probe of compressible layer `layer` can start running, with
+    /// the layers before it computed once: the layer itself, unless a residual `add` after it
+    /// reads an output from before it (then the whole model runs).
+    fn cut_for(&self, layer: usize) -> usize {
+        let Some((index, _)) = self.model.compressible().nth(layer) else {
+            return 0;
+        };
+        if cut_allowed(&self.model, index) {
+            index
+        } else {
+            0
+        }
+    }
+
+    /// The dense model's activations at each cut (the inputs of that layer) for the whole
+    /// set, computed layer range by layer range.
+    fn prefix_activations(&self, cuts: &[usize]) -> Result<Prefixes, EvalError> {
+        let mut out: Vec<(usize, Arc<Vec<f32>>)> = Vec::new();
+        let mut at = 0;
+        let mut acts = Arc::new(self.inputs.clone());
+        for &cut in cuts {
+            if cut > at {
+                let Some(part) = slice_model(&self.model, at..cut) else {
+                    return Err(EvalError::Other(format!(
+                        "cannot run layers {at}..{cut} on their own"
+                    )));
+                };
+                let plan = compress::apply(&part, &Recipe::default(), None)?;
+                let cm = CompressedModel::build(&plan)?;
+                acts = Arc::new(batched_logits(&cm, &acts, self.labels.len()));
+                at = cut;
+            }
+            out.push((cut, Arc::clone(&acts)));
+        }
+        Ok(out)
+    }
+
+    /// One probe's full-set figures, running from `cut` on `acts` (the dense model's
+    /// activations there); the layers before `cut` are the dense model's, packed in `dense`.
+    fn probe(
+        &self,
+        config: &Config,
+        cut: usize,
+        acts: &[f32],
+        dense: &CompressedModel,
+    ) -> Result<Figures, EvalError> {
+        if cut == 0 {
+            let built = self.build(config)?;
+            let mut f = built.base.clone();
+            let acc = self.accuracy(
+                &built.model,
+                &self.inputs,
+                &self.labels,
+                &AtomicBool::new(false),
+            )?;
+            f.accuracy = Some(Estimate::from_subset(
+                acc,
+                self.labels.len(),
+                self.labels.len(),
+            ));
+            return Ok(f);
+        }
+        let plan = self.plan(config)?;
+        let Some(suffix) = slice_plan(&plan, cut) else {
+            return Err(EvalError::Other(format!("cannot run from layer {cut} on")));
+        };
+        let cm = CompressedModel::build(&suffix)?;
+        let n = self.labels.len();
+        let outputs = batched_logits(&cm, acts, n);
+        let acc =
+            measure::score(&outputs, cm.num_classes(), &self.labels, self.kind, None).accuracy;
+        let packed = |i: usize| {
+            if i < cut {
+                packed_at(&dense.steps, i)
+            } else {
+                packed_at(&cm.steps, i - cut)
+            }
+        };
+        let size: usize = dense.steps[..cut].iter().map(step_bytes).sum::<usize>()
+            + cm.steps.iter().map(step_bytes).sum::<usize>();
+        let mut f = self.base_figures(&plan, &packed, size as u64, config.activation_bits);
+        f.accuracy = Some(Estimate::from_subset(acc, n, n));
+        Ok(f)
+    }
+}
+
+/// Outputs of `n` samples in the batches `accuracy` uses, so that a run split at a layer
+/// groups samples exactly as the whole run does.
+fn batched_logits(model: &CompressedModel, inputs: &[f32], n: usize) -> Vec<f32> {
+    let il = model.input_len();
+    let mut out = Vec::with_capacity(n * model.num_classes());
+    for start in (0..n).step_by(BATCH) {
+        let len = BATCH.min(n - start);
+        out.extend(model.logits(&inputs[start * il..(start + len) * il], len));
+    }
+    out
+}
+
+/// The packed layer of step `i`, if it is a linear or conv layer.
+fn packed_at(steps: &[Step], i: usize) -> Option<&PackedLayer> {
+    match steps.get(i)? {
+        Step::Linear(p) | Step::Conv(p, _) => Some(p),
+        _ => None,
+    }
+}
+
+/// Stored bytes of one step (as `CompressedModel::size_bytes` counts them).
+fn step_bytes(step: &Step) -> usize {
+    match step {
+        Step::Linear(p) | Step::Conv(p, _) => p.size_breakdown().total(),
+        Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
+        _ => 0,
+    }
+}
+
+/// Whether a model can run from layer `cut` on given only the activations there: no residual
+/// `add` at or after it reads an output from before it.
+fn cut_allowed(model: &Model, cut: usize) -> bool {
+    model.layers[cut..]
+        .iter()
+        .all(|l| !matches!(l.op, Op::Add { from } if from < cut))
+}
+
+/// Layers `range` of a model as a model of their own: its input is the first layer's input
+/// (already scaled), residual sources renumbered. `None` when an `add` inside reads a layer
+/// outside.
+fn slice_model(model: &Model, range: Range<usize>) -> Option<Model> {
+    let first = model.layers.get(range.start)?;
+    let mut layers = Vec::with_capacity(range.len());
+    for l in model.layers.get(range.clone())? {
+        let mut l = l.clone();
+        if let Op::Add { from } = &mut l.op {
+            *from = from.checked_sub(range.start)?;
+        }
+        layers.push(l);
+    }
+    Some(Model {
+        spec: model.spec.clone(),
+        input: InputSpec {
+            shape: first.in_shape.clone(),
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        },
+        layers,
+        source: model.source.clone(),
+    })
+}
+
+/// A plan's layers from model index `from` on, as a plan of their own.
+fn slice_plan(plan: &Plan, from: usize) -> Option<Plan> {
+    let model = slice_model(&plan.model, from..plan.model.layers.len())?;
+    let layers = plan
+        .layers
+        .iter()
+        .filter(|q| q.layer >= from)
+        .map(|q| {
+            let mut q = q.clone();
+            q.layer -= from;
+            q
+        })
+        .collect();
+    Some(Plan { model, layers })
+}
+
+/// What `measurement.json` holds: the measurement with what it was measured on.
+#[derive(Serialize)]
+struct ExportedMeasurement<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inputs: Option<&'a Inputs>,
+    recipe: &'a Recipe,
+    #[serde(flatten)]
+    measurement: &'a Measurement,
 }
 
 impl Evaluator for ModelEvaluator {
@@ -267,9 +543,9 @@ impl Evaluator for ModelEvaluator {
         config: &Config,
         stage: Stage,
         cancel: &AtomicBool,
-    ) -> Result<Figures, String> {
+    ) -> Result<Figures, EvalError> {
         if cancel.load(Ordering::Relaxed) {
-            return Err(CANCELLED.into());
+            return Err(EvalError::Cancelled);
         }
         let built = self.build(config)?;
         let mut figures = built.base.clone();
@@ -278,7 +554,7 @@ impl Evaluator for ModelEvaluator {
                 let a =
                     self.accuracy(&built.model, &self.quick_inputs, &self.quick_labels, cancel)?;
                 figures.accuracy = Some(Estimate::from_subset(
-                    a.accuracy,
+                    a,
                     self.quick_labels.len(),
                     self.labels.len(),
                 ));
@@ -286,7 +562,7 @@ impl Evaluator for ModelEvaluator {
             Stage::Full => {
                 let a = self.accuracy(&built.model, &self.inputs, &self.labels, cancel)?;
                 figures.accuracy = Some(Estimate::from_subset(
-                    a.accuracy,
+                    a,
                     self.labels.len(),
                     self.labels.len(),
                 ));
@@ -302,9 +578,14 @@ impl Evaluator for ModelEvaluator {
         Ok(figures)
     }
 
-    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let recipe = config.to_recipe(&self.info).to_toml();
+    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+        let write = |path: &Path, e: &dyn std::fmt::Display| EvalError::Write {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| write(dir, &e))?;
+        let recipe = config.to_recipe(&self.info);
+        let recipe_text = recipe.to_toml();
         let recipe_path = dir.join("recipe.toml");
         let model_path = dir.join("model.safetensors");
         let json_path = dir.join("measurement.json");
@@ -314,20 +595,22 @@ impl Evaluator for ModelEvaluator {
             .output("the exported model", &model_path)
             .output("the exported measurement", &json_path)
             .check()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| write(dir, &e))?;
         let built = self.build(config)?;
         let measurement = self.measurement(config)?;
-        let json = serde_json::to_string_pretty(&measurement).map_err(|e| e.to_string())?;
-        let model = built
-            .model
-            .to_bytes(Some(&recipe))
-            .map_err(|e| e.to_string())?;
+        let json = serde_json::to_string_pretty(&ExportedMeasurement {
+            inputs: self.provenance.as_ref(),
+            recipe: &recipe,
+            measurement: &measurement,
+        })
+        .map_err(|e| write(&json_path, &e))?;
+        let model = built.model.to_bytes(Some(&recipe_text))?;
         crate::files::write_all_atomic(&[
-            (&recipe_path, recipe.as_bytes()),
+            (&recipe_path, recipe_text.as_bytes()),
             (&model_path, &model),
             (&json_path, json.as_bytes()),
         ])
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| write(dir, &e))?;
         Ok(vec![recipe_path, model_path, json_path])
     }
 
@@ -335,6 +618,106 @@ impl Evaluator for ModelEvaluator {
         let mut all = vec![self.model.source.clone()];
         all.extend(self.input_files.iter().cloned());
         all
+    }
+
+    fn measure_probes(
+        &self,
+        job: &ProbeJob,
+        cancel: &AtomicBool,
+        report: &(dyn Fn(ProbeEvent) + Sync),
+    ) {
+        let mut dense_accuracy = job.dense_accuracy;
+        if let Some(d) = &job.dense {
+            match self.evaluate(&d.config, Stage::Full, cancel) {
+                Ok(f) => {
+                    dense_accuracy = f.accuracy.map(|a| a.value);
+                    report(ProbeEvent::Measured {
+                        key: d.key,
+                        figures: f,
+                    });
+                }
+                Err(e) if e.is_cancelled() => return,
+                Err(e) => report(ProbeEvent::Failed {
+                    key: d.key,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        let fail_all = |error: String| {
+            for c in &job.chains {
+                for p in &c.points {
+                    report(ProbeEvent::Failed {
+                        key: p.key,
+                        error: error.clone(),
+                    });
+                }
+            }
+        };
+        let dense = match self.build(&Config::dense(self.info.layers.len())) {
+            Ok(b) => b,
+            Err(e) => return fail_all(e.to_string()),
+        };
+        let mut cuts: Vec<usize> = job.chains.iter().map(|c| self.cut_for(c.layer)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let prefixes = match self.prefix_activations(&cuts) {
+            Ok(p) => p,
+            Err(e) => return fail_all(e.to_string()),
+        };
+        let classes = job.classes;
+        // Layers in parallel; each chain in order, stopping where it collapses.
+        job.chains.par_iter().for_each(|chain| {
+            let cut = self.cut_for(chain.layer);
+            let Some((_, acts)) = prefixes.iter().find(|(c, _)| *c == cut) else {
+                return;
+            };
+            sensitivity::run_chain(chain, dense_accuracy, classes, cancel, report, &mut |p| {
+                self.probe(&p.config, cut, acts, &dense.model)
+            });
+        });
+    }
+
+    fn layer_costs(
+        &self,
+        info: &ModelInfo,
+        layer: usize,
+        settings: &[LayerSetting],
+        latency: bool,
+    ) -> Result<Vec<LayerCost>, EvalError> {
+        let Some((index, _)) = self.model.compressible().nth(layer) else {
+            return Err(EvalError::Other(format!("no compressible layer {layer}")));
+        };
+        let Some(alone) = slice_model(&self.model, index..index + 1) else {
+            return Err(EvalError::Other(format!("layer {layer} cannot run alone")));
+        };
+        let positions: usize = match &alone.layers[0].op {
+            Op::Conv2d(..) => alone.layers[0].out_shape.iter().skip(1).product(),
+            _ => 1,
+        };
+        let sample = vec![1.0f32; alone.input_len()];
+        settings
+            .par_iter()
+            .map(|s| {
+                let mut config = Config::dense(info.layers.len());
+                if let Some(l) = config.layers.get_mut(layer) {
+                    *l = *s;
+                }
+                let recipe = config.to_recipe(info);
+                let plan = compress::apply(&alone, &recipe, None)?;
+                let cm = CompressedModel::build(&plan)?;
+                let Some(p) = packed_at(&cm.steps, 0) else {
+                    return Err(EvalError::Other(format!("layer {layer} was not packed")));
+                };
+                Ok(LayerCost {
+                    size_bytes: p.size_bytes() as u64,
+                    macs: (p.entries * positions) as u64,
+                    format: p.format_name(),
+                    latency_us: latency.then(|| {
+                        engine::latency_with(&cm, &sample, 50, Duration::from_millis(20)).median_us
+                    }),
+                })
+            })
+            .collect()
     }
 }
 
@@ -361,4 +744,11 @@ pub fn fingerprint(model: &Model, set: &EvalSet) -> u64 {
     let inputs: Vec<u8> = set.inputs.iter().flat_map(|v| v.to_le_bytes()).collect();
     h.write(&inputs);
     h.finish()
+}
+
+/// A hash of prepared calibration inputs, mixed into the keys of configurations that
+/// quantize activations.
+pub fn calibration_tag(inputs: &[f32]) -> u64 {
+    let bytes: Vec<u8> = inputs.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Fnv::default().write(b"calibration").write(&bytes).finish()
 }

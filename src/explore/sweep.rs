@@ -1,18 +1,13 @@
-//! Sweeps: the sets of configurations evaluated in one go.
-//!
-//! - sensitivity: each layer alone, pruned (L1) across sparsities and quantized across bit
-//!   widths, everything else dense: how much each layer can take;
-//! - uniform: every layer at the same sparsity × bits, over a grid.
+//! Sweeps: sets of configurations evaluated in one go — the explorer's uniform grid (every
+//! layer at the same sparsity × bits), and grids of any recipe fields read from a TOML file
+//! (`squeeze sweep`), split into shards for job arrays and merged back. Sensitivity (each
+//! layer alone) lives in `sensitivity`.
 
 use crate::compress::Bits;
-use crate::compress::recipe::{GranularityKind, PruneMethod, Scheme};
+use crate::compress::recipe::PruneMethod;
 
 use super::config::{Config, Permille, pct};
 
-/// Sparsities a sensitivity sweep tries on each layer.
-pub const SENSITIVITY_SPARSITIES: [Permille; 7] = [300, 500, 700, 800, 900, 950, 980];
-/// Bit widths a sensitivity sweep tries on each layer (symmetric, per channel).
-pub const SENSITIVITY_BITS: [u8; 6] = [8, 6, 5, 4, 3, 2];
 /// The uniform grid.
 pub const UNIFORM_SPARSITIES: [Permille; 6] = [0, 500, 700, 800, 900, 950];
 pub const UNIFORM_BITS: [Bits; 5] = [
@@ -23,75 +18,10 @@ pub const UNIFORM_BITS: [Bits; 5] = [
     Bits::Int(2),
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SweepKind {
-    Sensitivity,
-    Uniform,
-}
-
-impl SweepKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            SweepKind::Sensitivity => "sensitivity sweep",
-            SweepKind::Uniform => "uniform sweep",
-        }
-    }
-}
-
-/// What a sensitivity point measures: one layer alone at one setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Probe {
-    pub layer: usize,
-    pub kind: ProbeKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeKind {
-    Prune(Permille),
-    Bits(u8),
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPoint {
     pub config: Config,
     pub label: String,
-    pub probe: Option<Probe>,
-}
-
-/// Each of `names.len()` layers alone across `SENSITIVITY_SPARSITIES` and `SENSITIVITY_BITS`.
-pub fn sensitivity(names: &[String]) -> Vec<SweepPoint> {
-    let n = names.len();
-    let mut out = Vec::new();
-    for (layer, name) in names.iter().enumerate() {
-        for s in SENSITIVITY_SPARSITIES {
-            let mut config = Config::dense(n);
-            config.layers[layer].prune = PruneMethod::L1;
-            config.layers[layer].sparsity = s;
-            out.push(SweepPoint {
-                config,
-                label: format!("{name} alone: l1 {}", pct(s)),
-                probe: Some(Probe {
-                    layer,
-                    kind: ProbeKind::Prune(s),
-                }),
-            });
-        }
-        for b in SENSITIVITY_BITS {
-            let mut config = Config::dense(n);
-            config.layers[layer].bits = Bits::Int(u32::from(b));
-            config.layers[layer].scheme = Scheme::Symmetric;
-            config.layers[layer].granularity = GranularityKind::Channel;
-            out.push(SweepPoint {
-                config,
-                label: format!("{name} alone: int{b}"),
-                probe: Some(Probe {
-                    layer,
-                    kind: ProbeKind::Bits(b),
-                }),
-            });
-        }
-    }
-    out
 }
 
 /// All `n` layers at each sparsity (L1) × bits (symmetric, per channel) of the grid.
@@ -114,7 +44,6 @@ pub fn uniform(n: usize) -> Vec<SweepPoint> {
             out.push(SweepPoint {
                 config,
                 label: format!("all layers: l1 {} {b}", pct(s)),
-                probe: None,
             });
         }
     }
@@ -126,21 +55,401 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sweeps_cover_their_grids() {
-        let names: Vec<String> = ["fc1", "fc2"].iter().map(|s| s.to_string()).collect();
-        let s = sensitivity(&names);
-        assert_eq!(
-            s.len(),
-            2 * (SENSITIVITY_SPARSITIES.len() + SENSITIVITY_BITS.len())
-        );
-        // Only the probed layer changes.
-        for p in &s {
-            let probe = p.probe.unwrap();
-            assert!(p.config.layers[1 - probe.layer].is_dense(), "{}", p.label);
-            assert!(!p.config.layers[probe.layer].is_dense(), "{}", p.label);
-        }
+    fn the_uniform_sweep_covers_its_grid() {
         let u = uniform(2);
         assert_eq!(u.len(), UNIFORM_SPARSITIES.len() * UNIFORM_BITS.len());
         assert!(u[0].config.is_dense());
+    }
+}
+
+/// A grid of recipes read from a TOML file: a recipe whose fields may hold lists, one
+/// configuration per combination of list values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridPoint {
+    /// Position in the whole grid (stable: shards and merges use it).
+    pub index: usize,
+    pub recipe: crate::compress::Recipe,
+    /// The list values this point takes, e.g. `default.sparsity=0.9 layer.fc3.bits=8`.
+    pub label: String,
+}
+
+/// Grids larger than this are refused (a typo in a list, not a sweep anyone can run).
+pub const MAX_GRID: usize = 1_000_000;
+
+/// Reads a grid file. Every field of a recipe may be a list (`sparsity = [0.5, 0.7, 0.9]`);
+/// the grid is the product of all lists, in the order of their table and field names. A
+/// `[global]` `layers` list is a list of names, not an axis.
+pub fn read_grid(path: &std::path::Path) -> Result<Vec<GridPoint>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_grid(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a grid's text (see `read_grid`).
+pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, String> {
+    let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    // Axes: (path of keys, values), in path order.
+    let mut axes: Vec<(Vec<String>, Vec<toml::Value>)> = Vec::new();
+    fn walk(
+        table: &toml::Table,
+        path: &mut Vec<String>,
+        axes: &mut Vec<(Vec<String>, Vec<toml::Value>)>,
+    ) -> Result<(), String> {
+        for (k, v) in table {
+            path.push(k.clone());
+            match v {
+                toml::Value::Table(t) => walk(t, path, axes)?,
+                toml::Value::Array(list)
+                    if !(path.len() == 2 && path[0] == "global" && k == "layers") =>
+                {
+                    if list.is_empty() {
+                        return Err(format!(
+                            "{}: an empty list gives no configuration",
+                            path.join(".")
+                        ));
+                    }
+                    axes.push((path.clone(), list.clone()));
+                }
+                _ => {}
+            }
+            path.pop();
+        }
+        Ok(())
+    }
+    walk(&value, &mut Vec::new(), &mut axes)?;
+    axes.sort_by(|a, b| a.0.cmp(&b.0));
+    let total = axes
+        .iter()
+        .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
+        .filter(|n| *n <= MAX_GRID)
+        .ok_or_else(|| format!("the grid has more than {MAX_GRID} points"))?;
+    let mut out = Vec::with_capacity(total);
+    for index in 0..total {
+        let mut table = value.clone();
+        let mut rest = index;
+        let mut label = Vec::new();
+        // The last axis varies fastest.
+        let mut picks = vec![0; axes.len()];
+        for (a, (_, values)) in axes.iter().enumerate().rev() {
+            picks[a] = rest % values.len();
+            rest /= values.len();
+        }
+        for ((path, values), &pick) in axes.iter().zip(&picks) {
+            let chosen = values[pick].clone();
+            label.push(format!("{}={}", path.join("."), chosen));
+            set_path(&mut table, path, chosen);
+        }
+        let recipe_text = toml::to_string(&table).map_err(|e| e.to_string())?;
+        let recipe = crate::compress::Recipe::from_toml_str(&recipe_text)
+            .map_err(|e| format!("grid point {index} ({}): {e}", label.join(" ")))?;
+        out.push(GridPoint {
+            index,
+            recipe,
+            label: if label.is_empty() {
+                "the recipe".into()
+            } else {
+                label.join(" ")
+            },
+        });
+    }
+    Ok(out)
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        let Some(toml::Value::Table(next)) = t.get_mut(p) else {
+            return;
+        };
+        t = next;
+    }
+    t.insert(last.clone(), value);
+}
+
+/// A resolved recipe with prunings that remove nothing written as no pruning, so that two
+/// recipes that compress alike compare equal.
+pub fn without_noop_pruning(
+    mut r: crate::compress::ResolvedRecipe,
+) -> crate::compress::ResolvedRecipe {
+    use crate::compress::Pruning;
+    for l in &mut r.layers {
+        if matches!(
+            l.prune,
+            Pruning::L1 { sparsity }
+                | Pruning::Random { sparsity, .. }
+                | Pruning::Structured { sparsity, .. }
+                | Pruning::Global { sparsity } if sparsity == 0.0
+        ) {
+            l.prune = Pruning::None;
+        }
+    }
+    if r.global.as_ref().is_some_and(|g| g.0 == 0.0) {
+        r.global = None;
+    }
+    r
+}
+
+/// Shard `i` of `n`: every point whose index is `i` modulo `n` (so shards take turns
+/// through the grid and get similar mixes of cheap and costly points).
+pub fn shard(points: Vec<GridPoint>, i: usize, n: usize) -> Vec<GridPoint> {
+    points
+        .into_iter()
+        .filter(|p| n > 0 && p.index % n == i)
+        .collect()
+}
+
+/// Reads `--shard i/n` (`0/4` … `3/4`).
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("shard \"{s}\": write i/n, e.g. 0/4 (shards count from 0)"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard \"{s}\": i is not a number"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard \"{s}\": n is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!(
+            "shard \"{s}\": i must be from 0 to n − 1 (a Slurm array 0-{}: --shard $SLURM_ARRAY_TASK_ID/{n})",
+            n.saturating_sub(1)
+        ));
+    }
+    Ok((i, n))
+}
+
+/// One layer of a measured point in a result line.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResultLayer {
+    pub name: String,
+    pub format: String,
+    pub size_bytes: u64,
+    pub sparsity: f64,
+    pub macs: u64,
+}
+
+/// One line of a sweep's result file: a configuration, what was measured, and what it was
+/// measured on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResultLine {
+    pub index: usize,
+    /// Hex hash of (model, data, calibration, recipe): equal for the same configuration on
+    /// any machine.
+    pub config_hash: String,
+    pub label: String,
+    pub recipe: crate::compress::Recipe,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p90_us: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arena_layer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<ResultLayer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// On the accuracy-vs-size frontier of the file's points.
+    #[serde(default)]
+    pub pareto: bool,
+    /// On the accuracy-vs-latency frontier.
+    #[serde(default)]
+    pub pareto_latency: bool,
+    /// The seed of random choices (random pruning): the explorer's configurations use 0.
+    pub seed: u64,
+    pub inputs: super::results::Inputs,
+}
+
+impl ResultLine {
+    /// A line from a measured point's full-set and latency figures.
+    pub fn new(
+        point: &GridPoint,
+        key: u64,
+        full: Option<&super::eval::Figures>,
+        latency: Option<&super::eval::Figures>,
+        error: Option<String>,
+        info: &super::info::ModelInfo,
+        inputs: &super::results::Inputs,
+    ) -> ResultLine {
+        ResultLine {
+            index: point.index,
+            config_hash: super::journal::key_hex(key),
+            label: point.label.clone(),
+            recipe: point.recipe.clone(),
+            accuracy: full.and_then(|f| f.accuracy).map(|a| a.value),
+            size_bytes: full.and_then(|f| f.size_bytes),
+            dense_bytes: full.and_then(|f| f.dense_bytes),
+            entropy_bytes: full.and_then(|f| f.entropy_bytes),
+            sparsity: full.and_then(|f| f.sparsity),
+            latency_us: latency.and_then(|f| f.latency_us),
+            latency_p90_us: latency.and_then(|f| f.latency_p90_us),
+            arena_bytes: full.and_then(|f| f.arena_bytes),
+            arena_layer: full.and_then(|f| f.arena_layer.clone()),
+            layers: full
+                .map(|f| {
+                    f.layers
+                        .iter()
+                        .zip(&info.layers)
+                        .map(|(l, i)| ResultLayer {
+                            name: i.name.clone(),
+                            format: l.format.clone(),
+                            size_bytes: l.size_bytes,
+                            sparsity: l.sparsity,
+                            macs: l.macs,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            error,
+            pareto: false,
+            pareto_latency: false,
+            seed: 0,
+            inputs: inputs.clone(),
+        }
+    }
+}
+
+/// Marks the lines on the accuracy-vs-size and accuracy-vs-latency frontiers.
+pub fn mark_pareto(lines: &mut [ResultLine]) {
+    let size: Vec<(f64, f64)> = lines
+        .iter()
+        .map(|l| match (l.size_bytes, l.accuracy) {
+            (Some(s), Some(a)) => (s as f64, a),
+            _ => (f64::NAN, f64::NAN),
+        })
+        .collect();
+    let latency: Vec<(f64, f64)> = lines
+        .iter()
+        .map(|l| match (l.latency_us, l.accuracy) {
+            (Some(s), Some(a)) => (s, a),
+            _ => (f64::NAN, f64::NAN),
+        })
+        .collect();
+    for l in lines.iter_mut() {
+        l.pareto = false;
+        l.pareto_latency = false;
+    }
+    for i in super::pareto::frontier(&size) {
+        lines[i].pareto = true;
+    }
+    for i in super::pareto::frontier(&latency) {
+        lines[i].pareto_latency = true;
+    }
+}
+
+/// The lines as a JSON-lines file.
+pub fn to_jsonl(lines: &[ResultLine]) -> String {
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(&serde_json::to_string(l).unwrap_or_default());
+        out.push('\n');
+    }
+    out
+}
+
+/// Joins result files: every line of every file (each file's lines numbered for messages),
+/// one per configuration hash (the first seen), in grid order, the frontiers marked again.
+/// Files measured on other model or data contents are refused.
+pub fn merge(files: &[(String, String)]) -> Result<(Vec<ResultLine>, usize), String> {
+    let mut out: Vec<ResultLine> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
+    let mut first: Option<(String, super::results::Inputs)> = None;
+    for (name, text) in files {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let l: ResultLine = serde_json::from_str(line)
+                .map_err(|e| format!("{name}:{}: not a sweep result line: {e}", i + 1))?;
+            match &first {
+                Some((f, inputs)) if !inputs.same_inputs(&l.inputs) => {
+                    return Err(format!(
+                        "{name}:{}: measured on other model or data contents than {f} (model sha256 {} vs {}); merge results of one model and data set",
+                        i + 1,
+                        l.inputs.model.sha256,
+                        inputs.model.sha256
+                    ));
+                }
+                Some(_) => {}
+                None => first = Some((name.clone(), l.inputs.clone())),
+            }
+            if seen.insert(l.config_hash.clone()) {
+                out.push(l);
+            } else {
+                duplicates += 1;
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        a.index
+            .cmp(&b.index)
+            .then(a.config_hash.cmp(&b.config_hash))
+    });
+    mark_pareto(&mut out);
+    Ok((out, duplicates))
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn grids_take_the_product_of_their_lists() {
+        let g = parse_grid(
+            "[default]\nprune = \"l1\"\nsparsity = [0.5, 0.9]\nbits = [8, 4, 2]\n[layer.fc3]\nsparsity = 0.0\n[global]\nlayers = [\"fc1\", \"fc2\"]\nsparsity = [0.3]\n",
+        )
+        .unwrap();
+        assert_eq!(g.len(), 6);
+        assert_eq!(
+            g[0].label,
+            "default.bits=8 default.sparsity=0.5 global.sparsity=0.3"
+        );
+        assert_eq!(g[5].recipe.default.sparsity, Some(0.9));
+        assert_eq!(g[5].recipe.default.bits, Some(Bits::Int(2)));
+        assert_eq!(
+            g[0].recipe.global.as_ref().and_then(|g| g.layers.clone()),
+            Some(vec!["fc1".to_string(), "fc2".to_string()])
+        );
+        assert!(g.iter().enumerate().all(|(i, p)| p.index == i));
+        let shards: Vec<Vec<GridPoint>> = (0..4).map(|i| shard(g.clone(), i, 4)).collect();
+        assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 6);
+        assert_eq!(shards[1][0].index, 1);
+        assert_eq!(shards[1][1].index, 5);
+        assert!(
+            parse_grid("[default]\nbits = []\n")
+                .unwrap_err()
+                .contains("empty list")
+        );
+        assert!(
+            parse_grid("[default]\nprune = [\"l1\", \"bogus\"]\n")
+                .unwrap_err()
+                .contains("grid point 1")
+        );
+        assert_eq!(parse_shard("3/4"), Ok((3, 4)));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("x").is_err());
+        // The example grid of the cluster scripts.
+        let example = read_grid(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/cluster/grid.toml"
+        )))
+        .unwrap();
+        assert_eq!(example.len(), 36);
     }
 }

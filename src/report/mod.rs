@@ -1,5 +1,5 @@
-//! Reports: the explorer's charts as PNG and SVG (plotters), and the measured points as JSON.
-//! The only module that draws with plotters.
+//! Reports: the explorer's charts and the sensitivity curves as PNG and SVG (plotters), and the
+//! measured points as JSON. The only module that draws with plotters.
 
 use std::path::{Path, PathBuf};
 
@@ -9,32 +9,9 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::explore::pareto;
+pub use crate::explore::plot::{PlotInput, PlotPoint};
 use crate::explore::units;
 use crate::files;
-
-/// One evaluated configuration on a plot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PlotPoint {
-    pub size_bytes: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_us: Option<f64>,
-    /// Top-1 accuracy in [0, 1].
-    pub accuracy: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-}
-
-/// Everything the two charts show.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
-pub struct PlotInput {
-    pub title: String,
-    pub points: Vec<PlotPoint>,
-    pub dense: Option<PlotPoint>,
-    pub current: Option<PlotPoint>,
-    pub pinned: Option<PlotPoint>,
-    pub budget_bytes: Option<f64>,
-    pub budget_latency_us: Option<f64>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -397,6 +374,176 @@ fn draw_series<DB: DrawingBackend>(
             *size,
             color.filled(),
         )))?;
+    }
+    Ok(())
+}
+
+/// Refuses a plot path whose extension says neither PNG nor SVG, before any work.
+pub fn check_plot_path(path: &Path) -> Result<(), ReportError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("svg") => Ok(()),
+        _ => Err(ReportError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("a plot is written as .png or .svg"),
+        }),
+    }
+}
+
+/// Colours of the layers' curves (matplotlib's first ten).
+const CURVE_COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Draws the sensitivity curves — accuracy vs sparsity and accuracy vs bits, one curve per
+/// layer, the dense accuracy as a line — into `path` (.png or .svg), written to a temporary
+/// name and renamed.
+pub fn write_sensitivity_plot(
+    table: &crate::explore::sensitivity::SensitivityTable,
+    grid: &crate::explore::sensitivity::SensitivityGrid,
+    title: &str,
+    path: &Path,
+) -> Result<PathBuf, ReportError> {
+    check_plot_path(path)?;
+    let draw_err = |msg: String| ReportError::Draw {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let size = (1600, 700);
+    let svg = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if svg {
+        let mut text = String::new();
+        {
+            let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+            draw_sensitivity(&root, table, grid, title)
+                .and_then(|()| root.present().map_err(|e| e.to_string()))
+                .map_err(draw_err)?;
+        }
+        files::write_atomic(path, text.as_bytes())?;
+    } else {
+        files::write_atomic_with(path, |tmp| {
+            let root = BitMapBackend::new(tmp, size).into_drawing_area();
+            draw_sensitivity(&root, table, grid, title)
+                .and_then(|()| root.present().map_err(|e| e.to_string()))
+        })?;
+    }
+    Ok(path.to_path_buf())
+}
+
+fn draw_sensitivity<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    table: &crate::explore::sensitivity::SensitivityTable,
+    grid: &crate::explore::sensitivity::SensitivityGrid,
+    title: &str,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(err)?;
+    let root = root
+        .titled(
+            &format!("Sensitivity: each layer alone — {title}"),
+            ("sans-serif", 26),
+        )
+        .map_err(err)?;
+    let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+    let dense = table.dense_accuracy.map(|d| d * 100.0);
+    let all: Vec<f64> = table
+        .layers
+        .iter()
+        .flat_map(|l| l.prune.iter().chain(&l.bits))
+        .filter_map(|c| c.accuracy)
+        .map(|a| a * 100.0)
+        .chain(dense)
+        .collect();
+    let lo = all.iter().copied().fold(100.0f64, f64::min);
+    let hi = all.iter().copied().fold(0.0f64, f64::max);
+    let y = (lo - 2.0).max(0.0)..(hi + 1.0).min(100.5);
+    for (area, prune) in [(&left, true), (&right, false)] {
+        let (x0, x1, what) = if prune {
+            (0.0, 100.0, format!("sparsity (%), {}", table.method))
+        } else {
+            let b = grid.bits.iter().copied().min().unwrap_or(1).min(8);
+            (
+                f64::from(b) - 0.5,
+                8.5,
+                "bits per weight (symmetric, per channel)".to_string(),
+            )
+        };
+        if (prune && grid.sparsities.is_empty()) || (!prune && grid.bits.is_empty()) {
+            continue;
+        }
+        let mut chart = ChartBuilder::on(area)
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x0..x1, y.clone())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(what)
+            .y_desc("top-1 accuracy (%)")
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(err)?;
+        if let Some(d) = dense {
+            chart
+                .draw_series(LineSeries::new([(x0, d), (x1, d)], BLACK.stroke_width(1)))
+                .map_err(err)?
+                .label("dense")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        }
+        for (i, l) in table.layers.iter().enumerate() {
+            let color = CURVE_COLORS[i % CURVE_COLORS.len()];
+            let cells = if prune { &l.prune } else { &l.bits };
+            let mut pts: Vec<(f64, f64)> = cells
+                .iter()
+                .filter_map(|c| {
+                    let x = if prune { c.value * 100.0 } else { c.value };
+                    Some((x, c.accuracy? * 100.0))
+                })
+                .collect();
+            if prune && let Some(d) = dense {
+                pts.insert(0, (0.0, d));
+            }
+            if pts.is_empty() {
+                continue;
+            }
+            let name = if l.coupled {
+                format!("{} (coupled)", l.name)
+            } else {
+                l.name.clone()
+            };
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(err)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .draw()
+            .map_err(err)?;
     }
     Ok(())
 }

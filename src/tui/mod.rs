@@ -20,7 +20,7 @@ use ratatui::crossterm::event::{
 };
 use ratatui::crossterm::execute;
 
-use crate::explore::jobs::Runner;
+use crate::explore::jobs::{Executor, Runner};
 use crate::explore::journal::JournalWriter;
 use crate::report;
 
@@ -46,40 +46,22 @@ impl Drop for TerminalGuard {
     }
 }
 
-/// Carries out the app's requests.
-pub struct Executor<'a> {
-    pub runner: &'a mut Runner,
-    pub journal: Option<&'a JournalWriter>,
+/// Draws the plots a `Request::Plot` asks for (the report module's job), replacing none of
+/// the session's `inputs`.
+pub fn write_plots(
+    input: &crate::explore::plot::PlotInput,
+    dir: &std::path::Path,
+    inputs: &[PathBuf],
+) -> Result<Vec<PathBuf>, String> {
+    report::write_plots(input, dir, inputs).map_err(|e| e.to_string())
 }
 
-impl Executor<'_> {
-    pub fn run(&mut self, requests: Vec<Request>) {
-        for r in requests {
-            match r {
-                Request::Evaluate {
-                    generation,
-                    request,
-                } => self.runner.evaluate_latest(generation, request),
-                Request::CancelInteractive => self.runner.cancel_interactive(),
-                Request::Sweep { id, points } => self.runner.start_sweep(id, points),
-                Request::CancelSweeps => self.runner.cancel_sweeps(),
-                Request::Export { config, dir } => {
-                    self.runner
-                        .spawn_task("export", move |ev| ev.export(&config, &dir));
-                }
-                Request::Plot { input, dir } => {
-                    self.runner.spawn_task("plots", move |ev| {
-                        report::write_plots(&input, &dir, &ev.inputs()).map_err(|e| e.to_string())
-                    });
-                }
-                Request::Journal(record) => {
-                    if let Some(j) = self.journal {
-                        j.append(record);
-                    }
-                }
-                Request::Quit => {}
-            }
-        }
+/// An executor for the explorer's requests: the runner, the journal, and plots by `report`.
+pub fn executor<'a>(runner: &'a mut Runner, journal: Option<&'a JournalWriter>) -> Executor<'a> {
+    Executor {
+        runner,
+        journal,
+        plot: Some(write_plots),
     }
 }
 
@@ -115,8 +97,8 @@ impl Timings {
         let _ = writeln!(
             f,
             "frame render_us={r:.0} draw_us={t:.0} points={} sweeps={}",
-            app.points.len(),
-            app.sweeps.len()
+            app.session.points.len(),
+            app.session.sweeps.len()
         );
     }
 
@@ -127,7 +109,7 @@ impl Timings {
         let _ = writeln!(
             f,
             "key key_to_screen_us={us:.0} sweeps={}",
-            app.sweeps.len()
+            app.session.sweeps.len()
         );
     }
 
@@ -199,11 +181,7 @@ pub fn run(
     let size = terminal.size()?;
     app.resize(size.width, size.height);
     let first = app.start();
-    let mut exec = Executor {
-        runner: &mut runner,
-        journal: journal.as_ref(),
-    };
-    exec.run(first);
+    executor(&mut runner, journal.as_ref()).run(first);
 
     let mut keys_since_draw: Vec<Instant> = Vec::new();
     let result = loop {
@@ -250,10 +228,7 @@ pub fn run(
             },
             recv(ticker) -> _ => Vec::new(),
         };
-        let mut exec = Executor {
-            runner: &mut runner,
-            journal: journal.as_ref(),
-        };
+        let mut exec = executor(&mut runner, journal.as_ref());
         exec.run(requests);
         // Bounded, so a flood of worker messages cannot starve the screen.
         for _ in 0..256 {

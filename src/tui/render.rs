@@ -16,8 +16,9 @@ use crate::explore::config::pct;
 use crate::explore::eval::Stage;
 use crate::explore::units;
 
-use super::app::{App, ChartSeries, Point, View};
+use super::app::{App, ChartSeries, View};
 use super::keymap::{Action, Group, KEYMAP, key_label, keys_label};
+use crate::explore::session::Point;
 
 /// The smallest terminal the full layout fits in.
 pub const MIN_WIDTH: u16 = 80;
@@ -48,9 +49,10 @@ pub fn too_small(area: Rect) -> bool {
 
 /// The main screen's layout for `area` (also used for mouse hit-testing).
 pub fn layout(area: Rect, app: &App) -> Areas {
-    let layers = app.info.layers.len() as u16;
+    let layers = app.session.info.layers.len() as u16;
     let table_h = (layers + 3).min((area.height / 3).max(5));
-    let status_h = 9;
+    // One more status row for the device target.
+    let status_h = 9 + u16::from(app.session.target.is_some());
     let [title, table, charts, bottom, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(table_h),
@@ -156,19 +158,19 @@ fn render_title(frame: &mut Frame, area: Rect, app: &App) {
         Span::styled(" squeeze ", Style::new().bold().fg(Color::Black).bg(ACCENT)),
         Span::raw(format!(
             " {} on {} ({} samples)",
-            app.info.name, app.info.data_name, app.info.samples
+            app.session.info.name, app.session.info.data_name, app.session.info.samples
         )),
     ];
-    if let Some(p) = app.preset_name() {
+    if let Some(p) = app.session.preset_name() {
         spans.push(Span::styled(
             format!("  preset: {p}"),
             Style::new().fg(ACCENT),
         ));
     }
-    if app.pinned.is_some() {
+    if app.session.pins[0].is_some() {
         spans.push(Span::styled("  A pinned", Style::new().fg(PINNED)));
     }
-    let right = format!("{} points ", app.measured().count());
+    let right = format!("{} points ", app.session.measured().count());
     let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
     let pad = usize::from(area.width).saturating_sub(used + right.chars().count());
     spans.push(Span::raw(" ".repeat(pad)));
@@ -189,9 +191,16 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
     let current = app.current();
     let figures = current.map(Point::layers).unwrap_or(&[]);
     let total: u64 = figures.iter().map(|l| l.size_bytes).sum();
-    let global = app.config.global;
+    let global = app.session.config.global;
     let mut rows = Vec::new();
-    for (i, (info, setting)) in app.info.layers.iter().zip(&app.config.layers).enumerate() {
+    for (i, (info, setting)) in app
+        .session
+        .info
+        .layers
+        .iter()
+        .zip(&app.session.config.layers)
+        .enumerate()
+    {
         let f = figures.get(i);
         let prune = match global {
             Some(g) => Cell::from(format!("global {}", pct(g))).style(Style::new().fg(ACCENT)),
@@ -222,6 +231,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
         rows.push(Row::new(cells));
     }
     let name_w = app
+        .session
         .info
         .layers
         .iter()
@@ -249,7 +259,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Fill(1),
     ]);
     let mut extra = Vec::new();
-    if let Some(b) = app.config.activation_bits {
+    if let Some(b) = app.session.config.activation_bits {
         extra.push(format!("activations int{b}"));
     }
     let title = if extra.is_empty() {
@@ -274,7 +284,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
 
 /// `−0.4/−1.9`: accuracy change when only this layer is pruned to 90 % / quantized to 4 bits.
 fn sensitivity_label(app: &App, layer: usize) -> String {
-    let Some(s) = app.sensitivity.get(layer) else {
+    let Some(s) = app.session.sensitivity.get(layer) else {
         return String::new();
     };
     let Some(dense) = app.dense().and_then(Point::accuracy) else {
@@ -316,7 +326,7 @@ fn render_chart(
     let block = Block::bordered().title(title);
     if series.all.is_empty() {
         let what = if is_size { "size" } else { "latency" };
-        let waiting = if app.pending.is_empty() && app.sweeps.is_empty() {
+        let waiting = if app.session.pending.is_empty() && app.session.sweeps.is_empty() {
             format!("no {what} measured yet")
         } else {
             format!("waiting for the first {what} measurement …")
@@ -350,6 +360,16 @@ fn render_chart(
             .style(Style::new().fg(ACCENT))
             .data(&series.frontier),
     ];
+    if let Some(t) = &app.session.target {
+        datasets.push(
+            Dataset::default()
+                .name(format!("fits {}", t.name))
+                .marker(Marker::Dot)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(PINNED))
+                .data(&series.fitting),
+        );
+    }
     if !budget.is_empty() {
         datasets.push(
             Dataset::default()
@@ -478,7 +498,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
     }
     let cur = app.current();
     let dense = app.dense();
-    let pin = app.pinned.as_ref().and(app.pinned_point());
+    let pin = app.session.pinned_point(0);
     let acc = |p: Option<&Point>| p.and_then(Point::accuracy).map(|a| a.value);
     let size = |p: Option<&Point>| p.and_then(Point::size_bytes).map(|s| s as f64);
     let lat = |p: Option<&Point>| p.and_then(Point::latency_us);
@@ -499,7 +519,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         Constraint::Length(22),
         Constraint::Length(15),
     ];
-    if app.pinned.is_some() {
+    if app.session.pins[0].is_some() {
         header.extend(["A (pinned)", "current vs A"]);
         widths.extend([Constraint::Length(14), Constraint::Length(14)]);
     }
@@ -509,7 +529,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         Row::new(c)
     };
     let with_pin = |mut v: Vec<String>, a: String, d: String| {
-        if app.pinned.is_some() {
+        if app.session.pins[0].is_some() {
             v.push(a);
             v.push(d);
         }
@@ -555,9 +575,12 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
             ),
         ),
     ];
+
     let table_h = (rows.len() as u16 + 1).min(inner.height);
-    let [stats, work, note] = Layout::vertical([
+    let device_h = u16::from(app.session.target.is_some());
+    let [stats, device, work, note] = Layout::vertical([
         Constraint::Length(table_h),
+        Constraint::Length(device_h),
         Constraint::Length(1),
         Constraint::Min(0),
     ])
@@ -566,6 +589,9 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         Table::new(rows, widths).header(Row::new(header).style(Style::new().fg(ACCENT))),
         stats,
     );
+    if let Some(t) = &app.session.target {
+        frame.render_widget(fit_line(t, cur), device);
+    }
     render_work(frame, work, app);
     let note_line = if let Some(e) = &app.last_error {
         Line::from(vec![
@@ -580,10 +606,50 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
     frame.render_widget(Paragraph::new(note_line).wrap(Wrap { trim: true }), note);
 }
 
+/// The device line: whether the current configuration fits the target, and by what margin.
+fn fit_line(target: &crate::explore::targets::Target, cur: Option<&Point>) -> Line<'static> {
+    let name = Span::styled(format!("{:<9}", target.name), Style::new().fg(DIM));
+    let Some(fit) = cur.and_then(|p| p.fit(target)) else {
+        return Line::from(vec![name, Span::raw("…")]);
+    };
+    let margin = |m: &crate::explore::targets::Margin, what: &str| {
+        let (mark, color) = if m.fits() {
+            ("✓", PINNED)
+        } else {
+            ("✗", ERROR)
+        };
+        Span::styled(
+            format!(
+                "{what} {} of {} {mark}  ",
+                units::bytes(m.need as f64),
+                units::bytes(m.have as f64)
+            ),
+            Style::new().fg(color),
+        )
+    };
+    let mut spans = vec![name];
+    if let Some(m) = &fit.flash {
+        spans.push(margin(m, "flash"));
+    }
+    if let Some(m) = &fit.ram {
+        spans.push(margin(m, "RAM"));
+        if let Some((_, layer)) = cur.and_then(Point::arena) {
+            spans.push(Span::styled(
+                format!("(peak at {layer})  "),
+                Style::new().fg(DIM),
+            ));
+        }
+    }
+    if let Some(l) = fit.latency_estimate_us {
+        spans.push(Span::raw(format!("~{} estimated", units::micros(l))));
+    }
+    Line::from(spans)
+}
+
 /// The progress line: a running sweep's gauge, or what the current edit is waiting for.
 fn render_work(frame: &mut Frame, area: Rect, app: &App) {
-    if let Some(s) = app.sweeps.first() {
-        let queued = app.sweeps.len() - 1;
+    if let Some(s) = app.session.sweeps.first() {
+        let queued = app.session.sweeps.len() - 1;
         let mut label = format!("{} {}/{}", s.label, s.done, s.total);
         if queued > 0 {
             label.push_str(&format!(" (+{queued} queued)"));
@@ -602,7 +668,7 @@ fn render_work(frame: &mut Frame, area: Rect, app: &App) {
                 .unfilled_style(Style::new().fg(DIM)),
             area,
         );
-    } else if let Some(stage) = app.pending.first() {
+    } else if let Some(stage) = app.session.pending.first() {
         let text = match stage {
             Stage::Quick => "measuring: quick estimate on a subset …",
             Stage::Full => "measuring: accuracy on the full set …",
@@ -615,11 +681,11 @@ fn render_work(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn layer_title(app: &App) -> String {
-    let Some(info) = app.info.layers.get(app.selected) else {
+    let Some(info) = app.session.info.layers.get(app.selected) else {
         return " Layer ".into();
     };
     let setting = app.selected_setting();
-    let prune = match (app.config.global, setting) {
+    let prune = match (app.session.config.global, setting) {
         (Some(g), _) => format!("global {}", pct(g)),
         (None, Some(s)) if s.prune != PruneMethod::None => s.prune_label(),
         _ => "not pruned".into(),
@@ -635,7 +701,7 @@ fn layer_title(app: &App) -> String {
 
 /// The histograms of the selected layer: before, and after (kept weights only).
 fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
-    let Some(info) = app.info.layers.get(app.selected) else {
+    let Some(info) = app.session.info.layers.get(app.selected) else {
         return;
     };
     let after = app
@@ -706,7 +772,7 @@ fn stretch(bins: &[u32], width: usize) -> Vec<u64> {
 /// The selected layer's sensitivity in a few words: accuracy change vs dense (points) when
 /// only this layer is pruned or quantized; the detail view (Enter) draws the curves.
 fn sensitivity_text(app: &App) -> Vec<Line<'static>> {
-    let Some(s) = app.sensitivity.get(app.selected) else {
+    let Some(s) = app.session.sensitivity.get(app.selected) else {
         return vec![];
     };
     if s.prune.is_empty() && s.bits.is_empty() {
@@ -764,7 +830,7 @@ fn render_detail_pane(frame: &mut Frame, area: Rect, app: &App) {
 }
 
 fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
-    let layers = app.info.layers.len() as u16;
+    let layers = app.session.info.layers.len() as u16;
     let [title, table, body, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length((layers + 3).min(area.height / 4).max(4)),
@@ -792,6 +858,7 @@ fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
 /// Accuracy when only the selected layer is pruned (x: sparsity %) or quantized (x: bits).
 fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: bool) {
     let name = app
+        .session
         .info
         .layers
         .get(app.selected)
@@ -802,7 +869,7 @@ fn render_sensitivity_chart(frame: &mut Frame, area: Rect, app: &App, prune: boo
         format!(" {name} alone: accuracy vs bits (symmetric, per channel) ")
     };
     let block = Block::bordered().title(title);
-    let s = app.sensitivity.get(app.selected);
+    let s = app.session.sensitivity.get(app.selected);
     let data: Vec<(f64, f64)> = match s {
         Some(s) if prune => s
             .prune

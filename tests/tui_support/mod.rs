@@ -13,9 +13,10 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use squeeze::compress::Bits;
 use squeeze::compress::recipe::PruneMethod;
 use squeeze::explore::Config;
-use squeeze::explore::eval::{Estimate, Evaluator, Figures, LayerFigures, Stage};
+use squeeze::explore::eval::{Estimate, EvalError, Evaluator, Figures, LayerFigures, Stage};
 use squeeze::explore::info::{HIST_BINS, LayerInfo, ModelInfo};
 use squeeze::explore::jobs::{Origin, WorkerMsg};
+use squeeze::explore::session::{Session, SessionOptions};
 use squeeze::tui::{App, AppOptions, Request};
 
 pub fn info() -> ModelInfo {
@@ -37,6 +38,7 @@ pub fn info() -> ModelInfo {
             cols,
             hist_range: (-0.25, 0.25),
             hist_before: hist,
+            coupled: None,
         }
     };
     ModelInfo {
@@ -48,21 +50,32 @@ pub fn info() -> ModelInfo {
             layer("fc2", 100, 300),
             layer("fc3", 10, 100),
         ],
+        classes: 10,
+    }
+}
+
+pub fn session_options() -> SessionOptions {
+    SessionOptions {
+        fingerprint: 42,
+        ..SessionOptions::default()
     }
 }
 
 pub fn options() -> AppOptions {
     AppOptions {
-        fingerprint: 42,
         out_dir: PathBuf::from("squeeze-out"),
-        budget_bytes: None,
-        budget_latency_us: None,
         session: None,
+        search_seconds: 30,
+        targets: squeeze::explore::targets::load(None).expect("built-in targets"),
     }
 }
 
+pub fn session() -> Session {
+    Session::new(info(), session_options())
+}
+
 pub fn app() -> App {
-    let mut app = App::new(info(), options());
+    let mut app = App::new(session(), options());
     app.resize(140, 45);
     app
 }
@@ -91,6 +104,11 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
         let kept = weights * (1.0 - sparsity);
         let index = if sparsity > 0.0 { kept * 8.0 } else { 0.0 };
         let bytes = ((kept * bits + index) / 8.0) as u64 + l.shape[0] as u64 * 4;
+        let macs = if sparsity > 0.0 {
+            kept as u64
+        } else {
+            weights as u64
+        };
         size += bytes;
         pruned += weights * sparsity;
         total += weights;
@@ -120,6 +138,7 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
                 "dense-f32".into()
             },
             hist_after: hist,
+            macs,
         });
     }
     let acc = (0.9812 - loss).max(0.1);
@@ -129,6 +148,16 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
         entropy_bytes: Some(size * 7 / 10),
         sparsity: Some(pruned / total),
         layers,
+        // One sample's largest pair of buffers: fc1's input and output, 4 or 1 byte each.
+        arena_bytes: Some(
+            (784 + 300)
+                * if config.activation_bits.is_some() {
+                    1
+                } else {
+                    4
+                },
+        ),
+        arena_layer: Some("fc1".into()),
         ..Figures::default()
     };
     match stage {
@@ -164,6 +193,30 @@ pub fn answers(info: &ModelInfo, requests: &[Request]) -> Vec<WorkerMsg> {
                     });
                 }
             }
+            Request::Probes { id, job } => {
+                let total = job.len();
+                let points = job
+                    .dense
+                    .iter()
+                    .chain(job.chains.iter().flat_map(|c| &c.points));
+                for (i, p) in points.enumerate() {
+                    out.push(WorkerMsg::Result {
+                        origin: Origin::Sweep(*id),
+                        key: p.key,
+                        stage: Stage::Full,
+                        figures: figures(info, &p.config, Stage::Full),
+                    });
+                    out.push(WorkerMsg::Progress {
+                        sweep: *id,
+                        done: i + 1,
+                        total,
+                    });
+                }
+                out.push(WorkerMsg::SweepDone {
+                    sweep: *id,
+                    cancelled: false,
+                });
+            }
             Request::Sweep { id, points } => {
                 for (i, p) in points.iter().enumerate() {
                     for &stage in &p.stages {
@@ -193,7 +246,7 @@ pub fn answers(info: &ModelInfo, requests: &[Request]) -> Vec<WorkerMsg> {
 
 /// Feeds every answer back, and the answers to whatever those cause, until quiet.
 pub fn settle(app: &mut App, requests: Vec<Request>) {
-    let info = app.info.clone();
+    let info = app.session.info.clone();
     let mut pending = requests;
     while !pending.is_empty() {
         let msgs = answers(&info, &pending);
@@ -243,15 +296,43 @@ pub fn screen(t: &Terminal<TestBackend>) -> String {
 pub struct FakeEvaluator(pub ModelInfo);
 
 impl Evaluator for FakeEvaluator {
-    fn evaluate(&self, config: &Config, stage: Stage, _: &AtomicBool) -> Result<Figures, String> {
+    fn evaluate(
+        &self,
+        config: &Config,
+        stage: Stage,
+        _: &AtomicBool,
+    ) -> Result<Figures, EvalError> {
         std::thread::sleep(std::time::Duration::from_millis(2));
         Ok(figures(&self.0, config, stage))
     }
 
-    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+        let io = |e: std::io::Error| EvalError::Other(e.to_string());
+        std::fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join("recipe.toml");
-        std::fs::write(&path, config.to_recipe(&self.0).to_toml()).map_err(|e| e.to_string())?;
+        std::fs::write(&path, config.to_recipe(&self.0).to_toml()).map_err(io)?;
         Ok(vec![path])
+    }
+}
+
+/// Counts the evaluations a fake answers, to show which ones the cache saves.
+pub struct CountingEvaluator {
+    pub info: ModelInfo,
+    pub count: std::sync::atomic::AtomicUsize,
+}
+
+impl Evaluator for CountingEvaluator {
+    fn evaluate(
+        &self,
+        config: &Config,
+        stage: Stage,
+        _: &AtomicBool,
+    ) -> Result<Figures, EvalError> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(figures(&self.info, config, stage))
+    }
+
+    fn export(&self, _: &Config, _: &Path) -> Result<Vec<PathBuf>, EvalError> {
+        Ok(Vec::new())
     }
 }

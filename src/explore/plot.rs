@@ -1,0 +1,27 @@
+//! What the explorer's charts show, as data for the plots the report module draws.
+
+use serde::Serialize;
+
+/// One evaluated configuration on a plot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlotPoint {
+    pub size_bytes: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Everything the two charts show.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct PlotInput {
+    pub title: String,
+    pub points: Vec<PlotPoint>,
+    pub dense: Option<PlotPoint>,
+    pub current: Option<PlotPoint>,
+    pub pinned: Option<PlotPoint>,
+    pub budget_bytes: Option<f64>,
+    pub budget_latency_us: Option<f64>,
+}
