@@ -596,11 +596,13 @@ fn the_explorer_export_never_replaces_its_model_or_data() {
         .expect("prepare");
     let info = squeeze::explore::info::ModelInfo::from_model(&model, "d", set.len());
     let config = squeeze::explore::config::Config::dense(info.layers.len());
-    let ev = squeeze::explore::real::ModelEvaluator::new(model, info, inputs, set.labels, 2);
+    let ev =
+        squeeze::explore::model_evaluator::ModelEvaluator::new(model, info, inputs, set.labels, 2);
     // Exporting into the model's own folder would replace model.safetensors.
     let err = ev
         .export(&config, dir.path())
-        .expect_err("the model is in the folder");
+        .expect_err("the model is in the folder")
+        .to_string();
     assert!(err.contains("same file as input"), "{err}");
     assert!(err.contains("model.safetensors"), "{err}");
     assert_eq!(std::fs::read(&model_path).expect("read"), before);
@@ -615,7 +617,8 @@ fn the_explorer_export_never_replaces_its_model_or_data() {
     let ev = ev.with_inputs(vec![named.clone()]);
     let err = ev
         .export(&config, &out)
-        .expect_err("an input in the folder");
+        .expect_err("an input in the folder")
+        .to_string();
     assert!(err.contains("measurement.json"), "{err}");
     assert_eq!(std::fs::read_to_string(&named).expect("read"), body);
     // Elsewhere the export goes through.

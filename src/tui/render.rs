@@ -608,7 +608,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
 
 /// The device line: whether the current configuration fits the target, and by what margin.
 fn fit_line(target: &crate::explore::targets::Target, cur: Option<&Point>) -> Line<'static> {
-    let name = Span::styled(format!("{:<9}", target.name), Style::new().fg(DIM));
+    let name = Span::styled(format!("{} ", target.name), Style::new().fg(DIM));
     let Some(fit) = cur.and_then(|p| p.fit(target)) else {
         return Line::from(vec![name, Span::raw("…")]);
     };
@@ -620,7 +620,7 @@ fn fit_line(target: &crate::explore::targets::Target, cur: Option<&Point>) -> Li
         };
         Span::styled(
             format!(
-                "{what} {} of {} {mark}  ",
+                "{what} {}/{} {mark}  ",
                 units::bytes(m.need as f64),
                 units::bytes(m.have as f64)
             ),
@@ -635,13 +635,13 @@ fn fit_line(target: &crate::explore::targets::Target, cur: Option<&Point>) -> Li
         spans.push(margin(m, "RAM"));
         if let Some((_, layer)) = cur.and_then(Point::arena) {
             spans.push(Span::styled(
-                format!("(peak at {layer})  "),
+                format!("(peak {layer})  "),
                 Style::new().fg(DIM),
             ));
         }
     }
     if let Some(l) = fit.latency_estimate_us {
-        spans.push(Span::raw(format!("~{} estimated", units::micros(l))));
+        spans.push(Span::raw(format!("≈{} (estimate)", units::micros(l))));
     }
     Line::from(spans)
 }
