@@ -80,8 +80,9 @@ pub struct EntropySize {
     pub values: usize,
     /// Huffman-coded gaps between consecutive kept positions (none when nothing is pruned).
     pub indices: usize,
-    /// The code tables: one length byte per symbol of the value alphabet (`2^bits`), and per
-    /// distinct gap its value (4 bytes) and length (1 byte).
+    /// The code tables, as JPEG's DHT describes a canonical code: one count byte per code
+    /// length up to the longest, then the used symbols in canonical order (values one byte
+    /// each, gaps as LEB128 varints).
     pub tables: usize,
     /// Scales (4 bytes each) and zero points (1 byte each, unless all are the symmetric
     /// midpoint), or the f32 codebook.
@@ -127,7 +128,7 @@ pub fn entropy_size(layer: &QuantizedLayer) -> EntropySize {
             }
             let lengths = code_lengths(&freqs);
             size.values = coded_bits(&freqs, &lengths).div_ceil(8) as usize;
-            size.tables += freqs.len();
+            size.tables += table_bytes(&lengths, |_| 1);
             size.scales = match &layer.values {
                 WeightValues::Uniform {
                     scales,
@@ -158,11 +159,28 @@ pub fn entropy_size(layer: &QuantizedLayer) -> EntropySize {
             }
         }
         let freqs: Vec<u64> = gaps.values().copied().collect();
+        let symbols: Vec<usize> = gaps.keys().copied().collect();
         let lengths = code_lengths(&freqs);
         size.indices = coded_bits(&freqs, &lengths).div_ceil(8) as usize;
-        size.tables += gaps.len() * 5;
+        size.tables += table_bytes(&lengths, |i| varint_len(symbols[i]));
     }
     size
+}
+
+/// Bytes of a canonical code's description: a count per length `1..=max`, and each used
+/// symbol (`symbol_bytes(i)` for symbol `i`).
+fn table_bytes(lengths: &[u32], symbol_bytes: impl Fn(usize) -> usize) -> usize {
+    let max = lengths.iter().copied().max().unwrap_or(0) as usize;
+    max + (0..lengths.len())
+        .filter(|&i| lengths[i] > 0)
+        .map(symbol_bytes)
+        .sum::<usize>()
+}
+
+/// Bytes of `v` as a LEB128 varint (7 bits per byte).
+fn varint_len(v: usize) -> usize {
+    let bits = usize::BITS - v.leading_zeros();
+    (bits as usize).div_ceil(7).max(1)
 }
 
 #[cfg(test)]
@@ -205,6 +223,14 @@ mod tests {
         let l = code_lengths(&[45, 13, 12, 16, 9, 5]);
         assert_eq!(l, vec![1, 3, 3, 3, 4, 4]);
         assert_eq!(code_lengths(&[0, 7, 0]), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn table_sizes() {
+        assert_eq!((varint_len(0), varint_len(127), varint_len(128)), (1, 1, 2));
+        // Lengths 1, 2, 2 (longest 2): two counts and three symbols.
+        assert_eq!(table_bytes(&[1, 0, 2, 2], |_| 1), 5);
+        assert_eq!(table_bytes(&[0, 0], |_| 1), 0);
     }
 
     #[test]
