@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::common::{DataArgs, Format, ModelArgs, human_bytes, load_model, prepare};
 use super::recipe_args::RecipeArgs;
 use crate::compress::{self, Plan, Recipe};
-use crate::data::EvalSet;
+use crate::data::{DataOptions, EvalSet, Split};
 use crate::engine::{self, CompressedModel};
 use crate::measure::{self, Measurement, OutputKind, Timing};
 use crate::model::Model;
@@ -25,8 +25,8 @@ pub struct EvalArgs {
     /// divergence from its softmax.
     #[arg(long, value_name = "FILE")]
     pub reference: Option<PathBuf>,
-    /// Samples for activation calibration (any evaluation-set format); default: the
-    /// evaluation set's first samples.
+    /// Samples for activation calibration (any evaluation-set format); default: the training
+    /// set beside the evaluation set, else the evaluation set's first samples.
     #[arg(long, value_name = "PATH")]
     pub calibration_data: Option<PathBuf>,
     /// Skip the latency and throughput measurements.
@@ -106,23 +106,41 @@ pub fn prepare_model(
     })
 }
 
-/// Calibration inputs: `path` when given, else the evaluation set's first samples.
+/// Calibration inputs: `path` when given; else the training set beside the evaluation set
+/// (the folder holding both MNIST splits, or the `train-*` file beside a `t10k-*` one), so
+/// the images that report accuracy are not the ones calibrated on; else, saying so, the
+/// evaluation set's first samples. A folder holding both splits gives its training pair.
 pub fn calibration_inputs(
     path: Option<&PathBuf>,
     fallback: &EvalSet,
     model: &Model,
     count: usize,
 ) -> anyhow::Result<Vec<f32>> {
+    let train = DataOptions {
+        split: Split::Train,
+        ..Default::default()
+    };
     let set = match path {
-        Some(p) => crate::data::load(p, &Default::default())?,
-        None => {
-            eprintln!(
-                "note: calibrating activations on the first {} samples of {} (give --calibration-data to use other data)",
-                count.min(fallback.len()),
-                fallback.source.display()
-            );
-            fallback.clone()
-        }
+        Some(p) => crate::data::load(p, &train)?,
+        None => match crate::data::training_set_beside(&fallback.source) {
+            Some(beside) => {
+                let set = crate::data::load(&beside, &train)?;
+                eprintln!(
+                    "note: calibrating activations on the first {} samples of {}, the training set beside the evaluation set (--calibration-data to use other data)",
+                    count.min(set.len()),
+                    set.source.display()
+                );
+                set
+            }
+            None => {
+                eprintln!(
+                    "note: calibrating activations on the first {} samples of {}, the evaluation set itself: no training set beside it (give --calibration-data to keep the two apart)",
+                    count.min(fallback.len()),
+                    fallback.source.display()
+                );
+                fallback.clone()
+            }
+        },
     };
     prepare(model, &set.truncated(count))
 }
