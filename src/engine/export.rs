@@ -281,6 +281,12 @@ impl CompressedModel {
     /// architecture, layer formats, input scaling and recipe in the metadata, and the checksum
     /// record.
     pub fn sealed(&self, recipe_text: Option<&str>) -> Sealed {
+        self.sealed_with(recipe_text, &[])
+    }
+
+    /// `sealed` with `extra` metadata entries besides the architecture, formats and recipe
+    /// (fine-tuning records its settings and the hashes of its inputs this way).
+    pub fn sealed_with(&self, recipe_text: Option<&str>, extra: &[(&str, String)]) -> Sealed {
         let mut tensors: Vec<TensorBytes> = Vec::new();
         for (layer, step) in self.model.layers.iter().zip(&self.steps) {
             match step {
@@ -318,6 +324,9 @@ impl CompressedModel {
         );
         if let Some(r) = recipe_text {
             meta.insert(RECIPE_KEY.to_string(), r.to_string());
+        }
+        for (k, v) in extra {
+            meta.insert(k.to_string(), v.clone());
         }
         Sealed::new(tensors, meta)
     }
