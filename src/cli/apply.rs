@@ -1,6 +1,6 @@
 //! `squeeze apply`: compress a model as a recipe says and write the packed model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::common::{ModelArgs, human_bytes};
 use super::eval::{calibration_inputs, prepare_model};
@@ -30,6 +30,32 @@ pub struct ApplyArgs {
     pub calibration_data: Option<PathBuf>,
 }
 
+/// Writes a packed model to `out` and, when given, its dequantized dense weights beside it: a
+/// pair written together, each recording the other's SHA-256.
+pub(super) fn write_packed(
+    out: &Path,
+    mut compressed: Sealed,
+    dense: Option<(&Path, Sealed)>,
+) -> anyhow::Result<()> {
+    let serialize = |file: &Sealed, path: &Path| {
+        file.to_bytes()
+            .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", path.display()))
+    };
+    match dense {
+        None => files::write_atomic(out, &serialize(&compressed, out)?)?,
+        Some((dense_path, mut dense)) => {
+            let (c, d) = (compressed.digest().to_string(), dense.digest().to_string());
+            compressed.set_partner(out, dense_path, &d);
+            dense.set_partner(dense_path, out, &c);
+            files::write_all_atomic(&[
+                (out, &serialize(&compressed, out)?),
+                (dense_path, &serialize(&dense, dense_path)?),
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     check_paths(&args)?;
     if args.recipe.recipe()?.is_none() {
@@ -48,29 +74,20 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     })?;
     let recipe_text = prepared.recipe.as_ref().map(|r| r.to_toml());
     let cm = &prepared.compressed;
-    let mut compressed = cm.sealed(recipe_text.as_deref());
-    let serialize = |file: &Sealed, path: &PathBuf| {
-        file.to_bytes()
-            .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", path.display()))
-    };
-    match &args.dense_out {
-        None => files::write_atomic(&args.out, &serialize(&compressed, &args.out)?)?,
+    let compressed = cm.sealed(recipe_text.as_deref());
+    let dense = match &args.dense_out {
+        None => None,
         Some(dense_path) => {
             let plan = prepared
                 .plan
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("no plan to write densely"))?;
             let model = plan.try_dequantized_model()?;
-            let mut dense = model.sealed(&[("squeeze.recipe", recipe_text.unwrap_or_default())])?;
-            let (c, d) = (compressed.digest().to_string(), dense.digest().to_string());
-            compressed.set_partner(&args.out, dense_path, &d);
-            dense.set_partner(dense_path, &args.out, &c);
-            files::write_all_atomic(&[
-                (&args.out, &serialize(&compressed, &args.out)?),
-                (dense_path, &serialize(&dense, dense_path)?),
-            ])?;
+            let dense = model.sealed(&[("squeeze.recipe", recipe_text.unwrap_or_default())])?;
+            Some((dense_path.as_path(), dense))
         }
-    }
+    };
+    write_packed(&args.out, compressed, dense)?;
     println!(
         "wrote {}: {} packed ({} bytes), dense f32 {}, ratio {:.1}×",
         args.out.display(),
