@@ -3,8 +3,10 @@
 mod apply;
 mod bench;
 pub mod common;
+mod distill;
 mod eval;
 mod explore;
+pub mod finetune;
 mod headless;
 mod info;
 pub mod recipe_args;
@@ -52,6 +54,12 @@ pub enum Command {
     /// Find per-layer sparsity and bits that maximise accuracy under a budget (size, latency,
     /// flash, RAM, a device target).
     Search(search::SearchArgs),
+    /// Compress a model by a recipe and train it compressed (masks held, gradual pruning,
+    /// quantization-aware training, shared values, distillation); measure and write it packed.
+    Finetune(finetune::FinetuneArgs),
+    /// Train a smaller architecture from scratch on a teacher's softened outputs, beside the
+    /// same run on labels alone.
+    Distill(distill::DistillArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -69,6 +77,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Sweep(args)) => sweep::run_sweep(args),
         Some(Command::Merge(args)) => sweep::run_merge(args),
         Some(Command::Search(args)) => search::run(args),
+        Some(Command::Finetune(args)) => finetune::run(args),
+        Some(Command::Distill(args)) => distill::run(args),
         None => default_job(),
     }
 }

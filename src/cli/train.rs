@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::data::DataOptions;
+use crate::data::{DataOptions, EvalSet, Split};
 use crate::model::Op;
 use crate::train::{
     self, EpochSummary, LrDecay, OptimizerKind, PreparedSet, TRAIN_METADATA_KEY, TrainConfig,
@@ -29,6 +29,54 @@ pub enum LrDecayArg {
     /// ×0.1 from half-way, ×0.01 from three quarters of the epochs.
     Step,
     None,
+}
+
+/// Options every training command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainingArgs {
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Seeds initialisation and shuffling: the same seed gives the same file.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
+    pub optimizer: OptimizerArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay (default 0.01 for AdamW, as PyTorch; 0 for SGD).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Learning-rate schedule, applied per epoch.
+    #[arg(long, value_enum, default_value_t = LrDecayArg::Cosine)]
+    pub lr_decay: LrDecayArg,
+}
+
+impl TrainingArgs {
+    pub fn config(&self, epochs: usize, lr: f64) -> TrainConfig {
+        let optimizer = match self.optimizer {
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+        };
+        TrainConfig {
+            epochs,
+            lr,
+            batch: self.batch,
+            seed: self.seed,
+            optimizer,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay.unwrap_or(match optimizer {
+                OptimizerKind::AdamW => 0.01,
+                OptimizerKind::Sgd => 0.0,
+            }),
+            lr_decay: match self.lr_decay {
+                LrDecayArg::Cosine => LrDecay::Cosine,
+                LrDecayArg::Step => LrDecay::Step,
+                LrDecayArg::None => LrDecay::None,
+            },
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,23 +99,8 @@ pub struct TrainArgs {
     /// Initial learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    /// Seeds initialisation and shuffling: the same seed gives the same file.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value_t = OptimizerArg::Adamw)]
-    pub optimizer: OptimizerArg,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    /// Weight decay (default 0.01 for AdamW, as PyTorch; 0 for SGD).
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Learning-rate schedule, applied per epoch.
-    #[arg(long, value_enum, default_value_t = LrDecayArg::Cosine)]
-    pub lr_decay: LrDecayArg,
+    #[command(flatten)]
+    pub training: TrainingArgs,
     /// Train on the first N training samples only (quick runs).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -75,27 +108,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> TrainConfig {
-        let optimizer = match self.optimizer {
-            OptimizerArg::Adamw => OptimizerKind::AdamW,
-            OptimizerArg::Sgd => OptimizerKind::Sgd,
-        };
-        TrainConfig {
-            epochs: self.epochs,
-            lr: self.lr,
-            batch: self.batch,
-            seed: self.seed,
-            optimizer,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay.unwrap_or(match optimizer {
-                OptimizerKind::AdamW => 0.01,
-                OptimizerKind::Sgd => 0.0,
-            }),
-            lr_decay: match self.lr_decay {
-                LrDecayArg::Cosine => LrDecay::Cosine,
-                LrDecayArg::Step => LrDecay::Step,
-                LrDecayArg::None => LrDecay::None,
-            },
-        }
+        self.training.config(self.epochs, self.lr)
     }
 }
 
@@ -168,11 +181,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         cfg.seed
     );
 
-    let mut progress = Progress::new(std::io::stderr().is_terminal(), train_data.len());
+    let mut progress = Progress(EpochBar::new(train_data.len(), false));
     let report = train::train(&mut tm, &train_data, &test_data, &cfg, &mut |e| {
         progress.event(e)
     })?;
-    progress.finish();
+    progress.0.finish();
 
     let final_train_loss = report.epochs.last().map_or(0.0, |e| e.train_loss);
     let meta = TrainMetadata {
@@ -205,7 +218,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 /// Refuses a run whose batches would not fit the memory limit: every parameter with its
 /// gradient and two optimizer moments, and every layer's output and its gradient for each
 /// sample of a batch (the backward pass keeps them all).
-fn check_training_memory(model: &crate::model::Model, batch: usize) -> anyhow::Result<()> {
+pub(super) fn check_training_memory(
+    model: &crate::model::Model,
+    batch: usize,
+) -> anyhow::Result<()> {
     use crate::model::shape::{elements_u128, parameter_bytes};
     let per_sample = model
         .layers
@@ -220,75 +236,169 @@ fn check_training_memory(model: &crate::model::Model, batch: usize) -> anyhow::R
         .map_err(anyhow::Error::msg)
 }
 
-/// A progress bar with loss and samples/s on a terminal; one plain line per epoch otherwise.
-struct Progress {
+/// One epoch's progress on stderr: a bar with the loss and samples/s on a terminal, nothing
+/// while the epoch runs otherwise; lines printed above the bar (or plainly). Quiet prints
+/// nothing at all.
+pub(super) struct EpochBar {
     terminal: bool,
+    quiet: bool,
     bar: Option<ProgressBar>,
     samples_per_epoch: usize,
     epoch_start: Instant,
 }
 
-impl Progress {
-    fn new(terminal: bool, samples_per_epoch: usize) -> Self {
-        Progress {
-            terminal,
+impl EpochBar {
+    pub(super) fn new(samples_per_epoch: usize, quiet: bool) -> Self {
+        EpochBar {
+            terminal: std::io::stderr().is_terminal(),
+            quiet,
             bar: None,
             samples_per_epoch,
             epoch_start: Instant::now(),
         }
     }
 
+    /// Starts an epoch's bar, labelled `prefix`.
+    pub(super) fn start(&mut self, prefix: String) {
+        self.epoch_start = Instant::now();
+        if let Some(old) = self.bar.take() {
+            old.finish_and_clear();
+        }
+        if self.terminal && !self.quiet {
+            let bar = ProgressBar::new(self.samples_per_epoch as u64);
+            let style =
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(prefix);
+            self.bar = Some(bar);
+        }
+    }
+
+    /// After a step: `samples` seen in this epoch, the batch's loss and anything to add.
+    pub(super) fn step(&mut self, batch: usize, samples: usize, loss: f32, extra: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(samples as u64);
+            // Refreshing the message every step costs more than the step on tiny models.
+            if batch.is_multiple_of(10) {
+                let rate = samples as f64 / self.epoch_start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("loss {loss:.4}{extra}, {rate:.0} samples/s"));
+            }
+        }
+    }
+
+    /// A line of its own (above the bar on a terminal).
+    pub(super) fn line(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub(super) fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// `squeeze train`'s progress: the bar, and one line per epoch.
+struct Progress(EpochBar);
+
+impl Progress {
     fn event(&mut self, e: &TrainEvent) {
         match e {
             TrainEvent::EpochStarted {
                 epoch, epochs, lr, ..
-            } => {
-                self.epoch_start = Instant::now();
-                if let Some(old) = self.bar.take() {
-                    old.finish_and_clear();
-                }
-                if self.terminal {
-                    let bar = ProgressBar::new(self.samples_per_epoch as u64);
-                    let style = ProgressStyle::with_template(
-                        "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-                    bar.set_style(style);
-                    bar.set_prefix(format!("epoch {}/{epochs} lr {lr:.2e}", epoch + 1));
-                    self.bar = Some(bar);
-                }
-            }
+            } => self
+                .0
+                .start(format!("epoch {}/{epochs} lr {lr:.2e}", epoch + 1)),
             TrainEvent::Step {
                 samples,
                 loss,
                 batch,
                 ..
-            } => {
-                if let Some(bar) = &self.bar {
-                    bar.set_position(*samples as u64);
-                    // Refreshing the message every step costs more than the step on tiny models.
-                    if batch % 10 == 0 {
-                        let rate =
-                            *samples as f64 / self.epoch_start.elapsed().as_secs_f64().max(1e-9);
-                        bar.set_message(format!("loss {loss:.4}, {rate:.0} samples/s"));
-                    }
-                }
-            }
-            TrainEvent::EpochFinished(s) => {
-                let line = epoch_line(s);
-                match &self.bar {
-                    Some(bar) => bar.println(line),
-                    None => eprintln!("{line}"),
-                }
-            }
+            } => self.0.step(*batch, *samples, *loss, ""),
+            TrainEvent::EpochFinished(s) => self.0.line(&epoch_line(s)),
         }
     }
+}
 
-    fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+/// The training set a training command reads from `path` (a folder holding both MNIST splits
+/// gives its training pair), cut to the first `limit` samples when asked.
+pub(super) fn load_training_set(path: &Path, limit: Option<usize>) -> anyhow::Result<EvalSet> {
+    let opts = DataOptions {
+        split: Split::Train,
+        ..Default::default()
+    };
+    if limit == Some(0) {
+        anyhow::bail!("--limit must be at least 1");
+    }
+    let set = crate::data::load(path, &opts)
+        .with_context(|| format!("reading the training set {}", path.display()))?;
+    Ok(match limit {
+        Some(n) => set.truncated(n),
+        None => set,
+    })
+}
+
+/// The test set to report on: `test` when given, else the test pair of a folder `data` that
+/// holds both splits (the bundled MNIST folder), else none. `train` is the training set read
+/// from `data`: a folder holding only that is no test set.
+pub(super) fn load_test_set(
+    data: &Path,
+    test: Option<&Path>,
+    train: &EvalSet,
+) -> anyhow::Result<Option<EvalSet>> {
+    let path = match test {
+        Some(t) => t,
+        None if data.is_dir() => data,
+        None => return Ok(None),
+    };
+    let set = crate::data::load(path, &DataOptions::default())
+        .with_context(|| format!("reading the test set {}", path.display()))?;
+    if test.is_none() && set.source == train.source {
+        return Ok(None);
+    }
+    Ok(Some(set))
+}
+
+/// A file an output was made from: its name and SHA-256.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct InputFile {
+    pub file: String,
+    pub sha256: String,
+}
+
+impl InputFile {
+    pub(super) fn of(path: &Path) -> anyhow::Result<InputFile> {
+        Ok(InputFile {
+            // The name only: where the file lives on this machine is nobody's business.
+            file: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            sha256: crate::files::sha256_file(path)?,
+        })
+    }
+
+    /// The files a data set at `path` is read from (for IDX, the images and the labels).
+    pub(super) fn of_data(path: &Path, split: Split) -> anyhow::Result<Vec<InputFile>> {
+        let opts = DataOptions {
+            split,
+            ..Default::default()
+        };
+        let mut files: Vec<PathBuf> = crate::data::source_files(path, &opts)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        files.dedup();
+        files.iter().map(|p| InputFile::of(p)).collect()
     }
 }
 

@@ -1,6 +1,14 @@
 //! `apply`: a model and a recipe in, a `Plan` out. Validation, structured pruning (which
 //! shrinks the model), masks, weight quantization, then activation calibration on the
 //! weight-compressed model (PyTorch's prepare → calibrate → convert order).
+//!
+//! `apply_held` does the same with decisions fixed elsewhere held as they are: a model that
+//! fine-tuning already shrank, masks it trained with, k-means assignments whose shared values
+//! it trained. Everything else (uniform levels, f16 rounding, calibration) is computed as
+//! `apply` computes it, so a model trained with fake quantization compresses to exactly the
+//! values it was trained with.
+
+use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
@@ -31,6 +39,33 @@ pub enum CompressError {
         layer: String,
         source: candle_core::Error,
     },
+    /// A held decision does not fit the layer it is given for.
+    #[error("layer {layer}: held {what}: {msg}")]
+    Held {
+        layer: String,
+        what: &'static str,
+        msg: String,
+    },
+}
+
+/// Decisions `apply_held` keeps instead of recomputing, keyed by layer index (into
+/// `Model::layers`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Held {
+    /// The model was already shrunk by the recipe's structured pruning: do not shrink again.
+    pub shrunk: bool,
+    /// Kept weights (`true` = kept, row-major), replacing the recipe's pruning for the layer.
+    pub masks: BTreeMap<usize, Vec<bool>>,
+    /// Weight sharing with fixed assignments: every weight's code and the shared values,
+    /// for layers the recipe quantizes with `kmeans` (pruned weights point at an exact 0.0).
+    pub codebooks: BTreeMap<usize, HeldCodebook>,
+}
+
+/// One layer's k-means assignments and shared values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldCodebook {
+    pub codes: Vec<u8>,
+    pub codebook: Vec<f32>,
 }
 
 /// Compresses `model` as `recipe` says. `calibration` (already scaled inputs, back to back,
@@ -40,6 +75,16 @@ pub fn apply(
     model: &Model,
     recipe: &Recipe,
     calibration: Option<(&[f32], usize)>,
+) -> Result<Plan, CompressError> {
+    apply_held(model, recipe, calibration, &Held::default())
+}
+
+/// `apply` with the decisions in `held` kept as they are (see [`Held`]).
+pub fn apply_held(
+    model: &Model,
+    recipe: &Recipe,
+    calibration: Option<(&[f32], usize)>,
+    held: &Held,
 ) -> Result<Plan, CompressError> {
     let resolved = recipe.validate(model)?;
 
@@ -53,7 +98,7 @@ pub fn apply(
             _ => None,
         })
         .collect();
-    let (model, resolved) = if structured.is_empty() {
+    let (model, resolved) = if structured.is_empty() || held.shrunk {
         (model.clone(), resolved)
     } else {
         let (shrunk, _) = shrink_structured(model, &structured)?;
@@ -115,10 +160,43 @@ pub fn apply(
             masks[*k] = mask;
         }
     }
+    for (lp, mask) in resolved.layers.iter().zip(masks.iter_mut()) {
+        if let Some(m) = held.masks.get(&lp.layer) {
+            if m.len() != mask.len() {
+                return Err(CompressError::Held {
+                    layer: lp.name.clone(),
+                    what: "mask",
+                    msg: format!("{} flags for {} weights", m.len(), mask.len()),
+                });
+            }
+            mask.clone_from(m);
+        }
+    }
+    if let Some(&layer) = held
+        .masks
+        .keys()
+        .chain(held.codebooks.keys())
+        .find(|l| !resolved.layers.iter().any(|lp| lp.layer == **l))
+    {
+        return Err(CompressError::Held {
+            layer: format!("#{layer}"),
+            what: "decision",
+            msg: "not a linear/conv layer of the model".into(),
+        });
+    }
 
     // Quantization.
     let mut layers = Vec::with_capacity(resolved.layers.len());
     for ((lp, (rows, cols, mut w, bias)), kept) in resolved.layers.iter().zip(mats).zip(masks) {
+        if held.codebooks.contains_key(&lp.layer)
+            && !matches!(lp.weights, WeightFormat::KMeans { .. })
+        {
+            return Err(CompressError::Held {
+                layer: lp.name.clone(),
+                what: "codebook",
+                msg: "the recipe does not quantize this layer with kmeans".into(),
+            });
+        }
         for (v, k) in w.iter_mut().zip(&kept) {
             if !k {
                 *v = 0.0;
@@ -139,7 +217,10 @@ pub fn apply(
                 symmetric,
                 granularity,
             } => quantize_uniform(&w, &kept, rows, cols, bits, symmetric, granularity),
-            WeightFormat::KMeans { bits } => kmeans(&w, &kept, bits).values,
+            WeightFormat::KMeans { bits } => match held.codebooks.get(&lp.layer) {
+                Some(h) => held_codebook(h, &kept, bits, &lp.name)?,
+                None => kmeans(&w, &kept, bits).values,
+            },
         };
         layers.push(QuantizedLayer {
             layer: lp.layer,
@@ -168,6 +249,52 @@ pub fn apply(
         }
     }
     Ok(plan)
+}
+
+/// Checks held k-means assignments against the layer and the recipe's width.
+fn held_codebook(
+    h: &HeldCodebook,
+    kept: &[bool],
+    bits: u8,
+    layer: &str,
+) -> Result<WeightValues, CompressError> {
+    let bad = |msg: String| {
+        Err(CompressError::Held {
+            layer: layer.to_string(),
+            what: "codebook",
+            msg,
+        })
+    };
+    if h.codes.len() != kept.len() {
+        return bad(format!(
+            "{} codes for {} weights",
+            h.codes.len(),
+            kept.len()
+        ));
+    }
+    if h.codebook.is_empty() || h.codebook.len() > 1 << bits {
+        return bad(format!(
+            "{} shared values do not fit {bits}-bit codes",
+            h.codebook.len()
+        ));
+    }
+    if let Some(i) = h.codes.iter().position(|&c| c as usize >= h.codebook.len()) {
+        return bad(format!(
+            "code {} of weight {i} is past the codebook",
+            h.codes[i]
+        ));
+    }
+    if let Some(v) = h.codebook.iter().find(|v| !v.is_finite()) {
+        return bad(format!("shared value {v} is not finite"));
+    }
+    if let Some(i) = (0..kept.len()).find(|&i| !kept[i] && h.codebook[h.codes[i] as usize] != 0.0) {
+        return bad(format!("pruned weight {i} does not point at an exact 0.0"));
+    }
+    Ok(WeightValues::Codebook {
+        bits,
+        codes: h.codes.clone(),
+        codebook: h.codebook.clone(),
+    })
 }
 
 /// Pruned weights against total weights, for the whole model and per layer.

@@ -10,7 +10,7 @@ pub mod prune;
 pub mod quant;
 pub mod recipe;
 
-pub use apply::{CompressError, LayerSparsity, Sparsity, apply};
+pub use apply::{CompressError, Held, HeldCodebook, LayerSparsity, Sparsity, apply, apply_held};
 pub use huffman::{EntropySize, entropy_bytes, entropy_size};
 pub use recipe::{
     ActivationSettings, Bits, LayerPlan, LayerRecipe, Observer, Pruning, Recipe, RecipeError,

@@ -14,7 +14,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use array::Array;
-pub(crate) use idx::labels_path_for;
 
 use crate::model::InputSpec;
 

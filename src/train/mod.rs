@@ -1,6 +1,8 @@
-//! Training: the loop, its settings and events (here), the optimizers (`optim`) and the
+//! Training: the loop, its settings and events (here), the optimizers (`optim`), the
 //! training-mode operations with fast backward passes (`ops`, their arithmetic in `kernels` and
-//! `matmul`).
+//! `matmul`), and recovering what compression costs: fine-tuning under masks and fake
+//! quantization (`finetune`), pruning schedules (`schedule`), fake quantization with
+//! straight-through gradients (`fake_quant`) and distillation (`distill`).
 //!
 //! Training from scratch: PyTorch-default initialisation from a seeded RNG, shuffled mini-batch
 //! training through the dense candle forward (AdamW, or SGD with momentum, as PyTorch computes
@@ -10,10 +12,14 @@
 //! Everything random comes from seeded RNGs, so one seed gives the same bytes on one machine.
 //! The only exception is dropout, whose mask candle draws from its own unseeded RNG.
 
+pub mod distill;
+pub mod fake_quant;
+pub mod finetune;
 mod kernels;
 mod matmul;
 pub mod ops;
 mod optim;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +35,14 @@ use crate::data::{DataError, EvalSet};
 use crate::model::{
     ARCH_METADATA_KEY, ArchSpec, LayerSpec, LoadError, Model, Op, to_safetensors_bytes,
 };
+pub use distill::{Distillation, distillation_loss};
+pub use finetune::{
+    EpochRecord, FinetuneError, FinetuneEvent, FinetuneReport, FinetuneSets, FinetuneSettings,
+    Finetuned, Phase, Qat, finetune, split_validation,
+};
 pub use ops::TrainOps;
 use optim::Optim;
+pub use schedule::PruneSchedule;
 
 /// The metadata key holding the training settings and result as JSON.
 pub const TRAIN_METADATA_KEY: &str = "squeeze.train";
