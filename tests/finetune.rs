@@ -300,6 +300,68 @@ fn fake_quantized_weights_equal_what_the_recipe_stores() {
 }
 
 #[test]
+fn shared_values_train_with_their_assignments_fixed() {
+    let model = lenet300();
+    let recipe = Recipe::from_toml_str(
+        "[default]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\nscheme = \"kmeans\"\n",
+    )
+    .unwrap();
+    let train = slice(mnist(Split::Train), 0, 2000);
+    // One epoch, all of it on the shared values: clustering happens on the input weights
+    // under the one-shot masks, exactly as the recipe alone clusters them.
+    let mut settings = FinetuneSettings::new(config(1, 50));
+    settings.shared_epochs = Some(1);
+    settings.shared_lr = Some(1e-3);
+    settings.measure_untuned = false;
+    let r = squeeze::train::finetune(
+        &model,
+        &recipe,
+        FinetuneSets {
+            train: &train,
+            validation: None,
+            test: None,
+        },
+        &settings,
+        None,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(r.report.qat);
+    assert_eq!(r.report.shared_epochs, 1);
+    for (tuned, untuned) in r.plan.layers.iter().zip(&r.untuned.layers) {
+        let (
+            WeightValues::Codebook {
+                codes: a,
+                codebook: ca,
+                ..
+            },
+            WeightValues::Codebook {
+                codes: b,
+                codebook: cb,
+                ..
+            },
+        ) = (&tuned.values, &untuned.values)
+        else {
+            panic!("not codebooks")
+        };
+        assert_eq!(tuned.kept, untuned.kept, "layer {}", tuned.layer);
+        assert_eq!(a, b, "layer {}: assignments changed", tuned.layer);
+        assert_eq!(ca.len(), cb.len());
+        assert_eq!(
+            ca[0], 0.0,
+            "the pruned weights' shared value stays exactly zero"
+        );
+        let moved = ca.iter().zip(cb).filter(|(x, y)| x != y).count();
+        assert!(
+            moved + 1 >= ca.len(),
+            "layer {}: {ca:?} vs {cb:?}",
+            tuned.layer
+        );
+    }
+}
+
+#[test]
 fn held_masks_and_codebooks_are_kept_as_given() {
     let model = lenet300();
     let recipe = Recipe::from_toml_str(
