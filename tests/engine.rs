@@ -2,11 +2,9 @@
 //! dense product of the dequantized weights, whole models against candle's forward pass,
 //! export → reload, format choice, and corrupt files.
 
-use std::collections::HashMap;
-
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use squeeze::compress::{
     ActivationQuant, FloatStorage, Granularity, Plan, QuantizedLayer, WeightValues,
 };
@@ -14,45 +12,10 @@ use squeeze::engine::kernels::{EntryColumns, RowBlocks};
 use squeeze::engine::{
     self, CompressedModel, IndexKind, Indexing, KernelScratch, LayerKernels, PackedLayer, Work,
 };
-use squeeze::model::{self, ArchSpec, Model, to_safetensors_bytes};
+use squeeze::model::{self, ArchSpec, Model};
 
-type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn write_model(dir: &tempfile::TempDir, arch: &str, tensors: &Named) -> Model {
-    let spec = ArchSpec::from_toml(arch).expect("test arch parses");
-    let mut meta = HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
-    let bytes = to_safetensors_bytes(tensors, &meta).expect("serialize");
-    let path = dir.path().join("m.safetensors");
-    std::fs::write(&path, bytes).expect("write");
-    model::load(&path).expect("load").model
-}
-
-fn forward(m: &Model, x: &[f32], n: usize) -> Vec<f32> {
-    let mut shape = vec![n];
-    shape.extend(&m.input.shape);
-    let t = Tensor::from_slice(x, shape, &Device::Cpu).expect("input");
-    m.forward(&t)
-        .expect("forward")
-        .flatten_all()
-        .expect("flatten")
-        .to_vec1()
-        .expect("vec")
-}
-
-fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
-            "{what}: index {i}: {x} vs {y}"
-        );
-    }
-}
+mod common;
+use common::{Named, assert_close, forward, rand_vec, written_model};
 
 /// How a test layer is quantized.
 #[derive(Debug, Clone, Copy)]
@@ -644,7 +607,7 @@ fn mlp(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
         ("fc2.bias".into(), vec![32], rand_vec(rng, 32)),
         ("fc3.weight".into(), vec![10, 32], rand_vec(rng, 320)),
     ];
-    write_model(dir, MLP, &t)
+    written_model(dir, MLP, &t)
 }
 
 const CONVNET: &str = r#"
@@ -728,7 +691,7 @@ fn convnet(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
         ("fc.weight".into(), vec![5, 24], rand_vec(rng, 120)),
         ("fc.bias".into(), vec![5], rand_vec(rng, 5)),
     ];
-    write_model(dir, CONVNET, &t)
+    written_model(dir, CONVNET, &t)
 }
 
 /// Quantizes every linear/conv layer of `m` with the scheme `pick(i)` returns.
@@ -1124,7 +1087,7 @@ bias = "wide.bias"
     let mut w = vec![0f32; 2 * 70_000];
     w[69_999] = 0.5;
     w[70_003] = -2.0;
-    let wide = write_model(
+    let wide = written_model(
         &wide_dir,
         WIDE,
         &vec![
@@ -1383,7 +1346,7 @@ bias = "fc.bias"
         ("fc.weight".into(), vec![rows, cols], w.clone()),
         ("fc.bias".into(), vec![rows], bias.clone()),
     ];
-    let m = write_model(&dir, ARCH, &t);
+    let m = written_model(&dir, ARCH, &t);
     let act = ActivationQuant {
         bits: 8,
         scale: 2.0 / 255.0,
@@ -1491,7 +1454,7 @@ bias = "fc.bias"
         ),
         ("fc.bias".into(), vec![4], rand_vec(&mut rng, 4)),
     ];
-    let m = write_model(&dir, ARCH, &t);
+    let m = written_model(&dir, ARCH, &t);
     let n = 3;
     let x = rand_vec(&mut rng, n * m.input_len());
     let mut p = plan(&m, 0.0, |_| Scheme::Uniform {

@@ -3,52 +3,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use squeeze::model::{self, ArchSpec, LoadError, to_safetensors_bytes};
 
-type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-fn write_model(
-    dir: &tempfile::TempDir,
-    file: &str,
-    arch: &str,
-    tensors: &Named,
-) -> std::path::PathBuf {
-    let spec = ArchSpec::from_toml(arch).expect("test arch parses");
-    let mut meta = HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
-    let bytes = to_safetensors_bytes(tensors, &meta).expect("serialize");
-    let path = dir.path().join(file);
-    std::fs::write(&path, bytes).expect("write");
-    path
-}
-
-fn forward(m: &model::Model, x: &[f32], n: usize) -> Vec<f32> {
-    let mut shape = vec![n];
-    shape.extend(&m.input.shape);
-    let t = Tensor::from_slice(x, shape, &Device::Cpu).expect("input");
-    m.forward(&t)
-        .expect("forward")
-        .flatten_all()
-        .expect("flatten")
-        .to_vec1()
-        .expect("vec")
-}
-
-fn assert_close(a: &[f32], b: &[f32], tol: f32) {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * (1.0 + y.abs()),
-            "index {i}: {x} vs {y}"
-        );
-    }
-}
+mod common;
+use common::{Named, assert_close, forward, rand_vec, write_model};
 
 /// Naive conv2d: x `[c, h, w]`, w `[o, c/g, kh, kw]`.
 #[allow(clippy::too_many_arguments)]
@@ -136,7 +95,7 @@ weight = "b.weight"
             .collect();
         want.extend((0..o).map(|r| (0..h).map(|c| w2[r * h + c] * hid[c]).sum::<f32>()));
     }
-    assert_close(&got, &want, 1e-5);
+    assert_close(&got, &want, 1e-5, "linear + relu");
 }
 
 #[test]
@@ -184,7 +143,7 @@ fn conv2d_stride_padding_dilation_groups_match_naive_loops() {
             assert_eq!(m.layers[0].out_shape, vec![o, oh, ow]);
             want.extend(y);
         }
-        assert_close(&got, &want, 1e-4);
+        assert_close(&got, &want, 1e-4, "conv2d");
     }
 }
 
@@ -236,7 +195,7 @@ fn pooling_with_padding_matches_naive_loops() {
                 }
             }
         }
-        assert_close(&got, &want, 1e-5);
+        assert_close(&got, &want, 1e-5, "pooling");
     }
 }
 
@@ -282,7 +241,7 @@ fn batchnorm_is_folded_and_matches_unfolded_math() {
             s / (oh * ow) as f32
         })
         .collect();
-    assert_close(&got, &want, 1e-4);
+    assert_close(&got, &want, 1e-4, "folded batchnorm");
 }
 
 #[test]
@@ -327,7 +286,7 @@ from = "r"
     let want: Vec<f32> = (0..n)
         .map(|i| (0..n).map(|j| w2[i * n + j] * r[j]).sum::<f32>() + r[i])
         .collect();
-    assert_close(&got, &want, 1e-5);
+    assert_close(&got, &want, 1e-5, "residual add");
 }
 
 #[test]
@@ -503,5 +462,10 @@ fn an_unfolded_batchnorm_survives_save_and_reload() {
     let back = model::load(&out).expect("reload");
     assert!(back.warnings.is_empty(), "{:?}", back.warnings);
     let x = rand_vec(&mut rng, 3);
-    assert_close(&forward(&back.model, &x, 1), &forward(&m, &x, 1), 1e-6);
+    assert_close(
+        &forward(&back.model, &x, 1),
+        &forward(&m, &x, 1),
+        1e-6,
+        "reloaded batchnorm",
+    );
 }
