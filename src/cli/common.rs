@@ -92,16 +92,10 @@ pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
         })
 }
 
-/// Bytes as a person reads them.
+/// Bytes as a person reads them, with the three significant digits the explorer, its reports
+/// and plots print (`1.50 KiB`, `132 KiB`): one formatter for sizes everywhere.
 pub fn human_bytes(b: usize) -> String {
-    let b = b as f64;
-    if b < 1024.0 {
-        format!("{b:.0} B")
-    } else if b < 1024.0 * 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{:.2} MiB", b / (1024.0 * 1024.0))
-    }
+    crate::explore::units::bytes(b as f64)
 }
 
 /// A count with thousands separators.
