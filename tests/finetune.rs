@@ -571,6 +571,14 @@ fn the_same_seed_gives_the_same_bytes_and_the_file_runs() {
             .unwrap()
             .contains("codebook4")
     );
+    // `info` describes it as stored: its layers' bytes are the packed ones.
+    let assert = cargo_bin_cmd!("squeeze")
+        .args(["info", "--format", "json", "-m"])
+        .arg(&a)
+        .assert()
+        .success();
+    let info: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(info["bytes"], eval["size_bytes"]);
 }
 
 #[test]

@@ -72,8 +72,13 @@ pub fn model_info(model: &Model) -> ModelInfo {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    let loaded = load_model(&args.model.model, args.model.arch.as_deref())?;
-    let info = model_info(&loaded.model);
+    // A compressed file (written by apply or finetune) is described as it is stored: its
+    // layers' bytes are the packed ones.
+    let info = if crate::engine::is_compressed_file(&args.model.model) {
+        model_info(&crate::engine::load_compressed(&args.model.model)?.model)
+    } else {
+        model_info(&load_model(&args.model.model, args.model.arch.as_deref())?.model)
+    };
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         Format::Text => print!("{}", render_text(&info)),
