@@ -84,13 +84,26 @@ pub struct Setup {
 
 impl Setup {
     pub fn open(opts: &SetupOptions) -> Result<Setup, SetupError> {
-        let loaded = crate::model::load_with_arch(&opts.model, opts.arch.as_deref())?;
-        let mut notes: Vec<String> = loaded
-            .warnings
-            .iter()
-            .map(|w| format!("warning: {w}"))
-            .collect();
-        let model = loaded.model;
+        let (model, mut notes) = if crate::engine::is_compressed_file(&opts.model) {
+            // A compressed model (apply, finetune) is explored from the values it holds: its
+            // dequantized weights, pruned ones exactly zero, are the starting point.
+            let cm = crate::engine::load_compressed(&opts.model)
+                .map_err(|e| SetupError::Other(e.to_string()))?;
+            let note = format!(
+                "{} is compressed ({} bytes packed): exploring its dequantized weights",
+                opts.model.display(),
+                cm.size_bytes()
+            );
+            (cm.model, vec![note])
+        } else {
+            let loaded = crate::model::load_with_arch(&opts.model, opts.arch.as_deref())?;
+            let notes: Vec<String> = loaded
+                .warnings
+                .iter()
+                .map(|w| format!("warning: {w}"))
+                .collect();
+            (loaded.model, notes)
+        };
         let data_opts = DataOptions {
             labels: opts.labels.clone(),
             label_column: opts.label_column.clone(),
