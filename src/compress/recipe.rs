@@ -318,6 +318,8 @@ pub enum RecipeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("{at}invalid {format} recipe: {msg}")]
     Parse {
         at: String,
@@ -364,10 +366,7 @@ fn at(path: &Option<PathBuf>) -> String {
 impl Recipe {
     /// Reads a recipe file: JSON when the extension is `.json`, TOML otherwise.
     pub fn from_path(path: &Path) -> Result<Recipe, RecipeError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::files::read_text(path)?;
         let src = Some(path.to_path_buf());
         let mut recipe = if path.extension().is_some_and(|e| e == "json") {
             Self::parse_json(&text, &src)?

@@ -397,41 +397,16 @@ fn op_desc(l: &Layer, s: &Step) -> OpDesc {
     }
 }
 
-/// `true` when `path` is a safetensors file written by `CompressedModel::save`.
+/// `true` when `path` is a safetensors file written by `CompressedModel::save` (reading only
+/// its header).
 pub fn is_compressed_file(path: &Path) -> bool {
-    let Ok(bytes) = read_header(path) else {
-        return false;
-    };
-    serde_json::from_slice::<serde_json::Value>(&bytes[8..]).is_ok_and(|h| {
-        h.get("__metadata__")
-            .and_then(|m| m.get(FORMAT_KEY))
-            .and_then(|v| v.as_str())
-            == Some(FORMAT_VALUE)
-    })
-}
-
-/// The first `8 + header` bytes of a safetensors file (enough for `read_metadata`).
-fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
-        return Err(std::io::Error::other("header too large"));
-    }
-    let mut out = len.to_vec();
-    out.resize(8 + n as usize, 0);
-    f.read_exact(&mut out[8..])?;
-    Ok(out)
+    crate::files::read_metadata(path)
+        .is_ok_and(|m| m.get(FORMAT_KEY).map(String::as_str) == Some(FORMAT_VALUE))
 }
 
 /// Loads a file written by `CompressedModel::save`.
 pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
-    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::files::map(path)?;
     let corrupt = |tensor: &str, msg: String| EngineError::Corrupt {
         path: path.to_path_buf(),
         tensor: tensor.to_string(),

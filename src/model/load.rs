@@ -96,10 +96,8 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 
 /// Loads `path` with the architecture from `arch` (a TOML or JSON file) when given.
 pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // Mapped, not read: a tensor's pages are read when it is converted, once.
+    let bytes = crate::files::map(path)?;
     let st_err = |e: safetensors::SafeTensorError| LoadError::Safetensors {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -205,10 +203,7 @@ pub fn sidecar_path(model: &Path) -> PathBuf {
 }
 
 fn read_arch_file(path: &Path) -> Result<ArchSpec, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::files::read_text(path)?;
     let is_json = path.extension().is_some_and(|e| e == "json");
     let parsed = if is_json {
         ArchSpec::from_json(&text).map_err(|e| e.to_string())

@@ -154,10 +154,7 @@ impl TrainConfig {
 
 /// Reads an architecture file (TOML, or JSON when it ends in `.json`).
 pub fn read_arch(path: &Path) -> Result<ArchSpec, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::files::read_text(path)?;
     let parsed = if path.extension().is_some_and(|e| e == "json") {
         ArchSpec::from_json(&text).map_err(|e| e.to_string())
     } else {

@@ -1,4 +1,6 @@
-//! Every file squeeze writes goes through here, and so does every hash it records.
+//! Every file squeeze writes goes through here, and so does every hash it records; models,
+//! data and descriptions are opened here too ([`read`]: regular files only, models
+//! memory-mapped).
 //!
 //! - [`OutputCheck`]: before any work, a command lists its inputs and outputs; an output that
 //!   is the same file as an input or as another output (however spelled: canonical path, same
@@ -20,6 +22,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use safetensors::Dtype;
 use sha2::{Digest, Sha256};
+
+mod read;
+pub use read::{MAX_TEXT_BYTES, map, open_regular, read_text};
+
+/// safetensors' own bound on a header's length.
+pub const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 
 /// Metadata key of the checksum record: SHA-256 of each tensor and of the other metadata.
 pub const CHECKSUM_KEY: &str = "squeeze.checksum";
@@ -55,6 +63,21 @@ pub enum FileError {
         role: String,
         path: PathBuf,
         dir: PathBuf,
+    },
+    #[error(
+        "{path} is a {kind}, not a regular file; squeeze reads models, data and descriptions from regular files"
+    )]
+    NotRegularInput { path: PathBuf, kind: &'static str },
+    #[error(
+        "{path} holds {}, more than {what} can hold ({} at most): is it the right file?",
+        crate::limits::human(u128::from(*size)),
+        crate::limits::human(u128::from(*max))
+    )]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        max: u64,
     },
     #[error("{path}: {msg}")]
     Corrupt { path: PathBuf, msg: String },
@@ -780,14 +803,13 @@ pub fn partner_warning(path: &Path, metadata: &BTreeMap<String, String>) -> Opti
 
 /// The metadata of a safetensors file, reading only its header.
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let (mut f, size) = open_regular(path).map_err(|e| e.to_string())?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len).map_err(|e| e.to_string())?;
     let n = u64::from_le_bytes(len);
-    let size = f.metadata().map_err(|e| e.to_string())?.len();
-    if n > size.saturating_sub(8) {
+    if n > size.saturating_sub(8) || n > MAX_SAFETENSORS_HEADER {
         return Err(format!(
-            "the header claims {n} bytes but the file holds {size}"
+            "the header claims {n} bytes but the file holds {size} (and a header at most {MAX_SAFETENSORS_HEADER})"
         ));
     }
     let mut header = vec![0u8; n as usize];
