@@ -65,8 +65,12 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     }
     let prepared = prepare_model(&args.model, &args.recipe, |m, count| {
         let Some(path) = args.calibration_data.as_ref() else {
+            let recipe = match &args.recipe.recipe {
+                Some(r) => format!("{}: the recipe", r.display()),
+                None => "the recipe".to_string(),
+            };
             anyhow::bail!(
-                "the recipe quantizes activations: give --calibration-data PATH (samples to calibrate on)"
+                "{recipe} quantizes activations ([activations]): give --calibration-data PATH (samples to calibrate on)"
             );
         };
         let set = crate::data::load(path, &Default::default())?;

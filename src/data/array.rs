@@ -56,6 +56,9 @@ pub(crate) struct Array<'a> {
     pub(crate) elem: ElemType,
     pub(crate) big_endian: bool,
     pub(crate) shape: Vec<usize>,
+    /// Entries of the first dimension the file holds (`shape[0]` unless only the first rows
+    /// were read).
+    pub(crate) file_rows: usize,
     bytes: Cow<'a, [u8]>,
 }
 
@@ -76,23 +79,54 @@ impl<'a> Array<'a> {
             .and_then(|n| n.checked_mul(elem.size()))
             .ok_or_else(|| format!("shape {shape:?} is too large"))?;
         if bytes.len() != need {
-            let what = if bytes.len() < need {
-                "truncated?"
-            } else {
-                "extra data after the array"
-            };
-            return Err(format!(
-                "shape {shape:?} of {} needs {need} bytes of data but {} are present ({what})",
-                elem.name(),
-                bytes.len()
-            ));
+            return Err(length_mismatch(&shape, elem, need as u64, bytes.len() as u64));
         }
         Ok(Array {
             elem,
             big_endian,
+            file_rows: shape.first().copied().unwrap_or(1),
             shape,
             bytes,
         })
+    }
+
+    /// Marks the array as the first rows of `rows` the file holds.
+    pub(crate) fn of_file_rows(self, rows: usize) -> Array<'a> {
+        Array {
+            file_rows: rows,
+            ..self
+        }
+    }
+
+    /// The number of values.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len() / self.elem.size()
+    }
+
+    /// The first `rows` entries of the first dimension (all when `None` or more than there
+    /// are); a scalar stays as it is.
+    pub(crate) fn first_rows(self, rows: Option<usize>) -> Array<'a> {
+        let (Some(rows), Some(&held)) = (rows, self.shape.first()) else {
+            return self;
+        };
+        if rows >= held {
+            return self;
+        }
+        let row_bytes = self.bytes.len() / held.max(1);
+        let bytes = match self.bytes {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..rows * row_bytes]),
+            Cow::Owned(mut b) => {
+                b.truncate(rows * row_bytes);
+                Cow::Owned(b)
+            }
+        };
+        let mut shape = self.shape;
+        shape[0] = rows;
+        Array {
+            shape,
+            bytes,
+            ..self
+        }
     }
 
     /// Describes the array for messages: `f32 [10, 28, 28]`.
@@ -172,6 +206,19 @@ impl<'a> Array<'a> {
             ElemType::F64 => floats(words::<8>(b, be).map(f64::from_le_bytes)),
         }
     }
+}
+
+/// The message for data whose length is not what its shape needs.
+pub(crate) fn length_mismatch(shape: &[usize], elem: ElemType, need: u64, held: u64) -> String {
+    let what = if held < need {
+        "truncated?"
+    } else {
+        "extra data after the array"
+    };
+    format!(
+        "shape {shape:?} of {} needs {need} bytes of data but {held} are present ({what})",
+        elem.name()
+    )
 }
 
 /// Fixed-size little-endian words (byte-swapped first when the data is big-endian).

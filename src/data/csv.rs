@@ -1,34 +1,52 @@
 //! CSV evaluation sets: a header row, one sample per row, the label in the column named `label`
 //! (or [`DataOptions::label_column`]) and every other column a feature. A small hand parser:
 //! comma, semicolon or tab separated (guessed from the header), CRLF or LF line ends, blank
-//! lines skipped, fields optionally in double quotes. Quoted fields may not span lines.
+//! lines skipped, fields optionally in double quotes. Quoted fields may not span lines. Read line
+//! by line, up to the samples asked for.
 
 use std::path::Path;
 
 use super::array::{float_label, int_label};
-use super::idx::read_maybe_gz;
+use super::source::{Source, check_memory};
 use super::{DataError, DataOptions, EvalSet, format_err};
+
+/// The longest line read: a sample of a million features fits several times over; a file
+/// with no line end (a binary file, a stream of zeros) stops here.
+const MAX_LINE_BYTES: usize = 64 << 20;
 
 pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
     super::reject_labels_option(path, opts, "a label column")?;
-    let bytes = read_maybe_gz(path)?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format_err(
-            path,
-            format!(
-                "not UTF-8 text (invalid byte at offset {}); expected a CSV file",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut lines = text
-        .split('\n')
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.strip_suffix('\r').unwrap_or(l)))
-        .filter(|(_, l)| !l.trim().is_empty());
+    let mut src = Source::open(path)?;
+    let mut number = 0usize;
+    // The next non-blank line as text, with its number.
+    let mut next_line = |src: &mut Source| -> Result<Option<(usize, String)>, DataError> {
+        loop {
+            number += 1;
+            let Some(bytes) = src.line(MAX_LINE_BYTES, number)? else {
+                return Ok(None);
+            };
+            let mut text = String::from_utf8(bytes).map_err(|e| {
+                format_err(
+                    path,
+                    format!(
+                        "line {number}: not UTF-8 text (invalid byte at column {}); expected a CSV file",
+                        e.utf8_error().valid_up_to() + 1
+                    ),
+                )
+            })?;
+            if text.ends_with('\r') {
+                text.pop();
+            }
+            if number == 1 && text.starts_with('\u{feff}') {
+                text.remove(0);
+            }
+            if !text.trim().is_empty() {
+                return Ok(Some((number, text)));
+            }
+        }
+    };
     let want = opts.label_column.as_deref().unwrap_or("label");
-    let Some((header_line, header)) = lines.next() else {
+    let Some((header_line, header)) = next_line(&mut src)? else {
         return Err(format_err(
             path,
             format!(
@@ -36,9 +54,9 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
             ),
         ));
     };
-    let sep = guess_separator(header);
+    let sep = guess_separator(&header);
     let at = |line: usize, msg: String| format_err(path, format!("line {line}: {msg}"));
-    let names = split_fields(header, sep).map_err(|m| at(header_line, m))?;
+    let names = split_fields(&header, sep).map_err(|m| at(header_line, m))?;
     let label_at = names
         .iter()
         .position(|n| n == want)
@@ -67,8 +85,18 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     }
     let mut inputs = Vec::new();
     let mut labels = Vec::new();
-    for (line, text) in lines {
-        let fields = split_fields(text, sep).map_err(|m| at(line, m))?;
+    let memory_limit = crate::limits::memory_limit();
+    while opts.limit.is_none_or(|n| labels.len() < n) {
+        let Some((line, text)) = next_line(&mut src)? else {
+            break;
+        };
+        // Values arrive row by row: the memory limit is checked as the set grows, with room
+        // for the vector's doubling.
+        let grown = (inputs.len() + features) as u128 * 2 * std::mem::size_of::<f32>() as u128;
+        if grown > u128::from(memory_limit) {
+            check_memory(path, "the data set", Some(grown))?;
+        }
+        let fields = split_fields(&text, sep).map_err(|m| at(line, m))?;
         if fields.len() != names.len() {
             return Err(at(
                 line,

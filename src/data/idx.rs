@@ -1,8 +1,9 @@
-//! IDX files (MNIST's format), raw or gzip-compressed.
+//! IDX files (MNIST's format), raw or gzip-compressed, read as a stream: the header, then only
+//! the samples asked for.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::source::{Source, check_memory};
 use super::{DataError, DataOptions, EvalSet};
 
 fn format_err(path: &Path, msg: impl Into<String>) -> DataError {
@@ -12,93 +13,126 @@ fn format_err(path: &Path, msg: impl Into<String>) -> DataError {
     }
 }
 
-/// Reads a whole file, un-gzipping it when it starts with the gzip magic.
-pub(crate) fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| format_err(path, format!("broken gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+/// An IDX array's header: element type, width and dimensions.
+pub(crate) struct IdxHeader {
+    ty: u8,
+    width: usize,
+    pub(crate) dims: Vec<usize>,
 }
 
-/// An IDX array: dimensions and values as f32.
-pub(crate) fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
-    let bytes = read_maybe_gz(path)?;
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(format_err(path, "not an IDX file (bad magic number)"));
-    }
-    let (ty, ndim) = (bytes[2], bytes[3] as usize);
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        return Err(format_err(path, "truncated IDX header"));
-    }
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| {
-            let b = &bytes[4 + 4 * i..8 + 4 * i];
-            u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
-        })
-        .collect();
-    let width = match ty {
-        0x08 | 0x09 => 1,
-        0x0B => 2,
-        0x0C | 0x0D => 4,
-        0x0E => 8,
-        other => {
-            return Err(format_err(
-                path,
-                format!("unknown IDX element type 0x{other:02x}"),
-            ));
+impl IdxHeader {
+    /// Reads the header and checks what it claims against the file: a raw file must hold
+    /// exactly the data the dimensions say; a compressed one at least could.
+    pub(crate) fn read(src: &mut Source, path: &Path) -> Result<IdxHeader, DataError> {
+        let magic = src.bytes(4, "the IDX header").map_err(|_| {
+            format_err(path, "not an IDX file (shorter than its 4-byte magic number)")
+        })?;
+        if magic[0] != 0 || magic[1] != 0 {
+            return Err(format_err(path, "not an IDX file (bad magic number)"));
         }
-    };
-    // Checked: the dimensions come from the file and may multiply past usize.
-    let need = super::array::element_count(&dims)
-        .and_then(|n| n.checked_mul(width))
-        .ok_or_else(|| {
+        let (ty, ndim) = (magic[2], magic[3] as usize);
+        let width = match ty {
+            0x08 | 0x09 => 1,
+            0x0B => 2,
+            0x0C | 0x0D => 4,
+            0x0E => 8,
+            other => {
+                return Err(format_err(
+                    path,
+                    format!("unknown IDX element type 0x{other:02x}"),
+                ));
+            }
+        };
+        let raw_dims = src
+            .bytes(4 * ndim as u64, "the IDX header")
+            .map_err(|_| format_err(path, "truncated IDX header"))?;
+        let dims: Vec<usize> = raw_dims
+            .chunks_exact(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .collect();
+        let header = IdxHeader { ty, width, dims };
+        // Checked: the dimensions come from the file and may multiply past usize.
+        let need = header.data_bytes().ok_or_else(|| {
             format_err(
                 path,
-                format!("IDX header says {dims:?}, which is too large"),
+                format!("IDX header says {:?}, which is too large", header.dims),
             )
         })?;
-    let body = &bytes[header..];
-    if body.len() != need {
-        return Err(format_err(
-            path,
-            format!(
-                "IDX header says {dims:?} ({} bytes of data) but the file holds {} bytes (truncated?)",
-                need,
-                body.len()
-            ),
-        ));
+        match src.exact_left() {
+            Some(held) if held != need => Err(format_err(
+                path,
+                format!(
+                    "IDX header says {:?} ({need} bytes of data) but the file holds {held} bytes (truncated?)",
+                    header.dims
+                ),
+            )),
+            _ => {
+                src.claim(need, &format!("the IDX header ({:?})", header.dims))?;
+                Ok(header)
+            }
+        }
     }
-    let values: Vec<f32> = match ty {
-        0x08 => body.iter().map(|&b| b as f32).collect(),
-        0x09 => body.iter().map(|&b| b as i8 as f32).collect(),
-        0x0B => body
-            .chunks_exact(2)
-            .map(|b| i16::from_be_bytes([b[0], b[1]]) as f32)
-            .collect(),
-        0x0C => body
-            .chunks_exact(4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f32)
-            .collect(),
-        0x0D => body
-            .chunks_exact(4)
-            .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        _ => body
-            .chunks_exact(8)
-            .map(|b| f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-            .collect(),
-    };
-    Ok((dims, values))
+
+    fn data_bytes(&self) -> Option<u64> {
+        let n = super::array::element_count(&self.dims)?.checked_mul(self.width)?;
+        u64::try_from(n).ok()
+    }
+
+    /// Reads the values of the first `rows` entries of the first dimension (all of them when
+    /// `rows` is `None`) as f32, checked against the memory limit first.
+    pub(crate) fn values(
+        &self,
+        src: &mut Source,
+        path: &Path,
+        rows: Option<usize>,
+    ) -> Result<Vec<f32>, DataError> {
+        let total = self.dims.first().copied().unwrap_or(1);
+        let rows = rows.map_or(total, |r| r.min(total));
+        let per_row = super::array::element_count(self.dims.get(1..).unwrap_or(&[])).unwrap_or(0);
+        let count = rows.saturating_mul(per_row);
+        check_memory(
+            path,
+            "the data set",
+            (count as u128).checked_mul(std::mem::size_of::<f32>() as u128),
+        )?;
+        let mut values = Vec::with_capacity(count);
+        let ty = self.ty;
+        src.blocks(
+            (count as u64).saturating_mul(self.width as u64),
+            self.width,
+            "the IDX data",
+            |body| match ty {
+                0x08 => values.extend(body.iter().map(|&b| b as f32)),
+                0x09 => values.extend(body.iter().map(|&b| b as i8 as f32)),
+                0x0B => values.extend(
+                    body.chunks_exact(2)
+                        .map(|b| i16::from_be_bytes([b[0], b[1]]) as f32),
+                ),
+                0x0C => values.extend(
+                    body.chunks_exact(4)
+                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f32),
+                ),
+                0x0D => values.extend(
+                    body.chunks_exact(4)
+                        .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                _ => values.extend(body.chunks_exact(8).map(|b| {
+                    f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                })),
+            },
+        )?;
+        // Read whole, a compressed file must end where its header says.
+        if rows == total && !src.at_end()? {
+            return Err(format_err(
+                path,
+                format!(
+                    "IDX header says {:?} but the file holds more data after it",
+                    self.dims
+                ),
+            ));
+        }
+        Ok(values)
+    }
 }
 
 /// `t10k-images-idx3-ubyte(.gz)` → `t10k-labels-idx1-ubyte(.gz)`.
@@ -136,8 +170,12 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
             )
         })?,
     };
-    let (dims, inputs) = read_idx(&images)?;
-    let (ldims, labels) = read_idx(&labels_path)?;
+    // Both headers first: counts are compared before any data is read.
+    let mut src = Source::open(&images)?;
+    let header = IdxHeader::read(&mut src, &images)?;
+    let mut lsrc = Source::open(&labels_path)?;
+    let lheader = IdxHeader::read(&mut lsrc, &labels_path)?;
+    let (dims, ldims) = (header.dims.clone(), lheader.dims.clone());
     if dims.is_empty() {
         return Err(format_err(
             &images,
@@ -161,7 +199,9 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
             ),
         });
     }
-    let labels = labels
+    let inputs = header.values(&mut src, &images, opts.limit)?;
+    let labels = lheader
+        .values(&mut lsrc, &labels_path, opts.limit)?
         .iter()
         .map(|&l| {
             if l < 0.0 || l.fract() != 0.0 {

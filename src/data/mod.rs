@@ -8,6 +8,7 @@ mod array;
 mod csv;
 mod idx;
 mod npy;
+mod source;
 mod tensors;
 
 use std::io::Read;
@@ -30,6 +31,9 @@ pub enum DataError {
     /// The data does not fit the model (shape, label range, NaN, empty).
     #[error("{path}: {msg}")]
     Mismatch { path: PathBuf, msg: String },
+    /// Not a regular file, or not openable.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 /// Options that say how to read a data path.
@@ -45,6 +49,9 @@ pub struct DataOptions {
     /// Which split a directory holding several IDX pairs stands for (MNIST's folder holds
     /// `train-*` and `t10k-*`): evaluation reads the test split, training the training split.
     pub split: Split,
+    /// Read only the first N samples: the readers stop there (a set is then checked as far
+    /// as its headers tell, not to its last byte).
+    pub limit: Option<usize>,
 }
 
 /// The part of a data set a command reads from a directory holding both.
@@ -214,6 +221,8 @@ impl DataFormat {
         if meta.is_dir() {
             return Ok(DataFormat::Idx);
         }
+        // A device or FIFO would never end: refused here, whatever its name says.
+        crate::files::open_regular(path)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -260,8 +269,9 @@ impl DataFormat {
 /// Recognises a format from a file's first bytes.
 fn sniff(path: &Path) -> Result<Option<DataFormat>, DataError> {
     let mut head = Vec::with_capacity(16);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(16).read_to_end(&mut head))
+    let (file, _) = crate::files::open_regular(path)?;
+    file.take(16)
+        .read_to_end(&mut head)
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
@@ -421,7 +431,7 @@ pub(crate) struct Part<'p, 'a> {
 /// Builds a set from an inputs array `[N, ...sample shape]` and a labels array `[N]` (or
 /// `[N, 1]`), checking shapes, counts and label values.
 pub(crate) fn assemble(source: &Path, x: Part, y: Part) -> Result<EvalSet, DataError> {
-    let Some((&n, sample_shape)) = x.array.shape.split_first() else {
+    let Some((_, sample_shape)) = x.array.shape.split_first() else {
         return Err(format_err(
             x.path,
             format!(
@@ -431,8 +441,10 @@ pub(crate) fn assemble(source: &Path, x: Part, y: Part) -> Result<EvalSet, DataE
             ),
         ));
     };
+    // Counts as the files state them: a set read only in part still has to be consistent.
+    let n = x.array.file_rows;
     let labels_n = match y.array.shape.as_slice() {
-        [n] | [n, 1] => *n,
+        [_] | [_, 1] => y.array.file_rows,
         shape => {
             let hint = match shape {
                 [_, c] if *c > 1 => " (one-hot labels? store labels.argmax(axis=1))",

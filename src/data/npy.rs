@@ -1,13 +1,12 @@
 //! NumPy files: an `.npy` pair (inputs and labels in sibling files) and `.npz` archives holding
 //! arrays `x` and `y`. The NPY parser is our own: magic, version, header length, a Python-dict
-//! header, then the data.
+//! header, then the data, read as a stream up to the rows asked for.
 
 use std::borrow::Cow;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::array::{Array, ElemType};
-use super::idx::read_maybe_gz;
+use super::source::{Source, check_memory};
 use super::{DataError, DataOptions, EvalSet, Part, assemble, format_err, reject_labels_option};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
@@ -15,66 +14,127 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// The dtypes the reader accepts, for messages.
 const ACCEPTED_DTYPES: &str = "|u1 |i1 |b1 <u2 <i2 <u4 <i4 <u8 <i8 <f2 <f4 <f8 (or '>' big-endian)";
 
-/// Parses a whole NPY file held in memory. Errors are messages without the file name.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Array<'_>, String> {
-    if bytes.is_empty() {
-        return Err("empty file (0 bytes); expected an NPY array".into());
+/// The most header bytes read: NumPy itself refuses headers over 10,000 bytes by default.
+const MAX_HEADER_BYTES: u64 = 1 << 20;
+
+/// Reads an NPY array from a stream: the header, then the data of the first `rows` entries
+/// of the first dimension (all when `None`; a Fortran-order array is read whole, its rows
+/// being scattered). What the header claims is checked against the stream and the memory
+/// limit first. Messages are prefixed with `what` (`array 'x': `) inside an archive.
+pub(crate) fn read(
+    src: &mut Source,
+    rows: Option<usize>,
+    what: &str,
+) -> Result<Array<'static>, DataError> {
+    let path = src.path().to_path_buf();
+    let fail = |m: String| format_err(&path, format!("{what}{m}"));
+    let start = src.prefix(10)?;
+    if start.is_empty() {
+        return Err(fail("empty file (0 bytes); expected an NPY array".into()));
     }
-    if bytes.len() < 10 {
-        if !MAGIC.starts_with(bytes.get(..6).unwrap_or(bytes)) {
-            return Err(not_npy(bytes));
+    if start.len() < 10 {
+        if !MAGIC.starts_with(start.get(..6).unwrap_or(&start)) {
+            return Err(fail(not_npy(&start)));
         }
-        return Err(format!(
+        return Err(fail(format!(
             "truncated NPY file: {} bytes, fewer than the 10 a header needs",
-            bytes.len()
-        ));
+            start.len()
+        )));
     }
-    if bytes.get(..6) != Some(MAGIC) {
-        return Err(not_npy(bytes));
+    if start.get(..6) != Some(MAGIC) {
+        return Err(fail(not_npy(&start)));
     }
-    let (major, minor) = (bytes[6], bytes[7]);
-    let (header_len, header_start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+    let (major, minor) = (start[6], start[7]);
+    let header_len = match major {
+        1 => u64::from(u16::from_le_bytes([start[8], start[9]])),
         2 | 3 => {
-            let b = bytes
-                .get(8..12)
-                .ok_or_else(|| "truncated NPY header (no header length)".to_string())?;
-            (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12)
+            let more = src.prefix(2)?;
+            let b = [start[8], start[9], more.first().copied().unwrap_or(0), more.get(1).copied().unwrap_or(0)];
+            if more.len() < 2 {
+                return Err(fail("truncated NPY header (no header length)".into()));
+            }
+            u64::from(u32::from_le_bytes(b))
         }
         _ => {
-            return Err(format!(
+            return Err(fail(format!(
                 "unsupported NPY format version {major}.{minor} (expected 1.0, 2.0 or 3.0)"
-            ));
+            )));
         }
     };
-    let data_start = header_start
-        .checked_add(header_len)
-        .ok_or_else(|| "NPY header length overflows".to_string())?;
-    let header = bytes.get(header_start..data_start).ok_or_else(|| {
-        format!(
+    if header_len > MAX_HEADER_BYTES {
+        return Err(fail(format!(
+            "the NPY header claims {header_len} bytes; a header holds a few hundred (corrupt file?)"
+        )));
+    }
+    let header = src.prefix(header_len as usize)?;
+    if (header.len() as u64) < header_len {
+        return Err(fail(format!(
             "truncated NPY header: it says {header_len} bytes but the file ends {} bytes after it starts",
-            bytes.len().saturating_sub(header_start)
-        )
-    })?;
+            header.len()
+        )));
+    }
     // Version 3 headers are UTF-8; earlier ones latin-1, whose ASCII subset is all a valid
     // header uses.
-    let header = String::from_utf8_lossy(header);
-    let header = Header::parse(&header)?;
-    let elem_size_known = header.elem;
-    let data = bytes.get(data_start..).unwrap_or(&[]);
-    let data = if header.fortran_order && header.shape.len() > 1 {
-        // Check the length first so the transpose only reads what is there.
-        Array::new(
-            elem_size_known,
-            header.big_endian,
-            header.shape.clone(),
-            Cow::Borrowed(data),
-        )?;
-        Cow::Owned(fortran_to_c(data, &header.shape, elem_size_known.size()))
-    } else {
-        Cow::Borrowed(data)
+    let header = Header::parse(&String::from_utf8_lossy(&header)).map_err(&fail)?;
+    let elem = header.elem;
+    let need = super::array::element_count(&header.shape)
+        .and_then(|n| n.checked_mul(elem.size()))
+        .ok_or_else(|| fail(format!("shape {:?} is too large", header.shape)))?
+        as u64;
+    if let Some(held) = src.exact_left()
+        && held != need
+    {
+        return Err(fail(super::array::length_mismatch(
+            &header.shape,
+            elem,
+            need,
+            held,
+        )));
+    }
+    src.claim(need, &format!("{what}the NPY header ({:?})", header.shape))?;
+    let total = header.shape.first().copied().unwrap_or(1);
+    let whole = header.fortran_order && header.shape.len() > 1;
+    let take = match rows {
+        Some(r) if !whole && r < total => r,
+        _ => total,
     };
-    Array::new(header.elem, header.big_endian, header.shape, data)
+    let take_bytes = if total == 0 { 0 } else { need / total as u64 * take as u64 };
+    check_memory(
+        &path,
+        "the data set",
+        u128::from(take_bytes).checked_add(
+            u128::from(take_bytes) / elem.size() as u128 * std::mem::size_of::<f32>() as u128,
+        ),
+    )?;
+    let data = src.bytes(take_bytes, &format!("{what}the NPY data"))?;
+    if take == total && !src.at_end()? {
+        return Err(fail(super::array::length_mismatch(
+            &header.shape,
+            elem,
+            need,
+            need + 1,
+        )));
+    }
+    let mut shape = header.shape.clone();
+    if let Some(first) = shape.first_mut() {
+        *first = take;
+    }
+    let data = if whole {
+        fortran_to_c(&data, &header.shape, elem.size())
+    } else {
+        data
+    };
+    Ok(Array::new(elem, header.big_endian, shape, Cow::Owned(data))
+        .map_err(&fail)?
+        .first_rows(rows)
+        .of_file_rows(total))
+}
+
+/// Parses an NPY file held in memory (the reader's unit tests).
+#[cfg(test)]
+fn parse(bytes: &[u8]) -> Result<Array<'static>, String> {
+    let mut src = Source::from_reader(Path::new("t.npy"), bytes, bytes.len() as u64, true);
+    read(&mut src, None, "").map_err(|e| e.to_string())
 }
 
 fn not_npy(bytes: &[u8]) -> String {
@@ -379,10 +439,8 @@ pub(crate) fn load_pair(path: &Path, opts: &DataOptions) -> Result<EvalSet, Data
         Some(l) => l.clone(),
         None => find_labels(path)?,
     };
-    let x_bytes = read_maybe_gz(path)?;
-    let x = parse(&x_bytes).map_err(|m| format_err(path, m))?;
-    let y_bytes = read_maybe_gz(&labels_path)?;
-    let y = parse(&y_bytes).map_err(|m| format_err(&labels_path, m))?;
+    let x = read(&mut Source::open(path)?, opts.limit, "")?;
+    let y = read(&mut Source::open(&labels_path)?, opts.limit, "")?;
     assemble(
         path,
         Part {
@@ -525,10 +583,8 @@ const NPZ_LABELS: &[&str] = &["y", "Y", "labels", "targets"];
 /// Loads an `.npz` archive holding arrays `x` (inputs) and `y` (labels).
 pub(crate) fn load_npz(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
     reject_labels_option(path, opts, "arrays 'x' and 'y'")?;
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // Mapped: the zip reader seeks to the members it reads and touches nothing else.
+    let bytes = crate::files::map(path)?;
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..])).map_err(|e| {
         format_err(
             path,
@@ -562,28 +618,22 @@ pub(crate) fn load_npz(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataE
     };
     let x_member = find(NPZ_INPUTS)?;
     let y_member = find(NPZ_LABELS)?;
-    let mut read_member = |member: &str| -> Result<Vec<u8>, DataError> {
-        let mut f = zip
+    let mut read_member = |member: &str, what: &str| -> Result<Array<'static>, DataError> {
+        let f = zip
             .by_name(member)
-            .map_err(|e| format_err(path, format!("array '{}': {e}", array_name(member))))?;
-        let mut out = Vec::new();
-        f.read_to_end(&mut out).map_err(|e| {
-            format_err(
-                path,
-                format!(
-                    "array '{}' cannot be read (truncated or corrupt archive?): {e}",
-                    array_name(member)
-                ),
-            )
-        })?;
-        Ok(out)
+            .map_err(|e| format_err(path, format!("{what}: {e}")))?;
+        // The size the archive declares bounds what is read from the member.
+        let declared = f.size();
+        read(
+            &mut Source::from_reader(path, f, declared, false),
+            opts.limit,
+            &format!("{what}: "),
+        )
     };
-    let x_bytes = read_member(&x_member)?;
-    let y_bytes = read_member(&y_member)?;
     let x_what = format!("array '{}'", array_name(&x_member));
     let y_what = format!("array '{}'", array_name(&y_member));
-    let x = parse(&x_bytes).map_err(|m| format_err(path, format!("{x_what}: {m}")))?;
-    let y = parse(&y_bytes).map_err(|m| format_err(path, format!("{y_what}: {m}")))?;
+    let x = read_member(&x_member, &x_what)?;
+    let y = read_member(&y_member, &y_what)?;
     assemble(
         path,
         Part {

@@ -1,5 +1,6 @@
 //! Safetensors evaluation sets: a tensor `inputs` `[N, ...sample shape]` and a tensor `labels`
-//! `[N]`.
+//! `[N]`. A raw file is memory-mapped; a gzip-compressed one is decoded up to what its header
+//! claims.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use super::array::{Array, ElemType};
-use super::idx::read_maybe_gz;
+use super::source::{Source, check_memory};
 use super::{DataError, DataOptions, EvalSet, Part, assemble, format_err, reject_labels_option};
 
 /// Names tried for each role, the first being the one the format asks for.
@@ -16,8 +17,21 @@ const LABEL_NAMES: &[&str] = &["labels", "y", "targets"];
 
 pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
     reject_labels_option(path, opts, "tensors 'inputs' and 'labels'")?;
-    let bytes = read_maybe_gz(path)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+    // Raw: mapped, so only the rows read are touched. Compressed: decoded up to the size the
+    // header claims, once that claim is checked.
+    let mut src = Source::open(path)?;
+    let (mapped, decoded);
+    let bytes: &[u8] = match src.exact_left() {
+        Some(_) => {
+            mapped = crate::files::map(path)?;
+            &mapped
+        }
+        None => {
+            decoded = read_claimed(&mut src, path)?;
+            &decoded
+        }
+    };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
         format_err(
             path,
             format!(
@@ -28,6 +42,15 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     })?;
     let x = tensor(path, &st, INPUT_NAMES)?;
     let y = tensor(path, &st, LABEL_NAMES)?;
+    let (x, y) = (
+        (x.0, x.1.first_rows(opts.limit)),
+        (y.0, y.1.first_rows(opts.limit)),
+    );
+    check_memory(
+        path,
+        "the data set",
+        (x.1.len() as u128).checked_mul(std::mem::size_of::<f32>() as u128),
+    )?;
     assemble(
         path,
         Part {
@@ -106,4 +129,42 @@ fn tensor<'a>(
     )
     .map_err(|m| format_err(path, format!("{what}: {m}")))?;
     Ok((what, array))
+}
+
+/// The whole safetensors file from a compressed stream: the 8-byte header length, the header,
+/// and the data up to the last offset the header names — each claim checked before it is read.
+fn read_claimed(src: &mut Source, path: &Path) -> Result<Vec<u8>, DataError> {
+    let bad = |msg: String| {
+        format_err(
+            path,
+            format!("not a readable safetensors file ({msg}); expected an 8-byte header length, a JSON header and the tensor data"),
+        )
+    };
+    let mut out = src.bytes(8, "the header length")?;
+    let n = u64::from_le_bytes(
+        out[..8]
+            .try_into()
+            .map_err(|_| bad("no header length".into()))?,
+    );
+    if n > crate::files::MAX_SAFETENSORS_HEADER {
+        return Err(bad(format!(
+            "the header length {n} is over safetensors' limit of {}",
+            crate::files::MAX_SAFETENSORS_HEADER
+        )));
+    }
+    out.extend(src.bytes(n, "the safetensors header")?);
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&out[8..]).map_err(|e| bad(format!("header: {e}")))?;
+    let end = header
+        .iter()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    check_memory(path, "the safetensors data", Some(u128::from(end)))?;
+    out.extend(src.bytes(end, "the safetensors header")?);
+    if !src.at_end()? {
+        return Err(bad("data follows the last tensor".into()));
+    }
+    Ok(out)
 }
