@@ -333,6 +333,10 @@ struct Builder<'a> {
     path: &'a Path,
     tensors: &'a SafeTensors<'a>,
     used: BTreeSet<String>,
+    /// Bytes of parameters converted so far: each tensor is checked against the memory limit
+    /// with what came before it, before it is converted (a mapped file costs nothing until
+    /// then).
+    converted: u128,
 }
 
 impl Builder<'_> {
@@ -373,6 +377,21 @@ impl Builder<'_> {
                 expected: format!("[{}]", exp.join(", ")),
             });
         }
+        let bytes = self.converted.saturating_add(
+            (view.shape().iter().map(|&d| d as u128).product::<u128>())
+                .saturating_mul(std::mem::size_of::<f32>() as u128),
+        );
+        crate::limits::check_memory(
+            &format!("tensor \"{name}\" (with the parameters before it)"),
+            Some(bytes),
+        )
+        .map_err(|msg| LoadError::Graph {
+            path: self.path.to_path_buf(),
+            layer: layer.to_string(),
+            op,
+            msg,
+        })?;
+        self.converted = bytes;
         let values = tensor_to_f32(&view).ok_or_else(|| LoadError::WrongDtype {
             path: self.path.to_path_buf(),
             layer: layer.to_string(),
@@ -445,6 +464,7 @@ fn build(
         path,
         tensors,
         used: BTreeSet::new(),
+        converted: 0,
     };
     let mut layers: Vec<Layer> = Vec::new();
     // Spec layer name → index in `layers` (folded batchnorms map to their linear/conv).
