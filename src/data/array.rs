@@ -79,7 +79,12 @@ impl<'a> Array<'a> {
             .and_then(|n| n.checked_mul(elem.size()))
             .ok_or_else(|| format!("shape {shape:?} is too large"))?;
         if bytes.len() != need {
-            return Err(length_mismatch(&shape, elem, need as u64, bytes.len() as u64));
+            return Err(length_mismatch(
+                &shape,
+                elem,
+                need as u64,
+                bytes.len() as u64,
+            ));
         }
         Ok(Array {
             elem,

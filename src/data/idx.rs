@@ -25,7 +25,10 @@ impl IdxHeader {
     /// exactly the data the dimensions say; a compressed one at least could.
     pub(crate) fn read(src: &mut Source, path: &Path) -> Result<IdxHeader, DataError> {
         let magic = src.bytes(4, "the IDX header").map_err(|_| {
-            format_err(path, "not an IDX file (shorter than its 4-byte magic number)")
+            format_err(
+                path,
+                "not an IDX file (shorter than its 4-byte magic number)",
+            )
         })?;
         if magic[0] != 0 || magic[1] != 0 {
             return Err(format_err(path, "not an IDX file (bad magic number)"));

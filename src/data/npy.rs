@@ -49,7 +49,12 @@ pub(crate) fn read(
         1 => u64::from(u16::from_le_bytes([start[8], start[9]])),
         2 | 3 => {
             let more = src.prefix(2)?;
-            let b = [start[8], start[9], more.first().copied().unwrap_or(0), more.get(1).copied().unwrap_or(0)];
+            let b = [
+                start[8],
+                start[9],
+                more.first().copied().unwrap_or(0),
+                more.get(1).copied().unwrap_or(0),
+            ];
             if more.len() < 2 {
                 return Err(fail("truncated NPY header (no header length)".into()));
             }
@@ -98,7 +103,11 @@ pub(crate) fn read(
         Some(r) if !whole && r < total => r,
         _ => total,
     };
-    let take_bytes = if total == 0 { 0 } else { need / total as u64 * take as u64 };
+    let take_bytes = if total == 0 {
+        0
+    } else {
+        need / total as u64 * take as u64
+    };
     check_memory(
         &path,
         "the data set",

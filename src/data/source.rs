@@ -138,7 +138,9 @@ impl<'r> Source<'r> {
         let mut buf = vec![0u8; block.min(usize::try_from(n).unwrap_or(block))];
         let mut done = 0u64;
         while done < n {
-            let want = buf.len().min(usize::try_from(n - done).unwrap_or(buf.len()));
+            let want = buf
+                .len()
+                .min(usize::try_from(n - done).unwrap_or(buf.len()));
             let got = self.fill(&mut buf[..want])?;
             if got < want {
                 return Err(format_err(
@@ -251,7 +253,10 @@ mod tests {
         let data = [7u8; 10];
         let mut s = Source::from_reader(Path::new("f"), &data[..], 10, true);
         let e = s.claim(11, "the header").unwrap_err().to_string();
-        assert!(e.contains("claims 11 bytes") && e.contains("holds 10"), "{e}");
+        assert!(
+            e.contains("claims 11 bytes") && e.contains("holds 10"),
+            "{e}"
+        );
         assert_eq!(s.bytes(4, "x").unwrap(), vec![7; 4]);
         assert_eq!(s.exact_left(), Some(6));
         assert!(s.bytes(7, "y").is_err());

@@ -137,7 +137,9 @@ fn read_claimed(src: &mut Source, path: &Path) -> Result<Vec<u8>, DataError> {
     let bad = |msg: String| {
         format_err(
             path,
-            format!("not a readable safetensors file ({msg}); expected an 8-byte header length, a JSON header and the tensor data"),
+            format!(
+                "not a readable safetensors file ({msg}); expected an 8-byte header length, a JSON header and the tensor data"
+            ),
         )
     };
     let mut out = src.bytes(8, "the header length")?;
@@ -162,7 +164,7 @@ fn read_claimed(src: &mut Source, path: &Path) -> Result<Vec<u8>, DataError> {
         .max()
         .unwrap_or(0);
     check_memory(path, "the safetensors data", Some(u128::from(end)))?;
-    out.extend(src.bytes(end, "the safetensors header")?);
+    out.extend(src.bytes(end, "the safetensors data")?);
     if !src.at_end()? {
         return Err(bad("data follows the last tensor".into()));
     }

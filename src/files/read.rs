@@ -89,8 +89,13 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn devices_fifos_and_directories_are_refused() {
-        let e = open_regular(Path::new("/dev/zero")).unwrap_err().to_string();
-        assert!(e.contains("/dev/zero") && e.contains("character device"), "{e}");
+        let e = open_regular(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("character device"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let e = map(dir.path()).unwrap_err().to_string();
         assert!(e.contains("directory"), "{e}");
