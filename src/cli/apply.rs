@@ -73,7 +73,7 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
                 "{recipe} quantizes activations ([activations]): give --calibration-data PATH (samples to calibrate on)"
             );
         };
-        let set = crate::data::load(path, &Default::default())?;
+        let set = crate::data::load(path, &super::eval::calibration_options(count))?;
         calibration_inputs(Some(path), &set, m, count)
     })?;
     let recipe_text = prepared.recipe.as_ref().map(|r| r.to_toml());

@@ -58,17 +58,16 @@ pub struct DataArgs {
 
 impl DataArgs {
     pub fn load(&self) -> anyhow::Result<EvalSet> {
+        if self.limit == Some(0) {
+            anyhow::bail!("--limit must be at least 1");
+        }
         let opts = DataOptions {
             labels: self.labels.clone(),
             label_column: self.label_column.clone(),
+            limit: self.limit,
             ..Default::default()
         };
-        let set = crate::data::load(&self.data, &opts)?;
-        Ok(match self.limit {
-            Some(0) => anyhow::bail!("--limit must be at least 1"),
-            Some(n) => set.truncated(n),
-            None => set,
-        })
+        Ok(crate::data::load(&self.data, &opts)?)
     }
 }
 

@@ -116,10 +116,7 @@ pub fn calibration_inputs(
     model: &Model,
     count: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let train = DataOptions {
-        split: Split::Train,
-        ..Default::default()
-    };
+    let train = calibration_options(count);
     let set = match path {
         Some(p) => crate::data::load(p, &train)?,
         None => match crate::data::training_set_beside(&fallback.source) {
@@ -143,6 +140,16 @@ pub fn calibration_inputs(
         },
     };
     prepare(model, &set.truncated(count))
+}
+
+/// What calibration reads: the training split of a folder holding both, and only the samples
+/// it uses.
+pub fn calibration_options(count: usize) -> DataOptions {
+    DataOptions {
+        split: Split::Train,
+        limit: Some(count.max(1)),
+        ..Default::default()
+    }
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {

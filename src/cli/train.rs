@@ -156,11 +156,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
 
-    let mut train_set = crate::data::load(&args.data, &opts)
+    let train_opts = DataOptions {
+        limit: args.limit,
+        ..opts.clone()
+    };
+    let train_set = crate::data::load(&args.data, &train_opts)
         .with_context(|| format!("reading the training set {}", args.data.display()))?;
-    if let Some(n) = args.limit {
-        train_set = train_set.truncated(n);
-    }
     let test_set = crate::data::load(&args.test, &opts)
         .with_context(|| format!("reading the test set {}", args.test.display()))?;
     let train_data = PreparedSet::new(&train_set, &tm.model)?;

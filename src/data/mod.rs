@@ -358,7 +358,10 @@ pub fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
         DataFormat::Npz => npy::load_npz(path, opts)?,
         DataFormat::Csv => csv::load(path, opts)?,
     };
-    check(set)
+    check(match opts.limit {
+        Some(n) => set.truncated(n),
+        None => set,
+    })
 }
 
 /// What every evaluation set must satisfy, whatever its format.

@@ -104,17 +104,16 @@ impl Setup {
                 .collect();
             (loaded.model, notes)
         };
+        if opts.limit == Some(0) {
+            return Err(SetupError::Other("--limit must be at least 1".into()));
+        }
         let data_opts = DataOptions {
             labels: opts.labels.clone(),
             label_column: opts.label_column.clone(),
+            limit: opts.limit,
             ..Default::default()
         };
         let set = crate::data::load(&opts.data, &data_opts)?;
-        let set = match opts.limit {
-            Some(0) => return Err(SetupError::Other("--limit must be at least 1".into())),
-            Some(n) => set.truncated(n),
-            None => set,
-        };
         let inputs = set.prepare(&model.input, model.num_classes())?;
         if model.compressible().next().is_none() {
             return Err(SetupError::Other(format!(
@@ -256,6 +255,7 @@ fn calibration_set(
     };
     let data_opts = DataOptions {
         split,
+        limit: Some(CALIBRATION_SAMPLES),
         ..Default::default()
     };
     let files = regular_files(crate::data::source_files(&path, &data_opts));
