@@ -960,3 +960,191 @@ fn non_finite_parameters_are_refused_once_at_load() {
     std::fs::write(&p, bytes).expect("write");
     eval_fails(&p, &data, &["bn", "channel 1"]);
 }
+
+/// Writes `body` gzip-compressed (fast: the test data is runs of zeros).
+fn gzip(path: &Path, header: &[u8], zeros: usize) {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).expect("create"),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(header).expect("gzip");
+    let block = vec![0u8; 1 << 20];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(block.len());
+        gz.write_all(&block[..n]).expect("gzip");
+        left -= n;
+    }
+    gz.finish().expect("gzip");
+}
+
+/// An IDX header: unsigned bytes of the given dimensions.
+fn idx_header(dims: &[u32]) -> Vec<u8> {
+    let mut h = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        h.extend(d.to_be_bytes());
+    }
+    h
+}
+
+/// The error line of a command that must fail within `secs` seconds.
+fn fails_quickly(cmd: &mut Command, secs: u64) -> String {
+    let out = cmd
+        .timeout(std::time::Duration::from_secs(secs))
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[cfg(unix)]
+#[test]
+fn endless_and_special_inputs_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let fifo = dir.path().join("pipe.csv");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    for (what, data) in [
+        ("character device", Path::new("/dev/zero")),
+        ("FIFO", &fifo),
+    ] {
+        let err = fails_quickly(
+            squeeze()
+                .args(["eval", "--model"])
+                .arg(&model)
+                .arg("--data")
+                .arg(data),
+            20,
+        );
+        assert!(
+            err.contains(&data.display().to_string()) && err.contains(what),
+            "{err}"
+        );
+    }
+    let data = csv(dir.path(), "d.csv", "a,b,c,d,label\n1,0,0,0,0\n");
+    for args in [
+        vec!["info"],
+        vec!["eval", "--data", data.to_str().expect("utf-8")],
+    ] {
+        let err = fails_quickly(squeeze().args(&args).args(["--model", "/dev/zero"]), 20);
+        assert!(
+            err.contains("/dev/zero") && err.contains("character device"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_with_the_figure_or_read_only_as_far_as_limit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    // 100 MB of samples (400 MB as f32) and 25 MB of labels in well under a megabyte.
+    let n = 25_000_000u32;
+    let images = dir.path().join("bomb-images-idx3-ubyte.gz");
+    gzip(&images, &idx_header(&[n, 4]), n as usize * 4);
+    gzip(
+        &dir.path().join("bomb-labels-idx1-ubyte.gz"),
+        &idx_header(&[n]),
+        n as usize,
+    );
+    assert!(std::fs::metadata(&images).expect("size").len() < 1 << 20);
+    let eval = || {
+        let mut c = squeeze();
+        c.args([
+            "eval",
+            "--memory-limit",
+            "64M",
+            "--format",
+            "json",
+            "--model",
+        ])
+        .arg(&model)
+        .arg("--data")
+        .arg(&images);
+        c
+    };
+    let err = fails_quickly(&mut eval(), 60);
+    assert!(
+        err.contains("bomb-images-idx3-ubyte.gz")
+            && err.contains("381.5 MiB")
+            && err.contains("memory limit of 64.0 MiB"),
+        "{err}"
+    );
+    // Read as a stream, the first samples cost what they hold.
+    let v = json_of(
+        eval()
+            .args(["--limit", "3"])
+            .timeout(std::time::Duration::from_secs(60)),
+    );
+    assert_eq!(v["samples"], 3);
+    // A header claiming more than deflate can expand the file to.
+    let liar = dir.path().join("liar-images-idx3-ubyte.gz");
+    gzip(&liar, &idx_header(&[1 << 31, 4]), 0);
+    gzip(
+        &dir.path().join("liar-labels-idx1-ubyte.gz"),
+        &idx_header(&[1 << 31]),
+        0,
+    );
+    let err = fails_quickly(
+        squeeze()
+            .args(["eval", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&liar),
+        20,
+    );
+    assert!(
+        err.contains("liar-images-idx3-ubyte.gz")
+            && err.contains("more than this compressed data can hold"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_model_larger_than_memory_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // A linear layer of 2^32 outputs: 64 GiB of weights in a sparse file that takes no disk.
+    let rows: u64 = 1 << 32;
+    let spec = ArchSpec::from_toml(
+        "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\nbias = \"fc.bias\"\n",
+    )
+    .expect("arch");
+    let w_bytes = rows * 4 * 4;
+    let header = serde_json::json!({
+        "__metadata__": {"squeeze.arch": spec.to_json()},
+        "fc.bias": {"dtype": "F32", "shape": [rows], "data_offsets": [0, rows * 4]},
+        "fc.weight": {"dtype": "F32", "shape": [rows, 4], "data_offsets": [rows * 4, rows * 4 + w_bytes]},
+    });
+    let mut json = serde_json::to_vec(&header).expect("json");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let path = dir.path().join("huge.safetensors");
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(&json);
+    std::fs::write(&path, &bytes).expect("write");
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    f.set_len(bytes.len() as u64 + rows * 4 + w_bytes)
+        .expect("sparse");
+    let err = fails_quickly(
+        squeeze()
+            .args(["info", "--memory-limit", "1G", "--model"])
+            .arg(&path),
+        60,
+    );
+    assert!(
+        err.contains("huge.safetensors") && err.contains("memory limit of 1.0 GiB"),
+        "{err}"
+    );
+}
