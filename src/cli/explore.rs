@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::common;
 use crate::compress::Recipe;
+use crate::explore::Evaluator;
 use crate::explore::config::Config;
 use crate::explore::jobs::Runner;
 use crate::explore::model_evaluator::QUICK_SAMPLES;
@@ -191,6 +192,14 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         None => None,
     };
     let setup = Setup::open(&options)?;
+    if let Some(p) = &args.timings {
+        let inputs = setup.evaluator.inputs();
+        crate::files::OutputCheck::new()
+            .inputs("input", inputs.iter().map(|p| p.as_path()))
+            .inputs("--recipe", args.recipe.iter().map(|p| p.as_path()))
+            .output("--timings", p)
+            .check()?;
+    }
     if args.resume {
         match &setup.journal_path {
             Some(p) if !p.exists() => anyhow::bail!(

@@ -5,7 +5,6 @@
 //! Default location: `$XDG_DATA_HOME/squeeze/sessions/` (or `~/.local/share/...`, the
 //! platform's data directory elsewhere), one file per model and evaluation set.
 
-use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -88,6 +87,8 @@ pub enum JournalError {
         model: String,
         data: String,
     },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 /// What a journal file held.
@@ -106,13 +107,8 @@ pub fn read(path: &Path) -> Result<Loaded, JournalError> {
         path: path.to_path_buf(),
         source,
     };
-    if path.is_dir() {
-        return Err(io(std::io::Error::new(
-            std::io::ErrorKind::IsADirectory,
-            "is a directory; name a file, e.g. DIR/session.jsonl",
-        )));
-    }
-    let file = File::open(path).map_err(io)?;
+    // A directory, FIFO or device is refused by name before a byte is read.
+    let (file, _) = crate::files::open_regular(path)?;
     let mut loaded = Loaded::default();
     let mut reader = BufReader::new(file);
     let mut bytes = Vec::new();
@@ -178,20 +174,10 @@ impl JournalWriter {
             path: path.to_path_buf(),
             source,
         };
-        if path.is_dir() {
-            return Err(io(std::io::Error::new(
-                std::io::ErrorKind::IsADirectory,
-                "is a directory; name a file, e.g. DIR/session.jsonl",
-            )));
-        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        let mut file = crate::files::open_stream("session journal", path, true)?;
         let (tx, rx) = unbounded::<Record>();
         let shown = path.to_path_buf();
         let thread = std::thread::Builder::new()
@@ -311,7 +297,10 @@ mod tests {
             });
         }
         // A crash in the middle of a line.
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"type\":\"point\",\"key\":\"00").unwrap();
         drop(f);
         let loaded = read(&path).unwrap();

@@ -492,6 +492,28 @@ pub fn write_atomic_with(
     sync_directory(directory_of(path)).map_err(io_err(path))
 }
 
+/// Opens `path` for a file written as it goes (a journal, a timings log): appended to when
+/// `append`, else started empty. Such a file cannot be replaced atomically; what it may not be
+/// is anything but a regular file (a directory, device, FIFO or socket is refused by name).
+pub fn open_stream(role: &str, path: &Path, append: bool) -> Result<std::fs::File, FileError> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(FileError::NotRegular {
+            role: role.into(),
+            path: path.to_path_buf(),
+            kind: kind_of(&meta),
+        });
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

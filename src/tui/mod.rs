@@ -76,8 +76,10 @@ struct Timings {
 impl Timings {
     fn open(path: Option<&PathBuf>) -> anyhow::Result<Timings> {
         let file = match path {
-            Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-                |e| anyhow::anyhow!("{}: cannot write timings: {e}", p.display()),
+            Some(p) => Some(std::io::BufWriter::new(crate::files::open_stream(
+                "--timings",
+                p,
+                false,
             )?)),
             None => None,
         };
