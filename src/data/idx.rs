@@ -24,11 +24,14 @@ impl IdxHeader {
     /// Reads the header and checks what it claims against the file: a raw file must hold
     /// exactly the data the dimensions say; a compressed one at least could.
     pub(crate) fn read(src: &mut Source, path: &Path) -> Result<IdxHeader, DataError> {
-        let magic = src.bytes(4, "the IDX header").map_err(|_| {
-            format_err(
+        // A raw file that ends early is short; a compressed one says why it broke.
+        let exact = src.exact_left().is_some();
+        let magic = src.bytes(4, "the IDX header").map_err(|e| match exact {
+            true => format_err(
                 path,
                 "not an IDX file (shorter than its 4-byte magic number)",
-            )
+            ),
+            false => e,
         })?;
         if magic[0] != 0 || magic[1] != 0 {
             return Err(format_err(path, "not an IDX file (bad magic number)"));
@@ -48,7 +51,10 @@ impl IdxHeader {
         };
         let raw_dims = src
             .bytes(4 * ndim as u64, "the IDX header")
-            .map_err(|_| format_err(path, "truncated IDX header"))?;
+            .map_err(|e| match exact {
+                true => format_err(path, "truncated IDX header"),
+                false => e,
+            })?;
         let dims: Vec<usize> = raw_dims
             .chunks_exact(4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)

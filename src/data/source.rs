@@ -23,6 +23,8 @@ pub(crate) struct Source<'r> {
     /// The most bytes the stream can still give: exact for a raw file, a bound otherwise.
     left: u64,
     exact: bool,
+    /// What decodes the stream, for messages: `gzip`, or `compressed` for an archive member.
+    codec: &'static str,
     /// Bytes given so far, for messages.
     offset: u64,
 }
@@ -45,6 +47,7 @@ impl Source<'static> {
                 )),
                 left: len.saturating_mul(MAX_DEFLATE_RATIO),
                 exact: false,
+                codec: "gzip",
                 offset: 0,
             }
         } else {
@@ -53,6 +56,7 @@ impl Source<'static> {
                 reader: Box::new(raw),
                 left: len,
                 exact: true,
+                codec: "raw",
                 offset: 0,
             }
         })
@@ -72,6 +76,7 @@ impl<'r> Source<'r> {
             reader: Box::new(BufReader::with_capacity(1 << 16, reader)),
             left: most,
             exact,
+            codec: "compressed",
             offset: 0,
         }
     }
@@ -109,8 +114,9 @@ impl<'r> Source<'r> {
                 )
             } else {
                 format!(
-                    "{what} claims {}, more than this compressed data can hold (at most {})",
+                    "{what} claims {}, more than this {} data can hold (at most {})",
                     human(bytes),
+                    self.codec,
                     human(self.left)
                 )
             },
@@ -234,7 +240,7 @@ impl<'r> Source<'r> {
                 source: e,
             }
         } else {
-            format_err(&self.path, format!("broken compressed stream: {e}"))
+            format_err(&self.path, format!("broken {} stream: {e}", self.codec))
         }
     }
 }
