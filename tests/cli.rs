@@ -99,6 +99,47 @@ fn info_reports_layers_and_totals() {
     assert_eq!(v["layers"][0]["macs"], 12);
     assert_eq!(v["bytes"], 60);
     assert_eq!(v["peak_activation_bytes"], 28);
+    // 15 parameters and 4 + 3 activation values, as f32.
+    assert_eq!(v["memory_bytes"], 88);
+    let v = json_of(
+        squeeze()
+            .args([
+                "info",
+                "--memory-limit",
+                "1M",
+                "--format",
+                "json",
+                "--model",
+            ])
+            .arg(&model),
+    );
+    assert_eq!(v["memory_limit_bytes"], 1 << 20);
+}
+
+#[test]
+fn an_evaluation_over_the_memory_limit_is_refused_with_the_figure() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = tiny_model(dir.path());
+    let data = csv(
+        dir.path(),
+        "d.csv",
+        "a,b,c,d,label\n1,0,0,0,0\n0,2,0,0,1\n0,0,3,0,2\n0,5,0,0,0\n",
+    );
+    // 88 bytes of model, 4 samples: 64 of inputs, 96 of outputs, 112 of activations.
+    let run = |limit: &str| {
+        let mut c = squeeze();
+        c.args(["eval", "--no-timing", "--memory-limit", limit, "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data);
+        c.assert()
+    };
+    run("360").success();
+    run("359").failure().stderr(
+        predicate::str::contains("d.csv: evaluating its 4 samples on").and(
+            predicate::str::contains("needs 360 B, more than the memory limit of 359 B"),
+        ),
+    );
 }
 
 #[test]
@@ -1104,7 +1145,7 @@ fn a_gzip_bomb_is_refused_with_the_figure_or_read_only_as_far_as_limit() {
     );
     assert!(
         err.contains("liar-images-idx3-ubyte.gz")
-            && err.contains("more than this compressed data can hold"),
+            && err.contains("more than this gzip data can hold"),
         "{err}"
     );
 }

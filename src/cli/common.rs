@@ -80,6 +80,22 @@ pub fn load_model(path: &Path, arch: Option<&Path>) -> anyhow::Result<Loaded> {
     Ok(loaded)
 }
 
+/// Refuses an evaluation of `set` on `model` that would not fit the memory limit, before its
+/// inputs are prepared.
+pub fn check_evaluation_memory(model: &Model, set: &EvalSet) -> anyhow::Result<()> {
+    let need = crate::model::shape::evaluation_bytes(model, set.len(), crate::measure::EVAL_BATCH);
+    crate::limits::check_memory(
+        &format!(
+            "{}: evaluating its {} samples on {}",
+            set.source.display(),
+            set.len(),
+            model.source.display()
+        ),
+        Some(need),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
 /// Loads the evaluation set and prepares it for `model`: scaled inputs and the labels.
 pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
     set.prepare(&model.input, model.num_classes())

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::common::{DataArgs, Format, ModelArgs, human_bytes, load_model, prepare};
+use super::common::{
+    DataArgs, Format, ModelArgs, check_evaluation_memory, human_bytes, load_model, prepare,
+};
 use super::recipe_args::RecipeArgs;
 use crate::compress::{self, Plan, Recipe};
 use crate::data::{DataOptions, EvalSet, Split};
@@ -158,6 +160,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         calibration_inputs(args.calibration_data.as_ref(), &set, m, count)
     })?;
     let cm = &prepared.compressed;
+    check_evaluation_memory(&cm.model, &set)?;
     let inputs = prepare(&cm.model, &set)?;
     let reference = match &args.reference {
         Some(path) => {

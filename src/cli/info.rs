@@ -1,4 +1,5 @@
-//! `squeeze info`: the model's layers, parameters, MACs, bytes and activation memory.
+//! `squeeze info`: the model's layers, parameters, MACs, bytes, activation memory and what
+//! loading and running it allocates.
 
 use serde::Serialize;
 
@@ -41,6 +42,11 @@ pub struct ModelInfo {
     pub peak_activation_bytes: usize,
     /// The layer that sets that peak.
     pub peak_activation_layer: String,
+    /// What loading the model and running one sample allocates (parameters as f32 and one
+    /// sample's activations): the figure checked against the memory limit.
+    pub memory_bytes: u64,
+    /// The memory limit (`--memory-limit`; the machine's physical memory by default).
+    pub memory_limit_bytes: u64,
 }
 
 pub fn model_info(model: &Model) -> ModelInfo {
@@ -67,6 +73,9 @@ pub fn model_info(model: &Model) -> ModelInfo {
         bytes: layers.iter().map(|l| l.bytes).sum(),
         peak_activation_bytes: arena.peak_bytes,
         peak_activation_layer: arena.peak_layer,
+        memory_bytes: u64::try_from(crate::model::shape::run_bytes(&model.layers))
+            .unwrap_or(u64::MAX),
+        memory_limit_bytes: crate::limits::memory_limit(),
         layers,
     }
 }
@@ -115,6 +124,11 @@ pub fn render_text(info: &ModelInfo) -> String {
         human_bytes(info.bytes),
         human_bytes(info.peak_activation_bytes),
         info.peak_activation_layer
+    );
+    s += &format!(
+        "memory to load and run one sample (f32 parameters and activations): {} of the {} memory limit\n",
+        crate::limits::human(u128::from(info.memory_bytes)),
+        crate::limits::human(u128::from(info.memory_limit_bytes))
     );
     s
 }

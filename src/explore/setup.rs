@@ -114,6 +114,20 @@ impl Setup {
             ..Default::default()
         };
         let set = crate::data::load(&opts.data, &data_opts)?;
+        crate::limits::check_memory(
+            &format!(
+                "{}: evaluating its {} samples on {}",
+                set.source.display(),
+                set.len(),
+                model.source.display()
+            ),
+            Some(crate::model::shape::evaluation_bytes(
+                &model,
+                set.len(),
+                crate::measure::EVAL_BATCH,
+            )),
+        )
+        .map_err(SetupError::Other)?;
         let inputs = set.prepare(&model.input, model.num_classes())?;
         if model.compressible().next().is_none() {
             return Err(SetupError::Other(format!(

@@ -780,8 +780,7 @@ fn build(
             "the last layer outputs shape {shape:?}; a classifier must end in a flat vector of class scores"
         )));
     }
-    let need = super::shape::parameter_bytes(&layers)
-        .saturating_add(super::shape::sample_activation_bytes(&layers));
+    let need = super::shape::run_bytes(&layers);
     crate::limits::check_memory("running one sample of this model", Some(need))
         .map_err(arch_err)?;
     let model = Model {

@@ -109,6 +109,28 @@ pub fn parameter_bytes(layers: &[super::Layer]) -> u128 {
         .fold(0u128, u128::saturating_add)
 }
 
+/// What loading a model and running one sample allocates: its parameters as f32 and one
+/// sample's activations. The loader refuses a model whose figure is over the memory limit.
+pub fn run_bytes(layers: &[super::Layer]) -> u128 {
+    parameter_bytes(layers).saturating_add(sample_activation_bytes(layers))
+}
+
+/// What evaluating `samples` samples of `model` in batches of `batch` allocates, the model
+/// included: the prepared inputs, the outputs (the model's and a reference's) and one batch's
+/// activations.
+pub fn evaluation_bytes(model: &super::Model, samples: usize, batch: usize) -> u128 {
+    let n = samples as u128;
+    let inputs = n.saturating_mul(elements_u128(&model.input.shape));
+    let outputs = n
+        .saturating_mul(model.num_classes() as u128)
+        .saturating_mul(2);
+    let activations =
+        (batch.min(samples) as u128).saturating_mul(sample_activation_bytes(&model.layers));
+    run_bytes(&model.layers)
+        .saturating_add(inputs.saturating_add(outputs).saturating_mul(4))
+        .saturating_add(activations)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
