@@ -80,7 +80,7 @@ pub const MAX_GRID: usize = 1_000_000;
 /// the grid is the product of all lists, in the order of their table and field names. A
 /// `[global]` `layers` list is a list of names, not an axis.
 pub fn read_grid(path: &std::path::Path) -> Result<Vec<GridPoint>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = crate::files::read_text(path).map_err(|e| e.to_string())?;
     parse_grid(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 

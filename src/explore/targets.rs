@@ -61,18 +61,14 @@ pub enum TargetError {
     File { path: String, msg: String },
     #[error("unknown target \"{name}\"; the targets are: {known}")]
     Unknown { name: String, known: String },
+    #[error(transparent)]
+    Read(#[from] crate::files::FileError),
 }
 
 /// Reads a targets file (`None`: the built-in one). The `host` entry gets this machine's RAM.
 pub fn load(path: Option<&Path>) -> Result<Vec<Target>, TargetError> {
     let (text, shown) = match path {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| TargetError::File {
-                path: p.display().to_string(),
-                msg: e.to_string(),
-            })?,
-            p.display().to_string(),
-        ),
+        Some(p) => (crate::files::read_text(p)?, p.display().to_string()),
         None => (BUILT_IN.to_string(), "assets/targets.toml".to_string()),
     };
     parse(&text, &shown)
