@@ -517,56 +517,63 @@ fn cross_entropy_value_and_gradient_match_candle_nn() {
     assert!(err.contains("label 3 out of range for 3 classes"), "{err}");
 }
 
-/// `TrainOps` joins a ReLU and a max pooling to the conv node before them. When the conv's
-/// output is also used elsewhere, both uses still back-propagate: the gradients equal those of
-/// the same graph built from separate nodes.
+/// `TrainOps` joins a ReLU and a max pooling to the conv node before them (the pooling's
+/// backward then applies the ReLU's in the same pass: the 2×2 window on even and odd sizes, and
+/// a general window). When the conv's output is also used elsewhere, both uses still
+/// back-propagate: the gradients equal those of the same graph built from separate nodes.
 #[test]
 fn fused_stages_give_the_gradients_of_separate_nodes() {
     use squeeze::model::{Activation, ForwardOps, Pool2d};
     let mut rng = StdRng::seed_from_u64(18);
-    let x = rand_tensor(&mut rng, &[3, 2, 10, 10]);
-    let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 2, 3, 3])).unwrap();
-    let b = Var::from_tensor(&rand_tensor(&mut rng, &[4])).unwrap();
     let g = geometry((1, 1), (0, 0), (1, 1), 1);
-    let pool = Pool2d {
-        kernel: (2, 2),
-        stride: (2, 2),
-        padding: (0, 0),
-    };
-    let r1 = rand_tensor(&mut rng, &[3, 4, 4, 4]);
-    let r2 = rand_tensor(&mut rng, &[3, 4, 8, 8]);
-    let run = |fused: bool, also_conv: bool| {
-        let (y, z) = if fused {
-            let ops = squeeze::train::TrainOps::default();
-            let y = ops
-                .conv2d(&x, w.as_tensor(), Some(b.as_tensor()), &g)
-                .unwrap();
-            let r = ops.activation(&y, Activation::Relu).unwrap();
-            (y, ops.max_pool2d(&r, &pool).unwrap())
-        } else {
-            let y = train_ops::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), g).unwrap();
-            let r = train_ops::relu(&y).unwrap();
+    // input side, pool kernel, stride, padding; the conv (3×3) makes it side − 2.
+    for (side, k, st, pad) in [(10, 2, 2, 0), (11, 2, 2, 0), (10, 3, 2, 1)] {
+        let x = rand_tensor(&mut rng, &[3, 2, side, side]);
+        let w = Var::from_tensor(&rand_tensor(&mut rng, &[4, 2, 3, 3])).unwrap();
+        let b = Var::from_tensor(&rand_tensor(&mut rng, &[4])).unwrap();
+        let pool = Pool2d {
+            kernel: (k, k),
+            stride: (st, st),
+            padding: (pad, pad),
+        };
+        let conv = side - 2;
+        let pooled = (conv + 2 * pad - k) / st + 1;
+        let r1 = rand_tensor(&mut rng, &[3, 4, pooled, pooled]);
+        let r2 = rand_tensor(&mut rng, &[3, 4, conv, conv]);
+        let run = |fused: bool, also_conv: bool| {
+            let (y, z) = if fused {
+                let ops = squeeze::train::TrainOps::default();
+                let y = ops
+                    .conv2d(&x, w.as_tensor(), Some(b.as_tensor()), &g)
+                    .unwrap();
+                let r = ops.activation(&y, Activation::Relu).unwrap();
+                (y, ops.max_pool2d(&r, &pool).unwrap())
+            } else {
+                let y = train_ops::conv2d(&x, w.as_tensor(), Some(b.as_tensor()), g).unwrap();
+                let r = train_ops::relu(&y).unwrap();
+                (
+                    y,
+                    train_ops::max_pool2d(&r, (k, k), (st, st), (pad, pad)).unwrap(),
+                )
+            };
+            let mut loss = (&z * &r1).unwrap().sum_all().unwrap();
+            if also_conv {
+                loss = (loss + (&y * &r2).unwrap().sum_all().unwrap()).unwrap();
+            }
+            let grads = loss.backward().unwrap();
             (
-                y,
-                train_ops::max_pool2d(&r, (2, 2), (2, 2), (0, 0)).unwrap(),
+                values(&z),
+                values(grads.get(&w).unwrap()),
+                values(grads.get(&b).unwrap()),
             )
         };
-        let mut loss = (&z * &r1).unwrap().sum_all().unwrap();
-        if also_conv {
-            loss = (loss + (&y * &r2).unwrap().sum_all().unwrap()).unwrap();
+        for also_conv in [false, true] {
+            let case = format!("side {side}, pool {k}/{st}/{pad}, also_conv {also_conv}");
+            let (z, dw, db) = run(true, also_conv);
+            let (z2, dw2, db2) = run(false, also_conv);
+            assert_eq!(z, z2, "{case}");
+            assert_close(&format!("dw {case}"), &dw, &dw2, 1e-6);
+            assert_close(&format!("db {case}"), &db, &db2, 1e-6);
         }
-        let grads = loss.backward().unwrap();
-        (
-            values(&z),
-            values(grads.get(&w).unwrap()),
-            values(grads.get(&b).unwrap()),
-        )
-    };
-    for also_conv in [false, true] {
-        let (z, dw, db) = run(true, also_conv);
-        let (z2, dw2, db2) = run(false, also_conv);
-        assert_eq!(z, z2);
-        assert_close(&format!("dw {also_conv}"), &dw, &dw2, 1e-6);
-        assert_close(&format!("db {also_conv}"), &db, &db2, 1e-6);
     }
 }

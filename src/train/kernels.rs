@@ -6,6 +6,8 @@
 //! a fixed order; the convolution's weight gradient adds partial sums over chunks of a fixed
 //! number of samples, in order.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::matmul::{Lhs, matmul_acc, with_scratch};
@@ -68,9 +70,9 @@ pub(super) struct Linear {
 impl Linear {
     pub fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
         let Linear { n, inputs, out } = *self;
-        let mut y = vec![0f32; n * out];
-        for row in y.chunks_exact_mut(out) {
-            row.copy_from_slice(b);
+        let mut y = Vec::with_capacity(n * out);
+        for _ in 0..n {
+            y.extend_from_slice(b);
         }
         matmul_acc(Lhs::Rows(x), n, out, inputs, Rhs::Cols(w), &mut y);
         y
@@ -167,13 +169,21 @@ impl Conv {
         let s = &self.shape;
         let (og, k, l) = (self.og(), s.k(), s.positions());
         let packed = self.packed_weights(w, false);
-        let mut y = vec![0f32; self.n * self.sample_out()];
-        y.par_chunks_mut(self.sample_out())
-            .zip(x.par_chunks(self.sample_in()))
+        let (sin, sout) = (self.sample_in(), self.sample_out());
+        let mut y: Vec<f32> = Vec::with_capacity(self.n * sout);
+        y.spare_capacity_mut()[..self.n * sout]
+            .par_chunks_mut(sout)
+            .zip(x.par_chunks(sin))
             .for_each(|(yn, xn)| {
+                // The bias first: written once, where zeroing and then filling takes two passes.
                 for (plane, &bo) in yn.chunks_exact_mut(l).zip(b) {
-                    plane.fill(bo);
+                    for v in plane {
+                        v.write(bo);
+                    }
                 }
+                // SAFETY: `yn` is `cout` planes of `l` values and `b` holds `cout` biases (both
+                // checked by the caller), so the loop above wrote every value of `yn`.
+                let yn = unsafe { &mut *(yn as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 with_scratch(|sc| {
                     for (g, wp) in packed.iter().enumerate() {
                         let cols = self.columns(xn, g, &mut sc.cols);
@@ -182,6 +192,8 @@ impl Conv {
                     }
                 })
             });
+        // SAFETY: the chunks of `sout` values cover the first `n · sout`, each written whole.
+        unsafe { y.set_len(self.n * sout) };
         y
     }
 
@@ -203,12 +215,12 @@ impl Conv {
         } else {
             Vec::new()
         };
-        // Both buffers exist even when one gradient is not wanted (a zeroed allocation that is
-        // never touched costs nothing), so every task gets its two chunks.
         let per = SAMPLES_PER_PARTIAL;
-        let mut dx = vec![0f32; self.n * sin];
-        let mut dw = vec![0f32; self.n.div_ceil(per) * s.cout * k];
+        let chunks = self.n.div_ceil(per);
+        let mut dx = vec![0f32; if want_dx { self.n * sin } else { 0 }];
+        let mut dw = vec![0f32; if want_dw { chunks * s.cout * k } else { 0 }];
         let task = |(i, (dxc, dwc)): (usize, (&mut [f32], &mut [f32]))| {
+            // An unwanted gradient's chunks are empty and never touched.
             with_scratch(|sc| {
                 for j in 0..per.min(self.n - i * per) {
                     let n = i * per + j;
@@ -234,10 +246,18 @@ impl Conv {
                 }
             })
         };
-        dx.par_chunks_mut(per * sin)
-            .zip(dw.par_chunks_mut(s.cout * k))
-            .enumerate()
-            .for_each(task);
+        // Every task gets its two chunks, empty ones for a gradient not wanted.
+        let dxs: Vec<&mut [f32]> = if want_dx {
+            dx.chunks_mut(per * sin).collect()
+        } else {
+            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        let dws: Vec<&mut [f32]> = if want_dw {
+            dw.chunks_mut(s.cout * k).collect()
+        } else {
+            (0..chunks).map(|_| <&mut [f32]>::default()).collect()
+        };
+        dxs.into_par_iter().zip(dws).enumerate().for_each(task);
         let dw = want_dw.then(|| {
             let (first, rest) = dw.split_at_mut(s.cout * k);
             for part in rest.chunks_exact(s.cout * k) {
@@ -251,18 +271,42 @@ impl Conv {
         (want_dx.then_some(dx), dw)
     }
 
-    /// `db[o] = Σₙ Σ_positions dy[n, o]`, in order.
+    /// `db[o] = Σₙ Σ_positions dy[n, o]`: each plane summed by `lane_sum`, the samples added
+    /// in order.
     pub fn bias_grad(&self, dy: &[f32]) -> Vec<f32> {
         let l = self.shape.positions();
         (0..self.shape.cout)
             .into_par_iter()
             .map(|o| {
                 dy.chunks_exact(self.sample_out())
-                    .map(|yn| yn[o * l..(o + 1) * l].iter().sum::<f32>())
+                    .map(|yn| lane_sum(&yn[o * l..(o + 1) * l]))
                     .sum::<f32>()
             })
             .collect()
     }
+}
+
+/// The sum of `v` in a fixed order the compiler can vectorise: 16 running sums (value `i` into
+/// sum `i % 16`), added pairwise at the end.
+fn lane_sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    for (a, x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += x;
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0]
 }
 
 /// The adjoint of the engine's `im2col` for group `g`: adds every column entry into the input
@@ -347,12 +391,67 @@ impl MaxPool {
         self.h.out * self.w.out
     }
 
+    /// The common unpadded 2×2 window with stride 2: each input in one window, no bounds.
+    fn is_2x2(&self) -> bool {
+        let two = |a: &Axis| a.kernel == 2 && a.stride == 2 && a.pad == 0;
+        two(&self.h) && two(&self.w)
+    }
+
+    /// The 2×2 forward of one plane: each output row from a pair of input rows.
+    fn forward_2x2(&self, src: &[f32], dst: &mut [f32]) {
+        let ws = self.w.size;
+        for (oy, out) in dst.chunks_exact_mut(self.w.out).enumerate() {
+            let r0 = &src[2 * oy * ws..][..2 * out.len()];
+            let r1 = &src[(2 * oy + 1) * ws..][..2 * out.len()];
+            for ((o, a), b) in out
+                .iter_mut()
+                .zip(r0.chunks_exact(2))
+                .zip(r1.chunks_exact(2))
+            {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
+        }
+    }
+
+    /// The 2×2 backward of one plane: every input position written, the gradient at each
+    /// window's first maximum (the first tap equal to the window's maximum), zero elsewhere —
+    /// and zero where `relu_in` (the input of a ReLU this pooling follows) is negative.
+    fn backward_2x2(&self, src: &[f32], relu_in: Option<&[f32]>, grad: &[f32], dst: &mut [f32]) {
+        let (ws, ow) = (self.w.size, self.w.out);
+        for (oy, g) in grad.chunks_exact(ow).enumerate() {
+            let rows = 2 * oy * ws..(2 * oy + 2) * ws;
+            let (s0, s1) = src[rows.clone()].split_at(ws);
+            let (d0, d1) = dst[rows.clone()].split_at_mut(ws);
+            let (s0, s1, d0, d1) = (&s0[..2 * ow], &s1[..2 * ow], &mut d0[..], &mut d1[..]);
+            for i in 0..ow {
+                let (a, b, c, d) = (s0[2 * i], s0[2 * i + 1], s1[2 * i], s1[2 * i + 1]);
+                let m = a.max(b).max(c.max(d));
+                let (t0, t1, t2) = (a == m, b == m, c == m);
+                d0[2 * i] = if t0 { g[i] } else { 0.0 };
+                d0[2 * i + 1] = if !t0 && t1 { g[i] } else { 0.0 };
+                d1[2 * i] = if !t0 && !t1 && t2 { g[i] } else { 0.0 };
+                d1[2 * i + 1] = if !t0 && !t1 && !t2 { g[i] } else { 0.0 };
+            }
+            // An odd width leaves a last column outside every window.
+            d0[2 * ow..].fill(0.0);
+            d1[2 * ow..].fill(0.0);
+            if let Some(r) = relu_in {
+                relu_backward_slice(&r[rows], &mut dst[2 * oy * ws..(2 * oy + 2) * ws]);
+            }
+        }
+        // And an odd height a last row.
+        dst[2 * self.h.out * ws..].fill(0.0);
+    }
+
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let (pin, pout) = (self.plane_in(), self.plane_out());
         let mut out = vec![0f32; self.planes * pout];
         out.par_chunks_mut(pout)
             .zip(x.par_chunks(pin))
             .for_each(|(dst, src)| {
+                if self.is_2x2() {
+                    return self.forward_2x2(src, dst);
+                }
                 self.argmax(src, |o, at| {
                     dst[o] = at.map_or(f32::NEG_INFINITY, |at| src[at]);
                 })
@@ -360,46 +459,60 @@ impl MaxPool {
         out
     }
 
-    /// The input gradient: each output's gradient added at its window's first maximum.
-    pub fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    /// The input gradient into `dx` (the input's size, any contents): each output's gradient
+    /// at its window's first maximum, zero elsewhere. With `relu_in`, the input of a ReLU
+    /// whose output `x` is, the ReLU's backward is applied too (the gradient of `relu_in`).
+    pub fn backward_into(&self, x: &[f32], relu_in: Option<&[f32]>, dy: &[f32], dx: &mut [f32]) {
         let (pin, pout) = (self.plane_in(), self.plane_out());
-        let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(pin)
             .zip(x.par_chunks(pin).zip(dy.par_chunks(pout)))
-            .for_each(|(dst, (src, grad))| {
+            .enumerate()
+            .for_each(|(p, (dst, (src, grad)))| {
+                let relu_in = relu_in.map(|r| &r[p * pin..(p + 1) * pin]);
+                if self.is_2x2() {
+                    return self.backward_2x2(src, relu_in, grad, dst);
+                }
+                dst.fill(0.0);
                 self.argmax(src, |o, at| {
                     if let Some(at) = at {
                         dst[at] += grad[o];
                     }
-                })
+                });
+                if let Some(r) = relu_in {
+                    relu_backward_slice(r, dst);
+                }
             });
-        dx
     }
 }
 
 pub(super) fn relu_forward(x: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(CHUNK)
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(d, s)| {
             for (d, s) in d.iter_mut().zip(s) {
-                *d = s.max(0.0);
+                d.write(s.max(0.0));
             }
         });
+    // SAFETY: the first `x.len()` spare values and `x` are cut into chunks of the same size,
+    // paired one to one, and the loop above writes every value of every chunk.
+    unsafe { out.set_len(x.len()) };
     out
 }
 
-/// `dy · [x ≥ 0]`: candle's rule (the gradient passes at zero).
-pub(super) fn relu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    let mut dx = vec![0f32; x.len()];
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(d, (x, g))| {
-            for ((d, x), g) in d.iter_mut().zip(x).zip(g) {
-                *d = if *x >= 0.0 { *g } else { 0.0 };
-            }
-        });
-    dx
+/// `dy ← dy · [x ≥ 0]` in place: candle's rule (the gradient passes at zero).
+pub(super) fn relu_backward_in_place(x: &[f32], dy: &mut [f32]) {
+    dy.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(g, x)| relu_backward_slice(x, g));
+}
+
+#[inline]
+fn relu_backward_slice(x: &[f32], dy: &mut [f32]) {
+    for (g, x) in dy.iter_mut().zip(x) {
+        *g = if *x >= 0.0 { *g } else { 0.0 };
+    }
 }
 
 /// `(max, log Σ exp(z − max))` of one row of logits.

@@ -166,21 +166,78 @@ impl Stage {
         })
     }
 
-    fn backward(&self, x: &[f32], dy: &[f32]) -> Result<Vec<f32>> {
-        let expected = match self {
-            Stage::Relu => x.len(),
-            Stage::MaxPool(p) => p.planes * p.plane_out(),
-        };
-        if dy.len() != expected {
-            bail!(
-                "backward: gradient of {} values, expected {expected}",
-                dy.len()
-            );
+    /// Turns `grad`, the gradient of the stage's output, into the gradient of its input `x`:
+    /// in place for a ReLU, into a buffer from `buffers` for a pooling. `relu_in` (a pooling
+    /// only) is the input of the ReLU whose output `x` is: the ReLU's backward is then applied
+    /// in the same pass.
+    fn backward(
+        &self,
+        x: &[f32],
+        relu_in: Option<&[f32]>,
+        grad: Vec<f32>,
+        buffers: &mut Buffers,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Stage::Relu => {
+                let mut grad = grad;
+                if grad.len() != x.len() {
+                    bail!(
+                        "relu backward: gradient of {} values for {}",
+                        grad.len(),
+                        x.len()
+                    );
+                }
+                kernels::relu_backward_in_place(x, &mut grad);
+                Ok(grad)
+            }
+            Stage::MaxPool(p) => {
+                let n = p.planes * p.plane_in();
+                if grad.len() != p.planes * p.plane_out()
+                    || x.len() != n
+                    || relu_in.is_some_and(|r| r.len() != n)
+                {
+                    bail!("max_pool2d backward: unexpected input or gradient size");
+                }
+                let mut dx = buffers.take(x.len());
+                p.backward_into(x, relu_in, &grad, &mut dx);
+                buffers.give(grad);
+                Ok(dx)
+            }
         }
-        Ok(match self {
-            Stage::Relu => kernels::relu_backward(x, dy),
-            Stage::MaxPool(p) => p.backward(x, dy),
-        })
+    }
+}
+
+/// Gradient buffers reused from one backward pass to the next, so that they are neither zeroed
+/// nor faulted in again each step (every value of one is written before it is read).
+#[derive(Debug, Default)]
+struct Buffers(Vec<Vec<f32>>);
+
+thread_local! {
+    static BUFFERS: std::cell::Cell<Buffers> = std::cell::Cell::new(Buffers::default());
+}
+
+impl Buffers {
+    /// A buffer of `n` values with unspecified contents.
+    fn take(&mut self, n: usize) -> Vec<f32> {
+        match self.0.iter().position(|b| b.len() == n) {
+            Some(i) => self.0.swap_remove(i),
+            None => vec![0f32; n],
+        }
+    }
+
+    /// Keeps `b` for a later `take`; a few at most.
+    fn give(&mut self, b: Vec<f32>) {
+        if self.0.len() < 8 {
+            self.0.push(b);
+        }
+    }
+
+    /// Runs `f` with this thread's buffers.
+    fn with<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+        let mut b = BUFFERS.with(std::cell::Cell::take);
+        let r = f(&mut b);
+        BUFFERS.with(|c| c.set(b));
+        r
     }
 }
 
@@ -227,20 +284,37 @@ impl CustomOp3 for LayerNode {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let mut dy: Option<Vec<f32>> = None;
-        for (stage, input) in self.stages.iter().rev() {
-            let next = with_f32(input, "layer backward", |xv| match &dy {
-                Some(g) => stage.backward(xv, g),
-                None => with_f32(&grad, "layer backward", |g| stage.backward(xv, g))?,
-            })??;
-            dy = Some(next);
-        }
-        match dy {
-            Some(dy) => self.product.backward(x, w, b, &dy),
-            None => with_f32(&grad, "layer backward", |g| {
+        if self.stages.is_empty() {
+            return with_f32(&grad, "layer backward", |g| {
                 self.product.backward(x, w, b, g)
-            })?,
+            })?;
         }
+        Buffers::with(|buffers| {
+            let mut dy = with_f32(&grad, "layer backward", |g| {
+                let mut dy = buffers.take(g.len());
+                dy.copy_from_slice(g);
+                dy
+            })?;
+            let mut k = self.stages.len();
+            while k > 0 {
+                let (stage, input) = &self.stages[k - 1];
+                // A pooling of a ReLU's output takes the ReLU's backward in its own pass.
+                let relu = match (stage, k.checked_sub(2).map(|j| &self.stages[j])) {
+                    (Stage::MaxPool(_), Some((Stage::Relu, relu_in))) => Some(relu_in),
+                    _ => None,
+                };
+                dy = with_f32(input, "layer backward", |xv| match relu {
+                    Some(r) => with_f32(r, "layer backward", |rv| {
+                        stage.backward(xv, Some(rv), dy, buffers)
+                    })?,
+                    None => stage.backward(xv, None, dy, buffers),
+                })??;
+                k -= if relu.is_some() { 2 } else { 1 };
+            }
+            let grads = self.product.backward(x, w, b, &dy);
+            buffers.give(dy);
+            grads
+        })
     }
 }
 
@@ -377,7 +451,10 @@ impl CustomOp2 for StageBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "backward")?;
         let g = f32_slice(s2, l2, "backward")?;
-        let dx = self.0.backward(x, g)?;
+        // A fresh gradient (it becomes a tensor): no buffer to reuse.
+        let dx = self
+            .0
+            .backward(x, None, g.to_vec(), &mut Buffers::default())?;
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
