@@ -154,6 +154,28 @@ pub trait Evaluator: Send + Sync {
 
     /// The files the session reads (model, data, recipe, ...), which nothing it writes may
     /// replace.
+    /// Fine-tunes a configuration (`explore::finetune`); evaluators without a model and a
+    /// training set cannot.
+    fn finetune(
+        &self,
+        job: &super::finetune::TuneJob,
+        cancel: &AtomicBool,
+        report: &mut dyn FnMut(super::finetune::TuneProgress),
+    ) -> Result<super::finetune::TuneOutcome, EvalError> {
+        let _ = (job, cancel, report);
+        Err(EvalError::Other(
+            "fine-tuning needs a model and a training set".into(),
+        ))
+    }
+
+    /// Exports the fine-tuned model of point `key`, as `export` does a configuration.
+    fn export_tuned(&self, key: u64, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+        let _ = (key, dir);
+        Err(EvalError::Other(
+            "the fine-tuned model is not in memory: it was tuned in an earlier run".into(),
+        ))
+    }
+
     fn inputs(&self) -> Vec<PathBuf> {
         Vec::new()
     }

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use super::config::Config;
 use super::eval::{EvalError, Evaluator, Figures, Stage};
+use super::finetune::{TuneJob, TuneOutcome, TuneProgress};
 use super::journal::JournalWriter;
 use super::plot::PlotInput;
 use super::search::{self, SearchJob, SearchOutcome};
@@ -72,6 +73,16 @@ pub enum WorkerMsg {
         sweep: u64,
         outcome: Box<SearchOutcome>,
     },
+    /// A running fine-tune's progress.
+    TuneProgress {
+        id: u64,
+        progress: TuneProgress,
+    },
+    /// A fine-tune ended: its figures, why it failed, or `None` when cancelled.
+    TuneDone {
+        id: u64,
+        result: Option<Result<TuneOutcome, String>>,
+    },
     /// A background task (export, plot) finished: what it wrote, or why it could not.
     TaskDone {
         task: String,
@@ -111,6 +122,8 @@ pub struct Runner {
     sweep_tx: Option<Sender<SweepJob>>,
     sweep_cancels: Vec<Arc<AtomicBool>>,
     driver: Option<JoinHandle<()>>,
+    /// The running fine-tune's cancel flag.
+    tune_cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Runner {
@@ -145,6 +158,7 @@ impl Runner {
             sweep_tx: Some(sweep_tx),
             sweep_cancels: Vec::new(),
             driver: Some(driver),
+            tune_cancel: None,
         })
     }
 
@@ -221,6 +235,43 @@ impl Runner {
         }
     }
 
+    /// Fine-tunes on a thread of its own (training is long; the pool stays free for edits),
+    /// cancelling any fine-tune still running.
+    pub fn start_finetune(&mut self, job: Box<TuneJob>) {
+        self.cancel_finetune();
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.tune_cancel = Some(Arc::clone(&cancel));
+        let evaluator = Arc::clone(&self.evaluator);
+        let tx = self.tx.clone();
+        let id = job.id;
+        let spawned = std::thread::Builder::new()
+            .name("squeeze-finetune".into())
+            .spawn(move || {
+                let result = evaluator.finetune(&job, &cancel, &mut |progress| {
+                    let _ = tx.send(WorkerMsg::TuneProgress { id, progress });
+                });
+                let result = match result {
+                    Err(_) if cancel.load(Ordering::Relaxed) => None,
+                    Err(EvalError::Cancelled) => None,
+                    r => Some(r.map_err(|e| e.to_string())),
+                };
+                let _ = tx.send(WorkerMsg::TuneDone { id, result });
+            });
+        if let Err(e) = spawned {
+            let _ = self.tx.send(WorkerMsg::TuneDone {
+                id,
+                result: Some(Err(format!("cannot start a thread: {e}"))),
+            });
+        }
+    }
+
+    /// Stops the running fine-tune between batches; it reports nothing more.
+    pub fn cancel_finetune(&mut self) {
+        if let Some(c) = self.tune_cancel.take() {
+            c.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Runs `work` on the pool and reports its outcome as `TaskDone { task, .. }`.
     pub fn spawn_task<F>(&self, task: &str, work: F)
     where
@@ -240,6 +291,7 @@ impl Drop for Runner {
     fn drop(&mut self) {
         self.cancel_interactive();
         self.cancel_sweeps();
+        self.cancel_finetune();
         // Closing the queue ends the driver after its (cancelled) current point.
         self.sweep_tx = None;
         if let Some(d) = self.driver.take() {
@@ -414,6 +466,13 @@ impl Executor<'_> {
                 Request::Export { config, dir } => {
                     self.runner.spawn_task("export", move |ev| {
                         ev.export(&config, &dir).map_err(|e| e.to_string())
+                    });
+                }
+                Request::Finetune(job) => self.runner.start_finetune(job),
+                Request::CancelFinetune => self.runner.cancel_finetune(),
+                Request::ExportTuned { key, dir } => {
+                    self.runner.spawn_task("export", move |ev| {
+                        ev.export_tuned(key, &dir).map_err(|e| e.to_string())
                     });
                 }
                 Request::Plot { input, dir } => {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod finetune;
 pub mod info;
 pub mod jobs;
 pub mod journal;

@@ -26,6 +26,7 @@ use crate::model::{InputSpec, Model, Op};
 
 use super::config::{Config, LayerSetting};
 use super::eval::{Estimate, EvalError, Evaluator, Figures, Fnv, LayerFigures, Stage};
+use super::finetune::{TuneHost, TuneJob, TuneOutcome, TuneProgress, TunedModel};
 use super::info::{HIST_BINS, ModelInfo, histogram};
 use super::results::Inputs;
 use super::search::LayerCost;
@@ -84,6 +85,10 @@ pub struct ModelEvaluator {
     quiet: AtomicBool,
     /// Accuracy batches running now.
     active: AtomicUsize,
+    /// The training set `f` fine-tunes on, when there is one.
+    training: Option<PathBuf>,
+    /// Fine-tuned models of this run, for export.
+    tuned: Mutex<Vec<Arc<TunedModel>>>,
 }
 
 impl ModelEvaluator {
@@ -123,7 +128,15 @@ impl ModelEvaluator {
             latency_lock: Mutex::new(()),
             quiet: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            training: None,
+            tuned: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Fine-tunes (`f`) on the training set at `path`.
+    pub fn with_training(mut self, path: Option<PathBuf>) -> Self {
+        self.training = path;
+        self
     }
 
     /// Calibrates quantized activations on these prepared inputs (training images, so the
@@ -342,24 +355,69 @@ impl ModelEvaluator {
     /// throughput after it.
     pub fn measurement(&self, config: &Config) -> Result<Measurement, EvalError> {
         let built = self.build(config)?;
+        Ok(self.measurement_of(&built.plan, &built.model))
+    }
+
+    /// `measurement` of a packed model and its plan.
+    fn measurement_of(&self, plan: &Plan, model: &CompressedModel) -> Measurement {
         let timing = measure::Timing {
             latency: false,
             throughput: false,
         };
         let mut m = measure::measure(
-            &built.model,
-            Some(&built.plan),
+            model,
+            Some(plan),
             Some(&self.model),
             &self.inputs,
             &self.labels,
             None,
             timing,
         );
-        let lat = self.latency(&built.model);
+        let lat = self.latency(model);
         m.latency_us = lat.median_us;
         m.latency_p90_us = lat.p90_us;
-        m.throughput = engine::throughput(&built.model, &self.inputs, self.labels.len());
-        Ok(m)
+        m.throughput = engine::throughput(model, &self.inputs, self.labels.len());
+        m
+    }
+
+    /// Writes `recipe.toml`, `model.safetensors` (`model`'s bytes) and `measurement.json`
+    /// into `dir`, all or none.
+    fn write_export(
+        &self,
+        recipe: &Recipe,
+        dir: &Path,
+        model: &dyn Fn() -> Result<(Vec<u8>, Measurement), EvalError>,
+    ) -> Result<Vec<PathBuf>, EvalError> {
+        let write = |path: &Path, e: &dyn std::fmt::Display| EvalError::Write {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| write(dir, &e))?;
+        let recipe_text = recipe.to_toml();
+        let recipe_path = dir.join("recipe.toml");
+        let model_path = dir.join("model.safetensors");
+        let json_path = dir.join("measurement.json");
+        crate::files::OutputCheck::new()
+            .inputs("input", self.inputs().iter().map(PathBuf::as_path))
+            .output("the exported recipe", &recipe_path)
+            .output("the exported model", &model_path)
+            .output("the exported measurement", &json_path)
+            .check()
+            .map_err(|e| write(dir, &e))?;
+        let (bytes, measurement) = model()?;
+        let json = serde_json::to_string_pretty(&ExportedMeasurement {
+            inputs: self.provenance.as_ref(),
+            recipe,
+            measurement: &measurement,
+        })
+        .map_err(|e| write(&json_path, &e))?;
+        crate::files::write_all_atomic(&[
+            (&recipe_path, recipe_text.as_bytes()),
+            (&model_path, &bytes),
+            (&json_path, json.as_bytes()),
+        ])
+        .map_err(|e| write(dir, &e))?;
+        Ok(vec![recipe_path, model_path, json_path])
     }
 
     /// The model index where a probe of compressible layer `layer` can start running, with
@@ -445,6 +503,41 @@ impl ModelEvaluator {
         let mut f = self.base_figures(&plan, &packed, size as u64, config.activation_bits);
         f.accuracy = Some(Estimate::from_subset(acc, n, n));
         Ok(f)
+    }
+}
+
+impl TuneHost for ModelEvaluator {
+    fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn recipe(&self, config: &Config) -> Recipe {
+        config.to_recipe(&self.info)
+    }
+
+    fn measure_tuned(
+        &self,
+        plan: &Plan,
+        compressed: &CompressedModel,
+        activation_bits: Option<u8>,
+        cancel: &AtomicBool,
+    ) -> Result<(Figures, Figures), EvalError> {
+        let base = self.base_figures(
+            plan,
+            &|i| packed_at(&compressed.steps, i),
+            compressed.size_bytes() as u64,
+            activation_bits,
+        );
+        let mut full = base.clone();
+        let a = self.accuracy(compressed, &self.inputs, &self.labels, cancel)?;
+        let n = self.labels.len();
+        full.accuracy = Some(Estimate::from_subset(a, n, n));
+        let mut latency = base;
+        let lat = self.latency(compressed);
+        latency.latency_us = Some(lat.median_us);
+        latency.latency_p90_us = Some(lat.p90_us);
+        latency.layers.clear();
+        Ok((full, latency))
     }
 }
 
@@ -579,39 +672,58 @@ impl Evaluator for ModelEvaluator {
     }
 
     fn export(&self, config: &Config, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
-        let write = |path: &Path, e: &dyn std::fmt::Display| EvalError::Write {
-            path: path.to_path_buf(),
-            msg: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| write(dir, &e))?;
         let recipe = config.to_recipe(&self.info);
         let recipe_text = recipe.to_toml();
-        let recipe_path = dir.join("recipe.toml");
-        let model_path = dir.join("model.safetensors");
-        let json_path = dir.join("measurement.json");
-        crate::files::OutputCheck::new()
-            .inputs("input", self.inputs().iter().map(PathBuf::as_path))
-            .output("the exported recipe", &recipe_path)
-            .output("the exported model", &model_path)
-            .output("the exported measurement", &json_path)
-            .check()
-            .map_err(|e| write(dir, &e))?;
-        let built = self.build(config)?;
-        let measurement = self.measurement(config)?;
-        let json = serde_json::to_string_pretty(&ExportedMeasurement {
-            inputs: self.provenance.as_ref(),
-            recipe: &recipe,
-            measurement: &measurement,
+        self.write_export(&recipe, dir, &|| {
+            let built = self.build(config)?;
+            let bytes = built.model.to_bytes(Some(&recipe_text))?;
+            Ok((bytes, self.measurement_of(&built.plan, &built.model)))
         })
-        .map_err(|e| write(&json_path, &e))?;
-        let model = built.model.to_bytes(Some(&recipe_text))?;
-        crate::files::write_all_atomic(&[
-            (&recipe_path, recipe_text.as_bytes()),
-            (&model_path, &model),
-            (&json_path, json.as_bytes()),
-        ])
-        .map_err(|e| write(dir, &e))?;
-        Ok(vec![recipe_path, model_path, json_path])
+    }
+
+    fn finetune(
+        &self,
+        job: &TuneJob,
+        cancel: &AtomicBool,
+        report: &mut dyn FnMut(TuneProgress),
+    ) -> Result<TuneOutcome, EvalError> {
+        let Some(path) = &self.training else {
+            return Err(EvalError::Other(
+                "no training set beside the evaluation set: give --train DATA".into(),
+            ));
+        };
+        let (outcome, model) = super::finetune::run(self, path, job, cancel, report)?;
+        if let Ok(mut tuned) = self.tuned.lock() {
+            tuned.retain(|t| t.key != model.key);
+            tuned.push(model);
+        }
+        Ok(outcome)
+    }
+
+    fn export_tuned(&self, key: u64, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+        let found = self
+            .tuned
+            .lock()
+            .ok()
+            .and_then(|t| t.iter().find(|t| t.key == key).cloned());
+        let Some(t) = found else {
+            return Err(EvalError::Other(
+                "the fine-tuned model is not in memory (it was tuned in an earlier run): press f to tune it again".into(),
+            ));
+        };
+        let recipe = t.recipe.clone();
+        let recipe_text = recipe.to_toml();
+        self.write_export(&recipe, dir, &|| {
+            let bytes = t
+                .compressed
+                .sealed_with(
+                    Some(&recipe_text),
+                    &[(super::finetune::FINETUNE_METADATA_KEY, t.metadata.clone())],
+                )
+                .to_bytes()
+                .map_err(EvalError::Other)?;
+            Ok((bytes, self.measurement_of(&t.plan, &t.compressed)))
+        })
     }
 
     fn inputs(&self) -> Vec<PathBuf> {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Config, Permille};
 use super::eval::{Estimate, Figures, Fnv, LayerFigures, Stage, recipe_key};
+use super::finetune::{TuneJob, TuneSpec, TuneState};
 use super::info::ModelInfo;
 use super::jobs::{EvalRequest, Origin, WorkerMsg};
 use super::journal::{Record, key_hex};
@@ -229,6 +230,14 @@ pub enum Request {
         input: PlotInput,
         dir: PathBuf,
     },
+    /// Fine-tune a configuration in the background (one at a time).
+    Finetune(Box<TuneJob>),
+    CancelFinetune,
+    /// Export the fine-tuned model of a point.
+    ExportTuned {
+        key: u64,
+        dir: PathBuf,
+    },
     Journal(Record),
     Quit,
 }
@@ -274,6 +283,10 @@ pub struct Session {
     pub sweeps: Vec<SweepState>,
     /// The last search's answer, when one finished.
     pub search: Option<SearchOutcome>,
+    /// The fine-tune under way (`f`).
+    pub tune: Option<TuneState>,
+    /// How `f` fine-tunes.
+    pub tune_spec: TuneSpec,
     next_sweep: u64,
     undo: Vec<Config>,
     redo: Vec<Config>,
@@ -303,6 +316,8 @@ impl Session {
             pending: Vec::new(),
             sweeps: Vec::new(),
             search: None,
+            tune: None,
+            tune_spec: TuneSpec::default(),
             next_sweep: 1,
             undo: Vec::new(),
             redo: Vec::new(),
@@ -419,7 +434,7 @@ impl Session {
     }
 
     /// The journal line of one stage of a point.
-    fn point_record(&self, key: u64, stage: Stage, figures: Figures) -> Option<Record> {
+    pub(super) fn point_record(&self, key: u64, stage: Stage, figures: Figures) -> Option<Record> {
         let p = self.points.get(&key)?;
         Some(Record::Point {
             key: key_hex(key),
@@ -513,7 +528,7 @@ impl Session {
 
     /// Whether nothing is being measured or queued.
     pub fn idle(&self) -> bool {
-        self.pending.is_empty() && self.sweeps.is_empty()
+        self.pending.is_empty() && self.sweeps.is_empty() && self.tune.is_none()
     }
 
     /// The size the charts draw as a budget: the size budget, or what the target's flash
@@ -531,11 +546,11 @@ impl Session {
         std::mem::take(&mut self.notices)
     }
 
-    fn info(&mut self, text: impl Into<String>) {
+    pub(super) fn info(&mut self, text: impl Into<String>) {
         self.notices.push(Notice::Info(text.into()));
     }
 
-    fn error(&mut self, text: impl Into<String>) {
+    pub(super) fn error(&mut self, text: impl Into<String>) {
         self.notices.push(Notice::Error(text.into()));
     }
 
@@ -672,7 +687,13 @@ impl Session {
             .collect()
     }
 
-    fn ensure_point(&mut self, key: u64, config: &Config, label: Option<&str>, shown: bool) {
+    pub(super) fn ensure_point(
+        &mut self,
+        key: u64,
+        config: &Config,
+        label: Option<&str>,
+        shown: bool,
+    ) {
         let point = self.points.entry(key).or_insert_with(|| {
             self.order.push(key);
             Point::new(key, config.clone())
@@ -839,7 +860,7 @@ impl Session {
             .collect()
     }
 
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         let id = self.next_sweep;
         self.next_sweep += 1;
         id
@@ -858,7 +879,7 @@ impl Session {
 
     /// Cancels the sweeps and the current evaluation; says what was kept.
     pub fn cancel_work(&mut self) -> Vec<Request> {
-        let mut out = Vec::new();
+        let mut out = self.cancel_finetune();
         if !self.sweeps.is_empty() {
             let done: usize = self.sweeps.iter().map(|s| s.done).sum();
             let total: usize = self.sweeps.iter().map(|s| s.total).sum();
@@ -878,6 +899,15 @@ impl Session {
     /// Exports the current configuration into `dir`.
     pub fn export(&mut self, dir: PathBuf) -> Vec<Request> {
         self.info(format!("exporting to {} …", dir.display()));
+        if self
+            .current()
+            .is_some_and(|p| !p.provenance.is_compressed())
+        {
+            return vec![Request::ExportTuned {
+                key: self.current_key,
+                dir,
+            }];
+        }
         vec![Request::Export {
             config: self.config.clone(),
             dir,
@@ -985,6 +1015,13 @@ impl Session {
                 self.search = Some(*outcome);
                 Vec::new()
             }
+            WorkerMsg::TuneProgress { id, progress } => {
+                if let Some(t) = self.tune.as_mut().filter(|t| t.id == id) {
+                    t.apply(&progress);
+                }
+                Vec::new()
+            }
+            WorkerMsg::TuneDone { id, result } => self.finetune_done(id, result),
             WorkerMsg::TaskDone { task, result } => {
                 match result {
                     Ok(paths) => {

@@ -192,7 +192,11 @@ impl Setup {
             opts.quick_samples.max(1),
         )
         .with_provenance(provenance.clone())
-        .with_inputs(protected);
+        .with_inputs(protected)
+        .with_training(super::finetune::training_path(
+            opts.train.as_deref(),
+            &opts.data,
+        ));
         if let Some(l) = loader {
             evaluator = evaluator.with_calibration_loader(l);
         }

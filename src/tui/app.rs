@@ -24,7 +24,7 @@ use crate::explore::pareto;
 use crate::explore::plot::PlotInput;
 use crate::explore::search::{Budget, Objective, SearchJob};
 use crate::explore::sensitivity::SensitivityGrid;
-use crate::explore::session::{Notice, Point, Session};
+use crate::explore::session::{Notice, Point, Provenance, Session};
 use crate::explore::units;
 
 pub use crate::explore::session::{LayerSensitivity, Request, SweepState};
@@ -73,6 +73,9 @@ pub struct ChartSeries {
     pub dense: Option<(f64, f64)>,
     pub current: Option<(f64, f64)>,
     pub pinned: Option<(f64, f64)>,
+    /// Fine-tuned points, and a line from each to its untuned twin.
+    pub tuned: Vec<(f64, f64)>,
+    pub tuned_links: Vec<[(f64, f64); 2]>,
     /// A vertical line at the budget.
     pub budget: Option<[(f64, f64); 2]>,
     pub log_x: bool,
@@ -435,6 +438,7 @@ impl App {
                 self.with_session(|s| s.sensitivity_sweep(&SensitivityGrid::default()))
             }
             Action::UniformSweep => self.with_session(Session::uniform_sweep),
+            Action::Finetune => self.with_session(Session::finetune),
             Action::Search => self.search(),
             Action::LoadSearch => {
                 let Some(best) = self.session.search.as_ref().and_then(|o| o.best.clone()) else {
@@ -672,6 +676,16 @@ impl App {
         s.dense = find(self.session.dense_key);
         s.current = find(self.session.current_key);
         s.pinned = pinned_key.and_then(find);
+        for p in self.session.measured() {
+            let Provenance::FineTuned { from, .. } = &p.provenance else {
+                continue;
+            };
+            let Some(at) = find(p.key) else { continue };
+            s.tuned.push(at);
+            if let Some(twin) = crate::explore::journal::parse_key(from).and_then(find) {
+                s.tuned_links.push([twin, at]);
+            }
+        }
 
         let (x0, x1) = (tx(lo), tx(hi));
         let pad = if x1 > x0 {

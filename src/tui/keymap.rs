@@ -39,6 +39,7 @@ pub enum Action {
     Export,
     Plot,
     Budget,
+    Finetune,
     Zoom,
     Detail,
 }
@@ -333,6 +334,13 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::Cancel,
         group: Group::Work,
         help: "cancel sweeps and work; close help/detail",
+        hint: None,
+    },
+    Binding {
+        keys: &[key('f')],
+        action: Action::Finetune,
+        group: Group::Work,
+        help: "fine-tune the current configuration on the training set (Esc cancels)",
         hint: None,
     },
     Binding {

@@ -30,6 +30,7 @@ const DENSE: Color = Color::Yellow;
 const PINNED: Color = Color::LightGreen;
 const DIM: Color = Color::DarkGray;
 const ERROR: Color = Color::LightRed;
+const TUNED: Color = Color::LightBlue;
 
 /// Where each part of the screen goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,6 +361,25 @@ fn render_chart(
             .style(Style::new().fg(ACCENT))
             .data(&series.frontier),
     ];
+    for link in &series.tuned_links {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(TUNED))
+                .data(link),
+        );
+    }
+    if !series.tuned.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("fine-tuned")
+                .marker(Marker::Bar)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(TUNED))
+                .data(&series.tuned),
+        );
+    }
     if let Some(t) = &app.session.target {
         datasets.push(
             Dataset::default()
@@ -513,7 +533,12 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
             .map_or("…".into(), |s| format!("{:.1}%", s * 100.0))
     };
 
-    let mut header = vec!["", "current", "vs dense"];
+    let current = if cur.is_some_and(|p| !p.provenance.is_compressed()) {
+        "current, fine-tuned"
+    } else {
+        "current"
+    };
+    let mut header = vec!["", current, "vs dense"];
     let mut widths = vec![
         Constraint::Length(9),
         Constraint::Length(22),
@@ -648,7 +673,15 @@ fn fit_line(target: &crate::explore::targets::Target, cur: Option<&Point>) -> Li
 
 /// The progress line: a running sweep's gauge, or what the current edit is waiting for.
 fn render_work(frame: &mut Frame, area: Rect, app: &App) {
-    if let Some(s) = app.session.sweeps.first() {
+    if let Some(t) = &app.session.tune {
+        frame.render_widget(
+            Line::styled(
+                format!("{} · Esc cancels", t.status()),
+                Style::new().fg(TUNED),
+            ),
+            area,
+        );
+    } else if let Some(s) = app.session.sweeps.first() {
         let queued = app.session.sweeps.len() - 1;
         let mut label = format!("{} {}/{}", s.label, s.done, s.total);
         if queued > 0 {

@@ -1,0 +1,281 @@
+//! `f` in the explorer on the bundled LeNet-300-100 and MNIST: a short fine-tune (a few hundred
+//! training images, one epoch) becomes its own point, marked fine-tuned, joined to its untuned
+//! twin, journaled and exportable as the tuned packed model; a cancelled one leaves the
+//! session, the journal and the output folder as they were. Skipped when the bundled files are
+//! missing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use squeeze::compress::recipe::PruneMethod;
+use squeeze::explore::jobs::{Executor, Runner, WorkerMsg};
+use squeeze::explore::journal::parse_key;
+use squeeze::explore::session::{Provenance, Request, SessionOptions};
+use squeeze::explore::setup::{JournalChoice, Setup, SetupOptions};
+use squeeze::tui::app::{App, AppOptions};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn setup(journal: &Path) -> Option<Setup> {
+    let model = root().join("assets/models/lenet-300-100.safetensors");
+    let data = root().join("assets/data/mnist");
+    if !model.exists() || !data.join("train-images-idx3-ubyte.gz").exists() {
+        eprintln!("skipping: the bundled model or data is missing");
+        return None;
+    }
+    let setup = Setup::open(&SetupOptions {
+        model,
+        arch: None,
+        data,
+        labels: None,
+        label_column: None,
+        limit: Some(2000),
+        train: None,
+        quick_samples: 200,
+        journal: JournalChoice::File(journal.to_path_buf()),
+        also_reads: Vec::new(),
+    })
+    .expect("setup");
+    Some(setup)
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+/// An app on the real evaluator, at 90 % L1 sparsity everywhere, measured.
+struct Rig {
+    app: App,
+    runner: Runner,
+    journal: Option<squeeze::explore::journal::JournalWriter>,
+    rx: crossbeam_channel::Receiver<WorkerMsg>,
+}
+
+impl Rig {
+    fn new(setup: &Setup, out_dir: PathBuf) -> Rig {
+        let mut session = setup.session(SessionOptions::default());
+        // A short run: 500 training images, 100 of them for validation, one epoch.
+        session.tune_spec.settings.train.epochs = 1;
+        session.tune_spec.limit = Some(600);
+        session.tune_spec.val_split = 100;
+        let app = App::new(
+            session,
+            AppOptions {
+                out_dir,
+                ..AppOptions::default()
+            },
+        );
+        let runner = Runner::new(setup.evaluator.clone(), 2).expect("runner");
+        let journal = setup.journal_writer(runner.sender()).expect("journal");
+        let rx = runner.messages();
+        let mut rig = Rig {
+            app,
+            runner,
+            journal,
+            rx,
+        };
+        let r = rig.app.start();
+        rig.run(r);
+        let r = rig.app.session.edit(|c| {
+            for l in &mut c.layers {
+                l.prune = PruneMethod::L1;
+                l.sparsity = 900;
+            }
+        });
+        rig.run(r);
+        rig.until(|_, app| app.session.idle());
+        rig
+    }
+
+    fn run(&mut self, requests: Vec<Request>) {
+        Executor {
+            runner: &mut self.runner,
+            journal: self.journal.as_ref(),
+            plot: None,
+        }
+        .run(requests);
+    }
+
+    /// Hands worker messages to the app until `done` holds (after a message) or a minute
+    /// passes.
+    fn until(&mut self, done: impl Fn(&WorkerMsg, &App) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let Ok(msg) = self.rx.recv_timeout(Duration::from_millis(100)) else {
+                continue;
+            };
+            let r = self.app.handle_worker(msg.clone());
+            self.run(r);
+            if done(&msg, &self.app) {
+                return;
+            }
+        }
+        panic!("timed out waiting for the workers");
+    }
+
+    fn press(&mut self, k: KeyEvent) {
+        let r = self.app.handle_key(k);
+        self.run(r);
+    }
+
+    fn close_journal(&mut self) {
+        self.journal = None;
+    }
+}
+
+fn screen(app: &App) -> String {
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48)).unwrap();
+    t.draw(|f| squeeze::tui::render::render(f, app)).unwrap();
+    let buf = t.backend().buffer();
+    let mut s = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            s.push_str(buf[(x, y)].symbol());
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[test]
+fn a_short_finetune_is_a_point_joined_to_its_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let Some(setup) = setup(&journal) else { return };
+    let mut rig = Rig::new(&setup, dir.path().join("out"));
+    let twin = rig.app.session.current_key;
+    let untuned = rig.app.current().and_then(|p| p.accuracy()).unwrap().value;
+
+    rig.press(key('f'));
+    assert!(rig.app.session.tune.is_some());
+    // One at a time.
+    rig.press(key('f'));
+    assert!(
+        rig.app
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("a fine-tune is running")),
+        "{:?}",
+        rig.app.message
+    );
+    // The status says what it is doing once an epoch has started.
+    rig.until(|m, _| matches!(m, WorkerMsg::TuneProgress { .. }));
+    let text = screen(&rig.app);
+    assert!(text.contains("fine-tuning: "), "{text}");
+    assert!(text.contains("Esc cancels"), "{text}");
+
+    rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
+    let s = &rig.app.session;
+    assert!(s.tune.is_none(), "{:?}", rig.app.last_error);
+    let tuned = s.current().expect("the tuned point is current");
+    assert_ne!(tuned.key, twin);
+    let Provenance::FineTuned { from, settings } = &tuned.provenance else {
+        panic!("not marked fine-tuned: {:?}", tuned.provenance);
+    };
+    assert_eq!(parse_key(from), Some(twin));
+    assert!(settings.contains("\"epochs\":1") && settings.contains("\"data\""));
+    // Its key holds its provenance: the same configuration, another key.
+    assert_eq!(tuned.config, s.point(twin).unwrap().config);
+    assert_eq!(s.key_with(&tuned.config, &tuned.provenance), tuned.key);
+    let after = tuned.accuracy().unwrap().value;
+    assert!(
+        after > untuned + 0.05,
+        "fine-tuning did not recover: {untuned} → {after}"
+    );
+    assert!(tuned.latency_us().is_some() && tuned.size_bytes().is_some());
+    // Both charts: a fine-tuned marker and a line to the twin.
+    assert_eq!(rig.app.size_chart.tuned.len(), 1);
+    assert_eq!(rig.app.size_chart.tuned_links.len(), 1);
+    assert_eq!(rig.app.latency_chart.tuned_links.len(), 1);
+    let text = screen(&rig.app);
+    assert!(text.contains("current, fine-tuned"), "{text}");
+    assert!(text.contains("fine-tuned in"), "{text}");
+
+    // Pressing f again on the tuned point does not train again.
+    rig.press(key('f'));
+    assert!(rig.app.session.tune.is_none());
+
+    // Export writes the tuned packed model.
+    let out = dir.path().join("export");
+    let r = rig.app.session.export(out.clone());
+    assert!(matches!(r.as_slice(), [Request::ExportTuned { .. }]));
+    rig.run(r);
+    rig.until(|m, _| matches!(m, WorkerMsg::TaskDone { .. }));
+    assert!(rig.app.last_error.is_none(), "{:?}", rig.app.last_error);
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
+    assert!(head.contains("squeeze.finetune"));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("measurement.json")).unwrap()).unwrap();
+    let exported = m["accuracy"].as_f64().unwrap();
+    assert!((exported - after).abs() < 1e-9, "{exported} vs {after}");
+
+    // Journaled: a new session on the same journal knows the tuned point and its twin.
+    rig.close_journal();
+    let again = Setup::open(&SetupOptions {
+        limit: Some(2000),
+        ..reopen(&journal)
+    })
+    .unwrap();
+    let session = again.session(SessionOptions::default());
+    let p = session.point(tuned_key(&rig.app)).expect("journaled");
+    assert!(!p.provenance.is_compressed());
+    assert_eq!(p.accuracy().unwrap().value, after);
+}
+
+fn tuned_key(app: &App) -> u64 {
+    app.session.current_key
+}
+
+fn reopen(journal: &Path) -> SetupOptions {
+    SetupOptions {
+        model: root().join("assets/models/lenet-300-100.safetensors"),
+        arch: None,
+        data: root().join("assets/data/mnist"),
+        labels: None,
+        label_column: None,
+        limit: None,
+        train: None,
+        quick_samples: 200,
+        journal: JournalChoice::File(journal.to_path_buf()),
+        also_reads: Vec::new(),
+    }
+}
+
+#[test]
+fn a_cancelled_finetune_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.jsonl");
+    let Some(setup) = setup(&journal) else { return };
+    let out = dir.path().join("out");
+    let mut rig = Rig::new(&setup, out.clone());
+    let keys: Vec<u64> = rig.app.session.order.clone();
+    let current = rig.app.session.current_key;
+
+    rig.press(key('f'));
+    rig.until(|m, _| matches!(m, WorkerMsg::TuneProgress { .. }));
+    rig.press(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert!(rig.app.session.tune.is_none());
+    assert!(
+        rig.app
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("cancelled")),
+        "{:?}",
+        rig.app.message
+    );
+    // The worker stops and says so; nothing it sends is kept.
+    rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
+    let s = &rig.app.session;
+    assert_eq!(s.order, keys);
+    assert_eq!(s.current_key, current);
+    assert!(s.points.values().all(|p| p.provenance.is_compressed()));
+    assert!(rig.app.size_chart.tuned.is_empty());
+    rig.close_journal();
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(!text.contains("fine_tuned"), "{text}");
+    assert!(!out.exists());
+}
