@@ -340,7 +340,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('f')],
         action: Action::Finetune,
         group: Group::Work,
-        help: "fine-tune the current configuration on the training set (Esc cancels)",
+        help: "fine-tune on the training set (Esc cancels)",
         hint: None,
     },
     Binding {
