@@ -301,3 +301,147 @@ fn search_writes_a_recipe_within_the_budget() {
             .contains("MISSES size")
     );
 }
+
+#[test]
+fn info_and_bench_read_a_compressed_model() {
+    let Some((model, data)) = assets() else {
+        eprintln!("skipping: the bundled model or data is missing");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        "[default]\nbits = 8\n[layer.fc1]\nprune = \"l1\"\nsparsity = 0.9\nbits = 4\n",
+    )
+    .unwrap();
+    let packed = dir.path().join("m.safetensors");
+    let run = |args: &[&str]| Command::new(BIN).args(args).output().expect("run squeeze");
+    ok(&run(&[
+        "apply",
+        "--model",
+        model.to_str().unwrap(),
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        packed.to_str().unwrap(),
+    ]));
+    let text = ok(&run(&["info", "--model", packed.to_str().unwrap()]));
+    assert!(text.contains("stored as"), "{text}");
+    assert!(text.contains("+u4/channel"), "{text}");
+    assert!(text.contains("dense+u8/channel"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&run(&[
+        "info",
+        "--model",
+        packed.to_str().unwrap(),
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let fc1 = &json["layers"][1];
+    assert!(
+        fc1["format"].as_str().unwrap().ends_with("+u4/channel"),
+        "{fc1}"
+    );
+    assert!(fc1["bytes"].as_u64().unwrap() < 300 * 784 / 4, "{fc1}");
+    let bench = ok(&run(&[
+        "bench",
+        "--model",
+        packed.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--repeat",
+        "1",
+    ]));
+    assert!(bench.contains("as stored"), "{bench}");
+}
+
+/// Checks that `html` nests its elements properly (void and self-closed elements aside) and
+/// returns the names of the elements it opens, in order.
+fn parse_html(html: &str) -> Vec<String> {
+    const VOID: [&str; 6] = ["meta", "br", "img", "hr", "input", "link"];
+    let mut stack: Vec<String> = Vec::new();
+    let mut opened = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        rest = &rest[i + 1..];
+        let end = rest.find('>').expect("an unclosed tag");
+        let tag = &rest[..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('!') || tag.starts_with('?') {
+            continue;
+        }
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        assert!(!name.is_empty(), "an empty tag <{tag}>");
+        if tag.starts_with('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.as_str()),
+                "</{name}> closes nothing open"
+            );
+        } else if !tag.ends_with('/') && !VOID.contains(&name.as_str()) {
+            stack.push(name.clone());
+            opened.push(name);
+        } else {
+            opened.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "left open: {stack:?}");
+    opened
+}
+
+#[test]
+fn the_report_is_one_self_contained_html_file() {
+    let Some((model, data)) = assets() else {
+        eprintln!("skipping: the bundled model or data is missing");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("s.jsonl");
+    let out = dir.path().join("report.html");
+    ok(&squeeze(
+        &["sensitivity", "--sparsities", "0.5,0.9", "--bits", "4"],
+        &model,
+        &data,
+        &journal,
+    ));
+    ok(&squeeze(
+        &["report", "--out", out.to_str().unwrap()],
+        &model,
+        &data,
+        &journal,
+    ));
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    let elements = parse_html(&html);
+    for e in ["html", "head", "title", "body", "table", "svg"] {
+        assert!(elements.iter().any(|x| x == e), "no <{e}>");
+    }
+    for id in [
+        "inputs",
+        "configurations",
+        "charts",
+        "sensitivity",
+        "recipes",
+    ] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "no section {id}");
+    }
+    // Nothing is fetched: no external source, link or script.
+    assert!(!html.contains(" src=") && !html.contains(" href=") && !html.contains("<script"));
+    let digest = squeeze::files::sha256_file(&model).unwrap();
+    assert!(html.contains(&digest), "the model's SHA-256 is missing");
+    assert!(html.contains("fc1") && html.contains("dense"));
+    // The report replaces nothing.
+    let again = squeeze(
+        &["report", "--out", out.to_str().unwrap()],
+        &model,
+        &data,
+        &journal,
+    );
+    assert!(!again.status.success());
+}

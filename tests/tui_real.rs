@@ -250,3 +250,22 @@ fn probes_measure_what_a_whole_evaluation_measures() {
         }
     }
 }
+
+#[test]
+fn the_table_names_weights_as_the_engine_stores_them() {
+    let Some((ev, _)) = evaluator() else { return };
+    let n = ev.info().layers.len();
+    let never = AtomicBool::new(false);
+    let mut c = Config::dense(n);
+    c.layers[0].bits = Bits::Int(8);
+    c.layers[1].bits = Bits::Int(4);
+    c.layers[1].granularity = squeeze::compress::recipe::GranularityKind::Group;
+    c.layers[1].group_size = 50;
+    c.layers[2].bits = Bits::Int(5);
+    c.layers[2].scheme = Scheme::Kmeans;
+    let f = ev.evaluate(&c, Stage::Quick, &never).unwrap();
+    for (setting, layer) in c.layers.iter().zip(&f.layers) {
+        let stored = layer.format.split('+').nth(1).unwrap_or_default();
+        assert_eq!(stored, setting.quant_label(), "{}", layer.format);
+    }
+}

@@ -144,7 +144,7 @@ fn returning_to_a_configuration_is_a_cache_hit() {
     // Undo past the start says so.
     app.handle_key(key('u'));
     assert!(app.handle_key(key('u')).is_empty());
-    assert_eq!(app.message.as_deref(), Some("nothing to undo"));
+    assert_eq!(app.message_text(), Some("nothing to undo"));
 }
 
 #[test]
@@ -177,9 +177,11 @@ fn failures_show_in_plain_words_and_are_journaled() {
     assert!(
         matches!(&out[0], Request::Journal(Record::Failed { error, .. }) if error.contains("calibration"))
     );
+    let m = app.message().unwrap();
+    assert!(m.error);
     assert_eq!(
-        app.last_error.as_deref(),
-        Some("quick estimate failed: activation calibration: no samples")
+        m.text,
+        "quick estimate failed: activation calibration: no samples"
     );
     assert!(app.session.pending.is_empty());
 }
@@ -207,7 +209,7 @@ fn sweeps_skip_cached_points_and_cancel_with_esc() {
     let r = app.handle_key(code(KeyCode::Esc));
     assert!(r.contains(&Request::CancelSweeps));
     assert!(app.session.sweeps.is_empty());
-    assert!(app.message.as_deref().unwrap().contains("3 of"));
+    assert!(app.message_text().unwrap().contains("3 of"));
     // The worker confirms later; nothing breaks.
     app.handle_worker(WorkerMsg::SweepDone {
         sweep: id,
@@ -218,7 +220,7 @@ fn sweeps_skip_cached_points_and_cancel_with_esc() {
     let r = app.handle_key(key('S'));
     settle(&mut app, r);
     assert!(app.handle_key(key('S')).is_empty());
-    assert!(app.message.as_deref().unwrap().contains("already measured"));
+    assert!(app.message_text().unwrap().contains("already measured"));
     // Sensitivity curves are filled for every layer.
     for s in &app.session.sensitivity {
         assert_eq!(s.prune.len(), sensitivity::DEFAULT_SPARSITIES.len());
@@ -300,7 +302,7 @@ fn export_plot_pin_and_views() {
     app.handle_key(key('e'));
     assert!(app.handle_key(code(KeyCode::Esc)).is_empty());
     assert!(app.prompt.is_none());
-    assert_eq!(app.message.as_deref(), Some("export cancelled"));
+    assert_eq!(app.message_text(), Some("export cancelled"));
     app.handle_key(key('c'));
     assert!(app.session.pins[0].is_some());
     press(&mut app, key('1'));
@@ -309,17 +311,12 @@ fn export_plot_pin_and_views() {
         panic!("{r:?}");
     };
     assert_eq!(input.points.len(), 2);
-    assert!(input.pinned.is_some() && input.dense.is_some());
+    assert!(input.pins.len() == 1 && input.dense.is_some());
     app.handle_worker(WorkerMsg::TaskDone {
         task: "plots".into(),
         result: Ok(vec!["squeeze-out/accuracy-vs-size.png".into()]),
     });
-    assert!(
-        app.message
-            .as_deref()
-            .unwrap()
-            .contains("accuracy-vs-size.png")
-    );
+    assert!(app.message_text().unwrap().contains("accuracy-vs-size.png"));
 
     app.handle_key(key('?'));
     assert_eq!(app.view, View::Help);
@@ -439,4 +436,251 @@ fn edits_that_keep_the_recipe_keep_the_cache() {
     assert!(evaluations(&r).is_empty(), "{r:?}");
     assert_eq!(app.session.current_key, app.session.dense_key);
     assert!(app.session.can_undo());
+}
+
+/// The current configuration fails at its first stage, as structured pruning on an output
+/// layer or a calibration problem does.
+fn fail_current(app: &mut squeeze::tui::App, r: &[Request], error: &str) {
+    let ev = evaluations(r)[0].clone();
+    let _ = app.handle_worker(WorkerMsg::Failed {
+        origin: Origin::Interactive(app.session.generation),
+        key: ev.key,
+        stage: Stage::Quick,
+        error: error.into(),
+    });
+}
+
+#[test]
+fn messages_age_newer_replace_older_and_the_log_keeps_them() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let r = app.handle_key(key('a'));
+    fail_current(&mut app, &r, "activation calibration: no samples");
+    assert!(app.message().unwrap().error);
+    // A newer message replaces the error: a preset, a pin, an export all say so.
+    press(&mut app, key('2'));
+    assert_eq!(app.message_text(), Some("preset: int8 everywhere"));
+    press(&mut app, key('c'));
+    assert_eq!(app.message_text(), Some("pinned as A"));
+    // A failed export, then one that worked: the newer one is shown.
+    app.handle_worker(WorkerMsg::TaskDone {
+        task: "export".into(),
+        result: Err("squeeze-out/x/model.safetensors: File exists".into()),
+    });
+    assert!(app.message().unwrap().error);
+    app.handle_worker(WorkerMsg::TaskDone {
+        task: "export".into(),
+        result: Ok(vec!["squeeze-out/y/recipe.toml".into()]),
+    });
+    let m = app.message().unwrap();
+    assert!(!m.error && m.text.contains("recipe.toml"), "{m:?}");
+    // Messages age.
+    app.tick(app.now + Duration::from_secs(squeeze::tui::app::MESSAGE_SECONDS + 1));
+    assert_eq!(app.message(), None);
+    // The log keeps everything; while it is open keys only close it.
+    let before = app.session.config.clone();
+    app.handle_key(key('M'));
+    assert_eq!(app.view, View::Messages);
+    let screen = screen(&draw(&app, 100, 30));
+    assert!(
+        screen.contains("activation calibration: no samples"),
+        "{screen}"
+    );
+    assert!(screen.contains("File exists"), "{screen}");
+    assert!(app.handle_key(code(KeyCode::Right)).is_empty());
+    assert_eq!(app.view, View::Main);
+    assert_eq!(app.session.config, before);
+}
+
+#[test]
+fn structured_pruning_never_reaches_the_output_layer() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    // `m` on fc3 (the output layer) skips structured.
+    app.handle_key(key('j'));
+    app.handle_key(key('j'));
+    for _ in 0..8 {
+        app.handle_key(key('m'));
+        assert_ne!(app.session.config.layers[2].prune, PruneMethod::Structured);
+    }
+    app.handle_key(key('r'));
+    // On fc1 it is offered; `A` copies it everywhere it can go and leaves fc3 whole.
+    app.handle_key(key('k'));
+    app.handle_key(key('k'));
+    for _ in 0..3 {
+        app.handle_key(key('m'));
+    }
+    assert_eq!(app.session.config.layers[0].prune, PruneMethod::Structured);
+    app.handle_key(key('-'));
+    app.handle_key(key('A'));
+    let layers = &app.session.config.layers;
+    assert_eq!(layers[1].prune, PruneMethod::Structured);
+    assert_eq!(layers[2].prune, PruneMethod::None);
+    assert_eq!(
+        layers[2].bits,
+        Bits::F16,
+        "the rest of the setting still applies"
+    );
+    assert!(app.message_text().unwrap().contains("fc3"));
+}
+
+#[test]
+fn a_failed_configuration_is_one_clear_state() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let r = app.handle_key(key('a'));
+    fail_current(&mut app, &r, "activation calibration: fc1: no finite value");
+    for (w, h) in [(140, 45), (80, 24)] {
+        let s = screen(&draw(&app, w, h));
+        assert!(s.contains("failed"), "{s}");
+        assert!(s.contains("cannot be measured"), "{s}");
+        assert!(!s.contains("measuring"), "{s}");
+        assert!(!s.contains("idle"), "{s}");
+        assert!(!s.contains('…'), "{s}");
+    }
+    // Once the message has aged, the reason is still on screen: it is the state.
+    app.tick(app.now + Duration::from_secs(squeeze::tui::app::ERROR_SECONDS + 1));
+    let s = screen(&draw(&app, 140, 45));
+    assert!(s.contains("no finite value"), "{s}");
+}
+
+#[test]
+fn messages_wrap_and_shorten_paths_instead_of_cutting() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let cwd = std::env::current_dir().unwrap();
+    let dir = cwd.join("squeeze-out/lenet-300-100-0123abcd");
+    app.handle_worker(WorkerMsg::TaskDone {
+        task: "export".into(),
+        result: Ok(vec![
+            dir.join("recipe.toml"),
+            dir.join("model.safetensors"),
+            dir.join("measurement.json"),
+        ]),
+    });
+    assert_eq!(
+        app.message_text(),
+        Some(
+            "export: wrote squeeze-out/lenet-300-100-0123abcd/{recipe.toml, model.safetensors, measurement.json}"
+        )
+    );
+    let s = screen(&draw(&app, 80, 24));
+    assert!(s.contains("measurement.json}"), "{s}");
+    // A long error wraps over rows rather than ending mid-word.
+    let long = "quick estimate failed: layer fc3: structured pruning is not possible: fc3 produces the model's output (class scores); removing its outputs would remove classes";
+    app.warn(long);
+    let s = screen(&draw(&app, 80, 24));
+    // The message rows, above the key bar, hold the whole text.
+    let rows: Vec<&str> = s.lines().collect();
+    let joined = rows[rows.len() - 4..rows.len() - 1]
+        .iter()
+        .map(|r| r.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(joined.contains(long), "{s}");
+}
+
+#[test]
+fn the_header_keeps_the_point_count_at_80_columns() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, key('2'));
+    press(&mut app, key('c'));
+    let n = app.session.measured().count();
+    for w in [80, 100, 140] {
+        let s = screen(&draw(&app, w, 24));
+        let first = s.lines().next().unwrap();
+        assert!(
+            first.trim_end().ends_with(&format!("{n} points")),
+            "{w}: {first}"
+        );
+        assert!(first.contains("lenet-300-100"), "{first}");
+    }
+}
+
+#[test]
+fn legends_sit_on_the_border_at_every_size() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, key('w'));
+    press(&mut app, key('4'));
+    for (w, h) in [(220, 60), (100, 30), (80, 24)] {
+        let s = screen(&draw(&app, w, h));
+        // No legend box inside a chart; the legend is on the charts' lower border.
+        assert!(!s.contains("│points"), "{s}");
+        let border = s
+            .lines()
+            .find(|l| l.contains("Pareto") && l.contains('└'))
+            .unwrap_or_else(|| panic!("{w}×{h}: no legend on a border:\n{s}"));
+        assert!(border.contains("current"), "{border}");
+    }
+    assert!(
+        app.messages.iter().all(|m| !m.text.contains("1 points")),
+        "one point is a point"
+    );
+}
+
+#[test]
+fn help_swallows_keys_and_fits_80_by_24() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    app.handle_key(key('?'));
+    let s = screen(&draw(&app, 80, 24));
+    for g in squeeze::tui::keymap::Group::ALL {
+        for (_, help) in squeeze::tui::keymap::help_lines(g) {
+            assert!(
+                s.contains(help),
+                "help line {help:?} missing at 80×24:\n{s}"
+            );
+        }
+    }
+    let before = app.session.config.clone();
+    assert!(app.handle_key(code(KeyCode::Right)).is_empty());
+    assert_eq!(app.session.config, before, "→ went through the help");
+    assert_eq!(app.view, View::Main);
+}
+
+#[test]
+fn the_detail_view_keeps_the_status_in_sight() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, code(KeyCode::Right));
+    app.handle_key(key('d'));
+    assert_eq!(app.view, View::Detail);
+    let acc = format!(
+        "{:.2}%",
+        app.current().unwrap().accuracy().unwrap().value * 100.0
+    );
+    for (w, h) in [(80, 24), (140, 45)] {
+        let s = screen(&draw(&app, w, h));
+        assert!(s.contains("accuracy") && s.contains(&acc), "{s}");
+    }
+}
+
+#[test]
+fn exports_never_replace_an_earlier_export() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("run");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("recipe.toml"), "x").unwrap();
+    let r = app.session.export(target.clone());
+    let [Request::Export { dir: to, .. }] = r.as_slice() else {
+        panic!("{r:?}");
+    };
+    assert_eq!(to, &dir.path().join("run-2"));
+    // An empty or missing directory is used as it is.
+    let fresh = dir.path().join("fresh");
+    let r = app.session.export(fresh.clone());
+    assert!(matches!(r.as_slice(), [Request::Export { dir, .. }] if *dir == fresh));
 }

@@ -99,7 +99,95 @@ fn candle_latency(model: &Model, sample: &[f32]) -> anyhow::Result<(f64, f64)> {
     Ok((at(0.5), at(0.9)))
 }
 
+/// A compressed file (written by `squeeze apply`) measured as it is stored: there is no dense
+/// model to compare with in one run, so no recipes and no speed-up.
+fn run_compressed(args: &BenchArgs) -> anyhow::Result<()> {
+    if !args.recipe.is_empty() {
+        anyhow::bail!(
+            "{} is already compressed; --recipe applies to a dense model",
+            args.model.model.display()
+        );
+    }
+    let cm = engine::load_compressed(&args.model.model)?;
+    let set = args.data.load()?;
+    let inputs = prepare(&cm.model, &set)?;
+    let n = set.len();
+    let m = measure::measure(
+        &cm,
+        None,
+        None,
+        &inputs,
+        &set.labels,
+        None,
+        measure::Timing {
+            latency: true,
+            throughput: false,
+        },
+    );
+    let mut times = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let t = Instant::now();
+        std::hint::black_box(cm.logits(&inputs, n));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let row = Row {
+        name: "as stored".into(),
+        accuracy: m.accuracy.accuracy,
+        size_bytes: m.size_bytes,
+        ratio: m.ratio,
+        full_set_ms: median(times),
+        latency_us: m.latency_us,
+        latency_p90_us: m.latency_p90_us,
+        speedup: 1.0,
+    };
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&[row])?),
+        Format::Text => {
+            println!(
+                "{} (compressed) on {n} samples of {}; {} threads\n",
+                args.model.model.display(),
+                set.source.display(),
+                rayon::current_num_threads()
+            );
+            print_rows(&[row]);
+            println!();
+            for l in &m.layers {
+                println!(
+                    "  {:<12} {:<26} {:>11}",
+                    l.name,
+                    l.format,
+                    human_bytes(l.size_bytes)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<30} {:>8} {:>11} {:>7} {:>11} {:>11} {:>10} {:>8}",
+        "variant", "top-1", "size", "ratio", "full set", "latency", "p90", "speed-up"
+    );
+    for r in rows {
+        println!(
+            "{:<30} {:>7.2}% {:>11} {:>6.1}× {:>8.1} ms {:>8.1} µs {:>7.1} µs {:>7.2}×",
+            r.name,
+            r.accuracy * 100.0,
+            human_bytes(r.size_bytes),
+            r.ratio,
+            r.full_set_ms,
+            r.latency_us,
+            r.latency_p90_us,
+            r.speedup
+        );
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if engine::is_compressed_file(&args.model.model) {
+        return run_compressed(&args);
+    }
     let loaded = load_model(&args.model.model, args.model.arch.as_deref())?;
     let model = &loaded.model;
     let set = args.data.load()?;
@@ -204,23 +292,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 set.source.display(),
                 rayon::current_num_threads()
             );
-            println!(
-                "{:<30} {:>8} {:>11} {:>7} {:>11} {:>11} {:>10} {:>8}",
-                "variant", "top-1", "size", "ratio", "full set", "latency", "p90", "speed-up"
-            );
-            for r in &rows {
-                println!(
-                    "{:<30} {:>7.2}% {:>11} {:>6.1}× {:>8.1} ms {:>8.1} µs {:>7.1} µs {:>7.2}×",
-                    r.name,
-                    r.accuracy * 100.0,
-                    human_bytes(r.size_bytes),
-                    r.ratio,
-                    r.full_set_ms,
-                    r.latency_us,
-                    r.latency_p90_us,
-                    r.speedup
-                );
-            }
+            print_rows(&rows);
             // The roofline: how long the dense evaluation's multiply-adds take at the FMA peak
             // measured now on the same threads.
             if let Some(dense) = rows.get(1) {

@@ -246,7 +246,7 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
         app.set_initial(c);
     }
     if args.resume && notes.iter().all(|n| n.starts_with("quantized activations")) {
-        app.message = Some(format!(
+        app.say(format!(
             "resumed: {} points from {}",
             app.session.measured().count(),
             setup
@@ -255,7 +255,7 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
                 .map_or(String::new(), |p| p.display().to_string())
         ));
     } else if !notes.is_empty() {
-        app.message = Some(notes.join("; "));
+        app.say(notes.join("; "));
     }
     tui::run(
         app,

@@ -1,9 +1,11 @@
 //! `squeeze info`: the model's layers, parameters, MACs, bytes, activation memory and what
-//! loading and running it allocates.
+//! loading and running it allocates — of a dense model or of a compressed one (written by
+//! `apply` or `finetune`), then with each layer's stored format and exact packed bytes.
 
 use serde::Serialize;
 
 use super::common::{Format, ModelArgs, human_bytes, load_model, thousands};
+use crate::engine::CompressedModel;
 use crate::model::Model;
 
 #[derive(Debug, clap::Args)]
@@ -21,8 +23,12 @@ pub struct LayerInfo {
     pub output_shape: Vec<usize>,
     pub params: usize,
     pub macs: usize,
-    /// Bytes of the layer's tensors as stored in the file.
+    /// Bytes of the layer's tensors as stored in the file (a compressed layer: its exact packed
+    /// bytes).
     pub bytes: usize,
+    /// A compressed layer's stored format (`csr8+u4/channel`), in the engine's names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     /// Bytes of one sample's output activation (f32).
     pub activation_bytes: usize,
 }
@@ -50,18 +56,42 @@ pub struct ModelInfo {
 }
 
 pub fn model_info(model: &Model) -> ModelInfo {
+    info_with_formats(model, &|_| None)
+}
+
+/// The description of a compressed model: its layers as the file stores them.
+pub fn compressed_info(cm: &CompressedModel) -> ModelInfo {
+    let packed: Vec<(usize, (String, usize))> = cm
+        .packed_layers()
+        .map(|(i, p)| (i, (p.format_name(), p.size_bytes())))
+        .collect();
+    info_with_formats(&cm.model, &|i| {
+        packed.iter().find(|(j, _)| *j == i).map(|(_, f)| f.clone())
+    })
+}
+
+/// `stored(i)`: the stored format and bytes of layer `i`, when it is packed.
+fn info_with_formats(
+    model: &Model,
+    stored: &dyn Fn(usize) -> Option<(String, usize)>,
+) -> ModelInfo {
     let arena = crate::measure::arena(model, 4);
     let layers: Vec<LayerInfo> = model
         .layers
         .iter()
-        .map(|l| LayerInfo {
-            name: l.name.clone(),
-            op: l.op.name(),
-            output_shape: l.out_shape.clone(),
-            params: l.param_count(),
-            macs: l.macs(),
-            bytes: l.stored_bytes,
-            activation_bytes: l.out_shape.iter().product::<usize>() * 4,
+        .enumerate()
+        .map(|(i, l)| {
+            let packed = stored(i);
+            LayerInfo {
+                name: l.name.clone(),
+                op: l.op.name(),
+                output_shape: l.out_shape.clone(),
+                params: l.param_count(),
+                macs: l.macs(),
+                bytes: packed.as_ref().map_or(l.stored_bytes, |p| p.1),
+                format: packed.map(|p| p.0),
+                activation_bytes: l.out_shape.iter().product::<usize>() * 4,
+            }
         })
         .collect();
     ModelInfo {
@@ -81,10 +111,9 @@ pub fn model_info(model: &Model) -> ModelInfo {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
-    // A compressed file (written by apply or finetune) is described as it is stored: its
-    // layers' bytes are the packed ones.
+    // A compressed file is described as it is stored: its layers' formats and packed bytes.
     let info = if crate::engine::is_compressed_file(&args.model.model) {
-        model_info(&crate::engine::load_compressed(&args.model.model)?.model)
+        compressed_info(&crate::engine::load_compressed(&args.model.model)?)
     } else {
         model_info(&load_model(&args.model.model, args.model.arch.as_deref())?.model)
     };
@@ -100,27 +129,44 @@ pub fn render_text(info: &ModelInfo) -> String {
         "model {}  input {:?}  {} classes\n\n",
         info.model, info.input_shape, info.classes
     );
+    let compressed = info.layers.iter().any(|l| l.format.is_some());
+    let format_col = |f: &str| {
+        if compressed {
+            format!(" {f:<22}")
+        } else {
+            String::new()
+        }
+    };
     s += &format!(
-        "{:<12} {:<14} {:<14} {:>10} {:>12} {:>11} {:>11}\n",
-        "layer", "op", "output", "params", "MACs", "bytes", "activation"
+        "{:<12} {:<14} {:<14} {:>10} {:>12}{} {:>11} {:>11}\n",
+        "layer",
+        "op",
+        "output",
+        "params",
+        "MACs",
+        format_col("stored as"),
+        "bytes",
+        "activation"
     );
     for l in &info.layers {
         s += &format!(
-            "{:<12} {:<14} {:<14} {:>10} {:>12} {:>11} {:>11}\n",
+            "{:<12} {:<14} {:<14} {:>10} {:>12}{} {:>11} {:>11}\n",
             l.name,
             l.op,
             format!("{:?}", l.output_shape),
             thousands(l.params),
             thousands(l.macs),
+            format_col(l.format.as_deref().unwrap_or("")),
             human_bytes(l.bytes),
             human_bytes(l.activation_bytes)
         );
     }
     s += &format!(
-        "{:<42} {:>10} {:>12} {:>11}\n\npeak activation memory (one sample, f32, kernel scratch included): {} at {}\n",
+        "{:<42} {:>10} {:>12}{} {:>11}\n\npeak activation memory (one sample, f32, kernel scratch included): {} at {}\n",
         "total",
         thousands(info.params),
         thousands(info.macs),
+        format_col(""),
         human_bytes(info.bytes),
         human_bytes(info.peak_activation_bytes),
         info.peak_activation_layer

@@ -10,6 +10,7 @@ pub mod finetune;
 mod headless;
 mod info;
 pub mod recipe_args;
+mod report;
 mod search;
 mod sensitivity;
 mod sweep;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Train a smaller architecture from scratch on a teacher's softened outputs, beside the
     /// same run on labels alone.
     Distill(distill::DistillArgs),
+    /// Write the handout of an exploration: one self-contained HTML file with the baseline,
+    /// the pinned configurations, both charts, the sensitivity table and the pinned recipes.
+    Report(report::ReportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Search(args)) => search::run(args),
         Some(Command::Finetune(args)) => finetune::run(args),
         Some(Command::Distill(args)) => distill::run(args),
+        Some(Command::Report(args)) => report::run(args),
         None => default_job(),
     }
 }

@@ -9,7 +9,7 @@ use crate::compress::recipe::{
 };
 use crate::compress::{Bits, LayerRecipe, Pruning, Recipe, WeightFormat};
 
-use super::info::ModelInfo;
+use super::info::{LayerInfo, ModelInfo};
 
 /// Sparsity in thousandths (0..=990): exact, hashable, and what the arrow keys step through.
 pub type Permille = u16;
@@ -93,6 +93,22 @@ impl LayerSetting {
         }
     }
 
+    /// This setting as `layer` can take it — the one rule `m` and "apply to all" follow:
+    /// structured pruning where the layer cannot lose outputs (the output layer, a residual
+    /// branch) becomes no pruning, and group scales whose size does not divide the layer's
+    /// rows become per-channel scales.
+    pub fn fitted(mut self, layer: &LayerInfo) -> LayerSetting {
+        if self.prune == PruneMethod::Structured && layer.no_structured.is_some() {
+            self.prune = PruneMethod::None;
+            self.sparsity = 0;
+        }
+        if self.granularity == GranularityKind::Group && !layer.cols.is_multiple_of(self.group_size)
+        {
+            self.granularity = GranularityKind::Channel;
+        }
+        self
+    }
+
     /// Short text for the prune column, e.g. `l1 90%`, `2:4`, `std q1.00`, `—`.
     pub fn prune_label(&self) -> String {
         match self.prune {
@@ -105,26 +121,28 @@ impl LayerSetting {
         }
     }
 
-    /// Short text for the quantization column, e.g. `f32`, `int8 sym/ch`, `k-means 5b`.
+    /// The stored values this setting asks for, in the engine's names for stored formats
+    /// (the part after `+` in `csr8+u4/channel`): `f32`, `f16`, `bf16`, `u8/channel`,
+    /// `u4/group64`, `codebook5`. Asymmetric codes (stored with zero points) add ` asym`.
     pub fn quant_label(&self) -> String {
         match self.bits {
             Bits::F32 => "f32".into(),
             Bits::F16 => "f16".into(),
             Bits::Bf16 => "bf16".into(),
             Bits::Int(b) => match self.scheme {
-                Scheme::Kmeans => format!("k-means {b}b"),
+                Scheme::Kmeans => format!("codebook{b}"),
                 Scheme::Symmetric | Scheme::Asymmetric => {
-                    let s = if self.scheme == Scheme::Symmetric {
-                        "sym"
-                    } else {
-                        "asym"
-                    };
                     let g = match self.granularity {
                         GranularityKind::Tensor => "tensor".to_string(),
-                        GranularityKind::Channel => "ch".to_string(),
-                        GranularityKind::Group => format!("g{}", self.group_size),
+                        GranularityKind::Channel => "channel".to_string(),
+                        GranularityKind::Group => format!("group{}", self.group_size),
                     };
-                    format!("int{b} {s}/{g}")
+                    let asym = if self.scheme == Scheme::Asymmetric {
+                        " asym"
+                    } else {
+                        ""
+                    };
+                    format!("u{b}/{g}{asym}")
                 }
             },
         }
@@ -344,6 +362,17 @@ pub fn next_in<T: PartialEq + Copy>(cycle: &[T], current: T) -> T {
     }
 }
 
+/// The prune method `m` moves `layer` to after `current`: the cycle, leaving out structured
+/// pruning where the layer cannot lose outputs (`LayerSetting::fitted`).
+pub fn next_prune(current: PruneMethod, layer: &LayerInfo) -> PruneMethod {
+    let next = next_in(&PRUNE_CYCLE, current);
+    if next == PruneMethod::Structured && layer.no_structured.is_some() {
+        next_in(&PRUNE_CYCLE, next)
+    } else {
+        next
+    }
+}
+
 /// One step along the bits ladder: `wider` toward 32, else toward 1.
 pub fn step_bits(bits: Bits, wider: bool) -> Bits {
     let i = BITS_LADDER.iter().position(|b| *b == bits).unwrap_or(0);
@@ -392,6 +421,7 @@ mod tests {
             hist_range: (-1.0, 1.0),
             hist_before: vec![],
             coupled: None,
+            no_structured: None,
         };
         ModelInfo::for_tests(vec![layer("fc1", 784), layer("fc2", 300)])
     }
@@ -447,5 +477,49 @@ mod tests {
             (GranularityKind::Tensor, None)
         );
         assert_eq!(pct(925), "92.5%");
+    }
+
+    #[test]
+    fn one_rule_keeps_structured_off_layers_that_cannot_lose_outputs() {
+        let mut out = info().layers[1].clone();
+        out.no_structured = Some("fc2 produces the model's output".into());
+        let free = info().layers[0].clone();
+        let mut s = LayerSetting {
+            prune: PruneMethod::Structured,
+            sparsity: 500,
+            bits: Bits::Int(4),
+            ..LayerSetting::default()
+        };
+        assert_eq!(s.fitted(&free), s);
+        let kept = s.fitted(&out);
+        assert_eq!(
+            (kept.prune, kept.sparsity, kept.bits),
+            (PruneMethod::None, 0, Bits::Int(4))
+        );
+        assert_eq!(
+            next_prune(PruneMethod::Random, &free),
+            PruneMethod::Structured
+        );
+        assert_eq!(next_prune(PruneMethod::Random, &out), PruneMethod::Nm);
+        s.granularity = GranularityKind::Group;
+        s.group_size = 112;
+        assert_eq!(s.fitted(&free).granularity, GranularityKind::Group);
+        assert_eq!(s.fitted(&out).granularity, GranularityKind::Channel);
+    }
+
+    #[test]
+    fn weights_are_named_as_the_engine_stores_them() {
+        let mut s = LayerSetting {
+            bits: Bits::Int(4),
+            ..LayerSetting::default()
+        };
+        assert_eq!(s.quant_label(), "u4/channel");
+        s.granularity = GranularityKind::Group;
+        assert_eq!(s.quant_label(), "u4/group64");
+        s.scheme = Scheme::Asymmetric;
+        s.granularity = GranularityKind::Tensor;
+        assert_eq!(s.quant_label(), "u4/tensor asym");
+        s.scheme = Scheme::Kmeans;
+        assert_eq!(s.quant_label(), "codebook4");
     }
 }

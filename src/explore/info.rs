@@ -26,6 +26,9 @@ pub struct LayerInfo {
     /// When the layer's output meets others in a residual `add`: the other compressible
     /// layers there (empty when it meets only the block's input). `None`: not coupled.
     pub coupled: Option<Vec<String>>,
+    /// Why structured pruning cannot remove this layer's outputs (it produces the class
+    /// scores, a residual `add` reads it, ...), as the recipe check says; `None` when it can.
+    pub no_structured: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +73,7 @@ impl ModelInfo {
                             .map(|&j| model.layers[j].name.clone())
                             .collect()
                     }),
+                    no_structured: crate::compress::prune::structured_path(model, index).err(),
                 })
             })
             .collect();
@@ -203,6 +207,7 @@ pub(crate) mod tests {
             hist_range: (-1.0, 1.0),
             hist_before: vec![],
             coupled: None,
+            no_structured: (name == "fc3").then(|| "fc3 produces the model's output".into()),
         };
         ModelInfo::for_tests(vec![
             layer("fc1", 300, 784),

@@ -7,6 +7,7 @@
 //! device targets, Pareto frontiers, presets and the append-only journal. Nothing here knows
 //! whether a person is watching.
 
+pub mod compare;
 pub mod config;
 pub mod eval;
 pub mod finetune;

@@ -21,7 +21,11 @@ pub struct PlotInput {
     pub points: Vec<PlotPoint>,
     pub dense: Option<PlotPoint>,
     pub current: Option<PlotPoint>,
-    pub pinned: Option<PlotPoint>,
+    /// The pinned configurations, labelled with their letter.
+    pub pins: Vec<PlotPoint>,
+    /// The accuracy range to show, in % (the explorer's zoom); `None`: every point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_range: Option<[f64; 2]>,
     pub budget_bytes: Option<f64>,
     pub budget_latency_us: Option<f64>,
 }

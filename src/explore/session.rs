@@ -896,9 +896,20 @@ impl Session {
         out
     }
 
-    /// Exports the current configuration into `dir`.
+    /// Exports the current configuration into `dir`, or, when `dir` already holds files,
+    /// into the first free `dir-2`, `dir-3`, …: an export never replaces another.
     pub fn export(&mut self, dir: PathBuf) -> Vec<Request> {
-        self.info(format!("exporting to {} …", dir.display()));
+        let free = free_dir(&dir);
+        if free != dir {
+            self.info(format!(
+                "{} is not empty: exporting to {} …",
+                dir.display(),
+                free.display()
+            ));
+        } else {
+            self.info(format!("exporting to {} …", dir.display()));
+        }
+        let dir = free;
         if self
             .current()
             .is_some_and(|p| !p.provenance.is_compressed())
@@ -1001,7 +1012,8 @@ impl Session {
                 if let Some(i) = self.sweeps.iter().position(|s| s.id == sweep) {
                     let s = self.sweeps.remove(i);
                     if !cancelled && s.label != "search" {
-                        self.info(format!("{} finished: {} points", s.label, s.total));
+                        let points = if s.total == 1 { "point" } else { "points" };
+                        self.info(format!("{} finished: {} {points}", s.label, s.total));
                     }
                 }
                 Vec::new()
@@ -1024,11 +1036,7 @@ impl Session {
             WorkerMsg::TuneDone { id, result } => self.finetune_done(id, result),
             WorkerMsg::TaskDone { task, result } => {
                 match result {
-                    Ok(paths) => {
-                        let names: Vec<String> =
-                            paths.iter().map(|p| p.display().to_string()).collect();
-                        self.info(format!("{task}: wrote {}", names.join(", ")));
-                    }
+                    Ok(paths) => self.info(format!("{task}: wrote {}", paths_text(&paths))),
                     Err(e) => self.error(format!("{task} failed: {e}")),
                 }
                 Vec::new()
@@ -1092,7 +1100,10 @@ impl Session {
                 size_bytes: p.size_bytes()? as f64,
                 latency_us: p.latency_us(),
                 accuracy: p.accuracy()?.value,
-                label: p.label.clone(),
+                label: p
+                    .label
+                    .clone()
+                    .or_else(|| Some(super::compare::summary(&p.config, &self.info))),
             })
         };
         PlotInput {
@@ -1100,10 +1111,63 @@ impl Session {
             points: self.measured().filter_map(plot_point).collect(),
             dense: self.dense().and_then(plot_point),
             current: self.current().and_then(plot_point),
-            pinned: self.pinned_point(0).and_then(plot_point),
+            pins: (0..PIN_NAMES.len())
+                .filter_map(|i| {
+                    let mut p = self.pinned_point(i).and_then(plot_point)?;
+                    p.label = Some(PIN_NAMES[i].to_string());
+                    Some(p)
+                })
+                .collect(),
+            accuracy_range: None,
             budget_bytes: self.size_limit(),
             budget_latency_us: self.budget_latency_us,
         }
+    }
+}
+
+/// `dir` when it is missing or empty, else the first of `dir-2`, `dir-3`, … that is.
+pub fn free_dir(dir: &std::path::Path) -> PathBuf {
+    let taken = |d: &std::path::Path| {
+        std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some()) || d.is_file()
+    };
+    if !taken(dir) {
+        return dir.to_path_buf();
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    (2..)
+        .map(|n| dir.with_file_name(format!("{name}-{n}")))
+        .find(|d| !taken(d))
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// Written files in few words: `dir/{a.png, b.svg}` for files of one directory, which is
+/// shown relative to the working directory when it is inside it.
+pub fn paths_text(paths: &[PathBuf]) -> String {
+    let cwd = std::env::current_dir().ok();
+    let short = |p: &std::path::Path| -> PathBuf {
+        cwd.as_ref()
+            .and_then(|c| p.strip_prefix(c).ok())
+            .map_or_else(|| p.to_path_buf(), std::path::Path::to_path_buf)
+    };
+    let parents: Vec<Option<&std::path::Path>> = paths.iter().map(|p| p.parent()).collect();
+    let names: Option<Vec<String>> = paths
+        .iter()
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    match (parents.first().copied().flatten(), names) {
+        (Some(dir), Some(names)) if paths.len() > 1 && parents.iter().all(|p| *p == Some(dir)) => {
+            let dir = short(dir);
+            let sep = if dir.as_os_str().is_empty() { "" } else { "/" };
+            format!("{}{sep}{{{}}}", dir.display(), names.join(", "))
+        }
+        _ => paths
+            .iter()
+            .map(|p| short(p).display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
     }
 }
 

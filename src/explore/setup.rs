@@ -136,11 +136,7 @@ impl Setup {
             )));
         }
         let fingerprint = model_evaluator::fingerprint(&model, &set);
-        let data_name = opts
-            .data
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| opts.data.display().to_string());
+        let data_name = data_label(&opts.data);
         let info = ModelInfo::from_model(&model, &data_name, set.len());
 
         let (calibration, calibration_tag, loader) = calibration_set(opts, &model)?;
@@ -308,4 +304,19 @@ fn regular_files(paths: Vec<PathBuf>) -> Vec<PathBuf> {
     files.sort();
     files.dedup();
     files
+}
+
+/// What titles call an evaluation set: its folder's name (`mnist`, not
+/// `t10k-images-idx3-ubyte.gz`), or the file's name when it lies in no named folder.
+pub fn data_label(path: &std::path::Path) -> String {
+    let folder = if path.is_dir() {
+        Some(path)
+    } else {
+        path.parent()
+    };
+    folder
+        .and_then(|f| f.file_name())
+        .or_else(|| path.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
 }

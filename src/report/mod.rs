@@ -1,13 +1,17 @@
 //! Reports: the explorer's charts and the sensitivity curves as PNG and SVG (plotters), and the
 //! measured points as JSON. The only module that draws with plotters.
 
+pub mod html;
+
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
+use crate::explore::compare::ComparisonRow;
 use crate::explore::pareto;
 pub use crate::explore::plot::{PlotInput, PlotPoint};
 use crate::explore::units;
@@ -52,8 +56,6 @@ impl Axis {
     }
 }
 
-const SIZE: (u32, u32) = (1200, 800);
-
 /// Writes `accuracy-vs-size` and `accuracy-vs-latency` as PNG and SVG, and `points.json`, into
 /// `dir` (created if missing), each atomically through [`crate::files`]. A chart with no points
 /// is skipped; it is an error only when both are empty. Nothing is written when one of the
@@ -74,27 +76,47 @@ pub fn write_plots(
     if axes.is_empty() {
         return Err(ReportError::Empty { what: "size" });
     }
-    let json_path = dir.join("points.json");
+    // The first numbered set of names none of whose files exist: plots never replace plots.
+    let names = |n: usize| {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let mut v: Vec<PathBuf> = axes
+            .iter()
+            .flat_map(|axis| {
+                ["png", "svg"].map(|ext| dir.join(format!("{}{suffix}.{ext}", axis.file_stem())))
+            })
+            .collect();
+        v.push(dir.join(format!("points{suffix}.json")));
+        v
+    };
+    let paths = (1..)
+        .map(names)
+        .find(|v| v.iter().all(|p| !p.exists()))
+        .unwrap_or_default();
+    let Some(json_path) = paths.last().cloned() else {
+        return Err(ReportError::Empty { what: "size" });
+    };
     let mut check = files::OutputCheck::new().inputs("input", inputs.iter().map(PathBuf::as_path));
-    for axis in &axes {
-        for ext in ["png", "svg"] {
-            check = check.output("plot", &dir.join(format!("{}.{ext}", axis.file_stem())));
-        }
+    for p in &paths[..paths.len() - 1] {
+        check = check.output("plot", p);
     }
     check.output("plot", &json_path).check()?;
     let mut written = Vec::new();
-    for axis in axes {
-        let png = dir.join(format!("{}.png", axis.file_stem()));
+    for (i, axis) in axes.into_iter().enumerate() {
+        let png = paths[2 * i].clone();
         files::write_atomic_with(&png, |tmp| {
-            let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
+            let root = BitMapBackend::new(tmp, SLIDE).into_drawing_area();
             draw_chart(&root, input, axis).and_then(|()| root.present().map_err(|e| e.to_string()))
         })?;
         written.push(png);
 
-        let svg_path = dir.join(format!("{}.svg", axis.file_stem()));
+        let svg_path = paths[2 * i + 1].clone();
         let mut svg = String::new();
         {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            let root = SVGBackend::with_string(&mut svg, SLIDE).into_drawing_area();
             draw_chart(&root, input, axis)
                 .and_then(|()| root.present().map_err(|e| e.to_string()))
                 .map_err(|msg| ReportError::Draw {
@@ -117,7 +139,7 @@ pub fn points_json(input: &PlotInput) -> String {
         title: &'a str,
         dense: &'a Option<PlotPoint>,
         current: &'a Option<PlotPoint>,
-        pinned: &'a Option<PlotPoint>,
+        pins: &'a [PlotPoint],
         points: Vec<Marked<'a>>,
     }
     #[derive(Serialize)]
@@ -144,7 +166,7 @@ pub fn points_json(input: &PlotInput) -> String {
         title: &input.title,
         dense: &input.dense,
         current: &input.current,
-        pinned: &input.pinned,
+        pins: &input.pins,
         points: input
             .points
             .iter()
@@ -166,24 +188,75 @@ enum Key {
     Triangle(RGBColor),
 }
 
+/// A named point: (legend name, colour, marker size, point, text beside the point).
+type Mark = (String, RGBColor, i32, (f64, f64), Option<String>);
+
 /// The series of one chart in data units, ready for any x coordinate.
 struct Series {
     points: Vec<(f64, f64)>,
-    frontier: Vec<(f64, f64)>,
+    /// The Pareto points, by increasing x, with their labels.
+    frontier: Vec<(f64, f64, Option<String>)>,
     budget: Option<f64>,
-    marks: Vec<(String, RGBColor, i32, (f64, f64))>,
+    marks: Vec<Mark>,
     y_range: std::ops::Range<f64>,
 }
 
 const GREY: RGBColor = RGBColor(150, 150, 150);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const RED: RGBColor = RGBColor(214, 39, 40);
-/// Width of the legend strip right of the plot.
-const LEGEND_W: u32 = 230;
+const PIN_GREEN: RGBColor = RGBColor(44, 160, 44);
 
-/// Draws one chart on any plotters backend: all points, the Pareto frontier, the dense
-/// baseline, the pinned and current configurations, and the budget, with the legend in a
-/// strip of its own so it never hides a point. Sizes spanning more than 20× use a log axis.
+/// The slides' size: a full-HD projector frame, drawn without editing.
+pub const SLIDE: (u32, u32) = (1920, 1080);
+/// Text sizes in pixels at that size: tick labels and the legend at least 24 px.
+const TITLE_PX: u32 = 44;
+const LABEL_PX: u32 = 28;
+const DESC_PX: u32 = 30;
+const LEGEND_PX: u32 = 28;
+/// Width of the legend strip right of the plot.
+const LEGEND_W: u32 = 400;
+/// Frontier points get a label when there are at most this many (more would be a blur).
+const MAX_FRONTIER_LABELS: usize = 8;
+
+/// Units a log axis is ticked in: bytes in binary units, times in decimal ones.
+pub const BYTE_UNITS: [(f64, &str); 4] = [
+    (1.0, "B"),
+    (1024.0, "KiB"),
+    (1024.0 * 1024.0, "MiB"),
+    (1024.0 * 1024.0 * 1024.0, "GiB"),
+];
+pub const TIME_UNITS: [(f64, &str); 4] = [(0.001, "ns"), (1.0, "µs"), (1000.0, "ms"), (1e6, "s")];
+
+/// Log-axis ticks within `[lo, hi]` at 1, 2 and 5 × 1, 10, 100 of each unit (`10 KiB`,
+/// `20 KiB`, `50 KiB`, `100 KiB` …), labelled in that unit; only the 1s when that gives too
+/// many.
+pub fn ticks_125(lo: f64, hi: f64, units: &[(f64, &str)]) -> Vec<(f64, String)> {
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, (unit, name)) in units.iter().enumerate() {
+        let next = units.get(i + 1).map_or(f64::INFINITY, |u| u.0);
+        for k in [1.0, 10.0, 100.0] {
+            for m in [1.0, 2.0, 5.0] {
+                let v = unit * m * k;
+                if v < next && v >= lo * (1.0 - 1e-9) && v <= hi * (1.0 + 1e-9) {
+                    out.push((v, format!("{} {name}", m * k)));
+                }
+            }
+        }
+    }
+    if out.len() > 12 {
+        out.retain(|(_, l)| l.starts_with('1'));
+    }
+    out
+}
+
+/// Draws one chart on any plotters backend: all points, the Pareto frontier as a staircase
+/// (no line suggesting configurations between its points), the dense baseline, the pinned
+/// and current configurations with their names, and the budget, with the legend in a strip of
+/// its own so it never hides a point. An axis spanning more than 10× is logarithmic, ticked
+/// at 1-2-5 steps; the accuracy range follows the explorer's zoom when it is zoomed.
 pub fn draw_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     input: &PlotInput,
@@ -191,11 +264,13 @@ pub fn draw_chart<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
-    let pts: Vec<(f64, f64)> = input
+    let xy = |p: &PlotPoint| Some((axis.x_of(p)?, p.accuracy * 100.0));
+    let labelled: Vec<((f64, f64), Option<String>)> = input
         .points
         .iter()
-        .filter_map(|p| Some((axis.x_of(p)?, p.accuracy * 100.0)))
+        .filter_map(|p| Some((xy(p)?, p.label.clone())))
         .collect();
+    let pts: Vec<(f64, f64)> = labelled.iter().map(|l| l.0).collect();
     if pts.is_empty() {
         return Err("no points".into());
     }
@@ -217,20 +292,28 @@ pub fn draw_chart<DB: DrawingBackend>(
             (lo.min(p.1), hi.max(p.1))
         });
     let ypad = ((yhi - ylo) * 0.06).max(0.2);
-    let mut frontier: Vec<(f64, f64)> =
-        pareto::frontier(&pts).into_iter().map(|i| pts[i]).collect();
+    let y_range = match input.accuracy_range {
+        Some([a, b]) if b > a => a..b,
+        _ => (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
+    };
+    let mut frontier: Vec<(f64, f64, Option<String>)> = pareto::frontier(&pts)
+        .into_iter()
+        .map(|i| (pts[i].0, pts[i].1, labelled[i].1.clone()))
+        .collect();
     frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut marks = Vec::new();
     for (p, name, color, size) in [
-        (&input.dense, "dense baseline", RGBColor(255, 127, 14), 9),
-        (&input.pinned, "A (pinned)", RGBColor(44, 160, 44), 9),
-        (&input.current, "current", RGBColor(200, 30, 160), 11),
+        (&input.dense, "dense baseline", RGBColor(255, 127, 14), 14),
+        (&input.current, "current", RGBColor(200, 30, 160), 16),
     ] {
-        if let Some(xy) = p
-            .as_ref()
-            .and_then(|p| Some((axis.x_of(p)?, p.accuracy * 100.0)))
-        {
-            marks.push((name.to_string(), color, size, xy));
+        if let Some(at) = p.as_ref().and_then(xy) {
+            marks.push((name.to_string(), color, size, at, None));
+        }
+    }
+    for p in &input.pins {
+        if let Some(at) = xy(p) {
+            let name = p.label.clone().unwrap_or_else(|| "pin".into());
+            marks.push((format!("pinned {name}"), PIN_GREEN, 14, at, Some(name)));
         }
     }
     let series = Series {
@@ -238,7 +321,7 @@ pub fn draw_chart<DB: DrawingBackend>(
         frontier,
         budget,
         marks,
-        y_range: (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
+        y_range,
     };
 
     let (w, _) = root.dim_in_pixel();
@@ -247,38 +330,61 @@ pub fn draw_chart<DB: DrawingBackend>(
         Axis::Size => "size",
         Axis::Latency => "latency",
     };
-    let caption = (
-        format!("Accuracy vs {what} — {}", input.title),
-        ("sans-serif", 26),
-    );
     let mut builder = ChartBuilder::on(&plot);
     builder
-        .caption(caption.0, caption.1)
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(75);
-    let log = axis == Axis::Size && xhi / xlo > 20.0;
-    let x_desc;
+        .caption(
+            format!("Accuracy vs {what} — {}", input.title),
+            ("sans-serif", TITLE_PX),
+        )
+        .margin(30)
+        .x_label_area_size(110)
+        .y_label_area_size(120);
+    let log = xhi / xlo > 10.0;
+    let label_style = ("sans-serif", LABEL_PX);
     if log {
-        // log2 of bytes on a linear axis: ticks fall on powers of two (16 KiB, 32 KiB, ...).
-        let (l0, l1) = (xlo.log2() - 0.3, xhi.log2() + 0.3);
+        // log10 of the value on a linear axis, with our own 1-2-5 ticks below it.
+        let (l0, l1) = (xlo.log10() - 0.08, xhi.log10() + 0.08);
         let mut chart = builder
             .build_cartesian_2d(l0..l1, series.y_range.clone())
             .map_err(err)?;
-        x_desc = "compressed size (log scale)".to_string();
+        let x_desc = match axis {
+            Axis::Size => "compressed size (log scale)",
+            Axis::Latency => "single-sample latency, median (log scale)",
+        };
         chart
             .configure_mesh()
-            .x_desc(&x_desc)
+            .x_labels(0)
+            .x_desc(x_desc)
             .y_desc("top-1 accuracy (%)")
-            .x_labels(12)
-            .x_label_formatter(&|v| units::bytes(v.exp2()))
             .y_label_formatter(&|v| format!("{v:.1}"))
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
+            .label_style(label_style)
+            .axis_desc_style(("sans-serif", DESC_PX))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(err)?;
-        draw_series(&mut chart, &series, &|x: f64| x.log2()).map_err(err)?;
+        let y0 = series.y_range.start;
+        let y1 = series.y_range.end;
+        let units = match axis {
+            Axis::Size => &BYTE_UNITS,
+            Axis::Latency => &TIME_UNITS,
+        };
+        for (t, text) in ticks_125(10f64.powf(l0), 10f64.powf(l1), units) {
+            let x = t.log10();
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, y0), (x, y1)],
+                    RGBColor(225, 225, 225).stroke_width(1),
+                ))
+                .map_err(err)?;
+            let (px, py) = chart.backend_coord(&(x, y0));
+            root.draw(&Text::new(
+                text,
+                (px, py + 10),
+                TextStyle::from(label_style.into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))
+            .map_err(err)?;
+        }
+        draw_series(&mut chart, &series, &|x: f64| x.log10()).map_err(err)?;
     } else {
         // Plain numbers in one unit give round ticks (200, 400 KiB) instead of odd bytes.
         let (scale, unit) = match axis {
@@ -293,7 +399,7 @@ pub fn draw_chart<DB: DrawingBackend>(
         let mut chart = builder
             .build_cartesian_2d(range, series.y_range.clone())
             .map_err(err)?;
-        x_desc = match axis {
+        let x_desc = match axis {
             Axis::Size => format!("compressed size ({unit})"),
             Axis::Latency => format!("single-sample latency, median ({unit})"),
         };
@@ -303,8 +409,8 @@ pub fn draw_chart<DB: DrawingBackend>(
             .y_desc("top-1 accuracy (%)")
             .x_label_formatter(&|v| format!("{v}"))
             .y_label_formatter(&|v| format!("{v:.1}"))
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
+            .label_style(label_style)
+            .axis_desc_style(("sans-serif", DESC_PX))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(err)?;
@@ -322,21 +428,26 @@ pub fn draw_chart<DB: DrawingBackend>(
         };
         keys.push((format!("budget {text}"), Key::Line(RED)));
     }
-    for (name, color, _, _) in &series.marks {
+    for (name, color, _, _, _) in &series.marks {
         keys.push((name.clone(), Key::Triangle(*color)));
     }
     for (i, (name, key)) in keys.iter().enumerate() {
-        let y = 90 + 30 * i as i32;
+        let y = 140 + 48 * i as i32;
         match key {
-            Key::Dot(c) => legend.draw(&Circle::new((20, y), 5, c.filled())),
+            Key::Dot(c) => legend.draw(&Circle::new((24, y), 8, c.filled())),
             Key::Line(c) => {
-                legend.draw(&PathElement::new(vec![(8, y), (32, y)], c.stroke_width(3)))
+                legend.draw(&PathElement::new(vec![(8, y), (40, y)], c.stroke_width(4)))
             }
-            Key::Triangle(c) => legend.draw(&TriangleMarker::new((20, y), 9, c.filled())),
+            Key::Triangle(c) => legend.draw(&TriangleMarker::new((24, y), 13, c.filled())),
         }
         .map_err(err)?;
         legend
-            .draw(&Text::new(name.clone(), (42, y - 9), ("sans-serif", 17)))
+            .draw(&Text::new(
+                name.clone(),
+                (54, y),
+                TextStyle::from(("sans-serif", LEGEND_PX).into_font())
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
             .map_err(err)?;
     }
     Ok(())
@@ -351,31 +462,175 @@ fn draw_series<DB: DrawingBackend>(
     chart.draw_series(
         s.points
             .iter()
-            .map(|&(x, y)| Circle::new((tx(x), y), 4, GREY.filled())),
+            .map(|&(x, y)| Circle::new((tx(x), y), 6, GREY.filled())),
     )?;
-    chart.draw_series(LineSeries::new(
-        s.frontier.iter().map(|&(x, y)| (tx(x), y)),
-        BLUE.stroke_width(2),
-    ))?;
+    // The staircase: each frontier accuracy holds until the next, larger point improves it.
+    let mut steps = Vec::new();
+    for (i, &(x, y, _)) in s.frontier.iter().enumerate() {
+        if i > 0 {
+            steps.push((tx(x), s.frontier[i - 1].1));
+        }
+        steps.push((tx(x), y));
+    }
+    chart.draw_series(LineSeries::new(steps, BLUE.stroke_width(3)))?;
     chart.draw_series(
         s.frontier
             .iter()
-            .map(|&(x, y)| Circle::new((tx(x), y), 5, BLUE.filled())),
+            .map(|&(x, y, _)| Circle::new((tx(x), y), 8, BLUE.filled())),
     )?;
+    let label_font = TextStyle::from(("sans-serif", LABEL_PX - 4).into_font())
+        .pos(Pos::new(HPos::Left, VPos::Bottom));
+    if s.frontier.len() <= MAX_FRONTIER_LABELS {
+        for (x, y, label) in &s.frontier {
+            if let Some(l) = label {
+                let l: String = l.chars().take(28).collect();
+                chart.draw_series(std::iter::once(Text::new(
+                    l,
+                    (tx(*x), *y),
+                    label_font.clone(),
+                )))?;
+            }
+        }
+    }
     if let Some(b) = s.budget {
         chart.draw_series(LineSeries::new(
             [(tx(b), s.y_range.start), (tx(b), s.y_range.end)],
-            RED.stroke_width(2),
+            RED.stroke_width(3),
         ))?;
     }
-    for (_, color, size, (x, y)) in &s.marks {
+    for (_, color, size, (x, y), text) in &s.marks {
         chart.draw_series(std::iter::once(TriangleMarker::new(
             (tx(*x), *y),
             *size,
             color.filled(),
         )))?;
+        if let Some(t) = text {
+            chart.draw_series(std::iter::once(Text::new(
+                t.clone(),
+                (tx(*x), *y),
+                TextStyle::from(("sans-serif", LABEL_PX).into_font().style(FontStyle::Bold))
+                    .color(color)
+                    .pos(Pos::new(HPos::Right, VPos::Bottom)),
+            )))?;
+        }
     }
     Ok(())
+}
+
+/// The comparison of pinned configurations as a Markdown table: one row per configuration,
+/// one column per figure and per layer's stored format.
+pub fn comparison_markdown(rows: &[ComparisonRow], layers: &[String]) -> String {
+    let mut head = vec![
+        "configuration",
+        "what",
+        "top-1",
+        "Δ vs dense",
+        "size",
+        "ratio",
+        "latency",
+        "speed-up",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    head.extend(layers.iter().cloned());
+    let mut s = format!("| {} |\n", head.join(" | "));
+    s += &format!("|{}\n", "---|".repeat(head.len()));
+    for r in rows {
+        let cells = comparison_cells(r, layers.len(), true);
+        s += &format!("| {} |\n", cells.join(" | ").replace('\n', " "));
+    }
+    s
+}
+
+/// The same comparison as CSV (plain numbers: accuracy in %, bytes, µs).
+pub fn comparison_csv(rows: &[ComparisonRow], layers: &[String]) -> String {
+    let quote = |c: &str| {
+        if c.contains([',', '"', '\n']) {
+            format!("\"{}\"", c.replace('"', "\"\""))
+        } else {
+            c.to_string()
+        }
+    };
+    let mut head: Vec<String> = [
+        "configuration",
+        "what",
+        "top1_percent",
+        "delta_points",
+        "size_bytes",
+        "ratio",
+        "latency_us",
+        "speedup",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    head.extend(layers.iter().map(|l| format!("{l}_format")));
+    let mut s = head.iter().map(|c| quote(c)).collect::<Vec<_>>().join(",") + "\n";
+    for r in rows {
+        let cells = comparison_cells(r, layers.len(), false);
+        s += &(cells.iter().map(|c| quote(c)).collect::<Vec<_>>().join(",") + "\n");
+    }
+    s
+}
+
+/// One row's cells, for people (`human`: units and signs) or for machines.
+fn comparison_cells(r: &ComparisonRow, layers: usize, human: bool) -> Vec<String> {
+    let opt = |v: Option<String>| v.unwrap_or_default();
+    let mut c = vec![r.name.clone(), r.summary.clone()];
+    if human {
+        c.push(opt(r.accuracy.map(units::percent)).to_string());
+        c.push(opt(r.delta_points.map(|d| units::points_delta(d / 100.0))));
+        c.push(opt(r.size_bytes.map(|b| units::bytes(b as f64))));
+        c.push(opt(r.ratio.map(|x| format!("{x:.2}×"))));
+        c.push(opt(r.latency_us.map(units::micros)));
+        c.push(opt(r.speedup.map(|x| format!("{x:.2}×"))));
+    } else {
+        c.push(opt(r.accuracy.map(|a| format!("{:.4}", a * 100.0))));
+        c.push(opt(r.delta_points.map(|d| format!("{d:.4}"))));
+        c.push(opt(r.size_bytes.map(|b| b.to_string())));
+        c.push(opt(r.ratio.map(|x| format!("{x:.4}"))));
+        c.push(opt(r.latency_us.map(|x| format!("{x:.3}"))));
+        c.push(opt(r.speedup.map(|x| format!("{x:.4}"))));
+    }
+    if let Some(e) = &r.error {
+        c[2] = format!("failed: {e}");
+    }
+    for i in 0..layers {
+        c.push(r.formats.get(i).cloned().unwrap_or_default());
+    }
+    c
+}
+
+/// Writes the comparison as `pins.md` and `pins.csv` in `dir` (numbered `pins-2.md`, … when
+/// those exist: a comparison never replaces another).
+pub fn write_comparison(
+    rows: &[ComparisonRow],
+    layers: &[String],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ReportError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let pair = |n: usize| {
+        let suffix = if n == 1 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        [
+            dir.join(format!("pins{suffix}.md")),
+            dir.join(format!("pins{suffix}.csv")),
+        ]
+    };
+    let [md, csv] = (1..)
+        .map(pair)
+        .find(|p| p.iter().all(|p| !p.exists()))
+        .unwrap_or_else(|| pair(1));
+    files::write_atomic(&md, comparison_markdown(rows, layers).as_bytes())?;
+    files::write_atomic(&csv, comparison_csv(rows, layers).as_bytes())?;
+    Ok(vec![md, csv])
 }
 
 /// Refuses a plot path whose extension says neither PNG nor SVG, before any work.
@@ -571,7 +826,8 @@ mod tests {
             title: "test".into(),
             dense: Some(points[0].clone()),
             current: Some(points[3].clone()),
-            pinned: None,
+            pins: Vec::new(),
+            accuracy_range: None,
             budget_bytes: Some(100_000.0),
             budget_latency_us: None,
             points,
@@ -608,6 +864,19 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.contains("tmp")), "{names:?}");
+        // Plotting again numbers the new files rather than replacing these.
+        let before = std::fs::read(dir.path().join("accuracy-vs-size.png")).unwrap();
+        let again = write_plots(&input(), dir.path(), &[]).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|p| p.file_name().unwrap().to_string_lossy().contains("-2.")),
+            "{again:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("accuracy-vs-size.png")).unwrap(),
+            before
+        );
     }
 
     #[test]
@@ -623,14 +892,37 @@ mod tests {
         write_plots(&input, dir.path(), &[]).unwrap();
         let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
         assert!(svg.contains("log scale"));
-        // Ticks on powers of two.
-        assert!(
-            svg.contains("16.0 KiB") && svg.contains("64.0 KiB"),
-            "no power-of-two ticks"
-        );
+        // Ticks at 1-2-5 steps, never at odd values such as 22.6 or 45.3 KiB.
+        for tick in [
+            "10 KiB", "20 KiB", "50 KiB", "100 KiB", "200 KiB", "500 KiB", "1 MiB",
+        ] {
+            assert!(svg.contains(&format!(">{tick}<")), "no {tick} tick");
+        }
+        assert!(svg.contains("width=\"1920\"") && svg.contains("height=\"1080\""));
         if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
             write_plots(&input, Path::new(&out), &[]).unwrap();
         }
+    }
+
+    #[test]
+    fn ticks_fall_on_1_2_5_steps() {
+        let labels = |lo, hi, u: &[(f64, &str)]| -> Vec<String> {
+            ticks_125(lo, hi, u).into_iter().map(|t| t.1).collect()
+        };
+        assert_eq!(
+            labels(8_000.0, 300_000.0, &BYTE_UNITS),
+            ["10 KiB", "20 KiB", "50 KiB", "100 KiB", "200 KiB"]
+        );
+        assert_eq!(
+            labels(3.0, 60.0, &TIME_UNITS),
+            ["5 µs", "10 µs", "20 µs", "50 µs"]
+        );
+        assert_eq!(
+            labels(100.0, 3e6, &BYTE_UNITS),
+            ["100 B", "1 KiB", "10 KiB", "100 KiB", "1 MiB"],
+            "the 1s alone"
+        );
+        assert!(ticks_125(0.0, 10.0, &BYTE_UNITS).is_empty());
     }
 
     #[test]

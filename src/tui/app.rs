@@ -7,15 +7,16 @@
 //! are recomputed here when points change, never while drawing.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use ratatui::layout::{Position, Rect};
 
-use crate::compress::recipe::{GranularityKind, PruneMethod};
+use crate::compress::recipe::PruneMethod;
 use crate::explore::config::{
-    self, Config, MAX_SPARSITY, PRUNE_CYCLE, SCHEME_CYCLE, next_granularity, next_in, step_bits,
+    self, Config, MAX_SPARSITY, SCHEME_CYCLE, next_granularity, next_in, next_prune, step_bits,
 };
 use crate::explore::info::ModelInfo;
 use crate::explore::jobs::WorkerMsg;
@@ -24,7 +25,7 @@ use crate::explore::pareto;
 use crate::explore::plot::PlotInput;
 use crate::explore::search::{Budget, Objective, SearchJob};
 use crate::explore::sensitivity::SensitivityGrid;
-use crate::explore::session::{Notice, Point, Provenance, Session};
+use crate::explore::session::{Notice, PIN_NAMES, Point, Provenance, Session};
 use crate::explore::units;
 
 pub use crate::explore::session::{LayerSensitivity, Request, SweepState};
@@ -36,6 +37,25 @@ pub enum View {
     Main,
     Help,
     Detail,
+    /// Every message of this run, newest last.
+    Messages,
+    /// The pinned configurations side by side.
+    Compare,
+}
+
+/// How long a message stays on screen unless a newer one replaces it.
+pub const MESSAGE_SECONDS: u64 = 10;
+/// Errors stay longer: they are worth reading to the end.
+pub const ERROR_SECONDS: u64 = 30;
+/// Messages the log keeps.
+const MESSAGE_LOG: usize = 500;
+
+/// One line the explorer said (the log keeps them all; the screen shows the newest while fresh).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub text: String,
+    pub error: bool,
+    pub at: Instant,
 }
 
 /// Settings of the screen from the command line.
@@ -72,7 +92,10 @@ pub struct ChartSeries {
     pub frontier: Vec<(f64, f64)>,
     pub dense: Option<(f64, f64)>,
     pub current: Option<(f64, f64)>,
-    pub pinned: Option<(f64, f64)>,
+    /// Every pinned configuration that is measured.
+    pub pinned: Vec<(f64, f64)>,
+    /// The point the cursor (`[`, `]`) is on.
+    pub cursor: Option<(f64, f64)>,
     /// Fine-tuned points, and a line from each to its untuned twin.
     pub tuned: Vec<(f64, f64)>,
     pub tuned_links: Vec<[(f64, f64); 2]>,
@@ -92,10 +115,16 @@ pub struct App {
     pub selected: usize,
     pub view: View,
     pub zoom: bool,
-    pub last_error: Option<String>,
-    pub message: Option<String>,
+    /// Everything said so far, oldest first.
+    pub messages: Vec<Message>,
+    /// Messages before this index were superseded by an edit: none of them is shown.
+    dismissed: usize,
+    /// The time messages are aged against (the event loop's clock; tests move it by hand).
+    pub now: Instant,
     pub size_chart: ChartSeries,
     pub latency_chart: ChartSeries,
+    /// The chart point the cursor is on (`[`, `]`; Enter loads it), by key.
+    pub cursor: Option<u64>,
     /// The export directory being typed (after `e`), when the prompt is open.
     pub prompt: Option<String>,
     /// Terminal size, for mouse hit-testing (drawing gets its area from the frame).
@@ -111,10 +140,12 @@ impl App {
             selected: 0,
             view: View::Main,
             zoom: false,
-            last_error: None,
-            message: None,
+            messages: Vec::new(),
+            dismissed: 0,
+            now: Instant::now(),
             size_chart: ChartSeries::default(),
             latency_chart: ChartSeries::default(),
+            cursor: None,
             prompt: None,
             area: Rect::new(0, 0, 120, 40),
             should_quit: false,
@@ -149,12 +180,62 @@ impl App {
         out
     }
 
+    /// Says something on the message line (and in the log).
+    pub fn say(&mut self, text: impl Into<String>) {
+        self.push_message(text.into(), false);
+    }
+
+    /// Reports an error on the message line (and in the log).
+    pub fn warn(&mut self, text: impl Into<String>) {
+        self.push_message(text.into(), true);
+    }
+
+    fn push_message(&mut self, text: String, error: bool) {
+        self.messages.push(Message {
+            text,
+            error,
+            at: self.now,
+        });
+        if self.messages.len() > MESSAGE_LOG {
+            let cut = self.messages.len() - MESSAGE_LOG;
+            self.messages.drain(..cut);
+            self.dismissed = self.dismissed.saturating_sub(cut);
+        }
+    }
+
+    /// The message on screen: the newest one, while it is fresh and no edit came after it.
+    pub fn message(&self) -> Option<&Message> {
+        let m = self.messages.last()?;
+        let life = Duration::from_secs(if m.error {
+            ERROR_SECONDS
+        } else {
+            MESSAGE_SECONDS
+        });
+        (self.messages.len() > self.dismissed && self.now.saturating_duration_since(m.at) < life)
+            .then_some(m)
+    }
+
+    /// The text on screen, if any (for tests and the title).
+    pub fn message_text(&self) -> Option<&str> {
+        self.message().map(|m| m.text.as_str())
+    }
+
+    /// An edit made whatever was said before it old news.
+    fn dismiss(&mut self) {
+        self.dismissed = self.messages.len();
+    }
+
+    /// Moves the clock messages age by (the event loop calls it before every frame).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     /// Takes the session's notices into the message line.
     fn absorb(&mut self) {
         for n in self.session.take_notices() {
             match n {
-                Notice::Info(t) => self.message = Some(t),
-                Notice::Error(t) => self.last_error = Some(t),
+                Notice::Info(t) => self.say(t),
+                Notice::Error(t) => self.warn(t),
             }
         }
     }
@@ -190,14 +271,22 @@ impl App {
         if self.prompt.is_some() {
             return self.prompt_key(key);
         }
-        match lookup(&key) {
-            Some(action) => self.act(action),
-            None => {
-                if self.view == View::Help {
-                    self.view = View::Main;
-                }
-                Vec::new()
+        let action = lookup(&key);
+        if self.view == View::Compare && key.code == KeyCode::Char('x') {
+            self.export_comparison();
+            return Vec::new();
+        }
+        if matches!(self.view, View::Help | View::Messages | View::Compare) {
+            // An overlay takes every key: quitting still quits, anything else only closes it.
+            if action == Some(Action::Quit) {
+                return self.act(Action::Quit);
             }
+            self.view = View::Main;
+            return Vec::new();
+        }
+        match action {
+            Some(action) => self.act(action),
+            None => Vec::new(),
         }
     }
 
@@ -211,14 +300,14 @@ impl App {
                 let dir = PathBuf::from(text.trim());
                 self.prompt = None;
                 if dir.as_os_str().is_empty() {
-                    self.message = Some("export cancelled: no directory given".into());
+                    self.say("export cancelled: no directory given");
                     return Vec::new();
                 }
                 self.with_session(|s| s.export(dir))
             }
             KeyCode::Esc => {
                 self.prompt = None;
-                self.message = Some("export cancelled".into());
+                self.say("export cancelled");
                 Vec::new()
             }
             KeyCode::Backspace => {
@@ -239,11 +328,11 @@ impl App {
 
     /// The directory an export goes to unless the person types another.
     pub fn default_export_dir(&self) -> PathBuf {
-        self.options.out_dir.join(format!(
+        crate::explore::session::free_dir(&self.options.out_dir.join(format!(
             "{}-{}",
             self.session.info.name,
             &key_hex(self.session.current_key)[..8]
-        ))
+        )))
     }
 
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Vec<Request> {
@@ -286,6 +375,23 @@ impl App {
                 };
                 Vec::new()
             }
+            Action::Messages => {
+                self.view = if self.view == View::Messages {
+                    View::Main
+                } else {
+                    View::Messages
+                };
+                Vec::new()
+            }
+            Action::Compare => {
+                self.view = View::Compare;
+                Vec::new()
+            }
+            Action::PointPrev | Action::PointNext => {
+                self.move_cursor(action == Action::PointNext);
+                Vec::new()
+            }
+            Action::Detail if self.cursor.is_some() => self.load_cursor(),
             Action::Detail => {
                 self.view = if self.view == View::Detail {
                     View::Main
@@ -319,18 +425,23 @@ impl App {
                     }
                 })
             }
-            Action::CyclePrune => self.edit(|c| {
-                if let Some(l) = c.layers.get_mut(sel) {
-                    l.prune = next_in(&PRUNE_CYCLE, l.prune);
-                    if matches!(
-                        l.prune,
-                        PruneMethod::L1 | PruneMethod::Random | PruneMethod::Structured
-                    ) && l.sparsity == 0
-                    {
-                        l.sparsity = 500;
+            Action::CyclePrune => {
+                let Some(layer) = self.session.info.layers.get(sel).cloned() else {
+                    return Vec::new();
+                };
+                self.edit(|c| {
+                    if let Some(l) = c.layers.get_mut(sel) {
+                        l.prune = next_prune(l.prune, &layer);
+                        if matches!(
+                            l.prune,
+                            PruneMethod::L1 | PruneMethod::Random | PruneMethod::Structured
+                        ) && l.sparsity == 0
+                        {
+                            l.sparsity = 500;
+                        }
                     }
-                }
-            }),
+                })
+            }
             Action::CycleScheme => {
                 if self
                     .session
@@ -339,9 +450,7 @@ impl App {
                     .get(sel)
                     .is_some_and(|l| l.int_bits().is_none())
                 {
-                    self.message = Some(
-                        "the scheme applies to integer widths: press − to go below 16 bits".into(),
-                    );
+                    self.say("the scheme applies to integer widths: press − to go below 16 bits");
                     return Vec::new();
                 }
                 self.edit(|c| {
@@ -366,18 +475,24 @@ impl App {
                 let Some(setting) = self.session.config.layers.get(sel).copied() else {
                     return Vec::new();
                 };
-                let cols: Vec<usize> = self.session.info.layers.iter().map(|l| l.cols).collect();
-                self.edit(|c| {
-                    for (l, &cols) in c.layers.iter_mut().zip(&cols) {
-                        *l = setting;
-                        if l.granularity == GranularityKind::Group
-                            && !cols.is_multiple_of(l.group_size)
-                        {
-                            // This layer's rows do not split into such groups.
-                            l.granularity = GranularityKind::Channel;
-                        }
+                let layers = self.session.info.layers.clone();
+                let out = self.edit(|c| {
+                    for (l, info) in c.layers.iter_mut().zip(&layers) {
+                        *l = setting.fitted(info);
                     }
-                })
+                });
+                let kept: Vec<&str> = layers
+                    .iter()
+                    .filter(|l| setting.fitted(l).prune != setting.prune)
+                    .map(|l| l.name.as_str())
+                    .collect();
+                if !kept.is_empty() {
+                    self.say(format!(
+                        "applied to all layers; {} keeps its outputs (structured pruning cannot remove them)",
+                        kept.join(", ")
+                    ));
+                }
+                out
             }
             Action::ToggleGlobal => {
                 let start = self
@@ -406,19 +521,19 @@ impl App {
             Action::Undo => match self.with_option(Session::undo) {
                 Some(out) => out,
                 None => {
-                    self.message = Some("nothing to undo".into());
+                    self.say("nothing to undo");
                     Vec::new()
                 }
             },
             Action::Redo => match self.with_option(Session::redo) {
                 Some(out) => out,
                 None => {
-                    self.message = Some("nothing to redo".into());
+                    self.say("nothing to redo");
                     Vec::new()
                 }
             },
             Action::Reset => {
-                self.message = None;
+                self.dismiss();
                 self.with_session(Session::reset)
             }
             Action::NextPreset | Action::PrevPreset => {
@@ -432,8 +547,35 @@ impl App {
                 self.with_session(|s| s.load_preset(i))
             }
             Action::Preset(i) => self.with_session(|s| s.load_preset(i)),
-            Action::Pin => self.with_session(|s| s.pin(0)),
-            Action::Unpin => self.with_session(|s| s.unpin(0)),
+            Action::Pin => {
+                let key = self.session.current_key;
+                if let Some(slot) = self
+                    .session
+                    .pins
+                    .iter()
+                    .position(|p| p.as_ref().is_some_and(|c| self.session.key_of(c) == key))
+                {
+                    self.say(format!("already pinned as {}", PIN_NAMES[slot]));
+                    return Vec::new();
+                }
+                match self.session.pins.iter().position(Option::is_none) {
+                    Some(slot) => self.with_session(|s| s.pin(slot)),
+                    None => {
+                        self.say("all four pins are taken: C unpins the last one");
+                        Vec::new()
+                    }
+                }
+            }
+            Action::Unpin => match self.session.pins.iter().rposition(Option::is_some) {
+                Some(slot) => {
+                    self.say(format!("unpinned {}", PIN_NAMES[slot]));
+                    self.with_session(|s| s.unpin(slot))
+                }
+                None => {
+                    self.say("nothing is pinned");
+                    Vec::new()
+                }
+            },
             Action::SensitivitySweep => {
                 self.with_session(|s| s.sensitivity_sweep(&SensitivityGrid::default()))
             }
@@ -442,11 +584,10 @@ impl App {
             Action::Search => self.search(),
             Action::LoadSearch => {
                 let Some(best) = self.session.search.as_ref().and_then(|o| o.best.clone()) else {
-                    self.message =
-                        Some("no search answer yet: o searches under the budget lines".into());
+                    self.say("no search answer yet: o searches under the budget lines");
                     return Vec::new();
                 };
-                self.message = Some("loaded the search's answer (u goes back)".into());
+                self.say("loaded the search's answer (u goes back)");
                 let out = self.session.load(best.config);
                 self.absorb();
                 self.refresh();
@@ -464,7 +605,7 @@ impl App {
                     Some(i) => targets.get(i + 1),
                 };
                 self.session.target = next.cloned();
-                self.message = Some(match &self.session.target {
+                self.say(match &self.session.target {
                     Some(t) => format!("target: {}", t.description),
                     None => "no device target".into(),
                 });
@@ -472,6 +613,10 @@ impl App {
                 Vec::new()
             }
             Action::Cancel => {
+                if self.cursor.take().is_some() {
+                    self.refresh();
+                    return Vec::new();
+                }
                 if self.view != View::Main {
                     self.view = View::Main;
                     return Vec::new();
@@ -485,7 +630,7 @@ impl App {
             }
             Action::Plot => {
                 let dir = self.options.out_dir.clone();
-                self.message = Some(format!("writing plots to {} …", dir.display()));
+                self.say(format!("writing plots to {} …", dir.display()));
                 vec![Request::Plot {
                     input: self.plot_input(),
                     dir,
@@ -496,13 +641,109 @@ impl App {
                     self.session.budget_bytes = None;
                 } else if let Some(size) = self.current().and_then(Point::size_bytes) {
                     self.session.budget_bytes = Some(size as f64);
-                    self.message = Some(format!("size budget: {}", units::bytes(size as f64)));
+                    self.say(format!("size budget: {}", units::bytes(size as f64)));
                 } else {
-                    self.message = Some("no size measured yet for a budget".into());
+                    self.say("no size measured yet for a budget");
                 }
                 self.refresh();
                 Vec::new()
             }
+        }
+    }
+
+    /// The points the cursor visits, smallest first (the size chart's order, left to right).
+    fn cursor_points(&self) -> Vec<u64> {
+        let mut pts: Vec<(u64, u64)> = self
+            .session
+            .measured()
+            .filter_map(|p| Some((p.size_bytes()?, p.key)))
+            .collect();
+        pts.sort_unstable();
+        pts.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// Moves the point cursor one point to the right (`next`) or left; it starts at the
+    /// current configuration.
+    fn move_cursor(&mut self, next: bool) {
+        let pts = self.cursor_points();
+        if pts.is_empty() {
+            self.say("no point measured yet");
+            return;
+        }
+        let from = self.cursor.unwrap_or(self.session.current_key);
+        let i = match pts.iter().position(|k| *k == from) {
+            Some(i) if self.cursor.is_none() => i,
+            Some(i) if next => (i + 1).min(pts.len() - 1),
+            Some(i) => i.saturating_sub(1),
+            None => 0,
+        };
+        self.cursor = Some(pts[i]);
+        self.refresh();
+    }
+
+    /// What the cursor's point is, for the message line: its label, accuracy, size, latency.
+    pub fn cursor_text(&self) -> Option<String> {
+        let p = self.session.point(self.cursor?)?;
+        let pin = self
+            .session
+            .pins
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| self.session.key_of(c) == p.key))
+            .map(|i| format!("{} · ", PIN_NAMES[i]));
+        let name = p
+            .label
+            .clone()
+            .unwrap_or_else(|| crate::explore::compare::summary(&p.config, &self.session.info));
+        let mut figures = Vec::new();
+        if let Some(a) = p.accuracy() {
+            figures.push(units::percent(a.value));
+        }
+        if let Some(b) = p.size_bytes() {
+            figures.push(units::bytes(b as f64));
+        }
+        if let Some(l) = p.latency_us() {
+            figures.push(units::micros(l));
+        }
+        Some(format!(
+            "◆ {}{name}: {} (Enter loads it, Esc leaves the cursor)",
+            pin.unwrap_or_default(),
+            figures.join(" · ")
+        ))
+    }
+
+    /// Loads the cursor's point for editing (undoable).
+    fn load_cursor(&mut self) -> Vec<Request> {
+        let Some(config) = self
+            .cursor
+            .take()
+            .and_then(|k| self.session.point(k))
+            .map(|p| p.config.clone())
+        else {
+            return Vec::new();
+        };
+        let name = crate::explore::compare::summary(&config, &self.session.info);
+        let out = self.with_session(|s| s.load(config));
+        self.say(format!("loaded {name} (u goes back)"));
+        out
+    }
+
+    /// Writes the comparison of pinned configurations as Markdown and CSV into the output
+    /// directory.
+    fn export_comparison(&mut self) {
+        let rows = crate::explore::compare::rows(&self.session);
+        let layers: Vec<String> = self
+            .session
+            .info
+            .layers
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        match crate::report::write_comparison(&rows, &layers, &self.options.out_dir) {
+            Ok(paths) => self.say(format!(
+                "comparison: wrote {}",
+                crate::explore::session::paths_text(&paths)
+            )),
+            Err(e) => self.warn(format!("comparison failed: {e}")),
         }
     }
 
@@ -522,13 +763,12 @@ impl App {
             budget.target = Some(t.clone());
         }
         if budget.is_empty() {
-            self.message = Some(
-                "no budget to search under: b sets a size budget at the current size (or start with --budget-size or --target)"
-                    .into(),
+            self.say(
+                "no budget to search under: b sets a size budget at the current size (or start with --budget-size or --target)",
             );
             return Vec::new();
         }
-        self.message = Some(format!(
+        self.say(format!(
             "searching under {} (up to {} s; Esc cancels) …",
             budget.describe(),
             self.options.search_seconds
@@ -546,7 +786,7 @@ impl App {
     ) -> Option<Vec<Request>> {
         let out = f(&mut self.session);
         if out.is_some() {
-            self.message = None;
+            self.dismiss();
         }
         self.absorb();
         self.refresh();
@@ -558,7 +798,7 @@ impl App {
         let before = self.session.generation;
         let out = self.session.edit(f);
         if self.session.generation != before {
-            self.message = None;
+            self.dismiss();
         }
         self.absorb();
         self.refresh();
@@ -576,8 +816,7 @@ impl App {
         };
         match layer.prune {
             PruneMethod::Nm => {
-                self.message =
-                    Some("2:4 pruning removes exactly half: press m for another method".into());
+                self.say("2:4 pruning removes exactly half: press m for another method");
                 Vec::new()
             }
             PruneMethod::Std => self.edit(|c| {
@@ -612,22 +851,26 @@ impl App {
             .dense()
             .and_then(Point::accuracy)
             .map(|a| a.value * 100.0);
-        let pinned_key = self.session.pins[0]
-            .as_ref()
-            .map(|c| self.session.key_of(c));
+        let pinned_keys: Vec<u64> = self
+            .session
+            .pins
+            .iter()
+            .flatten()
+            .map(|c| self.session.key_of(c))
+            .collect();
         let size = |p: &Point| p.size_bytes().map(|s| s as f64);
         let latency = |p: &Point| p.latency_us();
         self.size_chart = self.series(
             &size,
             dense_acc,
-            pinned_key,
+            &pinned_keys,
             self.session.size_limit(),
             true,
         );
         self.latency_chart = self.series(
             &latency,
             dense_acc,
-            pinned_key,
+            &pinned_keys,
             self.session.budget_latency_us,
             false,
         );
@@ -637,7 +880,7 @@ impl App {
         &self,
         x_of: &dyn Fn(&Point) -> Option<f64>,
         dense_acc: Option<f64>,
-        pinned_key: Option<u64>,
+        pinned_keys: &[u64],
         budget: Option<f64>,
         may_log: bool,
     ) -> ChartSeries {
@@ -675,7 +918,8 @@ impl App {
             .collect();
         s.dense = find(self.session.dense_key);
         s.current = find(self.session.current_key);
-        s.pinned = pinned_key.and_then(find);
+        s.pinned = pinned_keys.iter().filter_map(|k| find(*k)).collect();
+        s.cursor = self.cursor.and_then(find);
         for p in self.session.measured() {
             let Provenance::FineTuned { from, .. } = &p.provenance else {
                 continue;
@@ -724,7 +968,12 @@ impl App {
 
     /// What the plots (`p`) draw: every point with its size, latency and accuracy.
     pub fn plot_input(&self) -> PlotInput {
-        self.session.plot_input()
+        let mut input = self.session.plot_input();
+        if self.zoom {
+            // The slides show the band the explorer is zoomed on.
+            input.accuracy_range = Some(self.size_chart.y_bounds);
+        }
+        input
     }
 
     /// The selected layer's setting, for the detail view and the status bar.

@@ -42,6 +42,10 @@ pub enum Action {
     Finetune,
     Zoom,
     Detail,
+    Messages,
+    Compare,
+    PointPrev,
+    PointNext,
 }
 
 /// One key: a code and the modifiers that must be held (Shift is ignored for characters,
@@ -123,7 +127,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[code(KeyCode::Up), key('k')],
         action: Action::Up,
         group: Group::Layers,
-        help: "previous layer (mouse: click a row, scroll)",
+        help: "previous / next layer",
         hint: None,
     },
     Binding {
@@ -137,91 +141,91 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[code(KeyCode::Right), key('l')],
         action: Action::SparsityUp,
         group: Group::Layers,
-        help: "prune more: +5 % sparsity (or global sparsity)",
+        help: "prune ±5 % (or global)",
         hint: Some("prune"),
     },
     Binding {
         keys: &[code(KeyCode::Left), key('h')],
         action: Action::SparsityDown,
         group: Group::Layers,
-        help: "prune less: −5 % sparsity",
+        help: "prune less",
         hint: None,
     },
     Binding {
         keys: &[shift(KeyCode::Right), key('L')],
         action: Action::SparsityUpFine,
         group: Group::Layers,
-        help: "prune more, finely: +1 %",
+        help: "prune ±1 %",
         hint: None,
     },
     Binding {
         keys: &[shift(KeyCode::Left), key('H')],
         action: Action::SparsityDownFine,
         group: Group::Layers,
-        help: "prune less, finely: −1 %",
+        help: "prune less, finely",
         hint: None,
     },
     Binding {
         keys: &[key('+'), key('=')],
         action: Action::BitsUp,
         group: Group::Layers,
-        help: "more bits per weight (… 6, 7, 8, f16, f32)",
+        help: "more / fewer bits",
         hint: None,
     },
     Binding {
         keys: &[key('-'), key('_')],
         action: Action::BitsDown,
         group: Group::Layers,
-        help: "fewer bits per weight (f32, f16, 8, 7, … 1)",
+        help: "fewer bits",
         hint: Some("bits"),
     },
     Binding {
         keys: &[key('m')],
         action: Action::CyclePrune,
         group: Group::Layers,
-        help: "method: none, l1, random, structured, 2:4, std",
+        help: "method: l1, 2:4, …",
         hint: Some("method"),
     },
     Binding {
         keys: &[key('s')],
         action: Action::CycleScheme,
         group: Group::Layers,
-        help: "scheme: symmetric, asymmetric, k-means",
+        help: "sym, asym or k-means",
         hint: None,
     },
     Binding {
         keys: &[key('g')],
         action: Action::CycleGranularity,
         group: Group::Layers,
-        help: "scales: per tensor, per channel, per group",
+        help: "tensor, channel or group",
         hint: None,
     },
     Binding {
         keys: &[key('A')],
         action: Action::ApplyToAll,
         group: Group::Layers,
-        help: "apply this layer's setting to all layers",
+        help: "setting to all layers",
         hint: None,
     },
     Binding {
         keys: &[key('G')],
         action: Action::ToggleGlobal,
         group: Group::Configurations,
-        help: "global pruning (one ranking over all layers)",
+        help: "global pruning on/off",
         hint: None,
     },
     Binding {
         keys: &[key('a')],
         action: Action::CycleActivations,
         group: Group::Configurations,
-        help: "activation quantization: off, 8, 6, 4 bits",
+        help: "activation bits 8/6/4",
         hint: None,
     },
     Binding {
         keys: &[key('u')],
         action: Action::Undo,
         group: Group::Configurations,
-        help: "undo",
+        help: "undo / redo",
         hint: Some("undo"),
     },
     Binding {
@@ -235,14 +239,14 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('r')],
         action: Action::Reset,
         group: Group::Configurations,
-        help: "reset to dense (undo brings it back)",
+        help: "reset to dense",
         hint: None,
     },
     Binding {
         keys: &[key('n')],
         action: Action::NextPreset,
         group: Group::Configurations,
-        help: "next preset (the workshop path)",
+        help: "next / previous preset",
         hint: Some("preset"),
     },
     Binding {
@@ -256,7 +260,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('1')],
         action: Action::Preset(0),
         group: Group::Configurations,
-        help: "preset: dense",
+        help: "presets: dense, int8, …",
         hint: None,
     },
     Binding {
@@ -284,7 +288,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('c')],
         action: Action::Pin,
         group: Group::Configurations,
-        help: "pin this configuration as A, to compare",
+        help: "pin as A–D / unpin last",
         hint: Some("pin"),
     },
     Binding {
@@ -295,24 +299,45 @@ pub const KEYMAP: &[Binding] = &[
         hint: None,
     },
     Binding {
+        keys: &[key('[')],
+        action: Action::PointPrev,
+        group: Group::Configurations,
+        help: "cursor over chart points",
+        hint: None,
+    },
+    Binding {
+        keys: &[key(']')],
+        action: Action::PointNext,
+        group: Group::Configurations,
+        help: "next point",
+        hint: None,
+    },
+    Binding {
+        keys: &[key('T')],
+        action: Action::Compare,
+        group: Group::Configurations,
+        help: "compare pins (x saves)",
+        hint: None,
+    },
+    Binding {
         keys: &[key('S')],
         action: Action::SensitivitySweep,
         group: Group::Work,
-        help: "sensitivity sweep: each layer alone",
+        help: "sensitivity sweep",
         hint: Some("sweep"),
     },
     Binding {
         keys: &[key('w')],
         action: Action::UniformSweep,
         group: Group::Work,
-        help: "uniform sweep: all layers, sparsity × bits",
+        help: "uniform sweep",
         hint: None,
     },
     Binding {
         keys: &[key('o')],
         action: Action::Search,
         group: Group::Work,
-        help: "search: most accurate under the budget lines",
+        help: "search under the budgets",
         hint: None,
     },
     Binding {
@@ -326,14 +351,14 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('t')],
         action: Action::CycleTarget,
         group: Group::Work,
-        help: "device target: none, cortex-m4, …, host",
+        help: "next device target",
         hint: None,
     },
     Binding {
         keys: &[code(KeyCode::Esc)],
         action: Action::Cancel,
         group: Group::Work,
-        help: "cancel sweeps and work; close help/detail",
+        help: "cancel work, close views",
         hint: None,
     },
     Binding {
@@ -347,36 +372,43 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('e')],
         action: Action::Export,
         group: Group::Work,
-        help: "export recipe, model, measurement (asks where)",
+        help: "export recipe and model",
         hint: Some("export"),
     },
     Binding {
         keys: &[key('p')],
         action: Action::Plot,
         group: Group::Work,
-        help: "write both charts as PNG and SVG",
+        help: "charts as PNG and SVG",
         hint: Some("plots"),
     },
     Binding {
         keys: &[key('b')],
         action: Action::Budget,
         group: Group::Work,
-        help: "size budget at the current size on/off",
+        help: "size budget here on/off",
         hint: None,
     },
     Binding {
         keys: &[key('z')],
         action: Action::Zoom,
         group: Group::Screen,
-        help: "zoom accuracy to within 5 points of dense",
+        help: "zoom near dense accuracy",
         hint: None,
     },
     Binding {
         keys: &[code(KeyCode::Enter), key('d')],
         action: Action::Detail,
         group: Group::Screen,
-        help: "layer detail: histograms, sensitivity",
+        help: "layer detail; load point",
         hint: Some("detail"),
+    },
+    Binding {
+        keys: &[key('M')],
+        action: Action::Messages,
+        group: Group::Screen,
+        help: "message log",
+        hint: None,
     },
     Binding {
         keys: &[key('?')],
@@ -389,10 +421,49 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('q'), ctrl('c')],
         action: Action::Quit,
         group: Group::Screen,
-        help: "quit (--resume brings the session back)",
+        help: "quit (--resume returns)",
         hint: Some("quit"),
     },
 ];
+
+/// Bindings the help screen shows on one line (the first binding's help says what all do).
+pub const HELP_FOLDS: &[&[Action]] = &[
+    &[Action::Up, Action::Down],
+    &[Action::SparsityUp, Action::SparsityDown],
+    &[Action::SparsityUpFine, Action::SparsityDownFine],
+    &[Action::BitsUp, Action::BitsDown],
+    &[Action::Undo, Action::Redo],
+    &[Action::NextPreset, Action::PrevPreset],
+    &[
+        Action::Preset(0),
+        Action::Preset(1),
+        Action::Preset(2),
+        Action::Preset(3),
+    ],
+    &[Action::Pin, Action::Unpin],
+    &[Action::PointPrev, Action::PointNext],
+];
+
+/// The help screen's lines of a group: (keys, what they do), folded bindings on one line.
+pub fn help_lines(group: Group) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    for b in KEYMAP.iter().filter(|b| b.group == group) {
+        let fold = HELP_FOLDS.iter().find(|f| f.contains(&b.action));
+        match fold {
+            Some(f) if f[0] != b.action => {}
+            Some(f) => {
+                let keys: Vec<String> = f
+                    .iter()
+                    .filter_map(|a| binding(*a))
+                    .map(keys_label)
+                    .collect();
+                out.push((keys.join(" "), b.help));
+            }
+            None => out.push((keys_label(b), b.help)),
+        }
+    }
+    out
+}
 
 /// The action bound to a key press, if any.
 pub fn lookup(event: &KeyEvent) -> Option<Action> {
@@ -417,7 +488,7 @@ pub fn binding(action: Action) -> Option<&'static Binding> {
     KEYMAP.iter().find(|b| b.action == action)
 }
 
-/// How a key is written for people: `q`, `↑`, `Shift+→`, `Ctrl+r`, `Esc`.
+/// How a key is written for people: `q`, `↑`, `⇧→`, `Ctrl+r`, `Esc`.
 pub fn key_label(k: &Key) -> String {
     let base = match k.code {
         KeyCode::Char(' ') => "Space".to_string(),
@@ -434,7 +505,7 @@ pub fn key_label(k: &Key) -> String {
     if k.mods.contains(KeyModifiers::CONTROL) {
         format!("Ctrl+{base}")
     } else if k.mods.contains(KeyModifiers::SHIFT) {
-        format!("Shift+{base}")
+        format!("⇧{base}")
     } else {
         base
     }
@@ -488,6 +559,6 @@ mod tests {
             Some(Action::Pin)
         );
         assert_eq!(lookup(&ev(KeyCode::Char('#'), KeyModifiers::NONE)), None);
-        assert_eq!(key_label(&shift(KeyCode::Left)), "Shift+←");
+        assert_eq!(key_label(&shift(KeyCode::Left)), "⇧←");
     }
 }

@@ -188,6 +188,7 @@ pub fn run(
     let mut keys_since_draw: Vec<Instant> = Vec::new();
     let result = loop {
         let t0 = Instant::now();
+        app.tick(t0);
         let mut render_time = Duration::ZERO;
         if let Err(e) = terminal.draw(|f| {
             let r0 = Instant::now();

@@ -17,7 +17,7 @@ use crate::explore::eval::Stage;
 use crate::explore::units;
 
 use super::app::{App, ChartSeries, View};
-use super::keymap::{Action, Group, KEYMAP, key_label, keys_label};
+use super::keymap::{Action, Group, KEYMAP, help_lines, key_label};
 use crate::explore::session::Point;
 
 /// The smallest terminal the full layout fits in.
@@ -41,6 +41,8 @@ pub struct Areas {
     pub latency_chart: Rect,
     pub status: Rect,
     pub detail: Option<Rect>,
+    /// The message line (one to three rows as the text needs).
+    pub message: Rect,
     pub keys: Rect,
 }
 
@@ -53,12 +55,14 @@ pub fn layout(area: Rect, app: &App) -> Areas {
     let layers = app.session.info.layers.len() as u16;
     let table_h = (layers + 3).min((area.height / 3).max(5));
     // One more status row for the device target.
-    let status_h = 9 + u16::from(app.session.target.is_some());
-    let [title, table, charts, bottom, keys] = Layout::vertical([
+    let status_h = 8 + u16::from(app.session.target.is_some());
+    let message_h = message_lines(app, area.width).len().max(1) as u16;
+    let [title, table, charts, bottom, message, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(table_h),
-        Constraint::Min(6),
+        Constraint::Min(4),
         Constraint::Length(status_h),
+        Constraint::Length(message_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -78,8 +82,79 @@ pub fn layout(area: Rect, app: &App) -> Areas {
         latency_chart,
         status,
         detail,
+        message,
         keys,
     }
+}
+
+/// Most rows the message line takes; the log (`M`) has every message whole.
+const MESSAGE_ROWS: usize = 3;
+
+/// What the message line says, wrapped to `width`: the newest message while it is fresh, else
+/// why the current configuration failed, if it did. Never cut: text beyond three rows ends in
+/// a pointer to the log.
+pub fn message_lines(app: &App, width: u16) -> Vec<(String, bool)> {
+    let (text, error) = match (app.message(), app.current().and_then(failure)) {
+        _ if app.cursor.is_some() => (app.cursor_text().unwrap_or_default(), false),
+        (Some(m), _) => (
+            if m.error {
+                format!("error: {}", m.text)
+            } else {
+                m.text.clone()
+            },
+            m.error,
+        ),
+        (None, Some(e)) => (format!("this configuration failed: {e}"), true),
+        (None, None) => return Vec::new(),
+    };
+    let mut lines = wrap(&text, usize::from(width.max(10)));
+    if lines.len() > MESSAGE_ROWS {
+        lines.truncate(MESSAGE_ROWS);
+        let more = " … (M: the whole message)";
+        let last = &mut lines[MESSAGE_ROWS - 1];
+        let keep = usize::from(width)
+            .saturating_sub(more.chars().count())
+            .min(last.chars().count());
+        *last = last.chars().take(keep).collect::<String>() + more;
+    }
+    lines.into_iter().map(|l| (l, error)).collect()
+}
+
+/// Why a point has no figures: its error, when nothing was measured.
+fn failure(p: &Point) -> Option<&str> {
+    p.error.as_deref().filter(|_| p.accuracy().is_none())
+}
+
+/// Word-wraps `text` to `width` columns; words longer than a line are split.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let mut word: Vec<char> = word.chars().collect();
+        loop {
+            let used = line.chars().count();
+            let gap = usize::from(used > 0);
+            if used + gap + word.len() <= width {
+                if gap == 1 {
+                    line.push(' ');
+                }
+                line.extend(word.iter());
+                break;
+            }
+            if used > 0 {
+                lines.push(std::mem::take(&mut line));
+                continue;
+            }
+            let rest = word.split_off(width);
+            lines.push(word.iter().collect());
+            word = rest;
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
 }
 
 /// The first layer row shown in a table of `area`, keeping the selection visible.
@@ -100,7 +175,7 @@ pub fn render(frame: &mut Frame, app: &App) {
     }
     match app.view {
         View::Detail => render_detail_screen(frame, area, app),
-        View::Main | View::Help => {
+        View::Main | View::Help | View::Messages | View::Compare => {
             let a = layout(area, app);
             render_title(frame, a.title, app);
             if let Some(t) = a.table {
@@ -126,9 +201,16 @@ pub fn render(frame: &mut Frame, app: &App) {
             if let Some(d) = a.detail {
                 render_detail_pane(frame, d, app);
             }
+            render_message(frame, a.message, app);
             render_keys(frame, a.keys);
             if app.view == View::Help {
                 render_help(frame, area);
+            }
+            if app.view == View::Messages {
+                render_log(frame, area, app);
+            }
+            if app.view == View::Compare {
+                render_compare(frame, area, app);
             }
             if let Some(text) = &app.prompt {
                 render_prompt(frame, area, text);
@@ -155,23 +237,66 @@ fn render_too_small(frame: &mut Frame, area: Rect) {
 }
 
 fn render_title(frame: &mut Frame, area: Rect, app: &App) {
+    let info = &app.session.info;
+    let right = format!(" {} points ", app.session.measured().count());
+    let pins: String = app
+        .session
+        .pins
+        .iter()
+        .zip(crate::explore::session::PIN_NAMES)
+        .filter(|(p, _)| p.is_some())
+        .map(|(_, c)| c)
+        .collect();
+    let preset = app.session.preset_name();
+    // From the most to the least said: the first that leaves the point count whole.
+    let room = usize::from(area.width).saturating_sub(right.chars().count() + 9);
+    let candidates = [
+        (
+            format!(
+                " {} on {} ({} samples)",
+                info.name, info.data_name, info.samples
+            ),
+            true,
+        ),
+        (format!(" {} on {}", info.name, info.data_name), true),
+        (format!(" {} on {}", info.name, info.data_name), false),
+        (format!(" {}", info.name), false),
+    ];
+    let extras = |full: bool| {
+        let mut e = Vec::new();
+        if let Some(p) = preset {
+            e.push((
+                if full {
+                    format!("  preset: {p}")
+                } else {
+                    format!("  {p}")
+                },
+                ACCENT,
+            ));
+        }
+        if !pins.is_empty() {
+            e.push((format!("  pinned: {pins}"), PINNED));
+        }
+        e
+    };
+    let width = |t: &str, e: &[(String, Color)]| {
+        t.chars().count() + e.iter().map(|x| x.0.chars().count()).sum::<usize>()
+    };
+    let (text, extra) = candidates
+        .iter()
+        .map(|(t, full)| (t.clone(), extras(*full)))
+        .find(|(t, e)| width(t, e) <= room)
+        .unwrap_or_else(|| {
+            let t: String = format!(" {}", info.name).chars().take(room).collect();
+            (t, Vec::new())
+        });
     let mut spans = vec![
         Span::styled(" squeeze ", Style::new().bold().fg(Color::Black).bg(ACCENT)),
-        Span::raw(format!(
-            " {} on {} ({} samples)",
-            app.session.info.name, app.session.info.data_name, app.session.info.samples
-        )),
+        Span::raw(text),
     ];
-    if let Some(p) = app.session.preset_name() {
-        spans.push(Span::styled(
-            format!("  preset: {p}"),
-            Style::new().fg(ACCENT),
-        ));
+    for (t, c) in extra {
+        spans.push(Span::styled(t, Style::new().fg(c)));
     }
-    if app.session.pins[0].is_some() {
-        spans.push(Span::styled("  A pinned", Style::new().fg(PINNED)));
-    }
-    let right = format!("{} points ", app.session.measured().count());
     let used: usize = spans.iter().map(|s| s.content.chars().count()).sum();
     let pad = usize::from(area.width).saturating_sub(used + right.chars().count());
     spans.push(Span::raw(" ".repeat(pad)));
@@ -192,6 +317,7 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
     let current = app.current();
     let figures = current.map(Point::layers).unwrap_or(&[]);
     let total: u64 = figures.iter().map(|l| l.size_bytes).sum();
+    let failed = current.and_then(failure).is_some();
     let global = app.session.config.global;
     let mut rows = Vec::new();
     for (i, (info, setting)) in app
@@ -207,10 +333,11 @@ fn render_table(frame: &mut Frame, area: Rect, app: &App) {
             Some(g) => Cell::from(format!("global {}", pct(g))).style(Style::new().fg(ACCENT)),
             None => Cell::from(setting.prune_label()),
         };
-        let bytes = f.map_or("…".into(), |f| units::bytes(f.size_bytes as f64));
+        let waiting = if failed { "—" } else { "…" };
+        let bytes = f.map_or(waiting.into(), |f| units::bytes(f.size_bytes as f64));
         let share = match f {
             Some(f) if total > 0 => format!("{:.0}%", f.size_bytes as f64 * 100.0 / total as f64),
-            _ => "…".into(),
+            _ => waiting.into(),
         };
         let sens = sensitivity_label(app, i);
         let mut cells = vec![Cell::from(info.name.clone())];
@@ -341,16 +468,18 @@ fn render_chart(
         return;
     }
     let one = |p: &Option<(f64, f64)>| p.map(|p| vec![p]).unwrap_or_default();
-    let (dense, current, pinned) = (
+    let (dense, current, pinned, cursor) = (
         one(&series.dense),
         one(&series.current),
-        one(&series.pinned),
+        series.pinned.clone(),
+        one(&series.cursor),
     );
     let budget: Vec<(f64, f64)> = series.budget.map(|b| b.to_vec()).unwrap_or_default();
     let mut datasets = vec![
+        // Points and the frontier share the braille grid, so the line runs through the dots.
         Dataset::default()
             .name("points")
-            .marker(Marker::Dot)
+            .marker(Marker::Braille)
             .graph_type(GraphType::Scatter)
             .style(Style::new().fg(Color::Gray))
             .data(&series.all),
@@ -384,7 +513,7 @@ fn render_chart(
         datasets.push(
             Dataset::default()
                 .name(format!("fits {}", t.name))
-                .marker(Marker::Dot)
+                .marker(Marker::Braille)
                 .graph_type(GraphType::Scatter)
                 .style(Style::new().fg(PINNED))
                 .data(&series.fitting),
@@ -413,7 +542,7 @@ fn render_chart(
     if !pinned.is_empty() {
         datasets.push(
             Dataset::default()
-                .name("A")
+                .name("pins")
                 .marker(Marker::Block)
                 .graph_type(GraphType::Scatter)
                 .style(Style::new().fg(PINNED))
@@ -428,6 +557,16 @@ fn render_chart(
                 .graph_type(GraphType::Scatter)
                 .style(Style::new().fg(CURRENT))
                 .data(&current),
+        );
+    }
+    if !cursor.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("cursor")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(Color::White))
+                .data(&cursor),
         );
     }
     let fmt_x = |x: f64| {
@@ -450,15 +589,57 @@ fn render_chart(
         Span::raw(format!("{y1:.1}%")),
     ];
     let mut block = block;
+    let mut used = 2;
     if series.hidden_below > 0 {
-        block = block.title_bottom(
-            Line::from(format!(" {} points below (z) ", series.hidden_below)).right_aligned(),
-        );
+        let below = format!(" {} below (z) ", series.hidden_below);
+        used += below.chars().count();
+        block = block.title_bottom(Line::from(below).right_aligned());
     }
+    // The legend lives on the border, where it can never cover a point.
+    let mut items: Vec<(&str, String, Color)> = Vec::new();
+    if !cursor.is_empty() {
+        items.push(("■", "cursor".into(), Color::White));
+    }
+    if !current.is_empty() {
+        items.push(("■", "current".into(), CURRENT));
+    }
+    if !dense.is_empty() {
+        items.push(("■", "dense".into(), DENSE));
+    }
+    if !pinned.is_empty() {
+        let names: String = app
+            .session
+            .pins
+            .iter()
+            .zip(crate::explore::session::PIN_NAMES)
+            .filter(|(p, _)| p.is_some())
+            .map(|(_, c)| c)
+            .collect();
+        items.push(("■", format!("pins {names}"), PINNED));
+    }
+    items.push(("─", "Pareto".into(), ACCENT));
+    items.push(("·", "points".into(), Color::Gray));
+    if !budget.is_empty() {
+        items.push(("│", "budget".into(), ERROR));
+    }
+    if let Some(t) = &app.session.target {
+        items.push(("·", format!("fits {}", t.name), PINNED));
+    }
+    let mut legend = vec![Span::raw(" ")];
+    let mut room = usize::from(area.width).saturating_sub(used + 1);
+    for (mark, name, color) in items {
+        let w = mark.chars().count() + name.chars().count() + 2;
+        if w > room {
+            break;
+        }
+        room -= w;
+        legend.push(Span::styled(mark, Style::new().fg(color)));
+        legend.push(Span::raw(format!("{name}  ")));
+    }
+    block = block.title_bottom(Line::from(legend).left_aligned());
     let chart = Chart::new(datasets)
         .block(block)
-        .legend_position(Some(LegendPosition::BottomRight))
-        .hidden_legend_constraints((Constraint::Ratio(1, 3), Constraint::Ratio(1, 2)))
+        .legend_position(None)
         .x_axis(
             Axis::default()
                 .bounds(series.x_bounds)
@@ -526,11 +707,19 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         (Some(a), Some(b)) => units::points_delta(a - b),
         _ => String::new(),
     };
-    let size_text = |p: Option<&Point>| size(p).map_or("…".into(), units::bytes);
-    let lat_text = |p: Option<&Point>| lat(p).map_or("…".into(), units::micros);
+    // A failed configuration has no figures, and waits for none.
+    let missing = |p: Option<&Point>| {
+        if p.and_then(failure).is_some() {
+            "—".to_string()
+        } else {
+            "…".to_string()
+        }
+    };
+    let size_text = |p: Option<&Point>| size(p).map_or_else(|| missing(p), units::bytes);
+    let lat_text = |p: Option<&Point>| lat(p).map_or_else(|| missing(p), units::micros);
     let sparsity_text = |p: Option<&Point>| {
         p.and_then(Point::sparsity)
-            .map_or("…".into(), |s| format!("{:.1}%", s * 100.0))
+            .map_or_else(|| missing(p), |s| format!("{:.1}%", s * 100.0))
     };
 
     let current = if cur.is_some_and(|p| !p.provenance.is_compressed()) {
@@ -603,11 +792,10 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
 
     let table_h = (rows.len() as u16 + 1).min(inner.height);
     let device_h = u16::from(app.session.target.is_some());
-    let [stats, device, work, note] = Layout::vertical([
+    let [stats, device, work] = Layout::vertical([
         Constraint::Length(table_h),
         Constraint::Length(device_h),
         Constraint::Length(1),
-        Constraint::Min(0),
     ])
     .areas(inner);
     frame.render_widget(
@@ -618,17 +806,141 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
         frame.render_widget(fit_line(t, cur), device);
     }
     render_work(frame, work, app);
-    let note_line = if let Some(e) = &app.last_error {
-        Line::from(vec![
-            Span::styled("error: ", Style::new().fg(ERROR).bold()),
-            Span::styled(e.clone(), Style::new().fg(ERROR)),
-        ])
-    } else if let Some(m) = &app.message {
-        Line::from(Span::raw(m.clone()))
-    } else {
-        Line::default()
-    };
-    frame.render_widget(Paragraph::new(note_line).wrap(Wrap { trim: true }), note);
+}
+
+/// The message line: the newest message while it is fresh, or why the current configuration
+/// failed.
+fn render_message(frame: &mut Frame, area: Rect, app: &App) {
+    let lines: Vec<Line> = message_lines(app, area.width)
+        .into_iter()
+        .map(|(text, error)| {
+            if error {
+                Line::styled(text, Style::new().fg(ERROR))
+            } else {
+                Line::raw(text)
+            }
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// The pinned configurations side by side (`T`): figures, changes against dense and the
+/// stored format of every layer.
+fn render_compare(frame: &mut Frame, area: Rect, app: &App) {
+    let rows = crate::explore::compare::rows(&app.session);
+    let w = area.width.saturating_sub(2).min(200);
+    let h = (rows.len() as u16 + 5).min(area.height.saturating_sub(2));
+    let popup = Rect::new(area.x + (area.width - w) / 2, area.y + 2, w, h);
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .title(" Pinned configurations (x saves Markdown and CSV; any other key closes) ")
+        .border_style(Style::new().fg(ACCENT));
+    let inner = block.inner(popup);
+    frame.render_widget(block, popup);
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "…".into());
+    let wide = inner.width >= 120;
+    let mut header = vec![
+        "", "top-1", "Δ", "size", "ratio", "latency", "speed-up", "what",
+    ];
+    if wide {
+        header.push("stored formats");
+    }
+    let table_rows: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let mut cells = vec![
+                Cell::from(r.name.clone()).style(Style::new().bold()),
+                Cell::from(match (&r.error, r.accuracy) {
+                    (Some(_), None) => "failed".to_string(),
+                    (_, a) => opt(a.map(units::percent)),
+                }),
+                Cell::from(opt(r.delta_points.map(|d| units::points_delta(d / 100.0)))),
+                Cell::from(opt(r.size_bytes.map(|b| units::bytes(b as f64)))),
+                Cell::from(opt(r.ratio.map(|x| format!("{x:.2}×")))),
+                Cell::from(opt(r.latency_us.map(units::micros))),
+                Cell::from(opt(r.speedup.map(|x| format!("{x:.2}×")))),
+                Cell::from(r.summary.clone()),
+            ];
+            if wide {
+                cells.push(Cell::from(r.formats.join(" ")));
+            }
+            Row::new(cells)
+        })
+        .collect();
+    let mut widths = vec![
+        Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(7),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Fill(2),
+    ];
+    if wide {
+        widths.push(Constraint::Fill(3));
+    }
+    let mut lines = inner;
+    if app.session.pins.iter().all(Option::is_none) {
+        frame.render_widget(
+            Line::styled(
+                "nothing pinned yet: c pins the current configuration (A, then B, C, D)",
+                Style::new().fg(DIM),
+            ),
+            Rect::new(
+                inner.x,
+                inner.y + inner.height.saturating_sub(1),
+                inner.width,
+                1,
+            ),
+        );
+        lines.height = lines.height.saturating_sub(1);
+    }
+    frame.render_widget(
+        Table::new(table_rows, widths).header(Row::new(header).style(Style::new().fg(ACCENT))),
+        lines,
+    );
+}
+
+/// The message log (`M`): every message of this run, newest at the bottom, wrapped whole.
+fn render_log(frame: &mut Frame, area: Rect, app: &App) {
+    let w = area.width.saturating_sub(4).min(140);
+    let h = area.height.saturating_sub(2);
+    let popup = Rect::new(area.x + (area.width - w) / 2, area.y + 1, w, h);
+    frame.render_widget(Clear, popup);
+    let block = Block::bordered()
+        .title(" Messages, newest last (any key closes) ")
+        .border_style(Style::new().fg(ACCENT));
+    let inner = block.inner(popup);
+    frame.render_widget(block, popup);
+    let width = usize::from(inner.width.saturating_sub(8)).max(10);
+    let mut lines: Vec<Line> = Vec::new();
+    for m in &app.messages {
+        let age = app.now.saturating_duration_since(m.at).as_secs();
+        let when = if age < 60 {
+            format!("{age:>3}s ")
+        } else {
+            format!("{:>3}m ", age / 60)
+        };
+        let style = if m.error {
+            Style::new().fg(ERROR)
+        } else {
+            Style::new()
+        };
+        for (i, l) in wrap(&m.text, width).into_iter().enumerate() {
+            let head = if i == 0 { when.clone() } else { " ".repeat(5) };
+            lines.push(Line::from(vec![
+                Span::styled(head, Style::new().fg(DIM)),
+                Span::styled(l, style),
+            ]));
+        }
+    }
+    if lines.is_empty() {
+        lines.push(Line::styled("nothing said yet", Style::new().fg(DIM)));
+    }
+    // The newest messages stay in view.
+    let skip = lines.len().saturating_sub(usize::from(inner.height));
+    frame.render_widget(Paragraph::new(lines.split_off(skip)), inner);
 }
 
 /// The device line: whether the current configuration fits the target, and by what margin.
@@ -708,6 +1020,14 @@ fn render_work(frame: &mut Frame, area: Rect, app: &App) {
             Stage::Latency => "measuring: latency …",
         };
         frame.render_widget(Line::styled(text, Style::new().fg(ACCENT)), area);
+    } else if app.current().and_then(failure).is_some() {
+        frame.render_widget(
+            Line::styled(
+                "✗ this configuration cannot be measured (u undoes the edit)",
+                Style::new().fg(ERROR),
+            ),
+            area,
+        );
     } else {
         frame.render_widget(Line::styled("idle", Style::new().fg(DIM)), area);
     }
@@ -777,7 +1097,14 @@ fn render_histograms(frame: &mut Frame, area: Rect, app: &App, rows_each: u16) {
                 h2,
             );
         }
-        _ => frame.render_widget(Line::styled("after: measuring …", Style::new().fg(DIM)), l2),
+        _ => {
+            let text = if app.current().and_then(failure).is_some() {
+                "after: — (the configuration failed)"
+            } else {
+                "after: measuring …"
+            };
+            frame.render_widget(Line::styled(text, Style::new().fg(DIM)), l2);
+        }
     }
     let (lo, hi) = info.hist_range;
     let left = format!("{lo:.3}");
@@ -864,10 +1191,13 @@ fn render_detail_pane(frame: &mut Frame, area: Rect, app: &App) {
 
 fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
     let layers = app.session.info.layers.len() as u16;
-    let [title, table, body, keys] = Layout::vertical([
+    let message_h = message_lines(app, area.width).len().max(1) as u16;
+    let [title, table, body, status, message, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length((layers + 3).min(area.height / 4).max(4)),
-        Constraint::Min(8),
+        Constraint::Min(6),
+        Constraint::Length(1),
+        Constraint::Length(message_h),
         Constraint::Length(1),
     ])
     .areas(area);
@@ -885,7 +1215,46 @@ fn render_detail_screen(frame: &mut Frame, area: Rect, app: &App) {
         Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(right);
     render_sensitivity_chart(frame, pc, app, true);
     render_sensitivity_chart(frame, bc, app, false);
+    frame.render_widget(status_summary(app), status);
+    render_message(frame, message, app);
     render_keys(frame, keys);
+}
+
+/// The status in one line, for screens without the status panel: accuracy, size and latency
+/// of the current configuration with their change against dense, or what it waits for.
+fn status_summary(app: &App) -> Line<'static> {
+    let cur = app.current();
+    let dense = app.dense();
+    if cur.and_then(failure).is_some() {
+        return Line::styled(
+            " ✗ this configuration cannot be measured (u undoes the edit)",
+            Style::new().fg(ERROR),
+        );
+    }
+    let acc = |p: Option<&Point>| p.and_then(Point::accuracy).map(|a| a.value);
+    let size = |p: Option<&Point>| p.and_then(Point::size_bytes).map(|s| s as f64);
+    let lat = |p: Option<&Point>| p.and_then(Point::latency_us);
+    let mut spans = vec![Span::styled(" accuracy ", Style::new().fg(DIM))];
+    spans.push(Span::styled(accuracy_text(cur), Style::new().bold()));
+    if let (Some(a), Some(d)) = (acc(cur), acc(dense)) {
+        spans.push(Span::raw(format!(" ({})", units::points_delta(a - d))));
+    }
+    spans.push(Span::styled("  size ", Style::new().fg(DIM)));
+    spans.push(Span::raw(size(cur).map_or("…".into(), units::bytes)));
+    let r = ratio_text(size(dense), size(cur), "smaller", "larger");
+    if !r.is_empty() {
+        spans.push(Span::raw(format!(" ({r})")));
+    }
+    spans.push(Span::styled("  latency ", Style::new().fg(DIM)));
+    spans.push(Span::raw(lat(cur).map_or("…".into(), units::micros)));
+    let r = ratio_text(lat(dense), lat(cur), "faster", "slower");
+    if !r.is_empty() {
+        spans.push(Span::raw(format!(" ({r})")));
+    }
+    if !app.session.pending.is_empty() {
+        spans.push(Span::styled("  measuring …", Style::new().fg(ACCENT)));
+    }
+    Line::from(spans)
 }
 
 /// Accuracy when only the selected layer is pruned (x: sparsity %) or quantized (x: bits).
@@ -1059,53 +1428,51 @@ fn render_prompt(frame: &mut Frame, area: Rect, text: &str) {
     );
 }
 
-/// The help overlay: every binding of the key table, by group, in two columns.
+/// The help overlay: every binding of the key table, by group, flowed into as many columns
+/// as the screen needs (two at 80×24).
 fn render_help(frame: &mut Frame, area: Rect) {
-    let columns = [
-        [Group::Layers, Group::Work],
-        [Group::Configurations, Group::Screen],
-    ];
-    let key_w = KEYMAP
-        .iter()
-        .map(|b| keys_label(b).chars().count())
-        .max()
-        .unwrap_or(8)
-        + 2;
-    let lines_of = |groups: [Group; 2]| {
-        let mut lines = Vec::new();
-        for g in groups {
-            if !lines.is_empty() {
-                lines.push(Line::default());
-            }
-            lines.push(Line::styled(g.title(), Style::new().bold().fg(ACCENT)));
-            for b in KEYMAP.iter().filter(|b| b.group == g) {
-                lines.push(Line::from(vec![
-                    Span::styled(format!(" {:<key_w$}", keys_label(b)), Style::new().bold()),
-                    Span::raw(b.help),
-                ]));
-            }
+    let mut lines: Vec<Line> = Vec::new();
+    let mut key_w = 0;
+    let groups: Vec<(Group, Vec<(String, &str)>)> =
+        Group::ALL.iter().map(|g| (*g, help_lines(*g))).collect();
+    for (_, l) in &groups {
+        for (k, _) in l {
+            key_w = key_w.max(k.chars().count());
         }
-        lines
-    };
-    let cols: Vec<Vec<Line>> = columns.into_iter().map(lines_of).collect();
-    let tallest = cols.iter().map(Vec::len).max().unwrap_or(0) as u16;
-    let w = area.width.saturating_sub(4).min(140);
-    let h = (tallest + 2).min(area.height.saturating_sub(2));
+    }
+    for (g, entries) in &groups {
+        if !lines.is_empty() {
+            lines.push(Line::default());
+        }
+        lines.push(Line::styled(g.title(), Style::new().bold().fg(ACCENT)));
+        for (k, help) in entries {
+            lines.push(Line::from(vec![
+                Span::styled(format!(" {k:<key_w$}  "), Style::new().bold()),
+                Span::raw(*help),
+            ]));
+        }
+    }
+    let w = area.width.saturating_sub(2).min(140);
+    let h = area.height.saturating_sub(2).max(3);
+    let rows = usize::from(h.saturating_sub(2)).max(1);
+    let ncols = lines.len().div_ceil(rows).max(1);
     let popup = Rect::new(
         area.x + (area.width - w) / 2,
-        area.y + (area.height - h) / 2,
+        area.y + (area.height.saturating_sub(h)) / 2,
         w,
-        h,
+        h.min(area.height),
     );
     frame.render_widget(Clear, popup);
     let block = Block::bordered()
-        .title(" Keys (Esc or ? closes) ")
+        .title(" Keys (any key closes) ")
         .border_style(Style::new().fg(ACCENT));
     let inner = block.inner(popup);
     frame.render_widget(block, popup);
-    let halves =
-        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).split(inner);
-    for (col, lines) in halves.iter().zip(cols) {
-        frame.render_widget(Paragraph::new(lines), *col);
+    let cols = Layout::horizontal(vec![Constraint::Ratio(1, ncols as u32); ncols]).split(inner);
+    let mut rest = lines;
+    for col in cols.iter() {
+        let take = rows.min(rest.len());
+        let tail = rest.split_off(take);
+        frame.render_widget(Paragraph::new(std::mem::replace(&mut rest, tail)), *col);
     }
 }

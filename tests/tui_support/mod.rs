@@ -39,11 +39,15 @@ pub fn info() -> ModelInfo {
             hist_range: (-0.25, 0.25),
             hist_before: hist,
             coupled: None,
+            // As the recipe check says for a model's last linear layer.
+            no_structured: (name == "fc3").then(|| {
+                "fc3 produces the model's output (class scores); removing its outputs would remove classes".into()
+            }),
         }
     };
     ModelInfo {
         name: "lenet-300-100".into(),
-        data_name: "t10k-images-idx3-ubyte.gz".into(),
+        data_name: "mnist".into(),
         samples: 10_000,
         layers: vec![
             layer("fc1", 300, 784),
@@ -123,20 +127,12 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
         layers.push(LayerFigures {
             size_bytes: bytes,
             sparsity,
-            format: if sparsity > 0.0 {
-                format!(
-                    "csr8-{}",
-                    if bits < 32.0 {
-                        format!("q{bits}")
-                    } else {
-                        "f32".into()
-                    }
-                )
-            } else if bits < 32.0 {
-                format!("dense-q{bits}")
-            } else {
-                "dense-f32".into()
-            },
+            // The engine's names: index, then the stored values as the setting names them.
+            format: format!(
+                "{}+{}",
+                if sparsity > 0.0 { "csr8" } else { "dense" },
+                s.quant_label().trim_end_matches(" asym")
+            ),
             hist_after: hist,
             macs,
         });
