@@ -208,11 +208,12 @@ const PIN_GREEN: RGBColor = RGBColor(44, 160, 44);
 
 /// The slides' size: a full-HD projector frame, drawn without editing.
 pub const SLIDE: (u32, u32) = (1920, 1080);
-/// Text sizes in pixels at that size: tick labels and the legend at least 24 px.
-const TITLE_PX: u32 = 44;
-const LABEL_PX: u32 = 28;
-const DESC_PX: u32 = 30;
-const LEGEND_PX: u32 = 28;
+/// Text sizes at that size, in plotters' units (drawn at 0.8 of them in pixels): tick labels
+/// and the legend 25 px, the title 38 px.
+const TITLE_PX: u32 = 48;
+const LABEL_PX: u32 = 32;
+const DESC_PX: u32 = 34;
+const LEGEND_PX: u32 = 32;
 /// Width of the legend strip right of the plot.
 const LEGEND_W: u32 = 400;
 /// Frontier points get a label when there are at most this many (more would be a blur).
@@ -478,7 +479,7 @@ fn draw_series<DB: DrawingBackend>(
             .iter()
             .map(|&(x, y, _)| Circle::new((tx(x), y), 8, BLUE.filled())),
     )?;
-    let label_font = TextStyle::from(("sans-serif", LABEL_PX - 4).into_font())
+    let label_font = TextStyle::from(("sans-serif", LABEL_PX).into_font())
         .pos(Pos::new(HPos::Left, VPos::Bottom));
     if s.frontier.len() <= MAX_FRONTIER_LABELS {
         for (x, y, label) in &s.frontier {
@@ -890,17 +891,22 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         write_plots(&input, dir.path(), &[]).unwrap();
+        if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
+            write_plots(&input, Path::new(&out), &[]).unwrap();
+        }
         let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
         assert!(svg.contains("log scale"));
         // Ticks at 1-2-5 steps, never at odd values such as 22.6 or 45.3 KiB.
         for tick in [
             "10 KiB", "20 KiB", "50 KiB", "100 KiB", "200 KiB", "500 KiB", "1 MiB",
         ] {
-            assert!(svg.contains(&format!(">{tick}<")), "no {tick} tick");
+            assert!(svg.contains(&format!(">\n{tick}\n<")), "no {tick} tick");
         }
         assert!(svg.contains("width=\"1920\"") && svg.contains("height=\"1080\""));
-        if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
-            write_plots(&input, Path::new(&out), &[]).unwrap();
+        // Every text at least 24 px.
+        for size in svg.split("font-size=\"").skip(1) {
+            let px: f64 = size[..size.find('"').unwrap()].parse().unwrap();
+            assert!(px >= 24.0, "text of {px} px");
         }
     }
 
