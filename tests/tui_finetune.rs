@@ -155,11 +155,10 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     rig.press(key('f'));
     assert!(
         rig.app
-            .message
-            .as_deref()
+            .message_text()
             .is_some_and(|m| m.contains("a fine-tune is running")),
         "{:?}",
-        rig.app.message
+        rig.app.message_text()
     );
     // The status says what it is doing once an epoch has started.
     rig.until(|m, _| matches!(m, WorkerMsg::TuneProgress { .. }));
@@ -169,7 +168,7 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
 
     rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
     let s = &rig.app.session;
-    assert!(s.tune.is_none(), "{:?}", rig.app.last_error);
+    assert!(s.tune.is_none(), "{:?}", last_error(&rig.app));
     let tuned = s.current().expect("the tuned point is current");
     assert_ne!(tuned.key, twin);
     let Provenance::FineTuned { from, settings } = &tuned.provenance else {
@@ -204,7 +203,7 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     assert!(matches!(r.as_slice(), [Request::ExportTuned { .. }]));
     rig.run(r);
     rig.until(|m, _| matches!(m, WorkerMsg::TaskDone { .. }));
-    assert!(rig.app.last_error.is_none(), "{:?}", rig.app.last_error);
+    assert!(last_error(&rig.app).is_none(), "{:?}", last_error(&rig.app));
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
     assert!(head.contains("squeeze.finetune"));
@@ -261,11 +260,10 @@ fn a_cancelled_finetune_leaves_nothing() {
     assert!(rig.app.session.tune.is_none());
     assert!(
         rig.app
-            .message
-            .as_deref()
+            .message_text()
             .is_some_and(|m| m.contains("cancelled")),
         "{:?}",
-        rig.app.message
+        rig.app.message_text()
     );
     // The worker stops and says so; nothing it sends is kept.
     rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
@@ -278,4 +276,13 @@ fn a_cancelled_finetune_leaves_nothing() {
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(!text.contains("fine_tuned"), "{text}");
     assert!(!out.exists());
+}
+
+/// The newest error the explorer has shown, if any.
+fn last_error(app: &squeeze::tui::App) -> Option<&str> {
+    app.messages
+        .iter()
+        .rev()
+        .find(|m| m.error)
+        .map(|m| m.text.as_str())
 }

@@ -365,7 +365,7 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('f')],
         action: Action::Finetune,
         group: Group::Work,
-        help: "fine-tune on the training set (Esc cancels)",
+        help: "fine-tune (Esc cancels)",
         hint: None,
     },
     Binding {
