@@ -6,16 +6,16 @@
 use super::super::format::{PackedLayer, ValueStore};
 #[cfg(target_arch = "x86_64")]
 use super::common::by_four_rows;
-use super::common::{KernelScratch, bias_of, dot, hsum16};
+use super::common::{AlignedRows, KernelScratch, bias_of, dot, hsum16};
 #[cfg(target_arch = "x86_64")]
 use crate::engine::cpu::Avx512;
 
-/// A dense f32 layer's rows as stored.
+/// A dense f32 layer's rows as stored, each on a 64-byte boundary.
 #[derive(Debug, Clone)]
 pub(super) struct F32Rows {
     rows: usize,
     cols: usize,
-    w: Vec<f32>,
+    w: AlignedRows<f32>,
     bias: Option<Vec<f32>>,
 }
 
@@ -28,26 +28,25 @@ impl F32Rows {
         layer.is_dense().then(|| F32Rows {
             rows: layer.rows,
             cols: layer.cols,
-            w: w.clone(),
+            w: AlignedRows::new(w, layer.rows, layer.cols),
             bias: layer.bias.clone(),
         })
     }
 
     /// `y = W·x + bias`, four rows per pass while four remain.
     pub(super) fn run(&self, x: &[f32], y: &mut [f32]) {
-        let (rows, cols, w) = (self.rows, self.cols, &self.w);
-        let x = &x[..cols];
+        let (rows, w) = (self.rows, &self.w);
+        let x = &x[..self.cols];
         let mut r = 0;
         while r + 4 <= rows {
-            let rw = |k: usize| &w[(r + k) * cols..(r + k + 1) * cols];
-            let d = dot4([rw(0), rw(1), rw(2), rw(3)], x);
+            let d = dot4([w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)], x);
             for k in 0..4 {
                 y[r + k] = d[k] + bias_of(&self.bias, r + k);
             }
             r += 4;
         }
-        for r in r..rows {
-            y[r] = dot(&w[r * cols..(r + 1) * cols], x) + bias_of(&self.bias, r);
+        for (r, yr) in y.iter_mut().enumerate().take(rows).skip(r) {
+            *yr = dot(w.row(r), x) + bias_of(&self.bias, r);
         }
     }
 }
@@ -86,7 +85,8 @@ fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
     out
 }
 
-/// A dense layer's f16 or bf16 rows as stored, widened to f32 in registers four rows at a time.
+/// A dense layer's f16 or bf16 rows as stored (each on a 64-byte boundary), widened to f32 in
+/// registers four rows at a time.
 /// Made only by `new`, which takes the `Avx512` token: holding one proves the CPU runs its
 /// kernel.
 #[cfg(target_arch = "x86_64")]
@@ -94,8 +94,8 @@ fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
 pub(super) struct HalfRows {
     rows: usize,
     cols: usize,
-    /// The stored bits, row-major.
-    w: Vec<u16>,
+    /// The stored bits.
+    w: AlignedRows<u16>,
     /// bfloat16 (else IEEE half).
     bf: bool,
     bias: Option<Vec<f32>>,
@@ -111,17 +111,16 @@ impl HalfRows {
         layer.is_dense().then(|| HalfRows {
             rows: layer.rows,
             cols: layer.cols,
-            w: w.clone(),
+            w: AlignedRows::new(w, layer.rows, layer.cols),
             bf: matches!(layer.values, ValueStore::Bf16(_)),
             bias: layer.bias.clone(),
         })
     }
 
     pub(super) fn run(&self, x: &[f32], y: &mut [f32]) {
-        let cols = self.cols;
-        let row = |r: usize| &self.w[r * cols..(r + 1) * cols];
+        let x = &x[..self.cols];
         by_four_rows(self.rows, &self.bias, y, |ks| {
-            let w = ks.map(row);
+            let w = ks.map(|r| self.w.row(r));
             // SAFETY: a `HalfRows` exists only where an `Avx512` token vouched for AVX-512
             // F/BW/VL, the features the kernel enables; it bounds its loads by the slices.
             unsafe {
