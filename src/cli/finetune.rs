@@ -23,9 +23,6 @@ use crate::train::{
     PruneSchedule, Qat,
 };
 
-/// The metadata key holding a fine-tuned model's settings, inputs and figures (JSON).
-pub const FINETUNE_METADATA_KEY: &str = "squeeze.finetune";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScheduleArg {
     /// The recipe's masks from the first step.
@@ -576,7 +573,10 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let recipe_text = recipe.to_toml();
     let compressed = result.compressed.sealed_with(
         Some(&recipe_text),
-        &[(FINETUNE_METADATA_KEY, serde_json::to_string(&provenance)?)],
+        &[(
+            train::FINETUNE_METADATA_KEY,
+            serde_json::to_string(&provenance)?,
+        )],
     );
     let dense = match &args.dense_out {
         Some(path) => Some((

@@ -22,9 +22,6 @@ use crate::data::{DataOptions, Split};
 use crate::engine::CompressedModel;
 use crate::train::{self, FinetuneEvent, FinetuneSets, FinetuneSettings, LrDecay, TrainConfig};
 
-/// The metadata key of a fine-tuned model's settings and figures (as `squeeze finetune`).
-pub const FINETUNE_METADATA_KEY: &str = "squeeze.finetune";
-
 /// How a fine-tune runs: `squeeze finetune`'s settings and data options.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TuneSpec {

@@ -718,7 +718,7 @@ impl Evaluator for ModelEvaluator {
                 .compressed
                 .sealed_with(
                     Some(&recipe_text),
-                    &[(super::finetune::FINETUNE_METADATA_KEY, t.metadata.clone())],
+                    &[(crate::train::FINETUNE_METADATA_KEY, t.metadata.clone())],
                 )
                 .to_bytes()
                 .map_err(EvalError::Other)?;

@@ -47,6 +47,10 @@ pub use schedule::PruneSchedule;
 /// The metadata key holding the training settings and result as JSON.
 pub const TRAIN_METADATA_KEY: &str = "squeeze.train";
 
+/// The metadata key holding a fine-tuned model's settings, inputs and figures (JSON), written
+/// by `squeeze finetune` and by the explorer's export of a fine-tuned point.
+pub const FINETUNE_METADATA_KEY: &str = "squeeze.finetune";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     /// A setting out of range (learning rate, epochs, batch size, ...).
