@@ -10,7 +10,7 @@ use super::common::{Format, load_model};
 use super::finetune::{Progress, Provenance, RunArgs, summary_header, summary_row};
 use super::train::{InputFile, check_training_memory, load_test_set, load_training_set};
 use crate::compress::Recipe;
-use crate::data::{DataOptions, Split};
+use crate::data::Split;
 use crate::files::OutputCheck;
 use crate::measure::Timing;
 use crate::train::{
@@ -77,26 +77,13 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
     if args.run.limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
-    let train = DataOptions {
-        split: Split::Train,
-        ..Default::default()
-    };
-    let mut check = OutputCheck::new()
-        .input("--teacher", &args.teacher)
-        .input("--student", &args.student)
-        .inputs(
-            "--data",
-            crate::data::source_files(&args.data, &train)
-                .iter()
-                .map(PathBuf::as_path),
-        )
-        .inputs(
-            "--data",
-            crate::data::source_files(&args.data, &DataOptions::default())
-                .iter()
-                .map(PathBuf::as_path),
-        )
-        .output("--out", &args.out);
+    let mut check = super::finetune::training_data_inputs(
+        OutputCheck::new()
+            .input("--teacher", &args.teacher)
+            .input("--student", &args.student),
+        &args.data,
+    )
+    .output("--out", &args.out);
     if let Some(t) = &args.test {
         check = check.input("--test", t);
     }

@@ -2,7 +2,7 @@
 //! gradual pruning, quantization-aware training, shared values, distillation), then measure
 //! it on the engine and write the packed model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
@@ -433,26 +433,34 @@ pub(super) fn summary_header() -> String {
 
 /// Refuses, before any work, outputs that would overwrite an input or each other, or that
 /// cannot be written.
-fn check_paths(args: &FinetuneArgs) -> anyhow::Result<()> {
+/// Adds both pairs a training data folder may hold (training and evaluation files) to `check`
+/// as `--data` inputs.
+pub(super) fn training_data_inputs(check: OutputCheck, data: &Path) -> OutputCheck {
     let train = DataOptions {
         split: Split::Train,
         ..Default::default()
     };
-    let mut check = OutputCheck::new()
-        .input("--model", &args.model.model)
+    check
         .inputs(
             "--data",
-            crate::data::source_files(&args.data, &train)
+            crate::data::source_files(data, &train)
                 .iter()
                 .map(PathBuf::as_path),
         )
         .inputs(
             "--data",
-            crate::data::source_files(&args.data, &DataOptions::default())
+            crate::data::source_files(data, &DataOptions::default())
                 .iter()
                 .map(PathBuf::as_path),
         )
-        .output("--out", &args.out);
+}
+
+fn check_paths(args: &FinetuneArgs) -> anyhow::Result<()> {
+    let mut check = training_data_inputs(
+        OutputCheck::new().input("--model", &args.model.model),
+        &args.data,
+    )
+    .output("--out", &args.out);
     for (role, path) in [
         ("--arch", &args.model.arch),
         ("--recipe", &args.recipe.recipe),

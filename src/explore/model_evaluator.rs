@@ -738,23 +738,10 @@ impl Evaluator for ModelEvaluator {
         cancel: &AtomicBool,
         report: &(dyn Fn(ProbeEvent) + Sync),
     ) {
-        let mut dense_accuracy = job.dense_accuracy;
-        if let Some(d) = &job.dense {
-            match self.evaluate(&d.config, Stage::Full, cancel) {
-                Ok(f) => {
-                    dense_accuracy = f.accuracy.map(|a| a.value);
-                    report(ProbeEvent::Measured {
-                        key: d.key,
-                        figures: f,
-                    });
-                }
-                Err(e) if e.is_cancelled() => return,
-                Err(e) => report(ProbeEvent::Failed {
-                    key: d.key,
-                    error: e.to_string(),
-                }),
-            }
-        }
+        let Some(dense_accuracy) = super::sensitivity::measure_dense(self, job, cancel, report)
+        else {
+            return;
+        };
         let fail_all = |error: String| {
             for c in &job.chains {
                 for p in &c.points {

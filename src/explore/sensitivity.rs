@@ -267,6 +267,38 @@ pub enum ProbeEvent {
     },
 }
 
+/// Measures the job's dense model when it asks for it, reporting the figure or the failure;
+/// returns the dense accuracy the chains are compared against (the job's own when the dense
+/// model is not measured or fails), or `None` when cancelled.
+pub fn measure_dense<E: Evaluator + ?Sized>(
+    evaluator: &E,
+    job: &ProbeJob,
+    cancel: &AtomicBool,
+    report: &(dyn Fn(ProbeEvent) + Sync),
+) -> Option<Option<f64>> {
+    let Some(d) = &job.dense else {
+        return Some(job.dense_accuracy);
+    };
+    match evaluator.evaluate(&d.config, Stage::Full, cancel) {
+        Ok(f) => {
+            let accuracy = f.accuracy.map(|a| a.value);
+            report(ProbeEvent::Measured {
+                key: d.key,
+                figures: f,
+            });
+            Some(accuracy)
+        }
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => {
+            report(ProbeEvent::Failed {
+                key: d.key,
+                error: e.to_string(),
+            });
+            Some(job.dense_accuracy)
+        }
+    }
+}
+
 /// Measures a job one configuration at a time with `Evaluator::evaluate` (what evaluators
 /// without a faster way do): the dense model first when needed, then each chain until it
 /// collapses.
@@ -276,23 +308,9 @@ pub fn measure_each<E: Evaluator + ?Sized>(
     cancel: &AtomicBool,
     report: &(dyn Fn(ProbeEvent) + Sync),
 ) {
-    let mut dense = job.dense_accuracy;
-    if let Some(d) = &job.dense {
-        match evaluator.evaluate(&d.config, Stage::Full, cancel) {
-            Ok(f) => {
-                dense = f.accuracy.map(|a| a.value);
-                report(ProbeEvent::Measured {
-                    key: d.key,
-                    figures: f,
-                });
-            }
-            Err(e) if e.is_cancelled() => return,
-            Err(e) => report(ProbeEvent::Failed {
-                key: d.key,
-                error: e.to_string(),
-            }),
-        }
-    }
+    let Some(dense) = measure_dense(evaluator, job, cancel, report) else {
+        return;
+    };
     for chain in &job.chains {
         run_chain(chain, dense, job.classes, cancel, report, &mut |p| {
             evaluator.evaluate(&p.config, Stage::Full, cancel)
