@@ -4,7 +4,7 @@
 //! (the arena: what a device must hold besides the weights).
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::compress::{Plan, entropy_bytes};
 use crate::engine::{self, CompressedModel, Step};
@@ -48,8 +48,16 @@ pub struct Measurement {
     pub ratio: f64,
     /// Size after Huffman-coding the quantized values and index gaps.
     pub entropy_bytes: usize,
-    /// Achieved fraction of pruned weights over all linear/conv weights.
+    /// The pruned fraction of the original linear/conv weights (weights removed by structured
+    /// pruning count as pruned); see `sparsity_basis`.
     pub sparsity: f64,
+    /// Where `sparsity` comes from: the pruning itself (`pruning`), or, for a compressed file
+    /// written without a pruning record, the exact zeros among its stored weights
+    /// (`stored_zeros`), which also counts weights quantized to zero and misses removed ones.
+    pub sparsity_basis: SparsityBasis,
+    /// The fraction of the original weights that are exactly zero in the stored model: pruned,
+    /// removed, or quantized to zero (at least `sparsity`).
+    pub zeros: f64,
     /// Median single-sample latency on one thread, microseconds.
     pub latency_us: f64,
     pub latency_p90_us: f64,
@@ -68,10 +76,164 @@ pub struct LayerMeasurement {
     /// The storage format the engine chose (e.g. `dense-f32`, `csr8-q4`).
     pub format: String,
     pub params: usize,
+    /// The pruned fraction of the layer's original weights.
     pub sparsity: f64,
+    /// The fraction of the layer's original weights that are exactly zero as stored.
+    pub zeros: f64,
     pub size_bytes: usize,
     pub dense_bytes: usize,
     pub entropy_bytes: usize,
+}
+
+/// Metadata key of a compressed file's [`PruningRecord`].
+pub const PRUNING_METADATA_KEY: &str = "squeeze.pruning";
+
+/// What pruning left of each linear/conv layer of the original model. Sparsity has one
+/// definition, the pruned fraction of the original weights (`Plan::sparsity_against`: weights
+/// removed by structured pruning count as pruned); an exported model carries this record in
+/// its metadata, so the reloaded file reports the sparsity and dense size its export reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruningRecord {
+    pub layers: Vec<LayerPruning>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerPruning {
+    pub name: String,
+    /// Weights of the original layer.
+    pub weights: usize,
+    /// Weights that pruning kept (stored, whatever their quantized value).
+    pub kept: usize,
+    /// Parameters of the original layer, weights and bias (its dense f32 size is 4× this).
+    pub params: usize,
+}
+
+impl LayerPruning {
+    pub fn sparsity(&self) -> f64 {
+        fraction(self.weights.saturating_sub(self.kept), self.weights)
+    }
+}
+
+fn fraction(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+impl PruningRecord {
+    /// The record of `plan`, made from `original`.
+    pub fn of(plan: &Plan, original: &Model) -> PruningRecord {
+        let sparsity = plan.sparsity_against(original);
+        let layers = sparsity
+            .layers
+            .iter()
+            .map(|l| LayerPruning {
+                name: l.name.clone(),
+                weights: l.total,
+                kept: l.total - l.pruned,
+                params: original
+                    .layer_index(&l.name)
+                    .map_or(l.total, |i| original.layers[i].param_count()),
+            })
+            .collect();
+        PruningRecord { layers }
+    }
+
+    /// The metadata entry that records it in a compressed file.
+    pub fn metadata(&self) -> (&'static str, String) {
+        (
+            PRUNING_METADATA_KEY,
+            serde_json::to_string(self).unwrap_or_default(),
+        )
+    }
+
+    /// The record in a compressed file's metadata; `None` for a file written without one.
+    pub fn from_metadata(
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<PruningRecord>, String> {
+        metadata
+            .get(PRUNING_METADATA_KEY)
+            .map(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| format!("metadata \"{PRUNING_METADATA_KEY}\": {e}"))
+            })
+            .transpose()
+    }
+
+    /// The record in the compressed file at `path`; `None` for a file written without one.
+    pub fn read(path: &std::path::Path) -> Result<Option<PruningRecord>, String> {
+        let metadata = crate::files::read_metadata(path)?;
+        Self::from_metadata(&metadata).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn layer(&self, name: &str) -> Option<&LayerPruning> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+}
+
+/// Where a measurement's sparsity comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SparsityBasis {
+    /// The pruning record: the pruned fraction of the original weights.
+    Pruning,
+    /// No record (a file exported before models carried one): the exact zeros among the
+    /// stored weights.
+    StoredZeros,
+}
+
+/// The sparsity of one packed layer, against the original layer as `record` describes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoredSparsity {
+    /// The pruned fraction of the original weights (without a record: the stored zeros).
+    pub sparsity: f64,
+    /// The fraction of the original weights that are exactly zero as stored.
+    pub zeros: f64,
+    /// Weights of the original layer.
+    pub weights: usize,
+    /// Parameters (weights and bias) of the original layer.
+    pub params: usize,
+}
+
+/// `StoredSparsity` of the packed layer `name` (`stored_params` parameters as stored).
+pub fn stored_sparsity(
+    name: &str,
+    packed: &engine::PackedLayer,
+    stored_params: usize,
+    record: Option<&PruningRecord>,
+) -> StoredSparsity {
+    let nonzero = packed.dequantized().iter().filter(|v| **v != 0.0).count();
+    let stored = packed.rows * packed.cols;
+    let zeros = fraction(stored - nonzero.min(stored), stored);
+    let as_stored = |sparsity| StoredSparsity {
+        sparsity,
+        zeros,
+        weights: stored,
+        params: stored_params,
+    };
+    match record.map(|r| r.layer(name)) {
+        Some(Some(l)) => StoredSparsity {
+            sparsity: l.sparsity(),
+            zeros: fraction(l.weights.saturating_sub(nonzero), l.weights),
+            weights: l.weights,
+            params: l.params,
+        },
+        // A layer the record leaves out was not pruned.
+        Some(None) => as_stored(0.0),
+        None => as_stored(zeros),
+    }
+}
+
+/// Bytes of the original model stored dense f32: `compressed`'s dense size with each packed
+/// layer counted as `record` says it was before pruning removed rows or channels.
+pub fn dense_bytes(compressed: &CompressedModel, record: Option<&PruningRecord>) -> usize {
+    let mut bytes = compressed.dense_bytes();
+    for (i, packed) in compressed.packed_layers() {
+        let layer = &compressed.model.layers[i];
+        if let Some(l) = record.and_then(|r| r.layer(&layer.name)) {
+            let stored = packed.rows * packed.cols + packed.bias.as_ref().map_or(0, Vec::len);
+            bytes = bytes + l.params * 4 - (stored * 4).min(bytes);
+        }
+    }
+    bytes
 }
 
 /// How a model's outputs are to be read: raw logits, or probabilities when it ends in softmax.
@@ -215,13 +377,13 @@ pub struct Timing {
 
 /// One compressed model in, one measurement out: runs `inputs` (`labels.len()` prepared
 /// samples) through the engine, scores them, and reports sizes and, as asked, latency and
-/// throughput. `plan` (when the model was compressed in this process) gives the Huffman figure
-/// and the sparsity against `original`; a model reloaded from a file reports the fraction of
-/// zero weights instead.
+/// throughput. `plan` (when the model was compressed in this process) gives the Huffman figure;
+/// `pruning` the sparsity and dense size against the original model (without it, a file's
+/// exact zeros stand for its sparsity, and its stored shapes for the original's).
 pub fn measure(
     compressed: &CompressedModel,
     plan: Option<&Plan>,
-    original: Option<&Model>,
+    pruning: Option<&PruningRecord>,
     inputs: &[f32],
     labels: &[u32],
     reference: Option<(&[f32], OutputKind)>,
@@ -234,40 +396,25 @@ pub fn measure(
     let kind = OutputKind::of(&compressed.model);
     let accuracy = score(&outputs, compressed.num_classes(), labels, kind, reference);
 
-    let sparsity = plan.map(|p| match original {
-        Some(o) => p.sparsity_against(o),
-        None => p.achieved_sparsity(),
-    });
     let mut layers = Vec::new();
-    // Pruned (or zero) weights and all weights, for the overall figure without a plan.
-    let (mut zero_weights, mut all_weights) = (0.0f64, 0usize);
+    // Pruned and all original weights, exactly-zero ones, for the overall figures.
+    let (mut pruned, mut zeros, mut all_weights) = (0.0f64, 0.0f64, 0usize);
     for (i, packed) in compressed.packed_layers() {
         let layer = &compressed.model.layers[i];
         let q = plan.and_then(|p| p.layers.iter().find(|q| q.layer == i));
-        let original_layer = original
-            .and_then(|o| o.layer_index(&layer.name).map(|j| &o.layers[j]))
-            .unwrap_or(layer);
-        let dense_bytes = original_layer.param_count() * 4;
-        let layer_sparsity = match sparsity
-            .as_ref()
-            .and_then(|s| s.layers.iter().find(|l| l.name == layer.name))
-        {
-            Some(l) => l.fraction(),
-            None => {
-                let w = packed.dequantized();
-                w.iter().filter(|v| **v == 0.0).count() as f64 / w.len().max(1) as f64
-            }
-        };
-        zero_weights += layer_sparsity * (packed.rows * packed.cols) as f64;
-        all_weights += packed.rows * packed.cols;
+        let stored = stored_sparsity(&layer.name, packed, layer.param_count(), pruning);
+        pruned += stored.sparsity * stored.weights as f64;
+        zeros += stored.zeros * stored.weights as f64;
+        all_weights += stored.weights;
         layers.push(LayerMeasurement {
             name: layer.name.clone(),
             op: layer.op.name().to_string(),
             format: packed.format_name(),
             params: layer.param_count(),
-            sparsity: layer_sparsity,
+            sparsity: stored.sparsity,
+            zeros: stored.zeros,
             size_bytes: packed.size_bytes(),
-            dense_bytes,
+            dense_bytes: stored.params * 4,
             entropy_bytes: packed
                 .entropy_bytes
                 .or_else(|| q.map(entropy_bytes))
@@ -285,10 +432,6 @@ pub fn measure(
         .sum();
     let size_bytes = compressed.size_bytes();
     let dense_bytes = layers.iter().map(|l| l.dense_bytes).sum::<usize>() + other_bytes;
-    let overall_sparsity = match &sparsity {
-        Some(s) => s.fraction(),
-        None => zero_weights / all_weights.max(1) as f64,
-    };
     let (latency_us, latency_p90_us) = if timing.latency && n > 0 {
         let stats = engine::latency(compressed, &inputs[..compressed.input_len()]);
         (stats.median_us, stats.p90_us)
@@ -306,7 +449,13 @@ pub fn measure(
         dense_bytes,
         ratio: dense_bytes as f64 / size_bytes.max(1) as f64,
         entropy_bytes: layers.iter().map(|l| l.entropy_bytes).sum::<usize>() + other_bytes,
-        sparsity: overall_sparsity,
+        sparsity: pruned / all_weights.max(1) as f64,
+        sparsity_basis: if pruning.is_some() {
+            SparsityBasis::Pruning
+        } else {
+            SparsityBasis::StoredZeros
+        },
+        zeros: zeros / all_weights.max(1) as f64,
         latency_us,
         latency_p90_us,
         throughput,

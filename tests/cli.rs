@@ -293,6 +293,97 @@ fn apply_then_eval_reproduces_accuracy_and_size() {
     assert!(direct["ratio"].as_f64().expect("ratio") > 10.0);
 }
 
+/// Sparsity has one meaning — the pruned fraction of the original weights — whether the model is
+/// compressed by a recipe in the run, reloaded from its export, or described by `info`: int8
+/// rounding weights to zero does not make it sparse, and structured pruning's removed rows
+/// count although the file no longer holds them. A file written without the record says so.
+#[test]
+fn sparsity_is_the_same_from_a_recipe_an_export_and_info() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = root().join("assets/models/lenet-300-100.safetensors");
+    let data = root().join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
+    let eval = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "eval".as_ref(),
+            "--no-timing".as_ref(),
+            "--format".as_ref(),
+            "json".as_ref(),
+            "--limit".as_ref(),
+            "300".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ];
+        args.extend(extra);
+        eval_json(&args)
+    };
+    let structured = dir.path().join("structured.toml");
+    std::fs::write(
+        &structured,
+        "[default]\nprune = \"structured\"\nsparsity = 0.5\nbits = 8\n",
+    )
+    .expect("write");
+    let int8 = dir.path().join("int8.toml");
+    std::fs::write(&int8, "[default]\nbits = 8\n").expect("write");
+    for (recipe, expected) in [(&int8, 0.0..=0.0), (&structured, 0.4..=0.6)] {
+        let out = dir.path().join("exported.safetensors");
+        let _ = std::fs::remove_file(&out);
+        squeeze()
+            .args(["apply", "--model"])
+            .arg(&model)
+            .arg("--recipe")
+            .arg(recipe)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        let direct = eval(&[
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--recipe".as_ref(),
+            recipe.as_os_str(),
+        ]);
+        let reloaded = eval(&["--model".as_ref(), out.as_os_str()]);
+        let sparsity = direct["sparsity"].as_f64().expect("sparsity");
+        assert!(expected.contains(&sparsity), "{recipe:?}: {sparsity}");
+        for key in ["sparsity", "zeros", "dense_bytes", "sparsity_basis"] {
+            assert_eq!(direct[key], reloaded[key], "{recipe:?}: {key}");
+        }
+        assert_eq!(reloaded["sparsity_basis"], "pruning");
+        // int8 rounds some weights to exactly zero: shown apart, never as sparsity.
+        assert!(reloaded["zeros"].as_f64().expect("zeros") > sparsity);
+        let info = json_of(
+            squeeze()
+                .args(["info", "--format", "json", "--model"])
+                .arg(&out),
+        );
+        assert_eq!(info["sparsity"], direct["sparsity"], "{recipe:?}: info");
+        for (l, m) in info["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .filter(|l| l.get("sparsity").is_some())
+            .zip(direct["layers"].as_array().expect("layers"))
+        {
+            assert_eq!(l["sparsity"], m["sparsity"], "{recipe:?}: {}", m["name"]);
+        }
+    }
+    // A file written before the record: the stored zeros, and the reason, on screen.
+    let out = dir.path().join("exported.safetensors");
+    rewrite(&out, |meta, _| {
+        meta.remove("squeeze.pruning");
+    });
+    let old = eval(&["--model".as_ref(), out.as_os_str()]);
+    assert_eq!(old["sparsity_basis"], "stored_zeros");
+    squeeze()
+        .args(["eval", "--no-timing", "--limit", "100", "--model"])
+        .arg(&out)
+        .arg("--data")
+        .arg(&data)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("no pruning record"));
+}
+
 #[test]
 fn recipe_errors_name_the_problem() {
     let dir = tempfile::tempdir().expect("tmp");

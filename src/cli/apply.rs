@@ -78,7 +78,14 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     })?;
     let recipe_text = prepared.recipe.as_ref().map(|r| r.to_toml());
     let cm = &prepared.compressed;
-    let compressed = cm.sealed(recipe_text.as_deref());
+    let record: Vec<_> = prepared.pruning.iter().map(|r| r.metadata()).collect();
+    let compressed = cm.sealed_with(
+        recipe_text.as_deref(),
+        &record
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect::<Vec<_>>(),
+    );
     let dense = match &args.dense_out {
         None => None,
         Some(dense_path) => {
@@ -92,13 +99,14 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
         }
     };
     write_packed(&args.out, compressed, dense)?;
+    let dense_bytes = crate::measure::dense_bytes(cm, prepared.pruning.as_ref());
     println!(
         "wrote {}: {} packed ({} bytes), dense f32 {}, ratio {:.1}×",
         args.out.display(),
         human_bytes(cm.size_bytes()),
         cm.size_bytes(),
-        human_bytes(cm.dense_bytes()),
-        cm.dense_bytes() as f64 / cm.size_bytes().max(1) as f64
+        human_bytes(dense_bytes),
+        dense_bytes as f64 / cm.size_bytes().max(1) as f64
     );
     if let Some(dense) = &args.dense_out {
         println!("wrote {} (dense f32, dequantized)", dense.display());

@@ -109,13 +109,14 @@ fn run_compressed(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let cm = engine::load_compressed(&args.model.model)?;
+    let pruning = measure::PruningRecord::read(&args.model.model).map_err(anyhow::Error::msg)?;
     let set = args.data.load()?;
     let inputs = prepare(&cm.model, &set)?;
     let n = set.len();
     let m = measure::measure(
         &cm,
         None,
-        None,
+        pruning.as_ref(),
         &inputs,
         &set.labels,
         None,

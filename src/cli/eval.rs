@@ -12,7 +12,7 @@ use super::recipe_args::RecipeArgs;
 use crate::compress::{self, Plan, Recipe};
 use crate::data::{DataOptions, EvalSet, Split};
 use crate::engine::{self, CompressedModel};
-use crate::measure::{self, Measurement, OutputKind, Timing};
+use crate::measure::{self, Measurement, OutputKind, PruningRecord, SparsityBasis, Timing};
 use crate::model::Model;
 
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,9 @@ struct EvalReport<'a> {
 pub struct Prepared {
     pub compressed: CompressedModel,
     pub plan: Option<Plan>,
-    pub original: Option<Model>,
+    /// What pruning left of the original model's layers: from the plan, or as the file
+    /// records it (`None` for a file written without a record).
+    pub pruning: Option<PruningRecord>,
     pub recipe: Option<Recipe>,
 }
 
@@ -72,15 +74,17 @@ pub fn prepare_model(
             );
         }
         let compressed = engine::load_compressed(&model.model)?;
-        if let Ok(meta) = crate::files::read_metadata(&model.model)
-            && let Some(w) = crate::files::partner_warning(&model.model, &meta)
-        {
+        let meta = crate::files::read_metadata(&model.model)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model.model.display()))?;
+        if let Some(w) = crate::files::partner_warning(&model.model, &meta) {
             eprintln!("warning: {w}");
         }
+        let pruning = PruningRecord::from_metadata(&meta)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", model.model.display()))?;
         return Ok(Prepared {
             compressed,
             plan: None,
-            original: None,
+            pruning,
             recipe: None,
         });
     }
@@ -102,8 +106,8 @@ pub fn prepare_model(
     let compressed = CompressedModel::build(&plan)?;
     Ok(Prepared {
         compressed,
+        pruning: Some(PruningRecord::of(&plan, &loaded.model)),
         plan: Some(plan),
-        original: Some(loaded.model),
         recipe,
     })
 }
@@ -193,7 +197,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let m = measure::measure(
         cm,
         prepared.plan.as_ref(),
-        prepared.original.as_ref(),
+        prepared.pruning.as_ref(),
         &inputs,
         &set.labels,
         reference.as_ref().map(|(o, k)| (o.as_slice(), *k)),
@@ -231,14 +235,24 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
         );
     }
     s += &format!(
-        "size     {} packed ({} bytes), dense f32 {}, ratio {:.1}×, Huffman-coded {}\nsparsity {:.1} %\n",
+        "size     {} packed ({} bytes), dense f32 {}, ratio {:.1}×, Huffman-coded {}\n",
         human_bytes(m.size_bytes),
         m.size_bytes,
         human_bytes(m.dense_bytes),
         m.ratio,
         human_bytes(m.entropy_bytes),
-        m.sparsity * 100.0
     );
+    s += &match m.sparsity_basis {
+        SparsityBasis::Pruning => format!(
+            "sparsity {:.1} % of the original weights pruned; {:.1} % exactly zero as stored\n",
+            m.sparsity * 100.0,
+            m.zeros * 100.0
+        ),
+        SparsityBasis::StoredZeros => format!(
+            "sparsity {:.1} % exact zeros among the stored weights (the file has no pruning record: weights quantized to zero count, removed rows do not; export it again to record the pruning)\n",
+            m.sparsity * 100.0
+        ),
+    };
     if timing.latency {
         s += &format!(
             "latency  {:.1} µs median, {:.1} µs p90 (one sample, one thread)\nthroughput {:.0} samples/s (batch 256, all threads)\n",
@@ -251,11 +265,12 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
     );
     for l in &m.layers {
         s += &format!(
-            "  {:<10} {:<7} {:<24} sparsity {:>5.1} %  {:>10} of {:>10}\n",
+            "  {:<10} {:<7} {:<24} sparsity {:>5.1} %  zeros {:>5.1} %  {:>10} of {:>10}\n",
             l.name,
             l.op,
             l.format,
             l.sparsity * 100.0,
+            l.zeros * 100.0,
             human_bytes(l.size_bytes),
             human_bytes(l.dense_bytes)
         );

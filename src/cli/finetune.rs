@@ -581,10 +581,13 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
     let recipe_text = recipe.to_toml();
     let compressed = result.compressed.sealed_with(
         Some(&recipe_text),
-        &[(
-            train::FINETUNE_METADATA_KEY,
-            serde_json::to_string(&provenance)?,
-        )],
+        &[
+            (
+                train::FINETUNE_METADATA_KEY,
+                serde_json::to_string(&provenance)?,
+            ),
+            crate::measure::PruningRecord::of(&result.plan, &model).metadata(),
+        ],
     );
     let dense = match &args.dense_out {
         Some(path) => Some((

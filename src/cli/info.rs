@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::common::{Format, ModelArgs, human_bytes, load_model, thousands};
 use crate::engine::CompressedModel;
+use crate::measure::{PruningRecord, SparsityBasis, StoredSparsity};
 use crate::model::Model;
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +30,12 @@ pub struct LayerInfo {
     /// A compressed layer's stored format (`csr8+u4/channel`), in the engine's names.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// A compressed layer's pruned fraction of its original weights (as `squeeze eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    /// A compressed layer's fraction of its original weights exactly zero as stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeros: Option<f64>,
     /// Bytes of one sample's output activation (f32).
     pub activation_bytes: usize,
 }
@@ -42,6 +49,14 @@ pub struct ModelInfo {
     pub params: usize,
     pub macs: usize,
     pub bytes: usize,
+    /// A compressed model's pruned fraction of the original weights, exact zeros as stored,
+    /// and where the sparsity comes from (see `squeeze eval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zeros: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparsity_basis: Option<SparsityBasis>,
     /// Largest amount of activation memory alive at once for one sample (f32): a layer's input
     /// and output (one buffer for in-place operations), outputs kept for later residual
     /// additions, and kernel scratch (a convolution's im2col).
@@ -59,22 +74,55 @@ pub fn model_info(model: &Model) -> ModelInfo {
     info_with_formats(model, &|_| None)
 }
 
-/// The description of a compressed model: its layers as the file stores them.
-pub fn compressed_info(cm: &CompressedModel) -> ModelInfo {
-    let packed: Vec<(usize, (String, usize))> = cm
-        .packed_layers()
-        .map(|(i, p)| (i, (p.format_name(), p.size_bytes())))
-        .collect();
-    info_with_formats(&cm.model, &|i| {
-        packed.iter().find(|(j, _)| *j == i).map(|(_, f)| f.clone())
-    })
+/// What `info` adds for a packed layer: its stored format, bytes and sparsity.
+struct Stored {
+    format: String,
+    bytes: usize,
+    sparsity: StoredSparsity,
 }
 
-/// `stored(i)`: the stored format and bytes of layer `i`, when it is packed.
-fn info_with_formats(
-    model: &Model,
-    stored: &dyn Fn(usize) -> Option<(String, usize)>,
-) -> ModelInfo {
+/// The description of a compressed model: its layers as the file stores them, their sparsity
+/// against the original model as `pruning` records it (stored zeros without a record).
+pub fn compressed_info(cm: &CompressedModel, pruning: Option<&PruningRecord>) -> ModelInfo {
+    let packed: Vec<(usize, Stored)> = cm
+        .packed_layers()
+        .map(|(i, p)| {
+            let l = &cm.model.layers[i];
+            let sparsity = crate::measure::stored_sparsity(&l.name, p, l.param_count(), pruning);
+            let format = p.format_name();
+            (
+                i,
+                Stored {
+                    format,
+                    bytes: p.size_bytes(),
+                    sparsity,
+                },
+            )
+        })
+        .collect();
+    let mut info = info_with_formats(&cm.model, &|i| {
+        packed.iter().find(|(j, _)| *j == i).map(|(_, s)| s)
+    });
+    let weights: usize = packed.iter().map(|(_, s)| s.sparsity.weights).sum();
+    let weighted = |f: fn(&StoredSparsity) -> f64| {
+        let sum: f64 = packed
+            .iter()
+            .map(|(_, s)| f(&s.sparsity) * s.sparsity.weights as f64)
+            .sum();
+        sum / weights.max(1) as f64
+    };
+    info.sparsity = Some(weighted(|s| s.sparsity));
+    info.zeros = Some(weighted(|s| s.zeros));
+    info.sparsity_basis = Some(if pruning.is_some() {
+        SparsityBasis::Pruning
+    } else {
+        SparsityBasis::StoredZeros
+    });
+    info
+}
+
+/// `stored(i)`: how layer `i` is stored, when it is packed.
+fn info_with_formats<'a>(model: &Model, stored: &dyn Fn(usize) -> Option<&'a Stored>) -> ModelInfo {
     let arena = crate::measure::arena(model, 4);
     let layers: Vec<LayerInfo> = model
         .layers
@@ -88,8 +136,10 @@ fn info_with_formats(
                 output_shape: l.out_shape.clone(),
                 params: l.param_count(),
                 macs: l.macs(),
-                bytes: packed.as_ref().map_or(l.stored_bytes, |p| p.1),
-                format: packed.map(|p| p.0),
+                bytes: packed.map_or(l.stored_bytes, |p| p.bytes),
+                format: packed.map(|p| p.format.clone()),
+                sparsity: packed.map(|p| p.sparsity.sparsity),
+                zeros: packed.map(|p| p.sparsity.zeros),
                 activation_bytes: l.out_shape.iter().product::<usize>() * 4,
             }
         })
@@ -101,6 +151,9 @@ fn info_with_formats(
         params: layers.iter().map(|l| l.params).sum(),
         macs: layers.iter().map(|l| l.macs).sum(),
         bytes: layers.iter().map(|l| l.bytes).sum(),
+        sparsity: None,
+        zeros: None,
+        sparsity_basis: None,
         peak_activation_bytes: arena.peak_bytes,
         peak_activation_layer: arena.peak_layer,
         memory_bytes: u64::try_from(crate::model::shape::run_bytes(&model.layers))
@@ -113,7 +166,9 @@ fn info_with_formats(
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     // A compressed file is described as it is stored: its layers' formats and packed bytes.
     let info = if crate::engine::is_compressed_file(&args.model.model) {
-        compressed_info(&crate::engine::load_compressed(&args.model.model)?)
+        let path = &args.model.model;
+        let pruning = PruningRecord::read(path).map_err(anyhow::Error::msg)?;
+        compressed_info(&crate::engine::load_compressed(path)?, pruning.as_ref())
     } else {
         model_info(&load_model(&args.model.model, args.model.arch.as_deref())?.model)
     };
@@ -130,9 +185,9 @@ pub fn render_text(info: &ModelInfo) -> String {
         info.model, info.input_shape, info.classes
     );
     let compressed = info.layers.iter().any(|l| l.format.is_some());
-    let format_col = |f: &str| {
+    let format_col = |f: &str, sparsity: &str| {
         if compressed {
-            format!(" {f:<22}")
+            format!(" {f:<22} {sparsity:>8}")
         } else {
             String::new()
         }
@@ -144,7 +199,7 @@ pub fn render_text(info: &ModelInfo) -> String {
         "output",
         "params",
         "MACs",
-        format_col("stored as"),
+        format_col("stored as", "sparsity"),
         "bytes",
         "activation"
     );
@@ -156,7 +211,12 @@ pub fn render_text(info: &ModelInfo) -> String {
             format!("{:?}", l.output_shape),
             thousands(l.params),
             thousands(l.macs),
-            format_col(l.format.as_deref().unwrap_or("")),
+            format_col(
+                l.format.as_deref().unwrap_or(""),
+                &l.sparsity
+                    .map(|s| format!("{:.1} %", s * 100.0))
+                    .unwrap_or_default()
+            ),
             human_bytes(l.bytes),
             human_bytes(l.activation_bytes)
         );
@@ -166,11 +226,32 @@ pub fn render_text(info: &ModelInfo) -> String {
         "total",
         thousands(info.params),
         thousands(info.macs),
-        format_col(""),
+        format_col(
+            "",
+            &info
+                .sparsity
+                .map(|s| format!("{:.1} %", s * 100.0))
+                .unwrap_or_default()
+        ),
         human_bytes(info.bytes),
         human_bytes(info.peak_activation_bytes),
         info.peak_activation_layer
     );
+    if let (Some(sparsity), Some(zeros), Some(basis)) =
+        (info.sparsity, info.zeros, info.sparsity_basis)
+    {
+        s += &match basis {
+            SparsityBasis::Pruning => format!(
+                "sparsity: {:.1} % of the original weights pruned; {:.1} % exactly zero as stored\n",
+                sparsity * 100.0,
+                zeros * 100.0
+            ),
+            SparsityBasis::StoredZeros => format!(
+                "sparsity: {:.1} % exact zeros among the stored weights (the file has no pruning record: export it again to record the pruning)\n",
+                sparsity * 100.0
+            ),
+        };
+    }
     s += &format!(
         "memory to load and run one sample (f32 parameters and activations): {} of the {} memory limit\n",
         crate::limits::human(u128::from(info.memory_bytes)),

@@ -367,7 +367,7 @@ impl ModelEvaluator {
         let mut m = measure::measure(
             model,
             Some(plan),
-            Some(&self.model),
+            Some(&measure::PruningRecord::of(plan, &self.model)),
             &self.inputs,
             &self.labels,
             None,
@@ -676,7 +676,14 @@ impl Evaluator for ModelEvaluator {
         let recipe_text = recipe.to_toml();
         self.write_export(&recipe, dir, &|| {
             let built = self.build(config)?;
-            let bytes = built.model.to_bytes(Some(&recipe_text))?;
+            let bytes = built
+                .model
+                .sealed_with(
+                    Some(&recipe_text),
+                    &[measure::PruningRecord::of(&built.plan, &self.model).metadata()],
+                )
+                .to_bytes()
+                .map_err(EvalError::Other)?;
             Ok((bytes, self.measurement_of(&built.plan, &built.model)))
         })
     }
@@ -718,7 +725,10 @@ impl Evaluator for ModelEvaluator {
                 .compressed
                 .sealed_with(
                     Some(&recipe_text),
-                    &[(crate::train::FINETUNE_METADATA_KEY, t.metadata.clone())],
+                    &[
+                        (crate::train::FINETUNE_METADATA_KEY, t.metadata.clone()),
+                        measure::PruningRecord::of(&t.plan, &self.model).metadata(),
+                    ],
                 )
                 .to_bytes()
                 .map_err(EvalError::Other)?;

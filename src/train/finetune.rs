@@ -448,7 +448,7 @@ fn measure_on(
     measure::measure(
         cm,
         Some(plan),
-        Some(original),
+        Some(&measure::PruningRecord::of(plan, original)),
         &set.flat,
         &set.labels,
         None,
