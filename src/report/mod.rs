@@ -201,6 +201,20 @@ struct Series {
     y_range: std::ops::Range<f64>,
 }
 
+/// The face every plot's text is drawn in (DejaVu Sans, whose licence is beside it in
+/// `assets/fonts/`), compiled in: slides look the same on every machine, fonts installed or not.
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+/// Makes `FONT` the `sans-serif` that every plot names (bold falls back to it).
+fn embed_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // `FONT` is a valid TrueType file (a test draws with it); were it not, every text draw
+        // would fail with plotters' own error, which the callers report.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
 const GREY: RGBColor = RGBColor(150, 150, 150);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const RED: RGBColor = RGBColor(214, 39, 40);
@@ -263,6 +277,7 @@ pub fn draw_chart<DB: DrawingBackend>(
     input: &PlotInput,
     axis: Axis,
 ) -> Result<(), String> {
+    embed_font();
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
     let xy = |p: &PlotPoint| Some((axis.x_of(p)?, p.accuracy * 100.0));
@@ -703,6 +718,7 @@ fn draw_sensitivity<DB: DrawingBackend>(
     grid: &crate::explore::sensitivity::SensitivityGrid,
     title: &str,
 ) -> Result<(), String> {
+    embed_font();
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
     let root = root
@@ -878,6 +894,24 @@ mod tests {
             std::fs::read(dir.path().join("accuracy-vs-size.png")).unwrap(),
             before
         );
+    }
+
+    /// The title is drawn with the compiled-in face: dark pixels where it goes, whatever fonts
+    /// the machine has.
+    #[test]
+    fn slide_text_is_drawn_with_the_bundled_face() {
+        let (w, h) = SLIDE;
+        let mut rgb = vec![0u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut rgb, SLIDE).into_drawing_area();
+            draw_chart(&root, &input(), Axis::Size).unwrap();
+            root.present().unwrap();
+        }
+        let dark_in_title = rgb[..(w * 70 * 3) as usize]
+            .chunks(3)
+            .filter(|p| p.iter().all(|c| *c < 100))
+            .count();
+        assert!(dark_in_title > 1000, "{dark_in_title} dark title pixels");
     }
 
     #[test]
