@@ -148,3 +148,64 @@ fn export_prompt() {
     press(&mut app, key('e'));
     insta::assert_snapshot!(draw(&app, 140, 45).backend());
 }
+
+/// The presentation layout (`P`, or `--present`) as a laptop, a projector at 160×45 and a
+/// large terminal show it: the three figures in big digits with their change against dense,
+/// both charts, the edited layer's row, and the keys that fit.
+fn presenting() -> squeeze::tui::App {
+    let mut app = tuned();
+    press(&mut app, key('P'));
+    assert!(app.present);
+    app
+}
+
+#[test]
+fn presentation_80x24() {
+    insta::assert_snapshot!(draw(&presenting(), 80, 24).backend());
+}
+
+#[test]
+fn presentation_160x45() {
+    insta::assert_snapshot!(draw(&presenting(), 160, 45).backend());
+}
+
+#[test]
+fn presentation_220x60() {
+    insta::assert_snapshot!(draw(&presenting(), 220, 60).backend());
+}
+
+#[test]
+fn presentation_digits_grow_with_the_terminal_and_leave_the_charts_room() {
+    use ratatui::layout::Rect;
+    use squeeze::tui::present::layout;
+    let app = presenting();
+    let mut last = 0;
+    for (w, h) in [(80, 24), (160, 45), (220, 60)] {
+        let a = layout(Rect::new(0, 0, w, h), &app);
+        assert!(a.scale >= last, "{w}×{h}: scale {} after {last}", a.scale);
+        last = a.scale;
+        assert!(a.size_chart.height >= h / 3, "{w}×{h}: {:?}", a.size_chart);
+        assert!(a.layer.is_some(), "{w}×{h}: the edited layer has a row");
+    }
+    assert!(last >= 3, "220×60 draws digits at scale {last}");
+    // P again: the normal layout.
+    let mut app = app;
+    press(&mut app, key('P'));
+    assert!(!app.present);
+    // Tiny and odd sizes draw without panicking, overlays included.
+    let mut app = presenting();
+    for view in ['?', '?', 'M', 'M', 'T'] {
+        press(&mut app, key(view));
+        for (w, h) in [
+            (0, 0),
+            (2, 2),
+            (79, 24),
+            (80, 24),
+            (81, 25),
+            (300, 100),
+            (80, 200),
+        ] {
+            draw(&app, w, h);
+        }
+    }
+}

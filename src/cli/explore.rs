@@ -149,6 +149,10 @@ pub struct ExploreArgs {
     /// with a summary at the end.
     #[arg(long, value_name = "FILE")]
     pub timings: Option<PathBuf>,
+    /// Start in the presentation layout (for a projector; P switches): the headline figures
+    /// in big digits, both charts, the edited layer, high-contrast colours.
+    #[arg(long)]
+    pub present: bool,
 }
 
 impl Default for ExploreArgs {
@@ -165,6 +169,7 @@ impl Default for ExploreArgs {
             targets: None,
             search_seconds: 30,
             timings: None,
+            present: false,
         }
     }
 }
@@ -239,6 +244,7 @@ pub fn run(args: ExploreArgs) -> anyhow::Result<()> {
             targets: all_targets,
         },
     );
+    app.present = args.present;
     if args.resume {
         app.restore(setup.journal_records.clone());
     }

@@ -82,6 +82,9 @@ impl Default for AppOptions {
     }
 }
 
+/// A chart's x axis is logarithmic when its points span more than this factor (as the slides').
+pub const LOG_SPAN: f64 = 10.0;
+
 /// One chart's data, as columns computed once per change.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChartSeries {
@@ -115,6 +118,8 @@ pub struct App {
     pub selected: usize,
     pub view: View,
     pub zoom: bool,
+    /// The presentation layout (`--present`, `P`): big figures, charts, the edited layer.
+    pub present: bool,
     /// Everything said so far, oldest first.
     pub messages: Vec<Message>,
     /// Messages before this index were superseded by an edit: none of them is shown.
@@ -140,6 +145,7 @@ impl App {
             selected: 0,
             view: View::Main,
             zoom: false,
+            present: false,
             messages: Vec::new(),
             dismissed: 0,
             now: Instant::now(),
@@ -340,9 +346,13 @@ impl App {
             MouseEventKind::ScrollUp => self.act(Action::Up),
             MouseEventKind::ScrollDown => self.act(Action::Down),
             MouseEventKind::Down(MouseButton::Left) => {
-                let areas = super::render::layout(self.area, self);
+                let table = if self.present {
+                    super::present::layout(self.area, self).layer
+                } else {
+                    super::render::layout(self.area, self).table
+                };
                 let at = Position::new(ev.column, ev.row);
-                if let Some(table) = areas.table
+                if let Some(table) = table
                     && table.contains(at)
                 {
                     let first = super::render::table_first_row(table, self);
@@ -403,6 +413,10 @@ impl App {
             Action::Zoom => {
                 self.zoom = !self.zoom;
                 self.refresh();
+                Vec::new()
+            }
+            Action::Present => {
+                self.present = !self.present;
                 Vec::new()
             }
             Action::Up => {
@@ -860,19 +874,12 @@ impl App {
             .collect();
         let size = |p: &Point| p.size_bytes().map(|s| s as f64);
         let latency = |p: &Point| p.latency_us();
-        self.size_chart = self.series(
-            &size,
-            dense_acc,
-            &pinned_keys,
-            self.session.size_limit(),
-            true,
-        );
+        self.size_chart = self.series(&size, dense_acc, &pinned_keys, self.session.size_limit());
         self.latency_chart = self.series(
             &latency,
             dense_acc,
             &pinned_keys,
             self.session.budget_latency_us,
-            false,
         );
     }
 
@@ -882,7 +889,6 @@ impl App {
         dense_acc: Option<f64>,
         pinned_keys: &[u64],
         budget: Option<f64>,
-        may_log: bool,
     ) -> ChartSeries {
         let target = self.session.target.as_ref();
         let raw: Vec<(u64, f64, f64, bool)> = self
@@ -900,12 +906,31 @@ impl App {
             s.y_bounds = [0.0, 100.0];
             return s;
         }
-        let (lo, hi) = raw
+        // The accuracy range first: zoomed, it also narrows the x range to what stays visible.
+        let (ylo, yhi) = raw
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-                (lo.min(p.1), hi.max(p.1))
+                (lo.min(p.2), hi.max(p.2))
             });
-        s.log_x = may_log && hi / lo > 20.0;
+        let mut yb = [ylo, yhi];
+        if self.zoom
+            && let Some(d) = dense_acc
+        {
+            yb = [(d - 5.0).max(ylo.min(d - 0.5)), yhi.max(d)];
+            s.hidden_below = raw.iter().filter(|p| p.2 < yb[0]).count();
+        }
+        let x_range = |min_y: f64| {
+            raw.iter()
+                .filter(|p| p.2 >= min_y)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p.1), hi.max(p.1))
+                })
+        };
+        let (lo, hi) = match x_range(yb[0]) {
+            (lo, hi) if lo <= hi => (lo, hi),
+            _ => x_range(f64::NEG_INFINITY),
+        };
+        s.log_x = hi / lo > LOG_SPAN;
         let tx = |x: f64| if s.log_x { x.log10() } else { x };
         let pts: Vec<(f64, f64)> = raw.iter().map(|&(_, x, y, _)| (tx(x), y)).collect();
         let find = |key: u64| raw.iter().position(|r| r.0 == key).map(|i| pts[i]);
@@ -940,18 +965,6 @@ impl App {
         let mut xb = [x0 - pad, x1 + pad];
         if !s.log_x {
             xb[0] = xb[0].max(0.0);
-        }
-        let (ylo, yhi) = pts
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-                (lo.min(p.1), hi.max(p.1))
-            });
-        let mut yb = [ylo, yhi];
-        if self.zoom
-            && let Some(d) = dense_acc
-        {
-            yb = [(d - 5.0).max(ylo.min(d - 0.5)), yhi.max(d)];
-            s.hidden_below = pts.iter().filter(|p| p.1 < yb[0]).count();
         }
         let ypad = ((yb[1] - yb[0]) * 0.05).max(0.1);
         s.y_bounds = [(yb[0] - ypad).max(0.0), (yb[1] + ypad).min(100.0)];

@@ -46,6 +46,7 @@ pub enum Action {
     Compare,
     PointPrev,
     PointNext,
+    Present,
 }
 
 /// One key: a code and the modifiers that must be held (Shift is ignored for characters,
@@ -394,6 +395,13 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::Zoom,
         group: Group::Screen,
         help: "zoom near dense accuracy",
+        hint: None,
+    },
+    Binding {
+        keys: &[key('P')],
+        action: Action::Present,
+        group: Group::Screen,
+        help: "presentation layout",
         hint: None,
     },
     Binding {

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod keymap;
+pub mod present;
 pub mod render;
 
 use std::io::Write;

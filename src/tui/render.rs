@@ -175,6 +175,10 @@ pub fn render(frame: &mut Frame, app: &App) {
     }
     match app.view {
         View::Detail => render_detail_screen(frame, area, app),
+        View::Main | View::Help | View::Messages | View::Compare if app.present => {
+            super::present::render(frame, area, app);
+            render_overlays(frame, area, app);
+        }
         View::Main | View::Help | View::Messages | View::Compare => {
             let a = layout(area, app);
             render_title(frame, a.title, app);
@@ -203,19 +207,24 @@ pub fn render(frame: &mut Frame, app: &App) {
             }
             render_message(frame, a.message, app);
             render_keys(frame, a.keys);
-            if app.view == View::Help {
-                render_help(frame, area);
-            }
-            if app.view == View::Messages {
-                render_log(frame, area, app);
-            }
-            if app.view == View::Compare {
-                render_compare(frame, area, app);
-            }
-            if let Some(text) = &app.prompt {
-                render_prompt(frame, area, text);
-            }
+            render_overlays(frame, area, app);
         }
+    }
+}
+
+/// Help, the message log, the comparison and the export prompt, over either layout.
+fn render_overlays(frame: &mut Frame, area: Rect, app: &App) {
+    if app.view == View::Help {
+        render_help(frame, area);
+    }
+    if app.view == View::Messages {
+        render_log(frame, area, app);
+    }
+    if app.view == View::Compare {
+        render_compare(frame, area, app);
+    }
+    if let Some(text) = &app.prompt {
+        render_prompt(frame, area, text);
     }
 }
 
@@ -236,7 +245,7 @@ fn render_too_small(frame: &mut Frame, area: Rect) {
     );
 }
 
-fn render_title(frame: &mut Frame, area: Rect, app: &App) {
+pub(super) fn render_title(frame: &mut Frame, area: Rect, app: &App) {
     let info = &app.session.info;
     let right = format!(" {} points ", app.session.measured().count());
     let pins: String = app
@@ -312,7 +321,7 @@ fn shape_label(shape: &[usize]) -> String {
         .join("×")
 }
 
-fn render_table(frame: &mut Frame, area: Rect, app: &App) {
+pub(super) fn render_table(frame: &mut Frame, area: Rect, app: &App) {
     let wide = area.width >= 118;
     let current = app.current();
     let figures = current.map(Point::layers).unwrap_or(&[]);
@@ -438,7 +447,7 @@ fn sensitivity_label(app: &App, layer: usize) -> String {
     format!("{}/{}", d(p), d(b))
 }
 
-fn render_chart(
+pub(super) fn render_chart(
     frame: &mut Frame,
     area: Rect,
     app: &App,
@@ -452,6 +461,12 @@ fn render_chart(
         format!(" {title} ")
     };
     let block = Block::bordered().title(title);
+    // The presentation layout's high contrast: white points and axes.
+    let (points_colour, axis_colour) = if app.present {
+        (Color::White, Color::White)
+    } else {
+        (Color::Gray, DIM)
+    };
     if series.all.is_empty() {
         let what = if is_size { "size" } else { "latency" };
         let waiting = if app.session.pending.is_empty() && app.session.sweeps.is_empty() {
@@ -481,7 +496,7 @@ fn render_chart(
             .name("points")
             .marker(Marker::Braille)
             .graph_type(GraphType::Scatter)
-            .style(Style::new().fg(Color::Gray))
+            .style(Style::new().fg(points_colour))
             .data(&series.all),
         Dataset::default()
             .name("Pareto")
@@ -570,8 +585,9 @@ fn render_chart(
         );
     }
     let fmt_x = |x: f64| {
+        let x = if series.log_x { 10f64.powf(x) } else { x };
         if is_size {
-            units::bytes(if series.log_x { 10f64.powf(x) } else { x })
+            units::bytes(x)
         } else {
             units::micros(x)
         }
@@ -618,7 +634,7 @@ fn render_chart(
         items.push(("■", format!("pins {names}"), PINNED));
     }
     items.push(("─", "Pareto".into(), ACCENT));
-    items.push(("·", "points".into(), Color::Gray));
+    items.push(("·", "points".into(), points_colour));
     if !budget.is_empty() {
         items.push(("│", "budget".into(), ERROR));
     }
@@ -644,14 +660,14 @@ fn render_chart(
             Axis::default()
                 .bounds(series.x_bounds)
                 .labels(x_labels)
-                .style(Style::new().fg(DIM)),
+                .style(Style::new().fg(axis_colour)),
         )
         .y_axis(
             Axis::default()
                 .title("top-1")
                 .bounds(series.y_bounds)
                 .labels(y_labels)
-                .style(Style::new().fg(DIM)),
+                .style(Style::new().fg(axis_colour)),
         );
     frame.render_widget(chart, area);
 }
@@ -810,7 +826,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
 
 /// The message line: the newest message while it is fresh, or why the current configuration
 /// failed.
-fn render_message(frame: &mut Frame, area: Rect, app: &App) {
+pub(super) fn render_message(frame: &mut Frame, area: Rect, app: &App) {
     let lines: Vec<Line> = message_lines(app, area.width)
         .into_iter()
         .map(|(text, error)| {
