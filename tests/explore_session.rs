@@ -106,6 +106,7 @@ fn cached_measurements_are_not_measured_again() {
                 figures: Box::new(p.full.clone()?),
                 provenance: p.provenance.clone(),
                 calibration: None,
+                model: None,
             })
         })
         .collect();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use squeeze::compress::recipe::PruneMethod;
+use squeeze::explore::finetune::tuned_model_name;
 use squeeze::explore::jobs::{Executor, Runner, WorkerMsg};
-use squeeze::explore::journal::parse_key;
+use squeeze::explore::journal::{models_dir, parse_key};
 use squeeze::explore::session::{Provenance, Request, SessionOptions};
 use squeeze::explore::setup::{JournalChoice, Setup, SetupOptions};
 use squeeze::tui::app::{App, AppOptions};
@@ -42,6 +43,13 @@ fn setup(journal: &Path) -> Option<Setup> {
     Some(setup)
 }
 
+/// A short run: 500 training images, 100 of them for validation, one epoch.
+fn shorten(session: &mut squeeze::explore::Session) {
+    session.tune_spec.settings.train.epochs = 1;
+    session.tune_spec.limit = Some(600);
+    session.tune_spec.val_split = 100;
+}
+
 fn key(c: char) -> KeyEvent {
     KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
 }
@@ -57,10 +65,7 @@ struct Rig {
 impl Rig {
     fn new(setup: &Setup, out_dir: PathBuf) -> Rig {
         let mut session = setup.session(SessionOptions::default());
-        // A short run: 500 training images, 100 of them for validation, one epoch.
-        session.tune_spec.settings.train.epochs = 1;
-        session.tune_spec.limit = Some(600);
-        session.tune_spec.val_split = 100;
+        shorten(&mut session);
         let app = App::new(
             session,
             AppOptions {
@@ -169,7 +174,7 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
     let s = &rig.app.session;
     assert!(s.tune.is_none(), "{:?}", last_error(&rig.app));
-    let tuned = s.current().expect("the tuned point is current");
+    let tuned = s.current().expect("the tuned point is current").clone();
     assert_ne!(tuned.key, twin);
     let Provenance::FineTuned { from, settings } = &tuned.provenance else {
         panic!("not marked fine-tuned: {:?}", tuned.provenance);
@@ -212,21 +217,110 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     let exported = m["accuracy"].as_f64().unwrap();
     assert!((exported - after).abs() < 1e-9, "{exported} vs {after}");
 
-    // Journaled: a new session on the same journal knows the tuned point and its twin.
+    // Saved beside the journal under its SHA-256, which the journal line names: the bytes
+    // the export wrote.
+    let sha256 = tuned.model.clone().expect("the tuned model is kept");
+    let saved = models_dir(&journal).join(tuned_model_name(&sha256));
+    assert_eq!(std::fs::read(&saved).unwrap(), bytes);
+    assert_eq!(squeeze::files::sha256(&bytes), sha256);
+    let tuned_key = tuned.key;
+
+    // Distillation is one key away: the same configuration distilled is another point.
+    rig.press(key('F'));
+    let r = rig.app.session.load_point(twin);
+    rig.run(r);
+    rig.press(key('f'));
+    rig.until(|m, _| matches!(m, WorkerMsg::TuneDone { .. }));
+    assert!(last_error(&rig.app).is_none(), "{:?}", last_error(&rig.app));
+    let distilled = rig.app.current().expect("the distilled point").clone();
+    assert!(distilled.key != tuned_key && distilled.key != twin);
+    assert_eq!(distilled.label.as_deref(), Some("distilled T=4 α=0.9"));
+    let bytes = std::fs::read(
+        models_dir(&journal).join(tuned_model_name(distilled.model.as_deref().unwrap())),
+    )
+    .unwrap();
+    let head = String::from_utf8_lossy(&bytes[..bytes.len().min(64 * 1024)]);
+    assert!(
+        head.contains(r#"\"distill\":{\"alpha\":0.9,\"temperature\":4.0}"#),
+        "the saved model's metadata does not record the distillation"
+    );
+
+    // Journaled: a resumed session knows the tuned point and its twin, and exports the
+    // tuned model from the saved file, measured as before.
     rig.close_journal();
     let again = Setup::open(&SetupOptions {
         limit: Some(2000),
         ..reopen(&journal)
     })
     .unwrap();
-    let session = again.session(SessionOptions::default());
-    let p = session.point(tuned_key(&rig.app)).expect("journaled");
+    let mut session = again.session(SessionOptions::default());
+    session.restore(again.journal_records.clone());
+    let p = session.point(tuned_key).expect("journaled").clone();
     assert!(!p.provenance.is_compressed());
     assert_eq!(p.accuracy().unwrap().value, after);
-}
+    assert_eq!(p.model.as_deref(), Some(sha256.as_str()));
+    let r = session.load_point(tuned_key);
+    assert!(r.iter().all(|r| !matches!(r, Request::Finetune(_))));
+    let out = dir.path().join("export-after-resume");
+    let r = session.export(out.clone());
+    assert!(
+        matches!(r.as_slice(), [Request::ExportTuned { .. }]),
+        "{r:?}"
+    );
+    let mut runner = Runner::new(again.evaluator.clone(), 2).expect("runner");
+    let rx = runner.messages();
+    Executor {
+        runner: &mut runner,
+        journal: None,
+        plot: None,
+    }
+    .run(r);
+    let msg = rx.recv_timeout(Duration::from_secs(60)).expect("export");
+    let WorkerMsg::TaskDone { result, .. } = msg else {
+        panic!("{msg:?}");
+    };
+    result.expect("export after resume");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        std::fs::read(&saved).unwrap()
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("measurement.json")).unwrap()).unwrap();
+    assert!(
+        (m["accuracy"].as_f64().unwrap() - after).abs() < 1e-9,
+        "{m}"
+    );
 
-fn tuned_key(app: &App) -> u64 {
-    app.session.current_key
+    // A saved model that is gone: the point stays, and f tunes it again.
+    std::fs::remove_file(&saved).unwrap();
+    let again = Setup::open(&SetupOptions {
+        limit: Some(2000),
+        ..reopen(&journal)
+    })
+    .unwrap();
+    assert!(
+        again
+            .notes
+            .iter()
+            .any(|n| n.contains("1 fine-tuned model(s) are missing")),
+        "{:?}",
+        again.notes
+    );
+    let mut session = again.session(SessionOptions::default());
+    shorten(&mut session);
+    session.restore(again.journal_records.clone());
+    assert_eq!(session.point(tuned_key).unwrap().model, None);
+    let _ = session.load_point(twin);
+    assert!(matches!(
+        session.finetune().as_slice(),
+        [Request::Finetune(_)]
+    ));
+    let _ = session.cancel_finetune();
+    // The distilled one is still there: f with its settings takes it from the cache.
+    session.tune_spec.settings.distill = squeeze::explore::finetune::DISTILL_CYCLE[1];
+    let _ = session.load_point(twin);
+    assert!(session.finetune().is_empty());
+    assert_eq!(session.current_key, distilled.key);
 }
 
 fn reopen(journal: &Path) -> SetupOptions {
@@ -276,6 +370,9 @@ fn a_cancelled_finetune_leaves_nothing() {
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(!text.contains("fine_tuned"), "{text}");
     assert!(!out.exists());
+    // No tuned model was saved either.
+    let saved = std::fs::read_dir(models_dir(&journal)).map_or(0, |d| d.count());
+    assert_eq!(saved, 0);
 }
 
 /// The newest error the explorer has shown, if any.

@@ -209,3 +209,13 @@ fn presentation_digits_grow_with_the_terminal_and_leave_the_charts_room() {
         }
     }
 }
+
+#[test]
+fn main_screen_with_a_distilled_point_pinned() {
+    let mut app = tuned();
+    app.session.options.calibration = 7;
+    press(&mut app, key('F'));
+    press(&mut app, key('f'));
+    press(&mut app, key('c'));
+    insta::assert_snapshot!(draw(&app, 140, 45).backend());
+}

@@ -684,3 +684,167 @@ fn exports_never_replace_an_earlier_export() {
     let r = app.session.export(fresh.clone());
     assert!(matches!(r.as_slice(), [Request::Export { dir, .. }] if *dir == fresh));
 }
+
+/// Runs requests to the end on fake answers, keeping the journal lines they write.
+fn run_journaled(app: &mut squeeze::tui::App, r: Vec<Request>, journal: &mut Vec<Record>) {
+    let mut pending = r;
+    while !pending.is_empty() {
+        for r in &pending {
+            if let Request::Journal(rec) = r {
+                journal.push(rec.clone());
+            }
+        }
+        let msgs = answers(&app.session.info, &pending);
+        pending = msgs
+            .into_iter()
+            .flat_map(|m| app.handle_worker(m))
+            .collect();
+    }
+}
+
+/// `F` picks the teacher of the next `f`; a distilled and a plain fine-tune of one
+/// configuration are two points, each labelled, pinnable as itself, in the comparison and the
+/// plots, and a pinned tuned point comes back as itself from the journal.
+#[test]
+fn distillation_is_one_key_away_and_tuned_points_are_first_class() {
+    let mut app = app();
+    // A training set is known (its hash is part of a tuned point's key).
+    app.session.options.calibration = 7;
+    let mut journal = Vec::new();
+    let r = app.start();
+    run_journaled(&mut app, r, &mut journal);
+    for k in ['4', 'F'] {
+        let r = app.handle_key(key(k));
+        run_journaled(&mut app, r, &mut journal);
+    }
+    let twin = app.session.current_key;
+    assert!(
+        app.message_text()
+            .is_some_and(|m| m.contains("distilled T=4 α=0.9")),
+        "{:?}",
+        app.message_text()
+    );
+    assert!(screen(&draw(&app, 140, 45)).contains("idle · f distils (T=4, α=0.9; F changes it)"));
+    let r = app.handle_key(key('f'));
+    assert!(
+        app.session
+            .tune
+            .as_ref()
+            .is_some_and(|t| t.status().starts_with("distilling (T=4, α=0.9): ")),
+    );
+    run_journaled(&mut app, r, &mut journal);
+    let distilled = app.session.current().unwrap().clone();
+    assert_ne!(distilled.key, twin);
+    assert_eq!(distilled.label.as_deref(), Some("distilled T=4 α=0.9"));
+    assert!(distilled.model.is_some());
+
+    // Back to labels alone (F cycles T=4 α=0.9 → T=2 α=0.5 → labels), from the twin.
+    for _ in 0..2 {
+        press(&mut app, key('F'));
+    }
+    assert_eq!(app.session.tune_spec.settings.distill, None);
+    assert!(!screen(&draw(&app, 140, 45)).contains("f distils"));
+    let r = app.session.load_point(twin);
+    run_journaled(&mut app, r, &mut journal);
+    assert_eq!(app.session.current_key, twin);
+    let r = app.handle_key(key('f'));
+    run_journaled(&mut app, r, &mut journal);
+    let plain = app.session.current().unwrap().clone();
+    assert!(plain.key != distilled.key && plain.key != twin);
+    assert_eq!(plain.config, distilled.config);
+    assert_eq!(plain.label.as_deref(), Some("fine-tuned"));
+    assert_eq!(app.size_chart.tuned.len(), 2);
+    assert_eq!(app.size_chart.tuned_links.len(), 2);
+
+    // The cursor reaches the distilled point; Enter makes it current, c pins it as itself.
+    let mut steps = 0;
+    while app.cursor != Some(distilled.key) && steps < 20 {
+        press(&mut app, key(']'));
+        steps += 1;
+    }
+    assert_eq!(app.cursor, Some(distilled.key));
+    let r = app.handle_key(code(KeyCode::Enter));
+    run_journaled(&mut app, r, &mut journal);
+    assert_eq!(app.session.current_key, distilled.key);
+    let r = app.handle_key(key('c'));
+    run_journaled(&mut app, r, &mut journal);
+    assert_eq!(
+        app.message_text(),
+        Some("pinned as A (distilled T=4 α=0.9)")
+    );
+    assert_eq!(app.session.pinned_point(0).unwrap().key, distilled.key);
+    assert_eq!(app.session.pin_slot(twin), None);
+    assert_eq!(app.size_chart.pinned, vec![app.size_chart.tuned[0]]);
+    // Pinning the same point again says so; its twin is another point.
+    press(&mut app, key('c'));
+    assert_eq!(app.message_text(), Some("already pinned as A"));
+
+    // The comparison (T), the plots and the export know it as tuned.
+    let rows = squeeze::explore::compare::rows(&app.session);
+    let a = rows.iter().find(|r| r.name == "A").unwrap();
+    assert!(
+        a.summary.starts_with("distilled T=4 α=0.9 · fc1 "),
+        "{}",
+        a.summary
+    );
+    assert_eq!(
+        a.accuracy,
+        distilled.accuracy().map(|e| e.value),
+        "the pin's figures are the tuned point's"
+    );
+    press(&mut app, key('T'));
+    let text = screen(&draw(&app, 140, 45));
+    assert!(text.contains("distilled T=4 α=0.9"), "{text}");
+    press(&mut app, code(KeyCode::Esc));
+    let input = app.plot_input();
+    let tuned: Vec<_> = input.points.iter().filter(|p| p.tuned.is_some()).collect();
+    assert_eq!(tuned.len(), 2);
+    assert!(tuned.iter().all(|p| p.untuned.is_some()));
+    assert!(input.pins[0].tuned.is_some());
+    let r = app.session.export("out".into());
+    let [Request::ExportTuned { key, model, .. }] = r.as_slice() else {
+        panic!("{r:?}");
+    };
+    assert_eq!((*key, model), (distilled.key, &distilled.model));
+
+    // From the journal: both tuned points, their models, and the pin as the tuned point.
+    let mut again = tui_support::app();
+    again.session.options.calibration = 7;
+    again.restore(journal);
+    let pinned = again.session.pinned_point(0).expect("pin restored");
+    assert_eq!(pinned.key, distilled.key);
+    assert_eq!(pinned.model, distilled.model);
+    assert_eq!(pinned.label.as_deref(), Some("distilled T=4 α=0.9"));
+    assert_eq!(again.size_chart.tuned.len(), 2);
+}
+
+/// Esc just as a fine-tune finished: its result is dropped and its saved model deleted.
+#[test]
+fn a_result_arriving_after_esc_is_discarded() {
+    let mut app = app();
+    app.session.options.calibration = 7;
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, key('4'));
+    let r = app.handle_key(key('f'));
+    let [Request::Finetune(job)] = r.as_slice() else {
+        panic!("{r:?}");
+    };
+    let done = answers(&app.session.info, &r);
+    let r = app.handle_key(code(KeyCode::Esc));
+    assert!(r.contains(&Request::CancelFinetune));
+    let mut after = Vec::new();
+    for m in done {
+        after.extend(app.handle_worker(m));
+    }
+    assert_eq!(
+        after,
+        vec![Request::DiscardTuned(format!("{:064x}", job.key))]
+    );
+    assert!(
+        app.session
+            .points
+            .values()
+            .all(|p| p.provenance.is_compressed())
+    );
+}

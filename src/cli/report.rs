@@ -62,10 +62,14 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             .iter()
             .zip(PIN_NAMES)
             .filter_map(|(p, name)| {
-                let c = p.as_ref()?;
+                let p = p.as_ref()?;
+                let point = s.point(s.pin_key(p));
                 Some((
-                    format!("{name}: {}", compare::summary(c, &s.info)),
-                    c.to_recipe(&s.info).to_toml(),
+                    format!(
+                        "{name}: {}",
+                        compare::point_summary(&p.config, point, &s.info)
+                    ),
+                    p.config.to_recipe(&s.info).to_toml(),
                 ))
             })
             .collect(),

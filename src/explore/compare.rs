@@ -12,7 +12,8 @@ use super::session::{PIN_NAMES, Point, Session};
 pub struct ComparisonRow {
     /// `dense`, `A` … `D`, or `current`.
     pub name: String,
-    /// What the configuration is, in a few words (`fc1 l1 90% u4/channel · a8`).
+    /// What the configuration is, in a few words (`fc1 l1 90% u4/channel · a8`), after how its
+    /// model learnt when it was fine-tuned (`distilled T=4 α=0.9 · `).
     pub summary: String,
     /// Top-1 accuracy in [0, 1], when measured.
     pub accuracy: Option<f64>,
@@ -41,10 +42,10 @@ pub fn rows(session: &Session) -> Vec<ComparisonRow> {
     row("dense".into(), &dense_config, dense);
     let mut current_shown = session.current_key == session.dense_key;
     for (slot, pin) in session.pins.iter().enumerate() {
-        let Some(config) = pin else { continue };
-        let key = session.key_of(config);
+        let Some(pin) = pin else { continue };
+        let key = session.pin_key(pin);
         current_shown |= key == session.current_key;
-        row(PIN_NAMES[slot].to_string(), config, session.point(key));
+        row(PIN_NAMES[slot].to_string(), &pin.config, session.point(key));
     }
     if !current_shown {
         row("current".into(), &session.config, session.current());
@@ -71,7 +72,7 @@ fn row_of(
     };
     ComparisonRow {
         name,
-        summary: summary(config, info),
+        summary: point_summary(config, point, info),
         accuracy,
         delta_points: accuracy.zip(dense_acc).map(|(a, d)| (a - d) * 100.0),
         size_bytes: size,
@@ -84,6 +85,17 @@ fn row_of(
         error: point
             .filter(|p| p.accuracy().is_none())
             .and_then(|p| p.error.clone()),
+    }
+}
+
+/// A point in a few words: how its model learnt when it was fine-tuned, first (what sets it
+/// apart from its untuned twin, and what a narrow column keeps), then its configuration's
+/// summary (`distilled T=4 α=0.9 · fc1 l1 90%`).
+pub fn point_summary(config: &Config, point: Option<&Point>, info: &ModelInfo) -> String {
+    let what = summary(config, info);
+    match point.and_then(|p| p.provenance.describe()) {
+        Some(how) => format!("{how} · {what}"),
+        None => what,
     }
 }
 

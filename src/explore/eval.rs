@@ -168,12 +168,24 @@ pub trait Evaluator: Send + Sync {
         ))
     }
 
-    /// Exports the fine-tuned model of point `key`, as `export` does a configuration.
-    fn export_tuned(&self, key: u64, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
-        let _ = (key, dir);
+    /// Exports the fine-tuned model of point `key` (of `config`), as `export` does a
+    /// configuration: the model tuned in this run, else the saved one with SHA-256 `model`.
+    fn export_tuned(
+        &self,
+        key: u64,
+        config: &Config,
+        model: Option<&str>,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, EvalError> {
+        let _ = (key, config, model, dir);
         Err(EvalError::Other(
             "the fine-tuned model is not in memory: it was tuned in an earlier run".into(),
         ))
+    }
+
+    /// Forgets the saved tuned model with SHA-256 `model` (its fine-tune was cancelled).
+    fn discard_tuned(&self, model: &str) {
+        let _ = model;
     }
 
     fn inputs(&self) -> Vec<PathBuf> {

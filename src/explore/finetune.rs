@@ -3,8 +3,9 @@
 //! the evaluator like every other point. The result is its own point — provenance
 //! `FineTuned`, keyed by the training settings and the training data's hash besides the
 //! configuration — joined to its untuned twin on the charts. Nothing is written while it runs:
-//! the point, its journal lines and the tuned model exist only once it has finished, and a
-//! cancelled run leaves nothing.
+//! the point, its journal lines and the tuned model (packed, saved beside the journal and named
+//! there by its SHA-256, so it can be exported after a resume) exist only once it has finished,
+//! and a cancelled run leaves nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,7 +21,38 @@ use super::session::{Provenance, Request};
 use crate::compress::Plan;
 use crate::data::{DataOptions, Split};
 use crate::engine::CompressedModel;
-use crate::train::{self, FinetuneEvent, FinetuneSets, FinetuneSettings, LrDecay, TrainConfig};
+use crate::train::{
+    self, Distillation, FinetuneEvent, FinetuneSets, FinetuneSettings, LrDecay, TrainConfig,
+};
+
+/// What `F` cycles through for the next `f`: labels alone, then distillation from the
+/// uncompressed model at `squeeze finetune --distill`'s default (T = 4, α = 0.9) and at a
+/// softer mix (T = 2, α = 0.5).
+pub const DISTILL_CYCLE: [Option<Distillation>; 3] = [
+    None,
+    Some(Distillation {
+        temperature: 4.0,
+        alpha: 0.9,
+    }),
+    Some(Distillation {
+        temperature: 2.0,
+        alpha: 0.5,
+    }),
+];
+
+/// How a tuned model learnt, in a few words: `fine-tuned` (from the labels alone), or
+/// `distilled T=4 α=0.9` (fine-tuned learning from the uncompressed model too).
+pub fn tune_label(distill: Option<&Distillation>) -> String {
+    match distill {
+        None => "fine-tuned".into(),
+        Some(d) => distill_words(d),
+    }
+}
+
+/// `distilled T=4 α=0.9`.
+pub fn distill_words(d: &Distillation) -> String {
+    format!("distilled T={} α={}", d.temperature, d.alpha)
+}
 
 /// How a fine-tune runs: `squeeze finetune`'s settings and data options.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,6 +109,11 @@ impl TuneSpec {
     pub fn epochs(&self) -> usize {
         self.settings.train.epochs
     }
+
+    /// The label of a point tuned this way.
+    pub fn label(&self) -> String {
+        tune_label(self.settings.distill.as_ref())
+    }
 }
 
 /// One fine-tune asked of a worker.
@@ -100,6 +137,8 @@ pub struct TuneState {
     pub key: u64,
     pub config: Config,
     pub provenance: String,
+    /// `fine-tuning`, or `distilling (T=4, α=0.9)`.
+    pub what: String,
     /// 1-based epoch under way (0: loading the data), of `epochs`.
     pub epoch: usize,
     pub epochs: usize,
@@ -118,6 +157,10 @@ impl TuneState {
             key: job.key,
             config: job.config.clone(),
             provenance: job.provenance.clone(),
+            what: match &job.spec.settings.distill {
+                None => "fine-tuning".into(),
+                Some(d) => format!("distilling (T={}, α={})", d.temperature, d.alpha),
+            },
             epoch: 0,
             epochs: job.spec.epochs(),
             loss: None,
@@ -129,12 +172,13 @@ impl TuneState {
 
     /// The status line: `fine-tuning: epoch 2/8 · loss 0.0648 · validation 98.58 % · 12 s`.
     pub fn status(&self) -> String {
+        let what = &self.what;
         let mut s = if self.measuring {
-            "fine-tuning: measuring the tuned model".to_string()
+            format!("{what}: measuring the tuned model")
         } else if self.epoch == 0 {
-            "fine-tuning: reading the training set".to_string()
+            format!("{what}: reading the training set")
         } else {
-            format!("fine-tuning: epoch {}/{}", self.epoch, self.epochs)
+            format!("{what}: epoch {}/{}", self.epoch, self.epochs)
         };
         if let Some(l) = self.loss {
             s.push_str(&format!(" · loss {l:.4}"));
@@ -177,6 +221,12 @@ pub struct TuneOutcome {
     pub kept_epoch: usize,
     pub validation: Option<f64>,
     pub seconds: f64,
+    /// The SHA-256 of the tuned model's packed bytes, when the evaluator keeps the model for
+    /// export (`tuned_model_name` names its file beside the journal).
+    pub model: Option<String>,
+    /// Why the tuned model could not be saved beside the journal, when it could not: it can
+    /// be exported in this run only.
+    pub unsaved: Option<String>,
 }
 
 /// A fine-tuned model kept in memory for export.
@@ -187,6 +237,29 @@ pub struct TunedModel {
     pub compressed: CompressedModel,
     /// `squeeze.finetune` metadata (JSON).
     pub metadata: String,
+}
+
+impl TunedModel {
+    /// The packed file, as `squeeze finetune` writes it: the recipe, the training settings and
+    /// what pruning left of `original`'s layers in its metadata.
+    pub fn to_bytes(&self, original: &crate::model::Model) -> Result<Vec<u8>, EvalError> {
+        self.compressed
+            .sealed_with(
+                Some(&self.recipe.to_toml()),
+                &[
+                    (train::FINETUNE_METADATA_KEY, self.metadata.clone()),
+                    crate::measure::PruningRecord::of(&self.plan, original).metadata(),
+                ],
+            )
+            .to_bytes()
+            .map_err(EvalError::Other)
+    }
+}
+
+/// The file name of the tuned model with SHA-256 `sha256`, in the folder beside the journal.
+pub fn tuned_model_name(sha256: &str) -> String {
+    let short: String = sha256.chars().take(16).collect();
+    format!("tuned-{short}.safetensors")
 }
 
 /// The training set to fine-tune on: `--train`, else the one beside the evaluation set.
@@ -297,6 +370,8 @@ pub fn run(
         kept_epoch: tuned.report.kept_epoch,
         validation: tuned.report.kept_validation_accuracy,
         seconds: start.elapsed().as_secs_f64(),
+        model: None,
+        unsaved: None,
     };
     let model = Arc::new(TunedModel {
         key: job.key,
@@ -338,7 +413,12 @@ impl super::session::Session {
             settings: provenance.clone(),
         };
         let key = self.key_with(&self.config, &tuned);
-        if self.point(key).is_some_and(|p| p.full.is_some()) {
+        // A cached point whose model was not kept (journaled before models were, or its file
+        // is gone) is tuned again, so that it can be exported.
+        if self
+            .point(key)
+            .is_some_and(|p| p.full.is_some() && p.model.is_some())
+        {
             if let Some(p) = self.points.get_mut(&key) {
                 p.shown = true;
             }
@@ -354,12 +434,32 @@ impl super::session::Session {
             spec: self.tune_spec.clone(),
             provenance,
         };
-        self.tune = Some(TuneState::new(&job));
+        let state = TuneState::new(&job);
         self.info(format!(
-            "fine-tuning {} epochs on the training set (Esc cancels; editing goes on)",
+            "{} {} epochs on the training set (Esc cancels; editing goes on)",
+            state.what,
             job.spec.epochs()
         ));
+        self.tune = Some(state);
         vec![Request::Finetune(Box::new(job))]
+    }
+
+    /// The next teacher setting of `f` (`F`): labels alone, or distillation at one of the
+    /// `DISTILL_CYCLE` temperatures and weights. A running fine-tune keeps its own.
+    pub fn cycle_distillation(&mut self) -> Vec<Request> {
+        let now = DISTILL_CYCLE
+            .iter()
+            .position(|d| *d == self.tune_spec.settings.distill);
+        let next = now.map_or(0, |i| (i + 1) % DISTILL_CYCLE.len());
+        self.tune_spec.settings.distill = DISTILL_CYCLE[next];
+        self.info(match &self.tune_spec.settings.distill {
+            None => "the next fine-tune (f) learns from the labels alone (F: distillation)".into(),
+            Some(d) => format!(
+                "the next fine-tune (f) learns from the uncompressed model too: {} (F: next setting)",
+                distill_words(d)
+            ),
+        });
+        Vec::new()
     }
 
     /// Stops the fine-tune under way, keeping nothing of it.
@@ -375,11 +475,26 @@ impl super::session::Session {
     pub(super) fn finetune_done(
         &mut self,
         id: u64,
-        result: Option<Result<TuneOutcome, String>>,
+        result: Option<Result<Box<TuneOutcome>, String>>,
     ) -> Vec<Request> {
         if self.tune.as_ref().is_none_or(|t| t.id != id) {
-            // Cancelled: whatever it produced is not wanted.
-            return Vec::new();
+            // Cancelled: whatever it produced is not wanted, the saved model included (it
+            // finished just as Esc was pressed) unless a point already holds the same bytes.
+            let saved = match result {
+                Some(Ok(o)) if o.unsaved.is_none() => o.model,
+                _ => None,
+            };
+            return match saved {
+                Some(model)
+                    if !self
+                        .points
+                        .values()
+                        .any(|p| p.model.as_ref() == Some(&model)) =>
+                {
+                    vec![Request::DiscardTuned(model)]
+                }
+                _ => Vec::new(),
+            };
         }
         let Some(state) = self.tune.take() else {
             return Vec::new();
@@ -393,14 +508,16 @@ impl super::session::Session {
             Some(Ok(o)) => o,
         };
         let key = state.key;
-        self.ensure_point(key, &state.config, Some("fine-tuned"), true);
+        let provenance = Provenance::FineTuned {
+            from: key_hex(state.from),
+            settings: state.provenance.clone(),
+        };
+        self.ensure_point(key, &state.config, provenance.describe().as_deref(), true);
         if let Some(p) = self.points.get_mut(&key) {
-            p.provenance = Provenance::FineTuned {
-                from: key_hex(state.from),
-                settings: state.provenance.clone(),
-            };
+            p.provenance = provenance;
             p.set(Stage::Full, outcome.full.clone());
             p.set(Stage::Latency, outcome.latency.clone());
+            p.model = outcome.model.clone();
             p.error = None;
         }
         let pct = |a: Option<f64>| a.map_or("–".into(), |a| format!("{:.2} %", a * 100.0));
@@ -418,6 +535,12 @@ impl super::session::Session {
             outcome.kept_epoch,
             pct(outcome.validation)
         ));
+        // After the summary, so that the message line shows it.
+        if let Some(why) = &outcome.unsaved {
+            self.error(format!(
+                "the tuned model could not be saved beside the journal ({why}): it can be exported in this run only"
+            ));
+        }
         if self.config == state.config {
             self.current_key = key;
         }

@@ -81,7 +81,7 @@ pub enum WorkerMsg {
     /// A fine-tune ended: its figures, why it failed, or `None` when cancelled.
     TuneDone {
         id: u64,
-        result: Option<Result<TuneOutcome, String>>,
+        result: Option<Result<Box<TuneOutcome>, String>>,
     },
     /// A background task (export, plot) finished: what it wrote, or why it could not.
     TaskDone {
@@ -253,7 +253,7 @@ impl Runner {
                 let result = match result {
                     Err(_) if cancel.load(Ordering::Relaxed) => None,
                     Err(EvalError::Cancelled) => None,
-                    r => Some(r.map_err(|e| e.to_string())),
+                    r => Some(r.map(Box::new).map_err(|e| e.to_string())),
                 };
                 let _ = tx.send(WorkerMsg::TuneDone { id, result });
             });
@@ -270,6 +270,11 @@ impl Runner {
         if let Some(c) = self.tune_cancel.take() {
             c.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Deletes a saved tuned model whose fine-tune was cancelled (a small file: done at once).
+    pub fn discard_tuned(&self, model: &str) {
+        self.evaluator.discard_tuned(model);
     }
 
     /// Runs `work` on the pool and reports its outcome as `TaskDone { task, .. }`.
@@ -470,11 +475,18 @@ impl Executor<'_> {
                 }
                 Request::Finetune(job) => self.runner.start_finetune(job),
                 Request::CancelFinetune => self.runner.cancel_finetune(),
-                Request::ExportTuned { key, dir } => {
+                Request::ExportTuned {
+                    key,
+                    config,
+                    model,
+                    dir,
+                } => {
                     self.runner.spawn_task("export", move |ev| {
-                        ev.export_tuned(key, &dir).map_err(|e| e.to_string())
+                        ev.export_tuned(key, &config, model.as_deref(), &dir)
+                            .map_err(|e| e.to_string())
                     });
                 }
+                Request::DiscardTuned(model) => self.runner.discard_tuned(&model),
                 Request::Plot { input, dir } => {
                     if let Some(plot) = self.plot {
                         self.runner

@@ -45,6 +45,10 @@ pub enum Record {
         /// quantize activations (absent: the evaluation set's own samples).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         calibration: Option<String>,
+        /// A fine-tuned point's model: the SHA-256 of the packed file saved beside the journal
+        /// (`finetune::tuned_model_name` names it in `models_dir`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     Failed {
         key: String,
@@ -54,11 +58,14 @@ pub enum Record {
     },
     /// The configuration being edited (written on every change).
     Current { config: Config },
-    /// The configuration pinned in a slot (A to D), or none.
+    /// The configuration pinned in a slot (A to D), or none, and how the pinned point's
+    /// model came about (compressed as it is unless said).
     Pin {
         config: Option<Config>,
         #[serde(default = "slot_a")]
         slot: char,
+        #[serde(default, skip_serializing_if = "Provenance::is_compressed")]
+        provenance: Provenance,
     },
 }
 
@@ -245,6 +252,12 @@ pub fn data_dir() -> Option<PathBuf> {
         .map(|d| d.join("squeeze"))
 }
 
+/// The folder beside a journal that holds its fine-tuned models: `session.jsonl` keeps them in
+/// `session.models/`.
+pub fn models_dir(journal: &Path) -> PathBuf {
+    journal.with_extension("models")
+}
+
 /// The default journal of a model and data set: `<data dir>/sessions/<model>-<fp>.jsonl`.
 pub fn default_path(model_name: &str, fingerprint: u64) -> Option<PathBuf> {
     let safe: String = model_name
@@ -291,6 +304,7 @@ mod tests {
                 }),
                 provenance: Provenance::Compressed,
                 calibration: None,
+                model: None,
             });
             w.append(Record::Current {
                 config: Config::dense(2),

@@ -89,6 +89,8 @@ pub struct ModelEvaluator {
     training: Option<PathBuf>,
     /// Fine-tuned models of this run, for export.
     tuned: Mutex<Vec<Arc<TunedModel>>>,
+    /// Where fine-tuned models are saved (beside the journal), when they are.
+    models_dir: Option<PathBuf>,
 }
 
 impl ModelEvaluator {
@@ -130,6 +132,7 @@ impl ModelEvaluator {
             active: AtomicUsize::new(0),
             training: None,
             tuned: Mutex::new(Vec::new()),
+            models_dir: None,
         }
     }
 
@@ -137,6 +140,25 @@ impl ModelEvaluator {
     pub fn with_training(mut self, path: Option<PathBuf>) -> Self {
         self.training = path;
         self
+    }
+
+    /// Saves fine-tuned models into `dir` (beside the journal), so that a resumed session can
+    /// export them.
+    pub fn with_models_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.models_dir = dir;
+        self
+    }
+
+    /// Writes a tuned model's packed bytes into the models folder (atomically) under its
+    /// SHA-256; `Ok(None)` when models are not saved.
+    fn save_tuned(&self, bytes: &[u8], sha256: &str) -> Result<Option<PathBuf>, String> {
+        let Some(dir) = &self.models_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(super::finetune::tuned_model_name(sha256));
+        crate::files::write_atomic(&path, bytes).map_err(|e| e.to_string())?;
+        Ok(Some(path))
     }
 
     /// Calibrates quantized activations on these prepared inputs (training images, so the
@@ -360,14 +382,26 @@ impl ModelEvaluator {
 
     /// `measurement` of a packed model and its plan.
     fn measurement_of(&self, plan: &Plan, model: &CompressedModel) -> Measurement {
+        let pruning = measure::PruningRecord::of(plan, &self.model);
+        self.measurement_with(Some(plan), Some(&pruning), model)
+    }
+
+    /// `measurement` of a packed model, with its plan when it was compressed in this process
+    /// and what pruning left of the original layers when that is known.
+    fn measurement_with(
+        &self,
+        plan: Option<&Plan>,
+        pruning: Option<&measure::PruningRecord>,
+        model: &CompressedModel,
+    ) -> Measurement {
         let timing = measure::Timing {
             latency: false,
             throughput: false,
         };
         let mut m = measure::measure(
             model,
-            Some(plan),
-            Some(&measure::PruningRecord::of(plan, &self.model)),
+            plan,
+            pruning,
             &self.inputs,
             &self.labels,
             None,
@@ -699,7 +733,19 @@ impl Evaluator for ModelEvaluator {
                 "no training set beside the evaluation set: give --train DATA".into(),
             ));
         };
-        let (outcome, model) = super::finetune::run(self, path, job, cancel, report)?;
+        let (mut outcome, model) = super::finetune::run(self, path, job, cancel, report)?;
+        let bytes = model.to_bytes(&self.model)?;
+        let sha256 = crate::files::sha256(&bytes);
+        match self.save_tuned(&bytes, &sha256) {
+            Ok(Some(saved)) if cancel.load(Ordering::Relaxed) => {
+                // Esc came while it was being written: it leaves nothing behind.
+                let _ = std::fs::remove_file(saved);
+                return Err(EvalError::Cancelled);
+            }
+            Ok(_) => {}
+            Err(e) => outcome.unsaved = Some(e),
+        }
+        outcome.model = Some(sha256);
         if let Ok(mut tuned) = self.tuned.lock() {
             tuned.retain(|t| t.key != model.key);
             tuned.push(model);
@@ -707,33 +753,57 @@ impl Evaluator for ModelEvaluator {
         Ok(outcome)
     }
 
-    fn export_tuned(&self, key: u64, dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
+    fn export_tuned(
+        &self,
+        key: u64,
+        config: &Config,
+        model: Option<&str>,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, EvalError> {
         let found = self
             .tuned
             .lock()
             .ok()
             .and_then(|t| t.iter().find(|t| t.key == key).cloned());
-        let Some(t) = found else {
-            return Err(EvalError::Other(
-                "the fine-tuned model is not in memory (it was tuned in an earlier run): press f to tune it again".into(),
-            ));
+        if let Some(t) = found {
+            return self.write_export(&t.recipe, dir, &|| {
+                Ok((
+                    t.to_bytes(&self.model)?,
+                    self.measurement_of(&t.plan, &t.compressed),
+                ))
+            });
+        }
+        // Tuned in an earlier run: the file saved beside the journal, checked against the
+        // SHA-256 the journal recorded.
+        let gone = |why: String| {
+            EvalError::Other(format!(
+                "the fine-tuned model of this point {why}: press f on its configuration to tune it again"
+            ))
         };
-        let recipe = t.recipe.clone();
-        let recipe_text = recipe.to_toml();
+        let (Some(sha256), Some(models)) = (model, &self.models_dir) else {
+            return Err(gone("was not kept".into()));
+        };
+        let path = models.join(super::finetune::tuned_model_name(sha256));
+        let bytes = std::fs::read(&path)
+            .map_err(|e| gone(format!("cannot be read ({}: {e})", path.display())))?;
+        if crate::files::sha256(&bytes) != sha256 {
+            return Err(gone(format!(
+                "is damaged ({} does not have the SHA-256 the journal recorded)",
+                path.display()
+            )));
+        }
+        let compressed = engine::load_compressed(&path)?;
+        let pruning = measure::PruningRecord::read(&path).map_err(EvalError::Other)?;
+        let recipe = config.to_recipe(&self.info);
         self.write_export(&recipe, dir, &|| {
-            let bytes = t
-                .compressed
-                .sealed_with(
-                    Some(&recipe_text),
-                    &[
-                        (crate::train::FINETUNE_METADATA_KEY, t.metadata.clone()),
-                        measure::PruningRecord::of(&t.plan, &self.model).metadata(),
-                    ],
-                )
-                .to_bytes()
-                .map_err(EvalError::Other)?;
-            Ok((bytes, self.measurement_of(&t.plan, &t.compressed)))
+            Ok((bytes.clone(), self.measurement_with(None, pruning.as_ref(), &compressed)))
         })
+    }
+
+    fn discard_tuned(&self, model: &str) {
+        if let Some(dir) = &self.models_dir {
+            let _ = std::fs::remove_file(dir.join(super::finetune::tuned_model_name(model)));
+        }
     }
 
     fn inputs(&self) -> Vec<PathBuf> {

@@ -12,6 +12,13 @@ pub struct PlotPoint {
     pub accuracy: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// How a fine-tuned point's model learnt (`distilled T=4 α=0.9`); `None` for
+    /// a model compressed as it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<String>,
+    /// A fine-tuned point's untuned twin, when measured: the charts join the two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untuned: Option<Box<PlotPoint>>,
 }
 
 /// Everything the two charts show.

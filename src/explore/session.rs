@@ -47,6 +47,31 @@ impl Provenance {
     pub fn is_compressed(&self) -> bool {
         *self == Provenance::Compressed
     }
+
+    /// How the model learnt, in a few words (`distilled T=4 α=0.9`); `None` when
+    /// it was compressed as it is. Read from the settings recorded in the provenance.
+    pub fn describe(&self) -> Option<String> {
+        let Provenance::FineTuned { settings, .. } = self else {
+            return None;
+        };
+        let spec: serde_json::Value = serde_json::from_str(settings).unwrap_or_default();
+        let d = &spec["settings"]["distill"];
+        let distill = match (d["temperature"].as_f64(), d["alpha"].as_f64()) {
+            (Some(temperature), Some(alpha)) => {
+                Some(crate::train::Distillation { temperature, alpha })
+            }
+            _ => None,
+        };
+        Some(super::finetune::tune_label(distill.as_ref()))
+    }
+}
+
+/// A pinned point: its configuration and how its model came about, so that a pinned
+/// fine-tuned point stays itself rather than its untuned twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pin {
+    pub config: Config,
+    pub provenance: Provenance,
 }
 
 /// Names of the pin slots.
@@ -66,6 +91,9 @@ pub struct Point {
     pub error: Option<String>,
     /// Part of this exploration (drawn on the charts), rather than only known to the cache.
     pub shown: bool,
+    /// A fine-tuned point's model: the SHA-256 of its packed bytes, which the evaluator keeps
+    /// for export (`None`: not kept, so `f` tunes it again).
+    pub model: Option<String>,
 }
 
 impl Point {
@@ -80,6 +108,7 @@ impl Point {
             latency: None,
             error: None,
             shown: false,
+            model: None,
         }
     }
 
@@ -233,11 +262,16 @@ pub enum Request {
     /// Fine-tune a configuration in the background (one at a time).
     Finetune(Box<TuneJob>),
     CancelFinetune,
-    /// Export the fine-tuned model of a point.
+    /// Export the fine-tuned model of a point: the one tuned in this run, else the saved
+    /// file with SHA-256 `model`.
     ExportTuned {
         key: u64,
+        config: Config,
+        model: Option<String>,
         dir: PathBuf,
     },
+    /// Delete the saved tuned model with this SHA-256: its fine-tune was cancelled.
+    DiscardTuned(String),
     Journal(Record),
     Quit,
 }
@@ -264,8 +298,8 @@ pub struct Session {
     pub current_key: u64,
     pub dense_key: u64,
     pub preset: Option<usize>,
-    /// Pinned configurations, A to D.
-    pub pins: [Option<Config>; 4],
+    /// Pinned points, A to D.
+    pub pins: [Option<Pin>; 4],
     pub budget_bytes: Option<f64>,
     pub budget_latency_us: Option<f64>,
     pub target: Option<Target>,
@@ -380,9 +414,15 @@ impl Session {
                     self.config = config;
                     self.preset = None;
                 }
-                Record::Pin { config, slot } => {
+                Record::Pin {
+                    config,
+                    slot,
+                    provenance,
+                } => {
                     if let Some(i) = PIN_NAMES.iter().position(|c| *c == slot) {
-                        self.pins[i] = config.filter(|c| c.layers.len() == n);
+                        self.pins[i] = config
+                            .filter(|c| c.layers.len() == n)
+                            .map(|config| Pin { config, provenance });
                     }
                 }
                 _ => {}
@@ -403,6 +443,7 @@ impl Session {
                 figures,
                 provenance,
                 calibration,
+                model,
                 ..
             } if config.layers.len() == n => {
                 if config.activation_bits.is_some()
@@ -420,6 +461,9 @@ impl Session {
                     p.provenance = provenance.clone();
                     p.set(*stage, (**figures).clone());
                     p.error = None;
+                    if model.is_some() {
+                        p.model = model.clone();
+                    }
                 }
             }
             Record::Failed { config, error, .. } if config.layers.len() == n => {
@@ -447,6 +491,7 @@ impl Session {
                 .config
                 .activation_bits
                 .map(|_| key_hex(self.options.calibration)),
+            model: p.model.clone(),
         })
     }
 
@@ -498,10 +543,22 @@ impl Session {
         self.points.get(&key)
     }
 
+    /// The key of a pinned point.
+    pub fn pin_key(&self, pin: &Pin) -> u64 {
+        self.key_with(&pin.config, &pin.provenance)
+    }
+
     /// The point of a pinned configuration (0 = A).
     pub fn pinned_point(&self, slot: usize) -> Option<&Point> {
-        let c = self.pins.get(slot)?.as_ref()?;
-        self.points.get(&self.key_of(c))
+        let pin = self.pins.get(slot)?.as_ref()?;
+        self.points.get(&self.pin_key(pin))
+    }
+
+    /// The slot a point is pinned in, if it is.
+    pub fn pin_slot(&self, key: u64) -> Option<usize> {
+        self.pins
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| self.pin_key(p) == key))
     }
 
     pub fn any_pinned(&self) -> bool {
@@ -613,6 +670,23 @@ impl Session {
         out
     }
 
+    /// Loads a point for editing (undoable): its configuration, and the point itself as the
+    /// current one when it is fine-tuned (editing goes on from its configuration).
+    pub fn load_point(&mut self, key: u64) -> Vec<Request> {
+        let Some(p) = self.points.get(&key) else {
+            return Vec::new();
+        };
+        let (config, tuned) = (p.config.clone(), !p.provenance.is_compressed());
+        let out = self.load(config);
+        // Also when the configuration stays: from a fine-tuned point to its twin and back.
+        self.current_key = key;
+        if tuned {
+            // Whatever the twin still waits for is not what the status shows now.
+            self.pending.clear();
+        }
+        out
+    }
+
     /// Loads any configuration for editing (undoable).
     pub fn load(&mut self, config: Config) -> Vec<Request> {
         if config.layers.len() != self.info.layers.len() {
@@ -621,16 +695,27 @@ impl Session {
         self.edit(|c| *c = config)
     }
 
-    /// Pins the current configuration in `slot` (0 = A).
+    /// Pins the current point in `slot` (0 = A): a fine-tuned one as itself.
     pub fn pin(&mut self, slot: usize) -> Vec<Request> {
         let Some(name) = PIN_NAMES.get(slot) else {
             return Vec::new();
         };
-        self.pins[slot] = Some(self.config.clone());
-        self.info(format!("pinned as {name}"));
+        let provenance = self
+            .current()
+            .map(|p| p.provenance.clone())
+            .unwrap_or_default();
+        self.info(match provenance.describe() {
+            Some(how) => format!("pinned as {name} ({how})"),
+            None => format!("pinned as {name}"),
+        });
+        self.pins[slot] = Some(Pin {
+            config: self.config.clone(),
+            provenance: provenance.clone(),
+        });
         vec![Request::Journal(Record::Pin {
-            config: self.pins[slot].clone(),
+            config: Some(self.config.clone()),
             slot: *name,
+            provenance,
         })]
     }
 
@@ -642,6 +727,7 @@ impl Session {
         vec![Request::Journal(Record::Pin {
             config: None,
             slot: *name,
+            provenance: Provenance::Compressed,
         })]
     }
 
@@ -910,12 +996,11 @@ impl Session {
             self.info(format!("exporting to {} …", dir.display()));
         }
         let dir = free;
-        if self
-            .current()
-            .is_some_and(|p| !p.provenance.is_compressed())
-        {
+        if let Some(p) = self.current().filter(|p| !p.provenance.is_compressed()) {
             return vec![Request::ExportTuned {
-                key: self.current_key,
+                key: p.key,
+                config: p.config.clone(),
+                model: p.model.clone(),
                 dir,
             }];
         }
@@ -1104,7 +1189,20 @@ impl Session {
                     .label
                     .clone()
                     .or_else(|| Some(super::compare::summary(&p.config, &self.info))),
+                tuned: p.provenance.describe(),
+                untuned: None,
             })
+        };
+        // A fine-tuned point carries its untuned twin, the other end of its line.
+        let plot_point = |p: &Point| {
+            let mut out = plot_point(p)?;
+            if let Provenance::FineTuned { from, .. } = &p.provenance {
+                out.untuned = super::journal::parse_key(from)
+                    .and_then(|k| self.points.get(&k))
+                    .and_then(plot_point)
+                    .map(Box::new);
+            }
+            Some(out)
         };
         PlotInput {
             title: format!("{} on {}", self.info.name, self.info.data_name),

@@ -174,6 +174,16 @@ impl Setup {
             }
             journal_records = loaded.records;
         }
+        let models_dir = journal_path.as_deref().map(journal::models_dir);
+        if let Some(dir) = &models_dir {
+            let missing = forget_missing_models(&mut journal_records, dir);
+            if missing > 0 {
+                notes.push(format!(
+                    "{missing} fine-tuned model(s) are missing from {}: f tunes them again",
+                    dir.display()
+                ));
+            }
+        }
         // What no export or plot may replace.
         let mut protected = data_files;
         protected.push(crate::model::sidecar_path(&opts.model));
@@ -192,7 +202,8 @@ impl Setup {
         .with_training(super::finetune::training_path(
             opts.train.as_deref(),
             &opts.data,
-        ));
+        ))
+        .with_models_dir(models_dir);
         if let Some(l) = loader {
             evaluator = evaluator.with_calibration_loader(l);
         }
@@ -236,6 +247,26 @@ impl Setup {
         });
         Ok(Some(w))
     }
+}
+
+/// Drops the model of every journaled fine-tuned point whose saved file is not in `dir` (the
+/// point stays, and `f` tunes it again); returns how many models are missing.
+fn forget_missing_models(records: &mut [Record], dir: &std::path::Path) -> usize {
+    let mut missing: Vec<String> = Vec::new();
+    for r in records {
+        if let Record::Point { model, .. } = r
+            && let Some(sha256) = model
+            && !dir
+                .join(super::finetune::tuned_model_name(sha256))
+                .is_file()
+        {
+            if !missing.contains(sha256) {
+                missing.push(sha256.clone());
+            }
+            *model = None;
+        }
+    }
+    missing.len()
 }
 
 /// Loads the calibration inputs when first needed.

@@ -186,7 +186,12 @@ enum Key {
     Dot(RGBColor),
     Line(RGBColor),
     Triangle(RGBColor),
+    /// A line ending in a dot: a fine-tuned point joined to its untuned twin.
+    Tuned(RGBColor),
 }
+
+/// A fine-tuned point and, when it is measured, its untuned twin.
+type TunedMark = (Option<(f64, f64)>, (f64, f64));
 
 /// A named point: (legend name, colour, marker size, point, text beside the point).
 type Mark = (String, RGBColor, i32, (f64, f64), Option<String>);
@@ -198,6 +203,8 @@ struct Series {
     frontier: Vec<(f64, f64, Option<String>)>,
     budget: Option<f64>,
     marks: Vec<Mark>,
+    /// Fine-tuned points, each with its untuned twin when that is measured.
+    tuned: Vec<TunedMark>,
     y_range: std::ops::Range<f64>,
 }
 
@@ -219,6 +226,7 @@ const GREY: RGBColor = RGBColor(150, 150, 150);
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const RED: RGBColor = RGBColor(214, 39, 40);
 const PIN_GREEN: RGBColor = RGBColor(44, 160, 44);
+const TUNED_TEAL: RGBColor = RGBColor(23, 160, 180);
 
 /// The slides' size: a full-HD projector frame, drawn without editing.
 pub const SLIDE: (u32, u32) = (1920, 1080);
@@ -332,11 +340,18 @@ pub fn draw_chart<DB: DrawingBackend>(
             marks.push((format!("pinned {name}"), PIN_GREEN, 14, at, Some(name)));
         }
     }
+    let tuned = input
+        .points
+        .iter()
+        .filter(|p| p.tuned.is_some())
+        .filter_map(|p| Some((p.untuned.as_deref().and_then(xy), xy(p)?)))
+        .collect();
     let series = Series {
         points: pts,
         frontier,
         budget,
         marks,
+        tuned,
         y_range,
     };
 
@@ -444,6 +459,9 @@ pub fn draw_chart<DB: DrawingBackend>(
         };
         keys.push((format!("budget {text}"), Key::Line(RED)));
     }
+    if !series.tuned.is_empty() {
+        keys.push(("fine-tuned ← untuned".to_string(), Key::Tuned(TUNED_TEAL)));
+    }
     for (name, color, _, _, _) in &series.marks {
         keys.push((name.clone(), Key::Triangle(*color)));
     }
@@ -455,6 +473,9 @@ pub fn draw_chart<DB: DrawingBackend>(
                 legend.draw(&PathElement::new(vec![(8, y), (40, y)], c.stroke_width(4)))
             }
             Key::Triangle(c) => legend.draw(&TriangleMarker::new((24, y), 13, c.filled())),
+            Key::Tuned(c) => legend
+                .draw(&PathElement::new(vec![(8, y), (40, y)], c.stroke_width(4)))
+                .and_then(|()| legend.draw(&Circle::new((40, y), 9, c.filled()))),
         }
         .map_err(err)?;
         legend
@@ -507,6 +528,20 @@ fn draw_series<DB: DrawingBackend>(
                 )))?;
             }
         }
+    }
+    // Fine-tuned points over the frontier, each joined to its untuned twin.
+    for (twin, at) in &s.tuned {
+        if let Some(twin) = twin {
+            chart.draw_series(LineSeries::new(
+                [(tx(twin.0), twin.1), (tx(at.0), at.1)],
+                TUNED_TEAL.stroke_width(3),
+            ))?;
+        }
+        chart.draw_series(std::iter::once(Circle::new(
+            (tx(at.0), at.1),
+            10,
+            TUNED_TEAL.filled(),
+        )))?;
     }
     if let Some(b) = s.budget {
         chart.draw_series(LineSeries::new(
@@ -830,6 +865,8 @@ mod tests {
             latency_us: Some(lat),
             accuracy: acc,
             label: None,
+            tuned: None,
+            untuned: None,
         };
         let points = vec![
             p(1_066_440.0, 40.0, 0.981),
@@ -914,6 +951,50 @@ mod tests {
         assert!(dark_in_title > 1000, "{dark_in_title} dark title pixels");
     }
 
+    /// A fine-tuned point is drawn in its own colour, joined by a line to its untuned twin,
+    /// and named in the legend; its JSON says how it learnt.
+    #[test]
+    fn fine_tuned_points_are_marked_and_joined_to_their_twins() {
+        let teal = "#17A0B4";
+        let plain = input();
+        let mut tuned = input();
+        let twin = tuned.points[4].clone();
+        tuned.points.push(PlotPoint {
+            accuracy: 0.975,
+            label: Some("fine-tuned".into()),
+            tuned: Some("distilled T=4 α=0.9".into()),
+            untuned: Some(Box::new(twin)),
+            ..tuned.points[4].clone()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        write_plots(&plain, dir.path(), &[]).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
+        assert!(!svg.contains(teal) && !svg.contains("fine-tuned"));
+        let dir = tempfile::tempdir().unwrap();
+        write_plots(&tuned, dir.path(), &[]).unwrap();
+        for chart in ["accuracy-vs-size.svg", "accuracy-vs-latency.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
+            assert!(svg.contains("fine-tuned ← untuned"), "{chart}: no legend");
+            // The twin line (a polyline of two points), the point and the legend's sample.
+            let lines = svg
+                .lines()
+                .filter(|l| l.contains("<polyline") && l.contains(teal))
+                .count();
+            assert!(lines >= 2, "{chart}: {lines} teal lines");
+            assert!(
+                svg.lines()
+                    .any(|l| l.contains("<circle") && l.contains(teal)),
+                "{chart}: no teal point"
+            );
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("points.json")).unwrap())
+                .unwrap();
+        let last = &json["points"][6];
+        assert_eq!(last["tuned"], "distilled T=4 α=0.9");
+        assert_eq!(last["untuned"]["accuracy"], 0.93);
+    }
+
     #[test]
     fn wide_size_ranges_use_a_log_axis() {
         let mut input = input();
@@ -922,6 +1003,8 @@ mod tests {
             latency_us: Some(5.0),
             accuracy: 0.6,
             label: None,
+            tuned: None,
+            untuned: None,
         });
         let dir = tempfile::tempdir().unwrap();
         write_plots(&input, dir.path(), &[]).unwrap();

@@ -562,13 +562,7 @@ impl App {
             }
             Action::Preset(i) => self.with_session(|s| s.load_preset(i)),
             Action::Pin => {
-                let key = self.session.current_key;
-                if let Some(slot) = self
-                    .session
-                    .pins
-                    .iter()
-                    .position(|p| p.as_ref().is_some_and(|c| self.session.key_of(c) == key))
-                {
+                if let Some(slot) = self.session.pin_slot(self.session.current_key) {
                     self.say(format!("already pinned as {}", PIN_NAMES[slot]));
                     return Vec::new();
                 }
@@ -595,6 +589,7 @@ impl App {
             }
             Action::UniformSweep => self.with_session(Session::uniform_sweep),
             Action::Finetune => self.with_session(Session::finetune),
+            Action::TuneSettings => self.with_session(Session::cycle_distillation),
             Action::Search => self.search(),
             Action::LoadSearch => {
                 let Some(best) = self.session.search.as_ref().and_then(|o| o.best.clone()) else {
@@ -700,9 +695,7 @@ impl App {
         let p = self.session.point(self.cursor?)?;
         let pin = self
             .session
-            .pins
-            .iter()
-            .position(|c| c.as_ref().is_some_and(|c| self.session.key_of(c) == p.key))
+            .pin_slot(p.key)
             .map(|i| format!("{} · ", PIN_NAMES[i]));
         let name = p
             .label
@@ -725,18 +718,15 @@ impl App {
         ))
     }
 
-    /// Loads the cursor's point for editing (undoable).
+    /// Loads the cursor's point for editing (undoable); a fine-tuned point becomes the
+    /// current one itself, so that it can be pinned and exported.
     fn load_cursor(&mut self) -> Vec<Request> {
-        let Some(config) = self
-            .cursor
-            .take()
-            .and_then(|k| self.session.point(k))
-            .map(|p| p.config.clone())
-        else {
+        let Some(p) = self.cursor.take().and_then(|k| self.session.point(k)) else {
             return Vec::new();
         };
-        let name = crate::explore::compare::summary(&config, &self.session.info);
-        let out = self.with_session(|s| s.load(config));
+        let key = p.key;
+        let name = crate::explore::compare::point_summary(&p.config, Some(p), &self.session.info);
+        let out = self.with_session(|s| s.load_point(key));
         self.say(format!("loaded {name} (u goes back)"));
         out
     }
@@ -870,7 +860,7 @@ impl App {
             .pins
             .iter()
             .flatten()
-            .map(|c| self.session.key_of(c))
+            .map(|p| self.session.pin_key(p))
             .collect();
         let size = |p: &Point| p.size_bytes().map(|s| s as f64);
         let latency = |p: &Point| p.latency_us();

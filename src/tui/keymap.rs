@@ -40,6 +40,7 @@ pub enum Action {
     Plot,
     Budget,
     Finetune,
+    TuneSettings,
     Zoom,
     Detail,
     Messages,
@@ -367,6 +368,13 @@ pub const KEYMAP: &[Binding] = &[
         action: Action::Finetune,
         group: Group::Work,
         help: "fine-tune (Esc cancels)",
+        hint: None,
+    },
+    Binding {
+        keys: &[key('F')],
+        action: Action::TuneSettings,
+        group: Group::Work,
+        help: "f: labels or distillation",
         hint: None,
     },
     Binding {

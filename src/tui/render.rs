@@ -633,6 +633,9 @@ pub(super) fn render_chart(
             .collect();
         items.push(("■", format!("pins {names}"), PINNED));
     }
+    if !series.tuned.is_empty() {
+        items.push(("■", "fine-tuned".into(), TUNED));
+    }
     items.push(("─", "Pareto".into(), ACCENT));
     items.push(("·", "points".into(), points_colour));
     if !budget.is_empty() {
@@ -1045,7 +1048,15 @@ fn render_work(frame: &mut Frame, area: Rect, app: &App) {
             area,
         );
     } else {
-        frame.render_widget(Line::styled("idle", Style::new().fg(DIM)), area);
+        // The teacher setting of the next `f`, when it is not the labels alone.
+        let idle = match &app.session.tune_spec.settings.distill {
+            Some(d) => format!(
+                "idle · f distils (T={}, α={}; F changes it)",
+                d.temperature, d.alpha
+            ),
+            None => "idle".into(),
+        };
+        frame.render_widget(Line::styled(idle, Style::new().fg(DIM)), area);
     }
 }
 
