@@ -796,7 +796,10 @@ impl Evaluator for ModelEvaluator {
         let pruning = measure::PruningRecord::read(&path).map_err(EvalError::Other)?;
         let recipe = config.to_recipe(&self.info);
         self.write_export(&recipe, dir, &|| {
-            Ok((bytes.clone(), self.measurement_with(None, pruning.as_ref(), &compressed)))
+            Ok((
+                bytes.clone(),
+                self.measurement_with(None, pruning.as_ref(), &compressed),
+            ))
         })
     }
 

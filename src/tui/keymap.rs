@@ -367,14 +367,14 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('f')],
         action: Action::Finetune,
         group: Group::Work,
-        help: "fine-tune (Esc cancels)",
+        help: "fine-tune; F distillation",
         hint: None,
     },
     Binding {
         keys: &[key('F')],
         action: Action::TuneSettings,
         group: Group::Work,
-        help: "f: labels or distillation",
+        help: "distillation for f: off, T=4 α=0.9, T=2 α=0.5",
         hint: None,
     },
     Binding {
@@ -458,6 +458,7 @@ pub const HELP_FOLDS: &[&[Action]] = &[
     ],
     &[Action::Pin, Action::Unpin],
     &[Action::PointPrev, Action::PointNext],
+    &[Action::Finetune, Action::TuneSettings],
 ];
 
 /// The help screen's lines of a group: (keys, what they do), folded bindings on one line.
