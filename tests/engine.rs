@@ -954,6 +954,56 @@ fn export_reload_gives_identical_logits_and_size() {
     ));
 }
 
+/// The shipped compressed models carry the layer descriptors of their day (ops tagged by
+/// `"kind"`): they load, read as the same description today's export writes for them, and a
+/// re-export stores the same tensors byte for byte and reloads to the same logits.
+#[test]
+fn shipped_compressed_models_load_and_re_export_the_same_tensors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(12);
+    for name in ["lenet-300-100", "lenet5"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("assets/models/{name}-deep-compression.safetensors"));
+        let shipped = engine::load_compressed(&path).expect("the shipped file loads");
+        let bytes = std::fs::read(&path).expect("read");
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("meta");
+        let meta = meta.metadata().clone().expect("metadata");
+        let layers = &meta[engine::LAYERS_KEY];
+        assert!(layers.contains("\"kind\":\"conv2d\"") || layers.contains("\"kind\":\"linear\""));
+        assert_eq!(
+            engine::LayerDesc::read_all(layers).expect("old descriptors"),
+            shipped.descriptors(),
+            "{name}"
+        );
+        let again = dir.path().join(format!("{name}.safetensors"));
+        shipped
+            .save(&again, meta.get(engine::RECIPE_KEY).map(String::as_str))
+            .expect("save");
+        let back = engine::load_compressed(&again).expect("reload");
+        let n = 5;
+        let x = rand_vec(&mut rng, n * shipped.input_len());
+        assert_eq!(back.logits(&x, n), shipped.logits(&x, n), "{name}");
+        let new_bytes = std::fs::read(&again).expect("read");
+        let (old_t, new_t) = (
+            safetensors::SafeTensors::deserialize(&bytes).expect("old"),
+            safetensors::SafeTensors::deserialize(&new_bytes).expect("new"),
+        );
+        let mut names = old_t.names();
+        names.sort();
+        let mut new_names = new_t.names();
+        new_names.sort();
+        assert_eq!(names, new_names, "{name}");
+        for t in names {
+            let (a, b) = (old_t.tensor(t).expect("old"), new_t.tensor(t).expect("new"));
+            assert_eq!(
+                (a.dtype(), a.shape(), a.data()),
+                (b.dtype(), b.shape(), b.data()),
+                "{name}: {t}"
+            );
+        }
+    }
+}
+
 #[test]
 fn corrupt_files_give_errors_not_panics() {
     let dir = tempfile::tempdir().expect("tempdir");

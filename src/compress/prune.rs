@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::CompressError;
 use super::recipe::Norm;
-use crate::model::{LayerSpec, Model, Op};
+use crate::model::{Model, Op, OpSpec};
 
 /// How many of `n` items `sparsity` removes: `round(sparsity × n)`, ties to even (as Python's
 /// `round` in `torch.nn.utils.prune`).
@@ -494,12 +494,12 @@ fn update_spec_outputs(model: &mut Model, layer: usize, outputs: usize) {
         if ls.display_name(i) != name {
             continue;
         }
-        match ls {
-            LayerSpec::Linear {
+        match &mut ls.op {
+            OpSpec::Linear {
                 out_features: Some(n),
                 ..
             }
-            | LayerSpec::Conv2d {
+            | OpSpec::Conv2d {
                 out_channels: Some(n),
                 ..
             } => *n = outputs,

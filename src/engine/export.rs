@@ -7,16 +7,17 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
-use serde::{Deserialize, Serialize};
 
+use super::desc::{FormatDesc, IndexDesc, LayerDesc, ValuesDesc};
 use super::error::EngineError;
 use super::format::{Indexing, PackedLayer, RowPtr, ValueStore, ZeroPoints, bitmask_row_start};
 use super::model::{CompressedModel, Step};
 use crate::compress::{ActivationQuant, Granularity};
 use crate::files::{Sealed, TensorBytes};
-use crate::model::shape::{Window, element_count};
+use crate::model::shape::element_count;
+use crate::model::spec::tensor_prefix;
 use crate::model::{
-    ARCH_METADATA_KEY, Activation, ArchSpec, Conv2dGeometry, Layer, Model, Op, Params, Pool2d,
+    ARCH_METADATA_KEY, ArchSpec, Conv2dGeometry, Layer, Model, Op, OpSpec, Params, out_shape,
 };
 
 pub const FORMAT_KEY: &str = "squeeze.format";
@@ -25,109 +26,25 @@ pub const LAYERS_KEY: &str = "squeeze.layers";
 pub const RECIPE_KEY: &str = "squeeze.recipe";
 pub const INPUT_KEY: &str = "squeeze.input";
 
-/// How one layer of the graph is stored: its op, shapes and (for linear/conv) its format.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerDesc {
-    pub name: String,
-    pub in_shape: Vec<usize>,
-    pub out_shape: Vec<usize>,
-    pub op: OpDesc,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OpDesc {
-    Linear {
-        weight_name: String,
-        bias_name: String,
-        format: FormatDesc,
-    },
-    Conv2d {
-        weight_name: String,
-        bias_name: String,
-        weight_shape: Vec<usize>,
-        stride: [usize; 2],
-        padding: [usize; 2],
-        dilation: [usize; 2],
-        groups: usize,
-        format: FormatDesc,
-    },
-    /// Unfolded batchnorm: tensors `<name>.scale` and `<name>.shift`.
-    ChannelAffine,
-    Activation {
-        function: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        slope: Option<f64>,
-    },
-    Maxpool2d {
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 2],
-    },
-    Avgpool2d {
-        kernel: [usize; 2],
-        stride: [usize; 2],
-        padding: [usize; 2],
-    },
-    GlobalAvgpool,
-    Flatten,
-    Dropout {
-        p: f64,
-    },
-    Softmax,
-    Add {
-        from: usize,
-    },
-}
-
-/// The storage format of one linear/conv layer; the buffers are tensors `<layer>.<part>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FormatDesc {
-    pub rows: usize,
-    pub cols: usize,
-    pub entries: usize,
-    pub index: IndexDesc,
-    pub values: ValuesDesc,
-    pub bias: bool,
-    /// Bits of the input activation quantization (`<layer>.act_scale`, `.act_zero_point`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub activation_bits: Option<u8>,
-    /// The layer's Huffman-coded size (`PackedLayer::entropy_bytes`), when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entropy_bytes: Option<usize>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum IndexDesc {
-    Dense,
-    /// `<layer>.gaps` (4-bit packed or 8-bit as U8, 16-bit as U16) and `<layer>.row_ptr`.
-    Csr {
-        gap_bits: u8,
-        row_ptr_bits: u8,
-    },
-    /// `<layer>.mask`, one bit per position.
-    Bitmask,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ValuesDesc {
-    F32,
-    F16,
-    Bf16,
-    /// `<layer>.values` (bit-packed codes), `<layer>.scales`, `<layer>.zero_points` unless
-    /// `zero_points` is `"midpoint"`.
-    Uniform {
-        bits: u8,
-        granularity: Granularity,
-        zero_points: String,
-    },
-    /// `<layer>.values` (bit-packed codes) and `<layer>.codebook`.
-    Codebook {
-        bits: u8,
-        size: usize,
-    },
+impl LayerDesc {
+    /// Reads the layers of the metadata key `squeeze.layers`, in either encoding: the schema's
+    /// (`"spec"`) or the one with `"kind"`-tagged ops of files written before it.
+    pub fn read_all(json: &str) -> Result<Vec<LayerDesc>, String> {
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut descs: Vec<LayerDesc> = Vec::with_capacity(values.len());
+        for (i, v) in values.into_iter().enumerate() {
+            let d = if v.get("spec").is_some() {
+                serde_json::from_value(v).map_err(|e| format!("layer {i}: {e}"))?
+            } else {
+                let old: super::legacy::OldLayerDesc =
+                    serde_json::from_value(v).map_err(|e| format!("layer {i}: {e}"))?;
+                old.upgrade(&descs).map_err(|e| format!("layer {i}: {e}"))?
+            };
+            descs.push(d);
+        }
+        Ok(descs)
+    }
 }
 
 impl PackedLayer {
@@ -272,7 +189,11 @@ impl CompressedModel {
                 name: l.name.clone(),
                 in_shape: l.in_shape.clone(),
                 out_shape: l.out_shape.clone(),
-                op: op_desc(l, s),
+                spec: self.model.op_spec(l),
+                format: match s {
+                    Step::Linear(p) | Step::Conv(p, _) => Some(p.descriptor()),
+                    _ => None,
+                },
             })
             .collect()
     }
@@ -346,57 +267,6 @@ impl CompressedModel {
     }
 }
 
-fn pair(p: (usize, usize)) -> [usize; 2] {
-    [p.0, p.1]
-}
-
-fn op_desc(l: &Layer, s: &Step) -> OpDesc {
-    match (&l.op, s) {
-        (Op::Linear(p), Step::Linear(pl)) => OpDesc::Linear {
-            weight_name: p.weight_name.clone(),
-            bias_name: p.bias_name.clone(),
-            format: pl.descriptor(),
-        },
-        (Op::Conv2d(p, g), Step::Conv(pl, _)) => OpDesc::Conv2d {
-            weight_name: p.weight_name.clone(),
-            bias_name: p.bias_name.clone(),
-            weight_shape: p.weight.dims().to_vec(),
-            stride: pair(g.stride),
-            padding: pair(g.padding),
-            dilation: pair(g.dilation),
-            groups: g.groups,
-            format: pl.descriptor(),
-        },
-        (Op::ChannelAffine { .. }, _) => OpDesc::ChannelAffine,
-        (Op::Activation(a), _) => {
-            let (function, slope) = match a {
-                Activation::LeakyRelu(s) => ("leaky_relu", Some(*s)),
-                _ => (l.op.name(), None),
-            };
-            OpDesc::Activation {
-                function: function.into(),
-                slope,
-            }
-        }
-        (Op::MaxPool2d(p), _) => OpDesc::Maxpool2d {
-            kernel: pair(p.kernel),
-            stride: pair(p.stride),
-            padding: pair(p.padding),
-        },
-        (Op::AvgPool2d(p), _) => OpDesc::Avgpool2d {
-            kernel: pair(p.kernel),
-            stride: pair(p.stride),
-            padding: pair(p.padding),
-        },
-        (Op::GlobalAvgPool, _) => OpDesc::GlobalAvgpool,
-        (Op::Dropout(p), _) => OpDesc::Dropout { p: *p },
-        (Op::Softmax, _) => OpDesc::Softmax,
-        (Op::Add { from }, _) => OpDesc::Add { from: *from },
-        // Flatten, and (unreachable) a linear/conv without its packed step.
-        _ => OpDesc::Flatten,
-    }
-}
-
 /// `true` when `path` is a safetensors file written by `CompressedModel::save` (reading only
 /// its header).
 pub fn is_compressed_file(path: &Path) -> bool {
@@ -436,7 +306,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     };
     let spec = ArchSpec::from_json(meta_json(ARCH_METADATA_KEY)?)
         .map_err(|e| corrupt("(header)", format!("metadata \"{ARCH_METADATA_KEY}\": {e}")))?;
-    let descs: Vec<LayerDesc> = serde_json::from_str(meta_json(LAYERS_KEY)?)
+    let descs = LayerDesc::read_all(meta_json(LAYERS_KEY)?)
         .map_err(|e| corrupt("(header)", format!("metadata \"{LAYERS_KEY}\": {e}")))?;
     let input = match metadata.get(INPUT_KEY) {
         Some(j) => serde_json::from_str(j)
@@ -452,144 +322,18 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     };
     let mut layers = Vec::with_capacity(descs.len());
     let mut packed = Vec::with_capacity(descs.len());
-    let dev = Device::Cpu;
-    for (i, d) in descs.iter().enumerate() {
-        // Shapes first: the sizes below come from the file and are only used once they chain.
-        check_shapes(d, &layers, &input).map_err(|m| corrupt(&d.name, m))?;
-        // The weights live in the packed layer; the graph keeps only their shape, as a
-        // broadcast zero that allocates nothing whatever the shape.
-        let placeholder = |shape: &[usize]| {
-            Tensor::zeros((), candle_core::DType::F32, &dev)
-                .and_then(|z| z.broadcast_as(shape))
-                .map_err(|e| corrupt(&d.name, e.to_string()))
-        };
-        let (op, p) = match &d.op {
-            OpDesc::Linear {
-                weight_name,
-                bias_name,
-                format,
-            } => {
-                let pl = reader.packed(&d.name, format)?;
-                let params = Params {
-                    weight: placeholder(&[format.rows, format.cols])?,
-                    bias: None,
-                    weight_name: weight_name.clone(),
-                    bias_name: bias_name.clone(),
-                };
-                (Op::Linear(params), Some(pl))
-            }
-            OpDesc::Conv2d {
-                weight_name,
-                bias_name,
-                weight_shape,
-                stride,
-                padding,
-                dilation,
-                groups,
-                format,
-            } => {
-                let pl = reader.packed(&d.name, format)?;
-                if weight_shape.len() != 4
-                    || element_count(weight_shape) != format.rows.checked_mul(format.cols)
-                {
-                    return Err(corrupt(
-                        &d.name,
-                        format!(
-                            "conv weight shape {weight_shape:?} does not match {}×{}",
-                            format.rows, format.cols
-                        ),
-                    ));
-                }
-                let params = Params {
-                    weight: placeholder(weight_shape)?,
-                    bias: None,
-                    weight_name: weight_name.clone(),
-                    bias_name: bias_name.clone(),
-                };
-                let geo = Conv2dGeometry {
-                    stride: (stride[0], stride[1]),
-                    padding: (padding[0], padding[1]),
-                    dilation: (dilation[0], dilation[1]),
-                    groups: *groups,
-                };
-                (Op::Conv2d(params, geo), Some(pl))
-            }
-            OpDesc::ChannelAffine => {
-                let c = d.in_shape.first().copied().unwrap_or(0);
-                let scale = reader.f32s(&format!("{}.scale", d.name), c)?;
-                let shift = reader.f32s(&format!("{}.shift", d.name), c)?;
-                let t = |v: Vec<f32>| {
-                    Tensor::from_vec(v, c, &dev).map_err(|e| corrupt(&d.name, e.to_string()))
-                };
-                (
-                    Op::ChannelAffine {
-                        scale: t(scale)?,
-                        shift: t(shift)?,
-                    },
-                    None,
-                )
-            }
-            OpDesc::Activation { function, slope } => {
-                let a = match function.as_str() {
-                    "relu" => Activation::Relu,
-                    "relu6" => Activation::Relu6,
-                    "leaky_relu" => match slope.unwrap_or(0.01) {
-                        s if s.is_finite() => Activation::LeakyRelu(s),
-                        s => {
-                            return Err(corrupt(&d.name, format!("leaky_relu slope {s}")));
-                        }
-                    },
-                    "gelu" => Activation::Gelu,
-                    "tanh" => Activation::Tanh,
-                    "sigmoid" => Activation::Sigmoid,
-                    "silu" => Activation::Silu,
-                    other => {
-                        return Err(corrupt(&d.name, format!("unknown activation \"{other}\"")));
-                    }
-                };
-                (Op::Activation(a), None)
-            }
-            OpDesc::Maxpool2d {
-                kernel,
-                stride,
-                padding,
-            }
-            | OpDesc::Avgpool2d {
-                kernel,
-                stride,
-                padding,
-            } => {
-                let p = Pool2d {
-                    kernel: (kernel[0], kernel[1]),
-                    stride: (stride[0], stride[1]),
-                    padding: (padding[0], padding[1]),
-                };
-                if matches!(d.op, OpDesc::Maxpool2d { .. }) {
-                    (Op::MaxPool2d(p), None)
-                } else {
-                    (Op::AvgPool2d(p), None)
-                }
-            }
-            OpDesc::GlobalAvgpool => (Op::GlobalAvgPool, None),
-            OpDesc::Flatten => (Op::Flatten, None),
-            OpDesc::Dropout { p } if (0.0..1.0).contains(p) => (Op::Dropout(*p), None),
-            OpDesc::Dropout { p } => {
-                return Err(corrupt(
-                    &d.name,
-                    format!("dropout p = {p}, expected [0, 1)"),
-                ));
-            }
-            OpDesc::Softmax => (Op::Softmax, None),
-            OpDesc::Add { from } => {
-                if *from >= i {
-                    return Err(corrupt(
-                        &d.name,
-                        format!("add reads layer {from}, not an earlier one"),
-                    ));
-                }
-                (Op::Add { from: *from }, None)
-            }
-        };
+    for d in &descs {
+        let expect = layers.last().map_or(&input.shape, |l: &Layer| &l.out_shape);
+        if &d.in_shape != expect {
+            return Err(corrupt(
+                &d.name,
+                format!(
+                    "input shape {:?}, but the previous layer outputs {expect:?}",
+                    d.in_shape
+                ),
+            ));
+        }
+        let (op, p) = read_op(d, &layers, &mut reader)?;
         layers.push(Layer {
             name: d.name.clone(),
             op,
@@ -628,107 +372,126 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     CompressedModel::assemble(model, packed).map_err(|e| corrupt("(graph)", e.to_string()))
 }
 
-/// Shapes must chain: each layer reads what the previous one wrote, and element-wise ops keep
-/// the size, so the kernels' buffers are always large enough.
-fn check_shapes(
+/// Layer `d`'s op with its tensors read (a linear/conv layer's packed weights apart, its graph
+/// weight a placeholder of the right shape), given the layers before it. Its output for its
+/// inputs must be the recorded one (the kernels' buffers are sized by these shapes), checked
+/// before any size from its format is used.
+fn read_op(
     d: &LayerDesc,
-    prev: &[Layer],
-    input: &crate::model::InputSpec,
-) -> Result<(), String> {
-    let expect = prev.last().map_or(&input.shape, |l| &l.out_shape);
-    if &d.in_shape != expect {
-        return Err(format!(
-            "input shape {:?}, but the previous layer outputs {expect:?}",
-            d.in_shape
-        ));
-    }
-    let inn = element_count(&d.in_shape).ok_or("the input shape is too large")?;
-    let out = element_count(&d.out_shape).ok_or("the output shape is too large")?;
-    let same = matches!(
-        d.op,
-        OpDesc::ChannelAffine
-            | OpDesc::Activation { .. }
-            | OpDesc::Flatten
-            | OpDesc::Dropout { .. }
-            | OpDesc::Softmax
-            | OpDesc::Add { .. }
-    );
-    if same && inn != out {
-        return Err(format!(
-            "{:?} → {:?} changes the size",
-            d.in_shape, d.out_shape
-        ));
-    }
-    if let OpDesc::Add { from } = d.op
-        && prev.get(from).is_none_or(|l| l.out_shape != d.out_shape)
-    {
-        return Err(format!("add of layer {from} with a different shape"));
-    }
-    let geo_ok = match &d.op {
-        OpDesc::Linear { format, .. } => format.cols == inn && format.rows == out,
-        OpDesc::Conv2d {
-            weight_shape,
-            stride,
-            padding,
-            dilation,
-            groups,
-            ..
-        } => {
-            d.in_shape.len() == 3
-                && d.out_shape.len() == 3
-                && weight_shape.len() == 4
-                && *groups > 0
-                && d.in_shape[0].is_multiple_of(*groups)
-                && d.out_shape[0].is_multiple_of(*groups)
-                && weight_shape[0] == d.out_shape[0]
-                && weight_shape[1].checked_mul(*groups) == Some(d.in_shape[0])
-                && conv_fits(
-                    d.in_shape[1],
-                    weight_shape[2],
-                    stride[0],
-                    padding[0],
-                    dilation[0],
-                ) == Some(d.out_shape[1])
-                && conv_fits(
-                    d.in_shape[2],
-                    weight_shape[3],
-                    stride[1],
-                    padding[1],
-                    dilation[1],
-                ) == Some(d.out_shape[2])
-        }
-        OpDesc::Maxpool2d {
-            kernel,
-            stride,
-            padding,
-        }
-        | OpDesc::Avgpool2d {
-            kernel,
-            stride,
-            padding,
-        } => {
-            d.in_shape.len() == 3
-                && d.out_shape.len() == 3
-                && d.out_shape[0] == d.in_shape[0]
-                && conv_fits(d.in_shape[1], kernel[0], stride[0], padding[0], 1)
-                    == Some(d.out_shape[1])
-                && conv_fits(d.in_shape[2], kernel[1], stride[1], padding[1], 1)
-                    == Some(d.out_shape[2])
-        }
-        OpDesc::GlobalAvgpool => d.in_shape.len() == 3 && d.out_shape == [d.in_shape[0]],
-        _ => true,
+    earlier: &[Layer],
+    reader: &mut Reader,
+) -> Result<(Op, Option<PackedLayer>), EngineError> {
+    let path = reader.path;
+    let corrupt = |msg: String| EngineError::Corrupt {
+        path: path.to_path_buf(),
+        tensor: d.name.clone(),
+        msg,
     };
-    if !geo_ok {
-        return Err(format!(
-            "shapes {:?} → {:?} do not fit the op",
-            d.in_shape, d.out_shape
-        ));
-    }
-    Ok(())
-}
-
-fn conv_fits(size: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Option<usize> {
-    Window::new(k, stride, pad, dil).out_size(size).ok()
+    let check = |op: Op| {
+        let mut inputs: Vec<&[usize]> = vec![&d.in_shape];
+        if let Op::Add { from } = &op {
+            inputs.push(&earlier[*from].out_shape);
+        }
+        match out_shape(&op, &inputs) {
+            Ok(out) if out == d.out_shape => Ok(op),
+            Ok(out) => Err(corrupt(format!(
+                "output shape {:?}, but the op gives {out:?} for {:?}",
+                d.out_shape, d.in_shape
+            ))),
+            Err(e) => Err(corrupt(e.to_string())),
+        }
+    };
+    let dev = Device::Cpu;
+    Ok(match &d.spec {
+        OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
+            let Some(format) = &d.format else {
+                return Err(corrupt(format!(
+                    "a {} layer without its storage format",
+                    d.spec.op_name()
+                )));
+            };
+            let weight_shape = match &d.spec {
+                OpSpec::Conv2d {
+                    out_channels: Some(out),
+                    kernel: Some(k),
+                    groups,
+                    ..
+                } => {
+                    let (kh, kw) = k.hw();
+                    let cin = match d.in_shape.first() {
+                        Some(c) if *groups > 0 => c / groups,
+                        _ => 0,
+                    };
+                    vec![*out, cin, kh, kw]
+                }
+                OpSpec::Conv2d { .. } => {
+                    return Err(corrupt(
+                        "a conv2d layer without `out_channels` and `kernel`".into(),
+                    ));
+                }
+                _ => vec![format.rows, format.cols],
+            };
+            if element_count(&weight_shape) != format.rows.checked_mul(format.cols) {
+                return Err(corrupt(format!(
+                    "weight shape {weight_shape:?} does not match {}×{}",
+                    format.rows, format.cols
+                )));
+            }
+            // The weights live in the packed layer; the graph keeps only their shape, as a
+            // broadcast zero that allocates nothing whatever the shape.
+            let placeholder = Tensor::zeros((), candle_core::DType::F32, &dev)
+                .and_then(|z| z.broadcast_as(weight_shape))
+                .map_err(|e| corrupt(e.to_string()))?;
+            let params = Params {
+                weight: placeholder,
+                bias: None,
+                weight_name: weight.clone(),
+                bias_name: bias
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
+            };
+            let op = match &d.spec {
+                OpSpec::Conv2d {
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                    ..
+                } => Op::Conv2d(
+                    params,
+                    Conv2dGeometry {
+                        stride: stride.hw(),
+                        padding: padding.hw(),
+                        dilation: dilation.hw(),
+                        groups: *groups,
+                    },
+                ),
+                _ => Op::Linear(params),
+            };
+            let op = check(op)?;
+            (op, Some(reader.packed(&d.name, format)?))
+        }
+        OpSpec::Batchnorm { .. } => {
+            let c = d.in_shape.first().copied().unwrap_or(0);
+            let scale = reader.f32s(&format!("{}.scale", d.name), c)?;
+            let shift = reader.f32s(&format!("{}.shift", d.name), c)?;
+            let t = |v: Vec<f32>| Tensor::from_vec(v, c, &dev).map_err(|e| corrupt(e.to_string()));
+            let op = Op::ChannelAffine {
+                scale: t(scale)?,
+                shift: t(shift)?,
+            };
+            (check(op)?, None)
+        }
+        OpSpec::Add { from } => match earlier.iter().position(|l| &l.name == from) {
+            Some(from) => (check(Op::Add { from })?, None),
+            None => {
+                return Err(corrupt(format!(
+                    "add reads \"{from}\", not an earlier layer"
+                )));
+            }
+        },
+        other => (check(Op::without_params(other).map_err(corrupt)?)?, None),
+    })
 }
 
 struct Reader<'a> {

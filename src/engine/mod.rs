@@ -4,7 +4,8 @@
 //!   bytes — how its kept positions are indexed (dense, CSR with narrow relative column gaps,
 //!   bitmask) and how its values are stored (f32/f16/bf16, bit-packed uniform codes with scales
 //!   and zero points, codebooks) — chosen as the smallest valid encoding, validated when read,
-//!   exported to and reloaded from safetensors.
+//!   exported to and reloaded from safetensors with each layer described in the architecture
+//!   schema's words (`desc.rs`; `legacy.rs` reads the descriptors of older files).
 //! - Run (`kernels/`, `gemm.rs`, `ops.rs`, `model.rs`): each layer prepared once, when the
 //!   `CompressedModel` is assembled, into execution variants with layouts of their own (row
 //!   blocks, bit planes, gathered columns, matrix panels, 8-bit panels) on kernels chosen for
@@ -15,12 +16,14 @@
 //! the packed data (or layouts derived from it), never on dense tensors with masks.
 
 mod cpu;
+mod desc;
 mod encode;
 mod error;
 mod export;
 mod format;
 pub mod gemm;
 pub mod kernels;
+mod legacy;
 mod model;
 mod ops;
 pub mod pack;
@@ -28,10 +31,10 @@ mod simd;
 mod timing;
 
 pub use cpu::force_portable;
+pub use desc::{FormatDesc, IndexDesc, LayerDesc, ValuesDesc};
 pub use error::EngineError;
 pub use export::{
-    FORMAT_KEY, FORMAT_VALUE, FormatDesc, IndexDesc, LAYERS_KEY, LayerDesc, OpDesc, RECIPE_KEY,
-    ValuesDesc, is_compressed_file, load_compressed,
+    FORMAT_KEY, FORMAT_VALUE, LAYERS_KEY, RECIPE_KEY, is_compressed_file, load_compressed,
 };
 pub use format::{IndexKind, Indexing, PackedLayer, RowPtr, SizeBreakdown, ValueStore, ZeroPoints};
 pub use kernels::{KernelScratch, LayerKernels, Work, fake_quantize, quantize_centered};

@@ -254,6 +254,11 @@ impl CompressedModel {
         mut model: Model,
         mut packed: Vec<Option<PackedLayer>>,
     ) -> Result<Self, EngineError> {
+        // Every buffer below is sized by these shapes: they must be what each op gives.
+        crate::model::shape::check_chain(&model).map_err(|(layer, e)| EngineError::Invalid {
+            layer,
+            msg: e.to_string(),
+        })?;
         let mut steps = Vec::with_capacity(model.layers.len());
         for (i, layer) in model.layers.iter_mut().enumerate() {
             let name = layer.name.clone();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::shape::Window;
-use super::spec::{ArchSpec, LayerSpec, Pair, tensor_prefix};
-use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+use super::shape::{ShapeError, out_shape, weight_shape};
+use super::spec::{ArchSpec, LayerSpec, OpSpec, tensor_prefix};
+use super::{Conv2dGeometry, Layer, Model, Op, Params};
 
 /// The metadata key holding the architecture as JSON inside squeeze's own files.
 pub const ARCH_METADATA_KEY: &str = "squeeze.arch";
@@ -143,10 +143,8 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
         .collect();
     if arch_source == ArchSource::InferredMlp {
         let dims: Vec<String> = std::iter::once(spec.input.shape[0])
-            .chain(spec.layers.iter().filter_map(|l| match l {
-                LayerSpec::Linear { weight, .. } => {
-                    tensors.tensor(weight).ok().map(|t| t.shape()[0])
-                }
+            .chain(spec.layers.iter().filter_map(|l| match &l.op {
+                OpSpec::Linear { weight, .. } => tensors.tensor(weight).ok().map(|t| t.shape()[0]),
                 _ => None,
             }))
             .map(|d| d.to_string())
@@ -158,7 +156,9 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
             sidecar.display()
         ));
     }
-    let (model, used) = build(path, spec, &tensors)?;
+    let mut source = FileTensors::new(path, &tensors);
+    let model = build(path, spec, &mut source)?;
+    let used = source.used;
     let unused: Vec<String> = tensors
         .names()
         .into_iter()
@@ -190,7 +190,7 @@ pub fn load_bytes_with_spec(path: &Path, bytes: &[u8], spec: ArchSpec) -> Result
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    Ok(build(path, spec, &tensors)?.0)
+    build(path, spec, &mut FileTensors::new(path, &tensors))
 }
 
 /// `lenet.safetensors` → `lenet.arch.toml` in the same directory.
@@ -285,15 +285,14 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
     let mut layers = Vec::new();
     for (i, (prefix, _)) in weights.iter().enumerate() {
         if i > 0 {
-            layers.push(LayerSpec::Relu { name: None });
+            layers.push(LayerSpec::unnamed(OpSpec::Relu {}));
         }
         let bias = format!("{prefix}.bias");
-        layers.push(LayerSpec::Linear {
-            name: None,
+        layers.push(LayerSpec::unnamed(OpSpec::Linear {
             weight: format!("{prefix}.weight"),
             bias: names.iter().any(|n| *n == bias).then_some(bias),
             out_features: None,
-        });
+        }));
     }
     Ok(ArchSpec {
         input: super::InputSpec {
@@ -329,7 +328,22 @@ pub fn tensor_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Option<Vec<f
     }
 }
 
-struct Builder<'a> {
+/// Where [`build`] takes a layer's tensors from: a file's (checked against the shapes the graph
+/// expects), or new ones drawn when a model is built from scratch for training.
+pub trait TensorSource {
+    /// Tensor `name` of layer `layer` (op `op`), shaped as `expected` says (`None` for a
+    /// dimension any size may take), with the bytes it takes as stored.
+    fn tensor(
+        &mut self,
+        layer: &str,
+        op: &'static str,
+        name: &str,
+        expected: &[Option<usize>],
+    ) -> Result<(Tensor, usize), LoadError>;
+}
+
+/// A safetensors file's tensors, each checked and converted to f32 when a layer asks for it.
+struct FileTensors<'a> {
     path: &'a Path,
     tensors: &'a SafeTensors<'a>,
     used: BTreeSet<String>,
@@ -339,9 +353,19 @@ struct Builder<'a> {
     converted: u128,
 }
 
-impl Builder<'_> {
-    /// Reads `name` for `layer`, checking dtype and shape; `expected` uses `None` for a dimension
-    /// any size may take.
+impl<'a> FileTensors<'a> {
+    fn new(path: &'a Path, tensors: &'a SafeTensors<'a>) -> Self {
+        FileTensors {
+            path,
+            tensors,
+            used: BTreeSet::new(),
+            converted: 0,
+        }
+    }
+}
+
+impl TensorSource for FileTensors<'_> {
+    /// Reads `name` for `layer`, checking dtype and shape.
     fn tensor(
         &mut self,
         layer: &str,
@@ -444,13 +468,14 @@ pub fn check_input(input: &super::InputSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the layer graph from the description and the file's tensors. Returns the model and
-/// the names of the tensors it used.
-fn build(
+/// Builds the layer graph from the description, taking each layer's tensors from `source`:
+/// every op is resolved from its [`OpSpec`] and its output shape is [`out_shape`]'s. `path`
+/// names the model in messages.
+pub fn build(
     path: &Path,
     spec: ArchSpec,
-    tensors: &SafeTensors,
-) -> Result<(Model, BTreeSet<String>), LoadError> {
+    source: &mut dyn TensorSource,
+) -> Result<Model, LoadError> {
     let arch_err = |msg: String| LoadError::Arch {
         path: path.to_path_buf(),
         msg,
@@ -460,12 +485,6 @@ fn build(
         return Err(arch_err("no [[layer]] entries".into()));
     }
 
-    let mut b = Builder {
-        path,
-        tensors,
-        used: BTreeSet::new(),
-        converted: 0,
-    };
     let mut layers: Vec<Layer> = Vec::new();
     // Spec layer name → index in `layers` (folded batchnorms map to their linear/conv).
     let mut index_of: HashMap<String, usize> = HashMap::new();
@@ -473,8 +492,8 @@ fn build(
     let add_sources: BTreeSet<&str> = spec
         .layers
         .iter()
-        .filter_map(|l| match l {
-            LayerSpec::Add { from, .. } => Some(from.as_str()),
+        .filter_map(|l| match &l.op {
+            OpSpec::Add { from } => Some(from.as_str()),
             _ => None,
         })
         .collect();
@@ -494,137 +513,64 @@ fn build(
             op: op_name,
             msg,
         };
-        let in_shape = shape.clone();
+        let shape_err = |e: ShapeError| graph_err(e.to_string());
         let mut stored = 0usize;
-        let op = match ls {
-            LayerSpec::Linear {
-                weight,
-                bias,
-                out_features,
-                ..
-            } => {
-                if shape.len() != 1 {
-                    return Err(graph_err(format!(
-                        "input has shape {shape:?}; linear needs a flat vector (add a flatten layer before it)"
-                    )));
-                }
-                let (w, bytes) =
-                    b.tensor(&name, op_name, weight, &[*out_features, Some(shape[0])])?;
+        // The outputs of the layers the op reads besides its input.
+        let mut reads: Vec<&[usize]> = Vec::new();
+        let op = match &ls.op {
+            OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
+                let expected = weight_shape(&ls.op, &shape)
+                    .map_err(shape_err)?
+                    .unwrap_or_default();
+                let (w, bytes) = source.tensor(&name, op_name, weight, &expected)?;
                 stored += bytes;
                 let out = w.dims()[0];
                 let bias_t = match bias {
                     Some(bn) => {
-                        let (t, bytes) = b.tensor(&name, op_name, bn, &[Some(out)])?;
+                        let (t, bytes) = source.tensor(&name, op_name, bn, &[Some(out)])?;
                         stored += bytes;
                         Some(t)
                     }
                     None => None,
                 };
-                shape = vec![out];
-                Op::Linear(Params {
+                let params = Params {
                     weight: w,
                     bias: bias_t,
                     weight_name: weight.clone(),
                     bias_name: bias
                         .clone()
                         .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
-                })
-            }
-            LayerSpec::Conv2d {
-                weight,
-                bias,
-                stride,
-                padding,
-                dilation,
-                groups,
-                out_channels,
-                kernel,
-                ..
-            } => {
-                if shape.len() != 3 {
-                    return Err(graph_err(format!(
-                        "input has shape {shape:?}; conv2d needs [channels, height, width]"
-                    )));
-                }
-                let g = *groups;
-                if g == 0 || !shape[0].is_multiple_of(g) {
-                    return Err(graph_err(format!(
-                        "groups = {g} must divide the {} input channels",
-                        shape[0]
-                    )));
-                }
-                let geo = Conv2dGeometry {
-                    stride: stride.hw(),
-                    padding: padding.hw(),
-                    dilation: dilation.hw(),
-                    groups: g,
                 };
-                if geo.stride.0 == 0
-                    || geo.stride.1 == 0
-                    || geo.dilation.0 == 0
-                    || geo.dilation.1 == 0
-                {
-                    return Err(graph_err("stride and dilation must be at least 1".into()));
+                match &ls.op {
+                    OpSpec::Conv2d {
+                        stride,
+                        padding,
+                        dilation,
+                        groups,
+                        ..
+                    } => Op::Conv2d(
+                        params,
+                        Conv2dGeometry {
+                            stride: stride.hw(),
+                            padding: padding.hw(),
+                            dilation: dilation.hw(),
+                            groups: *groups,
+                        },
+                    ),
+                    _ => Op::Linear(params),
                 }
-                let k = kernel.map(Pair::hw);
-                let (w, bytes) = b.tensor(
-                    &name,
-                    op_name,
-                    weight,
-                    &[
-                        *out_channels,
-                        Some(shape[0] / g),
-                        k.map(|k| k.0),
-                        k.map(|k| k.1),
-                    ],
-                )?;
-                stored += bytes;
-                let d = w.dims().to_vec();
-                if d[0] % g != 0 {
-                    return Err(graph_err(format!(
-                        "{} output channels are not divisible by groups = {g}",
-                        d[0]
-                    )));
-                }
-                let (oh, ow) = windows(
-                    &shape,
-                    Window::new(d[2], geo.stride.0, geo.padding.0, geo.dilation.0),
-                    Window::new(d[3], geo.stride.1, geo.padding.1, geo.dilation.1),
-                )
-                .map_err(graph_err)?;
-                let bias_t = match bias {
-                    Some(bn) => {
-                        let (t, bytes) = b.tensor(&name, op_name, bn, &[Some(d[0])])?;
-                        stored += bytes;
-                        Some(t)
-                    }
-                    None => None,
-                };
-                shape = vec![d[0], oh, ow];
-                Op::Conv2d(
-                    Params {
-                        weight: w,
-                        bias: bias_t,
-                        weight_name: weight.clone(),
-                        bias_name: bias
-                            .clone()
-                            .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
-                    },
-                    geo,
-                )
             }
-            LayerSpec::Batchnorm {
+            OpSpec::Batchnorm {
                 weight,
                 bias,
                 running_mean,
                 running_var,
                 eps,
-                ..
             } => {
                 let c = shape[0];
                 let mut bn = Vec::new();
                 for t in [weight, bias, running_mean, running_var] {
-                    let (v, bytes) = b.tensor(&name, op_name, t, &[Some(c)])?;
+                    let (v, bytes) = source.tensor(&name, op_name, t, &[Some(c)])?;
                     stored += bytes;
                     bn.push(v.to_vec1::<f32>().map_err(|e| graph_err(e.to_string()))?);
                 }
@@ -663,90 +609,7 @@ fn build(
                     shift: mk(shift).map_err(|e| graph_err(e.to_string()))?,
                 }
             }
-            LayerSpec::Relu { .. } => Op::Activation(Activation::Relu),
-            LayerSpec::Relu6 { .. } => Op::Activation(Activation::Relu6),
-            LayerSpec::LeakyRelu { slope, .. } => {
-                if !slope.is_finite() {
-                    return Err(graph_err(format!("slope = {slope} must be finite")));
-                }
-                Op::Activation(Activation::LeakyRelu(*slope))
-            }
-            LayerSpec::Gelu { .. } => Op::Activation(Activation::Gelu),
-            LayerSpec::Tanh { .. } => Op::Activation(Activation::Tanh),
-            LayerSpec::Sigmoid { .. } => Op::Activation(Activation::Sigmoid),
-            LayerSpec::Silu { .. } => Op::Activation(Activation::Silu),
-            LayerSpec::Maxpool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | LayerSpec::Avgpool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } => {
-                if shape.len() != 3 {
-                    return Err(graph_err(format!(
-                        "input has shape {shape:?}; pooling needs [channels, height, width]"
-                    )));
-                }
-                let pool = Pool2d {
-                    kernel: kernel.hw(),
-                    stride: stride.unwrap_or(*kernel).hw(),
-                    padding: padding.hw(),
-                };
-                if pool.kernel.0 == 0
-                    || pool.kernel.1 == 0
-                    || pool.stride.0 == 0
-                    || pool.stride.1 == 0
-                {
-                    return Err(graph_err("kernel and stride must be at least 1".into()));
-                }
-                if pool.padding.0 * 2 > pool.kernel.0 || pool.padding.1 * 2 > pool.kernel.1 {
-                    return Err(graph_err(
-                        "padding may be at most half the kernel size".into(),
-                    ));
-                }
-                let (oh, ow) = windows(
-                    &shape,
-                    Window::new(pool.kernel.0, pool.stride.0, pool.padding.0, 1),
-                    Window::new(pool.kernel.1, pool.stride.1, pool.padding.1, 1),
-                )
-                .map_err(graph_err)?;
-                shape = vec![shape[0], oh, ow];
-                if matches!(ls, LayerSpec::Maxpool2d { .. }) {
-                    Op::MaxPool2d(pool)
-                } else {
-                    Op::AvgPool2d(pool)
-                }
-            }
-            LayerSpec::GlobalAvgpool { .. } => {
-                if shape.len() != 3 {
-                    return Err(graph_err(format!(
-                        "input has shape {shape:?}; global_avgpool needs [channels, height, width]"
-                    )));
-                }
-                shape = vec![shape[0]];
-                Op::GlobalAvgPool
-            }
-            LayerSpec::Flatten { .. } => {
-                let n = super::shape::element_count(&shape).ok_or_else(|| {
-                    graph_err(format!("input shape {shape:?} has too many elements"))
-                })?;
-                shape = vec![n];
-                Op::Flatten
-            }
-            LayerSpec::Dropout { p, .. } => {
-                let p = p.unwrap_or(0.5);
-                if !(0.0..1.0).contains(&p) {
-                    return Err(graph_err(format!("p = {p} must be in [0, 1)")));
-                }
-                Op::Dropout(p)
-            }
-            LayerSpec::Softmax { .. } => Op::Softmax,
-            LayerSpec::Add { from, .. } => {
+            OpSpec::Add { from } => {
                 let Some(&src) = index_of.get(from) else {
                     return Err(graph_err(format!(
                         "from = \"{from}\" names no earlier layer (earlier layers: {})",
@@ -757,21 +620,25 @@ fn build(
                             .join(", ")
                     )));
                 };
-                if layers[src].out_shape != shape {
-                    return Err(graph_err(format!(
-                        "adds \"{from}\" of shape {:?} to a value of shape {shape:?}",
-                        layers[src].out_shape
-                    )));
-                }
+                reads.push(&layers[src].out_shape);
                 Op::Add { from: src }
             }
+            other => Op::without_params(other).map_err(graph_err)?,
         };
+        let mut inputs: Vec<&[usize]> = vec![&shape];
+        inputs.extend(reads);
+        let out = out_shape(&op, &inputs).map_err(|e| match (&ls.op, e) {
+            (OpSpec::Add { from }, e @ ShapeError::Join { .. }) => {
+                graph_err(format!("from = \"{from}\": {e}"))
+            }
+            (_, e) => shape_err(e),
+        })?;
         index_of.insert(name.clone(), layers.len());
         layers.push(Layer {
             name,
             op,
-            in_shape,
-            out_shape: shape.clone(),
+            in_shape: std::mem::replace(&mut shape, out.clone()),
+            out_shape: out,
             stored_bytes: stored,
         });
     }
@@ -783,24 +650,12 @@ fn build(
     let need = super::shape::run_bytes(&layers);
     crate::limits::check_memory("running one sample of this model", Some(need))
         .map_err(arch_err)?;
-    let model = Model {
+    Ok(Model {
         input: spec.input.clone(),
         spec,
         layers,
         source: path.to_path_buf(),
-    };
-    Ok((model, b.used))
-}
-
-/// The output height and width of windows sliding over a `[channels, height, width]` input.
-fn windows(shape: &[usize], h: Window, w: Window) -> Result<(usize, usize), String> {
-    let oh = h
-        .out_size(shape[1])
-        .map_err(|e| format!("height {}: {e}", shape[1]))?;
-    let ow = w
-        .out_size(shape[2])
-        .map_err(|e| format!("width {}: {e}", shape[2]))?;
-    Ok((oh, ow))
+    })
 }
 
 /// Folds per-channel `scale`/`shift` into the weights and bias of `layer` (linear or conv).

@@ -14,10 +14,12 @@ use candle_core::Tensor;
 pub(crate) use forward::activation;
 pub use forward::{ForwardOps, Reference};
 pub use load::{
-    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, check_input, f32_tensor_bytes,
-    load, load_bytes_with_spec, load_with_arch, sidecar_path, tensor_to_f32, to_safetensors_bytes,
+    ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, TensorSource, build,
+    check_input, f32_tensor_bytes, load, load_bytes_with_spec, load_with_arch, sidecar_path,
+    tensor_to_f32, to_safetensors_bytes,
 };
-pub use spec::{ArchSpec, InputSpec, LayerSpec, Pair};
+pub use shape::{ShapeError, out_shape};
+pub use spec::{Activation, ArchSpec, InputSpec, LayerSpec, OpSpec, Pair};
 
 /// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
 /// flow between them, for one sample.
@@ -62,17 +64,6 @@ pub struct Conv2dGeometry {
     pub groups: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Activation {
-    Relu,
-    Relu6,
-    LeakyRelu(f64),
-    Gelu,
-    Tanh,
-    Sigmoid,
-    Silu,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
     pub kernel: (usize, usize),
@@ -80,6 +71,8 @@ pub struct Pool2d {
     pub padding: (usize, usize),
 }
 
+/// An operation as loaded: [`OpSpec`] with its tensors read, its defaults applied and the layers
+/// it reads resolved to indices.
 #[derive(Debug, Clone)]
 pub enum Op {
     Linear(Params),
@@ -109,15 +102,7 @@ impl Op {
             Op::Linear(_) => "linear",
             Op::Conv2d(..) => "conv2d",
             Op::ChannelAffine { .. } => "batchnorm",
-            Op::Activation(a) => match a {
-                Activation::Relu => "relu",
-                Activation::Relu6 => "relu6",
-                Activation::LeakyRelu(_) => "leaky_relu",
-                Activation::Gelu => "gelu",
-                Activation::Tanh => "tanh",
-                Activation::Sigmoid => "sigmoid",
-                Activation::Silu => "silu",
-            },
+            Op::Activation(a) => a.name(),
             Op::MaxPool2d(_) => "maxpool2d",
             Op::AvgPool2d(_) => "avgpool2d",
             Op::GlobalAvgPool => "global_avgpool",
@@ -126,6 +111,59 @@ impl Op {
             Op::Softmax => "softmax",
             Op::Add { .. } => "add",
         }
+    }
+
+    /// The op `spec` describes when it needs neither tensors nor other layers' outputs (an
+    /// element-wise function, pooling, flatten, dropout, softmax); an error for the others,
+    /// which loading resolves with their tensors and inputs.
+    pub fn without_params(spec: &OpSpec) -> Result<Op, String> {
+        if let Some(a) = spec.activation() {
+            if let Activation::LeakyRelu(slope) = a
+                && !slope.is_finite()
+            {
+                return Err(format!("slope = {slope} must be finite"));
+            }
+            return Ok(Op::Activation(a));
+        }
+        Ok(match spec {
+            OpSpec::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+            }
+            | OpSpec::Avgpool2d {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let pool = Pool2d {
+                    kernel: kernel.hw(),
+                    stride: stride.unwrap_or(*kernel).hw(),
+                    padding: padding.hw(),
+                };
+                if matches!(spec, OpSpec::Maxpool2d { .. }) {
+                    Op::MaxPool2d(pool)
+                } else {
+                    Op::AvgPool2d(pool)
+                }
+            }
+            OpSpec::GlobalAvgpool {} => Op::GlobalAvgPool,
+            OpSpec::Flatten {} => Op::Flatten,
+            OpSpec::Dropout { p } => {
+                let p = p.unwrap_or(0.5);
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!("p = {p} must be in [0, 1)"));
+                }
+                Op::Dropout(p)
+            }
+            OpSpec::Softmax {} => Op::Softmax,
+            other => {
+                return Err(format!(
+                    "{} needs its tensors or inputs resolved",
+                    other.op_name()
+                ));
+            }
+        })
     }
 
     /// Linear and conv layers: the ones compression works on.
@@ -183,6 +221,77 @@ impl Model {
     /// Values in one input sample.
     pub fn input_len(&self) -> usize {
         self.input.shape.iter().product()
+    }
+
+    /// `layer`'s op in the schema's words, naming tensors and layers as loading named them
+    /// (the inverse of loading, with its defaults written out). An unfolded batchnorm keeps its
+    /// description's tensor names (its values are `scale` and `shift` by now).
+    pub fn op_spec(&self, layer: &Layer) -> OpSpec {
+        let pair = |(h, w): (usize, usize)| Pair::HW([h, w]);
+        match &layer.op {
+            Op::Linear(p) => OpSpec::Linear {
+                weight: p.weight_name.clone(),
+                bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
+                out_features: p.weight.dims().first().copied(),
+            },
+            Op::Conv2d(p, g) => {
+                let d = p.weight.dims();
+                OpSpec::Conv2d {
+                    weight: p.weight_name.clone(),
+                    bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
+                    out_channels: d.first().copied(),
+                    kernel: (d.len() == 4).then(|| Pair::HW([d[2], d[3]])),
+                    stride: pair(g.stride),
+                    padding: pair(g.padding),
+                    dilation: pair(g.dilation),
+                    groups: g.groups,
+                }
+            }
+            Op::ChannelAffine { .. } => match self.spec_of(&layer.name) {
+                Some(bn @ OpSpec::Batchnorm { .. }) => bn.clone(),
+                _ => OpSpec::batchnorm(&layer.name),
+            },
+            Op::Activation(a) => OpSpec::from(*a),
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let (kernel, stride, padding) =
+                    (pair(p.kernel), Some(pair(p.stride)), pair(p.padding));
+                if matches!(layer.op, Op::MaxPool2d(_)) {
+                    OpSpec::Maxpool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
+                } else {
+                    OpSpec::Avgpool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
+                }
+            }
+            Op::GlobalAvgPool => OpSpec::GlobalAvgpool {},
+            Op::Flatten => OpSpec::Flatten {},
+            Op::Dropout(p) => OpSpec::Dropout { p: Some(*p) },
+            Op::Softmax => OpSpec::Softmax {},
+            // A graph always reads an earlier layer; one that does not names none, and
+            // reads back as an error.
+            Op::Add { from } => OpSpec::Add {
+                from: self
+                    .layers
+                    .get(*from)
+                    .map_or_else(String::new, |l| l.name.clone()),
+            },
+        }
+    }
+
+    /// The description of the layer named `name` in the architecture the model was loaded from.
+    pub fn spec_of(&self, name: &str) -> Option<&OpSpec> {
+        self.spec
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(i, l)| l.display_name(*i) == name)
+            .map(|(_, l)| &l.op)
     }
 
     pub fn layer_index(&self, name: &str) -> Option<usize> {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::load::{ARCH_METADATA_KEY, NamedTensor, f32_tensor_bytes};
-use super::{Model, Op};
+use super::{Model, Op, OpSpec};
 use crate::files::Sealed;
 
 impl Model {
@@ -17,24 +17,13 @@ impl Model {
         let mut out = Vec::new();
         for layer in &self.layers {
             if let Op::ChannelAffine { scale, shift } = &layer.op {
-                let spec = self
-                    .spec
-                    .layers
-                    .iter()
-                    .enumerate()
-                    .find(|(i, l)| {
-                        matches!(l, super::LayerSpec::Batchnorm { .. })
-                            && l.display_name(*i) == layer.name
-                    })
-                    .map(|(_, l)| l);
-                if let Some(super::LayerSpec::Batchnorm {
+                if let Some(OpSpec::Batchnorm {
                     weight,
                     bias,
                     running_mean,
                     running_var,
                     eps,
-                    ..
-                }) = spec
+                }) = self.spec_of(&layer.name)
                 {
                     let c = scale.elem_count();
                     out.push((weight.clone(), vec![c], scale.to_vec1::<f32>()?));
@@ -66,16 +55,20 @@ impl Model {
             self.layers.iter().map(|l| l.name.as_str()).collect();
         let mut kept = Vec::new();
         for (i, l) in spec.layers.drain(..).enumerate() {
-            let folded = matches!(l, super::LayerSpec::Batchnorm { .. })
-                && !names.contains(l.display_name(i).as_str());
+            let display = l.display_name(i);
+            let folded =
+                matches!(l.op, OpSpec::Batchnorm { .. }) && !names.contains(display.as_str());
             if !folded {
                 // Pin the display name so positions shifting does not rename layers.
-                kept.push(with_name(l, i));
+                kept.push(super::LayerSpec {
+                    name: Some(display),
+                    op: l.op,
+                });
             }
         }
         for l in &mut kept {
-            if let super::LayerSpec::Linear { bias, weight, .. }
-            | super::LayerSpec::Conv2d { bias, weight, .. } = l
+            if let OpSpec::Linear { bias, weight, .. } | OpSpec::Conv2d { bias, weight, .. } =
+                &mut l.op
             {
                 let layer = self.layers.iter().find_map(|x| match &x.op {
                     Op::Linear(p) | Op::Conv2d(p, _) if &p.weight_name == weight => Some(p),
@@ -112,28 +105,4 @@ impl Model {
         crate::files::write_atomic(path, &bytes)?;
         Ok(())
     }
-}
-
-fn with_name(mut l: super::LayerSpec, i: usize) -> super::LayerSpec {
-    use super::LayerSpec as L;
-    let display = l.display_name(i);
-    let (L::Linear { name, .. }
-    | L::Conv2d { name, .. }
-    | L::Batchnorm { name, .. }
-    | L::Relu { name }
-    | L::Relu6 { name }
-    | L::LeakyRelu { name, .. }
-    | L::Gelu { name }
-    | L::Tanh { name }
-    | L::Sigmoid { name }
-    | L::Silu { name }
-    | L::Maxpool2d { name, .. }
-    | L::Avgpool2d { name, .. }
-    | L::GlobalAvgpool { name }
-    | L::Flatten { name }
-    | L::Dropout { name, .. }
-    | L::Softmax { name }
-    | L::Add { name, .. }) = &mut l;
-    *name = Some(display);
-    l
 }

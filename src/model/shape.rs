@@ -1,7 +1,254 @@
-//! Checked shape arithmetic: the output size of a convolution or pooling window, element counts
-//! and the memory a model's tensors and activations take. Loading, export, training and the
-//! engine all use these, so a shape is judged the same way everywhere, and arithmetic on sizes
-//! read from a file is checked rather than wrapped.
+//! Checked shape arithmetic: what each operation gives for its inputs ([`out_shape`]) and which
+//! weight it takes ([`weight_shape`]), the output size of a convolution or pooling window,
+//! element counts and the memory a model's tensors and activations take. Loading, export,
+//! training and the engine all use these, so a shape is judged the same way everywhere, and
+//! arithmetic on sizes read from a file is checked rather than wrapped.
+
+use super::spec::OpSpec;
+use super::{Layer, Model, Op};
+
+/// Why an operation cannot take the input it is given.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    /// The input has a rank the operation does not read.
+    #[error("input has shape {input:?}; {op} needs {needs}")]
+    Rank {
+        op: &'static str,
+        input: Vec<usize>,
+        needs: &'static str,
+    },
+    /// The operation's own tensors or settings do not fit its input.
+    #[error("{0}")]
+    Params(String),
+    /// A window does not fit (or overflows) along one axis.
+    #[error("{axis} {size}: {msg}")]
+    Window {
+        axis: &'static str,
+        size: usize,
+        msg: String,
+    },
+    #[error("input shape {0:?} has too many elements")]
+    TooLarge(Vec<usize>),
+    /// Values joined element by element differ in shape.
+    #[error("joins a value of shape {other:?} to a value of shape {input:?}")]
+    Join {
+        input: Vec<usize>,
+        other: Vec<usize>,
+    },
+    #[error("{op} takes {expected} input(s), given {given}")]
+    Inputs {
+        op: &'static str,
+        expected: usize,
+        given: usize,
+    },
+}
+
+const FLAT: &str = "a flat vector (add a flatten layer before it)";
+const IMAGE: &str = "[channels, height, width]";
+
+/// One sample's output shape of `op` given its inputs' shapes: the previous layer's output
+/// first, then the outputs of the layers it names (`add`'s `from`). The one judge of whether an
+/// operation fits its inputs: loading, export, training and the engine all ask it.
+pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+    let expected = if matches!(op, Op::Add { .. }) { 2 } else { 1 };
+    if inputs.len() != expected {
+        return Err(ShapeError::Inputs {
+            op: op.name(),
+            expected,
+            given: inputs.len(),
+        });
+    }
+    let x = inputs[0];
+    let rank = |needs: &'static str, n: usize| {
+        if x.len() == n {
+            Ok(())
+        } else {
+            Err(ShapeError::Rank {
+                op: op.name(),
+                input: x.to_vec(),
+                needs,
+            })
+        }
+    };
+    match op {
+        Op::Linear(p) => {
+            rank(FLAT, 1)?;
+            match p.weight.dims() {
+                &[out, cols] if cols == x[0] => Ok(vec![out]),
+                d => Err(ShapeError::Params(format!(
+                    "weight {d:?} does not take {} inputs",
+                    x[0]
+                ))),
+            }
+        }
+        Op::Conv2d(p, g) => {
+            rank(IMAGE, 3)?;
+            let groups = g.groups;
+            if groups == 0 || !x[0].is_multiple_of(groups) {
+                return Err(ShapeError::Params(format!(
+                    "groups = {groups} must divide the {} input channels",
+                    x[0]
+                )));
+            }
+            let d = p.weight.dims();
+            if d.len() != 4 || d[1].checked_mul(groups) != Some(x[0]) {
+                return Err(ShapeError::Params(format!(
+                    "weight {d:?} does not take {} input channels in {groups} group(s)",
+                    x[0]
+                )));
+            }
+            if !d[0].is_multiple_of(groups) {
+                return Err(ShapeError::Params(format!(
+                    "{} output channels are not divisible by groups = {groups}",
+                    d[0]
+                )));
+            }
+            let (oh, ow) = windows(
+                x,
+                Window::new(d[2], g.stride.0, g.padding.0, g.dilation.0),
+                Window::new(d[3], g.stride.1, g.padding.1, g.dilation.1),
+            )?;
+            Ok(vec![d[0], oh, ow])
+        }
+        Op::ChannelAffine { scale, shift } => {
+            if scale.elem_count() != x[0] || shift.elem_count() != x[0] {
+                return Err(ShapeError::Params(format!(
+                    "{} scales and {} shifts for {} channels",
+                    scale.elem_count(),
+                    shift.elem_count(),
+                    x[0]
+                )));
+            }
+            Ok(x.to_vec())
+        }
+        Op::Activation(_) | Op::Dropout(_) | Op::Softmax => Ok(x.to_vec()),
+        Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+            rank(IMAGE, 3)?;
+            if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
+                return Err(ShapeError::Params(
+                    "padding may be at most half the kernel size".into(),
+                ));
+            }
+            let (oh, ow) = windows(
+                x,
+                Window::new(p.kernel.0, p.stride.0, p.padding.0, 1),
+                Window::new(p.kernel.1, p.stride.1, p.padding.1, 1),
+            )?;
+            Ok(vec![x[0], oh, ow])
+        }
+        Op::GlobalAvgPool => {
+            rank(IMAGE, 3)?;
+            Ok(vec![x[0]])
+        }
+        Op::Flatten => Ok(vec![
+            element_count(x).ok_or_else(|| ShapeError::TooLarge(x.to_vec()))?,
+        ]),
+        Op::Add { .. } => {
+            if inputs[1] != x {
+                return Err(ShapeError::Join {
+                    input: x.to_vec(),
+                    other: inputs[1].to_vec(),
+                });
+            }
+            Ok(x.to_vec())
+        }
+    }
+}
+
+/// The weight a linear or conv op takes for `input` (`None` for a dimension the description
+/// leaves to the tensor), or `None` for an op without one.
+pub fn weight_shape(
+    op: &OpSpec,
+    input: &[usize],
+) -> Result<Option<Vec<Option<usize>>>, ShapeError> {
+    let rank = |needs: &'static str, n: usize| {
+        if input.len() == n {
+            Ok(())
+        } else {
+            Err(ShapeError::Rank {
+                op: op.op_name(),
+                input: input.to_vec(),
+                needs,
+            })
+        }
+    };
+    match op {
+        OpSpec::Linear { out_features, .. } => {
+            rank(FLAT, 1)?;
+            Ok(Some(vec![*out_features, Some(input[0])]))
+        }
+        OpSpec::Conv2d {
+            out_channels,
+            kernel,
+            groups,
+            ..
+        } => {
+            rank(IMAGE, 3)?;
+            if *groups == 0 || !input[0].is_multiple_of(*groups) {
+                return Err(ShapeError::Params(format!(
+                    "groups = {groups} must divide the {} input channels",
+                    input[0]
+                )));
+            }
+            let k = kernel.map(|k| k.hw());
+            Ok(Some(vec![
+                *out_channels,
+                Some(input[0] / groups),
+                k.map(|k| k.0),
+                k.map(|k| k.1),
+            ]))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Checks that `model`'s layers chain (each reads what the one before it writes, the first the
+/// input) and that every layer's output is what [`out_shape`] gives: what the engine's buffers
+/// are sized by. The error names the layer.
+pub fn check_chain(model: &Model) -> Result<(), (String, ShapeError)> {
+    let mut prev: &[usize] = &model.input.shape;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let fail = |e| Err((layer.name.clone(), e));
+        if layer.in_shape != prev {
+            return fail(ShapeError::Join {
+                input: prev.to_vec(),
+                other: layer.in_shape.clone(),
+            });
+        }
+        let mut inputs: Vec<&[usize]> = vec![&layer.in_shape];
+        if let Op::Add { from } = layer.op {
+            match model.layers.get(from) {
+                Some(src) if from < i => inputs.push(&src.out_shape),
+                _ => {
+                    return fail(ShapeError::Params(format!(
+                        "reads layer {from}, not an earlier one"
+                    )));
+                }
+            }
+        }
+        match out_shape(&layer.op, &inputs) {
+            Ok(out) if out == layer.out_shape => {}
+            Ok(out) => {
+                return fail(ShapeError::Params(format!(
+                    "outputs {out:?}, recorded as {:?}",
+                    layer.out_shape
+                )));
+            }
+            Err(e) => return fail(e),
+        }
+        prev = &layer.out_shape;
+    }
+    Ok(())
+}
+
+/// The output height and width of windows sliding over a `[channels, height, width]` input.
+fn windows(shape: &[usize], h: Window, w: Window) -> Result<(usize, usize), ShapeError> {
+    let axis = |axis, size: usize, win: Window| {
+        win.out_size(size)
+            .map_err(|msg| ShapeError::Window { axis, size, msg })
+    };
+    Ok((axis("height", shape[1], h)?, axis("width", shape[2], w)?))
+}
 
 /// A window sliding along one axis: convolution (any dilation) or pooling (dilation 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,12 +331,12 @@ pub fn elements_u128(shape: &[usize]) -> u128 {
 
 /// Bytes of f32 values one sample needs at its peak while running `layers`: a layer's input
 /// and output, plus the unfolded input patches a convolution multiplies.
-pub fn sample_activation_bytes(layers: &[super::Layer]) -> u128 {
+pub fn sample_activation_bytes(layers: &[Layer]) -> u128 {
     layers
         .iter()
         .map(|l| {
             let mut n = elements_u128(&l.in_shape).saturating_add(elements_u128(&l.out_shape));
-            if let super::Op::Conv2d(p, _) = &l.op {
+            if let Op::Conv2d(p, _) = &l.op {
                 let dims = p.weight.dims();
                 let per_position = elements_u128(dims.get(1..).unwrap_or(&[]));
                 let positions = elements_u128(l.out_shape.get(1..).unwrap_or(&[]));
@@ -102,7 +349,7 @@ pub fn sample_activation_bytes(layers: &[super::Layer]) -> u128 {
 }
 
 /// Bytes of the linear and conv parameters held as f32.
-pub fn parameter_bytes(layers: &[super::Layer]) -> u128 {
+pub fn parameter_bytes(layers: &[Layer]) -> u128 {
     layers
         .iter()
         .map(|l| (l.param_count() as u128).saturating_mul(4))
@@ -111,14 +358,14 @@ pub fn parameter_bytes(layers: &[super::Layer]) -> u128 {
 
 /// What loading a model and running one sample allocates: its parameters as f32 and one
 /// sample's activations. The loader refuses a model whose figure is over the memory limit.
-pub fn run_bytes(layers: &[super::Layer]) -> u128 {
+pub fn run_bytes(layers: &[Layer]) -> u128 {
     parameter_bytes(layers).saturating_add(sample_activation_bytes(layers))
 }
 
 /// What evaluating `samples` samples of `model` in batches of `batch` allocates, the model
 /// included: the prepared inputs, the outputs (the model's and a reference's) and one batch's
 /// activations.
-pub fn evaluation_bytes(model: &super::Model, samples: usize, batch: usize) -> u128 {
+pub fn evaluation_bytes(model: &Model, samples: usize, batch: usize) -> u128 {
     let n = samples as u128;
     let inputs = n.saturating_mul(elements_u128(&model.input.shape));
     let outputs = n
@@ -141,6 +388,70 @@ mod tests {
         assert_eq!(Window::new(2, 2, 0, 1).out_size(24), Ok(12));
         assert_eq!(Window::new(3, 2, 1, 1).out_size(7), Ok(4));
         assert_eq!(Window::new(3, 1, 0, 2).out_size(7), Ok(3));
+    }
+
+    fn params(dims: &[usize]) -> crate::model::Params {
+        let weight =
+            candle_core::Tensor::zeros((), candle_core::DType::F32, &candle_core::Device::Cpu)
+                .and_then(|z| z.broadcast_as(dims))
+                .unwrap();
+        crate::model::Params {
+            weight,
+            bias: None,
+            weight_name: "w".into(),
+            bias_name: "b".into(),
+        }
+    }
+
+    #[test]
+    fn out_shape_follows_each_op_and_names_what_does_not_fit() {
+        use crate::model::{Conv2dGeometry, Pool2d};
+        let geo = |groups| Conv2dGeometry {
+            stride: (2, 1),
+            padding: (1, 0),
+            dilation: (1, 1),
+            groups,
+        };
+        let conv = Op::Conv2d(params(&[8, 2, 3, 3]), geo(2));
+        assert_eq!(out_shape(&conv, &[&[4, 9, 9]]), Ok(vec![8, 5, 7]));
+        let e = out_shape(&conv, &[&[3, 9, 9]]).unwrap_err();
+        assert!(
+            e.to_string().contains("groups = 2 must divide the 3"),
+            "{e}"
+        );
+        let e = out_shape(&conv, &[&[4, 9, 2]]).unwrap_err();
+        assert!(e.to_string().starts_with("width 2:"), "{e}");
+        let linear = Op::Linear(params(&[3, 10]));
+        assert_eq!(out_shape(&linear, &[&[10]]), Ok(vec![3]));
+        let e = out_shape(&linear, &[&[2, 5]]).unwrap_err();
+        assert!(e.to_string().contains("add a flatten layer"), "{e}");
+        assert!(out_shape(&linear, &[&[11]]).is_err());
+        let pool = Pool2d {
+            kernel: (2, 2),
+            stride: (2, 2),
+            padding: (1, 1),
+        };
+        assert_eq!(
+            out_shape(&Op::MaxPool2d(pool), &[&[3, 5, 6]]),
+            Ok(vec![3, 3, 4])
+        );
+        let wide = Pool2d {
+            padding: (2, 0),
+            ..pool
+        };
+        assert!(out_shape(&Op::AvgPool2d(wide), &[&[3, 5, 6]]).is_err());
+        assert_eq!(out_shape(&Op::Flatten, &[&[3, 5, 6]]), Ok(vec![90]));
+        assert_eq!(out_shape(&Op::GlobalAvgPool, &[&[3, 5, 6]]), Ok(vec![3]));
+        let add = Op::Add { from: 0 };
+        assert_eq!(out_shape(&add, &[&[3, 4], &[3, 4]]), Ok(vec![3, 4]));
+        assert!(matches!(
+            out_shape(&add, &[&[3, 4], &[4, 3]]),
+            Err(ShapeError::Join { .. })
+        ));
+        assert!(matches!(
+            out_shape(&add, &[&[3, 4]]),
+            Err(ShapeError::Inputs { .. })
+        ));
     }
 
     #[test]

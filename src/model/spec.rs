@@ -73,14 +73,23 @@ fn default_slope() -> f64 {
     0.01
 }
 
-/// One layer of the architecture. `name` is optional everywhere: layers with parameters default
-/// to their tensor prefix (`"0.weight"` → `"0"`), others to `op` plus their position.
+/// One layer of the architecture: its name and its operation. `name` is optional everywhere:
+/// layers with parameters default to their tensor prefix (`"0.weight"` → `"0"`), others to `op`
+/// plus their position. Written flat, the operation's fields beside the name (`op = "conv2d"`,
+/// `name = "c1"`, `weight = ...`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSpec {
+    pub name: Option<String>,
+    pub op: OpSpec,
+}
+
+/// What one layer computes, in the schema's words: the one description of an operation that
+/// loading, training, export and the engine share. The shapes an operation takes and gives are
+/// `shape::out_shape`'s.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LayerSpec {
+pub enum OpSpec {
     Linear {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         weight: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bias: Option<String>,
@@ -90,8 +99,6 @@ pub enum LayerSpec {
         out_features: Option<usize>,
     },
     Conv2d {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         weight: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bias: Option<String>,
@@ -111,8 +118,6 @@ pub enum LayerSpec {
         groups: usize,
     },
     Batchnorm {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         weight: String,
         bias: String,
         running_mean: String,
@@ -120,39 +125,17 @@ pub enum LayerSpec {
         #[serde(default = "default_eps")]
         eps: f64,
     },
-    Relu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
-    Relu6 {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
+    Relu {},
+    Relu6 {},
     LeakyRelu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         #[serde(default = "default_slope")]
         slope: f64,
     },
-    Gelu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
-    Tanh {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
-    Sigmoid {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
-    Silu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
+    Gelu {},
+    Tanh {},
+    Sigmoid {},
+    Silu {},
     Maxpool2d {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         kernel: Pair,
         /// Defaults to the kernel size, as in PyTorch.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -161,98 +144,224 @@ pub enum LayerSpec {
         padding: Pair,
     },
     Avgpool2d {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         kernel: Pair,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stride: Option<Pair>,
         #[serde(default)]
         padding: Pair,
     },
-    GlobalAvgpool {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
-    Flatten {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
+    GlobalAvgpool {},
+    Flatten {},
     Dropout {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         p: Option<f64>,
     },
-    Softmax {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
-    },
+    Softmax {},
     /// Residual connection: adds the output of the layer named `from` to the current value.
     Add {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
         from: String,
     },
 }
 
-impl LayerSpec {
+/// The element-wise functions among the operations, as the engine and the reference apply
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    Relu,
+    Relu6,
+    LeakyRelu(f64),
+    Gelu,
+    Tanh,
+    Sigmoid,
+    Silu,
+}
+
+impl OpSpec {
     /// The op's name as written in the schema.
     pub fn op_name(&self) -> &'static str {
         match self {
-            LayerSpec::Linear { .. } => "linear",
-            LayerSpec::Conv2d { .. } => "conv2d",
-            LayerSpec::Batchnorm { .. } => "batchnorm",
-            LayerSpec::Relu { .. } => "relu",
-            LayerSpec::Relu6 { .. } => "relu6",
-            LayerSpec::LeakyRelu { .. } => "leaky_relu",
-            LayerSpec::Gelu { .. } => "gelu",
-            LayerSpec::Tanh { .. } => "tanh",
-            LayerSpec::Sigmoid { .. } => "sigmoid",
-            LayerSpec::Silu { .. } => "silu",
-            LayerSpec::Maxpool2d { .. } => "maxpool2d",
-            LayerSpec::Avgpool2d { .. } => "avgpool2d",
-            LayerSpec::GlobalAvgpool { .. } => "global_avgpool",
-            LayerSpec::Flatten { .. } => "flatten",
-            LayerSpec::Dropout { .. } => "dropout",
-            LayerSpec::Softmax { .. } => "softmax",
-            LayerSpec::Add { .. } => "add",
+            OpSpec::Linear { .. } => "linear",
+            OpSpec::Conv2d { .. } => "conv2d",
+            OpSpec::Batchnorm { .. } => "batchnorm",
+            OpSpec::Relu {} => "relu",
+            OpSpec::Relu6 {} => "relu6",
+            OpSpec::LeakyRelu { .. } => "leaky_relu",
+            OpSpec::Gelu {} => "gelu",
+            OpSpec::Tanh {} => "tanh",
+            OpSpec::Sigmoid {} => "sigmoid",
+            OpSpec::Silu {} => "silu",
+            OpSpec::Maxpool2d { .. } => "maxpool2d",
+            OpSpec::Avgpool2d { .. } => "avgpool2d",
+            OpSpec::GlobalAvgpool {} => "global_avgpool",
+            OpSpec::Flatten {} => "flatten",
+            OpSpec::Dropout { .. } => "dropout",
+            OpSpec::Softmax {} => "softmax",
+            OpSpec::Add { .. } => "add",
         }
+    }
+
+    /// The element-wise function this op applies, if it is one.
+    pub fn activation(&self) -> Option<Activation> {
+        Some(match self {
+            OpSpec::Relu {} => Activation::Relu,
+            OpSpec::Relu6 {} => Activation::Relu6,
+            OpSpec::LeakyRelu { slope } => Activation::LeakyRelu(*slope),
+            OpSpec::Gelu {} => Activation::Gelu,
+            OpSpec::Tanh {} => Activation::Tanh,
+            OpSpec::Sigmoid {} => Activation::Sigmoid,
+            OpSpec::Silu {} => Activation::Silu,
+            _ => return None,
+        })
+    }
+
+    /// A batchnorm over the tensors `<prefix>.weight`, `.bias`, `.running_mean` and
+    /// `.running_var`, as PyTorch names them.
+    pub fn batchnorm(prefix: &str) -> OpSpec {
+        let t = |s: &str| format!("{prefix}.{s}");
+        OpSpec::Batchnorm {
+            weight: t("weight"),
+            bias: t("bias"),
+            running_mean: t("running_mean"),
+            running_var: t("running_var"),
+            eps: default_eps(),
+        }
+    }
+
+    /// The state_dict tensor the layer's name defaults to the prefix of, for ops with weights.
+    pub fn weight(&self) -> Option<&str> {
+        match self {
+            OpSpec::Linear { weight, .. }
+            | OpSpec::Conv2d { weight, .. }
+            | OpSpec::Batchnorm { weight, .. } => Some(weight),
+            _ => None,
+        }
+    }
+}
+
+impl From<Activation> for OpSpec {
+    fn from(a: Activation) -> OpSpec {
+        match a {
+            Activation::Relu => OpSpec::Relu {},
+            Activation::Relu6 => OpSpec::Relu6 {},
+            Activation::LeakyRelu(slope) => OpSpec::LeakyRelu { slope },
+            Activation::Gelu => OpSpec::Gelu {},
+            Activation::Tanh => OpSpec::Tanh {},
+            Activation::Sigmoid => OpSpec::Sigmoid {},
+            Activation::Silu => OpSpec::Silu {},
+        }
+    }
+}
+
+impl Activation {
+    /// The function's name as written in the schema.
+    pub fn name(self) -> &'static str {
+        OpSpec::from(self).op_name()
+    }
+}
+
+impl LayerSpec {
+    /// A layer without an explicit name.
+    pub fn unnamed(op: OpSpec) -> LayerSpec {
+        LayerSpec { name: None, op }
+    }
+
+    /// The op's name as written in the schema.
+    pub fn op_name(&self) -> &'static str {
+        self.op.op_name()
     }
 
     /// The explicit name, if the description gives one.
     pub fn explicit_name(&self) -> Option<&str> {
-        match self {
-            LayerSpec::Linear { name, .. }
-            | LayerSpec::Conv2d { name, .. }
-            | LayerSpec::Batchnorm { name, .. }
-            | LayerSpec::Relu { name }
-            | LayerSpec::Relu6 { name }
-            | LayerSpec::LeakyRelu { name, .. }
-            | LayerSpec::Gelu { name }
-            | LayerSpec::Tanh { name }
-            | LayerSpec::Sigmoid { name }
-            | LayerSpec::Silu { name }
-            | LayerSpec::Maxpool2d { name, .. }
-            | LayerSpec::Avgpool2d { name, .. }
-            | LayerSpec::GlobalAvgpool { name }
-            | LayerSpec::Flatten { name }
-            | LayerSpec::Dropout { name, .. }
-            | LayerSpec::Softmax { name }
-            | LayerSpec::Add { name, .. } => name.as_deref(),
-        }
+        self.name.as_deref()
     }
 
     /// The display name: explicit, else the weight tensor's prefix, else `op` + position.
     pub fn display_name(&self, index: usize) -> String {
-        if let Some(n) = self.explicit_name() {
-            return n.to_string();
+        if let Some(n) = &self.name {
+            return n.clone();
         }
-        match self {
-            LayerSpec::Linear { weight, .. }
-            | LayerSpec::Conv2d { weight, .. }
-            | LayerSpec::Batchnorm { weight, .. } => tensor_prefix(weight).to_string(),
-            other => format!("{}{}", other.op_name(), index),
+        match self.op.weight() {
+            Some(weight) => tensor_prefix(weight).to_string(),
+            None => format!("{}{}", self.op_name(), index),
         }
+    }
+}
+
+/// Written as the operation's own fields with `name` after the `op` tag, so a layer reads
+/// `op = "linear"`, `name = "fc1"`, `weight = ...` in both TOML and JSON.
+impl Serialize for LayerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        // The derived form keeps the fields in declaration order; read back as an ordered list
+        // of entries so `name` can go right after the tag.
+        let text = serde_json::to_string(&self.op).map_err(S::Error::custom)?;
+        let entries: OrderedEntries = serde_json::from_str(&text).map_err(S::Error::custom)?;
+        let mut map = s.serialize_map(Some(entries.0.len() + usize::from(self.name.is_some())))?;
+        for (key, value) in &entries.0 {
+            map.serialize_entry(key, value)?;
+            if key == "op"
+                && let Some(name) = &self.name
+            {
+                map.serialize_entry("name", name)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// Read as a table whose `name` belongs to the layer and whose other keys to the operation
+/// (so unknown keys are refused per operation). The table is held as TOML values, which keep
+/// every float (a `nan` slope is refused by its check, not lost); a JSON `null` is an absent key.
+impl<'de> Deserialize<'de> for LayerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let entries = std::collections::BTreeMap::<String, Option<toml::Value>>::deserialize(d)?;
+        let mut table: toml::Table = entries
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        let name = match table.remove("name") {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "invalid type: {} for `name`, expected a string",
+                    other.type_str()
+                )));
+            }
+        };
+        // One line, as every message is (the value's error puts the key on a line of its own).
+        let op = OpSpec::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let msg = e.to_string();
+            D::Error::custom(msg.split_whitespace().collect::<Vec<_>>().join(" "))
+        })?;
+        Ok(LayerSpec { name, op })
+    }
+}
+
+/// A JSON object's entries in the order written.
+struct OrderedEntries(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for OrderedEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = OrderedEntries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<OrderedEntries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(OrderedEntries(out))
+            }
+        }
+        d.deserialize_map(Entries)
     }
 }
 
@@ -338,8 +447,8 @@ op = "relu"
         assert_eq!(spec.layers[1].display_name(1), "fc1");
         assert_eq!(spec.layers[2].display_name(2), "c");
         assert_eq!(spec.layers[3].display_name(3), "relu3");
-        match &spec.layers[2] {
-            LayerSpec::Conv2d {
+        match &spec.layers[2].op {
+            OpSpec::Conv2d {
                 stride, padding, ..
             } => {
                 assert_eq!(stride.hw(), (2, 1));
@@ -349,6 +458,20 @@ op = "relu"
         }
         let back = ArchSpec::from_json(&spec.to_json()).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn a_layer_is_written_op_first_then_its_name_then_its_fields() {
+        let text = "[input]\nshape = [4]\n[[layer]]\nname = \"fc1\"\nop = \"linear\"\nout_features = 3\nweight = \"0.weight\"\n[[layer]]\nop = \"relu\"\n";
+        let spec = ArchSpec::from_toml(text).unwrap();
+        assert_eq!(
+            spec.to_json(),
+            r#"{"input":{"shape":[4],"scale":1.0,"mean":[0.0],"std":[1.0]},"layer":[{"op":"linear","name":"fc1","weight":"0.weight","out_features":3},{"op":"relu"}]}"#
+        );
+        assert_eq!(ArchSpec::from_toml(&spec.to_toml()).unwrap(), spec);
+        let e = ArchSpec::from_toml("[input]\nshape=[4]\n[[layer]]\nop = \"relu\"\nname = 3\n")
+            .unwrap_err();
+        assert!(e.contains("name") && e.contains("line 3"), "{e}");
     }
 
     #[test]

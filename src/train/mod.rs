@@ -32,9 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::data::{DataError, EvalSet};
-use crate::model::{
-    ARCH_METADATA_KEY, ArchSpec, LayerSpec, LoadError, Model, Op, to_safetensors_bytes,
-};
+use crate::model::{ARCH_METADATA_KEY, ArchSpec, LoadError, Model, Op, TensorSource};
 pub use distill::{Distillation, distillation_loss};
 pub use finetune::{
     EpochRecord, FinetuneError, FinetuneEvent, FinetuneReport, FinetuneSets, FinetuneSettings,
@@ -201,16 +199,14 @@ pub fn init_model(
     arch_path: &Path,
     seed: u64,
 ) -> Result<TrainableModel, TrainError> {
-    let tensors = initial_tensors(spec, arch_path, seed)?;
-    let mut meta = HashMap::new();
-    meta.insert(ARCH_METADATA_KEY.to_string(), spec.to_json());
-    let bytes = to_safetensors_bytes(&tensors, &meta).map_err(|e| TrainError::Arch {
-        path: arch_path.to_path_buf(),
-        msg: format!("cannot build the initial tensors: {e}"),
-    })?;
-    // The loader checks every shape against the graph.
-    let loaded = crate::model::load_bytes_with_spec(arch_path, &bytes, spec.clone())?;
-    let mut model = loaded;
+    // The loader builds the graph, checking every shape; the tensors are drawn as it asks.
+    let mut source = InitTensors {
+        path: arch_path,
+        rng: StdRng::seed_from_u64(seed),
+        held: 0,
+        fan_in: 1,
+    };
+    let mut model = crate::model::build(arch_path, spec.clone(), &mut source)?;
     let mut vars = Vec::new();
     for layer in &mut model.layers {
         if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
@@ -229,157 +225,81 @@ pub fn init_model(
 
 type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// Walks the description, following one sample's shape, and draws every parameter.
-fn initial_tensors(
-    spec: &ArchSpec,
-    arch_path: &Path,
-    seed: u64,
-) -> Result<Vec<NamedTensor>, TrainError> {
-    let err = |msg: String| TrainError::Arch {
-        path: arch_path.to_path_buf(),
-        msg,
-    };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut shape = spec.input.shape.clone();
-    let mut out: Vec<NamedTensor> = Vec::new();
-    for (i, layer) in spec.layers.iter().enumerate() {
-        let name = layer.display_name(i);
-        match layer {
-            LayerSpec::Linear {
-                weight,
-                bias,
-                out_features,
-                ..
-            } => {
-                let Some(o) = *out_features else {
-                    return Err(err(format!(
-                        "layer {name} (linear): `out_features` is needed to build it from scratch"
-                    )));
-                };
-                let fan_in = crate::model::shape::element_count(&shape).ok_or_else(|| {
-                    err(format!(
-                        "layer {name} (linear): input {shape:?} is too large"
-                    ))
-                })?;
-                draw(&mut rng, &mut out, weight, vec![o, fan_in], fan_in).map_err(&err)?;
-                if let Some(b) = bias {
-                    draw(&mut rng, &mut out, b, vec![o], fan_in).map_err(&err)?;
-                }
-                shape = vec![o];
+/// New parameters for a model built from scratch, drawn in the order the loader asks for them
+/// (each layer's weight, then its bias), a weight's shape fixed by its description.
+struct InitTensors<'a> {
+    path: &'a Path,
+    rng: StdRng,
+    /// Parameter values drawn so far.
+    held: u128,
+    /// The last weight's values per output.
+    fan_in: usize,
+}
+
+impl TensorSource for InitTensors<'_> {
+    /// Draws from U(−1/√fan_in, 1/√fan_in), fan_in being a weight's values per output (a bias
+    /// takes its weight's). Refuses first when the parameters so far and this one would not fit
+    /// the memory limit while training (each has a value, a gradient and two optimizer moments:
+    /// 16 bytes).
+    fn tensor(
+        &mut self,
+        layer: &str,
+        op: &'static str,
+        name: &str,
+        expected: &[Option<usize>],
+    ) -> Result<(Tensor, usize), LoadError> {
+        let err = |msg: String| LoadError::Graph {
+            path: self.path.to_path_buf(),
+            layer: layer.to_string(),
+            op,
+            msg,
+        };
+        let shape: Vec<usize> = match (op, expected) {
+            ("batchnorm", _) => {
+                return Err(err(
+                    "batchnorm is not trainable here (squeeze train keeps no batch statistics); remove it, or train in PyTorch and load the result".into(),
+                ));
             }
-            LayerSpec::Conv2d {
-                weight,
-                bias,
-                out_channels,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                groups,
-                ..
-            } => {
-                let (Some(o), Some(k)) = (*out_channels, *kernel) else {
-                    return Err(err(format!(
-                        "layer {name} (conv2d): `out_channels` and `kernel` are needed to build it from scratch"
-                    )));
-                };
-                if shape.len() != 3 || *groups == 0 || !shape[0].is_multiple_of(*groups) {
-                    // Let the loader explain the exact problem.
-                    return Err(err(format!(
-                        "layer {name} (conv2d): input shape {shape:?} does not fit groups = {groups}"
-                    )));
-                }
-                let (kh, kw) = k.hw();
-                let cin = shape[0] / groups;
-                let fan_in =
-                    crate::model::shape::element_count(&[cin, kh, kw]).ok_or_else(|| {
-                        err(format!(
-                            "layer {name} (conv2d): kernel {kh}×{kw} is too large"
-                        ))
-                    })?;
-                draw(&mut rng, &mut out, weight, vec![o, cin, kh, kw], fan_in).map_err(&err)?;
-                if let Some(b) = bias {
-                    draw(&mut rng, &mut out, b, vec![o], fan_in).map_err(&err)?;
-                }
-                let oh = window_out(shape[1], kh, stride.hw().0, padding.hw().0, dilation.hw().0);
-                let ow = window_out(shape[2], kw, stride.hw().1, padding.hw().1, dilation.hw().1);
-                shape = vec![o, oh, ow];
+            (_, [None, ..]) if op == "linear" => {
+                return Err(err(
+                    "`out_features` is needed to build it from scratch".into()
+                ));
             }
-            LayerSpec::Batchnorm { .. } => {
-                return Err(err(format!(
-                    "layer {name} (batchnorm): batchnorm is not trainable here (squeeze train keeps no batch statistics); remove it, or train in PyTorch and load the result"
-                )));
-            }
-            LayerSpec::Maxpool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            }
-            | LayerSpec::Avgpool2d {
-                kernel,
-                stride,
-                padding,
-                ..
-            } if shape.len() == 3 => {
-                let (kh, kw) = kernel.hw();
-                let (sh, sw) = stride.unwrap_or(*kernel).hw();
-                let (ph, pw) = padding.hw();
-                shape = vec![
-                    shape[0],
-                    window_out(shape[1], kh, sh, ph, 1),
-                    window_out(shape[2], kw, sw, pw, 1),
-                ];
-            }
-            LayerSpec::GlobalAvgpool { .. } => shape.truncate(1),
-            LayerSpec::Flatten { .. } => {
-                shape = vec![crate::model::shape::element_count(&shape).ok_or_else(|| {
-                    err(format!(
-                        "layer {name} (flatten): input {shape:?} is too large"
-                    ))
-                })?]
-            }
-            _ => {}
-        }
+            _ => expected
+                .iter()
+                .copied()
+                .collect::<Option<_>>()
+                .ok_or_else(|| {
+                    err("`out_channels` and `kernel` are needed to build it from scratch".into())
+                })?,
+        };
         if shape.contains(&0) {
             return Err(err(format!(
-                "layer {name} ({}): its output would be empty (shape {shape:?})",
-                layer.op_name()
+                "its output would be empty (\"{name}\" of shape {shape:?})"
             )));
         }
+        let n = crate::model::shape::elements_u128(&shape);
+        crate::limits::check_memory(
+            &format!("training with parameter \"{name}\" {shape:?}"),
+            Some(self.held.saturating_add(n).saturating_mul(16)),
+        )
+        .map_err(&err)?;
+        self.held = self.held.saturating_add(n);
+        // A bias is drawn with its weight's fan-in, which the loader asked for just before.
+        let fan_in = if shape.len() == 1 {
+            self.fan_in
+        } else {
+            shape[1..].iter().product()
+        };
+        self.fan_in = fan_in;
+        let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+        let values: Vec<f32> = (0..n as usize)
+            .map(|_| self.rng.random_range(-bound..=bound))
+            .collect();
+        let bytes = values.len() * std::mem::size_of::<f32>();
+        let t = Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| err(e.to_string()))?;
+        Ok((t, bytes))
     }
-    Ok(out)
-}
-
-/// Output size of a convolution or pooling window along one dimension (0 when it does not fit).
-fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, dil: usize) -> usize {
-    crate::model::shape::Window::new(kernel, stride, pad, dil)
-        .out_size(size)
-        .unwrap_or(0)
-}
-
-/// Draws one parameter tensor, refusing first when the parameters so far and this one would
-/// not fit the memory limit while training (each parameter has a value, a gradient and two
-/// optimizer moments: 16 bytes).
-fn draw(
-    rng: &mut StdRng,
-    out: &mut Vec<NamedTensor>,
-    name: &str,
-    shape: Vec<usize>,
-    fan_in: usize,
-) -> Result<(), String> {
-    let held: u128 = out.iter().map(|t| t.2.len() as u128).sum();
-    let n = crate::model::shape::elements_u128(&shape);
-    crate::limits::check_memory(
-        &format!("training with parameter \"{name}\" {shape:?}"),
-        Some(held.saturating_add(n).saturating_mul(16)),
-    )?;
-    let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-    let values = (0..n as usize)
-        .map(|_| rng.random_range(-bound..=bound))
-        .collect();
-    out.push((name.to_string(), shape, values));
-    Ok(())
 }
 
 /// A file removed when dropped (the standard library has no temporary files).
@@ -630,12 +550,5 @@ mod tests {
         assert!((LrDecay::Step.rate(1.0, 5, 10) - 0.1).abs() < 1e-12);
         assert!((LrDecay::Step.rate(1.0, 8, 10) - 0.01).abs() < 1e-12);
         assert_eq!(LrDecay::None.rate(0.3, 9, 10), 0.3);
-    }
-
-    #[test]
-    fn window_sizes_match_lenet() {
-        assert_eq!(window_out(28, 5, 1, 0, 1), 24);
-        assert_eq!(window_out(24, 2, 2, 0, 1), 12);
-        assert_eq!(window_out(3, 5, 1, 0, 1), 0);
     }
 }
