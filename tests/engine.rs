@@ -1004,6 +1004,112 @@ fn shipped_compressed_models_load_and_re_export_the_same_tensors() {
     }
 }
 
+/// Hardswish and hardsigmoid as PyTorch defines them (`torch.nn.Hardswish`: 0 for x ≤ −3, x for
+/// x ≥ 3, x·(x + 3)/6 between; `torch.nn.Hardsigmoid`: 0, 1, x/6 + 1/2), in the reference
+/// forward, the engine and a compressed file's round trip, with the gradients training
+/// differentiates through.
+#[test]
+fn hardswish_and_hardsigmoid_follow_pytorch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut xs: Vec<f32> = vec![
+        -5.0, -3.0, -2.5, -1.0, -0.25, 0.0, 0.5, 1.0, 2.0, 2.999, 3.0, 4.5,
+    ];
+    let mut rng = StdRng::seed_from_u64(21);
+    xs.extend(rand_vec(&mut rng, 20).iter().map(|v| v * 8.0));
+    let n = xs.len();
+    let hardswish = |x: f64| {
+        if x <= -3.0 {
+            0.0
+        } else if x >= 3.0 {
+            x
+        } else {
+            x * (x + 3.0) / 6.0
+        }
+    };
+    let hardsigmoid = |x: f64| {
+        if x <= -3.0 {
+            0.0
+        } else if x >= 3.0 {
+            1.0
+        } else {
+            x / 6.0 + 0.5
+        }
+    };
+    // The slopes away from the kinks at ±3.
+    let hardswish_grad = |x: f64| match x {
+        x if x < -3.0 => 0.0,
+        x if x > 3.0 => 1.0,
+        x => (2.0 * x + 3.0) / 6.0,
+    };
+    let hardsigmoid_grad = |x: f64| {
+        if (-3.0..3.0).contains(&x) {
+            1.0 / 6.0
+        } else {
+            0.0
+        }
+    };
+    type Curve<'a> = &'a dyn Fn(f64) -> f64;
+    let cases: [(&str, Curve, Curve); 2] = [
+        ("hardswish", &hardswish, &hardswish_grad),
+        ("hardsigmoid", &hardsigmoid, &hardsigmoid_grad),
+    ];
+    for (op, f, grad) in cases {
+        let spec = ArchSpec::from_toml(&format!(
+            "[input]\nshape = [{n}]\n[[layer]]\nop = \"{op}\"\n"
+        ))
+        .expect("arch");
+        let empty = model::to_safetensors_bytes(&[], &Default::default()).expect("bytes");
+        let m = model::load_bytes_with_spec(std::path::Path::new(op), &empty, spec).expect("model");
+        let want: Vec<f32> = xs.iter().map(|&x| f(x as f64) as f32).collect();
+        let x = Tensor::from_slice(&xs, (1, n), &Device::Cpu).expect("x");
+        let reference: Vec<f32> = m
+            .forward(&x)
+            .and_then(|y| y.flatten_all()?.to_vec1())
+            .expect("forward");
+        assert_close(&reference, &want, 1e-6, &format!("{op}: reference"));
+        let cm = CompressedModel::build(&Plan {
+            model: m.clone(),
+            layers: Vec::new(),
+        })
+        .expect("engine");
+        assert_eq!(
+            cm.logits(&xs, 1),
+            reference,
+            "{op}: engine against the reference"
+        );
+        let path = dir.path().join(format!("{op}.safetensors"));
+        cm.save(&path, None).expect("save");
+        let back = engine::load_compressed(&path).expect("reload");
+        assert_eq!(back.logits(&xs, 1), reference, "{op}: reloaded");
+        // Training's forward pass differentiates through it.
+        let var = candle_core::Var::from_tensor(&x).expect("var");
+        let y = m
+            .forward_with(
+                var.as_tensor(),
+                &squeeze::train::TrainOps::default(),
+                |_, _| Ok(()),
+            )
+            .expect("training forward");
+        let grads = y.sum_all().and_then(|s| s.backward()).expect("backward");
+        let g: Vec<f32> = grads
+            .get(var.as_tensor())
+            .expect("gradient")
+            .flatten_all()
+            .and_then(|g| g.to_vec1())
+            .expect("values");
+        for (i, &x) in xs.iter().enumerate() {
+            if (x.abs() - 3.0).abs() > 1e-3 {
+                let want = grad(x as f64) as f32;
+                assert!(
+                    (g[i] - want).abs() < 1e-6,
+                    "{op}'({x}) = {}, expected {want}",
+                    g[i]
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn corrupt_files_give_errors_not_panics() {
     let dir = tempfile::tempdir().expect("tempdir");

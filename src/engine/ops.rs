@@ -283,6 +283,12 @@ pub fn activation(x: &mut [f32], a: Activation) {
         Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
         Activation::Sigmoid => x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
         Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+        Activation::Hardswish => x
+            .iter_mut()
+            .for_each(|v| *v = *v * (*v + 3.0).clamp(0.0, 6.0) / 6.0),
+        Activation::Hardsigmoid => x
+            .iter_mut()
+            .for_each(|v| *v = (*v + 3.0).clamp(0.0, 6.0) / 6.0),
     }
 }
 

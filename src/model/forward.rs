@@ -159,7 +159,21 @@ pub(crate) fn activation(x: &Tensor, a: Activation) -> Result<Tensor> {
         Activation::Tanh => x.tanh(),
         Activation::Sigmoid => candle_nn::ops::sigmoid(x),
         Activation::Silu => x.silu(),
+        // PyTorch's order of operations: the product first, then the division by 6.
+        Activation::Hardswish => (x * relu6_shifted(x)?)?.broadcast_div(&six(x)?),
+        Activation::Hardsigmoid => relu6_shifted(x)?.broadcast_div(&six(x)?),
     }
+}
+
+/// `relu6(x + 3)`: the ramp hardswish and hardsigmoid share.
+fn relu6_shifted(x: &Tensor) -> Result<Tensor> {
+    (x + 3.0)?.clamp(0f32, 6f32)
+}
+
+/// 6 as a scalar of `x`'s type and device, to divide by (not multiply by 1/6, which rounds
+/// differently).
+fn six(x: &Tensor) -> Result<Tensor> {
+    Tensor::new(6f32, x.device())?.to_dtype(x.dtype())
 }
 
 /// candle's conv2d on the zero-padded input (equal stride and dilation in both dimensions).

@@ -135,6 +135,10 @@ pub enum OpSpec {
     Tanh {},
     Sigmoid {},
     Silu {},
+    /// `x · relu6(x + 3) / 6`, as PyTorch's `nn.Hardswish`.
+    Hardswish {},
+    /// `relu6(x + 3) / 6`, as PyTorch's `nn.Hardsigmoid`.
+    Hardsigmoid {},
     Maxpool2d {
         kernel: Pair,
         /// Defaults to the kernel size, as in PyTorch.
@@ -174,6 +178,8 @@ pub enum Activation {
     Tanh,
     Sigmoid,
     Silu,
+    Hardswish,
+    Hardsigmoid,
 }
 
 impl OpSpec {
@@ -190,6 +196,8 @@ impl OpSpec {
             OpSpec::Tanh {} => "tanh",
             OpSpec::Sigmoid {} => "sigmoid",
             OpSpec::Silu {} => "silu",
+            OpSpec::Hardswish {} => "hardswish",
+            OpSpec::Hardsigmoid {} => "hardsigmoid",
             OpSpec::Maxpool2d { .. } => "maxpool2d",
             OpSpec::Avgpool2d { .. } => "avgpool2d",
             OpSpec::GlobalAvgpool {} => "global_avgpool",
@@ -210,6 +218,8 @@ impl OpSpec {
             OpSpec::Tanh {} => Activation::Tanh,
             OpSpec::Sigmoid {} => Activation::Sigmoid,
             OpSpec::Silu {} => Activation::Silu,
+            OpSpec::Hardswish {} => Activation::Hardswish,
+            OpSpec::Hardsigmoid {} => Activation::Hardsigmoid,
             _ => return None,
         })
     }
@@ -248,6 +258,8 @@ impl From<Activation> for OpSpec {
             Activation::Tanh => OpSpec::Tanh {},
             Activation::Sigmoid => OpSpec::Sigmoid {},
             Activation::Silu => OpSpec::Silu {},
+            Activation::Hardswish => OpSpec::Hardswish {},
+            Activation::Hardsigmoid => OpSpec::Hardsigmoid {},
         }
     }
 }
