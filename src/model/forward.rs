@@ -5,7 +5,8 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::{Activation, Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+use super::graph::{Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+use super::spec::Activation;
 
 /// How the forward pass computes the operations that training customises. Every method has
 /// the inference reference as its default, so `Model::forward` is `forward_with` on

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
+use super::graph::{Conv2dGeometry, Layer, Model, Op, Params};
 use super::shape::{ShapeError, out_shape, weight_shape};
 use super::spec::{ArchSpec, LayerSpec, OpSpec, tensor_prefix};
-use super::{Conv2dGeometry, Layer, Model, Op, Params};
 
 /// The metadata key holding the architecture as JSON inside squeeze's own files.
 pub const ARCH_METADATA_KEY: &str = "squeeze.arch";
@@ -295,7 +295,7 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
         }));
     }
     Ok(ArchSpec {
-        input: super::InputSpec {
+        input: super::spec::InputSpec {
             shape: vec![weights[0].1[1]],
             scale: 1.0,
             mean: vec![0.0],
@@ -443,7 +443,7 @@ impl TensorSource for FileTensors<'_> {
 
 /// What every model's `[input]` must satisfy: a non-empty shape without zero dimensions, one
 /// mean and std (or one per channel), finite values and a non-zero std.
-pub fn check_input(input: &super::InputSpec) -> Result<(), String> {
+pub fn check_input(input: &super::spec::InputSpec) -> Result<(), String> {
     if input.shape.is_empty() || input.shape.contains(&0) {
         return Err(format!(
             "[input] shape {:?} must be non-empty with no zero dimension",

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::graph::{Model, Op};
 use super::load::{ARCH_METADATA_KEY, NamedTensor, f32_tensor_bytes};
-use super::{Model, Op, OpSpec};
+use super::spec::OpSpec;
 use crate::files::Sealed;
 
 impl Model {
@@ -49,7 +50,7 @@ impl Model {
 
     /// The architecture of the loaded graph (batchnorm folded away where it was folded), so a
     /// written model reloads to the same layers.
-    pub fn folded_spec(&self) -> super::ArchSpec {
+    pub fn folded_spec(&self) -> super::spec::ArchSpec {
         let mut spec = self.spec.clone();
         let names: std::collections::HashSet<&str> =
             self.layers.iter().map(|l| l.name.as_str()).collect();
@@ -60,7 +61,7 @@ impl Model {
                 matches!(l.op, OpSpec::Batchnorm { .. }) && !names.contains(display.as_str());
             if !folded {
                 // Pin the display name so positions shifting does not rename layers.
-                kept.push(super::LayerSpec {
+                kept.push(super::spec::LayerSpec {
                     name: Some(display),
                     op: l.op,
                 });

@@ -4,8 +4,8 @@
 //! training and the engine all use these, so a shape is judged the same way everywhere, and
 //! arithmetic on sizes read from a file is checked rather than wrapped.
 
+use super::graph::{Layer, Model, Op};
 use super::spec::OpSpec;
-use super::{Layer, Model, Op};
 
 /// Why an operation cannot take the input it is given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,0 +1,294 @@
+//! The loaded layer graph: a model's layers in execution order, each an operation resolved from
+//! its description ([`OpSpec`]) with its tensors, and the shapes that flow between them.
+
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+
+use super::spec::{Activation, ArchSpec, InputSpec, OpSpec, Pair};
+
+/// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
+/// flow between them, for one sample.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The architecture as described (before batchnorm folding); written back on export.
+    pub spec: ArchSpec,
+    pub input: InputSpec,
+    pub layers: Vec<Layer>,
+    /// Where it came from, for messages.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub op: Op,
+    /// One sample's shape into and out of the layer.
+    pub in_shape: Vec<usize>,
+    pub out_shape: Vec<usize>,
+    /// Bytes of this layer's tensors as stored in the source file (batchnorm included when
+    /// folded into it).
+    pub stored_bytes: usize,
+}
+
+/// A linear or conv layer's parameters. `weight` is `[out, in]` for linear and
+/// `[out, in/groups, kh, kw]` for conv2d, as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// The state_dict names, used when writing dense weights back.
+    pub weight_name: String,
+    pub bias_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+    pub dilation: (usize, usize),
+    pub groups: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+/// An operation as loaded: [`OpSpec`] with its tensors read, its defaults applied and the layers
+/// it reads resolved to indices.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Linear(Params),
+    Conv2d(Params, Conv2dGeometry),
+    /// A batchnorm that could not be folded (no linear/conv right before it): `x × scale + shift`
+    /// per channel (dimension 0 of one sample).
+    ChannelAffine {
+        scale: Tensor,
+        shift: Tensor,
+    },
+    Activation(Activation),
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    GlobalAvgPool,
+    Flatten,
+    Dropout(f64),
+    Softmax,
+    /// Adds the output of layer `from` (an index into `Model::layers`).
+    Add {
+        from: usize,
+    },
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Linear(_) => "linear",
+            Op::Conv2d(..) => "conv2d",
+            Op::ChannelAffine { .. } => "batchnorm",
+            Op::Activation(a) => a.name(),
+            Op::MaxPool2d(_) => "maxpool2d",
+            Op::AvgPool2d(_) => "avgpool2d",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Flatten => "flatten",
+            Op::Dropout(_) => "dropout",
+            Op::Softmax => "softmax",
+            Op::Add { .. } => "add",
+        }
+    }
+
+    /// The op `spec` describes when it needs neither tensors nor other layers' outputs (an
+    /// element-wise function, pooling, flatten, dropout, softmax); an error for the others,
+    /// which loading resolves with their tensors and inputs.
+    pub fn without_params(spec: &OpSpec) -> Result<Op, String> {
+        if let Some(a) = spec.activation() {
+            if let Activation::LeakyRelu(slope) = a
+                && !slope.is_finite()
+            {
+                return Err(format!("slope = {slope} must be finite"));
+            }
+            return Ok(Op::Activation(a));
+        }
+        Ok(match spec {
+            OpSpec::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+            }
+            | OpSpec::Avgpool2d {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let pool = Pool2d {
+                    kernel: kernel.hw(),
+                    stride: stride.unwrap_or(*kernel).hw(),
+                    padding: padding.hw(),
+                };
+                if matches!(spec, OpSpec::Maxpool2d { .. }) {
+                    Op::MaxPool2d(pool)
+                } else {
+                    Op::AvgPool2d(pool)
+                }
+            }
+            OpSpec::GlobalAvgpool {} => Op::GlobalAvgPool,
+            OpSpec::Flatten {} => Op::Flatten,
+            OpSpec::Dropout { p } => {
+                let p = p.unwrap_or(0.5);
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!("p = {p} must be in [0, 1)"));
+                }
+                Op::Dropout(p)
+            }
+            OpSpec::Softmax {} => Op::Softmax,
+            other => {
+                return Err(format!(
+                    "{} needs its tensors or inputs resolved",
+                    other.op_name()
+                ));
+            }
+        })
+    }
+
+    /// Linear and conv layers: the ones compression works on.
+    pub fn params(&self) -> Option<&Params> {
+        match self {
+            Op::Linear(p) | Op::Conv2d(p, _) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Layer {
+    pub fn params(&self) -> Option<&Params> {
+        self.op.params()
+    }
+
+    /// Number of parameters (weights and biases) the layer computes with.
+    pub fn param_count(&self) -> usize {
+        match &self.op {
+            Op::Linear(p) | Op::Conv2d(p, _) => {
+                p.weight.elem_count() + p.bias.as_ref().map_or(0, |b| b.elem_count())
+            }
+            Op::ChannelAffine { scale, shift } => scale.elem_count() + shift.elem_count(),
+            _ => 0,
+        }
+    }
+
+    /// Multiply-accumulates for one sample.
+    pub fn macs(&self) -> usize {
+        let out: usize = self.out_shape.iter().product();
+        match &self.op {
+            Op::Linear(p) => p.weight.elem_count(),
+            Op::Conv2d(p, _) => {
+                // Each output value takes (in/groups × kh × kw) MACs.
+                let dims = p.weight.dims();
+                out * dims[1..].iter().product::<usize>()
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl Model {
+    /// Number of classes: the size of the (1-D) output.
+    pub fn num_classes(&self) -> usize {
+        self.output_shape().iter().product()
+    }
+
+    pub fn output_shape(&self) -> &[usize] {
+        self.layers
+            .last()
+            .map_or(&self.input.shape[..], |l| &l.out_shape[..])
+    }
+
+    /// Values in one input sample.
+    pub fn input_len(&self) -> usize {
+        self.input.shape.iter().product()
+    }
+
+    /// `layer`'s op in the schema's words, naming tensors and layers as loading named them
+    /// (the inverse of loading, with its defaults written out). An unfolded batchnorm keeps its
+    /// description's tensor names (its values are `scale` and `shift` by now).
+    pub fn op_spec(&self, layer: &Layer) -> OpSpec {
+        let pair = |(h, w): (usize, usize)| Pair::HW([h, w]);
+        match &layer.op {
+            Op::Linear(p) => OpSpec::Linear {
+                weight: p.weight_name.clone(),
+                bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
+                out_features: p.weight.dims().first().copied(),
+            },
+            Op::Conv2d(p, g) => {
+                let d = p.weight.dims();
+                OpSpec::Conv2d {
+                    weight: p.weight_name.clone(),
+                    bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
+                    out_channels: d.first().copied(),
+                    kernel: (d.len() == 4).then(|| Pair::HW([d[2], d[3]])),
+                    stride: pair(g.stride),
+                    padding: pair(g.padding),
+                    dilation: pair(g.dilation),
+                    groups: g.groups,
+                }
+            }
+            Op::ChannelAffine { .. } => match self.spec_of(&layer.name) {
+                Some(bn @ OpSpec::Batchnorm { .. }) => bn.clone(),
+                _ => OpSpec::batchnorm(&layer.name),
+            },
+            Op::Activation(a) => OpSpec::from(*a),
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let (kernel, stride, padding) =
+                    (pair(p.kernel), Some(pair(p.stride)), pair(p.padding));
+                if matches!(layer.op, Op::MaxPool2d(_)) {
+                    OpSpec::Maxpool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
+                } else {
+                    OpSpec::Avgpool2d {
+                        kernel,
+                        stride,
+                        padding,
+                    }
+                }
+            }
+            Op::GlobalAvgPool => OpSpec::GlobalAvgpool {},
+            Op::Flatten => OpSpec::Flatten {},
+            Op::Dropout(p) => OpSpec::Dropout { p: Some(*p) },
+            Op::Softmax => OpSpec::Softmax {},
+            // A graph always reads an earlier layer; one that does not names none, and
+            // reads back as an error.
+            Op::Add { from } => OpSpec::Add {
+                from: self
+                    .layers
+                    .get(*from)
+                    .map_or_else(String::new, |l| l.name.clone()),
+            },
+        }
+    }
+
+    /// The description of the layer named `name` in the architecture the model was loaded from.
+    pub fn spec_of(&self, name: &str) -> Option<&OpSpec> {
+        self.spec
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(i, l)| l.display_name(*i) == name)
+            .map(|(_, l)| &l.op)
+    }
+
+    pub fn layer_index(&self, name: &str) -> Option<usize> {
+        self.layers.iter().position(|l| l.name == name)
+    }
+
+    /// The layers compression works on (linear and conv), in order.
+    pub fn compressible(&self) -> impl Iterator<Item = (usize, &Layer)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.params().is_some())
+    }
+}
