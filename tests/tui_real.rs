@@ -146,6 +146,21 @@ fn stages_agree_and_exports_reload_in_the_cli() {
     );
     let reloaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reloaded["accuracy"].as_f64(), Some(f.value));
+    // One sparsity: the explorer's export, the recipe in the CLI and the reloaded file agree.
+    assert_eq!(json["sparsity"], cli["sparsity"]);
+    assert_eq!(reloaded["sparsity"], cli["sparsity"]);
+    assert_eq!(reloaded["sparsity_basis"], "pruning");
+    // The export names the dense baseline it is compared with, measured the same way.
+    let dense = ev.measurement(&Config::dense(n)).unwrap();
+    assert_eq!(
+        json["dense"]["accuracy"].as_f64(),
+        Some(dense.accuracy.accuracy)
+    );
+    assert_eq!(
+        json["dense"]["size_bytes"].as_u64(),
+        Some(dense.size_bytes as u64)
+    );
+    assert!(json["dense"]["latency_us"].as_f64().unwrap() > 0.0);
 
     // The fingerprint is stable for the same model and data.
     let (_, fp2) = evaluator().unwrap();

@@ -848,3 +848,41 @@ fn a_result_arriving_after_esc_is_discarded() {
             .all(|p| p.provenance.is_compressed())
     );
 }
+
+/// `points.json` (`p`) carries what reproduces every point: its key, its recipe and how it was
+/// made, beside the dense baseline and the model and data with their hashes.
+#[test]
+fn points_json_names_each_points_recipe_and_the_inputs() {
+    let mut app = app();
+    let r = app.start();
+    settle(&mut app, r);
+    press(&mut app, code(KeyCode::Right));
+    press(&mut app, code(KeyCode::Right));
+    press(&mut app, key('-'));
+    let r = app.handle_key(key('w'));
+    settle(&mut app, r);
+    app.session.options.inputs = Some(squeeze::explore::results::Inputs {
+        squeeze_version: "test".into(),
+        model: squeeze::explore::results::FileDigest {
+            path: "m.safetensors".into(),
+            sha256: "ab".repeat(32),
+        },
+        data: Vec::new(),
+        samples: 10,
+        calibration: None,
+    });
+    let json: serde_json::Value =
+        serde_json::from_str(&squeeze::report::points_json(&app.plot_input())).expect("json");
+    assert_eq!(json["inputs"]["model"]["sha256"], "ab".repeat(32));
+    assert_eq!(json["dense"]["provenance"]["kind"], "compressed");
+    let points = json["points"].as_array().expect("points");
+    assert!(points.len() > 2, "{points:?}");
+    for p in points {
+        let recipe = p["recipe"].as_str().expect("recipe");
+        squeeze::compress::Recipe::from_toml_str(recipe).expect("a recipe squeeze reads");
+        assert_eq!(p["key"].as_str().map(str::len), Some(16), "{p}");
+    }
+    // The current configuration's recipe is the one the explorer exports.
+    let current = app.session.config.to_recipe(&app.session.info).to_toml();
+    assert_eq!(json["current"]["recipe"], current);
+}

@@ -91,6 +91,9 @@ pub struct ModelEvaluator {
     tuned: Mutex<Vec<Arc<TunedModel>>>,
     /// Where fine-tuned models are saved (beside the journal), when they are.
     models_dir: Option<PathBuf>,
+    /// The dense model's figures, measured at the first export and written into every
+    /// `measurement.json` beside the configuration's.
+    dense_baseline: std::sync::OnceLock<DenseBaseline>,
 }
 
 impl ModelEvaluator {
@@ -130,6 +133,7 @@ impl ModelEvaluator {
             latency_lock: Mutex::new(()),
             quiet: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            dense_baseline: std::sync::OnceLock::new(),
             training: None,
             tuned: Mutex::new(Vec::new()),
             models_dir: None,
@@ -414,6 +418,24 @@ impl ModelEvaluator {
         m
     }
 
+    /// The dense model's figures (measured once, at the first export).
+    fn dense_baseline(&self) -> Result<DenseBaseline, EvalError> {
+        if let Some(d) = self.dense_baseline.get() {
+            return Ok(d.clone());
+        }
+        let m = self.measurement(&Config::dense(self.info.layers.len()))?;
+        let d = DenseBaseline {
+            accuracy: m.accuracy.accuracy,
+            top5: m.accuracy.top5,
+            loss: m.accuracy.loss,
+            size_bytes: m.size_bytes,
+            latency_us: m.latency_us,
+            latency_p90_us: m.latency_p90_us,
+            throughput: m.throughput,
+        };
+        Ok(self.dense_baseline.get_or_init(|| d).clone())
+    }
+
     /// Writes `recipe.toml`, `model.safetensors` (`model`'s bytes) and `measurement.json`
     /// into `dir`, all or none.
     fn write_export(
@@ -439,9 +461,11 @@ impl ModelEvaluator {
             .check()
             .map_err(|e| write(dir, &e))?;
         let (bytes, measurement) = model()?;
+        let dense = self.dense_baseline()?;
         let json = serde_json::to_string_pretty(&ExportedMeasurement {
             inputs: self.provenance.as_ref(),
             recipe,
+            dense: &dense,
             measurement: &measurement,
         })
         .map_err(|e| write(&json_path, &e))?;
@@ -654,12 +678,26 @@ fn slice_plan(plan: &Plan, from: usize) -> Option<Plan> {
     Some(Plan { model, layers })
 }
 
-/// What `measurement.json` holds: the measurement with what it was measured on.
+/// The dense model measured as every configuration is (`squeeze eval` without a recipe).
+#[derive(Debug, Clone, Serialize)]
+struct DenseBaseline {
+    accuracy: f64,
+    top5: f64,
+    loss: f64,
+    size_bytes: usize,
+    latency_us: f64,
+    latency_p90_us: f64,
+    throughput: f64,
+}
+
+/// What `measurement.json` holds: the measurement with what it was measured on and the
+/// dense model's figures on the same set.
 #[derive(Serialize)]
 struct ExportedMeasurement<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     inputs: Option<&'a Inputs>,
     recipe: &'a Recipe,
+    dense: &'a DenseBaseline,
     #[serde(flatten)]
     measurement: &'a Measurement,
 }

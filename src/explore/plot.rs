@@ -19,12 +19,28 @@ pub struct PlotPoint {
     /// A fine-tuned point's untuned twin, when measured: the charts join the two.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub untuned: Option<Box<PlotPoint>>,
+    /// What reproduces the point: its cache key (as in the journal), recipe and how it was made
+    /// (compressed, or fine-tuned with its settings). Absent from points drawn from elsewhere.
+    #[serde(flatten)]
+    pub origin: Option<Box<PointOrigin>>,
+}
+
+/// How to make a plotted point again.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointOrigin {
+    pub key: String,
+    /// The recipe, as `squeeze apply --recipe` takes it.
+    pub recipe: String,
+    pub provenance: crate::explore::session::Provenance,
 }
 
 /// Everything the two charts show.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct PlotInput {
     pub title: String,
+    /// The model and evaluation set the points were measured on (paths and SHA-256).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Box<crate::explore::results::Inputs>>,
     pub points: Vec<PlotPoint>,
     pub dense: Option<PlotPoint>,
     pub current: Option<PlotPoint>,

@@ -21,7 +21,7 @@ use super::finetune::{TuneJob, TuneSpec, TuneState};
 use super::info::ModelInfo;
 use super::jobs::{EvalRequest, Origin, WorkerMsg};
 use super::journal::{Record, key_hex};
-use super::plot::{PlotInput, PlotPoint};
+use super::plot::{PlotInput, PlotPoint, PointOrigin};
 use super::presets::{Preset, presets};
 use super::search::{SearchJob, SearchOutcome};
 use super::sensitivity::{self, Probe, ProbeJob, SensitivityGrid, SensitivityTable};
@@ -287,6 +287,8 @@ pub struct SessionOptions {
     pub budget_bytes: Option<f64>,
     pub budget_latency_us: Option<f64>,
     pub target: Option<Target>,
+    /// The model and evaluation set (paths and hashes), for what the session writes.
+    pub inputs: Option<super::results::Inputs>,
 }
 
 /// The exploration state of one model on one evaluation set.
@@ -1191,6 +1193,11 @@ impl Session {
                     .or_else(|| Some(super::compare::summary(&p.config, &self.info))),
                 tuned: p.provenance.describe(),
                 untuned: None,
+                origin: Some(Box::new(PointOrigin {
+                    key: super::journal::key_hex(p.key),
+                    recipe: p.config.to_recipe(&self.info).to_toml(),
+                    provenance: p.provenance.clone(),
+                })),
             })
         };
         // A fine-tuned point carries its untuned twin, the other end of its line.
@@ -1206,6 +1213,7 @@ impl Session {
         };
         PlotInput {
             title: format!("{} on {}", self.info.name, self.info.data_name),
+            inputs: self.options.inputs.clone().map(Box::new),
             points: self.measured().filter_map(plot_point).collect(),
             dense: self.dense().and_then(plot_point),
             current: self.current().and_then(plot_point),

@@ -225,6 +225,7 @@ impl Setup {
     pub fn session(&self, mut options: SessionOptions) -> Session {
         options.fingerprint = self.fingerprint;
         options.calibration = self.calibration_tag;
+        options.inputs = Some(self.inputs.clone());
         let mut session = Session::new(self.info.clone(), options);
         session.load_cache(&self.journal_records);
         session

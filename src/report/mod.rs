@@ -137,6 +137,8 @@ pub fn points_json(input: &PlotInput) -> String {
     #[derive(Serialize)]
     struct Out<'a> {
         title: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        inputs: Option<&'a crate::explore::results::Inputs>,
         dense: &'a Option<PlotPoint>,
         current: &'a Option<PlotPoint>,
         pins: &'a [PlotPoint],
@@ -164,6 +166,7 @@ pub fn points_json(input: &PlotInput) -> String {
     let (fs, fl) = (on(Axis::Size), on(Axis::Latency));
     let out = Out {
         title: &input.title,
+        inputs: input.inputs.as_deref(),
         dense: &input.dense,
         current: &input.current,
         pins: &input.pins,
@@ -867,6 +870,7 @@ mod tests {
             label: None,
             tuned: None,
             untuned: None,
+            origin: None,
         };
         let points = vec![
             p(1_066_440.0, 40.0, 0.981),
@@ -878,6 +882,7 @@ mod tests {
         ];
         PlotInput {
             title: "test".into(),
+            inputs: None,
             dense: Some(points[0].clone()),
             current: Some(points[3].clone()),
             pins: Vec::new(),
@@ -1005,6 +1010,7 @@ mod tests {
             label: None,
             tuned: None,
             untuned: None,
+            origin: None,
         });
         let dir = tempfile::tempdir().unwrap();
         write_plots(&input, dir.path(), &[]).unwrap();
