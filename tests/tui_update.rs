@@ -766,6 +766,12 @@ fn distillation_is_one_key_away_and_tuned_points_are_first_class() {
     let r = app.handle_key(code(KeyCode::Enter));
     run_journaled(&mut app, r, &mut journal);
     assert_eq!(app.session.current_key, distilled.key);
+    // The configuration stayed (its twin was current): nothing to undo.
+    let said = app.message_text().unwrap_or_default();
+    assert!(
+        said.starts_with("loaded distilled T=4 α=0.9 · fc1 ") && !said.contains("u goes back"),
+        "{said}"
+    );
     let r = app.handle_key(key('c'));
     run_journaled(&mut app, r, &mut journal);
     assert_eq!(

@@ -726,8 +726,14 @@ impl App {
         };
         let key = p.key;
         let name = crate::explore::compare::point_summary(&p.config, Some(p), &self.session.info);
+        let before = self.session.generation;
         let out = self.with_session(|s| s.load_point(key));
-        self.say(format!("loaded {name} (u goes back)"));
+        // Between a tuned point and its twin the configuration stays: no edit to undo.
+        if self.session.generation != before {
+            self.say(format!("loaded {name} (u goes back)"));
+        } else {
+            self.say(format!("loaded {name}"));
+        }
         out
     }
 
