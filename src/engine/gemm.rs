@@ -240,8 +240,18 @@ fn transpose_col_panels(
     }
 }
 
+/// Rows and columns of the portable kernel's sub-tile: 5 × 16 accumulators are ten 8-lane
+/// registers, which with two loads of `B` and a broadcast of `A` fit the 16 an AVX2 core has;
+/// the whole `MR × NR` tile does not, and the compiler then keeps it in memory, one scalar
+/// FMA at a time.
+const SUB_ROWS: usize = 5;
+const SUB_COLS: usize = 16;
+const _: () = assert!(MR.is_multiple_of(SUB_ROWS) && NR.is_multiple_of(SUB_COLS));
+
 /// The portable `MR × NR` tile: `y[i·ldy + j] += Σ_kk a[kk·MR + i] · b[kk·NR + j]` for
-/// `i < rows`, `j < cols`.
+/// `i < rows`, `j < cols`, one `SUB_ROWS × SUB_COLS` sub-tile at a time (sub-tiles wholly past
+/// `rows` or `cols` skipped). Each value is one FMA chain over `kk` in order, as in the AVX-512
+/// kernel.
 fn micro_portable(
     kc: usize,
     a: &[f32],
@@ -251,18 +261,23 @@ fn micro_portable(
     rows: usize,
     cols: usize,
 ) {
-    let mut acc = [[0f32; NR]; MR];
-    for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
-        for i in 0..MR {
-            let ai = av[i];
-            for j in 0..NR {
-                acc[i][j] = ai.mul_add(bv[j], acc[i][j]);
+    for r0 in (0..rows).step_by(SUB_ROWS) {
+        for c0 in (0..cols).step_by(SUB_COLS) {
+            let mut acc = [[0f32; SUB_COLS]; SUB_ROWS];
+            for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
+                let (av, bv) = (&av[r0..r0 + SUB_ROWS], &bv[c0..c0 + SUB_COLS]);
+                for (acc_row, &ai) in acc.iter_mut().zip(av) {
+                    for (v, &bj) in acc_row.iter_mut().zip(bv) {
+                        *v = ai.mul_add(bj, *v);
+                    }
+                }
             }
-        }
-    }
-    for (i, row) in acc.iter().enumerate().take(rows) {
-        for (yv, &v) in y[i * ldy..i * ldy + cols].iter_mut().zip(row) {
-            *yv += v;
+            let width = SUB_COLS.min(cols - c0);
+            for (i, row) in acc.iter().enumerate().take(rows - r0) {
+                for (yv, &v) in y[(r0 + i) * ldy + c0..][..width].iter_mut().zip(row) {
+                    *yv += v;
+                }
+            }
         }
     }
 }
