@@ -175,6 +175,11 @@ const CASES: &[ConvCase] = &[
     (2, 6, 10, 12, 6, 3, (3, 3), (1, 2), (2, 2), 3),
     (1, 4, 7, 7, 8, 1, (2, 2), (0, 0), (1, 1), 4),
     (2, 2, 9, 10, 3, 3, (1, 2), (2, 0), (1, 2), 1),
+    // Batches whose weight gradient is summed over several tasks of 16 samples, the last one
+    // short: plain, grouped and padded, pointwise grouped.
+    (37, 2, 12, 12, 4, 5, (1, 1), (0, 0), (1, 1), 1),
+    (19, 4, 24, 24, 4, 3, (1, 1), (1, 1), (1, 1), 2),
+    (21, 4, 6, 6, 8, 1, (1, 1), (0, 0), (1, 1), 2),
 ];
 
 #[test]
@@ -233,6 +238,35 @@ fn conv2d_values_and_gradients_match_candle() {
         assert_close(&format!("dx {case}"), &dx, &cdx, 1e-5);
         assert_close(&format!("dw {case}"), &dw, &cdw, 1e-5);
         assert_close(&format!("db {case}"), &db, &cdb, 1e-5);
+    }
+}
+
+/// The values and gradients of a convolution do not depend on the number of threads: the
+/// same bytes on 1, 2 and 3 threads, for batches whose weight gradient is summed over several
+/// tasks.
+#[test]
+fn conv2d_gives_the_same_bytes_on_any_number_of_threads() {
+    let mut rng = StdRng::seed_from_u64(9);
+    for &(n, c, h, w, o, k, stride, padding, dilation, groups) in &CASES[CASES.len() - 3..] {
+        let g = geometry(stride, padding, dilation, groups);
+        let x = rand_tensor(&mut rng, &[n, c, h, w]);
+        let wt = rand_tensor(&mut rng, &[o, c / groups, k, k]);
+        let b = rand_tensor(&mut rng, &[o]);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let (y, dx, dw, db) = with_grads(&x, &wt, &b, None, |x, w, b| {
+                    train_ops::conv2d(x, w, Some(b), g)
+                });
+                (values(&y), dx, dw, db)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{n} samples, 2 threads");
+        assert_eq!(one, run(3), "{n} samples, 3 threads");
     }
 }
 
