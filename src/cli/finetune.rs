@@ -742,4 +742,37 @@ mod tests {
         let d = s.distill.expect("distillation on");
         assert_eq!((d.temperature, d.alpha), (2.0, 0.5));
     }
+
+    /// The explorer's `f` fine-tunes with `squeeze finetune`'s defaults: its `TuneSpec` is
+    /// the command's settings with no option given, less what the explorer measures itself
+    /// (the untuned twin, timings).
+    #[test]
+    fn the_explorers_fine_tune_is_the_commands_defaults() {
+        use crate::explore::finetune::TuneSpec;
+        let cli = Cli::parse_from([
+            "squeeze",
+            "finetune",
+            "-m",
+            "m.safetensors",
+            "--sparsity",
+            "0.9",
+            "--data",
+            "d",
+            "--out",
+            "x.safetensors",
+        ]);
+        let Some(Command::Finetune(args)) = cli.command else {
+            panic!("not a finetune command");
+        };
+        let explorer = TuneSpec::default();
+        let mut settings = args.settings();
+        settings.measure_untuned = false;
+        settings.timing = explorer.settings.timing;
+        let command = TuneSpec {
+            settings,
+            val_split: args.run.val_split,
+            limit: args.run.limit,
+        };
+        assert_eq!(explorer, command);
+    }
 }
