@@ -41,7 +41,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8)]
     pub epochs: usize,
     /// Initial learning rate.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     #[command(flatten)]
     pub training: TrainingArgs,

@@ -65,12 +65,12 @@ pub struct TuneSpec {
 }
 
 impl Default for TuneSpec {
-    /// `squeeze finetune`'s defaults: 8 epochs one-shot, AdamW lr 5e-4 with cosine decay,
+    /// `squeeze finetune`'s defaults: 8 epochs one-shot, AdamW lr 1e-3 with cosine decay,
     /// batch 128, seed 0, 5,000 validation samples.
     fn default() -> Self {
         let train = TrainConfig {
             epochs: 8,
-            lr: 5e-4,
+            lr: 1e-3,
             batch: 128,
             seed: 0,
             optimizer: train::OptimizerKind::AdamW,
