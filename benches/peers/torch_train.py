@@ -8,7 +8,10 @@ PyTorch's default initialisation. PyTorch runs on the CPU with each thread count
 other, can make 2 threads many times slower than 1, so both are timed and the faster is the
 figure to beat); its fastest loop is timed (the whole set held as one tensor, batches gathered
 by index, no DataLoader), and the per-epoch figure is the training steps only, without the test
-evaluation, as `squeeze train` reports it.
+evaluation, as `squeeze train` reports it. On a busy machine wall times mostly measure the
+neighbours, so each figure comes with CPU seconds too: PyTorch's per epoch (the process's CPU
+time over the epoch's steps), squeeze's for its whole process divided by the epochs (loading
+and the test evaluations included, so an upper bound).
 
 Each round trains PyTorch for `--epochs` epochs at each thread count and then, when `--squeeze`
 names the binary, runs `squeeze train` for as many epochs (on all cores unless
@@ -20,7 +23,7 @@ over PyTorch's fastest median.
     cargo build --release
     python3 benches/peers/torch_train.py --squeeze target/release/squeeze --rounds 3
 """
-import argparse, gzip, os, re, statistics, subprocess, sys, tempfile, time, tomllib
+import argparse, gzip, os, re, resource, statistics, subprocess, sys, tempfile, time, tomllib
 import numpy as np
 import torch
 from torch import nn
@@ -70,16 +73,17 @@ def build(arch):
 
 
 def torch_epochs(arch, train, test, epochs, batch, seed):
-    """Trains a fresh model; returns each epoch's training seconds and the final test top-1."""
+    """Trains a fresh model; returns each epoch's training seconds (wall and CPU) and the final
+    test top-1."""
     torch.manual_seed(seed)
     model = build(arch)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     xs, ys = train
-    times = []
+    times, cpus = [], []
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(ys))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         loss_sum = 0.0
         for i in range(0, len(ys), batch):
             idx_ = order[i:i + batch]
@@ -89,22 +93,27 @@ def torch_epochs(arch, train, test, epochs, batch, seed):
             opt.step()
             loss_sum += loss.item()
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
     model.eval()
     with torch.inference_mode():
         pred = torch.cat([model(test[0][i:i + 1000]).argmax(1) for i in range(0, len(test[1]), 1000)])
-    return times, (pred == test[1]).float().mean().item()
+    return times, cpus, (pred == test[1]).float().mean().item()
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .*test ([\d.]+) %\s+([\d.]+) s \((\d+) samples/s\)")
 
 
 def squeeze_epochs(binary, arch_path, epochs, batch, seed):
-    """Runs `squeeze train`; returns each epoch's training seconds and the final test top-1."""
+    """Runs `squeeze train`; returns each epoch's training seconds, the process's CPU seconds
+    per epoch (whole process) and the final test top-1."""
     with tempfile.TemporaryDirectory() as d:
         cmd = [binary, "train", "--arch", arch_path, "--data", TRAIN, "--test", TEST,
                "--epochs", str(epochs), "--batch", str(batch), "--seed", str(seed),
                "--out", os.path.join(d, "m.safetensors")]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = subprocess.run(cmd, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / epochs
     if run.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr}")
     times, acc = [], 0.0
@@ -114,7 +123,7 @@ def squeeze_epochs(binary, arch_path, epochs, batch, seed):
         acc = float(m.group(2)) / 100
     if len(times) != epochs:
         raise SystemExit(f"could not read the epoch times of:\n{run.stderr}")
-    return times, acc
+    return times, [cpu] * epochs, acc
 
 
 def summary(times):
@@ -136,7 +145,7 @@ def main():
     print(f"torch {torch.__version__}, threads {args.threads}; squeeze: "
           f"{args.squeeze or 'not run'} (RAYON_NUM_THREADS={env_threads or 'all cores'}, "
           f"{os.cpu_count()} cores)", flush=True)
-    results = {}
+    results, cpu = {}, {}
     for name in args.models:
         with open(ARCHS[name], "rb") as f:
             arch = tomllib.load(f)
@@ -144,19 +153,22 @@ def main():
         for r in range(args.rounds):
             for threads in args.threads:
                 torch.set_num_threads(threads)
-                t, acc = torch_epochs(arch, train, test, args.epochs, args.batch, seed=r)
+                t, c, acc = torch_epochs(arch, train, test, args.epochs, args.batch, seed=r)
                 who = f"torch {threads}t"
                 results.setdefault((name, who), []).extend(t)
-                print(f"round {r + 1} {name} {who}: epochs {', '.join(f'{x:.2f}' for x in t)} s, "
-                      f"test {acc:.2%}", flush=True)
+                cpu.setdefault((name, who), []).extend(c)
+                print(f"round {r + 1} {name} {who}: epochs {', '.join(f'{x:.2f}' for x in t)} s "
+                      f"(CPU {', '.join(f'{x:.2f}' for x in c)} s), test {acc:.2%}", flush=True)
             if args.squeeze:
-                t, acc = squeeze_epochs(args.squeeze, ARCHS[name], args.epochs, args.batch, r)
+                t, c, acc = squeeze_epochs(args.squeeze, ARCHS[name], args.epochs, args.batch, r)
                 results.setdefault((name, "squeeze"), []).extend(t)
-                print(f"round {r + 1} {name} squeeze: epochs {', '.join(f'{x:.2f}' for x in t)} s, "
-                      f"test {acc:.2%}", flush=True)
+                cpu.setdefault((name, "squeeze"), []).extend(c)
+                print(f"round {r + 1} {name} squeeze: epochs {', '.join(f'{x:.2f}' for x in t)} s "
+                      f"(CPU {c[0]:.2f} s an epoch, whole process), test {acc:.2%}", flush=True)
     print()
     for (name, who), times in results.items():
-        print(f"{name:14} {who:9} epoch {summary(times)} over {len(times)} epochs")
+        print(f"{name:14} {who:9} epoch {summary(times)}, CPU {summary(cpu[(name, who)])} "
+              f"over {len(times)} epochs")
     for name in args.models:
         ours = results.get((name, "squeeze"))
         torch_best = min(statistics.median(t) for (n, w), t in results.items()
