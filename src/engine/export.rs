@@ -16,9 +16,7 @@ use crate::compress::{ActivationQuant, Granularity};
 use crate::files::{Sealed, TensorBytes};
 use crate::model::shape::element_count;
 use crate::model::spec::tensor_prefix;
-use crate::model::{
-    ARCH_METADATA_KEY, ArchSpec, Conv2dGeometry, Layer, Model, Op, OpSpec, Params, out_shape,
-};
+use crate::model::{ARCH_METADATA_KEY, ArchSpec, Layer, Model, Op, OpSpec, Params, out_shape};
 
 pub const FORMAT_KEY: &str = "squeeze.format";
 pub const FORMAT_VALUE: &str = "compressed";
@@ -450,25 +448,7 @@ fn read_op(
                     .clone()
                     .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
             };
-            let op = match &d.spec {
-                OpSpec::Conv2d {
-                    stride,
-                    padding,
-                    dilation,
-                    groups,
-                    ..
-                } => Op::Conv2d(
-                    params,
-                    Conv2dGeometry {
-                        stride: stride.hw(),
-                        padding: padding.hw(),
-                        dilation: dilation.hw(),
-                        groups: *groups,
-                    },
-                ),
-                _ => Op::Linear(params),
-            };
-            let op = check(op)?;
+            let op = check(Op::with_params(&d.spec, params))?;
             (op, Some(reader.packed(&d.name, format)?))
         }
         OpSpec::Batchnorm { .. } => {

@@ -152,6 +152,29 @@ impl Op {
         })
     }
 
+    /// The linear or conv op `spec` describes, holding `params` (a conv keeps its geometry;
+    /// every other spec with tensors is a linear layer).
+    pub fn with_params(spec: &OpSpec, params: Params) -> Op {
+        match spec {
+            OpSpec::Conv2d {
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => Op::Conv2d(
+                params,
+                Conv2dGeometry {
+                    stride: stride.hw(),
+                    padding: padding.hw(),
+                    dilation: dilation.hw(),
+                    groups: *groups,
+                },
+            ),
+            _ => Op::Linear(params),
+        }
+    }
+
     /// Linear and conv layers: the ones compression works on.
     pub fn params(&self) -> Option<&Params> {
         match self {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::graph::{Conv2dGeometry, Layer, Model, Op, Params};
+use super::graph::{Layer, Model, Op, Params};
 use super::shape::{ShapeError, out_shape, weight_shape};
 use super::spec::{ArchSpec, LayerSpec, OpSpec, tensor_prefix};
 
@@ -541,24 +541,7 @@ pub fn build(
                         .clone()
                         .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
                 };
-                match &ls.op {
-                    OpSpec::Conv2d {
-                        stride,
-                        padding,
-                        dilation,
-                        groups,
-                        ..
-                    } => Op::Conv2d(
-                        params,
-                        Conv2dGeometry {
-                            stride: stride.hw(),
-                            padding: padding.hw(),
-                            dilation: dilation.hw(),
-                            groups: *groups,
-                        },
-                    ),
-                    _ => Op::Linear(params),
-                }
+                Op::with_params(&ls.op, params)
             }
             OpSpec::Batchnorm {
                 weight,
