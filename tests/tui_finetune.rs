@@ -248,13 +248,21 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     // Journaled: a resumed session knows the tuned point and its twin, and exports the
     // tuned model from the saved file, measured as before.
     rig.close_journal();
+    // A fine-tune killed while saving left a temporary of a process that is gone: reopening
+    // sweeps it away.
+    let stale = models_dir(&journal).join(".tuned.safetensors.squeeze-999999999-0.tmp");
+    std::fs::write(&stale, b"half a model").unwrap();
     let again = Setup::open(&SetupOptions {
         limit: Some(2000),
         ..reopen(&journal)
     })
     .unwrap();
+    assert!(!stale.exists(), "a stale temporary survived the reopening");
     let mut session = again.session(SessionOptions::default());
     session.restore(again.journal_records.clone());
+    // The distilled point was current at the close: it is current again, not its twin.
+    assert_eq!(session.current_key, distilled.key);
+    assert!(!session.current().unwrap().provenance.is_compressed());
     let p = session.point(tuned_key).expect("journaled").clone();
     assert!(!p.provenance.is_compressed());
     assert_eq!(p.accuracy().unwrap().value, after);
@@ -319,7 +327,12 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
     // The distilled one is still there: f with its settings takes it from the cache.
     session.tune_spec.settings.distill = squeeze::explore::finetune::DISTILL_CYCLE[1];
     let _ = session.load_point(twin);
-    assert!(session.finetune().is_empty());
+    assert!(
+        session
+            .finetune()
+            .iter()
+            .all(|r| !matches!(r, Request::Finetune(_)))
+    );
     assert_eq!(session.current_key, distilled.key);
 }
 

@@ -424,7 +424,7 @@ impl super::session::Session {
             }
             self.current_key = key;
             self.info("fine-tuned before: its point comes from the cache");
-            return Vec::new();
+            return vec![self.current_record()];
         }
         let job = TuneJob {
             id: self.next_id(),
@@ -541,16 +541,19 @@ impl super::session::Session {
                 "the tuned model could not be saved beside the journal ({why}): it can be exported in this run only"
             ));
         }
-        if self.config == state.config {
-            self.current_key = key;
-        }
-        [
+        let mut out: Vec<Request> = [
             (Stage::Full, outcome.full),
             (Stage::Latency, outcome.latency),
         ]
         .into_iter()
         .filter_map(|(stage, f)| self.point_record(key, stage, f))
         .map(Request::Journal)
-        .collect()
+        .collect();
+        if self.config == state.config {
+            // After the point's lines, so that a resumed journal finds the point it names.
+            self.current_key = key;
+            out.push(self.current_record());
+        }
+        out
     }
 }

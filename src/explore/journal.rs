@@ -56,8 +56,13 @@ pub enum Record {
         config: Config,
         error: String,
     },
-    /// The configuration being edited (written on every change).
-    Current { config: Config },
+    /// The configuration being edited (written on every change), and how the current
+    /// point's model came about: a fine-tuned point stays current after `--resume`.
+    Current {
+        config: Config,
+        #[serde(default, skip_serializing_if = "Provenance::is_compressed")]
+        provenance: Provenance,
+    },
     /// The configuration pinned in a slot (A to D), or none, and how the pinned point's
     /// model came about (compressed as it is unless said).
     Pin {
@@ -308,6 +313,7 @@ mod tests {
             });
             w.append(Record::Current {
                 config: Config::dense(2),
+                provenance: Provenance::Compressed,
             });
         }
         // A crash in the middle of a line.

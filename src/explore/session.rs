@@ -411,8 +411,15 @@ impl Session {
         }
         for record in records {
             match record {
-                Record::Current { config } if config.layers.len() == n => {
-                    self.current_key = self.key_of(&config);
+                Record::Current { config, provenance } if config.layers.len() == n => {
+                    // A fine-tuned point is current again when the journal still holds it;
+                    // otherwise its untuned twin is.
+                    let tuned = self.key_with(&config, &provenance);
+                    self.current_key = if self.points.contains_key(&tuned) {
+                        tuned
+                    } else {
+                        self.key_of(&config)
+                    };
                     self.config = config;
                     self.preset = None;
                 }
@@ -510,9 +517,7 @@ impl Session {
 
     /// The first requests: the dense baseline and the current configuration.
     pub fn start(&mut self) -> Vec<Request> {
-        let mut out = vec![Request::Journal(Record::Current {
-            config: self.config.clone(),
-        })];
+        let mut out = vec![self.current_record()];
         if self.current_key != self.dense_key {
             let dense = Config::dense(self.info.layers.len());
             let missing = self.missing(self.dense_key, &SWEEP_STAGES);
@@ -532,6 +537,18 @@ impl Session {
     }
 
     // ----- queries -----
+
+    /// The journal line of the configuration being edited, with the current point's
+    /// provenance.
+    pub(super) fn current_record(&self) -> Request {
+        Request::Journal(Record::Current {
+            config: self.config.clone(),
+            provenance: self
+                .current()
+                .map(|p| p.provenance.clone())
+                .unwrap_or_default(),
+        })
+    }
 
     pub fn current(&self) -> Option<&Point> {
         self.points.get(&self.current_key)
@@ -679,13 +696,14 @@ impl Session {
             return Vec::new();
         };
         let (config, tuned) = (p.config.clone(), !p.provenance.is_compressed());
-        let out = self.load(config);
+        let mut out = self.load(config);
         // Also when the configuration stays: from a fine-tuned point to its twin and back.
         self.current_key = key;
         if tuned {
             // Whatever the twin still waits for is not what the status shows now.
             self.pending.clear();
         }
+        out.push(self.current_record());
         out
     }
 
@@ -740,7 +758,10 @@ impl Session {
         self.current_key = self.key_of(&self.config);
         let config = self.config.clone();
         self.ensure_point(self.current_key, &config, None, true);
-        let mut out = vec![Request::Journal(Record::Current { config })];
+        let mut out = vec![Request::Journal(Record::Current {
+            config,
+            provenance: Provenance::Compressed,
+        })];
         out.extend(self.evaluate_current());
         out
     }

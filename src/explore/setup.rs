@@ -176,6 +176,8 @@ impl Setup {
         }
         let models_dir = journal_path.as_deref().map(journal::models_dir);
         if let Some(dir) = &models_dir {
+            // A fine-tune killed while saving its model leaves a temporary behind.
+            crate::files::remove_stale_temporaries(dir);
             let missing = forget_missing_models(&mut journal_records, dir);
             if missing > 0 {
                 notes.push(format!(
