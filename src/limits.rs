@@ -43,20 +43,40 @@ fn physical_memory() -> Option<u64> {
     None
 }
 
+/// An allocation the memory budget refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemoryError {
+    #[error(
+        "{what} needs {}, more than the memory limit of {} (raise it with --memory-limit)",
+        human(*needs),
+        human(u128::from(*limit))
+    )]
+    OverLimit {
+        what: String,
+        needs: u128,
+        limit: u64,
+    },
+    #[error(
+        "{what} needs more memory than can be counted (over 2^128 bytes); the memory limit is {}",
+        human(u128::from(*limit))
+    )]
+    Uncountable { what: String, limit: u64 },
+}
+
 /// Refuses `bytes` (`None`: too large to count) for `what` when it exceeds the budget.
-pub fn check_memory(what: &str, bytes: Option<u128>) -> Result<(), String> {
+pub fn check_memory(what: &str, bytes: Option<u128>) -> Result<(), MemoryError> {
     let limit = memory_limit();
     match bytes {
         Some(b) if b <= u128::from(limit) => Ok(()),
-        Some(b) => Err(format!(
-            "{what} needs {}, more than the memory limit of {} (raise it with --memory-limit)",
-            human(b),
-            human(u128::from(limit))
-        )),
-        None => Err(format!(
-            "{what} needs more memory than can be counted (over 2^128 bytes); the memory limit is {}",
-            human(u128::from(limit))
-        )),
+        Some(needs) => Err(MemoryError::OverLimit {
+            what: what.to_string(),
+            needs,
+            limit,
+        }),
+        None => Err(MemoryError::Uncountable {
+            what: what.to_string(),
+            limit,
+        }),
     }
 }
 
@@ -76,9 +96,20 @@ pub fn human(bytes: u128) -> String {
     }
 }
 
+/// A size on the command line that does not parse (`--memory-limit`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("unknown unit '{unit}' in '{text}'; expected a size such as 512M, 16G or 2T")]
+    UnknownUnit { unit: String, text: String },
+    #[error("'{0}' is not a size; expected e.g. 512M, 16G or 2T")]
+    NotANumber(String),
+    #[error("'{0}' is not a usable size; expected e.g. 512M, 16G or 2T")]
+    Unusable(String),
+}
+
 /// Parses a size: a number of bytes with an optional unit (`512M`, `16G`, `16GiB`, `2T`;
 /// binary multiples).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -91,19 +122,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
         other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}'; expected a size such as 512M, 16G or 2T"
-            ));
+            return Err(SizeError::UnknownUnit {
+                unit: other.to_string(),
+                text: text.to_string(),
+            });
         }
     };
     let n: f64 = number
         .parse()
-        .map_err(|_| format!("'{text}' is not a size; expected e.g. 512M, 16G or 2T"))?;
+        .map_err(|_| SizeError::NotANumber(text.to_string()))?;
     let bytes = n * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
-        return Err(format!(
-            "'{text}' is not a usable size; expected e.g. 512M, 16G or 2T"
-        ));
+        return Err(SizeError::Unusable(text.to_string()));
     }
     Ok(bytes as u64)
 }

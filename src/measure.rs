@@ -148,25 +148,42 @@ impl PruningRecord {
     /// The record in a compressed file's metadata; `None` for a file written without one.
     pub fn from_metadata(
         metadata: &std::collections::BTreeMap<String, String>,
-    ) -> Result<Option<PruningRecord>, String> {
+    ) -> Result<Option<PruningRecord>, PruningRecordError> {
         metadata
             .get(PRUNING_METADATA_KEY)
-            .map(|j| {
-                serde_json::from_str(j)
-                    .map_err(|e| format!("metadata \"{PRUNING_METADATA_KEY}\": {e}"))
-            })
+            .map(|j| serde_json::from_str(j).map_err(PruningRecordError::Json))
             .transpose()
     }
 
     /// The record in the compressed file at `path`; `None` for a file written without one.
-    pub fn read(path: &std::path::Path) -> Result<Option<PruningRecord>, String> {
+    pub fn read(path: &std::path::Path) -> Result<Option<PruningRecord>, PruningRecordError> {
         let metadata = crate::files::read_metadata(path)?;
-        Self::from_metadata(&metadata).map_err(|e| format!("{}: {e}", path.display()))
+        Self::from_metadata(&metadata).map_err(|e| match e {
+            PruningRecordError::Json(source) => PruningRecordError::JsonIn {
+                path: path.to_path_buf(),
+                source,
+            },
+            e => e,
+        })
     }
 
     fn layer(&self, name: &str) -> Option<&LayerPruning> {
         self.layers.iter().find(|l| l.name == name)
     }
+}
+
+/// Why a file's pruning record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PruningRecordError {
+    #[error(transparent)]
+    Read(#[from] crate::files::MetadataError),
+    #[error("metadata \"{PRUNING_METADATA_KEY}\": {0}")]
+    Json(serde_json::Error),
+    #[error("{}: metadata \"{PRUNING_METADATA_KEY}\": {source}", path.display())]
+    JsonIn {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// Where a measurement's sparsity comes from.

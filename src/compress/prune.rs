@@ -167,31 +167,68 @@ pub fn structured_rows(
     (0..rows).filter(|r| keep[*r]).collect()
 }
 
+/// Why the outputs of a layer cannot be removed by structured pruning.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StructuredError {
+    #[error("no layer #{0}")]
+    NoLayer(usize),
+    #[error("it is a grouped convolution (groups = {0}); only groups = 1 can lose filters")]
+    Grouped(usize),
+    #[error("it is a {0} layer, not linear/conv")]
+    NotLinear(&'static str),
+    #[error(
+        "{0} produces the model's output (class scores); removing its outputs would remove classes"
+    )]
+    Output(String),
+    #[error(
+        "the residual add \"{add}\" reads {layer}'s output, coupling its channels with the other branch; \
+         prune the coupled layers together or leave {layer} unpruned"
+    )]
+    AddReads { add: String, layer: String },
+    #[error("its output feeds the grouped convolution {consumer} (groups = {groups})")]
+    FeedsGrouped { consumer: String, groups: usize },
+    #[error(
+        "the residual add \"{add}\" adds the output of \"{from}\" to {layer}'s channels, coupling them; \
+         prune the coupled layers together or leave {layer} unpruned"
+    )]
+    AddCouples {
+        add: String,
+        from: String,
+        layer: String,
+    },
+    #[error("the softmax \"{softmax}\" normalizes over {layer}'s outputs")]
+    Softmax { softmax: String, layer: String },
+    #[error(
+        "the residual add \"{add}\" reads the output of \"{via}\" (downstream of {layer}), coupling its channels"
+    )]
+    AddDownstream {
+        add: String,
+        via: String,
+        layer: String,
+    },
+    #[error("no linear/conv layer consumes {0}'s output")]
+    NoConsumer(String),
+}
+
 /// Checks that the outputs of `layer` can be removed: it is a linear/conv (groups = 1) whose
 /// output reaches exactly one later linear/conv through per-channel ops (activation, dropout,
 /// unfolded batchnorm, pooling, flatten) and no residual `add` couples its channels. Returns
-/// the consuming layer's index, or a message saying why not.
-pub fn structured_path(model: &Model, layer: usize) -> Result<usize, String> {
+/// the consuming layer's index, or why not.
+pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredError> {
     let layers = &model.layers;
     let Some(this) = layers.get(layer) else {
-        return Err(format!("no layer #{layer}"));
+        return Err(StructuredError::NoLayer(layer));
     };
     match &this.op {
         Op::Linear(_) => {}
         Op::Conv2d(_, g) if g.groups == 1 => {}
         Op::Conv2d(_, g) => {
-            return Err(format!(
-                "it is a grouped convolution (groups = {}); only groups = 1 can lose filters",
-                g.groups
-            ));
+            return Err(StructuredError::Grouped(g.groups));
         }
-        other => return Err(format!("it is a {} layer, not linear/conv", other.name())),
+        other => return Err(StructuredError::NotLinear(other.name())),
     }
     if !layers[layer + 1..].iter().any(|l| l.params().is_some()) {
-        return Err(format!(
-            "{} produces the model's output (class scores); removing its outputs would remove classes",
-            this.name
-        ));
+        return Err(StructuredError::Output(this.name.clone()));
     }
     let adds_reading = |src: usize| -> Option<&str> {
         layers.iter().find_map(|l| match l.op {
@@ -200,36 +237,35 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, String> {
         })
     };
     if let Some(add) = adds_reading(layer) {
-        return Err(format!(
-            "the residual add \"{add}\" reads {}'s output, coupling its channels with the other branch; \
-             prune the coupled layers together or leave {} unpruned",
-            this.name, this.name
-        ));
+        return Err(StructuredError::AddReads {
+            add: add.to_string(),
+            layer: this.name.clone(),
+        });
     }
     for (j, l) in layers.iter().enumerate().skip(layer + 1) {
         match &l.op {
             Op::Linear(_) => return Ok(j),
             Op::Conv2d(_, g) => {
                 if g.groups != 1 {
-                    return Err(format!(
-                        "its output feeds the grouped convolution {} (groups = {})",
-                        l.name, g.groups
-                    ));
+                    return Err(StructuredError::FeedsGrouped {
+                        consumer: l.name.clone(),
+                        groups: g.groups,
+                    });
                 }
                 return Ok(j);
             }
             Op::Add { from } => {
-                return Err(format!(
-                    "the residual add \"{}\" adds the output of \"{}\" to {}'s channels, coupling them; \
-                     prune the coupled layers together or leave {} unpruned",
-                    l.name, layers[*from].name, this.name, this.name
-                ));
+                return Err(StructuredError::AddCouples {
+                    add: l.name.clone(),
+                    from: layers[*from].name.clone(),
+                    layer: this.name.clone(),
+                });
             }
             Op::Softmax => {
-                return Err(format!(
-                    "the softmax \"{}\" normalizes over {}'s outputs",
-                    l.name, this.name
-                ));
+                return Err(StructuredError::Softmax {
+                    softmax: l.name.clone(),
+                    layer: this.name.clone(),
+                });
             }
             Op::ChannelAffine { .. }
             | Op::Activation(_)
@@ -240,16 +276,14 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, String> {
             | Op::Dropout(_) => {}
         }
         if let Some(add) = adds_reading(j) {
-            return Err(format!(
-                "the residual add \"{add}\" reads the output of \"{}\" (downstream of {}), coupling its channels",
-                l.name, this.name
-            ));
+            return Err(StructuredError::AddDownstream {
+                add: add.to_string(),
+                via: l.name.clone(),
+                layer: this.name.clone(),
+            });
         }
     }
-    Err(format!(
-        "no linear/conv layer consumes {}'s output",
-        this.name
-    ))
+    Err(StructuredError::NoConsumer(this.name.clone()))
 }
 
 /// For each structurally pruned layer (index into `Model::layers`), the original rows kept.
@@ -318,9 +352,9 @@ fn scale_bytes(stored: usize, new: usize, old: usize) -> usize {
 /// unfolded batchnorm).
 pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, CompressError> {
     let name = model.layers[layer].name.clone();
-    let consumer = structured_path(model, layer).map_err(|msg| CompressError::Structured {
+    let consumer = structured_path(model, layer).map_err(|e| CompressError::Structured {
         layer: name.clone(),
-        msg,
+        msg: e.to_string(),
     })?;
     let terr = |l: &str| {
         let l = l.to_string();

@@ -389,7 +389,7 @@ impl Recipe {
         toml::from_str(text).map_err(|e| RecipeError::Parse {
             at: at(src),
             format: "TOML",
-            msg: crate::model::spec::toml_error_line(text, &e),
+            msg: crate::model::spec::TomlError::new(text, &e).to_string(),
         })
     }
 
@@ -550,11 +550,11 @@ impl Recipe {
                 p => p,
             };
             if matches!(prune, Pruning::Structured { .. }) {
-                super::prune::structured_path(model, index).map_err(|msg| {
+                super::prune::structured_path(model, index).map_err(|e| {
                     RecipeError::Structured {
                         at: at.clone(),
                         layer: name.to_string(),
-                        msg,
+                        msg: e.to_string(),
                     }
                 })?;
             }

@@ -68,23 +68,23 @@ pub(crate) fn element_count(shape: &[usize]) -> Option<usize> {
 }
 
 impl<'a> Array<'a> {
-    /// Fails (with a message) when `bytes` does not hold exactly `shape` elements.
+    /// Fails when `bytes` does not hold exactly `shape` elements.
     pub(crate) fn new(
         elem: ElemType,
         big_endian: bool,
         shape: Vec<usize>,
         bytes: Cow<'a, [u8]>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ArrayError> {
         let need = element_count(&shape)
             .and_then(|n| n.checked_mul(elem.size()))
-            .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+            .ok_or_else(|| ArrayError::TooLarge(shape.clone()))?;
         if bytes.len() != need {
-            return Err(length_mismatch(
-                &shape,
-                elem,
-                need as u64,
-                bytes.len() as u64,
-            ));
+            return Err(ArrayError::Length {
+                shape,
+                elem: elem.name(),
+                need: need as u64,
+                held: bytes.len() as u64,
+            });
         }
         Ok(Array {
             elem,
@@ -179,17 +179,19 @@ impl<'a> Array<'a> {
 
     /// The values as class indices; fails on a negative, fractional or oversized value, naming
     /// the sample.
-    pub(crate) fn to_labels(&self) -> Result<Vec<u32>, String> {
+    pub(crate) fn to_labels(&self) -> Result<Vec<u32>, SampleLabelError> {
         let b = &self.bytes[..];
         let be = self.big_endian;
-        fn ints(it: impl Iterator<Item = i128>) -> Result<Vec<u32>, String> {
+        fn ints(it: impl Iterator<Item = i128>) -> Result<Vec<u32>, SampleLabelError> {
             it.enumerate()
-                .map(|(i, v)| int_label(v).map_err(|m| format!("sample {i}: {m}")))
+                .map(|(sample, v)| int_label(v).map_err(|error| SampleLabelError { sample, error }))
                 .collect()
         }
-        fn floats(it: impl Iterator<Item = f64>) -> Result<Vec<u32>, String> {
+        fn floats(it: impl Iterator<Item = f64>) -> Result<Vec<u32>, SampleLabelError> {
             it.enumerate()
-                .map(|(i, v)| float_label(v).map_err(|m| format!("sample {i}: {m}")))
+                .map(|(sample, v)| {
+                    float_label(v).map_err(|error| SampleLabelError { sample, error })
+                })
                 .collect()
         }
         match self.elem {
@@ -213,17 +215,57 @@ impl<'a> Array<'a> {
     }
 }
 
-/// The message for data whose length is not what its shape needs.
-pub(crate) fn length_mismatch(shape: &[usize], elem: ElemType, need: u64, held: u64) -> String {
+/// An array whose data does not fit its shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArrayError {
+    #[error("shape {0:?} is too large")]
+    TooLarge(Vec<usize>),
+    #[error("{}", length_mismatch(.shape, .elem, *.need, *.held))]
+    Length {
+        shape: Vec<usize>,
+        elem: &'static str,
+        need: u64,
+        held: u64,
+    },
+}
+
+/// The message for data whose length is not what its shape needs (`elem`: the element type's
+/// name).
+pub(crate) fn length_mismatch(shape: &[usize], elem: &str, need: u64, held: u64) -> String {
     let what = if held < need {
         "truncated?"
     } else {
         "extra data after the array"
     };
-    format!(
-        "shape {shape:?} of {} needs {need} bytes of data but {held} are present ({what})",
-        elem.name()
-    )
+    format!("shape {shape:?} of {elem} needs {need} bytes of data but {held} are present ({what})")
+}
+
+/// A value that is not a class index.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LabelError {
+    #[error("label {0} is negative; labels must be class indices 0, 1, 2, ...")]
+    Negative(f64),
+    #[error("label {0} is not a whole number; labels must be integer class indices 0, 1, 2, ...")]
+    NotWhole(f64),
+    #[error("label {0} is too large for a class index")]
+    TooLarge(f64),
+    /// An integer label outside u32 (kept whole: an f64 would round it).
+    #[error("label {0} is too large for a class index")]
+    IntTooLarge(i128),
+    #[error("label {0} is negative; labels must be class indices 0, 1, 2, ...")]
+    IntNegative(i128),
+    #[error("the label is empty; expected a class index 0, 1, 2, ...")]
+    Empty,
+    #[error("label '{0}' is not a number; expected a class index 0, 1, 2, ...")]
+    NotANumber(String),
+}
+
+/// The label of one sample is not a class index.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("sample {sample}: {error}")]
+pub struct SampleLabelError {
+    pub sample: usize,
+    pub error: LabelError,
 }
 
 /// Fixed-size little-endian words (byte-swapped first when the data is big-endian).
@@ -240,29 +282,23 @@ fn words<const N: usize>(bytes: &[u8], big_endian: bool) -> impl Iterator<Item =
 }
 
 /// An integer label as a class index.
-pub(crate) fn int_label(v: i128) -> Result<u32, String> {
+pub(crate) fn int_label(v: i128) -> Result<u32, LabelError> {
     if v < 0 {
-        return Err(format!(
-            "label {v} is negative; labels must be class indices 0, 1, 2, ..."
-        ));
+        return Err(LabelError::IntNegative(v));
     }
-    u32::try_from(v).map_err(|_| format!("label {v} is too large for a class index"))
+    u32::try_from(v).map_err(|_| LabelError::IntTooLarge(v))
 }
 
 /// A floating-point label as a class index: it must be a whole number.
-pub(crate) fn float_label(v: f64) -> Result<u32, String> {
+pub(crate) fn float_label(v: f64) -> Result<u32, LabelError> {
     if !v.is_finite() || v.fract() != 0.0 {
-        return Err(format!(
-            "label {v} is not a whole number; labels must be integer class indices 0, 1, 2, ..."
-        ));
+        return Err(LabelError::NotWhole(v));
     }
     if v < 0.0 {
-        return Err(format!(
-            "label {v} is negative; labels must be class indices 0, 1, 2, ..."
-        ));
+        return Err(LabelError::Negative(v));
     }
     if v > u32::MAX as f64 {
-        return Err(format!("label {v} is too large for a class index"));
+        return Err(LabelError::TooLarge(v));
     }
     Ok(v as u32)
 }
@@ -273,10 +309,14 @@ mod tests {
 
     #[test]
     fn length_is_checked() {
-        let e = Array::new(ElemType::F32, false, vec![2, 2], Cow::Owned(vec![0; 15])).unwrap_err();
+        let e = Array::new(ElemType::F32, false, vec![2, 2], Cow::Owned(vec![0; 15]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("16 bytes") && e.contains("15"), "{e}");
         let e =
             Array::new(ElemType::U8, false, vec![usize::MAX, 3], Cow::Owned(vec![])).unwrap_err();
+        assert_eq!(e, ArrayError::TooLarge(vec![usize::MAX, 3]));
+        let e = e.to_string();
         assert!(e.contains("too large"), "{e}");
     }
 
@@ -296,10 +336,12 @@ mod tests {
     fn labels_are_checked() {
         let a = Array::new(ElemType::I8, false, vec![3], Cow::Owned(vec![1, 0, 0xff])).unwrap();
         let e = a.to_labels().unwrap_err();
+        assert_eq!(e.error, LabelError::IntNegative(-1));
+        let e = e.to_string();
         assert!(e.contains("sample 2") && e.contains("negative"), "{e}");
         let bytes: Vec<u8> = [1.0f32, 2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
         let a = Array::new(ElemType::F32, false, vec![2], Cow::Owned(bytes)).unwrap();
-        let e = a.to_labels().unwrap_err();
+        let e = a.to_labels().unwrap_err().to_string();
         assert!(e.contains("sample 1") && e.contains("whole number"), "{e}");
         assert_eq!(float_label(3.0), Ok(3));
         assert!(float_label(f64::NAN).is_err());

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::array::{float_label, int_label};
+use super::array::{LabelError, float_label, int_label};
 use super::source::{Source, check_memory};
 use super::{DataError, DataOptions, EvalSet, format_err};
 
@@ -56,7 +56,7 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     };
     let sep = guess_separator(&header);
     let at = |line: usize, msg: String| format_err(path, format!("line {line}: {msg}"));
-    let names = split_fields(&header, sep).map_err(|m| at(header_line, m))?;
+    let names = split_fields(&header, sep).map_err(|m| at(header_line, m.to_string()))?;
     let label_at = names
         .iter()
         .position(|n| n == want)
@@ -96,7 +96,7 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
         if grown > u128::from(memory_limit) {
             check_memory(path, "the data set", Some(grown))?;
         }
-        let fields = split_fields(&text, sep).map_err(|m| at(line, m))?;
+        let fields = split_fields(&text, sep).map_err(|m| at(line, m.to_string()))?;
         if fields.len() != names.len() {
             return Err(at(
                 line,
@@ -128,18 +128,16 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
     })
 }
 
-fn parse_label(field: &str) -> Result<u32, String> {
+fn parse_label(field: &str) -> Result<u32, LabelError> {
     if field.is_empty() {
-        return Err("the label is empty; expected a class index 0, 1, 2, ...".into());
+        return Err(LabelError::Empty);
     }
     if let Ok(v) = field.parse::<i128>() {
         return int_label(v);
     }
     match field.parse::<f64>() {
         Ok(v) => float_label(v),
-        Err(_) => Err(format!(
-            "label '{field}' is not a number; expected a class index 0, 1, 2, ..."
-        )),
+        Err(_) => Err(LabelError::NotANumber(field.to_string())),
     }
 }
 
@@ -168,9 +166,18 @@ fn guess_separator(header: &str) -> char {
         .0
 }
 
+/// A line that does not split into fields.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum FieldError {
+    #[error("unterminated quoted field (quoted fields may not span lines)")]
+    Unterminated,
+    #[error("unexpected '{0}' after a quoted field")]
+    AfterQuote(char),
+}
+
 /// Splits one line into trimmed fields; a field may be wrapped in double quotes (`""` inside
 /// stands for one quote).
-fn split_fields(line: &str, sep: char) -> Result<Vec<String>, String> {
+fn split_fields(line: &str, sep: char) -> Result<Vec<String>, FieldError> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -183,9 +190,7 @@ fn split_fields(line: &str, sep: char) -> Result<Vec<String>, String> {
             loop {
                 match chars.next() {
                     None => {
-                        return Err(
-                            "unterminated quoted field (quoted fields may not span lines)".into(),
-                        );
+                        return Err(FieldError::Unterminated);
                     }
                     Some('"') if chars.peek() == Some(&'"') => {
                         chars.next();
@@ -201,7 +206,7 @@ fn split_fields(line: &str, sep: char) -> Result<Vec<String>, String> {
             match chars.peek() {
                 None => {}
                 Some(c) if *c == sep => {}
-                Some(c) => return Err(format!("unexpected '{c}' after a quoted field")),
+                Some(c) => return Err(FieldError::AfterQuote(*c)),
             }
             fields.push(field.trim().to_string());
         } else {
@@ -232,8 +237,11 @@ mod tests {
             split_fields(r#" 1, "2.5" ,"a""b",,x"#, ',').unwrap(),
             vec!["1", "2.5", "a\"b", "", "x"]
         );
-        assert!(split_fields(r#"1,"2"#, ',').is_err());
-        assert!(split_fields(r#"1,"2"3"#, ',').is_err());
+        assert_eq!(split_fields(r#"1,"2"#, ','), Err(FieldError::Unterminated));
+        assert_eq!(
+            split_fields(r#"1,"2"3"#, ','),
+            Err(FieldError::AfterQuote('3'))
+        );
         assert_eq!(split_fields("a\tb", '\t').unwrap(), vec!["a", "b"]);
     }
 
@@ -249,8 +257,13 @@ mod tests {
     fn labels() {
         assert_eq!(parse_label("3"), Ok(3));
         assert_eq!(parse_label("3.0"), Ok(3));
-        assert!(parse_label("3.5").unwrap_err().contains("whole number"));
-        assert!(parse_label("-1").unwrap_err().contains("negative"));
-        assert!(parse_label("cat").unwrap_err().contains("not a number"));
+        assert_eq!(parse_label("3.5"), Err(LabelError::NotWhole(3.5)));
+        assert_eq!(parse_label("-1"), Err(LabelError::IntNegative(-1)));
+        assert!(
+            parse_label("cat")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
     }
 }

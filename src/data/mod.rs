@@ -31,6 +31,12 @@ pub enum DataError {
     /// The data does not fit the model (shape, label range, NaN, empty).
     #[error("{path}: {msg}")]
     Mismatch { path: PathBuf, msg: String },
+    /// Reading the set would take more than the memory limit.
+    #[error("{path}: {source}")]
+    Memory {
+        path: PathBuf,
+        source: crate::limits::MemoryError,
+    },
     /// Not a regular file, or not openable.
     #[error(transparent)]
     File(#[from] crate::files::FileError),

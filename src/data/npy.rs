@@ -80,7 +80,8 @@ pub(crate) fn read(
     }
     // Version 3 headers are UTF-8; earlier ones latin-1, whose ASCII subset is all a valid
     // header uses.
-    let header = Header::parse(&String::from_utf8_lossy(&header)).map_err(&fail)?;
+    let header =
+        Header::parse(&String::from_utf8_lossy(&header)).map_err(|e| fail(e.to_string()))?;
     let elem = header.elem;
     let need = super::array::element_count(&header.shape)
         .and_then(|n| n.checked_mul(elem.size()))
@@ -91,7 +92,7 @@ pub(crate) fn read(
     {
         return Err(fail(super::array::length_mismatch(
             &header.shape,
-            elem,
+            elem.name(),
             need,
             held,
         )));
@@ -119,7 +120,7 @@ pub(crate) fn read(
     if take == total && !src.at_end()? {
         return Err(fail(super::array::length_mismatch(
             &header.shape,
-            elem,
+            elem.name(),
             need,
             need + 1,
         )));
@@ -134,16 +135,16 @@ pub(crate) fn read(
         data
     };
     Ok(Array::new(elem, header.big_endian, shape, Cow::Owned(data))
-        .map_err(&fail)?
+        .map_err(|e| fail(e.to_string()))?
         .first_rows(rows)
         .of_file_rows(total))
 }
 
 /// Parses an NPY file held in memory (the reader's unit tests).
 #[cfg(test)]
-fn parse(bytes: &[u8]) -> Result<Array<'static>, String> {
+fn parse(bytes: &[u8]) -> Result<Array<'static>, DataError> {
     let mut src = Source::from_reader(Path::new("t.npy"), bytes, bytes.len() as u64, true);
-    read(&mut src, None, "").map_err(|e| e.to_string())
+    read(&mut src, None, "")
 }
 
 fn not_npy(bytes: &[u8]) -> String {
@@ -191,16 +192,16 @@ struct Header {
 }
 
 impl Header {
-    fn parse(text: &str) -> Result<Header, String> {
+    fn parse(text: &str) -> Result<Header, HeaderError> {
         // The header comes from the file: escape control characters so the message stays one
         // line.
-        let bad = |what: &str| {
-            format!(
-                "malformed NPY header ({what}): {}",
-                text.trim_end().escape_debug()
-            )
+        let bad = |what: &str| HeaderError::Malformed {
+            what: what.to_string(),
+            header: text.trim_end().escape_debug().to_string(),
         };
-        let value = PyParser::new(text).parse_all().map_err(|e| bad(&e))?;
+        let value = PyParser::new(text)
+            .parse_all()
+            .map_err(|e| bad(&e.to_string()))?;
         let Py::Dict(entries) = value else {
             return Err(bad("expected a dict"));
         };
@@ -214,10 +215,7 @@ impl Header {
         let (elem, big_endian) = match descr {
             Py::Str(s) => parse_descr(s)?,
             Py::List(_) | Py::Tuple(_) => {
-                return Err(
-                    "structured (record) arrays are not supported; save a plain numeric array"
-                        .into(),
-                );
+                return Err(HeaderError::Structured);
             }
             _ => return Err(bad("'descr' is not a string")),
         };
@@ -246,8 +244,24 @@ impl Header {
     }
 }
 
+/// Why an NPY header cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum HeaderError {
+    #[error("malformed NPY header ({what}): {header}")]
+    Malformed { what: String, header: String },
+    #[error("structured (record) arrays are not supported; save a plain numeric array")]
+    Structured,
+    #[error(
+        "dtype '{0}' is an object array (Python objects, e.g. ragged lists) and cannot be read; \
+         save a numeric array, e.g. np.save(path, np.asarray(a, dtype=np.float32))"
+    )]
+    ObjectDtype(String),
+    #[error("dtype '{0}' is not supported; expected one of {ACCEPTED_DTYPES}")]
+    UnsupportedDtype(String),
+}
+
 /// `'<f4'` → (F32, little-endian).
-fn parse_descr(descr: &str) -> Result<(ElemType, bool), String> {
+fn parse_descr(descr: &str) -> Result<(ElemType, bool), HeaderError> {
     let (order, rest) = match descr.chars().next() {
         Some(c @ ('<' | '>' | '|' | '=')) => (c, &descr[1..]),
         _ => ('=', descr),
@@ -274,15 +288,10 @@ fn parse_descr(descr: &str) -> Result<(ElemType, bool), String> {
         ('f', "4") => ElemType::F32,
         ('f', "8") => ElemType::F64,
         ('O', _) => {
-            return Err(format!(
-                "dtype '{descr}' is an object array (Python objects, e.g. ragged lists) and cannot be read; \
-                 save a numeric array, e.g. np.save(path, np.asarray(a, dtype=np.float32))"
-            ));
+            return Err(HeaderError::ObjectDtype(descr.to_string()));
         }
         _ => {
-            return Err(format!(
-                "dtype '{descr}' is not supported; expected one of {ACCEPTED_DTYPES}"
-            ));
+            return Err(HeaderError::UnsupportedDtype(descr.to_string()));
         }
     };
     Ok((elem, big_endian))
@@ -300,6 +309,31 @@ enum Py {
     Dict(Vec<(Py, Py)>),
 }
 
+/// Why an NPY header's Python literal does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum SyntaxError {
+    #[error("unexpected {0:?} after the dict")]
+    Trailing(char),
+    #[error("unterminated string")]
+    UnterminatedString,
+    #[error("bad integer '{0}'")]
+    BadInteger(String),
+    #[error("unexpected name '{0}'")]
+    UnexpectedName(String),
+    #[error("unexpected {0:?}")]
+    Unexpected(char),
+    #[error("unexpected end")]
+    UnexpectedEnd,
+    #[error("nested too deeply")]
+    TooDeep,
+    #[error("expected ':' after a dict key")]
+    NoColon,
+    #[error("expected ',' or '{close}', found {found:?}")]
+    NoSeparator { close: char, found: char },
+    #[error("missing '{0}'")]
+    Missing(char),
+}
+
 struct PyParser<'a> {
     chars: std::iter::Peekable<std::str::Chars<'a>>,
     depth: usize,
@@ -313,12 +347,12 @@ impl<'a> PyParser<'a> {
         }
     }
 
-    fn parse_all(mut self) -> Result<Py, String> {
+    fn parse_all(mut self) -> Result<Py, SyntaxError> {
         let v = self.value()?;
         self.skip_ws();
         match self.chars.next() {
             None => Ok(v),
-            Some(c) => Err(format!("unexpected {c:?} after the dict")),
+            Some(c) => Err(SyntaxError::Trailing(c)),
         }
     }
 
@@ -328,7 +362,7 @@ impl<'a> PyParser<'a> {
         }
     }
 
-    fn value(&mut self) -> Result<Py, String> {
+    fn value(&mut self) -> Result<Py, SyntaxError> {
         self.skip_ws();
         match self.chars.peek().copied() {
             Some('{') => {
@@ -354,7 +388,7 @@ impl<'a> PyParser<'a> {
                 let mut s = String::new();
                 loop {
                     match self.chars.next() {
-                        None => return Err("unterminated string".into()),
+                        None => return Err(SyntaxError::UnterminatedString),
                         Some('\\') => {
                             if let Some(c) = self.chars.next() {
                                 s.push(c);
@@ -380,9 +414,10 @@ impl<'a> PyParser<'a> {
                 if matches!(self.chars.peek(), Some('L' | 'l')) {
                     self.chars.next();
                 }
-                s.parse()
-                    .map(Py::Int)
-                    .map_err(|_| format!("bad integer '{s}'"))
+                match s.parse() {
+                    Ok(n) => Ok(Py::Int(n)),
+                    Err(_) => Err(SyntaxError::BadInteger(s)),
+                }
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let mut s = String::new();
@@ -398,20 +433,20 @@ impl<'a> PyParser<'a> {
                     "True" => Ok(Py::Bool(true)),
                     "False" => Ok(Py::Bool(false)),
                     "None" => Ok(Py::None),
-                    _ => Err(format!("unexpected name '{s}'")),
+                    _ => Err(SyntaxError::UnexpectedName(s)),
                 }
             }
-            Some(c) => Err(format!("unexpected {c:?}")),
-            None => Err("unexpected end".into()),
+            Some(c) => Err(SyntaxError::Unexpected(c)),
+            None => Err(SyntaxError::UnexpectedEnd),
         }
     }
 
     /// Items up to `close`, separated by commas (and by colons inside a dict, whose keys and
     /// values alternate in the result).
-    fn sequence(&mut self, close: char, dict: bool) -> Result<Vec<Py>, String> {
+    fn sequence(&mut self, close: char, dict: bool) -> Result<Vec<Py>, SyntaxError> {
         self.depth += 1;
         if self.depth > 16 {
-            return Err("nested too deeply".into());
+            return Err(SyntaxError::TooDeep);
         }
         let mut items = Vec::new();
         loop {
@@ -424,7 +459,7 @@ impl<'a> PyParser<'a> {
             if dict {
                 self.skip_ws();
                 if self.chars.next() != Some(':') {
-                    return Err("expected ':' after a dict key".into());
+                    return Err(SyntaxError::NoColon);
                 }
                 items.push(self.value()?);
             }
@@ -432,8 +467,8 @@ impl<'a> PyParser<'a> {
             match self.chars.next() {
                 Some(',') => {}
                 Some(c) if c == close => break,
-                Some(c) => return Err(format!("expected ',' or '{close}', found {c:?}")),
-                None => return Err(format!("missing '{close}'")),
+                Some(found) => return Err(SyntaxError::NoSeparator { close, found }),
+                None => return Err(SyntaxError::Missing(close)),
             }
         }
         self.depth -= 1;
@@ -716,9 +751,13 @@ mod tests {
         ] {
             assert!(Header::parse(header).is_err(), "{header}");
         }
-        let e = parse(&npy("|O", false, "(1,)", &[0; 8])).unwrap_err();
+        let e = parse(&npy("|O", false, "(1,)", &[0; 8]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("object array"), "{e}");
-        let e = parse(&npy("<U3", false, "(1,)", &[0; 12])).unwrap_err();
+        let e = parse(&npy("<U3", false, "(1,)", &[0; 12]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not supported") && e.contains("<f4"), "{e}");
     }
 

@@ -247,7 +247,10 @@ impl<'r> Source<'r> {
 
 /// Refuses a data set whose values would take more than the memory limit.
 pub(crate) fn check_memory(path: &Path, what: &str, bytes: Option<u128>) -> Result<(), DataError> {
-    crate::limits::check_memory(what, bytes).map_err(|m| format_err(path, m))
+    crate::limits::check_memory(what, bytes).map_err(|source| DataError::Memory {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub enum EngineError {
         msg: String,
     },
     #[error("cannot serialize the compressed model: {0}")]
-    Serialize(String),
+    Serialize(#[from] crate::files::SerializeError),
     #[error(transparent)]
     File(#[from] crate::files::FileError),
 }

@@ -24,20 +24,34 @@ pub const LAYERS_KEY: &str = "squeeze.layers";
 pub const RECIPE_KEY: &str = "squeeze.recipe";
 pub const INPUT_KEY: &str = "squeeze.input";
 
+/// Why the layer descriptors of a compressed file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DescError {
+    #[error(transparent)]
+    List(#[from] serde_json::Error),
+    #[error("layer {layer}: {e}")]
+    Json { layer: usize, e: serde_json::Error },
+    #[error("layer {layer}: {e}")]
+    Upgrade {
+        layer: usize,
+        e: super::legacy::UpgradeError,
+    },
+}
+
 impl LayerDesc {
     /// Reads the layers of the metadata key `squeeze.layers`, in either encoding: the schema's
     /// (`"spec"`) or the one with `"kind"`-tagged ops of files written before it.
-    pub fn read_all(json: &str) -> Result<Vec<LayerDesc>, String> {
-        let values: Vec<serde_json::Value> =
-            serde_json::from_str(json).map_err(|e| e.to_string())?;
+    pub fn read_all(json: &str) -> Result<Vec<LayerDesc>, DescError> {
+        let values: Vec<serde_json::Value> = serde_json::from_str(json)?;
         let mut descs: Vec<LayerDesc> = Vec::with_capacity(values.len());
-        for (i, v) in values.into_iter().enumerate() {
+        for (layer, v) in values.into_iter().enumerate() {
             let d = if v.get("spec").is_some() {
-                serde_json::from_value(v).map_err(|e| format!("layer {i}: {e}"))?
+                serde_json::from_value(v).map_err(|e| DescError::Json { layer, e })?
             } else {
                 let old: super::legacy::OldLayerDesc =
-                    serde_json::from_value(v).map_err(|e| format!("layer {i}: {e}"))?;
-                old.upgrade(&descs).map_err(|e| format!("layer {i}: {e}"))?
+                    serde_json::from_value(v).map_err(|e| DescError::Json { layer, e })?;
+                old.upgrade(&descs)
+                    .map_err(|e| DescError::Upgrade { layer, e })?
             };
             descs.push(d);
         }
@@ -360,7 +374,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
         "one sample through this model",
         Some(crate::model::shape::sample_activation_bytes(&layers)),
     )
-    .map_err(|m| corrupt("(graph)", m))?;
+    .map_err(|e| corrupt("(graph)", e.to_string()))?;
     let model = Model {
         spec,
         input,
@@ -470,7 +484,10 @@ fn read_op(
                 )));
             }
         },
-        other => (check(Op::without_params(other).map_err(corrupt)?)?, None),
+        other => (
+            check(Op::without_params(other).map_err(|e| corrupt(e.to_string()))?)?,
+            None,
+        ),
     })
 }
 
@@ -730,7 +747,8 @@ impl Reader<'_> {
             activation,
             entropy_bytes: f.entropy_bytes,
         };
-        p.check().map_err(|m| self.err(&t("values"), m))?;
+        p.check()
+            .map_err(|e| self.err(&t("values"), e.to_string()))?;
         Ok(p)
     }
 }

@@ -553,18 +553,18 @@ impl PackedLayer {
     /// every length matches the shape, and every index structure is checked whole (row
     /// pointers in order and inside the entries, columns inside the row, codes inside the
     /// codebook) before anything is read through it.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), LayoutError> {
         let (rows, cols) = (self.rows, self.cols);
         let positions = rows
             .checked_mul(cols)
-            .ok_or_else(|| format!("{rows}×{cols} positions overflow"))?;
+            .ok_or(LayoutError::Overflow { rows, cols })?;
         match &self.index {
             Indexing::Dense => {
                 if self.entries != positions {
-                    return Err(format!(
-                        "dense layer holds {} entries, expected {positions}",
-                        self.entries
-                    ));
+                    return Err(LayoutError::DenseEntries {
+                        held: self.entries,
+                        expected: positions,
+                    });
                 }
             }
             Indexing::Csr {
@@ -574,22 +574,20 @@ impl PackedLayer {
             } => self.check_csr(*gap_bits, gaps, row_ptr)?,
             Indexing::Bitmask { mask, row_start } => {
                 if mask.len() != positions.div_ceil(8) {
-                    return Err(format!(
-                        "mask takes {} bytes, expected {}",
-                        mask.len(),
-                        positions.div_ceil(8)
-                    ));
+                    return Err(LayoutError::MaskBytes {
+                        held: mask.len(),
+                        expected: positions.div_ceil(8),
+                    });
                 }
                 // `row_start` is derived from the mask, never stored: it must be exactly that.
                 if *row_start != bitmask_row_start(mask, rows, cols) {
-                    return Err("row starts do not match the mask".into());
+                    return Err(LayoutError::RowStarts);
                 }
                 if row_start.last().is_none_or(|&n| n as usize != self.entries) {
-                    return Err(format!(
-                        "mask has {} set bits, but {} values are stored",
-                        row_start.last().copied().unwrap_or(0),
-                        self.entries
-                    ));
+                    return Err(LayoutError::MaskBits {
+                        set: row_start.last().copied().unwrap_or(0),
+                        stored: self.entries,
+                    });
                 }
             }
         }
@@ -597,51 +595,53 @@ impl PackedLayer {
         if let Some(b) = &self.bias
             && b.len() != rows
         {
-            return Err(format!("{} biases, expected {rows}", b.len()));
+            return Err(LayoutError::Biases {
+                held: b.len(),
+                rows,
+            });
         }
         Ok(())
     }
 
     /// The CSR index: its row pointers whole first (`0` first, never decreasing, the entry
     /// count last, hence every one inside the entries), then each row's columns.
-    fn check_csr(&self, gap_bits: u8, gaps: &[u8], row_ptr: &RowPtr) -> Result<(), String> {
+    fn check_csr(&self, gap_bits: u8, gaps: &[u8], row_ptr: &RowPtr) -> Result<(), LayoutError> {
         let (rows, cols) = (self.rows, self.cols);
         if ![4, 8, 16].contains(&gap_bits) {
-            return Err(format!("gap width {gap_bits} is not 4, 8 or 16"));
+            return Err(LayoutError::GapWidth(gap_bits));
         }
         if Some(row_ptr.len()) != rows.checked_add(1) {
-            return Err(format!(
-                "row_ptr has {} values, expected {rows} + 1",
-                row_ptr.len()
-            ));
+            return Err(LayoutError::RowPtrLen {
+                held: row_ptr.len(),
+                rows,
+            });
         }
         let need = self
             .entries
             .checked_mul(gap_bits as usize)
             .map(|b| b.div_ceil(8));
         if need != Some(gaps.len()) {
-            return Err(format!(
-                "gaps take {} bytes, expected {} {gap_bits}-bit gaps",
-                gaps.len(),
-                self.entries
-            ));
+            return Err(LayoutError::GapBytes {
+                held: gaps.len(),
+                entries: self.entries,
+                gap_bits,
+            });
         }
         if row_ptr.get(0) != 0 {
-            return Err(format!("row_ptr starts at {}, not 0", row_ptr.get(0)));
+            return Err(LayoutError::RowPtrStart(row_ptr.get(0)));
         }
         if let Some(r) = (0..rows).find(|&r| row_ptr.get(r + 1) < row_ptr.get(r)) {
-            return Err(format!(
-                "row_ptr decreases at row {r} ({} then {})",
-                row_ptr.get(r),
-                row_ptr.get(r + 1)
-            ));
+            return Err(LayoutError::RowPtrDecreases {
+                row: r,
+                from: row_ptr.get(r),
+                to: row_ptr.get(r + 1),
+            });
         }
         if row_ptr.get(rows) != self.entries {
-            return Err(format!(
-                "row_ptr ends at {}, but {} entries are stored",
-                row_ptr.get(rows),
-                self.entries
-            ));
+            return Err(LayoutError::RowPtrEnd {
+                end: row_ptr.get(rows),
+                entries: self.entries,
+            });
         }
         // Every row pointer now lies in `0..=entries`: the rows can be read.
         let mut buf = Vec::new();
@@ -649,20 +649,24 @@ impl PackedLayer {
             self.row_columns(r, &mut buf);
             // Columns increase within a row, so the last one is the largest.
             if buf.last().is_some_and(|&c| c as usize >= cols) {
-                return Err(format!("row {r} has a column index past {cols}"));
+                return Err(LayoutError::Column { row: r, cols });
             }
         }
         Ok(())
     }
 
     /// The value store against the entry count and the shape's scale groups.
-    fn check_values(&self) -> Result<(), String> {
+    fn check_values(&self) -> Result<(), LayoutError> {
         let n = self.entries;
         match &self.values {
-            ValueStore::F32(v) if v.len() != n => Err(format!("{} values, expected {n}", v.len())),
-            ValueStore::F16(v) | ValueStore::Bf16(v) if v.len() != n => {
-                Err(format!("{} values, expected {n}", v.len()))
-            }
+            ValueStore::F32(v) if v.len() != n => Err(LayoutError::Values {
+                held: v.len(),
+                expected: n,
+            }),
+            ValueStore::F16(v) | ValueStore::Bf16(v) if v.len() != n => Err(LayoutError::Values {
+                held: v.len(),
+                expected: n,
+            }),
             ValueStore::Uniform {
                 bits,
                 codes,
@@ -672,11 +676,14 @@ impl PackedLayer {
             } => {
                 check_codes(*bits, codes, n)?;
                 if let Granularity::Group { size: 0 } = granularity {
-                    return Err("group size 0".into());
+                    return Err(LayoutError::GroupSizeZero);
                 }
                 let groups = granularity.group_count(self.rows, self.cols);
                 if scales.len() != groups {
-                    return Err(format!("{} scales, expected {groups}", scales.len()));
+                    return Err(LayoutError::Scales {
+                        held: scales.len(),
+                        groups,
+                    });
                 }
                 let zp = match zero_points {
                     ZeroPoints::Midpoint => groups,
@@ -684,14 +691,17 @@ impl PackedLayer {
                     ZeroPoints::I32(v) => v.len(),
                 };
                 if zp != groups {
-                    return Err(format!("{zp} zero points, expected {groups}"));
+                    return Err(LayoutError::ZeroPoints { held: zp, groups });
                 }
                 // The kernels subtract zero points from codes in i32 and convert them to f32:
                 // both stay exact within ±2^24, far beyond any code range.
                 if let ZeroPoints::I32(v) = zero_points
                     && let Some(g) = v.iter().position(|z| z.unsigned_abs() > 1 << 24)
                 {
-                    return Err(format!("zero point {} of group {g} is out of range", v[g]));
+                    return Err(LayoutError::ZeroPointRange {
+                        value: v[g],
+                        group: g,
+                    });
                 }
                 Ok(())
             }
@@ -702,15 +712,15 @@ impl PackedLayer {
             } => {
                 check_codes(*bits, codes, n)?;
                 if codebook.is_empty() || codebook.len() > 1 << bits {
-                    return Err(format!(
-                        "codebook of {} entries for {bits}-bit codes",
-                        codebook.len()
-                    ));
+                    return Err(LayoutError::Codebook {
+                        entries: codebook.len(),
+                        bits: *bits,
+                    });
                 }
                 let mut buf = vec![0u8; n];
                 pack::unpack_codes(codes, *bits, 0, &mut buf);
                 if let Some(bad) = buf.iter().position(|&c| c as usize >= codebook.len()) {
-                    return Err(format!("code at entry {bad} is past the codebook"));
+                    return Err(LayoutError::CodePastCodebook(bad));
                 }
                 Ok(())
             }
@@ -719,17 +729,75 @@ impl PackedLayer {
     }
 }
 
-fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), String> {
+fn check_codes(bits: u8, codes: &[u8], n: usize) -> Result<(), LayoutError> {
     if !(1..=8).contains(&bits) {
-        return Err(format!("{bits}-bit codes (1 to 8 supported)"));
+        return Err(LayoutError::CodeBits(bits));
     }
     if n.checked_mul(bits as usize).map(|b| b.div_ceil(8)) != Some(codes.len()) {
-        return Err(format!(
-            "codes take {} bytes, expected {n} {bits}-bit codes",
-            codes.len()
-        ));
+        return Err(LayoutError::CodeBytes {
+            held: codes.len(),
+            entries: n,
+            bits,
+        });
     }
     Ok(())
+}
+
+/// A stored layer whose parts do not agree with its shape ([`PackedLayer::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{rows}×{cols} positions overflow")]
+    Overflow { rows: usize, cols: usize },
+    #[error("dense layer holds {held} entries, expected {expected}")]
+    DenseEntries { held: usize, expected: usize },
+    #[error("mask takes {held} bytes, expected {expected}")]
+    MaskBytes { held: usize, expected: usize },
+    #[error("row starts do not match the mask")]
+    RowStarts,
+    #[error("mask has {set} set bits, but {stored} values are stored")]
+    MaskBits { set: u32, stored: usize },
+    #[error("{held} biases, expected {rows}")]
+    Biases { held: usize, rows: usize },
+    #[error("gap width {0} is not 4, 8 or 16")]
+    GapWidth(u8),
+    #[error("row_ptr has {held} values, expected {rows} + 1")]
+    RowPtrLen { held: usize, rows: usize },
+    #[error("gaps take {held} bytes, expected {entries} {gap_bits}-bit gaps")]
+    GapBytes {
+        held: usize,
+        entries: usize,
+        gap_bits: u8,
+    },
+    #[error("row_ptr starts at {0}, not 0")]
+    RowPtrStart(usize),
+    #[error("row_ptr decreases at row {row} ({from} then {to})")]
+    RowPtrDecreases { row: usize, from: usize, to: usize },
+    #[error("row_ptr ends at {end}, but {entries} entries are stored")]
+    RowPtrEnd { end: usize, entries: usize },
+    #[error("row {row} has a column index past {cols}")]
+    Column { row: usize, cols: usize },
+    #[error("{held} values, expected {expected}")]
+    Values { held: usize, expected: usize },
+    #[error("group size 0")]
+    GroupSizeZero,
+    #[error("{held} scales, expected {groups}")]
+    Scales { held: usize, groups: usize },
+    #[error("{held} zero points, expected {groups}")]
+    ZeroPoints { held: usize, groups: usize },
+    #[error("zero point {value} of group {group} is out of range")]
+    ZeroPointRange { value: i32, group: usize },
+    #[error("codebook of {entries} entries for {bits}-bit codes")]
+    Codebook { entries: usize, bits: u8 },
+    #[error("code at entry {0} is past the codebook")]
+    CodePastCodebook(usize),
+    #[error("{0}-bit codes (1 to 8 supported)")]
+    CodeBits(u8),
+    #[error("codes take {held} bytes, expected {entries} {bits}-bit codes")]
+    CodeBytes {
+        held: usize,
+        entries: usize,
+        bits: u8,
+    },
 }
 
 /// Value index of each row's first set bit, `rows + 1` values.

@@ -60,10 +60,21 @@ enum OldOp {
     },
 }
 
+/// An old descriptor that names no layer squeeze can build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("conv weight shape {0:?} is not 4-D")]
+    ConvShape(Vec<usize>),
+    #[error("unknown activation \"{0}\"")]
+    Activation(String),
+    #[error("add reads layer {0}, not an earlier one")]
+    Add(usize),
+}
+
 impl OldLayerDesc {
     /// The same layer in today's words, given the layers read before it (an `add` named the
     /// layer it reads by position).
-    pub fn upgrade(self, earlier: &[LayerDesc]) -> Result<LayerDesc, String> {
+    pub fn upgrade(self, earlier: &[LayerDesc]) -> Result<LayerDesc, UpgradeError> {
         let bias = |name: String, f: &FormatDesc| f.bias.then_some(name);
         let (spec, format) = match self.op {
             OldOp::Linear {
@@ -89,7 +100,7 @@ impl OldLayerDesc {
                 format,
             } => {
                 let &[out, _, kh, kw] = weight_shape.as_slice() else {
-                    return Err(format!("conv weight shape {weight_shape:?} is not 4-D"));
+                    return Err(UpgradeError::ConvShape(weight_shape));
                 };
                 (
                     OpSpec::Conv2d {
@@ -115,7 +126,7 @@ impl OldLayerDesc {
                     other => serde_json::from_value(serde_json::json!({ "op": other }))
                         .ok()
                         .filter(|s: &OpSpec| s.activation().is_some())
-                        .ok_or_else(|| format!("unknown activation \"{other}\""))?,
+                        .ok_or_else(|| UpgradeError::Activation(other.to_string()))?,
                 };
                 (spec, None)
             }
@@ -154,7 +165,7 @@ impl OldLayerDesc {
                     },
                     None,
                 ),
-                None => return Err(format!("add reads layer {from}, not an earlier one")),
+                None => return Err(UpgradeError::Add(from)),
             },
         };
         Ok(LayerDesc {

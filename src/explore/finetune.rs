@@ -252,7 +252,7 @@ impl TunedModel {
                 ],
             )
             .to_bytes()
-            .map_err(EvalError::Other)
+            .map_err(|e| EvalError::Engine(e.into()))
     }
 }
 

@@ -73,7 +73,9 @@ impl ModelInfo {
                             .map(|&j| model.layers[j].name.clone())
                             .collect()
                     }),
-                    no_structured: crate::compress::prune::structured_path(model, index).err(),
+                    no_structured: crate::compress::prune::structured_path(model, index)
+                        .err()
+                        .map(|e| e.to_string()),
                 })
             })
             .collect();

@@ -83,7 +83,8 @@ pub enum WorkerMsg {
         id: u64,
         result: Option<Result<Box<TuneOutcome>, String>>,
     },
-    /// A background task (export, plot) finished: what it wrote, or why it could not.
+    /// A background task (export, plot) finished: what it wrote, or why it could not (in
+    /// words, for the message line).
     TaskDone {
         task: String,
         result: Result<Vec<std::path::PathBuf>, String>,
@@ -280,13 +281,13 @@ impl Runner {
     /// Runs `work` on the pool and reports its outcome as `TaskDone { task, .. }`.
     pub fn spawn_task<F>(&self, task: &str, work: F)
     where
-        F: FnOnce(&dyn Evaluator) -> Result<Vec<std::path::PathBuf>, String> + Send + 'static,
+        F: FnOnce(&dyn Evaluator) -> Result<Vec<std::path::PathBuf>, TaskError> + Send + 'static,
     {
         let evaluator = Arc::clone(&self.evaluator);
         let tx = self.tx.clone();
         let task = task.to_string();
         self.pool.spawn(move || {
-            let result = work(evaluator.as_ref());
+            let result = work(evaluator.as_ref()).map_err(|e| e.to_string());
             let _ = tx.send(WorkerMsg::TaskDone { task, result });
         });
     }
@@ -440,13 +441,17 @@ fn run_points(
     }
 }
 
+/// Why a background task (an export, plots) wrote nothing: an error of the evaluator or of
+/// the module above that draws plots.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Draws plots for a `Request::Plot` into a directory, replacing none of the session's input
 /// files (the report module's job; the explorer supplies it).
 pub type PlotFn = fn(
     &PlotInput,
     &std::path::Path,
     &[std::path::PathBuf],
-) -> Result<Vec<std::path::PathBuf>, String>;
+) -> Result<Vec<std::path::PathBuf>, TaskError>;
 
 /// Carries out a session's requests on a runner and a journal.
 pub struct Executor<'a> {
@@ -470,7 +475,7 @@ impl Executor<'_> {
                 Request::CancelSweeps => self.runner.cancel_sweeps(),
                 Request::Export { config, dir } => {
                     self.runner.spawn_task("export", move |ev| {
-                        ev.export(&config, &dir).map_err(|e| e.to_string())
+                        ev.export(&config, &dir).map_err(TaskError::from)
                     });
                 }
                 Request::Finetune(job) => self.runner.start_finetune(job),
@@ -483,7 +488,7 @@ impl Executor<'_> {
                 } => {
                     self.runner.spawn_task("export", move |ev| {
                         ev.export_tuned(key, &config, model.as_deref(), &dir)
-                            .map_err(|e| e.to_string())
+                            .map_err(TaskError::from)
                     });
                 }
                 Request::DiscardTuned(model) => self.runner.discard_tuned(&model),

@@ -47,7 +47,7 @@ enum Calibration {
     Given(Vec<f32>),
     Lazy {
         loader: CalibrationLoader,
-        loaded: OnceLock<Result<Vec<f32>, String>>,
+        loaded: OnceLock<Result<Vec<f32>, crate::data::DataError>>,
     },
 }
 
@@ -155,13 +155,20 @@ impl ModelEvaluator {
 
     /// Writes a tuned model's packed bytes into the models folder (atomically) under its
     /// SHA-256; `Ok(None)` when models are not saved.
-    fn save_tuned(&self, bytes: &[u8], sha256: &str) -> Result<Option<PathBuf>, String> {
+    fn save_tuned(
+        &self,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<Option<PathBuf>, crate::files::FileError> {
         let Some(dir) = &self.models_dir else {
             return Ok(None);
         };
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| crate::files::FileError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let path = dir.join(super::finetune::tuned_model_name(sha256));
-        crate::files::write_atomic(&path, bytes).map_err(|e| e.to_string())?;
+        crate::files::write_atomic(&path, bytes)?;
         Ok(Some(path))
     }
 
@@ -755,7 +762,7 @@ impl Evaluator for ModelEvaluator {
                     &[measure::PruningRecord::of(&built.plan, &self.model).metadata()],
                 )
                 .to_bytes()
-                .map_err(EvalError::Other)?;
+                .map_err(|e| EvalError::Engine(e.into()))?;
             Ok((bytes, self.measurement_of(&built.plan, &built.model)))
         })
     }
@@ -781,7 +788,7 @@ impl Evaluator for ModelEvaluator {
                 return Err(EvalError::Cancelled);
             }
             Ok(_) => {}
-            Err(e) => outcome.unsaved = Some(e),
+            Err(e) => outcome.unsaved = Some(e.to_string()),
         }
         outcome.model = Some(sha256);
         if let Ok(mut tuned) = self.tuned.lock() {
@@ -831,7 +838,8 @@ impl Evaluator for ModelEvaluator {
             )));
         }
         let compressed = engine::load_compressed(&path)?;
-        let pruning = measure::PruningRecord::read(&path).map_err(EvalError::Other)?;
+        let pruning =
+            measure::PruningRecord::read(&path).map_err(|e| EvalError::Other(e.to_string()))?;
         let recipe = config.to_recipe(&self.info);
         self.write_export(&recipe, dir, &|| {
             Ok((

@@ -14,10 +14,10 @@ pub struct FileDigest {
 }
 
 impl FileDigest {
-    pub fn of(path: &Path) -> Result<FileDigest, String> {
+    pub fn of(path: &Path) -> Result<FileDigest, crate::files::FileError> {
         Ok(FileDigest {
             path: path.display().to_string(),
-            sha256: crate::files::sha256_file(path).map_err(|e| e.to_string())?,
+            sha256: crate::files::sha256_file(path)?,
         })
     }
 }
@@ -52,7 +52,7 @@ impl Inputs {
         data_files: &[std::path::PathBuf],
         samples: usize,
         calibration: Option<CalibrationSource>,
-    ) -> Result<Inputs, String> {
+    ) -> Result<Inputs, crate::files::FileError> {
         Ok(Inputs {
             squeeze_version: env!("CARGO_PKG_VERSION").to_string(),
             model: FileDigest::of(model)?,

@@ -49,14 +49,37 @@ pub struct Budget {
     pub target: Option<Target>,
 }
 
+/// A budget term that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    #[error(
+        "budget \"{0}\": write kind=value, e.g. size=27KB, latency=5us, flash=1MiB, ram=256KiB or target=cortex-m4"
+    )]
+    NoKind(String),
+    #[error("budget \"{term}\": unknown kind \"{kind}\"; use size, latency, flash, ram or target")]
+    UnknownKind { term: String, kind: String },
+    #[error("\"{0}\" is not a size; write e.g. 100KiB, 1.5MiB or 20000")]
+    NotASize(String),
+    #[error("unknown size unit \"{0}\"; use B, KiB, MiB, GiB, kB, MB or GB")]
+    SizeUnit(String),
+    #[error("\"{0}\" is not a time; write e.g. 20us or 1.5ms")]
+    NotATime(String),
+    #[error("unknown time unit \"{0}\"; use ns, us, ms or s")]
+    TimeUnit(String),
+    #[error("\"{0}\": a budget must be positive")]
+    NotPositive(String),
+    #[error(transparent)]
+    Target(#[from] super::targets::TargetError),
+}
+
 impl Budget {
     /// Adds `kind=value` terms (`size=27KB`, `latency=5us`, `flash=1MiB`, `ram=256KiB`,
     /// `target=cortex-m4`), comma-separated.
-    pub fn add(&mut self, spec: &str, targets: &[Target]) -> Result<(), String> {
+    pub fn add(&mut self, spec: &str, targets: &[Target]) -> Result<(), BudgetError> {
         for term in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let (kind, value) = term.split_once('=').ok_or_else(|| {
-                format!("budget \"{term}\": write kind=value, e.g. size=27KB, latency=5us, flash=1MiB, ram=256KiB or target=cortex-m4")
-            })?;
+            let (kind, value) = term
+                .split_once('=')
+                .ok_or_else(|| BudgetError::NoKind(term.to_string()))?;
             let value = value.trim();
             match kind.trim() {
                 "size" => self.size_bytes = Some(parse_bytes(value)?),
@@ -64,7 +87,7 @@ impl Budget {
                 "ram" => self.ram_bytes = Some(parse_bytes(value)?),
                 "latency" => self.latency_us = Some(parse_micros(value)?),
                 "target" => {
-                    let t = find(targets, value).map_err(|e| e.to_string())?;
+                    let t = find(targets, value)?;
                     if !t.measured {
                         self.flash_bytes = t.flash_bytes.map(|f| f as f64).or(self.flash_bytes);
                     }
@@ -72,9 +95,10 @@ impl Budget {
                     self.target = Some(t);
                 }
                 other => {
-                    return Err(format!(
-                        "budget \"{term}\": unknown kind \"{other}\"; use size, latency, flash, ram or target"
-                    ));
+                    return Err(BudgetError::UnknownKind {
+                        term: term.to_string(),
+                        kind: other.to_string(),
+                    });
                 }
             }
         }
@@ -1318,14 +1342,14 @@ fn neighbours(options: &[Option_], c: Choice) -> Vec<Choice> {
 
 /// `27KB`, `27 KiB`, `1.5MiB`, `20000` → bytes (kB and MB are powers of ten, KiB and MiB of
 /// two).
-pub fn parse_bytes(s: &str) -> Result<f64, String> {
+pub fn parse_bytes(s: &str) -> Result<f64, BudgetError> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("\"{s}\" is not a size; write e.g. 100KiB, 1.5MiB or 20000"))?;
+        .map_err(|_| BudgetError::NotASize(s.to_string()))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kib" => 1024.0,
@@ -1335,39 +1359,35 @@ pub fn parse_bytes(s: &str) -> Result<f64, String> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "gb" => 1e9,
         other => {
-            return Err(format!(
-                "unknown size unit \"{other}\"; use B, KiB, MiB, GiB, kB, MB or GB"
-            ));
+            return Err(BudgetError::SizeUnit(other.to_string()));
         }
     };
     if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("\"{s}\": a budget must be positive"));
+        return Err(BudgetError::NotPositive(s.to_string()));
     }
     Ok(v * mult)
 }
 
 /// `20us`, `20µs`, `1.5ms`, `0.002s`, `20` (µs) → microseconds.
-pub fn parse_micros(s: &str) -> Result<f64, String> {
+pub fn parse_micros(s: &str) -> Result<f64, BudgetError> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let v: f64 = num
         .trim()
         .parse()
-        .map_err(|_| format!("\"{s}\" is not a time; write e.g. 20us or 1.5ms"))?;
+        .map_err(|_| BudgetError::NotATime(s.to_string()))?;
     let mult = match unit.trim() {
         "" | "us" | "µs" => 1.0,
         "ns" => 1e-3,
         "ms" => 1e3,
         "s" => 1e6,
         other => {
-            return Err(format!(
-                "unknown time unit \"{other}\"; use ns, us, ms or s"
-            ));
+            return Err(BudgetError::TimeUnit(other.to_string()));
         }
     };
     if !(v > 0.0 && v.is_finite()) {
-        return Err(format!("\"{s}\": a budget must be positive"));
+        return Err(BudgetError::NotPositive(s.to_string()));
     }
     Ok(v * mult)
 }
@@ -1389,19 +1409,21 @@ mod tests {
         assert_eq!(b.bytes_limit(), Some(27_000.0));
         assert!(b.describe().contains("cortex-m4"));
         let err = Budget::default().add("speed=fast", &targets).unwrap_err();
-        assert!(err.contains("unknown kind"), "{err}");
+        assert!(matches!(err, BudgetError::UnknownKind { .. }), "{err}");
         let err = Budget::default().add("27KB", &targets).unwrap_err();
-        assert!(err.contains("kind=value"), "{err}");
-        assert_eq!(parse_bytes("100KiB"), Ok(102_400.0));
-        assert_eq!(parse_bytes("1.5 MiB"), Ok(1_572_864.0));
-        assert!(
-            parse_bytes("12 parsecs")
-                .unwrap_err()
-                .contains("unknown size unit")
-        );
-        assert!(parse_bytes("-1").is_err());
-        assert_eq!(parse_micros("1.5ms"), Ok(1500.0));
-        assert_eq!(parse_micros("20µs"), Ok(20.0));
+        assert!(err.to_string().contains("kind=value"), "{err}");
+        assert_eq!(parse_bytes("100KiB").ok(), Some(102_400.0));
+        assert_eq!(parse_bytes("1.5 MiB").ok(), Some(1_572_864.0));
+        assert!(matches!(
+            parse_bytes("12 parsecs"),
+            Err(BudgetError::SizeUnit(u)) if u == "parsecs"
+        ));
+        assert!(matches!(
+            parse_bytes("-1"),
+            Err(BudgetError::NotPositive(_))
+        ));
+        assert_eq!(parse_micros("1.5ms").ok(), Some(1500.0));
+        assert_eq!(parse_micros("20µs").ok(), Some(20.0));
         assert!(parse_micros("fast").is_err());
     }
 

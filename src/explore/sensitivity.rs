@@ -49,30 +49,35 @@ impl Default for SensitivityGrid {
     }
 }
 
+/// A sensitivity grid no probe can be made of.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GridError {
+    #[error("method {0:?}: sensitivity prunes by a sparsity; use l1, random or structured")]
+    Method(PruneMethod),
+    #[error("sparsity {}: each must be above 0 and at most 0.99", f64::from(*.0) / 1000.0)]
+    Sparsity(Permille),
+    #[error("bits {0}: each must be from 1 to 8")]
+    Bits(u8),
+}
+
 impl SensitivityGrid {
     /// Sorts and deduplicates the grid and checks it holds what a probe can be.
-    pub fn normalized(mut self) -> Result<Self, String> {
+    pub fn normalized(mut self) -> Result<Self, GridError> {
         if !matches!(
             self.method,
             PruneMethod::L1 | PruneMethod::Random | PruneMethod::Structured
         ) {
-            return Err(format!(
-                "method {:?}: sensitivity prunes by a sparsity; use l1, random or structured",
-                self.method
-            ));
+            return Err(GridError::Method(self.method));
         }
         self.sparsities.sort_unstable();
         self.sparsities.dedup();
         if let Some(s) = self.sparsities.iter().find(|s| **s == 0 || **s > 990) {
-            return Err(format!(
-                "sparsity {}: each must be above 0 and at most 0.99",
-                f64::from(*s) / 1000.0
-            ));
+            return Err(GridError::Sparsity(*s));
         }
         self.bits.sort_unstable_by(|a, b| b.cmp(a));
         self.bits.dedup();
         if let Some(b) = self.bits.iter().find(|b| !(1..=8).contains(*b)) {
-            return Err(format!("bits {b}: each must be from 1 to 8"));
+            return Err(GridError::Bits(*b));
         }
         Ok(self)
     }
@@ -657,11 +662,9 @@ mod tests {
             method: PruneMethod::Nm,
             ..Default::default()
         };
-        assert!(
-            g.normalized()
-                .unwrap_err()
-                .contains("l1, random or structured")
-        );
+        let e = g.normalized().unwrap_err();
+        assert_eq!(e, GridError::Method(PruneMethod::Nm));
+        assert!(e.to_string().contains("l1, random or structured"), "{e}");
         let g = SensitivityGrid {
             sparsities: vec![900, 100, 900],
             bits: vec![2, 8],

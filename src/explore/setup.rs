@@ -55,8 +55,16 @@ pub enum SetupError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Journal(#[from] JournalError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Memory(#[from] crate::limits::MemoryError),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    #[error("--limit must be at least 1")]
+    ZeroLimit,
+    #[error("{}: the model has no linear or conv layer to compress", .0.display())]
+    NothingToCompress(PathBuf),
 }
 
 /// Calibration samples kept from the training set (recipes take their first
@@ -87,8 +95,7 @@ impl Setup {
         let (model, mut notes) = if crate::engine::is_compressed_file(&opts.model) {
             // A compressed model (apply, finetune) is explored from the values it holds: its
             // dequantized weights, pruned ones exactly zero, are the starting point.
-            let cm = crate::engine::load_compressed(&opts.model)
-                .map_err(|e| SetupError::Other(e.to_string()))?;
+            let cm = crate::engine::load_compressed(&opts.model)?;
             let note = format!(
                 "{} is compressed ({} bytes packed): exploring its dequantized weights",
                 opts.model.display(),
@@ -105,7 +112,7 @@ impl Setup {
             (loaded.model, notes)
         };
         if opts.limit == Some(0) {
-            return Err(SetupError::Other("--limit must be at least 1".into()));
+            return Err(SetupError::ZeroLimit);
         }
         let data_opts = DataOptions {
             labels: opts.labels.clone(),
@@ -126,14 +133,10 @@ impl Setup {
                 set.len(),
                 crate::measure::EVAL_BATCH,
             )),
-        )
-        .map_err(SetupError::Other)?;
+        )?;
         let inputs = set.prepare(&model.input, model.num_classes())?;
         if model.compressible().next().is_none() {
-            return Err(SetupError::Other(format!(
-                "{}: the model has no linear or conv layer to compress",
-                opts.model.display()
-            )));
+            return Err(SetupError::NothingToCompress(opts.model.clone()));
         }
         let fingerprint = model_evaluator::fingerprint(&model, &set);
         let data_name = data_label(&opts.data);
@@ -147,8 +150,7 @@ impl Setup {
             ));
         }
         let data_files = regular_files(crate::data::source_files(&opts.data, &data_opts));
-        let provenance = Inputs::new(&opts.model, &data_files, set.len(), calibration)
-            .map_err(SetupError::Other)?;
+        let provenance = Inputs::new(&opts.model, &data_files, set.len(), calibration)?;
         let journal_path = match &opts.journal {
             JournalChoice::Off => None,
             JournalChoice::File(p) => Some(p.clone()),
@@ -273,7 +275,8 @@ fn forget_missing_models(records: &mut [Record], dir: &std::path::Path) -> usize
 }
 
 /// Loads the calibration inputs when first needed.
-pub type CalibrationLoader = Box<dyn Fn() -> Result<Vec<f32>, String> + Send + Sync>;
+pub type CalibrationLoader =
+    Box<dyn Fn() -> Result<Vec<f32>, crate::data::DataError> + Send + Sync>;
 
 /// The calibration set: `--train`, else the training set beside the evaluation set, else
 /// none (the evaluation set calibrates, as `squeeze eval` does without
@@ -309,17 +312,15 @@ fn calibration_set(
     let files = regular_files(crate::data::source_files(&path, &data_opts));
     let mut tag = super::eval::Fnv::default();
     for f in &files {
-        let digest = super::results::FileDigest::of(f).map_err(SetupError::Other)?;
+        let digest = super::results::FileDigest::of(f)?;
         tag.write(digest.sha256.as_bytes());
     }
     tag.write(&(CALIBRATION_SAMPLES as u64).to_le_bytes());
     let (input, classes) = (model.input.clone(), model.num_classes());
     let shown = path.clone();
     let loader: CalibrationLoader = Box::new(move || {
-        let set = crate::data::load(&shown, &data_opts)
-            .map_err(|e| e.to_string())?
-            .truncated(CALIBRATION_SAMPLES);
-        set.prepare(&input, classes).map_err(|e| e.to_string())
+        let set = crate::data::load(&shown, &data_opts)?.truncated(CALIBRATION_SAMPLES);
+        set.prepare(&input, classes)
     });
     Ok((
         Some(CalibrationSource {

@@ -76,24 +76,53 @@ pub struct GridPoint {
 /// Grids larger than this are refused (a typo in a list, not a sweep anyone can run).
 pub const MAX_GRID: usize = 1_000_000;
 
+/// Why a grid file gives no configurations.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    #[error(transparent)]
+    Read(#[from] crate::files::FileError),
+    #[error("{}: {source}", path.display())]
+    In {
+        path: std::path::PathBuf,
+        source: Box<GridError>,
+    },
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("{0}: an empty list gives no configuration")]
+    EmptyList(String),
+    #[error("the grid has more than {MAX_GRID} points")]
+    TooLarge,
+    #[error(transparent)]
+    Write(#[from] toml::ser::Error),
+    #[error("grid point {index} ({label}): {source}")]
+    Point {
+        index: usize,
+        label: String,
+        source: Box<crate::compress::RecipeError>,
+    },
+}
+
 /// Reads a grid file. Every field of a recipe may be a list (`sparsity = [0.5, 0.7, 0.9]`);
 /// the grid is the product of all lists, in the order of their table and field names. A
 /// `[global]` `layers` list is a list of names, not an axis.
-pub fn read_grid(path: &std::path::Path) -> Result<Vec<GridPoint>, String> {
-    let text = crate::files::read_text(path).map_err(|e| e.to_string())?;
-    parse_grid(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read_grid(path: &std::path::Path) -> Result<Vec<GridPoint>, GridError> {
+    let text = crate::files::read_text(path)?;
+    parse_grid(&text).map_err(|e| GridError::In {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
 }
 
 /// Parses a grid's text (see `read_grid`).
-pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, String> {
-    let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, GridError> {
+    let value: toml::Table = toml::from_str(text)?;
     // Axes: (path of keys, values), in path order.
     let mut axes: Vec<(Vec<String>, Vec<toml::Value>)> = Vec::new();
     fn walk(
         table: &toml::Table,
         path: &mut Vec<String>,
         axes: &mut Vec<(Vec<String>, Vec<toml::Value>)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), GridError> {
         for (k, v) in table {
             path.push(k.clone());
             match v {
@@ -102,10 +131,7 @@ pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, String> {
                     if !(path.len() == 2 && path[0] == "global" && k == "layers") =>
                 {
                     if list.is_empty() {
-                        return Err(format!(
-                            "{}: an empty list gives no configuration",
-                            path.join(".")
-                        ));
+                        return Err(GridError::EmptyList(path.join(".")));
                     }
                     axes.push((path.clone(), list.clone()));
                 }
@@ -121,7 +147,7 @@ pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, String> {
         .iter()
         .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
         .filter(|n| *n <= MAX_GRID)
-        .ok_or_else(|| format!("the grid has more than {MAX_GRID} points"))?;
+        .ok_or(GridError::TooLarge)?;
     let mut out = Vec::with_capacity(total);
     for index in 0..total {
         let mut table = value.clone();
@@ -138,9 +164,14 @@ pub fn parse_grid(text: &str) -> Result<Vec<GridPoint>, String> {
             label.push(format!("{}={}", path.join("."), chosen));
             set_path(&mut table, path, chosen);
         }
-        let recipe_text = toml::to_string(&table).map_err(|e| e.to_string())?;
-        let recipe = crate::compress::Recipe::from_toml_str(&recipe_text)
-            .map_err(|e| format!("grid point {index} ({}): {e}", label.join(" ")))?;
+        let recipe_text = toml::to_string(&table)?;
+        let recipe = crate::compress::Recipe::from_toml_str(&recipe_text).map_err(|source| {
+            GridError::Point {
+                index,
+                label: label.join(" "),
+                source: Box::new(source),
+            }
+        })?;
         out.push(GridPoint {
             index,
             recipe,
@@ -200,24 +231,39 @@ pub fn shard(points: Vec<GridPoint>, i: usize, n: usize) -> Vec<GridPoint> {
         .collect()
 }
 
+/// A `--shard` that is not `i/n` with `i` below `n`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard \"{0}\": write i/n, e.g. 0/4 (shards count from 0)")]
+    NoSlash(String),
+    #[error("shard \"{text}\": {part} is not a number")]
+    NotANumber { text: String, part: &'static str },
+    #[error(
+        "shard \"{text}\": i must be from 0 to n − 1 (a Slurm array 0-{}: --shard $SLURM_ARRAY_TASK_ID/{n})",
+        n.saturating_sub(1)
+    )]
+    OutOfRange { text: String, n: usize },
+}
+
 /// Reads `--shard i/n` (`0/4` … `3/4`).
-pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+pub fn parse_shard(s: &str) -> Result<(usize, usize), ShardError> {
     let (i, n) = s
         .split_once('/')
-        .ok_or_else(|| format!("shard \"{s}\": write i/n, e.g. 0/4 (shards count from 0)"))?;
-    let i: usize = i
-        .trim()
-        .parse()
-        .map_err(|_| format!("shard \"{s}\": i is not a number"))?;
-    let n: usize = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("shard \"{s}\": n is not a number"))?;
+        .ok_or_else(|| ShardError::NoSlash(s.to_string()))?;
+    let number = |part: &'static str, v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| ShardError::NotANumber {
+                text: s.to_string(),
+                part,
+            })
+    };
+    let (i, n) = (number("i", i)?, number("n", n)?);
     if n == 0 || i >= n {
-        return Err(format!(
-            "shard \"{s}\": i must be from 0 to n − 1 (a Slurm array 0-{}: --shard $SLURM_ARRAY_TASK_ID/{n})",
-            n.saturating_sub(1)
-        ));
+        return Err(ShardError::OutOfRange {
+            text: s.to_string(),
+            n,
+        });
     }
     Ok((i, n))
 }
@@ -365,7 +411,28 @@ pub fn to_jsonl(lines: &[ResultLine]) -> String {
 /// Joins result files: every line of every file (each file's lines numbered for messages),
 /// one per configuration hash (the first seen), in grid order, the frontiers marked again.
 /// Files measured on other model or data contents are refused.
-pub fn merge(files: &[(String, String)]) -> Result<(Vec<ResultLine>, usize), String> {
+/// Why result files cannot be merged.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{file}:{line}: not a sweep result line: {source}")]
+    NotALine {
+        file: String,
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{file}:{line}: measured on other model or data contents than {first} (model sha256 {theirs} vs {ours}); merge results of one model and data set"
+    )]
+    OtherInputs {
+        file: String,
+        line: usize,
+        first: String,
+        theirs: String,
+        ours: String,
+    },
+}
+
+pub fn merge(files: &[(String, String)]) -> Result<(Vec<ResultLine>, usize), MergeError> {
     let mut out: Vec<ResultLine> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let mut duplicates = 0;
@@ -375,16 +442,21 @@ pub fn merge(files: &[(String, String)]) -> Result<(Vec<ResultLine>, usize), Str
             if line.trim().is_empty() {
                 continue;
             }
-            let l: ResultLine = serde_json::from_str(line)
-                .map_err(|e| format!("{name}:{}: not a sweep result line: {e}", i + 1))?;
+            let l: ResultLine =
+                serde_json::from_str(line).map_err(|source| MergeError::NotALine {
+                    file: name.clone(),
+                    line: i + 1,
+                    source,
+                })?;
             match &first {
                 Some((f, inputs)) if !inputs.same_inputs(&l.inputs) => {
-                    return Err(format!(
-                        "{name}:{}: measured on other model or data contents than {f} (model sha256 {} vs {}); merge results of one model and data set",
-                        i + 1,
-                        l.inputs.model.sha256,
-                        inputs.model.sha256
-                    ));
+                    return Err(MergeError::OtherInputs {
+                        file: name.clone(),
+                        line: i + 1,
+                        first: f.clone(),
+                        theirs: l.inputs.model.sha256.clone(),
+                        ours: inputs.model.sha256.clone(),
+                    });
                 }
                 Some(_) => {}
                 None => first = Some((name.clone(), l.inputs.clone())),
@@ -434,16 +506,30 @@ mod grid_tests {
         assert!(
             parse_grid("[default]\nbits = []\n")
                 .unwrap_err()
+                .to_string()
                 .contains("empty list")
         );
         assert!(
             parse_grid("[default]\nprune = [\"l1\", \"bogus\"]\n")
                 .unwrap_err()
+                .to_string()
                 .contains("grid point 1")
         );
         assert_eq!(parse_shard("3/4"), Ok((3, 4)));
-        assert!(parse_shard("4/4").is_err());
-        assert!(parse_shard("x").is_err());
+        assert_eq!(
+            parse_shard("4/4"),
+            Err(ShardError::OutOfRange {
+                text: "4/4".into(),
+                n: 4
+            })
+        );
+        assert_eq!(parse_shard("x"), Err(ShardError::NoSlash("x".into())));
+        assert!(
+            parse_shard("1/y")
+                .unwrap_err()
+                .to_string()
+                .ends_with("n is not a number")
+        );
         // The example grid of the cluster scripts.
         let example = read_grid(std::path::Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -460,10 +460,13 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), FileError> {
 /// Writes `path` atomically through a writer that takes a path (an image encoder): `write`
 /// fills the temporary path it is given, which ends in the destination's extension; the file is then fsynced and renamed as by
 /// [`write_atomic`]. The error of `write` is reported as an I/O error on `path`.
-pub fn write_atomic_with(
+pub fn write_atomic_with<E>(
     path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<(), FileError> {
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), FileError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if let Ok(meta) = std::fs::metadata(path)
         && !meta.is_file()
     {
@@ -481,9 +484,9 @@ pub fn write_atomic_with(
     let mut tmp = Temporary::create_with_suffix(path, &suffix).map_err(io_err(path))?;
     // The writer opens the path itself.
     tmp.file = None;
-    write(&tmp.path).map_err(|msg| FileError::Io {
+    write(&tmp.path).map_err(|e| FileError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(msg),
+        source: std::io::Error::other(e),
     })?;
     std::fs::File::open(&tmp.path)
         .and_then(|f| f.sync_all())
@@ -676,13 +679,29 @@ pub fn verify_checksum(
     Ok(Verified::Intact)
 }
 
+/// Tensors that cannot be written as safetensors.
+#[derive(Debug, thiserror::Error)]
+pub enum SerializeError {
+    #[error("tensor {name}: shape {shape:?} is too large")]
+    TooLarge { name: String, shape: Vec<usize> },
+    #[error("tensor {name}: {held} bytes do not hold shape {shape:?} of {dtype:?}")]
+    Length {
+        name: String,
+        held: usize,
+        shape: Vec<usize>,
+        dtype: Dtype,
+    },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// safetensors bytes with the header's keys (tensors and metadata) in sorted order, so the same
 /// tensors and metadata always give the same file. Tensors are laid out by decreasing element
 /// size, then name, so each stays aligned to its element size.
 pub fn serialize(
     tensors: &[TensorBytes],
     metadata: &BTreeMap<String, String>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SerializeError> {
     let mut order: Vec<&TensorBytes> = tensors.iter().collect();
     order.sort_by(|a, b| {
         b.1.bitsize()
@@ -691,27 +710,29 @@ pub fn serialize(
     });
     let mut header: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     if !metadata.is_empty() {
-        header.insert(
-            "__metadata__".into(),
-            serde_json::to_value(metadata).map_err(|e| e.to_string())?,
-        );
+        header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
     }
     let mut offset = 0usize;
     for (name, dtype, shape, data) in &order {
         let count = shape
             .iter()
             .try_fold(1usize, |a, d| a.checked_mul(*d))
-            .ok_or_else(|| format!("tensor {name}: shape {shape:?} is too large"))?;
+            .ok_or_else(|| SerializeError::TooLarge {
+                name: name.clone(),
+                shape: shape.clone(),
+            })?;
         // Sub-byte dtypes are not written: squeeze packs low-bit codes into U8 tensors itself.
         let bytes = count
             .checked_mul(dtype.bitsize())
             .filter(|b| b % 8 == 0)
             .map(|b| b / 8);
         if bytes != Some(data.len()) {
-            return Err(format!(
-                "tensor {name}: {} bytes do not hold shape {shape:?} of {dtype:?}",
-                data.len()
-            ));
+            return Err(SerializeError::Length {
+                name: name.clone(),
+                held: data.len(),
+                shape: shape.clone(),
+                dtype: *dtype,
+            });
         }
         let end = offset + data.len();
         header.insert(
@@ -724,7 +745,7 @@ pub fn serialize(
         );
         offset = end;
     }
-    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_vec(&header)?;
     json.resize(json.len().next_multiple_of(8), b' ');
     let mut out = Vec::with_capacity(8 + json.len() + offset);
     out.extend((json.len() as u64).to_le_bytes());
@@ -771,7 +792,7 @@ impl Sealed {
             .insert(PARTNER_KEY.to_string(), record.to_json());
     }
 
-    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SerializeError> {
         serialize(&self.tensors, &self.metadata)
     }
 }
@@ -823,20 +844,33 @@ pub fn partner_warning(path: &Path, metadata: &BTreeMap<String, String>) -> Opti
     }
 }
 
+/// Why a safetensors file's metadata could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error(
+        "the header claims {claims} bytes but the file holds {size} (and a header at most {MAX_SAFETENSORS_HEADER})"
+    )]
+    HeaderSize { claims: u64, size: u64 },
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
 /// The metadata of a safetensors file, reading only its header.
-pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, String> {
-    let (mut f, size) = open_regular(path).map_err(|e| e.to_string())?;
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>, MetadataError> {
+    let (mut f, size) = open_regular(path)?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| e.to_string())?;
+    f.read_exact(&mut len)?;
     let n = u64::from_le_bytes(len);
     if n > size.saturating_sub(8) || n > MAX_SAFETENSORS_HEADER {
-        return Err(format!(
-            "the header claims {n} bytes but the file holds {size} (and a header at most {MAX_SAFETENSORS_HEADER})"
-        ));
+        return Err(MetadataError::HeaderSize { claims: n, size });
     }
     let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(|e| e.to_string())?;
-    let value: serde_json::Value = serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    f.read_exact(&mut header)?;
+    let value: serde_json::Value = serde_json::from_slice(&header)?;
     Ok(value
         .get("__metadata__")
         .and_then(|m| serde_json::from_value(m.clone()).ok())

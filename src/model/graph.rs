@@ -82,6 +82,18 @@ pub enum Op {
     },
 }
 
+/// Why an op cannot be built from its spec alone ([`Op::without_params`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OpError {
+    #[error("slope = {0} must be finite")]
+    Slope(f64),
+    #[error("p = {0} must be in [0, 1)")]
+    DropoutP(f64),
+    /// A linear, conv, batchnorm or add layer: loading resolves it with its tensors and inputs.
+    #[error("{0} needs its tensors or inputs resolved")]
+    NeedsParams(&'static str),
+}
+
 impl Op {
     pub fn name(&self) -> &'static str {
         match self {
@@ -102,12 +114,12 @@ impl Op {
     /// The op `spec` describes when it needs neither tensors nor other layers' outputs (an
     /// element-wise function, pooling, flatten, dropout, softmax); an error for the others,
     /// which loading resolves with their tensors and inputs.
-    pub fn without_params(spec: &OpSpec) -> Result<Op, String> {
+    pub fn without_params(spec: &OpSpec) -> Result<Op, OpError> {
         if let Some(a) = spec.activation() {
             if let Activation::LeakyRelu(slope) = a
                 && !slope.is_finite()
             {
-                return Err(format!("slope = {slope} must be finite"));
+                return Err(OpError::Slope(slope));
             }
             return Ok(Op::Activation(a));
         }
@@ -138,17 +150,12 @@ impl Op {
             OpSpec::Dropout { p } => {
                 let p = p.unwrap_or(0.5);
                 if !(0.0..1.0).contains(&p) {
-                    return Err(format!("p = {p} must be in [0, 1)"));
+                    return Err(OpError::DropoutP(p));
                 }
                 Op::Dropout(p)
             }
             OpSpec::Softmax {} => Op::Softmax,
-            other => {
-                return Err(format!(
-                    "{} needs its tensors or inputs resolved",
-                    other.op_name()
-                ));
-            }
+            other => return Err(OpError::NeedsParams(other.op_name())),
         })
     }
 

@@ -29,7 +29,7 @@ pub enum LoadError {
     NoArch {
         path: PathBuf,
         sidecar: String,
-        why: String,
+        why: NotAnMlp,
     },
     #[error("{path}: invalid architecture description: {msg}")]
     Arch { path: PathBuf, msg: String },
@@ -216,39 +216,55 @@ fn read_arch_file(path: &Path) -> Result<ArchSpec, LoadError> {
     })
 }
 
+/// Why a file without an architecture description is not read as an MLP.
+#[derive(Debug, thiserror::Error)]
+pub enum NotAnMlp {
+    #[error(transparent)]
+    Read(#[from] safetensors::SafeTensorError),
+    #[error("tensor \"{name}\" is {dims}-D, not a linear weight")]
+    NotMatrix { name: String, dims: usize },
+    #[error("tensor \"{0}\" is not the bias of a linear layer")]
+    NotBias(String),
+    #[error("tensor \"{0}\" is not a linear layer's weight or bias")]
+    NotLinear(String),
+    #[error("the file has no tensors")]
+    Empty,
+    #[error("the linear layers do not form a chain")]
+    NoChain,
+    #[error("\"{from}.weight\" outputs {outputs} values but \"{to}.weight\" takes {takes}")]
+    Sizes {
+        from: String,
+        outputs: usize,
+        to: String,
+        takes: usize,
+    },
+}
+
 /// Reads a chain of 2-D linear layers (`N.weight` `[out, in]`, optional `N.bias` `[out]`) as an
 /// MLP with ReLU between layers. Explains why not when the file is anything else.
-fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
+fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, NotAnMlp> {
     let names = tensors.names();
     let mut weights: Vec<(String, Vec<usize>)> = Vec::new();
     for name in &names {
-        let shape = tensors
-            .tensor(name)
-            .map_err(|e| e.to_string())?
-            .shape()
-            .to_vec();
+        let shape = tensors.tensor(name)?.shape().to_vec();
         if let Some(prefix) = name.strip_suffix(".weight") {
             if shape.len() != 2 {
-                return Err(format!(
-                    "tensor \"{name}\" is {}-D, not a linear weight",
-                    shape.len()
-                ));
+                return Err(NotAnMlp::NotMatrix {
+                    name: name.to_string(),
+                    dims: shape.len(),
+                });
             }
             weights.push((prefix.to_string(), shape));
         } else if let Some(prefix) = name.strip_suffix(".bias") {
             if !names.iter().any(|n| *n == format!("{prefix}.weight")) || shape.len() != 1 {
-                return Err(format!(
-                    "tensor \"{name}\" is not the bias of a linear layer"
-                ));
+                return Err(NotAnMlp::NotBias(name.to_string()));
             }
         } else {
-            return Err(format!(
-                "tensor \"{name}\" is not a linear layer's weight or bias"
-            ));
+            return Err(NotAnMlp::NotLinear(name.to_string()));
         }
     }
     if weights.is_empty() {
-        return Err("the file has no tensors".into());
+        return Err(NotAnMlp::Empty);
     }
     // Order by chain: each layer's input size is the previous one's output size. Numeric
     // prefixes (nn.Sequential) give the order directly; otherwise follow the sizes.
@@ -260,7 +276,7 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
         let start = rest
             .iter()
             .position(|(_, s)| !weights.iter().any(|(_, o)| o[0] == s[1]))
-            .ok_or("the linear layers do not form a chain")?;
+            .ok_or(NotAnMlp::NoChain)?;
         ordered.push(rest.remove(start));
         while !rest.is_empty() {
             let out = ordered
@@ -269,17 +285,19 @@ fn infer_mlp(tensors: &SafeTensors) -> Result<ArchSpec, String> {
             let next = rest
                 .iter()
                 .position(|(_, s)| s[1] == out)
-                .ok_or("the linear layers do not form a chain")?;
+                .ok_or(NotAnMlp::NoChain)?;
             ordered.push(rest.remove(next));
         }
         weights = ordered;
     }
     for pair in weights.windows(2) {
         if pair[1].1[1] != pair[0].1[0] {
-            return Err(format!(
-                "\"{}.weight\" outputs {} values but \"{}.weight\" takes {}",
-                pair[0].0, pair[0].1[0], pair[1].0, pair[1].1[1]
-            ));
+            return Err(NotAnMlp::Sizes {
+                from: pair[0].0.clone(),
+                outputs: pair[0].1[0],
+                to: pair[1].0.clone(),
+                takes: pair[1].1[1],
+            });
         }
     }
     let mut layers = Vec::new();
@@ -413,7 +431,7 @@ impl TensorSource for FileTensors<'_> {
             path: self.path.to_path_buf(),
             layer: layer.to_string(),
             op,
-            msg,
+            msg: msg.to_string(),
         })?;
         self.converted = bytes;
         let values = tensor_to_f32(&view).ok_or_else(|| LoadError::WrongDtype {
@@ -441,29 +459,42 @@ impl TensorSource for FileTensors<'_> {
     }
 }
 
+/// An `[input]` table that no model can have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("[input] shape {0:?} must be non-empty with no zero dimension")]
+    Shape(Vec<usize>),
+    #[error("[input] {field} has {given} values; expected 1 or one per channel ({channels})")]
+    Channels {
+        field: &'static str,
+        given: usize,
+        channels: usize,
+    },
+    #[error("[input] scale, mean and std must be finite and std non-zero")]
+    NotFinite,
+}
+
 /// What every model's `[input]` must satisfy: a non-empty shape without zero dimensions, one
 /// mean and std (or one per channel), finite values and a non-zero std.
-pub fn check_input(input: &super::spec::InputSpec) -> Result<(), String> {
+pub fn check_input(input: &super::spec::InputSpec) -> Result<(), InputError> {
     if input.shape.is_empty() || input.shape.contains(&0) {
-        return Err(format!(
-            "[input] shape {:?} must be non-empty with no zero dimension",
-            input.shape
-        ));
+        return Err(InputError::Shape(input.shape.clone()));
     }
     let channels = input.shape[0];
     for (field, v) in [("mean", &input.mean), ("std", &input.std)] {
         if v.len() != 1 && v.len() != channels {
-            return Err(format!(
-                "[input] {field} has {} values; expected 1 or one per channel ({channels})",
-                v.len()
-            ));
+            return Err(InputError::Channels {
+                field,
+                given: v.len(),
+                channels,
+            });
         }
     }
     if input.std.iter().any(|s| *s == 0.0 || !s.is_finite())
         || !input.scale.is_finite()
         || input.mean.iter().any(|m| !m.is_finite())
     {
-        return Err("[input] scale, mean and std must be finite and std non-zero".into());
+        return Err(InputError::NotFinite);
     }
     Ok(())
 }
@@ -480,7 +511,7 @@ pub fn build(
         path: path.to_path_buf(),
         msg,
     };
-    check_input(&spec.input).map_err(arch_err)?;
+    check_input(&spec.input).map_err(|e| arch_err(e.to_string()))?;
     if spec.layers.is_empty() {
         return Err(arch_err("no [[layer]] entries".into()));
     }
@@ -606,7 +637,7 @@ pub fn build(
                 reads.push(&layers[src].out_shape);
                 Op::Add { from: src }
             }
-            other => Op::without_params(other).map_err(graph_err)?,
+            other => Op::without_params(other).map_err(|e| graph_err(e.to_string()))?,
         };
         let mut inputs: Vec<&[usize]> = vec![&shape];
         inputs.extend(reads);
@@ -632,7 +663,7 @@ pub fn build(
     }
     let need = super::shape::run_bytes(&layers);
     crate::limits::check_memory("running one sample of this model", Some(need))
-        .map_err(arch_err)?;
+        .map_err(|e| arch_err(e.to_string()))?;
     Ok(Model {
         input: spec.input.clone(),
         spec,
@@ -696,7 +727,7 @@ pub fn f32_tensor_bytes(tensors: &[NamedTensor]) -> Vec<crate::files::TensorByte
 pub fn to_safetensors_bytes(
     tensors: &[NamedTensor],
     metadata: &HashMap<String, String>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, crate::files::SerializeError> {
     let metadata: BTreeMap<String, String> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))

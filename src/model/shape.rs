@@ -21,11 +21,11 @@ pub enum ShapeError {
     #[error("{0}")]
     Params(String),
     /// A window does not fit (or overflows) along one axis.
-    #[error("{axis} {size}: {msg}")]
+    #[error("{axis} {size}: {error}")]
     Window {
         axis: &'static str,
         size: usize,
-        msg: String,
+        error: WindowError,
     },
     #[error("input shape {0:?} has too many elements")]
     TooLarge(Vec<usize>),
@@ -245,9 +245,39 @@ pub fn check_chain(model: &Model) -> Result<(), (String, ShapeError)> {
 fn windows(shape: &[usize], h: Window, w: Window) -> Result<(usize, usize), ShapeError> {
     let axis = |axis, size: usize, win: Window| {
         win.out_size(size)
-            .map_err(|msg| ShapeError::Window { axis, size, msg })
+            .map_err(|error| ShapeError::Window { axis, size, error })
     };
     Ok((axis("height", shape[1], h)?, axis("width", shape[2], w)?))
+}
+
+/// Why a window has no output size along an axis.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("kernel ({kernel}), stride ({stride}) and dilation ({dilation}) must be at least 1")]
+    Zero {
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+    },
+    #[error(
+        "a window of kernel {kernel}, dilation {dilation}, padding {padding} over {size} inputs is too large to compute"
+    )]
+    Overflow {
+        kernel: usize,
+        dilation: usize,
+        padding: usize,
+        size: usize,
+    },
+    #[error(
+        "a window spanning {span} (kernel {kernel}, dilation {dilation}) does not fit {size} inputs padded by {padding} on each side"
+    )]
+    DoesNotFit {
+        span: usize,
+        kernel: usize,
+        dilation: usize,
+        size: usize,
+        padding: usize,
+    },
 }
 
 /// A window sliding along one axis: convolution (any dilation) or pooling (dilation 1).
@@ -274,7 +304,7 @@ impl Window {
     /// stride or dilation is 0, when the window does not fit the padded input, or when the
     /// padded axis would pass `isize::MAX` (padding = 2⁶² is an error, not an output of
     /// 2⁶³ + 24).
-    pub fn out_size(self, size: usize) -> Result<usize, String> {
+    pub fn out_size(self, size: usize) -> Result<usize, WindowError> {
         let Window {
             kernel,
             stride,
@@ -282,14 +312,17 @@ impl Window {
             dilation,
         } = self;
         if kernel == 0 || stride == 0 || dilation == 0 {
-            return Err(format!(
-                "kernel ({kernel}), stride ({stride}) and dilation ({dilation}) must be at least 1"
-            ));
+            return Err(WindowError::Zero {
+                kernel,
+                stride,
+                dilation,
+            });
         }
-        let overflow = || {
-            format!(
-                "a window of kernel {kernel}, dilation {dilation}, padding {padding} over {size} inputs is too large to compute"
-            )
+        let overflow = || WindowError::Overflow {
+            kernel,
+            dilation,
+            padding,
+            size,
         };
         let span = dilation
             .checked_mul(kernel - 1)
@@ -303,9 +336,13 @@ impl Window {
             .filter(|p| isize::try_from(*p).is_ok())
             .ok_or_else(overflow)?;
         if padded < span {
-            return Err(format!(
-                "a window spanning {span} (kernel {kernel}, dilation {dilation}) does not fit {size} inputs padded by {padding} on each side"
-            ));
+            return Err(WindowError::DoesNotFit {
+                span,
+                kernel,
+                dilation,
+                size,
+                padding,
+            });
         }
         Ok((padded - span) / stride + 1)
     }
@@ -461,7 +498,8 @@ mod tests {
         assert!(Window::new(3, 0, 0, 1).out_size(3).is_err());
         assert!(Window::new(3, 1, 0, 0).out_size(3).is_err());
         let e = Window::new(3, 1, 1 << 62, 1).out_size(28).unwrap_err();
-        assert!(e.contains("too large"), "{e}");
+        assert!(matches!(e, WindowError::Overflow { .. }), "{e}");
+        assert!(e.to_string().contains("too large"), "{e}");
         assert!(Window::new(usize::MAX, 1, 0, 2).out_size(28).is_err());
         assert_eq!(element_count(&[1 << 40, 1 << 40]), None);
         assert_eq!(element_count(&[3, 4]), Some(12));

@@ -384,29 +384,48 @@ pub fn tensor_prefix(tensor: &str) -> &str {
 
 /// A TOML parse error on one line, as every error message is: `line 3, column 1: duplicate
 /// key` (toml's own rendering quotes the source over several lines).
-pub fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
-    let msg = e
-        .message()
-        .trim()
-        .lines()
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join("; ");
-    match e.span() {
-        Some(span) => {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TomlError {
+    /// Line and column (from 1) where the parser stopped, when it says.
+    pub at: Option<(usize, usize)>,
+    /// toml's message, its lines joined by "; ".
+    pub msg: String,
+}
+
+impl TomlError {
+    pub fn new(text: &str, e: &toml::de::Error) -> TomlError {
+        let msg = e
+            .message()
+            .trim()
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let at = e.span().map(|span| {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("line {line}, column {column}: {msg}")
-        }
-        None => msg,
+            (line, column)
+        });
+        TomlError { at, msg }
     }
 }
 
+impl std::fmt::Display for TomlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "line {line}, column {column}: {}", self.msg),
+            None => f.write_str(&self.msg),
+        }
+    }
+}
+
+impl std::error::Error for TomlError {}
+
 impl ArchSpec {
     /// Parses a TOML description; the error is one line ([`toml_error_line`]).
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| toml_error_line(text, &e))
+    pub fn from_toml(text: &str) -> Result<Self, TomlError> {
+        toml::from_str(text).map_err(|e| TomlError::new(text, &e))
     }
 
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
@@ -483,7 +502,9 @@ op = "relu"
         assert_eq!(ArchSpec::from_toml(&spec.to_toml()).unwrap(), spec);
         let e = ArchSpec::from_toml("[input]\nshape=[4]\n[[layer]]\nop = \"relu\"\nname = 3\n")
             .unwrap_err();
-        assert!(e.contains("name") && e.contains("line 3"), "{e}");
+        assert_eq!(e.at.map(|(line, _)| line), Some(3));
+        assert!(e.msg.contains("name"), "{e}");
+        assert!(e.to_string().starts_with("line 3, column "), "{e}");
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub enum ReportError {
     File(#[from] files::FileError),
 }
 
+/// Why a chart was not drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum DrawError<E: std::error::Error + Send + Sync> {
+    /// No point has both an accuracy and a figure on the chart's axis.
+    #[error("no points")]
+    NoPoints,
+    /// The backend (bitmap, SVG) refused.
+    #[error(transparent)]
+    Backend(#[from] DrawingAreaErrorKind<E>),
+}
+
 /// Which chart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Axis {
@@ -109,7 +120,8 @@ pub fn write_plots(
         let png = paths[2 * i].clone();
         files::write_atomic_with(&png, |tmp| {
             let root = BitMapBackend::new(tmp, SLIDE).into_drawing_area();
-            draw_chart(&root, input, axis).and_then(|()| root.present().map_err(|e| e.to_string()))
+            draw_chart(&root, input, axis)?;
+            root.present().map_err(DrawError::from)
         })?;
         written.push(png);
 
@@ -118,10 +130,10 @@ pub fn write_plots(
         {
             let root = SVGBackend::with_string(&mut svg, SLIDE).into_drawing_area();
             draw_chart(&root, input, axis)
-                .and_then(|()| root.present().map_err(|e| e.to_string()))
-                .map_err(|msg| ReportError::Draw {
+                .and_then(|()| root.present().map_err(DrawError::from))
+                .map_err(|e| ReportError::Draw {
                     path: svg_path.clone(),
-                    msg,
+                    msg: e.to_string(),
                 })?;
         }
         files::write_atomic(&svg_path, svg.as_bytes())?;
@@ -287,10 +299,9 @@ pub fn draw_chart<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     input: &PlotInput,
     axis: Axis,
-) -> Result<(), String> {
+) -> Result<(), DrawError<DB::ErrorType>> {
     embed_font();
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE)?;
     let xy = |p: &PlotPoint| Some((axis.x_of(p)?, p.accuracy * 100.0));
     let labelled: Vec<((f64, f64), Option<String>)> = input
         .points
@@ -299,7 +310,7 @@ pub fn draw_chart<DB: DrawingBackend>(
         .collect();
     let pts: Vec<(f64, f64)> = labelled.iter().map(|l| l.0).collect();
     if pts.is_empty() {
-        return Err("no points".into());
+        return Err(DrawError::NoPoints);
     }
     let budget = match axis {
         Axis::Size => input.budget_bytes,
@@ -378,9 +389,7 @@ pub fn draw_chart<DB: DrawingBackend>(
     if log {
         // log10 of the value on a linear axis, with our own 1-2-5 ticks below it.
         let (l0, l1) = (xlo.log10() - 0.08, xhi.log10() + 0.08);
-        let mut chart = builder
-            .build_cartesian_2d(l0..l1, series.y_range.clone())
-            .map_err(err)?;
+        let mut chart = builder.build_cartesian_2d(l0..l1, series.y_range.clone())?;
         let x_desc = match axis {
             Axis::Size => "compressed size (log scale)",
             Axis::Latency => "single-sample latency, median (log scale)",
@@ -394,8 +403,7 @@ pub fn draw_chart<DB: DrawingBackend>(
             .label_style(label_style)
             .axis_desc_style(("sans-serif", DESC_PX))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
+            .draw()?;
         let y0 = series.y_range.start;
         let y1 = series.y_range.end;
         let units = match axis {
@@ -404,21 +412,18 @@ pub fn draw_chart<DB: DrawingBackend>(
         };
         for (t, text) in ticks_125(10f64.powf(l0), 10f64.powf(l1), units) {
             let x = t.log10();
-            chart
-                .draw_series(LineSeries::new(
-                    [(x, y0), (x, y1)],
-                    RGBColor(225, 225, 225).stroke_width(1),
-                ))
-                .map_err(err)?;
+            chart.draw_series(LineSeries::new(
+                [(x, y0), (x, y1)],
+                RGBColor(225, 225, 225).stroke_width(1),
+            ))?;
             let (px, py) = chart.backend_coord(&(x, y0));
             root.draw(&Text::new(
                 text,
                 (px, py + 10),
                 TextStyle::from(label_style.into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
-            ))
-            .map_err(err)?;
+            ))?;
         }
-        draw_series(&mut chart, &series, &|x: f64| x.log10()).map_err(err)?;
+        draw_series(&mut chart, &series, &|x: f64| x.log10())?;
     } else {
         // Plain numbers in one unit give round ticks (200, 400 KiB) instead of odd bytes.
         let (scale, unit) = match axis {
@@ -430,9 +435,7 @@ pub fn draw_chart<DB: DrawingBackend>(
         };
         let pad = ((xhi - xlo) * 0.06).max(xhi * 0.02);
         let range = ((xlo - pad).max(0.0) / scale)..((xhi + pad) / scale);
-        let mut chart = builder
-            .build_cartesian_2d(range, series.y_range.clone())
-            .map_err(err)?;
+        let mut chart = builder.build_cartesian_2d(range, series.y_range.clone())?;
         let x_desc = match axis {
             Axis::Size => format!("compressed size ({unit})"),
             Axis::Latency => format!("single-sample latency, median ({unit})"),
@@ -446,9 +449,8 @@ pub fn draw_chart<DB: DrawingBackend>(
             .label_style(label_style)
             .axis_desc_style(("sans-serif", DESC_PX))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
-        draw_series(&mut chart, &series, &|x: f64| x / scale).map_err(err)?;
+            .draw()?;
+        draw_series(&mut chart, &series, &|x: f64| x / scale)?;
     }
 
     let mut keys = vec![
@@ -479,16 +481,13 @@ pub fn draw_chart<DB: DrawingBackend>(
             Key::Tuned(c) => legend
                 .draw(&PathElement::new(vec![(8, y), (40, y)], c.stroke_width(4)))
                 .and_then(|()| legend.draw(&Circle::new((40, y), 9, c.filled()))),
-        }
-        .map_err(err)?;
-        legend
-            .draw(&Text::new(
-                name.clone(),
-                (54, y),
-                TextStyle::from(("sans-serif", LEGEND_PX).into_font())
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            ))
-            .map_err(err)?;
+        }?;
+        legend.draw(&Text::new(
+            name.clone(),
+            (54, y),
+            TextStyle::from(("sans-serif", LEGEND_PX).into_font())
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
     }
     Ok(())
 }
@@ -736,15 +735,14 @@ pub fn write_sensitivity_plot(
         {
             let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
             draw_sensitivity(&root, table, grid, title)
-                .and_then(|()| root.present().map_err(|e| e.to_string()))
-                .map_err(draw_err)?;
+                .and_then(|()| root.present())
+                .map_err(|e| draw_err(e.to_string()))?;
         }
         files::write_atomic(path, text.as_bytes())?;
     } else {
         files::write_atomic_with(path, |tmp| {
             let root = BitMapBackend::new(tmp, size).into_drawing_area();
-            draw_sensitivity(&root, table, grid, title)
-                .and_then(|()| root.present().map_err(|e| e.to_string()))
+            draw_sensitivity(&root, table, grid, title).and_then(|()| root.present())
         })?;
     }
     Ok(path.to_path_buf())
@@ -755,16 +753,13 @@ fn draw_sensitivity<DB: DrawingBackend>(
     table: &crate::explore::sensitivity::SensitivityTable,
     grid: &crate::explore::sensitivity::SensitivityGrid,
     title: &str,
-) -> Result<(), String> {
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     embed_font();
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
-    let root = root
-        .titled(
-            &format!("Sensitivity: each layer alone — {title}"),
-            ("sans-serif", 26),
-        )
-        .map_err(err)?;
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!("Sensitivity: each layer alone — {title}"),
+        ("sans-serif", 26),
+    )?;
     let (left, right) = root.split_horizontally(root.dim_in_pixel().0 / 2);
     let dense = table.dense_accuracy.map(|d| d * 100.0);
     let all: Vec<f64> = table
@@ -796,8 +791,7 @@ fn draw_sensitivity<DB: DrawingBackend>(
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y.clone())
-            .map_err(err)?;
+            .build_cartesian_2d(x0..x1, y.clone())?;
         chart
             .configure_mesh()
             .x_desc(what)
@@ -805,12 +799,10 @@ fn draw_sensitivity<DB: DrawingBackend>(
             .label_style(("sans-serif", 16))
             .axis_desc_style(("sans-serif", 18))
             .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
+            .draw()?;
         if let Some(d) = dense {
             chart
-                .draw_series(LineSeries::new([(x0, d), (x1, d)], BLACK.stroke_width(1)))
-                .map_err(err)?
+                .draw_series(LineSeries::new([(x0, d), (x1, d)], BLACK.stroke_width(1)))?
                 .label("dense")
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
         }
@@ -836,15 +828,12 @@ fn draw_sensitivity<DB: DrawingBackend>(
                 l.name.clone()
             };
             chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(err)?
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
                 .label(name)
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
                 });
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                .map_err(err)?;
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         }
         chart
             .configure_series_labels()
@@ -852,8 +841,7 @@ fn draw_sensitivity<DB: DrawingBackend>(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 16))
-            .draw()
-            .map_err(err)?;
+            .draw()?;
     }
     Ok(())
 }

@@ -29,17 +29,23 @@ impl Default for Distillation {
     }
 }
 
+/// A distillation setting that cannot work, named by its option.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DistillError {
+    #[error("--temperature must be a positive number, got {0}")]
+    Temperature(f64),
+    #[error("--alpha must be in [0, 1], got {0}")]
+    Alpha(f64),
+}
+
 impl Distillation {
     /// Rejects a temperature or weight that cannot work, naming the option.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), DistillError> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!(
-                "--temperature must be a positive number, got {}",
-                self.temperature
-            ));
+            return Err(DistillError::Temperature(self.temperature));
         }
         if !(self.alpha.is_finite() && (0.0..=1.0).contains(&self.alpha)) {
-            return Err(format!("--alpha must be in [0, 1], got {}", self.alpha));
+            return Err(DistillError::Alpha(self.alpha));
         }
         Ok(())
     }

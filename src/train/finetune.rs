@@ -43,6 +43,8 @@ pub enum FinetuneError {
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
+    Distill(#[from] super::distill::DistillError),
+    #[error(transparent)]
     Train(Box<TrainError>),
     #[error(transparent)]
     Compress(Box<CompressError>),
@@ -131,7 +133,7 @@ impl FinetuneSettings {
     pub fn validate(&self) -> Result<(), FinetuneError> {
         self.train.validate()?;
         if let Some(d) = &self.distill {
-            d.validate().map_err(FinetuneError::Config)?;
+            d.validate()?;
         }
         match self.schedule {
             PruneSchedule::Agp { interval, end } => {

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::matmul::{Lhs, matmul_acc, with_scratch};
 use crate::engine::gemm::{self, Rhs};
 use crate::engine::{ConvShape, im2col};
-use crate::model::shape::Window;
+use crate::model::shape::{Window, WindowError};
 
 /// Values per parallel task in element-wise loops.
 const CHUNK: usize = 1 << 15;
@@ -29,14 +29,14 @@ pub(super) struct Axis {
 }
 
 impl Axis {
-    /// The axis, or a message when the window does not fit (`model::shape::Window`'s check).
+    /// The axis, or why the window does not fit (`model::shape::Window`'s check).
     pub fn new(
         size: usize,
         kernel: usize,
         stride: usize,
         pad: usize,
         dilation: usize,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, WindowError> {
         let out = Window::new(kernel, stride, pad, dilation).out_size(size)?;
         Ok(Axis {
             size,

@@ -283,7 +283,7 @@ impl TensorSource for InitTensors<'_> {
             &format!("training with parameter \"{name}\" {shape:?}"),
             Some(self.held.saturating_add(n).saturating_mul(16)),
         )
-        .map_err(&err)?;
+        .map_err(|e| err(e.to_string()))?;
         self.held = self.held.saturating_add(n);
         // A bias is drawn with its weight's fan-in, which the loader asked for just before.
         let fan_in = if shape.len() == 1 {

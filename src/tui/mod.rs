@@ -53,8 +53,8 @@ pub fn write_plots(
     input: &crate::explore::plot::PlotInput,
     dir: &std::path::Path,
     inputs: &[PathBuf],
-) -> Result<Vec<PathBuf>, String> {
-    report::write_plots(input, dir, inputs).map_err(|e| e.to_string())
+) -> Result<Vec<PathBuf>, crate::explore::jobs::TaskError> {
+    Ok(report::write_plots(input, dir, inputs)?)
 }
 
 /// An executor for the explorer's requests: the runner, the journal, and plots by `report`.
