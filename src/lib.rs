@@ -14,3 +14,4 @@ pub mod model;
 pub mod report;
 pub mod train;
 pub mod tui;
+pub mod units;

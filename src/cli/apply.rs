@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::common::{ModelArgs, human_bytes};
+use super::common::ModelArgs;
 use super::eval::{calibration_inputs, prepare_model};
 use super::recipe_args::RecipeArgs;
 use crate::files::{self, OutputCheck, Sealed};
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
@@ -103,9 +104,9 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
     println!(
         "wrote {}: {} packed ({} bytes), dense f32 {}, ratio {:.1}×",
         args.out.display(),
-        human_bytes(cm.size_bytes()),
+        units::bytes(cm.size_bytes() as f64),
         cm.size_bytes(),
-        human_bytes(dense_bytes),
+        units::bytes(dense_bytes as f64),
         dense_bytes as f64 / cm.size_bytes().max(1) as f64
     );
     if let Some(dense) = &args.dense_out {

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::common::{DataArgs, Format, ModelArgs, human_bytes, load_model, prepare};
+use super::common::{DataArgs, Format, ModelArgs, load_model, prepare};
 use crate::compress::{self, Recipe};
 use crate::engine::{self, CompressedModel};
 use crate::measure::{self, OutputKind};
 use crate::model::Model;
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -157,7 +158,7 @@ fn run_compressed(args: &BenchArgs) -> anyhow::Result<()> {
                     "  {:<12} {:<26} {:>11}",
                     l.name,
                     l.format,
-                    human_bytes(l.size_bytes)
+                    units::bytes(l.size_bytes as f64)
                 );
             }
         }
@@ -175,7 +176,7 @@ fn print_rows(rows: &[Row]) {
             "{:<30} {:>7.2}% {:>11} {:>6.1}× {:>8.1} ms {:>8.1} µs {:>7.1} µs {:>7.2}×",
             r.name,
             r.accuracy * 100.0,
-            human_bytes(r.size_bytes),
+            units::bytes(r.size_bytes as f64),
             r.ratio,
             r.full_set_ms,
             r.latency_us,

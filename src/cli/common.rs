@@ -107,12 +107,6 @@ pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
         })
 }
 
-/// Bytes as a person reads them, with the three significant digits the explorer, its reports
-/// and plots print (`1.50 KiB`, `132 KiB`): one formatter for sizes everywhere.
-pub fn human_bytes(b: usize) -> String {
-    crate::explore::units::bytes(b as f64)
-}
-
 /// A count with thousands separators.
 pub fn thousands(n: usize) -> String {
     let s = n.to_string();

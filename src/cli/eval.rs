@@ -5,15 +5,14 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::common::{
-    DataArgs, Format, ModelArgs, check_evaluation_memory, human_bytes, load_model, prepare,
-};
+use super::common::{DataArgs, Format, ModelArgs, check_evaluation_memory, load_model, prepare};
 use super::recipe_args::RecipeArgs;
 use crate::compress::{self, Plan, Recipe};
 use crate::data::{DataOptions, EvalSet, Split};
 use crate::engine::{self, CompressedModel};
 use crate::measure::{self, Measurement, OutputKind, PruningRecord, SparsityBasis, Timing};
 use crate::model::Model;
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -236,11 +235,11 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
     }
     s += &format!(
         "size     {} packed ({} bytes), dense f32 {}, ratio {:.1}×, Huffman-coded {}\n",
-        human_bytes(m.size_bytes),
+        units::bytes(m.size_bytes as f64),
         m.size_bytes,
-        human_bytes(m.dense_bytes),
+        units::bytes(m.dense_bytes as f64),
         m.ratio,
-        human_bytes(m.entropy_bytes),
+        units::bytes(m.entropy_bytes as f64),
     );
     s += &match m.sparsity_basis {
         SparsityBasis::Pruning => format!(
@@ -271,8 +270,8 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
             l.format,
             l.sparsity * 100.0,
             l.zeros * 100.0,
-            human_bytes(l.size_bytes),
-            human_bytes(l.dense_bytes)
+            units::bytes(l.size_bytes as f64),
+            units::bytes(l.dense_bytes as f64)
         );
     }
     s += "\nper class\n";

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use super::apply::write_packed;
-use super::common::{Format, ModelArgs, human_bytes, load_model};
+use super::common::{Format, ModelArgs, load_model};
 use super::recipe_args::RecipeArgs;
 use super::train::{
     EpochBar, InputFile, TrainingArgs, check_training_memory, load_test_set, load_training_set,
@@ -22,6 +22,7 @@ use crate::train::{
     self, Distillation, FinetuneEvent, FinetuneReport, FinetuneSets, FinetuneSettings, Finetuned,
     PruneSchedule, Qat,
 };
+use crate::units;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScheduleArg {
@@ -416,9 +417,9 @@ pub(super) fn summary_row(
     let size = m.map_or(String::new(), |m| {
         format!(
             "{:>10}  {:>6.1}×  {:>10}",
-            human_bytes(m.size_bytes),
+            units::bytes(m.size_bytes as f64),
             m.ratio,
-            human_bytes(m.entropy_bytes)
+            units::bytes(m.entropy_bytes as f64)
         )
     });
     format!("{name:<26} {:>9}  {:>10}  {size}", pct(test), pct(val))

@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 
-use super::common::{Format, ModelArgs, human_bytes, load_model, thousands};
+use super::common::{Format, ModelArgs, load_model, thousands};
 use crate::engine::CompressedModel;
 use crate::measure::{PruningRecord, SparsityBasis, StoredSparsity};
 use crate::model::Model;
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct InfoArgs {
@@ -217,8 +218,8 @@ pub fn render_text(info: &ModelInfo) -> String {
                     .map(|s| format!("{:.1} %", s * 100.0))
                     .unwrap_or_default()
             ),
-            human_bytes(l.bytes),
-            human_bytes(l.activation_bytes)
+            units::bytes(l.bytes as f64),
+            units::bytes(l.activation_bytes as f64)
         );
     }
     s += &format!(
@@ -233,8 +234,8 @@ pub fn render_text(info: &ModelInfo) -> String {
                 .map(|s| format!("{:.1} %", s * 100.0))
                 .unwrap_or_default()
         ),
-        human_bytes(info.bytes),
-        human_bytes(info.peak_activation_bytes),
+        units::bytes(info.bytes as f64),
+        units::bytes(info.peak_activation_bytes as f64),
         info.peak_activation_layer
     );
     if let (Some(sparsity), Some(zeros), Some(basis)) =
@@ -254,8 +255,8 @@ pub fn render_text(info: &ModelInfo) -> String {
     }
     s += &format!(
         "memory to load and run one sample (f32 parameters and activations): {} of the {} memory limit\n",
-        crate::limits::human(u128::from(info.memory_bytes)),
-        crate::limits::human(u128::from(info.memory_limit_bytes))
+        units::bytes(info.memory_bytes as f64),
+        units::bytes(info.memory_limit_bytes as f64)
     );
     s
 }

@@ -17,7 +17,7 @@ use crate::explore::results::Inputs;
 use crate::explore::search::{Budget, Check, Objective, SearchJob, SearchOutcome};
 use crate::explore::session::SessionOptions;
 use crate::explore::targets;
-use crate::explore::units;
+use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct SearchArgs {

@@ -105,7 +105,7 @@ fn print_summary(s: &Summary, format: SummaryFormat) -> anyhow::Result<()> {
                     l.accuracy
                         .map_or("—".into(), |a| format!("{:.2}%", a * 100.0)),
                     l.size_bytes
-                        .map_or("—".into(), |b| crate::explore::units::bytes(b as f64)),
+                        .map_or("—".into(), |b| crate::units::bytes(b as f64)),
                     l.label
                 );
             }

@@ -104,7 +104,7 @@ impl<'r> Source<'r> {
         if bytes <= self.left {
             return Ok(());
         }
-        let human = |b: u64| crate::limits::human(u128::from(b));
+        let human = |b: u64| crate::units::bytes(b as f64);
         Err(format_err(
             &self.path,
             if self.exact {
@@ -222,7 +222,7 @@ impl<'r> Source<'r> {
                     &self.path,
                     format!(
                         "line {number} is longer than {} (no line end: is this a text file?)",
-                        crate::limits::human(cap as u128)
+                        crate::units::bytes(cap as f64)
                     ),
                 ));
             }

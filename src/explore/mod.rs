@@ -25,7 +25,6 @@ pub mod session;
 pub mod setup;
 pub mod sweep;
 pub mod targets;
-pub mod units;
 
 pub use config::{Config, LayerSetting};
 pub use eval::{Estimate, EvalError, Evaluator, Figures, LayerFigures, Stage};

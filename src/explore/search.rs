@@ -26,9 +26,9 @@ use super::jobs::WorkerMsg;
 use super::sensitivity::{self, ProbeEvent, ProbeJob, SensitivityGrid};
 use super::session::Keyer;
 use super::targets::{Target, find};
-use super::units;
 use crate::compress::Bits;
 use crate::compress::recipe::{GranularityKind, PruneMethod, Scheme};
+use crate::units;
 
 /// What a configuration must satisfy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -70,8 +70,8 @@ pub enum FileError {
     NotRegularInput { path: PathBuf, kind: &'static str },
     #[error(
         "{path} holds {}, more than {what} can hold ({} at most): is it the right file?",
-        crate::limits::human(u128::from(*size)),
-        crate::limits::human(u128::from(*max))
+        crate::units::bytes(*size as f64),
+        crate::units::bytes(*max as f64)
     )]
     TooLarge {
         path: PathBuf,

@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::explore::compare::ComparisonRow;
 use crate::explore::pareto;
 pub use crate::explore::plot::{PlotInput, PlotPoint};
-use crate::explore::units;
 use crate::files;
+use crate::units;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {

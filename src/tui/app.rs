@@ -26,7 +26,7 @@ use crate::explore::plot::PlotInput;
 use crate::explore::search::{Budget, Objective, SearchJob};
 use crate::explore::sensitivity::SensitivityGrid;
 use crate::explore::session::{Notice, PIN_NAMES, Point, Provenance, Session};
-use crate::explore::units;
+use crate::units;
 
 pub use crate::explore::session::{LayerSensitivity, Request, SweepState};
 

@@ -13,7 +13,7 @@ use super::app::App;
 use super::keymap::{Action, KEYMAP, key_label};
 use super::render;
 use crate::explore::session::Point;
-use crate::explore::units;
+use crate::units;
 
 /// Colours that survive a projector: white on the terminal's background, saturated accents.
 pub const TEXT: Color = Color::White;

@@ -14,7 +14,7 @@ use ratatui::widgets::{
 use crate::compress::recipe::PruneMethod;
 use crate::explore::config::pct;
 use crate::explore::eval::Stage;
-use crate::explore::units;
+use crate::units;
 
 use super::app::{App, ChartSeries, View};
 use super::keymap::{Action, Group, KEYMAP, help_lines, key_label};

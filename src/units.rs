@@ -1,17 +1,20 @@
-//! Human units for sizes, times and accuracies, shared by the TUI and the plots.
+//! Human units for sizes, times, accuracies and counts: the one formatter the command line,
+//! the explorer, its reports and plots, and the memory-limit messages all print with.
 
-/// `1536` → `1.50 KiB`; bytes below 1 KiB stay bytes.
+/// Bytes in binary units with three significant digits: `512 B`, `1.50 KiB`, `132 KiB`,
+/// `1.02 MiB`, `3.00 TiB`; bytes below 1 KiB stay bytes.
 pub fn bytes(n: f64) -> String {
-    const K: f64 = 1024.0;
-    if n < K {
-        format!("{n:.0} B")
-    } else if n < K * K {
-        format!("{:.*} KiB", decimals(n / K), n / K)
-    } else if n < K * K * K {
-        format!("{:.*} MiB", decimals(n / K / K), n / K / K)
-    } else {
-        format!("{:.2} GiB", n / K / K / K)
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024.0 {
+        return format!("{n:.0} B");
     }
+    let mut v = n / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{:.*} {}", decimals(v), v, UNITS[unit])
 }
 
 /// Microseconds as `850 ns`, `17.3 µs`, `1.20 ms` or `2.5 s`.
@@ -78,6 +81,11 @@ mod tests {
         assert_eq!(bytes(512.0), "512 B");
         assert_eq!(bytes(1536.0), "1.50 KiB");
         assert_eq!(bytes(1_066_440.0), "1.02 MiB");
+        assert_eq!(bytes(135_168.0), "132 KiB");
+        assert_eq!(bytes(64.0 * 1024.0), "64.0 KiB");
+        assert_eq!(bytes(f64::from(1u32 << 30)), "1.00 GiB");
+        assert_eq!(bytes(3.0 * 1024f64.powi(4)), "3.00 TiB");
+        assert_eq!(bytes(2f64.powi(70)), "1024 EiB");
         assert_eq!(micros(0.5), "500 ns");
         assert_eq!(micros(17.25), "17.2 µs");
         assert_eq!(micros(1200.0), "1.20 ms");
