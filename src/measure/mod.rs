@@ -1,7 +1,11 @@
 //! Measurements: accuracy figures from logits (top-1, top-5, cross-entropy, per-class accuracy,
 //! confusion matrix, agreement and KL divergence against a reference), running the dense
 //! reference model over an evaluation set in batches, and the activation memory a model needs
-//! (the arena: what a device must hold besides the weights).
+//! (the arena: what a device must hold besides the weights). `bench` measures variants of a model
+//! side by side (`squeeze bench`); `describe` is what `squeeze info` reports of a model.
+
+pub mod bench;
+pub mod describe;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
