@@ -73,7 +73,7 @@ pub enum Rhs<'a> {
     /// `B` itself, row-major (`k × n`): feature-major activations, im2col columns.
     Rows(&'a [f32]),
     /// `Bᵀ`, row-major (`n × k`): sample-major activations, each sample's `k` inputs
-    /// contiguous. The panels are packed by 16 × 16 register transposes, so a batch needs no
+    /// contiguous. Its column panels are filled by 16 × 16 register transposes, so a batch needs no
     /// transposed copy of its own.
     Cols(&'a [f32]),
 }

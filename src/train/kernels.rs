@@ -149,7 +149,7 @@ impl Conv {
     }
 
     /// Each group's weight (`og × k`) in the GEMM's panel layout, transposed when `t`.
-    fn packed_weights(&self, w: &[f32], t: bool) -> Vec<Vec<f32>> {
+    fn weight_panels(&self, w: &[f32], t: bool) -> Vec<Vec<f32>> {
         let (og, k) = (self.og(), self.shape.k());
         (0..self.shape.groups)
             .map(|g| {
@@ -168,7 +168,7 @@ impl Conv {
     pub fn forward(&self, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
         let s = &self.shape;
         let (og, k, l) = (self.og(), s.k(), s.positions());
-        let packed = self.packed_weights(w, false);
+        let panels = self.weight_panels(w, false);
         let (sin, sout) = (self.sample_in(), self.sample_out());
         let mut y: Vec<f32> = Vec::with_capacity(self.n * sout);
         y.spare_capacity_mut()[..self.n * sout]
@@ -185,7 +185,7 @@ impl Conv {
                 // checked by the caller), so the loop above wrote every value of `yn`.
                 let yn = unsafe { &mut *(yn as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 with_scratch(|sc| {
-                    for (g, wp) in packed.iter().enumerate() {
+                    for (g, wp) in panels.iter().enumerate() {
                         let cols = self.columns(xn, g, &mut sc.cols);
                         let yg = &mut yn[g * og * l..(g + 1) * og * l];
                         gemm::gemm_acc(wp, og, l, k, Rhs::Rows(cols), yg, &mut sc.gemm);
@@ -211,7 +211,7 @@ impl Conv {
         let (og, k, l) = (self.og(), s.k(), s.positions());
         let (sin, sout) = (self.sample_in(), self.sample_out());
         let wt = if want_dx {
-            self.packed_weights(w, true)
+            self.weight_panels(w, true)
         } else {
             Vec::new()
         };
@@ -228,11 +228,11 @@ impl Conv {
                     for g in 0..s.groups {
                         let dyg = &dyn_[g * og * l..(g + 1) * og * l];
                         if want_dw {
-                            gemm::row_panels(dyg, og, l, &mut sc.apack);
+                            gemm::row_panels(dyg, og, l, &mut sc.a_panels);
                             let mut cols = std::mem::take(&mut sc.cols);
                             let c = self.columns(xn, g, &mut cols);
                             let dwg = &mut dwc[g * og * k..(g + 1) * og * k];
-                            gemm::gemm_acc(&sc.apack, og, k, l, Rhs::Cols(c), dwg, &mut sc.gemm);
+                            gemm::gemm_acc(&sc.a_panels, og, k, l, Rhs::Cols(c), dwg, &mut sc.gemm);
                             sc.cols = cols;
                         }
                         if want_dx {

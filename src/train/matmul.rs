@@ -22,7 +22,7 @@ pub enum Lhs<'a> {
 /// Buffers a thread reuses between products.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    pub(crate) apack: Vec<f32>,
+    pub(crate) a_panels: Vec<f32>,
     pub(crate) gemm: GemmScratch,
     /// Per-sample buffers of the convolution kernels (im2col columns and their gradient).
     pub(crate) cols: Vec<f32>,
@@ -71,10 +71,10 @@ pub fn matmul_acc(a: Lhs<'_>, m: usize, n: usize, k: usize, b: Rhs<'_>, y: &mut 
         let mr = yb.len() / n;
         with_scratch(|s| {
             match a {
-                Lhs::Rows(a) => gemm::row_panels(&a[r0 * k..], mr, k, &mut s.apack),
-                Lhs::Cols(at) => gemm::row_panels_t(&at[r0..], m, mr, k, &mut s.apack),
+                Lhs::Rows(a) => gemm::row_panels(&a[r0 * k..], mr, k, &mut s.a_panels),
+                Lhs::Cols(at) => gemm::row_panels_t(&at[r0..], m, mr, k, &mut s.a_panels),
             }
-            gemm::gemm_acc(&s.apack, mr, n, k, b, yb, &mut s.gemm);
+            gemm::gemm_acc(&s.a_panels, mr, n, k, b, yb, &mut s.gemm);
         });
     };
     let y = &mut y[..m * n];

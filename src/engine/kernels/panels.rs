@@ -44,8 +44,8 @@ impl GemmPanels {
         self.product(Rhs::Rows(b), p, y, s);
     }
 
-    /// `y (rows × p) = bias + W · xᵀ` for `x` sample-major (`p × cols`): the product packs `x`
-    /// itself, so the caller needs no transposed copy.
+    /// `y (rows × p) = bias + W · xᵀ` for `x` sample-major (`p × cols`): the product copies `x`
+    /// into its column panels itself, so the caller needs no transposed copy.
     pub(super) fn run_samples(&self, x: &[f32], p: usize, y: &mut [f32], s: &mut KernelScratch) {
         self.product(Rhs::Cols(x), p, y, s);
     }
