@@ -135,3 +135,298 @@ pub fn error_chain(e: &anyhow::Error) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    //! Argument parsing alone (`Cli::try_parse_from`): defaults, short flags, and the values and
+    //! combinations clap refuses before anything runs.
+
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command, common::Format};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("squeeze").chain(args.iter().copied()))
+    }
+
+    /// The subcommand `args` parse to; panics with clap's message when they do not.
+    fn command(args: &[&str]) -> Command {
+        match parse(args) {
+            Ok(cli) => cli.command.expect("a subcommand"),
+            Err(e) => panic!("{args:?} was refused: {e}"),
+        }
+    }
+
+    /// Asserts that clap refuses `args` with an error of `kind` that names `needle`.
+    fn refused(args: &[&str], kind: ErrorKind, needle: &str) {
+        match parse(args) {
+            Ok(cli) => panic!("{args:?} was accepted: {cli:?}"),
+            Err(e) => {
+                let text = e.to_string();
+                assert_eq!(e.kind(), kind, "{args:?}: {text}");
+                assert!(text.contains(needle), "{args:?}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        // Conflicts and requirements name arguments that exist, no flag is defined twice.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_arguments_is_the_default_job() {
+        let cli = parse(&[]).expect("no arguments");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.memory_limit, None);
+    }
+
+    #[test]
+    fn explore_defaults() {
+        let Command::Explore(a) = command(&["explore"]) else {
+            panic!("not explore");
+        };
+        assert_eq!(a.session.model, None);
+        assert_eq!(a.session.data, None);
+        assert_eq!(a.session.session, None);
+        assert!(!a.session.no_session);
+        assert_eq!(
+            a.session.quick_samples,
+            crate::explore::model_evaluator::QUICK_SAMPLES
+        );
+        assert_eq!(a.session.threads, 0);
+        assert_eq!(a.out_dir, PathBuf::from("squeeze-out"));
+        assert_eq!(a.search_seconds, 30);
+        assert!(!a.resume && !a.present);
+        assert_eq!((a.budget_size, a.budget_latency), (None, None));
+    }
+
+    #[test]
+    fn eval_defaults_and_short_flags() {
+        let Command::Eval(a) = command(&["eval", "-m", "m.safetensors", "-d", "data"]) else {
+            panic!("not eval");
+        };
+        assert_eq!(a.model.model, Path::new("m.safetensors"));
+        assert_eq!(a.data.data, Path::new("data"));
+        assert_eq!(a.data.limit, None);
+        assert_eq!(a.format, Format::Text);
+        assert!(!a.no_timing);
+        assert!(a.recipe.recipe.is_none() && a.recipe.sparsity.is_none());
+        assert!(
+            a.recipe.recipe().expect("no recipe flags").is_none(),
+            "dense"
+        );
+        let Command::Eval(b) = command(&[
+            "eval",
+            "--model",
+            "m.safetensors",
+            "--data",
+            "data",
+            "--recipe",
+            "r.toml",
+            "--format",
+            "json",
+        ]) else {
+            panic!("not eval");
+        };
+        assert_eq!(b.model.model, a.model.model);
+        assert_eq!(b.data.data, a.data.data);
+        assert_eq!(b.recipe.recipe.as_deref(), Some(Path::new("r.toml")));
+        assert_eq!(b.format, Format::Json);
+    }
+
+    #[test]
+    fn the_memory_limit_is_global_and_takes_a_size() {
+        let cli = parse(&["eval", "-m", "m", "-d", "d", "--memory-limit", "1.5G"]).expect("parse");
+        assert_eq!(cli.memory_limit, Some(3 << 29));
+        let cli = parse(&["--memory-limit", "512M", "info", "-m", "m"]).expect("parse");
+        assert_eq!(cli.memory_limit, Some(512 << 20));
+        refused(
+            &["--memory-limit", "lots", "info", "-m", "m"],
+            ErrorKind::ValueValidation,
+            "lots",
+        );
+    }
+
+    #[test]
+    fn finetune_and_train_defaults() {
+        let Command::Finetune(a) = command(&["finetune", "-m", "m", "-d", "d", "-o", "out"]) else {
+            panic!("not finetune");
+        };
+        assert_eq!((a.run.epochs, a.run.lr, a.run.val_split), (8, 1e-3, 5000));
+        assert_eq!(a.run.training.batch, 128);
+        assert_eq!(a.run.training.seed, 0);
+        assert_eq!(a.run.training.optimizer, super::train::OptimizerArg::Adamw);
+        assert_eq!(a.run.training.lr_decay, super::train::LrDecayArg::Cosine);
+        assert_eq!(a.schedule, super::finetune::ScheduleArg::Oneshot);
+        assert_eq!((a.prune_end, a.rounds), (2.0 / 3.0, 3));
+        assert!(!a.qat && !a.no_qat && !a.distill.distill);
+        let d = crate::train::Distillation::default();
+        assert_eq!(
+            (a.distill.temperature, a.distill.alpha),
+            (d.temperature, d.alpha)
+        );
+
+        let Command::Train(t) = command(&[
+            "train", "--arch", "a.toml", "--data", "d", "--test", "t", "--out", "o",
+        ]) else {
+            panic!("not train");
+        };
+        assert_eq!((t.epochs, t.lr, t.limit), (10, 1e-3, None));
+        assert_eq!(t.training.batch, 128);
+    }
+
+    #[test]
+    fn headless_exploration_defaults() {
+        let Command::Search(s) = command(&["search", "--budget", "size=40KB", "-o", "best.toml"])
+        else {
+            panic!("not search");
+        };
+        assert_eq!(s.budget, ["size=40KB"]);
+        assert_eq!(s.time, Duration::from_secs(60));
+        assert_eq!((s.restarts, s.seed), (3, 0));
+        let Command::Sensitivity(s) = command(&["sensitivity"]) else {
+            panic!("not sensitivity");
+        };
+        assert_eq!(s.sparsities.len(), 9);
+        assert_eq!(s.bits, ["8", "6", "4", "3", "2"]);
+        assert_eq!(s.method, super::sensitivity::Method::L1);
+        let Command::Sweep(s) =
+            command(&["sweep", "--grid", "g.toml", "-o", "o", "--shard", "2/4"])
+        else {
+            panic!("not sweep");
+        };
+        assert_eq!(s.shard, Some((2, 4)));
+        assert!(!s.no_latency && !s.quiet.quiet);
+        let Command::Bench(b) = command(&["bench", "-m", "m", "-d", "d"]) else {
+            panic!("not bench");
+        };
+        assert_eq!(b.repeat, 5);
+        assert!(b.recipe.is_empty() && !b.only);
+    }
+
+    #[test]
+    fn unknown_values_are_refused() {
+        let eval = ["eval", "-m", "m", "-d", "d"];
+        let with = |extra: &[&'static str]| [&eval[..], extra].concat();
+        refused(&with(&["--format", "xml"]), ErrorKind::InvalidValue, "xml");
+        refused(
+            &with(&["--prune", "magic"]),
+            ErrorKind::InvalidValue,
+            "magic",
+        );
+        refused(&with(&["--scheme", "log"]), ErrorKind::InvalidValue, "log");
+        refused(
+            &with(&["--granularity", "row"]),
+            ErrorKind::InvalidValue,
+            "row",
+        );
+        refused(
+            &with(&["--limit", "many"]),
+            ErrorKind::ValueValidation,
+            "many",
+        );
+        refused(
+            &with(&["--sparsity", "half"]),
+            ErrorKind::ValueValidation,
+            "half",
+        );
+        refused(&["frobnicate"], ErrorKind::InvalidSubcommand, "frobnicate");
+        refused(
+            &["sweep", "--grid", "g", "-o", "o", "--shard", "4/4"],
+            ErrorKind::ValueValidation,
+            "4/4",
+        );
+        refused(
+            &[
+                "search", "--budget", "size=1KB", "-o", "o", "--time", "forever",
+            ],
+            ErrorKind::ValueValidation,
+            "forever",
+        );
+        refused(
+            &["explore", "--budget-size", "12 parsecs"],
+            ErrorKind::ValueValidation,
+            "parsecs",
+        );
+    }
+
+    #[test]
+    fn conflicting_and_incomplete_flags_are_refused() {
+        let eval = ["eval", "-m", "m", "-d", "d"];
+        let with = |extra: &[&'static str]| [&eval[..], extra].concat();
+        refused(
+            &with(&["--recipe", "r.toml", "--sparsity", "0.5"]),
+            ErrorKind::ArgumentConflict,
+            "--sparsity",
+        );
+        refused(
+            &with(&["--global"]),
+            ErrorKind::MissingRequiredArgument,
+            "--sparsity",
+        );
+        refused(
+            &["eval", "-m", "m"],
+            ErrorKind::MissingRequiredArgument,
+            "--data",
+        );
+        refused(
+            &["explore", "--session", "s.jsonl", "--no-session"],
+            ErrorKind::ArgumentConflict,
+            "--no-session",
+        );
+        refused(
+            &[
+                "finetune", "-m", "m", "-d", "d", "-o", "o", "--qat", "--no-qat",
+            ],
+            ErrorKind::ArgumentConflict,
+            "--no-qat",
+        );
+        refused(
+            &[
+                "finetune",
+                "-m",
+                "m",
+                "-d",
+                "d",
+                "-o",
+                "o",
+                "--teacher",
+                "t",
+            ],
+            ErrorKind::MissingRequiredArgument,
+            "--distill",
+        );
+        refused(
+            &["merge", "-o", "o"],
+            ErrorKind::MissingRequiredArgument,
+            "FILE",
+        );
+    }
+
+    #[test]
+    fn a_sparsity_out_of_range_parses_but_makes_no_recipe() {
+        // clap takes any number; the recipe the flags describe checks the range, as a recipe
+        // file's `sparsity` is checked.
+        for bad in ["1.5", "-0.1", "NaN", "1"] {
+            let flag = format!("--sparsity={bad}");
+            let Command::Eval(a) = command(&["eval", "-m", "m", "-d", "d", &flag]) else {
+                panic!("not eval");
+            };
+            let err = a.recipe.recipe().expect_err(bad).to_string();
+            assert!(
+                err.contains("--sparsity") && err.contains("[0, 1)"),
+                "{err}"
+            );
+        }
+        let Command::Eval(a) = command(&["eval", "-m", "m", "-d", "d", "--sparsity", "0.9"]) else {
+            panic!("not eval");
+        };
+        assert!(a.recipe.recipe().expect("0.9").is_some());
+    }
+}
