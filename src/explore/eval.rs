@@ -72,7 +72,7 @@ pub struct LayerFigures {
     pub size_bytes: u64,
     /// Achieved fraction of removed weights.
     pub sparsity: f64,
-    /// The storage format chosen (e.g. `csr8-q4`).
+    /// The storage format chosen, in the engine's names (e.g. `csr8+u4/channel`, `dense+f32`).
     pub format: String,
     /// Histogram of the surviving weights' values after compression, on the same edges as
     /// `LayerInfo::hist_before` (pruned weights are not counted here).

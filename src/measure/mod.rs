@@ -77,7 +77,8 @@ pub struct Measurement {
 pub struct LayerMeasurement {
     pub name: String,
     pub op: String,
-    /// The storage format the engine chose (e.g. `dense-f32`, `csr8-q4`).
+    /// The storage format the engine chose, in its names (e.g. `dense+f32`, `csr8+u4/channel`,
+    /// `bitmask+codebook6 ×a8`).
     pub format: String,
     pub params: usize,
     /// The pruned fraction of the layer's original weights.
