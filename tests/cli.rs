@@ -1,41 +1,27 @@
 //! The command line as a user meets it: the real binary on good and bad input.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use squeeze::model::{ArchSpec, to_safetensors_bytes};
+use squeeze::model::ArchSpec;
 
-fn squeeze() -> Command {
-    Command::cargo_bin("squeeze").expect("binary builds")
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{linear_toml, root, squeeze, write_model};
 
 /// A 4-input, 3-class linear model that predicts the class of its largest input among the first
 /// three.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let spec = ArchSpec::from_toml(
-        "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\nbias = \"fc.bias\"\n",
-    )
-    .expect("arch");
-    let mut meta = HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
     let w = vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
-    let bytes = to_safetensors_bytes(
+    write_model(
+        dir,
+        "tiny.safetensors",
+        &format!("[input]\nshape = [4]\n{}", linear_toml("fc")),
         &[
             ("fc.weight".into(), vec![3, 4], w),
             ("fc.bias".into(), vec![3], vec![0.0; 3]),
         ],
-        &meta,
     )
-    .expect("serialize");
-    let p = dir.join("tiny.safetensors");
-    std::fs::write(&p, bytes).expect("write");
-    p
 }
 
 /// Runs a command that must succeed and parses its stdout as JSON.
@@ -913,9 +899,6 @@ fn metadata_out_of_range_is_refused_at_load() {
 }
 
 fn arch_model(dir: &Path, arch: &str, tensors: &[(&str, Vec<usize>)]) -> PathBuf {
-    let spec = ArchSpec::from_toml(arch).expect("arch");
-    let mut meta = HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
     let named: Vec<_> = tensors
         .iter()
         .map(|(n, s)| {
@@ -923,9 +906,7 @@ fn arch_model(dir: &Path, arch: &str, tensors: &[(&str, Vec<usize>)]) -> PathBuf
             (n.to_string(), s.clone(), vec![0.5f32; len])
         })
         .collect();
-    let p = dir.join("arch.safetensors");
-    std::fs::write(&p, to_safetensors_bytes(&named, &meta).expect("ser")).expect("write");
-    p
+    write_model(dir, "arch.safetensors", arch, &named)
 }
 
 #[test]
@@ -1071,14 +1052,10 @@ fn non_finite_parameters_are_refused_once_at_load() {
     apply_tiny(&leaky, &[os("--out"), os(&out)]).failure();
     assert!(!out.exists());
     // A negative running variance folds to NaN.
-    let spec = ArchSpec::from_toml(
+    let p = write_model(
+        &dir,
+        "bn.safetensors",
         "[input]\nshape = [4]\n[[layer]]\nop = \"linear\"\nweight = \"fc.weight\"\n[[layer]]\nop = \"batchnorm\"\nweight = \"bn.weight\"\nbias = \"bn.bias\"\nrunning_mean = \"bn.running_mean\"\nrunning_var = \"bn.running_var\"\n",
-    )
-    .expect("arch");
-    let mut meta = HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
-    let p = dir.path().join("bn.safetensors");
-    let bytes = to_safetensors_bytes(
         &[
             ("fc.weight".into(), vec![3, 4], vec![0.5; 12]),
             ("bn.weight".into(), vec![3], vec![1.0; 3]),
@@ -1086,10 +1063,7 @@ fn non_finite_parameters_are_refused_once_at_load() {
             ("bn.running_mean".into(), vec![3], vec![0.0; 3]),
             ("bn.running_var".into(), vec![3], vec![1.0, -2.0, 1.0]),
         ],
-        &meta,
-    )
-    .expect("ser");
-    std::fs::write(&p, bytes).expect("write");
+    );
     eval_fails(&p, &data, &["bn", "channel 1"]);
 }
 

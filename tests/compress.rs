@@ -1,6 +1,9 @@
 //! Compression: recipes, pruning, quantization, activation calibration and entropy sizes,
 //! checked on small models built here (property tests keep case counts modest).
 
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeSet, HashMap};
 
 use candle_core::{Device, Tensor};
@@ -14,7 +17,10 @@ use squeeze::compress::{
     Bits, FloatStorage, Granularity, Plan, QuantizedLayer, Recipe, RecipeError, WeightValues,
     apply, entropy_bytes, entropy_size, huffman,
 };
-use squeeze::model::{ARCH_METADATA_KEY, ArchSpec, Model, Op, load, to_safetensors_bytes};
+use squeeze::model::{Model, Op, load};
+
+mod common;
+use common::{Named as Tensors, assert_close_abs, forward, linear_toml, written_model};
 
 // ---------------------------------------------------------------- helpers
 
@@ -33,23 +39,8 @@ impl Lcg {
     }
 }
 
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
 fn load_model(arch: &str, tensors: Tensors) -> Model {
-    let spec = ArchSpec::from_toml(arch).unwrap();
-    let mut meta = HashMap::new();
-    meta.insert(ARCH_METADATA_KEY.to_string(), spec.to_json());
-    let bytes = to_safetensors_bytes(&tensors, &meta).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("m.safetensors");
-    std::fs::write(&path, bytes).unwrap();
-    load(&path).unwrap().model
-}
-
-fn linear_toml(name: &str) -> String {
-    format!(
-        "[[layer]]\nop = \"linear\"\nname = \"{name}\"\nweight = \"{name}.weight\"\nbias = \"{name}.bias\"\n"
-    )
+    written_model(tempfile::tempdir().unwrap(), arch, &tensors)
 }
 
 fn param(rng: &mut Lcg, name: &str, shape: &[usize]) -> Tensors {
@@ -169,19 +160,6 @@ fn weights(model: &Model, name: &str) -> Vec<f32> {
     p.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn run(model: &Model, x: &[f32], n: usize) -> Vec<f32> {
-    let mut shape = vec![n];
-    shape.extend_from_slice(&model.input.shape);
-    let t = Tensor::from_slice(x, shape, &Device::Cpu).unwrap();
-    model
-        .forward(&t)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-}
-
 /// `model` with the rows (and bias entries) of `layer` outside `keep` set to zero.
 fn mask_rows(model: &mut Model, layer: usize, keep: &[usize]) {
     let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut model.layers[layer].op else {
@@ -212,13 +190,6 @@ fn err(model: &Model, text: &str) -> String {
     match r {
         Err(e) => e.to_string(),
         Ok(r) => r.validate(model).unwrap_err().to_string(),
-    }
-}
-
-fn assert_close(a: &[f32], b: &[f32], tol: f32) {
-    assert_eq!(a.len(), b.len());
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol, "output {i}: {x} vs {y}");
     }
 }
 
@@ -427,7 +398,10 @@ fn a_dense_recipe_changes_nothing() {
             assert_eq!(ql.dequantized(), weights(&m, &m.layers[ql.layer].name));
         }
         let x = Lcg(9).vec(3 * m.input_len());
-        assert_eq!(run(&plan.dequantized_model(), &x, 3), run(&m, &x, 3));
+        assert_eq!(
+            forward(&plan.dequantized_model(), &x, 3),
+            forward(&m, &x, 3)
+        );
         assert_eq!(plan.achieved_sparsity().pruned, 0);
     }
 }
@@ -552,7 +526,7 @@ proptest! {
             prop_assert_eq!(&w[0].out_shape, &w[1].in_shape);
         }
         let x = Lcg(seed ^ 7).vec(4 * model.input_len());
-        assert_close(&run(&shrunk, &x, 4), &run(&masked, &x, 4), 1e-4);
+        assert_close_abs(&forward(&shrunk, &x, 4), &forward(&masked, &x, 4), 1e-4, "shrunk");
 
         // apply does the same and reports the removed weights against the original model.
         let mut text = String::new();
@@ -561,7 +535,7 @@ proptest! {
             text.push_str(&format!("[layer.{n}]\nprune = \"structured\"\nsparsity = {s}\nnorm = \"{norm}\"\n"));
         }
         let plan = apply(&model, &recipe(&text), None).unwrap();
-        assert_close(&run(&plan.dequantized_model(), &x, 4), &run(&masked, &x, 4), 1e-4);
+        assert_close_abs(&forward(&plan.dequantized_model(), &x, 4), &forward(&masked, &x, 4), 1e-4, "applied");
         let orig = plan.sparsity_against(&model);
         let total: usize = model.compressible().map(|(_, l)| l.params().unwrap().weight.elem_count()).sum();
         prop_assert_eq!(orig.total, total);
@@ -587,7 +561,7 @@ fn structured_shrink_writes_and_reloads() {
     let i = back.layer_index("conv2").unwrap();
     assert_eq!(back.layers[i].out_shape, vec![3, 2, 2]);
     let x = Lcg(5).vec(2 * m.input_len());
-    assert_eq!(run(&back, &x, 2), run(&plan.model, &x, 2));
+    assert_eq!(forward(&back, &x, 2), forward(&plan.model, &x, 2));
 }
 
 // ---------------------------------------------------------------- quantization

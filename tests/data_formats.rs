@@ -2,6 +2,9 @@
 //! labels, and every malformed file gives an error naming the file, the field and what was
 //! expected. Fixtures are written by the tests into temporary directories.
 
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -15,7 +15,7 @@ use squeeze::engine::{
 use squeeze::model::{self, ArchSpec, Model};
 
 mod common;
-use common::{Named, assert_close, forward, rand_vec, written_model};
+use common::{Named, assert_close_rel, forward, linear_toml, rand_vec, written_model};
 
 /// How a test layer is quantized.
 #[derive(Debug, Clone, Copy)]
@@ -263,10 +263,10 @@ fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::
                     let mut y = vec![0f32; rows * p];
                     whole.run(&b, p, &mut y, &mut s);
                     let what = format!("{name} p={p} s={sparsity} ({})", whole.describe());
-                    assert_close(&y, &want, 1e-4, &what);
+                    assert_close_rel(&y, &want, 1e-4, &what);
                     let mut y2 = vec![0f32; 4 * p];
                     part.run(&b, p, &mut y2, &mut s);
-                    assert_close(&y2, &want[3 * p..7 * p], 1e-4, &format!("{what} rows 3..7"));
+                    assert_close_rel(&y2, &want[3 * p..7 * p], 1e-4, &format!("{what} rows 3..7"));
                 }
             }
         }
@@ -568,7 +568,7 @@ fn quantized_activations_use_integer_kernels() {
                         let mut y = vec![0f32; rows * p];
                         k.run(&b, p, &mut y, &mut KernelScratch::default());
                         let what = format!("{} p={p} ({})", pl.format_name(), k.describe());
-                        assert_close(&y, &want, 1e-4, &what);
+                        assert_close_rel(&y, &want, 1e-4, &what);
                     }
                 }
             }
@@ -576,30 +576,14 @@ fn quantized_activations_use_integer_kernels() {
     }
 }
 
-const MLP: &str = r#"
-[input]
-shape = [20]
-[[layer]]
-op = "linear"
-name = "fc1"
-weight = "fc1.weight"
-bias = "fc1.bias"
-[[layer]]
-op = "relu"
-[[layer]]
-op = "linear"
-name = "fc2"
-weight = "fc2.weight"
-bias = "fc2.bias"
-[[layer]]
-op = "tanh"
-[[layer]]
-op = "linear"
-name = "fc3"
-weight = "fc3.weight"
-"#;
-
+/// 20 → fc1 64 → relu → fc2 32 → tanh → fc3 10 (no bias).
 fn mlp(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
+    let arch = format!(
+        "[input]\nshape = [20]\n{}[[layer]]\nop = \"relu\"\n{}[[layer]]\nop = \"tanh\"\n\
+         [[layer]]\nop = \"linear\"\nname = \"fc3\"\nweight = \"fc3.weight\"\n",
+        linear_toml("fc1"),
+        linear_toml("fc2"),
+    );
     let t: Named = vec![
         ("fc1.weight".into(), vec![64, 20], rand_vec(rng, 64 * 20)),
         ("fc1.bias".into(), vec![64], rand_vec(rng, 64)),
@@ -607,7 +591,7 @@ fn mlp(dir: &tempfile::TempDir, rng: &mut StdRng) -> Model {
         ("fc2.bias".into(), vec![32], rand_vec(rng, 32)),
         ("fc3.weight".into(), vec![10, 32], rand_vec(rng, 320)),
     ];
-    written_model(dir, MLP, &t)
+    written_model(dir, &arch, &t)
 }
 
 const CONVNET: &str = r#"
@@ -757,17 +741,17 @@ fn check_model(m: &Model, n: usize, rng: &mut StdRng) {
             let cm = CompressedModel::build(&p).expect("build");
             let want = forward(&dequantized_model(&p), &x, n);
             let got = cm.logits(&x, n);
-            assert_close(
+            assert_close_rel(
                 &got,
                 &want,
                 2e-4,
                 &format!("sparsity {sparsity} offset {offset}"),
             );
             // The engine's own dequantized model agrees with the test's.
-            assert_close(&forward(&cm.model, &x, n), &want, 1e-6, "cm.model");
+            assert_close_rel(&forward(&cm.model, &x, n), &want, 1e-6, "cm.model");
             // One sample at a time gives the same as the batch.
             let one = cm.logits(&x[..m.input_len()], 1);
-            assert_close(&one, &got[..cm.num_classes()], 1e-5, "single sample");
+            assert_close_rel(&one, &got[..cm.num_classes()], 1e-5, "single sample");
         }
     }
     // No plan at all: dense f32 equals the original model.
@@ -776,7 +760,7 @@ fn check_model(m: &Model, n: usize, rng: &mut StdRng) {
         layers: vec![],
     })
     .expect("build");
-    assert_close(&cm.logits(&x, n), &forward(m, &x, n), 1e-4, "dense");
+    assert_close_rel(&cm.logits(&x, n), &forward(m, &x, n), 1e-4, "dense");
     let dense: usize = m.compressible().map(|(_, l)| l.param_count() * 4).sum();
     assert!(cm.size_bytes() >= dense);
 }
@@ -835,7 +819,7 @@ fn conv_with_quantized_activations_matches_fake_quantized_reference() {
     // Reference: each compressed layer's input fake-quantized, via a hand-rolled pass on
     // candle (the dense model with the inputs of linear/conv layers rounded).
     let want = fake_quant_forward(&dequantized_model(&p), &p, &x, n);
-    assert_close(
+    assert_close_rel(
         &cm.logits(&x, n),
         &want,
         1e-3,
@@ -1066,7 +1050,7 @@ fn hardswish_and_hardsigmoid_follow_pytorch() {
             .forward(&x)
             .and_then(|y| y.flatten_all()?.to_vec1())
             .expect("forward");
-        assert_close(&reference, &want, 1e-6, &format!("{op}: reference"));
+        assert_close_rel(&reference, &want, 1e-6, &format!("{op}: reference"));
         let cm = CompressedModel::build(&Plan {
             model: m.clone(),
             layers: Vec::new(),
@@ -1224,15 +1208,7 @@ fn a_row_pointer_past_the_entries_is_refused_before_any_row_is_read() {
 /// extreme values: the file is refused or loads and runs, never panics.
 #[test]
 fn no_index_or_value_tensor_of_a_loaded_file_is_read_out_of_bounds() {
-    const WIDE: &str = r#"
-[input]
-shape = [70000]
-[[layer]]
-op = "linear"
-name = "wide"
-weight = "wide.weight"
-bias = "wide.bias"
-"#;
+    let wide_arch = format!("[input]\nshape = [70000]\n{}", linear_toml("wide"));
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(31);
     let conv = convnet(&dir, &mut rng);
@@ -1245,8 +1221,8 @@ bias = "wide.bias"
     w[70_003] = -2.0;
     let wide = written_model(
         &wide_dir,
-        WIDE,
-        &vec![
+        &wide_arch,
+        &[
             ("wide.weight".into(), vec![2, 70_000], w.clone()),
             ("wide.bias".into(), vec![2], vec![0.1, 0.2]),
         ],
@@ -1467,7 +1443,7 @@ fn matrix_product_matches_the_plain_product() {
                         want[r * n + j] += s as f32;
                     }
                 }
-                assert_close(
+                assert_close_rel(
                     &y,
                     &want,
                     1e-5,
@@ -1629,7 +1605,7 @@ bias = "fc.bias"
     for portable in [false, true] {
         with_kernel_path(portable, || {
             let cm = CompressedModel::build(&p).expect("build");
-            assert_close(
+            assert_close_rel(
                 &cm.logits(&x, n),
                 &want,
                 1e-3,
@@ -1659,12 +1635,12 @@ fn check_single_sample(rows: usize, cols: usize, seed: u64, schemes: &[Scheme]) 
                 let mut y = vec![0f32; rows];
                 let k = LayerKernels::prepare(pl, Work::ALL);
                 k.run(&b, 1, &mut y, &mut s);
-                assert_close(&y, &want, 1e-4, &format!("{name} ({})", k.describe()));
+                assert_close_rel(&y, &want, 1e-4, &format!("{name} ({})", k.describe()));
                 let (a, e) = (1.min(rows), rows.min(6));
                 let mut y2 = vec![0f32; e - a];
                 let part = LayerKernels::prepare(&pl.row_slice(a..e), Work::ALL);
                 part.run(&b, 1, &mut y2, &mut s);
-                assert_close(&y2, &want[a..e], 1e-4, &format!("{name} rows {a}..{e}"));
+                assert_close_rel(&y2, &want[a..e], 1e-4, &format!("{name} rows {a}..{e}"));
             }
         }
     }

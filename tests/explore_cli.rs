@@ -3,49 +3,64 @@
 //! against the whole sweep, figures equal to `squeeze eval`'s, a search whose answer `eval`
 //! reads back within the budget, and a journal path that is a directory.
 
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_squeeze");
+mod common;
+use common::{asset, squeeze};
 
-fn assets() -> Option<(PathBuf, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join("assets/models/lenet-300-100.safetensors");
-    let data = root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
-    (model.exists() && data.exists()).then_some((model, data))
+/// The bundled LeNet-300-100 and its MNIST test set.
+fn assets() -> (PathBuf, PathBuf) {
+    (
+        asset("models/lenet-300-100.safetensors"),
+        asset("data/mnist/t10k-images-idx3-ubyte.gz"),
+    )
 }
 
-fn squeeze(args: &[&str], model: &Path, data: &Path, journal: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
+/// `squeeze ARGS --model M --data D --session J` on 300 samples, quietly.
+fn session(args: &[&str], model: &Path, data: &Path, journal: &Path) -> assert_cmd::Command {
+    let mut cmd = squeeze();
+    cmd.args(args)
         .arg("--model")
         .arg(model)
         .arg("--data")
         .arg(data)
         .arg("--session")
         .arg(journal)
-        .args(["--limit", "300", "--quiet"])
-        .output()
-        .expect("run squeeze")
+        .args(["--limit", "300", "--quiet"]);
+    cmd
 }
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `squeeze eval` of `model` compressed by `recipe` on the first 300 samples, without timing:
+/// its JSON report.
+fn eval_json(model: &Path, data: &Path, recipe: &Path) -> serde_json::Value {
+    let mut cmd = squeeze();
+    cmd.args(["eval", "--format", "json", "--no-timing", "--limit", "300"])
+        .arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--recipe")
+        .arg(recipe);
+    serde_json::from_str(&ok(&mut cmd)).expect("eval's report is JSON")
+}
+
+/// Runs a command that must succeed; its stdout.
+fn ok(cmd: &mut assert_cmd::Command) -> String {
+    String::from_utf8_lossy(&cmd.assert().success().get_output().stdout).into_owned()
+}
+
+/// Runs a command that must fail; its stderr.
+fn fails(cmd: &mut assert_cmd::Command) -> String {
+    String::from_utf8_lossy(&cmd.assert().failure().get_output().stderr).into_owned()
 }
 
 #[test]
 fn sensitivity_is_measured_once_and_found_again() {
-    let Some((model, data)) = assets() else {
-        eprintln!("skipping: the bundled model or data is missing");
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("s.jsonl");
     let plot = dir.path().join("sens.svg");
@@ -61,7 +76,7 @@ fn sensitivity_is_measured_once_and_found_again() {
         plot.to_str().unwrap(),
     ];
     let first: serde_json::Value =
-        serde_json::from_str(&ok(&squeeze(&args, &model, &data, &journal))).unwrap();
+        serde_json::from_str(&ok(&mut session(&args, &model, &data, &journal))).unwrap();
     assert_eq!(first["measured"], 1 + 3 * 3, "{first}");
     assert_eq!(first["layers"].as_array().unwrap().len(), 3);
     assert_eq!(first["grid"]["sparsities"][1], 0.9);
@@ -81,10 +96,10 @@ fn sensitivity_is_measured_once_and_found_again() {
 
     // The rerun finds every point in the journal: nothing measured, the same table.
     let again: serde_json::Value =
-        serde_json::from_str(&ok(&squeeze(&args, &model, &data, &journal))).unwrap();
+        serde_json::from_str(&ok(&mut session(&args, &model, &data, &journal))).unwrap();
     assert_eq!(again["measured"], 0);
     assert_eq!(again["layers"], first["layers"]);
-    let csv = ok(&squeeze(
+    let csv = ok(&mut session(
         &[
             "sensitivity",
             "--sparsities",
@@ -104,14 +119,10 @@ fn sensitivity_is_measured_once_and_found_again() {
 
 #[test]
 fn a_directory_given_as_the_journal_is_refused_at_once() {
-    let Some((model, data)) = assets() else {
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let out = squeeze(&["sensitivity"], &model, &data, dir.path());
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = fails(&mut session(&["sensitivity"], &model, &data, dir.path()));
     assert!(err.contains("is a directory"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(30));
 }
@@ -126,9 +137,7 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn sharded_sweeps_merge_into_the_whole_sweep() {
-    let Some((model, data)) = assets() else {
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let grid = dir.path().join("grid.toml");
     std::fs::write(
@@ -148,7 +157,12 @@ fn sharded_sweeps_merge_into_the_whole_sweep() {
         if let Some(s) = shard {
             args.extend(["--shard", s]);
         }
-        ok(&squeeze(&args, &model, &data, &dir.path().join(journal)))
+        ok(&mut session(
+            &args,
+            &model,
+            &data,
+            &dir.path().join(journal),
+        ))
     };
     let whole = dir.path().join("whole.jsonl");
     run("a.jsonl", &whole, None);
@@ -160,13 +174,13 @@ fn sharded_sweeps_merge_into_the_whole_sweep() {
         shards.push(out);
     }
     let merged = dir.path().join("all.jsonl");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = squeeze();
     cmd.arg("merge")
         .args(&shards)
         .arg(&shards[0])
         .arg("--out")
         .arg(&merged);
-    let summary = ok(&cmd.output().unwrap());
+    let summary = ok(&mut cmd);
     // The first shard given twice: its three points are left out once.
     assert!(
         summary.contains("8 points") && summary.contains("3 duplicates"),
@@ -186,38 +200,19 @@ fn sharded_sweeps_merge_into_the_whole_sweep() {
     let recipe = dir.path().join("r.toml");
     let r: squeeze::compress::Recipe = serde_json::from_value(point["recipe"].clone()).unwrap();
     std::fs::write(&recipe, r.to_toml()).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "eval",
-            "--format",
-            "json",
-            "--no-timing",
-            "--limit",
-            "300",
-            "--model",
-        ])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--recipe")
-        .arg(&recipe)
-        .output()
-        .unwrap();
-    let eval: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let eval = eval_json(&model, &data, &recipe);
     assert_eq!(eval["accuracy"], point["accuracy"]);
     assert_eq!(eval["size_bytes"], point["size_bytes"]);
 }
 
 #[test]
 fn search_writes_a_recipe_within_the_budget() {
-    let Some((model, data)) = assets() else {
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("best.toml");
     let journal = dir.path().join("s.jsonl");
     let run = |seed: &str| {
-        let text = ok(&squeeze(
+        let text = ok(&mut session(
             &[
                 "search",
                 "--budget",
@@ -250,24 +245,7 @@ fn search_writes_a_recipe_within_the_budget() {
         "{recipe}"
     );
     // `squeeze eval` reads the answer as it is and measures the same size.
-    let eval = Command::new(BIN)
-        .args([
-            "eval",
-            "--format",
-            "json",
-            "--no-timing",
-            "--limit",
-            "300",
-            "--model",
-        ])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("--recipe")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let eval: serde_json::Value = serde_json::from_str(&ok(&eval)).unwrap();
+    let eval = eval_json(&model, &data, &out);
     assert_eq!(eval["size_bytes"].as_u64(), Some(size));
     assert_eq!(
         eval["accuracy"],
@@ -278,7 +256,7 @@ fn search_writes_a_recipe_within_the_budget() {
     assert_eq!(again["best"]["config"], first["best"]["config"]);
 
     // An impossible budget: the closest point is written, marked, and the exit says so.
-    let bad = squeeze(
+    let err = fails(&mut session(
         &[
             "search",
             "--budget",
@@ -291,9 +269,7 @@ fn search_writes_a_recipe_within_the_budget() {
         &model,
         &data,
         &journal,
-    );
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
+    ));
     assert!(err.contains("misses it") && err.contains("holds"), "{err}");
     assert!(
         std::fs::read_to_string(&out)
@@ -304,10 +280,7 @@ fn search_writes_a_recipe_within_the_budget() {
 
 #[test]
 fn info_and_bench_read_a_compressed_model() {
-    let Some((model, data)) = assets() else {
-        eprintln!("skipping: the bundled model or data is missing");
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let recipe = dir.path().join("r.toml");
     std::fs::write(
@@ -316,8 +289,8 @@ fn info_and_bench_read_a_compressed_model() {
     )
     .unwrap();
     let packed = dir.path().join("m.safetensors");
-    let run = |args: &[&str]| Command::new(BIN).args(args).output().expect("run squeeze");
-    ok(&run(&[
+    let run = |args: &[&str]| ok(squeeze().args(args));
+    run(&[
         "apply",
         "--model",
         model.to_str().unwrap(),
@@ -325,18 +298,18 @@ fn info_and_bench_read_a_compressed_model() {
         recipe.to_str().unwrap(),
         "--out",
         packed.to_str().unwrap(),
-    ]));
-    let text = ok(&run(&["info", "--model", packed.to_str().unwrap()]));
+    ]);
+    let text = run(&["info", "--model", packed.to_str().unwrap()]);
     assert!(text.contains("stored as"), "{text}");
     assert!(text.contains("+u4/channel"), "{text}");
     assert!(text.contains("dense+u8/channel"), "{text}");
-    let json: serde_json::Value = serde_json::from_str(&ok(&run(&[
+    let json: serde_json::Value = serde_json::from_str(&run(&[
         "info",
         "--model",
         packed.to_str().unwrap(),
         "--format",
         "json",
-    ])))
+    ]))
     .unwrap();
     let fc1 = &json["layers"][1];
     assert!(
@@ -344,7 +317,7 @@ fn info_and_bench_read_a_compressed_model() {
         "{fc1}"
     );
     assert!(fc1["bytes"].as_u64().unwrap() < 300 * 784 / 4, "{fc1}");
-    let bench = ok(&run(&[
+    let bench = run(&[
         "bench",
         "--model",
         packed.to_str().unwrap(),
@@ -352,7 +325,7 @@ fn info_and_bench_read_a_compressed_model() {
         data.to_str().unwrap(),
         "--repeat",
         "1",
-    ]));
+    ]);
     assert!(bench.contains("as stored"), "{bench}");
 }
 
@@ -397,20 +370,17 @@ fn parse_html(html: &str) -> Vec<String> {
 
 #[test]
 fn the_report_is_one_self_contained_html_file() {
-    let Some((model, data)) = assets() else {
-        eprintln!("skipping: the bundled model or data is missing");
-        return;
-    };
+    let (model, data) = assets();
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("s.jsonl");
     let out = dir.path().join("report.html");
-    ok(&squeeze(
+    ok(&mut session(
         &["sensitivity", "--sparsities", "0.5,0.9", "--bits", "4"],
         &model,
         &data,
         &journal,
     ));
-    ok(&squeeze(
+    ok(&mut session(
         &["report", "--out", out.to_str().unwrap()],
         &model,
         &data,
@@ -437,11 +407,10 @@ fn the_report_is_one_self_contained_html_file() {
     assert!(html.contains(&digest), "the model's SHA-256 is missing");
     assert!(html.contains("fc1") && html.contains("dense"));
     // The report replaces nothing.
-    let again = squeeze(
+    fails(&mut session(
         &["report", "--out", out.to_str().unwrap()],
         &model,
         &data,
         &journal,
-    );
-    assert!(!again.status.success());
+    ));
 }

@@ -4,6 +4,7 @@
 //! same answer), residual coupling, and device fit with an activation arena computed by hand
 //! for LeNet-5.
 
+mod common;
 mod tui_support;
 
 use std::sync::Arc;
@@ -359,9 +360,6 @@ op = "linear"
 name = "fc"
 weight = "fc.weight"
 "#;
-    let spec = squeeze::model::ArchSpec::from_toml(arch).unwrap();
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("squeeze.arch".to_string(), spec.to_json());
     let w = |n: usize| {
         (0..n)
             .map(|i| ((i * 37 % 11) as f32 - 5.0) / 10.0)
@@ -373,10 +371,7 @@ weight = "fc.weight"
         ("b.weight".to_string(), vec![4, 4, 3, 3], w(144)),
         ("fc.weight".to_string(), vec![3, 144], w(432)),
     ];
-    let bytes = squeeze::model::to_safetensors_bytes(&tensors, &meta).unwrap();
-    let path = dir.join("res.safetensors");
-    std::fs::write(&path, bytes).unwrap();
-    squeeze::model::load(&path).unwrap().model
+    common::written_model(dir, arch, &tensors)
 }
 
 #[test]
@@ -410,13 +405,9 @@ fn layers_meeting_in_a_residual_add_are_flagged_as_coupled() {
 
 #[test]
 fn the_lenet5_arena_matches_a_hand_count() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("assets/models/lenet5.safetensors");
-    if !path.exists() {
-        eprintln!("skipping: the bundled LeNet-5 is missing");
-        return;
-    }
-    let model = squeeze::model::load(&path).unwrap().model;
+    let model = squeeze::model::load(&common::asset("models/lenet5.safetensors"))
+        .unwrap()
+        .model;
     let arena = squeeze::measure::arena(&model, 4);
     // By hand, one sample in f32:
     //   conv1: input 1×28×28 = 784, output 20×24×24 = 11,520, im2col 25 × 576 = 14,400

@@ -2,11 +2,13 @@
 //! quantization-aware training, shared values, distillation; on small slices of the bundled
 //! MNIST so the whole file stays quick.
 
-use std::path::{Path, PathBuf};
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use assert_cmd::cargo::cargo_bin_cmd;
 use candle_core::{Device, Tensor, Var};
 use predicates::prelude::*;
 use squeeze::compress::prune::prune_count;
@@ -18,9 +20,8 @@ use squeeze::train::{
     OptimizerKind, PruneSchedule, TrainConfig, distillation_loss, fake_quant,
 };
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{root, squeeze};
 
 fn lenet300() -> Model {
     squeeze::model::load(&root().join("assets/models/lenet-300-100.safetensors"))
@@ -469,7 +470,7 @@ fn a_finetune_on_a_worker_thread_reports_progress_and_stops_when_cancelled() {
 /// A finetune command of `model` on a slice of the bundled MNIST; options in `extra` replace
 /// or add to the quick defaults.
 fn finetune_model(model: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
-    let mut cmd = cargo_bin_cmd!("squeeze");
+    let mut cmd = squeeze();
     cmd.current_dir(root())
         .arg("finetune")
         .arg("-m")
@@ -549,7 +550,7 @@ fn the_same_seed_gives_the_same_bytes_and_the_file_runs() {
     assert!(!meta_text.contains("/tmp/") && !meta_text.contains(env!("CARGO_MANIFEST_DIR")));
 
     // The file is a packed model every command runs as it is, at the figure training reported.
-    let assert = cargo_bin_cmd!("squeeze")
+    let assert = squeeze()
         .current_dir(root())
         .args([
             "eval",
@@ -572,7 +573,7 @@ fn the_same_seed_gives_the_same_bytes_and_the_file_runs() {
             .contains("codebook4")
     );
     // `info` describes it as stored: its layers' bytes are the packed ones.
-    let assert = cargo_bin_cmd!("squeeze")
+    let assert = squeeze()
         .args(["info", "--format", "json", "-m"])
         .arg(&a)
         .assert()

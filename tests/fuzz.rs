@@ -22,7 +22,10 @@ use rand::{Rng, SeedableRng};
 use safetensors::Dtype;
 use squeeze::compress::{Bits, Recipe};
 use squeeze::engine::CompressedModel;
-use squeeze::model::{ArchSpec, Model};
+use squeeze::model::Model;
+
+mod common;
+use common::{model_bytes, rand_vec};
 
 /// Cases per category in-process, and how many of them also run through the binary.
 const CASES: u64 = 250;
@@ -83,10 +86,6 @@ const ARCH: &str = "[input]\nshape = [1, 6, 6]\nscale = 0.00392156862745098\nmea
 [[layer]]\nop = \"relu\"\n[[layer]]\nop = \"maxpool2d\"\nkernel = 2\n[[layer]]\nop = \"flatten\"\n\
 [[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\nbias = \"fc.bias\"\n";
 
-fn floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
 fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 {
@@ -135,20 +134,17 @@ fn npz(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
 impl Fixtures {
     fn new(dir: &Path) -> Fixtures {
         let mut rng = StdRng::seed_from_u64(1);
-        let spec = ArchSpec::from_toml(ARCH).expect("arch");
-        let mut meta = HashMap::new();
-        meta.insert("squeeze.arch".to_string(), spec.to_json());
         let tensors = vec![
             (
                 "c1.weight".to_string(),
                 vec![2, 1, 3, 3],
-                floats(&mut rng, 18),
+                rand_vec(&mut rng, 18),
             ),
-            ("c1.bias".to_string(), vec![2], floats(&mut rng, 2)),
-            ("fc.weight".to_string(), vec![3, 18], floats(&mut rng, 54)),
-            ("fc.bias".to_string(), vec![3], floats(&mut rng, 3)),
+            ("c1.bias".to_string(), vec![2], rand_vec(&mut rng, 2)),
+            ("fc.weight".to_string(), vec![3, 18], rand_vec(&mut rng, 54)),
+            ("fc.bias".to_string(), vec![3], rand_vec(&mut rng, 3)),
         ];
-        let dense_bytes = squeeze::model::to_safetensors_bytes(&tensors, &meta).expect("ser");
+        let dense_bytes = model_bytes(ARCH, &tensors);
         let model_file = dir.join("fixture.safetensors");
         std::fs::write(&model_file, &dense_bytes).expect("write");
         let model = squeeze::model::load(&model_file)
@@ -647,7 +643,7 @@ fn generate(category: &str, seed: u64, dir: &Path, f: &Fixtures) -> Target {
             let (text, tensors) = random_arch(&mut rng);
             let named: Vec<_> = tensors
                 .iter()
-                .map(|(n, s)| (n.clone(), s.clone(), floats(&mut rng, s.iter().product())))
+                .map(|(n, s)| (n.clone(), s.clone(), rand_vec(&mut rng, s.iter().product())))
                 .collect();
             let p = dir.join("fz.safetensors");
             let bytes = squeeze::model::to_safetensors_bytes(&named, &HashMap::new()).expect("ser");

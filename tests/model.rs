@@ -4,52 +4,19 @@
 use std::collections::HashMap;
 
 use rand::{SeedableRng, rngs::StdRng};
-use squeeze::model::{self, ArchSpec, LoadError, to_safetensors_bytes};
+use squeeze::model::{self, ArchSpec, Conv2dGeometry, LoadError, to_safetensors_bytes};
 
 mod common;
-use common::{Named, assert_close, forward, rand_vec, write_model};
+use common::{Named, assert_close_rel, forward, naive_conv, rand_vec, write_model};
 
-/// Naive conv2d: x `[c, h, w]`, w `[o, c/g, kh, kw]`.
-#[allow(clippy::too_many_arguments)]
-fn naive_conv(
-    x: &[f32],
-    (c, h, w): (usize, usize, usize),
-    wt: &[f32],
-    (o, kh, kw): (usize, usize, usize),
-    bias: &[f32],
-    stride: usize,
-    pad: usize,
-    dil: usize,
-    groups: usize,
-) -> (Vec<f32>, usize, usize) {
-    let oh = (h + 2 * pad - dil * (kh - 1) - 1) / stride + 1;
-    let ow = (w + 2 * pad - dil * (kw - 1) - 1) / stride + 1;
-    let cg = c / groups;
-    let og = o / groups;
-    let mut out = vec![0.0; o * oh * ow];
-    for oc in 0..o {
-        let g = oc / og;
-        for y in 0..oh {
-            for xx in 0..ow {
-                let mut acc = bias[oc];
-                for ic in 0..cg {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = (y * stride + ky * dil) as isize - pad as isize;
-                            let ix = (xx * stride + kx * dil) as isize - pad as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let xv = x[(g * cg + ic) * h * w + iy as usize * w + ix as usize];
-                            acc += xv * wt[((oc * cg + ic) * kh + ky) * kw + kx];
-                        }
-                    }
-                }
-                out[(oc * oh + y) * ow + xx] = acc;
-            }
-        }
+/// The same geometry along both axes.
+fn square(stride: usize, padding: usize, dilation: usize, groups: usize) -> Conv2dGeometry {
+    Conv2dGeometry {
+        stride: (stride, stride),
+        padding: (padding, padding),
+        dilation: (dilation, dilation),
+        groups,
     }
-    (out, oh, ow)
 }
 
 #[test]
@@ -77,7 +44,7 @@ weight = "b.weight"
         &dir,
         "m.safetensors",
         arch,
-        &vec![
+        &[
             ("a.weight".into(), vec![h, i], w1.clone()),
             ("a.bias".into(), vec![h], b1.clone()),
             ("b.weight".into(), vec![o, h], w2.clone()),
@@ -95,7 +62,7 @@ weight = "b.weight"
             .collect();
         want.extend((0..o).map(|r| (0..h).map(|c| w2[r * h + c] * hid[c]).sum::<f32>()));
     }
-    assert_close(&got, &want, 1e-5, "linear + relu");
+    assert_close_rel(&got, &want, 1e-5, "linear + relu");
 }
 
 #[test]
@@ -119,7 +86,7 @@ fn conv2d_stride_padding_dilation_groups_match_naive_loops() {
             &dir,
             "conv.safetensors",
             &arch,
-            &vec![
+            &[
                 ("c.weight".into(), vec![o, c / groups, k, k], wt.clone()),
                 ("c.bias".into(), vec![o], b.clone()),
             ],
@@ -127,23 +94,18 @@ fn conv2d_stride_padding_dilation_groups_match_naive_loops() {
         let m = model::load(&path).expect("load").model;
         let x = rand_vec(&mut rng, 2 * c * h * w);
         let got = forward(&m, &x, 2);
-        let mut want = Vec::new();
-        for s in 0..2 {
-            let (y, oh, ow) = naive_conv(
-                &x[s * c * h * w..(s + 1) * c * h * w],
-                (c, h, w),
-                &wt,
-                (o, k, k),
-                &b,
-                stride,
-                pad,
-                dil,
-                groups,
-            );
-            assert_eq!(m.layers[0].out_shape, vec![o, oh, ow]);
-            want.extend(y);
-        }
-        assert_close(&got, &want, 1e-4, "conv2d");
+        let want = naive_conv(
+            &x,
+            [2, c, h, w],
+            &wt,
+            [o, c / groups, k, k],
+            &b,
+            square(stride, pad, dil, groups),
+            &[],
+        );
+        let (oh, ow) = want.out_hw;
+        assert_eq!(m.layers[0].out_shape, vec![o, oh, ow]);
+        assert_close_rel(&got, &want.y, 1e-4, "conv2d");
     }
 }
 
@@ -161,7 +123,7 @@ fn pooling_with_padding_matches_naive_loops() {
         let arch = format!(
             "[input]\nshape = [{c}, {h}, {w}]\n[[layer]]\nop = \"{op}\"\nkernel = {k}\nstride = {s}\npadding = {p}\n[[layer]]\nop = \"flatten\"\n"
         );
-        let path = write_model(&dir, "pool.safetensors", &arch, &vec![]);
+        let path = write_model(&dir, "pool.safetensors", &arch, &[]);
         let m = model::load(&path).expect("load").model;
         let x: Vec<f32> = rand_vec(&mut rng, c * h * w)
             .iter()
@@ -195,7 +157,7 @@ fn pooling_with_padding_matches_naive_loops() {
                 }
             }
         }
-        assert_close(&got, &want, 1e-5, "pooling");
+        assert_close_rel(&got, &want, 1e-5, "pooling");
     }
 }
 
@@ -219,7 +181,7 @@ fn batchnorm_is_folded_and_matches_unfolded_math() {
         &dir,
         "bn.safetensors",
         &arch,
-        &vec![
+        &[
             ("c.weight".into(), vec![o, c, 3, 3], wt.clone()),
             ("bn.weight".into(), vec![o], gamma.clone()),
             ("bn.bias".into(), vec![o], beta.clone()),
@@ -231,7 +193,16 @@ fn batchnorm_is_folded_and_matches_unfolded_math() {
     assert_eq!(m.layers.len(), 2, "batchnorm folded into the conv");
     let x = rand_vec(&mut rng, c * h * w);
     let got = forward(&m, &x, 1);
-    let (y, oh, ow) = naive_conv(&x, (c, h, w), &wt, (o, 3, 3), &[0.0; 3], 1, 1, 1, 1);
+    let conv = naive_conv(
+        &x,
+        [1, c, h, w],
+        &wt,
+        [o, c, 3, 3],
+        &[0.0; 3],
+        square(1, 1, 1, 1),
+        &[],
+    );
+    let (y, (oh, ow)) = (conv.y, conv.out_hw);
     let want: Vec<f32> = (0..o)
         .map(|k| {
             let s: f32 = y[k * oh * ow..(k + 1) * oh * ow]
@@ -241,7 +212,7 @@ fn batchnorm_is_folded_and_matches_unfolded_math() {
             s / (oh * ow) as f32
         })
         .collect();
-    assert_close(&got, &want, 1e-4, "folded batchnorm");
+    assert_close_rel(&got, &want, 1e-4, "folded batchnorm");
 }
 
 #[test]
@@ -272,7 +243,7 @@ from = "r"
         &dir,
         "res.safetensors",
         arch,
-        &vec![
+        &[
             ("a.weight".into(), vec![n, n], w1.clone()),
             ("b.weight".into(), vec![n, n], w2.clone()),
         ],
@@ -286,7 +257,7 @@ from = "r"
     let want: Vec<f32> = (0..n)
         .map(|i| (0..n).map(|j| w2[i * n + j] * r[j]).sum::<f32>() + r[i])
         .collect();
-    assert_close(&got, &want, 1e-5, "residual add");
+    assert_close_rel(&got, &want, 1e-5, "residual add");
 }
 
 #[test]
@@ -298,7 +269,7 @@ fn loading_errors_name_the_problem() {
         &dir,
         "shape.safetensors",
         arch,
-        &vec![
+        &[
             ("a.weight".into(), vec![3, 5], vec![0.0; 15]),
             ("a.bias".into(), vec![3], vec![0.0; 3]),
         ],
@@ -315,7 +286,7 @@ fn loading_errors_name_the_problem() {
         &dir,
         "missing.safetensors",
         arch,
-        &vec![("a.weight".into(), vec![3, 4], vec![0.0; 12])],
+        &[("a.weight".into(), vec![3, 4], vec![0.0; 12])],
     );
     let msg = model::load(&p).expect_err("missing").to_string();
     assert!(
@@ -416,7 +387,7 @@ fn save_and_reload_round_trips() {
         &dir,
         "a.safetensors",
         arch,
-        &vec![
+        &[
             ("c.weight".into(), vec![2, 1, 3, 3], rand_vec(&mut rng, 18)),
             ("bn.weight".into(), vec![2], vec![1.5, 0.5]),
             ("bn.bias".into(), vec![2], vec![0.1, -0.1]),
@@ -443,7 +414,7 @@ fn an_unfolded_batchnorm_survives_save_and_reload() {
         &dir,
         "u.safetensors",
         arch,
-        &vec![
+        &[
             ("a.weight".into(), vec![2, 3], rand_vec(&mut rng, 6)),
             ("bn.weight".into(), vec![2], vec![1.5, 0.5]),
             ("bn.bias".into(), vec![2], vec![0.1, -0.1]),
@@ -462,7 +433,7 @@ fn an_unfolded_batchnorm_survives_save_and_reload() {
     let back = model::load(&out).expect("reload");
     assert!(back.warnings.is_empty(), "{:?}", back.warnings);
     let x = rand_vec(&mut rng, 3);
-    assert_close(
+    assert_close_rel(
         &forward(&back.model, &x, 1),
         &forward(&m, &x, 1),
         1e-6,

@@ -1,12 +1,17 @@
 //! `squeeze train` end to end on a tiny synthetic problem: it learns, one seed gives one file,
 //! and bad input is a clear error with no output written.
 
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
-use assert_cmd::cargo::cargo_bin_cmd;
 use predicates::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::squeeze;
 
 /// Three well-separated 2-D blobs, written as an IDX pair (f32 samples, u8 labels).
 fn write_blobs(dir: &Path, prefix: &str, n: usize, seed: u64) -> PathBuf {
@@ -83,7 +88,7 @@ impl Fixture {
 
     /// A train command with quick defaults; options in `extra` replace or add to them.
     fn cmd(&self, out: &Path, extra: &[&str]) -> assert_cmd::Command {
-        let mut cmd = cargo_bin_cmd!("squeeze");
+        let mut cmd = squeeze();
         cmd.arg("train")
             .arg("--arch")
             .arg(&self.arch)
@@ -295,7 +300,7 @@ fn bad_files_are_clear_errors() {
     fails_with(f.cmd(&out, &[]), &out, "out of range");
 
     let missing_arch = f.out("nope.toml");
-    let mut cmd = cargo_bin_cmd!("squeeze");
+    let mut cmd = squeeze();
     cmd.args(["train", "--data", "x", "--test", "y", "--out"])
         .arg(&out)
         .arg("--arch")

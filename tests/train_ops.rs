@@ -5,86 +5,42 @@
 //! Tolerances are relative to the largest magnitude in the reference tensor (1e-5), since the
 //! new path sums in a different order than candle's.
 
+// clippy.toml lets #[test] functions unwrap; this file's helpers do too.
+#![allow(clippy::unwrap_used)]
+
 use candle_core::{D, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squeeze::model::Conv2dGeometry;
 use squeeze::train::ops as train_ops;
 
+mod common;
+use common::{NaiveConv, assert_close_scaled, rand_vec};
+
 fn rand_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(rand_vec(rng, n), shape, &Device::Cpu).unwrap()
 }
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rel * scale,
-            "{what}[{i}]: {g} vs {w} (scale {scale})"
-        );
-    }
-}
-
-/// Naive conv2d with its gradients for the loss `sum(y · r)`, in f64. Returns (y, dx, dw, db).
-#[allow(clippy::type_complexity)]
-fn naive_conv(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    r: &Tensor,
-    g: Conv2dGeometry,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+/// The naive conv2d of `common` on tensors, with its gradients for the loss `sum(y · r)`.
+fn naive_conv(x: &Tensor, w: &Tensor, b: &Tensor, r: &Tensor, g: Conv2dGeometry) -> NaiveConv {
     let (n, c, h, wd) = x.dims4().unwrap();
     let (o, cg, kh, kw) = w.dims4().unwrap();
-    let (_, _, oh, ow) = r.dims4().unwrap();
-    let (xv, wv, bv, rv) = (values(x), values(w), values(b), values(r));
-    let og = o / g.groups;
-    let mut y = vec![0f64; n * o * oh * ow];
-    let mut dx = vec![0f64; xv.len()];
-    let mut dw = vec![0f64; wv.len()];
-    let mut db = vec![0f64; o];
-    for ni in 0..n {
-        for oi in 0..o {
-            let grp = oi / og;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let yi = ((ni * o + oi) * oh + oy) * ow + ox;
-                    let ri = rv[yi] as f64;
-                    let mut acc = bv[oi] as f64;
-                    db[oi] += ri;
-                    for ci in 0..cg {
-                        let ch = grp * cg + ci;
-                        for i in 0..kh {
-                            for j in 0..kw {
-                                let iy = (oy * g.stride.0 + i * g.dilation.0) as isize
-                                    - g.padding.0 as isize;
-                                let ix = (ox * g.stride.1 + j * g.dilation.1) as isize
-                                    - g.padding.1 as isize;
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
-                                    continue;
-                                }
-                                let xi = ((ni * c + ch) * h + iy as usize) * wd + ix as usize;
-                                let wi = ((oi * cg + ci) * kh + i) * kw + j;
-                                acc += xv[xi] as f64 * wv[wi] as f64;
-                                dx[xi] += ri * wv[wi] as f64;
-                                dw[wi] += ri * xv[xi] as f64;
-                            }
-                        }
-                    }
-                    y[yi] = acc;
-                }
-            }
-        }
-    }
-    let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<_>>();
-    (f(y), f(dx), f(dw), f(db))
+    let conv = common::naive_conv(
+        &values(x),
+        [n, c, h, wd],
+        &values(w),
+        [o, cg, kh, kw],
+        &values(b),
+        g,
+        &values(r),
+    );
+    assert_eq!(r.dims4().unwrap(), (n, o, conv.out_hw.0, conv.out_hw.1));
+    conv
 }
 
 /// Value and gradients of `f(x, w, b)` for the loss `sum(y · r)`.
@@ -197,12 +153,12 @@ fn conv2d_values_and_gradients_match_naive_loops() {
         let (y, dx2, dw2, db2) = with_grads(&x, &wt, &b, Some(&r), |x, w, b| {
             train_ops::conv2d(x, w, Some(b), g)
         });
-        let (ny, ndx, ndw, ndb) = naive_conv(&x, &wt, &b, &r, g);
+        let want = naive_conv(&x, &wt, &b, &r, g);
         let case = format!("{:?}", (n, c, h, w, o, k, g));
-        assert_close(&format!("y {case}"), &values(&y), &ny, 1e-5);
-        assert_close(&format!("dx {case}"), &dx2, &ndx, 1e-5);
-        assert_close(&format!("dw {case}"), &dw2, &ndw, 1e-5);
-        assert_close(&format!("db {case}"), &db2, &ndb, 1e-5);
+        assert_close_scaled(&values(&y), &want.y, 1e-5, &format!("y {case}"));
+        assert_close_scaled(&dx2, &want.dx, 1e-5, &format!("dx {case}"));
+        assert_close_scaled(&dw2, &want.dw, 1e-5, &format!("dw {case}"));
+        assert_close_scaled(&db2, &want.db, 1e-5, &format!("db {case}"));
         // The all-ones loss too (dx then counts how often each input is read).
         assert!(dx.iter().chain(&dw).chain(&db).all(|v| v.is_finite()));
     }
@@ -234,10 +190,10 @@ fn conv2d_values_and_gradients_match_candle() {
             with_grads(&x, &wt, &b, Some(&r), |x, w, b| candle_conv(x, w, b, g));
         let case = format!("{:?}", (n, c, h, w, o, k, g));
         assert_eq!(y.dims(), cy.dims(), "{case}");
-        assert_close(&format!("y {case}"), &values(&y), &values(&cy), 1e-5);
-        assert_close(&format!("dx {case}"), &dx, &cdx, 1e-5);
-        assert_close(&format!("dw {case}"), &dw, &cdw, 1e-5);
-        assert_close(&format!("db {case}"), &db, &cdb, 1e-5);
+        assert_close_scaled(&values(&y), &values(&cy), 1e-5, &format!("y {case}"));
+        assert_close_scaled(&dx, &cdx, 1e-5, &format!("dx {case}"));
+        assert_close_scaled(&dw, &cdw, 1e-5, &format!("dw {case}"));
+        assert_close_scaled(&db, &cdb, 1e-5, &format!("db {case}"));
     }
 }
 
@@ -282,9 +238,9 @@ fn conv2d_without_bias_and_with_a_constant_input() {
     assert!(grads.get(&x).is_none());
     let b = Tensor::zeros(5, candle_core::DType::F32, &Device::Cpu).unwrap();
     let r = y.ones_like().unwrap();
-    let (ny, _, ndw, _) = naive_conv(&x, w.as_tensor(), &b, &r, g);
-    assert_close("y", &values(&y), &ny, 1e-5);
-    assert_close("dw", &values(grads.get(&w).unwrap()), &ndw, 1e-5);
+    let want = naive_conv(&x, w.as_tensor(), &b, &r, g);
+    assert_close_scaled(&values(&y), &want.y, 1e-5, "y");
+    assert_close_scaled(&values(grads.get(&w).unwrap()), &want.dw, 1e-5, "dw");
 }
 
 /// Naive max pooling (padding = −∞) and its gradient for `sum(y · r)`: each window's first
@@ -359,11 +315,11 @@ fn max_pool_values_and_gradients_match_naive_loops_and_candle_values() {
         let (ny, ndx) = naive_pool(&x, &r, kernel, stride, padding);
         let case = format!("{:?}", (n, c, h, w, kernel, stride, padding));
         assert_eq!(values(&y), ny, "y {case}");
-        assert_close(
-            &format!("dx {case}"),
+        assert_close_scaled(
             &values(grads.get(&xv).unwrap()),
             &ndx,
             1e-6,
+            &format!("dx {case}"),
         );
 
         // candle's forward on the −∞-padded input gives the same values.
@@ -404,7 +360,7 @@ fn candle_max_pool_gradient_is_the_true_one_over_the_window_size() {
         .iter()
         .map(|v| v * 4.0)
         .collect();
-    assert_close("dx", &ours, &theirs, 1e-6);
+    assert_close_scaled(&ours, &theirs, 1e-6, "dx");
 }
 
 #[test]
@@ -456,13 +412,13 @@ fn lenet5_train_mode_matches_the_inference_path() {
     };
     let (y_train, g_train) = run(true);
     let (y_ref, g_ref) = run(false);
-    assert_close("logits", &y_train, &y_ref, 1e-5);
+    assert_close_scaled(&y_train, &y_ref, 1e-5, "logits");
     // vars: conv1 w, b, conv2 w, b, fc1 w, b, fc2 w, b
     let factors = [16.0f32, 16.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0];
     assert_eq!(g_train.len(), factors.len());
     for (i, ((gt, gr), f)) in g_train.iter().zip(&g_ref).zip(factors).enumerate() {
         let scaled: Vec<f32> = gr.iter().map(|v| v * f).collect();
-        assert_close(&format!("grad of var {i}"), gt, &scaled, 1e-4);
+        assert_close_scaled(gt, &scaled, 1e-4, &format!("grad of var {i}"));
     }
     // Same inputs, same bytes.
     let (y_again, g_again) = run(true);
@@ -487,10 +443,10 @@ fn linear_values_and_gradients_match_candle_matmul() {
         });
         let case = format!("{:?}", (n, inputs, out));
         assert_eq!(y.dims(), cy.dims(), "{case}");
-        assert_close(&format!("y {case}"), &values(&y), &values(&cy), 1e-5);
-        assert_close(&format!("dx {case}"), &dx, &cdx, 1e-5);
-        assert_close(&format!("dw {case}"), &dw, &cdw, 1e-5);
-        assert_close(&format!("db {case}"), &db, &cdb, 1e-5);
+        assert_close_scaled(&values(&y), &values(&cy), 1e-5, &format!("y {case}"));
+        assert_close_scaled(&dx, &cdx, 1e-5, &format!("dx {case}"));
+        assert_close_scaled(&dw, &cdw, 1e-5, &format!("dw {case}"));
+        assert_close_scaled(&db, &cdb, 1e-5, &format!("db {case}"));
     }
 }
 
@@ -501,14 +457,14 @@ fn linear_without_bias_and_with_a_constant_input() {
     let w = Var::from_tensor(&rand_tensor(&mut rng, &[6, 9])).unwrap();
     let y = train_ops::linear(&x, w.as_tensor(), None).unwrap();
     let want = x.matmul(&w.as_tensor().t().unwrap()).unwrap();
-    assert_close("y", &values(&y), &values(&want), 1e-6);
+    assert_close_scaled(&values(&y), &values(&want), 1e-6, "y");
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_none());
     // d/dw Σ x·wᵀ = column sums of x, for every output row.
     let sums = values(&x.sum(0).unwrap());
     let dw = values(grads.get(&w).unwrap());
     for row in dw.chunks(9) {
-        assert_close("dw", row, &sums, 1e-6);
+        assert_close_scaled(row, &sums, 1e-6, "dw");
     }
     assert!(train_ops::linear(&x, &rand_tensor(&mut rng, &[6, 8]), None).is_err());
 }
@@ -543,7 +499,7 @@ fn cross_entropy_value_and_gradient_match_candle_nn() {
                     .unwrap(),
             )
         };
-        assert_close(&format!("dz {n}×{classes}"), &g(&ours), &g(&theirs), 1e-5);
+        assert_close_scaled(&g(&ours), &g(&theirs), 1e-5, &format!("dz {n}×{classes}"));
     }
     let z = rand_tensor(&mut rng, &[2, 3]);
     let bad = Tensor::new(&[0u32, 3], &Device::Cpu).unwrap();
@@ -606,8 +562,8 @@ fn fused_stages_give_the_gradients_of_separate_nodes() {
             let (z, dw, db) = run(true, also_conv);
             let (z2, dw2, db2) = run(false, also_conv);
             assert_eq!(z, z2, "{case}");
-            assert_close(&format!("dw {case}"), &dw, &dw2, 1e-6);
-            assert_close(&format!("db {case}"), &db, &db2, 1e-6);
+            assert_close_scaled(&dw, &dw2, 1e-6, &format!("dw {case}"));
+            assert_close_scaled(&db, &db2, 1e-6, &format!("db {case}"));
         }
     }
 }

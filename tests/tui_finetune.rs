@@ -1,8 +1,7 @@
 //! `f` in the explorer on the bundled LeNet-300-100 and MNIST: a short fine-tune (a few hundred
 //! training images, one epoch) becomes its own point, marked fine-tuned, joined to its untuned
 //! twin, journaled and exportable as the tuned packed model; a cancelled one leaves the
-//! session, the journal and the output folder as they were. Skipped when the bundled files are
-//! missing.
+//! session, the journal and the output folder as they were.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,21 +15,15 @@ use squeeze::explore::session::{Provenance, Request, SessionOptions};
 use squeeze::explore::setup::{JournalChoice, Setup, SetupOptions};
 use squeeze::tui::app::{App, AppOptions};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+mod tui_support;
+use common::asset;
 
-fn setup(journal: &Path) -> Option<Setup> {
-    let model = root().join("assets/models/lenet-300-100.safetensors");
-    let data = root().join("assets/data/mnist");
-    if !model.exists() || !data.join("train-images-idx3-ubyte.gz").exists() {
-        eprintln!("skipping: the bundled model or data is missing");
-        return None;
-    }
-    let setup = Setup::open(&SetupOptions {
-        model,
+fn setup(journal: &Path) -> Setup {
+    Setup::open(&SetupOptions {
+        model: asset("models/lenet-300-100.safetensors"),
         arch: None,
-        data,
+        data: asset("data/mnist"),
         labels: None,
         label_column: None,
         limit: Some(2000),
@@ -39,8 +32,7 @@ fn setup(journal: &Path) -> Option<Setup> {
         journal: JournalChoice::File(journal.to_path_buf()),
         also_reads: Vec::new(),
     })
-    .expect("setup");
-    Some(setup)
+    .expect("setup")
 }
 
 /// A short run: 500 training images, 100 of them for validation, one epoch.
@@ -132,24 +124,14 @@ impl Rig {
 }
 
 fn screen(app: &App) -> String {
-    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 48)).unwrap();
-    t.draw(|f| squeeze::tui::render::render(f, app)).unwrap();
-    let buf = t.backend().buffer();
-    let mut s = String::new();
-    for y in 0..buf.area.height {
-        for x in 0..buf.area.width {
-            s.push_str(buf[(x, y)].symbol());
-        }
-        s.push('\n');
-    }
-    s
+    tui_support::screen(&tui_support::draw(app, 160, 48))
 }
 
 #[test]
 fn a_short_finetune_is_a_point_joined_to_its_twin() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.jsonl");
-    let Some(setup) = setup(&journal) else { return };
+    let setup = setup(&journal);
     let mut rig = Rig::new(&setup, dir.path().join("out"));
     let twin = rig.app.session.current_key;
     let untuned = rig.app.current().and_then(|p| p.accuracy()).unwrap().value;
@@ -338,9 +320,9 @@ fn a_short_finetune_is_a_point_joined_to_its_twin() {
 
 fn reopen(journal: &Path) -> SetupOptions {
     SetupOptions {
-        model: root().join("assets/models/lenet-300-100.safetensors"),
+        model: asset("models/lenet-300-100.safetensors"),
         arch: None,
-        data: root().join("assets/data/mnist"),
+        data: asset("data/mnist"),
         labels: None,
         label_column: None,
         limit: None,
@@ -355,7 +337,7 @@ fn reopen(journal: &Path) -> SetupOptions {
 fn a_cancelled_finetune_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal.jsonl");
-    let Some(setup) = setup(&journal) else { return };
+    let setup = setup(&journal);
     let out = dir.path().join("out");
     let mut rig = Rig::new(&setup, out.clone());
     let keys: Vec<u64> = rig.app.session.order.clone();

@@ -1,10 +1,7 @@
 //! The explorer's real evaluator on the bundled LeNet-300-100 and MNIST test set: stages give
 //! consistent figures, cancellation stops work, and an export is a recipe `squeeze eval
-//! --recipe` reads back to the same accuracy and size. Skipped when the bundled files are
-//! missing.
+//! --recipe` reads back to the same accuracy and size.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
 use squeeze::compress::Bits;
@@ -15,23 +12,29 @@ use squeeze::explore::eval::{EvalError, Evaluator, Stage};
 use squeeze::explore::info::ModelInfo;
 use squeeze::explore::model_evaluator::{ModelEvaluator, fingerprint};
 
-fn evaluator() -> Option<(ModelEvaluator, u64)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model_path = root.join("assets/models/lenet-300-100.safetensors");
-    let data_path = root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
-    if !model_path.exists() || !data_path.exists() {
-        eprintln!("skipping: the bundled model or data is missing");
-        return None;
-    }
-    let model = squeeze::model::load(&model_path).ok()?.model;
-    let set = squeeze::data::load(&data_path, &DataOptions::default()).ok()?;
-    let inputs = set.prepare(&model.input, model.num_classes()).ok()?;
+mod common;
+use common::{asset, squeeze};
+
+/// The explorer's evaluator on the bundled LeNet-300-100 and MNIST test set, and their
+/// fingerprint.
+fn evaluator() -> (ModelEvaluator, u64) {
+    let model = squeeze::model::load(&asset("models/lenet-300-100.safetensors"))
+        .expect("the bundled model loads")
+        .model;
+    let set = squeeze::data::load(
+        &asset("data/mnist/t10k-images-idx3-ubyte.gz"),
+        &DataOptions::default(),
+    )
+    .expect("the bundled data loads");
+    let inputs = set
+        .prepare(&model.input, model.num_classes())
+        .expect("the data fits the model");
     let info = ModelInfo::from_model(&model, "t10k", set.len());
     let fp = fingerprint(&model, &set);
-    Some((
+    (
         ModelEvaluator::new(model, info, inputs, set.labels, 1000),
         fp,
-    ))
+    )
 }
 
 fn tuned(n: usize) -> Config {
@@ -46,7 +49,7 @@ fn tuned(n: usize) -> Config {
 
 #[test]
 fn stages_agree_and_exports_reload_in_the_cli() {
-    let Some((ev, fp)) = evaluator() else { return };
+    let (ev, fp) = evaluator();
     let n = ev.info().layers.len();
     let never = AtomicBool::new(false);
 
@@ -106,23 +109,17 @@ fn stages_agree_and_exports_reload_in_the_cli() {
     assert_eq!(json["size_bytes"].as_u64(), full.size_bytes);
     assert!(json["latency_us"].as_f64().unwrap() > 0.0);
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+    let out = squeeze()
         .args(["eval", "--model"])
-        .arg(root.join("assets/models/lenet-300-100.safetensors"))
+        .arg(asset("models/lenet-300-100.safetensors"))
         .arg("--data")
-        .arg(root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz"))
+        .arg(asset("data/mnist/t10k-images-idx3-ubyte.gz"))
         .arg("--recipe")
         .arg(&recipe)
         .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .assert()
+        .success();
+    let cli: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(
         cli["accuracy"].as_f64(),
         Some(f.value),
@@ -131,20 +128,15 @@ fn stages_agree_and_exports_reload_in_the_cli() {
     assert_eq!(cli["size_bytes"].as_u64(), full.size_bytes);
 
     // The compressed model reloads in the CLI to the same accuracy.
-    let out = Command::new(env!("CARGO_BIN_EXE_squeeze"))
+    let out = squeeze()
         .args(["eval", "--model"])
         .arg(dir.path().join("model.safetensors"))
         .arg("--data")
-        .arg(root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz"))
+        .arg(asset("data/mnist/t10k-images-idx3-ubyte.gz"))
         .args(["--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reloaded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .assert()
+        .success();
+    let reloaded: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(reloaded["accuracy"].as_f64(), Some(f.value));
     // One sparsity: the explorer's export, the recipe in the CLI and the reloaded file agree.
     assert_eq!(json["sparsity"], cli["sparsity"]);
@@ -163,15 +155,14 @@ fn stages_agree_and_exports_reload_in_the_cli() {
     assert!(json["dense"]["latency_us"].as_f64().unwrap() > 0.0);
 
     // The fingerprint is stable for the same model and data.
-    let (_, fp2) = evaluator().unwrap();
+    let (_, fp2) = evaluator();
     assert_eq!(fp, fp2);
 }
 
 #[test]
 fn recipes_round_trip_through_the_edit_state() {
-    let Some((ev, _)) = evaluator() else { return };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = squeeze::model::load(&root.join("assets/models/lenet-300-100.safetensors"))
+    let (ev, _) = evaluator();
+    let model = squeeze::model::load(&asset("models/lenet-300-100.safetensors"))
         .unwrap()
         .model;
     let n = ev.info().layers.len();
@@ -195,17 +186,12 @@ fn recipes_round_trip_through_the_edit_state() {
 fn probes_measure_what_a_whole_evaluation_measures() {
     use squeeze::explore::jobs::EvalRequest;
     use squeeze::explore::sensitivity::{self, ProbeChain, ProbeEvent, ProbeJob, SensitivityGrid};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (model_file, limit) in [
         ("lenet-300-100.safetensors", 2000),
         ("lenet5.safetensors", 500),
     ] {
-        let model_path = root.join("assets/models").join(model_file);
-        let data_path = root.join("assets/data/mnist/t10k-images-idx3-ubyte.gz");
-        if !model_path.exists() || !data_path.exists() {
-            eprintln!("skipping: the bundled model or data is missing");
-            return;
-        }
+        let model_path = asset(&format!("models/{model_file}"));
+        let data_path = asset("data/mnist/t10k-images-idx3-ubyte.gz");
         let model = squeeze::model::load(&model_path).unwrap().model;
         let set = squeeze::data::load(&data_path, &DataOptions::default())
             .unwrap()
@@ -268,7 +254,7 @@ fn probes_measure_what_a_whole_evaluation_measures() {
 
 #[test]
 fn the_table_names_weights_as_the_engine_stores_them() {
-    let Some((ev, _)) = evaluator() else { return };
+    let (ev, _) = evaluator();
     let n = ev.info().layers.len();
     let never = AtomicBool::new(false);
     let mut c = Config::dense(n);
