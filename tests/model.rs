@@ -440,3 +440,51 @@ fn an_unfolded_batchnorm_survives_save_and_reload() {
         "reloaded batchnorm",
     );
 }
+
+#[test]
+fn batchnorm_step_counters_are_not_unused_tensors() {
+    // A PyTorch state_dict carries `num_batches_tracked` (int64) beside each BatchNorm's
+    // tensors; no op reads it. It loads without a warning; a tensor nothing reads still warns.
+    let dir = tempfile::tempdir().expect("tmp");
+    let arch = "[input]\nshape = [1, 4, 4]\n[[layer]]\nop = \"conv2d\"\nname = \"features.0.0\"\nweight = \"features.0.0.weight\"\n[[layer]]\nop = \"batchnorm\"\nweight = \"features.0.1.weight\"\nbias = \"features.0.1.bias\"\nrunning_mean = \"features.0.1.running_mean\"\nrunning_var = \"features.0.1.running_var\"\n[[layer]]\nop = \"global_avgpool\"\n";
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let conv = f32s(&[0.5; 2 * 9]);
+    let (ones, zeros) = (f32s(&[1.0; 2]), f32s(&[0.0; 2]));
+    let extra = f32s(&[0.0; 3]);
+    let steps = 7i64.to_le_bytes();
+    let write = |name: &str, with_extra: bool| {
+        use safetensors::{Dtype, tensor::TensorView};
+        fn f(shape: Vec<usize>, data: &[u8]) -> TensorView<'_> {
+            TensorView::new(Dtype::F32, shape, data).expect("view")
+        }
+        let mut views = vec![
+            ("features.0.0.weight", f(vec![2, 1, 3, 3], &conv)),
+            ("features.0.1.weight", f(vec![2], &ones)),
+            ("features.0.1.bias", f(vec![2], &zeros)),
+            ("features.0.1.running_mean", f(vec![2], &zeros)),
+            ("features.0.1.running_var", f(vec![2], &ones)),
+            (
+                "features.0.1.num_batches_tracked",
+                TensorView::new(Dtype::I64, vec![], &steps).expect("view"),
+            ),
+        ];
+        if with_extra {
+            views.push(("classifier.extra", f(vec![3], &extra)));
+        }
+        let spec = ArchSpec::from_toml(arch).expect("arch");
+        let meta = HashMap::from([("squeeze.arch".to_string(), spec.to_json())]);
+        let p = dir.path().join(name);
+        std::fs::write(&p, safetensors::serialize(views, Some(meta)).expect("ser")).expect("write");
+        p
+    };
+    let loaded = model::load(&write("bn.safetensors", false)).expect("load");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let loaded = model::load(&write("extra.safetensors", true)).expect("load");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let w = &loaded.warnings[0];
+    assert!(
+        w.contains("1 tensor(s) not used") && w.contains("classifier.extra"),
+        "{w}"
+    );
+    assert!(!w.contains("num_batches_tracked"), "{w}");
+}

@@ -159,10 +159,13 @@ pub fn load_with_arch(path: &Path, arch: Option<&Path>) -> Result<Loaded, LoadEr
     let mut source = FileTensors::new(path, &tensors);
     let model = build(path, spec, &mut source)?;
     let used = source.used;
+    // Buffers a PyTorch state_dict carries that no op reads (BatchNorm's step counter) are
+    // expected there, not unused.
+    let state_buffer = |n: &str| n == "num_batches_tracked" || n.ends_with(".num_batches_tracked");
     let unused: Vec<String> = tensors
         .names()
         .into_iter()
-        .filter(|n| !used.contains(*n))
+        .filter(|n| !used.contains(*n) && !state_buffer(n))
         .map(str::to_string)
         .collect();
     if !unused.is_empty() {
