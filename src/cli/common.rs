@@ -119,3 +119,12 @@ pub fn thousands(n: usize) -> String {
     }
     out
 }
+
+/// The width of a text column headed `header` holding `cells`: the longest of them, in
+/// characters (what `{:<width$}` pads to), so long layer names keep the columns aligned.
+pub fn column_width<'a>(header: &str, cells: impl IntoIterator<Item = &'a str>) -> usize {
+    cells
+        .into_iter()
+        .map(|c| c.chars().count())
+        .fold(header.chars().count(), usize::max)
+}

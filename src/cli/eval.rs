@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::common::{DataArgs, Format, ModelArgs, check_evaluation_memory, load_model, prepare};
+use super::common::{
+    DataArgs, Format, ModelArgs, check_evaluation_memory, column_width, load_model, prepare,
+};
 use super::recipe_args::RecipeArgs;
 use crate::compress::{self, Plan, Recipe};
 use crate::data::{DataOptions, EvalSet, Split};
@@ -262,9 +264,11 @@ fn render_text(r: &EvalReport, timing: Timing) -> String {
         "wall     {:.1} ms for the whole set\n\nlayers\n",
         m.wall_s * 1e3
     );
+    let nw = column_width("", m.layers.iter().map(|l| l.name.as_str())).max(10);
+    let fw = column_width("", m.layers.iter().map(|l| l.format.as_str())).max(24);
     for l in &m.layers {
         s += &format!(
-            "  {:<10} {:<7} {:<24} sparsity {:>5.1} %  zeros {:>5.1} %  {:>10} of {:>10}\n",
+            "  {:<nw$} {:<7} {:<fw$} sparsity {:>5.1} %  zeros {:>5.1} %  {:>10} of {:>10}\n",
             l.name,
             l.op,
             l.format,

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use serde::Serialize;
 
 use super::apply::write_packed;
-use super::common::{Format, ModelArgs, load_model};
+use super::common::{Format, ModelArgs, column_width, load_model};
 use super::recipe_args::RecipeArgs;
 use super::train::{
     EpochBar, InputFile, TrainingArgs, check_training_memory, load_test_set, load_training_set,
@@ -357,8 +357,9 @@ pub(super) fn entropy_rows(plan: &Plan, original: &Model) -> Vec<EntropyRow> {
 
 /// The rows as a table, totals and ratios against `dense` bytes included.
 pub(super) fn entropy_table(rows: &[EntropyRow], dense: usize) -> String {
+    let nw = column_width("layer", rows.iter().map(|r| r.layer.as_str())).max(10);
     let mut s = format!(
-        "  {:<10} {:>7} {:>5} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>8}\n",
+        "  {:<nw$} {:>7} {:>5} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>8}\n",
         "layer",
         "kept",
         "bits",
@@ -372,7 +373,7 @@ pub(super) fn entropy_table(rows: &[EntropyRow], dense: usize) -> String {
     );
     for r in rows {
         s += &format!(
-            "  {:<10} {:>6.1}% {:>5} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>8}\n",
+            "  {:<nw$} {:>6.1}% {:>5} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>8}\n",
             r.layer,
             r.kept * 100.0,
             r.bits,

@@ -3,7 +3,7 @@
 //! `apply` or `finetune`), then with each layer's stored format and exact packed bytes. The
 //! figures are `measure::describe`'s; this module parses and prints.
 
-use super::common::{Format, ModelArgs, load_model, thousands};
+use super::common::{Format, ModelArgs, column_width, load_model, thousands};
 use crate::measure::describe::{Description, describe, describe_compressed};
 use crate::measure::{PruningRecord, SparsityBasis};
 use crate::units;
@@ -38,15 +38,30 @@ pub fn render_text(info: &Description) -> String {
         info.model, info.input_shape, info.classes
     );
     let compressed = info.layers.iter().any(|l| l.format.is_some());
+    // Column widths from the longest cell, so long names (`features.10.conv.0.0`) keep the
+    // columns aligned; the former fixed widths are the least.
+    let shapes: Vec<String> = info
+        .layers
+        .iter()
+        .map(|l| format!("{:?}", l.output_shape))
+        .collect();
+    let nw = column_width("layer", info.layers.iter().map(|l| l.name.as_str())).max(12);
+    let ow = column_width("op", info.layers.iter().map(|l| l.op)).max(14);
+    let sw = column_width("output", shapes.iter().map(String::as_str)).max(14);
+    let fw = column_width(
+        "stored as",
+        info.layers.iter().filter_map(|l| l.format.as_deref()),
+    )
+    .max(22);
     let format_col = |f: &str, sparsity: &str| {
         if compressed {
-            format!(" {f:<22} {sparsity:>8}")
+            format!(" {f:<fw$} {sparsity:>8}")
         } else {
             String::new()
         }
     };
     s += &format!(
-        "{:<12} {:<14} {:<14} {:>10} {:>12}{} {:>11} {:>11}\n",
+        "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}\n",
         "layer",
         "op",
         "output",
@@ -56,12 +71,12 @@ pub fn render_text(info: &Description) -> String {
         "bytes",
         "activation"
     );
-    for l in &info.layers {
+    for (l, shape) in info.layers.iter().zip(&shapes) {
         s += &format!(
-            "{:<12} {:<14} {:<14} {:>10} {:>12}{} {:>11} {:>11}\n",
+            "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}\n",
             l.name,
             l.op,
-            format!("{:?}", l.output_shape),
+            shape,
             thousands(l.params),
             thousands(l.macs),
             format_col(
@@ -74,8 +89,9 @@ pub fn render_text(info: &Description) -> String {
             units::bytes(l.activation_bytes as f64)
         );
     }
+    let tw = nw + 1 + ow + 1 + sw;
     s += &format!(
-        "{:<42} {:>10} {:>12}{} {:>11}\n\npeak activation memory (one sample, f32, kernel scratch included): {} at {}\n",
+        "{:<tw$} {:>10} {:>12}{} {:>11}\n\npeak activation memory (one sample, f32, kernel scratch included): {} at {}\n",
         "total",
         thousands(info.params),
         thousands(info.macs),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::common::column_width;
 use super::explore::SessionArgs;
 use super::headless::{Headless, Quiet, parse_duration};
 use super::sweep::SummaryFormat;
@@ -231,9 +232,10 @@ fn render_text(
     for c in &b.checks {
         s += &format!("  {}\n", c.describe());
     }
+    let nw = column_width("", session.info.layers.iter().map(|l| l.name.as_str())).max(10);
     for (l, setting) in session.info.layers.iter().zip(&b.config.layers) {
         s += &format!(
-            "  {:<10} {:<12} {}\n",
+            "  {:<nw$} {:<12} {}\n",
             l.name,
             setting.prune_label(),
             setting.quant_label()
