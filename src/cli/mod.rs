@@ -308,6 +308,18 @@ mod tests {
         };
         assert_eq!(b.repeat, 5);
         assert!(b.recipe.is_empty() && !b.only);
+        assert!(!b.quick && !b.reference && !b.quiet, "opt-in");
+        let Command::Bench(b) = command(&["bench", "-m", "m", "-d", "d", "--quick", "--reference"])
+        else {
+            panic!("not bench");
+        };
+        assert!(b.quick && b.reference);
+        let Command::Bench(b) = command(&["bench", "-m", "m", "-d", "d", "--repeat", "2", "-q"])
+        else {
+            panic!("not bench");
+        };
+        assert_eq!(b.repeat, 2);
+        assert!(b.quiet && !b.quick);
     }
 
     #[test]
@@ -401,6 +413,11 @@ mod tests {
             ],
             ErrorKind::MissingRequiredArgument,
             "--distill",
+        );
+        refused(
+            &["bench", "-m", "m", "-d", "d", "--quick", "--repeat", "3"],
+            ErrorKind::ArgumentConflict,
+            "--repeat",
         );
         refused(
             &["merge", "-o", "o"],

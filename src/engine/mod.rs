@@ -40,4 +40,7 @@ pub use format::{IndexKind, Indexing, PackedLayer, RowPtr, SizeBreakdown, ValueS
 pub use kernels::{KernelScratch, LayerKernels, Work, fake_quantize, quantize_centered};
 pub use model::{CHUNK, CompressedModel, Prepared, Scratch, Step};
 pub use ops::{ConvShape, PoolShape, im2col};
-pub use timing::{LatencyStats, fma_peak_gflops, latency, latency_pair, latency_with, throughput};
+pub use timing::{
+    LatencyStats, fma_peak_gflops, latency, latency_pair, latency_pair_with, latency_with,
+    throughput,
+};

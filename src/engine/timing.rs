@@ -72,29 +72,40 @@ pub fn latency_with(
 /// Single-sample latency of two models measured in alternating bursts on the calling thread,
 /// so that both medians come from the same moments: on a shared machine a neighbour's burst
 /// then weighs on both instead of on one, and their ratio stays honest. Each burst of
-/// `BURST` timed runs follows 20 untimed ones that bring the model's weights back into the
+/// 200 timed runs follows 20 untimed ones that bring the model's weights back into the
 /// cache; at least 200 runs each and 0.3 s in all (at most 20,000 runs each, plus a burst).
 pub fn latency_pair(
     a: &CompressedModel,
     b: &CompressedModel,
     sample: &[f32],
 ) -> (LatencyStats, LatencyStats) {
-    const BURST: usize = 200;
+    latency_pair_with(a, b, sample, 200, Duration::from_millis(300))
+}
+
+/// `latency_pair` with a chosen minimum number of runs each and minimum time: bursts of
+/// `min(min_runs, 200)` timed runs, each after `min(20, burst)` untimed ones.
+pub fn latency_pair_with(
+    a: &CompressedModel,
+    b: &CompressedModel,
+    sample: &[f32],
+    min_runs: usize,
+    min_time: Duration,
+) -> (LatencyStats, LatencyStats) {
+    let burst = min_runs.clamp(1, 200);
+    let warm = burst.min(20);
     let models = [a, b];
     let mut scratch = models.map(|m| m.scratch());
     let mut outs = models.map(|m| vec![0f32; m.num_classes()]);
     let mut times: [Vec<f64>; 2] = [Vec::with_capacity(1024), Vec::with_capacity(1024)];
     let start = Instant::now();
-    while (times[1].len() < 200 || start.elapsed() < Duration::from_millis(300))
-        && times[1].len() < 20_000
-    {
+    while (times[1].len() < min_runs || start.elapsed() < min_time) && times[1].len() < 20_000 {
         for k in 0..2 {
             let (m, s, out) = (models[k], &mut scratch[k], &mut outs[k]);
             let x = &sample[..m.input_len()];
-            for _ in 0..20 {
+            for _ in 0..warm {
                 m.run(x, 1, s, out);
             }
-            for _ in 0..BURST {
+            for _ in 0..burst {
                 let t = Instant::now();
                 m.run(x, 1, s, out);
                 std::hint::black_box(&*out);
