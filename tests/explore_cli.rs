@@ -414,3 +414,87 @@ fn the_report_is_one_self_contained_html_file() {
         &journal,
     ));
 }
+
+/// The rows of the table with id `id` in `html`: each row's cells as text.
+fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
+    let start = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no table {id}"));
+    let table = &html[start..start + html[start..].find("</table>").unwrap()];
+    table
+        .split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td>")
+                .skip(1)
+                .map(|c| c[..c.find("</td>").unwrap()].to_string())
+                .collect::<Vec<String>>()
+        })
+        .filter(|cells| !cells.is_empty())
+        .collect()
+}
+
+#[test]
+fn report_curves_measures_the_whole_model_curves_and_tabulates_them() {
+    let (model, data) = assets();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("s.jsonl");
+    // Without --curves, and with nothing measured, there is no curves section.
+    let plain = dir.path().join("plain.html");
+    ok(&mut session(
+        &["report", "--out", plain.to_str().unwrap()],
+        &model,
+        &data,
+        &journal,
+    ));
+    let html = std::fs::read_to_string(&plain).unwrap();
+    assert!(!html.contains("id=\"curves\""));
+
+    let out = dir.path().join("report.html");
+    ok(&mut session(
+        &["report", "--curves", "--out", out.to_str().unwrap()],
+        &model,
+        &data,
+        &journal,
+    ));
+    let html = std::fs::read_to_string(&out).unwrap();
+    let elements = parse_html(&html);
+    assert!(html.contains("<h2 id=\"curves\">Whole-model curves</h2>"));
+    // The plot inlined in the section.
+    let section =
+        &html[html.find("id=\"curves\"").unwrap()..html.find("id=\"sensitivity\"").unwrap()];
+    assert!(section.contains("<svg") && section.contains("Accuracy vs compression"));
+    assert!(elements.iter().filter(|e| *e == "svg").count() >= 3);
+    let global = table_rows(&html, "curve-global-l1");
+    let bits = table_rows(&html, "curve-uniform-bits");
+    let first: Vec<&str> = global.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        first,
+        [
+            "10%", "20%", "30%", "40%", "50%", "60%", "70%", "80%", "90%", "95%"
+        ]
+    );
+    let first: Vec<&str> = bits.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        first,
+        [
+            "8 bits", "7 bits", "6 bits", "5 bits", "4 bits", "3 bits", "2 bits"
+        ]
+    );
+    for row in global.iter().chain(&bits) {
+        assert_eq!(row.len(), 4, "{row:?}");
+        assert!(row[1].ends_with('%'), "accuracy {row:?}");
+        assert!(row[2].ends_with('B'), "size {row:?}");
+        assert!(row[3].ends_with('s'), "latency {row:?}");
+    }
+    // The points are journaled: a report without --curves now has them too.
+    let again = dir.path().join("again.html");
+    ok(&mut session(
+        &["report", "--out", again.to_str().unwrap()],
+        &model,
+        &data,
+        &journal,
+    ));
+    let html = std::fs::read_to_string(&again).unwrap();
+    assert_eq!(table_rows(&html, "curve-global-l1").len(), 10);
+}

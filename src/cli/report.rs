@@ -23,6 +23,11 @@ pub struct ReportArgs {
         default_value = "squeeze-report.html"
     )]
     pub out: PathBuf,
+    /// Measure the whole-model curves first (global L1 pruning at 10–95 % overall sparsity,
+    /// every layer at 8 down to 2 bits; what the explorer's `W` measures), those the journal
+    /// lacks, so the report has its "Whole-model curves" section.
+    #[arg(long)]
+    pub curves: bool,
     #[command(flatten)]
     pub quiet: Quiet,
 }
@@ -40,6 +45,10 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     // The dense baseline and the configuration last edited, measured if the journal lacks them.
     let start = h.session.start();
     h.run("dense baseline", start);
+    if args.curves {
+        let curves = h.session.model_curves();
+        h.run("model curves", curves);
+    }
     let s = &h.session;
     let title = format!(
         "{} on {}: how far it compresses",

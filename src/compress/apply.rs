@@ -376,6 +376,24 @@ impl Plan {
         }
     }
 
+    /// The fraction of the original weights that are exactly zero as stored: pruned, removed
+    /// by structured pruning, or quantized to zero — at least `sparsity_against`'s figure, and
+    /// the `zeros` that `squeeze eval` reads from a packed file.
+    pub fn zeros_against(&self, original: &Model) -> f64 {
+        let (mut zeros, mut total) = (0usize, 0usize);
+        for l in &self.layers {
+            let name = self.layer_name(l.layer);
+            let weights = original
+                .layer_index(&name)
+                .and_then(|i| original.layers[i].params())
+                .map_or(l.kept.len(), |p| p.weight.elem_count());
+            let nonzero = l.dequantized().iter().filter(|v| **v != 0.0).count();
+            zeros += weights.saturating_sub(nonzero);
+            total += weights;
+        }
+        ratio(zeros, total)
+    }
+
     fn layer_name(&self, index: usize) -> String {
         self.model
             .layers

@@ -94,8 +94,13 @@ pub struct Figures {
     pub dense_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy_bytes: Option<u64>,
+    /// The pruned fraction of the original weights (`Plan::sparsity_against`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparsity: Option<f64>,
+    /// The fraction of the original weights exactly zero after quantization
+    /// (`Plan::zeros_against`): at least `sparsity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeros: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -326,6 +326,7 @@ impl ModelEvaluator {
             dense_bytes: Some(self.info.dense_bytes() as u64),
             entropy_bytes: Some(entropy),
             sparsity: Some(sparsity.fraction()),
+            zeros: Some(plan.zeros_against(&self.model)),
             layers,
             arena_bytes: Some(arena.peak_bytes as u64),
             arena_layer: Some(arena.peak_layer),

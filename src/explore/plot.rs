@@ -51,4 +51,33 @@ pub struct PlotInput {
     pub accuracy_range: Option<[f64; 2]>,
     pub budget_bytes: Option<f64>,
     pub budget_latency_us: Option<f64>,
+    /// The size and latency ranges to show (bytes, µs: the explorer's x zoom); `None`: every
+    /// point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_range: Option<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_range: Option<[f64; 2]>,
+    /// The whole-model curves measured (`W`), each drawn as a line.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub curves: Vec<PlotCurve>,
+}
+
+/// One whole-model curve: a family of configurations and its measured points, in the order
+/// the line joins them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlotCurve {
+    pub family: crate::explore::sweep::CurveFamily,
+    pub points: Vec<CurvePoint>,
+}
+
+/// A measured point of a whole-model curve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// The family's parameter: overall sparsity in %, or bits.
+    pub value: f64,
+    /// Top-1 accuracy in [0, 1].
+    pub accuracy: f64,
+    pub size_bytes: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
 }

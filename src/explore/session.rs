@@ -164,6 +164,11 @@ impl Point {
         self.first(|f| f.sparsity)
     }
 
+    /// The fraction of the original weights exactly zero after quantization.
+    pub fn zeros(&self) -> Option<f64> {
+        self.first(|f| f.zeros)
+    }
+
     pub fn latency_us(&self) -> Option<f64> {
         self.latency.as_ref().and_then(|f| f.latency_us)
     }
@@ -256,7 +261,7 @@ pub enum Request {
         dir: PathBuf,
     },
     Plot {
-        input: PlotInput,
+        input: Box<PlotInput>,
         dir: PathBuf,
     },
     /// Fine-tune a configuration in the background (one at a time).
@@ -904,6 +909,36 @@ impl Session {
         self.sweep("uniform sweep", sweep::uniform(self.info.layers.len()))
     }
 
+    /// The whole-model curves: global L1 pruning across overall sparsities and every layer at
+    /// the same width, each point at the sweep stages (cached points are not measured again).
+    pub fn model_curves(&mut self) -> Vec<Request> {
+        self.sweep("model curves", sweep::model_curves(self.info.layers.len()))
+    }
+
+    /// The measured points of each whole-model curve, ordered along it (more compression
+    /// further along); families without a measured point are left out.
+    pub fn curves(&self) -> Vec<(sweep::CurveFamily, Vec<(f64, &Point)>)> {
+        let mut out: Vec<(sweep::CurveFamily, Vec<(f64, &Point)>)> = Vec::new();
+        for family in sweep::CurveFamily::ALL {
+            let mut pts: Vec<(f64, &Point)> = self
+                .measured()
+                .filter(|p| p.provenance.is_compressed())
+                .filter_map(|p| match sweep::curve_of(&p.config) {
+                    Some((f, v)) if f == family => Some((v, p)),
+                    _ => None,
+                })
+                .collect();
+            match family {
+                sweep::CurveFamily::GlobalL1 => pts.sort_by(|a, b| a.0.total_cmp(&b.0)),
+                sweep::CurveFamily::UniformBits => pts.sort_by(|a, b| b.0.total_cmp(&a.0)),
+            }
+            if !pts.is_empty() {
+                out.push((family, pts));
+            }
+        }
+        out
+    }
+
     /// Evaluates `points` at the sweep stages, leaving out what the cache holds.
     pub fn sweep(&mut self, label: &str, points: Vec<SweepPoint>) -> Vec<Request> {
         self.sweep_stages(label, points, &SWEEP_STAGES)
@@ -1248,6 +1283,27 @@ impl Session {
             accuracy_range: None,
             budget_bytes: self.size_limit(),
             budget_latency_us: self.budget_latency_us,
+            size_range: None,
+            latency_range: None,
+            curves: self
+                .curves()
+                .into_iter()
+                .map(|(family, pts)| super::plot::PlotCurve {
+                    family,
+                    points: pts
+                        .into_iter()
+                        .filter_map(|(value, p)| {
+                            Some(super::plot::CurvePoint {
+                                value,
+                                accuracy: p.accuracy()?.value,
+                                size_bytes: p.size_bytes()? as f64,
+                                latency_us: p.latency_us(),
+                            })
+                        })
+                        .collect(),
+                })
+                .filter(|c| !c.points.is_empty())
+                .collect(),
         }
     }
 }

@@ -50,6 +50,118 @@ pub fn uniform(n: usize) -> Vec<SweepPoint> {
     out
 }
 
+/// The whole-model curves (`W`): global L1 pruning at these overall sparsities…
+pub const CURVE_SPARSITIES: [Permille; 10] = [100, 200, 300, 400, 500, 600, 700, 800, 900, 950];
+/// …and every layer quantized (symmetric, per channel, no pruning) at these widths.
+pub const CURVE_BITS: [u8; 7] = [8, 7, 6, 5, 4, 3, 2];
+
+/// A family of whole-model configurations drawn as one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CurveFamily {
+    /// Global L1 unstructured pruning over all layers, weights kept f32.
+    GlobalL1,
+    /// Every layer quantized to the same width, symmetric per channel, nothing pruned.
+    UniformBits,
+}
+
+impl CurveFamily {
+    pub const ALL: [CurveFamily; 2] = [CurveFamily::GlobalL1, CurveFamily::UniformBits];
+
+    /// The legend's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CurveFamily::GlobalL1 => "global L1",
+            CurveFamily::UniformBits => "uniform bits",
+        }
+    }
+
+    /// What the family's parameter is.
+    pub fn parameter(self) -> &'static str {
+        match self {
+            CurveFamily::GlobalL1 => "overall sparsity (%)",
+            CurveFamily::UniformBits => "bits per weight",
+        }
+    }
+
+    /// The parameter as text: `90%`, `4 bits`.
+    pub fn parameter_text(self, value: f64) -> String {
+        match self {
+            CurveFamily::GlobalL1 => format!("{value}%"),
+            CurveFamily::UniformBits => format!("{value} bits"),
+        }
+    }
+
+    /// The configurations of the family on `n` layers, in the order the line joins them
+    /// (more compression further along).
+    pub fn points(self, n: usize) -> Vec<SweepPoint> {
+        match self {
+            CurveFamily::GlobalL1 => CURVE_SPARSITIES
+                .iter()
+                .map(|&s| SweepPoint {
+                    config: Config {
+                        global: Some(s),
+                        ..Config::dense(n)
+                    },
+                    label: format!("global l1 {}", pct(s)),
+                })
+                .collect(),
+            CurveFamily::UniformBits => CURVE_BITS
+                .iter()
+                .map(|&b| {
+                    let mut config = Config::dense(n);
+                    for l in &mut config.layers {
+                        l.bits = Bits::Int(u32::from(b));
+                    }
+                    SweepPoint {
+                        config,
+                        label: format!("all layers: int{b}"),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Both curves' configurations, global L1 first.
+pub fn model_curves(n: usize) -> Vec<SweepPoint> {
+    CurveFamily::ALL.iter().flat_map(|f| f.points(n)).collect()
+}
+
+/// The curve a configuration lies on and its parameter there (sparsity in %, or bits); `None`
+/// for a configuration on neither. Any global sparsity and any integer width count, so a
+/// point reached by hand joins its curve too.
+pub fn curve_of(config: &Config) -> Option<(CurveFamily, f64)> {
+    use crate::compress::recipe::{GranularityKind, Scheme};
+    if config.activation_bits.is_some() || config.layers.is_empty() {
+        return None;
+    }
+    if let Some(g) = config.global.filter(|&g| g > 0) {
+        // The global ranking replaces the layers' own pruning; their weights stay f32.
+        return config
+            .layers
+            .iter()
+            .all(|l| l.bits == Bits::F32)
+            .then_some((CurveFamily::GlobalL1, f64::from(g) / 10.0));
+    }
+    let first = config.layers[0].bits;
+    let Bits::Int(b) = first else { return None };
+    config
+        .layers
+        .iter()
+        .all(|l| {
+            l.bits == first
+                && l.scheme == Scheme::Symmetric
+                && l.granularity == GranularityKind::Channel
+                && (l.prune == PruneMethod::None
+                    || (matches!(
+                        l.prune,
+                        PruneMethod::L1 | PruneMethod::Random | PruneMethod::Structured
+                    ) && l.sparsity == 0))
+        })
+        .then_some((CurveFamily::UniformBits, f64::from(b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +171,48 @@ mod tests {
         let u = uniform(2);
         assert_eq!(u.len(), UNIFORM_SPARSITIES.len() * UNIFORM_BITS.len());
         assert!(u[0].config.is_dense());
+    }
+
+    #[test]
+    fn the_model_curves_cover_sparsities_and_bits_in_order() {
+        let g = CurveFamily::GlobalL1.points(3);
+        let s: Vec<Option<Permille>> = g.iter().map(|p| p.config.global).collect();
+        assert_eq!(
+            s,
+            [100, 200, 300, 400, 500, 600, 700, 800, 900, 950].map(Some)
+        );
+        assert!(
+            g.iter()
+                .all(|p| p.config.layers.iter().all(|l| l.is_dense()))
+        );
+        let b = CurveFamily::UniformBits.points(3);
+        let bits: Vec<Bits> = b.iter().map(|p| p.config.layers[2].bits).collect();
+        assert_eq!(bits, [8, 7, 6, 5, 4, 3, 2].map(Bits::Int));
+        assert!(b.iter().all(|p| p.config.global.is_none()
+            && p.config.layers.iter().all(|l| l.prune == PruneMethod::None
+                && l.granularity == crate::compress::recipe::GranularityKind::Channel)));
+        let all = model_curves(3);
+        assert_eq!(all.len(), 17);
+        // Every point is recognised as on its own curve, with its parameter.
+        let params: Vec<(CurveFamily, f64)> =
+            all.iter().filter_map(|p| curve_of(&p.config)).collect();
+        assert_eq!(params.len(), 17);
+        assert_eq!(params[8], (CurveFamily::GlobalL1, 90.0));
+        assert_eq!(params[9], (CurveFamily::GlobalL1, 95.0));
+        assert_eq!(params[10], (CurveFamily::UniformBits, 8.0));
+        assert_eq!(params[16], (CurveFamily::UniformBits, 2.0));
+        // The dense model, a per-layer edit and mixed widths are on neither curve.
+        assert_eq!(curve_of(&Config::dense(3)), None);
+        let mut mixed = b[0].config.clone();
+        mixed.layers[0].bits = Bits::Int(4);
+        assert_eq!(curve_of(&mixed), None);
+        let mut pruned = b[0].config.clone();
+        pruned.layers[1].prune = PruneMethod::L1;
+        pruned.layers[1].sparsity = 500;
+        assert_eq!(curve_of(&pruned), None);
+        let mut quantized = g[0].config.clone();
+        quantized.layers[0].bits = Bits::Int(8);
+        assert_eq!(curve_of(&quantized), None);
     }
 }
 

@@ -5,7 +5,7 @@
 
 use plotters::prelude::*;
 
-use super::{Axis, SLIDE, comparison_cells, draw_chart};
+use super::{Axis, SLIDE, comparison_cells, draw_chart, draw_compression};
 use crate::explore::compare::ComparisonRow;
 use crate::explore::plot::PlotInput;
 use crate::explore::results::Inputs;
@@ -43,10 +43,20 @@ pub fn escape(text: &str) -> String {
 
 /// One chart as an SVG element (empty when it has no point).
 fn chart_svg(plot: &PlotInput, axis: Axis) -> String {
+    slide_svg(plot, Some(axis))
+}
+
+/// One slide as an SVG element: a chart, or (`None`) the whole-model curves against their
+/// parameters; empty when it has no point.
+fn slide_svg(plot: &PlotInput, axis: Option<Axis>) -> String {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SLIDE).into_drawing_area();
-        if draw_chart(&root, plot, axis).is_err() || root.present().is_err() {
+        let drawn = match axis {
+            Some(axis) => draw_chart(&root, plot, axis),
+            None => draw_compression(&root, plot),
+        };
+        if drawn.is_err() || root.present().is_err() {
             return String::new();
         }
     }
@@ -126,6 +136,10 @@ pub fn render(h: &Handout) -> String {
         }
     }
 
+    if h.plot.curves.iter().any(|c| !c.points.is_empty()) {
+        s += &curves_section(&h.plot);
+    }
+
     s += "<h2 id=\"sensitivity\">Sensitivity: each layer alone</h2>\n";
     match &h.sensitivity {
         Some(t) if !t.layers.is_empty() => s += &sensitivity_table(t),
@@ -175,5 +189,46 @@ fn sensitivity_table(t: &SensitivityTable) -> String {
         s += "</tr>\n";
     }
     s += "</table>\n<p class=\"dim\">accuracy change against dense, in points</p>\n";
+    s
+}
+
+/// The whole-model curves: the plot against their parameters, and per family a table of
+/// parameter, accuracy, size and latency along the line.
+fn curves_section(plot: &PlotInput) -> String {
+    let mut s = String::from("<h2 id=\"curves\">Whole-model curves</h2>\n");
+    s += "<p>Every layer compressed alike: global L1 pruning across overall sparsities (weights \
+          kept f32), and every layer quantized to one width (symmetric, per channel, nothing \
+          pruned).</p>\n";
+    let svg = slide_svg(plot, None);
+    if !svg.is_empty() {
+        s += &format!("<figure>\n{svg}\n</figure>\n");
+    }
+    for c in plot.curves.iter().filter(|c| !c.points.is_empty()) {
+        s += &format!(
+            "<h3>{}</h3>\n<table class=\"curve\" id=\"curve-{}\">\n",
+            escape(c.family.name()),
+            match c.family {
+                crate::explore::sweep::CurveFamily::GlobalL1 => "global-l1",
+                crate::explore::sweep::CurveFamily::UniformBits => "uniform-bits",
+            }
+        );
+        s += &format!(
+            "<tr><th>{}</th><th>top-1</th><th>size</th><th>latency</th></tr>\n",
+            escape(c.family.parameter())
+        );
+        for p in &c.points {
+            s += &format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape(&c.family.parameter_text(p.value)),
+                escape(&crate::units::percent(p.accuracy)),
+                escape(&crate::units::bytes(p.size_bytes)),
+                escape(
+                    &p.latency_us
+                        .map_or_else(|| "—".to_string(), crate::units::micros)
+                ),
+            );
+        }
+        s += "</table>\n";
+    }
     s
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::explore::compare::ComparisonRow;
 use crate::explore::pareto;
 pub use crate::explore::plot::{PlotInput, PlotPoint};
+use crate::explore::sweep::CurveFamily;
 use crate::files;
 use crate::units;
 
@@ -67,7 +68,36 @@ impl Axis {
     }
 }
 
-/// Writes `accuracy-vs-size` and `accuracy-vs-latency` as PNG and SVG, and `points.json`, into
+/// One slide `write_plots` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slide {
+    Chart(Axis),
+    /// Accuracy against the whole-model curves' parameters (`draw_compression`).
+    Compression,
+}
+
+impl Slide {
+    fn file_stem(self) -> &'static str {
+        match self {
+            Slide::Chart(axis) => axis.file_stem(),
+            Slide::Compression => "accuracy-vs-compression",
+        }
+    }
+
+    fn draw<DB: DrawingBackend>(
+        self,
+        root: &DrawingArea<DB, Shift>,
+        input: &PlotInput,
+    ) -> Result<(), DrawError<DB::ErrorType>> {
+        match self {
+            Slide::Chart(axis) => draw_chart(root, input, axis),
+            Slide::Compression => draw_compression(root, input),
+        }
+    }
+}
+
+/// Writes `accuracy-vs-size` and `accuracy-vs-latency` (and, when the whole-model curves are
+/// measured, `accuracy-vs-compression`) as PNG and SVG, and `points.json`, into
 /// `dir` (created if missing), each atomically through [`crate::files`]. A chart with no points
 /// is skipped; it is an error only when both are empty. Nothing is written when one of the
 /// files would be one of `inputs` (the session's model, data, ...).
@@ -87,6 +117,11 @@ pub fn write_plots(
     if axes.is_empty() {
         return Err(ReportError::Empty { what: "size" });
     }
+    // The slides: one per chart with points, and the whole-model curves when measured.
+    let mut slides: Vec<Slide> = axes.into_iter().map(Slide::Chart).collect();
+    if input.curves.iter().any(|c| !c.points.is_empty()) {
+        slides.push(Slide::Compression);
+    }
     // The first numbered set of names none of whose files exist: plots never replace plots.
     let names = |n: usize| {
         let suffix = if n == 1 {
@@ -94,10 +129,10 @@ pub fn write_plots(
         } else {
             format!("-{n}")
         };
-        let mut v: Vec<PathBuf> = axes
+        let mut v: Vec<PathBuf> = slides
             .iter()
-            .flat_map(|axis| {
-                ["png", "svg"].map(|ext| dir.join(format!("{}{suffix}.{ext}", axis.file_stem())))
+            .flat_map(|slide| {
+                ["png", "svg"].map(|ext| dir.join(format!("{}{suffix}.{ext}", slide.file_stem())))
             })
             .collect();
         v.push(dir.join(format!("points{suffix}.json")));
@@ -116,11 +151,11 @@ pub fn write_plots(
     }
     check.output("plot", &json_path).check()?;
     let mut written = Vec::new();
-    for (i, axis) in axes.into_iter().enumerate() {
+    for (i, slide) in slides.into_iter().enumerate() {
         let png = paths[2 * i].clone();
         files::write_atomic_with(&png, |tmp| {
             let root = BitMapBackend::new(tmp, SLIDE).into_drawing_area();
-            draw_chart(&root, input, axis)?;
+            slide.draw(&root, input)?;
             root.present().map_err(DrawError::from)
         })?;
         written.push(png);
@@ -129,7 +164,8 @@ pub fn write_plots(
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, SLIDE).into_drawing_area();
-            draw_chart(&root, input, axis)
+            slide
+                .draw(&root, input)
                 .and_then(|()| root.present().map_err(DrawError::from))
                 .map_err(|e| ReportError::Draw {
                     path: svg_path.clone(),
@@ -220,6 +256,8 @@ struct Series {
     marks: Vec<Mark>,
     /// Fine-tuned points, each with its untuned twin when that is measured.
     tuned: Vec<TunedMark>,
+    /// The whole-model curves: colour and points in the order the line joins them.
+    curves: Vec<(RGBColor, Vec<(f64, f64)>)>,
     y_range: std::ops::Range<f64>,
 }
 
@@ -242,6 +280,16 @@ const BLUE: RGBColor = RGBColor(31, 119, 180);
 const RED: RGBColor = RGBColor(214, 39, 40);
 const PIN_GREEN: RGBColor = RGBColor(44, 160, 44);
 const TUNED_TEAL: RGBColor = RGBColor(23, 160, 180);
+const CURVE_ORANGE: RGBColor = RGBColor(230, 97, 1);
+const CURVE_PURPLE: RGBColor = RGBColor(117, 82, 179);
+
+/// The colour a whole-model curve is drawn in on every slide.
+fn curve_colour(family: CurveFamily) -> RGBColor {
+    match family {
+        CurveFamily::GlobalL1 => CURVE_ORANGE,
+        CurveFamily::UniformBits => CURVE_PURPLE,
+    }
+}
 
 /// The slides' size: a full-HD projector frame, drawn without editing.
 pub const SLIDE: (u32, u32) = (1920, 1080);
@@ -302,7 +350,18 @@ pub fn draw_chart<DB: DrawingBackend>(
 ) -> Result<(), DrawError<DB::ErrorType>> {
     embed_font();
     root.fill(&WHITE)?;
-    let xy = |p: &PlotPoint| Some((axis.x_of(p)?, p.accuracy * 100.0));
+    // The explorer's zoom: the x range it shows (sizes or latencies of the points in its
+    // accuracy band) and that band. Points outside them are left out, not drawn on the border.
+    let x_zoom = match axis {
+        Axis::Size => input.size_range,
+        Axis::Latency => input.latency_range,
+    }
+    .filter(|[a, b]| b > a && *a >= 0.0 && b.is_finite());
+    let y_zoom = input.accuracy_range.filter(|[a, b]| b > a);
+    let visible = |(x, y): (f64, f64)| {
+        x_zoom.is_none_or(|[a, b]| x >= a && x <= b) && y_zoom.is_none_or(|[a, b]| y >= a && y <= b)
+    };
+    let xy = |p: &PlotPoint| Some((axis.x_of(p)?, p.accuracy * 100.0)).filter(|&at| visible(at));
     let labelled: Vec<((f64, f64), Option<String>)> = input
         .points
         .iter()
@@ -316,23 +375,45 @@ pub fn draw_chart<DB: DrawingBackend>(
         Axis::Size => input.budget_bytes,
         Axis::Latency => input.budget_latency_us,
     }
-    .filter(|b| *b > 0.0);
-    let (xlo, xhi) = pts
+    .filter(|b| *b > 0.0)
+    .filter(|b| x_zoom.is_none_or(|[lo, hi]| *b >= lo && *b <= hi));
+    let (xlo, xhi) = match x_zoom {
+        Some([a, b]) => (a, b),
+        None => pts
+            .iter()
+            .map(|p| p.0)
+            .chain(budget)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            }),
+    };
+    let curves: Vec<(RGBColor, Vec<(f64, f64)>)> = input
+        .curves
         .iter()
-        .map(|p| p.0)
-        .chain(budget)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-            (lo.min(x), hi.max(x))
-        });
+        .map(|c| {
+            let line = c
+                .points
+                .iter()
+                .filter_map(|p| {
+                    let x = match axis {
+                        Axis::Size => Some(p.size_bytes),
+                        Axis::Latency => p.latency_us,
+                    }?;
+                    Some((x, p.accuracy * 100.0)).filter(|&at| x > 0.0 && visible(at))
+                })
+                .collect();
+            (curve_colour(c.family), line)
+        })
+        .collect();
     let (ylo, yhi) = pts
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
             (lo.min(p.1), hi.max(p.1))
         });
     let ypad = ((yhi - ylo) * 0.06).max(0.2);
-    let y_range = match input.accuracy_range {
-        Some([a, b]) if b > a => a..b,
-        _ => (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
+    let y_range = match y_zoom {
+        Some([a, b]) => a..b,
+        None => (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
     };
     let mut frontier: Vec<(f64, f64, Option<String>)> = pareto::frontier(&pts)
         .into_iter()
@@ -366,6 +447,7 @@ pub fn draw_chart<DB: DrawingBackend>(
         budget,
         marks,
         tuned,
+        curves,
         y_range,
     };
 
@@ -384,11 +466,14 @@ pub fn draw_chart<DB: DrawingBackend>(
         .margin(30)
         .x_label_area_size(110)
         .y_label_area_size(120);
-    let log = xhi / xlo > 10.0;
+    let log = xlo > 0.0 && xhi / xlo > 10.0;
     let label_style = ("sans-serif", LABEL_PX);
     if log {
         // log10 of the value on a linear axis, with our own 1-2-5 ticks below it.
-        let (l0, l1) = (xlo.log10() - 0.08, xhi.log10() + 0.08);
+        let (l0, l1) = match x_zoom {
+            Some(_) => (xlo.log10(), xhi.log10()),
+            None => (xlo.log10() - 0.08, xhi.log10() + 0.08),
+        };
         let mut chart = builder.build_cartesian_2d(l0..l1, series.y_range.clone())?;
         let x_desc = match axis {
             Axis::Size => "compressed size (log scale)",
@@ -433,7 +518,10 @@ pub fn draw_chart<DB: DrawingBackend>(
             Axis::Latency if xhi >= 10_000.0 => (1000.0, "ms"),
             Axis::Latency => (1.0, "µs"),
         };
-        let pad = ((xhi - xlo) * 0.06).max(xhi * 0.02);
+        let pad = match x_zoom {
+            Some(_) => 0.0,
+            None => ((xhi - xlo) * 0.06).max(xhi * 0.02),
+        };
         let range = ((xlo - pad).max(0.0) / scale)..((xhi + pad) / scale);
         let mut chart = builder.build_cartesian_2d(range, series.y_range.clone())?;
         let x_desc = match axis {
@@ -467,6 +555,18 @@ pub fn draw_chart<DB: DrawingBackend>(
     if !series.tuned.is_empty() {
         keys.push(("fine-tuned ← untuned".to_string(), Key::Tuned(TUNED_TEAL)));
     }
+    for c in &input.curves {
+        if series
+            .curves
+            .iter()
+            .any(|(colour, line)| *colour == curve_colour(c.family) && !line.is_empty())
+        {
+            keys.push((
+                c.family.name().to_string(),
+                Key::Tuned(curve_colour(c.family)),
+            ));
+        }
+    }
     for (name, color, _, _, _) in &series.marks {
         keys.push((name.clone(), Key::Triangle(*color)));
     }
@@ -488,6 +588,105 @@ pub fn draw_chart<DB: DrawingBackend>(
             TextStyle::from(("sans-serif", LEGEND_PX).into_font())
                 .pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
+    }
+    Ok(())
+}
+
+/// The whole-model curves against their parameters, one panel per family: accuracy against
+/// overall sparsity (%) for global L1 pruning, against bits per weight (8 down to 2, so
+/// compression grows to the right in both) for uniform quantization, the dense accuracy as a
+/// dashed line across both.
+pub fn draw_compression<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    input: &PlotInput,
+) -> Result<(), DrawError<DB::ErrorType>> {
+    embed_font();
+    root.fill(&WHITE)?;
+    let curves: Vec<&crate::explore::plot::PlotCurve> = input
+        .curves
+        .iter()
+        .filter(|c| !c.points.is_empty())
+        .collect();
+    if curves.is_empty() {
+        return Err(DrawError::NoPoints);
+    }
+    let dense = input.dense.as_ref().map(|d| d.accuracy * 100.0);
+    let (ylo, yhi) = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.accuracy * 100.0))
+        .chain(dense)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| {
+            (lo.min(y), hi.max(y))
+        });
+    let ypad = ((yhi - ylo) * 0.06).max(0.2);
+    let y_range = (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5);
+    let titled = root.titled(
+        &format!("Accuracy vs compression — {}", input.title),
+        ("sans-serif", TITLE_PX),
+    )?;
+    let panels = titled.split_evenly((1, 2));
+    for (family, panel) in CurveFamily::ALL.into_iter().zip(panels.iter()) {
+        let colour = curve_colour(family);
+        let points: Vec<(f64, f64)> = curves
+            .iter()
+            .filter(|c| c.family == family)
+            .flat_map(|c| c.points.iter())
+            .map(|p| (p.value, p.accuracy * 100.0))
+            .collect();
+        // Bits run from 8 down to 2: drawn at −bits, labelled as bits.
+        let bits = family == CurveFamily::UniformBits;
+        let x_range = if bits { -8.5..-1.5 } else { 0.0..100.0 };
+        let tx = |v: f64| if bits { -v } else { v };
+        let label = |v: &f64| format!("{:.0}", tx(*v));
+        let mut chart = ChartBuilder::on(panel)
+            .caption(family.name(), ("sans-serif", DESC_PX))
+            .margin(30)
+            .x_label_area_size(110)
+            .y_label_area_size(120)
+            .build_cartesian_2d(x_range.clone(), y_range.clone())?;
+        chart
+            .configure_mesh()
+            .x_desc(family.parameter())
+            .y_desc("top-1 accuracy (%)")
+            .x_labels(8)
+            .x_label_formatter(&label)
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .label_style(("sans-serif", LABEL_PX))
+            .axis_desc_style(("sans-serif", DESC_PX))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        if let Some(d) = dense {
+            chart.draw_series(DashedLineSeries::new(
+                [(x_range.start, d), (x_range.end, d)],
+                12,
+                8,
+                RGBColor(255, 127, 14).stroke_width(3),
+            ))?;
+            chart.draw_series(std::iter::once(Text::new(
+                format!("dense {d:.2}%"),
+                (x_range.start, d),
+                TextStyle::from(("sans-serif", LABEL_PX).into_font())
+                    .color(&RGBColor(200, 90, 0))
+                    .pos(Pos::new(HPos::Left, VPos::Bottom)),
+            )))?;
+        }
+        if points.is_empty() {
+            chart.draw_series(std::iter::once(Text::new(
+                "not measured (W in the explorer, or squeeze report --curves)".to_string(),
+                (x_range.start, (y_range.start + y_range.end) / 2.0),
+                TextStyle::from(("sans-serif", LABEL_PX).into_font()).color(&GREY),
+            )))?;
+            continue;
+        }
+        chart.draw_series(LineSeries::new(
+            points.iter().map(|&(x, y)| (tx(x), y)),
+            colour.stroke_width(4),
+        ))?;
+        chart.draw_series(
+            points
+                .iter()
+                .map(|&(x, y)| Circle::new((tx(x), y), 9, colour.filled())),
+        )?;
     }
     Ok(())
 }
@@ -530,6 +729,18 @@ fn draw_series<DB: DrawingBackend>(
                 )))?;
             }
         }
+    }
+    // The whole-model curves over the scatter: a line through each family's points in the
+    // order of its parameter.
+    for (colour, line) in &s.curves {
+        chart.draw_series(LineSeries::new(
+            line.iter().map(|&(x, y)| (tx(x), y)),
+            colour.stroke_width(4),
+        ))?;
+        chart.draw_series(
+            line.iter()
+                .map(|&(x, y)| Circle::new((tx(x), y), 7, colour.filled())),
+        )?;
     }
     // Fine-tuned points over the frontier, each joined to its untuned twin.
     for (twin, at) in &s.tuned {
@@ -877,6 +1088,9 @@ mod tests {
             accuracy_range: None,
             budget_bytes: Some(100_000.0),
             budget_latency_us: None,
+            size_range: None,
+            latency_range: None,
+            curves: Vec::new(),
             points,
         }
     }
@@ -1019,6 +1233,114 @@ mod tests {
             let px: f64 = size[..size.find('"').unwrap()].parse().unwrap();
             assert!(px >= 24.0, "text of {px} px");
         }
+    }
+
+    fn with_curves() -> PlotInput {
+        use crate::explore::plot::{CurvePoint, PlotCurve};
+        let mut input = input();
+        let c = |value: f64, accuracy: f64, size_bytes: f64| CurvePoint {
+            value,
+            accuracy,
+            size_bytes,
+            latency_us: Some(size_bytes / 20_000.0),
+        };
+        input.curves = vec![
+            PlotCurve {
+                family: CurveFamily::GlobalL1,
+                points: vec![
+                    c(50.0, 0.980, 600_000.0),
+                    c(90.0, 0.975, 150_000.0),
+                    c(95.0, 0.95, 90_000.0),
+                ],
+            },
+            PlotCurve {
+                family: CurveFamily::UniformBits,
+                points: vec![
+                    c(8.0, 0.981, 267_000.0),
+                    c(4.0, 0.978, 134_000.0),
+                    c(2.0, 0.90, 67_000.0),
+                ],
+            },
+        ];
+        input
+    }
+
+    /// The curves are lines on both charts, named in the legend, and get a slide of their own
+    /// against sparsity and bits.
+    #[test]
+    fn whole_model_curves_are_drawn_as_lines_and_on_their_own_slide() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = write_plots(&input(), dir.path(), &[]).unwrap();
+        assert_eq!(plain.len(), 5);
+        let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-size.svg")).unwrap();
+        assert!(!svg.contains("global L1") && !svg.contains("#E66101"));
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_plots(&with_curves(), dir.path(), &[]).unwrap();
+        assert_eq!(files.len(), 7, "{files:?}");
+        for chart in ["accuracy-vs-size.svg", "accuracy-vs-latency.svg"] {
+            let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
+            assert!(
+                svg.contains("global L1") && svg.contains("uniform bits"),
+                "{chart}"
+            );
+            for colour in ["#E66101", "#7552B3"] {
+                let lines = svg
+                    .lines()
+                    .filter(|l| l.contains("<polyline") && l.contains(colour))
+                    .count();
+                // The curve and the legend's sample.
+                assert!(lines >= 2, "{chart}: {lines} lines in {colour}");
+            }
+        }
+        let svg = std::fs::read_to_string(dir.path().join("accuracy-vs-compression.svg")).unwrap();
+        assert!(svg.contains("Accuracy vs compression"));
+        assert!(svg.contains("overall sparsity (%)") && svg.contains("bits per weight"));
+        assert!(svg.contains("dense 98.10%"));
+        // The bits axis runs from 8 down to 2.
+        let eight = svg.find(">\n8\n<").expect("an 8-bit tick");
+        let two = svg.find(">\n2\n<").expect("a 2-bit tick");
+        assert!(eight < two, "bits descend left to right");
+        for size in svg.split("font-size=\"").skip(1) {
+            let px: f64 = size[..size.find('"').unwrap()].parse().unwrap();
+            assert!(px >= 24.0, "text of {px} px");
+        }
+        if let Ok(out) = std::env::var("SQUEEZE_PLOT_OUT") {
+            write_plots(&with_curves(), Path::new(&out), &[]).unwrap();
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("points.json")).unwrap())
+                .unwrap_or_default();
+        assert!(json.is_object());
+    }
+
+    /// Zoomed, the slides show the explorer's x range: points outside it are left out and the
+    /// axis spans the range.
+    #[test]
+    fn slides_follow_the_x_zoom() {
+        let grey = "#969696";
+        let count = |input: &PlotInput| {
+            let mut svg = String::new();
+            {
+                let root = SVGBackend::with_string(&mut svg, SLIDE).into_drawing_area();
+                draw_chart(&root, input, Axis::Size).unwrap();
+                root.present().unwrap();
+            }
+            let n = svg
+                .lines()
+                .filter(|l| l.contains("<circle") && l.contains(grey))
+                .count();
+            (n, svg)
+        };
+        let (all, svg) = count(&input());
+        // Six points and the legend's sample.
+        assert_eq!(all, 7);
+        assert!(svg.contains("log scale"));
+        let mut zoomed = input();
+        zoomed.size_range = Some([50_000.0, 300_000.0]);
+        let (n, svg) = count(&zoomed);
+        assert_eq!(n, 5, "four points in the range and the legend's sample");
+        assert!(!svg.contains("log scale"), "a 6× range is linear");
+        assert!(svg.contains("compressed size (KiB)"));
     }
 
     #[test]

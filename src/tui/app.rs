@@ -26,6 +26,7 @@ use crate::explore::plot::PlotInput;
 use crate::explore::search::{Budget, Objective, SearchJob};
 use crate::explore::sensitivity::SensitivityGrid;
 use crate::explore::session::{Notice, PIN_NAMES, Point, Provenance, Session};
+use crate::explore::sweep::CurveFamily;
 use crate::units;
 
 pub use crate::explore::session::{LayerSensitivity, Request, SweepState};
@@ -90,6 +91,11 @@ pub const LOG_SPAN: f64 = 10.0;
 pub struct ChartSeries {
     /// Every evaluated configuration: (x, accuracy %). `x` is log10(bytes) when `log_x`.
     pub all: Vec<(f64, f64)>,
+    /// The key of each point of `all`, for the mouse.
+    pub keys: Vec<u64>,
+    /// The whole-model curves (`W`): each family's measured points in the order the line
+    /// joins them.
+    pub curves: Vec<(CurveFamily, Vec<(f64, f64)>)>,
     /// The configurations that fit the target, when one is chosen (a subset of `all`).
     pub fitting: Vec<(f64, f64)>,
     pub frontier: Vec<(f64, f64)>,
@@ -346,12 +352,25 @@ impl App {
             MouseEventKind::ScrollUp => self.act(Action::Up),
             MouseEventKind::ScrollDown => self.act(Action::Down),
             MouseEventKind::Down(MouseButton::Left) => {
-                let table = if self.present {
-                    super::present::layout(self.area, self).layer
+                let (table, charts) = if self.present {
+                    let a = super::present::layout(self.area, self);
+                    (a.layer, [a.size_chart, a.latency_chart])
                 } else {
-                    super::render::layout(self.area, self).table
+                    let a = super::render::layout(self.area, self);
+                    (a.table, [a.size_chart, a.latency_chart])
                 };
                 let at = Position::new(ev.column, ev.row);
+                if self.view == View::Main
+                    && let Some(key) = self.point_at(at, charts)
+                {
+                    // A second click on the cursor's point loads it, as Enter does.
+                    if self.cursor == Some(key) {
+                        return self.load_cursor();
+                    }
+                    self.cursor = Some(key);
+                    self.refresh();
+                    return Vec::new();
+                }
                 if let Some(table) = table
                     && table.contains(at)
                 {
@@ -366,6 +385,40 @@ impl App {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The chart point nearest a click at `at`, when it falls between a chart's axes
+    /// (`charts`: the size and the latency chart's areas).
+    fn point_at(&self, at: Position, charts: [Rect; 2]) -> Option<u64> {
+        let pairs = [
+            (charts[0], &self.size_chart, true),
+            (charts[1], &self.latency_chart, false),
+        ];
+        let (graph, series) = pairs.into_iter().find_map(|(area, series, is_size)| {
+            let graph = super::render::chart_graph_area(area, series, is_size)?;
+            graph.contains(at).then_some((graph, series))
+        })?;
+        let [x0, x1] = series.x_bounds;
+        let [y0, y1] = series.y_bounds;
+        let (w, h) = (
+            f64::from(graph.width.max(2) - 1),
+            f64::from(graph.height.max(2) - 1),
+        );
+        let (cx, cy) = (f64::from(at.x - graph.x), f64::from(at.y - graph.y));
+        series
+            .all
+            .iter()
+            .zip(&series.keys)
+            .filter(|((x, y), _)| (x0..=x1).contains(x) && (y0..=y1).contains(y))
+            .map(|(&(x, y), key)| {
+                let col = (x - x0) / (x1 - x0).max(f64::MIN_POSITIVE) * w;
+                let row = (y1 - y) / (y1 - y0).max(f64::MIN_POSITIVE) * h;
+                // A cell is about twice as tall as it is wide.
+                let d = (col - cx).powi(2) + (2.0 * (row - cy)).powi(2);
+                (d, *key)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, key)| key)
     }
 
     /// Carries out one action.
@@ -588,6 +641,7 @@ impl App {
                 self.with_session(|s| s.sensitivity_sweep(&SensitivityGrid::default()))
             }
             Action::UniformSweep => self.with_session(Session::uniform_sweep),
+            Action::ModelCurves => self.with_session(Session::model_curves),
             Action::Finetune => self.with_session(Session::finetune),
             Action::TuneSettings => self.with_session(Session::cycle_distillation),
             Action::Search => self.search(),
@@ -641,7 +695,7 @@ impl App {
                 let dir = self.options.out_dir.clone();
                 self.say(format!("writing plots to {} …", dir.display()));
                 vec![Request::Plot {
-                    input: self.plot_input(),
+                    input: Box::new(self.plot_input()),
                     dir,
                 }]
             }
@@ -712,7 +766,7 @@ impl App {
             figures.push(units::micros(l));
         }
         Some(format!(
-            "◆ {}{name}: {} (Enter loads it, Esc leaves the cursor)",
+            "◆ {}{name}: {} (Enter or a click loads it, Esc leaves the cursor)",
             pin.unwrap_or_default(),
             figures.join(" · ")
         ))
@@ -941,6 +995,18 @@ impl App {
         s.current = find(self.session.current_key);
         s.pinned = pinned_keys.iter().filter_map(|k| find(*k)).collect();
         s.cursor = self.cursor.and_then(find);
+        s.curves = self
+            .session
+            .curves()
+            .into_iter()
+            .map(|(family, pts)| {
+                (
+                    family,
+                    pts.iter().filter_map(|(_, p)| find(p.key)).collect(),
+                )
+            })
+            .filter(|(_, line): &(CurveFamily, Vec<(f64, f64)>)| !line.is_empty())
+            .collect();
         for p in self.session.measured() {
             let Provenance::FineTuned { from, .. } = &p.provenance else {
                 continue;
@@ -971,6 +1037,7 @@ impl App {
             s.budget = Some([(bx, s.y_bounds[0]), (bx, s.y_bounds[1])]);
         }
         s.x_bounds = xb;
+        s.keys = raw.iter().map(|r| r.0).collect();
         s.all = pts;
         s
     }
@@ -979,8 +1046,20 @@ impl App {
     pub fn plot_input(&self) -> PlotInput {
         let mut input = self.session.plot_input();
         if self.zoom {
-            // The slides show the band the explorer is zoomed on.
+            // The slides show the band the explorer is zoomed on, and the sizes and latencies
+            // of the points in it.
             input.accuracy_range = Some(self.size_chart.y_bounds);
+            let data = |s: &ChartSeries| {
+                let [a, b] = s.x_bounds;
+                let range = if s.log_x {
+                    [10f64.powf(a), 10f64.powf(b)]
+                } else {
+                    [a, b]
+                };
+                (!s.all.is_empty() && range[1] > range[0]).then_some(range)
+            };
+            input.size_range = data(&self.size_chart);
+            input.latency_range = data(&self.latency_chart);
         }
         input
     }

@@ -32,6 +32,7 @@ pub enum Action {
     Unpin,
     SensitivitySweep,
     UniformSweep,
+    ModelCurves,
     Search,
     LoadSearch,
     CycleTarget,
@@ -332,7 +333,14 @@ pub const KEYMAP: &[Binding] = &[
         keys: &[key('w')],
         action: Action::UniformSweep,
         group: Group::Work,
-        help: "uniform sweep",
+        help: "uniform sweep; W curves",
+        hint: None,
+    },
+    Binding {
+        keys: &[key('W')],
+        action: Action::ModelCurves,
+        group: Group::Work,
+        help: "whole-model curves: global L1, uniform bits",
         hint: None,
     },
     Binding {
@@ -459,6 +467,7 @@ pub const HELP_FOLDS: &[&[Action]] = &[
     &[Action::Pin, Action::Unpin],
     &[Action::PointPrev, Action::PointNext],
     &[Action::Finetune, Action::TuneSettings],
+    &[Action::UniformSweep, Action::ModelCurves],
 ];
 
 /// The help screen's lines of a group: (keys, what they do), folded bindings on one line.

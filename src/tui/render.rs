@@ -31,6 +31,17 @@ const PINNED: Color = Color::LightGreen;
 const DIM: Color = Color::DarkGray;
 const ERROR: Color = Color::LightRed;
 const TUNED: Color = Color::LightBlue;
+/// The whole-model curves: orange and violet, apart from every other colour here.
+const GLOBAL_CURVE: Color = Color::Indexed(208);
+const BITS_CURVE: Color = Color::Indexed(135);
+
+/// The colour a whole-model curve is drawn in.
+pub fn curve_colour(family: crate::explore::sweep::CurveFamily) -> Color {
+    match family {
+        crate::explore::sweep::CurveFamily::GlobalL1 => GLOBAL_CURVE,
+        crate::explore::sweep::CurveFamily::UniformBits => BITS_CURVE,
+    }
+}
 
 /// Where each part of the screen goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -505,6 +516,16 @@ pub(super) fn render_chart(
             .style(Style::new().fg(ACCENT))
             .data(&series.frontier),
     ];
+    for (family, line) in &series.curves {
+        datasets.push(
+            Dataset::default()
+                .name(family.name())
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(curve_colour(*family)))
+                .data(line),
+        );
+    }
     for link in &series.tuned_links {
         datasets.push(
             Dataset::default()
@@ -584,26 +605,9 @@ pub(super) fn render_chart(
                 .data(&cursor),
         );
     }
-    let fmt_x = |x: f64| {
-        let x = if series.log_x { 10f64.powf(x) } else { x };
-        if is_size {
-            units::bytes(x)
-        } else {
-            units::micros(x)
-        }
-    };
-    let [x0, x1] = series.x_bounds;
-    let [y0, y1] = series.y_bounds;
-    let x_labels = vec![
-        Span::raw(fmt_x(x0)),
-        Span::raw(fmt_x((x0 + x1) / 2.0)),
-        Span::raw(fmt_x(x1)),
-    ];
-    let y_labels = vec![
-        Span::raw(format!("{y0:.1}%")),
-        Span::raw(format!("{:.1}%", (y0 + y1) / 2.0)),
-        Span::raw(format!("{y1:.1}%")),
-    ];
+    let (x_labels, y_labels) = chart_labels(series, is_size);
+    let x_labels: Vec<Span> = x_labels.into_iter().map(Span::raw).collect();
+    let y_labels: Vec<Span> = y_labels.into_iter().map(Span::raw).collect();
     let mut block = block;
     let mut used = 2;
     if series.hidden_below > 0 {
@@ -641,6 +645,9 @@ pub(super) fn render_chart(
     if !budget.is_empty() {
         items.push(("│", "budget".into(), ERROR));
     }
+    for (family, _) in &series.curves {
+        items.push(("─", family.name().into(), curve_colour(*family)));
+    }
     if let Some(t) = &app.session.target {
         items.push(("·", format!("fits {}", t.name), PINNED));
     }
@@ -675,6 +682,56 @@ pub(super) fn render_chart(
     frame.render_widget(chart, area);
 }
 
+/// A chart's axis labels: three on x (sizes or latencies), three on y (accuracy).
+fn chart_labels(series: &ChartSeries, is_size: bool) -> (Vec<String>, Vec<String>) {
+    let fmt_x = |x: f64| {
+        let x = if series.log_x { 10f64.powf(x) } else { x };
+        if is_size {
+            units::bytes(x)
+        } else {
+            units::micros(x)
+        }
+    };
+    let [x0, x1] = series.x_bounds;
+    let [y0, y1] = series.y_bounds;
+    (
+        vec![fmt_x(x0), fmt_x((x0 + x1) / 2.0), fmt_x(x1)],
+        vec![
+            format!("{y0:.1}%"),
+            format!("{:.1}%", (y0 + y1) / 2.0),
+            format!("{y1:.1}%"),
+        ],
+    )
+}
+
+/// Where a chart drawn by `render_chart` in `area` puts its data: the cells between the axes,
+/// as ratatui's `Chart` lays them out (inside the border, right of the y labels and axis,
+/// above the x axis and its labels). `None` when the chart shows no points.
+pub fn chart_graph_area(area: Rect, series: &ChartSeries, is_size: bool) -> Option<Rect> {
+    if series.all.is_empty() {
+        return None;
+    }
+    let inner = Block::bordered().inner(area);
+    if inner.height < 4 || inner.width < 4 {
+        return None;
+    }
+    let (x_labels, y_labels) = chart_labels(series, is_size);
+    let width = |s: &String| Line::raw(s.as_str()).width() as u16;
+    let y_w = y_labels.iter().map(width).max().unwrap_or(0);
+    // The first x label is left-aligned under the y axis: all but its last character lie left.
+    let first_x = x_labels.first().map_or(0, |l| width(l).saturating_sub(1));
+    let left = y_w.max(first_x).min(inner.width / 3);
+    // The y axis line takes a column, the x labels and the x axis line a row each.
+    let x = inner.x + left + 1;
+    let bottom = inner.bottom().saturating_sub(3);
+    Some(Rect::new(
+        x,
+        inner.y,
+        inner.right().saturating_sub(x),
+        bottom.saturating_sub(inner.y) + 1,
+    ))
+}
+
 /// Accuracy of a point as text: `97.85%`, `97.9% ±0.9 (1000)`, or what is happening.
 fn accuracy_text(p: Option<&Point>) -> String {
     let Some(p) = p else {
@@ -690,6 +747,16 @@ fn accuracy_text(p: Option<&Point>) -> String {
         (Some(a), _) => units::percent(a.value),
         (None, Some(_)) => "failed".into(),
         (None, None) => "measuring …".into(),
+    }
+}
+
+/// Sparsity (the pruned fraction) as a percentage, with the exact zeros after quantization
+/// beside it when they read differently: `50.0% · 51.3% zeros`.
+pub fn sparsity_and_zeros(sparsity: f64, zeros: Option<f64>) -> String {
+    let s = format!("{:.1}%", sparsity * 100.0);
+    match zeros.map(|z| format!("{:.1}%", z * 100.0)) {
+        Some(z) if z != s => format!("{s} · {z} zeros"),
+        _ => s,
     }
 }
 
@@ -737,6 +804,13 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
     let size_text = |p: Option<&Point>| size(p).map_or_else(|| missing(p), units::bytes);
     let lat_text = |p: Option<&Point>| lat(p).map_or_else(|| missing(p), units::micros);
     let sparsity_text = |p: Option<&Point>| {
+        p.and_then(Point::sparsity).map_or_else(
+            || missing(p),
+            |s| sparsity_and_zeros(s, p.and_then(Point::zeros)),
+        )
+    };
+    // The pinned column is narrower: the pruned fraction alone.
+    let pin_sparsity_text = |p: Option<&Point>| {
         p.and_then(Point::sparsity)
             .map_or_else(|| missing(p), |s| format!("{:.1}%", s * 100.0))
     };
@@ -803,7 +877,7 @@ fn render_status(frame: &mut Frame, area: Rect, app: &App) {
             "sparsity",
             with_pin(
                 vec![sparsity_text(cur), String::new()],
-                sparsity_text(pin),
+                pin_sparsity_text(pin),
                 String::new(),
             ),
         ),

@@ -91,6 +91,8 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
     let mut loss = 0.0;
     let mut layers = Vec::new();
     let mut pruned = 0.0;
+    // Weights exactly zero after quantization: a tenth of the kept ones at 4 bits or fewer.
+    let mut zeros = 0.0;
     let mut total = 0.0;
     for (l, s) in info.layers.iter().zip(&config.layers) {
         let weights = (l.params - l.shape[0]) as f64;
@@ -116,6 +118,7 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
         };
         size += bytes;
         pruned += weights * sparsity;
+        zeros += weights * sparsity + if bits <= 4.0 { kept * 0.1 } else { 0.0 };
         total += weights;
         loss += 0.02 * (sparsity / 0.99).powi(8) + 0.1 * (2f64).powf(-bits);
         let mut hist = l.hist_before.clone();
@@ -144,6 +147,7 @@ pub fn figures(info: &ModelInfo, config: &Config, stage: Stage) -> Figures {
         dense_bytes: Some(info.dense_bytes() as u64),
         entropy_bytes: Some(size * 7 / 10),
         sparsity: Some(pruned / total),
+        zeros: Some(zeros / total),
         layers,
         // One sample's largest pair of buffers: fc1's input and output, 4 or 1 byte each.
         arena_bytes: Some(
