@@ -211,3 +211,39 @@ fn info_and_bench_columns_line_up_under_long_layer_names() {
         assert_eq!(col(row, "dense+"), col(header, "stored as"), "{text}");
     }
 }
+
+#[test]
+fn sensitivity_off_a_terminal_reports_progress_in_lines() {
+    let (model, data) = assets();
+    let args = [
+        "sensitivity",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--limit",
+        "100",
+        "--no-session",
+        "--sparsities",
+        "0.5,0.9",
+        "--bits",
+        "none",
+    ];
+    let (text, err) = run(&args);
+    assert!(text.contains("dense top-1"), "{text}");
+    let n = "sensitivity: ".len();
+    let last = err
+        .lines()
+        .filter(|l| l.starts_with("sensitivity: ") && l.contains(" points, "))
+        .last()
+        .unwrap_or_else(|| panic!("no progress line: {err}"));
+    let (done, total) = last[n..]
+        .split_once(' ')
+        .unwrap()
+        .0
+        .split_once('/')
+        .unwrap();
+    assert_eq!(done, total, "the last line is the end: {err}");
+    let (_, err) = run(&[&args[..], &["--quiet"]].concat());
+    assert!(!err.contains(" points, "), "{err}");
+}

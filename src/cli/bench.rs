@@ -32,9 +32,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
     /// An answer within about a minute on a MobileNetV2-sized model: accuracy and the full-set
-    /// time on a fixed random subset of 256 samples (the output says "on 256 of N samples"),
-    /// one timed pass after the untimed one, and single-sample latency from at least 20 runs
-    /// and 50 ms per variant (instead of 200 runs and 0.3 s).
+    /// time on a fixed random subset of 256 samples (the output says "on 256 of N samples";
+    /// activations are calibrated on its first samples), one timed pass after the untimed one,
+    /// and single-sample latency from at least 20 runs and 50 ms per variant (instead of 200
+    /// runs and 0.3 s).
     #[arg(long, conflicts_with = "repeat")]
     pub quick: bool,
     /// Also measure candle's forward pass, the reference the engine is checked against (slow on
@@ -105,7 +106,11 @@ impl Progress {
                 Stage::Latency => "single-sample latency".to_string(),
                 Stage::Done => "done".to_string(),
             };
-            let _ = write!(err, "\r\x1b[2K{head}: {what} · {elapsed:.1} s");
+            // Cut to the terminal's width: a wrapped line would not be rewritten in place.
+            let line = format!("{head}: {what} · {elapsed:.1} s");
+            let width = crossterm::terminal::size().map_or(80, |(w, _)| usize::from(w.max(2)));
+            let line: String = line.chars().take(width - 1).collect();
+            let _ = write!(err, "\r\x1b[2K{line}");
             let _ = err.flush();
         } else if s.index != self.shown {
             let _ = writeln!(err, "{head} ({elapsed:.1} s so far)");

@@ -1,9 +1,9 @@
 //! What the headless exploration commands share: opening a session on the journal's cache,
-//! driving its requests to the end with a progress bar on a terminal (none with `--quiet` or
-//! when stderr is not a terminal), and the output formats.
+//! driving its requests to the end with a progress bar on a terminal (a line every 10 s
+//! when stderr is not a terminal; nothing with `--quiet`), and the output formats.
 
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -63,7 +63,12 @@ impl Headless {
     /// progress bar labelled `what`. Errors the session reports are printed (they are
     /// recorded as failed points); other notices only without `--quiet`.
     pub fn run(&mut self, what: &str, requests: Vec<Request>) {
-        let bar = if self.quiet || !std::io::stderr().is_terminal() || requests.is_empty() {
+        let terminal = std::io::stderr().is_terminal();
+        // Off a terminal (a log, CI): a compact line at most every 10 s and at the end.
+        let lines = !self.quiet && !terminal && !requests.is_empty();
+        let start = Instant::now();
+        let mut shown: Option<(Instant, usize)> = None;
+        let bar = if self.quiet || !terminal || requests.is_empty() {
             ProgressBar::hidden()
         } else {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
@@ -87,6 +92,19 @@ impl Headless {
             if let WorkerMsg::Progress { done, total, .. } = msg {
                 bar.set_length(*total as u64);
                 bar.set_position(*done as u64);
+                let due = match shown {
+                    None => true,
+                    Some((at, last)) => {
+                        *done != last && (done == total || at.elapsed() >= Duration::from_secs(10))
+                    }
+                };
+                if lines && due {
+                    eprintln!(
+                        "{what}: {done}/{total} points, {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                    shown = Some((Instant::now(), *done));
+                }
             }
             let _ = session;
         };
