@@ -234,8 +234,7 @@ fn sensitivity_off_a_terminal_reports_progress_in_lines() {
     let n = "sensitivity: ".len();
     let last = err
         .lines()
-        .filter(|l| l.starts_with("sensitivity: ") && l.contains(" points, "))
-        .last()
+        .rfind(|l| l.starts_with("sensitivity: ") && l.contains(" points, "))
         .unwrap_or_else(|| panic!("no progress line: {err}"));
     let (done, total) = last[n..]
         .split_once(' ')
