@@ -497,4 +497,35 @@ fn report_curves_measures_the_whole_model_curves_and_tabulates_them() {
     ));
     let html = std::fs::read_to_string(&again).unwrap();
     assert_eq!(table_rows(&html, "curve-global-l1").len(), 10);
+
+    // The exact zeros after quantization, as journaled for the 2-bit point, are `squeeze
+    // eval`'s for the same recipe: one definition. Nothing is pruned, yet weights are zero.
+    use squeeze::explore::journal::Record;
+    let (config, figures) = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+        .find_map(|r| match r {
+            Record::Point {
+                stage: squeeze::explore::eval::Stage::Full,
+                config,
+                figures,
+                label: Some(label),
+                ..
+            } if label == "all layers: int2" => Some((config, figures)),
+            _ => None,
+        })
+        .expect("the 2-bit point is journaled");
+    let m = squeeze::model::load(&model).unwrap().model;
+    let info = squeeze::explore::info::ModelInfo::from_model(&m, "mnist", 300);
+    let recipe = dir.path().join("int2.toml");
+    std::fs::write(&recipe, config.to_recipe(&info).to_toml()).unwrap();
+    let eval = eval_json(&model, &data, &recipe);
+    let zeros = figures.zeros.unwrap();
+    assert_eq!(figures.sparsity, Some(0.0));
+    assert!(zeros > 0.01, "{zeros}");
+    assert!(
+        (eval["zeros"].as_f64().unwrap() - zeros).abs() < 1e-12,
+        "{eval}"
+    );
 }

@@ -223,3 +223,21 @@ fn the_status_shows_exact_zeros_beside_sparsity_when_they_differ() {
     let expected = format!("{:.1}% · {:.1}% zeros", s * 100.0, z * 100.0);
     assert!(text.contains(&expected), "no {expected:?} in\n{text}");
 }
+
+#[test]
+fn zoomed_slides_take_the_explorers_x_ranges() {
+    let mut app = started();
+    press(&mut app, key('W'));
+    let input = app.plot_input();
+    assert_eq!((input.size_range, input.latency_range), (None, None));
+    assert_eq!(input.curves.len(), 2, "the slides get both curves");
+    press(&mut app, key('z'));
+    let input = app.plot_input();
+    let [lo, hi] = input.size_range.expect("a size range when zoomed");
+    let s = &app.size_chart;
+    let data = |x: f64| if s.log_x { 10f64.powf(x) } else { x };
+    assert!((lo - data(s.x_bounds[0])).abs() < 1e-6 * hi);
+    assert!((hi - data(s.x_bounds[1])).abs() < 1e-6 * hi);
+    assert!(input.latency_range.is_some());
+    assert_eq!(input.accuracy_range, Some(app.size_chart.y_bounds));
+}

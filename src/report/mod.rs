@@ -415,9 +415,15 @@ pub fn draw_chart<DB: DrawingBackend>(
         Some([a, b]) => a..b,
         None => (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5),
     };
+    // A frontier point on a whole-model curve is named by the curve's legend entry: its own
+    // label would crowd the line's run of neighbours.
+    let on_curve = |at: (f64, f64)| curves.iter().any(|(_, line)| line.contains(&at));
     let mut frontier: Vec<(f64, f64, Option<String>)> = pareto::frontier(&pts)
         .into_iter()
-        .map(|i| (pts[i].0, pts[i].1, labelled[i].1.clone()))
+        .map(|i| {
+            let label = labelled[i].1.clone().filter(|_| !on_curve(pts[i]));
+            (pts[i].0, pts[i].1, label)
+        })
         .collect();
     frontier.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut marks = Vec::new();
@@ -620,7 +626,7 @@ pub fn draw_compression<DB: DrawingBackend>(
         });
     let ypad = ((yhi - ylo) * 0.06).max(0.2);
     let y_range = (ylo - ypad).max(0.0)..(yhi + ypad).min(100.5);
-    let titled = root.titled(
+    let titled = root.margin(16, 0, 0, 0).titled(
         &format!("Accuracy vs compression — {}", input.title),
         ("sans-serif", TITLE_PX),
     )?;
@@ -664,7 +670,7 @@ pub fn draw_compression<DB: DrawingBackend>(
             ))?;
             chart.draw_series(std::iter::once(Text::new(
                 format!("dense {d:.2}%"),
-                (x_range.start, d),
+                (x_range.start + (x_range.end - x_range.start) * 0.02, d),
                 TextStyle::from(("sans-serif", LABEL_PX).into_font())
                     .color(&RGBColor(200, 90, 0))
                     .pos(Pos::new(HPos::Left, VPos::Bottom)),
