@@ -865,7 +865,10 @@ fn fake_quant_forward(m: &Model, p: &Plan, x: &[f32], n: usize) -> Vec<f32> {
             .expect("flat")
             .to_vec1()
             .expect("vec");
-        if let model::Op::Add { from } = layer.op {
+        if let model::Op::Add {
+            from: model::Source::Layer(from),
+        } = layer.op
+        {
             for (v, s) in y.iter_mut().zip(&outputs[from]) {
                 *v += s;
             }

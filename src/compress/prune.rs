@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::CompressError;
 use super::recipe::Norm;
-use crate::model::{Model, Op, OpSpec};
+use crate::model::{Model, Op, OpSpec, Source};
 
 /// How many of `n` items `sparsity` removes: `round(sparsity × n)`, ties to even (as Python's
 /// `round` in `torch.nn.utils.prune`).
@@ -206,6 +206,22 @@ pub enum StructuredError {
         via: String,
         layer: String,
     },
+    #[error(
+        "the output of {via} flows on to more than the next layer ({readers}): removing {layer}'s outputs would change what those read; structured pruning follows a chain"
+    )]
+    Branch {
+        via: String,
+        readers: String,
+        layer: String,
+    },
+    #[error(
+        "{join} ({op}) joins {layer}'s outputs with another value before a linear/conv layer reads them"
+    )]
+    Joined {
+        join: String,
+        op: &'static str,
+        layer: String,
+    },
     #[error("no linear/conv layer consumes {0}'s output")]
     NoConsumer(String),
 }
@@ -232,8 +248,24 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
     }
     let adds_reading = |src: usize| -> Option<&str> {
         layers.iter().find_map(|l| match l.op {
-            Op::Add { from } if from == src => Some(l.name.as_str()),
+            Op::Add { from } if from == Source::Layer(src) => Some(l.name.as_str()),
             _ => None,
+        })
+    };
+    // The value must flow only to the next layer, which reads it as its input.
+    let branches = |src: usize| -> Result<(), StructuredError> {
+        let readers = model.consumers(src);
+        if readers == [src + 1] && layers[src + 1].input.is_none() {
+            return Ok(());
+        }
+        Err(StructuredError::Branch {
+            via: layers[src].name.clone(),
+            readers: readers
+                .iter()
+                .map(|&r| layers[r].name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            layer: this.name.clone(),
         })
     };
     if let Some(add) = adds_reading(layer) {
@@ -242,6 +274,7 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
             layer: this.name.clone(),
         });
     }
+    branches(layer)?;
     for (j, l) in layers.iter().enumerate().skip(layer + 1) {
         match &l.op {
             Op::Linear(_) => return Ok(j),
@@ -257,7 +290,14 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
             Op::Add { from } => {
                 return Err(StructuredError::AddCouples {
                     add: l.name.clone(),
-                    from: layers[*from].name.clone(),
+                    from: model.source_name(*from),
+                    layer: this.name.clone(),
+                });
+            }
+            Op::Mul { .. } | Op::Concat { .. } => {
+                return Err(StructuredError::Joined {
+                    join: l.name.clone(),
+                    op: l.op.name(),
                     layer: this.name.clone(),
                 });
             }
@@ -282,6 +322,7 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
                 layer: this.name.clone(),
             });
         }
+        branches(j)?;
     }
     Err(StructuredError::NoConsumer(this.name.clone()))
 }
@@ -453,7 +494,12 @@ pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, Comp
             | Op::GlobalAvgPool
             | Op::Dropout(_) => {}
             // structured_path stops at linear/conv/add/softmax: none of these is in between.
-            Op::Linear(_) | Op::Conv2d(..) | Op::Add { .. } | Op::Softmax => {
+            Op::Linear(_)
+            | Op::Conv2d(..)
+            | Op::Add { .. }
+            | Op::Mul { .. }
+            | Op::Concat { .. }
+            | Op::Softmax => {
                 return Err(CompressError::Structured {
                     layer: name,
                     msg: format!(

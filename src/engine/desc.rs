@@ -16,6 +16,10 @@ pub struct LayerDesc {
     pub name: String,
     pub in_shape: Vec<usize>,
     pub out_shape: Vec<usize>,
+    /// The values the layer reads when not only the previous layer's output (the schema's
+    /// `inputs`; `add` and `mul` name their second in the op's `from`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
     pub spec: OpSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<FormatDesc>,

@@ -16,7 +16,9 @@ use crate::compress::{ActivationQuant, Granularity};
 use crate::files::{Sealed, TensorBytes};
 use crate::model::shape::element_count;
 use crate::model::spec::tensor_prefix;
-use crate::model::{ARCH_METADATA_KEY, ArchSpec, Layer, Model, Op, OpSpec, Params, out_shape};
+use crate::model::{
+    ARCH_METADATA_KEY, ArchSpec, Layer, MODEL_INPUT, Model, Op, OpSpec, Params, Source, out_shape,
+};
 
 pub const FORMAT_KEY: &str = "squeeze.format";
 pub const FORMAT_VALUE: &str = "compressed";
@@ -197,10 +199,12 @@ impl CompressedModel {
             .layers
             .iter()
             .zip(&self.steps)
-            .map(|(l, s)| LayerDesc {
+            .enumerate()
+            .map(|(i, (l, s))| LayerDesc {
                 name: l.name.clone(),
                 in_shape: l.in_shape.clone(),
                 out_shape: l.out_shape.clone(),
+                inputs: self.model.layer_spec(i).inputs,
                 spec: self.model.op_spec(l),
                 format: match s {
                     Step::Linear(p) | Step::Conv(p, _) => Some(p.descriptor()),
@@ -335,20 +339,37 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     let mut layers = Vec::with_capacity(descs.len());
     let mut packed = Vec::with_capacity(descs.len());
     for d in &descs {
-        let expect = layers.last().map_or(&input.shape, |l: &Layer| &l.out_shape);
+        let reads = sources(d, &layers).map_err(|msg| corrupt(&d.name, msg))?;
+        let main = reads[0];
+        let previous = layers
+            .len()
+            .checked_sub(1)
+            .map_or(Source::Input, Source::Layer);
+        let expect = match main {
+            Source::Input => &input.shape,
+            Source::Layer(j) => &layers[j].out_shape,
+        };
         if &d.in_shape != expect {
             return Err(corrupt(
                 &d.name,
                 format!(
-                    "input shape {:?}, but the previous layer outputs {expect:?}",
+                    "input shape {:?}, but the value it reads has shape {expect:?}",
                     d.in_shape
                 ),
             ));
         }
-        let (op, p) = read_op(d, &layers, &mut reader)?;
+        let shapes: Vec<&[usize]> = reads
+            .iter()
+            .map(|s| match s {
+                Source::Input => &input.shape[..],
+                Source::Layer(j) => &layers[*j].out_shape[..],
+            })
+            .collect();
+        let (op, p) = read_op(d, &reads, &shapes, &mut reader)?;
         layers.push(Layer {
             name: d.name.clone(),
             op,
+            input: (main != previous).then_some(main),
             in_shape: d.in_shape.clone(),
             out_shape: d.out_shape.clone(),
             stored_bytes: p.as_ref().map_or(0, |p: &PackedLayer| p.size_bytes()),
@@ -384,13 +405,48 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
     CompressedModel::assemble(model, packed).map_err(|e| corrupt("(graph)", e.to_string()))
 }
 
+/// The values layer `d` reads, resolved among the layers before it: its input (the previous
+/// layer's output unless it names one), then a join's other operands.
+fn sources(d: &LayerDesc, earlier: &[Layer]) -> Result<Vec<Source>, String> {
+    let find = |n: &str| {
+        if n == MODEL_INPUT {
+            Ok(Source::Input)
+        } else {
+            earlier
+                .iter()
+                .position(|l| l.name == n)
+                .map(Source::Layer)
+                .ok_or_else(|| format!("reads \"{n}\", not an earlier layer"))
+        }
+    };
+    let mut reads = Vec::new();
+    if d.inputs.is_empty() {
+        reads.push(
+            earlier
+                .len()
+                .checked_sub(1)
+                .map_or(Source::Input, Source::Layer),
+        );
+    }
+    for n in d
+        .inputs
+        .iter()
+        .map(String::as_str)
+        .chain(d.spec.from_name())
+    {
+        reads.push(find(n)?);
+    }
+    Ok(reads)
+}
+
 /// Layer `d`'s op with its tensors read (a linear/conv layer's packed weights apart, its graph
-/// weight a placeholder of the right shape), given the layers before it. Its output for its
-/// inputs must be the recorded one (the kernels' buffers are sized by these shapes), checked
-/// before any size from its format is used.
+/// weight a placeholder of the right shape), given the values it reads and their shapes. Its
+/// output for its inputs must be the recorded one (the kernels' buffers are sized by these
+/// shapes), checked before any size from its format is used.
 fn read_op(
     d: &LayerDesc,
-    earlier: &[Layer],
+    reads: &[Source],
+    shapes: &[&[usize]],
     reader: &mut Reader,
 ) -> Result<(Op, Option<PackedLayer>), EngineError> {
     let path = reader.path;
@@ -399,19 +455,13 @@ fn read_op(
         tensor: d.name.clone(),
         msg,
     };
-    let check = |op: Op| {
-        let mut inputs: Vec<&[usize]> = vec![&d.in_shape];
-        if let Op::Add { from } = &op {
-            inputs.push(&earlier[*from].out_shape);
-        }
-        match out_shape(&op, &inputs) {
-            Ok(out) if out == d.out_shape => Ok(op),
-            Ok(out) => Err(corrupt(format!(
-                "output shape {:?}, but the op gives {out:?} for {:?}",
-                d.out_shape, d.in_shape
-            ))),
-            Err(e) => Err(corrupt(e.to_string())),
-        }
+    let check = |op: Op| match out_shape(&op, shapes) {
+        Ok(out) if out == d.out_shape => Ok(op),
+        Ok(out) => Err(corrupt(format!(
+            "output shape {:?}, but the op gives {out:?} for {:?}",
+            d.out_shape, d.in_shape
+        ))),
+        Err(e) => Err(corrupt(e.to_string())),
     };
     let dev = Device::Cpu;
     Ok(match &d.spec {
@@ -476,14 +526,28 @@ fn read_op(
             };
             (check(op)?, None)
         }
-        OpSpec::Add { from } => match earlier.iter().position(|l| &l.name == from) {
-            Some(from) => (check(Op::Add { from })?, None),
-            None => {
-                return Err(corrupt(format!(
-                    "add reads \"{from}\", not an earlier layer"
-                )));
-            }
-        },
+        OpSpec::Add { .. } | OpSpec::Mul { .. } if reads.len() == 2 => {
+            let from = reads[1];
+            let op = if matches!(d.spec, OpSpec::Mul { .. }) {
+                Op::Mul { from }
+            } else {
+                Op::Add { from }
+            };
+            (check(op)?, None)
+        }
+        OpSpec::Concat {} if reads.len() >= 2 => (
+            check(Op::Concat {
+                from: reads[1..].to_vec(),
+            })?,
+            None,
+        ),
+        OpSpec::Add { .. } | OpSpec::Mul { .. } | OpSpec::Concat {} => {
+            return Err(corrupt(format!(
+                "{} reads {} value(s)",
+                d.spec.op_name(),
+                reads.len()
+            )));
+        }
         other => (
             check(Op::without_params(other).map_err(|e| corrupt(e.to_string()))?)?,
             None,

@@ -161,7 +161,7 @@ impl OldLayerDesc {
             OldOp::Add { from } => match earlier.get(from) {
                 Some(src) => (
                     OpSpec::Add {
-                        from: src.name.clone(),
+                        from: Some(src.name.clone()),
                     },
                     None,
                 ),
@@ -172,6 +172,7 @@ impl OldLayerDesc {
             name: self.name,
             in_shape: self.in_shape,
             out_shape: self.out_shape,
+            inputs: Vec::new(),
             spec,
             format,
         })

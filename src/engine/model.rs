@@ -14,9 +14,9 @@ use super::kernels::{
     FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work, fake_quantize,
     interleave_quads, quantize_centered,
 };
-use super::ops::{self, ConvShape, PoolShape, transpose};
+use super::ops::{self, ConvShape, JoinShape, PoolShape, transpose};
 use crate::compress::Plan;
-use crate::model::{Activation, InputSpec, Model, Op};
+use crate::model::{Activation, InputSpec, Model, Op, Source};
 
 /// Samples per rayon task in `logits` (measured: see `benches/inference.rs`).
 pub const CHUNK: usize = 128;
@@ -43,8 +43,18 @@ pub enum Step {
     Softmax {
         last: usize,
     },
-    Add {
-        from: usize,
+    /// `add` and `mul`: the step's input joined with the value `from`.
+    Join {
+        from: Source,
+        mul: bool,
+        shape: JoinShape,
+        /// Values per sample of `from`.
+        from_len: usize,
+    },
+    /// The step's input, then each value of `from` (`lens` values per sample each).
+    Concat {
+        from: Vec<Source>,
+        lens: Vec<usize>,
     },
 }
 
@@ -115,6 +125,7 @@ pub struct CompressedModel {
     out_len: usize,
     /// Largest per-sample value count between layers.
     max_len: usize,
+    /// Values a run keeps: `[0]` the input, `[j + 1]` layer j's output ([`Model::kept_values`]).
     keep: Vec<bool>,
     /// The transposes' and im2col's vector moves (chosen with the kernels).
     avx512: Option<Avx512>,
@@ -255,11 +266,12 @@ impl CompressedModel {
         mut packed: Vec<Option<PackedLayer>>,
     ) -> Result<Self, EngineError> {
         // Every buffer below is sized by these shapes: they must be what each op gives.
-        crate::model::shape::check_chain(&model).map_err(|(layer, e)| EngineError::Invalid {
+        crate::model::shape::check_graph(&model).map_err(|(layer, e)| EngineError::Invalid {
             layer,
             msg: e.to_string(),
         })?;
         let mut steps = Vec::with_capacity(model.layers.len());
+        let (mut joins, mut concats) = (Vec::new(), Vec::new());
         for (i, layer) in model.layers.iter_mut().enumerate() {
             let name = layer.name.clone();
             let graph = |msg: String| EngineError::Invalid {
@@ -368,9 +380,31 @@ impl CompressedModel {
                 Op::Softmax => Step::Softmax {
                     last: layer.in_shape.last().copied().unwrap_or(1),
                 },
-                Op::Add { from } => Step::Add { from: *from },
+                // Filled in below, once every layer's shape is at hand.
+                Op::Add { from } | Op::Mul { from } => {
+                    joins.push((i, *from));
+                    Step::Identity
+                }
+                Op::Concat { from } => {
+                    concats.push((i, from.clone()));
+                    Step::Identity
+                }
             };
             steps.push(step);
+        }
+        let len = |m: &Model, s: Source| m.shape_of(s).iter().product::<usize>();
+        for (i, from) in joins {
+            let shape = JoinShape::new(&model.layers[i].in_shape, model.shape_of(from));
+            steps[i] = Step::Join {
+                from,
+                mul: matches!(model.layers[i].op, Op::Mul { .. }),
+                shape,
+                from_len: len(&model, from),
+            };
+        }
+        for (i, from) in concats {
+            let lens = from.iter().map(|s| len(&model, *s)).collect();
+            steps[i] = Step::Concat { from, lens };
         }
         let in_len = model.input_len();
         let out_len = model.num_classes();
@@ -381,7 +415,7 @@ impl CompressedModel {
             .chain(std::iter::once(in_len))
             .max()
             .unwrap_or(in_len);
-        let keep = model.residual_sources();
+        let keep = model.kept_values();
         Ok(CompressedModel {
             model,
             steps,
@@ -489,10 +523,11 @@ impl CompressedModel {
     /// Runs `n` samples on the calling thread with `s`'s buffers, writing `n × classes` to
     /// `out`.
     pub fn run(&self, inputs: &[f32], n: usize, s: &mut Scratch, out: &mut [f32]) {
+        let inputs = &inputs[..n * self.in_len];
         let need = n * self.max_len;
         s.a.resize(need, 0.0);
         s.b.resize(need, 0.0);
-        s.saved.resize(self.steps.len(), Vec::new());
+        s.saved.resize(self.steps.len() + 1, Vec::new());
         let mut len = self.in_len;
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
         // elementwise steps, so a chain of linear layers transposes once on the way in and once
@@ -502,7 +537,10 @@ impl CompressedModel {
         let mut done = 0;
         let lead = self.steps.iter().position(|s| !matches!(s, Step::Identity));
         match lead.map(|i| (i, &self.steps[i])) {
-            Some((i, Step::Linear(p))) if !self.keep[..=i].contains(&true) => {
+            Some((i, Step::Linear(p)))
+                if !self.keep[..=i + 1].contains(&true)
+                    && self.model.layers[..=i].iter().all(|l| l.input.is_none()) =>
+            {
                 // A leading linear layer reads the sample-major inputs in place.
                 let x = &inputs[..n * len];
                 let k = p.kernels();
@@ -526,6 +564,13 @@ impl CompressedModel {
         }
         for (i, step) in self.steps.iter().enumerate().skip(done) {
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
+            if let Some(src) = self.model.layers[i].input {
+                // A branch: the step reads a kept value, not the previous step's output.
+                let v = kept(inputs, &s.saved, src);
+                s.a[..v.len()].copy_from_slice(v);
+                len = v.len() / n.max(1);
+                fm = false;
+            }
             let layout_free = match step {
                 Step::Linear(p) => n > 1 && p.activation.is_none(),
                 Step::Activation(_) | Step::Identity => true,
@@ -595,25 +640,52 @@ impl CompressedModel {
                     ops::softmax(&mut cur[..n * len], *last);
                     swapped = false;
                 }
-                Step::Add { from } => {
-                    let src = &s.saved[*from];
-                    for (v, a) in cur[..n * len].iter_mut().zip(src) {
-                        *v += a;
+                Step::Join {
+                    from,
+                    mul,
+                    shape,
+                    from_len,
+                } => {
+                    let b = kept(inputs, &s.saved, *from);
+                    if !shape.a_per_channel && !shape.b_per_channel {
+                        // Same shapes: in place.
+                        for (v, z) in cur[..n * len].iter_mut().zip(b) {
+                            *v = if *mul { *v * z } else { *v + z };
+                        }
+                        swapped = false;
+                    } else {
+                        let samples = cur[..n * len]
+                            .chunks(len)
+                            .zip(b.chunks(*from_len))
+                            .zip(next.chunks_mut(out_len));
+                        for ((a, b), y) in samples {
+                            ops::join(a, b, shape, *mul, y);
+                        }
                     }
-                    swapped = false;
+                }
+                Step::Concat { from, lens } => {
+                    for (k, y) in next[..n * out_len].chunks_mut(out_len).enumerate() {
+                        y[..len].copy_from_slice(&cur[k * len..(k + 1) * len]);
+                        let mut at = len;
+                        for (src, l) in from.iter().zip(lens) {
+                            let v = kept(inputs, &s.saved, *src);
+                            y[at..at + l].copy_from_slice(&v[k * l..(k + 1) * l]);
+                            at += l;
+                        }
+                    }
                 }
             }
             if swapped {
                 std::mem::swap(&mut s.a, &mut s.b);
             }
             len = out_len;
-            if self.keep[i] && fm {
+            if self.keep[i + 1] && fm {
                 transpose(&s.a[..n * len], len, n, &mut s.b[..n * len], self.avx512);
                 std::mem::swap(&mut s.a, &mut s.b);
                 fm = false;
             }
-            if self.keep[i] {
-                let saved = &mut s.saved[i];
+            if self.keep[i + 1] {
+                let saved = &mut s.saved[i + 1];
                 saved.clear();
                 saved.extend_from_slice(&s.a[..n * len]);
             }
@@ -623,6 +695,15 @@ impl CompressedModel {
         } else {
             out[..n * len].copy_from_slice(&s.a[..n * len]);
         }
+    }
+}
+
+/// A kept value of a run over `n` samples, sample-major: the model input or a layer's saved
+/// output.
+fn kept<'a>(inputs: &'a [f32], saved: &'a [Vec<f32>], src: Source) -> &'a [f32] {
+    match src {
+        Source::Input => inputs,
+        Source::Layer(j) => &saved[j + 1],
     }
 }
 

@@ -255,6 +255,90 @@ pub fn global_avg_pool(x: &[f32], c: usize, hw: usize, out: &mut [f32]) {
     }
 }
 
+/// How two values of one sample join element by element: `c` channels of `hw` values each,
+/// either operand whole (`c × hw` values) or one value per channel, broadcast. Equal shapes
+/// are one channel of all the values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinShape {
+    pub c: usize,
+    pub hw: usize,
+    pub a_per_channel: bool,
+    pub b_per_channel: bool,
+}
+
+impl JoinShape {
+    /// The join of values shaped `a` and `b` (as `model::shape::broadcast` allows them).
+    pub fn new(a: &[usize], b: &[usize]) -> JoinShape {
+        let len = |s: &[usize]| s.iter().product::<usize>();
+        if a == b {
+            return JoinShape {
+                c: 1,
+                hw: len(a),
+                a_per_channel: false,
+                b_per_channel: false,
+            };
+        }
+        let (big, a_small) = if len(a) >= len(b) {
+            (a, false)
+        } else {
+            (b, true)
+        };
+        let c = big.first().copied().unwrap_or(1);
+        JoinShape {
+            c,
+            hw: len(big) / c.max(1),
+            a_per_channel: a_small,
+            b_per_channel: !a_small,
+        }
+    }
+
+    /// Values per sample of the output.
+    pub fn len(&self) -> usize {
+        self.c * self.hw
+    }
+}
+
+/// `y = a + b` or `a × b` for one sample, as `j` says the operands are laid out.
+pub fn join(a: &[f32], b: &[f32], j: &JoinShape, mul: bool, y: &mut [f32]) {
+    if mul {
+        join_with(a, b, j, y, |x, z| x * z);
+    } else {
+        join_with(a, b, j, y, |x, z| x + z);
+    }
+}
+
+/// Channel `ch` of a value of `hw` values per channel.
+fn channel(v: &[f32], ch: usize, hw: usize) -> &[f32] {
+    v.get(ch * hw..(ch + 1) * hw).unwrap_or(&[])
+}
+
+fn join_with(a: &[f32], b: &[f32], j: &JoinShape, y: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    let hw = j.hw;
+    for (ch, out) in y[..j.len()].chunks_mut(hw.max(1)).enumerate() {
+        let whole = |v| channel(v, ch, hw);
+        match (j.a_per_channel, j.b_per_channel) {
+            (false, false) => {
+                for ((o, x), z) in out.iter_mut().zip(whole(a)).zip(whole(b)) {
+                    *o = f(*x, *z);
+                }
+            }
+            (true, false) => {
+                let x = a[ch];
+                for (o, z) in out.iter_mut().zip(whole(b)) {
+                    *o = f(x, *z);
+                }
+            }
+            (false, true) => {
+                let z = b[ch];
+                for (o, x) in out.iter_mut().zip(whole(a)) {
+                    *o = f(*x, z);
+                }
+            }
+            (true, true) => out.fill(f(a[ch], b[ch])),
+        }
+    }
+}
+
 /// `x × scale[c] + shift[c]` per channel of `per` values.
 pub fn channel_affine(x: &mut [f32], scale: &[f32], shift: &[f32], per: usize) {
     for (c, chunk) in x.chunks_mut(per.max(1)).enumerate() {

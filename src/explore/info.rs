@@ -2,7 +2,7 @@
 //! shapes, sizes, the histogram of their dense weights and the residual connections that
 //! couple them.
 
-use crate::model::{Model, Op};
+use crate::model::{Model, Op, Source};
 
 /// Bins of the weight histograms (before and after compression use the same edges).
 pub const HIST_BINS: usize = 41;
@@ -114,32 +114,36 @@ impl ModelInfo {
     }
 }
 
-/// For each compressible layer (by model index) whose output meets others in a residual
-/// `add`, the other compressible layers there. Values flow from a layer through single-input
-/// operations (activations, pooling, batchnorm, flatten) unchanged in who produced them; an
-/// `add` merges its two inputs' producers, and its output carries both on.
+/// For each compressible layer (by model index) whose output meets others in an element-wise
+/// join (`add`, `mul`), the other compressible layers there. Values flow from a layer through
+/// single-input operations (activations, pooling, batchnorm, flatten) unchanged in who
+/// produced them; a join merges its inputs' producers and its output carries them all on (a
+/// `concat` without coupling them: its inputs' channels stay apart).
 pub fn coupling(model: &Model) -> std::collections::BTreeMap<usize, Vec<usize>> {
     // The compressible layers whose outputs make up layer i's output.
     let mut producers: Vec<Vec<usize>> = Vec::with_capacity(model.layers.len());
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, layer) in model.layers.iter().enumerate() {
-        let previous = |k: usize| -> Vec<usize> {
-            k.checked_sub(1)
-                .and_then(|k| producers.get(k))
-                .cloned()
-                .unwrap_or_default()
+        let of = |s: Source| -> Vec<usize> {
+            match s {
+                Source::Input => Vec::new(),
+                Source::Layer(k) => producers.get(k).cloned().unwrap_or_default(),
+            }
         };
         let mine = match &layer.op {
             Op::Linear(_) | Op::Conv2d(..) => vec![i],
-            Op::Add { from } => {
-                let mut both = previous(i);
-                both.extend(producers.get(*from).cloned().unwrap_or_default());
-                both.sort_unstable();
-                both.dedup();
-                groups.push(both.clone());
-                both
+            Op::Add { .. } | Op::Mul { .. } | Op::Concat { .. } => {
+                let mut all: Vec<usize> = model.reads(i).into_iter().flat_map(of).collect();
+                all.sort_unstable();
+                all.dedup();
+                // Element-wise joins tie channel c of each side together; a concat keeps
+                // its inputs' channels apart.
+                if !matches!(layer.op, Op::Concat { .. }) {
+                    groups.push(all.clone());
+                }
+                all
             }
-            _ => previous(i),
+            _ => of(model.input_of(i)),
         };
         producers.push(mine);
     }

@@ -22,7 +22,7 @@ use crate::compress::{self, Plan, Recipe};
 use crate::data::EvalSet;
 use crate::engine::{self, CompressedModel, PackedLayer, Step};
 use crate::measure::{self, Measurement, OutputKind};
-use crate::model::{InputSpec, Model, Op};
+use crate::model::{InputSpec, Model, Op, Source};
 
 use super::config::{Config, LayerSetting};
 use super::eval::{Estimate, EvalError, Evaluator, Figures, Fnv, LayerFigures, Stage};
@@ -636,24 +636,46 @@ fn step_bytes(step: &Step) -> usize {
     }
 }
 
-/// Whether a model can run from layer `cut` on given only the activations there: no residual
-/// `add` at or after it reads an output from before it.
+/// Whether a model can run from layer `cut` on given only the activations there: no layer
+/// after it reads a value from before it.
 fn cut_allowed(model: &Model, cut: usize) -> bool {
-    model.layers[cut..]
+    (cut + 1..model.layers.len()).all(|i| {
+        model
+            .reads(i)
+            .iter()
+            .all(|s| matches!(s, Source::Layer(j) if *j >= cut))
+    }) && model.layers[cut]
+        .op
+        .joined()
         .iter()
-        .all(|l| !matches!(l.op, Op::Add { from } if from < cut))
+        .all(|s| matches!(s, Source::Layer(j) if *j >= cut))
 }
 
 /// Layers `range` of a model as a model of their own: its input is the first layer's input
-/// (already scaled), residual sources renumbered. `None` when an `add` inside reads a layer
-/// outside.
+/// (already scaled), the values layers read renumbered. `None` when a layer inside reads one
+/// outside (besides the first layer's input).
 fn slice_model(model: &Model, range: Range<usize>) -> Option<Model> {
     let first = model.layers.get(range.start)?;
     let mut layers = Vec::with_capacity(range.len());
-    for l in model.layers.get(range.clone())? {
+    let inside = |s: &mut Source| -> Option<()> {
+        match s {
+            Source::Layer(j) => *j = j.checked_sub(range.start)?,
+            Source::Input if range.start == 0 => {}
+            Source::Input => return None,
+        }
+        Some(())
+    };
+    for (k, l) in model.layers.get(range.clone())?.iter().enumerate() {
         let mut l = l.clone();
-        if let Op::Add { from } = &mut l.op {
-            *from = from.checked_sub(range.start)?;
+        if k == 0 {
+            l.input = None;
+        } else if let Some(s) = &mut l.input {
+            inside(s)?;
+        }
+        match &mut l.op {
+            Op::Add { from } | Op::Mul { from } => inside(from)?,
+            Op::Concat { from } => from.iter_mut().try_for_each(inside)?,
+            _ => {}
         }
         layers.push(l);
     }

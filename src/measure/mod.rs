@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compress::{Plan, entropy_bytes};
 use crate::engine::{self, CompressedModel, Step};
-use crate::model::{Model, Op};
+use crate::model::{Model, Op, Source};
 
 /// Samples per batch for dense evaluation.
 pub const EVAL_BATCH: usize = 1000;
@@ -526,13 +526,18 @@ pub fn activation_value_bytes(activation_bits: Option<u8>) -> usize {
 /// residual additions, and its kernel scratch; the peak is the largest such sum.
 pub fn arena(model: &Model, value_bytes: usize) -> Arena {
     let values = |shape: &[usize]| shape.iter().product::<usize>();
-    // Last layer index that reads each saved output.
+    // Last layer index that reads each kept output (a layer's output read beyond the next
+    // layer; the model input is the caller's buffer).
+    let keep = model.kept_values();
     let mut last_use = vec![None; model.layers.len()];
-    for (i, l) in model.layers.iter().enumerate() {
-        if let Op::Add { from } = l.op
-            && let Some(u) = last_use.get_mut(from)
-        {
-            *u = Some(i);
+    for i in 0..model.layers.len() {
+        for s in model.reads(i) {
+            if let Source::Layer(j) = s
+                && keep[j + 1]
+                && let Some(u) = last_use.get_mut(j)
+            {
+                *u = Some(i);
+            }
         }
     }
     let mut layers = Vec::with_capacity(model.layers.len());
@@ -545,8 +550,8 @@ pub fn arena(model: &Model, value_bytes: usize) -> Arena {
                 | Op::Flatten
                 | Op::Dropout(_)
                 | Op::Softmax
-                | Op::Add { .. }
-        );
+        ) || (matches!(l.op, Op::Add { .. } | Op::Mul { .. })
+            && l.in_shape == l.out_shape);
         let output = if in_place { 0 } else { values(&l.out_shape) };
         let saved: usize = (0..i)
             .filter(|&j| last_use[j].is_some_and(|u| u > i))

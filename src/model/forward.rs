@@ -5,7 +5,7 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::graph::{Conv2dGeometry, Layer, Model, Op, Params, Pool2d};
+use super::graph::{Conv2dGeometry, Layer, Model, Op, Params, Pool2d, Source};
 use super::spec::Activation;
 
 /// How the forward pass computes the operations that training customises. Every method has
@@ -80,28 +80,59 @@ impl Model {
         ops: &dyn ForwardOps,
         mut observe: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        let keep = self.residual_sources();
-        let mut saved: Vec<Option<Tensor>> = vec![None; self.layers.len()];
+        let keep = self.kept_values();
+        // Kept values: `[0]` the model input, `[j + 1]` layer j's output.
+        let mut saved: Vec<Option<Tensor>> = vec![None; self.layers.len() + 1];
+        if keep[0] {
+            saved[0] = Some(x.clone());
+        }
         let mut x = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(src) = layer.input {
+                x = kept(&saved, src, &layer.name)?.clone();
+            }
             observe(i, &x)?;
             x = layer_forward(i, layer, &x, ops, &saved)?;
-            if keep[i] {
-                saved[i] = Some(x.clone());
+            if keep[i + 1] {
+                saved[i + 1] = Some(x.clone());
             }
         }
         Ok(x)
     }
+}
 
-    /// `true` for layers whose output a later `add` reads.
-    pub fn residual_sources(&self) -> Vec<bool> {
-        let mut keep = vec![false; self.layers.len()];
-        for l in &self.layers {
-            if let Op::Add { from } = l.op {
-                keep[from] = true;
-            }
+/// A kept value of the forward pass.
+fn kept<'a>(saved: &'a [Option<Tensor>], src: Source, layer: &str) -> Result<&'a Tensor> {
+    let slot = match src {
+        Source::Input => 0,
+        Source::Layer(j) => j + 1,
+    };
+    match saved.get(slot) {
+        Some(Some(t)) => Ok(t),
+        _ => candle_core::bail!("layer {layer}: the value it reads was not kept"),
+    }
+}
+
+/// `a` and `b` joined element by element, a `[N, C]` or `[N, C, 1, 1]` operand broadcast over a
+/// `[N, C, H, W]` one.
+fn join(a: &Tensor, b: &Tensor, mul: bool) -> Result<Tensor> {
+    let (a, b) = if a.rank() == b.rank() && a.dims() == b.dims() {
+        (a.clone(), b.clone())
+    } else {
+        let per_channel = |t: &Tensor| {
+            let d = t.dims();
+            t.reshape((d[0], d[1], 1, 1))
+        };
+        if a.rank() == 4 && a.dims()[2..] != [1, 1] {
+            (a.clone(), per_channel(b)?)
+        } else {
+            (per_channel(a)?, b.clone())
         }
-        keep
+    };
+    if mul {
+        a.broadcast_mul(&b)
+    } else {
+        a.broadcast_add(&b)
     }
 }
 
@@ -143,10 +174,15 @@ fn layer_forward(
         Op::Flatten => x.flatten_from(1),
         Op::Dropout(p) => ops.dropout(x, *p),
         Op::Softmax => candle_nn::ops::softmax_last_dim(x),
-        Op::Add { from } => match &saved[*from] {
-            Some(s) => x + s,
-            None => candle_core::bail!("layer {}: residual source not kept", layer.name),
-        },
+        Op::Add { from } => join(x, kept(saved, *from, &layer.name)?, false),
+        Op::Mul { from } => join(x, kept(saved, *from, &layer.name)?, true),
+        Op::Concat { from } => {
+            let mut parts = vec![x.clone()];
+            for s in from {
+                parts.push(kept(saved, *s, &layer.name)?.clone());
+            }
+            Tensor::cat(&parts, 1)
+        }
     }
 }
 

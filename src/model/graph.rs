@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-use super::spec::{Activation, ArchSpec, InputSpec, OpSpec, Pair};
+use super::spec::{Activation, ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair};
 
 /// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
 /// flow between them, for one sample.
@@ -19,10 +19,21 @@ pub struct Model {
     pub source: PathBuf,
 }
 
+/// A value a layer reads: the model's (scaled) input or an earlier layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Input,
+    /// The output of layer `i` of `Model::layers`.
+    Layer(usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub name: String,
     pub op: Op,
+    /// Where the layer's input comes from when it is not the previous layer's output (the
+    /// model input for the first layer); `None` for a chain.
+    pub input: Option<Source>,
     /// One sample's shape into and out of the layer.
     pub in_shape: Vec<usize>,
     pub out_shape: Vec<usize>,
@@ -76,9 +87,17 @@ pub enum Op {
     Flatten,
     Dropout(f64),
     Softmax,
-    /// Adds the output of layer `from` (an index into `Model::layers`).
+    /// The input plus the value `from`, a `[C]` or `[C, 1, 1]` operand broadcast per channel.
     Add {
-        from: usize,
+        from: Source,
+    },
+    /// The input times the value `from`, broadcast as `Add`.
+    Mul {
+        from: Source,
+    },
+    /// The input then each value of `from`, joined along a sample's first dimension.
+    Concat {
+        from: Vec<Source>,
     },
 }
 
@@ -108,7 +127,23 @@ impl Op {
             Op::Dropout(_) => "dropout",
             Op::Softmax => "softmax",
             Op::Add { .. } => "add",
+            Op::Mul { .. } => "mul",
+            Op::Concat { .. } => "concat",
         }
+    }
+
+    /// The values the op reads besides its input (a join's other operands).
+    pub fn joined(&self) -> &[Source] {
+        match self {
+            Op::Add { from } | Op::Mul { from } => std::slice::from_ref(from),
+            Op::Concat { from } => from,
+            _ => &[],
+        }
+    }
+
+    /// Whether the op joins several values (add, mul, concat).
+    pub fn is_join(&self) -> bool {
+        matches!(self, Op::Add { .. } | Op::Mul { .. } | Op::Concat { .. })
     }
 
     /// The op `spec` describes when it needs neither tensors nor other layers' outputs (an
@@ -289,15 +324,99 @@ impl Model {
             Op::Flatten => OpSpec::Flatten {},
             Op::Dropout(p) => OpSpec::Dropout { p: Some(*p) },
             Op::Softmax => OpSpec::Softmax {},
-            // A graph always reads an earlier layer; one that does not names none, and
-            // reads back as an error.
             Op::Add { from } => OpSpec::Add {
-                from: self
-                    .layers
-                    .get(*from)
-                    .map_or_else(String::new, |l| l.name.clone()),
+                from: Some(self.source_name(*from)),
             },
+            Op::Mul { from } => OpSpec::Mul {
+                from: Some(self.source_name(*from)),
+            },
+            Op::Concat { .. } => OpSpec::Concat {},
         }
+    }
+
+    /// Layer `i` in the schema's words: its name, the inputs it names and its op (a concat
+    /// names all its inputs; `add` and `mul` name the second in `from`).
+    pub fn layer_spec(&self, i: usize) -> LayerSpec {
+        let layer = &self.layers[i];
+        let mut inputs: Vec<String> = layer.input.iter().map(|s| self.source_name(*s)).collect();
+        if let Op::Concat { from } = &layer.op {
+            if inputs.is_empty() {
+                inputs.push(self.source_name(self.input_of(i)));
+            }
+            inputs.extend(from.iter().map(|s| self.source_name(*s)));
+        }
+        LayerSpec {
+            name: Some(layer.name.clone()),
+            inputs,
+            op: self.op_spec(layer),
+        }
+    }
+
+    /// The name a layer reads `source` by: [`MODEL_INPUT`] or the layer's name.
+    pub fn source_name(&self, source: Source) -> String {
+        match source {
+            Source::Input => MODEL_INPUT.to_string(),
+            Source::Layer(j) => self
+                .layers
+                .get(j)
+                .map_or_else(String::new, |l| l.name.clone()),
+        }
+    }
+
+    /// Where layer `i`'s input comes from: the one it names, else the previous layer (the
+    /// model input for the first).
+    pub fn input_of(&self, i: usize) -> Source {
+        self.layers[i]
+            .input
+            .unwrap_or(i.checked_sub(1).map_or(Source::Input, Source::Layer))
+    }
+
+    /// Every value layer `i` reads: its input, then a join's other operands.
+    pub fn reads(&self, i: usize) -> Vec<Source> {
+        let mut v = vec![self.input_of(i)];
+        v.extend_from_slice(self.layers[i].op.joined());
+        v
+    }
+
+    /// One sample's shape of `source`.
+    pub fn shape_of(&self, source: Source) -> &[usize] {
+        match source {
+            Source::Input => &self.input.shape,
+            Source::Layer(j) => &self.layers[j].out_shape,
+        }
+    }
+
+    /// Values a run must keep beyond the next layer: `[0]` is the model input, `[j + 1]`
+    /// layer `j`'s output; `true` where a layer reads it other than as the next layer's input.
+    pub fn kept_values(&self) -> Vec<bool> {
+        let mut keep = vec![false; self.layers.len() + 1];
+        let slot = |s: Source| match s {
+            Source::Input => 0,
+            Source::Layer(j) => j + 1,
+        };
+        for l in &self.layers {
+            if let Some(s) = l.input {
+                keep[slot(s)] = true;
+            }
+            for s in l.op.joined() {
+                keep[slot(*s)] = true;
+            }
+        }
+        keep
+    }
+
+    /// Whether every layer reads only the previous one's output (no branch, no join).
+    pub fn is_chain(&self) -> bool {
+        self.layers
+            .iter()
+            .all(|l| l.input.is_none() && !l.op.is_join())
+    }
+
+    /// The layers that read layer `j`'s output, in order.
+    pub fn consumers(&self, j: usize) -> Vec<usize> {
+        (0..self.layers.len())
+            .filter(|&i| self.reads(i).contains(&Source::Layer(j)))
+            .collect()
     }
 
     /// The description of the layer named `name` in the architecture the model was loaded from.

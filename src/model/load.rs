@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::graph::{Layer, Model, Op, Params};
+use super::graph::{Layer, Model, Op, Params, Source};
 use super::shape::{ShapeError, out_shape, weight_shape};
-use super::spec::{ArchSpec, LayerSpec, OpSpec, tensor_prefix};
+use super::spec::{ArchSpec, LayerSpec, MODEL_INPUT, OpSpec, tensor_prefix};
 
 /// The metadata key holding the architecture as JSON inside squeeze's own files.
 pub const ARCH_METADATA_KEY: &str = "squeeze.arch";
@@ -59,6 +59,12 @@ pub enum LoadError {
     },
     #[error(transparent)]
     File(#[from] crate::files::FileError),
+    /// Several layers' problems, each in its own words.
+    #[error("{path}: {} problems in the architecture: {}", problems.len(), list_problems(path, problems))]
+    Problems {
+        path: PathBuf,
+        problems: Vec<LoadError>,
+    },
     #[error("{path}: layer {layer} ({op}): {msg}")]
     Graph {
         path: PathBuf,
@@ -66,6 +72,25 @@ pub enum LoadError {
         op: &'static str,
         msg: String,
     },
+}
+
+/// The problems numbered, one after the other on one line (as every message is), without the
+/// path the heading already gives.
+fn list_problems(path: &Path, problems: &[LoadError]) -> String {
+    let prefix = format!("{}: ", path.display());
+    problems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let text = p.to_string();
+            format!(
+                "({}) {}",
+                i + 1,
+                text.strip_prefix(&prefix).unwrap_or(&text)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Where the architecture came from, so commands can say so.
@@ -503,8 +528,9 @@ pub fn check_input(input: &super::spec::InputSpec) -> Result<(), InputError> {
 }
 
 /// Builds the layer graph from the description, taking each layer's tensors from `source`:
-/// every op is resolved from its [`OpSpec`] and its output shape is [`out_shape`]'s. `path`
-/// names the model in messages.
+/// every op is resolved from its [`OpSpec`] with the values it reads, and its output shape is
+/// [`out_shape`]'s. Every layer's problem is reported in one error (a layer that reads a
+/// failed one is not judged). `path` names the model in messages.
 pub fn build(
     path: &Path,
     spec: ArchSpec,
@@ -518,50 +544,223 @@ pub fn build(
     if spec.layers.is_empty() {
         return Err(arch_err("no [[layer]] entries".into()));
     }
-
-    let mut layers: Vec<Layer> = Vec::new();
-    // Spec layer name → index in `layers` (folded batchnorms map to their linear/conv).
-    let mut index_of: HashMap<String, usize> = HashMap::new();
-    // Layers whose output an `add` refers to: batchnorm is not folded into those.
-    let add_sources: BTreeSet<&str> = spec
+    let names: Vec<String> = spec
         .layers
         .iter()
-        .filter_map(|l| match &l.op {
-            OpSpec::Add { from } => Some(from.as_str()),
-            _ => None,
-        })
+        .enumerate()
+        .map(|(i, l)| l.display_name(i))
         .collect();
-    let mut shape = spec.input.shape.clone();
-
+    let mut g = Graph {
+        path,
+        spec: &spec,
+        names: &names,
+        // Layers whose raw output another layer names: batchnorm is not folded into those.
+        named: spec.layers.iter().flat_map(|l| l.named_inputs()).collect(),
+        layers: Vec::new(),
+        index_of: HashMap::from([(MODEL_INPUT.to_string(), Source::Input)]),
+        failed: BTreeSet::new(),
+        built: Vec::with_capacity(names.len()),
+    };
+    let mut problems: Vec<LoadError> = Vec::new();
     for (i, ls) in spec.layers.iter().enumerate() {
-        let name = ls.display_name(i);
-        let op_name = ls.op_name();
-        if index_of.contains_key(&name) {
-            return Err(arch_err(format!(
-                "two layers are named \"{name}\"; give one a distinct `name`"
-            )));
+        let name = &names[i];
+        let taken = name == MODEL_INPUT || g.index_of.contains_key(name) || g.failed.contains(name);
+        let resolved = if taken {
+            Err(Some(arch_err(if name == MODEL_INPUT {
+                format!(
+                    "layer {i} is named \"{MODEL_INPUT}\", the name of the model input; give it another `name`"
+                )
+            } else {
+                format!("two layers are named \"{name}\"; give one a distinct `name`")
+            })))
+        } else {
+            g.resolve(i, ls, source)
+        };
+        g.built.push(resolved.is_ok());
+        match resolved {
+            Ok(Built::Layer(layer)) => {
+                g.index_of
+                    .insert(name.clone(), Source::Layer(g.layers.len()));
+                g.layers.push(layer);
+            }
+            // A batchnorm folded into the layer before it: its name reads that layer.
+            Ok(Built::Folded {
+                scale,
+                shift,
+                stored,
+            }) => {
+                let Some(prev) = g.layers.last_mut() else {
+                    continue;
+                };
+                match fold_batchnorm(prev, &scale, &shift) {
+                    Ok(()) => {
+                        prev.stored_bytes += stored;
+                        g.index_of
+                            .insert(name.clone(), Source::Layer(g.layers.len() - 1));
+                    }
+                    Err(e) => {
+                        g.built[i] = false;
+                        problems.push(LoadError::Graph {
+                            path: path.to_path_buf(),
+                            layer: name.clone(),
+                            op: ls.op_name(),
+                            msg: e.to_string(),
+                        });
+                        g.failed.insert(name.clone());
+                    }
+                }
+            }
+            Err(problem) => {
+                problems.extend(problem);
+                if !taken {
+                    g.failed.insert(name.clone());
+                }
+            }
         }
-        let graph_err = |msg: String| LoadError::Graph {
-            path: path.to_path_buf(),
-            layer: name.clone(),
-            op: op_name,
-            msg,
+    }
+    match problems.len() {
+        0 => {}
+        1 => return Err(problems.remove(0)),
+        _ => {
+            return Err(LoadError::Problems {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+    }
+    let layers = g.layers;
+    let out = layers.last().map_or(&spec.input.shape, |l| &l.out_shape);
+    if out.len() != 1 {
+        return Err(arch_err(format!(
+            "the last layer outputs shape {out:?}; a classifier must end in a flat vector of class scores"
+        )));
+    }
+    let need = super::shape::run_bytes(&layers);
+    crate::limits::check_memory("running one sample of this model", Some(need))
+        .map_err(|e| arch_err(e.to_string()))?;
+    Ok(Model {
+        input: spec.input.clone(),
+        spec,
+        layers,
+        source: path.to_path_buf(),
+    })
+}
+
+/// One layer of the description as [`build`] resolves it.
+enum Built {
+    Layer(Layer),
+    /// A batchnorm to fold into the linear/conv layer right before it.
+    Folded {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        stored: usize,
+    },
+}
+
+/// The graph as [`build`] resolves it, layer by layer.
+struct Graph<'a> {
+    path: &'a Path,
+    spec: &'a ArchSpec,
+    /// Every layer's display name, in order.
+    names: &'a [String],
+    /// The names later layers read in `input`, `inputs` or `from`.
+    named: BTreeSet<&'a str>,
+    layers: Vec<Layer>,
+    /// Name → the value it reads ([`MODEL_INPUT`]; a folded batchnorm reads its linear/conv).
+    index_of: HashMap<String, Source>,
+    /// Layers that could not be built.
+    failed: BTreeSet<String>,
+    /// Whether each layer of the description was built (or folded), by position.
+    built: Vec<bool>,
+}
+
+impl Graph<'_> {
+    /// Layer `i` built (or a batchnorm to fold into the layer before it), or its problem
+    /// (`None`: it reads a layer that failed, so it cannot be judged).
+    fn resolve(
+        &self,
+        i: usize,
+        ls: &LayerSpec,
+        source: &mut dyn TensorSource,
+    ) -> Result<Built, Option<LoadError>> {
+        let name = &self.names[i];
+        let op_name = ls.op_name();
+        let graph_err = |msg: String| {
+            Some(LoadError::Graph {
+                path: self.path.to_path_buf(),
+                layer: name.clone(),
+                op: op_name,
+                msg,
+            })
         };
         let shape_err = |e: ShapeError| graph_err(e.to_string());
+        // The values it reads: those it names, else the previous layer's output, then `from`.
+        let previous = i.checked_sub(1).map(|p| self.names[p].as_str());
+        let mut operands: Vec<Source> = Vec::new();
+        let implicit = ls
+            .inputs
+            .is_empty()
+            .then_some(previous.unwrap_or(MODEL_INPUT));
+        if implicit.is_some() && i > 0 && !self.built[i - 1] {
+            return Err(None);
+        }
+        for n in implicit.into_iter().chain(ls.named_inputs()) {
+            if self.failed.contains(n) {
+                return Err(None);
+            }
+            match self.index_of.get(n) {
+                Some(s) => operands.push(*s),
+                None => {
+                    let later = self.names[i..].iter().position(|x| x == n);
+                    return Err(graph_err(match later {
+                        Some(0) => format!("reads \"{n}\", its own output"),
+                        Some(_) => format!(
+                            "reads \"{n}\", a layer after it: layers run in the order written, so a layer reads only earlier ones (and the graph has no cycle)"
+                        ),
+                        None => format!(
+                            "reads \"{n}\", which names no layer (earlier layers: {}; the model input is \"{MODEL_INPUT}\")",
+                            self.names[..i].join(", ")
+                        ),
+                    }));
+                }
+            }
+        }
+        let (given, wanted) = match &ls.op {
+            OpSpec::Add { .. } | OpSpec::Mul { .. } => (operands.len(), "2"),
+            OpSpec::Concat {} if ls.inputs.len() >= 2 => (operands.len(), ""),
+            OpSpec::Concat {} => (ls.inputs.len(), "at least 2 in `inputs`"),
+            _ => (operands.len(), "1"),
+        };
+        if !wanted.is_empty() && wanted.parse::<usize>() != Ok(given) {
+            return Err(graph_err(format!(
+                "{op_name} reads {wanted} value(s), given {given} ({})",
+                if ls.op.from_name().is_some() {
+                    "its input and `from`"
+                } else {
+                    "`inputs`, or the previous layer when none are named"
+                }
+            )));
+        }
+        let main = operands[0];
+        let built = self.layers.len();
+        let default = built.checked_sub(1).map_or(Source::Input, Source::Layer);
+        let input = (main != default).then_some(main);
+        let shape: Vec<usize> = match main {
+            Source::Input => self.spec.input.shape.clone(),
+            Source::Layer(j) => self.layers[j].out_shape.clone(),
+        };
         let mut stored = 0usize;
-        // The outputs of the layers the op reads besides its input.
-        let mut reads: Vec<&[usize]> = Vec::new();
         let op = match &ls.op {
             OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
                 let expected = weight_shape(&ls.op, &shape)
                     .map_err(shape_err)?
                     .unwrap_or_default();
-                let (w, bytes) = source.tensor(&name, op_name, weight, &expected)?;
+                let (w, bytes) = source.tensor(name, op_name, weight, &expected)?;
                 stored += bytes;
                 let out = w.dims()[0];
                 let bias_t = match bias {
                     Some(bn) => {
-                        let (t, bytes) = source.tensor(&name, op_name, bn, &[Some(out)])?;
+                        let (t, bytes) = source.tensor(name, op_name, bn, &[Some(out)])?;
                         stored += bytes;
                         Some(t)
                     }
@@ -584,10 +783,12 @@ pub fn build(
                 running_var,
                 eps,
             } => {
-                let c = shape[0];
+                let Some(&c) = shape.first() else {
+                    return Err(graph_err("batchnorm needs an input with channels".into()));
+                };
                 let mut bn = Vec::new();
                 for t in [weight, bias, running_mean, running_var] {
-                    let (v, bytes) = source.tensor(&name, op_name, t, &[Some(c)])?;
+                    let (v, bytes) = source.tensor(name, op_name, t, &[Some(c)])?;
                     stored += bytes;
                     bn.push(v.to_vec1::<f32>().map_err(|e| graph_err(e.to_string()))?);
                 }
@@ -604,20 +805,20 @@ pub fn build(
                         scale[j], shift[j], bn[3][j]
                     )));
                 }
-                let prev_name = i.checked_sub(1).map(|p| spec.layers[p].display_name(p));
-                let foldable = layers.last().is_some_and(|l| {
-                    matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
-                        && prev_name.as_deref() == Some(l.name.as_str())
-                }) && !prev_name
-                    .as_deref()
-                    .is_some_and(|p| add_sources.contains(p));
+                // Folded into the linear/conv right before it when that layer's raw output is
+                // read by nothing else.
+                let foldable = input.is_none()
+                    && self.layers.last().is_some_and(|l| {
+                        matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
+                            && previous == Some(l.name.as_str())
+                            && !self.named.contains(l.name.as_str())
+                    });
                 if foldable {
-                    let last = layers.len() - 1;
-                    let prev = &mut layers[last];
-                    fold_batchnorm(prev, &scale, &shift).map_err(|e| graph_err(e.to_string()))?;
-                    prev.stored_bytes += stored;
-                    index_of.insert(name.clone(), last);
-                    continue;
+                    return Ok(Built::Folded {
+                        scale,
+                        shift,
+                        stored,
+                    });
                 }
                 let dev = Device::Cpu;
                 let mk = |v: Vec<f32>| Tensor::from_vec(v, c, &dev);
@@ -626,53 +827,42 @@ pub fn build(
                     shift: mk(shift).map_err(|e| graph_err(e.to_string()))?,
                 }
             }
-            OpSpec::Add { from } => {
-                let Some(&src) = index_of.get(from) else {
-                    return Err(graph_err(format!(
-                        "from = \"{from}\" names no earlier layer (earlier layers: {})",
-                        layers
-                            .iter()
-                            .map(|l| l.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                };
-                reads.push(&layers[src].out_shape);
-                Op::Add { from: src }
-            }
+            OpSpec::Add { .. } => Op::Add { from: operands[1] },
+            OpSpec::Mul { .. } => Op::Mul { from: operands[1] },
+            OpSpec::Concat {} => Op::Concat {
+                from: operands[1..].to_vec(),
+            },
             other => Op::without_params(other).map_err(|e| graph_err(e.to_string()))?,
         };
-        let mut inputs: Vec<&[usize]> = vec![&shape];
-        inputs.extend(reads);
-        let out = out_shape(&op, &inputs).map_err(|e| match (&ls.op, e) {
-            (OpSpec::Add { from }, e @ ShapeError::Join { .. }) => {
-                graph_err(format!("from = \"{from}\": {e}"))
+        let shapes: Vec<&[usize]> = operands
+            .iter()
+            .map(|s| match s {
+                Source::Input => &self.spec.input.shape[..],
+                Source::Layer(j) => &self.layers[*j].out_shape[..],
+            })
+            .collect();
+        let out = out_shape(&op, &shapes).map_err(|e| match e {
+            e @ ShapeError::Join { .. } => {
+                let read: Vec<String> = operands
+                    .iter()
+                    .map(|s| match s {
+                        Source::Input => MODEL_INPUT.to_string(),
+                        Source::Layer(j) => self.layers[*j].name.clone(),
+                    })
+                    .collect();
+                graph_err(format!("reading {}: {e}", read.join(" and ")))
             }
-            (_, e) => shape_err(e),
+            e => shape_err(e),
         })?;
-        index_of.insert(name.clone(), layers.len());
-        layers.push(Layer {
-            name,
+        Ok(Built::Layer(Layer {
+            name: name.clone(),
             op,
-            in_shape: std::mem::replace(&mut shape, out.clone()),
+            input,
+            in_shape: shape,
             out_shape: out,
             stored_bytes: stored,
-        });
+        }))
     }
-    if shape.len() != 1 {
-        return Err(arch_err(format!(
-            "the last layer outputs shape {shape:?}; a classifier must end in a flat vector of class scores"
-        )));
-    }
-    let need = super::shape::run_bytes(&layers);
-    crate::limits::check_memory("running one sample of this model", Some(need))
-        .map_err(|e| arch_err(e.to_string()))?;
-    Ok(Model {
-        input: spec.input.clone(),
-        spec,
-        layers,
-        source: path.to_path_buf(),
-    })
 }
 
 /// Folds per-channel `scale`/`shift` into the weights and bias of `layer` (linear or conv).

@@ -54,17 +54,34 @@ impl Model {
         let mut spec = self.spec.clone();
         let names: std::collections::HashSet<&str> =
             self.layers.iter().map(|l| l.name.as_str()).collect();
-        let mut kept = Vec::new();
+        let mut kept: Vec<super::spec::LayerSpec> = Vec::new();
+        // A folded batchnorm's name → the layer it was folded into, for the layers that read it.
+        let mut renamed: std::collections::HashMap<String, String> = Default::default();
         for (i, l) in spec.layers.drain(..).enumerate() {
             let display = l.display_name(i);
             let folded =
                 matches!(l.op, OpSpec::Batchnorm { .. }) && !names.contains(display.as_str());
-            if !folded {
+            if folded {
+                if let Some(into) = kept.last().and_then(|k| k.name.clone()) {
+                    renamed.insert(display, into);
+                }
+            } else {
                 // Pin the display name so positions shifting does not rename layers.
                 kept.push(super::spec::LayerSpec {
                     name: Some(display),
-                    op: l.op,
+                    ..l
                 });
+            }
+        }
+        let rename = |n: &mut String| {
+            if let Some(to) = renamed.get(n.as_str()) {
+                *n = to.clone();
+            }
+        };
+        for l in &mut kept {
+            l.inputs.iter_mut().for_each(rename);
+            if let OpSpec::Add { from: Some(f) } | OpSpec::Mul { from: Some(f) } = &mut l.op {
+                rename(f);
             }
         }
         for l in &mut kept {

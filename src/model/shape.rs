@@ -4,7 +4,7 @@
 //! training and the engine all use these, so a shape is judged the same way everywhere, and
 //! arithmetic on sizes read from a file is checked rather than wrapped.
 
-use super::graph::{Layer, Model, Op};
+use super::graph::{Layer, Model, Op, Source};
 use super::spec::OpSpec;
 
 /// Why an operation cannot take the input it is given.
@@ -50,7 +50,7 @@ const IMAGE: &str = "[channels, height, width]";
 /// first, then the outputs of the layers it names (`add`'s `from`). The one judge of whether an
 /// operation fits its inputs: loading, export, training and the engine all ask it.
 pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
-    let expected = if matches!(op, Op::Add { .. }) { 2 } else { 1 };
+    let expected = 1 + op.joined().len();
     if inputs.len() != expected {
         return Err(ShapeError::Inputs {
             op: op.name(),
@@ -143,15 +143,40 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
         Op::Flatten => Ok(vec![
             element_count(x).ok_or_else(|| ShapeError::TooLarge(x.to_vec()))?,
         ]),
-        Op::Add { .. } => {
-            if inputs[1] != x {
-                return Err(ShapeError::Join {
-                    input: x.to_vec(),
-                    other: inputs[1].to_vec(),
-                });
+        Op::Add { .. } | Op::Mul { .. } => broadcast(x, inputs[1]),
+        Op::Concat { .. } => {
+            let mut out = x.to_vec();
+            for other in &inputs[1..] {
+                if other.len() != x.len() || other[1..] != x[1..] {
+                    return Err(ShapeError::Join {
+                        input: x.to_vec(),
+                        other: other.to_vec(),
+                    });
+                }
+                out[0] = out[0]
+                    .checked_add(other[0])
+                    .ok_or_else(|| ShapeError::TooLarge(x.to_vec()))?;
             }
-            Ok(x.to_vec())
+            Ok(out)
         }
+    }
+}
+
+/// The shape of an element-wise join of `a` and `b`: their shape when equal, else the `[C, H,
+/// W]` one when the other is `[C]` or `[C, 1, 1]` (one value per channel, broadcast).
+pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, ShapeError> {
+    let per_channel = |big: &[usize], small: &[usize]| {
+        big.len() == 3 && (small == [big[0]] || small == [big[0], 1, 1])
+    };
+    if a == b || per_channel(a, b) {
+        Ok(a.to_vec())
+    } else if per_channel(b, a) {
+        Ok(b.to_vec())
+    } else {
+        Err(ShapeError::Join {
+            input: a.to_vec(),
+            other: b.to_vec(),
+        })
     }
 }
 
@@ -202,29 +227,27 @@ pub fn weight_shape(
     }
 }
 
-/// Checks that `model`'s layers chain (each reads what the one before it writes, the first the
-/// input) and that every layer's output is what [`out_shape`] gives: what the engine's buffers
-/// are sized by. The error names the layer.
-pub fn check_chain(model: &Model) -> Result<(), (String, ShapeError)> {
-    let mut prev: &[usize] = &model.input.shape;
+/// Checks that every layer reads values that exist before it (the previous layer's output
+/// unless it names its inputs) and outputs what [`out_shape`] gives for them: what the
+/// engine's buffers are sized by. The error names the layer.
+pub fn check_graph(model: &Model) -> Result<(), (String, ShapeError)> {
     for (i, layer) in model.layers.iter().enumerate() {
         let fail = |e| Err((layer.name.clone(), e));
-        if layer.in_shape != prev {
+        let reads = model.reads(i);
+        if let Some(Source::Layer(j)) = reads
+            .iter()
+            .find(|s| matches!(s, Source::Layer(j) if *j >= i))
+        {
+            return fail(ShapeError::Params(format!(
+                "reads layer {j}, not an earlier one"
+            )));
+        }
+        let inputs: Vec<&[usize]> = reads.iter().map(|s| model.shape_of(*s)).collect();
+        if layer.in_shape != inputs[0] {
             return fail(ShapeError::Join {
-                input: prev.to_vec(),
+                input: inputs[0].to_vec(),
                 other: layer.in_shape.clone(),
             });
-        }
-        let mut inputs: Vec<&[usize]> = vec![&layer.in_shape];
-        if let Op::Add { from } = layer.op {
-            match model.layers.get(from) {
-                Some(src) if from < i => inputs.push(&src.out_shape),
-                _ => {
-                    return fail(ShapeError::Params(format!(
-                        "reads layer {from}, not an earlier one"
-                    )));
-                }
-            }
         }
         match out_shape(&layer.op, &inputs) {
             Ok(out) if out == layer.out_shape => {}
@@ -236,7 +259,6 @@ pub fn check_chain(model: &Model) -> Result<(), (String, ShapeError)> {
             }
             Err(e) => return fail(e),
         }
-        prev = &layer.out_shape;
     }
     Ok(())
 }
@@ -479,8 +501,31 @@ mod tests {
         assert!(out_shape(&Op::AvgPool2d(wide), &[&[3, 5, 6]]).is_err());
         assert_eq!(out_shape(&Op::Flatten, &[&[3, 5, 6]]), Ok(vec![90]));
         assert_eq!(out_shape(&Op::GlobalAvgPool, &[&[3, 5, 6]]), Ok(vec![3]));
-        let add = Op::Add { from: 0 };
+        let add = Op::Add {
+            from: Source::Layer(0),
+        };
         assert_eq!(out_shape(&add, &[&[3, 4], &[3, 4]]), Ok(vec![3, 4]));
+        let mul = Op::Mul {
+            from: Source::Layer(0),
+        };
+        assert_eq!(out_shape(&mul, &[&[3, 4, 5], &[3]]), Ok(vec![3, 4, 5]));
+        assert_eq!(
+            out_shape(&mul, &[&[3, 1, 1], &[3, 4, 5]]),
+            Ok(vec![3, 4, 5])
+        );
+        assert!(out_shape(&mul, &[&[3, 4, 5], &[4]]).is_err());
+        assert!(out_shape(&mul, &[&[3, 4, 5], &[3, 4, 1]]).is_err());
+        let cat = Op::Concat {
+            from: vec![Source::Layer(0), Source::Input],
+        };
+        assert_eq!(
+            out_shape(&cat, &[&[3, 4, 5], &[2, 4, 5], &[1, 4, 5]]),
+            Ok(vec![6, 4, 5])
+        );
+        assert!(matches!(
+            out_shape(&cat, &[&[3, 4, 5], &[2, 4, 5], &[1, 5, 4]]),
+            Err(ShapeError::Join { .. })
+        ));
         assert!(matches!(
             out_shape(&add, &[&[3, 4], &[4, 3]]),
             Err(ShapeError::Join { .. })

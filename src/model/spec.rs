@@ -73,13 +73,21 @@ fn default_slope() -> f64 {
     0.01
 }
 
-/// One layer of the architecture: its name and its operation. `name` is optional everywhere:
-/// layers with parameters default to their tensor prefix (`"0.weight"` → `"0"`), others to `op`
-/// plus their position. Written flat, the operation's fields beside the name (`op = "conv2d"`,
-/// `name = "c1"`, `weight = ...`).
+/// The name by which a layer reads the model's (scaled) input in `input`, `inputs` and `from`.
+pub const MODEL_INPUT: &str = "input";
+
+/// One layer of the architecture: its name, what it reads and its operation. `name` is optional
+/// everywhere: layers with parameters default to their tensor prefix (`"0.weight"` → `"0"`),
+/// others to `op` plus their position. A layer reads the previous layer's output (the first
+/// layer the model input) unless it names its input (`input = "stem"`) or inputs (`inputs =
+/// ["a", "b"]` for the joins `add`, `mul` and `concat`); [`MODEL_INPUT`] names the model input.
+/// Written flat, the operation's fields beside the name (`op = "conv2d"`, `name = "c1"`,
+/// `input = "stem"`, `weight = ...`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
     pub name: Option<String>,
+    /// The values the layer reads, in order; empty: the previous layer's output.
+    pub inputs: Vec<String>,
     pub op: OpSpec,
 }
 
@@ -161,10 +169,22 @@ pub enum OpSpec {
         p: Option<f64>,
     },
     Softmax {},
-    /// Residual connection: adds the output of the layer named `from` to the current value.
+    /// Element-wise sum of two values: the layer's input and the layer named `from` (a
+    /// residual connection), or the two layers of `inputs`. A `[C]` or `[C, 1, 1]` value is
+    /// broadcast over a `[C, H, W]` one, channel by channel.
     Add {
-        from: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
+    /// Element-wise product of two values, broadcast as `add` (squeeze-and-excite: a feature
+    /// map times its per-channel gate).
+    Mul {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
+    /// The layers of `inputs` joined along the first dimension of a sample (channels of
+    /// `[C, H, W]` maps of one size, or features of vectors), as `torch.cat(dim=1)`.
+    Concat {},
 }
 
 /// The element-wise functions among the operations, as the engine and the reference apply
@@ -205,6 +225,8 @@ impl OpSpec {
             OpSpec::Dropout { .. } => "dropout",
             OpSpec::Softmax {} => "softmax",
             OpSpec::Add { .. } => "add",
+            OpSpec::Mul { .. } => "mul",
+            OpSpec::Concat {} => "concat",
         }
     }
 
@@ -234,6 +256,14 @@ impl OpSpec {
             running_mean: t("running_mean"),
             running_var: t("running_var"),
             eps: default_eps(),
+        }
+    }
+
+    /// The layer besides its input that a join names in `from`.
+    pub fn from_name(&self) -> Option<&str> {
+        match self {
+            OpSpec::Add { from } | OpSpec::Mul { from } => from.as_deref(),
+            _ => None,
         }
     }
 
@@ -274,7 +304,19 @@ impl Activation {
 impl LayerSpec {
     /// A layer without an explicit name.
     pub fn unnamed(op: OpSpec) -> LayerSpec {
-        LayerSpec { name: None, op }
+        LayerSpec {
+            name: None,
+            inputs: Vec::new(),
+            op,
+        }
+    }
+
+    /// Every value the layer names, in `inputs` then `from`.
+    pub fn named_inputs(&self) -> impl Iterator<Item = &str> {
+        self.inputs
+            .iter()
+            .map(String::as_str)
+            .chain(self.op.from_name())
     }
 
     /// The op's name as written in the schema.
@@ -308,20 +350,27 @@ impl Serialize for LayerSpec {
         // of entries so `name` can go right after the tag.
         let text = serde_json::to_string(&self.op).map_err(S::Error::custom)?;
         let entries: OrderedEntries = serde_json::from_str(&text).map_err(S::Error::custom)?;
-        let mut map = s.serialize_map(Some(entries.0.len() + usize::from(self.name.is_some())))?;
+        let extra = usize::from(self.name.is_some()) + usize::from(!self.inputs.is_empty());
+        let mut map = s.serialize_map(Some(entries.0.len() + extra))?;
         for (key, value) in &entries.0 {
             map.serialize_entry(key, value)?;
-            if key == "op"
-                && let Some(name) = &self.name
-            {
-                map.serialize_entry("name", name)?;
+            if key == "op" {
+                if let Some(name) = &self.name {
+                    map.serialize_entry("name", name)?;
+                }
+                match &self.inputs[..] {
+                    [] => {}
+                    [one] => map.serialize_entry("input", one)?,
+                    many => map.serialize_entry("inputs", many)?,
+                }
             }
         }
         map.end()
     }
 }
 
-/// Read as a table whose `name` belongs to the layer and whose other keys to the operation
+/// Read as a table whose `name`, `input` and `inputs` belong to the layer and whose other keys
+/// to the operation
 /// (so unknown keys are refused per operation). The table is held as TOML values, which keep
 /// every float (a `nan` slope is refused by its check, not lost); a JSON `null` is an absent key.
 impl<'de> Deserialize<'de> for LayerSpec {
@@ -342,12 +391,47 @@ impl<'de> Deserialize<'de> for LayerSpec {
                 )));
             }
         };
+        let mut inputs = Vec::new();
+        for key in ["input", "inputs"] {
+            let Some(value) = table.remove(key) else {
+                continue;
+            };
+            if !inputs.is_empty() {
+                return Err(D::Error::custom(
+                    "give `input` (one layer) or `inputs` (a list), not both",
+                ));
+            }
+            inputs = match value {
+                toml::Value::String(s) if key == "input" => vec![s],
+                toml::Value::Array(a) if key == "inputs" && !a.is_empty() => a
+                    .into_iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s),
+                        other => Err(D::Error::custom(format!(
+                            "invalid type: {} in `inputs`, expected layer names",
+                            other.type_str()
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "invalid value: {} for `{key}`, expected {}",
+                        other.type_str(),
+                        if key == "input" {
+                            "a layer name"
+                        } else {
+                            "a non-empty list of layer names"
+                        }
+                    )));
+                }
+            };
+        }
         // One line, as every message is (the value's error puts the key on a line of its own).
         let op = OpSpec::deserialize(toml::Value::Table(table)).map_err(|e| {
             let msg = e.to_string();
             D::Error::custom(msg.split_whitespace().collect::<Vec<_>>().join(" "))
         })?;
-        Ok(LayerSpec { name, op })
+        Ok(LayerSpec { name, inputs, op })
     }
 }
 
@@ -422,10 +506,64 @@ impl std::fmt::Display for TomlError {
 
 impl std::error::Error for TomlError {}
 
+/// Every problem of a TOML description, each at its own `[[layer]]`'s line, on one line
+/// separated by "; " (as every message is one line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TomlErrors(pub Vec<TomlError>);
+
+impl std::fmt::Display for TomlErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("; "))
+    }
+}
+
+impl std::error::Error for TomlErrors {}
+
+/// A description as TOML holds it, each layer a table read on its own (so a problem is
+/// reported at its own layer, and every layer's problem in one run).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArch {
+    input: InputSpec,
+    #[serde(rename = "layer", default)]
+    layers: Vec<toml::Spanned<toml::Table>>,
+}
+
 impl ArchSpec {
-    /// Parses a TOML description; the error is one line ([`toml_error_line`]).
-    pub fn from_toml(text: &str) -> Result<Self, TomlError> {
-        toml::from_str(text).map_err(|e| TomlError::new(text, &e))
+    /// Parses a TOML description, reporting every layer's problem at its line.
+    pub fn from_toml(text: &str) -> Result<Self, TomlErrors> {
+        let raw: RawArch =
+            toml::from_str(text).map_err(|e| TomlErrors(vec![TomlError::new(text, &e)]))?;
+        let mut layers = Vec::with_capacity(raw.layers.len());
+        let mut problems = Vec::new();
+        for table in raw.layers {
+            let start = table.span().start;
+            match LayerSpec::deserialize(toml::Value::Table(table.into_inner())) {
+                Ok(l) => layers.push(l),
+                Err(e) => {
+                    let before = text.get(..start).unwrap_or(text);
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    problems.push(TomlError {
+                        at: Some((line, column)),
+                        msg: e
+                            .to_string()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(ArchSpec {
+                input: raw.input,
+                layers,
+            })
+        } else {
+            Err(TomlErrors(problems))
+        }
     }
 
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
@@ -502,8 +640,9 @@ op = "relu"
         assert_eq!(ArchSpec::from_toml(&spec.to_toml()).unwrap(), spec);
         let e = ArchSpec::from_toml("[input]\nshape=[4]\n[[layer]]\nop = \"relu\"\nname = 3\n")
             .unwrap_err();
-        assert_eq!(e.at.map(|(line, _)| line), Some(3));
-        assert!(e.msg.contains("name"), "{e}");
+        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.0[0].at.map(|(line, _)| line), Some(3));
+        assert!(e.0[0].msg.contains("name"), "{e}");
         assert!(e.to_string().starts_with("line 3, column "), "{e}");
     }
 
