@@ -1,5 +1,5 @@
 //! squeeze's graphs against real PyTorch modules: `benches/peers/torch_graph.py` builds a
-//! ResNet with a projection shortcut, squeeze-and-excite blocks and Inception/DenseNet concats
+//! ResNet with a projection shortcut, squeeze-and-excite blocks, Inception concats and a DenseNet
 //! with `torch.nn`, writes their state_dicts, hand-written architectures, random inputs and
 //! PyTorch's logits, and checks `squeeze eval`'s top-1 agreement; here the same files are loaded
 //! and the reference forward and the engine's logits compared with PyTorch's. Skipped (passing,
@@ -78,7 +78,7 @@ fn graphs_built_with_torch_nn_give_pytorchs_logits() {
     );
     let dense = Recipe::from_toml_str("[default]\nbits = 32\n").expect("recipe");
     println!("model    max |Δ| reference  max |Δ| engine  top-1 agreement  largest |logit|");
-    for name in ["resnet", "se", "concat"] {
+    for name in ["resnet", "se", "concat", "densenet"] {
         let m = model::load(&dir.path().join(format!("{name}.safetensors")))
             .expect("load")
             .model;

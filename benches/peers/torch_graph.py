@@ -11,6 +11,8 @@ mode with non-trivial running statistics):
 - `concat`: Inception-style branches (1x1; 3x3; maxpool + 1x1) joined by `concat`, a
   DenseNet-style concat of a block's input with its output, and a branch reading a conv's
   output before its BatchNorm (so that BN is not folded);
+- `densenet`: pre-activation dense layers (BatchNorm on a concat), the model input in a concat,
+  avg_pool2d(3, 1, 1) counting the padding, a vector added per channel, a concat of vectors;
 
 and writes, for each, into OUT (default: a temporary directory):
 
@@ -224,7 +226,53 @@ class Concat(nn.Module):
         return s + linear_toml("fc", "fc")
 
 
-MODELS = {"resnet": ResNet, "se": SE, "concat": Concat}
+class DenseNet(nn.Module):
+    """Pre-activation dense layers (BatchNorm on a concat, not after a conv), the model input
+    in a concat, an Inception pool branch (avg_pool2d 3/1/1, padding counted), a per-channel
+    `add` of a vector, a concat of vectors."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 6, 3, 1, 1, bias=False)
+        self.d1_bn = bn(9)
+        self.d1_conv = nn.Conv2d(9, 4, 3, 1, 1, bias=False)
+        self.d2_bn = bn(13)
+        self.d2_conv = nn.Conv2d(13, 4, 1, bias=False)
+        self.t_bn = bn(17)
+        self.t_conv = nn.Conv2d(17, 8, 1, bias=False)
+        self.shift = nn.Linear(8, 8)
+        self.fc = nn.Linear(16, CLASSES)
+
+    def forward(self, x):
+        y = torch.cat([self.conv0(x), x], 1)                                        # [9]
+        y = torch.cat([y, self.d1_conv(torch.relu(self.d1_bn(y)))], 1)              # [13]
+        y = torch.cat([y, self.d2_conv(torch.relu(self.d2_bn(y)))], 1)              # [17]
+        y = self.t_conv(torch.relu(self.t_bn(y)))
+        y = nn.functional.avg_pool2d(y, 3, 1, 1)                                   # [8, 16, 16]
+        v = y.mean((2, 3))
+        y = y + self.shift(v)[:, :, None, None]
+        return self.fc(torch.cat([y.mean((2, 3)), v], 1))
+
+    @staticmethod
+    def toml():
+        s = input_toml() + conv_toml("conv0", "conv0", padding=1)
+        s += op_toml("concat", "c0", inputs=["conv0", "input"])
+        s += bn_toml("d1.bn", "d1_bn") + op_toml("relu")
+        s += conv_toml("d1.conv", "d1_conv", padding=1)
+        s += op_toml("concat", "c1", inputs=["c0", "d1.conv"])
+        s += bn_toml("d2.bn", "d2_bn") + op_toml("relu")
+        s += conv_toml("d2.conv", "d2_conv")
+        s += op_toml("concat", "c2", inputs=["c1", "d2.conv"])
+        s += bn_toml("t.bn", "t_bn") + op_toml("relu") + conv_toml("t.conv", "t_conv")
+        s += op_toml("avgpool2d", "pool", kernel=3, stride=1, padding=1)
+        s += op_toml("global_avgpool", "v") + linear_toml("shift", "shift")
+        s += op_toml("add", "shifted", inputs=["pool", "shift"])
+        s += op_toml("global_avgpool", "u")
+        s += op_toml("concat", "feats", inputs=["u", "v"])
+        return s + linear_toml("fc", "fc")
+
+
+MODELS = {"resnet": ResNet, "se": SE, "concat": Concat, "densenet": DenseNet}
 
 
 def fmt(acc):
