@@ -398,7 +398,7 @@ fn layers_meeting_in_a_residual_add_are_flagged_as_coupled() {
     assert!(table.layers[0].coupled && !table.layers[1].coupled);
     let text = sensitivity::render_text(&table, &grid);
     assert!(
-        text.contains("stem*: coupled through a residual add with b"),
+        text.contains("stem*: coupled with b (their outputs meet in an add or mul)"),
         "{text}"
     );
 }

@@ -595,7 +595,7 @@ pub fn render_text(table: &SensitivityTable, grid: &SensitivityGrid) -> String {
             l.coupled_with.join(", ")
         };
         s += &format!(
-            "{}*: coupled through a residual add with {with}: measured alone, compressing them together may cost more\n",
+            "{}*: coupled with {with} (their outputs meet in an add or mul): measured alone, compressing them together may cost more\n",
             l.name
         );
     }
