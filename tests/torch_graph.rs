@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use squeeze::compress::{self, Recipe};
-use squeeze::engine::CompressedModel;
+use squeeze::engine::{self, CompressedModel};
 use squeeze::model;
 
 mod common;
@@ -114,4 +114,16 @@ fn graphs_built_with_torch_nn_give_pytorchs_logits() {
             "{name}: engine differs by {de}"
         );
     }
+    // Going back: the int8 file squeeze packed against PyTorch running its `--dense-out` twin.
+    let packed =
+        engine::load_compressed(&dir.path().join("resnet.int8.safetensors")).expect("load packed");
+    let torch = dir.path().join("resnet.int8.logits.safetensors");
+    let ((shape, want), (_, x)) = (read_f32(&torch, "logits"), read_f32(&torch, "inputs"));
+    let got = packed.logits(&x, shape[0]);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&got, &want);
+    println!(
+        "resnet int8 packed vs torch on --dense-out: max |Δ| {d:.2e}, largest |logit| {scale:.3}"
+    );
+    assert!(d <= 1e-5 * scale.max(1.0), "int8 resnet differs by {d}");
 }

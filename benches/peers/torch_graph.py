@@ -21,6 +21,10 @@ and writes, for each, into OUT (default: a temporary directory):
 - `<name>.logits.safetensors`: PyTorch's logits (`logits`, [N, 10]) and the inputs (`inputs`),
 
 then runs `squeeze eval` on each: its accuracy against PyTorch's argmax is the top-1 agreement.
+Going back: the ResNet compressed to int8 by `squeeze apply --dense-out` (BatchNorm folded),
+the dense file loaded strictly into the ResNet with each BatchNorm fused into its conv
+(`torch.nn.utils.fusion`), PyTorch's argmax on it against `squeeze eval` of the packed file
+(`resnet.int8.logits.safetensors`: PyTorch's logits on the dense file).
 Samples whose top two PyTorch logits are within 1e-3 are left out (a tie either way is
 agreement). Prints a table; exits 1 when any model disagrees on any sample.
 
@@ -272,6 +276,58 @@ class DenseNet(nn.Module):
         return s + linear_toml("fc", "fc")
 
 
+def fused_resnet():
+    """The ResNet with each BatchNorm folded into its conv (torch.nn.utils.fusion), the module a
+    `squeeze apply --dense-out` file of it loads into."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    m = ResNet().eval()
+
+    def fuse(parent, conv, norm):
+        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, norm)))
+        setattr(parent, norm, nn.Identity())
+    fuse(m, "conv1", "bn1")
+    for b in (m.layer1, m.layer2):
+        fuse(b, "conv1", "bn1")
+        fuse(b, "conv2", "bn2")
+        if b.downsample is not None:
+            fuse(b.downsample, "0", "1")
+    return m
+
+
+def round_trip(squeeze, out):
+    """int8 ResNet: `squeeze apply --dense-out` loaded into the fused PyTorch module (strict)
+    and PyTorch's argmax on it against `squeeze eval` of the packed file."""
+    from safetensors.torch import load_file
+    base = os.path.join(out, "resnet")
+    with open(base + ".int8.toml", "w") as f:
+        f.write("[default]\nbits = 8\n")
+    r = subprocess.run([squeeze, "apply", "--model", base + ".safetensors", "--recipe",
+                        base + ".int8.toml", "--out", base + ".int8.safetensors",
+                        "--dense-out", base + ".int8.dense.safetensors"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"resnet int8: squeeze apply failed: {r.stderr.strip()}", file=sys.stderr)
+        return None, 0, 0
+    m = fused_resnet()
+    m.load_state_dict(load_file(base + ".int8.dense.safetensors"), strict=True)
+    x = load_file(base + ".logits.safetensors")["inputs"]
+    with torch.no_grad():
+        logits = m(x)
+    save_file({"inputs": x.contiguous(), "logits": logits.contiguous()},
+              base + ".int8.logits.safetensors")
+    top2 = logits.topk(2, 1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+    save_file({"inputs": x[clear].contiguous(), "labels": logits[clear].argmax(1)},
+              base + ".int8.data.safetensors")
+    r = subprocess.run([squeeze, "eval", "--model", base + ".int8.safetensors", "--data",
+                        base + ".int8.data.safetensors", "--no-timing", "--format", "json"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"resnet int8: squeeze eval failed: {r.stderr.strip()}", file=sys.stderr)
+        return None, int(clear.sum()), len(x) - int(clear.sum())
+    return json.loads(r.stdout)["accuracy"], int(clear.sum()), len(x) - int(clear.sum())
+
+
 MODELS = {"resnet": ResNet, "se": SE, "concat": Concat, "densenet": DenseNet}
 
 
@@ -324,10 +380,17 @@ def main():
                 bad |= acc < 1.0
                 row.append(acc)
         rows.append(row)
+    trip = None
+    if not a.no_eval:
+        trip = round_trip(a.squeeze, out)
+        bad |= trip[0] is None or trip[0] < 1.0
     print(f"files in {out}")
     print(f"{'model':8} {'params':>7} {'samples':>8} {'ties':>5} {'top-1 agreement':>16}")
     for name, params, n, ties, *acc in rows:
         print(f"{name:8} {params:>7} {n:>8} {ties:>5} {fmt(acc):>16}")
+    if trip:
+        print(f"resnet int8, `apply --dense-out` loaded (strict) into the BatchNorm-fused torch "
+              f"module: top-1 agreement {fmt(trip[:1])} on {trip[1]} samples ({trip[2]} ties)")
     sys.exit(1 if bad else 0)
 
 
