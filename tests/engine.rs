@@ -1797,3 +1797,172 @@ fn weight_only_formats_keep_every_top1_of_the_dequantized_model() {
         assert_eq!(top1(&single, classes), want, "one sample at a time, {text}");
     }
 }
+
+/// One op's reference forward, engine, compressed file round trip and training gradient on
+/// one `[C, H, W]` sample: returns the reference output (the engine and the reloaded file
+/// must agree with it within 1e-6) and the gradient of the output's sum.
+fn resample_everywhere(
+    name: &str,
+    shape: [usize; 3],
+    layer: &str,
+    xs: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [c, h, w] = shape;
+    let spec = ArchSpec::from_toml(&format!(
+        "[input]\nshape = [{c}, {h}, {w}]\n[[layer]]\n{layer}\n[[layer]]\nop = \"flatten\"\n"
+    ))
+    .expect("arch");
+    let empty = model::to_safetensors_bytes(&[], &Default::default()).expect("bytes");
+    let m = model::load_bytes_with_spec(std::path::Path::new(name), &empty, spec).expect("model");
+    let x = Tensor::from_slice(xs, (1, c, h, w), &Device::Cpu).expect("x");
+    let reference: Vec<f32> = m
+        .forward(&x)
+        .and_then(|y| y.flatten_all()?.to_vec1())
+        .expect("forward");
+    let cm = CompressedModel::build(&Plan {
+        model: m.clone(),
+        layers: Vec::new(),
+    })
+    .expect("engine");
+    assert_close_rel(
+        &cm.logits(xs, 1),
+        &reference,
+        1e-6,
+        &format!("{name}: engine"),
+    );
+    let path = dir.path().join(format!("{name}.safetensors"));
+    cm.save(&path, None).expect("save");
+    let back = engine::load_compressed(&path).expect("reload");
+    assert_eq!(back.logits(xs, 1), cm.logits(xs, 1), "{name}: reloaded");
+    let var = candle_core::Var::from_tensor(&x).expect("var");
+    let y = m
+        .forward_with(
+            var.as_tensor(),
+            &squeeze::train::TrainOps::default(),
+            |_, _| Ok(()),
+        )
+        .expect("training forward");
+    let grads = y.sum_all().and_then(|s| s.backward()).expect("backward");
+    let g: Vec<f32> = grads
+        .get(var.as_tensor())
+        .expect("gradient")
+        .flatten_all()
+        .and_then(|g| g.to_vec1())
+        .expect("values");
+    (reference, g)
+}
+
+/// PyTorch's `nn.AdaptiveAvgPool2d`: output `i` of `O` over length `L` averages `[floor(i·L/O),
+/// ceil((i+1)·L/O))` — overlapping windows when `O` does not divide `L` (7 → 3), repeated ones
+/// when `O > L` — in the reference, the engine, a compressed file and training's gradient.
+#[test]
+fn adaptive_avgpool_follows_pytorch() {
+    // Hand-computed: 0..7 down a column to 3 rows: windows [0, 3), [2, 5), [4, 7).
+    let col: Vec<f32> = (0..7).map(|v| v as f32).collect();
+    let (y, g) = resample_everywhere(
+        "col",
+        [1, 7, 1],
+        "op = \"adaptive_avgpool\"\nsize = [3, 1]",
+        &col,
+    );
+    assert_eq!(y, vec![1.0, 3.0, 5.0]);
+    // d(sum)/dx: 1/3 per window that holds x (rows 2 and 4 are in two).
+    let third = 1.0f32 / 3.0;
+    let want = [third, third, 2.0 * third, third, 2.0 * third, third, third];
+    assert_close_rel(&g, &want, 1e-6, "7 → 3 gradient");
+
+    let mut rng = StdRng::seed_from_u64(33);
+    for (shape, size) in [
+        ([2, 7, 5], (3, 2)),
+        ([3, 6, 6], (3, 3)),
+        ([2, 5, 4], (1, 1)),
+        ([1, 3, 2], (5, 4)),
+        ([2, 9, 7], (4, 7)),
+    ] {
+        let [c, h, w] = shape;
+        let xs: Vec<f32> = rand_vec(&mut rng, c * h * w)
+            .iter()
+            .map(|v| v * 4.0 - 2.0)
+            .collect();
+        let (oh, ow) = size;
+        let (y, _) = resample_everywhere(
+            "adaptive",
+            shape,
+            &format!("op = \"adaptive_avgpool\"\nsize = [{oh}, {ow}]"),
+            &xs,
+        );
+        let window = |i: usize, l: usize, o: usize| {
+            let start = (i as f64 * l as f64 / o as f64).floor() as usize;
+            let end = ((i + 1) as f64 * l as f64 / o as f64).ceil() as usize;
+            start..end
+        };
+        let mut want = Vec::new();
+        for ch in 0..c {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let (mut sum, mut n) = (0.0f64, 0.0f64);
+                    for yy in window(i, h, oh) {
+                        for xx in window(j, w, ow) {
+                            sum += xs[ch * h * w + yy * w + xx] as f64;
+                            n += 1.0;
+                        }
+                    }
+                    want.push((sum / n) as f32);
+                }
+            }
+        }
+        assert_close_rel(&y, &want, 1e-5, &format!("{shape:?} → {size:?}"));
+        if size == (1, 1) {
+            // Global average pooling's values, kept as [C, 1, 1].
+            assert_eq!(y.len(), c);
+        }
+    }
+    // `size = N` is `[N, N]`.
+    let xs = rand_vec(&mut rng, 2 * 7 * 7);
+    let (n, _) = resample_everywhere("n", [2, 7, 7], "op = \"adaptive_avgpool\"\nsize = 3", &xs);
+    let (hw, _) = resample_everywhere(
+        "hw",
+        [2, 7, 7],
+        "op = \"adaptive_avgpool\"\nsize = [3, 3]",
+        &xs,
+    );
+    assert_eq!(n, hw);
+}
+
+/// PyTorch's `nn.Upsample(scale_factor = s)` (nearest): output `(i, j)` is input `(i / sh, j /
+/// sw)`; its gradient sums the `sh · sw` copies.
+#[test]
+fn upsample_nearest_follows_pytorch() {
+    let xs = [1.0f32, 2.0, 3.0, 4.0];
+    let (y, g) = resample_everywhere("up", [1, 2, 2], "op = \"upsample\"\nscale = 2", &xs);
+    #[rustfmt::skip]
+    let want = vec![
+        1.0, 1.0, 2.0, 2.0,
+        1.0, 1.0, 2.0, 2.0,
+        3.0, 3.0, 4.0, 4.0,
+        3.0, 3.0, 4.0, 4.0,
+    ];
+    assert_eq!(y, want);
+    assert_eq!(g, vec![4.0; 4]);
+
+    let mut rng = StdRng::seed_from_u64(34);
+    let (c, h, w, sh, sw) = (2, 3, 4, 2, 3);
+    let xs = rand_vec(&mut rng, c * h * w);
+    let (y, g) = resample_everywhere(
+        "up23",
+        [c, h, w],
+        "op = \"upsample\"\nscale = [2, 3]\nmode = \"nearest\"",
+        &xs,
+    );
+    let mut want = Vec::new();
+    for ch in 0..c {
+        for i in 0..h * sh {
+            for j in 0..w * sw {
+                want.push(xs[ch * h * w + (i / sh) * w + j / sw]);
+            }
+        }
+    }
+    assert_eq!(y, want);
+    assert_eq!(g, vec![(sh * sw) as f32; c * h * w]);
+}

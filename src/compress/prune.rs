@@ -312,6 +312,8 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::GlobalAvgPool
+            | Op::AdaptiveAvgPool(_)
+            | Op::Upsample { .. }
             | Op::Flatten
             | Op::Dropout(_) => {}
         }
@@ -492,6 +494,8 @@ pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, Comp
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::GlobalAvgPool
+            | Op::AdaptiveAvgPool(_)
+            | Op::Upsample { .. }
             | Op::Dropout(_) => {}
             // structured_path stops at linear/conv/add/softmax: none of these is in between.
             Op::Linear(_)

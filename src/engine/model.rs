@@ -14,9 +14,9 @@ use super::kernels::{
     FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work, fake_quantize,
     interleave_quads, quantize_centered,
 };
-use super::ops::{self, ConvShape, JoinShape, PoolShape, transpose};
+use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use crate::compress::Plan;
-use crate::model::{Activation, InputSpec, Model, Op, Source};
+use crate::model::{Activation, InputSpec, Model, Op, Source, UpsampleMode};
 
 /// Samples per rayon task in `logits` (measured: see `benches/inference.rs`).
 pub const CHUNK: usize = 128;
@@ -38,6 +38,8 @@ pub enum Step {
         c: usize,
         hw: usize,
     },
+    AdaptiveAvgPool(ResampleShape),
+    UpsampleNearest(ResampleShape),
     /// Flatten and dropout (at inference) leave one sample's values as they are.
     Identity,
     Softmax {
@@ -376,6 +378,26 @@ impl CompressedModel {
                         hw: in_len / c.max(1),
                     }
                 }
+                Op::AdaptiveAvgPool(_) | Op::Upsample { .. } => {
+                    let (ins, outs) = (&layer.in_shape, &layer.out_shape);
+                    if ins.len() != 3 || outs.len() != 3 {
+                        return Err(graph(format!("{} needs [C, H, W] shapes", layer.op.name())));
+                    }
+                    let s = ResampleShape {
+                        c: ins[0],
+                        h: ins[1],
+                        w: ins[2],
+                        oh: outs[1],
+                        ow: outs[2],
+                    };
+                    match layer.op {
+                        Op::Upsample {
+                            mode: UpsampleMode::Nearest,
+                            ..
+                        } => Step::UpsampleNearest(s),
+                        _ => Step::AdaptiveAvgPool(s),
+                    }
+                }
                 Op::Flatten | Op::Dropout(_) => Step::Identity,
                 Op::Softmax => Step::Softmax {
                     last: layer.in_shape.last().copied().unwrap_or(1),
@@ -633,6 +655,15 @@ impl CompressedModel {
                 Step::GlobalAvgPool { c, hw } => {
                     for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
                         ops::global_avg_pool(x, *c, *hw, y);
+                    }
+                }
+                Step::AdaptiveAvgPool(rs) | Step::UpsampleNearest(rs) => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        if matches!(step, Step::AdaptiveAvgPool(_)) {
+                            ops::adaptive_avg_pool(x, rs, y);
+                        } else {
+                            ops::upsample_nearest(x, rs, y);
+                        }
                     }
                 }
                 Step::Identity => swapped = false,

@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::cpu::{Avx512, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::simd;
-use crate::model::Activation;
+use crate::model::{Activation, adaptive_window};
 
 /// One convolution's geometry for one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +252,57 @@ pub fn global_avg_pool(x: &[f32], c: usize, hw: usize, out: &mut [f32]) {
     for ch in 0..c {
         let sum: f32 = x[ch * hw..(ch + 1) * hw].iter().sum();
         out[ch] = sum / hw as f32;
+    }
+}
+
+/// Geometry of a resampling step for one sample `[c, h, w]` → `[c, oh, ow]` (adaptive
+/// pooling, upsampling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResampleShape {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+/// PyTorch's adaptive average pooling: output `(i, j)` is the mean of the window rows
+/// `adaptive_window(i, h, oh)` by columns `adaptive_window(j, w, ow)`, summed row by row and
+/// divided by its area, as PyTorch's CPU kernel.
+pub fn adaptive_avg_pool(x: &[f32], s: &ResampleShape, out: &mut [f32]) {
+    for c in 0..s.c {
+        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let o = &mut out[c * s.oh * s.ow..(c + 1) * s.oh * s.ow];
+        for oy in 0..s.oh {
+            let (y0, y1) = adaptive_window(oy, s.h, s.oh);
+            for ox in 0..s.ow {
+                let (x0, x1) = adaptive_window(ox, s.w, s.ow);
+                let mut sum = 0.0f32;
+                for row in plane[y0 * s.w..y1 * s.w].chunks(s.w) {
+                    for v in &row[x0..x1] {
+                        sum += v;
+                    }
+                }
+                o[oy * s.ow + ox] = sum / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+        }
+    }
+}
+
+/// Nearest upsampling by integer factors: output `(i, j)` is input `(i / sh, j / sw)`, with
+/// `sh = oh / h`, `sw = ow / w`.
+pub fn upsample_nearest(x: &[f32], s: &ResampleShape, out: &mut [f32]) {
+    let sh = (s.oh / s.h.max(1)).max(1);
+    let sw = (s.ow / s.w.max(1)).max(1);
+    for c in 0..s.c {
+        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let o = &mut out[c * s.oh * s.ow..(c + 1) * s.oh * s.ow];
+        for (oy, orow) in o.chunks_mut(s.ow.max(1)).enumerate() {
+            let row = &plane[(oy / sh) * s.w..(oy / sh + 1) * s.w];
+            for (v, chunk) in row.iter().zip(orow.chunks_mut(sw)) {
+                chunk.fill(*v);
+            }
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 use candle_core::{D, Result, Tensor};
 
 use super::graph::{Conv2dGeometry, Layer, Model, Op, Params, Pool2d, Source};
-use super::spec::Activation;
+use super::shape::adaptive_window;
+use super::spec::{Activation, UpsampleMode};
 
 /// How the forward pass computes the operations that training customises. Every method has
 /// the inference reference as its default, so `Model::forward` is `forward_with` on
@@ -171,6 +172,10 @@ fn layer_forward(
         Op::MaxPool2d(p) => ops.max_pool2d(x, p),
         Op::AvgPool2d(p) => avg_pool(x, p),
         Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1),
+        Op::AdaptiveAvgPool((oh, ow)) => adaptive_avg_pool(x, (*oh, *ow)),
+        Op::Upsample { scale, mode } => match mode {
+            UpsampleMode::Nearest => upsample_nearest(x, *scale),
+        },
         Op::Flatten => x.flatten_from(1),
         Op::Dropout(p) => ops.dropout(x, *p),
         Op::Softmax => candle_nn::ops::softmax_last_dim(x),
@@ -244,6 +249,36 @@ fn pad(x: &Tensor, (ph, pw): (usize, usize), value: f32) -> Result<Tensor> {
         x = Tensor::cat(&[&fill, &x, &fill], dim)?;
     }
     Ok(x)
+}
+
+/// PyTorch's adaptive average pooling of a `[N, C, H, W]` batch to `[N, C, oh, ow]`: each
+/// window's mean along the height, then along the width (a rectangle's mean), with slices
+/// and means only, so training differentiates through it.
+fn adaptive_avg_pool(x: &Tensor, (oh, ow): (usize, usize)) -> Result<Tensor> {
+    let along = |x: &Tensor, dim: usize, o: usize| -> Result<Tensor> {
+        let l = x.dim(dim)?;
+        if l == o {
+            return Ok(x.clone());
+        }
+        let parts = (0..o)
+            .map(|i| {
+                let (a, b) = adaptive_window(i, l, o);
+                x.narrow(dim, a, b - a)?.mean_keepdim(dim)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, dim)
+    };
+    along(&along(x, 2, oh)?, 3, ow)
+}
+
+/// Nearest upsampling of a `[N, C, H, W]` batch by integer factors: each value repeated `sh`
+/// times down and `sw` times across (a broadcast, which training differentiates through).
+fn upsample_nearest(x: &Tensor, (sh, sw): (usize, usize)) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    x.reshape((n, c, h, 1, w, 1))?
+        .broadcast_as((n, c, h, sh, w, sw))?
+        .contiguous()?
+        .reshape((n, c, h * sh, w * sw))
 }
 
 /// Average pooling counting padded zeros, as PyTorch's default `count_include_pad=True`.

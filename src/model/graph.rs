@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 
-use super::spec::{Activation, ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair};
+use super::spec::{
+    Activation, ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair, UpsampleMode,
+};
 
 /// A loaded model: layers in execution order with their weights (f32, CPU) and the shapes that
 /// flow between them, for one sample.
@@ -84,6 +86,13 @@ pub enum Op {
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
     GlobalAvgPool,
+    /// Average pooling to `(oh, ow)` outputs (PyTorch's adaptive windows).
+    AdaptiveAvgPool((usize, usize)),
+    /// Upsampling by integer factors `(sh, sw)`.
+    Upsample {
+        scale: (usize, usize),
+        mode: UpsampleMode,
+    },
     Flatten,
     Dropout(f64),
     Softmax,
@@ -106,6 +115,11 @@ pub enum Op {
 pub enum OpError {
     #[error("slope = {0} must be finite")]
     Slope(f64),
+    #[error("{field} = {value:?} must be positive in both dimensions")]
+    Zero {
+        field: &'static str,
+        value: (usize, usize),
+    },
     #[error("p = {0} must be in [0, 1)")]
     DropoutP(f64),
     /// A linear, conv, batchnorm or add layer: loading resolves it with its tensors and inputs.
@@ -123,6 +137,8 @@ impl Op {
             Op::MaxPool2d(_) => "maxpool2d",
             Op::AvgPool2d(_) => "avgpool2d",
             Op::GlobalAvgPool => "global_avgpool",
+            Op::AdaptiveAvgPool(_) => "adaptive_avgpool",
+            Op::Upsample { .. } => "upsample",
             Op::Flatten => "flatten",
             Op::Dropout(_) => "dropout",
             Op::Softmax => "softmax",
@@ -181,6 +197,26 @@ impl Op {
                 }
             }
             OpSpec::GlobalAvgpool {} => Op::GlobalAvgPool,
+            OpSpec::AdaptiveAvgpool { size } => {
+                let size = size.hw();
+                if size.0 == 0 || size.1 == 0 {
+                    return Err(OpError::Zero {
+                        field: "size",
+                        value: size,
+                    });
+                }
+                Op::AdaptiveAvgPool(size)
+            }
+            OpSpec::Upsample { scale, mode } => {
+                let scale = scale.hw();
+                if scale.0 == 0 || scale.1 == 0 {
+                    return Err(OpError::Zero {
+                        field: "scale",
+                        value: scale,
+                    });
+                }
+                Op::Upsample { scale, mode: *mode }
+            }
             OpSpec::Flatten {} => Op::Flatten,
             OpSpec::Dropout { p } => {
                 let p = p.unwrap_or(0.5);
@@ -321,6 +357,11 @@ impl Model {
                 }
             }
             Op::GlobalAvgPool => OpSpec::GlobalAvgpool {},
+            Op::AdaptiveAvgPool(size) => OpSpec::AdaptiveAvgpool { size: pair(*size) },
+            Op::Upsample { scale, mode } => OpSpec::Upsample {
+                scale: pair(*scale),
+                mode: *mode,
+            },
             Op::Flatten => OpSpec::Flatten {},
             Op::Dropout(p) => OpSpec::Dropout { p: Some(*p) },
             Op::Softmax => OpSpec::Softmax {},

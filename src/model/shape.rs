@@ -140,6 +140,21 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
             rank(IMAGE, 3)?;
             Ok(vec![x[0]])
         }
+        Op::AdaptiveAvgPool((oh, ow)) => {
+            rank(IMAGE, 3)?;
+            Ok(vec![x[0], *oh, *ow])
+        }
+        Op::Upsample { scale, .. } => {
+            rank(IMAGE, 3)?;
+            let too_large = || ShapeError::TooLarge(x.to_vec());
+            let (h, w) = (
+                x[1].checked_mul(scale.0).ok_or_else(too_large)?,
+                x[2].checked_mul(scale.1).ok_or_else(too_large)?,
+            );
+            let out = vec![x[0], h, w];
+            element_count(&out).ok_or_else(too_large)?;
+            Ok(out)
+        }
         Op::Flatten => Ok(vec![
             element_count(x).ok_or_else(|| ShapeError::TooLarge(x.to_vec()))?,
         ]),
@@ -371,6 +386,12 @@ impl Window {
 }
 
 /// The number of elements of `shape`, or `None` when it overflows.
+/// PyTorch's adaptive pooling window for output `i` of `o` over an input of length `l`:
+/// `[floor(i·l/o), ceil((i+1)·l/o))`, as `(start, end)`.
+pub fn adaptive_window(i: usize, l: usize, o: usize) -> (usize, usize) {
+    (i * l / o, ((i + 1) * l).div_ceil(o))
+}
+
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
 }
@@ -501,6 +522,28 @@ mod tests {
         assert!(out_shape(&Op::AvgPool2d(wide), &[&[3, 5, 6]]).is_err());
         assert_eq!(out_shape(&Op::Flatten, &[&[3, 5, 6]]), Ok(vec![90]));
         assert_eq!(out_shape(&Op::GlobalAvgPool, &[&[3, 5, 6]]), Ok(vec![3]));
+        let adaptive = Op::AdaptiveAvgPool((3, 1));
+        assert_eq!(out_shape(&adaptive, &[&[2, 7, 5]]), Ok(vec![2, 3, 1]));
+        assert!(matches!(
+            out_shape(&adaptive, &[&[10]]),
+            Err(ShapeError::Rank {
+                op: "adaptive_avgpool",
+                ..
+            })
+        ));
+        let up = Op::Upsample {
+            scale: (2, 3),
+            mode: crate::model::UpsampleMode::Nearest,
+        };
+        assert_eq!(out_shape(&up, &[&[2, 4, 5]]), Ok(vec![2, 8, 15]));
+        assert!(matches!(
+            out_shape(&up, &[&[10]]),
+            Err(ShapeError::Rank { op: "upsample", .. })
+        ));
+        assert!(matches!(
+            out_shape(&up, &[&[2, usize::MAX / 2, 5]]),
+            Err(ShapeError::TooLarge(_))
+        ));
         let add = Op::Add {
             from: Source::Layer(0),
         };

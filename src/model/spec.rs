@@ -163,6 +163,20 @@ pub enum OpSpec {
         padding: Pair,
     },
     GlobalAvgpool {},
+    /// Average pooling to an output of `size` (`N` or `[h, w]`) whatever the input's, as
+    /// PyTorch's `nn.AdaptiveAvgPool2d`: output index `i` of `O` over an input of length `L`
+    /// averages `[floor(i·L/O), ceil((i+1)·L/O))`. `size = 1` is `global_avgpool` keeping
+    /// `[C, 1, 1]`.
+    AdaptiveAvgpool {
+        size: Pair,
+    },
+    /// Upsampling by integer factors `scale` (`N` or `[h, w]`), as PyTorch's
+    /// `nn.Upsample(scale_factor = scale, mode = mode)`.
+    Upsample {
+        scale: Pair,
+        #[serde(default)]
+        mode: UpsampleMode,
+    },
     Flatten {},
     Dropout {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +199,23 @@ pub enum OpSpec {
     /// The layers of `inputs` joined along the first dimension of a sample (channels of
     /// `[C, H, W]` maps of one size, or features of vectors), as `torch.cat(dim=1)`.
     Concat {},
+}
+
+/// How `upsample` fills its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsampleMode {
+    /// Each input value repeated `scale` times along each axis.
+    #[default]
+    Nearest,
+}
+
+impl UpsampleMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpsampleMode::Nearest => "nearest",
+        }
+    }
 }
 
 /// The element-wise functions among the operations, as the engine and the reference apply
@@ -221,6 +252,8 @@ impl OpSpec {
             OpSpec::Maxpool2d { .. } => "maxpool2d",
             OpSpec::Avgpool2d { .. } => "avgpool2d",
             OpSpec::GlobalAvgpool {} => "global_avgpool",
+            OpSpec::AdaptiveAvgpool { .. } => "adaptive_avgpool",
+            OpSpec::Upsample { .. } => "upsample",
             OpSpec::Flatten {} => "flatten",
             OpSpec::Dropout { .. } => "dropout",
             OpSpec::Softmax {} => "softmax",
