@@ -1069,21 +1069,7 @@ fn hardswish_and_hardsigmoid_follow_pytorch() {
         let back = engine::load_compressed(&path).expect("reload");
         assert_eq!(back.logits(&xs, 1), reference, "{op}: reloaded");
         // Training's forward pass differentiates through it.
-        let var = candle_core::Var::from_tensor(&x).expect("var");
-        let y = m
-            .forward_with(
-                var.as_tensor(),
-                &squeeze::train::TrainOps::default(),
-                |_, _| Ok(()),
-            )
-            .expect("training forward");
-        let grads = y.sum_all().and_then(|s| s.backward()).expect("backward");
-        let g: Vec<f32> = grads
-            .get(var.as_tensor())
-            .expect("gradient")
-            .flatten_all()
-            .and_then(|g| g.to_vec1())
-            .expect("values");
+        let g = input_gradient(&m, &x);
         for (i, &x) in xs.iter().enumerate() {
             if (x.abs() - 3.0).abs() > 1e-3 {
                 let want = grad(x as f64) as f32;
@@ -1835,21 +1821,7 @@ fn resample_everywhere(
     cm.save(&path, None).expect("save");
     let back = engine::load_compressed(&path).expect("reload");
     assert_eq!(back.logits(xs, 1), cm.logits(xs, 1), "{name}: reloaded");
-    let var = candle_core::Var::from_tensor(&x).expect("var");
-    let y = m
-        .forward_with(
-            var.as_tensor(),
-            &squeeze::train::TrainOps::default(),
-            |_, _| Ok(()),
-        )
-        .expect("training forward");
-    let grads = y.sum_all().and_then(|s| s.backward()).expect("backward");
-    let g: Vec<f32> = grads
-        .get(var.as_tensor())
-        .expect("gradient")
-        .flatten_all()
-        .and_then(|g| g.to_vec1())
-        .expect("values");
+    let g = input_gradient(&m, &x);
     (reference, g)
 }
 
@@ -1965,4 +1937,24 @@ fn upsample_nearest_follows_pytorch() {
     }
     assert_eq!(y, want);
     assert_eq!(g, vec![(sh * sw) as f32; c * h * w]);
+}
+
+/// The gradient of the sum of `m`'s outputs with respect to its input `x`, through training's
+/// forward pass.
+fn input_gradient(m: &Model, x: &Tensor) -> Vec<f32> {
+    let var = candle_core::Var::from_tensor(x).expect("var");
+    let y = m
+        .forward_with(
+            var.as_tensor(),
+            &squeeze::train::TrainOps::default(),
+            |_, _| Ok(()),
+        )
+        .expect("training forward");
+    let grads = y.sum_all().and_then(|s| s.backward()).expect("backward");
+    grads
+        .get(var.as_tensor())
+        .expect("gradient")
+        .flatten_all()
+        .and_then(|g| g.to_vec1())
+        .expect("values")
 }

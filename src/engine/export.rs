@@ -345,11 +345,12 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
             .len()
             .checked_sub(1)
             .map_or(Source::Input, Source::Layer);
-        let expect = match main {
-            Source::Input => &input.shape,
-            Source::Layer(j) => &layers[j].out_shape,
+        let shape_of = |s: Source| match s {
+            Source::Input => &input.shape[..],
+            Source::Layer(j) => &layers[j].out_shape[..],
         };
-        if &d.in_shape != expect {
+        let expect = shape_of(main);
+        if d.in_shape != expect {
             return Err(corrupt(
                 &d.name,
                 format!(
@@ -358,13 +359,7 @@ pub fn load_compressed(path: &Path) -> Result<CompressedModel, EngineError> {
                 ),
             ));
         }
-        let shapes: Vec<&[usize]> = reads
-            .iter()
-            .map(|s| match s {
-                Source::Input => &input.shape[..],
-                Source::Layer(j) => &layers[*j].out_shape[..],
-            })
-            .collect();
+        let shapes: Vec<&[usize]> = reads.iter().map(|s| shape_of(*s)).collect();
         let (op, p) = read_op(d, &reads, &shapes, &mut reader)?;
         layers.push(Layer {
             name: d.name.clone(),

@@ -675,6 +675,14 @@ struct Graph<'a> {
 }
 
 impl Graph<'_> {
+    /// One sample's shape of a value built so far.
+    fn shape_of(&self, s: Source) -> &[usize] {
+        match s {
+            Source::Input => &self.spec.input.shape,
+            Source::Layer(j) => &self.layers[j].out_shape,
+        }
+    }
+
     /// Layer `i` built (or a batchnorm to fold into the layer before it), or its problem
     /// (`None`: it reads a layer that failed, so it cannot be judged).
     fn resolve(
@@ -745,10 +753,7 @@ impl Graph<'_> {
         let built = self.layers.len();
         let default = built.checked_sub(1).map_or(Source::Input, Source::Layer);
         let input = (main != default).then_some(main);
-        let shape: Vec<usize> = match main {
-            Source::Input => self.spec.input.shape.clone(),
-            Source::Layer(j) => self.layers[j].out_shape.clone(),
-        };
+        let shape = self.shape_of(main).to_vec();
         let mut stored = 0usize;
         let op = match &ls.op {
             OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
@@ -834,20 +839,14 @@ impl Graph<'_> {
             },
             other => Op::without_params(other).map_err(|e| graph_err(e.to_string()))?,
         };
-        let shapes: Vec<&[usize]> = operands
-            .iter()
-            .map(|s| match s {
-                Source::Input => &self.spec.input.shape[..],
-                Source::Layer(j) => &self.layers[*j].out_shape[..],
-            })
-            .collect();
+        let shapes: Vec<&[usize]> = operands.iter().map(|s| self.shape_of(*s)).collect();
         let out = out_shape(&op, &shapes).map_err(|e| match e {
             e @ ShapeError::Join { .. } => {
-                let read: Vec<String> = operands
+                let read: Vec<&str> = operands
                     .iter()
                     .map(|s| match s {
-                        Source::Input => MODEL_INPUT.to_string(),
-                        Source::Layer(j) => self.layers[*j].name.clone(),
+                        Source::Input => MODEL_INPUT,
+                        Source::Layer(j) => self.layers[*j].name.as_str(),
                     })
                     .collect();
                 graph_err(format!("reading {}: {e}", read.join(" and ")))
