@@ -176,6 +176,21 @@ pub enum StructuredError {
     Grouped(usize),
     #[error("it is a {0} layer, not linear/conv")]
     NotLinear(&'static str),
+    /// A layer whose outputs structured pruning does not remove (a conv1d, a linear layer over
+    /// tokens).
+    #[error(
+        "it is a {0}; structured pruning removes the outputs of linear layers on vectors and conv2d filters"
+    )]
+    Unsupported(&'static str),
+    /// An op between the layer and its consumer that mixes the layer's outputs with each other.
+    #[error(
+        "{via} ({op}) mixes {layer}'s outputs with each other before a linear/conv layer reads them"
+    )]
+    Mixes {
+        via: String,
+        op: &'static str,
+        layer: String,
+    },
     #[error(
         "{0} produces the model's output (class scores); removing its outputs would remove classes"
     )]
@@ -236,6 +251,10 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
         return Err(StructuredError::NoLayer(layer));
     };
     match &this.op {
+        Op::Conv2d(p, _) if p.is_conv1d() => return Err(StructuredError::Unsupported("conv1d")),
+        Op::Linear(_) if this.in_shape.len() != 1 => {
+            return Err(StructuredError::Unsupported("linear layer over tokens"));
+        }
         Op::Linear(_) => {}
         Op::Conv2d(_, g) if g.groups == 1 => {}
         Op::Conv2d(_, g) => {
@@ -304,6 +323,13 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
             Op::Softmax => {
                 return Err(StructuredError::Softmax {
                     softmax: l.name.clone(),
+                    layer: this.name.clone(),
+                });
+            }
+            Op::LayerNorm(_) => {
+                return Err(StructuredError::Mixes {
+                    via: l.name.clone(),
+                    op: l.op.name(),
                     layer: this.name.clone(),
                 });
             }
@@ -503,6 +529,7 @@ pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, Comp
             | Op::Add { .. }
             | Op::Mul { .. }
             | Op::Concat { .. }
+            | Op::LayerNorm(_)
             | Op::Softmax => {
                 return Err(CompressError::Structured {
                     layer: name,

@@ -232,6 +232,22 @@ impl CompressedModel {
                         tensors.push((format!("{}.{suffix}", layer.name), dt, shape, bytes));
                     }
                 }
+                Step::LayerNorm {
+                    weight,
+                    bias,
+                    stored,
+                    ..
+                } => {
+                    let kept = [("weight", weight, stored.0), ("bias", bias, stored.1)];
+                    for (suffix, v, _) in kept.into_iter().filter(|k| k.2) {
+                        tensors.push((
+                            format!("{}.{suffix}", layer.name),
+                            Dtype::F32,
+                            vec![v.len()],
+                            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ));
+                    }
+                }
                 Step::ChannelAffine { scale, shift, .. } => {
                     for (suffix, v) in [("scale", scale), ("shift", shift)] {
                         tensors.push((
@@ -460,7 +476,9 @@ fn read_op(
     };
     let dev = Device::Cpu;
     Ok(match &d.spec {
-        OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
+        OpSpec::Linear { weight, bias, .. }
+        | OpSpec::Conv2d { weight, bias, .. }
+        | OpSpec::Conv1d { weight, bias, .. } => {
             let Some(format) = &d.format else {
                 return Err(corrupt(format!(
                     "a {} layer without its storage format",
@@ -481,10 +499,23 @@ fn read_op(
                     };
                     vec![*out, cin, kh, kw]
                 }
-                OpSpec::Conv2d { .. } => {
-                    return Err(corrupt(
-                        "a conv2d layer without `out_channels` and `kernel`".into(),
-                    ));
+                OpSpec::Conv1d {
+                    out_channels: Some(out),
+                    kernel: Some(k),
+                    groups,
+                    ..
+                } => {
+                    let cin = match d.in_shape.first() {
+                        Some(c) if *groups > 0 => c / groups,
+                        _ => 0,
+                    };
+                    vec![*out, cin, *k]
+                }
+                OpSpec::Conv2d { .. } | OpSpec::Conv1d { .. } => {
+                    return Err(corrupt(format!(
+                        "a {} layer without `out_channels` and `kernel`",
+                        d.spec.op_name()
+                    )));
                 }
                 _ => vec![format.rows, format.cols],
             };
@@ -519,6 +550,30 @@ fn read_op(
                 scale: t(scale)?,
                 shift: t(shift)?,
             };
+            (check(op)?, None)
+        }
+        OpSpec::LayerNorm { weight, bias, eps } => {
+            let n = d.in_shape.last().copied().unwrap_or(0);
+            if !(eps.is_finite() && *eps > 0.0) {
+                return Err(corrupt(format!("eps = {eps} must be positive and finite")));
+            }
+            let mut read = |stored: bool, suffix: &str, fill: f32| {
+                if stored {
+                    reader.f32s(&format!("{}.{suffix}", d.name), n)
+                } else {
+                    Ok(vec![fill; n])
+                }
+            };
+            let w = read(weight.is_some(), "weight", 1.0)?;
+            let b = read(bias.is_some(), "bias", 0.0)?;
+            let t = |v: Vec<f32>| Tensor::from_vec(v, n, &dev).map_err(|e| corrupt(e.to_string()));
+            let op = Op::LayerNorm(crate::model::NormParams {
+                weight: t(w)?,
+                bias: t(b)?,
+                eps: *eps,
+                weight_name: weight.clone(),
+                bias_name: bias.clone(),
+            });
             (check(op)?, None)
         }
         OpSpec::Add { .. } | OpSpec::Mul { .. } if reads.len() == 2 => {

@@ -31,6 +31,14 @@ pub enum Step {
         shift: Vec<f32>,
         per: usize,
     },
+    /// Layer normalization over each run of `weight.len()` values.
+    LayerNorm {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        eps: f64,
+        /// Whether the file holds the weight and the bias (elementwise affine).
+        stored: (bool, bool),
+    },
     Activation(Activation),
     MaxPool(PoolShape),
     AvgPool(PoolShape),
@@ -305,7 +313,14 @@ impl CompressedModel {
                     };
                     match &layer.op {
                         Op::Conv2d(_, g) => {
-                            let (ins, outs) = (&layer.in_shape, &layer.out_shape);
+                            // A conv1d runs as a convolution of height 1.
+                            let (ins, outs, dims) =
+                                match (&layer.in_shape[..], &layer.out_shape[..], &dims[..]) {
+                                    ([c, l], [o, ol], [wo, wi, k]) => {
+                                        (vec![*c, 1, *l], vec![*o, 1, *ol], vec![*wo, *wi, 1, *k])
+                                    }
+                                    (i, o, d) => (i.to_vec(), o.to_vec(), d.to_vec()),
+                                };
                             if ins.len() != 3 || outs.len() != 3 || dims.len() != 4 {
                                 return Err(graph("conv2d needs [C, H, W] shapes".into()));
                             }
@@ -347,6 +362,15 @@ impl CompressedModel {
                         scale: v(scale).map_err(|e| graph(e.to_string()))?,
                         shift: v(shift).map_err(|e| graph(e.to_string()))?,
                         per: in_len / c.max(1),
+                    }
+                }
+                Op::LayerNorm(n) => {
+                    let v = |t: &Tensor| t.to_vec1::<f32>().map_err(|e| graph(e.to_string()));
+                    Step::LayerNorm {
+                        weight: v(&n.weight)?,
+                        bias: v(&n.bias)?,
+                        eps: n.eps,
+                        stored: (n.weight_name.is_some(), n.bias_name.is_some()),
                     }
                 }
                 Op::Activation(a) => Step::Activation(*a),
@@ -484,6 +508,16 @@ impl CompressedModel {
                 Step::ChannelAffine { scale, shift, .. } => {
                     total.scales += (scale.len() + shift.len()) * 4
                 }
+                Step::LayerNorm {
+                    weight,
+                    bias,
+                    stored,
+                    ..
+                } => {
+                    total.scales += (usize::from(stored.0) * weight.len()
+                        + usize::from(stored.1) * bias.len())
+                        * 4
+                }
                 _ => {}
             }
         }
@@ -500,6 +534,14 @@ impl CompressedModel {
                     (p.rows * p.cols + p.bias.as_ref().map_or(0, Vec::len)) * 4
                 }
                 Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
+                Step::LayerNorm {
+                    weight,
+                    bias,
+                    stored,
+                    ..
+                } => {
+                    (usize::from(stored.0) * weight.len() + usize::from(stored.1) * bias.len()) * 4
+                }
                 _ => 0,
             })
             .sum()
@@ -641,6 +683,12 @@ impl CompressedModel {
                 }
                 Step::Activation(a) => {
                     ops::activation(&mut cur[..n * len], *a);
+                    swapped = false;
+                }
+                Step::LayerNorm {
+                    weight, bias, eps, ..
+                } => {
+                    ops::layer_norm(&mut cur[..n * len], weight, bias, *eps);
                     swapped = false;
                 }
                 Step::MaxPool(ps) | Step::AvgPool(ps) => {

@@ -390,6 +390,24 @@ fn join_with(a: &[f32], b: &[f32], j: &JoinShape, y: &mut [f32], f: impl Fn(f32,
     }
 }
 
+/// Layer normalization of each run of `weight.len()` values in place: `(x − mean) / √(var +
+/// eps) × weight + bias` with the biased variance, the sums in f64.
+pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f64) {
+    let d = weight.len().max(1);
+    for row in x.chunks_mut(d) {
+        let mean = row.iter().map(|v| f64::from(*v)).sum::<f64>() / d as f64;
+        let var = row
+            .iter()
+            .map(|v| (f64::from(*v) - mean).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = ((f64::from(*v) - mean) * inv) as f32 * w + b;
+        }
+    }
+}
+
 /// `x × scale[c] + shift[c]` per channel of `per` values.
 pub fn channel_affine(x: &mut [f32], scale: &[f32], shift: &[f32], per: usize) {
     for (c, chunk) in x.chunks_mut(per.max(1)).enumerate() {

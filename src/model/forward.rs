@@ -5,7 +5,7 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::graph::{Conv2dGeometry, Layer, Model, Op, Params, Pool2d, Source};
+use super::graph::{Conv2dGeometry, Layer, Model, NormParams, Op, Params, Pool2d, Source};
 use super::shape::adaptive_window;
 use super::spec::{Activation, UpsampleMode};
 
@@ -151,6 +151,20 @@ fn layer_forward(
             let x = ops.layer_input(i, x)?;
             ops.linear(&x, &w, b.as_ref())
         }
+        Op::Conv2d(p, g) if p.is_conv1d() => {
+            // Through the 2-D convolution at height 1: the height's stride and dilation do not
+            // change a height-1 output, so both take the length's (candle's conv2d takes one
+            // stride and one dilation).
+            let (w, b) = ops.params(i, p)?;
+            let x = ops.layer_input(i, x)?;
+            let g2 = Conv2dGeometry {
+                stride: (g.stride.1, g.stride.1),
+                dilation: (g.dilation.1, g.dilation.1),
+                ..*g
+            };
+            ops.conv2d(&x.unsqueeze(2)?, &w.unsqueeze(2)?, b.as_ref(), &g2)?
+                .squeeze(2)
+        }
         Op::Conv2d(p, g) => {
             if g.stride.0 != g.stride.1 || g.dilation.0 != g.dilation.1 {
                 candle_core::bail!(
@@ -168,6 +182,7 @@ fn layer_forward(
             x.broadcast_mul(&scale.reshape(shape.clone())?)?
                 .broadcast_add(&shift.reshape(shape)?)
         }
+        Op::LayerNorm(n) => layer_norm(x, n),
         Op::Activation(a) => ops.activation(x, *a),
         Op::MaxPool2d(p) => ops.max_pool2d(x, p),
         Op::AvgPool2d(p) => avg_pool(x, p),
@@ -189,6 +204,16 @@ fn layer_forward(
             Tensor::cat(&parts, 1)
         }
     }
+}
+
+/// PyTorch's layer normalization over the last dimension: `(x − mean) / √(var + eps) × weight +
+/// bias` with the biased variance, from tensor operations training differentiates through.
+fn layer_norm(x: &Tensor, n: &NormParams) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = centred.broadcast_div(&(var + n.eps)?.sqrt()?)?;
+    y.broadcast_mul(&n.weight)?.broadcast_add(&n.bias)
 }
 
 /// An activation on candle, as the dense inference forward applies it.

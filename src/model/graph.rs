@@ -44,8 +44,8 @@ pub struct Layer {
     pub stored_bytes: usize,
 }
 
-/// A linear or conv layer's parameters. `weight` is `[out, in]` for linear and
-/// `[out, in/groups, kh, kw]` for conv2d, as in PyTorch.
+/// A linear or conv layer's parameters. `weight` is `[out, in]` for linear,
+/// `[out, in/groups, kh, kw]` for conv2d and `[out, in/groups, k]` for conv1d, as in PyTorch.
 #[derive(Debug, Clone)]
 pub struct Params {
     pub weight: Tensor,
@@ -63,6 +63,18 @@ pub struct Conv2dGeometry {
     pub groups: usize,
 }
 
+/// A layer normalization's values: one weight and bias per value of a sample's last dimension
+/// (ones and zeros without elementwise affine).
+#[derive(Debug, Clone)]
+pub struct NormParams {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+    /// The state_dict names; `None` without elementwise affine.
+    pub weight_name: Option<String>,
+    pub bias_name: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
     pub kernel: (usize, usize),
@@ -74,8 +86,15 @@ pub struct Pool2d {
 /// it reads resolved to indices.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// `x · wᵀ + b` over a sample's last dimension: a `[features]` vector, or each token of a
+    /// `[tokens, d]` sample.
     Linear(Params),
+    /// A 2-D convolution over `[C, H, W]`, or a 1-D one over `[C, L]` held as a convolution of
+    /// height 1: its weight `[out, in/groups, k]` (3-D, as PyTorch's `nn.Conv1d`), its
+    /// geometry's height stride and dilation 1 and height padding 0 (`Params::is_conv1d`).
     Conv2d(Params, Conv2dGeometry),
+    /// Normalization over a sample's last dimension.
+    LayerNorm(NormParams),
     /// A batchnorm that could not be folded (no linear/conv right before it): `x × scale + shift`
     /// per channel (dimension 0 of one sample).
     ChannelAffine {
@@ -131,7 +150,9 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Linear(_) => "linear",
+            Op::Conv2d(p, _) if p.is_conv1d() => "conv1d",
             Op::Conv2d(..) => "conv2d",
+            Op::LayerNorm(_) => "layer_norm",
             Op::ChannelAffine { .. } => "batchnorm",
             Op::Activation(a) => a.name(),
             Op::MaxPool2d(_) => "maxpool2d",
@@ -234,6 +255,21 @@ impl Op {
     /// every other spec with tensors is a linear layer).
     pub fn with_params(spec: &OpSpec, params: Params) -> Op {
         match spec {
+            OpSpec::Conv1d {
+                stride,
+                padding,
+                dilation,
+                groups,
+                ..
+            } => Op::Conv2d(
+                params,
+                Conv2dGeometry {
+                    stride: (1, *stride),
+                    padding: (0, *padding),
+                    dilation: (1, *dilation),
+                    groups: *groups,
+                },
+            ),
             OpSpec::Conv2d {
                 stride,
                 padding,
@@ -262,9 +298,31 @@ impl Op {
     }
 }
 
+impl Params {
+    /// Whether the weight is a 1-D convolution's `[out, in/groups, k]`.
+    pub fn is_conv1d(&self) -> bool {
+        self.weight.rank() == 3
+    }
+}
+
 impl Layer {
     pub fn params(&self) -> Option<&Params> {
         self.op.params()
+    }
+
+    /// How many times one sample applies each weight of a linear/conv layer: a convolution's
+    /// output positions, a linear layer's tokens (1 for a vector).
+    pub fn positions(&self) -> usize {
+        let rest = |s: &[usize]| s.iter().product::<usize>();
+        match &self.op {
+            Op::Conv2d(..) => rest(self.out_shape.get(1..).unwrap_or(&[])),
+            Op::Linear(_) => rest(
+                self.in_shape
+                    .get(..self.in_shape.len().saturating_sub(1))
+                    .unwrap_or(&[]),
+            ),
+            _ => 1,
+        }
     }
 
     /// Number of parameters (weights and biases) the layer computes with.
@@ -274,6 +332,10 @@ impl Layer {
                 p.weight.elem_count() + p.bias.as_ref().map_or(0, |b| b.elem_count())
             }
             Op::ChannelAffine { scale, shift } => scale.elem_count() + shift.elem_count(),
+            Op::LayerNorm(n) => {
+                usize::from(n.weight_name.is_some()) * n.weight.elem_count()
+                    + usize::from(n.bias_name.is_some()) * n.bias.elem_count()
+            }
             _ => 0,
         }
     }
@@ -282,7 +344,7 @@ impl Layer {
     pub fn macs(&self) -> usize {
         let out: usize = self.out_shape.iter().product();
         match &self.op {
-            Op::Linear(p) => p.weight.elem_count(),
+            Op::Linear(p) => p.weight.elem_count() * self.positions(),
             Op::Conv2d(p, _) => {
                 // Each output value takes (in/groups × kh × kw) MACs.
                 let dims = p.weight.dims();
@@ -321,6 +383,19 @@ impl Model {
                 bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
                 out_features: p.weight.dims().first().copied(),
             },
+            Op::Conv2d(p, g) if p.is_conv1d() => {
+                let d = p.weight.dims();
+                OpSpec::Conv1d {
+                    weight: p.weight_name.clone(),
+                    bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
+                    out_channels: d.first().copied(),
+                    kernel: d.get(2).copied(),
+                    stride: g.stride.1,
+                    padding: g.padding.1,
+                    dilation: g.dilation.1,
+                    groups: g.groups,
+                }
+            }
             Op::Conv2d(p, g) => {
                 let d = p.weight.dims();
                 OpSpec::Conv2d {
@@ -337,6 +412,11 @@ impl Model {
             Op::ChannelAffine { .. } => match self.spec_of(&layer.name) {
                 Some(bn @ OpSpec::Batchnorm { .. }) => bn.clone(),
                 _ => OpSpec::batchnorm(&layer.name),
+            },
+            Op::LayerNorm(n) => OpSpec::LayerNorm {
+                weight: n.weight_name.clone(),
+                bias: n.bias_name.clone(),
+                eps: n.eps,
             },
             Op::Activation(a) => OpSpec::from(*a),
             Op::MaxPool2d(p) | Op::AvgPool2d(p) => {

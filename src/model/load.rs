@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::graph::{Layer, Model, Op, Params, Source};
+use super::graph::{Layer, Model, NormParams, Op, Params, Source};
 use super::shape::{ShapeError, out_shape, weight_shape};
 use super::spec::{ArchSpec, LayerSpec, MODEL_INPUT, OpSpec, tensor_prefix};
 
@@ -756,7 +756,9 @@ impl Graph<'_> {
         let shape = self.shape_of(main).to_vec();
         let mut stored = 0usize;
         let op = match &ls.op {
-            OpSpec::Linear { weight, bias, .. } | OpSpec::Conv2d { weight, bias, .. } => {
+            OpSpec::Linear { weight, bias, .. }
+            | OpSpec::Conv2d { weight, bias, .. }
+            | OpSpec::Conv1d { weight, bias, .. } => {
                 let expected = weight_shape(&ls.op, &shape)
                     .map_err(shape_err)?
                     .unwrap_or_default();
@@ -831,6 +833,34 @@ impl Graph<'_> {
                     scale: mk(scale).map_err(|e| graph_err(e.to_string()))?,
                     shift: mk(shift).map_err(|e| graph_err(e.to_string()))?,
                 }
+            }
+            OpSpec::LayerNorm { weight, bias, eps } => {
+                let Some(&d) = shape.last() else {
+                    return Err(graph_err("layer_norm needs a non-empty input".into()));
+                };
+                if !(eps.is_finite() && *eps > 0.0) {
+                    return Err(graph_err(format!(
+                        "eps = {eps} must be positive and finite"
+                    )));
+                }
+                let mut read = |t: &Option<String>, fill: f32| match t {
+                    Some(t) => {
+                        let (v, bytes) = source.tensor(name, op_name, t, &[Some(d)])?;
+                        stored += bytes;
+                        Ok(v)
+                    }
+                    None => {
+                        Tensor::full(fill, d, &Device::Cpu).map_err(|e| graph_err(e.to_string()))
+                    }
+                };
+                let (w, b) = (read(weight, 1.0)?, read(bias, 0.0)?);
+                Op::LayerNorm(NormParams {
+                    weight: w,
+                    bias: b,
+                    eps: *eps,
+                    weight_name: weight.clone(),
+                    bias_name: bias.clone(),
+                })
             }
             OpSpec::Add { .. } => Op::Add { from: operands[1] },
             OpSpec::Mul { .. } => Op::Mul { from: operands[1] },

@@ -34,6 +34,14 @@ impl Model {
                 }
                 continue;
             }
+            if let Op::LayerNorm(n) = &layer.op {
+                for (name, t) in [(&n.weight_name, &n.weight), (&n.bias_name, &n.bias)] {
+                    if let Some(name) = name {
+                        out.push((name.clone(), t.dims().to_vec(), t.to_vec1::<f32>()?));
+                    }
+                }
+                continue;
+            }
             if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
                 out.push((
                     p.weight_name.clone(),
@@ -85,8 +93,9 @@ impl Model {
             }
         }
         for l in &mut kept {
-            if let OpSpec::Linear { bias, weight, .. } | OpSpec::Conv2d { bias, weight, .. } =
-                &mut l.op
+            if let OpSpec::Linear { bias, weight, .. }
+            | OpSpec::Conv2d { bias, weight, .. }
+            | OpSpec::Conv1d { bias, weight, .. } = &mut l.op
             {
                 let layer = self.layers.iter().find_map(|x| match &x.op {
                     Op::Linear(p) | Op::Conv2d(p, _) if &p.weight_name == weight => Some(p),

@@ -45,6 +45,7 @@ pub enum ShapeError {
 
 const FLAT: &str = "a flat vector (add a flatten layer before it)";
 const IMAGE: &str = "[channels, height, width]";
+const SEQUENCE: &str = "[channels, length]";
 
 /// One sample's output shape of `op` given its inputs' shapes: the previous layer's output
 /// first, then the outputs of the layers it names (`add`'s `from`). The one judge of whether an
@@ -82,7 +83,15 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
             }
         }
         Op::Conv2d(p, g) => {
-            rank(IMAGE, 3)?;
+            // A conv1d is a convolution of height 1: `[C, L]` read as `[C, 1, L]`.
+            let conv1d = p.is_conv1d();
+            let x: Vec<usize> = if conv1d {
+                rank(SEQUENCE, 2)?;
+                vec![x[0], 1, x[1]]
+            } else {
+                rank(IMAGE, 3)?;
+                x.to_vec()
+            };
             let groups = g.groups;
             if groups == 0 || !x[0].is_multiple_of(groups) {
                 return Err(ShapeError::Params(format!(
@@ -91,9 +100,14 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
                 )));
             }
             let d = p.weight.dims();
+            let d: Vec<usize> = match d {
+                [o, i, k] if conv1d => vec![*o, *i, 1, *k],
+                _ => d.to_vec(),
+            };
             if d.len() != 4 || d[1].checked_mul(groups) != Some(x[0]) {
                 return Err(ShapeError::Params(format!(
-                    "weight {d:?} does not take {} input channels in {groups} group(s)",
+                    "weight {:?} does not take {} input channels in {groups} group(s)",
+                    p.weight.dims(),
                     x[0]
                 )));
             }
@@ -104,11 +118,31 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
                 )));
             }
             let (oh, ow) = windows(
-                x,
+                &x,
                 Window::new(d[2], g.stride.0, g.padding.0, g.dilation.0),
                 Window::new(d[3], g.stride.1, g.padding.1, g.dilation.1),
             )?;
+            if conv1d {
+                if (g.stride.0, g.padding.0, g.dilation.0) != (1, 0, 1) {
+                    return Err(ShapeError::Params(
+                        "a conv1d's geometry has no height (stride and dilation 1, padding 0)"
+                            .into(),
+                    ));
+                }
+                return Ok(vec![d[0], ow]);
+            }
             Ok(vec![d[0], oh, ow])
+        }
+        Op::LayerNorm(n) => {
+            let last = x.last().copied().unwrap_or(0);
+            if n.weight.elem_count() != last || n.bias.elem_count() != last {
+                return Err(ShapeError::Params(format!(
+                    "{} weights and {} biases for a last dimension of {last}",
+                    n.weight.elem_count(),
+                    n.bias.elem_count()
+                )));
+            }
+            Ok(x.to_vec())
         }
         Op::ChannelAffine { scale, shift } => {
             if scale.elem_count() != x[0] || shift.elem_count() != x[0] {
@@ -237,6 +271,21 @@ pub fn weight_shape(
                 k.map(|k| k.0),
                 k.map(|k| k.1),
             ]))
+        }
+        OpSpec::Conv1d {
+            out_channels,
+            kernel,
+            groups,
+            ..
+        } => {
+            rank(SEQUENCE, 2)?;
+            if *groups == 0 || !input[0].is_multiple_of(*groups) {
+                return Err(ShapeError::Params(format!(
+                    "groups = {groups} must divide the {} input channels",
+                    input[0]
+                )));
+            }
+            Ok(Some(vec![*out_channels, Some(input[0] / groups), *kernel]))
         }
         _ => Ok(None),
     }

@@ -72,6 +72,9 @@ fn default_eps() -> f64 {
 fn default_slope() -> f64 {
     0.01
 }
+fn one_usize() -> usize {
+    1
+}
 
 /// The name by which a layer reads the model's (scaled) input in `input`, `inputs` and `from`.
 pub const MODEL_INPUT: &str = "input";
@@ -125,11 +128,43 @@ pub enum OpSpec {
         #[serde(default = "default_groups")]
         groups: usize,
     },
+    /// A 1-D convolution over `[channels, length]` samples, as PyTorch's `nn.Conv1d`: weight
+    /// `[out, in/groups, kernel]`. Pruned and quantized per output channel, as conv2d.
+    Conv1d {
+        weight: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bias: Option<String>,
+        /// Output channels and kernel size: optional when loading (checked when given), needed
+        /// to build the layer from scratch (`squeeze train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        out_channels: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kernel: Option<usize>,
+        #[serde(default = "one_usize")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default = "one_usize")]
+        dilation: usize,
+        #[serde(default = "default_groups")]
+        groups: usize,
+    },
     Batchnorm {
         weight: String,
         bias: String,
         running_mean: String,
         running_var: String,
+        #[serde(default = "default_eps")]
+        eps: f64,
+    },
+    /// Normalization over the last dimension of a sample (`[features]`, `[tokens, d]`), as
+    /// PyTorch's `nn.LayerNorm(d)`: `(x − mean) / √(var + eps) × weight + bias` with the biased
+    /// variance; without `weight` and `bias`, as `elementwise_affine = False`.
+    LayerNorm {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        weight: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bias: Option<String>,
         #[serde(default = "default_eps")]
         eps: f64,
     },
@@ -239,6 +274,8 @@ impl OpSpec {
         match self {
             OpSpec::Linear { .. } => "linear",
             OpSpec::Conv2d { .. } => "conv2d",
+            OpSpec::Conv1d { .. } => "conv1d",
+            OpSpec::LayerNorm { .. } => "layer_norm",
             OpSpec::Batchnorm { .. } => "batchnorm",
             OpSpec::Relu {} => "relu",
             OpSpec::Relu6 {} => "relu6",
@@ -305,7 +342,9 @@ impl OpSpec {
         match self {
             OpSpec::Linear { weight, .. }
             | OpSpec::Conv2d { weight, .. }
+            | OpSpec::Conv1d { weight, .. }
             | OpSpec::Batchnorm { weight, .. } => Some(weight),
+            OpSpec::LayerNorm { weight, .. } => weight.as_deref(),
             _ => None,
         }
     }

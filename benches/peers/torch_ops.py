@@ -1,0 +1,56 @@
+"""PyTorch's outputs for the operations of small real models, as a fixture for tests/ops.rs.
+
+Each case is a `torch.nn` module (random init, fixed seed) run on a fixed random batch; the file
+holds, per case, its parameters (`<case>.<state_dict name>`), the batch (`<case>.x`) and
+PyTorch's output (`<case>.y`), all f32. Kept small (a few KB) so the test runs without torch.
+
+    python3 benches/peers/torch_ops.py [--out tests/fixtures/torch_ops.safetensors]
+"""
+import argparse
+import torch
+from torch import nn
+from safetensors.torch import save_file
+
+BATCH = 3
+
+
+def cases():
+    """(name, module, one sample's input shape) for each case."""
+    g = torch.Generator().manual_seed(7)
+
+    def ln(d):
+        m = nn.LayerNorm(d)
+        with torch.no_grad():
+            m.weight.uniform_(0.5, 1.5, generator=g)
+            m.bias.uniform_(-0.5, 0.5, generator=g)
+        return m
+
+    yield "conv1d_a", nn.Conv1d(3, 4, 3, stride=2, padding=1), (3, 11)
+    yield "conv1d_b", nn.Conv1d(4, 6, 3, padding=2, dilation=2, groups=2, bias=False), (4, 9)
+    yield "ln_vec", ln(6), (6,)
+    yield "ln_tok", ln(6), (5, 6)
+    yield "ln_plain", nn.LayerNorm(6, elementwise_affine=False, eps=1e-3), (5, 6)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="tests/fixtures/torch_ops.safetensors")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    out = {}
+    for name, module, shape in cases():
+        module.eval()
+        x = torch.randn(BATCH, *shape) * 2
+        with torch.no_grad():
+            y = module(x)
+        for k, v in module.state_dict().items():
+            out[f"{name}.{k}"] = v.detach().float().contiguous()
+        out[f"{name}.x"] = x.contiguous()
+        out[f"{name}.y"] = y.contiguous()
+    save_file(out, args.out)
+    n = sum(v.numel() for v in out.values())
+    print(f"{args.out}: {len(out)} tensors, {n} values")
+
+
+if __name__ == "__main__":
+    main()
