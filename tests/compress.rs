@@ -330,20 +330,36 @@ fn structured_refusals() {
         "[layer.fc3]\nprune = \"structured\"\nsparsity = 0.5\n",
     );
     assert!(e.contains("fc3") && e.contains("class scores"), "{e}");
+    // fc0 (through r0) and fc1 meet in the add "skip": one group, pruned together, so they
+    // must ask the same.
     let r = residual(3);
-    let e = err(&r, "[layer.fc1]\nprune = \"structured\"\nsparsity = 0.5\n");
+    let e = err(
+        &r,
+        "[layer.fc1]\nprune = \"structured\"\nsparsity = 0.5\n[layer.fc0]\nprune = \"structured\"\nsparsity = 0.25\n",
+    );
     assert!(
-        e.contains("\"skip\"") && e.contains("fc1") && e.contains("r0"),
+        e.contains("\"skip\"")
+            && e.contains("fc1 (sparsity 0.5")
+            && e.contains("fc0 (sparsity 0.25"),
         "{e}"
     );
-    let e = err(&r, "[layer.fc0]\nprune = \"structured\"\nsparsity = 0.5\n");
-    assert!(e.contains("\"skip\"") && e.contains("fc0"), "{e}");
     assert!(matches!(
-        Recipe::from_toml_str("[layer.fc1]\nprune = \"structured\"\nsparsity = 0.5\n")
+        Recipe::from_toml_str("[layer.fc1]\nprune = \"structured\"\nsparsity = 0.5\n[layer.fc0]\nprune = \"structured\"\nsparsity = 0.25\n")
             .unwrap()
             .validate(&r),
         Err(RecipeError::Structured { .. })
     ));
+    // Asked for fc1 alone, fc0 loses the same channels.
+    let plan = apply(
+        &r,
+        &recipe("[layer.fc1]\nprune = \"structured\"\nsparsity = 0.5\n"),
+        None,
+    )
+    .unwrap();
+    for name in ["fc0", "fc1"] {
+        let i = plan.model.layer_index(name).unwrap();
+        assert_eq!(plan.model.layers[i].out_shape, vec![4], "{name}");
+    }
 }
 
 /// `[default]` structured pruning (what `--prune structured` builds) prunes every layer but the

@@ -2,7 +2,7 @@
 //! shortcut, a squeeze-and-excite gate broadcast by `mul`, `concat` of branches and of the model
 //! input. The reference forward against hand-written loops, the engine against the reference
 //! (dense and compressed), files written and read back, every loading problem in one run, and
-//! structured pruning refusing what a branch reads.
+//! structured pruning following branches, joins and gates.
 
 use rand::{SeedableRng, rngs::StdRng};
 use squeeze::compress::{self, Recipe};
@@ -364,33 +364,49 @@ fn every_problem_of_a_graph_is_reported_at_its_layer_in_one_run() {
 }
 
 #[test]
-fn structured_pruning_refuses_a_layer_whose_output_a_branch_reads_and_prunes_a_chain_inside() {
+fn structured_pruning_follows_the_graph_through_branches_joins_and_gates() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (m, _) = graph(&dir, 9);
-    let refuse = Recipe::from_toml_str("[layer.stem]\nprune = \"structured\"\nsparsity = 0.5\n")
-        .expect("recipe");
-    let e = compress::apply(&m, &refuse, None)
-        .expect_err("stem feeds two layers")
-        .to_string();
-    assert!(e.contains("down"), "{e}");
-    let joined = Recipe::from_toml_str("[layer.se2]\nprune = \"structured\"\nsparsity = 0.5\n")
-        .expect("recipe");
-    assert!(
-        compress::apply(&m, &joined, None).is_err(),
-        "se2's outputs gate scale through mul"
-    );
-    // c1 → relu → c2 is a chain inside the graph: its filters can go.
-    let ok = Recipe::from_toml_str("[layer.c1]\nprune = \"structured\"\nsparsity = 0.5\n")
-        .expect("recipe");
-    let plan = compress::apply(&m, &ok, None).expect("c1 can lose filters");
-    let cm = CompressedModel::build(&plan).expect("build");
     let x = rand_vec(&mut StdRng::seed_from_u64(10), 3 * 72);
-    assert_close_rel(
-        &cm.logits(&x, 3),
-        &forward(&plan.dequantized_model(), &x, 3),
-        2e-4,
-        "structured",
-    );
-    let c1 = plan.model.layer_index("c1").expect("c1");
-    assert_eq!(plan.model.layers[c1].out_shape[0], 3);
+    let rows = |plan: &compress::Plan, name: &str| {
+        let i = plan.model.layer_index(name).expect("layer");
+        plan.model.layers[i].out_shape[0]
+    };
+    // The stem feeds c1 and the shortcut: both lose its removed channels as inputs.
+    // se2's gate multiplies r2, the sum of c2 and the shortcut: all three lose the same
+    // channels, and the concat's range for them shrinks (side's and the input's stay).
+    for (recipe, shrunk) in [
+        (
+            "[layer.stem]\nprune = \"structured\"\nsparsity = 0.5\n",
+            vec![("stem", 2)],
+        ),
+        (
+            "[layer.se2]\nprune = \"structured\"\nsparsity = 0.5\n",
+            vec![("se2", 3), ("c2", 3), ("down", 3), ("side", 2)],
+        ),
+        (
+            "[default]\nprune = \"structured\"\nsparsity = 0.5\n",
+            vec![("stem", 2), ("c1", 3), ("c2", 3), ("se1", 1), ("side", 1)],
+        ),
+    ] {
+        let r = Recipe::from_toml_str(recipe).expect("recipe");
+        let plan = compress::apply(&m, &r, None).expect(recipe);
+        for (name, n) in shrunk {
+            assert_eq!(rows(&plan, name), n, "{recipe}: {name}");
+        }
+        let cm = CompressedModel::build(&plan).expect("build");
+        assert_close_rel(
+            &cm.logits(&x, 3),
+            &forward(&plan.dequantized_model(), &x, 3),
+            2e-4,
+            recipe,
+        );
+    }
+    // The classifier's outputs are the classes.
+    let out = Recipe::from_toml_str("[layer.fc]\nprune = \"structured\"\nsparsity = 0.5\n")
+        .expect("recipe");
+    let e = compress::apply(&m, &out, None)
+        .expect_err("fc produces the classes")
+        .to_string();
+    assert!(e.contains("layer fc:") && e.contains("class scores"), "{e}");
 }

@@ -5,6 +5,7 @@
 
 mod apply;
 mod calibrate;
+pub mod groups;
 pub mod huffman;
 pub mod prune;
 pub mod quant;

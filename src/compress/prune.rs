@@ -9,6 +9,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::CompressError;
+use super::groups::{ChannelGraph, Fixed};
 use super::recipe::Norm;
 use crate::model::{Model, Op, OpSpec, Source};
 
@@ -167,87 +168,69 @@ pub fn structured_rows(
     (0..rows).filter(|r| keep[*r]).collect()
 }
 
-/// Why the outputs of a layer cannot be removed by structured pruning.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a layer's outputs cannot be removed by structured pruning, or why the layers asked for
+/// do not fit the model's channel groups (see [`super::groups`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StructuredError {
     #[error("no layer #{0}")]
     NoLayer(usize),
-    #[error("it is a grouped convolution (groups = {0}); only groups = 1 can lose filters")]
-    Grouped(usize),
     #[error("it is a {0} layer, not linear/conv")]
     NotLinear(&'static str),
+    #[error(
+        "it is a grouped convolution (groups = {0}); only groups = 1 and depthwise convolutions can lose filters"
+    )]
+    Grouped(usize),
     /// A layer whose outputs structured pruning does not remove (a conv1d, a linear layer over
     /// tokens).
     #[error(
         "it is a {0}; structured pruning removes the outputs of linear layers on vectors and conv2d filters"
     )]
     Unsupported(&'static str),
-    /// An op between the layer and its consumer that mixes the layer's outputs with each other.
-    #[error(
-        "{via} ({op}) mixes {layer}'s outputs with each other before a linear/conv layer reads them"
-    )]
-    Mixes {
-        via: String,
-        op: &'static str,
-        layer: String,
-    },
     #[error(
         "{0} produces the model's output (class scores); removing its outputs would remove classes"
     )]
     Output(String),
     #[error(
-        "the residual add \"{add}\" reads {layer}'s output, coupling its channels with the other branch; \
-         prune the coupled layers together or leave {layer} unpruned"
+        "its channels are tied to the model input's, which \"{reader}\" reads; the model input is never shrunk"
     )]
-    AddReads { add: String, layer: String },
-    #[error("its output feeds the grouped convolution {consumer} (groups = {groups})")]
-    FeedsGrouped { consumer: String, groups: usize },
+    Input { reader: String },
     #[error(
-        "the residual add \"{add}\" adds the output of \"{from}\" to {layer}'s channels, coupling them; \
-         prune the coupled layers together or leave {layer} unpruned"
+        "its channels are tied to the model's output, which \"{output}\" produces; the model output is never shrunk"
     )]
-    AddCouples {
-        add: String,
-        from: String,
-        layer: String,
-    },
-    #[error("the softmax \"{softmax}\" normalizes over {layer}'s outputs")]
-    Softmax { softmax: String, layer: String },
+    OutputTied { output: String },
+    #[error("its channels reach \"{reader}\", which {why}")]
+    Opaque { reader: String, why: String },
     #[error(
-        "the residual add \"{add}\" reads the output of \"{via}\" (downstream of {layer}), coupling its channels"
+        "{a} (sparsity {sa}, norm {na}) and {b} (sparsity {sb}, norm {nb}) lose the same channels (tied through \"{via}\"); give every layer of the group one sparsity and norm"
     )]
-    AddDownstream {
-        add: String,
+    Conflict {
+        a: String,
+        sa: f64,
+        na: &'static str,
+        b: String,
+        sb: f64,
+        nb: &'static str,
         via: String,
-        layer: String,
     },
-    #[error(
-        "the output of {via} flows on to more than the next layer ({readers}): removing {layer}'s outputs would change what those read; structured pruning follows a chain"
-    )]
-    Branch {
-        via: String,
-        readers: String,
-        layer: String,
-    },
-    #[error(
-        "{join} ({op}) joins {layer}'s outputs with another value before a linear/conv layer reads them"
-    )]
-    Joined {
-        join: String,
-        op: &'static str,
-        layer: String,
-    },
-    #[error("no linear/conv layer consumes {0}'s output")]
-    NoConsumer(String),
 }
 
-/// Checks that the outputs of `layer` can be removed: it is a linear/conv (groups = 1) whose
-/// output reaches exactly one later linear/conv through per-channel ops (activation, dropout,
-/// unfolded batchnorm, pooling, flatten) and no residual `add` couples its channels. Returns
-/// the consuming layer's index, or why not.
-pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredError> {
-    let layers = &model.layers;
-    let Some(this) = layers.get(layer) else {
+fn norm_name(norm: Norm) -> &'static str {
+    match norm {
+        Norm::L1 => "l1",
+        Norm::L2 => "l2",
+    }
+}
+
+/// Checks that structured pruning can remove outputs of `layer`: a linear layer or a conv with
+/// groups = 1 or depthwise, not the output layer, with at least one output channel that is not
+/// tied to the model input, the model output or an operation structured pruning does not
+/// follow. Returns the layer's group in `graph`.
+pub fn structured_check(
+    model: &Model,
+    graph: &ChannelGraph,
+    layer: usize,
+) -> Result<usize, StructuredError> {
+    let Some(this) = model.layers.get(layer) else {
         return Err(StructuredError::NoLayer(layer));
     };
     match &this.op {
@@ -256,144 +239,191 @@ pub fn structured_path(model: &Model, layer: usize) -> Result<usize, StructuredE
             return Err(StructuredError::Unsupported("linear layer over tokens"));
         }
         Op::Linear(_) => {}
-        Op::Conv2d(_, g) if g.groups == 1 => {}
-        Op::Conv2d(_, g) => {
-            return Err(StructuredError::Grouped(g.groups));
+        Op::Conv2d(p, g) if g.groups > 1 => {
+            let in_ch = model.shape_of(model.input_of(layer)).first().copied();
+            if in_ch != Some(g.groups) || p.weight.dims().first() != in_ch.as_ref() {
+                return Err(StructuredError::Grouped(g.groups));
+            }
         }
+        Op::Conv2d(..) => {}
         other => return Err(StructuredError::NotLinear(other.name())),
     }
-    if !layers[layer + 1..].iter().any(|l| l.params().is_some()) {
+    if !model.layers[layer + 1..]
+        .iter()
+        .any(|l| l.params().is_some())
+    {
         return Err(StructuredError::Output(this.name.clone()));
     }
-    let adds_reading = |src: usize| -> Option<&str> {
-        layers.iter().find_map(|l| match l.op {
-            Op::Add { from } if from == Source::Layer(src) => Some(l.name.as_str()),
-            _ => None,
-        })
+    let Some(group) = graph.group_of(layer) else {
+        return Err(StructuredError::NotLinear(this.op.name()));
     };
-    // The value must flow only to the next layer, which reads it as its input.
-    let branches = |src: usize| -> Result<(), StructuredError> {
-        let readers = model.consumers(src);
-        if readers == [src + 1] && layers[src + 1].input.is_none() {
-            return Ok(());
+    let mut first = None;
+    for c in 0..graph.width[layer + 1].0 {
+        match &graph.channels[graph.channel(layer + 1, c)].fixed {
+            None => return Ok(group),
+            Some(f) => {
+                first.get_or_insert(f);
+            }
         }
-        Err(StructuredError::Branch {
-            via: layers[src].name.clone(),
-            readers: readers
-                .iter()
-                .map(|&r| layers[r].name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            layer: this.name.clone(),
-        })
+    }
+    Err(match first {
+        Some(Fixed::Input { reader }) => StructuredError::Input {
+            reader: reader.clone(),
+        },
+        Some(Fixed::Output { layer }) => StructuredError::OutputTied {
+            output: layer.clone(),
+        },
+        Some(Fixed::Opaque { layer, why }) => StructuredError::Opaque {
+            reader: layer.clone(),
+            why: why.clone(),
+        },
+        None => StructuredError::NotLinear(this.op.name()),
+    })
+}
+
+/// The conflict between two layers of one group asking different structured pruning.
+pub fn structured_conflict(
+    model: &Model,
+    graph: &ChannelGraph,
+    group: usize,
+    a: (usize, f64, Norm),
+    b: (usize, f64, Norm),
+) -> StructuredError {
+    let name = |l: usize| {
+        model
+            .layers
+            .get(l)
+            .map_or_else(String::new, |l| l.name.clone())
     };
-    if let Some(add) = adds_reading(layer) {
-        return Err(StructuredError::AddReads {
-            add: add.to_string(),
-            layer: this.name.clone(),
-        });
+    StructuredError::Conflict {
+        a: name(a.0),
+        sa: a.1,
+        na: norm_name(a.2),
+        b: name(b.0),
+        sb: b.1,
+        nb: norm_name(b.2),
+        via: graph.groups[group]
+            .couplers
+            .first()
+            .map_or_else(String::new, |&l| name(l)),
     }
-    branches(layer)?;
-    for (j, l) in layers.iter().enumerate().skip(layer + 1) {
-        match &l.op {
-            Op::Linear(_) => return Ok(j),
-            Op::Conv2d(_, g) => {
-                if g.groups != 1 {
-                    return Err(StructuredError::FeedsGrouped {
-                        consumer: l.name.clone(),
-                        groups: g.groups,
-                    });
-                }
-                return Ok(j);
-            }
-            Op::Add { from } => {
-                return Err(StructuredError::AddCouples {
-                    add: l.name.clone(),
-                    from: model.source_name(*from),
-                    layer: this.name.clone(),
-                });
-            }
-            Op::Mul { .. } | Op::Concat { .. } => {
-                return Err(StructuredError::Joined {
-                    join: l.name.clone(),
-                    op: l.op.name(),
-                    layer: this.name.clone(),
-                });
-            }
-            Op::Softmax => {
-                return Err(StructuredError::Softmax {
-                    softmax: l.name.clone(),
-                    layer: this.name.clone(),
-                });
-            }
-            Op::LayerNorm(_) => {
-                return Err(StructuredError::Mixes {
-                    via: l.name.clone(),
-                    op: l.op.name(),
-                    layer: this.name.clone(),
-                });
-            }
-            Op::ChannelAffine { .. }
-            | Op::Activation(_)
-            | Op::MaxPool2d(_)
-            | Op::AvgPool2d(_)
-            | Op::GlobalAvgPool
-            | Op::AdaptiveAvgPool(_)
-            | Op::Upsample { .. }
-            | Op::Flatten
-            | Op::Dropout(_) => {}
-        }
-        if let Some(add) = adds_reading(j) {
-            return Err(StructuredError::AddDownstream {
-                add: add.to_string(),
-                via: l.name.clone(),
-                layer: this.name.clone(),
-            });
-        }
-        branches(j)?;
-    }
-    Err(StructuredError::NoConsumer(this.name.clone()))
 }
 
 /// For each structurally pruned layer (index into `Model::layers`), the original rows kept.
 pub type KeptRows = Vec<(usize, Vec<usize>)>;
 
-/// Structured pruning of several layers, in model order: each layer's rows are ranked on its
-/// current weights (after earlier layers removed some of its inputs), removed, and the model
-/// shrunk. Returns the smaller model and, per pruned layer, the original row indices kept.
+/// Structured pruning of the groups of several layers (see [`super::groups`]): each listed
+/// layer asks for its group to lose `round(sparsity × channels)` of its channels, ranked by
+/// `norm`; layers of one group must ask the same. Groups are pruned in model order, each ranked
+/// on its current weights (after earlier groups removed some of its members' inputs). Returns
+/// the smaller model and, for every member of a pruned group, the original rows kept.
 pub fn shrink_structured(
     model: &Model,
     layers: &[(usize, f64, Norm)],
 ) -> Result<(Model, KeptRows), CompressError> {
-    let mut order = layers.to_vec();
-    order.sort_by_key(|l| l.0);
-    let mut model = model.clone();
+    let graph = ChannelGraph::analyze(model);
+    let refuse = |layer: usize, e: StructuredError| CompressError::Structured {
+        layer: model
+            .layers
+            .get(layer)
+            .map_or_else(|| format!("#{layer}"), |l| l.name.clone()),
+        msg: e.to_string(),
+    };
+    let mut requests: Vec<(usize, (usize, f64, Norm))> = Vec::new();
+    for &(layer, sparsity, norm) in layers {
+        let g = structured_check(model, &graph, layer).map_err(|e| refuse(layer, e))?;
+        match requests.iter().find(|r| r.0 == g) {
+            Some(&(_, first)) if first.1 != sparsity || first.2 != norm => {
+                let e = structured_conflict(model, &graph, g, first, (layer, sparsity, norm));
+                return Err(refuse(layer, e));
+            }
+            Some(_) => {}
+            None => requests.push((g, (layer, sparsity, norm))),
+        }
+    }
+    requests.sort_by_key(|r| graph.groups[r.0].members.first().copied());
+    let mut m = model.clone();
     let mut kept = Vec::new();
-    for (layer, sparsity, norm) in order {
-        let name = model.layers[layer].name.clone();
-        let tensor_err = |source| CompressError::Tensor {
-            layer: name.clone(),
-            source,
+    for (_, (layer, sparsity, norm)) in requests {
+        // Earlier groups changed their consumers' inputs, not which channels are tied.
+        let graph = ChannelGraph::analyze(&m);
+        let g = structured_check(&m, &graph, layer).map_err(|e| refuse(layer, e))?;
+        let removed = removed_channels(&m, &graph, g, sparsity, norm)?;
+        for &l in &graph.groups[g].members {
+            let rows = (0..graph.width[l + 1].0)
+                .filter(|&c| !removed[graph.channel(l + 1, c)])
+                .collect();
+            kept.push((l, rows));
+        }
+        m = shrink_channels(&m, &graph, &removed)?;
+    }
+    kept.sort_by_key(|k| k.0);
+    Ok((m, kept))
+}
+
+/// The channels (indices into `graph.channels`) group `group` loses: in each part (channels of
+/// the same producers), the `round(sparsity × channels)` removable ones whose member filters
+/// have the smallest summed norm (L1: Σ|w| over every member filter; L2: the sum of each
+/// member filter's L2 norm), keeping at least one channel of the part.
+fn removed_channels(
+    model: &Model,
+    graph: &ChannelGraph,
+    group: usize,
+    sparsity: f64,
+    norm: Norm,
+) -> Result<Vec<bool>, CompressError> {
+    let mut weights = std::collections::BTreeMap::new();
+    for &l in &graph.groups[group].members {
+        let layer = &model.layers[l];
+        let Some(p) = layer.params() else {
+            continue;
         };
-        let Some(p) = model.layers[layer].params() else {
-            return Err(CompressError::Structured {
-                layer: name,
-                msg: "not a linear/conv layer".into(),
-            });
-        };
-        let dims = p.weight.dims().to_vec();
-        let rows = dims[0];
-        let cols: usize = dims[1..].iter().product();
+        let cols: usize = p.weight.dims()[1..].iter().product();
         let w = p
             .weight
             .flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(tensor_err)?;
-        let keep = structured_rows(&w, rows, cols, sparsity, norm);
-        model = shrink(&model, layer, &keep)?;
-        kept.push((layer, keep));
+            .map_err(|source| CompressError::Tensor {
+                layer: layer.name.clone(),
+                source,
+            })?;
+        weights.insert(l, (w, cols));
     }
-    Ok((model, kept))
+    let row_norm = |l: usize, r: usize| -> f64 {
+        let Some((w, cols)) = weights.get(&l) else {
+            return 0.0;
+        };
+        let row = w.get(r * cols..(r + 1) * cols).unwrap_or(&[]);
+        match norm {
+            Norm::L1 => row.iter().map(|v| v.abs() as f64).sum(),
+            Norm::L2 => row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt(),
+        }
+    };
+    let mut removed = vec![false; graph.channels.len()];
+    for part in &graph.groups[group].parts {
+        let free: Vec<usize> = part
+            .iter()
+            .copied()
+            .filter(|&k| graph.channels[k].fixed.is_none())
+            .collect();
+        let scores: Vec<f32> = free
+            .iter()
+            .map(|&k| {
+                graph.channels[k]
+                    .rows
+                    .iter()
+                    .map(|&(l, r)| row_norm(l, r))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        let k = prune_count(sparsity, part.len())
+            .min(part.len().saturating_sub(1))
+            .min(free.len());
+        for (keep, &c) in remove_smallest(&scores, k).iter().zip(&free) {
+            removed[c] = !keep;
+        }
+    }
+    Ok(removed)
 }
 
 fn index_tensor(idx: &[usize]) -> candle_core::Result<Tensor> {
@@ -409,197 +439,205 @@ fn scale_bytes(stored: usize, new: usize, old: usize) -> usize {
     ((stored as u128 * new as u128) / old as u128) as usize
 }
 
-/// Removes the output rows of `layer` not in `keep` (ascending), the matching values of the
-/// per-channel ops after it, and the matching inputs of the layer that consumes it.
+fn slot(s: Source) -> usize {
+    match s {
+        Source::Input => 0,
+        Source::Layer(j) => j + 1,
+    }
+}
+
+/// Removes the channels flagged in `removed` (indices into `graph.channels`) everywhere: the
+/// output rows (and biases) of every linear/conv producing them, depthwise filters, unfolded
+/// batchnorm entries, and the input columns of every linear/conv reading them (each channel of
+/// a flattened `[C, H, W]` value is its `H·W` columns).
 ///
-/// A removed output is 0 in the masked dense model (its weights and bias are zero); what that
-/// 0 becomes after the ops in between (sigmoid(0) = 0.5, a batchnorm's shift) is a constant the
-/// consumer would have multiplied, so it is folded into the consumer's bias. That fold is exact
-/// for a linear consumer and an unpadded conv; at the borders of a padded conv (or after a
-/// padded average pool) the padding zeros make the true contribution smaller, so there the
-/// shrunk model differs slightly from the masked one (only for activations with f(0) ≠ 0 or
-/// unfolded batchnorm).
-pub fn shrink(model: &Model, layer: usize, keep: &[usize]) -> Result<Model, CompressError> {
-    let name = model.layers[layer].name.clone();
-    let consumer = structured_path(model, layer).map_err(|e| CompressError::Structured {
-        layer: name.clone(),
-        msg: e.to_string(),
-    })?;
-    let terr = |l: &str| {
-        let l = l.to_string();
-        move |source| CompressError::Tensor { layer: l, source }
+/// The result computes what the *masked* model computes: the same model with every removed
+/// channel's producer rows, biases and depthwise filters set to zero. A removed channel is then
+/// 0 where it is produced; what that 0 becomes on its way to a reader (a batchnorm's shift,
+/// sigmoid(0) = 0.5, sums and products of such constants through add and mul) is a constant the
+/// reader would have multiplied, so it is folded into the reader's bias. That fold is exact for
+/// a linear reader and an unpadded conv; at the borders of a padded conv (or after a padded
+/// average pool) the padding zeros make the true contribution smaller, so there the shrunk
+/// model differs slightly from the masked one (only where a removed channel carries a nonzero
+/// constant: an unfolded batchnorm or an activation with f(0) ≠ 0 on its way).
+pub fn shrink_channels(
+    model: &Model,
+    graph: &ChannelGraph,
+    removed: &[bool],
+) -> Result<Model, CompressError> {
+    let n = model.layers.len();
+    let structured = |layer: &str, msg: String| CompressError::Structured {
+        layer: layer.to_string(),
+        msg,
     };
-    let mut m = model.clone();
-
-    // The pruned layer itself.
-    let rows = {
-        let l = &mut m.layers[layer];
-        let old_params = l.param_count();
-        let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut l.op else {
-            // structured_path accepted it, so it is a linear/conv.
-            return Err(CompressError::Structured {
-                layer: name,
-                msg: "not a linear/conv layer".into(),
-            });
-        };
-        let rows = p.weight.dims()[0];
-        if keep.is_empty()
-            || keep.iter().any(|&r| r >= rows)
-            || keep.windows(2).any(|w| w[0] >= w[1])
-        {
-            return Err(CompressError::Structured {
-                layer: name,
-                msg: format!(
-                    "rows to keep must be ascending, distinct, non-empty and below {rows}"
-                ),
-            });
-        }
-        let ids = index_tensor(keep).map_err(terr(&name))?;
-        p.weight = p.weight.index_select(&ids, 0).map_err(terr(&name))?;
-        if let Some(b) = &p.bias {
-            p.bias = Some(b.index_select(&ids, 0).map_err(terr(&name))?);
-        }
-        l.out_shape[0] = keep.len();
-        l.stored_bytes = scale_bytes(l.stored_bytes, l.param_count(), old_params);
-        rows
-    };
-    update_spec_outputs(&mut m, layer, keep.len());
-
-    // Along dimension 0 of the value flowing to the consumer: the kept indices and, for the
-    // removed ones, the constant each would have carried in the masked dense model.
-    let mut keep_idx: Vec<usize> = keep.to_vec();
-    let mut removed: Vec<usize> = (0..rows)
-        .filter(|r| keep.binary_search(r).is_err())
+    // Per slot, one flag per entry of the first dimension.
+    let gone: Vec<Vec<bool>> = (0..=n)
+        .map(|s| {
+            let (c, span) = graph.width[s];
+            (0..c * span)
+                .map(|e| removed.get(graph.channel(s, e / span)).copied() == Some(true))
+                .collect()
+        })
         .collect();
-    let mut consts: Vec<f32> = vec![0.0; removed.len()];
-
-    for j in layer + 1..consumer {
-        let prev_out = m.layers[j - 1].out_shape.clone();
-        let lname = m.layers[j].name.clone();
-        let l = &mut m.layers[j];
-        let old_params = l.param_count();
-        l.in_shape = prev_out.clone();
-        match &mut l.op {
-            Op::Activation(a) => {
-                if !consts.is_empty() {
-                    let t = Tensor::from_vec(consts.clone(), consts.len(), &Device::Cpu)
-                        .map_err(terr(&lname))?;
-                    // The dense forward's own activation, so folded constants match it exactly.
-                    consts = crate::model::activation(&t, *a)
-                        .and_then(|t| t.to_dtype(DType::F32))
-                        .and_then(|t| t.to_vec1::<f32>())
-                        .map_err(terr(&lname))?;
-                }
-            }
+    if gone[0].iter().any(|g| *g) {
+        return Err(structured(
+            "input",
+            "the model input cannot lose channels".into(),
+        ));
+    }
+    let mut konst: Vec<Vec<f32>> = Vec::with_capacity(n + 1);
+    konst.push(vec![0.0; gone[0].len()]);
+    let mut m = model.clone();
+    for i in 0..n {
+        let o = i + 1;
+        let layer = &model.layers[i];
+        let name = layer.name.as_str();
+        let terr = |source| CompressError::Tensor {
+            layer: name.to_string(),
+            source,
+        };
+        let reads: Vec<usize> = model.reads(i).into_iter().map(slot).collect();
+        let r0 = reads[0];
+        let len = gone[o].len();
+        let from = |r: usize| konst[r].clone();
+        let k: Vec<f32> = match &layer.op {
             Op::ChannelAffine { scale, shift } => {
-                let s = scale.to_vec1::<f32>().map_err(terr(&lname))?;
-                let h = shift.to_vec1::<f32>().map_err(terr(&lname))?;
-                for (c, v) in removed.iter().zip(consts.iter_mut()) {
-                    *v = *v * s[*c] + h[*c];
-                }
-                let ids = index_tensor(&keep_idx).map_err(terr(&lname))?;
-                *scale = scale.index_select(&ids, 0).map_err(terr(&lname))?;
-                *shift = shift.index_select(&ids, 0).map_err(terr(&lname))?;
-            }
-            Op::Flatten if l.out_shape.len() == 1 && prev_out.len() > 1 => {
-                // Channel c of a [C, H, W] value becomes columns c·H·W .. (c+1)·H·W.
-                let old_in_hw: usize = l.out_shape[0] / (keep_idx.len() + removed.len());
-                let expand = |idx: &[usize]| -> Vec<usize> {
-                    idx.iter()
-                        .flat_map(|c| c * old_in_hw..(c + 1) * old_in_hw)
-                        .collect()
-                };
-                consts = consts
+                let s = scale.to_vec1::<f32>().map_err(terr)?;
+                let h = shift.to_vec1::<f32>().map_err(terr)?;
+                konst[r0]
                     .iter()
-                    .flat_map(|v| std::iter::repeat_n(*v, old_in_hw))
-                    .collect();
-                keep_idx = expand(&keep_idx);
-                removed = expand(&removed);
+                    .zip(s.iter().zip(&h))
+                    .map(|(k, (s, h))| k * s + h)
+                    .collect()
             }
+            Op::Activation(a) => {
+                let v = from(r0);
+                let t = Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).map_err(terr)?;
+                // The dense forward's own activation, so folded constants match it exactly.
+                crate::model::activation(&t, *a)
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(terr)?
+            }
+            Op::Flatten if konst[r0].len() != len && !konst[r0].is_empty() => {
+                let per = len / konst[r0].len();
+                konst[r0]
+                    .iter()
+                    .flat_map(|v| std::iter::repeat_n(*v, per))
+                    .collect()
+            }
+            Op::Add { .. } | Op::Mul { .. } => {
+                let add = matches!(layer.op, Op::Add { .. });
+                let mut acc = from(r0);
+                for &r in &reads[1..] {
+                    for (a, b) in acc.iter_mut().zip(&konst[r]) {
+                        *a = if add { *a + b } else { *a * b };
+                    }
+                }
+                acc
+            }
+            Op::Concat { .. } => reads.iter().flat_map(|&r| konst[r].clone()).collect(),
             Op::Flatten
             | Op::MaxPool2d(_)
             | Op::AvgPool2d(_)
             | Op::GlobalAvgPool
             | Op::AdaptiveAvgPool(_)
             | Op::Upsample { .. }
-            | Op::Dropout(_) => {}
-            // structured_path stops at linear/conv/add/softmax: none of these is in between.
-            Op::Linear(_)
-            | Op::Conv2d(..)
-            | Op::Add { .. }
-            | Op::Mul { .. }
-            | Op::Concat { .. }
-            | Op::LayerNorm(_)
-            | Op::Softmax => {
-                return Err(CompressError::Structured {
-                    layer: name,
-                    msg: format!(
-                        "unexpected {} layer {lname} before the consumer",
-                        l.op.name()
-                    ),
-                });
-            }
-        }
-        l.out_shape[0] = keep_idx.len();
-        l.stored_bytes = scale_bytes(l.stored_bytes, l.param_count(), old_params);
-    }
-
-    // The consumer: drop the matching inputs, fold the removed constants into its bias.
-    let prev_out = m.layers[consumer - 1].out_shape.clone();
-    let cname = m.layers[consumer].name.clone();
-    let c = &mut m.layers[consumer];
-    let old_params = c.param_count();
-    c.in_shape = prev_out;
-    let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut c.op else {
-        return Err(CompressError::Structured {
-            layer: name,
-            msg: format!("consumer {cname} is not linear/conv"),
-        });
-    };
-    let dims = p.weight.dims().to_vec();
-    let out = dims[0];
-    let inputs = dims[1];
-    let per_input: usize = dims[2..].iter().product();
-    if inputs != keep_idx.len() + removed.len() {
-        return Err(CompressError::Structured {
-            layer: name,
-            msg: format!(
-                "consumer {cname} takes {inputs} inputs but {} reach it",
-                keep_idx.len() + removed.len()
-            ),
-        });
-    }
-    if consts.iter().any(|v| *v != 0.0) {
-        let w = p
-            .weight
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(terr(&cname))?;
-        let mut bias = match &p.bias {
-            Some(b) => b.to_vec1::<f32>().map_err(terr(&cname))?,
-            None => vec![0.0; out],
+            | Op::Dropout(_) => from(r0),
+            // Removed rows are zero; nothing else carries a removed channel.
+            _ => Vec::new(),
         };
-        for (o, b) in bias.iter_mut().enumerate() {
-            let mut acc = 0f64;
-            for (col, v) in removed.iter().zip(&consts) {
-                let start = (o * inputs + col) * per_input;
-                let sum: f64 = w[start..start + per_input].iter().map(|x| *x as f64).sum();
-                acc += sum * *v as f64;
-            }
-            *b += acc as f32;
+        konst.push(if k.len() == len { k } else { vec![0.0; len] });
+
+        let cut_in = gone[r0].iter().any(|g| *g);
+        let cut_out = gone[o].iter().any(|g| *g);
+        let in_shape = m.shape_of(m.input_of(i)).to_vec();
+        let ml = &mut m.layers[i];
+        ml.in_shape = in_shape;
+        if !cut_in && !cut_out {
+            continue;
         }
-        p.bias = Some(Tensor::from_vec(bias, out, &Device::Cpu).map_err(terr(&cname))?);
+        let old_params = ml.param_count();
+        let keep_out: Vec<usize> = (0..len).filter(|&e| !gone[o][e]).collect();
+        let keep_in: Vec<usize> = (0..gone[r0].len()).filter(|&e| !gone[r0][e]).collect();
+        let mut groups = None;
+        match &mut ml.op {
+            Op::Conv2d(p, g) if g.groups > 1 => {
+                // Depthwise: its filters go with its channels.
+                let ids = index_tensor(&keep_out).map_err(terr)?;
+                p.weight = p.weight.index_select(&ids, 0).map_err(terr)?;
+                if let Some(b) = &p.bias {
+                    p.bias = Some(b.index_select(&ids, 0).map_err(terr)?);
+                }
+                g.groups = keep_out.len();
+                groups = Some(keep_out.len());
+            }
+            Op::Linear(p) | Op::Conv2d(p, _) => {
+                let dims = p.weight.dims().to_vec();
+                if cut_in {
+                    let (out, inputs) = (dims[0], dims[1]);
+                    if inputs != gone[r0].len() {
+                        return Err(structured(
+                            name,
+                            format!("takes {inputs} inputs but {} reach it", gone[r0].len()),
+                        ));
+                    }
+                    let per: usize = dims[2..].iter().product();
+                    let cols: Vec<usize> = (0..inputs).filter(|&e| gone[r0][e]).collect();
+                    if cols.iter().any(|&e| konst[r0][e] != 0.0) {
+                        let w = p
+                            .weight
+                            .flatten_all()
+                            .and_then(|t| t.to_vec1::<f32>())
+                            .map_err(terr)?;
+                        let mut bias = match &p.bias {
+                            Some(b) => b.to_vec1::<f32>().map_err(terr)?,
+                            None => vec![0.0; out],
+                        };
+                        for (row, b) in bias.iter_mut().enumerate() {
+                            let mut acc = 0f64;
+                            for &e in &cols {
+                                let start = (row * inputs + e) * per;
+                                let sum: f64 =
+                                    w[start..start + per].iter().map(|x| *x as f64).sum();
+                                acc += sum * konst[r0][e] as f64;
+                            }
+                            *b += acc as f32;
+                        }
+                        p.bias = Some(Tensor::from_vec(bias, out, &Device::Cpu).map_err(terr)?);
+                    }
+                    let ids = index_tensor(&keep_in).map_err(terr)?;
+                    p.weight = p.weight.index_select(&ids, 1).map_err(terr)?;
+                }
+                if cut_out {
+                    let ids = index_tensor(&keep_out).map_err(terr)?;
+                    p.weight = p.weight.index_select(&ids, 0).map_err(terr)?;
+                    if let Some(b) = &p.bias {
+                        p.bias = Some(b.index_select(&ids, 0).map_err(terr)?);
+                    }
+                }
+            }
+            Op::ChannelAffine { scale, shift } => {
+                let ids = index_tensor(&keep_out).map_err(terr)?;
+                *scale = scale.index_select(&ids, 0).map_err(terr)?;
+                *shift = shift.index_select(&ids, 0).map_err(terr)?;
+            }
+            _ => {}
+        }
+        if let Some(d) = ml.out_shape.first_mut() {
+            *d = keep_out.len();
+        }
+        ml.stored_bytes = scale_bytes(ml.stored_bytes, ml.param_count(), old_params);
+        if cut_out && ml.params().is_some() {
+            update_spec_outputs(&mut m, i, keep_out.len(), groups);
+        }
     }
-    let ids = index_tensor(&keep_idx).map_err(terr(&cname))?;
-    p.weight = p.weight.index_select(&ids, 1).map_err(terr(&cname))?;
-    let new_params = c.param_count();
-    c.stored_bytes = scale_bytes(c.stored_bytes, new_params, old_params);
     Ok(m)
 }
 
-/// Keeps an explicit `out_features`/`out_channels` in the architecture in step with the
-/// shrunk layer, so a written model reloads.
-fn update_spec_outputs(model: &mut Model, layer: usize, outputs: usize) {
+/// Keeps an explicit `out_features`/`out_channels` (and a depthwise conv's `groups`) in the
+/// architecture in step with the shrunk layer, so a written model reloads.
+fn update_spec_outputs(model: &mut Model, layer: usize, outputs: usize, groups: Option<usize>) {
     let name = model.layers[layer].name.clone();
     for (i, ls) in model.spec.layers.iter_mut().enumerate() {
         if ls.display_name(i) != name {
@@ -609,11 +647,19 @@ fn update_spec_outputs(model: &mut Model, layer: usize, outputs: usize) {
             OpSpec::Linear {
                 out_features: Some(n),
                 ..
-            }
-            | OpSpec::Conv2d {
-                out_channels: Some(n),
-                ..
             } => *n = outputs,
+            OpSpec::Conv2d {
+                out_channels,
+                groups: g,
+                ..
+            } => {
+                if let Some(n) = out_channels {
+                    *n = outputs;
+                }
+                if let Some(new) = groups {
+                    *g = new;
+                }
+            }
             _ => {}
         }
     }

@@ -502,6 +502,7 @@ impl Recipe {
             }
         };
 
+        let graph = super::groups::ChannelGraph::analyze(model);
         let mut layers = Vec::new();
         for &(index, name) in &compressible {
             let over = self.layers.get(name);
@@ -539,25 +540,27 @@ impl Recipe {
             } else {
                 self.resolve_pruning(&r, method, cols, &invalid)?
             };
-            // Structured pruning asked for by `[default]` leaves the output layer whole: its
-            // outputs are the classes. Named in its own `[layer.NAME]`, it is refused below.
+            // Structured pruning asked for by `[default]` leaves whole the layers that cannot
+            // lose outputs (the output layer, whose outputs are the classes; layers whose
+            // channels are tied to the model input). Named in its own `[layer.NAME]`, such a
+            // layer is refused.
             let from_default = over.and_then(|o| o.prune).is_none();
-            let is_output = !model.layers[index + 1..]
-                .iter()
-                .any(|l| l.params().is_some());
             let prune = match prune {
-                Pruning::Structured { .. } if from_default && is_output => Pruning::None,
+                Pruning::Structured { .. } => {
+                    match super::prune::structured_check(model, &graph, index) {
+                        Ok(_) => prune,
+                        Err(_) if from_default => Pruning::None,
+                        Err(e) => {
+                            return Err(RecipeError::Structured {
+                                at: at.clone(),
+                                layer: name.to_string(),
+                                msg: e.to_string(),
+                            });
+                        }
+                    }
+                }
                 p => p,
             };
-            if matches!(prune, Pruning::Structured { .. }) {
-                super::prune::structured_path(model, index).map_err(|e| {
-                    RecipeError::Structured {
-                        at: at.clone(),
-                        layer: name.to_string(),
-                        msg: e.to_string(),
-                    }
-                })?;
-            }
 
             let weights = resolve_weights(&r, cols, &invalid)?;
             layers.push(LayerPlan {
@@ -566,6 +569,30 @@ impl Recipe {
                 prune,
                 weights,
             });
+        }
+
+        // Layers of one channel group lose the same channels: they must ask the same.
+        let mut asked: Vec<(usize, (usize, f64, Norm))> = Vec::new();
+        for lp in &layers {
+            let Pruning::Structured { sparsity, norm } = lp.prune else {
+                continue;
+            };
+            let Some(g) = graph.group_of(lp.layer).filter(|_| sparsity > 0.0) else {
+                continue;
+            };
+            let this = (lp.layer, sparsity, norm);
+            match asked.iter().find(|a| a.0 == g) {
+                Some(&(_, first)) if first.1 != sparsity || first.2 != norm => {
+                    return Err(RecipeError::Structured {
+                        at: at.clone(),
+                        layer: lp.name.clone(),
+                        msg: super::prune::structured_conflict(model, &graph, g, first, this)
+                            .to_string(),
+                    });
+                }
+                Some(_) => {}
+                None => asked.push((g, this)),
+            }
         }
 
         let activations = match &self.activations {

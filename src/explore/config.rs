@@ -94,8 +94,8 @@ impl LayerSetting {
     }
 
     /// This setting as `layer` can take it — the one rule `m` and "apply to all" follow:
-    /// structured pruning where the layer cannot lose outputs (the output layer, a residual
-    /// branch) becomes no pruning, and group scales whose size does not divide the layer's
+    /// structured pruning where the layer cannot lose outputs (the output layer, channels tied
+    /// to the model input) becomes no pruning, and group scales whose size does not divide the layer's
     /// rows become per-channel scales.
     pub fn fitted(mut self, layer: &LayerInfo) -> LayerSetting {
         if self.prune == PruneMethod::Structured && layer.no_structured.is_some() {

@@ -23,11 +23,13 @@ pub struct LayerInfo {
     /// Edges of the weight histograms: the dense weights' (min, max).
     pub hist_range: (f32, f32),
     pub hist_before: Vec<u32>,
-    /// When the layer's output meets others in a residual `add`: the other compressible
-    /// layers there (empty when it meets only the block's input). `None`: not coupled.
+    /// When the layer's output meets others in an `add` or `mul`: the other compressible
+    /// layers there (empty when it meets only the block's input), whose channels structured
+    /// pruning removes together with this one's. `None`: not coupled.
     pub coupled: Option<Vec<String>>,
     /// Why structured pruning cannot remove this layer's outputs (it produces the class
-    /// scores, a residual `add` reads it, ...), as the recipe check says; `None` when it can.
+    /// scores, its channels are tied to the model input, ...), as the recipe check says; `None`
+    /// when it can (with the other layers of its channel group).
     pub no_structured: Option<String>,
 }
 
@@ -46,6 +48,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     pub fn from_model(model: &Model, data_name: &str, samples: usize) -> ModelInfo {
         let coupling = coupling(model);
+        let channels = crate::compress::groups::ChannelGraph::analyze(model);
         let layers = model
             .compressible()
             .filter_map(|(index, layer)| {
@@ -73,9 +76,11 @@ impl ModelInfo {
                             .map(|&j| model.layers[j].name.clone())
                             .collect()
                     }),
-                    no_structured: crate::compress::prune::structured_path(model, index)
-                        .err()
-                        .map(|e| e.to_string()),
+                    no_structured: crate::compress::prune::structured_check(
+                        model, &channels, index,
+                    )
+                    .err()
+                    .map(|e| e.to_string()),
                 })
             })
             .collect();

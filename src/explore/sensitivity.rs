@@ -390,8 +390,10 @@ pub enum CellStatus {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerRow {
     pub name: String,
-    /// Other layers whose outputs meet this one's in a residual `add`: measured alone, but
-    /// compressing them together may cost more than the sum of their rows.
+    /// Other layers whose outputs meet this one's in an `add` or `mul`: structured pruning
+    /// removes their shared channels together (this row's structured probes prune them all);
+    /// the other probes measure this layer alone, and compressing them together may cost more
+    /// than the sum of their rows.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub coupled_with: Vec<String>,
     pub coupled: bool,
@@ -595,7 +597,7 @@ pub fn render_text(table: &SensitivityTable, grid: &SensitivityGrid) -> String {
             l.coupled_with.join(", ")
         };
         s += &format!(
-            "{}*: coupled with {with} (their outputs meet in an add or mul): measured alone, compressing them together may cost more\n",
+            "{}*: coupled with {with} (their outputs meet in an add or mul): structured pruning removes their shared channels together, so its structured row prunes the whole group; every other probe compresses it alone, and compressing them together may cost more\n",
             l.name
         );
     }
