@@ -445,3 +445,41 @@ fn a_grouped_convolution_keeps_its_channels() {
     );
     check(&n, HALF, &[("c", 2), ("a", 4), ("g", 4)]);
 }
+
+#[test]
+fn a_layer_norm_and_a_conv1d_keep_their_channels() {
+    // a's channels reach a layer_norm, which normalizes over all of them.
+    let mut n = Net::new("[3, 6, 6]", 10);
+    n.conv("a", &[], 3, 4, 3, 1, 1, 1)
+        .op("global_avgpool", "gap", &[], "")
+        .op("layer_norm", "ln", &[], "")
+        .linear("fc1", &[], 4, 5)
+        .op("tanh", "t", &[], "")
+        .linear("fc", &[], 5, 2);
+    let e = refusal(&n, "[layer.a]\nprune = \"structured\"\nsparsity = 0.5\n");
+    assert!(
+        e.contains("layer a:") && e.contains("\"ln\"") && e.contains("normalizes"),
+        "{e}"
+    );
+    check(&n, HALF, &[("fc1", 3), ("a", 4)]);
+
+    let mut c = Net::new("[2, 8]", 11);
+    c.op(
+        "conv1d",
+        "k",
+        &[],
+        "weight = \"k.weight\"\nbias = \"k.bias\"\npadding = 1\n",
+    );
+    c.tensor("k.weight".into(), vec![4, 2, 3]);
+    c.tensor("k.bias".into(), vec![4]);
+    c.op("relu", "r", &[], "")
+        .op("flatten", "flat", &[], "")
+        .linear("fc", &[], 32, 3);
+    let e = refusal(&c, "[layer.k]\nprune = \"structured\"\nsparsity = 0.5\n");
+    assert!(e.contains("layer k:") && e.contains("conv1d"), "{e}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = c.model(&dir);
+    let plan = compress::apply(&m, &Recipe::from_toml_str(HALF).expect("recipe"), None)
+        .expect("[default] leaves the conv1d whole");
+    assert_eq!(out_rows(&plan.model, "k"), 4);
+}
