@@ -11,8 +11,8 @@ use super::cpu::{Avx512, Isa};
 use super::error::EngineError;
 use super::format::{PackedLayer, SizeBreakdown};
 use super::kernels::{
-    FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work, fake_quantize,
-    interleave_quads, quantize_centered,
+    Depthwise, FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work,
+    fake_quantize, interleave_quads, quantize_centered,
 };
 use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use crate::compress::Plan;
@@ -74,19 +74,34 @@ pub enum Step {
 pub struct Prepared {
     stored: PackedLayer,
     kernels: Vec<LayerKernels>,
+    /// A depthwise convolution on float inputs: its direct kernel, which runs instead of
+    /// `kernels` (then empty).
+    depthwise: Option<Depthwise>,
 }
 
 impl Prepared {
     /// A linear layer: every kind of work.
     fn linear(stored: PackedLayer) -> Prepared {
         let kernels = vec![LayerKernels::prepare(&stored, Work::ALL)];
-        Prepared { stored, kernels }
+        Prepared {
+            stored,
+            kernels,
+            depthwise: None,
+        }
     }
 
-    /// A convolution: its groups each prepared as a layer of their own; the single-column
-    /// variants only for one output position, the 8-bit kernel only without groups (the
-    /// activation codes are laid out for it by `Conv::run`).
+    /// A convolution: a depthwise one on float inputs on its direct kernel; otherwise its
+    /// groups each prepared as a layer of their own, the single-column variants only for one
+    /// output position, the 8-bit kernel only without groups (the activation codes are laid out
+    /// for it by `Conv::run`).
     fn conv(stored: PackedLayer, shape: &ConvShape) -> Prepared {
+        if let Some(d) = Depthwise::new(&stored, shape) {
+            return Prepared {
+                stored,
+                kernels: Vec::new(),
+                depthwise: Some(d),
+            };
+        }
         let work = Work {
             one_column: shape.positions() == 1,
             int8: shape.groups == 1,
@@ -99,7 +114,11 @@ impl Prepared {
                 .map(|g| LayerKernels::prepare(&stored.row_slice(g * rows..(g + 1) * rows), work))
                 .collect()
         };
-        Prepared { stored, kernels }
+        Prepared {
+            stored,
+            kernels,
+            depthwise: None,
+        }
     }
 
     /// The layer as stored.
@@ -876,6 +895,12 @@ impl Conv<'_> {
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
         let rows_g = s.cout / s.groups;
+        if let Some(d) = &self.layer.depthwise {
+            for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+                d.run(xs, ys, &mut t.t1);
+            }
+            return;
+        }
         if let [k] = &self.layer.kernels[..]
             && let Run::Int8(il) = k.kernels()
         {

@@ -17,6 +17,7 @@
 //! - `row_blocks.rs`: sparse rows in 16-row blocks over 32-column windows;
 //! - `gathered.rs`: sparse rows over the absolute column of every entry, one column or many;
 //! - `panels.rs`: the layer decoded into the matrix product's row panels (batches, positions);
+//! - `depthwise.rs`: depthwise convolutions computed directly, tap by tap, on float inputs;
 //! - `int8.rs`: 8-bit activation codes × 8-bit weight codes (AVX-512 VNNI);
 //! - `integer.rs`: activation codes × uniform weight codes of any layout, exact i32 sums.
 //!
@@ -26,6 +27,7 @@
 mod codes;
 mod common;
 mod dense;
+mod depthwise;
 mod gathered;
 mod int8;
 mod integer;
@@ -40,6 +42,7 @@ use super::format::PackedLayer;
 use crate::compress::ActivationQuant;
 
 pub use common::KernelScratch;
+pub(crate) use depthwise::Depthwise;
 pub use gathered::EntryColumns;
 pub(crate) use int8::{Int8Layer, Layout, interleave_quads};
 pub(crate) use integer::IntegerRows;

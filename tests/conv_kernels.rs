@@ -1,0 +1,186 @@
+//! The engine's convolution kernels against the reference forward pass (candle): depthwise
+//! layers of every geometry the direct kernel handles (odd sizes, strides 1–3, padding 0–2,
+//! dilation, 5×5 windows, two outputs per input channel), dense and compressed, one sample and
+//! batches.
+
+use rand::{SeedableRng, rngs::StdRng};
+use squeeze::compress::{self, Recipe};
+use squeeze::engine::{self, CompressedModel};
+use squeeze::model::Model;
+
+mod common;
+use common::{Named, assert_close_rel, forward, rand_vec, written_model};
+
+/// One depthwise layer `dwI` (a conv2d with `groups = cin`): kernel, stride, padding,
+/// dilation, output channels per input channel.
+struct Dw {
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dil: usize,
+    mult: usize,
+}
+
+/// A chain of depthwise layers over `[c, h, w]` inputs, each followed by a BatchNorm (folded
+/// into it when compressed) and a ReLU6, then a linear layer to 5 classes.
+fn chain(dir: &tempfile::TempDir, c: usize, h: usize, w: usize, dws: &[Dw], seed: u64) -> Model {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut arch = format!("[input]\nshape = [{c}, {h}, {w}]\n");
+    let mut t: Named = Vec::new();
+    let (mut c, mut h, mut w) = (c, h, w);
+    for (i, d) in dws.iter().enumerate() {
+        let name = format!("dw{i}");
+        arch += &format!(
+            "[[layer]]\nop = \"conv2d\"\nname = \"{name}\"\nweight = \"{name}.weight\"\n\
+             bias = \"{name}.bias\"\nstride = {}\npadding = {}\ndilation = {}\ngroups = {c}\n\
+             [[layer]]\nop = \"batchnorm\"\nname = \"{name}.bn\"\nweight = \"{name}.bn.weight\"\n\
+             bias = \"{name}.bn.bias\"\nrunning_mean = \"{name}.bn.mean\"\n\
+             running_var = \"{name}.bn.var\"\n[[layer]]\nop = \"relu6\"\n",
+            d.stride, d.pad, d.dil
+        );
+        let cout = c * d.mult;
+        t.push((
+            format!("{name}.weight"),
+            vec![cout, 1, d.k, d.k],
+            rand_vec(&mut rng, cout * d.k * d.k),
+        ));
+        t.push((format!("{name}.bias"), vec![cout], rand_vec(&mut rng, cout)));
+        t.push((
+            format!("{name}.bn.weight"),
+            vec![cout],
+            rand_vec(&mut rng, cout)
+                .iter()
+                .map(|v| 1.0 + 0.5 * v)
+                .collect(),
+        ));
+        t.push((
+            format!("{name}.bn.bias"),
+            vec![cout],
+            rand_vec(&mut rng, cout),
+        ));
+        t.push((
+            format!("{name}.bn.mean"),
+            vec![cout],
+            rand_vec(&mut rng, cout),
+        ));
+        t.push((
+            format!("{name}.bn.var"),
+            vec![cout],
+            rand_vec(&mut rng, cout)
+                .iter()
+                .map(|v| v.abs() + 0.5)
+                .collect(),
+        ));
+        let span = d.dil * (d.k - 1) + 1;
+        h = (h + 2 * d.pad - span) / d.stride + 1;
+        w = (w + 2 * d.pad - span) / d.stride + 1;
+        c = cout;
+    }
+    arch += "[[layer]]\nop = \"flatten\"\n[[layer]]\nop = \"linear\"\nname = \"fc\"\n\
+             weight = \"fc.weight\"\nbias = \"fc.bias\"\n";
+    let feats = c * h * w;
+    t.push((
+        "fc.weight".into(),
+        vec![5, feats],
+        rand_vec(&mut rng, 5 * feats),
+    ));
+    t.push(("fc.bias".into(), vec![5], rand_vec(&mut rng, 5)));
+    written_model(dir, &arch, &t)
+}
+
+/// Tests that force the portable kernels hold this while they run (the switch is global).
+static KERNEL_PATH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The engine against the reference on `m`, dense and under weight-only recipes, for batches
+/// of 1 and 7, on the vector kernels and on the portable ones.
+fn check(m: &Model, what: &str) {
+    let _guard = KERNEL_PATH.lock().unwrap_or_else(|e| e.into_inner());
+    for portable in [false, true] {
+        engine::force_portable(portable);
+        check_path(m, &format!("{what}, portable {portable}"));
+    }
+    engine::force_portable(false);
+}
+
+fn check_path(m: &Model, what: &str) {
+    let x = rand_vec(&mut StdRng::seed_from_u64(99), 7 * m.input_len());
+    for recipe in [
+        "",
+        "[default]\nbits = 8\n",
+        "[default]\nprune = \"l1\"\nsparsity = 0.9\n",
+        "[default]\nbits = 4\nscheme = \"kmeans\"\n",
+        "[default]\nbits = 16\n",
+    ] {
+        let r = Recipe::from_toml_str(recipe).expect("recipe");
+        let plan = compress::apply(m, &r, None).expect("apply");
+        let cm = CompressedModel::build(&plan).expect("build");
+        let reference = plan.dequantized_model();
+        for n in [1, 7] {
+            let want = forward(&reference, &x[..n * m.input_len()], n);
+            let got = cm.logits(&x[..n * m.input_len()], n);
+            assert_close_rel(&got, &want, 2e-4, &format!("{what}, {recipe:?}, batch {n}"));
+        }
+    }
+}
+
+#[test]
+fn depthwise_3x3_matches_the_reference_at_odd_sizes_and_strides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dw = |k, stride, pad| Dw {
+        k,
+        stride,
+        pad,
+        dil: 1,
+        mult: 1,
+    };
+    // 13×11 → 13×11 (stride 1, pad 1) → 7×6 (stride 2, pad 1) → 3×2 (stride 2, no padding)
+    let m = chain(&dir, 5, 13, 11, &[dw(3, 1, 1), dw(3, 2, 1), dw(3, 2, 0)], 1);
+    check(&m, "3×3 chain");
+    // Wider than one 16-lane step (37 columns: two whole steps and a partial one).
+    let m = chain(&dir, 3, 9, 37, &[dw(3, 1, 1), dw(3, 2, 1)], 2);
+    check(&m, "37 columns");
+}
+
+#[test]
+fn depthwise_other_windows_match_the_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = chain(
+        &dir,
+        4,
+        15,
+        14,
+        &[
+            // 5×5 padding 2, stride 1; dilation 2; stride 3 padding 2; two outputs per channel.
+            Dw {
+                k: 5,
+                stride: 1,
+                pad: 2,
+                dil: 1,
+                mult: 1,
+            },
+            Dw {
+                k: 3,
+                stride: 1,
+                pad: 1,
+                dil: 2,
+                mult: 1,
+            },
+            Dw {
+                k: 3,
+                stride: 3,
+                pad: 2,
+                dil: 1,
+                mult: 1,
+            },
+            Dw {
+                k: 3,
+                stride: 1,
+                pad: 1,
+                dil: 1,
+                mult: 2,
+            },
+        ],
+        3,
+    );
+    check(&m, "other windows");
+}
