@@ -149,7 +149,15 @@ pub(crate) fn product(
                     // `bp` `kc × NR` values (slices checked above); the tile writes rows
                     // `< rows` at stride `n` and columns `< cols`, all inside `yt` since
                     // `r0 + rows ≤ m` and `j0 + cols ≤ n`.
-                    unsafe { x86::micro(kc, ap, bp, yt, n, rows, cols) };
+                    unsafe {
+                        // A panel of at most 16 columns (a convolution over 4 × 4 positions,
+                        // a narrow last panel) computes only the half that holds them.
+                        if cols <= 16 {
+                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols)
+                        } else {
+                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols)
+                        }
+                    };
                     continue;
                 }
                 micro_portable(kc, ap, bp, yt, n, rows, cols);
@@ -288,13 +296,14 @@ mod x86 {
 
     use super::{MR, NR};
 
-    /// The AVX-512 `MR × NR` tile: `2·MR` accumulators held in registers across the `k` block.
+    /// The AVX-512 `MR × NR` tile, or its first `16·H` columns: `H·MR` accumulators held in
+    /// registers across the `k` block.
     ///
     /// # Safety
     /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
-    /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ NR`.
+    /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ 16·H ≤ NR`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn micro(
+    pub(super) unsafe fn micro<const H: usize>(
         kc: usize,
         a: &[f32],
         b: &[f32],
@@ -303,21 +312,25 @@ mod x86 {
         rows: usize,
         cols: usize,
     ) {
-        assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= NR);
+        const { assert!(H >= 1 && 16 * H <= NR) };
+        assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= 16 * H);
         assert!(rows == 0 || y.len() >= (rows - 1) * ldy + cols);
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm512_setzero_ps(); H]; MR];
         // SAFETY: for the whole block, step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
         // `b[kk·NR .. kk·NR + NR]`, inside both slices (asserted above); the tile loads and
         // stores are masked to the `cols` columns of the `rows` rows that `y` holds.
         unsafe {
             for _ in 0..kc {
-                let b0 = _mm512_loadu_ps(bp);
-                let b1 = _mm512_loadu_ps(bp.add(16));
+                let mut bv = [_mm512_setzero_ps(); H];
+                for (h, v) in bv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(bp.add(16 * h));
+                }
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*ap.add(i));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                    for (a, &b) in acc.iter_mut().zip(&bv) {
+                        *a = _mm512_fmadd_ps(av, b, *a);
+                    }
                 }
                 ap = ap.add(MR);
                 bp = bp.add(NR);
@@ -333,11 +346,13 @@ mod x86 {
             let yp = y.as_mut_ptr();
             for (i, acc) in acc.iter().enumerate().take(rows) {
                 let p0 = yp.add(i * ldy);
-                let p1 = p0.wrapping_add(16);
                 let c0 = _mm512_maskz_loadu_ps(m0, p0);
                 _mm512_mask_storeu_ps(p0, m0, _mm512_add_ps(c0, acc[0]));
-                let c1 = _mm512_maskz_loadu_ps(m1, p1);
-                _mm512_mask_storeu_ps(p1, m1, _mm512_add_ps(c1, acc[1]));
+                if let Some(&a1) = acc.get(1) {
+                    let p1 = p0.wrapping_add(16);
+                    let c1 = _mm512_maskz_loadu_ps(m1, p1);
+                    _mm512_mask_storeu_ps(p1, m1, _mm512_add_ps(c1, a1));
+                }
             }
         }
     }
