@@ -360,6 +360,19 @@ fn a_resnet_block_loses_the_same_channels_on_both_sides_of_its_adds() {
         "[layer.c2]\nprune = \"structured\"\nsparsity = 0.25\nnorm = \"l2\"\n",
         &[("stem", 3), ("c2", 3), ("c1", 4), ("down", 6)],
     );
+    // However high the sparsity, every group keeps a channel.
+    check(
+        &resnet(3),
+        "[default]\nprune = \"structured\"\nsparsity = 0.99\n",
+        &[
+            ("stem", 1),
+            ("c2", 1),
+            ("c1", 1),
+            ("c3", 1),
+            ("c4", 1),
+            ("down", 1),
+        ],
+    );
 }
 
 #[test]

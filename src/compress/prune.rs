@@ -1,6 +1,6 @@
 //! Pruning: which weights survive. Masks (`true` = kept) for unstructured and N:M methods, and
-//! structured pruning, which physically removes output neurons/filters and the inputs of the
-//! layer that consumes them, producing a smaller `Model`.
+//! structured pruning, which physically removes the channels of a channel group (see
+//! [`super::groups`]) from every layer producing or reading them, producing a smaller `Model`.
 //!
 //! Counts follow PyTorch's `torch.nn.utils.prune`: `round(sparsity × n)` with Python's
 //! round-half-to-even. Ties in magnitude are broken by position (the earlier weight is removed
@@ -143,29 +143,6 @@ pub fn std_mask(weights: &[f32], quality: f64) -> Vec<bool> {
         .iter()
         .map(|w| (w.abs() as f64) >= threshold)
         .collect()
-}
-
-/// The output rows (neurons/filters) structured pruning keeps, ascending: removes
-/// `round(sparsity × rows)` rows of smallest L1/L2 norm, always keeping at least one.
-pub fn structured_rows(
-    weights: &[f32],
-    rows: usize,
-    cols: usize,
-    sparsity: f64,
-    norm: Norm,
-) -> Vec<usize> {
-    let norms: Vec<f32> = (0..rows)
-        .map(|r| {
-            let row = &weights[r * cols..(r + 1) * cols];
-            match norm {
-                Norm::L1 => row.iter().map(|w| w.abs() as f64).sum::<f64>() as f32,
-                Norm::L2 => row.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt() as f32,
-            }
-        })
-        .collect();
-    let k = prune_count(sparsity, rows).min(rows.saturating_sub(1));
-    let keep = remove_smallest(&norms, k);
-    (0..rows).filter(|r| keep[*r]).collect()
 }
 
 /// Why a layer's outputs cannot be removed by structured pruning, or why the layers asked for
@@ -708,12 +685,5 @@ mod tests {
         assert!(std > 0.5 && std < 2.0);
         assert_eq!(std_mask(&w, 1.0), vec![true, false, false, true]);
         assert_eq!(std_mask(&w, 0.0), vec![true; 4]);
-    }
-
-    #[test]
-    fn structured_keeps_at_least_one() {
-        let w = [1.0, 1.0, 2.0, 2.0, 0.5, 0.5];
-        assert_eq!(structured_rows(&w, 3, 2, 0.99, Norm::L1), vec![1]);
-        assert_eq!(structured_rows(&w, 3, 2, 0.4, Norm::L2), vec![0, 1]);
     }
 }
