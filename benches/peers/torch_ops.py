@@ -30,6 +30,48 @@ def cases():
     yield "ln_vec", ln(6), (6,)
     yield "ln_tok", ln(6), (5, 6)
     yield "ln_plain", nn.LayerNorm(6, elementwise_affine=False, eps=1e-3), (5, 6)
+    yield "tok_linear", nn.Linear(6, 4), (5, 6)
+    yield "tokens_sel", Tokens(g, "select"), (2, 4, 4)
+    yield "tokens_mean", Tokens(g, "mean"), (2, 4, 4)
+    yield "mha", SelfAttention(8, 2), (5, 8)
+
+
+class Tokens(nn.Module):
+    """A ViT's patch tokens on a small image: conv 2x2 stride 2 (4 channels), flatten(2) (or a
+    reshape) and transpose(1, 2) to [4 tokens, 4], a class token first, a position embedding
+    added, then token 0 (`select`) or a per-feature scale and the mean over tokens (`mean`)."""
+
+    def __init__(self, g, head):
+        super().__init__()
+        self.head = head
+        self.patch = nn.Conv2d(2, 4, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 4, generator=g))
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 4, generator=g))
+        self.gamma = nn.Parameter(torch.rand(4, generator=g) + 0.5)
+
+    def forward(self, x):
+        x = self.patch(x)
+        if self.head == "select":
+            x = x.flatten(2)
+        else:
+            x = x.reshape(x.shape[0], 4, 4)
+        x = x.transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
+        if self.head == "select":
+            return x[:, 0]
+        return (x * self.gamma).mean(dim=1)
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention(batch_first=True) on (x, x, x)."""
+
+    def __init__(self, d, heads):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
 
 
 def main():

@@ -17,7 +17,8 @@ use crate::files::{Sealed, TensorBytes};
 use crate::model::shape::element_count;
 use crate::model::spec::tensor_prefix;
 use crate::model::{
-    ARCH_METADATA_KEY, ArchSpec, Layer, MODEL_INPUT, Model, Op, OpSpec, Params, Source, out_shape,
+    ARCH_METADATA_KEY, ArchSpec, Layer, MODEL_INPUT, Model, Op, OpSpec, ParamJoin, ParamValue,
+    Params, Source, out_shape,
 };
 
 pub const FORMAT_KEY: &str = "squeeze.format";
@@ -207,7 +208,9 @@ impl CompressedModel {
                 inputs: self.model.layer_spec(i).inputs,
                 spec: self.model.op_spec(l),
                 format: match s {
-                    Step::Linear(p) | Step::Conv(p, _) => Some(p.descriptor()),
+                    Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
+                        Some(p.descriptor())
+                    }
                     _ => None,
                 },
             })
@@ -227,7 +230,7 @@ impl CompressedModel {
         let mut tensors: Vec<TensorBytes> = Vec::new();
         for (layer, step) in self.model.layers.iter().zip(&self.steps) {
             match step {
-                Step::Linear(p) | Step::Conv(p, _) => {
+                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
                     for (suffix, dt, shape, bytes) in p.tensors() {
                         tensors.push((format!("{}.{suffix}", layer.name), dt, shape, bytes));
                     }
@@ -244,6 +247,21 @@ impl CompressedModel {
                             format!("{}.{suffix}", layer.name),
                             Dtype::F32,
                             vec![v.len()],
+                            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ));
+                    }
+                }
+                Step::ParamJoin { .. } | Step::ParamConcat(_) => {
+                    if let Op::Param { param, .. } = &layer.op {
+                        let v: Vec<f32> = param
+                            .stored
+                            .flatten_all()
+                            .and_then(|t| t.to_vec1())
+                            .unwrap_or_default();
+                        tensors.push((
+                            format!("{}.param", layer.name),
+                            Dtype::F32,
+                            param.stored.dims().to_vec(),
                             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                         ));
                     }
@@ -576,6 +594,22 @@ fn read_op(
             });
             (check(op)?, None)
         }
+        OpSpec::Add { param: Some(t), .. }
+        | OpSpec::Mul { param: Some(t), .. }
+        | OpSpec::Concat { param: Some(t) }
+            if reads.len() == 1 =>
+        {
+            let join = match &d.spec {
+                OpSpec::Add { .. } => ParamJoin::Add,
+                OpSpec::Mul { .. } => ParamJoin::Mul,
+                _ => ParamJoin::Concat,
+            };
+            let name = format!("{}.param", d.name);
+            let (shape, v) = reader.f32s_any(&name)?;
+            let stored = Tensor::from_vec(v, shape, &dev).map_err(|e| corrupt(e.to_string()))?;
+            let param = ParamValue::new(join, stored, t, &d.in_shape).map_err(corrupt)?;
+            (check(Op::Param { join, param })?, None)
+        }
         OpSpec::Add { .. } | OpSpec::Mul { .. } if reads.len() == 2 => {
             let from = reads[1];
             let op = if matches!(d.spec, OpSpec::Mul { .. }) {
@@ -585,13 +619,13 @@ fn read_op(
             };
             (check(op)?, None)
         }
-        OpSpec::Concat {} if reads.len() >= 2 => (
+        OpSpec::Concat { .. } if reads.len() >= 2 => (
             check(Op::Concat {
                 from: reads[1..].to_vec(),
             })?,
             None,
         ),
-        OpSpec::Add { .. } | OpSpec::Mul { .. } | OpSpec::Concat {} => {
+        OpSpec::Add { .. } | OpSpec::Mul { .. } | OpSpec::Concat { .. } => {
             return Err(corrupt(format!(
                 "{} reads {} value(s)",
                 d.spec.op_name(),
@@ -599,7 +633,7 @@ fn read_op(
             )));
         }
         other => (
-            check(Op::without_params(other).map_err(|e| corrupt(e.to_string()))?)?,
+            check(Op::for_input(other, &d.in_shape).map_err(|e| corrupt(e.to_string()))?)?,
             None,
         ),
     })
@@ -655,6 +689,37 @@ impl Reader<'_> {
             return Err(self.err(name, format!("non-finite value at {i}")));
         }
         Ok(v)
+    }
+
+    /// An f32 tensor of any shape: its shape and values.
+    fn f32s_any(&mut self, name: &str) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+        let shape = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.err(name, "tensor is missing".into()))?
+            .shape()
+            .to_vec();
+        let len = element_count(&shape).ok_or_else(|| self.err(name, "too large".into()))?;
+        let v = self
+            .st
+            .tensor(name)
+            .map_err(|_| self.err(name, "tensor is missing".into()))?;
+        if v.dtype() != Dtype::F32 {
+            return Err(self.err(name, format!("dtype {:?}, expected F32", v.dtype())));
+        }
+        let values: Vec<f32> = v
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if values.len() != len {
+            return Err(self.err(name, format!("{} values for shape {shape:?}", values.len())));
+        }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(self.err(name, format!("non-finite value at {i}")));
+        }
+        self.used += 1;
+        Ok((shape, values))
     }
 
     fn u16s(&mut self, name: &str, dt: Dtype, len: usize) -> Result<Vec<u16>, EngineError> {

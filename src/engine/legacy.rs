@@ -155,13 +155,20 @@ impl OldLayerDesc {
                 None,
             ),
             OldOp::GlobalAvgpool => (OpSpec::GlobalAvgpool {}, None),
-            OldOp::Flatten => (OpSpec::Flatten {}, None),
+            OldOp::Flatten => (
+                OpSpec::Flatten {
+                    start_dim: None,
+                    end_dim: None,
+                },
+                None,
+            ),
             OldOp::Dropout { p } => (OpSpec::Dropout { p: Some(p) }, None),
             OldOp::Softmax => (OpSpec::Softmax {}, None),
             OldOp::Add { from } => match earlier.get(from) {
                 Some(src) => (
                     OpSpec::Add {
                         from: Some(src.name.clone()),
+                        param: None,
                     },
                     None,
                 ),

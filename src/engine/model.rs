@@ -16,7 +16,7 @@ use super::kernels::{
 };
 use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use crate::compress::Plan;
-use crate::model::{Activation, InputSpec, Model, Op, Source, UpsampleMode};
+use crate::model::{Activation, InputSpec, Model, Op, ParamJoin, Source, UpsampleMode};
 
 /// Samples per rayon task in `logits` (measured: see `benches/inference.rs`), at most.
 pub const CHUNK: usize = 128;
@@ -29,6 +29,8 @@ const CHUNK_BYTES: usize = 4 << 20;
 #[derive(Debug, Clone)]
 pub enum Step {
     Linear(Prepared),
+    /// A linear layer applied to each of a sample's tokens (`[tokens, d]` → `[tokens, out]`).
+    TokenLinear(Prepared, usize),
     Conv(Prepared, ConvShape),
     ChannelAffine {
         scale: Vec<f32>,
@@ -57,6 +59,27 @@ pub enum Step {
     Softmax {
         last: usize,
     },
+    /// Output value `i` of a sample is input value `index[i]` (transpose, select).
+    Gather(Vec<usize>),
+    /// The mean over the middle dimension of a sample seen as `[outer, n, inner]`.
+    Mean {
+        outer: usize,
+        n: usize,
+        inner: usize,
+    },
+    /// Self-attention over `[tokens, 3·d]` queries, keys and values.
+    Attention {
+        tokens: usize,
+        d: usize,
+        heads: usize,
+    },
+    /// The input plus (or times) a learned tensor of its shape, in place.
+    ParamJoin {
+        value: Vec<f32>,
+        mul: bool,
+    },
+    /// A learned tensor, then the input.
+    ParamConcat(Vec<f32>),
     /// `add` and `mul`: the step's input joined with the value `from`.
     Join {
         from: Source,
@@ -370,6 +393,13 @@ impl CompressedModel {
                             }
                             Step::Conv(Prepared::conv(pl, &shape), shape)
                         }
+                        _ if layer.in_shape.len() == 2 => {
+                            let (tokens, d) = (layer.in_shape[0], layer.in_shape[1]);
+                            if pl.cols != d {
+                                return Err(graph("linear input size mismatch".into()));
+                            }
+                            Step::TokenLinear(Prepared::linear(pl), tokens)
+                        }
                         _ => {
                             if pl.cols != in_len {
                                 return Err(graph("linear input size mismatch".into()));
@@ -445,7 +475,44 @@ impl CompressedModel {
                         _ => Step::AdaptiveAvgPool(s),
                     }
                 }
-                Op::Flatten | Op::Dropout(_) => Step::Identity,
+                Op::Flatten | Op::Reshape(_) | Op::Dropout(_) => Step::Identity,
+                Op::Transpose(a, b) => Step::Gather(ops::transpose_index(&layer.in_shape, *a, *b)),
+                Op::Select { dim, index } => {
+                    Step::Gather(ops::select_index(&layer.in_shape, *dim, *index))
+                }
+                Op::Mean(dim) => {
+                    let (s, dim) = (&layer.in_shape, *dim);
+                    Step::Mean {
+                        outer: s[..dim].iter().product(),
+                        n: s[dim],
+                        inner: s[dim + 1..].iter().product(),
+                    }
+                }
+                Op::Attention { heads } => {
+                    let (ins, outs) = (&layer.in_shape, &layer.out_shape);
+                    if ins.len() != 2 || outs.len() != 2 {
+                        return Err(graph("attention needs [tokens, 3·d] shapes".into()));
+                    }
+                    Step::Attention {
+                        tokens: ins[0],
+                        d: outs[1],
+                        heads: *heads,
+                    }
+                }
+                Op::Param { join, param } => {
+                    let v = param
+                        .value
+                        .flatten_all()
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .map_err(|e| graph(e.to_string()))?;
+                    match join {
+                        ParamJoin::Concat => Step::ParamConcat(v),
+                        _ => Step::ParamJoin {
+                            value: v,
+                            mul: *join == ParamJoin::Mul,
+                        },
+                    }
+                }
                 Op::Softmax => Step::Softmax {
                     last: layer.in_shape.last().copied().unwrap_or(1),
                 },
@@ -512,7 +579,7 @@ impl CompressedModel {
     /// The packed layers with their model layer index.
     pub fn packed_layers(&self) -> impl Iterator<Item = (usize, &PackedLayer)> {
         self.steps.iter().enumerate().filter_map(|(i, s)| match s {
-            Step::Linear(p) | Step::Conv(p, _) => Some((i, p.stored())),
+            Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => Some((i, p.stored())),
             _ => None,
         })
     }
@@ -527,7 +594,9 @@ impl CompressedModel {
         let mut total = SizeBreakdown::default();
         for s in &self.steps {
             match s {
-                Step::Linear(p) | Step::Conv(p, _) => total += p.size_breakdown(),
+                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
+                    total += p.size_breakdown()
+                }
                 Step::ChannelAffine { scale, shift, .. } => {
                     total.scales += (scale.len() + shift.len()) * 4
                 }
@@ -553,7 +622,7 @@ impl CompressedModel {
         self.steps
             .iter()
             .map(|s| match s {
-                Step::Linear(p) | Step::Conv(p, _) => {
+                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
                     (p.rows * p.cols + p.bias.as_ref().map_or(0, Vec::len)) * 4
                 }
                 Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
@@ -577,6 +646,7 @@ impl CompressedModel {
             .iter()
             .map(|s| match s {
                 Step::Linear(p) => (p.rows * p.cols) as u64,
+                Step::TokenLinear(p, tokens) => (p.rows * p.cols * tokens) as u64,
                 Step::Conv(p, shape) => (p.rows * p.cols * shape.positions()) as u64,
                 _ => 0,
             })
@@ -699,6 +769,41 @@ impl CompressedModel {
                 Step::Linear(p) => {
                     let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
                     linear(p.kernels(), x, n, y, &mut s.bufs, self.avx512);
+                }
+                Step::TokenLinear(p, tokens) => {
+                    let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
+                    linear(p.kernels(), x, n * tokens, y, &mut s.bufs, self.avx512);
+                }
+                Step::Gather(index) => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        for (v, i) in y.iter_mut().zip(index) {
+                            *v = x[*i];
+                        }
+                    }
+                }
+                Step::Mean { outer, n: m, inner } => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        ops::mean(x, (*outer, *m, *inner), y);
+                    }
+                }
+                Step::Attention { tokens, d, heads } => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        ops::attention(x, (*tokens, *d, *heads), y, &mut s.bufs.t1);
+                    }
+                }
+                Step::ParamJoin { value, mul } => {
+                    for x in cur[..n * len].chunks_mut(len) {
+                        for (v, p) in x.iter_mut().zip(value) {
+                            *v = if *mul { *v * p } else { *v + p };
+                        }
+                    }
+                    swapped = false;
+                }
+                Step::ParamConcat(value) => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        y[..value.len()].copy_from_slice(value);
+                        y[value.len()..value.len() + len].copy_from_slice(x);
+                    }
                 }
                 Step::Conv(p, shape) => {
                     let conv = Conv {

@@ -408,6 +408,102 @@ pub fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f64) {
     }
 }
 
+/// For a sample of shape `shape` with dimensions `a` and `b` swapped: the input index of each
+/// output value.
+pub fn transpose_index(shape: &[usize], a: usize, b: usize) -> Vec<usize> {
+    let mut strides = vec![1usize; shape.len()];
+    for k in (0..shape.len().saturating_sub(1)).rev() {
+        strides[k] = strides[k + 1] * shape[k + 1];
+    }
+    let mut out_shape = shape.to_vec();
+    out_shape.swap(a, b);
+    strides.swap(a, b);
+    let len: usize = shape.iter().product();
+    let mut index = Vec::with_capacity(len);
+    let mut at = vec![0usize; shape.len()];
+    for _ in 0..len {
+        index.push(at.iter().zip(&strides).map(|(i, s)| i * s).sum());
+        // The next output position, last dimension fastest.
+        for k in (0..at.len()).rev() {
+            at[k] += 1;
+            if at[k] < out_shape[k] {
+                break;
+            }
+            at[k] = 0;
+        }
+    }
+    index
+}
+
+/// For a sample of shape `shape`, index `i` of dimension `dim` (the dimension dropped): the
+/// input index of each output value.
+pub fn select_index(shape: &[usize], dim: usize, i: usize) -> Vec<usize> {
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product();
+    (0..outer)
+        .flat_map(|o| {
+            let start = (o * shape[dim] + i) * inner;
+            start..start + inner
+        })
+        .collect()
+}
+
+/// The mean over the middle dimension of `x` seen as `[outer, n, inner]`.
+pub fn mean(x: &[f32], (outer, n, inner): (usize, usize, usize), y: &mut [f32]) {
+    for o in 0..outer {
+        let ys = &mut y[o * inner..(o + 1) * inner];
+        ys.fill(0.0);
+        for row in x[o * n * inner..(o + 1) * n * inner].chunks(inner.max(1)) {
+            for (v, a) in ys.iter_mut().zip(row) {
+                *v += a;
+            }
+        }
+        for v in ys {
+            *v /= n as f32;
+        }
+    }
+}
+
+/// Self-attention of one sample: `x` is `[tokens, 3·d]` (queries, keys, values), `y` `[tokens,
+/// d]`; per head of `d / heads` values, softmax(q·kᵀ / √(d/heads))·v. `scores` is scratch.
+pub fn attention(
+    x: &[f32],
+    (tokens, d, heads): (usize, usize, usize),
+    y: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let dh = d / heads.max(1);
+    let scale = 1.0 / (dh as f32).sqrt();
+    scores.resize(tokens, 0.0);
+    for h in 0..heads {
+        let col = h * dh;
+        for i in 0..tokens {
+            let q = &x[i * 3 * d + col..i * 3 * d + col + dh];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                let k = &x[j * 3 * d + d + col..j * 3 * d + d + col + dh];
+                let dot: f32 = q.iter().zip(k).map(|(a, b)| a * scale * b).sum();
+                *s = dot;
+                max = max.max(dot);
+            }
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let out = &mut y[i * d + col..i * d + col + dh];
+            out.fill(0.0);
+            for (j, s) in scores.iter().enumerate() {
+                let p = s / sum;
+                let v = &x[j * 3 * d + 2 * d + col..j * 3 * d + 2 * d + col + dh];
+                for (o, v) in out.iter_mut().zip(v) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+}
+
 /// `x × scale[c] + shift[c]` per channel of `per` values.
 pub fn channel_affine(x: &mut [f32], scale: &[f32], shift: &[f32], per: usize) {
     for (c, chunk) in x.chunks_mut(per.max(1)).enumerate() {

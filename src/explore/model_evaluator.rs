@@ -290,14 +290,7 @@ impl ModelEvaluator {
                     return LayerFigures::default();
                 };
                 let p = packed(q.layer);
-                let positions: usize = match plan.model.layers.get(q.layer).map(|l| &l.op) {
-                    Some(Op::Conv2d(..)) => plan.model.layers[q.layer]
-                        .out_shape
-                        .iter()
-                        .skip(1)
-                        .product(),
-                    _ => 1,
-                };
+                let positions = plan.model.layers.get(q.layer).map_or(1, |l| l.positions());
                 let values = q.dequantized();
                 let kept = values
                     .iter()
@@ -622,7 +615,7 @@ fn batched_logits(model: &CompressedModel, inputs: &[f32], n: usize) -> Vec<f32>
 /// The packed layer of step `i`, if it is a linear or conv layer.
 fn packed_at(steps: &[Step], i: usize) -> Option<&PackedLayer> {
     match steps.get(i)? {
-        Step::Linear(p) | Step::Conv(p, _) => Some(p),
+        Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => Some(p),
         _ => None,
     }
 }
@@ -630,7 +623,7 @@ fn packed_at(steps: &[Step], i: usize) -> Option<&PackedLayer> {
 /// Stored bytes of one step (as `CompressedModel::size_bytes` counts them).
 fn step_bytes(step: &Step) -> usize {
     match step {
-        Step::Linear(p) | Step::Conv(p, _) => p.size_breakdown().total(),
+        Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => p.size_breakdown().total(),
         Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
         _ => 0,
     }
@@ -941,10 +934,7 @@ impl Evaluator for ModelEvaluator {
         let Some(alone) = slice_model(&self.model, index..index + 1) else {
             return Err(EvalError::Other(format!("layer {layer} cannot run alone")));
         };
-        let positions: usize = match &alone.layers[0].op {
-            Op::Conv2d(..) => alone.layers[0].out_shape.iter().skip(1).product(),
-            _ => 1,
-        };
+        let positions = alone.layers[0].positions();
         let sample = vec![1.0f32; alone.input_len()];
         settings
             .par_iter()

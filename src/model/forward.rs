@@ -5,7 +5,9 @@
 
 use candle_core::{D, Result, Tensor};
 
-use super::graph::{Conv2dGeometry, Layer, Model, NormParams, Op, Params, Pool2d, Source};
+use super::graph::{
+    Conv2dGeometry, Layer, Model, NormParams, Op, ParamJoin, Params, Pool2d, Source,
+};
 use super::shape::adaptive_window;
 use super::spec::{Activation, UpsampleMode};
 
@@ -149,6 +151,13 @@ fn layer_forward(
         Op::Linear(p) => {
             let (w, b) = ops.params(i, p)?;
             let x = ops.layer_input(i, x)?;
+            if let [n, t, d] = x.dims() {
+                // Each token a row: `[N·T, d]` through the layer, then back to `[N, T, out]`.
+                let (n, t) = (*n, *t);
+                let y = ops.linear(&x.reshape((n * t, *d))?, &w, b.as_ref())?;
+                let out = y.dim(1)?;
+                return y.reshape((n, t, out));
+            }
             ops.linear(&x, &w, b.as_ref())
         }
         Op::Conv2d(p, g) if p.is_conv1d() => {
@@ -192,6 +201,27 @@ fn layer_forward(
             UpsampleMode::Nearest => upsample_nearest(x, *scale),
         },
         Op::Flatten => x.flatten_from(1),
+        Op::Reshape(shape) => {
+            let mut dims = vec![x.dim(0)?];
+            dims.extend_from_slice(shape);
+            x.reshape(dims)
+        }
+        Op::Transpose(a, b) => x.transpose(a + 1, b + 1)?.contiguous(),
+        Op::Select { dim, index } => x.narrow(dim + 1, *index, 1)?.squeeze(dim + 1),
+        Op::Mean(dim) => x.mean(dim + 1),
+        Op::Attention { heads } => attention(x, *heads),
+        Op::Param { join, param } => {
+            let v = param.value.unsqueeze(0)?;
+            match join {
+                ParamJoin::Add => x.broadcast_add(&v),
+                ParamJoin::Mul => x.broadcast_mul(&v),
+                ParamJoin::Concat => {
+                    let mut dims = v.dims().to_vec();
+                    dims[0] = x.dim(0)?;
+                    Tensor::cat(&[&v.broadcast_as(dims)?.contiguous()?, x], 1)
+                }
+            }
+        }
         Op::Dropout(p) => ops.dropout(x, *p),
         Op::Softmax => candle_nn::ops::softmax_last_dim(x),
         Op::Add { from } => join(x, kept(saved, *from, &layer.name)?, false),
@@ -214,6 +244,29 @@ fn layer_norm(x: &Tensor, n: &NormParams) -> Result<Tensor> {
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let y = centred.broadcast_div(&(var + n.eps)?.sqrt()?)?;
     y.broadcast_mul(&n.weight)?.broadcast_add(&n.bias)
+}
+
+/// Self-attention over `[N, T, 3·d]` queries, keys and values (in that order, as
+/// `nn.MultiheadAttention`'s `in_proj`): per head of `d / heads` values, softmax(q·kᵀ /
+/// √(d/heads))·v; the heads side by side give `[N, T, d]`.
+fn attention(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (n, t, d3) = x.dims3()?;
+    let d = d3 / 3;
+    let dh = d / heads;
+    let part = |k: usize| -> Result<Tensor> {
+        x.narrow(2, k * d, d)?
+            .reshape((n, t, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+    let q = (q * (1.0 / (dh as f64).sqrt()))?;
+    let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
+    let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    p.matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((n, t, d))
 }
 
 /// An activation on candle, as the dense inference forward applies it.

@@ -75,6 +75,97 @@ pub struct NormParams {
     pub bias_name: Option<String>,
 }
 
+/// How a learned tensor joins a layer's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamJoin {
+    Add,
+    Mul,
+    /// The tensor first, then the input, along a sample's first dimension.
+    Concat,
+}
+
+/// A learned tensor a join reads as its second operand (a ViT's class token or position
+/// embedding).
+#[derive(Debug, Clone)]
+pub struct ParamValue {
+    /// As the state_dict holds it.
+    pub stored: Tensor,
+    /// Its values in one sample's shape: the input's for add and mul (broadcast), `[p, …]` with
+    /// the input's other dimensions for concat.
+    pub value: Tensor,
+    /// The state_dict name.
+    pub name: String,
+}
+
+impl ParamValue {
+    /// `stored` read against an input of one sample's shape `x`, as PyTorch broadcasts it over
+    /// a batch: a leading dimension of 1 beyond the sample's rank is the batch's; add and mul
+    /// broadcast the rest against the input's last dimensions (each equal or 1), concat takes
+    /// it whole with the input's dimensions after the first.
+    pub fn new(join: ParamJoin, stored: Tensor, name: &str, x: &[usize]) -> Result<Self, String> {
+        let s = stored.dims().to_vec();
+        let sample = match &s[..] {
+            [1, rest @ ..] if rest.len() == x.len() => rest.to_vec(),
+            _ => s.clone(),
+        };
+        let fail = || {
+            Err(format!(
+                "param \"{name}\" of shape {s:?} does not {} the input's {x:?}",
+                if join == ParamJoin::Concat {
+                    "join along the first dimension of"
+                } else {
+                    "broadcast to"
+                }
+            ))
+        };
+        let value = match join {
+            ParamJoin::Concat => {
+                if sample.len() != x.len() || sample.get(1..) != x.get(1..) || sample.is_empty() {
+                    return fail();
+                }
+                stored.reshape(sample)
+            }
+            ParamJoin::Add | ParamJoin::Mul => {
+                let off = match x.len().checked_sub(sample.len()) {
+                    Some(off) => off,
+                    None => return fail(),
+                };
+                if sample
+                    .iter()
+                    .zip(&x[off..])
+                    .any(|(p, d)| *p != *d && *p != 1)
+                {
+                    return fail();
+                }
+                stored
+                    .reshape(sample)
+                    .and_then(|t| t.broadcast_as(x))
+                    .and_then(|t| t.contiguous())
+            }
+        };
+        Ok(ParamValue {
+            stored,
+            value: value.map_err(|e| e.to_string())?,
+            name: name.to_string(),
+        })
+    }
+}
+
+/// A dimension in PyTorch's numbering on a batch (0 the batch, 1 a sample's first, negative
+/// from the end) as an index into one sample's shape of `rank` dimensions.
+fn sample_dim(field: &'static str, d: i64, rank: usize) -> Result<usize, OpError> {
+    let r = rank as i64;
+    let t = if d < 0 { d + r + 1 } else { d };
+    if t < 1 || t > r {
+        return Err(OpError::Dim {
+            field,
+            dim: d,
+            rank,
+        });
+    }
+    Ok((t - 1) as usize)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2d {
     pub kernel: (usize, usize),
@@ -113,6 +204,27 @@ pub enum Op {
         mode: UpsampleMode,
     },
     Flatten,
+    /// One sample's values kept in order, shaped as given (`reshape`, `flatten` of some
+    /// dimensions).
+    Reshape(Vec<usize>),
+    /// Two dimensions of a sample swapped.
+    Transpose(usize, usize),
+    /// Index `index` of a sample's dimension `dim`, the dimension dropped.
+    Select {
+        dim: usize,
+        index: usize,
+    },
+    /// The mean over a sample's dimension, dropped.
+    Mean(usize),
+    /// Self-attention of `heads` heads over `[tokens, 3·d]` queries, keys and values.
+    Attention {
+        heads: usize,
+    },
+    /// The input joined with a learned tensor.
+    Param {
+        join: ParamJoin,
+        param: ParamValue,
+    },
     Dropout(f64),
     Softmax,
     /// The input plus the value `from`, a `[C]` or `[C, 1, 1]` operand broadcast per channel.
@@ -141,6 +253,16 @@ pub enum OpError {
     },
     #[error("p = {0} must be in [0, 1)")]
     DropoutP(f64),
+    #[error(
+        "{field} = {dim} is not a dimension of a sample of rank {rank} (PyTorch's numbering: 0 is the batch, 1 a sample's first, negative from the end)"
+    )]
+    Dim {
+        field: &'static str,
+        dim: i64,
+        rank: usize,
+    },
+    #[error("{0}")]
+    Shape(String),
     /// A linear, conv, batchnorm or add layer: loading resolves it with its tensors and inputs.
     #[error("{0} needs its tensors or inputs resolved")]
     NeedsParams(&'static str),
@@ -161,6 +283,16 @@ impl Op {
             Op::AdaptiveAvgPool(_) => "adaptive_avgpool",
             Op::Upsample { .. } => "upsample",
             Op::Flatten => "flatten",
+            Op::Reshape(_) => "reshape",
+            Op::Transpose(..) => "transpose",
+            Op::Select { .. } => "select",
+            Op::Mean(_) => "mean",
+            Op::Attention { .. } => "attention",
+            Op::Param { join, .. } => match join {
+                ParamJoin::Add => "add",
+                ParamJoin::Mul => "mul",
+                ParamJoin::Concat => "concat",
+            },
             Op::Dropout(_) => "dropout",
             Op::Softmax => "softmax",
             Op::Add { .. } => "add",
@@ -238,7 +370,10 @@ impl Op {
                 }
                 Op::Upsample { scale, mode: *mode }
             }
-            OpSpec::Flatten {} => Op::Flatten,
+            OpSpec::Flatten {
+                start_dim: None | Some(1),
+                end_dim: None | Some(-1),
+            } => Op::Flatten,
             OpSpec::Dropout { p } => {
                 let p = p.unwrap_or(0.5);
                 if !(0.0..1.0).contains(&p) {
@@ -248,6 +383,72 @@ impl Op {
             }
             OpSpec::Softmax {} => Op::Softmax,
             other => return Err(OpError::NeedsParams(other.op_name())),
+        })
+    }
+
+    /// The op `spec` describes for an input of one sample's shape `x`, when it needs neither
+    /// tensors nor other layers' outputs: the reshapes, selections and attention, whose
+    /// dimensions depend on the input's, then every op [`Op::without_params`] builds.
+    pub fn for_input(spec: &OpSpec, x: &[usize]) -> Result<Op, OpError> {
+        let rank = x.len();
+        Ok(match spec {
+            OpSpec::Flatten { start_dim, end_dim } => {
+                let start = sample_dim("start_dim", start_dim.unwrap_or(1), rank)?;
+                let end = sample_dim("end_dim", end_dim.unwrap_or(-1), rank)?;
+                if start > end {
+                    return Err(OpError::Shape(format!(
+                        "start_dim comes after end_dim for an input of shape {x:?}"
+                    )));
+                }
+                if start == 0 && end + 1 == rank {
+                    return Ok(Op::Flatten);
+                }
+                let mut shape = x[..start].to_vec();
+                shape.push(x[start..=end].iter().product());
+                shape.extend_from_slice(&x[end + 1..]);
+                Op::Reshape(shape)
+            }
+            OpSpec::Reshape { shape } => {
+                let len: usize = x.iter().product();
+                let unknown = shape.iter().filter(|d| **d == -1).count();
+                let known: Option<usize> = shape
+                    .iter()
+                    .filter(|d| **d != -1)
+                    .map(|d| usize::try_from(*d).ok().filter(|d| *d > 0))
+                    .product();
+                let bad = || {
+                    OpError::Shape(format!(
+                        "shape = {shape:?} does not hold the {len} values of an input of shape {x:?} (positive sizes, at most one −1)"
+                    ))
+                };
+                let known = known.filter(|k| unknown <= 1 && *k > 0).ok_or_else(bad)?;
+                if !len.is_multiple_of(known) || (unknown == 0 && known != len) {
+                    return Err(bad());
+                }
+                Op::Reshape(
+                    shape
+                        .iter()
+                        .map(|d| if *d == -1 { len / known } else { *d as usize })
+                        .collect(),
+                )
+            }
+            OpSpec::Transpose { dims } => {
+                let a = sample_dim("dims", dims[0], rank)?;
+                let b = sample_dim("dims", dims[1], rank)?;
+                Op::Transpose(a.min(b), a.max(b))
+            }
+            OpSpec::Select { dim, index } => Op::Select {
+                dim: sample_dim("dim", *dim, rank)?,
+                index: *index,
+            },
+            OpSpec::Mean { dim } => Op::Mean(sample_dim("dim", *dim, rank)?),
+            OpSpec::Attention { heads } => {
+                if *heads == 0 {
+                    return Err(OpError::Shape("heads = 0 must be at least 1".into()));
+                }
+                Op::Attention { heads: *heads }
+            }
+            other => Op::without_params(other)?,
         })
     }
 
@@ -332,6 +533,7 @@ impl Layer {
                 p.weight.elem_count() + p.bias.as_ref().map_or(0, |b| b.elem_count())
             }
             Op::ChannelAffine { scale, shift } => scale.elem_count() + shift.elem_count(),
+            Op::Param { param, .. } => param.stored.elem_count(),
             Op::LayerNorm(n) => {
                 usize::from(n.weight_name.is_some()) * n.weight.elem_count()
                     + usize::from(n.bias_name.is_some()) * n.bias.elem_count()
@@ -345,6 +547,11 @@ impl Layer {
         let out: usize = self.out_shape.iter().product();
         match &self.op {
             Op::Linear(p) => p.weight.elem_count() * self.positions(),
+            // Queries times keys, then weights times values: 2 · tokens² · d.
+            Op::Attention { .. } => match self.out_shape[..] {
+                [t, d] => 2 * t * t * d,
+                _ => 0,
+            },
             Op::Conv2d(p, _) => {
                 // Each output value takes (in/groups × kh × kw) MACs.
                 let dims = p.weight.dims();
@@ -442,16 +649,43 @@ impl Model {
                 scale: pair(*scale),
                 mode: *mode,
             },
-            Op::Flatten => OpSpec::Flatten {},
+            Op::Flatten => OpSpec::Flatten {
+                start_dim: None,
+                end_dim: None,
+            },
+            Op::Reshape(shape) => OpSpec::Reshape {
+                shape: shape.iter().map(|d| *d as i64).collect(),
+            },
+            Op::Transpose(a, b) => OpSpec::Transpose {
+                dims: [*a as i64 + 1, *b as i64 + 1],
+            },
+            Op::Select { dim, index } => OpSpec::Select {
+                dim: *dim as i64 + 1,
+                index: *index,
+            },
+            Op::Mean(dim) => OpSpec::Mean {
+                dim: *dim as i64 + 1,
+            },
+            Op::Attention { heads } => OpSpec::Attention { heads: *heads },
+            Op::Param { join, param } => {
+                let param = Some(param.name.clone());
+                match join {
+                    ParamJoin::Add => OpSpec::Add { from: None, param },
+                    ParamJoin::Mul => OpSpec::Mul { from: None, param },
+                    ParamJoin::Concat => OpSpec::Concat { param },
+                }
+            }
             Op::Dropout(p) => OpSpec::Dropout { p: Some(*p) },
             Op::Softmax => OpSpec::Softmax {},
             Op::Add { from } => OpSpec::Add {
                 from: Some(self.source_name(*from)),
+                param: None,
             },
             Op::Mul { from } => OpSpec::Mul {
                 from: Some(self.source_name(*from)),
+                param: None,
             },
-            Op::Concat { .. } => OpSpec::Concat {},
+            Op::Concat { .. } => OpSpec::Concat { param: None },
         }
     }
 

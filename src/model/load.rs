@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::graph::{Layer, Model, NormParams, Op, Params, Source};
+use super::graph::{Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params, Source};
 use super::shape::{ShapeError, out_shape, weight_shape};
 use super::spec::{ArchSpec, LayerSpec, MODEL_INPUT, OpSpec, tensor_prefix};
 
@@ -386,6 +386,12 @@ pub trait TensorSource {
         name: &str,
         expected: &[Option<usize>],
     ) -> Result<(Tensor, usize), LoadError>;
+
+    /// The shape of tensor `name` when the source holds it already (a file); `None` when it
+    /// makes tensors in the shapes asked for.
+    fn shape_of(&self, _name: &str) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// A safetensors file's tensors, each checked and converted to f32 when a layer asks for it.
@@ -411,6 +417,10 @@ impl<'a> FileTensors<'a> {
 }
 
 impl TensorSource for FileTensors<'_> {
+    fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.tensor(name).ok().map(|v| v.shape().to_vec())
+    }
+
     /// Reads `name` for `layer`, checking dtype and shape.
     fn tensor(
         &mut self,
@@ -733,10 +743,18 @@ impl Graph<'_> {
                 }
             }
         }
+        let with_param = ls.op.param().is_some();
+        if with_param && ls.op.from_name().is_some() {
+            return Err(graph_err(
+                "give `from` (a layer) or `param` (a tensor) as the second operand, not both"
+                    .into(),
+            ));
+        }
         let (given, wanted) = match &ls.op {
+            _ if with_param => (operands.len(), "1"),
             OpSpec::Add { .. } | OpSpec::Mul { .. } => (operands.len(), "2"),
-            OpSpec::Concat {} if ls.inputs.len() >= 2 => (operands.len(), ""),
-            OpSpec::Concat {} => (ls.inputs.len(), "at least 2 in `inputs`"),
+            OpSpec::Concat { .. } if ls.inputs.len() >= 2 => (operands.len(), ""),
+            OpSpec::Concat { .. } => (ls.inputs.len(), "at least 2 in `inputs`"),
             _ => (operands.len(), "1"),
         };
         if !wanted.is_empty() && wanted.parse::<usize>() != Ok(given) {
@@ -816,7 +834,9 @@ impl Graph<'_> {
                 // read by nothing else.
                 let foldable = input.is_none()
                     && self.layers.last().is_some_and(|l| {
-                        matches!(l.op, Op::Linear(_) | Op::Conv2d(..))
+                        // A linear layer over tokens has its outputs along dimension 1.
+                        (matches!(l.op, Op::Conv2d(..))
+                            || matches!(l.op, Op::Linear(_)) && l.out_shape.len() == 1)
                             && previous == Some(l.name.as_str())
                             && !self.named.contains(l.name.as_str())
                     });
@@ -862,12 +882,42 @@ impl Graph<'_> {
                     bias_name: bias.clone(),
                 })
             }
+            OpSpec::Add { param: Some(t), .. }
+            | OpSpec::Mul { param: Some(t), .. }
+            | OpSpec::Concat { param: Some(t) } => {
+                let join = match &ls.op {
+                    OpSpec::Add { .. } => ParamJoin::Add,
+                    OpSpec::Mul { .. } => ParamJoin::Mul,
+                    _ => ParamJoin::Concat,
+                };
+                // A tensor of any rank: as the file holds it, or, built from scratch, one
+                // sample's shape with a batch dimension of 1 (one token for concat).
+                let expected: Vec<Option<usize>> = match source.shape_of(t) {
+                    Some(s) => s.into_iter().map(Some).collect(),
+                    None => std::iter::once(1)
+                        .chain(shape.iter().enumerate().map(|(k, d)| {
+                            if k == 0 && join == ParamJoin::Concat {
+                                1
+                            } else {
+                                *d
+                            }
+                        }))
+                        .map(Some)
+                        .collect(),
+                };
+                let (v, bytes) = source.tensor(name, op_name, t, &expected)?;
+                stored += bytes;
+                Op::Param {
+                    join,
+                    param: ParamValue::new(join, v, t, &shape).map_err(graph_err)?,
+                }
+            }
             OpSpec::Add { .. } => Op::Add { from: operands[1] },
             OpSpec::Mul { .. } => Op::Mul { from: operands[1] },
-            OpSpec::Concat {} => Op::Concat {
+            OpSpec::Concat { .. } => Op::Concat {
                 from: operands[1..].to_vec(),
             },
-            other => Op::without_params(other).map_err(|e| graph_err(e.to_string()))?,
+            other => Op::for_input(other, &shape).map_err(|e| graph_err(e.to_string()))?,
         };
         let shapes: Vec<&[usize]> = operands.iter().map(|s| self.shape_of(*s)).collect();
         let out = out_shape(&op, &shapes).map_err(|e| match e {

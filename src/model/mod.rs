@@ -12,7 +12,9 @@ pub mod spec;
 
 pub(crate) use forward::activation;
 pub use forward::{ForwardOps, Reference};
-pub use graph::{Conv2dGeometry, Layer, Model, NormParams, Op, Params, Pool2d, Source};
+pub use graph::{
+    Conv2dGeometry, Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params, Pool2d, Source,
+};
 pub use load::{
     ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, TensorSource, build,
     check_input, f32_tensor_bytes, load, load_bytes_with_spec, load_with_arch, sidecar_path,

@@ -34,6 +34,14 @@ impl Model {
                 }
                 continue;
             }
+            if let Op::Param { param, .. } = &layer.op {
+                out.push((
+                    param.name.clone(),
+                    param.stored.dims().to_vec(),
+                    param.stored.flatten_all()?.to_vec1::<f32>()?,
+                ));
+                continue;
+            }
             if let Op::LayerNorm(n) = &layer.op {
                 for (name, t) in [(&n.weight_name, &n.weight), (&n.bias_name, &n.bias)] {
                     if let Some(name) = name {
@@ -88,7 +96,8 @@ impl Model {
         };
         for l in &mut kept {
             l.inputs.iter_mut().for_each(rename);
-            if let OpSpec::Add { from: Some(f) } | OpSpec::Mul { from: Some(f) } = &mut l.op {
+            if let OpSpec::Add { from: Some(f), .. } | OpSpec::Mul { from: Some(f), .. } = &mut l.op
+            {
                 rename(f);
             }
         }

@@ -4,7 +4,7 @@
 //! training and the engine all use these, so a shape is judged the same way everywhere, and
 //! arithmetic on sizes read from a file is checked rather than wrapped.
 
-use super::graph::{Layer, Model, Op, Source};
+use super::graph::{Layer, Model, Op, ParamJoin, Source};
 use super::spec::OpSpec;
 
 /// Why an operation cannot take the input it is given.
@@ -43,9 +43,10 @@ pub enum ShapeError {
     },
 }
 
-const FLAT: &str = "a flat vector (add a flatten layer before it)";
+const FLAT: &str = "a flat vector or [tokens, d] (add a flatten layer before it)";
 const IMAGE: &str = "[channels, height, width]";
 const SEQUENCE: &str = "[channels, length]";
+const TOKENS: &str = "[tokens, 3·d] (queries, keys and values from a linear layer)";
 
 /// One sample's output shape of `op` given its inputs' shapes: the previous layer's output
 /// first, then the outputs of the layers it names (`add`'s `from`). The one judge of whether an
@@ -73,13 +74,89 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
     };
     match op {
         Op::Linear(p) => {
-            rank(FLAT, 1)?;
+            if x.len() != 2 {
+                rank(FLAT, 1)?;
+            }
+            let last = x[x.len() - 1];
             match p.weight.dims() {
-                &[out, cols] if cols == x[0] => Ok(vec![out]),
+                &[out, cols] if cols == last => {
+                    let mut y = x.to_vec();
+                    y[x.len() - 1] = out;
+                    Ok(y)
+                }
                 d => Err(ShapeError::Params(format!(
-                    "weight {d:?} does not take {} inputs",
-                    x[0]
+                    "weight {d:?} does not take {last} inputs"
                 ))),
+            }
+        }
+        Op::Reshape(shape) => {
+            if element_count(shape) != element_count(x) {
+                return Err(ShapeError::Params(format!(
+                    "shape {shape:?} does not hold the values of an input of shape {x:?}"
+                )));
+            }
+            Ok(shape.clone())
+        }
+        Op::Transpose(a, b) => {
+            if *a >= x.len() || *b >= x.len() {
+                return Err(ShapeError::Params(format!(
+                    "dimensions {} and {} of a sample of shape {x:?}",
+                    a + 1,
+                    b + 1
+                )));
+            }
+            let mut y = x.to_vec();
+            y.swap(*a, *b);
+            Ok(y)
+        }
+        Op::Select { dim, index } => match x.get(*dim) {
+            Some(n) if index < n => {
+                let mut y = x.to_vec();
+                y.remove(*dim);
+                Ok(y)
+            }
+            _ => Err(ShapeError::Params(format!(
+                "index {index} of dimension {} of a sample of shape {x:?}",
+                dim + 1
+            ))),
+        },
+        Op::Mean(dim) => {
+            if *dim >= x.len() || x.len() == 1 {
+                return Err(ShapeError::Params(format!(
+                    "the mean over dimension {} of a sample of shape {x:?} (a sample keeps one dimension)",
+                    dim + 1
+                )));
+            }
+            let mut y = x.to_vec();
+            y.remove(*dim);
+            Ok(y)
+        }
+        Op::Attention { heads } => {
+            rank(TOKENS, 2)?;
+            let d = x[1] / 3;
+            if !x[1].is_multiple_of(3) || *heads == 0 || !d.is_multiple_of(*heads) {
+                return Err(ShapeError::Params(format!(
+                    "{} values per token are not queries, keys and values of {heads} heads (3 · d, d a multiple of heads)",
+                    x[1]
+                )));
+            }
+            Ok(vec![x[0], d])
+        }
+        Op::Param { join, param } => {
+            let v = param.value.dims();
+            match join {
+                ParamJoin::Add | ParamJoin::Mul if v == x => Ok(x.to_vec()),
+                ParamJoin::Concat if v.len() == x.len() && v.get(1..) == x.get(1..) => {
+                    let mut y = x.to_vec();
+                    y[0] = y[0]
+                        .checked_add(v[0])
+                        .ok_or_else(|| ShapeError::TooLarge(x.to_vec()))?;
+                    Ok(y)
+                }
+                _ => Err(ShapeError::Join {
+                    input: x.to_vec(),
+                    other: v.to_vec(),
+                }),
             }
         }
         Op::Conv2d(p, g) => {
@@ -248,8 +325,10 @@ pub fn weight_shape(
     };
     match op {
         OpSpec::Linear { out_features, .. } => {
-            rank(FLAT, 1)?;
-            Ok(Some(vec![*out_features, Some(input[0])]))
+            if input.len() != 2 {
+                rank(FLAT, 1)?;
+            }
+            Ok(Some(vec![*out_features, input.last().copied()]))
         }
         OpSpec::Conv2d {
             out_channels,
@@ -552,8 +631,11 @@ mod tests {
         assert!(e.to_string().starts_with("width 2:"), "{e}");
         let linear = Op::Linear(params(&[3, 10]));
         assert_eq!(out_shape(&linear, &[&[10]]), Ok(vec![3]));
-        let e = out_shape(&linear, &[&[2, 5]]).unwrap_err();
+        let e = out_shape(&linear, &[&[2, 5, 1]]).unwrap_err();
         assert!(e.to_string().contains("add a flatten layer"), "{e}");
+        // Each token of a [tokens, d] sample.
+        assert_eq!(out_shape(&linear, &[&[4, 10]]), Ok(vec![4, 3]));
+        assert!(out_shape(&linear, &[&[2, 5]]).is_err());
         assert!(out_shape(&linear, &[&[11]]).is_err());
         let pool = Pool2d {
             kernel: (2, 2),

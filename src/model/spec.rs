@@ -212,7 +212,44 @@ pub enum OpSpec {
         #[serde(default)]
         mode: UpsampleMode,
     },
-    Flatten {},
+    /// Sample dimensions `start_dim ..= end_dim` joined into one, as `nn.Flatten(start_dim,
+    /// end_dim)`: dimensions numbered as PyTorch numbers them on a batch (0 is the batch, 1 a
+    /// sample's first; negative from the end). The default `start_dim = 1` flattens a sample
+    /// into a vector.
+    Flatten {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_dim: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end_dim: Option<i64>,
+    },
+    /// A sample reshaped to `shape` (without the batch; one entry may be −1), as
+    /// `x.reshape(N, *shape)`.
+    Reshape {
+        shape: Vec<i64>,
+    },
+    /// Two dimensions swapped, as `x.transpose(dims[0], dims[1])` (PyTorch's numbering).
+    Transpose {
+        dims: [i64; 2],
+    },
+    /// One index of a dimension, the dimension dropped, as `x.select(dim, index)` (`x[:, 0]`
+    /// is `dim = 1`, `index = 0`: ViT's class token).
+    Select {
+        dim: i64,
+        index: usize,
+    },
+    /// The mean over a dimension, dropped, as `x.mean(dim)` (the mean over tokens).
+    Mean {
+        dim: i64,
+    },
+    /// Scaled dot-product self-attention of `heads` heads over `[tokens, 3·d]` rows of queries,
+    /// keys and values (the output of the `in_proj` linear layer of `nn.MultiheadAttention`),
+    /// giving `[tokens, d]`: softmax(q·kᵀ / √(d/heads))·v per head, the heads side by side. With
+    /// a linear layer before it (`in_proj_weight`, `in_proj_bias`) and one after it
+    /// (`out_proj.weight`, `out_proj.bias`), it is `nn.MultiheadAttention(batch_first=True)`
+    /// applied to `(x, x, x)`.
+    Attention {
+        heads: usize,
+    },
     Dropout {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         p: Option<f64>,
@@ -224,16 +261,30 @@ pub enum OpSpec {
     Add {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
+        /// A learned tensor of the state_dict as the second operand (a ViT's position
+        /// embedding), broadcast as PyTorch does: shaped as the input, with or without a
+        /// leading batch dimension of 1, or as its last dimensions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
     },
     /// Element-wise product of two values, broadcast as `add` (squeeze-and-excite: a feature
     /// map times its per-channel gate).
     Mul {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from: Option<String>,
+        /// A learned tensor as the second operand, as `add`'s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
     },
     /// The layers of `inputs` joined along the first dimension of a sample (channels of
-    /// `[C, H, W]` maps of one size, or features of vectors), as `torch.cat(dim=1)`.
-    Concat {},
+    /// `[C, H, W]` maps of one size, features of vectors, tokens of `[tokens, d]`), as
+    /// `torch.cat(dim=1)`. With `param`, a learned tensor of the state_dict goes first and the
+    /// layer's input after it (a ViT's class token: `torch.cat([cls.expand(N, -1, -1), x],
+    /// dim=1)`); the tensor may have a leading batch dimension of 1.
+    Concat {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
+    },
 }
 
 /// How `upsample` fills its output.
@@ -291,12 +342,17 @@ impl OpSpec {
             OpSpec::GlobalAvgpool {} => "global_avgpool",
             OpSpec::AdaptiveAvgpool { .. } => "adaptive_avgpool",
             OpSpec::Upsample { .. } => "upsample",
-            OpSpec::Flatten {} => "flatten",
+            OpSpec::Flatten { .. } => "flatten",
+            OpSpec::Reshape { .. } => "reshape",
+            OpSpec::Transpose { .. } => "transpose",
+            OpSpec::Select { .. } => "select",
+            OpSpec::Mean { .. } => "mean",
+            OpSpec::Attention { .. } => "attention",
             OpSpec::Dropout { .. } => "dropout",
             OpSpec::Softmax {} => "softmax",
             OpSpec::Add { .. } => "add",
             OpSpec::Mul { .. } => "mul",
-            OpSpec::Concat {} => "concat",
+            OpSpec::Concat { .. } => "concat",
         }
     }
 
@@ -332,7 +388,17 @@ impl OpSpec {
     /// The layer besides its input that a join names in `from`.
     pub fn from_name(&self) -> Option<&str> {
         match self {
-            OpSpec::Add { from } | OpSpec::Mul { from } => from.as_deref(),
+            OpSpec::Add { from, .. } | OpSpec::Mul { from, .. } => from.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The learned tensor a join takes as its second operand.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            OpSpec::Add { param, .. } | OpSpec::Mul { param, .. } | OpSpec::Concat { param } => {
+                param.as_deref()
+            }
             _ => None,
         }
     }
