@@ -8,6 +8,7 @@ mod eval;
 mod explore;
 pub mod finetune;
 mod headless;
+mod import;
 mod info;
 pub mod recipe_args;
 mod report;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Open the interactive explorer: tune pruning and quantization per layer and watch
     /// accuracy, size and latency move.
     Explore(explore::ExploreArgs),
+    /// Convert an ONNX model (torch.onnx.export, tf2onnx) into a squeeze model.
+    Import(import::ImportArgs),
     /// Show a model's layers, parameters, MACs, bytes and activation memory.
     Info(info::InfoArgs),
     /// Measure a model (dense, compressed by a recipe, or a compressed file): accuracy, size, latency.
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match cli.command {
         Some(Command::Explore(args)) => explore::run(args),
+        Some(Command::Import(args)) => import::run(args),
         Some(Command::Info(args)) => info::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Apply(args)) => apply::run(args),

@@ -6,6 +6,7 @@
 mod forward;
 mod graph;
 mod load;
+pub mod onnx;
 mod save;
 pub mod shape;
 pub mod spec;

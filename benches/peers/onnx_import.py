@@ -1,0 +1,196 @@
+"""`squeeze import` on ONNX files exported by PyTorch, against PyTorch and ONNX Runtime.
+
+Builds networks with plain `torch.nn` (random init, fixed seed, BatchNorm in eval mode with
+non-trivial running statistics): the four graphs of `torch_graph.py` (a ResNet with a
+projection shortcut, squeeze-and-excite blocks, Inception concats, a DenseNet), plus a
+MobileNetV2 and a ResNet-18 for 32x32 inputs. Each is exported with both of PyTorch's ONNX
+exporters (`torch.onnx.export(dynamo=False)`, which folds BatchNorm into the convs and names
+weights `onnx::Conv_N`; and `dynamo=True`, which keeps the state_dict's names and stores the
+weights in an external `.onnx.data` file), then imported with `squeeze import` and evaluated
+with `squeeze eval` on N random inputs labelled with PyTorch's argmax: its accuracy is the
+top-1 agreement. Writes, for each model and exporter, into OUT (default: a temporary directory):
+
+- `<name>.<exporter>.onnx` and `<name>.<exporter>.safetensors` (what `squeeze import` wrote),
+- `<name>.data.safetensors`: the inputs (`inputs`) and PyTorch's argmax (`labels`),
+- `<name>.logits.safetensors`: the inputs and PyTorch's logits (`logits`).
+
+With onnxruntime installed it also reports ONNX Runtime's largest logit difference from
+PyTorch on the same file. Samples whose top two logits are within 1e-3 are left out. Exits 1
+when an import fails or a model disagrees on any sample.
+
+    pip install torch onnx onnxscript safetensors numpy [onnxruntime]
+    python3 benches/peers/onnx_import.py [--squeeze target/release/squeeze] [--out DIR] [--n 256]
+"""
+import argparse, json, os, subprocess, sys, tempfile, warnings
+import torch
+from torch import nn
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_graph  # noqa: E402  (the four graph models and their BatchNorm set-up)
+
+bn = torch_graph.bn
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        hidden = cin * t
+        layers = []
+        if t != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), bn(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), bn(hidden),
+                   nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), bn(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 with CIFAR strides (stem stride 1, the second stage stride 1)."""
+    shape = (3, 32, 32)
+
+    def __init__(self):
+        super().__init__()
+        cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+               (6, 160, 3, 2), (6, 320, 1, 1)]
+        layers = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), bn(32), nn.ReLU6()]
+        cin = 32
+        for t, c, n, s in cfg:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [nn.Conv2d(cin, 1280, 1, bias=False), bn(1280), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1280, 10)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = bn(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = bn(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool), as in the CIFAR literature."""
+    shape = (3, 32, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = bn(64)
+        blocks, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, 10)
+
+    def forward(self, x):
+        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = dict(torch_graph.MODELS)
+MODELS.update({"mobilenetv2": MobileNetV2, "resnet18": ResNet18})
+
+
+def export(m, x, path, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kw = {"dynamo": True, "verbose": False} if dynamo else {"dynamo": False}
+        torch.onnx.export(m, (x[:1],), path, input_names=["x"], output_names=["logits"],
+                          dynamic_axes=None if dynamo else {"x": {0: "n"}}, **kw)
+
+
+def ort_diff(path, x, logits):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    got = torch.cat([torch.from_numpy(s.run(None, {name: x[i:i + 1].numpy()})[0])
+                     for i in range(len(x))])
+    return float((got - logits).abs().max())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--squeeze", default="target/release/squeeze")
+    ap.add_argument("--out", help="directory for the files (default: a temporary one)")
+    ap.add_argument("--n", type=int, default=256, help="random inputs per model")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    a = ap.parse_args()
+    out = a.out or tempfile.mkdtemp(prefix="onnx_import_")
+    os.makedirs(out, exist_ok=True)
+    torch.set_num_threads(1)
+    rows, bad = [], False
+    for name in a.models.split(","):
+        torch.manual_seed(0)
+        m = MODELS[name]().eval()
+        with torch.no_grad():
+            m.fc.weight.mul_(8.0)   # logits of a few units rather than tenths: fewer near-ties
+        shape = getattr(m, "shape", torch_graph.SHAPE)
+        base = os.path.join(out, name)
+        x = torch.randn(a.n, *shape)
+        with torch.no_grad():
+            logits = m(x)
+        top2 = logits.topk(2, 1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+        save_file({"inputs": x[clear].contiguous(), "labels": logits[clear].argmax(1)},
+                  base + ".data.safetensors")
+        save_file({"inputs": x.contiguous(), "logits": logits.contiguous()},
+                  base + ".logits.safetensors")
+        params = sum(v.numel() for v in m.parameters())
+        for exporter in ["legacy", "dynamo"]:
+            onnx_path = f"{base}.{exporter}.onnx"
+            model = f"{base}.{exporter}.safetensors"
+            export(m, x, onnx_path, exporter == "dynamo")
+            r = subprocess.run([a.squeeze, "import", onnx_path, "--out", model],
+                               capture_output=True, text=True)
+            row = [name, exporter, params, int(clear.sum())]
+            if r.returncode != 0:
+                print(f"{name} ({exporter}): squeeze import failed: {r.stderr.strip()}",
+                      file=sys.stderr)
+                rows.append(row + [None, None])
+                bad = True
+                continue
+            r = subprocess.run([a.squeeze, "eval", "--model", model, "--data",
+                                base + ".data.safetensors", "--no-timing", "--format", "json"],
+                               capture_output=True, text=True)
+            acc = json.loads(r.stdout)["accuracy"] if r.returncode == 0 else None
+            if acc is None:
+                print(f"{name} ({exporter}): squeeze eval failed: {r.stderr.strip()}",
+                      file=sys.stderr)
+            bad |= acc is None or acc < 1.0
+            rows.append(row + [acc, ort_diff(onnx_path, x, logits)])
+    print(f"files in {out}")
+    print(f"{'model':12} {'exporter':8} {'params':>9} {'samples':>8} {'top-1 agreement':>16} "
+          f"{'ORT max |Δ| vs torch':>21}")
+    for name, exporter, params, n, acc, ort in rows:
+        agree = "failed" if acc is None else f"{100 * acc:.2f} %"
+        ort = "-" if ort is None else f"{ort:.1e}"
+        print(f"{name:12} {exporter:8} {params:>9} {n:>8} {agree:>16} {ort:>21}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1319 @@
+//! Importing ONNX graphs (what `torch.onnx.export`, `tf2onnx` and most frameworks write) as
+//! squeeze models: the weights as f32 tensors under their initializer names and the graph as an
+//! architecture description, which loading then checks and folds (batchnorm into the conv
+//! before it) as for any model.
+//!
+//! Each ONNX node becomes one layer, or is absorbed: `Identity` and `Dropout` pass their input
+//! on, `Constant` feeds the attributes of the nodes that read it, and a `MatMul` by a constant
+//! matrix followed by the `Add` of a constant vector becomes one linear layer with a bias. A
+//! node squeeze cannot express is a problem; every problem in the graph is reported in one run,
+//! each with its node's name and operator.
+
+mod proto;
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use self::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, data_type};
+use super::load::NamedTensor;
+use super::spec::{ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair, UpsampleMode};
+
+pub use self::proto::ModelProto as OnnxModel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{path}: not an ONNX model (protobuf decoding failed: {msg})")]
+    Decode { path: PathBuf, msg: String },
+    #[error("{path}: the ONNX model has no graph")]
+    NoGraph { path: PathBuf },
+    /// Everything in the graph that cannot be imported, in graph order.
+    #[error("{path}: {} problem(s) importing the graph: {}", problems.len(), numbered(problems))]
+    Problems {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+fn numbered(problems: &[String]) -> String {
+    problems
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("({}) {p}", i + 1))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What an import produced: the architecture and the tensors it names.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub spec: ArchSpec,
+    pub tensors: Vec<NamedTensor>,
+    /// Shape facts the graph relied on that only the loaded model can confirm (a reshape's
+    /// feature count, a concat's axis): checked by [`Imported::check`].
+    pub checks: Vec<Check>,
+    /// ONNX nodes that needed no layer (identities, dropouts, constants, fused bias adds).
+    pub absorbed: usize,
+    /// The graph's producer as the file names it (`pytorch 2.15.0`).
+    pub producer: String,
+}
+
+/// A condition on the loaded model's shapes (see [`Imported::checks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// The layer (a flatten) must give `features` values per sample: ONNX's `Reshape` to
+    /// `[batch, features]`.
+    Features {
+        layer: String,
+        node: String,
+        features: usize,
+    },
+    /// The layer (a flatten) must read a value whose dimensions after the first are all 1:
+    /// ONNX's `Squeeze` of the spatial axes after global pooling.
+    Squeezed { layer: String, node: String },
+    /// The layer (a concat) joins along ONNX axis `axis` (negative: from the end) of
+    /// batch-first values; squeeze joins along a sample's first dimension.
+    ConcatAxis {
+        layer: String,
+        node: String,
+        axis: i64,
+    },
+}
+
+/// Decodes an ONNX file's bytes and converts its graph.
+pub fn import(path: &Path, bytes: &[u8]) -> Result<Imported, ImportError> {
+    let model = ModelProto::decode(bytes).map_err(|e| ImportError::Decode {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    convert(path, &model)
+}
+
+/// Converts a decoded ONNX model.
+pub fn convert(path: &Path, model: &ModelProto) -> Result<Imported, ImportError> {
+    let graph = model.graph.as_ref().ok_or_else(|| ImportError::NoGraph {
+        path: path.to_path_buf(),
+    })?;
+    let (loaded, mut problems) = external_data(path, graph);
+    let mut g = Graph::new(graph, loaded);
+    g.problems.append(&mut problems);
+    let input = g.model_input();
+    for (i, node) in graph.node.iter().enumerate() {
+        if !g.fused.contains(&i) {
+            g.node(i, node);
+        }
+    }
+    g.output();
+    if !g.problems.is_empty() {
+        return Err(ImportError::Problems {
+            path: path.to_path_buf(),
+            problems: g.problems,
+        });
+    }
+    let producer = [
+        model.producer_name.as_str(),
+        model.producer_version.as_str(),
+    ]
+    .join(" ")
+    .trim()
+    .to_string();
+    Ok(Imported {
+        spec: ArchSpec {
+            input: input.unwrap_or_else(|| InputSpec {
+                shape: Vec::new(),
+                scale: 1.0,
+                mean: vec![0.0],
+                std: vec![1.0],
+            }),
+            layers: g.layers,
+        },
+        tensors: g.tensors,
+        checks: g.checks,
+        absorbed: g.absorbed,
+        producer,
+    })
+}
+
+impl Imported {
+    /// The problems [`Imported::checks`] finds in the loaded `model`, one line each.
+    pub fn check(&self, model: &super::Model) -> Vec<String> {
+        let find = |name: &str| model.layers.iter().position(|l| l.name == name);
+        let mut problems = Vec::new();
+        for c in &self.checks {
+            let (layer, node) = match c {
+                Check::Features { layer, node, .. }
+                | Check::Squeezed { layer, node }
+                | Check::ConcatAxis { layer, node, .. } => (layer, node),
+            };
+            let Some(i) = find(layer) else { continue };
+            let input = model.shape_of(model.input_of(i));
+            let out = &model.layers[i].out_shape;
+            let problem = match c {
+                Check::Features { features, .. } => (out.iter().product::<usize>() != *features)
+                    .then(|| {
+                        format!(
+                            "reshapes {input:?} to {features} features per sample; only flattening is supported"
+                        )
+                    }),
+                Check::Squeezed { .. } => input.iter().skip(1).any(|&d| d != 1).then(|| {
+                    format!("squeezes {input:?}; only the unit axes after global pooling can be removed")
+                }),
+                Check::ConcatAxis { axis, .. } => {
+                    let rank = input.len() as i64 + 1;
+                    let at = if *axis < 0 { axis + rank } else { *axis };
+                    (at != 1).then(|| {
+                        format!(
+                            "joins along axis {axis} of rank-{rank} values; only the channel axis (1) is supported"
+                        )
+                    })
+                }
+            };
+            if let Some(p) = problem {
+                problems.push(format!("node \"{node}\": {p}"));
+            }
+        }
+        problems
+    }
+}
+
+/// The conversion's state while walking the nodes in order.
+struct Graph<'g> {
+    graph: &'g GraphProto,
+    /// Initializers and `Constant` nodes' values by name.
+    consts: HashMap<&'g str, Cow<'g, TensorProto>>,
+    /// Values passed through unchanged (Identity, Dropout, a fused node's output) → the value
+    /// they stand for.
+    alias: HashMap<&'g str, &'g str>,
+    /// Value name → the layer (or [`MODEL_INPUT`]) that computes it.
+    producer: HashMap<&'g str, String>,
+    /// Value name → the nodes reading it.
+    readers: HashMap<&'g str, Vec<usize>>,
+    /// Nodes already converted with an earlier one.
+    fused: HashSet<usize>,
+    /// Values of nodes that could not be converted: their readers are not judged again.
+    failed: HashSet<&'g str>,
+    layers: Vec<LayerSpec>,
+    names: HashSet<String>,
+    tensors: Vec<NamedTensor>,
+    written: HashMap<String, Vec<usize>>,
+    checks: Vec<Check>,
+    problems: Vec<String>,
+    absorbed: usize,
+}
+
+/// A node's problem, in its own words; the node is named by the caller.
+type NodeResult<T> = Result<T, String>;
+
+/// A reshape to `[N, C, 1, 1]`: passed through as the `[C]` vector add and mul broadcast.
+const UNIT_AXES: &str = "unit axes";
+
+/// The problem of a node reading a value whose node failed: already reported.
+const FAILED_INPUT: &str = "reads a node that failed";
+
+impl<'g> Graph<'g> {
+    /// `loaded`: the initializers whose values were read from external data files.
+    fn new(graph: &'g GraphProto, mut loaded: HashMap<&'g str, TensorProto>) -> Graph<'g> {
+        let consts = graph
+            .initializer
+            .iter()
+            .map(|t| {
+                let name = t.name.as_str();
+                match loaded.remove(name) {
+                    Some(l) => (name, Cow::Owned(l)),
+                    None => (name, Cow::Borrowed(t)),
+                }
+            })
+            .collect();
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in graph.node.iter().enumerate() {
+            for v in n.input.iter().filter(|v| !v.is_empty()) {
+                readers.entry(v.as_str()).or_default().push(i);
+            }
+        }
+        Graph {
+            graph,
+            consts,
+            alias: HashMap::new(),
+            producer: HashMap::new(),
+            readers,
+            fused: HashSet::new(),
+            failed: HashSet::new(),
+            layers: Vec::new(),
+            names: HashSet::from([MODEL_INPUT.to_string()]),
+            tensors: Vec::new(),
+            written: HashMap::new(),
+            checks: Vec::new(),
+            problems: Vec::new(),
+            absorbed: 0,
+        }
+    }
+
+    /// The one graph input that is not an initializer, as the input spec (no scaling).
+    fn model_input(&mut self) -> Option<InputSpec> {
+        let inputs: Vec<_> = self
+            .graph
+            .input
+            .iter()
+            .filter(|v| !self.consts.contains_key(v.name.as_str()))
+            .collect();
+        let [input] = inputs[..] else {
+            let names: Vec<_> = inputs.iter().map(|v| format!("\"{}\"", v.name)).collect();
+            self.problems.push(format!(
+                "the graph has {} inputs ({}); squeeze models read exactly one",
+                inputs.len(),
+                names.join(", ")
+            ));
+            return None;
+        };
+        let name = &input.name;
+        self.producer
+            .insert(input.name.as_str(), MODEL_INPUT.to_string());
+        let Some(tensor) = input.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) else {
+            self.problems
+                .push(format!("input \"{name}\": not a tensor"));
+            return None;
+        };
+        if tensor.elem_type != data_type::FLOAT {
+            self.problems.push(format!(
+                "input \"{name}\": element type {}, expected FLOAT",
+                data_type::name(tensor.elem_type)
+            ));
+        }
+        let dims = tensor.shape.as_ref().map(|s| &s.dim[..]).unwrap_or(&[]);
+        if dims.len() < 2 {
+            self.problems.push(format!(
+                "input \"{name}\": rank {}, expected a batch dimension then a sample's (e.g. [N, C, H, W])",
+                dims.len()
+            ));
+            return None;
+        }
+        let mut shape = Vec::new();
+        for (axis, d) in dims.iter().enumerate().skip(1) {
+            match (d.dim_value, &d.dim_param) {
+                (Some(v), _) if v > 0 => shape.push(v as usize),
+                (_, Some(p)) if !p.is_empty() => {
+                    self.problems.push(format!(
+                        "input \"{name}\": dimension {axis} is symbolic (\"{p}\"); export with a fixed sample shape (only the batch dimension may vary)"
+                    ));
+                    return None;
+                }
+                (v, _) => {
+                    self.problems.push(format!(
+                        "input \"{name}\": dimension {axis} is {}, expected a positive size",
+                        v.map_or("missing".to_string(), |v| v.to_string())
+                    ));
+                    return None;
+                }
+            }
+        }
+        Some(InputSpec {
+            shape,
+            scale: 1.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        })
+    }
+
+    /// The graph must have one output, computed by the last layer.
+    fn output(&mut self) {
+        let outputs = &self.graph.output;
+        let [out] = &outputs[..] else {
+            self.problems.push(format!(
+                "the graph has {} outputs; squeeze models give exactly one",
+                outputs.len()
+            ));
+            return;
+        };
+        let value = self.resolve(&out.name);
+        let last = self.layers.len().checked_sub(1).map(|i| self.layer_name(i));
+        match (self.producer.get(value), last) {
+            (Some(p), Some(last)) if *p == last => {}
+            (Some(p), _) if self.problems.is_empty() => self.problems.push(format!(
+                "output \"{}\" is computed by layer {p}, not by the last node; squeeze runs the graph's nodes in order and gives the last one's value",
+                out.name
+            )),
+            (None, _) if self.problems.is_empty() => self.problems.push(format!(
+                "output \"{}\" is not computed by any node",
+                out.name
+            )),
+            _ => {}
+        }
+    }
+
+    fn layer_name(&self, i: usize) -> String {
+        self.layers[i].display_name(i)
+    }
+
+    fn resolve<'a>(&'a self, mut value: &'a str) -> &'a str {
+        while let Some(v) = self.alias.get(value) {
+            value = v;
+        }
+        value
+    }
+
+    fn node(&mut self, index: usize, node: &'g NodeProto) {
+        if let Err(problem) = self.convert(index, node) {
+            self.failed.extend(node.output.iter().map(String::as_str));
+            if problem == FAILED_INPUT {
+                return;
+            }
+            let name = if node.name.is_empty() {
+                node.output.first().map_or("", String::as_str)
+            } else {
+                &node.name
+            };
+            self.problems
+                .push(format!("node \"{name}\" ({}): {problem}", node.op_type));
+        }
+    }
+
+    /// The value `name` names when it is computed (by a layer or the model input).
+    fn computed(&self, name: &str) -> NodeResult<String> {
+        let v = self.resolve(name);
+        if let Some(p) = self.producer.get(v) {
+            return Ok(p.clone());
+        }
+        if self.failed.contains(v) {
+            return Err(FAILED_INPUT.into());
+        }
+        if self.consts.contains_key(v) {
+            return Err(format!(
+                "input \"{name}\" is a constant where squeeze needs a computed value"
+            ));
+        }
+        Err(format!(
+            "input \"{name}\" is not computed by an earlier node it could import"
+        ))
+    }
+
+    fn constant(&self, name: &str) -> Option<&TensorProto> {
+        self.consts.get(self.resolve(name)).map(|c| c.as_ref())
+    }
+
+    fn arg(node: &NodeProto, i: usize) -> Option<&str> {
+        node.input
+            .get(i)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn convert(&mut self, index: usize, node: &'g NodeProto) -> NodeResult<()> {
+        if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+            return Err(format!("operator from domain \"{}\"", node.domain));
+        }
+        let a = Attrs(&node.attribute);
+        let x = || Self::arg(node, 0).ok_or("no input".to_string());
+        let out = || node.output.first().map(String::as_str).unwrap_or("");
+        // Extra outputs (a max-pool's indices, a dropout's mask) must go unread.
+        if let Some(extra) = node
+            .output
+            .iter()
+            .skip(1)
+            .find(|o| !o.is_empty() && self.readers.contains_key(o.as_str()))
+        {
+            return Err(format!(
+                "its output \"{extra}\" is read; only the first output can be"
+            ));
+        }
+        let op = node.op_type.as_str();
+        let simple = |spec: OpSpec| Ok::<_, String>(spec);
+        let spec = match op {
+            "Constant" => {
+                let t = constant_node(node, &a)?;
+                self.consts.insert(out(), Cow::Owned(t));
+                self.absorbed += 1;
+                return Ok(());
+            }
+            "Identity" | "Dropout" => {
+                self.alias.insert(out(), x()?);
+                self.absorbed += 1;
+                return Ok(());
+            }
+            "Unsqueeze" => {
+                // Unit axes after a vector's features ([N, C] → [N, C, 1, 1]): squeeze's add and
+                // mul broadcast a [C] value per channel as they are.
+                let axes = self.axes(node, &a)?.unwrap_or_default();
+                if axes.is_empty() || axes.iter().any(|&x| (0..2).contains(&x)) {
+                    return Err(format!(
+                        "axes = {axes:?}; only unit axes after the features (a per-channel vector for add or mul) are supported"
+                    ));
+                }
+                self.computed(x()?)?;
+                self.alias.insert(out(), x()?);
+                self.absorbed += 1;
+                return Ok(());
+            }
+            "Conv" => self.conv(node, &a)?,
+            "Gemm" => self.gemm(node, &a)?,
+            "MatMul" => self.matmul(index, node)?,
+            "BatchNormalization" => {
+                let names = (1..5)
+                    .map(|i| self.weight(node, i, "a batchnorm's tensors"))
+                    .collect::<NodeResult<Vec<_>>>()?;
+                if a.int("training_mode", 0) != 0 {
+                    return Err("training_mode = 1; export the model in eval mode".into());
+                }
+                OpSpec::Batchnorm {
+                    weight: names[0].clone(),
+                    bias: names[1].clone(),
+                    running_mean: names[2].clone(),
+                    running_var: names[3].clone(),
+                    eps: f64::from(a.float("epsilon", 1e-5)),
+                }
+            }
+            "Relu" => simple(OpSpec::Relu {})?,
+            "Sigmoid" => simple(OpSpec::Sigmoid {})?,
+            "Tanh" => simple(OpSpec::Tanh {})?,
+            "HardSwish" => simple(OpSpec::Hardswish {})?,
+            "LeakyRelu" => OpSpec::LeakyRelu {
+                slope: f64::from(a.float("alpha", 0.01)),
+            },
+            "HardSigmoid" => {
+                let (alpha, beta) = (a.float("alpha", 0.2), a.float("beta", 0.5));
+                if (alpha - 1.0 / 6.0).abs() > 1e-6 || (beta - 0.5).abs() > 1e-6 {
+                    return Err(format!(
+                        "alpha = {alpha}, beta = {beta}; squeeze's hardsigmoid is PyTorch's (alpha = 1/6, beta = 0.5)"
+                    ));
+                }
+                OpSpec::Hardsigmoid {}
+            }
+            "Gelu" => match a.string("approximate").as_deref() {
+                None | Some("none") => OpSpec::Gelu {},
+                Some(other) => {
+                    return Err(format!(
+                        "approximate = \"{other}\"; squeeze's gelu is the exact (erf) one"
+                    ));
+                }
+            },
+            "Clip" => self.clip(node, &a)?,
+            "Softmax" => {
+                let axis = a.int("axis", -1);
+                if axis != -1 && axis != 1 {
+                    return Err(format!(
+                        "axis = {axis}; squeeze's softmax runs over a vector's features"
+                    ));
+                }
+                OpSpec::Softmax {}
+            }
+            "Flatten" => {
+                let axis = a.int("axis", 1);
+                if axis != 1 {
+                    return Err(format!(
+                        "axis = {axis}; only flattening each sample (axis = 1) is supported"
+                    ));
+                }
+                OpSpec::Flatten {}
+            }
+            "Reshape" => match self.reshape(node) {
+                Err(e) if e == UNIT_AXES => {
+                    self.computed(x()?)?;
+                    self.alias.insert(out(), x()?);
+                    self.absorbed += 1;
+                    return Ok(());
+                }
+                r => r?,
+            },
+            "Squeeze" => {
+                let axes = self.axes(node, &a)?;
+                let layer = self.next_name(node);
+                if axes.as_ref().is_some_and(|a| a.contains(&0)) {
+                    return Err("squeezes the batch axis".into());
+                }
+                self.checks.push(Check::Squeezed {
+                    layer,
+                    node: node.name.clone(),
+                });
+                OpSpec::Flatten {}
+            }
+            "MaxPool" | "AveragePool" => self.pool(node, &a)?,
+            "GlobalAveragePool" => OpSpec::AdaptiveAvgpool {
+                size: Pair::Same(1),
+            },
+            "ReduceMean" => {
+                let axes = self.axes(node, &a)?.unwrap_or_default();
+                let mut sorted = axes.clone();
+                sorted.sort_unstable();
+                if sorted != [2, 3] && sorted != [-2, -1] {
+                    return Err(format!(
+                        "axes = {axes:?}; only the mean over a map's height and width (global average pooling) is supported"
+                    ));
+                }
+                if a.int("keepdims", 1) == 0 {
+                    OpSpec::GlobalAvgpool {}
+                } else {
+                    OpSpec::AdaptiveAvgpool {
+                        size: Pair::Same(1),
+                    }
+                }
+            }
+            "Resize" | "Upsample" => self.resize(node, &a)?,
+            "Add" | "Mul" => return self.join(node),
+            "Concat" => {
+                let inputs = node
+                    .input
+                    .iter()
+                    .map(|v| self.computed(v))
+                    .collect::<NodeResult<Vec<_>>>()?;
+                let layer = self.next_name(node);
+                self.checks.push(Check::ConcatAxis {
+                    layer,
+                    node: node.name.clone(),
+                    axis: a.int("axis", 1),
+                });
+                return self.push(node, OpSpec::Concat {}, inputs, true);
+            }
+            other => return Err(unsupported(other)),
+        };
+        let input = self.computed(x()?)?;
+        self.push(node, spec, vec![input], false)
+    }
+
+    /// Adds the layer computing `node`'s first output from `inputs` (written out unless it
+    /// reads only the previous layer's value, or `join` says always).
+    fn push(
+        &mut self,
+        node: &'g NodeProto,
+        op: OpSpec,
+        inputs: Vec<String>,
+        join: bool,
+    ) -> NodeResult<()> {
+        let name = self.next_name(node);
+        let previous = match self.layers.len() {
+            0 => MODEL_INPUT.to_string(),
+            n => self.layer_name(n - 1),
+        };
+        let inputs = if !join && inputs.len() == 1 && inputs[0] == previous {
+            Vec::new()
+        } else {
+            inputs
+        };
+        self.names.insert(name.clone());
+        if let Some(out) = node.output.first() {
+            self.producer.insert(out.as_str(), name.clone());
+        }
+        self.layers.push(LayerSpec {
+            name: Some(name),
+            inputs,
+            op,
+        });
+        Ok(())
+    }
+
+    /// The name the next layer, computing `node`, takes: its weight's prefix for layers with
+    /// a weight named as PyTorch names them, else the node's scope (`/layer1/layer1.0/relu/Relu`
+    /// → `layer1.0.relu`) or its output's name; made unique.
+    fn next_name(&self, node: &NodeProto) -> String {
+        let weight = match node.op_type.as_str() {
+            "Conv" | "Gemm" | "MatMul" | "BatchNormalization" => Self::arg(node, 1),
+            _ => None,
+        };
+        let base = weight
+            .filter(|w| w.contains('.') && !w.starts_with("onnx::"))
+            .map(|w| super::spec::tensor_prefix(w).to_string())
+            .or_else(|| scope_name(&node.name))
+            .or_else(|| node.output.first().map(|o| clean(o)))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| node.op_type.to_lowercase());
+        let mut name = base.clone();
+        let mut k = 1;
+        while self.names.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        name
+    }
+
+    /// Records initializer `node.input[i]` as a written tensor (f32, its own shape) and
+    /// returns its name.
+    fn weight(&mut self, node: &NodeProto, i: usize, what: &str) -> NodeResult<String> {
+        let name = Self::arg(node, i).ok_or_else(|| format!("{what} are missing"))?;
+        let t = self
+            .constant(name)
+            .ok_or_else(|| format!("\"{name}\" ({what}) is not a constant"))?;
+        let values = floats(t).map_err(|e| format!("tensor \"{name}\": {e}"))?;
+        let shape = dims(t)?;
+        self.write(name, shape, values)?;
+        Ok(name.to_string())
+    }
+
+    /// Adds a tensor to the output; the same name twice must be the same tensor.
+    fn write(&mut self, name: &str, shape: Vec<usize>, values: Vec<f32>) -> NodeResult<()> {
+        match self.written.get(name) {
+            Some(s) if *s == shape => Ok(()),
+            Some(s) => Err(format!(
+                "tensor \"{name}\" is used as {shape:?} here and as {s:?} by an earlier node"
+            )),
+            None => {
+                self.written.insert(name.to_string(), shape.clone());
+                self.tensors.push((name.to_string(), shape, values));
+                Ok(())
+            }
+        }
+    }
+
+    fn conv(&mut self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
+        let w = Self::arg(node, 1).ok_or("no weight")?;
+        let rank = self.constant(w).map(|t| t.dims.len());
+        if rank == Some(3) {
+            return Err("a 1-D convolution; squeeze runs 2-D ones".into());
+        }
+        if rank.is_some_and(|r| r != 4) {
+            return Err(format!(
+                "a weight of rank {}; squeeze runs 2-D convolutions (rank 4)",
+                rank.unwrap_or(0)
+            ));
+        }
+        let weight = self.weight(node, 1, "the weight")?;
+        let bias = match Self::arg(node, 2) {
+            Some(_) => Some(self.weight(node, 2, "the bias")?),
+            None => None,
+        };
+        let padding = pads(a)?;
+        let stride = pair(a, "strides", 1)?;
+        let dilation = pair(a, "dilations", 1)?;
+        Ok(OpSpec::Conv2d {
+            weight,
+            bias,
+            out_channels: None,
+            kernel: None,
+            stride,
+            padding,
+            dilation,
+            groups: usize::try_from(a.int("group", 1))
+                .ok()
+                .filter(|&g| g > 0)
+                .ok_or("group must be positive")?,
+        })
+    }
+
+    /// `Gemm(A, B, C) = alpha·A·B' + beta·C` with `B' = Bᵀ` under `transB`: a linear layer.
+    fn gemm(&mut self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
+        if a.int("transA", 0) != 0 {
+            return Err("transA = 1 (the input transposed)".into());
+        }
+        let b = Self::arg(node, 1).ok_or("no weight")?;
+        let t = self
+            .constant(b)
+            .ok_or_else(|| format!("\"{b}\" (the weight) is not a constant"))?;
+        let (rows, cols, mut w) = matrix(b, t)?;
+        let (alpha, beta) = (a.float("alpha", 1.0), a.float("beta", 1.0));
+        let (out, inp) = if a.int("transB", 0) != 0 {
+            (rows, cols)
+        } else {
+            w = transpose(&w, rows, cols);
+            (cols, rows)
+        };
+        if alpha != 1.0 {
+            w.iter_mut().for_each(|v| *v *= alpha);
+        }
+        self.write(b, vec![out, inp], w)?;
+        let bias = match Self::arg(node, 2) {
+            Some(c) => Some(self.bias(c, out, beta)?),
+            None => None,
+        };
+        Ok(OpSpec::Linear {
+            weight: b.to_string(),
+            bias,
+            out_features: None,
+        })
+    }
+
+    /// A bias vector of `out` values (`[out]` or `[1, out]`), scaled by `beta`.
+    fn bias(&mut self, name: &str, out: usize, beta: f32) -> NodeResult<String> {
+        let t = self
+            .constant(name)
+            .ok_or_else(|| format!("\"{name}\" (the bias) is not a constant"))?;
+        let mut v = floats(t).map_err(|e| format!("tensor \"{name}\": {e}"))?;
+        if v.len() != out {
+            return Err(format!(
+                "bias \"{name}\" has shape {:?}, expected {out} values",
+                t.dims
+            ));
+        }
+        if beta != 1.0 {
+            v.iter_mut().for_each(|x| *x *= beta);
+        }
+        self.write(name, vec![out], v)?;
+        Ok(name.to_string())
+    }
+
+    /// `MatMul(X, W)` by a constant `[in, out]` matrix: a linear layer (weight `Wᵀ`), taking
+    /// the bias of an `Add` of a constant vector that is its only reader.
+    fn matmul(&mut self, index: usize, node: &'g NodeProto) -> NodeResult<OpSpec> {
+        let b = Self::arg(node, 1).ok_or("no second operand")?;
+        let Some(t) = self.constant(b) else {
+            return Err(
+                "a product of two computed values (as attention computes); squeeze multiplies by constant weights only"
+                    .into(),
+            );
+        };
+        let (rows, cols, w) = matrix(b, t)?;
+        self.write(b, vec![cols, rows], transpose(&w, rows, cols))?;
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        let mut bias = None;
+        if let Some(&[next]) = self.readers.get(out).map(Vec::as_slice) {
+            let add = &self.graph.node[next];
+            if add.op_type == "Add" && next > index {
+                let other = add.input.iter().find(|v| v.as_str() != out);
+                if let Some(c) = other.filter(|c| {
+                    self.constant(c)
+                        .is_some_and(|t| t.dims.iter().rev().skip(1).all(|&d| d == 1))
+                }) {
+                    bias = Some(self.bias(c, cols, 1.0)?);
+                    self.fused.insert(next);
+                    if let Some(sum) = add.output.first() {
+                        self.alias.insert(sum.as_str(), out);
+                    }
+                    self.absorbed += 1;
+                }
+            }
+        }
+        Ok(OpSpec::Linear {
+            weight: b.to_string(),
+            bias,
+            out_features: None,
+        })
+    }
+
+    fn clip(&self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
+        let bound = |i: usize, attr: &str| -> NodeResult<Option<f32>> {
+            if let Some(name) = Self::arg(node, i) {
+                let t = self
+                    .constant(name)
+                    .ok_or_else(|| format!("bound \"{name}\" is not a constant"))?;
+                let v = floats(t).map_err(|e| format!("bound \"{name}\": {e}"))?;
+                return Ok(v.first().copied());
+            }
+            Ok(a.get(attr).map(|x| x.f))
+        };
+        let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
+        match (lo, hi) {
+            (Some(l), Some(h)) if l == 0.0 && h == 6.0 => Ok(OpSpec::Relu6 {}),
+            (Some(0.0), None) => Ok(OpSpec::Relu {}),
+            (Some(l), Some(h)) if l == 0.0 && h.is_infinite() => Ok(OpSpec::Relu {}),
+            _ => Err(format!(
+                "clips to [{}, {}]; squeeze has relu ([0, ∞)) and relu6 ([0, 6])",
+                lo.map_or("-∞".into(), |v| v.to_string()),
+                hi.map_or("∞".into(), |v| v.to_string())
+            )),
+        }
+    }
+
+    fn reshape(&mut self, node: &NodeProto) -> NodeResult<OpSpec> {
+        let s = Self::arg(node, 1).ok_or("no target shape")?;
+        let t = self
+            .constant(s)
+            .ok_or("its target shape is computed; export with fixed shapes")?;
+        let shape = ints(t).map_err(|e| format!("target shape \"{s}\": {e}"))?;
+        match shape[..] {
+            [b, f] if b == 0 || b == 1 || b == -1 => {
+                if f > 0 {
+                    let layer = self.next_name(node);
+                    self.checks.push(Check::Features {
+                        layer,
+                        node: node.name.clone(),
+                        features: f as usize,
+                    });
+                } else if b == -1 && f == -1 || f < -1 {
+                    return Err(format!("target shape {shape:?} is not valid"));
+                }
+                Ok(OpSpec::Flatten {})
+            }
+            [b, _, 1, 1] if b == 0 || b == 1 || b == -1 => Err(UNIT_AXES.into()),
+            _ => Err(format!(
+                "reshapes to {shape:?}; only flattening each sample to [batch, features] is supported"
+            )),
+        }
+    }
+
+    /// The axes of a Squeeze or ReduceMean: an attribute before opset 13/18, an input after.
+    fn axes(&self, node: &NodeProto, a: &Attrs) -> NodeResult<Option<Vec<i64>>> {
+        if let Some(name) = Self::arg(node, 1) {
+            let t = self
+                .constant(name)
+                .ok_or("its axes are computed; export with fixed shapes")?;
+            return ints(t)
+                .map(Some)
+                .map_err(|e| format!("axes \"{name}\": {e}"));
+        }
+        Ok(a.get("axes").map(|x| x.ints.clone()))
+    }
+
+    fn pool(&self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
+        let kernel = a
+            .get("kernel_shape")
+            .map(|x| to_pair("kernel_shape", &x.ints))
+            .ok_or("no kernel_shape")??;
+        if a.int("ceil_mode", 0) != 0 {
+            return Err("ceil_mode = 1; squeeze pools with floor (PyTorch's default)".into());
+        }
+        if a.get("dilations")
+            .is_some_and(|d| d.ints.iter().any(|&x| x != 1))
+        {
+            return Err("dilated pooling".into());
+        }
+        let stride = Some(pair(a, "strides", 1)?);
+        let padding = pads(a)?;
+        if node.op_type == "MaxPool" {
+            return Ok(OpSpec::Maxpool2d {
+                kernel,
+                stride,
+                padding,
+            });
+        }
+        if padding != Pair::Same(0) && a.int("count_include_pad", 0) == 0 {
+            return Err("averages without counting the padding (count_include_pad = 0); squeeze counts it, as PyTorch's default does".into());
+        }
+        Ok(OpSpec::Avgpool2d {
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    fn resize(&self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
+        let mode = a.string("mode").unwrap_or_else(|| "nearest".into());
+        if mode != "nearest" {
+            return Err(format!(
+                "mode = \"{mode}\"; squeeze upsamples with nearest neighbours"
+            ));
+        }
+        // Resize: X, roi, scales, sizes; Upsample: X, scales.
+        let at = if node.op_type == "Resize" { 2 } else { 1 };
+        let scales = Self::arg(node, at)
+            .and_then(|s| self.constant(s))
+            .map(floats)
+            .transpose()
+            .map_err(|e| format!("scales: {e}"))?
+            .filter(|s| !s.is_empty())
+            .ok_or("no constant scales (resizing to given sizes is not supported)")?;
+        let whole = |v: f32| (v >= 1.0 && v.fract() == 0.0).then_some(v as usize);
+        match scales[..] {
+            [n, c, h, w] if n == 1.0 && c == 1.0 => match (whole(h), whole(w)) {
+                (Some(h), Some(w)) => Ok(OpSpec::Upsample {
+                    scale: Pair::HW([h, w]),
+                    mode: UpsampleMode::Nearest,
+                }),
+                _ => Err(format!(
+                    "scales {scales:?}; squeeze upsamples by whole factors"
+                )),
+            },
+            _ => Err(format!(
+                "scales {scales:?}; squeeze resizes a map's height and width"
+            )),
+        }
+    }
+
+    /// `Add`/`Mul` of two computed values; adding 0 or multiplying by 1 passes through.
+    fn join(&mut self, node: &'g NodeProto) -> NodeResult<()> {
+        let [l, r] = &node.input[..] else {
+            return Err(format!("{} inputs, expected 2", node.input.len()));
+        };
+        let neutral = if node.op_type == "Add" { 0.0 } else { 1.0 };
+        for (c, v) in [(l, r), (r, l)] {
+            if let Some(t) = self.constant(c) {
+                let values = floats(t).map_err(|e| format!("tensor \"{c}\": {e}"))?;
+                if values.iter().all(|&x| x == neutral) {
+                    self.computed(v)?;
+                    if let Some(out) = node.output.first() {
+                        self.alias.insert(out.as_str(), v.as_str());
+                    }
+                    self.absorbed += 1;
+                    return Ok(());
+                }
+                return Err(format!(
+                    "the constant \"{c}\" {:?} is an operand; squeeze joins two computed values",
+                    t.dims
+                ));
+            }
+        }
+        let inputs = vec![self.computed(l)?, self.computed(r)?];
+        let op = if node.op_type == "Add" {
+            OpSpec::Add { from: None }
+        } else {
+            OpSpec::Mul { from: None }
+        };
+        self.push(node, op, inputs, true)
+    }
+}
+
+fn unsupported(op: &str) -> String {
+    format!("operator {op} is not supported")
+}
+
+/// `/layer1/layer1.0/conv1/Conv` → `layer1.0.conv1`: the module path of PyTorch's scoped node
+/// names, each scope's name extending the one before.
+fn scope_name(node: &str) -> Option<String> {
+    let rest = node.strip_prefix('/')?;
+    let mut parts: Vec<&str> = rest.split('/').collect();
+    parts.pop();
+    let mut name = String::new();
+    for p in parts.iter().filter(|p| !p.is_empty()) {
+        if name.is_empty() || p.starts_with(&format!("{name}.")) {
+            name = p.to_string();
+        } else {
+            name = format!("{name}.{p}");
+        }
+    }
+    (!name.is_empty()).then_some(name)
+}
+
+/// A value name made readable as a layer name: `/Relu_output_0` → `Relu`.
+fn clean(value: &str) -> String {
+    let v = value.trim_start_matches('/');
+    let v = v.strip_suffix("_output_0").unwrap_or(v);
+    v.replace('/', ".")
+}
+
+/// A node's attributes by name.
+struct Attrs<'a>(&'a [AttributeProto]);
+
+impl Attrs<'_> {
+    fn get(&self, name: &str) -> Option<&AttributeProto> {
+        self.0.iter().find(|a| a.name == name)
+    }
+    fn int(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map_or(default, |a| a.i)
+    }
+    fn float(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map_or(default, |a| a.f)
+    }
+    fn string(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+}
+
+/// A two-value spatial attribute (`strides`, `dilations`), `default` in both when absent.
+fn pair(a: &Attrs, name: &str, default: usize) -> NodeResult<Pair> {
+    match a.get(name) {
+        None => Ok(Pair::Same(default)),
+        Some(x) => to_pair(name, &x.ints),
+    }
+}
+
+fn to_pair(name: &str, v: &[i64]) -> NodeResult<Pair> {
+    match v {
+        [h, w] if *h > 0 && *w > 0 => Ok(if h == w {
+            Pair::Same(*h as usize)
+        } else {
+            Pair::HW([*h as usize, *w as usize])
+        }),
+        _ => Err(format!(
+            "{name} = {v:?}, expected two positive values (a 2-D operation)"
+        )),
+    }
+}
+
+/// ONNX's `pads` (`[top, left, bottom, right]`) as squeeze's symmetric padding.
+fn pads(a: &Attrs) -> NodeResult<Pair> {
+    match a.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("VALID") | Some("") => {}
+        Some(other) => {
+            return Err(format!("auto_pad = \"{other}\"; export with explicit pads"));
+        }
+    }
+    let Some(p) = a.get("pads") else {
+        return Ok(Pair::Same(0));
+    };
+    match p.ints[..] {
+        [t, l, b, r] if t == b && l == r && t >= 0 && l >= 0 => Ok(if t == l {
+            Pair::Same(t as usize)
+        } else {
+            Pair::HW([t as usize, l as usize])
+        }),
+        _ => Err(format!(
+            "pads = {:?}; squeeze pads both sides of an axis alike",
+            p.ints
+        )),
+    }
+}
+
+/// A `Constant` node's value: `value`, `value_float(s)` or `value_int(s)`.
+fn constant_node(node: &NodeProto, a: &Attrs) -> NodeResult<TensorProto> {
+    let tensor = |dims: Vec<i64>, data_type: i32| TensorProto {
+        dims,
+        data_type,
+        ..Default::default()
+    };
+    if let Some(t) = a.get("value").and_then(|x| x.t.clone()) {
+        return Ok(t);
+    }
+    if let Some(x) = a.get("value_float") {
+        return Ok(TensorProto {
+            float_data: vec![x.f],
+            ..tensor(vec![], data_type::FLOAT)
+        });
+    }
+    if let Some(x) = a.get("value_floats") {
+        return Ok(TensorProto {
+            float_data: x.floats.clone(),
+            ..tensor(vec![x.floats.len() as i64], data_type::FLOAT)
+        });
+    }
+    if let Some(x) = a.get("value_int") {
+        return Ok(TensorProto {
+            int64_data: vec![x.i],
+            ..tensor(vec![], data_type::INT64)
+        });
+    }
+    if let Some(x) = a.get("value_ints") {
+        return Ok(TensorProto {
+            int64_data: x.ints.clone(),
+            ..tensor(vec![x.ints.len() as i64], data_type::INT64)
+        });
+    }
+    let names: Vec<_> = node.attribute.iter().map(|x| x.name.as_str()).collect();
+    Err(format!(
+        "a constant given as {names:?}; squeeze reads value, value_float(s) and value_int(s)"
+    ))
+}
+
+fn dims(t: &TensorProto) -> NodeResult<Vec<usize>> {
+    t.dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("tensor \"{}\": dimension {d}", t.name)))
+        .collect()
+}
+
+fn count(t: &TensorProto) -> Result<usize, String> {
+    t.dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d)
+            .ok()
+            .and_then(|d| n.checked_mul(d))
+            .ok_or_else(|| format!("shape {:?} is not valid", t.dims))
+    })
+}
+
+fn is_external(t: &TensorProto) -> bool {
+    t.data_location == 1 || !t.external_data.is_empty()
+}
+
+fn external(t: &TensorProto) -> Result<(), String> {
+    if is_external(t) {
+        return Err("its data is in an external file that was not read".into());
+    }
+    Ok(())
+}
+
+/// The initializers stored outside the model file (`location`, `offset`, `length` relative to
+/// the model's directory, as `torch.onnx.export` writes large models), read into `raw_data`;
+/// and the problems reading them.
+fn external_data<'g>(
+    path: &Path,
+    graph: &'g GraphProto,
+) -> (HashMap<&'g str, TensorProto>, Vec<String>) {
+    use std::io::{Read, Seek, SeekFrom};
+    let dir = crate::files::directory_of(path);
+    let mut loaded = HashMap::new();
+    let mut problems = Vec::new();
+    for t in graph.initializer.iter().filter(|t| is_external(t)) {
+        let entry = |key: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.as_str())
+        };
+        let read = || -> Result<Vec<u8>, String> {
+            let location = entry("location").ok_or("no location")?;
+            let number = |key: &str| -> Result<Option<u64>, String> {
+                entry(key)
+                    .map(|v| v.parse::<u64>().map_err(|_| format!("{key} = \"{v}\"")))
+                    .transpose()
+            };
+            let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+            let relative = Path::new(location);
+            if relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "location \"{location}\" is outside the model's directory"
+                ));
+            }
+            let file = dir.join(relative);
+            let io = |e: std::io::Error| format!("{}: {e}", file.display());
+            let (mut f, size) = crate::files::open_regular(&file).map_err(|e| e.to_string())?;
+            let n = count(t)? as u64
+                * match t.data_type {
+                    data_type::DOUBLE | data_type::INT64 => 8,
+                    data_type::FLOAT16 | data_type::BFLOAT16 => 2,
+                    _ => 4,
+                };
+            let length = length.unwrap_or(n);
+            if offset.checked_add(length).is_none_or(|end| end > size) {
+                return Err(format!(
+                    "{}: {length} bytes at offset {offset} go past its end ({size} bytes)",
+                    file.display()
+                ));
+            }
+            let len = usize::try_from(length).map_err(|_| format!("length {length}"))?;
+            crate::limits::check_memory("an external tensor", Some(u128::from(length)))
+                .map_err(|e| e.to_string())?;
+            let mut raw = vec![0u8; len];
+            f.seek(SeekFrom::Start(offset)).map_err(io)?;
+            f.read_exact(&mut raw).map_err(io)?;
+            Ok(raw)
+        };
+        match read() {
+            Ok(raw) => {
+                let mut owned = t.clone();
+                owned.raw_data = raw;
+                owned.external_data.clear();
+                owned.data_location = 0;
+                loaded.insert(t.name.as_str(), owned);
+            }
+            Err(e) => problems.push(format!("initializer \"{}\": external data: {e}", t.name)),
+        }
+    }
+    (loaded, problems)
+}
+
+/// `raw` as `n` little-endian values of `size` bytes each.
+fn chunks(raw: &[u8], n: usize, size: usize) -> Result<std::slice::ChunksExact<'_, u8>, String> {
+    if raw.len() != n * size {
+        return Err(format!(
+            "{} bytes of data for {n} values of {size} bytes",
+            raw.len()
+        ));
+    }
+    Ok(raw.chunks_exact(size))
+}
+
+/// A tensor's values as f32 (from FLOAT, FLOAT16, BFLOAT16 or DOUBLE data).
+fn floats(t: &TensorProto) -> Result<Vec<f32>, String> {
+    external(t)?;
+    let n = count(t)?;
+    let raw = &t.raw_data;
+    let v: Vec<f32> = match t.data_type {
+        data_type::FLOAT if !raw.is_empty() => chunks(raw, n, 4)?
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        data_type::FLOAT => t.float_data.clone(),
+        data_type::DOUBLE if !raw.is_empty() => chunks(raw, n, 8)?
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                f64::from_le_bytes(b) as f32
+            })
+            .collect(),
+        data_type::DOUBLE => t.double_data.iter().map(|&x| x as f32).collect(),
+        data_type::FLOAT16 | data_type::BFLOAT16 => {
+            let bits: Vec<u16> = if raw.is_empty() {
+                t.int32_data.iter().map(|&x| x as u16).collect()
+            } else {
+                chunks(raw, n, 2)?
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect()
+            };
+            if t.data_type == data_type::FLOAT16 {
+                bits.iter()
+                    .map(|&b| half::f16::from_bits(b).to_f32())
+                    .collect()
+            } else {
+                bits.iter()
+                    .map(|&b| half::bf16::from_bits(b).to_f32())
+                    .collect()
+            }
+        }
+        data_type::INT64 | data_type::INT32 => ints(t)?.iter().map(|&x| x as f32).collect(),
+        other => {
+            return Err(format!(
+                "element type {}, expected FLOAT, FLOAT16, BFLOAT16 or DOUBLE",
+                data_type::name(other)
+            ));
+        }
+    };
+    if v.len() != n {
+        return Err(format!("{} values for shape {:?}", v.len(), t.dims));
+    }
+    Ok(v)
+}
+
+/// A tensor's values as integers (INT64 or INT32 data).
+fn ints(t: &TensorProto) -> Result<Vec<i64>, String> {
+    external(t)?;
+    let n = count(t)?;
+    let raw = &t.raw_data;
+    let v: Vec<i64> = match t.data_type {
+        data_type::INT64 if !raw.is_empty() => chunks(raw, n, 8)?
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                i64::from_le_bytes(b)
+            })
+            .collect(),
+        data_type::INT64 => t.int64_data.clone(),
+        data_type::INT32 if !raw.is_empty() => chunks(raw, n, 4)?
+            .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        data_type::INT32 => t.int32_data.iter().map(|&x| i64::from(x)).collect(),
+        other => {
+            return Err(format!(
+                "element type {}, expected INT64 or INT32",
+                data_type::name(other)
+            ));
+        }
+    };
+    if v.len() != n {
+        return Err(format!("{} values for shape {:?}", v.len(), t.dims));
+    }
+    Ok(v)
+}
+
+/// A constant 2-D matrix: rows, columns and row-major values.
+fn matrix(name: &str, t: &TensorProto) -> NodeResult<(usize, usize, Vec<f32>)> {
+    let d = dims(t)?;
+    let [rows, cols] = d[..] else {
+        return Err(format!(
+            "weight \"{name}\" has shape {d:?}, expected a matrix"
+        ));
+    };
+    let v = floats(t).map_err(|e| format!("tensor \"{name}\": {e}"))?;
+    Ok((rows, cols, v))
+}
+
+/// The `rows × cols` row-major `m` transposed.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Builders for ONNX graphs in tests: the messages squeeze reads, encoded as an exporter
+/// would write them.
+pub mod build {
+    pub use super::proto::*;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_follow_the_module_path() {
+        assert_eq!(
+            scope_name("/layer1/layer1.0/conv1/Conv").as_deref(),
+            Some("layer1.0.conv1")
+        );
+        assert_eq!(scope_name("/fc/Gemm").as_deref(), Some("fc"));
+        assert_eq!(scope_name("/Relu"), None);
+        assert_eq!(scope_name("node_relu"), None);
+        assert_eq!(clean("/Relu_output_0"), "Relu");
+    }
+
+    #[test]
+    fn transposes() {
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
+            vec![1., 4., 2., 5., 3., 6.]
+        );
+    }
+}
