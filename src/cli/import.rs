@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::Context;
-
-use crate::files::{OutputCheck, Sealed};
-use crate::model::{ARCH_METADATA_KEY, check_input, f32_tensor_bytes, load_bytes_with_spec, onnx};
+use crate::files::OutputCheck;
+use crate::model::onnx;
 use crate::units;
 
 #[derive(Debug, clap::Args)]
@@ -48,35 +46,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     input.scale = args.scale;
     input.mean = args.mean.clone();
     input.std = args.std.clone();
-    check_input(input).with_context(|| {
-        format!(
-            "{}: the input {:?} with --scale/--mean/--std",
-            args.onnx.display(),
-            input.shape
-        )
-    })?;
-
-    let mut meta = BTreeMap::new();
-    meta.insert(ARCH_METADATA_KEY.to_string(), imported.spec.to_json());
-    if let Some(name) = args.onnx.file_name() {
-        meta.insert(
-            "squeeze.imported_from".to_string(),
-            name.to_string_lossy().into_owned(),
-        );
-    }
-    let out = Sealed::new(f32_tensor_bytes(&imported.tensors), meta)
-        .to_bytes()
-        .map_err(|e| anyhow::anyhow!("{}: cannot serialize: {e}", args.out.display()))?;
-    // The written file must load: loading checks every shape and folds batchnorm.
-    let model = load_bytes_with_spec(&args.onnx, &out, imported.spec.clone())?;
-    let problems = imported.check(&model);
-    if !problems.is_empty() {
-        return Err(onnx::ImportError::Problems {
-            path: args.onnx.clone(),
-            problems,
-        }
-        .into());
-    }
+    let (model, out) = imported.build(&args.onnx)?;
     let toml = args.arch_out.as_ref().map(|p| (p, imported.spec.to_toml()));
     match &toml {
         Some((arch, text)) => crate::files::write_all_atomic(&[
@@ -86,7 +56,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         None => crate::files::write_atomic(&args.out, &out)?,
     }
 
-    let params: usize = imported.tensors.iter().map(|(_, _, v)| v.len()).sum();
+    let params = imported.parameters();
     let folded = imported.spec.layers.len() - model.layers.len();
     let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
     for l in &model.layers {

@@ -29,6 +29,16 @@ pub enum ImportError {
     Decode { path: PathBuf, msg: String },
     #[error("{path}: the ONNX model has no graph")]
     NoGraph { path: PathBuf },
+    #[error("{path}: the imported input: {source}")]
+    Input {
+        path: PathBuf,
+        source: super::load::InputError,
+    },
+    #[error("{path}: cannot serialize the imported model: {msg}")]
+    Serialize { path: PathBuf, msg: String },
+    /// The imported architecture does not load (a shape the graph's nodes disagree on).
+    #[error(transparent)]
+    Load(#[from] super::load::LoadError),
     /// Everything in the graph that cannot be imported, in graph order.
     #[error("{path}: {} problem(s) importing the graph: {}", problems.len(), numbered(problems))]
     Problems {
@@ -137,6 +147,66 @@ pub fn convert(path: &Path, model: &ModelProto) -> Result<Imported, ImportError>
 }
 
 impl Imported {
+    /// The model as a sealed safetensors file (the architecture in the metadata, `source`
+    /// named as where it came from), loaded back — which checks every shape and folds
+    /// batchnorm — and checked against [`Imported::checks`]. `path` names the ONNX file in
+    /// messages.
+    pub fn build(&self, path: &Path) -> Result<(super::Model, Vec<u8>), ImportError> {
+        super::load::check_input(&self.spec.input).map_err(|source| ImportError::Input {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut meta = std::collections::BTreeMap::new();
+        meta.insert(
+            super::load::ARCH_METADATA_KEY.to_string(),
+            self.spec.to_json(),
+        );
+        if let Some(name) = path.file_name() {
+            meta.insert(
+                "squeeze.imported_from".to_string(),
+                name.to_string_lossy().into_owned(),
+            );
+        }
+        let bytes = crate::files::Sealed::new(super::load::f32_tensor_bytes(&self.tensors), meta)
+            .to_bytes()
+            .map_err(|e| ImportError::Serialize {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            })?;
+        let model = super::load::load_bytes_with_spec(path, &bytes, self.spec.clone())?;
+        let problems = self.check(&model);
+        if !problems.is_empty() {
+            return Err(ImportError::Problems {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok((model, bytes))
+    }
+
+    /// The parameters as PyTorch counts them: every tensor but batchnorm's running statistics.
+    pub fn parameters(&self) -> usize {
+        let stats: HashSet<&str> = self
+            .spec
+            .layers
+            .iter()
+            .filter_map(|l| match &l.op {
+                OpSpec::Batchnorm {
+                    running_mean,
+                    running_var,
+                    ..
+                } => Some([running_mean.as_str(), running_var.as_str()]),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.tensors
+            .iter()
+            .filter(|(name, _, _)| !stats.contains(name.as_str()))
+            .map(|(_, _, v)| v.len())
+            .sum()
+    }
+
     /// The problems [`Imported::checks`] finds in the loaded `model`, one line each.
     pub fn check(&self, model: &super::Model) -> Vec<String> {
         let find = |name: &str| model.layers.iter().position(|l| l.name == name);
@@ -423,6 +493,24 @@ impl<'g> Graph<'g> {
             "Constant" => {
                 let t = constant_node(node, &a)?;
                 self.consts.insert(out(), Cow::Owned(t));
+                self.absorbed += 1;
+                return Ok(());
+            }
+            "Cast" => {
+                let to = a.int("to", 0) as i32;
+                let input = x()?;
+                if let Some(t) = self.constant(input) {
+                    let cast = cast(t, to).map_err(|e| format!("tensor \"{input}\": {e}"))?;
+                    self.consts.insert(out(), Cow::Owned(cast));
+                } else if to == data_type::FLOAT {
+                    self.computed(input)?;
+                    self.alias.insert(out(), input);
+                } else {
+                    return Err(format!(
+                        "casts a computed value to {}; squeeze computes in FLOAT",
+                        data_type::name(to)
+                    ));
+                }
                 self.absorbed += 1;
                 return Ok(());
             }
@@ -1262,6 +1350,33 @@ fn ints(t: &TensorProto) -> Result<Vec<i64>, String> {
         return Err(format!("{} values for shape {:?}", v.len(), t.dims));
     }
     Ok(v)
+}
+
+/// A constant converted to FLOAT or INT64 (a `Cast` of a constant).
+fn cast(t: &TensorProto, to: i32) -> Result<TensorProto, String> {
+    let base = TensorProto {
+        dims: t.dims.clone(),
+        data_type: to,
+        name: t.name.clone(),
+        ..Default::default()
+    };
+    match to {
+        data_type::FLOAT => Ok(TensorProto {
+            float_data: floats(t)?,
+            ..base
+        }),
+        data_type::INT64 => Ok(TensorProto {
+            int64_data: match t.data_type {
+                data_type::INT64 | data_type::INT32 => ints(t)?,
+                _ => floats(t)?.iter().map(|&v| v as i64).collect(),
+            },
+            ..base
+        }),
+        other => Err(format!(
+            "cast to {}; squeeze reads FLOAT and INT64 constants",
+            data_type::name(other)
+        )),
+    }
 }
 
 /// A constant 2-D matrix: rows, columns and row-major values.
