@@ -3,8 +3,9 @@
 //! by both of PyTorch's exporters, its state_dict, a hand-written architecture and PyTorch's
 //! logits: the imported model must equal the hand-written one and PyTorch. Graphs built here
 //! from ONNX's messages check the conversions one by one and the error reports. Where PyTorch
-//! is installed, `benches/peers/onnx_import.py` exports six networks (MobileNetV2 among them)
-//! with both exporters and the imported models' logits are compared with PyTorch's.
+//! is installed, `benches/peers/onnx_import.py` exports six networks (MobileNetV2 and a Conv1d
+//! keyword-spotting net among them) with both exporters and the imported models' logits are
+//! compared with PyTorch's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -361,7 +362,7 @@ fn torch_exported_networks_give_pytorchs_logits() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let models = ["resnet", "se", "concat", "densenet", "mobilenetv2"];
+    let models = ["resnet", "se", "concat", "densenet", "mobilenetv2", "kws"];
     let out = Command::new("python3")
         .arg(common::root().join("benches/peers/onnx_import.py"))
         .args(["--squeeze", env!("CARGO_BIN_EXE_squeeze"), "--n", "32"])

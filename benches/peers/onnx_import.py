@@ -2,9 +2,9 @@
 
 Builds networks with plain `torch.nn` (random init, fixed seed, BatchNorm in eval mode with
 non-trivial running statistics): the four graphs of `torch_graph.py` (a ResNet with a
-projection shortcut, squeeze-and-excite blocks, Inception concats, a DenseNet), plus a
-MobileNetV2 and a ResNet-18 for 32x32 inputs. Each is exported with both of PyTorch's ONNX
-exporters (`torch.onnx.export(dynamo=False)`, which folds BatchNorm into the convs and names
+projection shortcut, squeeze-and-excite blocks, Inception concats, a DenseNet), a MobileNetV2
+and a ResNet-18 for 32x32 inputs, and a Conv1d keyword-spotting net. Each is exported with
+both of PyTorch's ONNX exporters (`torch.onnx.export(dynamo=False)`, which folds BatchNorm into the convs and names
 weights `onnx::Conv_N`; and `dynamo=True`, which keeps the state_dict's names and stores the
 weights in an external `.onnx.data` file), then imported with `squeeze import` and evaluated
 with `squeeze eval` on N random inputs labelled with PyTorch's argmax: its accuracy is the
@@ -108,8 +108,35 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def bn1d(c):
+    b = nn.BatchNorm1d(c)
+    with torch.no_grad():
+        b.weight.uniform_(0.5, 1.5)
+        b.bias.uniform_(-0.5, 0.5)
+        b.running_mean.uniform_(-0.5, 0.5)
+        b.running_var.uniform_(0.5, 2.0)
+    return b
+
+
+class KWS(nn.Module):
+    """A keyword-spotting convnet on 40 MFCC coefficients x 32 frames: Conv1d + BatchNorm1d +
+    ReLU, a depthwise stride-2 Conv1d, a pointwise one, flatten, 12 classes."""
+    shape = (40, 32)
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(40, 64, 3, 1, 1, bias=False), bn1d(64), nn.ReLU(),
+            nn.Conv1d(64, 64, 3, 2, 1, groups=64, bias=False), bn1d(64), nn.ReLU(),
+            nn.Conv1d(64, 32, 1, bias=False), bn1d(32), nn.ReLU())
+        self.fc = nn.Linear(32 * 16, 12)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
 MODELS = dict(torch_graph.MODELS)
-MODELS.update({"mobilenetv2": MobileNetV2, "resnet18": ResNet18})
+MODELS.update({"mobilenetv2": MobileNetV2, "resnet18": ResNet18, "kws": KWS})
 
 
 def export(m, x, path, dynamo):

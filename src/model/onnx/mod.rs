@@ -551,6 +551,24 @@ impl<'g> Graph<'g> {
                     eps: f64::from(a.float("epsilon", 1e-5)),
                 }
             }
+            "LayerNormalization" => {
+                if a.int("axis", -1) != -1 {
+                    return Err(format!(
+                        "axis = {}; squeeze normalizes over a sample's last dimension (axis = -1)",
+                        a.int("axis", -1)
+                    ));
+                }
+                let weight = Some(self.weight(node, 1, "the scale")?);
+                let bias = match Self::arg(node, 2) {
+                    Some(_) => Some(self.weight(node, 2, "the bias")?),
+                    None => None,
+                };
+                OpSpec::LayerNorm {
+                    weight,
+                    bias,
+                    eps: f64::from(a.float("epsilon", 1e-5)),
+                }
+            }
             "Relu" => simple(OpSpec::Relu {})?,
             "Sigmoid" => simple(OpSpec::Sigmoid {})?,
             "Tanh" => simple(OpSpec::Tanh {})?,
@@ -694,7 +712,9 @@ impl<'g> Graph<'g> {
     /// → `layer1.0.relu`) or its output's name; made unique.
     fn next_name(&self, node: &NodeProto) -> String {
         let weight = match node.op_type.as_str() {
-            "Conv" | "Gemm" | "MatMul" | "BatchNormalization" => Self::arg(node, 1),
+            "Conv" | "Gemm" | "MatMul" | "BatchNormalization" | "LayerNormalization" => {
+                Self::arg(node, 1)
+            }
             _ => None,
         };
         let base = weight
@@ -744,14 +764,46 @@ impl<'g> Graph<'g> {
     fn conv(&mut self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
         let w = Self::arg(node, 1).ok_or("no weight")?;
         let rank = self.constant(w).map(|t| t.dims.len());
-        if rank == Some(3) {
-            return Err("a 1-D convolution; squeeze runs 2-D ones".into());
-        }
-        if rank.is_some_and(|r| r != 4) {
+        if rank.is_some_and(|r| r != 3 && r != 4) {
             return Err(format!(
-                "a weight of rank {}; squeeze runs 2-D convolutions (rank 4)",
+                "a weight of rank {}; squeeze runs 1-D and 2-D convolutions (rank 3 and 4)",
                 rank.unwrap_or(0)
             ));
+        }
+        let groups = usize::try_from(a.int("group", 1))
+            .ok()
+            .filter(|&g| g > 0)
+            .ok_or("group must be positive")?;
+        if rank == Some(3) {
+            let one = |name: &str, v: Option<&AttributeProto>| -> NodeResult<usize> {
+                match v.map(|x| &x.ints[..]) {
+                    None => Ok(usize::from(name != "pads")),
+                    Some([v]) if *v > 0 => Ok(*v as usize),
+                    Some([b, e]) if name == "pads" && b == e && *b >= 0 => Ok(*b as usize),
+                    Some(v) => Err(format!(
+                        "{name} = {v:?}, expected one value (symmetric pads)"
+                    )),
+                }
+            };
+            auto_pad(a)?;
+            let stride = one("strides", a.get("strides"))?;
+            let padding = one("pads", a.get("pads"))?;
+            let dilation = one("dilations", a.get("dilations"))?;
+            let weight = self.weight(node, 1, "the weight")?;
+            let bias = match Self::arg(node, 2) {
+                Some(_) => Some(self.weight(node, 2, "the bias")?),
+                None => None,
+            };
+            return Ok(OpSpec::Conv1d {
+                weight,
+                bias,
+                out_channels: None,
+                kernel: None,
+                stride,
+                padding,
+                dilation,
+                groups,
+            });
         }
         let weight = self.weight(node, 1, "the weight")?;
         let bias = match Self::arg(node, 2) {
@@ -769,10 +821,7 @@ impl<'g> Graph<'g> {
             stride,
             padding,
             dilation,
-            groups: usize::try_from(a.int("group", 1))
-                .ok()
-                .filter(|&g| g > 0)
-                .ok_or("group must be positive")?,
+            groups,
         })
     }
 
@@ -1116,6 +1165,14 @@ fn pads(a: &Attrs) -> NodeResult<Pair> {
             "pads = {:?}; squeeze pads both sides of an axis alike",
             p.ints
         )),
+    }
+}
+
+/// Only explicit pads (`auto_pad` unset or `VALID`) are read.
+fn auto_pad(a: &Attrs) -> NodeResult<()> {
+    match a.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("VALID") | Some("") => Ok(()),
+        Some(other) => Err(format!("auto_pad = \"{other}\"; export with explicit pads")),
     }
 }
 
