@@ -610,7 +610,10 @@ impl<'g> Graph<'g> {
                         "axis = {axis}; only flattening each sample (axis = 1) is supported"
                     ));
                 }
-                OpSpec::Flatten {}
+                OpSpec::Flatten {
+                    start_dim: None,
+                    end_dim: None,
+                }
             }
             "Reshape" => match self.reshape(node) {
                 Err(e) if e == UNIT_AXES => {
@@ -631,7 +634,10 @@ impl<'g> Graph<'g> {
                     layer,
                     node: node.name.clone(),
                 });
-                OpSpec::Flatten {}
+                OpSpec::Flatten {
+                    start_dim: None,
+                    end_dim: None,
+                }
             }
             "MaxPool" | "AveragePool" => self.pool(node, &a)?,
             "GlobalAveragePool" => OpSpec::AdaptiveAvgpool {
@@ -668,7 +674,7 @@ impl<'g> Graph<'g> {
                     node: node.name.clone(),
                     axis: a.int("axis", 1),
                 });
-                return self.push(node, OpSpec::Concat {}, inputs, true);
+                return self.push(node, OpSpec::Concat { param: None }, inputs, true);
             }
             other => return Err(unsupported(other)),
         };
@@ -956,7 +962,10 @@ impl<'g> Graph<'g> {
                 } else if b == -1 && f == -1 || f < -1 {
                     return Err(format!("target shape {shape:?} is not valid"));
                 }
-                Ok(OpSpec::Flatten {})
+                Ok(OpSpec::Flatten {
+                    start_dim: None,
+                    end_dim: None,
+                })
             }
             [b, _, 1, 1] if b == 0 || b == 1 || b == -1 => Err(UNIT_AXES.into()),
             _ => Err(format!(
@@ -1068,9 +1077,15 @@ impl<'g> Graph<'g> {
         }
         let inputs = vec![self.computed(l)?, self.computed(r)?];
         let op = if node.op_type == "Add" {
-            OpSpec::Add { from: None }
+            OpSpec::Add {
+                from: None,
+                param: None,
+            }
         } else {
-            OpSpec::Mul { from: None }
+            OpSpec::Mul {
+                from: None,
+                param: None,
+            }
         };
         self.push(node, op, inputs, true)
     }
