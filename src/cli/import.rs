@@ -11,7 +11,8 @@ use crate::units;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// The ONNX model (as `torch.onnx.export` or `tf2onnx` writes it; weights inside the file).
+    /// The ONNX model, as `torch.onnx.export` or `tf2onnx` writes it (weights inside it, or in
+    /// the external data file beside it).
     pub onnx: PathBuf,
     /// Where to write the squeeze model (safetensors).
     #[arg(long, short)]
