@@ -127,12 +127,25 @@ pub struct Runner {
     tune_cancel: Option<Arc<AtomicBool>>,
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10), so that the interface thread,
+/// which shares the cores with the evaluation and fine-tuning workers, answers keys and redraws
+/// first. A worker at lower priority still takes every cycle the interface leaves.
+fn yield_to_the_interface() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory; on Linux, `who = 0` with PRIO_PROCESS is the
+        // calling thread (nice values are per thread), and a failure leaves the priority as is.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+    }
+}
+
 impl Runner {
     /// A runner with `threads` workers (0: one per core).
     pub fn new(evaluator: Arc<dyn Evaluator>, threads: usize) -> std::io::Result<Runner> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("squeeze-worker-{i}"))
+            .start_handler(|_| yield_to_the_interface())
             .build()
             .map_err(std::io::Error::other)?;
         let pool = Arc::new(pool);
@@ -248,6 +261,7 @@ impl Runner {
         let spawned = std::thread::Builder::new()
             .name("squeeze-finetune".into())
             .spawn(move || {
+                yield_to_the_interface();
                 let result = evaluator.finetune(&job, &cancel, &mut |progress| {
                     let _ = tx.send(WorkerMsg::TuneProgress { id, progress });
                 });
