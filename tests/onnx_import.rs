@@ -17,22 +17,10 @@ use squeeze::model::onnx::{self, ImportError, build as pb};
 use squeeze::model::{self, Model};
 
 mod common;
-use common::{assert_close_scaled, forward};
+use common::{assert_close_scaled, forward, safetensors_f32};
 
 fn fixture(name: &str) -> PathBuf {
     common::root().join("tests/fixtures/onnx").join(name)
-}
-
-fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).expect("test input");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("test input");
-    let t = st.tensor(name).expect("test input");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
 }
 
 fn import(path: &Path) -> Result<Model, ImportError> {
@@ -56,8 +44,8 @@ fn pytorch_exports_import_to_the_hand_written_architecture() {
     )
     .unwrap()
     .model;
-    let (shape, torch) = read_f32(&fixture("tiny.logits.safetensors"), "logits");
-    let (_, x) = read_f32(&fixture("tiny.logits.safetensors"), "inputs");
+    let (shape, torch) = safetensors_f32(&fixture("tiny.logits.safetensors"), "logits");
+    let (_, x) = safetensors_f32(&fixture("tiny.logits.safetensors"), "inputs");
     let n = shape[0];
     let want = forward(&hand, &x, n);
     assert_close_scaled(&want, &torch, 1e-5, "hand-written vs PyTorch");
@@ -379,7 +367,10 @@ fn torch_exported_networks_give_pytorchs_logits() {
     );
     for name in models {
         let logits = dir.path().join(format!("{name}.logits.safetensors"));
-        let ((shape, want), (_, x)) = (read_f32(&logits, "logits"), read_f32(&logits, "inputs"));
+        let ((shape, want), (_, x)) = (
+            safetensors_f32(&logits, "logits"),
+            safetensors_f32(&logits, "inputs"),
+        );
         for exporter in ["legacy", "dynamo"] {
             let file = dir.path().join(format!("{name}.{exporter}.safetensors"));
             let m = model::load(&file).unwrap().model;

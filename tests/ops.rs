@@ -21,15 +21,7 @@ fn fixture_path() -> PathBuf {
 
 /// Tensor `name` of the fixture: shape and values.
 fn fixture(name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(fixture_path()).expect("fixture");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let t = st.tensor(name).expect(name);
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
+    common::safetensors_f32(&fixture_path(), name)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -5,7 +5,6 @@
 //! and the reference forward and the engine's logits compared with PyTorch's. Skipped (passing,
 //! with a message) where `python3` cannot import torch, safetensors and numpy.
 
-use std::path::Path;
 use std::process::Command;
 
 use squeeze::compress::{self, Recipe};
@@ -13,26 +12,13 @@ use squeeze::engine::{self, CompressedModel};
 use squeeze::model;
 
 mod common;
-use common::forward;
+use common::{forward, safetensors_f32};
 
 fn torch_available() -> bool {
     Command::new("python3")
         .args(["-c", "import torch, safetensors, numpy"])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let bytes = std::fs::read(path).expect("read");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let t = st.tensor(name).expect(name);
-    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (t.shape().to_vec(), v)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -82,11 +68,11 @@ fn graphs_built_with_torch_nn_give_pytorchs_logits() {
         let m = model::load(&dir.path().join(format!("{name}.safetensors")))
             .expect("load")
             .model;
-        let (shape, want) = read_f32(
+        let (shape, want) = safetensors_f32(
             &dir.path().join(format!("{name}.logits.safetensors")),
             "logits",
         );
-        let (_, x) = read_f32(
+        let (_, x) = safetensors_f32(
             &dir.path().join(format!("{name}.logits.safetensors")),
             "inputs",
         );
@@ -118,7 +104,10 @@ fn graphs_built_with_torch_nn_give_pytorchs_logits() {
     let packed =
         engine::load_compressed(&dir.path().join("resnet.int8.safetensors")).expect("load packed");
     let torch = dir.path().join("resnet.int8.logits.safetensors");
-    let ((shape, want), (_, x)) = (read_f32(&torch, "logits"), read_f32(&torch, "inputs"));
+    let ((shape, want), (_, x)) = (
+        safetensors_f32(&torch, "logits"),
+        safetensors_f32(&torch, "inputs"),
+    );
     let got = packed.logits(&x, shape[0]);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = max_abs_diff(&got, &want);

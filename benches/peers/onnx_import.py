@@ -27,86 +27,8 @@ from torch import nn
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_graph  # noqa: E402  (the four graph models and their BatchNorm set-up)
-
-bn = torch_graph.bn
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, stride, t):
-        super().__init__()
-        hidden = cin * t
-        layers = []
-        if t != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), bn(hidden), nn.ReLU6()]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), bn(hidden),
-                   nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), bn(cout)]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
-class MobileNetV2(nn.Module):
-    """torchvision's MobileNetV2 with CIFAR strides (stem stride 1, the second stage stride 1)."""
-    shape = (3, 32, 32)
-
-    def __init__(self):
-        super().__init__()
-        cfg = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-               (6, 160, 3, 2), (6, 320, 1, 1)]
-        layers = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), bn(32), nn.ReLU6()]
-        cin = 32
-        for t, c, n, s in cfg:
-            for i in range(n):
-                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
-                cin = c
-        layers += [nn.Conv2d(cin, 1280, 1, bias=False), bn(1280), nn.ReLU6()]
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(1280, 10)
-
-    def forward(self, x):
-        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
-        return self.fc(torch.flatten(x, 1))
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = bn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = bn(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-
-class ResNet18(nn.Module):
-    """ResNet-18 for 32x32 inputs (3x3 stem, no max-pool), as in the CIFAR literature."""
-    shape = (3, 32, 32)
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = bn(64)
-        blocks, cin = [], 64
-        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.layers = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, 10)
-
-    def forward(self, x):
-        x = self.layers(torch.relu(self.bn1(self.conv1(x))))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
+import torch_graph  # noqa: E402  (the four graph models)
+import torch_convnets  # noqa: E402  (MobileNetV2 and ResNet-18 for 32x32 inputs)
 
 def bn1d(c):
     b = nn.BatchNorm1d(c)
@@ -136,7 +58,9 @@ class KWS(nn.Module):
 
 
 MODELS = dict(torch_graph.MODELS)
-MODELS.update({"mobilenetv2": MobileNetV2, "resnet18": ResNet18, "kws": KWS})
+MODELS.update({"mobilenetv2": torch_convnets.MobileNetV2, "resnet18": torch_convnets.ResNet18,
+               "kws": KWS})
+SHAPES = {"mobilenetv2": torch_convnets.SHAPE, "resnet18": torch_convnets.SHAPE, "kws": KWS.shape}
 
 
 def export(m, x, path, dynamo):
@@ -175,7 +99,7 @@ def main():
         m = MODELS[name]().eval()
         with torch.no_grad():
             m.fc.weight.mul_(8.0)   # logits of a few units rather than tenths: fewer near-ties
-        shape = getattr(m, "shape", torch_graph.SHAPE)
+        shape = SHAPES.get(name, torch_graph.SHAPE)
         base = os.path.join(out, name)
         x = torch.randn(a.n, *shape)
         with torch.no_grad():

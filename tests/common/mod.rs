@@ -202,3 +202,18 @@ pub fn naive_conv(
         db: f(db),
     }
 }
+
+/// Tensor `name` of a safetensors file of f32 tensors (PyTorch's outputs written by the scripts
+/// in `benches/peers/` and their fixtures): its shape and values.
+pub fn safetensors_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("a readable safetensors file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("a safetensors file");
+    let t = st.tensor(name).expect(name);
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (t.shape().to_vec(), v)
+}
