@@ -31,13 +31,7 @@ import torch_graph  # noqa: E402  (the four graph models)
 import torch_convnets  # noqa: E402  (MobileNetV2 and ResNet-18 for 32x32 inputs)
 
 def bn1d(c):
-    b = nn.BatchNorm1d(c)
-    with torch.no_grad():
-        b.weight.uniform_(0.5, 1.5)
-        b.bias.uniform_(-0.5, 0.5)
-        b.running_mean.uniform_(-0.5, 0.5)
-        b.running_var.uniform_(0.5, 2.0)
-    return b
+    return torch_graph.bn(c, nn.BatchNorm1d)
 
 
 class KWS(nn.Module):

@@ -40,9 +40,10 @@ CLASSES = 10
 SHAPE = (3, 16, 16)
 
 
-def bn(c):
-    """A BatchNorm2d in eval mode with running statistics and affine parameters far from 0/1."""
-    b = nn.BatchNorm2d(c)
+def bn(c, kind=nn.BatchNorm2d):
+    """A BatchNorm (2-D unless `kind` says) in eval mode with running statistics and affine
+    parameters far from 0/1."""
+    b = kind(c)
     with torch.no_grad():
         b.weight.uniform_(0.5, 1.5)
         b.bias.uniform_(-0.5, 0.5)

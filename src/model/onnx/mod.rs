@@ -1332,15 +1332,26 @@ fn external_data<'g>(
     (loaded, problems)
 }
 
-/// `raw` as `n` little-endian values of `size` bytes each.
-fn chunks(raw: &[u8], n: usize, size: usize) -> Result<std::slice::ChunksExact<'_, u8>, String> {
-    if raw.len() != n * size {
+/// `raw` as `n` little-endian values of `N` bytes each, each read by `read`.
+fn le_values<const N: usize, T>(
+    raw: &[u8],
+    n: usize,
+    read: impl Fn([u8; N]) -> T,
+) -> Result<Vec<T>, String> {
+    if raw.len() != n * N {
         return Err(format!(
-            "{} bytes of data for {n} values of {size} bytes",
+            "{} bytes of data for {n} values of {N} bytes",
             raw.len()
         ));
     }
-    Ok(raw.chunks_exact(size))
+    Ok(raw
+        .chunks_exact(N)
+        .map(|c| {
+            let mut b = [0u8; N];
+            b.copy_from_slice(c);
+            read(b)
+        })
+        .collect())
 }
 
 /// A tensor's values as f32 (from FLOAT, FLOAT16, BFLOAT16 or DOUBLE data).
@@ -1349,25 +1360,17 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>, String> {
     let n = count(t)?;
     let raw = &t.raw_data;
     let v: Vec<f32> = match t.data_type {
-        data_type::FLOAT if !raw.is_empty() => chunks(raw, n, 4)?
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        data_type::FLOAT if !raw.is_empty() => le_values(raw, n, f32::from_le_bytes)?,
         data_type::FLOAT => t.float_data.clone(),
-        data_type::DOUBLE if !raw.is_empty() => chunks(raw, n, 8)?
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                f64::from_le_bytes(b) as f32
-            })
-            .collect(),
+        data_type::DOUBLE if !raw.is_empty() => {
+            le_values(raw, n, |b| f64::from_le_bytes(b) as f32)?
+        }
         data_type::DOUBLE => t.double_data.iter().map(|&x| x as f32).collect(),
         data_type::FLOAT16 | data_type::BFLOAT16 => {
             let bits: Vec<u16> = if raw.is_empty() {
                 t.int32_data.iter().map(|&x| x as u16).collect()
             } else {
-                chunks(raw, n, 2)?
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect()
+                le_values(raw, n, u16::from_le_bytes)?
             };
             if t.data_type == data_type::FLOAT16 {
                 bits.iter()
@@ -1399,17 +1402,11 @@ fn ints(t: &TensorProto) -> Result<Vec<i64>, String> {
     let n = count(t)?;
     let raw = &t.raw_data;
     let v: Vec<i64> = match t.data_type {
-        data_type::INT64 if !raw.is_empty() => chunks(raw, n, 8)?
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(c);
-                i64::from_le_bytes(b)
-            })
-            .collect(),
+        data_type::INT64 if !raw.is_empty() => le_values(raw, n, i64::from_le_bytes)?,
         data_type::INT64 => t.int64_data.clone(),
-        data_type::INT32 if !raw.is_empty() => chunks(raw, n, 4)?
-            .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
+        data_type::INT32 if !raw.is_empty() => {
+            le_values(raw, n, |b| i64::from(i32::from_le_bytes(b)))?
+        }
         data_type::INT32 => t.int32_data.iter().map(|&x| i64::from(x)).collect(),
         other => {
             return Err(format!(
