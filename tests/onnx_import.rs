@@ -178,19 +178,39 @@ fn value(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
     }
 }
 
+fn attr_s(name: &str, s: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        s: s.as_bytes().to_vec(),
+        r#type: 3,
+        ..Default::default()
+    }
+}
+
+/// A graph from input `x` `[n, 4]` to `out` `[n, 3]`.
 fn write_graph(
     dir: &Path,
     nodes: Vec<pb::NodeProto>,
     inits: Vec<pb::TensorProto>,
     out: &str,
 ) -> PathBuf {
+    write_graph_io(dir, nodes, inits, value("x", &[0, 4]), value(out, &[0, 3]))
+}
+
+fn write_graph_io(
+    dir: &Path,
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    input: pb::ValueInfoProto,
+    output: pb::ValueInfoProto,
+) -> PathBuf {
     let model = pb::ModelProto {
         ir_version: 8,
         graph: Some(pb::GraphProto {
             node: nodes,
             initializer: inits,
-            input: vec![value("x", &[0, 4])],
-            output: vec![value(out, &[0, 3])],
+            input: vec![input],
+            output: vec![output],
             ..Default::default()
         }),
         ..Default::default()
@@ -242,6 +262,68 @@ fn matmul_add_and_gemm_become_linear_layers_with_pytorchs_arithmetic() {
         .collect();
     assert_close_scaled(&forward(&m, &x, 1), &want, 1e-6, "reference");
     assert_close_scaled(&engine_logits(&m, &x, 1), &want, 1e-6, "engine");
+}
+
+/// `x` `[n, 1, 2, 2]` through a `Resize` by 2 with `mode` and `coordinates` (the
+/// coordinate_transformation_mode), then flattened.
+fn resize_graph(dir: &Path, mode: &str, coordinates: &str) -> PathBuf {
+    let mut resize = node("Resize", "up", &["x", "", "scales"], "u");
+    resize.attribute = vec![
+        attr_s("mode", mode),
+        attr_s("coordinate_transformation_mode", coordinates),
+    ];
+    write_graph_io(
+        dir,
+        vec![resize, node("Flatten", "flat", &["u"], "y")],
+        vec![tensor("scales", &[4], &[1.0, 1.0, 2.0, 2.0])],
+        value("x", &[0, 1, 2, 2]),
+        value("y", &[0, 16]),
+    )
+}
+
+#[test]
+fn linear_resize_becomes_bilinear_upsampling_with_pytorchs_coordinates() {
+    let dir = tempfile::tempdir().unwrap();
+    // [[1, 2], [3, 4]] is 1 + 2·row + column, which bilinear interpolation keeps: output (i, j)
+    // is 1 + 2·r[i] + r[j] for the source positions r of 4 outputs over 2 inputs.
+    let x = [1.0f32, 2.0, 3.0, 4.0];
+    let third = 1.0 / 3.0;
+    for (coordinates, r, align) in [
+        ("half_pixel", [0.0, 0.25, 0.75, 1.0], false),
+        ("pytorch_half_pixel", [0.0, 0.25, 0.75, 1.0], false),
+        ("align_corners", [0.0, third, 2.0 * third, 1.0], true),
+    ] {
+        let m = import(&resize_graph(dir.path(), "linear", coordinates)).unwrap();
+        let spec = m.op_spec(&m.layers[0]);
+        assert_eq!(
+            spec,
+            model::OpSpec::Upsample {
+                scale: model::Pair::HW([2, 2]),
+                mode: model::UpsampleMode::Bilinear,
+                align_corners: align,
+            },
+            "{coordinates}"
+        );
+        let want: Vec<f32> = (0..16).map(|k| 1.0 + 2.0 * r[k / 4] + r[k % 4]).collect();
+        assert_close_scaled(&forward(&m, &x, 1), &want, 1e-6, coordinates);
+        assert_close_scaled(&engine_logits(&m, &x, 1), &want, 1e-6, coordinates);
+    }
+    for (mode, coordinates, why) in [
+        (
+            "linear",
+            "asymmetric",
+            "coordinate_transformation_mode = \"asymmetric\"",
+        ),
+        ("cubic", "half_pixel", "mode = \"cubic\""),
+    ] {
+        let err = import(&resize_graph(dir.path(), mode, coordinates))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node \"up\" (Resize)") && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -227,6 +227,43 @@ fn layer_norm_follows_pytorch() {
     assert_close_rel(&y, &[-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], 1e-6, "by hand");
 }
 
+/// `nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Upsample(scale_factor, mode="bilinear",
+/// align_corners))` at scales 2 and 3, both align_corners, on 4×5 and 3×2 maps.
+#[test]
+fn bilinear_upsampling_follows_pytorch() {
+    let mut worst = Vec::new();
+    for (case, scale, align) in [
+        ("up_bl_a", 2, false),
+        ("up_bl_b", 3, true),
+        ("up_bl_c", 3, false),
+        ("up_bl_d", 2, true),
+    ] {
+        let layers = format!(
+            "[[layer]]\nop = \"conv2d\"\nweight = \"{case}.0.weight\"\nbias = \"{case}.0.bias\"\npadding = 1\n\
+             [[layer]]\nop = \"upsample\"\nscale = {scale}\nmode = \"bilinear\"\nalign_corners = {align}\n"
+        );
+        worst.push(check_case(case, &layers));
+        // The schema writes the mode and align_corners back (align_corners only when set).
+        let m = case_model(case, &layers);
+        let text = toml::to_string(&m.layer_spec(1)).expect("toml");
+        assert!(text.contains("mode = \"bilinear\""), "{text}");
+        assert_eq!(text.contains("align_corners = true"), align, "{text}");
+    }
+    let worst: Vec<String> = worst.iter().map(|d| format!("{d:.2e}")).collect();
+    println!(
+        "bilinear upsampling max |Δ| vs PyTorch: {}",
+        worst.join(", ")
+    );
+    // align_corners belongs to bilinear, as in PyTorch.
+    let spec = ArchSpec::from_toml(
+        "[input]\nshape = [1, 2, 2]\n[[layer]]\nop = \"upsample\"\nscale = 2\nalign_corners = true\n",
+    )
+    .expect("arch");
+    let empty = model::to_safetensors_bytes(&[], &Default::default()).expect("bytes");
+    let e = model::load_bytes_with_spec(Path::new("nearest"), &empty, spec).unwrap_err();
+    assert!(e.to_string().contains("align_corners"), "{e}");
+}
+
 /// A token model's patch embedding, as a ViT: conv → flatten(2) (or a reshape) → transpose(1, 2)
 /// → the class token first → the position embedding added → token 0, or a per-feature scale
 /// and the mean over tokens.

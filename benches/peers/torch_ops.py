@@ -34,6 +34,14 @@ def cases():
     yield "tokens_sel", Tokens(g, "select"), (2, 4, 4)
     yield "tokens_mean", Tokens(g, "mean"), (2, 4, 4)
     yield "mha", SelfAttention(8, 2), (5, 8)
+    for name, scale, align, shape in [
+        ("up_bl_a", 2, False, (2, 4, 5)),
+        ("up_bl_b", 3, True, (2, 4, 5)),
+        ("up_bl_c", 3, False, (2, 3, 2)),
+        ("up_bl_d", 2, True, (2, 3, 2)),
+    ]:
+        up = nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=align)
+        yield name, nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), up), shape
 
 
 class Tokens(nn.Module):

@@ -16,7 +16,9 @@ use super::kernels::{
 };
 use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use crate::compress::Plan;
-use crate::model::{Activation, InputSpec, Model, Op, ParamJoin, Source, UpsampleMode};
+use crate::model::{
+    Activation, InputSpec, LinearTap, Model, Op, ParamJoin, Source, UpsampleMode, linear_taps,
+};
 
 /// Samples per rayon task in `logits` (measured: see `benches/inference.rs`), at most.
 pub const CHUNK: usize = 128;
@@ -54,6 +56,12 @@ pub enum Step {
     },
     AdaptiveAvgPool(ResampleShape),
     UpsampleNearest(ResampleShape),
+    /// Bilinear upsampling through the height's and the width's interpolation taps.
+    UpsampleBilinear {
+        shape: ResampleShape,
+        rows: Vec<LinearTap>,
+        cols: Vec<LinearTap>,
+    },
     /// Flatten and dropout (at inference) leave one sample's values as they are.
     Identity,
     Softmax {
@@ -472,6 +480,15 @@ impl CompressedModel {
                             mode: UpsampleMode::Nearest,
                             ..
                         } => Step::UpsampleNearest(s),
+                        Op::Upsample {
+                            mode: UpsampleMode::Bilinear,
+                            scale: (sh, sw),
+                            align_corners,
+                        } => Step::UpsampleBilinear {
+                            shape: s,
+                            rows: linear_taps(s.h, sh, align_corners),
+                            cols: linear_taps(s.w, sw, align_corners),
+                        },
                         _ => Step::AdaptiveAvgPool(s),
                     }
                 }
@@ -850,6 +867,11 @@ impl CompressedModel {
                         } else {
                             ops::upsample_nearest(x, rs, y);
                         }
+                    }
+                }
+                Step::UpsampleBilinear { shape, rows, cols } => {
+                    for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {
+                        ops::upsample_bilinear(x, shape, (rows, cols), y);
                     }
                 }
                 Step::Identity => swapped = false,

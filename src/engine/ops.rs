@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::cpu::{Avx512, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::simd;
-use crate::model::{Activation, adaptive_window};
+use crate::model::{Activation, LinearTap, adaptive_window};
 
 /// One convolution's geometry for one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,6 +301,29 @@ pub fn upsample_nearest(x: &[f32], s: &ResampleShape, out: &mut [f32]) {
             let row = &plane[(oy / sh) * s.w..(oy / sh + 1) * s.w];
             for (v, chunk) in row.iter().zip(orow.chunks_mut(sw)) {
                 chunk.fill(*v);
+            }
+        }
+    }
+}
+
+/// Bilinear upsampling through each axis' taps (`linear_taps`: `rows` for the height, `cols`
+/// for the width): along the width within the two rows read, then between them, in PyTorch's
+/// order.
+pub fn upsample_bilinear(
+    x: &[f32],
+    s: &ResampleShape,
+    (rows, cols): (&[LinearTap], &[LinearTap]),
+    out: &mut [f32],
+) {
+    let along = |row: &[f32], t: &LinearTap| t.w0 * row[t.i0] + t.w1 * row[t.i1];
+    for c in 0..s.c {
+        let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+        let o = &mut out[c * s.oh * s.ow..(c + 1) * s.oh * s.ow];
+        for (orow, r) in o.chunks_mut(s.ow.max(1)).zip(rows) {
+            let row0 = &plane[r.i0 * s.w..(r.i0 + 1) * s.w];
+            let row1 = &plane[r.i1 * s.w..(r.i1 + 1) * s.w];
+            for (v, t) in orow.iter_mut().zip(cols) {
+                *v = r.w0 * along(row0, t) + r.w1 * along(row1, t);
             }
         }
     }

@@ -8,7 +8,7 @@ use candle_core::{D, Result, Tensor};
 use super::graph::{
     Conv2dGeometry, Layer, Model, NormParams, Op, ParamJoin, Params, Pool2d, Source,
 };
-use super::shape::adaptive_window;
+use super::shape::{adaptive_window, linear_taps};
 use super::spec::{Activation, UpsampleMode};
 
 /// How the forward pass computes the operations that training customises. Every method has
@@ -197,8 +197,13 @@ fn layer_forward(
         Op::AvgPool2d(p) => avg_pool(x, p),
         Op::GlobalAvgPool => x.mean(D::Minus1)?.mean(D::Minus1),
         Op::AdaptiveAvgPool((oh, ow)) => adaptive_avg_pool(x, (*oh, *ow)),
-        Op::Upsample { scale, mode } => match mode {
+        Op::Upsample {
+            scale,
+            mode,
+            align_corners,
+        } => match mode {
             UpsampleMode::Nearest => upsample_nearest(x, *scale),
+            UpsampleMode::Bilinear => upsample_bilinear(x, *scale, *align_corners),
         },
         Op::Flatten => x.flatten_from(1),
         Op::Reshape(shape) => {
@@ -357,6 +362,24 @@ fn upsample_nearest(x: &Tensor, (sh, sw): (usize, usize)) -> Result<Tensor> {
         .broadcast_as((n, c, h, sh, w, sw))?
         .contiguous()?
         .reshape((n, c, h * sh, w * sw))
+}
+
+/// Bilinear upsampling of a `[N, C, H, W]` batch by integer factors, as PyTorch's: along the
+/// width, then along the height, each a product with the axis' interpolation matrix (two
+/// nonzero weights a row, `linear_taps`), which training differentiates through.
+fn upsample_bilinear(x: &Tensor, (sh, sw): (usize, usize), align_corners: bool) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let matrix = |l: usize, scale: usize| -> Result<Tensor> {
+        let taps = linear_taps(l, scale, align_corners);
+        let mut m = vec![0f32; taps.len() * l];
+        for (row, t) in m.chunks_mut(l).zip(&taps) {
+            row[t.i0] += t.w0;
+            row[t.i1] += t.w1;
+        }
+        Tensor::from_vec(m, (taps.len(), l), x.device())?.to_dtype(x.dtype())
+    };
+    let along_w = x.broadcast_matmul(&matrix(w, sw)?.t()?)?;
+    matrix(h, sh)?.broadcast_matmul(&along_w)
 }
 
 /// Average pooling counting padded zeros, as PyTorch's default `count_include_pad=True`.

@@ -202,6 +202,8 @@ pub enum Op {
     Upsample {
         scale: (usize, usize),
         mode: UpsampleMode,
+        /// Bilinear only: the corner values of input and output aligned.
+        align_corners: bool,
     },
     Flatten,
     /// One sample's values kept in order, shaped as given (`reshape`, `flatten` of some
@@ -360,7 +362,11 @@ impl Op {
                 }
                 Op::AdaptiveAvgPool(size)
             }
-            OpSpec::Upsample { scale, mode } => {
+            OpSpec::Upsample {
+                scale,
+                mode,
+                align_corners,
+            } => {
                 let scale = scale.hw();
                 if scale.0 == 0 || scale.1 == 0 {
                     return Err(OpError::Zero {
@@ -368,7 +374,16 @@ impl Op {
                         value: scale,
                     });
                 }
-                Op::Upsample { scale, mode: *mode }
+                if *align_corners && *mode == UpsampleMode::Nearest {
+                    return Err(OpError::Shape(
+                        "align_corners = true needs mode = \"bilinear\" (as in PyTorch)".into(),
+                    ));
+                }
+                Op::Upsample {
+                    scale,
+                    mode: *mode,
+                    align_corners: *align_corners,
+                }
             }
             OpSpec::Flatten {
                 start_dim: None | Some(1),
@@ -645,9 +660,14 @@ impl Model {
             }
             Op::GlobalAvgPool => OpSpec::GlobalAvgpool {},
             Op::AdaptiveAvgPool(size) => OpSpec::AdaptiveAvgpool { size: pair(*size) },
-            Op::Upsample { scale, mode } => OpSpec::Upsample {
+            Op::Upsample {
+                scale,
+                mode,
+                align_corners,
+            } => OpSpec::Upsample {
                 scale: pair(*scale),
                 mode: *mode,
+                align_corners: *align_corners,
             },
             Op::Flatten => OpSpec::Flatten {
                 start_dim: None,

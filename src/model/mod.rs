@@ -21,7 +21,7 @@ pub use load::{
     check_input, f32_tensor_bytes, load, load_bytes_with_spec, load_with_arch, sidecar_path,
     tensor_to_f32, to_safetensors_bytes,
 };
-pub use shape::{ShapeError, adaptive_window, out_shape};
+pub use shape::{LinearTap, ShapeError, adaptive_window, linear_taps, out_shape};
 pub use spec::{
     Activation, ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair, UpsampleMode,
 };

@@ -513,13 +513,56 @@ impl Window {
     }
 }
 
-/// The number of elements of `shape`, or `None` when it overflows.
 /// PyTorch's adaptive pooling window for output `i` of `o` over an input of length `l`:
 /// `[floor(i·l/o), ceil((i+1)·l/o))`, as `(start, end)`.
 pub fn adaptive_window(i: usize, l: usize, o: usize) -> (usize, usize) {
     (i * l / o, ((i + 1) * l).div_ceil(o))
 }
 
+/// One output position of a linear interpolation along an axis: `w0 · x[i0] + w1 · x[i1]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearTap {
+    pub i0: usize,
+    pub i1: usize,
+    pub w0: f32,
+    pub w1: f32,
+}
+
+/// The taps of PyTorch's linear interpolation of an axis of length `l` to `l · scale` outputs
+/// (`area_pixel_compute_source_index` and its weights, in f32 as PyTorch computes them for f32
+/// inputs): output `o` reads source position `(o + 0.5) / scale − 0.5`, at least 0, or
+/// `o · (l − 1) / (out − 1)` with `align_corners`; the neighbour past the last input is the
+/// last input.
+pub fn linear_taps(l: usize, scale: usize, align_corners: bool) -> Vec<LinearTap> {
+    let out = l * scale;
+    let last = l.saturating_sub(1);
+    let ratio = match (align_corners, out > 1) {
+        (true, true) => last as f32 / (out - 1) as f32,
+        (true, false) => 0.0,
+        // PyTorch takes 1 / scale_factor in double, then rounds it to f32.
+        (false, _) => (1.0 / scale as f64) as f32,
+    };
+    (0..out)
+        .map(|o| {
+            let src = if align_corners {
+                ratio * o as f32
+            } else {
+                // The half-pixel position in double, then f32, as PyTorch.
+                ((f64::from(ratio) * (o as f64 + 0.5) - 0.5) as f32).max(0.0)
+            };
+            let i0 = (src.floor() as usize).min(last);
+            let w1 = (src - i0 as f32).clamp(0.0, 1.0);
+            LinearTap {
+                i0,
+                i1: (i0 + 1).min(last),
+                w0: 1.0 - w1,
+                w1,
+            }
+        })
+        .collect()
+}
+
+/// The number of elements of `shape`, or `None` when it overflows.
 pub fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
 }
@@ -588,6 +631,26 @@ pub fn evaluation_bytes(model: &Model, samples: usize, batch: usize) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn linear_taps_follow_pytorch_half_pixel_and_align_corners() {
+        let taps = |l, s, a| -> Vec<(usize, usize, f32)> {
+            super::linear_taps(l, s, a)
+                .iter()
+                .map(|t| (t.i0, t.i1, t.w1))
+                .collect()
+        };
+        // Half-pixel: sources −0.25 (clamped to 0), 0.25, 0.75, 1.25 (past the last input).
+        assert_eq!(
+            taps(2, 2, false),
+            [(0, 1, 0.0), (0, 1, 0.25), (0, 1, 0.75), (1, 1, 0.25)]
+        );
+        // Corners aligned: sources 0, 1/3, 2/3, 1.
+        let a = taps(2, 2, true);
+        assert_eq!((a[0], a[3]), ((0, 1, 0.0), (1, 1, 0.0)));
+        assert!((a[1].2 - 1.0 / 3.0).abs() < 1e-7 && (a[2].2 - 2.0 / 3.0).abs() < 1e-7);
+        assert_eq!(taps(1, 3, true), [(0, 0, 0.0); 3]);
+    }
+
     use super::*;
 
     #[test]
@@ -665,6 +728,7 @@ mod tests {
         let up = Op::Upsample {
             scale: (2, 3),
             mode: crate::model::UpsampleMode::Nearest,
+            align_corners: false,
         };
         assert_eq!(out_shape(&up, &[&[2, 4, 5]]), Ok(vec![2, 8, 15]));
         assert!(matches!(

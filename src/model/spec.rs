@@ -75,6 +75,9 @@ fn default_slope() -> f64 {
 fn one_usize() -> usize {
     1
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 /// The name by which a layer reads the model's (scaled) input in `input`, `inputs` and `from`.
 pub const MODEL_INPUT: &str = "input";
@@ -206,11 +209,14 @@ pub enum OpSpec {
         size: Pair,
     },
     /// Upsampling by integer factors `scale` (`N` or `[h, w]`), as PyTorch's
-    /// `nn.Upsample(scale_factor = scale, mode = mode)`.
+    /// `nn.Upsample(scale_factor = scale, mode = mode, align_corners = align_corners)`;
+    /// `align_corners` only with `mode = "bilinear"`.
     Upsample {
         scale: Pair,
         #[serde(default)]
         mode: UpsampleMode,
+        #[serde(default, skip_serializing_if = "is_false")]
+        align_corners: bool,
     },
     /// Sample dimensions `start_dim ..= end_dim` joined into one, as `nn.Flatten(start_dim,
     /// end_dim)`: dimensions numbered as PyTorch numbers them on a batch (0 is the batch, 1 a
@@ -294,12 +300,17 @@ pub enum UpsampleMode {
     /// Each input value repeated `scale` times along each axis.
     #[default]
     Nearest,
+    /// Each output value interpolated between the two nearest input values along each axis,
+    /// as PyTorch's `mode = "bilinear"`: output `o` reads input position `(o + 0.5) / scale −
+    /// 0.5` (at least 0), or `o · (in − 1) / (out − 1)` with `align_corners`.
+    Bilinear,
 }
 
 impl UpsampleMode {
     pub fn name(self) -> &'static str {
         match self {
             UpsampleMode::Nearest => "nearest",
+            UpsampleMode::Bilinear => "bilinear",
         }
     }
 }

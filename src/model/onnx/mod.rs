@@ -1020,12 +1020,7 @@ impl<'g> Graph<'g> {
     }
 
     fn resize(&self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
-        let mode = a.string("mode").unwrap_or_else(|| "nearest".into());
-        if mode != "nearest" {
-            return Err(format!(
-                "mode = \"{mode}\"; squeeze upsamples with nearest neighbours"
-            ));
-        }
+        let (mode, align_corners) = resize_mode(node, a)?;
         // Resize: X, roi, scales, sizes; Upsample: X, scales.
         let at = if node.op_type == "Resize" { 2 } else { 1 };
         let scales = Self::arg(node, at)
@@ -1040,7 +1035,8 @@ impl<'g> Graph<'g> {
             [n, c, h, w] if n == 1.0 && c == 1.0 => match (whole(h), whole(w)) {
                 (Some(h), Some(w)) => Ok(OpSpec::Upsample {
                     scale: Pair::HW([h, w]),
-                    mode: UpsampleMode::Nearest,
+                    mode,
+                    align_corners,
                 }),
                 _ => Err(format!(
                     "scales {scales:?}; squeeze upsamples by whole factors"
@@ -1135,6 +1131,35 @@ impl Attrs<'_> {
     fn string(&self, name: &str) -> Option<String> {
         self.get(name)
             .map(|a| String::from_utf8_lossy(&a.s).into_owned())
+    }
+}
+
+/// A `Resize` (or `Upsample`) node's interpolation: nearest, or linear with the coordinates of
+/// PyTorch's `align_corners = False` (`half_pixel`, `pytorch_half_pixel`: the same for the
+/// whole-number scales squeeze takes) or `align_corners = True`. The legacy `Upsample` node
+/// interpolates with `asymmetric` coordinates, which PyTorch's bilinear does not.
+fn resize_mode(node: &NodeProto, a: &Attrs) -> NodeResult<(UpsampleMode, bool)> {
+    let mode = a.string("mode").unwrap_or_else(|| "nearest".into());
+    if mode == "nearest" {
+        return Ok((UpsampleMode::Nearest, false));
+    }
+    if mode != "linear" {
+        return Err(format!(
+            "mode = \"{mode}\"; squeeze upsamples with nearest neighbours or linearly"
+        ));
+    }
+    let coordinates = match node.op_type.as_str() {
+        "Upsample" => "asymmetric".into(),
+        _ => a
+            .string("coordinate_transformation_mode")
+            .unwrap_or_else(|| "half_pixel".into()),
+    };
+    match coordinates.as_str() {
+        "half_pixel" | "pytorch_half_pixel" => Ok((UpsampleMode::Bilinear, false)),
+        "align_corners" => Ok((UpsampleMode::Bilinear, true)),
+        other => Err(format!(
+            "linear resize with coordinate_transformation_mode = \"{other}\"; squeeze interpolates as PyTorch's bilinear (half_pixel, pytorch_half_pixel or align_corners)"
+        )),
     }
 }
 
