@@ -327,6 +327,43 @@ fn linear_resize_becomes_bilinear_upsampling_with_pytorchs_coordinates() {
 }
 
 #[test]
+fn gather_of_a_table_by_the_input_becomes_an_embedding() {
+    let dir = tempfile::tempdir().unwrap();
+    // Token ids [n, 3] (INT64, as PyTorch exports them) → rows of a [5, 2] table → flatten.
+    let table: Vec<f32> = (0..10).map(|i| i as f32 / 4.0 - 1.0).collect();
+    let mut ids = value("x", &[0, 3]);
+    if let Some(t) = ids.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()) {
+        t.elem_type = 7;
+    }
+    let mut flatten = node("Flatten", "flat", &["e"], "y");
+    flatten.attribute = vec![attr_i("axis", 1)];
+    let graph = |axis: i64| {
+        let mut gather = node("Gather", "emb", &["emb.weight", "x"], "e");
+        gather.attribute = vec![attr_i("axis", axis)];
+        write_graph_io(
+            dir.path(),
+            vec![gather, flatten.clone()],
+            vec![tensor("emb.weight", &[5, 2], &table)],
+            ids.clone(),
+            value("y", &[0, 6]),
+        )
+    };
+    let m = import(&graph(0)).unwrap();
+    let ops: Vec<_> = m.layers.iter().map(|l| l.op.name()).collect();
+    assert_eq!(ops, ["embedding", "flatten"]);
+    assert_eq!(m.input.shape, vec![3]);
+    let x = [4.0f32, 0.0, 2.0];
+    let want: Vec<f32> = x
+        .iter()
+        .flat_map(|&id| table[id as usize * 2..id as usize * 2 + 2].to_vec())
+        .collect();
+    assert_eq!(forward(&m, &x, 1), want);
+    assert_eq!(engine_logits(&m, &x, 1), want);
+    let err = import(&graph(1)).unwrap_err().to_string();
+    assert!(err.contains("node \"emb\" (Gather): axis = 1"), "{err}");
+}
+
+#[test]
 fn every_unconvertible_node_is_reported_once_in_one_run() {
     let dir = tempfile::tempdir().unwrap();
     let w: Vec<f32> = vec![0.1; 12];

@@ -117,6 +117,16 @@ fn check_case(case: &str, layers: &str) -> f32 {
     shape.extend(&m.input.shape);
     let t = Tensor::from_slice(&x, shape, &Device::Cpu).expect("x");
     let var = candle_core::Var::from_tensor(&t).expect("var");
+    // Token ids take no gradient: an embedding model's reaches its table instead.
+    let mut m = m.clone();
+    let table = m.layers.iter_mut().find_map(|l| match &mut l.op {
+        model::Op::Embedding(p) => {
+            let v = candle_core::Var::from_tensor(&p.weight).expect("var");
+            p.weight = v.as_tensor().clone();
+            Some(v)
+        }
+        _ => None,
+    });
     let out = m
         .forward_with(
             var.as_tensor(),
@@ -141,7 +151,7 @@ fn check_case(case: &str, layers: &str) -> f32 {
         .and_then(|s| s.backward())
         .expect("backward");
     let g: Vec<f32> = grads
-        .get(var.as_tensor())
+        .get(table.as_ref().unwrap_or(&var).as_tensor())
         .expect("input gradient")
         .flatten_all()
         .and_then(|g| g.to_vec1())
@@ -262,6 +272,72 @@ fn bilinear_upsampling_follows_pytorch() {
     let empty = model::to_safetensors_bytes(&[], &Default::default()).expect("bytes");
     let e = model::load_bytes_with_spec(Path::new("nearest"), &empty, spec).unwrap_err();
     assert!(e.to_string().contains("align_corners"), "{e}");
+}
+
+/// The layers of the tiny text classifier: `nn.Embedding(10, 6)`, a linear layer per token,
+/// the mean over tokens.
+const TEXT: &str = "[[layer]]\nop = \"embedding\"\nweight = \"text.emb.weight\"\n\
+     [[layer]]\nop = \"linear\"\nweight = \"text.fc.weight\"\nbias = \"text.fc.bias\"\n\
+     [[layer]]\nop = \"mean\"\ndim = 1\n";
+
+#[test]
+fn an_embedding_text_classifier_follows_pytorch() {
+    let d = check_case("text", TEXT);
+    println!("embedding → linear per token → mean max |Δ| vs PyTorch: {d:.2e}");
+    let m = case_model("text", TEXT);
+    let shapes: Vec<Vec<usize>> = m.layers.iter().map(|l| l.out_shape.clone()).collect();
+    assert_eq!(shapes, [vec![7, 6], vec![7, 4], vec![4], vec![4]]);
+    // The table is compressed as a linear layer's weight is, row by row.
+    assert_eq!(m.compressible().count(), 2);
+    let text = toml::to_string(&m.layer_spec(0)).expect("toml");
+    assert!(
+        text.contains("op = \"embedding\"") && text.contains("num_embeddings = 10"),
+        "{text}"
+    );
+    let r = Recipe::from_toml_str("[default]\nbits = 4\n").expect("recipe");
+    let plan = compress::apply(&m, &r, None).expect("apply");
+    let cm = CompressedModel::build(&plan).expect("build");
+    assert!(
+        cm.size_bytes() < cm.dense_bytes(),
+        "4-bit table and weights"
+    );
+}
+
+#[test]
+fn a_token_id_that_is_not_a_row_is_named_with_its_layer() {
+    let m = case_model("text", TEXT);
+    let (_, x) = fixture("text.x");
+    let plan = compress::apply(
+        &m,
+        &Recipe::from_toml_str("[default]\nbits = 8\n").expect("recipe"),
+        None,
+    )
+    .expect("apply");
+    let cm = CompressedModel::build(&plan).expect("build");
+    for (bad, want) in [
+        (
+            2.5f32,
+            "token id 2.5 (sample 1, token 3) is not a whole number in [0, 10)",
+        ),
+        (
+            10.0,
+            "token id 10 (sample 1, token 3) is not a whole number in [0, 10)",
+        ),
+        (-1.0, "token id -1 (sample 1, token 3)"),
+    ] {
+        let mut ids = x.clone();
+        ids[7 + 3] = bad;
+        let t = Tensor::from_slice(&ids, (3, 7), &Device::Cpu).expect("x");
+        let e = m.forward(&t).expect_err("reference").to_string();
+        assert!(e.contains("layer text.emb: ") && e.contains(want), "{e}");
+        let e = cm.check_inputs(&ids).expect_err("engine").to_string();
+        assert!(e.contains("layer text.emb: ") && e.contains(want), "{e}");
+        // A run cannot fail: unchecked, the bad token's row is NaN, the others' are not.
+        let y = cm.logits(&ids, 3);
+        assert!(y[4..8].iter().all(|v| v.is_nan()), "{y:?}");
+        assert!(y[..4].iter().chain(&y[8..]).all(|v| v.is_finite()), "{y:?}");
+    }
+    assert!(cm.check_inputs(&x).is_ok());
 }
 
 /// A token model's patch embedding, as a ViT: conv → flatten(2) (or a reshape) → transpose(1, 2)

@@ -42,6 +42,21 @@ def cases():
     ]:
         up = nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=align)
         yield name, nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), up), shape
+    yield "text", TinyText(10, 6, 4), (7,)
+
+
+class TinyText(nn.Module):
+    """A tiny text classifier: nn.Embedding, a linear layer per token, the mean over tokens. Its
+    input is token ids, held as floats (as squeeze's data sets hold them)."""
+
+    def __init__(self, num, dim, classes):
+        super().__init__()
+        self.num = num
+        self.emb = nn.Embedding(num, dim)
+        self.fc = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.fc(self.emb(x.long())).mean(dim=1)
 
 
 class Tokens(nn.Module):
@@ -90,7 +105,10 @@ def main():
     out = {}
     for name, module, shape in cases():
         module.eval()
-        x = torch.randn(BATCH, *shape) * 2
+        if isinstance(module, TinyText):
+            x = torch.randint(0, module.num, (BATCH, *shape)).float()
+        else:
+            x = torch.randn(BATCH, *shape) * 2
         with torch.no_grad():
             y = module(x)
         for k, v in module.state_dict().items():

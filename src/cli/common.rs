@@ -96,15 +96,23 @@ pub fn check_evaluation_memory(model: &Model, set: &EvalSet) -> anyhow::Result<(
     .map_err(anyhow::Error::msg)
 }
 
-/// Loads the evaluation set and prepares it for `model`: scaled inputs and the labels.
+/// Loads the evaluation set and prepares it for `model`: scaled inputs (token ids checked
+/// against the embedding tables that read them) and the labels.
 pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
-    set.prepare(&model.input, model.num_classes())
-        .with_context(|| {
-            format!(
-                "evaluation set does not fit model {}",
-                model.source.display()
-            )
-        })
+    let context = || {
+        format!(
+            "evaluation set does not fit model {}",
+            model.source.display()
+        )
+    };
+    let inputs = set
+        .prepare(&model.input, model.num_classes())
+        .with_context(context)?;
+    model
+        .check_token_ids(&inputs)
+        .map_err(|(layer, msg)| anyhow::anyhow!("{}: layer {layer}: {msg}", set.source.display()))
+        .with_context(context)?;
+    Ok(inputs)
 }
 
 /// A count with thousands separators.

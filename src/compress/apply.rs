@@ -242,9 +242,18 @@ pub fn apply_held(
             ));
         };
         let reference = plan.try_dequantized_model()?;
-        let targets: Vec<usize> = plan.layers.iter().map(|l| l.layer).collect();
+        // An embedding reads token ids, which are looked up, not multiplied.
+        let multiplies = |l: &QuantizedLayer| {
+            !matches!(reference.layers[l.layer].op, crate::model::Op::Embedding(_))
+        };
+        let targets: Vec<usize> = plan
+            .layers
+            .iter()
+            .filter(|l| multiplies(l))
+            .map(|l| l.layer)
+            .collect();
         let quants = calibrate(&reference, &targets, settings, data, count)?;
-        for (l, q) in plan.layers.iter_mut().zip(quants) {
+        for (l, q) in plan.layers.iter_mut().filter(|l| multiplies(l)).zip(quants) {
             l.activation = Some(q);
         }
     }
@@ -413,7 +422,7 @@ impl Plan {
                 layer: name.clone(),
                 source,
             };
-            if let crate::model::Op::Linear(p) | crate::model::Op::Conv2d(p, _) = &mut layer.op {
+            if let Some(p) = layer.op.params_mut() {
                 let dims = p.weight.dims().to_vec();
                 p.weight = Tensor::from_vec(ql.dequantized(), dims, &Device::Cpu).map_err(terr)?;
                 p.bias = match &ql.bias {

@@ -207,12 +207,7 @@ impl CompressedModel {
                 out_shape: l.out_shape.clone(),
                 inputs: self.model.layer_spec(i).inputs,
                 spec: self.model.op_spec(l),
-                format: match s {
-                    Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
-                        Some(p.descriptor())
-                    }
-                    _ => None,
-                },
+                format: s.packed().map(PackedLayer::descriptor),
             })
             .collect()
     }
@@ -229,12 +224,12 @@ impl CompressedModel {
     pub fn sealed_with(&self, recipe_text: Option<&str>, extra: &[(&str, String)]) -> Sealed {
         let mut tensors: Vec<TensorBytes> = Vec::new();
         for (layer, step) in self.model.layers.iter().zip(&self.steps) {
-            match step {
-                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
-                    for (suffix, dt, shape, bytes) in p.tensors() {
-                        tensors.push((format!("{}.{suffix}", layer.name), dt, shape, bytes));
-                    }
+            if let Some(p) = step.packed() {
+                for (suffix, dt, shape, bytes) in p.tensors() {
+                    tensors.push((format!("{}.{suffix}", layer.name), dt, shape, bytes));
                 }
+            }
+            match step {
                 Step::LayerNorm {
                     weight,
                     bias,
@@ -494,9 +489,10 @@ fn read_op(
     };
     let dev = Device::Cpu;
     Ok(match &d.spec {
-        OpSpec::Linear { weight, bias, .. }
-        | OpSpec::Conv2d { weight, bias, .. }
-        | OpSpec::Conv1d { weight, bias, .. } => {
+        OpSpec::Linear { weight, .. }
+        | OpSpec::Conv2d { weight, .. }
+        | OpSpec::Conv1d { weight, .. }
+        | OpSpec::Embedding { weight, .. } => {
             let Some(format) = &d.format else {
                 return Err(corrupt(format!(
                     "a {} layer without its storage format",
@@ -552,9 +548,10 @@ fn read_op(
                 weight: placeholder,
                 bias: None,
                 weight_name: weight.clone(),
-                bias_name: bias
-                    .clone()
-                    .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
+                bias_name: d
+                    .spec
+                    .bias()
+                    .map_or_else(|| format!("{}.bias", tensor_prefix(weight)), str::to_string),
             };
             let op = check(Op::with_params(&d.spec, params))?;
             (op, Some(reader.packed(&d.name, format)?))

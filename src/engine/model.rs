@@ -34,6 +34,11 @@ pub enum Step {
     /// A linear layer applied to each of a sample's tokens (`[tokens, d]` → `[tokens, out]`).
     TokenLinear(Prepared, usize),
     Conv(Prepared, ConvShape),
+    /// Row `id` of the table for each token id: the table as stored, and its values.
+    Embedding {
+        stored: PackedLayer,
+        table: Vec<f32>,
+    },
     ChannelAffine {
         scale: Vec<f32>,
         shift: Vec<f32>,
@@ -101,6 +106,17 @@ pub enum Step {
         from: Vec<Source>,
         lens: Vec<usize>,
     },
+}
+
+impl Step {
+    /// The packed weights of a linear, conv or embedding step.
+    pub fn packed(&self) -> Option<&PackedLayer> {
+        match self {
+            Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => Some(p.stored()),
+            Step::Embedding { stored, .. } => Some(stored),
+            _ => None,
+        }
+    }
 }
 
 /// A linear/conv layer as stored, with the kernels prepared from it (one per group of a grouped
@@ -344,7 +360,7 @@ impl CompressedModel {
             };
             let in_len: usize = layer.in_shape.iter().product();
             let step = match &mut layer.op {
-                Op::Linear(p) | Op::Conv2d(p, _) => {
+                Op::Linear(p) | Op::Conv2d(p, _) | Op::Embedding(p) => {
                     let Some(pl) = packed[i].take() else {
                         return Err(graph("no packed weights".into()));
                     };
@@ -366,6 +382,10 @@ impl CompressedModel {
                         None => None,
                     };
                     match &layer.op {
+                        Op::Embedding(_) => Step::Embedding {
+                            table: pl.dequantized(),
+                            stored: pl,
+                        },
                         Op::Conv2d(_, g) => {
                             // A conv1d runs as a convolution of height 1.
                             let (ins, outs, dims) =
@@ -595,10 +615,18 @@ impl CompressedModel {
 
     /// The packed layers with their model layer index.
     pub fn packed_layers(&self) -> impl Iterator<Item = (usize, &PackedLayer)> {
-        self.steps.iter().enumerate().filter_map(|(i, s)| match s {
-            Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => Some((i, p.stored())),
-            _ => None,
-        })
+        self.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.packed()?)))
+    }
+
+    /// Checks that the token ids of `inputs` (samples, scaled) are rows of the tables of the
+    /// embedding layers that read them: a run cannot fail, so a bad id is refused here.
+    pub fn check_inputs(&self, inputs: &[f32]) -> Result<(), EngineError> {
+        self.model
+            .check_token_ids(inputs)
+            .map_err(|(layer, msg)| EngineError::Invalid { layer, msg })
     }
 
     /// Exact bytes of every tensor the model serializes to (packed layers and unfolded
@@ -610,10 +638,10 @@ impl CompressedModel {
     pub fn size_breakdown(&self) -> SizeBreakdown {
         let mut total = SizeBreakdown::default();
         for s in &self.steps {
+            if let Some(p) = s.packed() {
+                total += p.size_breakdown();
+            }
             match s {
-                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
-                    total += p.size_breakdown()
-                }
                 Step::ChannelAffine { scale, shift, .. } => {
                     total.scales += (scale.len() + shift.len()) * 4
                 }
@@ -638,17 +666,18 @@ impl CompressedModel {
     pub fn dense_bytes(&self) -> usize {
         self.steps
             .iter()
-            .map(|s| match s {
-                Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _) => {
-                    (p.rows * p.cols + p.bias.as_ref().map_or(0, Vec::len)) * 4
-                }
-                Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
-                Step::LayerNorm {
-                    weight,
-                    bias,
-                    stored,
-                    ..
-                } => {
+            .map(|s| match (s, s.packed()) {
+                (_, Some(p)) => (p.rows * p.cols + p.bias.as_ref().map_or(0, Vec::len)) * 4,
+                (Step::ChannelAffine { scale, shift, .. }, _) => (scale.len() + shift.len()) * 4,
+                (
+                    Step::LayerNorm {
+                        weight,
+                        bias,
+                        stored,
+                        ..
+                    },
+                    _,
+                ) => {
                     (usize::from(stored.0) * weight.len() + usize::from(stored.1) * bias.len()) * 4
                 }
                 _ => 0,
@@ -790,6 +819,10 @@ impl CompressedModel {
                 Step::TokenLinear(p, tokens) => {
                     let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
                     linear(p.kernels(), x, n * tokens, y, &mut s.bufs, self.avx512);
+                }
+                Step::Embedding { stored, table } => {
+                    let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
+                    ops::embedding(x, table, stored.cols, y);
                 }
                 Step::Gather(index) => {
                     for (x, y) in cur[..n * len].chunks(len).zip(next.chunks_mut(out_len)) {

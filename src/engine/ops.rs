@@ -329,6 +329,21 @@ pub fn upsample_bilinear(
     }
 }
 
+/// Each token id of `ids` replaced by its row of `table` (`dim` values a row). A run cannot
+/// fail: an id that is not a row, which `CompressedModel::check_inputs` refuses before a run,
+/// gives a row of NaN.
+pub fn embedding(ids: &[f32], table: &[f32], dim: usize, out: &mut [f32]) {
+    let rows = table.len() / dim.max(1);
+    for (id, y) in ids.iter().zip(out.chunks_mut(dim.max(1))) {
+        let row =
+            (id.fract() == 0.0 && *id >= 0.0 && (*id as usize) < rows).then_some(*id as usize);
+        match row {
+            Some(r) => y.copy_from_slice(&table[r * dim..(r + 1) * dim]),
+            None => y.fill(f32::NAN),
+        }
+    }
+}
+
 /// How two values of one sample join element by element: `c` channels of `hw` values each,
 /// either operand whole (`c × hw` values) or one value per channel, broadcast. Equal shapes
 /// are one channel of all the values.

@@ -185,6 +185,10 @@ fn layer_forward(
             let x = ops.layer_input(i, x)?;
             ops.conv2d(&x, &w, b.as_ref(), g)
         }
+        Op::Embedding(p) => {
+            let (w, _) = ops.params(i, p)?;
+            embedding(layer, x, &w)
+        }
         Op::ChannelAffine { scale, shift } => {
             let mut shape = vec![1, scale.elem_count()];
             shape.extend(std::iter::repeat_n(1, x.rank() - 2));
@@ -239,6 +243,22 @@ fn layer_forward(
             Tensor::cat(&parts, 1)
         }
     }
+}
+
+/// The rows of the table `w` for the ids of a `[N, tokens]` batch `x`: `[N, tokens, dim]` (a
+/// selection training differentiates through, for the table). An id that is not a whole number
+/// in range is an error naming the layer.
+fn embedding(layer: &Layer, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (n, t) = x.dims2()?;
+    let values = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let ids = layer
+        .token_ids(&values)
+        .map_err(|e| candle_core::Error::Msg(format!("layer {}: {e}", layer.name)))?;
+    let ids = Tensor::from_vec(ids, n * t, x.device())?;
+    w.index_select(&ids, 0)?.reshape((n, t, w.dim(1)?))
 }
 
 /// PyTorch's layer normalization over the last dimension: `(x − mean) / √(var + eps) × weight +

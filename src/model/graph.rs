@@ -184,6 +184,9 @@ pub enum Op {
     /// height 1: its weight `[out, in/groups, k]` (3-D, as PyTorch's `nn.Conv1d`), its
     /// geometry's height stride and dilation 1 and height padding 0 (`Params::is_conv1d`).
     Conv2d(Params, Conv2dGeometry),
+    /// Row `id` of the weight `[num_embeddings, embedding_dim]` for each id of a `[tokens]`
+    /// sample (`Layer::token_ids`); no bias.
+    Embedding(Params),
     /// Normalization over a sample's last dimension.
     LayerNorm(NormParams),
     /// A batchnorm that could not be folded (no linear/conv right before it): `x × scale + shift`
@@ -276,6 +279,7 @@ impl Op {
             Op::Linear(_) => "linear",
             Op::Conv2d(p, _) if p.is_conv1d() => "conv1d",
             Op::Conv2d(..) => "conv2d",
+            Op::Embedding(_) => "embedding",
             Op::LayerNorm(_) => "layer_norm",
             Op::ChannelAffine { .. } => "batchnorm",
             Op::Activation(a) => a.name(),
@@ -467,10 +471,11 @@ impl Op {
         })
     }
 
-    /// The linear or conv op `spec` describes, holding `params` (a conv keeps its geometry;
-    /// every other spec with tensors is a linear layer).
+    /// The linear, conv or embedding op `spec` describes, holding `params` (a conv keeps its
+    /// geometry; every other spec with tensors is a linear layer).
     pub fn with_params(spec: &OpSpec, params: Params) -> Op {
         match spec {
+            OpSpec::Embedding { .. } => Op::Embedding(params),
             OpSpec::Conv1d {
                 stride,
                 padding,
@@ -505,10 +510,17 @@ impl Op {
         }
     }
 
-    /// Linear and conv layers: the ones compression works on.
+    /// Linear, conv and embedding layers: the ones compression works on.
     pub fn params(&self) -> Option<&Params> {
         match self {
-            Op::Linear(p) | Op::Conv2d(p, _) => Some(p),
+            Op::Linear(p) | Op::Conv2d(p, _) | Op::Embedding(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Option<&mut Params> {
+        match self {
+            Op::Linear(p) | Op::Conv2d(p, _) | Op::Embedding(p) => Some(p),
             _ => None,
         }
     }
@@ -541,10 +553,32 @@ impl Layer {
         }
     }
 
+    /// The token ids `values` hold (an embedding's input: one sample's or a batch's), or what
+    /// is wrong with the first that is not a whole number below the table's rows.
+    pub fn token_ids(&self, values: &[f32]) -> Result<Vec<u32>, String> {
+        let rows = self.params().map_or(0, |p| p.weight.dims()[0]);
+        let tokens = self.in_shape.iter().product::<usize>().max(1);
+        values
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                if v.fract() == 0.0 && v >= 0.0 && (v as usize) < rows {
+                    Ok(v as u32)
+                } else {
+                    Err(format!(
+                        "token id {v} (sample {}, token {}) is not a whole number in [0, {rows})",
+                        k / tokens,
+                        k % tokens
+                    ))
+                }
+            })
+            .collect()
+    }
+
     /// Number of parameters (weights and biases) the layer computes with.
     pub fn param_count(&self) -> usize {
         match &self.op {
-            Op::Linear(p) | Op::Conv2d(p, _) => {
+            Op::Linear(p) | Op::Conv2d(p, _) | Op::Embedding(p) => {
                 p.weight.elem_count() + p.bias.as_ref().map_or(0, |b| b.elem_count())
             }
             Op::ChannelAffine { scale, shift } => scale.elem_count() + shift.elem_count(),
@@ -604,6 +638,11 @@ impl Model {
                 weight: p.weight_name.clone(),
                 bias: p.bias.as_ref().map(|_| p.bias_name.clone()),
                 out_features: p.weight.dims().first().copied(),
+            },
+            Op::Embedding(p) => OpSpec::Embedding {
+                weight: p.weight_name.clone(),
+                num_embeddings: p.weight.dims().first().copied(),
+                embedding_dim: p.weight.dims().get(1).copied(),
             },
             Op::Conv2d(p, g) if p.is_conv1d() => {
                 let d = p.weight.dims();
@@ -802,6 +841,19 @@ impl Model {
             .enumerate()
             .find(|(i, l)| l.display_name(*i) == name)
             .map(|(_, l)| &l.op)
+    }
+
+    /// Checks the token ids of every embedding layer that reads the model input in `inputs`
+    /// (samples, scaled): the layer's name and the first bad id.
+    pub fn check_token_ids(&self, inputs: &[f32]) -> Result<(), (String, String)> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if matches!(layer.op, Op::Embedding(_)) && self.input_of(i) == Source::Input {
+                layer
+                    .token_ids(inputs)
+                    .map_err(|e| (layer.name.clone(), e))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn layer_index(&self, name: &str) -> Option<usize> {

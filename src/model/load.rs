@@ -774,15 +774,17 @@ impl Graph<'_> {
         let shape = self.shape_of(main).to_vec();
         let mut stored = 0usize;
         let op = match &ls.op {
-            OpSpec::Linear { weight, bias, .. }
-            | OpSpec::Conv2d { weight, bias, .. }
-            | OpSpec::Conv1d { weight, bias, .. } => {
+            OpSpec::Linear { weight, .. }
+            | OpSpec::Conv2d { weight, .. }
+            | OpSpec::Conv1d { weight, .. }
+            | OpSpec::Embedding { weight, .. } => {
                 let expected = weight_shape(&ls.op, &shape)
                     .map_err(shape_err)?
                     .unwrap_or_default();
                 let (w, bytes) = source.tensor(name, op_name, weight, &expected)?;
                 stored += bytes;
                 let out = w.dims()[0];
+                let bias = ls.op.bias();
                 let bias_t = match bias {
                     Some(bn) => {
                         let (t, bytes) = source.tensor(name, op_name, bn, &[Some(out)])?;
@@ -796,8 +798,7 @@ impl Graph<'_> {
                     bias: bias_t,
                     weight_name: weight.clone(),
                     bias_name: bias
-                        .clone()
-                        .unwrap_or_else(|| format!("{}.bias", tensor_prefix(weight))),
+                        .map_or_else(|| format!("{}.bias", tensor_prefix(weight)), str::to_string),
                 };
                 Op::with_params(&ls.op, params)
             }

@@ -50,7 +50,7 @@ impl Model {
                 }
                 continue;
             }
-            if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
+            if let Some(p) = layer.params() {
                 out.push((
                     p.weight_name.clone(),
                     p.weight.dims().to_vec(),

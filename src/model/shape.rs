@@ -46,6 +46,7 @@ pub enum ShapeError {
 const FLAT: &str = "a flat vector or [tokens, d] (add a flatten layer before it)";
 const IMAGE: &str = "[channels, height, width]";
 const SEQUENCE: &str = "[channels, length]";
+const IDS: &str = "[tokens] (token ids)";
 const TOKENS: &str = "[tokens, 3·d] (queries, keys and values from a linear layer)";
 
 /// One sample's output shape of `op` given its inputs' shapes: the previous layer's output
@@ -86,6 +87,15 @@ pub fn out_shape(op: &Op, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>
                 }
                 d => Err(ShapeError::Params(format!(
                     "weight {d:?} does not take {last} inputs"
+                ))),
+            }
+        }
+        Op::Embedding(p) => {
+            rank(IDS, 1)?;
+            match p.weight.dims() {
+                &[_, dim] => Ok(vec![x[0], dim]),
+                d => Err(ShapeError::Params(format!(
+                    "weight {d:?} is not a [num_embeddings, embedding_dim] table"
                 ))),
             }
         }
@@ -306,7 +316,7 @@ pub fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>, ShapeError> {
     }
 }
 
-/// The weight a linear or conv op takes for `input` (`None` for a dimension the description
+/// The weight a linear, conv or embedding op takes for `input` (`None` for a dimension the description
 /// leaves to the tensor), or `None` for an op without one.
 pub fn weight_shape(
     op: &OpSpec,
@@ -350,6 +360,14 @@ pub fn weight_shape(
                 k.map(|k| k.0),
                 k.map(|k| k.1),
             ]))
+        }
+        OpSpec::Embedding {
+            num_embeddings,
+            embedding_dim,
+            ..
+        } => {
+            rank(IDS, 1)?;
+            Ok(Some(vec![*num_embeddings, *embedding_dim]))
         }
         OpSpec::Conv1d {
             out_channels,

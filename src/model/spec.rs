@@ -152,6 +152,19 @@ pub enum OpSpec {
         #[serde(default = "default_groups")]
         groups: usize,
     },
+    /// A lookup table, as PyTorch's `nn.Embedding(num_embeddings, embedding_dim)`: a sample of
+    /// `[tokens]` ids (whole numbers in `[0, num_embeddings)`, given as values) becomes
+    /// `[tokens, embedding_dim]`, row `id` of `weight` per token. The table is pruned and
+    /// quantized per row, as a linear layer's weight.
+    Embedding {
+        weight: String,
+        /// The table's rows and columns: optional when loading (checked when given), needed to
+        /// build the layer from scratch (`squeeze train`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        num_embeddings: Option<usize>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        embedding_dim: Option<usize>,
+    },
     Batchnorm {
         weight: String,
         bias: String,
@@ -337,6 +350,7 @@ impl OpSpec {
             OpSpec::Linear { .. } => "linear",
             OpSpec::Conv2d { .. } => "conv2d",
             OpSpec::Conv1d { .. } => "conv1d",
+            OpSpec::Embedding { .. } => "embedding",
             OpSpec::LayerNorm { .. } => "layer_norm",
             OpSpec::Batchnorm { .. } => "batchnorm",
             OpSpec::Relu {} => "relu",
@@ -420,8 +434,19 @@ impl OpSpec {
             OpSpec::Linear { weight, .. }
             | OpSpec::Conv2d { weight, .. }
             | OpSpec::Conv1d { weight, .. }
+            | OpSpec::Embedding { weight, .. }
             | OpSpec::Batchnorm { weight, .. } => Some(weight),
             OpSpec::LayerNorm { weight, .. } => weight.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The bias tensor of a linear or conv layer, when it has one.
+    pub fn bias(&self) -> Option<&str> {
+        match self {
+            OpSpec::Linear { bias, .. }
+            | OpSpec::Conv2d { bias, .. }
+            | OpSpec::Conv1d { bias, .. } => bias.as_deref(),
             _ => None,
         }
     }

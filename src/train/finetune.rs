@@ -31,7 +31,7 @@ use crate::compress::{
 use crate::data::EvalSet;
 use crate::engine::{CompressedModel, EngineError};
 use crate::measure::{self, Measurement, OutputKind, Timing};
-use crate::model::{Activation, Conv2dGeometry, ForwardOps, Model, Op, Params, Pool2d};
+use crate::model::{Activation, Conv2dGeometry, ForwardOps, Model, Params, Pool2d};
 
 /// Why fine-tuning stopped without a result.
 #[derive(Debug, thiserror::Error)]
@@ -731,7 +731,7 @@ impl<'a> Run<'a> {
             let Some(q) = untuned.layers.iter().find(|q| q.layer == lp.layer) else {
                 continue;
             };
-            let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut model.layers[lp.layer].op else {
+            let Some(p) = model.layers[lp.layer].op.params_mut() else {
                 continue;
             };
             let weight = Var::from_tensor(&p.weight)?;
@@ -1018,7 +1018,7 @@ impl<'a> Run<'a> {
     fn dense(&self) -> Result<Model, FinetuneError> {
         let mut m = self.model.clone();
         for s in &self.slots {
-            if let Op::Linear(p) | Op::Conv2d(p, _) = &mut m.layers[s.layer].op {
+            if let Some(p) = m.layers[s.layer].op.params_mut() {
                 p.weight = s.effective()?;
                 p.bias = s.bias.as_ref().map(|b| b.as_tensor().detach());
             }

@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::data::{DataError, EvalSet};
-use crate::model::{ARCH_METADATA_KEY, ArchSpec, LoadError, Model, Op, TensorSource};
+use crate::model::{ARCH_METADATA_KEY, ArchSpec, LoadError, Model, TensorSource};
 pub use distill::{Distillation, distillation_loss};
 pub use finetune::{
     EpochRecord, FinetuneError, FinetuneEvent, FinetuneReport, FinetuneSets, FinetuneSettings,
@@ -182,7 +182,7 @@ impl TrainableModel {
     pub fn detached(&self) -> Model {
         let mut m = self.model.clone();
         for layer in &mut m.layers {
-            if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
+            if let Some(p) = layer.op.params_mut() {
                 p.weight = p.weight.detach();
                 p.bias = p.bias.as_ref().map(Tensor::detach);
             }
@@ -209,7 +209,7 @@ pub fn init_model(
     let mut model = crate::model::build(arch_path, spec.clone(), &mut source)?;
     let mut vars = Vec::new();
     for layer in &mut model.layers {
-        if let Op::Linear(p) | Op::Conv2d(p, _) = &mut layer.op {
+        if let Some(p) = layer.op.params_mut() {
             let w = Var::from_tensor(&p.weight)?;
             p.weight = w.as_tensor().clone();
             vars.push(w);
@@ -502,7 +502,7 @@ pub fn train(
 pub fn state_dict(model: &Model) -> Result<Vec<NamedTensor>, TrainError> {
     let mut out = Vec::new();
     for layer in &model.layers {
-        if let Op::Linear(p) | Op::Conv2d(p, _) = &layer.op {
+        if let Some(p) = layer.params() {
             let w = p.weight.detach();
             out.push((
                 p.weight_name.clone(),

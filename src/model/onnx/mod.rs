@@ -345,9 +345,11 @@ impl<'g> Graph<'g> {
                 .push(format!("input \"{name}\": not a tensor"));
             return None;
         };
-        if tensor.elem_type != data_type::FLOAT {
+        // Integer inputs are token ids, which squeeze's data sets hold as values.
+        let types = [data_type::FLOAT, data_type::INT64, data_type::INT32];
+        if !types.contains(&tensor.elem_type) {
             self.problems.push(format!(
-                "input \"{name}\": element type {}, expected FLOAT",
+                "input \"{name}\": element type {}, expected FLOAT (or INT64, INT32 token ids)",
                 data_type::name(tensor.elem_type)
             ));
         }
@@ -661,6 +663,7 @@ impl<'g> Graph<'g> {
                 }
             }
             "Resize" | "Upsample" => self.resize(node, &a)?,
+            "Gather" => return self.gather(node, &a),
             "Add" | "Mul" => return self.join(node),
             "Concat" => {
                 let inputs = node
@@ -1017,6 +1020,24 @@ impl<'g> Graph<'g> {
             stride,
             padding,
         })
+    }
+
+    /// `Gather` of rows of a constant table by computed ids: an embedding layer.
+    fn gather(&mut self, node: &'g NodeProto, a: &Attrs) -> NodeResult<()> {
+        let axis = a.int("axis", 0);
+        if axis != 0 {
+            return Err(format!(
+                "axis = {axis}; squeeze gathers rows of a constant table (axis = 0, an embedding)"
+            ));
+        }
+        let ids = self.computed(Self::arg(node, 1).ok_or("no indices")?)?;
+        let weight = self.weight(node, 0, "the embedding table")?;
+        let spec = OpSpec::Embedding {
+            weight,
+            num_embeddings: None,
+            embedding_dim: None,
+        };
+        self.push(node, spec, vec![ids], false)
     }
 
     fn resize(&self, node: &NodeProto, a: &Attrs) -> NodeResult<OpSpec> {
