@@ -1,11 +1,12 @@
 //! `squeeze import`: ONNX graphs to squeeze models. The checked-in fixtures
 //! (`tests/fixtures/onnx/`, written by its `make.py` with PyTorch) are a small network exported
 //! by both of PyTorch's exporters, its state_dict, a hand-written architecture and PyTorch's
-//! logits: the imported model must equal the hand-written one and PyTorch. Graphs built here
-//! from ONNX's messages check the conversions one by one and the error reports. Where PyTorch
-//! is installed, `benches/peers/onnx_import.py` exports six networks (MobileNetV2 and a Conv1d
-//! keyword-spotting net among them) with both exporters and the imported models' logits are
-//! compared with PyTorch's.
+//! logits: the imported model must equal the hand-written one and PyTorch; and a one-block
+//! vision transformer (`nn.MultiheadAttention`) exported by both, against PyTorch's logits.
+//! Graphs built here from ONNX's messages check the conversions one by one and the error
+//! reports. Where PyTorch is installed, `benches/peers/onnx_import.py` exports seven networks
+//! (MobileNetV2, a Conv1d keyword-spotting net and a small ViT among them) with both exporters
+//! and the imported models' logits are compared with PyTorch's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,31 @@ fn pytorch_exports_import_to_the_hand_written_architecture() {
         }
         let got = forward(&m, &x, n);
         assert_close_scaled(&got, &want, 1e-5, &format!("{file}: reference"));
+        assert_close_scaled(&engine_logits(&m, &x, n), &torch, 1e-5, file);
+    }
+}
+
+#[test]
+fn a_vision_transformer_imports_from_both_exporters_with_pytorchs_logits() {
+    let logits = fixture("vit.logits.safetensors");
+    let ((shape, torch), (_, x)) = (
+        safetensors_f32(&logits, "logits"),
+        safetensors_f32(&logits, "inputs"),
+    );
+    let n = shape[0];
+    // Legacy: batch symbolic, reshapes computed from `Shape`; dynamo: fixed shapes.
+    for file in ["vit.legacy.onnx", "vit.dynamo.onnx"] {
+        let m = import(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let ops: Vec<_> = m.layers.iter().map(|l| l.op.name()).collect();
+        let count = |op: &str| ops.iter().filter(|&&o| o == op).count();
+        assert_eq!(
+            (count("attention"), count("linear"), count("select")),
+            (1, 5, 1),
+            "{file}: {ops:?}"
+        );
+        let attention = m.layers.iter().find(|l| l.op.name() == "attention");
+        assert_eq!(attention.map(|l| l.out_shape.clone()), Some(vec![5, 8]));
+        assert_close_scaled(&forward(&m, &x, n), &torch, 1e-5, file);
         assert_close_scaled(&engine_logits(&m, &x, n), &torch, 1e-5, file);
     }
 }
@@ -469,7 +495,15 @@ fn torch_exported_networks_give_pytorchs_logits() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let models = ["resnet", "se", "concat", "densenet", "mobilenetv2", "kws"];
+    let models = [
+        "resnet",
+        "se",
+        "concat",
+        "densenet",
+        "mobilenetv2",
+        "kws",
+        "vit",
+    ];
     let out = Command::new("python3")
         .arg(common::root().join("benches/peers/onnx_import.py"))
         .args(["--squeeze", env!("CARGO_BIN_EXE_squeeze"), "--n", "32"])
@@ -494,8 +528,133 @@ fn torch_exported_networks_give_pytorchs_logits() {
             let file = dir.path().join(format!("{name}.{exporter}.safetensors"));
             let m = model::load(&file).unwrap().model;
             let what = format!("{name} ({exporter})");
-            assert_close_scaled(&forward(&m, &x, shape[0]), &want, 1e-5, &what);
+            let got = forward(&m, &x, shape[0]);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |d, (g, w)| d.max((g - w).abs()));
+            println!("{what}: max |Δ logits| vs PyTorch {worst:.1e}");
+            assert_close_scaled(&got, &want, 1e-5, &what);
             assert_close_scaled(&engine_logits(&m, &x, shape[0]), &want, 1e-5, &what);
         }
     }
+}
+
+fn ints(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: 7,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        ints: ints.to_vec(),
+        r#type: 7,
+        ..Default::default()
+    }
+}
+
+/// Self-attention of one head over 2 tokens of queries, keys and values (x: `[n, 2, 6]`),
+/// written as exporters write it: a split (and a slice), a transposed key, a scaling `Mul`, two
+/// products and a softmax; then flatten and a linear layer to 3 classes. `mask` adds a
+/// constant to the scores.
+fn attention_graph(dir: &Path, scale: f32, mask: bool) -> PathBuf {
+    let mut split = node("Split", "split", &["x", "sizes"], "q");
+    split.output = vec!["q".into(), "k".into(), "v3".into()];
+    split.attribute = vec![attr_i("axis", 2)];
+    let mut kt = node("Transpose", "kt", &["k"], "kt");
+    kt.attribute = vec![attr_ints("perm", &[0, 2, 1])];
+    let mut gemm = node("Gemm", "head", &["flat", "w"], "y");
+    gemm.attribute = vec![attr_i("transB", 1)];
+    let mut nodes = vec![
+        split,
+        node("Slice", "v", &["v3", "s0", "s2", "axis2"], "v"),
+        kt,
+        node("Mul", "scale", &["q", "c"], "qs"),
+        node("MatMul", "qk", &["qs", "kt"], "s"),
+    ];
+    if mask {
+        nodes.push(node("Add", "mask", &["s", "m"], "sm"));
+    }
+    let mut softmax = node("Softmax", "softmax", &[if mask { "sm" } else { "s" }], "p");
+    softmax.attribute = vec![attr_i("axis", -1)];
+    nodes.extend([
+        softmax,
+        node("MatMul", "pv", &["p", "v"], "o"),
+        node("Flatten", "flatten", &["o"], "flat"),
+        gemm,
+    ]);
+    let w: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 6.0).collect();
+    let model = pb::ModelProto {
+        ir_version: 8,
+        graph: Some(pb::GraphProto {
+            node: nodes,
+            initializer: vec![
+                ints("sizes", &[2, 2, 2]),
+                ints("s0", &[0]),
+                ints("s2", &[2]),
+                ints("axis2", &[2]),
+                tensor("c", &[], &[scale]),
+                tensor("m", &[2, 2], &[0.0, -1e9, 0.0, 0.0]),
+                tensor("w", &[3, 4], &w),
+            ],
+            input: vec![value("x", &[0, 2, 6])],
+            output: vec![value("y", &[0, 3])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let path = dir.join("attention.onnx");
+    std::fs::write(&path, model.encode_to_vec()).expect("test input");
+    path
+}
+
+#[test]
+fn attention_written_as_products_and_softmax_becomes_an_attention_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = import(&attention_graph(dir.path(), 1.0 / 2f32.sqrt(), false)).unwrap();
+    let ops: Vec<_> = m.layers.iter().map(|l| l.op.name()).collect();
+    assert_eq!(ops, ["attention", "flatten", "linear"]);
+    let x: Vec<f32> = (0..24).map(|i| ((i * 5) % 7) as f32 / 3.0 - 1.0).collect();
+    let w: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 6.0).collect();
+    let mut want = Vec::new();
+    for s in x.chunks(12) {
+        let at = |t: usize, c: usize| s[t * 6 + c];
+        let mut o = [0f32; 4];
+        for t in 0..2 {
+            let scores: Vec<f32> = (0..2)
+                .map(|u| (0..2).map(|j| at(t, j) * at(u, 2 + j)).sum::<f32>() / 2f32.sqrt())
+                .collect();
+            let top = scores[0].max(scores[1]);
+            let e: Vec<f32> = scores.iter().map(|v| (v - top).exp()).collect();
+            for j in 0..2 {
+                o[t * 2 + j] = (0..2).map(|u| e[u] / (e[0] + e[1]) * at(u, 4 + j)).sum();
+            }
+        }
+        want.extend((0..3).map(|k| (0..4).map(|i| w[k * 4 + i] * o[i]).sum::<f32>()));
+    }
+    assert_close_scaled(&forward(&m, &x, 2), &want, 1e-5, "reference");
+    assert_close_scaled(&engine_logits(&m, &x, 2), &want, 1e-5, "engine");
+
+    // Another scale, or a mask on the scores: refused, naming the node.
+    let err = import(&attention_graph(dir.path(), 0.5, false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("node \"softmax\" (Softmax): the scores are scaled by 0.5"),
+        "{err}"
+    );
+    let err = import(&attention_graph(dir.path(), 1.0 / 2f32.sqrt(), true))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 problem(s)"), "{err}");
+    assert!(
+        err.contains("node \"mask\" (Add): reads attention scores"),
+        "{err}"
+    );
 }

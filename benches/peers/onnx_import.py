@@ -3,7 +3,10 @@
 Builds networks with plain `torch.nn` (random init, fixed seed, BatchNorm in eval mode with
 non-trivial running statistics): the four graphs of `torch_graph.py` (a ResNet with a
 projection shortcut, squeeze-and-excite blocks, Inception concats, a DenseNet), a MobileNetV2
-and a ResNet-18 for 32x32 inputs, and a Conv1d keyword-spotting net. Each is exported with
+and a ResNet-18 for 32x32 inputs, a Conv1d keyword-spotting net, and the small vision
+transformer of `torch_vit.py` (`nn.MultiheadAttention`, which the exporters write as
+transposes, reshapes, two products and a softmax; its biases and norm parameters drawn at
+random here, so a misplaced one shows). Each is exported with
 both of PyTorch's ONNX exporters (`torch.onnx.export(dynamo=False)`, which folds BatchNorm into the convs and names
 weights `onnx::Conv_N`; and `dynamo=True`, which keeps the state_dict's names and stores the
 weights in an external `.onnx.data` file), then imported with `squeeze import` and evaluated
@@ -29,9 +32,21 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_graph  # noqa: E402  (the four graph models)
 import torch_convnets  # noqa: E402  (MobileNetV2 and ResNet-18 for 32x32 inputs)
+import torch_vit  # noqa: E402  (a small ViT)
 
 def bn1d(c):
     return torch_graph.bn(c, nn.BatchNorm1d)
+
+
+class ViT(torch_vit.ViT):
+    shape = (1, 28, 28)
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if "bias" in name or "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.2)
 
 
 class KWS(nn.Module):
@@ -53,8 +68,9 @@ class KWS(nn.Module):
 
 MODELS = dict(torch_graph.MODELS)
 MODELS.update({"mobilenetv2": torch_convnets.MobileNetV2, "resnet18": torch_convnets.ResNet18,
-               "kws": KWS})
-SHAPES = {"mobilenetv2": torch_convnets.SHAPE, "resnet18": torch_convnets.SHAPE, "kws": KWS.shape}
+               "kws": KWS, "vit": ViT})
+SHAPES = {"mobilenetv2": torch_convnets.SHAPE, "resnet18": torch_convnets.SHAPE, "kws": KWS.shape,
+          "vit": ViT.shape}
 
 
 def export(m, x, path, dynamo):
@@ -92,7 +108,8 @@ def main():
         torch.manual_seed(0)
         m = MODELS[name]().eval()
         with torch.no_grad():
-            m.fc.weight.mul_(8.0)   # logits of a few units rather than tenths: fewer near-ties
+            # Logits of a few units rather than tenths: fewer near-ties.
+            (m.head if name == "vit" else m.fc).weight.mul_(8.0)
         shape = SHAPES.get(name, torch_graph.SHAPE)
         base = os.path.join(out, name)
         x = torch.randn(a.n, *shape)

@@ -554,16 +554,72 @@ pub fn build(
     if spec.layers.is_empty() {
         return Err(arch_err("no [[layer]] entries".into()));
     }
-    let names: Vec<String> = spec
-        .layers
+    let names = display_names(&spec);
+    let layers = resolve_all(path, &spec, &names, source)?.layers;
+    let out = layers.last().map_or(&spec.input.shape, |l| &l.out_shape);
+    if out.len() != 1 {
+        return Err(arch_err(format!(
+            "the last layer outputs shape {out:?}; a classifier must end in a flat vector of class scores"
+        )));
+    }
+    let need = super::shape::run_bytes(&layers);
+    crate::limits::check_memory("running one sample of this model", Some(need))
+        .map_err(|e| arch_err(e.to_string()))?;
+    Ok(Model {
+        input: spec.input.clone(),
+        spec,
+        layers,
+        source: path.to_path_buf(),
+    })
+}
+
+fn display_names(spec: &ArchSpec) -> Vec<String> {
+    spec.layers
         .iter()
         .enumerate()
         .map(|(i, l)| l.display_name(i))
-        .collect();
+        .collect()
+}
+
+/// One sample's output shape of every layer of `spec` by its display name (a folded
+/// batchnorm's is its conv's), for a description that may still be incomplete (the importer
+/// asks while converting).
+pub(crate) fn layer_shapes(
+    path: &Path,
+    spec: &ArchSpec,
+    tensors: &[NamedTensor],
+) -> Result<HashMap<String, Vec<usize>>, LoadError> {
+    let bytes = to_safetensors_bytes(tensors, &HashMap::new()).map_err(|e| LoadError::Arch {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| LoadError::Safetensors {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let names = display_names(spec);
+    let g = resolve_all(path, spec, &names, &mut FileTensors::new(path, &file))?;
+    Ok(g.index_of
+        .iter()
+        .map(|(name, s)| (name.clone(), g.shape_of(*s).to_vec()))
+        .collect())
+}
+
+/// Resolves every layer of `spec` in order; every layer's problem in one error.
+fn resolve_all<'a>(
+    path: &'a Path,
+    spec: &'a ArchSpec,
+    names: &'a [String],
+    source: &mut dyn TensorSource,
+) -> Result<Graph<'a>, LoadError> {
+    let arch_err = |msg: String| LoadError::Arch {
+        path: path.to_path_buf(),
+        msg,
+    };
     let mut g = Graph {
         path,
-        spec: &spec,
-        names: &names,
+        spec,
+        names,
         // Layers whose raw output another layer names: batchnorm is not folded into those.
         named: spec.layers.iter().flat_map(|l| l.named_inputs()).collect(),
         layers: Vec::new(),
@@ -638,22 +694,7 @@ pub fn build(
             });
         }
     }
-    let layers = g.layers;
-    let out = layers.last().map_or(&spec.input.shape, |l| &l.out_shape);
-    if out.len() != 1 {
-        return Err(arch_err(format!(
-            "the last layer outputs shape {out:?}; a classifier must end in a flat vector of class scores"
-        )));
-    }
-    let need = super::shape::run_bytes(&layers);
-    crate::limits::check_memory("running one sample of this model", Some(need))
-        .map_err(|e| arch_err(e.to_string()))?;
-    Ok(Model {
-        input: spec.input.clone(),
-        spec,
-        layers,
-        source: path.to_path_buf(),
-    })
+    Ok(g)
 }
 
 /// One layer of the description as [`build`] resolves it.

@@ -5,11 +5,18 @@
 //!
 //! Each ONNX node becomes one layer, or is absorbed: `Identity` and `Dropout` pass their input
 //! on, `Constant` feeds the attributes of the nodes that read it, and a `MatMul` by a constant
-//! matrix followed by the `Add` of a constant vector becomes one linear layer with a bias. A
+//! matrix followed by the `Add` of a constant vector becomes one linear layer with a bias.
+//! Nodes whose inputs are all constants (the shape arithmetic of `Shape`, `Gather`, `Concat`
+//! ... that exporters write) are evaluated. Data movement that squeeze cannot express as a
+//! layer (a transpose of the batch axis, attention's head split) is followed element by element
+//! ([`view`]) until it ends in a layer squeeze has: `nn.MultiheadAttention`'s products and
+//! softmax become one `attention` layer, the projections around it token-wise linear layers. A
 //! node squeeze cannot express is a problem; every problem in the graph is reported in one run,
 //! each with its node's name and operator.
 
+mod array;
 mod proto;
+mod view;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -17,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 
+use self::array::Arr;
 use self::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, data_type};
+use self::view::{Kind, View};
 use super::load::NamedTensor;
 use super::spec::{ArchSpec, InputSpec, LayerSpec, MODEL_INPUT, OpSpec, Pair, UpsampleMode};
 
@@ -107,7 +116,7 @@ pub fn convert(path: &Path, model: &ModelProto) -> Result<Imported, ImportError>
         path: path.to_path_buf(),
     })?;
     let (loaded, mut problems) = external_data(path, graph);
-    let mut g = Graph::new(graph, loaded);
+    let mut g = Graph::new(path, graph, loaded);
     g.problems.append(&mut problems);
     let input = g.model_input();
     for (i, node) in graph.node.iter().enumerate() {
@@ -250,6 +259,7 @@ impl Imported {
 
 /// The conversion's state while walking the nodes in order.
 struct Graph<'g> {
+    path: &'g Path,
     graph: &'g GraphProto,
     /// Initializers and `Constant` nodes' values by name.
     consts: HashMap<&'g str, Cow<'g, TensorProto>>,
@@ -264,6 +274,15 @@ struct Graph<'g> {
     fused: HashSet<usize>,
     /// Values of nodes that could not be converted: their readers are not judged again.
     failed: HashSet<&'g str>,
+    /// Values that are a layer's output rearranged (attention's heads), by name.
+    views: HashMap<&'g str, View>,
+    /// The batch size shapes are worked out for: the graph's, 2 when it is symbolic (so a
+    /// rearrangement mixing samples shows).
+    batch: usize,
+    /// The model input's sample shape.
+    input_shape: Vec<usize>,
+    /// Every layer's sample shape, for the first `.0` layers (worked out when a node asks).
+    shapes: Option<(usize, HashMap<String, Vec<usize>>)>,
     layers: Vec<LayerSpec>,
     names: HashSet<String>,
     tensors: Vec<NamedTensor>,
@@ -279,12 +298,19 @@ type NodeResult<T> = Result<T, String>;
 /// A reshape to `[N, C, 1, 1]`: passed through as the `[C]` vector add and mul broadcast.
 const UNIT_AXES: &str = "unit axes";
 
+/// A reshape that is not a flatten to `[batch, features]`: judged with the input's shape.
+const OTHER_SHAPE: &str = "another shape";
+
 /// The problem of a node reading a value whose node failed: already reported.
 const FAILED_INPUT: &str = "reads a node that failed";
 
 impl<'g> Graph<'g> {
     /// `loaded`: the initializers whose values were read from external data files.
-    fn new(graph: &'g GraphProto, mut loaded: HashMap<&'g str, TensorProto>) -> Graph<'g> {
+    fn new(
+        path: &'g Path,
+        graph: &'g GraphProto,
+        mut loaded: HashMap<&'g str, TensorProto>,
+    ) -> Graph<'g> {
         let consts = graph
             .initializer
             .iter()
@@ -303,6 +329,7 @@ impl<'g> Graph<'g> {
             }
         }
         Graph {
+            path,
             graph,
             consts,
             alias: HashMap::new(),
@@ -310,6 +337,10 @@ impl<'g> Graph<'g> {
             readers,
             fused: HashSet::new(),
             failed: HashSet::new(),
+            views: HashMap::new(),
+            batch: 1,
+            input_shape: Vec::new(),
+            shapes: None,
             layers: Vec::new(),
             names: HashSet::from([MODEL_INPUT.to_string()]),
             tensors: Vec::new(),
@@ -361,6 +392,10 @@ impl<'g> Graph<'g> {
             ));
             return None;
         }
+        self.batch = match dims[0].dim_value {
+            Some(v) if v > 0 => v as usize,
+            _ => 2,
+        };
         let mut shape = Vec::new();
         for (axis, d) in dims.iter().enumerate().skip(1) {
             match (d.dim_value, &d.dim_param) {
@@ -380,6 +415,7 @@ impl<'g> Graph<'g> {
                 }
             }
         }
+        self.input_shape = shape.clone();
         Some(InputSpec {
             shape,
             scale: 1.0,
@@ -399,6 +435,14 @@ impl<'g> Graph<'g> {
             return;
         };
         let value = self.resolve(&out.name);
+        if let Some(v) = self.views.get(value) {
+            self.problems.push(format!(
+                "output \"{}\" is {}; squeeze cannot express it as a layer",
+                out.name,
+                v.describe()
+            ));
+            return;
+        }
         let last = self.layers.len().checked_sub(1).map(|i| self.layer_name(i));
         match (self.producer.get(value), last) {
             (Some(p), Some(last)) if *p == last => {}
@@ -475,6 +519,16 @@ impl<'g> Graph<'g> {
         if !(node.domain.is_empty() || node.domain == "ai.onnx") {
             return Err(format!("operator from domain \"{}\"", node.domain));
         }
+        if let Some(folded) = self.fold(node) {
+            return folded;
+        }
+        let reads_view = node
+            .input
+            .iter()
+            .any(|v| self.views.contains_key(self.resolve(v)));
+        if reads_view || node.op_type == "Split" || node.op_type == "Slice" {
+            return self.view_node(index, node);
+        }
         let a = Attrs(&node.attribute);
         let x = || Self::arg(node, 0).ok_or("no input".to_string());
         let out = || node.output.first().map(String::as_str).unwrap_or("");
@@ -517,6 +571,7 @@ impl<'g> Graph<'g> {
                 return Ok(());
             }
             "Identity" | "Dropout" => {
+                self.check_dropout(node)?;
                 self.alias.insert(out(), x()?);
                 self.absorbed += 1;
                 return Ok(());
@@ -624,8 +679,28 @@ impl<'g> Graph<'g> {
                     self.absorbed += 1;
                     return Ok(());
                 }
+                Err(e) if e == OTHER_SHAPE => match self.reshape_sample(node)? {
+                    Some(spec) => spec,
+                    None => return self.view_node(index, node),
+                },
                 r => r?,
             },
+            "Transpose" => {
+                let perm = &a.get("perm").ok_or("no perm")?.ints;
+                let moved: Vec<usize> = (0..perm.len()).filter(|&i| perm[i] != i as i64).collect();
+                match moved[..] {
+                    [i, j] if i > 0 && perm[i] == j as i64 => OpSpec::Transpose {
+                        dims: [i as i64, j as i64],
+                    },
+                    _ => return self.view_node(index, node),
+                }
+            }
+            "Gather" if Self::arg(node, 0).is_some_and(|t| self.constant(t).is_none()) => {
+                match self.select(node, &a)? {
+                    Some(spec) => spec,
+                    None => return self.view_node(index, node),
+                }
+            }
             "Squeeze" => {
                 let axes = self.axes(node, &a)?;
                 let layer = self.next_name(node);
@@ -665,6 +740,26 @@ impl<'g> Graph<'g> {
             "Resize" | "Upsample" => self.resize(node, &a)?,
             "Gather" => return self.gather(node, &a),
             "Add" | "Mul" => return self.join(node),
+            "Concat" if node.input.len() == 2 && self.constant(&node.input[0]).is_some() => {
+                let axis = a.int("axis", 1);
+                let rank = self.full_shape(&node.input[1])?.len();
+                if array::axis(axis, rank)? != 1 {
+                    return Err(format!(
+                        "joins a constant along axis {axis}; squeeze puts a learned tensor before the tokens (axis 1)"
+                    ));
+                }
+                // Under the initializer's name (the legacy exporter broadcasts it over the batch
+                // with an `Expand`, whose output the importer reads as the initializer).
+                let name = self.resolve(&node.input[0]).to_string();
+                let param = self.weight_named(&name, "the joined tensor")?;
+                let input = self.computed(&node.input[1])?;
+                return self.push(
+                    node,
+                    OpSpec::Concat { param: Some(param) },
+                    vec![input],
+                    false,
+                );
+            }
             "Concat" => {
                 let inputs = node
                     .input
@@ -746,6 +841,11 @@ impl<'g> Graph<'g> {
     /// returns its name.
     fn weight(&mut self, node: &NodeProto, i: usize, what: &str) -> NodeResult<String> {
         let name = Self::arg(node, i).ok_or_else(|| format!("{what} are missing"))?;
+        self.weight_named(name, what)
+    }
+
+    /// Records constant `name` as a written tensor and returns its name.
+    fn weight_named(&mut self, name: &str, what: &str) -> NodeResult<String> {
         let t = self
             .constant(name)
             .ok_or_else(|| format!("\"{name}\" ({what}) is not a constant"))?;
@@ -971,9 +1071,7 @@ impl<'g> Graph<'g> {
                 })
             }
             [b, _, 1, 1] if b == 0 || b == 1 || b == -1 => Err(UNIT_AXES.into()),
-            _ => Err(format!(
-                "reshapes to {shape:?}; only flattening each sample to [batch, features] is supported"
-            )),
+            _ => Err(OTHER_SHAPE.into()),
         }
     }
 
@@ -1086,10 +1184,14 @@ impl<'g> Graph<'g> {
                     self.absorbed += 1;
                     return Ok(());
                 }
-                return Err(format!(
-                    "the constant \"{c}\" {:?} is an operand; squeeze joins two computed values",
-                    t.dims
-                ));
+                let param = Some(self.weight_named(c, "the learned operand")?);
+                let input = self.computed(v)?;
+                let op = if node.op_type == "Add" {
+                    OpSpec::Add { from: None, param }
+                } else {
+                    OpSpec::Mul { from: None, param }
+                };
+                return self.push(node, op, vec![input], false);
             }
         }
         let inputs = vec![self.computed(l)?, self.computed(r)?];
@@ -1105,6 +1207,611 @@ impl<'g> Graph<'g> {
             }
         };
         self.push(node, op, inputs, true)
+    }
+}
+
+/// Shapes, constant arithmetic and rearranged values.
+impl<'g> Graph<'g> {
+    /// A dropout must be in eval mode (its `training_mode` input unset or false).
+    fn check_dropout(&self, node: &NodeProto) -> NodeResult<()> {
+        if node.op_type != "Dropout" {
+            return Ok(());
+        }
+        let Some(t) = Self::arg(node, 2) else {
+            return Ok(());
+        };
+        let on = self
+            .constant(t)
+            .map(const_arr)
+            .transpose()?
+            .ok_or("its training_mode is computed")?;
+        if on.0.data.iter().any(|&v| v != 0.0) {
+            return Err("training_mode = true; export the model in eval mode".into());
+        }
+        Ok(())
+    }
+
+    /// The shape of value `name` with the batch first (the batch size is [`Graph::batch`]).
+    fn full_shape(&mut self, name: &str) -> NodeResult<Vec<usize>> {
+        let v = self.resolve(name);
+        if let Some(view) = self.views.get(v) {
+            return Ok(view.at.dims.clone());
+        }
+        if let Some(t) = self.constant(v) {
+            return dims(t);
+        }
+        let layer = self.computed(v)?;
+        let mut shape = vec![self.batch];
+        if layer == MODEL_INPUT {
+            shape.extend_from_slice(&self.input_shape);
+            return Ok(shape);
+        }
+        if self
+            .shapes
+            .as_ref()
+            .is_none_or(|(n, _)| *n != self.layers.len())
+        {
+            let spec = ArchSpec {
+                input: InputSpec {
+                    shape: self.input_shape.clone(),
+                    scale: 1.0,
+                    mean: vec![0.0],
+                    std: vec![1.0],
+                },
+                layers: self.layers.clone(),
+            };
+            let shapes = super::load::layer_shapes(self.path, &spec, &self.tensors)
+                .map_err(|e| format!("the layers before it do not load: {e}"))?;
+            self.shapes = Some((self.layers.len(), shapes));
+        }
+        let sample = self
+            .shapes
+            .as_ref()
+            .and_then(|(_, s)| s.get(&layer))
+            .ok_or_else(|| format!("the shape of layer {layer} is not known"))?;
+        shape.extend_from_slice(sample);
+        Ok(shape)
+    }
+
+    /// A constant input's values as integers (a shape, axes, indices).
+    fn int_input(&self, node: &NodeProto, i: usize, what: &str) -> NodeResult<Option<Vec<i64>>> {
+        let Some(name) = Self::arg(node, i) else {
+            return Ok(None);
+        };
+        let t = self
+            .constant(name)
+            .ok_or_else(|| format!("its {what} are computed; export with fixed shapes"))?;
+        ints(t)
+            .map(Some)
+            .map_err(|e| format!("{what} \"{name}\": {e}"))
+    }
+
+    /// ONNX's data-movement operators applied to `x` (a constant's values or a value's
+    /// positions); `Split` gives one array per output.
+    fn movement<T: Copy>(&self, node: &NodeProto, x: &Arr<T>) -> NodeResult<Vec<Arr<T>>> {
+        let a = Attrs(&node.attribute);
+        let ints_of = |i: usize, attr: &str, what: &str| -> NodeResult<Option<Vec<i64>>> {
+            match self.int_input(node, i, what)? {
+                Some(v) => Ok(Some(v)),
+                None => Ok(a.get(attr).map(|x| x.ints.clone())),
+            }
+        };
+        let one = |r: Result<Arr<T>, String>| r.map(|v| vec![v]);
+        match node.op_type.as_str() {
+            "Transpose" => one(x.transpose(a.get("perm").map_or(&[][..], |p| &p.ints[..]))),
+            "Reshape" => {
+                let target = self
+                    .int_input(node, 1, "target shape")?
+                    .ok_or("no target shape")?;
+                one(x.reshape(&target, a.int("allowzero", 0) != 0))
+            }
+            "Squeeze" => one(x.squeeze(ints_of(1, "axes", "axes")?.as_deref())),
+            "Unsqueeze" => {
+                let axes = ints_of(1, "axes", "axes")?.ok_or("no axes")?;
+                one(x.unsqueeze(&axes))
+            }
+            "Gather" => {
+                let name = Self::arg(node, 1).ok_or("no indices")?;
+                let t = self
+                    .constant(name)
+                    .ok_or("its indices are computed; squeeze selects fixed indices")?;
+                let idx = Arr::new(dims(t)?, ints(t).map_err(|e| format!("indices: {e}"))?)?;
+                one(x.gather(a.int("axis", 0), &idx))
+            }
+            "Slice" => {
+                let starts = ints_of(1, "starts", "starts")?.ok_or("no starts")?;
+                let ends = ints_of(2, "ends", "ends")?.ok_or("no ends")?;
+                let axes = ints_of(3, "axes", "axes")?;
+                let steps = self.int_input(node, 4, "steps")?;
+                if starts.len() != ends.len() {
+                    return Err("starts and ends differ in length".into());
+                }
+                one(x.slice(&starts, &ends, axes.as_deref(), steps.as_deref()))
+            }
+            "Split" => {
+                let ax = a.int("axis", 0);
+                let size = x.dims[array::axis(ax, x.dims.len())?];
+                let parts = node.output.len();
+                let sizes = match ints_of(1, "split", "split sizes")? {
+                    Some(s) => s
+                        .iter()
+                        .map(|&v| usize::try_from(v).map_err(|_| format!("split size {v}")))
+                        .collect::<NodeResult<Vec<_>>>()?,
+                    None if parts > 0 => {
+                        let each = size.div_ceil(parts);
+                        (0..parts)
+                            .map(|i| each.min(size.saturating_sub(i * each)))
+                            .collect()
+                    }
+                    None => return Err("no outputs".into()),
+                };
+                x.split(ax, &sizes)
+            }
+            other => Err(unsupported(other)),
+        }
+    }
+
+    /// A node all of whose inputs are constants (the shape arithmetic exporters write),
+    /// evaluated; `Shape` of a computed value reads its shape. `None`: not such a node.
+    fn fold(&mut self, node: &'g NodeProto) -> Option<NodeResult<()>> {
+        const FOLDED: &[&str] = &[
+            "Shape",
+            "Gather",
+            "Slice",
+            "Split",
+            "Concat",
+            "Unsqueeze",
+            "Squeeze",
+            "Reshape",
+            "Transpose",
+            "Expand",
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Mod",
+            "Neg",
+            "Sqrt",
+            "Equal",
+            "Where",
+            "ConstantOfShape",
+        ];
+        let op = node.op_type.as_str();
+        if !FOLDED.contains(&op) {
+            return None;
+        }
+        let all_constant = node
+            .input
+            .iter()
+            .filter(|v| !v.is_empty())
+            .all(|v| self.constant(v).is_some());
+        if !(all_constant || op == "Shape") {
+            return None;
+        }
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        // `Expand` of a learned tensor over the batch (a class token) reads as the tensor.
+        if op == "Expand"
+            && let Some(x) = Self::arg(node, 0)
+            && let Some(t) = self.constant(x)
+            && let Ok(Some(shape)) = self.int_input(node, 1, "shape")
+        {
+            let from = dims(t).unwrap_or_default();
+            let target: Vec<usize> = shape.iter().map(|&v| v.max(1) as usize).collect();
+            let over_batch = from.first() == Some(&1)
+                && array::broadcast(&from, &target)
+                    .is_ok_and(|b| b.len() == from.len() && b[1..] == from[1..]);
+            if over_batch {
+                self.alias.insert(out, x);
+                self.absorbed += 1;
+                return Some(Ok(()));
+            }
+        }
+        let result = self.fold_node(node);
+        Some(result.map(|values| {
+            for (name, v) in node.output.iter().zip(values) {
+                self.consts.insert(name.as_str(), Cow::Owned(v));
+            }
+            self.absorbed += 1;
+        }))
+    }
+
+    fn fold_node(&mut self, node: &'g NodeProto) -> NodeResult<Vec<TensorProto>> {
+        let a = Attrs(&node.attribute);
+        let op = node.op_type.as_str();
+        let arg = |i: usize| -> NodeResult<(Arr<f64>, bool)> {
+            let name = Self::arg(node, i).ok_or_else(|| format!("input {i} is missing"))?;
+            let t = self
+                .constant(name)
+                .ok_or_else(|| format!("input \"{name}\" is not a constant"))?;
+            const_arr(t).map_err(|e| format!("tensor \"{name}\": {e}"))
+        };
+        let binary = |f: &dyn Fn(f64, f64, bool) -> f64| -> NodeResult<Vec<TensorProto>> {
+            let ((x, xf), (y, yf)) = (arg(0)?, arg(1)?);
+            let float = xf || yf;
+            let v = array::zip_with(&x, &y, |p, q| f(p, q, float))?;
+            Ok(vec![const_proto(v, float)])
+        };
+        match op {
+            "Shape" => {
+                let x = Self::arg(node, 0).ok_or("no input")?;
+                let shape = self.full_shape(x)?;
+                let r = shape.len() as i64;
+                let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+                let (s, e) = (clamp(a.int("start", 0)), clamp(a.int("end", r)));
+                let v: Vec<f64> = shape[s..e.max(s)].iter().map(|&d| d as f64).collect();
+                Ok(vec![const_proto(Arr::new(vec![v.len()], v)?, false)])
+            }
+            "Concat" => {
+                let parts = (0..node.input.len())
+                    .map(arg)
+                    .collect::<NodeResult<Vec<_>>>()?;
+                let float = parts.iter().any(|p| p.1);
+                let arrs: Vec<Arr<f64>> = parts.into_iter().map(|p| p.0).collect();
+                Ok(vec![const_proto(
+                    Arr::concat(&arrs, a.int("axis", 0))?,
+                    float,
+                )])
+            }
+            "Expand" => {
+                let (x, float) = arg(0)?;
+                let shape: Vec<usize> = self
+                    .int_input(node, 1, "shape")?
+                    .ok_or("no shape")?
+                    .iter()
+                    .map(|&v| v.max(1) as usize)
+                    .collect();
+                let target = array::broadcast(&x.dims, &shape)?;
+                Ok(vec![const_proto(x.expand(&target)?, float)])
+            }
+            "Add" => binary(&|p, q, _| p + q),
+            "Sub" => binary(&|p, q, _| p - q),
+            "Mul" => binary(&|p, q, _| p * q),
+            "Div" => binary(&|p, q, float| {
+                if float {
+                    p / q
+                } else if q == 0.0 {
+                    0.0
+                } else {
+                    (p / q).trunc()
+                }
+            }),
+            "Mod" => {
+                let fmod = a.int("fmod", 0) != 0;
+                binary(&|p, q, _| {
+                    if q == 0.0 {
+                        0.0
+                    } else if fmod {
+                        p % q
+                    } else {
+                        p - q * (p / q).floor()
+                    }
+                })
+            }
+            "Equal" => {
+                let ((x, _), (y, _)) = (arg(0)?, arg(1)?);
+                let v = array::zip_with(&x, &y, |p, q| f64::from(u8::from(p == q)))?;
+                Ok(vec![const_proto(v, false)])
+            }
+            "Where" => {
+                let ((c, _), (x, xf), (y, yf)) = (arg(0)?, arg(1)?, arg(2)?);
+                let shape = array::broadcast(&array::broadcast(&c.dims, &x.dims)?, &y.dims)?;
+                let (c, x, y) = (c.expand(&shape)?, x.expand(&shape)?, y.expand(&shape)?);
+                let data = (0..c.data.len())
+                    .map(|i| {
+                        if c.data[i] != 0.0 {
+                            x.data[i]
+                        } else {
+                            y.data[i]
+                        }
+                    })
+                    .collect();
+                Ok(vec![const_proto(Arr::new(shape, data)?, xf || yf)])
+            }
+            "Neg" | "Sqrt" => {
+                let (x, float) = arg(0)?;
+                let f = |v: f64| if op == "Neg" { -v } else { v.sqrt() };
+                let data = x.data.iter().map(|&v| f(v)).collect();
+                Ok(vec![const_proto(
+                    Arr::new(x.dims, data)?,
+                    float || op == "Sqrt",
+                )])
+            }
+            "ConstantOfShape" => {
+                let shape: Vec<usize> = arg(0)?.0.data.iter().map(|&v| v as usize).collect();
+                let (value, float) = match a.get("value").and_then(|v| v.t.as_ref()) {
+                    Some(t) => {
+                        let (v, f) = const_arr(t)?;
+                        (v.data.first().copied().unwrap_or(0.0), f)
+                    }
+                    None => (0.0, true),
+                };
+                let n = shape.iter().product();
+                Ok(vec![const_proto(Arr::new(shape, vec![value; n])?, float)])
+            }
+            _ => {
+                let (x, float) = arg(0)?;
+                Ok(self
+                    .movement(node, &x)?
+                    .into_iter()
+                    .map(|v| const_proto(v, float))
+                    .collect())
+            }
+        }
+    }
+
+    /// `Reshape` of a computed value to a shape other than `[batch, features]`: a flatten
+    /// of some of a sample's dimensions, or a reshape of each sample, when the batch stays
+    /// first; `None` when it does not (the value is then followed as a rearrangement).
+    fn reshape_sample(&mut self, node: &NodeProto) -> NodeResult<Option<OpSpec>> {
+        let x = Self::arg(node, 0).ok_or("no input")?;
+        let shape = self.full_shape(x)?;
+        let positions = View::whole(String::new(), shape.clone())?;
+        let target = self.movement(node, &positions.at)?.remove(0).dims;
+        if target.first() != Some(&self.batch) || shape.first() != Some(&self.batch) {
+            return Ok(None);
+        }
+        // Dimensions start..=end of the input joined, the rest as they were.
+        let joined = (1..shape.len()).find_map(|start| {
+            let k = shape.len() + 1 - target.len();
+            let end = start + k - 1;
+            (k >= 2
+                && end < shape.len()
+                && target[..start] == shape[..start]
+                && target[start] == shape[start..=end].iter().product::<usize>()
+                && target[start + 1..] == shape[end + 1..])
+                .then_some((start, end))
+        });
+        Ok(Some(match joined {
+            Some((start, end)) => OpSpec::Flatten {
+                start_dim: Some(start as i64),
+                end_dim: (end + 1 != shape.len()).then_some(end as i64),
+            },
+            None => OpSpec::Reshape {
+                shape: target[1..].iter().map(|&d| d as i64).collect(),
+            },
+        }))
+    }
+
+    /// `Gather` of one fixed index along a sample's axis: a select layer; `None` otherwise.
+    fn select(&mut self, node: &NodeProto, a: &Attrs) -> NodeResult<Option<OpSpec>> {
+        let x = Self::arg(node, 0).ok_or("no input")?;
+        let idx = Self::arg(node, 1)
+            .and_then(|i| self.constant(i))
+            .filter(|t| t.dims.is_empty())
+            .map(ints)
+            .transpose()?;
+        let Some(&[i]) = idx.as_deref() else {
+            return Ok(None);
+        };
+        let shape = self.full_shape(x)?;
+        let dim = array::axis(a.int("axis", 0), shape.len())?;
+        let size = shape[dim] as i64;
+        let index = if i < 0 { i + size } else { i };
+        if dim == 0 || !(0..size).contains(&index) {
+            return Ok(None);
+        }
+        Ok(Some(OpSpec::Select {
+            dim: dim as i64,
+            index: index as usize,
+        }))
+    }
+
+    /// The value `name` as a view: a rearranged value, or a computed one whole.
+    fn view_of(&mut self, name: &str) -> NodeResult<View> {
+        if let Some(v) = self.views.get(self.resolve(name)) {
+            return Ok(v.clone());
+        }
+        let layer = self.computed(name)?;
+        View::whole(layer, self.full_shape(name)?)
+    }
+
+    /// Records `out` as `view`: a layer's output when it is that output unchanged.
+    fn set_view(&mut self, out: &'g str, view: View) {
+        if view.is_whole() {
+            self.producer.insert(out, view.layer);
+        } else {
+            self.producer.remove(out);
+            self.views.insert(out, view);
+        }
+    }
+
+    /// A node reading rearranged values (or starting to rearrange a computed one): data
+    /// movement, scaling by a constant, token-wise linear layers, and attention's products
+    /// and softmax.
+    fn view_node(&mut self, index: usize, node: &'g NodeProto) -> NodeResult<()> {
+        let a = Attrs(&node.attribute);
+        let op = node.op_type.as_str();
+        let out = node.output.first().map(String::as_str).unwrap_or("");
+        let x = Self::arg(node, 0).ok_or("no input")?;
+        match op {
+            "Identity" | "Dropout" => {
+                self.check_dropout(node)?;
+                self.alias.insert(out, x);
+                self.absorbed += 1;
+                Ok(())
+            }
+            "Transpose" | "Reshape" | "Squeeze" | "Unsqueeze" | "Gather" | "Slice" | "Split" => {
+                let v = self.view_of(x)?;
+                if !matches!(v.kind, Kind::Values) {
+                    return Err(format!("rearranges {}", v.describe()));
+                }
+                let parts = self.movement(node, &v.at)?;
+                for (o, at) in node.output.iter().zip(parts) {
+                    self.set_view(o.as_str(), v.with(at));
+                }
+                self.absorbed += 1;
+                Ok(())
+            }
+            "Mul" | "Div" => {
+                let [l, r] = &node.input[..] else {
+                    return Err(format!("{} inputs, expected 2", node.input.len()));
+                };
+                let (v, c) = match (self.constant(l), self.constant(r)) {
+                    (None, Some(c)) => (l, c),
+                    (Some(c), None) if op == "Mul" => (r, c),
+                    _ => {
+                        let v = self.view_of(l).or_else(|_| self.view_of(r))?;
+                        return Err(format!(
+                            "{} {} by a computed value; squeeze scales attention by a constant",
+                            if op == "Mul" { "multiplies" } else { "divides" },
+                            v.describe()
+                        ));
+                    }
+                };
+                let (factor, _) = const_arr(c)?;
+                let [f] = factor.data[..] else {
+                    return Err(format!("scales by a constant of shape {:?}", factor.dims));
+                };
+                let mut view = self.view_of(v)?;
+                if matches!(view.kind, Kind::Probs(_)) {
+                    return Err(format!("scales {}", view.describe()));
+                }
+                view.scale *= if op == "Mul" { f } else { 1.0 / f };
+                self.set_view(out, view);
+                self.absorbed += 1;
+                Ok(())
+            }
+            "MatMul" | "Gemm" if Self::arg(node, 1).is_some_and(|b| self.constant(b).is_some()) => {
+                let v = self.view_of(x)?;
+                v.token_rows()?;
+                let spec = if op == "Gemm" {
+                    self.gemm(node, &a)?
+                } else {
+                    self.matmul(index, node)?
+                };
+                let OpSpec::Linear { weight, .. } = &spec else {
+                    return Err(unsupported(op));
+                };
+                let features = self.written.get(weight).and_then(|s| s.first().copied());
+                let features = features.ok_or("its weight was not recorded")?;
+                self.push(node, spec, vec![v.layer.clone()], false)?;
+                let layer = self.layer_name(self.layers.len() - 1);
+                self.set_view(out, v.after_linear(layer, features)?);
+                Ok(())
+            }
+            "MatMul" => {
+                let y = Self::arg(node, 1).ok_or("no second operand")?;
+                let (l, r) = (self.view_of(x)?, self.view_of(y)?);
+                match &l.kind {
+                    Kind::Values => {
+                        let heads = view::scores(&l, &r)?;
+                        let mut dims = l.at.dims.clone();
+                        if let Some(last) = dims.last_mut() {
+                            *last = heads.tokens;
+                        }
+                        let scores = View {
+                            at: Arr {
+                                dims,
+                                data: Vec::new(),
+                            },
+                            scale: l.scale * r.scale,
+                            kind: Kind::Scores(heads),
+                            ..l
+                        };
+                        self.views.insert(out, scores);
+                        self.absorbed += 1;
+                        Ok(())
+                    }
+                    Kind::Probs(heads) => {
+                        let name = self.next_name(node);
+                        let merged = view::weighted(heads, &r, &l.layer, name)?;
+                        let op = OpSpec::Attention { heads: heads.heads };
+                        self.push(node, op, vec![l.layer.clone()], false)?;
+                        self.set_view(out, merged);
+                        Ok(())
+                    }
+                    Kind::Scores(_) => Err(format!(
+                        "multiplies {}; squeeze's attention takes a softmax of them",
+                        l.describe()
+                    )),
+                }
+            }
+            "Softmax" => {
+                let v = self.view_of(x)?;
+                let Kind::Scores(heads) = &v.kind else {
+                    return Err(format!("a softmax of {}", v.describe()));
+                };
+                let rank = v.at.dims.len();
+                if array::axis(a.int("axis", -1), rank)? != rank - 1 {
+                    return Err(format!(
+                        "axis = {}; squeeze's attention normalizes over the keys (the last axis)",
+                        a.int("axis", -1)
+                    ));
+                }
+                let want = 1.0 / (heads.head_dim as f64).sqrt();
+                if (v.scale / want - 1.0).abs() > 1e-5 {
+                    return Err(format!(
+                        "the scores are scaled by {}; squeeze's attention scales by 1/√{} = {want}",
+                        v.scale, heads.head_dim
+                    ));
+                }
+                let probs = View {
+                    kind: Kind::Probs(heads.clone()),
+                    scale: 1.0,
+                    ..v
+                };
+                self.views.insert(out, probs);
+                self.absorbed += 1;
+                Ok(())
+            }
+            _ => {
+                let read = node
+                    .input
+                    .iter()
+                    .find_map(|v| self.views.get(self.resolve(v)))
+                    .map(View::describe);
+                Err(match read {
+                    Some(d) => format!("reads {d}, which squeeze cannot express as a layer"),
+                    None => unsupported(op),
+                })
+            }
+        }
+    }
+}
+
+/// A constant's values as f64, and whether they are floating-point.
+fn const_arr(t: &TensorProto) -> NodeResult<(Arr<f64>, bool)> {
+    let d = dims(t)?;
+    let (data, float) = match t.data_type {
+        data_type::INT64 | data_type::INT32 => {
+            (ints(t)?.iter().map(|&v| v as f64).collect(), false)
+        }
+        data_type::BOOL => {
+            let v: Vec<f64> = if t.raw_data.is_empty() {
+                t.int32_data
+                    .iter()
+                    .map(|&v| f64::from(u8::from(v != 0)))
+                    .collect()
+            } else {
+                t.raw_data
+                    .iter()
+                    .map(|&v| f64::from(u8::from(v != 0)))
+                    .collect()
+            };
+            (v, false)
+        }
+        _ => (floats(t)?.iter().map(|&v| f64::from(v)).collect(), true),
+    };
+    Ok((Arr::new(d, data)?, float))
+}
+
+/// An evaluated constant as a FLOAT or INT64 tensor.
+fn const_proto(v: Arr<f64>, float: bool) -> TensorProto {
+    let dims = v.dims.iter().map(|&d| d as i64).collect();
+    if float {
+        TensorProto {
+            dims,
+            data_type: data_type::FLOAT,
+            float_data: v.data.iter().map(|&x| x as f32).collect(),
+            ..Default::default()
+        }
+    } else {
+        TensorProto {
+            dims,
+            data_type: data_type::INT64,
+            int64_data: v.data.iter().map(|&x| x as i64).collect(),
+            ..Default::default()
+        }
     }
 }
 
