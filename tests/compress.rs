@@ -12,7 +12,7 @@ use squeeze::compress::prune::{
     global_masks, l1_mask, nm_mask, prune_count, random_mask, shrink_structured,
 };
 use squeeze::compress::quant::{dequantize, kmeans, lloyd_1d, quantize_uniform};
-use squeeze::compress::recipe::{Norm, Pruning};
+use squeeze::compress::recipe::{Norm, Pruning, Rank};
 use squeeze::compress::{
     Bits, FloatStorage, Granularity, Plan, QuantizedLayer, Recipe, RecipeError, WeightValues,
     apply, entropy_bytes, entropy_size, huffman,
@@ -527,7 +527,7 @@ proptest! {
             .enumerate()
             .map(|(k, n)| (model.layer_index(n).unwrap(), s, if k % 2 == 0 { Norm::L1 } else { Norm::L2 }))
             .collect();
-        let (shrunk, kept) = shrink_structured(&model, &spec).unwrap();
+        let (shrunk, kept) = shrink_structured(&model, &spec, Rank::default()).unwrap();
         let mut masked = model.clone();
         for (layer, keep) in &kept {
             mask_rows(&mut masked, *layer, keep);

@@ -10,7 +10,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand::{SeedableRng, rngs::StdRng};
 use squeeze::compress::prune::shrink_structured;
-use squeeze::compress::{self, Pruning, Recipe};
+use squeeze::compress::{self, Pruning, Rank, Recipe};
 use squeeze::engine::CompressedModel;
 use squeeze::model::{self, Model, Op};
 
@@ -278,7 +278,7 @@ fn check(net: &Net, recipe: &str, rows: &[(&str, usize)]) {
             _ => None,
         })
         .collect();
-    let (shrunk, kept) = shrink_structured(&m, &asked).expect("shrinks");
+    let (shrunk, kept) = shrink_structured(&m, &asked, Rank::default()).expect("shrinks");
     let mut masked = m.clone();
     for (layer, keep) in &kept {
         mask_rows(&mut masked, *layer, keep);

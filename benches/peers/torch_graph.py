@@ -21,9 +21,9 @@ and writes, for each, into OUT (default: a temporary directory):
 - `<name>.logits.safetensors`: PyTorch's logits (`logits`, [N, 10]) and the inputs (`inputs`),
 
 then runs `squeeze eval` on each: its accuracy against PyTorch's argmax is the top-1 agreement.
-Going back: the ResNet compressed to int8 by `squeeze apply --dense-out` (BatchNorm folded),
-the dense file loaded strictly into the ResNet with each BatchNorm fused into its conv
-(`torch.nn.utils.fusion`), PyTorch's argmax on it against `squeeze eval` of the packed file
+Going back: the ResNet compressed to int8 by `squeeze apply --dense-out` (written as the
+original module: each conv's own weights and its BatchNorm's tensors), the dense file loaded
+strictly into the same ResNet, PyTorch's argmax on it against `squeeze eval` of the packed file
 (`resnet.int8.logits.safetensors`: PyTorch's logits on the dense file).
 Samples whose top two PyTorch logits are within 1e-3 are left out (a tie either way is
 agreement). Prints a table; exits 1 when any model disagrees on any sample.
@@ -277,26 +277,8 @@ class DenseNet(nn.Module):
         return s + linear_toml("fc", "fc")
 
 
-def fused_resnet():
-    """The ResNet with each BatchNorm folded into its conv (torch.nn.utils.fusion), the module a
-    `squeeze apply --dense-out` file of it loads into."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-    m = ResNet().eval()
-
-    def fuse(parent, conv, norm):
-        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, norm)))
-        setattr(parent, norm, nn.Identity())
-    fuse(m, "conv1", "bn1")
-    for b in (m.layer1, m.layer2):
-        fuse(b, "conv1", "bn1")
-        fuse(b, "conv2", "bn2")
-        if b.downsample is not None:
-            fuse(b.downsample, "0", "1")
-    return m
-
-
 def round_trip(squeeze, out):
-    """int8 ResNet: `squeeze apply --dense-out` loaded into the fused PyTorch module (strict)
+    """int8 ResNet: `squeeze apply --dense-out` loaded into the original PyTorch module (strict)
     and PyTorch's argmax on it against `squeeze eval` of the packed file."""
     from safetensors.torch import load_file
     base = os.path.join(out, "resnet")
@@ -309,7 +291,7 @@ def round_trip(squeeze, out):
     if r.returncode != 0:
         print(f"resnet int8: squeeze apply failed: {r.stderr.strip()}", file=sys.stderr)
         return None, 0, 0
-    m = fused_resnet()
+    m = ResNet().eval()
     m.load_state_dict(load_file(base + ".int8.dense.safetensors"), strict=True)
     x = load_file(base + ".logits.safetensors")["inputs"]
     with torch.no_grad():
@@ -390,7 +372,7 @@ def main():
     for name, params, n, ties, *acc in rows:
         print(f"{name:8} {params:>7} {n:>8} {ties:>5} {fmt(acc):>16}")
     if trip:
-        print(f"resnet int8, `apply --dense-out` loaded (strict) into the BatchNorm-fused torch "
+        print(f"resnet int8, `apply --dense-out` loaded (strict) into the original torch "
               f"module: top-1 agreement {fmt(trip[:1])} on {trip[1]} samples ({trip[2]} ties)")
     sys.exit(1 if bad else 0)
 

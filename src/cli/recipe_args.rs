@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::compress::recipe::{GranularityKind, PruneMethod, Scheme};
-use crate::compress::{Bits, Recipe};
+use crate::compress::{Bits, Rank, Recipe};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RecipeArgs {
@@ -33,6 +33,10 @@ pub struct RecipeArgs {
     /// Quick recipe: inputs per group for `--granularity group`.
     #[arg(long, value_name = "N", conflicts_with = "recipe")]
     pub group_size: Option<usize>,
+    /// Quick recipe: what pruning ranks in a layer followed by a batchnorm: its own weights
+    /// (PyTorch's torch.nn.utils.prune) or the weights with the batchnorm folded in.
+    #[arg(long, value_parser = ["weights", "folded"], conflicts_with = "recipe")]
+    pub rank: Option<String>,
 }
 
 impl RecipeArgs {
@@ -46,7 +50,8 @@ impl RecipeArgs {
             || self.prune.is_some()
             || self.scheme.is_some()
             || self.granularity.is_some()
-            || self.group_size.is_some();
+            || self.group_size.is_some()
+            || self.rank.is_some();
         if !quick {
             return Ok(None);
         }
@@ -93,6 +98,10 @@ impl RecipeArgs {
             });
         }
         r.default.group_size = self.group_size;
+        r.rank = self.rank.as_deref().map(|k| match k {
+            "folded" => Rank::Folded,
+            _ => Rank::Weights,
+        });
         Ok(Some(r))
     }
 }

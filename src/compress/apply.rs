@@ -8,12 +8,15 @@
 //! `apply` computes it, so a model trained with fake quantization compresses to exactly the
 //! values it was trained with.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
 use super::calibrate::calibrate;
-use super::prune::{global_masks, l1_mask, nm_mask, random_mask, shrink_structured, std_mask};
+use super::prune::{
+    global_masks, l1_mask, nm_mask, random_mask, rank_values, shrink_structured, std_mask,
+};
 use super::quant::{kmeans, quantize_uniform, round_float};
 use super::recipe::{Pruning, Recipe, RecipeError, WeightFormat};
 use super::{FloatStorage, Plan, QuantizedLayer, WeightValues};
@@ -101,14 +104,16 @@ pub fn apply_held(
     let (model, resolved) = if structured.is_empty() || held.shrunk {
         (model.clone(), resolved)
     } else {
-        let (shrunk, _) = shrink_structured(model, &structured)?;
+        let (shrunk, _) = shrink_structured(model, &structured, resolved.rank)?;
         // Row lengths changed: group sizes and N:M must still fit the shrunk layers.
         let resolved = recipe.validate(&shrunk)?;
         (shrunk, resolved)
     };
 
-    // Weights as flat row-major matrices.
+    // Weights as flat row-major matrices, and what magnitude pruning ranks where that is not
+    // the weights (a layer's own weights under a folded batchnorm).
     let mut mats = Vec::with_capacity(resolved.layers.len());
+    let mut ranked = Vec::with_capacity(resolved.layers.len());
     for lp in &resolved.layers {
         let terr = |source| CompressError::Tensor {
             layer: lp.name.clone(),
@@ -129,15 +134,25 @@ pub fn apply_held(
             Some(b) => Some(b.to_vec1::<f32>().map_err(terr)?),
             None => None,
         };
+        ranked.push(match rank_values(p, &w, resolved.rank) {
+            Cow::Owned(own) => Some(own),
+            Cow::Borrowed(_) => None,
+        });
         mats.push((rows, cols, w, bias));
     }
+    let keys: Vec<&[f32]> = mats
+        .iter()
+        .zip(&ranked)
+        .map(|((_, _, w, _), own)| own.as_deref().unwrap_or(w))
+        .collect();
 
     // Masks.
     let mut masks: Vec<Vec<bool>> = resolved
         .layers
         .iter()
         .zip(&mats)
-        .map(|(lp, (_, cols, w, _))| match lp.prune {
+        .zip(&keys)
+        .map(|((lp, (_, cols, _, _)), w)| match lp.prune {
             Pruning::None | Pruning::Structured { .. } | Pruning::Global { .. } => {
                 vec![true; w.len()]
             }
@@ -155,7 +170,7 @@ pub fn apply_held(
             .filter(|(_, lp)| members.contains(&lp.layer))
             .map(|(k, _)| k)
             .collect();
-        let weights: Vec<&[f32]> = slots.iter().map(|&k| mats[k].2.as_slice()).collect();
+        let weights: Vec<&[f32]> = slots.iter().map(|&k| keys[k]).collect();
         for (k, mask) in slots.iter().zip(global_masks(&weights, *sparsity)) {
             masks[*k] = mask;
         }

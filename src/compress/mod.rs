@@ -14,7 +14,7 @@ pub mod recipe;
 pub use apply::{CompressError, Held, HeldCodebook, LayerSparsity, Sparsity, apply, apply_held};
 pub use huffman::{EntropySize, entropy_bytes, entropy_size};
 pub use recipe::{
-    ActivationSettings, Bits, LayerPlan, LayerRecipe, Observer, Pruning, Recipe, RecipeError,
+    ActivationSettings, Bits, LayerPlan, LayerRecipe, Observer, Pruning, Rank, Recipe, RecipeError,
     ResolvedRecipe, WeightFormat,
 };
 

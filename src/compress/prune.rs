@@ -6,12 +6,27 @@
 //! round-half-to-even. Ties in magnitude are broken by position (the earlier weight is removed
 //! first), so every mask is deterministic.
 
+use std::borrow::Cow;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::CompressError;
 use super::groups::{ChannelGraph, Fixed};
-use super::recipe::Norm;
-use crate::model::{Model, Op, OpSpec, Source};
+use super::recipe::{Norm, Rank};
+use crate::model::{Model, Op, OpSpec, Params, Source};
+
+/// The values magnitude pruning ranks for a layer whose (flat, row-major) weights are `w`: the
+/// weights themselves, or, with a batchnorm folded into the layer and [`Rank::Weights`], the
+/// layer's own weights before the fold (as `torch.nn.utils.prune` sees them).
+pub fn rank_values<'a>(p: &Params, w: &'a [f32], rank: Rank) -> Cow<'a, [f32]> {
+    match (&p.folded, rank) {
+        (Some(norm), Rank::Weights) => {
+            let cols = p.weight.dims()[1..].iter().product();
+            Cow::Owned(norm.own_weights(w, cols))
+        }
+        _ => Cow::Borrowed(w),
+    }
+}
 
 /// How many of `n` items `sparsity` removes: `round(sparsity × n)`, ties to even (as Python's
 /// `round` in `torch.nn.utils.prune`).
@@ -297,6 +312,7 @@ pub type KeptRows = Vec<(usize, Vec<usize>)>;
 pub fn shrink_structured(
     model: &Model,
     layers: &[(usize, f64, Norm)],
+    rank: Rank,
 ) -> Result<(Model, KeptRows), CompressError> {
     let graph = ChannelGraph::analyze(model);
     let refuse = |layer: usize, e: StructuredError| CompressError::Structured {
@@ -325,7 +341,7 @@ pub fn shrink_structured(
         // Earlier groups changed their consumers' inputs, not which channels are tied.
         let graph = ChannelGraph::analyze(&m);
         let g = structured_check(&m, &graph, layer).map_err(|e| refuse(layer, e))?;
-        let removed = removed_channels(&m, &graph, g, sparsity, norm)?;
+        let removed = removed_channels(&m, &graph, g, sparsity, norm, rank)?;
         for &l in &graph.groups[g].members {
             let rows = (0..graph.width[l + 1].0)
                 .filter(|&c| !removed[graph.channel(l + 1, c)])
@@ -348,6 +364,7 @@ fn removed_channels(
     group: usize,
     sparsity: f64,
     norm: Norm,
+    rank: Rank,
 ) -> Result<Vec<bool>, CompressError> {
     let mut weights = std::collections::BTreeMap::new();
     for &l in &graph.groups[group].members {
@@ -364,7 +381,7 @@ fn removed_channels(
                 layer: layer.name.clone(),
                 source,
             })?;
-        weights.insert(l, (w, cols));
+        weights.insert(l, (rank_values(p, &w, rank).into_owned(), cols));
     }
     let row_norm = |l: usize, r: usize| -> f64 {
         let Some((w, cols)) = weights.get(&l) else {
@@ -546,6 +563,7 @@ pub fn shrink_channels(
                 if let Some(b) = &p.bias {
                     p.bias = Some(b.index_select(&ids, 0).map_err(terr)?);
                 }
+                p.folded = p.folded.as_ref().map(|f| f.keep(&keep_out));
                 g.groups = keep_out.len();
                 groups = Some(keep_out.len());
             }
@@ -592,6 +610,7 @@ pub fn shrink_channels(
                     if let Some(b) = &p.bias {
                         p.bias = Some(b.index_select(&ids, 0).map_err(terr)?);
                     }
+                    p.folded = p.folded.as_ref().map(|f| f.keep(&keep_out));
                 }
             }
             Op::ChannelAffine { scale, shift } => {

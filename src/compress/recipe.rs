@@ -15,6 +15,9 @@ use crate::model::Model;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
+    /// What magnitude pruning ranks in a layer that has a batchnorm folded into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<Rank>,
     /// Settings for every linear/conv layer unless a `[layer.NAME]` table overrides them.
     #[serde(default, skip_serializing_if = "LayerRecipe::is_empty")]
     pub default: LayerRecipe,
@@ -30,6 +33,20 @@ pub struct Recipe {
     /// The file this recipe was read from, for messages.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// What pruning ranks in a linear/conv layer that has a batchnorm folded into it (elsewhere
+/// both are the layer's weights).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rank {
+    /// The layer's own weights, as `torch.nn.utils.prune` ranks a conv followed by a
+    /// BatchNorm2d.
+    #[default]
+    Weights,
+    /// The weights with the batchnorm's per-channel scale applied: what the layer computes
+    /// with once folded.
+    Folded,
 }
 
 /// One table of settings; every field is optional so a layer table only says what differs.
@@ -248,6 +265,7 @@ pub struct ResolvedRecipe {
     /// fraction of their weights removed.
     pub global: Option<(f64, Vec<usize>)>,
     pub activations: Option<ActivationSettings>,
+    pub rank: Rank,
 }
 
 /// One layer's effective settings.
@@ -636,6 +654,7 @@ impl Recipe {
             layers,
             global,
             activations,
+            rank: self.rank.unwrap_or_default(),
         })
     }
 

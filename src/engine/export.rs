@@ -552,6 +552,7 @@ fn read_op(
                     .spec
                     .bias()
                     .map_or_else(|| format!("{}.bias", tensor_prefix(weight)), str::to_string),
+                folded: None,
             };
             let op = check(Op::with_params(&d.spec, params))?;
             (op, Some(reader.packed(&d.name, format)?))

@@ -53,6 +53,98 @@ pub struct Params {
     /// The state_dict names, used when writing dense weights back.
     pub weight_name: String,
     pub bias_name: String,
+    /// The batchnorm folded into these weights, kept so that pruning can rank the layer's own
+    /// weights (as PyTorch does) and a dense file can be written as the original module.
+    pub folded: Option<FoldedNorm>,
+}
+
+/// A batchnorm folded into the linear/conv before it: `weight' = weight × scale` per output
+/// row, `bias' = bias × scale + beta − mean × scale`, with `scale = gamma / √(var + eps)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldedNorm {
+    /// Per output row: `gamma / √(running_var + eps)`, as the fold used it.
+    pub scale: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    /// The state_dict names of weight (gamma), bias (beta), running_mean and running_var.
+    pub names: [String; 4],
+    /// Whether the layer had a bias of its own before the fold (PyTorch's `bias=True`).
+    pub own_bias: bool,
+}
+
+impl FoldedNorm {
+    /// The batchnorm of the output rows `rows` (in that order), after structured pruning.
+    pub fn keep(&self, rows: &[usize]) -> FoldedNorm {
+        let pick = |v: &[f32]| rows.iter().map(|&r| v[r]).collect();
+        FoldedNorm {
+            scale: pick(&self.scale),
+            gamma: pick(&self.gamma),
+            beta: pick(&self.beta),
+            running_mean: pick(&self.running_mean),
+            running_var: pick(&self.running_var),
+            names: self.names.clone(),
+            own_bias: self.own_bias,
+        }
+    }
+
+    /// The layer's own weights from the folded ones (`cols` values per output row): each row
+    /// divided by its scale, in f64 so that unfolding returns the loaded weights. A row whose
+    /// scale is 0 lost its weights in the fold (its output is the constant beta): it reads 0.
+    pub fn own_weights(&self, folded: &[f32], cols: usize) -> Vec<f32> {
+        folded
+            .chunks(cols.max(1))
+            .zip(&self.scale)
+            .flat_map(|(row, &s)| {
+                row.iter().map(move |&w| {
+                    if s == 0.0 {
+                        0.0
+                    } else {
+                        (w as f64 / s as f64) as f32
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The module before the fold, from folded weights and bias: its own weights, its own bias
+    /// (`None` when it had none) and the batchnorm's beta. gamma and the running statistics are
+    /// the loaded ones. Where the layer had a bias, `bias = (bias' − beta) / scale + mean`;
+    /// otherwise the folded bias is carried by beta: `beta = bias' + mean × scale`.
+    pub fn unfold(
+        &self,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        cols: usize,
+    ) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
+        let w = self.own_weights(weight, cols);
+        let rows = self.scale.len();
+        let folded_bias = |r: usize| bias.map_or(0.0, |b| b[r]) as f64;
+        if !self.own_bias {
+            let beta = (0..rows)
+                .map(|r| {
+                    (folded_bias(r) + self.running_mean[r] as f64 * self.scale[r] as f64) as f32
+                })
+                .collect();
+            return (w, None, beta);
+        }
+        let mut beta = self.beta.clone();
+        let own = (0..rows)
+            .map(|r| {
+                let s = self.scale[r] as f64;
+                if s == 0.0 {
+                    // The output is beta alone: carry the folded bias there.
+                    beta[r] = folded_bias(r) as f32;
+                    0.0
+                } else {
+                    ((folded_bias(r) - self.beta[r] as f64) / s + self.running_mean[r] as f64)
+                        as f32
+                }
+            })
+            .collect();
+        (w, Some(own), beta)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
-use super::graph::{Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params, Source};
+use super::graph::{
+    FoldedNorm, Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params, Source,
+};
 use super::shape::{ShapeError, out_shape, weight_shape};
 use super::spec::{ArchSpec, LayerSpec, MODEL_INPUT, OpSpec, tensor_prefix};
 
@@ -651,14 +653,14 @@ fn resolve_all<'a>(
             }
             // A batchnorm folded into the layer before it: its name reads that layer.
             Ok(Built::Folded {
-                scale,
+                norm,
                 shift,
                 stored,
             }) => {
                 let Some(prev) = g.layers.last_mut() else {
                     continue;
                 };
-                match fold_batchnorm(prev, &scale, &shift) {
+                match fold_batchnorm(prev, norm, &shift) {
                     Ok(()) => {
                         prev.stored_bytes += stored;
                         g.index_of
@@ -702,7 +704,7 @@ enum Built {
     Layer(Layer),
     /// A batchnorm to fold into the linear/conv layer right before it.
     Folded {
-        scale: Vec<f32>,
+        norm: FoldedNorm,
         shift: Vec<f32>,
         stored: usize,
     },
@@ -840,21 +842,22 @@ impl Graph<'_> {
                     weight_name: weight.clone(),
                     bias_name: bias
                         .map_or_else(|| format!("{}.bias", tensor_prefix(weight)), str::to_string),
+                    folded: None,
                 };
                 Op::with_params(&ls.op, params)
             }
             OpSpec::Batchnorm {
                 weight,
                 bias,
-                running_mean,
-                running_var,
+                running_mean: running_mean_name,
+                running_var: running_var_name,
                 eps,
             } => {
                 let Some(&c) = shape.first() else {
                     return Err(graph_err("batchnorm needs an input with channels".into()));
                 };
                 let mut bn = Vec::new();
-                for t in [weight, bias, running_mean, running_var] {
+                for t in [weight, bias, running_mean_name, running_var_name] {
                     let (v, bytes) = source.tensor(name, op_name, t, &[Some(c)])?;
                     stored += bytes;
                     bn.push(v.to_vec1::<f32>().map_err(|e| graph_err(e.to_string()))?);
@@ -883,8 +886,20 @@ impl Graph<'_> {
                             && !self.named.contains(l.name.as_str())
                     });
                 if foldable {
-                    return Ok(Built::Folded {
+                    let [gamma, beta, running_mean, running_var] =
+                        <[Vec<f32>; 4]>::try_from(bn).unwrap_or_default();
+                    let norm = FoldedNorm {
                         scale,
+                        gamma,
+                        beta,
+                        running_mean,
+                        running_var,
+                        names: [weight, bias, running_mean_name, running_var_name]
+                            .map(|n| n.clone()),
+                        own_bias: false,
+                    };
+                    return Ok(Built::Folded {
+                        norm,
                         shift,
                         stored,
                     });
@@ -986,16 +1001,23 @@ impl Graph<'_> {
     }
 }
 
-/// Folds per-channel `scale`/`shift` into the weights and bias of `layer` (linear or conv).
-fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_core::Result<()> {
+/// Folds the batchnorm `norm` (per-channel `norm.scale` and `shift`) into the weights and bias
+/// of `layer` (linear or conv), which keeps `norm` to unfold it again.
+fn fold_batchnorm(
+    layer: &mut Layer,
+    mut norm: FoldedNorm,
+    shift: &[f32],
+) -> candle_core::Result<()> {
     let (Op::Linear(p) | Op::Conv2d(p, _)) = &mut layer.op else {
         return Ok(());
     };
+    let scale = norm.scale.as_slice();
     let out = p.weight.dims()[0];
     let s = Tensor::from_slice(scale, out, &Device::Cpu)?;
     let mut bshape = vec![out];
     bshape.extend(std::iter::repeat_n(1, p.weight.rank() - 1));
     p.weight = p.weight.broadcast_mul(&s.reshape(bshape)?)?;
+    let had_bias = p.bias.is_some();
     let bias = match &p.bias {
         Some(b) => b.to_vec1::<f32>()?,
         None => vec![0.0; out],
@@ -1014,6 +1036,8 @@ fn fold_batchnorm(layer: &mut Layer, scale: &[f32], shift: &[f32]) -> candle_cor
         ));
     }
     p.bias = Some(Tensor::from_vec(folded, out, &Device::Cpu)?);
+    norm.own_bias = had_bias;
+    p.folded = Some(norm);
     Ok(())
 }
 

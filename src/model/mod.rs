@@ -14,7 +14,8 @@ pub mod spec;
 pub(crate) use forward::activation;
 pub use forward::{ForwardOps, Reference};
 pub use graph::{
-    Conv2dGeometry, Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params, Pool2d, Source,
+    Conv2dGeometry, FoldedNorm, Layer, Model, NormParams, Op, ParamJoin, ParamValue, Params,
+    Pool2d, Source,
 };
 pub use load::{
     ARCH_METADATA_KEY, ArchSource, LoadError, Loaded, NamedTensor, TensorSource, build,

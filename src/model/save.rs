@@ -10,8 +10,10 @@ use super::spec::OpSpec;
 use crate::files::Sealed;
 
 impl Model {
-    /// The model's tensors as f32 with their state_dict names. Folded batchnorm is carried by
-    /// the linear/conv weights and biases; a batchnorm that could not be folded is written as
+    /// The model's tensors as f32 with their state_dict names, as the original module holds
+    /// them: a linear/conv with a batchnorm folded into it is written unfolded (its own weights
+    /// and bias, then the batchnorm's four tensors), so the file loads into the PyTorch module
+    /// it came from; a batchnorm that could not be folded is written as
     /// its per-channel scale and shift (`weight` = scale, `bias` = shift, `running_mean` = 0,
     /// `running_var` = 1 − eps, so that `(x − 0) / √(1 − eps + eps) × scale + shift` reproduces it).
     pub fn named_tensors(&self) -> candle_core::Result<Vec<NamedTensor>> {
@@ -51,14 +53,29 @@ impl Model {
                 continue;
             }
             if let Some(p) = layer.params() {
-                out.push((
-                    p.weight_name.clone(),
-                    p.weight.dims().to_vec(),
-                    p.weight.flatten_all()?.to_vec1::<f32>()?,
-                ));
-                if let Some(b) = &p.bias {
-                    out.push((p.bias_name.clone(), b.dims().to_vec(), b.to_vec1::<f32>()?));
+                let dims = p.weight.dims().to_vec();
+                let w = p.weight.flatten_all()?.to_vec1::<f32>()?;
+                let b = p.bias.as_ref().map(|b| b.to_vec1::<f32>()).transpose()?;
+                let Some(norm) = &p.folded else {
+                    out.push((p.weight_name.clone(), dims, w));
+                    if let Some(b) = b {
+                        out.push((p.bias_name.clone(), vec![b.len()], b));
+                    }
+                    continue;
+                };
+                // The module before the fold: its own weights and bias, then the batchnorm.
+                let cols = dims[1..].iter().product();
+                let (w, own_bias, beta) = norm.unfold(&w, b.as_deref(), cols);
+                let c = beta.len();
+                out.push((p.weight_name.clone(), dims, w));
+                if let Some(b) = own_bias {
+                    out.push((p.bias_name.clone(), vec![c], b));
                 }
+                let [gamma, bias, mean, var] = &norm.names;
+                out.push((gamma.clone(), vec![c], norm.gamma.clone()));
+                out.push((bias.clone(), vec![c], beta));
+                out.push((mean.clone(), vec![c], norm.running_mean.clone()));
+                out.push((var.clone(), vec![c], norm.running_var.clone()));
             }
         }
         Ok(out)
@@ -101,7 +118,24 @@ impl Model {
                 rename(f);
             }
         }
-        for l in &mut kept {
+        self.name_biases(&mut kept, true);
+        spec.layers = kept;
+        spec
+    }
+
+    /// The architecture [`Model::named_tensors`] is written with: the description as loaded
+    /// (batchnorm layers included), each linear/conv naming the bias it is written with.
+    pub fn written_spec(&self) -> super::spec::ArchSpec {
+        let mut spec = self.spec.clone();
+        self.name_biases(&mut spec.layers, false);
+        spec
+    }
+
+    /// Sets each linear/conv layer's `bias` to the bias it is written with: the folded bias
+    /// when `folded`, else the layer's own (a batchnorm folded into a layer without a bias of
+    /// its own carries it). Structured pruning can give a layer a bias it did not have.
+    fn name_biases(&self, layers: &mut [super::spec::LayerSpec], folded: bool) {
+        for l in layers {
             if let OpSpec::Linear { bias, weight, .. }
             | OpSpec::Conv2d { bias, weight, .. }
             | OpSpec::Conv1d { bias, weight, .. } = &mut l.op
@@ -111,12 +145,14 @@ impl Model {
                     _ => None,
                 });
                 if let Some(p) = layer {
-                    *bias = p.bias.as_ref().map(|_| p.bias_name.clone());
+                    let has = match &p.folded {
+                        Some(norm) if !folded => norm.own_bias,
+                        _ => p.bias.is_some(),
+                    };
+                    *bias = has.then(|| p.bias_name.clone());
                 }
             }
         }
-        spec.layers = kept;
-        spec
     }
 
     /// The model as a sealed safetensors file: f32 tensors, the architecture and `extra`
@@ -127,7 +163,7 @@ impl Model {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        meta.insert(ARCH_METADATA_KEY.to_string(), self.folded_spec().to_json());
+        meta.insert(ARCH_METADATA_KEY.to_string(), self.written_spec().to_json());
         Ok(Sealed::new(f32_tensor_bytes(&tensors), meta))
     }
 

@@ -689,6 +689,7 @@ mod tests {
             bias: None,
             weight_name: "w".into(),
             bias_name: "b".into(),
+            folded: None,
         }
     }
 

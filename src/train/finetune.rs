@@ -23,7 +23,7 @@ use super::fake_quant::{fake_quantize, fake_quantize_weights};
 use super::optim::Optim;
 use super::schedule::{Agp, PruneSchedule, iterative_sparsity};
 use super::{PreparedSet, TrainConfig, TrainError, TrainOps};
-use crate::compress::prune::{global_masks, l1_mask, random_mask};
+use crate::compress::prune::{global_masks, l1_mask, random_mask, rank_values};
 use crate::compress::{
     self, ActivationQuant, CompressError, FloatStorage, Held, HeldCodebook, Plan, Pruning, Recipe,
     ResolvedRecipe, WeightFormat,
@@ -892,7 +892,7 @@ impl<'a> Run<'a> {
             let idx: Vec<usize> = members.iter().filter_map(|l| self.slot_of[*l]).collect();
             let weights = idx
                 .iter()
-                .map(|&i| self.slots[i].weights())
+                .map(|&i| self.ranked(&self.slots[i]))
                 .collect::<Result<Vec<_>, _>>()?;
             let views: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
             let masks = global_masks(&views, sparsity_at(s_f));
@@ -900,10 +900,11 @@ impl<'a> Run<'a> {
                 self.slots[i].set_kept(m)?;
             }
         }
-        for s in &mut self.slots {
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
             let kept = match s.prune {
                 Pruning::L1 { .. } | Pruning::Std { .. } => {
-                    l1_mask(&s.weights()?, sparsity_at(s.target))
+                    l1_mask(&self.ranked(s)?, sparsity_at(s.target))
                 }
                 Pruning::Random { seed, .. } => {
                     // Nested: a higher sparsity with the same seed removes a superset.
@@ -911,9 +912,19 @@ impl<'a> Run<'a> {
                 }
                 _ => continue,
             };
-            s.set_kept(kept)?;
+            self.slots[i].set_kept(kept)?;
         }
         Ok(())
+    }
+
+    /// What magnitude pruning ranks for slot `s`: its current weights, or its layer's own
+    /// weights under a folded batchnorm (the recipe's `rank`).
+    fn ranked(&self, s: &Slot) -> Result<Vec<f32>, candle_core::Error> {
+        let w = s.weights()?;
+        Ok(match self.model.layers[s.layer].params() {
+            Some(p) => rank_values(p, &w, self.resolved.rank).into_owned(),
+            None => w,
+        })
     }
 
     /// Clusters every k-means layer's kept weights once (Deep Compression's weight sharing) and

@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::data::{DataError, EvalSet};
-use crate::model::{ARCH_METADATA_KEY, ArchSpec, LoadError, Model, TensorSource};
+use crate::model::{ArchSpec, LoadError, Model, TensorSource};
 pub use distill::{Distillation, distillation_loss};
 pub use finetune::{
     EpochRecord, FinetuneError, FinetuneEvent, FinetuneReport, FinetuneSets, FinetuneSettings,
@@ -222,8 +222,6 @@ pub fn init_model(
     }
     Ok(TrainableModel { model, vars })
 }
-
-type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
 /// New parameters for a model built from scratch, drawn in the order the loader asks for them
 /// (each layer's weight, then its bias), a weight's shape fixed by its description.
@@ -498,37 +496,13 @@ pub fn train(
     })
 }
 
-/// The parameters of `model` as PyTorch state_dict entries, in layer order.
-pub fn state_dict(model: &Model) -> Result<Vec<NamedTensor>, TrainError> {
-    let mut out = Vec::new();
-    for layer in &model.layers {
-        if let Some(p) = layer.params() {
-            let w = p.weight.detach();
-            out.push((
-                p.weight_name.clone(),
-                w.dims().to_vec(),
-                w.flatten_all()?.to_vec1::<f32>()?,
-            ));
-            if let Some(b) = &p.bias {
-                out.push((
-                    p.bias_name.clone(),
-                    b.dims().to_vec(),
-                    b.detach().to_vec1::<f32>()?,
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Writes `model` to `path` as safetensors with the architecture (`squeeze.arch`), `extra`
-/// metadata and the checksum record, atomically.
+/// metadata and the checksum record, atomically: every tensor the model computes with, under
+/// its state_dict name (see [`Model::sealed`]).
 pub fn save(model: &Model, path: &Path, extra: &HashMap<String, String>) -> Result<(), TrainError> {
-    let tensors = state_dict(model)?;
-    let mut meta: std::collections::BTreeMap<String, String> =
-        extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    meta.insert(ARCH_METADATA_KEY.to_string(), model.spec.to_json());
-    let bytes = crate::files::Sealed::new(crate::model::f32_tensor_bytes(&tensors), meta)
+    let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let bytes = model
+        .sealed(&extra)?
         .to_bytes()
         .map_err(|e| TrainError::Io {
             path: path.to_path_buf(),
