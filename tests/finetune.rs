@@ -53,6 +53,7 @@ fn slice(set: &EvalSet, from: usize, to: usize) -> EvalSet {
         inputs: set.inputs[from * per..to * per].to_vec(),
         sample_shape: set.sample_shape.clone(),
         labels: set.labels[from..to].to_vec(),
+        classes: set.classes.clone(),
     }
 }
 

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::common::ModelArgs;
-use super::eval::{calibration_inputs, prepare_model};
+use super::common::{ModelArgs, prepare};
+use super::eval::prepare_model;
 use super::recipe_args::RecipeArgs;
 use crate::files::{self, OutputCheck, Sealed};
 use crate::units;
@@ -74,8 +74,8 @@ pub fn run(args: ApplyArgs) -> anyhow::Result<()> {
                 "{recipe} quantizes activations ([activations]): give --calibration-data PATH (samples to calibrate on)"
             );
         };
-        let set = crate::data::load(path, &super::eval::calibration_options(count))?;
-        calibration_inputs(Some(path), &set, m, count)
+        let set = crate::data::load(path, &super::eval::calibration_options(count, m))?;
+        prepare(m, &set.truncated(count))
     })?;
     let recipe_text = prepared.recipe.as_ref().map(|r| r.to_toml());
     let cm = &prepared.compressed;

@@ -159,7 +159,7 @@ fn run_compressed(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let cm = engine::load_compressed(&args.model.model)?;
     let pruning = measure::PruningRecord::read(&args.model.model).map_err(anyhow::Error::msg)?;
-    let set = args.data.load()?;
+    let set = args.data.load(&cm.model)?;
     let (inputs, labels) =
         args.samples(prepare(&cm.model, &set)?, &set.labels, cm.model.input_len());
     let progress = Progress::new(args.quiet, labels.len());
@@ -223,7 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let loaded = load_model(&args.model.model, args.model.arch.as_deref())?;
     let model = &loaded.model;
-    let set = args.data.load()?;
+    let set = args.data.load(model)?;
     let (inputs, labels) = args.samples(prepare(model, &set)?, &set.labels, model.input_len());
     let n = labels.len();
     let mut variants = measure::bench::variants(args.only)?;

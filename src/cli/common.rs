@@ -42,7 +42,9 @@ pub struct ModelArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DataArgs {
     /// Evaluation set: IDX (.gz or raw, or a directory with one IDX pair), safetensors
-    /// (`inputs`, `labels`), NPY (x with a y beside it), NPZ (`x`, `y`) or CSV (a `label` column).
+    /// (`inputs`, `labels`), NPY (x with a y beside it), NPZ (`x`, `y`), CSV (a `label` column),
+    /// or a directory with one sub-folder of PNG/JPEG images per class (resized and
+    /// centre-cropped to the model's input).
     #[arg(long, short = 'd', value_name = "PATH")]
     pub data: PathBuf,
     /// Labels file for IDX or NPY inputs, when not found by the standard naming.
@@ -57,7 +59,8 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    pub fn load(&self) -> anyhow::Result<EvalSet> {
+    /// Reads the set to run on `model` (whose input an image folder is resized to).
+    pub fn load(&self, model: &Model) -> anyhow::Result<EvalSet> {
         if self.limit == Some(0) {
             anyhow::bail!("--limit must be at least 1");
         }
@@ -66,7 +69,8 @@ impl DataArgs {
             label_column: self.label_column.clone(),
             limit: self.limit,
             ..Default::default()
-        };
+        }
+        .for_model(model);
         Ok(crate::data::load(&self.data, &opts)?)
     }
 }

@@ -93,9 +93,9 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
     let spec = train::read_arch(&args.student)?;
     let student = train::init_model(&spec, &args.student, settings.train.seed)?.detached();
     check_training_memory(&student, settings.train.batch)?;
-    let full = load_training_set(&args.data, args.run.limit)?;
+    let full = load_training_set(&args.data, args.run.limit, &student)?;
     let (train_set, val_set) = train::split_validation(&full, args.run.val_split)?;
-    let test_set = load_test_set(&args.data, args.test.as_deref(), &full)?;
+    let test_set = load_test_set(&args.data, args.test.as_deref(), &full, &student)?;
     let sets = FinetuneSets {
         train: &train_set,
         validation: val_set.as_ref(),

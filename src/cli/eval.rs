@@ -123,7 +123,7 @@ pub fn calibration_inputs(
     model: &Model,
     count: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let train = calibration_options(count);
+    let train = calibration_options(count, model);
     let set = match path {
         Some(p) => crate::data::load(p, &train)?,
         None => match crate::data::training_set_beside(&fallback.source) {
@@ -149,21 +149,28 @@ pub fn calibration_inputs(
     prepare(model, &set.truncated(count))
 }
 
-/// What calibration reads: the training split of a folder holding both, and only the samples
-/// it uses.
-pub fn calibration_options(count: usize) -> DataOptions {
+/// What calibration reads for `model`: the training split of a folder holding both, and only
+/// the samples it uses.
+pub fn calibration_options(count: usize, model: &Model) -> DataOptions {
     DataOptions {
         split: Split::Train,
         limit: Some(count.max(1)),
         ..Default::default()
     }
+    .for_model(model)
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let set = args.data.load()?;
+    // The model is read first: an image folder is resized to its input.
+    let mut read = None;
     let prepared = prepare_model(&args.model, &args.recipe, |m, count| {
-        calibration_inputs(args.calibration_data.as_ref(), &set, m, count)
+        let set = read.insert(args.data.load(m)?);
+        calibration_inputs(args.calibration_data.as_ref(), set, m, count)
     })?;
+    let set = match read {
+        Some(set) => set,
+        None => args.data.load(&prepared.compressed.model)?,
+    };
     let cm = &prepared.compressed;
     check_evaluation_memory(&cm.model, &set)?;
     let inputs = prepare(&cm.model, &set)?;

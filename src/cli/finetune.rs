@@ -505,9 +505,9 @@ pub fn run(args: FinetuneArgs) -> anyhow::Result<()> {
         (Some(t), true) => Some(load_model(t, None)?.model),
         _ => None,
     };
-    let full = load_training_set(&args.data, args.run.limit)?;
+    let full = load_training_set(&args.data, args.run.limit, &model)?;
     let (train_set, val_set) = train::split_validation(&full, args.run.val_split)?;
-    let test_set = load_test_set(&args.data, args.test.as_deref(), &full)?;
+    let test_set = load_test_set(&args.data, args.test.as_deref(), &full, &model)?;
     let sets = FinetuneSets {
         train: &train_set,
         validation: val_set.as_ref(),

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::data::{DataOptions, EvalSet, Split};
-use crate::model::Op;
+use crate::model::{Model, Op};
 use crate::train::{
     self, EpochSummary, LrDecay, OptimizerKind, PreparedSet, TRAIN_METADATA_KEY, TrainConfig,
     TrainEvent,
@@ -156,6 +156,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
 
+    let opts = opts.for_model(&tm.model);
     let train_opts = DataOptions {
         limit: args.limit,
         ..opts.clone()
@@ -329,13 +330,18 @@ impl Progress {
     }
 }
 
-/// The training set a training command reads from `path` (a folder holding both MNIST splits
-/// gives its training pair), cut to the first `limit` samples when asked.
-pub(super) fn load_training_set(path: &Path, limit: Option<usize>) -> anyhow::Result<EvalSet> {
+/// The training set a training command reads from `path` for `model` (a folder holding both
+/// MNIST splits gives its training pair), cut to the first `limit` samples when asked.
+pub(super) fn load_training_set(
+    path: &Path,
+    limit: Option<usize>,
+    model: &Model,
+) -> anyhow::Result<EvalSet> {
     let opts = DataOptions {
         split: Split::Train,
         ..Default::default()
-    };
+    }
+    .for_model(model);
     if limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
@@ -354,13 +360,14 @@ pub(super) fn load_test_set(
     data: &Path,
     test: Option<&Path>,
     train: &EvalSet,
+    model: &Model,
 ) -> anyhow::Result<Option<EvalSet>> {
     let path = match test {
         Some(t) => t,
         None if data.is_dir() => data,
         None => return Ok(None),
     };
-    let set = crate::data::load(path, &DataOptions::default())
+    let set = crate::data::load(path, &DataOptions::default().for_model(model))
         .with_context(|| format!("reading the test set {}", path.display()))?;
     if test.is_none() && set.source == train.source {
         return Ok(None);

@@ -125,6 +125,7 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
         inputs,
         sample_shape: vec![features],
         labels,
+        classes: Vec::new(),
     })
 }
 

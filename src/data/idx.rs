@@ -228,6 +228,21 @@ pub(crate) fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError
         inputs,
         sample_shape: dims[1..].to_vec(),
         labels,
+        classes: Vec::new(),
+    })
+}
+
+fn is_images_file(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.to_string_lossy().contains("idx3"))
+}
+
+/// Whether a directory holds an IDX image file (`*idx3*`).
+pub(crate) fn dir_holds_images(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .any(|e| is_images_file(&e.path()))
     })
 }
 
@@ -238,10 +253,7 @@ pub(crate) fn find_images_in_dir(dir: &Path, split: super::Split) -> Result<Path
     })?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("idx3"))
-        })
+        .filter(|p| is_images_file(p))
         .collect();
     found.sort();
     if found.len() > 1 {

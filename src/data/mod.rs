@@ -1,5 +1,5 @@
-//! Evaluation sets: readers for IDX (raw or gzip), safetensors, NPY/NPZ and CSV, and the input
-//! scaling a model's `[input]` asks for. [`load`] picks the reader from the file name (or, when
+//! Evaluation sets: readers for IDX (raw or gzip), safetensors, NPY/NPZ, CSV and image folders,
+//! and the input scaling a model's `[input]` asks for. [`load`] picks the reader from the file name (or, when
 //! the name says nothing, from the first bytes); each reader returns raw values and checked
 //! class labels, and [`load`] then checks what every set must satisfy (not empty, consistent
 //! lengths).
@@ -7,6 +7,7 @@
 mod array;
 mod csv;
 mod idx;
+mod images;
 mod npy;
 mod source;
 mod tensors;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use array::Array;
 
-use crate::model::InputSpec;
+use crate::model::{InputSpec, Model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -58,6 +59,31 @@ pub struct DataOptions {
     /// Read only the first N samples: the readers stop there (a set is then checked as far
     /// as its headers tell, not to its last byte).
     pub limit: Option<usize>,
+    /// The model input an image folder's images are resized to ([`DataOptions::for_model`]);
+    /// an image folder refuses to load without it, other formats ignore it.
+    pub image_input: Option<ImageInput>,
+}
+
+/// The input of the model an image folder is read for: its shape `[C, H, W]`, and the model's
+/// file for messages.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub shape: Vec<usize>,
+    pub model: PathBuf,
+}
+
+impl DataOptions {
+    /// These options for reading a set to run on `model`: image folders are converted and
+    /// resized to its input.
+    pub fn for_model(self, model: &Model) -> DataOptions {
+        DataOptions {
+            image_input: Some(ImageInput {
+                shape: model.input.shape.clone(),
+                model: model.source.clone(),
+            }),
+            ..self
+        }
+    }
 }
 
 /// The part of a data set a command reads from a directory holding both.
@@ -89,6 +115,9 @@ pub struct EvalSet {
     pub inputs: Vec<f32>,
     pub sample_shape: Vec<usize>,
     pub labels: Vec<u32>,
+    /// The class names by label, for sets that name them (an image folder's sub-folders);
+    /// empty otherwise.
+    pub classes: Vec<String>,
 }
 
 impl EvalSet {
@@ -137,6 +166,16 @@ impl EvalSet {
                 self.sample_len(),
                 input.shape,
                 want
+            )));
+        }
+        if self.classes.len() > num_classes {
+            let shown = match self.classes.as_slice() {
+                [a, b, c, _, .., z] => format!("{a}, {b}, {c}, …, {z}"),
+                all => all.join(", "),
+            };
+            return Err(mismatch(format!(
+                "the set has {} classes ({shown}) but the model has {num_classes} outputs; expected at most {num_classes} classes",
+                self.classes.len()
             )));
         }
         if let Some((i, l)) = self
@@ -207,6 +246,8 @@ pub enum DataFormat {
     Npz,
     /// A CSV file with a header row and a `label` column.
     Csv,
+    /// A directory with one sub-folder of PNG or JPEG images per class.
+    ImageFolder,
 }
 
 /// What [`load`] accepts, for messages.
@@ -214,18 +255,23 @@ pub const ACCEPTED_FORMATS: &str = "IDX images (*-idx3-ubyte, raw or .gz, with t
      beside it or given with --labels; or a directory holding such a pair), .safetensors (tensors \
      'inputs' and 'labels'), .npy (inputs, with the labels in a sibling .npy such as \
      x_test.npy → y_test.npy), .npz (arrays 'x' and 'y'), .csv (a header row with a 'label' \
-     column); .npy, .csv and .safetensors may also be gzip-compressed (.gz)";
+     column), a directory with one sub-folder of PNG/JPEG images per class (torchvision's \
+     ImageFolder layout); .npy, .csv and .safetensors may also be gzip-compressed (.gz)";
 
 impl DataFormat {
     /// The format of a file, from its name, or from its first bytes when the name says nothing.
-    /// A directory is an IDX pair.
+    /// A directory is an IDX pair when it holds an `*idx3*` file, else an image folder.
     pub fn detect(path: &Path) -> Result<DataFormat, DataError> {
         let meta = std::fs::metadata(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         if meta.is_dir() {
-            return Ok(DataFormat::Idx);
+            return Ok(if idx::dir_holds_images(path) {
+                DataFormat::Idx
+            } else {
+                DataFormat::ImageFolder
+            });
         }
         // A device or FIFO would never end: refused here, whatever its name says.
         crate::files::open_regular(path)?;
@@ -318,7 +364,8 @@ pub fn training_set_beside(path: &Path) -> Option<PathBuf> {
 }
 
 /// The files [`load`] would read for `path`: the inputs file and, for IDX and NPY, the labels
-/// file beside it (or `opts.labels`). A directory stands for the IDX pair it holds. Paths that
+/// file beside it (or `opts.labels`). A directory stands for the IDX pair it holds, or for
+/// every image of an image folder. Paths that
 /// cannot be resolved are left out (loading reports them). Commands protect these from being
 /// overwritten by their outputs.
 pub fn source_files(path: &Path, opts: &DataOptions) -> Vec<PathBuf> {
@@ -348,6 +395,11 @@ pub fn source_files(path: &Path, opts: &DataOptions) -> Vec<PathBuf> {
                     .find(|p| p.is_file()),
             );
         }
+        DataFormat::ImageFolder => {
+            if let Ok(listing) = images::list(path) {
+                files.extend(listing.files.into_iter().map(|(p, _)| p));
+            }
+        }
         _ => {}
     }
     files
@@ -363,6 +415,7 @@ pub fn load(path: &Path, opts: &DataOptions) -> Result<EvalSet, DataError> {
         DataFormat::Npy => npy::load_pair(path, opts)?,
         DataFormat::Npz => npy::load_npz(path, opts)?,
         DataFormat::Csv => csv::load(path, opts)?,
+        DataFormat::ImageFolder => images::load(path, opts)?,
     };
     check(match opts.limit {
         Some(n) => set.truncated(n),
@@ -496,5 +549,6 @@ pub(crate) fn assemble(source: &Path, x: Part, y: Part) -> Result<EvalSet, DataE
             sample_shape.to_vec()
         },
         labels,
+        classes: Vec::new(),
     })
 }

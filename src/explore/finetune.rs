@@ -296,7 +296,8 @@ pub fn run(
     let opts = DataOptions {
         split: Split::Train,
         ..Default::default()
-    };
+    }
+    .for_model(host.model());
     let set = crate::data::load(train_path, &opts).map_err(|e| {
         EvalError::Other(format!(
             "reading the training set {}: {e}",

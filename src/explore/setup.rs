@@ -119,7 +119,8 @@ impl Setup {
             label_column: opts.label_column.clone(),
             limit: opts.limit,
             ..Default::default()
-        };
+        }
+        .for_model(&model);
         let set = crate::data::load(&opts.data, &data_opts)?;
         crate::limits::check_memory(
             &format!(
@@ -308,7 +309,8 @@ fn calibration_set(
         split,
         limit: Some(CALIBRATION_SAMPLES),
         ..Default::default()
-    };
+    }
+    .for_model(model);
     let files = regular_files(crate::data::source_files(&path, &data_opts));
     let mut tag = super::eval::Fnv::default();
     for f in &files {

@@ -196,6 +196,7 @@ pub fn split_validation(
         inputs: set.inputs[keep * per..].to_vec(),
         sample_shape: set.sample_shape.clone(),
         labels: set.labels[keep..].to_vec(),
+        classes: set.classes.clone(),
     };
     Ok((set.clone().truncated(keep), Some(val)))
 }
