@@ -332,6 +332,19 @@ fn a_token_id_that_is_not_a_row_is_named_with_its_layer() {
         assert!(e.contains("layer text.emb: ") && e.contains(want), "{e}");
         let e = cm.check_inputs(&ids).expect_err("engine").to_string();
         assert!(e.contains("layer text.emb: ") && e.contains(want), "{e}");
+        // Every command prepares its sets through the same check, naming the file.
+        let set = squeeze::data::EvalSet {
+            source: "ids.npy".into(),
+            inputs: ids.clone(),
+            sample_shape: vec![7],
+            labels: vec![0; 3],
+            classes: Vec::new(),
+        };
+        let e = set.prepare_for(&m).expect_err("set").to_string();
+        assert!(
+            e.starts_with("ids.npy: layer text.emb: ") && e.contains(want),
+            "{e}"
+        );
         // A run cannot fail: unchecked, the bad token's row is NaN, the others' are not.
         let y = cm.logits(&ids, 3);
         assert!(y[4..8].iter().all(|v| v.is_nan()), "{y:?}");

@@ -109,14 +109,7 @@ pub fn prepare(model: &Model, set: &EvalSet) -> anyhow::Result<Vec<f32>> {
             model.source.display()
         )
     };
-    let inputs = set
-        .prepare(&model.input, model.num_classes())
-        .with_context(context)?;
-    model
-        .check_token_ids(&inputs)
-        .map_err(|(layer, msg)| anyhow::anyhow!("{}: layer {layer}: {msg}", set.source.display()))
-        .with_context(context)?;
-    Ok(inputs)
+    set.prepare_for(model).with_context(context)
 }
 
 /// A count with thousands separators.

@@ -141,6 +141,19 @@ impl EvalSet {
         self
     }
 
+    /// [`EvalSet::prepare`] for `model`, with the token ids of every embedding that reads the
+    /// input checked against its table (a bad id names the layer, the sample and the token).
+    pub fn prepare_for(&self, model: &Model) -> Result<Vec<f32>, DataError> {
+        let inputs = self.prepare(&model.input, model.num_classes())?;
+        model
+            .check_token_ids(&inputs)
+            .map_err(|(layer, msg)| DataError::Mismatch {
+                path: self.source.clone(),
+                msg: format!("layer {layer}: {msg}"),
+            })?;
+        Ok(inputs)
+    }
+
     /// Checks the set against a model's input and classes and returns the scaled inputs
     /// `(raw × scale − mean[c]) / std[c]`, ready to run. A sample shape with the same number of
     /// values as the model's input (`[28, 28]` for `[1, 28, 28]` or `[784]`) is accepted.

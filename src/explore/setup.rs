@@ -135,7 +135,7 @@ impl Setup {
                 crate::measure::EVAL_BATCH,
             )),
         )?;
-        let inputs = set.prepare(&model.input, model.num_classes())?;
+        let inputs = set.prepare_for(&model)?;
         if model.compressible().next().is_none() {
             return Err(SetupError::NothingToCompress(opts.model.clone()));
         }

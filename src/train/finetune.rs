@@ -474,7 +474,7 @@ fn teacher_outputs(
             teacher.num_classes()
         )));
     }
-    let inputs = train.prepare(&teacher.input, classes)?;
+    let inputs = train.prepare_for(teacher)?;
     let mut out = measure::dense_outputs(teacher, &inputs, train.len())?;
     if OutputKind::of(teacher) == OutputKind::Probabilities {
         out.iter_mut().for_each(|p| *p = p.max(1e-30).ln());

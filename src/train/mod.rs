@@ -315,7 +315,7 @@ pub struct PreparedSet {
 
 impl PreparedSet {
     pub fn new(set: &EvalSet, model: &Model) -> Result<Self, TrainError> {
-        let flat = set.prepare(&model.input, model.num_classes())?;
+        let flat = set.prepare_for(model)?;
         let mut shape = vec![set.len()];
         shape.extend(&model.input.shape);
         let inputs = Tensor::from_slice(&flat, shape, &Device::Cpu)?;
