@@ -346,13 +346,7 @@ pub(crate) fn cover_size((w, h): (u32, u32), (tw, th): (u32, u32)) -> (u64, u64)
 /// The offset of a centred crop of `size` from `full`, rounded as torchvision's `CenterCrop`
 /// (Python's `round`: halves to even).
 pub(crate) fn crop_offset(full: u64, size: u64) -> u64 {
-    let d = full - size;
-    let half = d / 2;
-    if d % 2 == 1 && half % 2 == 1 {
-        half + 1
-    } else {
-        half
-    }
+    ((full - size) as f64 / 2.0).round_ties_even() as u64
 }
 
 /// Resizes `image` to cover `(tw, th)` and crops the centre.
