@@ -236,17 +236,12 @@ fn bench_widths(c: &mut Criterion, m: &Model) {
     g.finish();
 }
 
-/// `gemm_acc` at fc1's shape (300 × 784 weights, 128 samples), both input layouts.
+/// `gemm_acc` at fc1's shape (300 × 784 weights, 128 samples), both input layouts; and at the
+/// shapes of ResNet-18's convolutions on 32 × 32 inputs for one sample (`im2col` columns as
+/// `B`): 64 filters over 1,024 positions, and 512 filters over 16 positions, whose 9.4 MB of
+/// weights are the stream (`cold`: five copies used in turn, 47 MB, so none is in L2).
 fn bench_gemm(c: &mut Criterion) {
     use engine::gemm::{self, Rhs};
-    let (m, k, n) = (300, 784, 128);
-    let mut rng = StdRng::seed_from_u64(3);
-    let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut a = Vec::new();
-    gemm::row_panels(&w, m, k, &mut a);
-    let mut y = vec![0f32; m * n];
-    let mut s = gemm::GemmScratch::default();
     let peak = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -255,15 +250,58 @@ fn bench_gemm(c: &mut Criterion) {
         eprintln!("gemm: FMA peak of one core, measured now: {peak:.1} GFLOP/s");
     }
     let mut g = c.benchmark_group("gemm");
-    g.throughput(criterion::Throughput::Elements((2 * m * k * n) as u64));
     g.warm_up_time(Duration::from_millis(300));
     g.measurement_time(Duration::from_secs(1));
-    g.bench_function("fc1x128/feature-major", |bch| {
-        bch.iter(|| gemm::gemm_acc(&a, m, n, k, Rhs::Rows(black_box(&b)), &mut y, &mut s))
-    });
-    g.bench_function("fc1x128/sample-major", |bch| {
-        bch.iter(|| gemm::gemm_acc(&a, m, n, k, Rhs::Cols(black_box(&b)), &mut y, &mut s))
-    });
+    let shapes = [
+        ("fc1x128", 300, 784, 128, 1),
+        ("conv64x576x1024", 64, 576, 1024, 1),
+        ("conv512x4608x16", 512, 4608, 16, 1),
+        ("conv512x4608x16/cold", 512, 4608, 16, 5),
+        ("conv512x4608x16/colder", 512, 4608, 16, 12),
+    ];
+    for (name, m, k, n, copies) in shapes {
+        let mut rng = StdRng::seed_from_u64(3);
+        let a: Vec<Vec<f32>> = (0..copies)
+            .map(|_| {
+                let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let mut a = Vec::new();
+                gemm::row_panels(&w, m, k, &mut a);
+                a
+            })
+            .collect();
+        let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut y = vec![0f32; m * n];
+        let mut s = gemm::GemmScratch::default();
+        g.throughput(criterion::Throughput::Elements((2 * m * k * n) as u64));
+        let mut turn = 0;
+        g.bench_function(format!("{name}/feature-major"), |bch| {
+            bch.iter(|| {
+                turn = (turn + 1) % copies;
+                gemm::gemm_acc(&a[turn], m, n, k, Rhs::Rows(black_box(&b)), &mut y, &mut s)
+            })
+        });
+        if n <= gemm::FEW {
+            let tall: Vec<Vec<f32>> = (0..copies)
+                .map(|_| {
+                    let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    gemm::tall_panels(&w, m, k)
+                })
+                .collect();
+            g.bench_function(format!("{name}/tall"), |bch| {
+                bch.iter(|| {
+                    turn = (turn + 1) % copies;
+                    gemm::gemm_tall_acc(&tall[turn], m, n, k, black_box(&b), &mut y, &mut s)
+                })
+            });
+        }
+        if name == "fc1x128" {
+            g.bench_function(format!("{name}/sample-major"), |bch| {
+                bch.iter(|| {
+                    gemm::gemm_acc(&a[0], m, n, k, Rhs::Cols(black_box(&b)), &mut y, &mut s)
+                })
+            });
+        }
+    }
     g.finish();
 }
 

@@ -3,7 +3,11 @@
 //! `apply` or `finetune`), then with each layer's stored format and exact packed bytes. The
 //! figures are `measure::describe`'s; this module parses and prints.
 
+use std::time::Duration;
+
 use super::common::{Format, ModelArgs, column_width, load_model, thousands};
+use crate::compress::Plan;
+use crate::engine::CompressedModel;
 use crate::measure::describe::{Description, describe, describe_compressed};
 use crate::measure::{PruningRecord, SparsityBasis};
 use crate::units;
@@ -14,17 +18,42 @@ pub struct InfoArgs {
     pub model: ModelArgs,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Also time each layer: the median single-sample time on one thread (at least 20 runs
+    /// and 0.3 s on an input of zeros), to see which layers the latency goes to
+    #[arg(long)]
+    pub time: bool,
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     // A compressed file is described as it is stored: its layers' formats and packed bytes.
-    let info = if crate::engine::is_compressed_file(&args.model.model) {
+    let (mut info, cm) = if crate::engine::is_compressed_file(&args.model.model) {
         let path = &args.model.model;
         let pruning = PruningRecord::read(path).map_err(anyhow::Error::msg)?;
-        describe_compressed(&crate::engine::load_compressed(path)?, pruning.as_ref())
+        let cm = crate::engine::load_compressed(path)?;
+        (describe_compressed(&cm, pruning.as_ref()), Some(cm))
     } else {
-        describe(&load_model(&args.model.model, args.model.arch.as_deref())?.model)
+        let model = load_model(&args.model.model, args.model.arch.as_deref())?.model;
+        (describe(&model), None)
     };
+    if args.time {
+        let cm = match cm {
+            Some(cm) => cm,
+            None => {
+                let model = load_model(&args.model.model, args.model.arch.as_deref())?.model;
+                CompressedModel::build(&Plan {
+                    model,
+                    layers: Vec::new(),
+                })?
+            }
+        };
+        let zeros = vec![0f32; cm.input_len()];
+        let times = crate::engine::layer_times(&cm, &zeros, 20, Duration::from_millis(300));
+        let latency = crate::engine::latency_with(&cm, &zeros, 20, Duration::from_millis(300));
+        for (l, t) in info.layers.iter_mut().zip(times) {
+            l.time_us = Some(t);
+        }
+        info.latency_us = Some(latency.median_us);
+    }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&info)?),
         Format::Text => print!("{}", render_text(&info)),
@@ -60,8 +89,23 @@ pub fn render_text(info: &Description) -> String {
             String::new()
         }
     };
+    // `info --time`: each layer's single-sample time and its share of their sum.
+    let timed: f64 = info.layers.iter().filter_map(|l| l.time_us).sum();
+    let time_col = |t: Option<f64>| match t {
+        Some(t) => format!(
+            " {:>10} {:>6}",
+            format!("{t:.1}"),
+            format!("{:.1} %", t / timed.max(1e-9) * 100.0)
+        ),
+        None => String::new(),
+    };
+    let time_head = if info.latency_us.is_some() {
+        format!(" {:>10} {:>6}", "µs", "share")
+    } else {
+        String::new()
+    };
     s += &format!(
-        "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}\n",
+        "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}{time_head}\n",
         "layer",
         "op",
         "output",
@@ -73,7 +117,7 @@ pub fn render_text(info: &Description) -> String {
     );
     for (l, shape) in info.layers.iter().zip(&shapes) {
         s += &format!(
-            "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}\n",
+            "{:<nw$} {:<ow$} {:<sw$} {:>10} {:>12}{} {:>11} {:>11}{}\n",
             l.name,
             l.op,
             shape,
@@ -86,7 +130,8 @@ pub fn render_text(info: &Description) -> String {
                     .unwrap_or_default()
             ),
             units::bytes(l.bytes as f64),
-            units::bytes(l.activation_bytes as f64)
+            units::bytes(l.activation_bytes as f64),
+            time_col(l.time_us)
         );
     }
     let tw = nw + 1 + ow + 1 + sw;
@@ -120,6 +165,12 @@ pub fn render_text(info: &Description) -> String {
                 sparsity * 100.0
             ),
         };
+    }
+    if let Some(latency) = info.latency_us {
+        s += &format!(
+            "single-sample latency on one thread: {:.1} µs (the layers' medians add up to {:.1} µs)\n",
+            latency, timed
+        );
     }
     s += &format!(
         "memory to load and run one sample (f32 parameters and activations): {} of the {} memory limit\n",

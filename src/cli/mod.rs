@@ -110,6 +110,7 @@ fn default_job() -> anyhow::Result<()> {
             arch: None,
         },
         format: common::Format::Text,
+        time: false,
     })?;
     println!();
     eval::run(eval::EvalArgs {

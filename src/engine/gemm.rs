@@ -16,6 +16,7 @@
 //! compiler vectorises it for the target).
 
 use super::cpu::{Avx512, Isa};
+use super::ops::{self, ConvShape};
 #[cfg(target_arch = "x86_64")]
 use super::simd;
 
@@ -27,6 +28,141 @@ pub const NR: usize = 32;
 const _: () = assert!(NR.is_multiple_of(16));
 /// Largest block of the inner dimension: a `KC × NR` panel of `B` is 20 KiB, inside L1.
 const KC: usize = 160;
+/// Largest `B` (as column panels) multiplied in one block of the whole inner dimension: half
+/// of a 2 MiB L2.
+const WHOLE_K_BYTES: usize = 1 << 20;
+
+/// Rows of `A` per tall panel (`tall_panels`): two 16-lane vectors.
+pub const TR: usize = 32;
+/// Output positions up to which a convolution's weights are laid out in tall panels
+/// (`product_tall`) rather than row panels: a 4 × 4 map.
+pub const FEW: usize = 16;
+
+/// `w` (`m × k`, row-major) as tall panels of `TR` rows, each `k`-major (`k × TR`), rows past
+/// `m` zero: element `(r, c)` at `(r / TR)·TR·k + c·TR + r % TR`.
+pub fn tall_panels(w: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; m.div_ceil(TR) * TR * k];
+    for (r, row) in w[..m * k].chunks_exact(k.max(1)).enumerate().take(m) {
+        let base = (r / TR) * TR * k + r % TR;
+        for (c, &v) in row.iter().enumerate() {
+            out[base + c * TR] = v;
+        }
+    }
+    out
+}
+
+/// `y (m × n) += A · B` with `A` in `tall_panels`' layout: the roles of the operands swapped.
+/// With 16 columns or fewer (a convolution over a 4 × 4 map), `product`'s tile holds one vector
+/// of `B` against `MR` broadcast weights, so every multiply-add waits on a load of `A`, the
+/// stream; here two vectors of 16 weights meet up to 12 broadcast values of `B` (24
+/// accumulators) and every weight is loaded once per block of `k`. `B` is formed row-major
+/// (`k × n`) in scratch: the im2col matrix, or a transposed sample-major batch; blocks of `k`
+/// keep it in L2 for every panel of `A`.
+pub(crate) fn product_tall(
+    avx512: Avx512,
+    a: Lhs<'_>,
+    n: usize,
+    b: Rhs<'_>,
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) {
+    let Lhs { panels: a, m, k } = a;
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let b: &[f32] = match b {
+        Rhs::Rows(b) => b,
+        Rhs::Cols(bt) => {
+            s.row.resize(k * n, 0.0);
+            for (j, col) in bt.chunks_exact(k).enumerate().take(n) {
+                for (kk, &v) in col.iter().enumerate() {
+                    s.row[kk * n + j] = v;
+                }
+            }
+            &s.row
+        }
+        Rhs::Conv(c) => {
+            s.row.resize(k * n, 0.0);
+            let (x, shape, group) = if c.shape.pad != (0, 0) || c.shape.groups > 1 {
+                let shape = ops::pad_group(
+                    c.x,
+                    c.shape,
+                    c.group,
+                    c.samples,
+                    &mut s.padded,
+                    Some(avx512),
+                );
+                (&s.padded[..], shape, 0)
+            } else {
+                (c.x, *c.shape, c.group)
+            };
+            let (in_len, pos) = (shape.cin * shape.h * shape.w, shape.positions());
+            for (j, x) in x.chunks_exact(in_len).enumerate().take(c.samples) {
+                ops::im2col_into(
+                    x,
+                    &shape,
+                    group,
+                    &mut s.row,
+                    (n, j * pos),
+                    0.0,
+                    Some(avx512),
+                );
+            }
+            &s.row
+        }
+    };
+    assert!(
+        a.len() >= m.div_ceil(TR) * TR * k && b.len() >= k * n && y.len() >= m * n,
+        "gemm operands too short"
+    );
+    let blocks = (k * n * 4).div_ceil(WHOLE_K_BYTES).clamp(1, k);
+    let kc_max = k.div_ceil(blocks);
+    for k0 in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - k0);
+        for rp in 0..m.div_ceil(TR) {
+            let r0 = rp * TR;
+            let rows = TR.min(m - r0);
+            let ap = &a[rp * TR * k + k0 * TR..rp * TR * k + (k0 + kc) * TR];
+            let bp = &b[k0 * n..(k0 + kc) * n];
+            let yt = &mut y[r0 * n..];
+            let mut j0 = 0;
+            while j0 < n {
+                // SAFETY: the `Avx512` token vouches for AVX-512F; `ap` holds `kc × TR`
+                // weights and `bp` `kc × n` values, the tile reads columns `j0 .. j0 + w ≤ n`
+                // and adds into rows `< rows` of `yt` at those columns (`y` holds `m × n`).
+                j0 += unsafe {
+                    let bj = &bp[j0..];
+                    match n - j0 {
+                        12.. => x86::tall::<12>(kc, ap, bj, n, yt, j0, rows),
+                        8.. => x86::tall::<8>(kc, ap, bj, n, yt, j0, rows),
+                        4.. => x86::tall::<4>(kc, ap, bj, n, yt, j0, rows),
+                        _ => x86::tall::<1>(kc, ap, bj, n, yt, j0, rows),
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// `y (m × n) += A (m × k) · B (k × n)` with `a` in `tall_panels`' layout and `b` row-major, on
+/// the AVX-512 kernel (`product_tall`); `false`, with nothing done, where the CPU lacks it.
+pub fn gemm_tall_acc(
+    a: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    b: &[f32],
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) -> bool {
+    match Isa::current().avx512 {
+        Some(avx512) => {
+            product_tall(avx512, Lhs { panels: a, m, k }, n, Rhs::Rows(b), y, s);
+            true
+        }
+        _ => false,
+    }
+}
 
 /// Length of `A`'s panel layout for an `m × k` matrix.
 pub fn row_panels_len(m: usize, k: usize) -> usize {
@@ -65,6 +201,11 @@ pub fn row_panels_t(at: &[f32], ld: usize, m: usize, k: usize, out: &mut Vec<f32
 #[derive(Debug, Default, Clone)]
 pub struct GemmScratch {
     col_panels: Vec<f32>,
+    /// One im2col row (`Rhs::Conv`).
+    row: Vec<f32>,
+    /// A padded or grouped convolution's input, padded (`ops::pad_group`), and its shape.
+    padded: Vec<f32>,
+    padded_shape: Option<ConvShape>,
 }
 
 /// The right-hand operand of `gemm_acc`, `B (k × n)`, in one of two layouts.
@@ -76,6 +217,19 @@ pub enum Rhs<'a> {
     /// contiguous. Its column panels are filled by 16 × 16 register transposes, so a batch needs no
     /// transposed copy of its own.
     Cols(&'a [f32]),
+    /// The im2col matrix of a convolution, never formed: its column panels are filled from the
+    /// input planes directly (`ops::im2col_panels`).
+    Conv(ConvRhs<'a>),
+}
+
+/// A convolution's im2col matrix as `B` (`k × n`): group `group` of `samples` samples side by
+/// side (`x` holds them back to back, `n = samples × positions`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConvRhs<'a> {
+    pub x: &'a [f32],
+    pub shape: &'a ConvShape,
+    pub group: usize,
+    pub samples: usize,
 }
 
 /// `A (m × k)` in `row_panels`'s layout.
@@ -117,15 +271,32 @@ pub(crate) fn product(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let (Rhs::Rows(bs) | Rhs::Cols(bs)) = b;
+    let b_ok = match b {
+        Rhs::Rows(bs) | Rhs::Cols(bs) => bs.len() >= k * n,
+        Rhs::Conv(c) => {
+            let s = c.shape;
+            c.x.len() >= c.samples * s.cin * s.h * s.w
+                && c.group < s.groups
+                && s.k() == k
+                && c.samples * s.positions() == n
+        }
+    };
     assert!(
-        a.len() >= row_panels_len(m, k) && bs.len() >= k * n && y.len() >= m * n,
+        a.len() >= row_panels_len(m, k) && b_ok && y.len() >= m * n,
         "gemm operands too short"
     );
-    let blocks = k.div_ceil(KC);
-    let kc_max = k.div_ceil(blocks);
     let panels = n.div_ceil(NR);
+    // Few columns (a convolution's last stages: 4 × 4 or 8 × 8 positions) make `A` the stream:
+    // each weight is used `n` times. When all of `B`'s panels fit in L2, one block of the whole
+    // `k` reads `A` once, front to back, and keeps each tile in registers until it is done.
+    let blocks = if k * NR * panels * 4 <= WHOLE_K_BYTES {
+        1
+    } else {
+        k.div_ceil(KC)
+    };
+    let kc_max = k.div_ceil(blocks);
     let row_panel_count = m.div_ceil(MR);
+    s.padded_shape = None;
     for kb in 0..blocks {
         let k0 = kb * kc_max;
         let k1 = (k0 + kc_max).min(k);
@@ -133,6 +304,31 @@ pub(crate) fn product(
         match b {
             Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, &mut s.col_panels),
             Rhs::Cols(bt) => transpose_col_panels(avx512, bt, k, k0, kc, n, &mut s.col_panels),
+            Rhs::Conv(c) => {
+                let len = panels * kc * NR;
+                if s.col_panels.len() < len {
+                    s.col_panels.resize(len, 0.0);
+                }
+                if kb == 0 && (c.shape.pad != (0, 0) || c.shape.groups > 1) {
+                    let shape =
+                        ops::pad_group(c.x, c.shape, c.group, c.samples, &mut s.padded, avx512);
+                    s.padded_shape = Some(shape);
+                }
+                let (x, shape, group) = match &s.padded_shape {
+                    Some(shape) => (&s.padded[..], shape, 0),
+                    None => (c.x, c.shape, c.group),
+                };
+                ops::im2col_panels(
+                    x,
+                    shape,
+                    group,
+                    c.samples,
+                    (k0, kc),
+                    &mut s.col_panels[..len],
+                    &mut s.row,
+                    avx512,
+                );
+            }
         }
         for jp in 0..panels {
             let j0 = jp * NR;
@@ -294,7 +490,55 @@ fn micro_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{MR, NR, TR};
+
+    /// `P` columns of a tall tile: `y[i·ldb + j0 + j] += Σ_kk a[kk·TR + i] · b[kk·ldb + j]`
+    /// for `i < rows`, `j < P`, in `2·P` accumulators over the whole `k`. Returns `P`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `a.len() ≥ k·TR`, `b` holds `(k − 1)·ldb + P` values, `y` holds
+    /// `(rows − 1)·ldb + j0 + P` values, `rows ≤ TR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tall<const P: usize>(
+        k: usize,
+        a: &[f32],
+        b: &[f32],
+        ldb: usize,
+        y: &mut [f32],
+        j0: usize,
+        rows: usize,
+    ) -> usize {
+        assert!(k > 0 && a.len() >= k * TR && b.len() >= (k - 1) * ldb + P && rows <= TR);
+        assert!(rows == 0 || y.len() >= (rows - 1) * ldb + j0 + P);
+        let mut acc = [[_mm512_setzero_ps(); 2]; P];
+        let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: step `kk < k` reads `a[kk·TR ..][..TR]` and `b[kk·ldb ..][..P]`, and the
+        // prefetch hint may point past `a` (a hint never faults); the stores below write
+        // rows `< rows`, columns `j0 .. j0 + P` of `y` (all asserted above).
+        unsafe {
+            for _ in 0..k {
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * TR) as *const i8);
+                let a0 = _mm512_loadu_ps(ap);
+                let a1 = _mm512_loadu_ps(ap.add(16));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let bv = _mm512_set1_ps(*bp.add(j));
+                    acc[0] = _mm512_fmadd_ps(a0, bv, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(a1, bv, acc[1]);
+                }
+                ap = ap.add(TR);
+                bp = bp.add(ldb);
+            }
+            let mut col = [0f32; TR];
+            for (j, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(col.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(col.as_mut_ptr().add(16), acc[1]);
+                for (i, &v) in col.iter().enumerate().take(rows) {
+                    *y.get_unchecked_mut(i * ldb + j0 + j) += v;
+                }
+            }
+        }
+        P
+    }
 
     /// The AVX-512 `MR × NR` tile, or its first `16·H` columns: `H·MR` accumulators held in
     /// registers across the `k` block.
@@ -376,5 +620,108 @@ mod tests {
         row_panels(&a, m, k, &mut want);
         row_panels_t(&at, ld, m, k, &mut got);
         assert_eq!(got, want);
+    }
+
+    /// A convolution through the product with its im2col matrix packed by the product itself
+    /// (`Rhs::Conv`), on row panels and, where the CPU has AVX-512, on tall panels, equals the
+    /// direct sum over the window, for padded, strided, dilated and grouped layers, several
+    /// samples side by side, and an inner dimension long enough to be blocked.
+    #[test]
+    fn convolutions_through_the_product_equal_the_direct_sum() {
+        let shapes = [
+            // cin, h, w, cout, k, stride, pad, dil, groups, samples
+            (3, 9, 7, 5, 3, 1, 1, 1, 1, 1),
+            (4, 8, 8, 6, 3, 2, 1, 1, 2, 3),
+            (2, 7, 9, 3, 2, 1, 0, 2, 1, 2),
+            (8, 4, 4, 21, 1, 2, 0, 1, 1, 1),
+            (160, 16, 16, 33, 3, 1, 1, 1, 1, 1),
+        ];
+        for (cin, h, w, cout, kk, st, pad, dil, groups, samples) in shapes {
+            let span = dil * (kk - 1) + 1;
+            let (oh, ow) = ((h + 2 * pad - span) / st + 1, (w + 2 * pad - span) / st + 1);
+            let s = ConvShape {
+                cin,
+                h,
+                w,
+                cout,
+                kh: kk,
+                kw: kk,
+                stride: (st, st),
+                pad: (pad, pad),
+                dil: (dil, dil),
+                groups,
+                oh,
+                ow,
+            };
+            let (k, pos, rows) = (s.k(), s.positions(), cout / groups);
+            let x: Vec<f32> = (0..samples * cin * h * w)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+                .collect();
+            let wt: Vec<f32> = (0..cout * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            for g in 0..groups {
+                // The direct sum, column `j·pos + p` for sample `j`, position `p`.
+                let n = samples * pos;
+                let mut want = vec![0f32; rows * n];
+                for r in 0..rows {
+                    for j in 0..samples {
+                        for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                            let mut sum = 0f32;
+                            for c in 0..cin / groups {
+                                for (i, jj) in (0..kk).flat_map(|i| (0..kk).map(move |jj| (i, jj)))
+                                {
+                                    let iy = (oy * st + i * dil) as isize - pad as isize;
+                                    let ix = (ox * st + jj * dil) as isize - pad as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let ci = g * (cin / groups) + c;
+                                    let xv = x[j * cin * h * w
+                                        + (ci * h + iy as usize) * w
+                                        + ix as usize];
+                                    sum += wt[(g * rows + r) * k + (c * kk + i) * kk + jj] * xv;
+                                }
+                            }
+                            want[r * n + j * pos + oy * ow + ox] = sum;
+                        }
+                    }
+                }
+                let wg = &wt[g * rows * k..(g + 1) * rows * k];
+                let c = ConvRhs {
+                    x: &x,
+                    shape: &s,
+                    group: g,
+                    samples,
+                };
+                let mut sc = GemmScratch::default();
+                let mut panels = Vec::new();
+                row_panels(wg, rows, k, &mut panels);
+                let mut got = vec![0f32; rows * n];
+                let a = Lhs {
+                    panels: &panels,
+                    m: rows,
+                    k,
+                };
+                product(Isa::current().avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
+                let close = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
+                };
+                assert!(close(&got, &want), "row panels, {s:?} group {g}");
+                if let Some(avx512) = Isa::current().avx512 {
+                    let tall = tall_panels(wg, rows, k);
+                    let mut got = vec![0f32; rows * n];
+                    let a = Lhs {
+                        panels: &tall,
+                        m: rows,
+                        k,
+                    };
+                    product_tall(avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
+                    assert!(close(&got, &want), "tall panels, {s:?} group {g}");
+                }
+            }
+        }
     }
 }

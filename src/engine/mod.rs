@@ -42,5 +42,5 @@ pub use model::{CHUNK, CompressedModel, Prepared, Scratch, Step};
 pub use ops::{ConvShape, PoolShape, im2col};
 pub use timing::{
     LatencyStats, fma_peak_gflops, latency, latency_pair, latency_pair_with, latency_with,
-    throughput,
+    layer_times, throughput,
 };

@@ -10,6 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use super::cpu::{Avx512, Isa};
 use super::error::EngineError;
 use super::format::{PackedLayer, SizeBreakdown};
+use super::gemm::{self, ConvRhs};
 use super::kernels::{
     Depthwise, FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work,
     fake_quantize, interleave_quads, quantize_centered,
@@ -156,6 +157,7 @@ impl Prepared {
         let work = Work {
             one_column: shape.positions() == 1,
             int8: shape.groups == 1,
+            few_columns: shape.positions() <= gemm::FEW,
         };
         let kernels = if shape.groups == 1 {
             vec![LayerKernels::prepare(&stored, work)]
@@ -259,6 +261,8 @@ pub struct Scratch {
     b: Vec<f32>,
     saved: Vec<Vec<f32>>,
     bufs: LayerBufs,
+    /// Seconds spent in each step of the last run, when timing layers (`timing::layer_times`).
+    pub(crate) step_times: Option<Vec<f64>>,
 }
 
 /// Buffers of one layer's computation (kept between layers and runs, so a run allocates
@@ -748,6 +752,7 @@ impl CompressedModel {
         let mut fm = false;
         // Steps already run before the loop.
         let mut done = 0;
+        let lead_started = s.step_times.is_some().then(std::time::Instant::now);
         let lead = self.steps.iter().position(|s| !matches!(s, Step::Identity));
         match lead.map(|i| (i, &self.steps[i])) {
             Some((i, Step::Linear(p)))
@@ -775,7 +780,16 @@ impl CompressedModel {
             }
             _ => s.a[..n * len].copy_from_slice(&inputs[..n * len]),
         }
+        if let (Some(t0), Some(t)) = (lead_started, &mut s.step_times) {
+            t.clear();
+            t.resize(self.steps.len(), 0.0);
+            // A leading linear layer run above.
+            if let Some(i) = done.checked_sub(1) {
+                t[i] = t0.elapsed().as_secs_f64();
+            }
+        }
         for (i, step) in self.steps.iter().enumerate().skip(done) {
+            let started = s.step_times.is_some().then(std::time::Instant::now);
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
             if let Some(src) = self.model.layers[i].input {
                 // A branch: the step reads a kept value, not the previous step's output.
@@ -961,6 +975,9 @@ impl CompressedModel {
                 saved.clear();
                 saved.extend_from_slice(&s.a[..n * len]);
             }
+            if let (Some(t0), Some(t)) = (started, &mut s.step_times) {
+                t[i] = t0.elapsed().as_secs_f64();
+            }
         }
         if fm {
             transpose(&s.a[..n * len], len, n, &mut out[..n * len], self.avx512);
@@ -1113,10 +1130,16 @@ impl Conv<'_> {
                             }
                             None => xs,
                         };
+                        let c = ConvRhs {
+                            x: xs,
+                            shape: s,
+                            group: g,
+                            samples: 1,
+                        };
                         if s.is_pointwise() {
                             let cg = s.cin / s.groups;
                             f.run(&xs[g * cg * pos..(g + 1) * cg * pos], pos, yg, &mut t.k);
-                        } else {
+                        } else if f.fake_quant.is_some() || !k.run_conv(c, yg, &mut t.k) {
                             t.t1.resize(kk * pos, 0.0);
                             ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
                             f.run(&t.t1, pos, yg, &mut t.k);
@@ -1176,14 +1199,22 @@ impl Conv<'_> {
         for start in (0..n).step_by(per) {
             let count = per.min(n - start);
             let wide = count * pos;
-            col.resize(kk * wide, 0.0);
             prod.resize(rows_g * wide, 0.0);
             for (g, k) in self.layer.kernels.iter().enumerate() {
-                for j in 0..count {
-                    let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
-                    ops::im2col_into(xs, s, g, col, (wide, j * pos), 0.0, self.avx512);
+                let c = ConvRhs {
+                    x: &x[start * in_len..(start + count) * in_len],
+                    shape: s,
+                    group: g,
+                    samples: count,
+                };
+                if !k.run_conv(c, prod, &mut t.k) {
+                    col.resize(kk * wide, 0.0);
+                    for j in 0..count {
+                        let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
+                        ops::im2col_into(xs, s, g, col, (wide, j * pos), 0.0, self.avx512);
+                    }
+                    k.run(col, wide, prod, &mut t.k);
                 }
-                k.run(col, wide, prod, &mut t.k);
                 for j in 0..count {
                     let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
                     for r in 0..rows_g {

@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::cpu::{Avx512, Isa};
+use super::gemm::NR;
 #[cfg(target_arch = "x86_64")]
 use super::simd;
 use crate::model::{Activation, LinearTap, adaptive_window};
@@ -125,46 +126,144 @@ pub fn im2col_into<T: Cell>(
     avx512: Option<Avx512>,
 ) {
     let (stride, offset) = at;
-    let cg = s.cin / s.groups;
     let p = s.positions();
-    let vector = avx512;
-    for ci in 0..cg {
-        let plane = &x[(g * cg + ci) * s.h * s.w..(g * cg + ci + 1) * s.h * s.w];
-        for i in 0..s.kh {
-            for j in 0..s.kw {
-                let row = (ci * s.kh + i) * s.kw + j;
-                let o = &mut out[row * stride + offset..row * stride + offset + p];
-                if s.stride == (1, 1) && s.dil == (1, 1) && s.pad == (0, 0) && s.ow > 0 {
-                    // A valid convolution: output row `oy` is input row `oy + i` from column
-                    // `j`, always inside the plane (`oy + i < h`, `j + ow ≤ w`).
-                    let src = &plane[i * s.w + j..];
-                    for (orow, srow) in o.chunks_exact_mut(s.ow).zip(src.chunks(s.w)) {
-                        T::copy_row(orow, &srow[..s.ow], vector);
-                    }
-                    continue;
+    for row in 0..s.k() {
+        let o = &mut out[row * stride + offset..row * stride + offset + p];
+        im2col_row(x, s, g, row, o, fill, avx512);
+    }
+}
+
+/// Row `row` (`ci·kh·kw + i·kw + j`) of group `g`'s im2col matrix of `x`: input channel `ci`
+/// of the group shifted by kernel offset `(i, j)`, one value per output position, `fill` where
+/// the window overhangs the padding.
+#[inline]
+fn im2col_row<T: Cell>(
+    x: &[T],
+    s: &ConvShape,
+    g: usize,
+    row: usize,
+    o: &mut [T],
+    fill: T,
+    vector: Option<Avx512>,
+) {
+    let cg = s.cin / s.groups;
+    let (ci, i, j) = (row / (s.kh * s.kw), row / s.kw % s.kh, row % s.kw);
+    let plane = &x[(g * cg + ci) * s.h * s.w..(g * cg + ci + 1) * s.h * s.w];
+    if s.pad == (0, 0) && s.ow > 0 {
+        // A valid convolution: output row `oy` is input row `oy·sy + i·dy` from column
+        // `j·dx`, always inside the plane.
+        for (oy, orow) in o.chunks_exact_mut(s.ow).enumerate().take(s.oh) {
+            let src = &plane[(oy * s.stride.0 + i * s.dil.0) * s.w + j * s.dil.1..];
+            if s.stride.1 == 1 {
+                T::copy_row(orow, &src[..s.ow], vector);
+            } else {
+                for (v, &x) in orow.iter_mut().zip(src.iter().step_by(s.stride.1)) {
+                    *v = x;
                 }
-                for oy in 0..s.oh {
-                    let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
-                    let orow = &mut o[oy * s.ow..(oy + 1) * s.ow];
-                    if iy < 0 || iy >= s.h as isize {
-                        orow.fill(fill);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
-                    let off = (j * s.dil.1) as isize - s.pad.1 as isize;
-                    if s.stride.1 == 1 && off >= 0 && off as usize + s.ow <= s.w {
-                        T::copy_row(orow, &src[off as usize..off as usize + s.ow], vector);
-                        continue;
-                    }
-                    for (ox, v) in orow.iter_mut().enumerate() {
-                        let ix = (ox * s.stride.1) as isize + off;
-                        *v = if ix < 0 || ix >= s.w as isize {
-                            fill
-                        } else {
-                            src[ix as usize]
-                        };
-                    }
-                }
+            }
+        }
+        return;
+    }
+    let off = (j * s.dil.1) as isize - s.pad.1 as isize;
+    // Output columns whose input column `ox·stride + off` is inside the row.
+    let sx = s.stride.1 as isize;
+    let lo = if off >= 0 { 0 } else { (-off + sx - 1) / sx } as usize;
+    let hi = ((s.w as isize - off + sx - 1) / sx).clamp(0, s.ow as isize) as usize;
+    let lo = lo.min(hi);
+    for (oy, orow) in o.chunks_exact_mut(s.ow.max(1)).enumerate().take(s.oh) {
+        let iy = (oy * s.stride.0 + i * s.dil.0) as isize - s.pad.0 as isize;
+        if iy < 0 || iy >= s.h as isize {
+            orow.fill(fill);
+            continue;
+        }
+        let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+        orow[..lo].fill(fill);
+        orow[hi..].fill(fill);
+        let first = (lo as isize * sx + off) as usize;
+        if s.stride.1 == 1 {
+            T::copy_row(&mut orow[lo..hi], &src[first..first + hi - lo], vector);
+        } else {
+            for (v, &x) in orow[lo..hi]
+                .iter_mut()
+                .zip(src[first..].iter().step_by(s.stride.1))
+            {
+                *v = x;
+            }
+        }
+    }
+}
+
+/// Group `g`'s input channels of `samples` samples of `x`, zero-padded into `out`; returns the
+/// geometry of the same convolution as a valid one (no padding, one group) over them, whose
+/// im2col rows need no bounds tests.
+pub(crate) fn pad_group(
+    x: &[f32],
+    s: &ConvShape,
+    g: usize,
+    samples: usize,
+    out: &mut Vec<f32>,
+    avx512: Option<Avx512>,
+) -> ConvShape {
+    let cg = s.cin / s.groups;
+    let (h, w) = (s.h + 2 * s.pad.0, s.w + 2 * s.pad.1);
+    out.clear();
+    out.resize(samples * cg * h * w, 0.0);
+    let in_len = s.cin * s.h * s.w;
+    for (sample, dst) in out.chunks_exact_mut(cg * h * w).enumerate().take(samples) {
+        let src = &x[sample * in_len + g * cg * s.h * s.w..][..cg * s.h * s.w];
+        for (plane, dplane) in src.chunks_exact(s.h * s.w).zip(dst.chunks_exact_mut(h * w)) {
+            for (row, drow) in plane
+                .chunks_exact(s.w)
+                .zip(dplane[s.pad.0 * w..].chunks_exact_mut(w))
+            {
+                f32::copy_row(&mut drow[s.pad.1..s.pad.1 + s.w], row, avx512);
+            }
+        }
+    }
+    ConvShape {
+        cin: cg,
+        h,
+        w,
+        cout: s.cout / s.groups,
+        pad: (0, 0),
+        groups: 1,
+        ..*s
+    }
+}
+
+/// Columns `j0 ..` of rows `k0 .. k0 + kc` of the im2col matrix of `samples` samples side by
+/// side (group `g`; column `c` is sample `c / positions`, position `c % positions`), written
+/// straight into the matrix product's column panels (`kc × NR` each, columns past the last
+/// zero): the product's packing of its right-hand operand, without the whole
+/// im2col matrix in between. `row` is scratch for one im2col row of every sample.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn im2col_panels(
+    x: &[f32],
+    s: &ConvShape,
+    g: usize,
+    samples: usize,
+    (k0, kc): (usize, usize),
+    out: &mut [f32],
+    row: &mut Vec<f32>,
+    avx512: Option<Avx512>,
+) {
+    let (pos, in_len) = (s.positions(), s.cin * s.h * s.w);
+    let n = samples * pos;
+    let panels = n.div_ceil(NR);
+    row.clear();
+    row.resize(panels * NR, 0.0);
+    for kk in 0..kc {
+        for (sample, o) in row.chunks_exact_mut(pos.max(1)).enumerate().take(samples) {
+            im2col_row(&x[sample * in_len..], s, g, k0 + kk, o, 0.0, avx512);
+        }
+        for (jp, src) in row.chunks_exact(NR).enumerate() {
+            let at = jp * kc * NR + kk * NR;
+            if let (Ok(d), Ok(src)) = (
+                <&mut [f32; NR]>::try_from(&mut out[at..at + NR]),
+                <&[f32; NR]>::try_from(src),
+            ) {
+                // A fixed-size copy: two vector moves rather than a library call.
+                *d = *src;
             }
         }
     }

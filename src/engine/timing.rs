@@ -188,3 +188,33 @@ fn fma_burst() -> f64 {
     std::hint::black_box(&acc);
     (STEPS * CHAINS * 16 * 2) as f64
 }
+
+/// Single-sample time of each step of `model` on the calling thread, in µs: the median over at
+/// least `min_runs` runs and `min_time` (after a warm-up), one value per model layer (zero for
+/// layers the engine folds into their neighbours). Their sum is close to `latency`'s median;
+/// the clock reads between steps add well under a microsecond a layer.
+pub fn layer_times(
+    model: &CompressedModel,
+    sample: &[f32],
+    min_runs: usize,
+    min_time: Duration,
+) -> Vec<f64> {
+    let mut s = model.scratch();
+    s.step_times = Some(Vec::new());
+    let mut out = vec![0f32; model.num_classes()];
+    let x = &sample[..model.input_len()];
+    for _ in 0..min_runs.clamp(1, 20) {
+        model.run(x, 1, &mut s, &mut out);
+    }
+    let mut runs: Vec<Vec<f64>> = Vec::new();
+    let start = Instant::now();
+    while (runs.len() < min_runs || start.elapsed() < min_time) && runs.len() < 20_000 {
+        model.run(x, 1, &mut s, &mut out);
+        std::hint::black_box(&out);
+        runs.push(s.step_times.clone().unwrap_or_default());
+    }
+    let steps = runs.first().map_or(0, Vec::len);
+    (0..steps)
+        .map(|i| LatencyStats::of(runs.iter().map(|r| r[i] * 1e6).collect()).median_us)
+        .collect()
+}

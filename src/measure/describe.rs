@@ -30,6 +30,9 @@ pub struct LayerDescription {
     pub zeros: Option<f64>,
     /// Bytes of one sample's output activation (f32).
     pub activation_bytes: usize,
+    /// The layer's median single-sample time on one thread in µs (`info --time`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_us: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +63,9 @@ pub struct Description {
     pub memory_bytes: u64,
     /// The memory limit (`--memory-limit`; the machine's physical memory by default).
     pub memory_limit_bytes: u64,
+    /// The whole model's median single-sample latency on one thread in µs (`info --time`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<f64>,
 }
 
 /// The description of a dense model.
@@ -134,6 +140,7 @@ fn with_formats<'a>(model: &Model, stored: &dyn Fn(usize) -> Option<&'a Stored>)
                 sparsity: packed.map(|p| p.sparsity.sparsity),
                 zeros: packed.map(|p| p.sparsity.zeros),
                 activation_bytes: l.out_shape.iter().product::<usize>() * 4,
+                time_us: None,
             }
         })
         .collect();
@@ -152,6 +159,7 @@ fn with_formats<'a>(model: &Model, stored: &dyn Fn(usize) -> Option<&'a Stored>)
         memory_bytes: u64::try_from(crate::model::shape::run_bytes(&model.layers))
             .unwrap_or(u64::MAX),
         memory_limit_bytes: crate::limits::memory_limit(),
+        latency_us: None,
         layers,
     }
 }

@@ -11,7 +11,7 @@
 
 use super::super::cpu::{Avx512, Isa};
 use super::super::format::PackedLayer;
-use super::super::ops::ConvShape;
+use super::super::ops::{Cell, ConvShape};
 
 /// Output positions summed at once: one 16-lane register of accumulators.
 const LANES: usize = 16;
@@ -26,8 +26,6 @@ pub(crate) struct Depthwise {
     /// Values per phase of a padded row: its columns over the stride, plus room past the last
     /// output for a whole `LANES` read from its step's start.
     phase: usize,
-    /// Where input column `x` goes in its padded, phase-split row.
-    column: Vec<usize>,
     /// Where tap `(i, j)` (at `i·kw + j`) reads for output position 0 of a row, relative to the
     /// row's first padded input row.
     tap_at: Vec<usize>,
@@ -61,10 +59,29 @@ impl Depthwise {
             taps: layer.dequantized(),
             bias: layer.bias.clone(),
             phase,
-            column: (0..s.w).map(|x| at(x + s.pad.1)).collect(),
             tap_at,
             avx512: Isa::current().avx512,
         })
+    }
+
+    /// Splits a padded input row into the layer's `stride` phases: `row[p·phase + t] =
+    /// padded[t·stride + p]`; for stride 2, 32 values at a time with two permutes given the
+    /// `Avx512` token.
+    fn split_phases(&self, padded: &[f32], row: &mut [f32]) {
+        let (sx, phase) = (self.shape.stride.1, self.phase);
+        #[cfg(target_arch = "x86_64")]
+        if sx == 2 && self.avx512.is_some() {
+            // SAFETY: the `Avx512` token vouches for AVX-512F; `deinterleave` checks its
+            // slices' lengths.
+            unsafe { x86::deinterleave(padded, row, phase) };
+            return;
+        }
+        for p in 0..sx {
+            let dst = &mut row[p * phase..(p + 1) * phase];
+            for (d, &v) in dst.iter_mut().zip(padded.iter().skip(p).step_by(sx)) {
+                *d = v;
+            }
+        }
     }
 
     /// `y (cout × oh·ow) = bias + x ⊛ taps` for one sample `x` (`cin × h × w`); `buf` is
@@ -76,8 +93,13 @@ impl Depthwise {
         let per_input = s.cout / s.groups;
         let (plane_len, out_len) = (s.h * s.w, s.oh * s.ow);
         // Zero once: every channel writes the same interior positions, the padding stays 0.
+        // Past the planes, for a strided layer, one input row with its padding (zeros on both
+        // sides, up to a whole number of 32-value blocks), split into phases from there.
+        let planes_len = (s.h + 2 * s.pad.0) * row_len;
+        let padded_len = (s.w + 2 * s.pad.1).next_multiple_of(32);
         buf.clear();
-        buf.resize((s.h + 2 * s.pad.0) * row_len, 0.0);
+        buf.resize(planes_len + padded_len, 0.0);
+        let (buf, padded) = buf.split_at_mut(planes_len);
         for (c, out) in y[..s.cout * out_len]
             .chunks_exact_mut(out_len.max(1))
             .enumerate()
@@ -87,12 +109,12 @@ impl Depthwise {
                 let plane = &x[ic * plane_len..(ic + 1) * plane_len];
                 for (iy, src) in plane.chunks_exact(s.w.max(1)).enumerate() {
                     let row = &mut buf[(iy + s.pad.0) * row_len..(iy + s.pad.0 + 1) * row_len];
+                    // Short rows copied with vector moves rather than a library call each.
                     if s.stride.1 == 1 {
-                        row[s.pad.1..s.pad.1 + s.w].copy_from_slice(src);
+                        f32::copy_row(&mut row[s.pad.1..s.pad.1 + s.w], src, self.avx512);
                     } else {
-                        for (&v, &at) in src.iter().zip(&self.column) {
-                            row[at] = v;
-                        }
+                        f32::copy_row(&mut padded[s.pad.1..s.pad.1 + s.w], src, self.avx512);
+                        self.split_phases(padded, row);
                     }
                 }
             }
@@ -148,6 +170,31 @@ fn out_row(buf: &[f32], start: usize, tap_at: &[usize], taps: &[f32], b: f32, or
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// `row[t] = padded[2t]` and `row[phase + t] = padded[2t + 1]` for every whole 32-value
+    /// block of `padded`: two loads, two permutes, two stores a block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn deinterleave(padded: &[f32], row: &mut [f32], phase: usize) {
+        let blocks = padded.len() / 32;
+        assert!(16 * blocks <= phase && row.len() >= 2 * phase);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let (src, dst) = (padded.as_ptr(), row.as_mut_ptr());
+        // SAFETY: block `b < blocks` reads `padded[32b .. 32b + 32]` (inside `padded`) and
+        // writes `row[16b .. 16b + 16]` and `row[phase + 16b ..][..16]`, inside `row` since
+        // `16·blocks ≤ phase` and `row.len() ≥ 2·phase` (asserted).
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm512_loadu_ps(src.add(32 * b));
+                let hi = _mm512_loadu_ps(src.add(32 * b + 16));
+                _mm512_storeu_ps(dst.add(16 * b), _mm512_permutex2var_ps(lo, even, hi));
+                _mm512_storeu_ps(dst.add(phase + 16 * b), _mm512_permutex2var_ps(lo, odd, hi));
+            }
+        }
+    }
 
     use super::LANES;
     use crate::engine::simd::lanes_upto;

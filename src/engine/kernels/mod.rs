@@ -39,6 +39,7 @@ mod unpack;
 
 use super::cpu::Isa;
 use super::format::PackedLayer;
+use super::gemm::ConvRhs;
 use crate::compress::ActivationQuant;
 
 pub use common::KernelScratch;
@@ -59,6 +60,9 @@ pub struct Work {
     /// Its quantized inputs may run through the 8-bit kernel (linear layers and ungrouped
     /// convolutions, whose inputs the model lays out for it).
     pub int8: bool,
+    /// It runs few columns at a time (a convolution over at most `gemm::FEW` output
+    /// positions), which the matrix product's tall panels serve better (`gemm::product_few`).
+    pub few_columns: bool,
 }
 
 impl Work {
@@ -66,6 +70,7 @@ impl Work {
     pub const ALL: Work = Work {
         one_column: true,
         int8: true,
+        few_columns: false,
     };
 }
 
@@ -137,6 +142,22 @@ impl LayerKernels {
     ) -> bool {
         match &self.run {
             Run::Float(f) if f.fake_quant.is_none() => f.run_samples(x, p, y, s),
+            _ => false,
+        }
+    }
+
+    /// `y (rows × p) = bias + W · B` for `B` the im2col matrix of `c` (`p` its columns), when
+    /// the layer runs float inputs as one matrix product, which packs `B` from the input planes
+    /// itself; `false`, with nothing written, when the caller must form the im2col matrix.
+    pub(crate) fn run_conv(&self, c: ConvRhs<'_>, y: &mut [f32], s: &mut KernelScratch) -> bool {
+        match &self.run {
+            Run::Float(f) if f.fake_quant.is_none() => match &f.many {
+                ManyColumns::Panels(k) => {
+                    k.run_conv(c, y, s);
+                    true
+                }
+                ManyColumns::Gathered(_) => false,
+            },
             _ => false,
         }
     }
@@ -219,7 +240,7 @@ impl FloatKernels {
             Some(ec) if layer.density() < panels::SPARSE_GEMM_DENSITY => {
                 ManyColumns::Gathered(gathered::GatheredBatch::new(layer, ec))
             }
-            _ => ManyColumns::Panels(panels::GemmPanels::new(layer, isa.avx512)),
+            _ => ManyColumns::Panels(panels::GemmPanels::new(layer, isa.avx512, work.few_columns)),
         };
         FloatKernels {
             rows: layer.rows,

@@ -4,7 +4,7 @@
 //! speed. It costs `rows × cols × 4` bytes of memory at run time, never stored bytes.
 
 use super::super::format::PackedLayer;
-use super::super::gemm::{self, Lhs, Rhs};
+use super::super::gemm::{self, ConvRhs, Lhs, Rhs};
 use super::common::{KernelScratch, fill_bias};
 use crate::engine::cpu::Avx512;
 
@@ -22,18 +22,33 @@ pub(super) struct GemmPanels {
     rows: usize,
     cols: usize,
     panels: Vec<f32>,
+    /// Instead of `panels`, the weights in tall panels (`gemm::tall_panels`), with the token
+    /// of the CPU that runs them.
+    tall: Option<(Vec<f32>, Avx512)>,
     bias: Option<Vec<f32>>,
     avx512: Option<Avx512>,
 }
 
 impl GemmPanels {
-    pub(super) fn new(layer: &PackedLayer, avx512: Option<Avx512>) -> Self {
-        let mut panels = Vec::new();
-        gemm::row_panels(&layer.dequantized(), layer.rows, layer.cols, &mut panels);
+    /// The layer in row panels, or in tall panels (`gemm::tall_panels`, only those: a second
+    /// copy of the weights would double the bytes each sample streams) for a convolution over
+    /// few positions (`few_columns`) where the CPU has AVX-512.
+    pub(super) fn new(layer: &PackedLayer, avx512: Option<Avx512>, few_columns: bool) -> Self {
+        let (mut panels, w) = (Vec::new(), layer.dequantized());
+        let tall = match avx512 {
+            Some(avx512) if few_columns => {
+                Some((gemm::tall_panels(&w, layer.rows, layer.cols), avx512))
+            }
+            _ => {
+                gemm::row_panels(&w, layer.rows, layer.cols, &mut panels);
+                None
+            }
+        };
         GemmPanels {
             rows: layer.rows,
             cols: layer.cols,
             panels,
+            tall,
             bias: layer.bias.clone(),
             avx512,
         }
@@ -50,13 +65,27 @@ impl GemmPanels {
         self.product(Rhs::Cols(x), p, y, s);
     }
 
+    /// `y (rows × p) = bias + W · B` for `B` a convolution's im2col matrix, packed from its
+    /// input planes by the product itself.
+    pub(super) fn run_conv(&self, c: ConvRhs<'_>, y: &mut [f32], s: &mut KernelScratch) {
+        let p = c.samples * c.shape.positions();
+        self.product(Rhs::Conv(c), p, y, s);
+    }
+
     fn product(&self, b: Rhs<'_>, p: usize, y: &mut [f32], s: &mut KernelScratch) {
         fill_bias(&self.bias, 0..self.rows, p, y);
+        let (panels, tall) = match &self.tall {
+            Some((tall, avx512)) => (&tall[..], Some(*avx512)),
+            None => (&self.panels[..], None),
+        };
         let a = Lhs {
-            panels: &self.panels,
+            panels,
             m: self.rows,
             k: self.cols,
         };
-        gemm::product(self.avx512, a, p, b, y, &mut s.gemm);
+        match tall {
+            Some(avx512) => gemm::product_tall(avx512, a, p, b, y, &mut s.gemm),
+            None => gemm::product(self.avx512, a, p, b, y, &mut s.gemm),
+        }
     }
 }
