@@ -318,11 +318,13 @@ fn calibration_set(
         tag.write(digest.sha256.as_bytes());
     }
     tag.write(&(CALIBRATION_SAMPLES as u64).to_le_bytes());
-    let (input, classes) = (model.input.clone(), model.num_classes());
+    // The model's tensors are shared, not copied: the loader checks the set as every command
+    // does (shape, classes, and token ids against the embedding tables).
+    let model = model.clone();
     let shown = path.clone();
     let loader: CalibrationLoader = Box::new(move || {
         let set = crate::data::load(&shown, &data_opts)?.truncated(CALIBRATION_SAMPLES);
-        set.prepare(&input, classes)
+        set.prepare_for(&model)
     });
     Ok((
         Some(CalibrationSource {
