@@ -209,12 +209,18 @@ pub(crate) fn pad_group(
     out.clear();
     out.resize(samples * cg * h * w, 0.0);
     let in_len = s.cin * s.h * s.w;
-    for (sample, dst) in out.chunks_exact_mut(cg * h * w).enumerate().take(samples) {
+    // (`max(1)`: an empty plane has no rows to copy, and a chunk length may not be 0.)
+    for (sample, dst) in out
+        .chunks_exact_mut((cg * h * w).max(1))
+        .enumerate()
+        .take(samples)
+    {
         let src = &x[sample * in_len + g * cg * s.h * s.w..][..cg * s.h * s.w];
-        for (plane, dplane) in src.chunks_exact(s.h * s.w).zip(dst.chunks_exact_mut(h * w)) {
+        let planes = src.chunks_exact((s.h * s.w).max(1));
+        for (plane, dplane) in planes.zip(dst.chunks_exact_mut((h * w).max(1))) {
             for (row, drow) in plane
-                .chunks_exact(s.w)
-                .zip(dplane[s.pad.0 * w..].chunks_exact_mut(w))
+                .chunks_exact(s.w.max(1))
+                .zip(dplane[s.pad.0 * w..].chunks_exact_mut(w.max(1)))
             {
                 f32::copy_row(&mut drow[s.pad.1..s.pad.1 + s.w], row, avx512);
             }
