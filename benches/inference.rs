@@ -258,6 +258,7 @@ fn bench_gemm(c: &mut Criterion) {
         ("conv512x4608x16", 512, 4608, 16, 1),
         ("conv512x4608x16/cold", 512, 4608, 16, 5),
         ("conv512x4608x16/colder", 512, 4608, 16, 12),
+        ("l1-32x256x12", 32, 256, 12, 1),
     ];
     for (name, m, k, n, copies) in shapes {
         let mut rng = StdRng::seed_from_u64(3);
@@ -302,6 +303,44 @@ fn bench_gemm(c: &mut Criterion) {
             });
         }
     }
+    // ResNet-18's first stage for one sample: 64 → 64 channels, 3 × 3, padding 1, 32 × 32;
+    // im2col packed into row panels (`gemm_acc` on `Rhs::Conv`'s path) against the direct
+    // tall-panel kernel.
+    let shape = engine::ConvShape {
+        cin: 64,
+        h: 32,
+        w: 32,
+        cout: 64,
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+        dil: (1, 1),
+        groups: 1,
+        oh: 32,
+        ow: 32,
+    };
+    let (m, k, n) = (64, shape.k(), shape.positions());
+    let mut rng = StdRng::seed_from_u64(5);
+    let w: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x: Vec<f32> = (0..64 * 32 * 32)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let (mut rows, tall) = (Vec::new(), gemm::tall_panels(&w, m, k));
+    gemm::row_panels(&w, m, k, &mut rows);
+    let mut y = vec![0f32; m * n];
+    let mut s = gemm::GemmScratch::default();
+    let mut col = vec![0f32; k * n];
+    g.throughput(criterion::Throughput::Elements((2 * m * k * n) as u64));
+    g.bench_function("conv3x3-64x32x32/im2col+row-panels", |bch| {
+        bch.iter(|| {
+            engine::im2col(black_box(&x), &shape, 0, &mut col);
+            gemm::gemm_acc(&rows, m, n, k, Rhs::Rows(&col), &mut y, &mut s)
+        })
+    });
+    g.bench_function("conv3x3-64x32x32/direct", |bch| {
+        bch.iter(|| gemm::conv_direct_acc(&tall, &shape, black_box(&x), &mut y, &mut s))
+    });
     g.finish();
 }
 

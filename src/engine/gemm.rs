@@ -144,6 +144,116 @@ pub(crate) fn product_tall(
     }
 }
 
+/// Least inner dimension for which a convolution runs direct (`product_direct`): with fewer
+/// steps (a stem over 3 input channels, `k` = 27) a tile's fixed costs outweigh its work.
+pub const DIRECT_MIN_K: usize = 64;
+/// Least output width for which a convolution runs direct: narrower rows give tiles of 4
+/// positions, whose 8 accumulators wait on the FMA latency (`product_tall` tiles across rows).
+pub const DIRECT_MIN_WIDTH: usize = 8;
+
+/// Steps of `k` per block of `product_direct`: a block of a tall panel (`DIRECT_KC × TR`,
+/// 24 KiB) stays in L1 while every tile of output positions passes it.
+const DIRECT_KC: usize = 192;
+
+/// A convolution's outputs `y (m × positions) += A · im2col(x)` for one sample without the
+/// im2col matrix, `A` in `tall_panels`' layout: the input is padded once (`ops::pad_group`),
+/// then each tile of up to 12 consecutive output positions of one output row meets two
+/// vectors of 16 filters at every step of `k`, its inputs broadcast straight from the padded
+/// planes (tap `kk` of position `p` sits at `taps[kk] + p·stride` from the tile's first
+/// input). Blocks of `k` keep the weights in L1; the tiles accumulate channels-last in scratch
+/// (whole vectors), transposed into `y` once per panel. Strides 1 and 2.
+pub(crate) fn product_direct(
+    avx512: Avx512,
+    a: Lhs<'_>,
+    c: ConvRhs<'_>,
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) {
+    let Lhs { panels: a, m, k } = a;
+    let mut tap_buf = std::mem::take(&mut s.taps);
+    direct_taps(c.shape, &mut tap_buf);
+    let shape = if c.shape.pad != (0, 0) || c.shape.groups > 1 {
+        let shape = ops::pad_group(c.x, c.shape, c.group, 1, &mut s.padded, Some(avx512));
+        s.padded_shape = Some(shape);
+        shape
+    } else {
+        s.padded_shape = None;
+        *c.shape
+    };
+    let (oh, ow, pos) = (shape.oh, shape.ow, shape.positions());
+    let (sy, sx) = shape.stride;
+    assert!(
+        a.len() >= m.div_ceil(TR) * TR * k
+            && tap_buf.len() == k
+            && y.len() >= m * pos
+            && matches!(sx, 1 | 2)
+            && c.samples == 1,
+        "direct convolution operands"
+    );
+    let x = match s.padded_shape {
+        Some(_) => &s.padded[..],
+        None => &c.x[..shape.cin * shape.h * shape.w],
+    };
+    s.row.resize(pos * TR, 0.0);
+    let acc = &mut s.row;
+    let taps = &tap_buf[..];
+    for (rp, ap) in a.chunks_exact(TR * k).enumerate().take(m.div_ceil(TR)) {
+        for k0 in (0..k).step_by(DIRECT_KC) {
+            let kc = DIRECT_KC.min(k - k0);
+            let (ab, tb) = (&ap[k0 * TR..(k0 + kc) * TR], &taps[k0..k0 + kc]);
+            for oy in 0..oh {
+                let mut ox = 0;
+                while ox < ow {
+                    let base = oy * sy * shape.w + ox * sx;
+                    let at = &mut acc[(oy * ow + ox) * TR..];
+                    let first = k0 == 0;
+                    // SAFETY: the `Avx512` token vouches for AVX-512F; `direct` checks its
+                    // reads of `x` and `ab` and its writes of `at`.
+                    ox += unsafe {
+                        match (ow - ox, sx) {
+                            (12.., 1) => x86::direct::<12, 1>(ab, tb, x, base, at, first),
+                            (8.., 1) => x86::direct::<8, 1>(ab, tb, x, base, at, first),
+                            (4.., 1) => x86::direct::<4, 1>(ab, tb, x, base, at, first),
+                            (_, 1) => x86::direct::<1, 1>(ab, tb, x, base, at, first),
+                            (12.., _) => x86::direct::<12, 2>(ab, tb, x, base, at, first),
+                            (8.., _) => x86::direct::<8, 2>(ab, tb, x, base, at, first),
+                            (4.., _) => x86::direct::<4, 2>(ab, tb, x, base, at, first),
+                            _ => x86::direct::<1, 2>(ab, tb, x, base, at, first),
+                        }
+                    };
+                }
+            }
+        }
+        // The panel's outputs, channels-last in `acc`, added into their rows of `y`.
+        let r0 = rp * TR;
+        let rows = TR.min(m - r0);
+        for (i, yrow) in y[r0 * pos..(r0 + rows) * pos]
+            .chunks_exact_mut(pos.max(1))
+            .enumerate()
+        {
+            for (v, a) in yrow.iter_mut().zip(acc.chunks_exact(TR)) {
+                *v += a[i];
+            }
+        }
+    }
+    s.taps = tap_buf;
+}
+
+/// Where each im2col row `kk = (ci·kh + i)·kw + j` of a convolution reads in its padded
+/// input, for `product_direct`: `ci·h·w + i·dy·w + j·dx` (`h`, `w` padded).
+fn direct_taps(s: &ConvShape, out: &mut Vec<u32>) {
+    let (h, w) = (s.h + 2 * s.pad.0, s.w + 2 * s.pad.1);
+    let cg = s.cin / s.groups;
+    out.clear();
+    for ci in 0..cg {
+        for i in 0..s.kh {
+            for j in 0..s.kw {
+                out.push((ci * h * w + i * s.dil.0 * w + j * s.dil.1) as u32);
+            }
+        }
+    }
+}
+
 /// `y (m × n) += A (m × k) · B (k × n)` with `a` in `tall_panels`' layout and `b` row-major, on
 /// the AVX-512 kernel (`product_tall`); `false`, with nothing done, where the CPU lacks it.
 pub fn gemm_tall_acc(
@@ -158,6 +268,35 @@ pub fn gemm_tall_acc(
     match Isa::current().avx512 {
         Some(avx512) => {
             product_tall(avx512, Lhs { panels: a, m, k }, n, Rhs::Rows(b), y, s);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `product_direct` for one sample of a convolution (group 0), with `a` in `tall_panels`'
+/// layout; `false`, with nothing done, where the CPU lacks AVX-512 or the stride is not 1 or 2.
+pub fn conv_direct_acc(
+    a: &[f32],
+    shape: &ConvShape,
+    x: &[f32],
+    y: &mut [f32],
+    s: &mut GemmScratch,
+) -> bool {
+    match Isa::current().avx512 {
+        Some(avx512) if matches!(shape.stride.1, 1 | 2) => {
+            let lhs = Lhs {
+                panels: a,
+                m: shape.cout / shape.groups,
+                k: shape.k(),
+            };
+            let c = ConvRhs {
+                x,
+                shape,
+                group: 0,
+                samples: 1,
+            };
+            product_direct(avx512, lhs, c, y, s);
             true
         }
         _ => false,
@@ -206,6 +345,8 @@ pub struct GemmScratch {
     /// A padded or grouped convolution's input, padded (`ops::pad_group`), and its shape.
     padded: Vec<f32>,
     padded_shape: Option<ConvShape>,
+    /// A convolution's tap offsets (`product_direct`).
+    taps: Vec<u32>,
 }
 
 /// The right-hand operand of `gemm_acc`, `B (k × n)`, in one of two layouts.
@@ -492,6 +633,56 @@ mod x86 {
 
     use super::{MR, NR, TR};
 
+    /// `P` consecutive output positions of one output row against a block of a tall panel:
+    /// `acc[p·TR + i] (+)= Σ_kk a[kk·TR + i] · x[base + taps[kk] + p·SX]` for `p < P`, `i <
+    /// TR` (`=` for the `first` block). Returns `P`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn direct<const P: usize, const SX: usize>(
+        a: &[f32],
+        taps: &[u32],
+        x: &[f32],
+        base: usize,
+        acc_out: &mut [f32],
+        first: bool,
+    ) -> usize {
+        let k = taps.len();
+        let reach = base + taps.iter().max().map_or(0, |&t| t as usize) + (P - 1) * SX;
+        assert!(a.len() >= k * TR && x.len() > reach && acc_out.len() >= P * TR);
+        let ap = a.as_ptr();
+        let xb = x.as_ptr().wrapping_add(base);
+        let op = acc_out.as_mut_ptr();
+        // SAFETY: step `kk < k` reads `a[kk·TR ..][..TR]` and `x[base + taps[kk] + p·SX]` for
+        // `p < P`, at most `reach < x.len()`; the tile reads and writes `acc_out[.. P·TR]`
+        // (all asserted above).
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; P];
+            if !first {
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm512_loadu_ps(op.add(p * TR));
+                    acc[1] = _mm512_loadu_ps(op.add(p * TR + 16));
+                }
+            }
+            for (kk, &t) in taps.iter().enumerate() {
+                let a0 = _mm512_loadu_ps(ap.add(kk * TR));
+                let a1 = _mm512_loadu_ps(ap.add(kk * TR + 16));
+                let xp = xb.add(t as usize);
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let bv = _mm512_set1_ps(*xp.add(p * SX));
+                    acc[0] = _mm512_fmadd_ps(a0, bv, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(a1, bv, acc[1]);
+                }
+            }
+            for (p, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(op.add(p * TR), acc[0]);
+                _mm512_storeu_ps(op.add(p * TR + 16), acc[1]);
+            }
+        }
+        P
+    }
+
     /// `P` columns of a tall tile: `y[i·ldb + j0 + j] += Σ_kk a[kk·TR + i] · b[kk·ldb + j]`
     /// for `i < rows`, `j < P`, in `2·P` accumulators over the whole `k`. Returns `P`.
     ///
@@ -623,8 +814,8 @@ mod tests {
     }
 
     /// A convolution through the product with its im2col matrix packed by the product itself
-    /// (`Rhs::Conv`), on row panels and, where the CPU has AVX-512, on tall panels, equals the
-    /// direct sum over the window, for padded, strided, dilated and grouped layers, several
+    /// (`Rhs::Conv`), on row panels and, where the CPU has AVX-512, on tall panels and as a
+    /// direct convolution, equals the direct sum over the window, for padded, strided, dilated and grouped layers, several
     /// samples side by side, and an inner dimension long enough to be blocked.
     #[test]
     fn convolutions_through_the_product_equal_the_direct_sum() {
@@ -635,6 +826,9 @@ mod tests {
             (2, 7, 9, 3, 2, 1, 0, 2, 1, 2),
             (8, 4, 4, 21, 1, 2, 0, 1, 1, 1),
             (160, 16, 16, 33, 3, 1, 1, 1, 1, 1),
+            (16, 9, 9, 40, 3, 2, 1, 1, 1, 1),
+            (4, 8, 8, 6, 3, 2, 1, 1, 2, 1),
+            (5, 12, 14, 7, 3, 1, 2, 2, 1, 1),
         ];
         for (cin, h, w, cout, kk, st, pad, dil, groups, samples) in shapes {
             let span = dil * (kk - 1) + 1;
@@ -720,6 +914,11 @@ mod tests {
                     };
                     product_tall(avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
                     assert!(close(&got, &want), "tall panels, {s:?} group {g}");
+                    if samples == 1 && st <= 2 {
+                        let mut got = vec![0f32; rows * n];
+                        product_direct(avx512, a, c, &mut got, &mut sc);
+                        assert!(close(&got, &want), "direct, {s:?} group {g}");
+                    }
                 }
             }
         }

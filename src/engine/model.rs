@@ -157,7 +157,10 @@ impl Prepared {
         let work = Work {
             one_column: shape.positions() == 1,
             int8: shape.groups == 1,
-            few_columns: shape.positions() <= gemm::FEW,
+            tall: (shape.kh * shape.kw > 1
+                && shape.k() >= gemm::DIRECT_MIN_K
+                && shape.ow >= gemm::DIRECT_MIN_WIDTH)
+                || shape.positions() <= gemm::FEW,
         };
         let kernels = if shape.groups == 1 {
             vec![LayerKernels::prepare(&stored, work)]
@@ -1194,6 +1197,25 @@ impl Conv<'_> {
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
         let rows_g = s.cout / s.groups;
+        if self.layer.kernels.iter().all(LayerKernels::direct)
+            && s.stride.1 <= 2
+            && s.ow >= gemm::DIRECT_MIN_WIDTH
+        {
+            // Each sample a direct convolution, straight into its outputs.
+            for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+                for (g, k) in self.layer.kernels.iter().enumerate() {
+                    let c = ConvRhs {
+                        x: xs,
+                        shape: s,
+                        group: g,
+                        samples: 1,
+                    };
+                    let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
+                    k.run_conv(c, yg, &mut t.k);
+                }
+            }
+            return;
+        }
         let per = CONV_COLUMNS.div_ceil(pos.max(1));
         let (col, prod) = (&mut t.t1, &mut t.yt);
         for start in (0..n).step_by(per) {

@@ -60,9 +60,13 @@ pub struct Work {
     /// Its quantized inputs may run through the 8-bit kernel (linear layers and ungrouped
     /// convolutions, whose inputs the model lays out for it).
     pub int8: bool,
-    /// It runs few columns at a time (a convolution over at most `gemm::FEW` output
-    /// positions), which the matrix product's tall panels serve better (`gemm::product_few`).
-    pub few_columns: bool,
+    /// It is a convolution the matrix product's tall panels serve better than its row panels
+    /// (`gemm::product_direct`, `gemm::product_tall`): a window larger than 1 × 1 over enough
+    /// input values and output columns (`gemm::DIRECT_MIN_K`, `gemm::DIRECT_MIN_WIDTH`), or any
+    /// window over at most `gemm::FEW` positions. Measured with `squeeze info --time`: 1 × 1
+    /// windows over more positions (MobileNetV2's expand and project layers) and 3 × 3 stems
+    /// over 3 channels ran slower on tall panels.
+    pub tall: bool,
 }
 
 impl Work {
@@ -70,7 +74,7 @@ impl Work {
     pub const ALL: Work = Work {
         one_column: true,
         int8: true,
-        few_columns: false,
+        tall: false,
     };
 }
 
@@ -162,6 +166,17 @@ impl LayerKernels {
         }
     }
 
+    /// Whether `run_conv` runs one sample as a direct convolution, without im2col.
+    pub(crate) fn direct(&self) -> bool {
+        match &self.run {
+            Run::Float(f) if f.fake_quant.is_none() => match &f.many {
+                ManyColumns::Panels(k) => k.direct(),
+                ManyColumns::Gathered(_) => false,
+            },
+            _ => false,
+        }
+    }
+
     /// A short name of the variants chosen, for tests and reports: `one-column / many-column`,
     /// or the integer kernel's.
     pub fn describe(&self) -> String {
@@ -240,7 +255,7 @@ impl FloatKernels {
             Some(ec) if layer.density() < panels::SPARSE_GEMM_DENSITY => {
                 ManyColumns::Gathered(gathered::GatheredBatch::new(layer, ec))
             }
-            _ => ManyColumns::Panels(panels::GemmPanels::new(layer, isa.avx512, work.few_columns)),
+            _ => ManyColumns::Panels(panels::GemmPanels::new(layer, isa.avx512, work.tall)),
         };
         FloatKernels {
             rows: layer.rows,

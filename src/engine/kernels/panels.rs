@@ -31,14 +31,12 @@ pub(super) struct GemmPanels {
 
 impl GemmPanels {
     /// The layer in row panels, or in tall panels (`gemm::tall_panels`, only those: a second
-    /// copy of the weights would double the bytes each sample streams) for a convolution over
-    /// few positions (`few_columns`) where the CPU has AVX-512.
-    pub(super) fn new(layer: &PackedLayer, avx512: Option<Avx512>, few_columns: bool) -> Self {
+    /// copy of the weights would double the bytes each sample streams) for a convolution that
+    /// runs on them (`tall`) where the CPU has AVX-512.
+    pub(super) fn new(layer: &PackedLayer, avx512: Option<Avx512>, tall: bool) -> Self {
         let (mut panels, w) = (Vec::new(), layer.dequantized());
         let tall = match avx512 {
-            Some(avx512) if few_columns => {
-                Some((gemm::tall_panels(&w, layer.rows, layer.cols), avx512))
-            }
+            Some(avx512) if tall => Some((gemm::tall_panels(&w, layer.rows, layer.cols), avx512)),
             _ => {
                 gemm::row_panels(&w, layer.rows, layer.cols, &mut panels);
                 None
@@ -67,9 +65,32 @@ impl GemmPanels {
 
     /// `y (rows × p) = bias + W · B` for `B` a convolution's im2col matrix, packed from its
     /// input planes by the product itself.
+    /// One sample on tall panels runs as a direct convolution (`gemm::product_direct`),
+    /// without its im2col matrix.
     pub(super) fn run_conv(&self, c: ConvRhs<'_>, y: &mut [f32], s: &mut KernelScratch) {
         let p = c.samples * c.shape.positions();
-        self.product(Rhs::Conv(c), p, y, s);
+        match &self.tall {
+            Some((tall, avx512))
+                if c.samples == 1
+                    && matches!(c.shape.stride.1, 1 | 2)
+                    && c.shape.ow >= gemm::DIRECT_MIN_WIDTH =>
+            {
+                fill_bias(&self.bias, 0..self.rows, p, y);
+                let a = Lhs {
+                    panels: tall,
+                    m: self.rows,
+                    k: self.cols,
+                };
+                gemm::product_direct(*avx512, a, c, y, &mut s.gemm);
+            }
+            _ => self.product(Rhs::Conv(c), p, y, s),
+        }
+    }
+
+    /// Whether the layer runs on tall panels (`run_conv` runs one sample of a convolution at
+    /// least `gemm::DIRECT_MIN_WIDTH` wide as a direct one).
+    pub(super) fn direct(&self) -> bool {
+        self.tall.is_some()
     }
 
     fn product(&self, b: Rhs<'_>, p: usize, y: &mut [f32], s: &mut KernelScratch) {
