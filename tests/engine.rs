@@ -560,7 +560,9 @@ fn quantized_activations_use_integer_kernels() {
                     },
                 ] {
                     let k = LayerKernels::prepare(&pl, work);
-                    for p in [1usize, 5] {
+                    // Every tile width of the 8-bit kernel (24, then 16, 8 or 4, then one at
+                    // a time) and their mixes.
+                    for p in [1usize, 5, 9, 16, 30, 45] {
                         let b = rand_vec(&mut rng, cols * p);
                         let mut bq = b.clone();
                         engine::fake_quantize(&mut bq, act.bits, act.scale, act.zero_point);

@@ -283,8 +283,10 @@ mod x86 {
         k
     }
 
-    /// `Int8Layer::run` on VNNI: 24 samples at a time against each panel of 16 rows, then the
-    /// remaining samples one at a time, four panels per pass.
+    /// `Int8Layer::run` on VNNI: 24 samples at a time against each panel of 16 rows, a
+    /// remainder of 4 or more in one narrower tile (16, 8 or 4: a convolution over a 4 × 4 map
+    /// has 16 positions, and one at a time it would read the weights 16 times), then the last
+    /// few samples one at a time, four panels per pass.
     ///
     /// # Safety
     /// The CPU has AVX-512F/BW/VNNI (a `cpu::Vnni` token); `codes.q` holds `codes.n × l.kp`
@@ -303,28 +305,21 @@ mod x86 {
         let quads = kp / 4;
         let panels = m.div_ceil(LANES);
         let mut j0 = 0;
-        // SAFETY: for the whole block, panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`quads`
-        // steps of 64 bytes); sample `j < n` reads four bytes at `j·sj + t·st` for `t < quads`,
-        // inside `q` by the caller's contract; the output stores are masked to the rows `< m` of
-        // samples `< n`.
+        // SAFETY: the tiles read samples `j0 .. j0 + W ≤ n` (the caller's contract covers
+        // them) and write their outputs; see `tile`. Below, panel `p` spans
+        // `panels[p·16·kp .. (p+1)·16·kp]` (`quads` steps of 64 bytes); sample `j < n` reads
+        // four bytes at `j·sj + t·st` for `t < quads`, inside `q` by the caller's contract; the
+        // output stores are masked to the rows `< m` of samples `< n`.
         unsafe {
             while j0 + NR <= n {
-                for p in 0..panels {
-                    let wp = l.panels.as_ptr().add(p * LANES * kp);
-                    let mut acc = [_mm512_setzero_si512(); NR];
-                    for t in 0..quads {
-                        let w = _mm512_loadu_si512(wp.add(t * 64).cast());
-                        for (j, acc) in acc.iter_mut().enumerate() {
-                            let qp = q.as_ptr().add((j0 + j) * sj + t * st);
-                            let b = _mm512_set1_epi32(qp.cast::<i32>().read_unaligned());
-                            *acc = _mm512_dpbusd_epi32(*acc, b, w);
-                        }
-                    }
-                    for (j, acc) in acc.iter().enumerate() {
-                        store(l, p, *acc, a_scale, za, y.as_mut_ptr().add((j0 + j) * m));
-                    }
-                }
+                tile::<NR>(l, codes, j0, y);
                 j0 += NR;
+            }
+            match n - j0 {
+                16.. => j0 += tile::<16>(l, codes, j0, y),
+                8.. => j0 += tile::<8>(l, codes, j0, y),
+                4.. => j0 += tile::<4>(l, codes, j0, y),
+                _ => {}
             }
             // Remaining samples one at a time, four panels per pass so four sums are in flight.
             for j in j0..n {
@@ -349,6 +344,51 @@ mod x86 {
                 }
             }
         }
+    }
+
+    /// Samples `j0 .. j0 + W` against every panel of 16 rows: `W` accumulators, each quad of
+    /// weights loaded once for all of them. Returns `W`.
+    ///
+    /// # Safety
+    /// As `run`, and `j0 + W ≤ codes.n`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const W: usize>(
+        l: &Int8Layer,
+        codes: Codes<'_>,
+        j0: usize,
+        y: &mut [f32],
+    ) -> usize {
+        let Codes {
+            q,
+            n,
+            sample: sj,
+            quad: st,
+        } = codes;
+        assert!(j0 + W <= n && y.len() >= n * l.rows);
+        let (a_scale, za) = (l.act.scale, l.act.zero_point);
+        let (m, kp) = (l.rows, l.kp);
+        // SAFETY: panel `p` spans `panels[p·16·kp .. (p+1)·16·kp]` (`kp / 4` steps of 64
+        // bytes); sample `j0 + j < n` reads four bytes at `(j0 + j)·sj + t·st` for `t < kp / 4`,
+        // inside `q` by the caller's contract; the stores are masked to the rows `< m` of
+        // samples `j0 + j < n`, inside `y` (asserted).
+        unsafe {
+            for p in 0..m.div_ceil(LANES) {
+                let wp = l.panels.as_ptr().add(p * LANES * kp);
+                let mut acc = [_mm512_setzero_si512(); W];
+                for t in 0..kp / 4 {
+                    let w = _mm512_loadu_si512(wp.add(t * 64).cast());
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let qp = q.as_ptr().add((j0 + j) * sj + t * st);
+                        let b = _mm512_set1_epi32(qp.cast::<i32>().read_unaligned());
+                        *acc = _mm512_dpbusd_epi32(*acc, b, w);
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate() {
+                    store(l, p, *acc, a_scale, za, y.as_mut_ptr().add((j0 + j) * m));
+                }
+            }
+        }
+        W
     }
 
     /// Writes panel `p`'s 16 rows of one sample (`yrow` is that sample's output row):
