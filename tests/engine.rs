@@ -228,7 +228,8 @@ fn schemes() -> Vec<Scheme> {
 }
 
 /// Every encoding of a `rows × cols` layer, at several sparsities and every value scheme,
-/// against the naive product, at p = 1 and p = 7 and on a row sub-range. Returns the format
+/// against the naive product, at p = 1, 7 and 85 (the batch kernels' 64- and 16-column tiles
+/// and a remainder) and on a row sub-range. Returns the format
 /// names built.
 fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::HashSet<String> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -257,7 +258,7 @@ fn check_every_format(rows: usize, cols: usize, seed: u64) -> std::collections::
                 let whole = LayerKernels::prepare(pl, Work::ALL);
                 // A row sub-range as a layer of its own (as grouped convolutions use).
                 let part = LayerKernels::prepare(&pl.row_slice(3..7), Work::ALL);
-                for p in [1usize, 7] {
+                for p in [1usize, 7, 85] {
                     let b = rand_vec(&mut rng, cols * p);
                     let want = naive(&deq, Some(&bias), rows, cols, &b, p);
                     let mut y = vec![0f32; rows * p];

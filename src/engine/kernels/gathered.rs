@@ -382,6 +382,23 @@ fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f3
         yr[t0..t0 + T].copy_from_slice(&acc);
         t0 += T;
     }
+    // A narrower remainder (a convolution over 4 × 4 positions) in registers too, 16 columns
+    // at a time: the same sums in the same order as `axpy`, without loading and storing `yr`
+    // once per kept weight.
+    const U: usize = 16;
+    while t0 + U <= p {
+        let mut acc = [0f32; U];
+        acc.copy_from_slice(&yr[t0..t0 + U]);
+        for (&c, &v) in idx.iter().zip(vals) {
+            let at = c as usize * p + t0;
+            let br = &b[at..at + U];
+            for i in 0..U {
+                acc[i] = v.mul_add(br[i], acc[i]);
+            }
+        }
+        yr[t0..t0 + U].copy_from_slice(&acc);
+        t0 += U;
+    }
     if t0 < p {
         for (&c, &v) in idx.iter().zip(vals) {
             let c = c as usize;
