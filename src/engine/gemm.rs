@@ -793,6 +793,34 @@ mod x86 {
     }
 }
 
+/// Elsewhere no `Avx512` token is ever made (`cpu::Isa::current`), so the tall kernels, which
+/// take one, are never reached.
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub(super) unsafe fn tall<const P: usize>(
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: &mut [f32],
+        _: usize,
+        _: usize,
+    ) -> usize {
+        unreachable!("an Avx512 token is only made on x86_64")
+    }
+
+    pub(super) unsafe fn direct<const P: usize, const SX: usize>(
+        _: &[f32],
+        _: &[u32],
+        _: &[f32],
+        _: usize,
+        _: &mut [f32],
+        _: bool,
+    ) -> usize {
+        unreachable!("an Avx512 token is only made on x86_64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
