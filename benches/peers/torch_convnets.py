@@ -15,8 +15,8 @@ writes for each, into OUT (default: a temporary directory), the state_dict
 N random inputs labelled with PyTorch's argmax (`<name>.data.safetensors`; inputs whose top two
 logits are within 1e-3 are left out) and the ONNX export (`<name>.onnx`); then times
 
-- squeeze: `squeeze bench --quick --only` with int8 weights and l1 90 % unstructured besides
-  dense f32 (single-sample latency on one thread; the set on all threads, chunks of samples);
+- squeeze: `squeeze bench --quick --only` with int8 weights, int8 weights + activations
+  (calibrated on the set's first samples) and l1 90 % unstructured besides dense f32 (single-sample latency on one thread; the set on all threads, chunks of samples);
   its dense top-1 against PyTorch's argmax is the agreement;
 - ONNX Runtime (CPU provider, all graph optimizations): one sample on 1 thread, the set in
   batches of BATCH on 2 threads;
@@ -213,6 +213,7 @@ class ResNet18(nn.Module):
 
 MODELS = {"mobilenetv2": MobileNetV2, "resnet18": ResNet18}
 RECIPES = {"int8 weights": "[default]\nbits = 8\n",
+           "int8 w+a": "[default]\nbits = 8\n\n[activations]\nbits = 8\n",
            "l1 90 %": "[default]\nprune = \"l1\"\nsparsity = 0.9\n"}
 
 
