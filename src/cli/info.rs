@@ -26,25 +26,23 @@ pub struct InfoArgs {
 
 pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     // A compressed file is described as it is stored: its layers' formats and packed bytes.
-    let (mut info, cm) = if crate::engine::is_compressed_file(&args.model.model) {
+    let (mut info, loaded) = if crate::engine::is_compressed_file(&args.model.model) {
         let path = &args.model.model;
         let pruning = PruningRecord::read(path).map_err(anyhow::Error::msg)?;
         let cm = crate::engine::load_compressed(path)?;
-        (describe_compressed(&cm, pruning.as_ref()), Some(cm))
+        (describe_compressed(&cm, pruning.as_ref()), Ok(cm))
     } else {
         let model = load_model(&args.model.model, args.model.arch.as_deref())?.model;
-        (describe(&model), None)
+        (describe(&model), Err(model))
     };
     if args.time {
-        let cm = match cm {
-            Some(cm) => cm,
-            None => {
-                let model = load_model(&args.model.model, args.model.arch.as_deref())?.model;
-                CompressedModel::build(&Plan {
-                    model,
-                    layers: Vec::new(),
-                })?
-            }
+        // A dense model runs as dense f32 layers on the engine.
+        let cm = match loaded {
+            Ok(cm) => cm,
+            Err(model) => CompressedModel::build(&Plan {
+                model,
+                layers: Vec::new(),
+            })?,
         };
         let zeros = vec![0f32; cm.input_len()];
         let times = crate::engine::layer_times(&cm, &zeros, 20, Duration::from_millis(300));

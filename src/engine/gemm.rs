@@ -83,19 +83,7 @@ pub(crate) fn product_tall(
         }
         Rhs::Conv(c) => {
             s.row.resize(k * n, 0.0);
-            let (x, shape, group) = if c.shape.pad != (0, 0) || c.shape.groups > 1 {
-                let shape = ops::pad_group(
-                    c.x,
-                    c.shape,
-                    c.group,
-                    c.samples,
-                    &mut s.padded,
-                    Some(avx512),
-                );
-                (&s.padded[..], shape, 0)
-            } else {
-                (c.x, *c.shape, c.group)
-            };
+            let (x, shape, group) = conv_input(c, &mut s.padded, Some(avx512));
             let (in_len, pos) = (shape.cin * shape.h * shape.w, shape.positions());
             for (j, x) in x.chunks_exact(in_len).enumerate().take(c.samples) {
                 ops::im2col_into(
@@ -172,14 +160,7 @@ pub(crate) fn product_direct(
     let Lhs { panels: a, m, k } = a;
     let mut tap_buf = std::mem::take(&mut s.taps);
     direct_taps(c.shape, &mut tap_buf);
-    let shape = if c.shape.pad != (0, 0) || c.shape.groups > 1 {
-        let shape = ops::pad_group(c.x, c.shape, c.group, 1, &mut s.padded, Some(avx512));
-        s.padded_shape = Some(shape);
-        shape
-    } else {
-        s.padded_shape = None;
-        *c.shape
-    };
+    let (x, shape, _) = conv_input(c, &mut s.padded, Some(avx512));
     let (oh, ow, pos) = (shape.oh, shape.ow, shape.positions());
     let (sy, sx) = shape.stride;
     assert!(
@@ -190,10 +171,6 @@ pub(crate) fn product_direct(
             && c.samples == 1,
         "direct convolution operands"
     );
-    let x = match s.padded_shape {
-        Some(_) => &s.padded[..],
-        None => &c.x[..shape.cin * shape.h * shape.w],
-    };
     s.row.resize(pos * TR, 0.0);
     let acc = &mut s.row;
     let taps = &tap_buf[..];
@@ -237,6 +214,22 @@ pub(crate) fn product_direct(
         }
     }
     s.taps = tap_buf;
+}
+
+/// A convolution's input as its im2col rows read it, with the geometry and group that go with
+/// it: padded once into `padded` (the group's channels only) when the layer pads or groups, so
+/// no row tests bounds; else the input itself.
+fn conv_input<'a>(
+    c: ConvRhs<'a>,
+    padded: &'a mut Vec<f32>,
+    avx512: Option<Avx512>,
+) -> (&'a [f32], ConvShape, usize) {
+    if c.shape.pad != (0, 0) || c.shape.groups > 1 {
+        let shape = ops::pad_group(c.x, c.shape, c.group, c.samples, padded, avx512);
+        (&padded[..], shape, 0)
+    } else {
+        (c.x, *c.shape, c.group)
+    }
 }
 
 /// Where each im2col row `kk = (ci·kh + i)·kw + j` of a convolution reads in its padded
@@ -342,9 +335,8 @@ pub struct GemmScratch {
     col_panels: Vec<f32>,
     /// One im2col row (`Rhs::Conv`).
     row: Vec<f32>,
-    /// A padded or grouped convolution's input, padded (`ops::pad_group`), and its shape.
+    /// A padded or grouped convolution's input, padded (`conv_input`).
     padded: Vec<f32>,
-    padded_shape: Option<ConvShape>,
     /// A convolution's tap offsets (`product_direct`).
     taps: Vec<u32>,
 }
@@ -437,44 +429,38 @@ pub(crate) fn product(
     };
     let kc_max = k.div_ceil(blocks);
     let row_panel_count = m.div_ceil(MR);
-    s.padded_shape = None;
+    let GemmScratch {
+        col_panels,
+        row,
+        padded,
+        ..
+    } = s;
+    let conv = match b {
+        Rhs::Conv(c) => Some(conv_input(c, padded, avx512)),
+        _ => None,
+    };
     for kb in 0..blocks {
         let k0 = kb * kc_max;
         let k1 = (k0 + kc_max).min(k);
         let kc = k1 - k0;
         match b {
-            Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, &mut s.col_panels),
-            Rhs::Cols(bt) => transpose_col_panels(avx512, bt, k, k0, kc, n, &mut s.col_panels),
+            Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, col_panels),
+            Rhs::Cols(bt) => transpose_col_panels(avx512, bt, k, k0, kc, n, col_panels),
             Rhs::Conv(c) => {
                 let len = panels * kc * NR;
-                if s.col_panels.len() < len {
-                    s.col_panels.resize(len, 0.0);
+                if col_panels.len() < len {
+                    col_panels.resize(len, 0.0);
                 }
-                if kb == 0 && (c.shape.pad != (0, 0) || c.shape.groups > 1) {
-                    let shape =
-                        ops::pad_group(c.x, c.shape, c.group, c.samples, &mut s.padded, avx512);
-                    s.padded_shape = Some(shape);
+                if let Some((x, shape, group)) = &conv {
+                    let (out, samples) = (&mut col_panels[..len], c.samples);
+                    ops::im2col_panels(x, shape, *group, samples, (k0, kc), out, row, avx512);
                 }
-                let (x, shape, group) = match &s.padded_shape {
-                    Some(shape) => (&s.padded[..], shape, 0),
-                    None => (c.x, c.shape, c.group),
-                };
-                ops::im2col_panels(
-                    x,
-                    shape,
-                    group,
-                    c.samples,
-                    (k0, kc),
-                    &mut s.col_panels[..len],
-                    &mut s.row,
-                    avx512,
-                );
             }
         }
         for jp in 0..panels {
             let j0 = jp * NR;
             let cols = NR.min(n - j0);
-            let bp = &s.col_panels[jp * kc * NR..(jp + 1) * kc * NR];
+            let bp = &col_panels[jp * kc * NR..(jp + 1) * kc * NR];
             for rp in 0..row_panel_count {
                 let r0 = rp * MR;
                 let rows = MR.min(m - r0);

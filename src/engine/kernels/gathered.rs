@@ -365,39 +365,15 @@ impl GatheredBatch {
 
 /// `yr[j] += Σ_k vals[k] · b[idx[k]·p + j]` (`b` is `cols × p`): 64 batch columns at a time
 /// held in registers across the row's entries, so `yr` is loaded and stored once per tile
-/// instead of once per kept weight.
+/// instead of once per kept weight; then 16 at a time (a convolution over 4 × 4 positions),
+/// then the rest one kept weight at a time. Every tile sums in `axpy`'s order.
 fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f32]) {
-    const T: usize = 64;
     let mut t0 = 0;
-    while t0 + T <= p {
-        let mut acc = [0f32; T];
-        acc.copy_from_slice(&yr[t0..t0 + T]);
-        for (&c, &v) in idx.iter().zip(vals) {
-            let at = c as usize * p + t0;
-            let br = &b[at..at + T];
-            for i in 0..T {
-                acc[i] = v.mul_add(br[i], acc[i]);
-            }
-        }
-        yr[t0..t0 + T].copy_from_slice(&acc);
-        t0 += T;
+    while t0 + 64 <= p {
+        t0 = register_tile::<64>(idx, vals, b, p, t0, yr);
     }
-    // A narrower remainder (a convolution over 4 × 4 positions) in registers too, 16 columns
-    // at a time: the same sums in the same order as `axpy`, without loading and storing `yr`
-    // once per kept weight.
-    const U: usize = 16;
-    while t0 + U <= p {
-        let mut acc = [0f32; U];
-        acc.copy_from_slice(&yr[t0..t0 + U]);
-        for (&c, &v) in idx.iter().zip(vals) {
-            let at = c as usize * p + t0;
-            let br = &b[at..at + U];
-            for i in 0..U {
-                acc[i] = v.mul_add(br[i], acc[i]);
-            }
-        }
-        yr[t0..t0 + U].copy_from_slice(&acc);
-        t0 += U;
+    while t0 + 16 <= p {
+        t0 = register_tile::<16>(idx, vals, b, p, t0, yr);
     }
     if t0 < p {
         for (&c, &v) in idx.iter().zip(vals) {
@@ -405,6 +381,29 @@ fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f3
             axpy(v, &b[c * p + t0..(c + 1) * p], &mut yr[t0..]);
         }
     }
+}
+
+/// Columns `t0 .. t0 + T` of `sparse_row_batch`, in registers; returns `t0 + T`.
+#[inline]
+fn register_tile<const T: usize>(
+    idx: &[u32],
+    vals: &[f32],
+    b: &[f32],
+    p: usize,
+    t0: usize,
+    yr: &mut [f32],
+) -> usize {
+    let mut acc = [0f32; T];
+    acc.copy_from_slice(&yr[t0..t0 + T]);
+    for (&c, &v) in idx.iter().zip(vals) {
+        let at = c as usize * p + t0;
+        let br = &b[at..at + T];
+        for i in 0..T {
+            acc[i] = v.mul_add(br[i], acc[i]);
+        }
+    }
+    yr[t0..t0 + T].copy_from_slice(&acc);
+    t0 + T
 }
 
 #[inline]
