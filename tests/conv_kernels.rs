@@ -1,15 +1,16 @@
 //! The engine's convolution kernels against the reference forward pass (candle): depthwise
 //! layers of every geometry the direct kernel handles (odd sizes, strides 1–3, padding 0–2,
-//! dilation, 5×5 windows, two outputs per input channel), dense and compressed, one sample and
+//! dilation, 5×5 windows, two outputs per input channel, channel counts across and between
+//! blocks of 16), dense and compressed, with float and quantized activations, one sample and
 //! batches.
 
 use rand::{SeedableRng, rngs::StdRng};
-use squeeze::compress::{self, Recipe};
+use squeeze::compress::{self, ActivationQuant, Recipe};
 use squeeze::engine::{self, CompressedModel};
 use squeeze::model::Model;
 
 mod common;
-use common::{Named, assert_close_rel, forward, rand_vec, written_model};
+use common::{Named, assert_close_rel, fake_quant_forward, forward, rand_vec, written_model};
 
 /// One depthwise layer `dwI` (a conv2d with `groups = cin`): kernel, stride, padding,
 /// dilation, output channels per input channel.
@@ -183,4 +184,70 @@ fn depthwise_other_windows_match_the_reference() {
         3,
     );
     check(&m, "other windows");
+}
+
+#[test]
+fn depthwise_over_several_blocks_of_channels_matches_the_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dw = |stride, mult| Dw {
+        k: 3,
+        stride,
+        pad: 1,
+        dil: 1,
+        mult,
+    };
+    // 37 channels (two whole blocks of 16 and five), then 74 (two outputs per input).
+    let m = chain(&dir, 37, 9, 7, &[dw(1, 1), dw(2, 2), dw(1, 1)], 4);
+    check(&m, "37 channels");
+}
+
+/// Depthwise layers with quantized activations: centred codes summed as integers (uniform
+/// weights, one scale per channel) and quantized values (k-means weights; uniform weights with
+/// groups smaller than a channel), against the reference with every planned layer's inputs
+/// fake-quantized.
+#[test]
+fn depthwise_with_quantized_activations_matches_the_fake_quantized_reference() {
+    let _guard = KERNEL_PATH.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dw = |stride| Dw {
+        k: 3,
+        stride,
+        pad: 1,
+        dil: 1,
+        mult: 1,
+    };
+    let m = chain(&dir, 21, 11, 10, &[dw(1), dw(2), dw(1)], 5);
+    let x = rand_vec(&mut StdRng::seed_from_u64(98), 3 * m.input_len());
+    for portable in [false, true] {
+        engine::force_portable(portable);
+        for (recipe, bits) in [
+            ("[default]\nbits = 8\ngranularity = \"channel\"\n", 8),
+            ("[default]\nbits = 4\n", 6),
+            ("[default]\nbits = 4\nscheme = \"kmeans\"\n", 8),
+            (
+                "[default]\nbits = 8\ngranularity = \"group\"\ngroup_size = 3\n",
+                8,
+            ),
+            ("[default]\nprune = \"l1\"\nsparsity = 0.5\nbits = 8\n", 8),
+        ] {
+            let r = Recipe::from_toml_str(recipe).expect("recipe");
+            let mut plan = compress::apply(&m, &r, None).expect("apply");
+            for q in &mut plan.layers {
+                q.activation = Some(ActivationQuant {
+                    bits,
+                    scale: 0.03,
+                    zero_point: (1 << (bits - 1)) - 3,
+                });
+            }
+            let cm = CompressedModel::build(&plan).expect("build");
+            let want = fake_quant_forward(&plan.dequantized_model(), &plan, &x, 3);
+            assert_close_rel(
+                &cm.logits(&x, 3),
+                &want,
+                1e-3,
+                &format!("{recipe:?}, activations {bits} bits, portable {portable}"),
+            );
+        }
+    }
+    engine::force_portable(false);
 }

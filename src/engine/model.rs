@@ -16,6 +16,7 @@ use super::kernels::{
     fake_quantize, interleave_quads, quantize_centered,
 };
 use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
+use super::simd::LineBuf;
 use crate::compress::Plan;
 use crate::model::{
     Activation, InputSpec, LinearTap, Model, Op, ParamJoin, Source, UpsampleMode, linear_taps,
@@ -126,8 +127,8 @@ impl Step {
 pub struct Prepared {
     stored: PackedLayer,
     kernels: Vec<LayerKernels>,
-    /// A depthwise convolution on float inputs: its direct kernel, which runs instead of
-    /// `kernels` (then empty).
+    /// A depthwise convolution: its direct kernel, which runs instead of `kernels` (then
+    /// empty).
     depthwise: Option<Depthwise>,
 }
 
@@ -142,7 +143,7 @@ impl Prepared {
         }
     }
 
-    /// A convolution: a depthwise one on float inputs on its direct kernel; otherwise its
+    /// A convolution: a depthwise one on its direct kernel; otherwise its
     /// groups each prepared as a layer of their own, the single-column variants only for one
     /// output position, the 8-bit kernel only without groups (the activation codes are laid out
     /// for it by `Conv::run`).
@@ -260,8 +261,8 @@ impl Drop for Pooled<'_> {
 /// Per-thread buffers for one run.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    a: Vec<f32>,
-    b: Vec<f32>,
+    a: LineBuf,
+    b: LineBuf,
     saved: Vec<Vec<f32>>,
     bufs: LayerBufs,
     /// Seconds spent in each step of the last run, when timing layers (`timing::layer_times`).
@@ -745,8 +746,8 @@ impl CompressedModel {
     pub fn run(&self, inputs: &[f32], n: usize, s: &mut Scratch, out: &mut [f32]) {
         let inputs = &inputs[..n * self.in_len];
         let need = n * self.max_len;
-        s.a.resize(need, 0.0);
-        s.b.resize(need, 0.0);
+        s.a.resize(need);
+        s.b.resize(need);
         s.saved.resize(self.steps.len() + 1, Vec::new());
         let mut len = self.in_len;
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
@@ -1091,7 +1092,7 @@ impl Conv<'_> {
         let rows_g = s.cout / s.groups;
         if let Some(d) = &self.layer.depthwise {
             for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
-                d.run(xs, ys, &mut t.t1);
+                d.run(xs, ys, &mut t.t1, &mut t.t2);
             }
             return;
         }

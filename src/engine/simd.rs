@@ -109,6 +109,23 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     pub(crate) unsafe fn transpose16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (i, v) in v.iter_mut().enumerate() {
+            // SAFETY: row `i < 16` of the block, readable by the contract.
+            *v = unsafe { _mm512_loadu_ps(src.add(i * lds)) };
+        }
+        transpose16_regs(&mut v);
+        for (j, v) in v.iter().enumerate() {
+            // SAFETY: row `j < 16` of the destination block, writable by the contract.
+            unsafe { _mm512_storeu_ps(dst.add(j * ldd), *v) };
+        }
+    }
+
+    /// Transposes 16 registers seen as a 16 × 16 matrix (register `i`, lane `j` ↔ register
+    /// `j`, lane `i`).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn transpose16_regs(v: &mut [__m512; 16]) {
         // Interleaves pairs of lanes (`unpack*_ps`), then pairs of pairs (`unpack*_pd`), then
         // 128-bit quarters twice (`shuffle_f32x4`).
         #[inline]
@@ -120,11 +137,6 @@ mod x86 {
         #[target_feature(enable = "avx512f")]
         fn hi_pd(a: __m512, b: __m512) -> __m512 {
             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
-        }
-        let mut v = [_mm512_setzero_ps(); 16];
-        for (i, v) in v.iter_mut().enumerate() {
-            // SAFETY: row `i < 16` of the block, readable by the contract.
-            *v = unsafe { _mm512_loadu_ps(src.add(i * lds)) };
         }
         let mut t = [_mm512_setzero_ps(); 16];
         for p in 0..8 {
@@ -151,9 +163,47 @@ mod x86 {
             v[e] = _mm512_shuffle_f32x4::<0x88>(a, b);
             v[8 + e] = _mm512_shuffle_f32x4::<0xdd>(a, b);
         }
-        for (j, v) in v.iter().enumerate() {
-            // SAFETY: row `j < 16` of the destination block, writable by the contract.
-            unsafe { _mm512_storeu_ps(dst.add(j * ldd), *v) };
+    }
+}
+
+/// A buffer of f32 values whose first value starts a 64-byte cache line: a kernel's 16-value
+/// loads and stores from a multiple of 16 then never span two lines (a layer's output planes
+/// of 16·k values each start lines of their own).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LineBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+/// One cache line of values.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl LineBuf {
+    /// Holds `len` values: those already held keep their values, new lines are zero.
+    pub(crate) fn resize(&mut self, len: usize) {
+        let lines = len.div_ceil(16);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0.0; 16]));
         }
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for LineBuf {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        // SAFETY: `Line` is 16 f32 with no padding (`repr(C)`, 64 bytes), so the lines are
+        // `16 · lines.len() ≥ len` contiguous, initialised f32.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for LineBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
     }
 }

@@ -217,3 +217,56 @@ pub fn safetensors_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
         .collect();
     (t.shape().to_vec(), v)
 }
+
+/// Runs `m` layer by layer on candle, fake-quantizing the input of every planned layer.
+pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: usize) -> Vec<f32> {
+    let mut cur = x.to_vec();
+    let mut shape = m.input.shape.clone();
+    let mut outputs: Vec<Vec<f32>> = Vec::new();
+    for (i, layer) in m.layers.iter().enumerate() {
+        if let Some(a) = p
+            .layers
+            .iter()
+            .find(|q| q.layer == i)
+            .and_then(|q| q.activation)
+        {
+            squeeze::engine::fake_quantize(&mut cur, a.bits, a.scale, a.zero_point);
+        }
+        let one = Model {
+            layers: vec![model::Layer {
+                op: match &layer.op {
+                    model::Op::Add { .. } => model::Op::Flatten,
+                    op => op.clone(),
+                },
+                ..layer.clone()
+            }],
+            input: model::InputSpec {
+                shape: shape.clone(),
+                ..m.input.clone()
+            },
+            ..m.clone()
+        };
+        let mut t_shape = vec![n];
+        t_shape.extend(&shape);
+        let t = Tensor::from_slice(&cur, t_shape, &Device::Cpu).expect("t");
+        let mut y: Vec<f32> = one
+            .forward(&t)
+            .expect("forward")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        if let model::Op::Add {
+            from: model::Source::Layer(from),
+        } = layer.op
+        {
+            for (v, s) in y.iter_mut().zip(&outputs[from]) {
+                *v += s;
+            }
+        }
+        shape = layer.out_shape.clone();
+        outputs.push(y.clone());
+        cur = y;
+    }
+    cur
+}

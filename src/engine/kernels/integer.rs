@@ -31,6 +31,16 @@ pub fn fake_quantize(x: &mut [f32], bits: u8, scale: f32, zero_point: i32) {
     }
 }
 
+/// Centred activation codes as values: `q − zero_point` for each of `x`, the codes of
+/// `quantize_centered` (exact in f32).
+pub fn centre_codes(x: &mut [f32], bits: u8, scale: f32, zero_point: i32) {
+    let top = ((1i32 << bits) - 1) as f32;
+    let z = zero_point as f32;
+    for v in x.iter_mut() {
+        *v = ((*v / scale).round_ties_even() + z).clamp(0.0, top) - z;
+    }
+}
+
 /// A layer of uniform weight codes with quantized inputs, prepared for the integer kernel:
 /// every entry's centred weight (`code − zero point`), its column for sparse layers, and each
 /// row's runs of entries sharing one scale group with their combined scale
@@ -125,6 +135,27 @@ impl IntegerRows {
             run_starts,
             bias: layer.bias.clone(),
         })
+    }
+
+    /// The layer as a dense `rows × cols` matrix of centred weights, with each row's combined
+    /// scale, when every row has one scale (`None` for groups smaller than a row).
+    pub(super) fn per_row(&self, cols: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        let mut dense = vec![0f32; self.rows * cols];
+        let mut scales = Vec::with_capacity(self.rows);
+        for r in 0..self.rows {
+            let scale = match &self.runs[self.run_starts[r]..self.run_starts[r + 1]] {
+                [] => 0.0,
+                [(_, _, f)] => *f,
+                _ => return None,
+            };
+            scales.push(scale);
+            let (e0, e1) = (self.starts[r], self.starts[r + 1]);
+            for (k, &w) in self.weights[e0..e1].iter().enumerate() {
+                let c = self.columns.as_ref().map_or(k, |c| c[e0 + k] as usize);
+                dense[r * cols + c] = w as f32;
+            }
+        }
+        Some((dense, scales))
     }
 
     /// `y (rows × p) = bias + W · q` for `q` (`cols × p`, feature-major) of centred activation

@@ -17,7 +17,8 @@
 //! - `row_blocks.rs`: sparse rows in 16-row blocks over 32-column windows;
 //! - `gathered.rs`: sparse rows over the absolute column of every entry, one column or many;
 //! - `panels.rs`: the layer decoded into the matrix product's row panels (batches, positions);
-//! - `depthwise.rs`: depthwise convolutions computed directly, tap by tap, on float inputs;
+//! - `depthwise.rs`: depthwise convolutions computed directly, 16 channels at a time, every
+//!   format and quantized activations included;
 //! - `int8.rs`: 8-bit activation codes × 8-bit weight codes (AVX-512 VNNI);
 //! - `integer.rs`: activation codes × uniform weight codes of any layout, exact i32 sums.
 //!
