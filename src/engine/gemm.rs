@@ -373,6 +373,16 @@ pub struct Lhs<'a> {
     pub k: usize,
 }
 
+/// What `product` starts its sums from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// `y`'s values: `y += A · B`.
+    Add,
+    /// Row `r`'s bias (zero without one), whatever `y` held: `y = bias + A · B`. The tiles
+    /// start from the bias in registers, so `y` is neither filled first nor read.
+    Bias(Option<&'a [f32]>),
+}
+
 /// `y (m × n) += A (m × k) · B (k × n)` with `a` in `row_panels`'s panel layout, on the
 /// AVX-512 micro-kernel where the CPU has it.
 ///
@@ -388,10 +398,11 @@ pub fn gemm_acc(
     s: &mut GemmScratch,
 ) {
     let a = Lhs { panels: a, m, k };
-    product(Isa::current().avx512, a, n, b, y, s);
+    product(Isa::current().avx512, a, n, b, y, s, Start::Add);
 }
 
-/// `gemm_acc` on the AVX-512 micro-kernel when given the token, else on the portable one.
+/// `gemm_acc` on the AVX-512 micro-kernel when given the token, else on the portable one,
+/// the sums started from `start`.
 pub(crate) fn product(
     avx512: Option<Avx512>,
     a: Lhs<'_>,
@@ -399,6 +410,7 @@ pub(crate) fn product(
     b: Rhs<'_>,
     y: &mut [f32],
     s: &mut GemmScratch,
+    start: Start<'_>,
 ) {
     let Lhs { panels: a, m, k } = a;
     if m == 0 || n == 0 || k == 0 {
@@ -414,8 +426,12 @@ pub(crate) fn product(
                 && c.samples * s.positions() == n
         }
     };
+    let bias_ok = match start {
+        Start::Bias(Some(bias)) => bias.len() >= m,
+        _ => true,
+    };
     assert!(
-        a.len() >= row_panels_len(m, k) && b_ok && y.len() >= m * n,
+        a.len() >= row_panels_len(m, k) && b_ok && y.len() >= m * n && bias_ok,
         "gemm operands too short"
     );
     let panels = n.div_ceil(NR);
@@ -466,6 +482,11 @@ pub(crate) fn product(
                 let rows = MR.min(m - r0);
                 let ap = &a[rp * MR * k + k0 * MR..rp * MR * k + k1 * MR];
                 let yt = &mut y[r0 * n + j0..];
+                // The first block of `k` starts from the bias; later ones add to it.
+                let init = match start {
+                    Start::Bias(bias) if kb == 0 => Init::Bias(bias.map(|b| &b[r0..r0 + rows])),
+                    _ => Init::Load,
+                };
                 #[cfg(target_arch = "x86_64")]
                 if avx512.is_some() {
                     // SAFETY: the `Avx512` token vouches for AVX-512F; `ap` holds `kc × MR` and
@@ -476,14 +497,14 @@ pub(crate) fn product(
                         // A panel of at most 16 columns (a convolution over 4 × 4 positions,
                         // a narrow last panel) computes only the half that holds them.
                         if cols <= 16 {
-                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols)
+                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols, init)
                         } else {
-                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols)
+                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols, init)
                         }
                     };
                     continue;
                 }
-                micro_portable(kc, ap, bp, yt, n, rows, cols);
+                micro_portable(kc, ap, bp, yt, n, rows, cols, init);
             }
         }
     }
@@ -583,6 +604,24 @@ const _: () = assert!(MR.is_multiple_of(SUB_ROWS) && NR.is_multiple_of(SUB_COLS)
 /// `i < rows`, `j < cols`, one `SUB_ROWS × SUB_COLS` sub-tile at a time (sub-tiles wholly past
 /// `rows` or `cols` skipped). Each value is one FMA chain over `kk` in order, as in the AVX-512
 /// kernel.
+/// What a tile of `product` starts from: `y`'s values, or its rows' bias (zero without one).
+#[derive(Debug, Clone, Copy)]
+enum Init<'a> {
+    Load,
+    Bias(Option<&'a [f32]>),
+}
+
+impl Init<'_> {
+    /// Row `i`'s starting value when it is not `y`'s.
+    fn bias(&self, i: usize) -> f32 {
+        match self {
+            Init::Bias(Some(b)) => b[i],
+            _ => 0.0,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn micro_portable(
     kc: usize,
     a: &[f32],
@@ -591,6 +630,7 @@ fn micro_portable(
     ldy: usize,
     rows: usize,
     cols: usize,
+    init: Init<'_>,
 ) {
     for r0 in (0..rows).step_by(SUB_ROWS) {
         for c0 in (0..cols).step_by(SUB_COLS) {
@@ -605,8 +645,13 @@ fn micro_portable(
             }
             let width = SUB_COLS.min(cols - c0);
             for (i, row) in acc.iter().enumerate().take(rows - r0) {
-                for (yv, &v) in y[(r0 + i) * ldy + c0..][..width].iter_mut().zip(row) {
-                    *yv += v;
+                let yr = y[(r0 + i) * ldy + c0..][..width].iter_mut().zip(row);
+                match init {
+                    Init::Load => yr.for_each(|(yv, &v)| *yv += v),
+                    _ => {
+                        let b = init.bias(r0 + i);
+                        yr.for_each(|(yv, &v)| *yv = b + v)
+                    }
                 }
             }
         }
@@ -617,7 +662,7 @@ fn micro_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, TR};
+    use super::{Init, MR, NR, TR};
 
     /// `P` consecutive output positions of one output row against a block of a tall panel:
     /// `acc[p·TR + i] (+)= Σ_kk a[kk·TR + i] · x[base + taps[kk] + p·SX]` for `p < P`, `i <
@@ -724,6 +769,7 @@ mod x86 {
     /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
     /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ 16·H ≤ NR`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn micro<const H: usize>(
         kc: usize,
         a: &[f32],
@@ -732,12 +778,21 @@ mod x86 {
         ldy: usize,
         rows: usize,
         cols: usize,
+        init: Init<'_>,
     ) {
         const { assert!(H >= 1 && 16 * H <= NR) };
         assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= 16 * H);
         assert!(rows == 0 || y.len() >= (rows - 1) * ldy + cols);
+        if let Init::Bias(Some(bias)) = init {
+            assert!(bias.len() >= rows);
+        }
         let (mut ap, mut bp) = (a.as_ptr(), b.as_ptr());
         let mut acc = [[_mm512_setzero_ps(); H]; MR];
+        if let Init::Bias(_) = init {
+            for (i, acc) in acc.iter_mut().enumerate().take(rows) {
+                *acc = [_mm512_set1_ps(init.bias(i)); H];
+            }
+        }
         // SAFETY: for the whole block, step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
         // `b[kk·NR .. kk·NR + NR]`, inside both slices (asserted above); the tile loads and
         // stores are masked to the `cols` columns of the `rows` rows that `y` holds.
@@ -765,14 +820,21 @@ mod x86 {
             };
             let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
             let yp = y.as_mut_ptr();
+            let load = matches!(init, Init::Load);
             for (i, acc) in acc.iter().enumerate().take(rows) {
                 let p0 = yp.add(i * ldy);
-                let c0 = _mm512_maskz_loadu_ps(m0, p0);
-                _mm512_mask_storeu_ps(p0, m0, _mm512_add_ps(c0, acc[0]));
+                let mut v0 = acc[0];
+                if load {
+                    v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p0), v0);
+                }
+                _mm512_mask_storeu_ps(p0, m0, v0);
                 if let Some(&a1) = acc.get(1) {
                     let p1 = p0.wrapping_add(16);
-                    let c1 = _mm512_maskz_loadu_ps(m1, p1);
-                    _mm512_mask_storeu_ps(p1, m1, _mm512_add_ps(c1, a1));
+                    let mut v1 = a1;
+                    if load {
+                        v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p1), v1);
+                    }
+                    _mm512_mask_storeu_ps(p1, m1, v1);
                 }
             }
         }
@@ -911,13 +973,37 @@ mod tests {
                     m: rows,
                     k,
                 };
-                product(Isa::current().avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
+                product(
+                    Isa::current().avx512,
+                    a,
+                    n,
+                    Rhs::Conv(c),
+                    &mut got,
+                    &mut sc,
+                    Start::Add,
+                );
                 let close = |a: &[f32], b: &[f32]| {
                     a.iter()
                         .zip(b)
                         .all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()))
                 };
                 assert!(close(&got, &want), "row panels, {s:?} group {g}");
+                // Started from the bias, whatever `y` held, on both micro-kernels.
+                let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 1.0).collect();
+                let want_b: Vec<f32> = want
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v + bias[i / n])
+                    .collect();
+                for isa in [Isa::current().avx512, None] {
+                    let mut got = vec![f32::NAN; rows * n];
+                    let start = Start::Bias(Some(&bias));
+                    product(isa, a, n, Rhs::Conv(c), &mut got, &mut sc, start);
+                    assert!(
+                        close(&got, &want_b),
+                        "from the bias, {s:?} group {g}, {isa:?}"
+                    );
+                }
                 if let Some(avx512) = Isa::current().avx512 {
                     let tall = tall_panels(wg, rows, k);
                     let mut got = vec![0f32; rows * n];

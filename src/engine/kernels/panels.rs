@@ -4,7 +4,7 @@
 //! speed. It costs `rows × cols × 4` bytes of memory at run time, never stored bytes.
 
 use super::super::format::PackedLayer;
-use super::super::gemm::{self, ConvRhs, Lhs, Rhs};
+use super::super::gemm::{self, ConvRhs, Lhs, Rhs, Start};
 use super::common::{KernelScratch, fill_bias};
 use crate::engine::cpu::Avx512;
 
@@ -94,19 +94,24 @@ impl GemmPanels {
     }
 
     fn product(&self, b: Rhs<'_>, p: usize, y: &mut [f32], s: &mut KernelScratch) {
-        fill_bias(&self.bias, 0..self.rows, p, y);
-        let (panels, tall) = match &self.tall {
-            Some((tall, avx512)) => (&tall[..], Some(*avx512)),
-            None => (&self.panels[..], None),
-        };
-        let a = Lhs {
-            panels,
-            m: self.rows,
-            k: self.cols,
-        };
-        match tall {
-            Some(avx512) => gemm::product_tall(avx512, a, p, b, y, &mut s.gemm),
-            None => gemm::product(self.avx512, a, p, b, y, &mut s.gemm),
+        let (m, k) = (self.rows, self.cols);
+        match &self.tall {
+            Some((tall, avx512)) => {
+                fill_bias(&self.bias, 0..self.rows, p, y);
+                let a = Lhs { panels: tall, m, k };
+                gemm::product_tall(*avx512, a, p, b, y, &mut s.gemm)
+            }
+            None => {
+                let (a, bias) = (
+                    Lhs {
+                        panels: &self.panels,
+                        m,
+                        k,
+                    },
+                    self.bias.as_deref(),
+                );
+                gemm::product(self.avx512, a, p, b, y, &mut s.gemm, Start::Bias(bias))
+            }
         }
     }
 }
