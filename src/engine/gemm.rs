@@ -664,6 +664,9 @@ mod x86 {
 
     use super::{Init, MR, NR, TR};
 
+    /// Steps of `k` ahead of the one in flight that `tall` asks the caches for.
+    const PREFETCH: usize = 32;
+
     /// `P` consecutive output positions of one output row against a block of a tall panel:
     /// `acc[p·TR + i] (+)= Σ_kk a[kk·TR + i] · x[base + taps[kk] + p·SX]` for `p < P`, `i <
     /// TR` (`=` for the `first` block). Returns `P`.
@@ -697,6 +700,8 @@ mod x86 {
                 }
             }
             for (kk, &t) in taps.iter().enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add((kk + PREFETCH) * TR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add((kk + PREFETCH) * TR + 16) as *const i8);
                 let a0 = _mm512_loadu_ps(ap.add(kk * TR));
                 let a1 = _mm512_loadu_ps(ap.add(kk * TR + 16));
                 let xp = xb.add(t as usize);
@@ -739,7 +744,8 @@ mod x86 {
         // rows `< rows`, columns `j0 .. j0 + P` of `y` (all asserted above).
         unsafe {
             for _ in 0..k {
-                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(16 * TR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(PREFETCH * TR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(PREFETCH * TR + 16) as *const i8);
                 let a0 = _mm512_loadu_ps(ap);
                 let a1 = _mm512_loadu_ps(ap.add(16));
                 for (j, acc) in acc.iter_mut().enumerate() {
