@@ -23,12 +23,8 @@ pub fn quantize_centered(x: &[f32], bits: u8, scale: f32, zero_point: i32, out: 
 
 /// The value the layer sees for `x` under activation quantization: `scale × (q − zero_point)`.
 pub fn fake_quantize(x: &mut [f32], bits: u8, scale: f32, zero_point: i32) {
-    let top = ((1i32 << bits) - 1) as f32;
-    let z = zero_point as f32;
-    for v in x.iter_mut() {
-        let q = ((*v / scale).round_ties_even() + z).clamp(0.0, top);
-        *v = scale * (q - z);
-    }
+    centre_codes(x, bits, scale, zero_point);
+    x.iter_mut().for_each(|v| *v *= scale);
 }
 
 /// Centred activation codes as values: `q − zero_point` for each of `x`, the codes of
