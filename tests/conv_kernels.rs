@@ -207,7 +207,6 @@ fn depthwise_over_several_blocks_of_channels_matches_the_reference() {
 /// fake-quantized.
 #[test]
 fn depthwise_with_quantized_activations_matches_the_fake_quantized_reference() {
-    let _guard = KERNEL_PATH.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let dw = |stride| Dw {
         k: 3,
@@ -217,6 +216,16 @@ fn depthwise_with_quantized_activations_matches_the_fake_quantized_reference() {
         mult: 1,
     };
     let m = chain(&dir, 21, 11, 10, &[dw(1), dw(2), dw(1)], 5);
+    check_quantized(&m, "depthwise", 3);
+}
+
+/// The engine against the reference with every planned layer's inputs fake-quantized, under
+/// recipes that reach the integer kernels (uniform weights, one scale per channel) and the
+/// quantized values (k-means weights; groups smaller than a channel; pruned and quantized),
+/// for 3 samples, on the vector kernels and on the portable ones. `group` divides every layer's
+/// inputs.
+fn check_quantized(m: &Model, what: &str, group: usize) {
+    let _guard = KERNEL_PATH.lock().unwrap_or_else(|e| e.into_inner());
     let x = rand_vec(&mut StdRng::seed_from_u64(98), 3 * m.input_len());
     for portable in [false, true] {
         engine::force_portable(portable);
@@ -225,13 +234,13 @@ fn depthwise_with_quantized_activations_matches_the_fake_quantized_reference() {
             ("[default]\nbits = 4\n", 6),
             ("[default]\nbits = 4\nscheme = \"kmeans\"\n", 8),
             (
-                "[default]\nbits = 8\ngranularity = \"group\"\ngroup_size = 3\n",
+                &format!("[default]\nbits = 8\ngranularity = \"group\"\ngroup_size = {group}\n"),
                 8,
             ),
             ("[default]\nprune = \"l1\"\nsparsity = 0.5\nbits = 8\n", 8),
         ] {
             let r = Recipe::from_toml_str(recipe).expect("recipe");
-            let mut plan = compress::apply(&m, &r, None).expect("apply");
+            let mut plan = compress::apply(m, &r, None).expect("apply");
             for q in &mut plan.layers {
                 q.activation = Some(ActivationQuant {
                     bits,
@@ -245,9 +254,72 @@ fn depthwise_with_quantized_activations_matches_the_fake_quantized_reference() {
                 &cm.logits(&x, 3),
                 &want,
                 1e-3,
-                &format!("{recipe:?}, activations {bits} bits, portable {portable}"),
+                &format!("{what}, {recipe:?}, activations {bits} bits, portable {portable}"),
             );
         }
     }
     engine::force_portable(false);
+}
+
+/// Convolutions followed by a ReLU or ReLU6 (directly or through a folded batchnorm) apply it
+/// in their kernels: im2col product, direct 3×3, 1×1, grouped, few positions. Where a branch
+/// reads the convolution's own output (`side` reads `c4`), the activation keeps its pass.
+#[test]
+fn activations_after_convolutions_match_the_reference_on_every_kernel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(6);
+    let mut arch = String::from("[input]\nshape = [6, 12, 12]\n");
+    let mut t: Named = Vec::new();
+    // name, cin, cout, window, stride, groups, activation
+    let convs = [
+        ("c0", 6, 12, 3, 1, 1, "relu6"),
+        ("c1", 12, 16, 3, 1, 1, "relu"),
+        ("c2", 16, 24, 1, 1, 1, "relu6"),
+        ("c3", 24, 16, 3, 2, 4, "relu"),
+        ("c4", 16, 32, 3, 2, 1, "relu"),
+    ];
+    for (name, cin, cout, k, stride, groups, act) in convs {
+        arch += &format!(
+            "[[layer]]\nop = \"conv2d\"\nname = \"{name}\"\nweight = \"{name}.weight\"\n\
+             bias = \"{name}.bias\"\nstride = {stride}\npadding = {}\ngroups = {groups}\n",
+            k / 2
+        );
+        let n = cout * cin / groups * k * k;
+        let scale = (2.0 / (cin / groups * k * k) as f32).sqrt();
+        let w = rand_vec(&mut rng, n).iter().map(|v| v * scale).collect();
+        t.push((format!("{name}.weight"), vec![cout, cin / groups, k, k], w));
+        t.push((format!("{name}.bias"), vec![cout], rand_vec(&mut rng, cout)));
+        if name == "c0" {
+            arch += "[[layer]]\nop = \"batchnorm\"\nname = \"c0.bn\"\nweight = \"c0.bn.weight\"\n\
+                     bias = \"c0.bn.bias\"\nrunning_mean = \"c0.bn.mean\"\n\
+                     running_var = \"c0.bn.var\"\n";
+            for (p, v) in [("weight", 1.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.5)] {
+                let vals = rand_vec(&mut rng, cout)
+                    .iter()
+                    .map(|r| v + 0.3 * r)
+                    .collect();
+                t.push((format!("c0.bn.{p}"), vec![cout], vals));
+            }
+        }
+        arch += &format!("[[layer]]\nop = \"{act}\"\nname = \"{name}.act\"\n");
+    }
+    arch += "[[layer]]\nop = \"conv2d\"\nname = \"side\"\ninput = \"c4\"\n\
+             weight = \"side.weight\"\n[[layer]]\nop = \"add\"\nname = \"res\"\n\
+             inputs = [\"c4.act\", \"side\"]\n[[layer]]\nop = \"flatten\"\n\
+             [[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\n\
+             bias = \"fc.bias\"\n";
+    t.push((
+        "side.weight".into(),
+        vec![32, 32, 1, 1],
+        rand_vec(&mut rng, 32 * 32),
+    ));
+    t.push((
+        "fc.weight".into(),
+        vec![5, 32 * 9],
+        rand_vec(&mut rng, 5 * 32 * 9),
+    ));
+    t.push(("fc.bias".into(), vec![5], rand_vec(&mut rng, 5)));
+    let m = written_model(&dir, &arch, &t);
+    check(&m, "activations after convolutions");
+    check_quantized(&m, "activations after convolutions", 2);
 }

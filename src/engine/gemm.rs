@@ -16,7 +16,7 @@
 //! compiler vectorises it for the target).
 
 use super::cpu::{Avx512, Isa};
-use super::ops::{self, ConvShape};
+use super::ops::{self, Clamp, ConvShape};
 #[cfg(target_arch = "x86_64")]
 use super::simd;
 
@@ -398,11 +398,12 @@ pub fn gemm_acc(
     s: &mut GemmScratch,
 ) {
     let a = Lhs { panels: a, m, k };
-    product(Isa::current().avx512, a, n, b, y, s, Start::Add);
+    product(Isa::current().avx512, a, n, b, y, s, Start::Add, None);
 }
 
 /// `gemm_acc` on the AVX-512 micro-kernel when given the token, else on the portable one,
-/// the sums started from `start`.
+/// the sums started from `start` and, given `clamp`, bounded as they are stored.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn product(
     avx512: Option<Avx512>,
     a: Lhs<'_>,
@@ -411,6 +412,7 @@ pub(crate) fn product(
     y: &mut [f32],
     s: &mut GemmScratch,
     start: Start<'_>,
+    clamp: Option<Clamp>,
 ) {
     let Lhs { panels: a, m, k } = a;
     if m == 0 || n == 0 || k == 0 {
@@ -487,6 +489,8 @@ pub(crate) fn product(
                     Start::Bias(bias) if kb == 0 => Init::Bias(bias.map(|b| &b[r0..r0 + rows])),
                     _ => Init::Load,
                 };
+                // The last block of `k` stores the finished sums: bounded there.
+                let clamp = if kb + 1 == blocks { clamp } else { None };
                 #[cfg(target_arch = "x86_64")]
                 if avx512.is_some() {
                     // SAFETY: the `Avx512` token vouches for AVX-512F; `ap` holds `kc × MR` and
@@ -497,14 +501,14 @@ pub(crate) fn product(
                         // A panel of at most 16 columns (a convolution over 4 × 4 positions,
                         // a narrow last panel) computes only the half that holds them.
                         if cols <= 16 {
-                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols, init)
+                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols, init, clamp)
                         } else {
-                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols, init)
+                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols, init, clamp)
                         }
                     };
                     continue;
                 }
-                micro_portable(kc, ap, bp, yt, n, rows, cols, init);
+                micro_portable(kc, ap, bp, yt, n, rows, cols, init, clamp);
             }
         }
     }
@@ -631,7 +635,9 @@ fn micro_portable(
     rows: usize,
     cols: usize,
     init: Init<'_>,
+    clamp: Option<Clamp>,
 ) {
+    let bound = |v: f32| clamp.map_or(v, |c| v.max(c.lo).min(c.hi));
     for r0 in (0..rows).step_by(SUB_ROWS) {
         for c0 in (0..cols).step_by(SUB_COLS) {
             let mut acc = [[0f32; SUB_COLS]; SUB_ROWS];
@@ -647,10 +653,10 @@ fn micro_portable(
             for (i, row) in acc.iter().enumerate().take(rows - r0) {
                 let yr = y[(r0 + i) * ldy + c0..][..width].iter_mut().zip(row);
                 match init {
-                    Init::Load => yr.for_each(|(yv, &v)| *yv += v),
+                    Init::Load => yr.for_each(|(yv, &v)| *yv = bound(*yv + v)),
                     _ => {
                         let b = init.bias(r0 + i);
-                        yr.for_each(|(yv, &v)| *yv = b + v)
+                        yr.for_each(|(yv, &v)| *yv = bound(b + v))
                     }
                 }
             }
@@ -662,7 +668,7 @@ fn micro_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Init, MR, NR, TR};
+    use super::{Clamp, Init, MR, NR, TR};
 
     /// Steps of `k` ahead of the one in flight that `tall` asks the caches for.
     const PREFETCH: usize = 32;
@@ -785,6 +791,7 @@ mod x86 {
         rows: usize,
         cols: usize,
         init: Init<'_>,
+        clamp: Option<Clamp>,
     ) {
         const { assert!(H >= 1 && 16 * H <= NR) };
         assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= 16 * H);
@@ -827,20 +834,25 @@ mod x86 {
             let (m0, m1) = (lanes(cols), lanes(cols.saturating_sub(16)));
             let yp = y.as_mut_ptr();
             let load = matches!(init, Init::Load);
+            let bounds = clamp.map(|c| (_mm512_set1_ps(c.lo), _mm512_set1_ps(c.hi)));
+            let bound = |v: __m512| match bounds {
+                Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(v, lo), hi),
+                None => v,
+            };
             for (i, acc) in acc.iter().enumerate().take(rows) {
                 let p0 = yp.add(i * ldy);
                 let mut v0 = acc[0];
                 if load {
                     v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, p0), v0);
                 }
-                _mm512_mask_storeu_ps(p0, m0, v0);
+                _mm512_mask_storeu_ps(p0, m0, bound(v0));
                 if let Some(&a1) = acc.get(1) {
                     let p1 = p0.wrapping_add(16);
                     let mut v1 = a1;
                     if load {
                         v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, p1), v1);
                     }
-                    _mm512_mask_storeu_ps(p1, m1, v1);
+                    _mm512_mask_storeu_ps(p1, m1, bound(v1));
                 }
             }
         }
@@ -987,6 +999,7 @@ mod tests {
                     &mut got,
                     &mut sc,
                     Start::Add,
+                    None,
                 );
                 let close = |a: &[f32], b: &[f32]| {
                     a.iter()
@@ -1001,14 +1014,23 @@ mod tests {
                     .enumerate()
                     .map(|(i, v)| v + bias[i / n])
                     .collect();
+                // And bounded as stored, both bounds reached.
+                let bounds = Clamp { lo: -0.1, hi: 0.3 };
+                let mut want_c = want_b.clone();
+                bounds.apply(&mut want_c);
+                assert!(want_c.iter().zip(&want_b).any(|(c, b)| c != b));
                 for isa in [Isa::current().avx512, None] {
                     let mut got = vec![f32::NAN; rows * n];
                     let start = Start::Bias(Some(&bias));
-                    product(isa, a, n, Rhs::Conv(c), &mut got, &mut sc, start);
+                    product(isa, a, n, Rhs::Conv(c), &mut got, &mut sc, start, None);
                     assert!(
                         close(&got, &want_b),
                         "from the bias, {s:?} group {g}, {isa:?}"
                     );
+                    let mut got = vec![f32::NAN; rows * n];
+                    let clamp = Some(bounds);
+                    product(isa, a, n, Rhs::Conv(c), &mut got, &mut sc, start, clamp);
+                    assert!(close(&got, &want_c), "bounded, {s:?} group {g}, {isa:?}");
                 }
                 if let Some(avx512) = Isa::current().avx512 {
                     let tall = tall_panels(wg, rows, k);

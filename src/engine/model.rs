@@ -15,7 +15,7 @@ use super::kernels::{
     Depthwise, FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work,
     fake_quantize, interleave_quads, quantize_centered,
 };
-use super::ops::{self, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
+use super::ops::{self, Clamp, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use super::simd::LineBuf;
 use crate::compress::Plan;
 use crate::model::{
@@ -130,6 +130,8 @@ pub struct Prepared {
     /// A depthwise convolution: its direct kernel, which runs instead of `kernels` (then
     /// empty).
     depthwise: Option<Depthwise>,
+    /// The activation after the layer, when its kernels apply it (`CompressedModel::fuse`).
+    clamp: Option<Clamp>,
 }
 
 impl Prepared {
@@ -140,6 +142,7 @@ impl Prepared {
             stored,
             kernels,
             depthwise: None,
+            clamp: None,
         }
     }
 
@@ -153,6 +156,7 @@ impl Prepared {
                 stored,
                 kernels: Vec::new(),
                 depthwise: Some(d),
+                clamp: None,
             };
         }
         let work = Work {
@@ -175,6 +179,7 @@ impl Prepared {
             stored,
             kernels,
             depthwise: None,
+            clamp: None,
         }
     }
 
@@ -597,6 +602,7 @@ impl CompressedModel {
             .max()
             .unwrap_or(in_len);
         let keep = model.kept_values();
+        fuse(&model, &keep, &mut steps);
         Ok(CompressedModel {
             model,
             steps,
@@ -1073,6 +1079,37 @@ fn linear_float(
     transpose(&t.yt, rows, n, y, avx512);
 }
 
+/// Gives each convolution followed by a ReLU or ReLU6 the activation, which its kernels then
+/// apply in registers as they store the outputs, and drops the activation's own pass. Only
+/// where nothing else reads the convolution's output: the layers between (folded
+/// batchnorms, dropouts) pass it on unchanged, and neither it nor theirs is kept for a branch.
+fn fuse(model: &Model, keep: &[bool], steps: &mut [Step]) {
+    for i in 0..steps.len() {
+        if !matches!(steps[i], Step::Conv(..)) {
+            continue;
+        }
+        let mut j = i + 1;
+        while j < steps.len()
+            && matches!(steps[j], Step::Identity)
+            && model.layers[j].input.is_none()
+        {
+            j += 1;
+        }
+        let clamp = match steps.get(j) {
+            Some(Step::Activation(a)) if model.layers[j].input.is_none() => Clamp::of(*a),
+            _ => None,
+        };
+        // Layer `t`'s output is kept when `keep[t + 1]` (slot 0 is the model's input).
+        let Some(clamp) = clamp.filter(|_| !keep[i + 1..=j].contains(&true)) else {
+            continue;
+        };
+        if let Step::Conv(p, _) = &mut steps[i] {
+            p.clamp = Some(clamp);
+        }
+        steps[j] = Step::Identity;
+    }
+}
+
 /// A convolution over `n` samples: its geometry, its layer (kernels prepared per group) and
 /// the vector moves of its transposes and im2col.
 struct Conv<'a> {
@@ -1090,9 +1127,15 @@ impl Conv<'_> {
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
         let rows_g = s.cout / s.groups;
+        let clamp = self.layer.clamp;
+        let bound = |y: &mut [f32]| {
+            if let Some(c) = clamp {
+                c.apply(y)
+            }
+        };
         if let Some(d) = &self.layer.depthwise {
             for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
-                d.run(xs, ys, &mut t.t1, &mut t.t2);
+                d.run(xs, ys, &mut t.t1, &mut t.t2, clamp);
             }
             return;
         }
@@ -1120,6 +1163,7 @@ impl Conv<'_> {
                         t.qb.resize(kk * pos, 0);
                         ops::im2col_into(&t.qa, s, g, &mut t.qb, (pos, 0), 0, avx512);
                         ir.run(&t.qb, pos, yg, &mut t.k);
+                        bound(yg);
                     }
                     Run::Float(f) => {
                         let xs: &[f32] = match f.fake_quant {
@@ -1142,11 +1186,12 @@ impl Conv<'_> {
                         };
                         if s.is_pointwise() {
                             let cg = s.cin / s.groups;
-                            f.run(&xs[g * cg * pos..(g + 1) * cg * pos], pos, yg, &mut t.k);
-                        } else if f.fake_quant.is_some() || !k.run_conv(c, yg, &mut t.k) {
+                            let xg = &xs[g * cg * pos..(g + 1) * cg * pos];
+                            f.run_bounded(xg, pos, yg, &mut t.k, clamp);
+                        } else if f.fake_quant.is_some() || !k.run_conv(c, yg, &mut t.k, clamp) {
                             t.t1.resize(kk * pos, 0.0);
                             ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
-                            f.run(&t.t1, pos, yg, &mut t.k);
+                            f.run_bounded(&t.t1, pos, yg, &mut t.k, clamp);
                         }
                     }
                     // Only ungrouped convolutions prepare the 8-bit kernel (`Prepared::conv`),
@@ -1155,6 +1200,7 @@ impl Conv<'_> {
                         t.t1.resize(kk * pos, 0.0);
                         ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
                         k.run(&t.t1, pos, yg, &mut t.k);
+                        bound(yg);
                     }
                 }
             }
@@ -1185,6 +1231,9 @@ impl Conv<'_> {
             t.yt.resize(pos * s.cout, 0.0);
             il.run(&t.q8, pos, Layout::Quads, &mut t.yt);
             transpose(&t.yt, pos, s.cout, ys, self.avx512);
+            if let Some(c) = self.layer.clamp {
+                c.apply(ys);
+            }
         }
     }
 
@@ -1212,7 +1261,7 @@ impl Conv<'_> {
                         samples: 1,
                     };
                     let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
-                    k.run_conv(c, yg, &mut t.k);
+                    k.run_conv(c, yg, &mut t.k, self.layer.clamp);
                 }
             }
             return;
@@ -1230,13 +1279,17 @@ impl Conv<'_> {
                     group: g,
                     samples: count,
                 };
-                if !k.run_conv(c, prod, &mut t.k) {
+                let clamp = self.layer.clamp;
+                if !k.run_conv(c, prod, &mut t.k, clamp) {
                     col.resize(kk * wide, 0.0);
                     for j in 0..count {
                         let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
                         ops::im2col_into(xs, s, g, col, (wide, j * pos), 0.0, self.avx512);
                     }
                     k.run(col, wide, prod, &mut t.k);
+                    if let Some(c) = clamp {
+                        c.apply(&mut prod[..rows_g * wide]);
+                    }
                 }
                 for j in 0..count {
                     let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];

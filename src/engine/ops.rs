@@ -657,10 +657,41 @@ pub fn channel_affine(x: &mut [f32], scale: &[f32], shift: &[f32], per: usize) {
     }
 }
 
+/// An activation that bounds its input, `min(max(x, lo), hi)` (ReLU, ReLU6): the kernels of
+/// the layer before it apply it to their sums in registers, as they store them, so the
+/// activation costs no pass of its own over the layer's outputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clamp {
+    pub lo: f32,
+    pub hi: f32,
+}
+
+impl Clamp {
+    /// The bounds of `a`, when it is one.
+    pub fn of(a: Activation) -> Option<Clamp> {
+        match a {
+            Activation::Relu => Some(Clamp {
+                lo: 0.0,
+                hi: f32::INFINITY,
+            }),
+            Activation::Relu6 => Some(Clamp { lo: 0.0, hi: 6.0 }),
+            _ => None,
+        }
+    }
+
+    /// `x`'s values bounded, where a kernel did not bound them itself.
+    pub fn apply(self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = v.max(self.lo).min(self.hi));
+    }
+}
+
 pub fn activation(x: &mut [f32], a: Activation) {
     match a {
-        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Activation::Relu6 => x.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        Activation::Relu | Activation::Relu6 => {
+            if let Some(c) = Clamp::of(a) {
+                c.apply(x)
+            }
+        }
         Activation::LeakyRelu(s) => {
             let s = s as f32;
             x.iter_mut().for_each(|v| {

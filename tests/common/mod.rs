@@ -218,12 +218,20 @@ pub fn safetensors_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     (t.shape().to_vec(), v)
 }
 
-/// Runs `m` layer by layer on candle, fake-quantizing the input of every planned layer.
+/// Runs `m` layer by layer on candle, fake-quantizing the input of every planned layer
+/// (branches and `add` joins of layers; no other joins).
 pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: usize) -> Vec<f32> {
     let mut cur = x.to_vec();
     let mut shape = m.input.shape.clone();
     let mut outputs: Vec<Vec<f32>> = Vec::new();
     for (i, layer) in m.layers.iter().enumerate() {
+        // A branch reads a kept value, not the previous layer's output.
+        match layer.input {
+            Some(model::Source::Input) => cur = x.to_vec(),
+            Some(model::Source::Layer(j)) => cur = outputs[j].clone(),
+            None => {}
+        }
+        shape = layer.in_shape.clone();
         if let Some(a) = p
             .layers
             .iter()
@@ -238,6 +246,7 @@ pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: 
                     model::Op::Add { .. } => model::Op::Flatten,
                     op => op.clone(),
                 },
+                input: None,
                 ..layer.clone()
             }],
             input: model::InputSpec {

@@ -16,7 +16,7 @@
 
 use super::super::cpu::{Avx512, Isa};
 use super::super::format::PackedLayer;
-use super::super::ops::ConvShape;
+use super::super::ops::{Clamp, ConvShape};
 use super::integer::{IntegerRows, centre_codes, fake_quantize};
 use crate::compress::ActivationQuant;
 
@@ -160,7 +160,14 @@ impl Depthwise {
 
     /// `y (cout × oh·ow) = bias + x ⊛ taps` for one sample `x` (`cin × h × w`); `image` and
     /// `codes` are scratch.
-    pub(crate) fn run(&self, x: &[f32], y: &mut [f32], image: &mut Vec<f32>, codes: &mut Vec<f32>) {
+    pub(crate) fn run(
+        &self,
+        x: &[f32],
+        y: &mut [f32],
+        image: &mut Vec<f32>,
+        codes: &mut Vec<f32>,
+        clamp: Option<Clamp>,
+    ) {
         let (s, g) = (&self.shape, &self.geometry);
         let x = &x[..s.cin * s.h * s.w];
         let (x, scale): (&[f32], _) = match &self.input {
@@ -197,6 +204,7 @@ impl Depthwise {
                 taps: &self.taps[b * kk * LANES..][..kk * LANES],
                 bias: &self.bias[c0..][..LANES],
                 scale: scale.map(|s| &s[c0..][..LANES]),
+                clamp,
             };
             #[cfg(target_arch = "x86_64")]
             if self.avx512.is_some() {
@@ -223,6 +231,8 @@ struct Block<'a> {
     taps: &'a [f32],
     bias: &'a [f32],
     scale: Option<&'a [f32]>,
+    /// Bounds of the outputs, applied in registers.
+    clamp: Option<Clamp>,
 }
 
 impl Block<'_> {
@@ -255,6 +265,9 @@ impl Block<'_> {
                 for ((a, &m), &b) in acc.iter_mut().zip(scale).zip(self.bias) {
                     *a = a.mul_add(m, b);
                 }
+            }
+            if let Some(c) = self.clamp {
+                c.apply(&mut acc);
             }
             for (l, &a) in acc[..self.cn].iter().enumerate() {
                 y[(self.c0 + l) * positions + o] = a;
@@ -320,6 +333,9 @@ mod x86 {
         let bias = unsafe { _mm512_loadu_ps(b.bias.as_ptr()) };
         // SAFETY: as `bias`.
         let scale = b.scale.map(|m| unsafe { _mm512_loadu_ps(m.as_ptr()) });
+        let bounds = b
+            .clamp
+            .map(|c| (_mm512_set1_ps(c.lo), _mm512_set1_ps(c.hi)));
         let init = if scale.is_some() {
             _mm512_setzero_ps()
         } else {
@@ -379,6 +395,11 @@ mod x86 {
             if let Some(m) = scale {
                 for a in acc.iter_mut() {
                     *a = _mm512_fmadd_ps(*a, m, bias);
+                }
+            }
+            if let Some((lo, hi)) = bounds {
+                for a in acc.iter_mut() {
+                    *a = _mm512_min_ps(_mm512_max_ps(*a, lo), hi);
                 }
             }
             transpose16_regs(&mut acc);

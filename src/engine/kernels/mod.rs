@@ -41,6 +41,7 @@ mod unpack;
 use super::cpu::Isa;
 use super::format::PackedLayer;
 use super::gemm::ConvRhs;
+use super::ops::Clamp;
 use crate::compress::ActivationQuant;
 
 pub use common::KernelScratch;
@@ -154,11 +155,18 @@ impl LayerKernels {
     /// `y (rows × p) = bias + W · B` for `B` the im2col matrix of `c` (`p` its columns), when
     /// the layer runs float inputs as one matrix product, which packs `B` from the input planes
     /// itself; `false`, with nothing written, when the caller must form the im2col matrix.
-    pub(crate) fn run_conv(&self, c: ConvRhs<'_>, y: &mut [f32], s: &mut KernelScratch) -> bool {
+    /// Given `clamp`, the outputs are bounded.
+    pub(crate) fn run_conv(
+        &self,
+        c: ConvRhs<'_>,
+        y: &mut [f32],
+        s: &mut KernelScratch,
+        clamp: Option<Clamp>,
+    ) -> bool {
         match &self.run {
             Run::Float(f) if f.fake_quant.is_none() => match &f.many {
                 ManyColumns::Panels(k) => {
-                    k.run_conv(c, y, s);
+                    k.run_conv(c, y, s, clamp);
                     true
                 }
                 ManyColumns::Gathered(_) => false,
@@ -278,14 +286,27 @@ impl FloatKernels {
     /// `y (rows × p) = bias + W · b` for `b` feature-major (`cols × p`): one column on the
     /// single-column variant when the layer has one.
     pub(crate) fn run(&self, b: &[f32], p: usize, y: &mut [f32], s: &mut KernelScratch) {
+        self.run_bounded(b, p, y, s, None);
+    }
+
+    /// `run`, the outputs bounded by `clamp`: as the matrix product stores them, or after.
+    pub(crate) fn run_bounded(
+        &self,
+        b: &[f32],
+        p: usize,
+        y: &mut [f32],
+        s: &mut KernelScratch,
+        clamp: Option<Clamp>,
+    ) {
         let (rows, cols) = (self.rows, self.cols);
         let (b, y) = (&b[..cols * p], &mut y[..rows * p]);
-        match (&self.one, p) {
-            (Some(one), 1) => one.run(b, y, s),
-            _ => match &self.many {
-                ManyColumns::Panels(k) => k.run(b, p, y, s),
-                ManyColumns::Gathered(k) => k.run(b, p, y, s),
-            },
+        match (&self.one, p, &self.many) {
+            (Some(one), 1, _) => one.run(b, y, s),
+            (_, _, ManyColumns::Panels(k)) => return k.run(b, p, y, s, clamp),
+            (_, _, ManyColumns::Gathered(k)) => k.run(b, p, y, s),
+        }
+        if let Some(c) = clamp {
+            c.apply(y);
         }
     }
 

@@ -5,6 +5,7 @@
 
 use super::super::format::PackedLayer;
 use super::super::gemm::{self, ConvRhs, Lhs, Rhs, Start};
+use super::super::ops::Clamp;
 use super::common::{KernelScratch, fill_bias};
 use crate::engine::cpu::Avx512;
 
@@ -52,22 +53,35 @@ impl GemmPanels {
         }
     }
 
-    /// `y (rows × p) = bias + W · b` for `b` feature-major (`cols × p`).
-    pub(super) fn run(&self, b: &[f32], p: usize, y: &mut [f32], s: &mut KernelScratch) {
-        self.product(Rhs::Rows(b), p, y, s);
+    /// `y (rows × p) = bias + W · b` for `b` feature-major (`cols × p`), bounded by `clamp`.
+    pub(super) fn run(
+        &self,
+        b: &[f32],
+        p: usize,
+        y: &mut [f32],
+        s: &mut KernelScratch,
+        clamp: Option<Clamp>,
+    ) {
+        self.product(Rhs::Rows(b), p, y, s, clamp);
     }
 
     /// `y (rows × p) = bias + W · xᵀ` for `x` sample-major (`p × cols`): the product copies `x`
     /// into its column panels itself, so the caller needs no transposed copy.
     pub(super) fn run_samples(&self, x: &[f32], p: usize, y: &mut [f32], s: &mut KernelScratch) {
-        self.product(Rhs::Cols(x), p, y, s);
+        self.product(Rhs::Cols(x), p, y, s, None);
     }
 
     /// `y (rows × p) = bias + W · B` for `B` a convolution's im2col matrix, packed from its
-    /// input planes by the product itself.
+    /// input planes by the product itself, bounded by `clamp`.
     /// One sample on tall panels runs as a direct convolution (`gemm::product_direct`),
     /// without its im2col matrix.
-    pub(super) fn run_conv(&self, c: ConvRhs<'_>, y: &mut [f32], s: &mut KernelScratch) {
+    pub(super) fn run_conv(
+        &self,
+        c: ConvRhs<'_>,
+        y: &mut [f32],
+        s: &mut KernelScratch,
+        clamp: Option<Clamp>,
+    ) {
         let p = c.samples * c.shape.positions();
         match &self.tall {
             Some((tall, avx512))
@@ -82,8 +96,11 @@ impl GemmPanels {
                     k: self.cols,
                 };
                 gemm::product_direct(*avx512, a, c, y, &mut s.gemm);
+                if let Some(c) = clamp {
+                    c.apply(&mut y[..self.rows * p]);
+                }
             }
-            _ => self.product(Rhs::Conv(c), p, y, s),
+            _ => self.product(Rhs::Conv(c), p, y, s, clamp),
         }
     }
 
@@ -93,13 +110,25 @@ impl GemmPanels {
         self.tall.is_some()
     }
 
-    fn product(&self, b: Rhs<'_>, p: usize, y: &mut [f32], s: &mut KernelScratch) {
+    /// The product on tall panels bounds its outputs after it (its sums finish in `y`); on
+    /// row panels, as it stores them.
+    fn product(
+        &self,
+        b: Rhs<'_>,
+        p: usize,
+        y: &mut [f32],
+        s: &mut KernelScratch,
+        clamp: Option<Clamp>,
+    ) {
         let (m, k) = (self.rows, self.cols);
         match &self.tall {
             Some((tall, avx512)) => {
                 fill_bias(&self.bias, 0..self.rows, p, y);
                 let a = Lhs { panels: tall, m, k };
-                gemm::product_tall(*avx512, a, p, b, y, &mut s.gemm)
+                gemm::product_tall(*avx512, a, p, b, y, &mut s.gemm);
+                if let Some(c) = clamp {
+                    c.apply(&mut y[..m * p]);
+                }
             }
             None => {
                 let (a, bias) = (
@@ -110,7 +139,8 @@ impl GemmPanels {
                     },
                     self.bias.as_deref(),
                 );
-                gemm::product(self.avx512, a, p, b, y, &mut s.gemm, Start::Bias(bias))
+                let start = Start::Bias(bias);
+                gemm::product(self.avx512, a, p, b, y, &mut s.gemm, start, clamp)
             }
         }
     }
