@@ -447,6 +447,11 @@ pub(crate) fn product(
     };
     let kc_max = k.div_ceil(blocks);
     let row_panel_count = m.div_ceil(MR);
+    // Row-major `B` in one block of `k`: the tiles read its whole panels in place, `n` floats
+    // from one step of `k` to the next, and only a last partial panel is copied (zero-padded).
+    // Copying would cost a pass over `B` for each use of its values by `m` rows, a large share
+    // for the few rows of a 1 × 1 convolution's projection (24 rows over 1,024 positions).
+    let in_place = matches!(b, Rhs::Rows(_)) && blocks == 1;
     let GemmScratch {
         col_panels,
         row,
@@ -462,7 +467,8 @@ pub(crate) fn product(
         let k1 = (k0 + kc_max).min(k);
         let kc = k1 - k0;
         match b {
-            Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, col_panels),
+            Rhs::Rows(b) if in_place => copy_col_panels(b, kc, n, n / NR, col_panels),
+            Rhs::Rows(b) => copy_col_panels(&b[k0 * n..k1 * n], kc, n, 0, col_panels),
             Rhs::Cols(bt) => transpose_col_panels(avx512, bt, k, k0, kc, n, col_panels),
             Rhs::Conv(c) => {
                 let len = panels * kc * NR;
@@ -478,7 +484,11 @@ pub(crate) fn product(
         for jp in 0..panels {
             let j0 = jp * NR;
             let cols = NR.min(n - j0);
-            let bp = &col_panels[jp * kc * NR..(jp + 1) * kc * NR];
+            let (bp, ldb) = match b {
+                Rhs::Rows(b) if in_place && cols == NR => (&b[j0..], n),
+                Rhs::Rows(_) if in_place => (&col_panels[..kc * NR], NR),
+                _ => (&col_panels[jp * kc * NR..(jp + 1) * kc * NR], NR),
+            };
             for rp in 0..row_panel_count {
                 let r0 = rp * MR;
                 let rows = MR.min(m - r0);
@@ -494,36 +504,38 @@ pub(crate) fn product(
                 #[cfg(target_arch = "x86_64")]
                 if avx512.is_some() {
                     // SAFETY: the `Avx512` token vouches for AVX-512F; `ap` holds `kc × MR` and
-                    // `bp` `kc × NR` values (slices checked above); the tile writes rows
+                    // `bp` `kc` steps `ldb` apart of `NR` values (slices checked above, and
+                    // `j0 + NR ≤ n` when read in place); the tile writes rows
                     // `< rows` at stride `n` and columns `< cols`, all inside `yt` since
                     // `r0 + rows ≤ m` and `j0 + cols ≤ n`.
                     unsafe {
                         // A panel of at most 16 columns (a convolution over 4 × 4 positions,
                         // a narrow last panel) computes only the half that holds them.
                         if cols <= 16 {
-                            x86::micro::<1>(kc, ap, bp, yt, n, rows, cols, init, clamp)
+                            x86::micro::<1>(kc, ap, (bp, ldb), yt, n, rows, cols, init, clamp)
                         } else {
-                            x86::micro::<2>(kc, ap, bp, yt, n, rows, cols, init, clamp)
+                            x86::micro::<2>(kc, ap, (bp, ldb), yt, n, rows, cols, init, clamp)
                         }
                     };
                     continue;
                 }
-                micro_portable(kc, ap, bp, yt, n, rows, cols, init, clamp);
+                micro_portable(kc, ap, (bp, ldb), yt, n, rows, cols, init, clamp);
             }
         }
     }
 }
 
-/// Copies `b` (`kc × n`) into column panels of `NR` (`kc × NR` each, columns past `n` zero).
-fn copy_col_panels(b: &[f32], kc: usize, n: usize, out: &mut Vec<f32>) {
-    let panels = n.div_ceil(NR);
+/// Copies `b` (`kc × n`) into column panels of `NR` (`kc × NR` each, columns past `n` zero),
+/// the panels from `first` on, the first of them at the start of `out`.
+fn copy_col_panels(b: &[f32], kc: usize, n: usize, first: usize, out: &mut Vec<f32>) {
+    let panels = n.div_ceil(NR).saturating_sub(first);
     // Grown, never shrunk: every value read is written below, so a later, larger call
     // need not zero what an earlier one left.
     if out.len() < panels * kc * NR {
         out.resize(panels * kc * NR, 0.0);
     }
     for jp in 0..panels {
-        let j0 = jp * NR;
+        let j0 = (first + jp) * NR;
         let w = NR.min(n - j0);
         let dst = &mut out[jp * kc * NR..(jp + 1) * kc * NR];
         for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
@@ -604,10 +616,6 @@ const SUB_ROWS: usize = 5;
 const SUB_COLS: usize = 16;
 const _: () = assert!(MR.is_multiple_of(SUB_ROWS) && NR.is_multiple_of(SUB_COLS));
 
-/// The portable `MR × NR` tile: `y[i·ldy + j] += Σ_kk a[kk·MR + i] · b[kk·NR + j]` for
-/// `i < rows`, `j < cols`, one `SUB_ROWS × SUB_COLS` sub-tile at a time (sub-tiles wholly past
-/// `rows` or `cols` skipped). Each value is one FMA chain over `kk` in order, as in the AVX-512
-/// kernel.
 /// What a tile of `product` starts from: `y`'s values, or its rows' bias (zero without one).
 #[derive(Debug, Clone, Copy)]
 enum Init<'a> {
@@ -625,11 +633,15 @@ impl Init<'_> {
     }
 }
 
+/// The portable `MR × NR` tile: `y[i·ldy + j] = init + Σ_kk a[kk·MR + i] · b[kk·ldb + j]` for
+/// `i < rows`, `j < cols`, one `SUB_ROWS × SUB_COLS` sub-tile at a time (sub-tiles wholly past
+/// `rows` or `cols` skipped), bounded by `clamp`. Each value is one FMA chain over `kk` in
+/// order, as in the AVX-512 kernel.
 #[allow(clippy::too_many_arguments)]
 fn micro_portable(
     kc: usize,
     a: &[f32],
-    b: &[f32],
+    (b, ldb): (&[f32], usize),
     y: &mut [f32],
     ldy: usize,
     rows: usize,
@@ -641,8 +653,9 @@ fn micro_portable(
     for r0 in (0..rows).step_by(SUB_ROWS) {
         for c0 in (0..cols).step_by(SUB_COLS) {
             let mut acc = [[0f32; SUB_COLS]; SUB_ROWS];
-            for (av, bv) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
-                let (av, bv) = (&av[r0..r0 + SUB_ROWS], &bv[c0..c0 + SUB_COLS]);
+            for (kk, av) in a.chunks_exact(MR).enumerate().take(kc) {
+                let bv = &b[kk * ldb + c0..][..SUB_COLS];
+                let av = &av[r0..r0 + SUB_ROWS];
                 for (acc_row, &ai) in acc.iter_mut().zip(av) {
                     for (v, &bj) in acc_row.iter_mut().zip(bv) {
                         *v = ai.mul_add(bj, *v);
@@ -778,14 +791,15 @@ mod x86 {
     /// registers across the `k` block.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b.len() ≥ kc·NR`, and `y` holds
+    /// The CPU has AVX-512F; `a.len() ≥ kc·MR`, `b` holds `kc` steps `ldb` apart of `16·H`
+    /// values, and `y` holds
     /// `(rows − 1)·ldy + cols` values, `rows ≤ MR`, `cols ≤ 16·H ≤ NR`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn micro<const H: usize>(
         kc: usize,
         a: &[f32],
-        b: &[f32],
+        (b, ldb): (&[f32], usize),
         y: &mut [f32],
         ldy: usize,
         rows: usize,
@@ -794,7 +808,8 @@ mod x86 {
         clamp: Option<Clamp>,
     ) {
         const { assert!(H >= 1 && 16 * H <= NR) };
-        assert!(a.len() >= kc * MR && b.len() >= kc * NR && rows <= MR && cols <= 16 * H);
+        assert!(a.len() >= kc * MR && rows <= MR && cols <= 16 * H);
+        assert!(kc == 0 || b.len() >= (kc - 1) * ldb + 16 * H);
         assert!(rows == 0 || y.len() >= (rows - 1) * ldy + cols);
         if let Init::Bias(Some(bias)) = init {
             assert!(bias.len() >= rows);
@@ -807,7 +822,7 @@ mod x86 {
             }
         }
         // SAFETY: for the whole block, step `kk < kc` reads `a[kk·MR .. kk·MR + MR]` and
-        // `b[kk·NR .. kk·NR + NR]`, inside both slices (asserted above); the tile loads and
+        // `b[kk·ldb .. kk·ldb + 16·H]`, inside both slices (asserted above); the tile loads and
         // stores are masked to the `cols` columns of the `rows` rows that `y` holds.
         unsafe {
             for _ in 0..kc {
@@ -822,7 +837,7 @@ mod x86 {
                     }
                 }
                 ap = ap.add(MR);
-                bp = bp.add(NR);
+                bp = bp.add(ldb);
             }
             let lanes = |c: usize| -> __mmask16 {
                 if c >= 16 {
