@@ -222,7 +222,6 @@ pub fn safetensors_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
 /// (branches and `add` joins of layers; no other joins).
 pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: usize) -> Vec<f32> {
     let mut cur = x.to_vec();
-    let mut shape = m.input.shape.clone();
     let mut outputs: Vec<Vec<f32>> = Vec::new();
     for (i, layer) in m.layers.iter().enumerate() {
         // A branch reads a kept value, not the previous layer's output.
@@ -231,7 +230,7 @@ pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: 
             Some(model::Source::Layer(j)) => cur = outputs[j].clone(),
             None => {}
         }
-        shape = layer.in_shape.clone();
+        let shape = layer.in_shape.clone();
         if let Some(a) = p
             .layers
             .iter()
@@ -273,7 +272,6 @@ pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: 
                 *v += s;
             }
         }
-        shape = layer.out_shape.clone();
         outputs.push(y.clone());
         cur = y;
     }
