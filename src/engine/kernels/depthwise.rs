@@ -55,6 +55,8 @@ struct Geometry {
     tap_at: Vec<usize>,
     /// Floats of one padded image row.
     row: usize,
+    /// One past the last float of the last input pixel.
+    pixel_end: usize,
     /// Input plane of each output channel, as an offset into a sample.
     plane: Vec<usize>,
 }
@@ -63,7 +65,7 @@ impl Geometry {
     fn new(s: &ConvShape) -> Geometry {
         let wp = s.w + 2 * s.pad.1;
         let row = wp * LANES;
-        let pixel = (0..s.h * s.w)
+        let pixel: Vec<usize> = (0..s.h * s.w)
             .map(|f| ((f / s.w + s.pad.0) * wp + f % s.w + s.pad.1) * LANES)
             .collect();
         let positions = s.oh * s.ow;
@@ -80,8 +82,10 @@ impl Geometry {
             .collect();
         let per_input = s.cout / s.groups;
         let plane = (0..s.cout).map(|c| c / per_input * s.h * s.w).collect();
+        let pixel_end = pixel.iter().max().map_or(0, |p| p + LANES);
         Geometry {
             pixel,
+            pixel_end,
             first,
             in_row,
             tap_at,
@@ -93,6 +97,19 @@ impl Geometry {
     /// Floats of the padded image: every tap of every output position is inside.
     fn image_len(&self, s: &ConvShape) -> usize {
         (s.h + 2 * s.pad.0) * self.row
+    }
+
+    /// Zeroes the padding around the image's interior, which `fill` leaves as it is.
+    fn zero_border(&self, s: &ConvShape, image: &mut [f32]) {
+        let (top, left) = (s.pad.0 * self.row, s.pad.1 * LANES);
+        let right = (s.pad.1 + s.w) * LANES;
+        let bottom = (s.pad.0 + s.h) * self.row;
+        image[..top].fill(0.0);
+        image[bottom..self.image_len(s)].fill(0.0);
+        for r in image[top..bottom].chunks_exact_mut(self.row) {
+            r[..left].fill(0.0);
+            r[right..].fill(0.0);
+        }
     }
 }
 
@@ -186,13 +203,15 @@ impl Depthwise {
             }
         };
         let y = &mut y[..s.cout * s.oh * s.ow];
-        // Zeroed once: every block writes the same interior pixels, the padding stays 0.
+        // Every block writes the same interior pixels; the padding is zeroed once.
         let len = g.image_len(s);
-        image.clear();
-        image.resize(len + LANES, 0.0);
+        if image.len() < len + LANES {
+            image.resize(len + LANES, 0.0);
+        }
         // Pixels on cache lines of their own: a load never spans two lines.
         let start = image.as_ptr().align_offset(64).min(LANES);
         let image = &mut image[start..start + len];
+        g.zero_border(s, image);
         let kk = g.tap_at.len();
         for b in 0..s.cout.div_ceil(LANES) {
             let c0 = b * LANES;
@@ -293,7 +312,7 @@ mod x86 {
         let hw = s.h * s.w;
         let planes = &g.plane[b.c0..][..b.cn];
         assert!(planes.iter().all(|&p| p + hw <= x.len()) && g.pixel.len() == hw);
-        assert!(g.pixel.iter().all(|&p| p + LANES <= image.len()));
+        assert!(g.pixel_end <= image.len());
         let (xp, ip) = (x.as_ptr(), image.as_mut_ptr());
         for (f0, pixels) in (0..hw).step_by(LANES).zip(g.pixel.chunks(LANES)) {
             let m = lanes_upto(pixels.len());
