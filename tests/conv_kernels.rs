@@ -262,27 +262,31 @@ fn check_quantized(m: &Model, what: &str, group: usize) {
 }
 
 /// Convolutions followed by a ReLU or ReLU6 (directly or through a folded batchnorm) apply it
-/// in their kernels: im2col product, direct 3×3, 1×1, grouped, few positions. Where a branch
+/// in their kernels: im2col product, direct 3×3, 1×1, grouped, few positions; pruned, the
+/// sparse direct convolution over 18 × 18 maps (a whole tile of columns and rows and a partial
+/// one of each; dilated, and without an activation, in `pre`). Where a branch
 /// reads the convolution's own output (`side` reads `c4`), the activation keeps its pass.
 #[test]
 fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = StdRng::seed_from_u64(6);
-    let mut arch = String::from("[input]\nshape = [6, 12, 12]\n");
+    let mut arch = String::from("[input]\nshape = [6, 18, 18]\n");
     let mut t: Named = Vec::new();
-    // name, cin, cout, window, stride, groups, activation
+    // name, cin, cout, window, stride, dilation, groups, activation (`pre` has none)
     let convs = [
-        ("c0", 6, 12, 3, 1, 1, "relu6"),
-        ("c1", 12, 16, 3, 1, 1, "relu"),
-        ("c2", 16, 24, 1, 1, 1, "relu6"),
-        ("c3", 24, 16, 3, 2, 4, "relu"),
-        ("c4", 16, 32, 3, 2, 1, "relu"),
+        ("pre", 6, 6, 3, 1, 2, 1, ""),
+        ("c0", 6, 12, 3, 1, 1, 1, "relu6"),
+        ("c1", 12, 16, 3, 1, 1, 1, "relu"),
+        ("c2", 16, 24, 1, 1, 1, 1, "relu6"),
+        ("c3", 24, 16, 3, 2, 1, 4, "relu"),
+        ("c4", 16, 32, 3, 2, 1, 1, "relu"),
     ];
-    for (name, cin, cout, k, stride, groups, act) in convs {
+    for (name, cin, cout, k, stride, dil, groups, act) in convs {
         arch += &format!(
             "[[layer]]\nop = \"conv2d\"\nname = \"{name}\"\nweight = \"{name}.weight\"\n\
-             bias = \"{name}.bias\"\nstride = {stride}\npadding = {}\ngroups = {groups}\n",
-            k / 2
+             bias = \"{name}.bias\"\nstride = {stride}\npadding = {}\ndilation = {dil}\n\
+             groups = {groups}\n",
+            dil * (k / 2)
         );
         let n = cout * cin / groups * k * k;
         let scale = (2.0 / (cin / groups * k * k) as f32).sqrt();
@@ -301,7 +305,9 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
                 t.push((format!("c0.bn.{p}"), vec![cout], vals));
             }
         }
-        arch += &format!("[[layer]]\nop = \"{act}\"\nname = \"{name}.act\"\n");
+        if !act.is_empty() {
+            arch += &format!("[[layer]]\nop = \"{act}\"\nname = \"{name}.act\"\n");
+        }
     }
     arch += "[[layer]]\nop = \"conv2d\"\nname = \"side\"\ninput = \"c4\"\n\
              weight = \"side.weight\"\n[[layer]]\nop = \"add\"\nname = \"res\"\n\
@@ -315,8 +321,8 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     ));
     t.push((
         "fc.weight".into(),
-        vec![5, 32 * 9],
-        rand_vec(&mut rng, 5 * 32 * 9),
+        vec![5, 32 * 25],
+        rand_vec(&mut rng, 5 * 32 * 25),
     ));
     t.push(("fc.bias".into(), vec![5], rand_vec(&mut rng, 5)));
     let m = written_model(&dir, &arch, &t);

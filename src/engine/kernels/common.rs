@@ -18,8 +18,11 @@ pub struct KernelScratch {
     /// `nibble_inputs`.
     pub(super) xe: Vec<f32>,
     pub(super) xo: Vec<f32>,
-    /// The input zero-padded to whole windows (row blocks).
+    /// The input zero-padded to whole windows (row blocks), or a convolution's input planes
+    /// zero-padded (`GatheredBatch::run_conv`).
     pub(super) xpad: Vec<f32>,
+    /// Where each kept weight of a sparse convolution reads in its padded input.
+    pub(super) offsets: Vec<usize>,
     pub(super) gemm: GemmScratch,
 }
 

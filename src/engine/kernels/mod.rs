@@ -169,7 +169,7 @@ impl LayerKernels {
                     k.run_conv(c, y, s, clamp);
                     true
                 }
-                ManyColumns::Gathered(_) => false,
+                ManyColumns::Gathered(k) => k.run_conv(c, y, s, clamp),
             },
             _ => false,
         }
