@@ -130,7 +130,7 @@ pub struct Prepared {
     /// A depthwise convolution: its direct kernel, which runs instead of `kernels` (then
     /// empty).
     depthwise: Option<Depthwise>,
-    /// The activation after the layer, when its kernels apply it (`CompressedModel::fuse`).
+    /// The activation after the layer, when its kernels apply it (`fuse`).
     clamp: Option<Clamp>,
 }
 

@@ -367,9 +367,10 @@ impl GatheredBatch {
 
 impl GatheredBatch {
     /// `y (rows × positions) = bias + W ∗ x` for one sample of a convolution at stride 1 over
-    /// maps at least 16 wide, straight from its input planes: each kept weight `(ci, i, j)` reads the zero-padded
-    /// plane `ci` shifted by its tap, over a tile of 4 output rows × 16 columns held in
-    /// registers, so the work is the kept weights' and no im2col matrix is written. `false`,
+    /// maps at least 16 wide, straight from its input planes: each kept weight `(ci, i, j)`
+    /// reads the zero-padded plane `ci` shifted by its tap, over a tile of 4 output rows × 16
+    /// columns held in registers, so the work is the kept weights' and no im2col matrix is
+    /// written. `false`,
     /// with nothing written, for other convolutions (the caller forms the im2col matrix).
     /// Given `clamp`, the outputs are bounded.
     pub(super) fn run_conv(
