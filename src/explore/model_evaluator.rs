@@ -480,17 +480,18 @@ impl ModelEvaluator {
     }
 
     /// The model index where a probe of compressible layer `layer` can start running, with
-    /// the layers before it computed once: the layer itself, unless a residual `add` after it
-    /// reads an output from before it (then the whole model runs).
+    /// the layers before it computed once: the latest index at or before the layer from which
+    /// the model runs on the activations there alone — the layer itself in a chain, the start
+    /// of its block inside a residual block (whose `add` reads the block's input), 0 (the
+    /// whole model) when there is none.
     fn cut_for(&self, layer: usize) -> usize {
         let Some((index, _)) = self.model.compressible().nth(layer) else {
             return 0;
         };
-        if cut_allowed(&self.model, index) {
-            index
-        } else {
-            0
-        }
+        (1..=index)
+            .rev()
+            .find(|&c| cut_allowed(&self.model, c))
+            .unwrap_or(0)
     }
 
     /// The dense model's activations at each cut (the inputs of that layer) for the whole
@@ -629,29 +630,28 @@ fn step_bytes(step: &Step) -> usize {
     }
 }
 
-/// Whether a model can run from layer `cut` on given only the activations there: no layer
-/// after it reads a value from before it.
+/// Whether a model can run from layer `cut` on given only the activations there (the previous
+/// layer's output, which layer `cut` reads): no layer from it on reads any other value from
+/// before it.
 fn cut_allowed(model: &Model, cut: usize) -> bool {
-    (cut + 1..model.layers.len()).all(|i| {
+    let before = cut.checked_sub(1).map_or(Source::Input, Source::Layer);
+    (cut..model.layers.len()).all(|i| {
         model
             .reads(i)
             .iter()
-            .all(|s| matches!(s, Source::Layer(j) if *j >= cut))
-    }) && model.layers[cut]
-        .op
-        .joined()
-        .iter()
-        .all(|s| matches!(s, Source::Layer(j) if *j >= cut))
+            .all(|s| *s == before || matches!(s, Source::Layer(j) if *j >= cut))
+    })
 }
 
 /// Layers `range` of a model as a model of their own: its input is the first layer's input
-/// (already scaled), the values layers read renumbered. `None` when a layer inside reads one
-/// outside (besides the first layer's input).
+/// (already scaled, the output of the layer before the range), the values layers read
+/// renumbered. `None` when a layer inside reads one outside (besides that input).
 fn slice_model(model: &Model, range: Range<usize>) -> Option<Model> {
     let first = model.layers.get(range.start)?;
     let mut layers = Vec::with_capacity(range.len());
     let inside = |s: &mut Source| -> Option<()> {
         match s {
+            Source::Layer(j) if *j + 1 == range.start => *s = Source::Input,
             Source::Layer(j) => *j = j.checked_sub(range.start)?,
             Source::Input if range.start == 0 => {}
             Source::Input => return None,
@@ -992,4 +992,117 @@ pub fn fingerprint(model: &Model, set: &EvalSet) -> u64 {
 pub fn calibration_tag(inputs: &[f32]) -> u64 {
     let bytes: Vec<u8> = inputs.iter().flat_map(|v| v.to_le_bytes()).collect();
     Fnv::default().write(b"calibration").write(&bytes).finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ArchSpec;
+
+    /// A stem, then a residual block whose `add` reads the block's input (`act`), then a
+    /// projection branch that reads the block's output, joined by a second `add`.
+    const RESIDUAL: &str = r#"
+[input]
+shape = [2, 6, 6]
+[[layer]]
+op = "conv2d"
+name = "stem"
+weight = "stem.weight"
+out_channels = 4
+kernel = 3
+padding = 1
+[[layer]]
+op = "relu"
+name = "act"
+[[layer]]
+op = "conv2d"
+name = "a"
+weight = "a.weight"
+out_channels = 4
+kernel = 3
+padding = 1
+[[layer]]
+op = "relu"
+[[layer]]
+op = "conv2d"
+name = "b"
+weight = "b.weight"
+out_channels = 4
+kernel = 3
+padding = 1
+[[layer]]
+op = "add"
+name = "res"
+from = "act"
+[[layer]]
+op = "conv2d"
+name = "c"
+weight = "c.weight"
+out_channels = 4
+kernel = 1
+[[layer]]
+op = "conv2d"
+name = "proj"
+input = "res"
+weight = "proj.weight"
+out_channels = 4
+kernel = 1
+[[layer]]
+op = "add"
+name = "res2"
+from = "c"
+[[layer]]
+op = "flatten"
+[[layer]]
+op = "linear"
+name = "fc"
+weight = "fc.weight"
+out_features = 3
+"#;
+
+    /// Each compressible layer's cut is the latest point the model can be run from on the
+    /// activations there alone, and running the prefix and then the rest from the cut gives
+    /// the whole model's outputs.
+    #[test]
+    fn probes_start_at_the_block_around_their_layer_and_give_the_whole_models_outputs() {
+        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
+        let model = crate::train::init_model(&spec, Path::new("residual.toml"), 3)
+            .expect("model")
+            .detached();
+        let cut = |layer: usize| {
+            let index = model.compressible().nth(layer).expect("layer").0;
+            (1..=index)
+                .rev()
+                .find(|&c| cut_allowed(&model, c))
+                .unwrap_or(0)
+        };
+        // stem (0) runs from the start; a (2) and b (4) from the block's first layer, since
+        // `res` reads `act`; c (6) from itself; proj (7), whose input is `res` (5), from c,
+        // where `res` is the cut's input; fc from itself.
+        let cuts: Vec<usize> = (0..model.compressible().count()).map(cut).collect();
+        assert_eq!(cuts, vec![0, 2, 2, 6, 6, 10]);
+        // No cut inside the block or at `proj` itself (it reads `res`, not `c`).
+        assert!(!cut_allowed(&model, 3) && !cut_allowed(&model, 4) && !cut_allowed(&model, 7));
+        let n = 3;
+        let x: Vec<f32> = (0..n * model.input_len())
+            .map(|i| ((i * 7919 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let run = |m: &Model, x: &[f32]| {
+            let plan = compress::apply(m, &Recipe::default(), None).expect("plan");
+            CompressedModel::build(&plan).expect("build").logits(x, n)
+        };
+        let whole = run(&model, &x);
+        for c in [2, 6, 10] {
+            let head = slice_model(&model, 0..c).expect("head");
+            let tail = slice_model(&model, c..model.layers.len()).expect("tail");
+            let got = run(&tail, &run(&head, &x));
+            assert_eq!(got.len(), whole.len());
+            for (g, w) in got.iter().zip(&whole) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "cut {c}: {g} vs {w}"
+                );
+            }
+        }
+    }
 }
