@@ -488,10 +488,7 @@ impl ModelEvaluator {
         let Some((index, _)) = self.model.compressible().nth(layer) else {
             return 0;
         };
-        (1..=index)
-            .rev()
-            .find(|&c| cut_allowed(&self.model, c))
-            .unwrap_or(0)
+        latest_cut(&self.model, index)
     }
 
     /// The dense model's activations at each cut (the inputs of that layer) for the whole
@@ -628,6 +625,15 @@ fn step_bytes(step: &Step) -> usize {
         Step::ChannelAffine { scale, shift, .. } => (scale.len() + shift.len()) * 4,
         _ => 0,
     }
+}
+
+/// The latest index at or before `index` from which `model` runs on the activations there
+/// alone (`cut_allowed`); 0, the whole model, when there is none.
+fn latest_cut(model: &Model, index: usize) -> usize {
+    (1..=index)
+        .rev()
+        .find(|&c| cut_allowed(model, c))
+        .unwrap_or(0)
 }
 
 /// Whether a model can run from layer `cut` on given only the activations there (the previous
@@ -1069,13 +1075,8 @@ out_features = 3
         let model = crate::train::init_model(&spec, Path::new("residual.toml"), 3)
             .expect("model")
             .detached();
-        let cut = |layer: usize| {
-            let index = model.compressible().nth(layer).expect("layer").0;
-            (1..=index)
-                .rev()
-                .find(|&c| cut_allowed(&model, c))
-                .unwrap_or(0)
-        };
+        let cut =
+            |layer: usize| latest_cut(&model, model.compressible().nth(layer).expect("layer").0);
         // stem (0) runs from the start; a (2) and b (4) from the block's first layer, since
         // `res` reads `act`; c (6) from itself; proj (7), whose input is `res` (5), from c,
         // where `res` is the cut's input; fc from itself.
