@@ -352,6 +352,66 @@ impl CompressedModel {
         Self::assemble(model.clone(), packed)
     }
 
+    /// This model with its linear or conv layer `index` stored as `packed` instead: that
+    /// layer's kernels prepared anew (an activation fused into it stays fused), every other
+    /// step as it is — what `build` gives for the plan with that one layer changed, without
+    /// packing the rest again.
+    pub fn with_layer(&self, index: usize, packed: PackedLayer) -> Result<Self, EngineError> {
+        let layer = self
+            .model
+            .layers
+            .get(index)
+            .ok_or_else(|| EngineError::Invalid {
+                layer: format!("#{index}"),
+                msg: format!("the model has {} layers", self.model.layers.len()),
+            })?;
+        let invalid = |msg: String| EngineError::Invalid {
+            layer: layer.name.clone(),
+            msg,
+        };
+        let old = match self.steps.get(index) {
+            Some(Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _)) => p,
+            _ => return Err(invalid("not a linear or conv step".into())),
+        };
+        if (packed.rows, packed.cols) != (old.rows, old.cols) {
+            return Err(invalid(format!(
+                "packed as {}×{}, the layer is {}×{}",
+                packed.rows, packed.cols, old.rows, old.cols
+            )));
+        }
+        let dims = layer
+            .params()
+            .map(|p| p.weight.dims().to_vec())
+            .unwrap_or_default();
+        let weight = Tensor::from_vec(packed.dequantized(), dims, &Device::Cpu);
+        let bias = packed
+            .bias
+            .as_ref()
+            .map(|b| Tensor::from_vec(b.clone(), b.len(), &Device::Cpu))
+            .transpose();
+        let (weight, bias) = match (weight, bias) {
+            (Ok(w), Ok(b)) => (w, b),
+            (Err(e), _) | (_, Err(e)) => return Err(invalid(e.to_string())),
+        };
+        let mut out = self.clone();
+        let step = match &self.steps[index] {
+            Step::Linear(_) => Step::Linear(Prepared::linear(packed)),
+            Step::TokenLinear(_, tokens) => Step::TokenLinear(Prepared::linear(packed), *tokens),
+            Step::Conv(p, shape) => {
+                let mut prepared = Prepared::conv(packed, shape);
+                prepared.clamp = p.clamp;
+                Step::Conv(prepared, *shape)
+            }
+            _ => return Err(invalid("not a linear or conv step".into())),
+        };
+        out.steps[index] = step;
+        if let Some(p) = out.model.layers[index].op.params_mut() {
+            p.weight = weight;
+            p.bias = bias;
+        }
+        Ok(out)
+    }
+
     /// Builds the steps from the graph and the packed layers (one per linear/conv layer), and
     /// puts the dequantized weights into the model's parameters.
     pub(crate) fn assemble(

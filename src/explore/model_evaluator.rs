@@ -5,8 +5,10 @@
 //!
 //! Sensitivity probes compress one layer with every other layer dense, so the layers before
 //! the probed one compute the same activations for every probe of it: they are computed once
-//! per sweep and each probe runs only from its layer on (`measure_probes`). The figures are
-//! the ones the whole path gives (the tests compare them).
+//! per sweep and each probe runs only from its layer on (`measure_probes`); the dense layers
+//! from there are packed once per sweep, and a probe packs only the layer it compresses
+//! (`CompressedModel::with_layer`). The figures are the ones the whole path gives (the tests
+//! compare them).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::compress::recipe::PruneMethod;
 use crate::compress::{self, Plan, Recipe};
 use crate::data::EvalSet;
 use crate::engine::{self, CompressedModel, PackedLayer, Step};
@@ -270,6 +273,20 @@ impl ModelEvaluator {
         size_bytes: u64,
         activation_bits: Option<u8>,
     ) -> Figures {
+        self.figures_reusing(plan, packed, size_bytes, activation_bits, None)
+    }
+
+    /// `base_figures`, with the per-layer figures of every layer but the `changed` model
+    /// indexes taken from `reuse` (`(figures, changed)`: the figures of a plan that differs
+    /// from this one only there).
+    fn figures_reusing<'p>(
+        &self,
+        plan: &Plan,
+        packed: &dyn Fn(usize) -> Option<&'p PackedLayer>,
+        size_bytes: u64,
+        activation_bits: Option<u8>,
+        reuse: Option<(&Figures, &[usize])>,
+    ) -> Figures {
         let sparsity = plan.sparsity_against(&self.model);
         // Computed when the layers were packed.
         let entropy: u64 = (0..plan.model.layers.len())
@@ -280,7 +297,8 @@ impl ModelEvaluator {
             .info
             .layers
             .iter()
-            .map(|info| {
+            .enumerate()
+            .map(|(k, info)| {
                 let Some(q) = plan.layers.iter().find(|q| {
                     plan.model
                         .layers
@@ -289,6 +307,12 @@ impl ModelEvaluator {
                 }) else {
                     return LayerFigures::default();
                 };
+                if let Some((base, changed)) = reuse
+                    && !changed.contains(&q.layer)
+                    && let Some(f) = base.layers.get(k)
+                {
+                    return f.clone();
+                }
                 let p = packed(q.layer);
                 let positions = plan.model.layers.get(q.layer).map_or(1, |l| l.positions());
                 let values = q.dequantized();
@@ -514,50 +538,105 @@ impl ModelEvaluator {
         Ok(out)
     }
 
+    /// The dense model's layers from `cut` on, packed: what every probe from that cut runs,
+    /// with its own layer packed anew (`probe`).
+    fn suffix(&self, dense: &Built, cut: usize) -> Result<CompressedModel, EvalError> {
+        let Some(part) = slice_plan(&dense.plan, cut) else {
+            return Err(EvalError::Other(format!("cannot run from layer {cut} on")));
+        };
+        Ok(CompressedModel::build(&part)?)
+    }
+
+    /// The model indexes of the layers `config` compresses, when a probe of it can reuse the
+    /// dense model's packed layers: each changed layer compressed on its own gives what the
+    /// whole plan gives it (no global ranking, no activation quantization, no structured
+    /// pruning, which reshapes the layers after it), and each lies at or after `cut`.
+    fn changed_alone(&self, config: &Config, cut: usize) -> Option<Vec<usize>> {
+        if config.global.is_some_and(|g| g > 0) || config.activation_bits.is_some() {
+            return None;
+        }
+        let dense = LayerSetting::default();
+        let mut changed = Vec::new();
+        for ((index, layer), s) in self.model.compressible().zip(&config.layers) {
+            if *s == dense {
+                continue;
+            }
+            if s.prune == PruneMethod::Structured
+                || index < cut
+                || matches!(layer.op, Op::Embedding(_))
+            {
+                return None;
+            }
+            changed.push(index);
+        }
+        Some(changed)
+    }
+
     /// One probe's full-set figures, running from `cut` on `acts` (the dense model's
-    /// activations there); the layers before `cut` are the dense model's, packed in `dense`.
+    /// activations there). The layers before `cut` are `dense`'s; from it on, `suffix` (the
+    /// dense layers from `cut`, packed) with the probed layers packed anew, or, where
+    /// `changed_alone` says that would differ, the configuration's whole plan from `cut`.
     fn probe(
         &self,
         config: &Config,
         cut: usize,
         acts: &[f32],
-        dense: &CompressedModel,
+        dense: &Built,
+        suffix: &CompressedModel,
     ) -> Result<Figures, EvalError> {
-        if cut == 0 {
-            let built = self.build(config)?;
-            let mut f = built.base.clone();
-            let acc = self.accuracy(
-                &built.model,
-                &self.inputs,
-                &self.labels,
-                &AtomicBool::new(false),
-            )?;
-            f.accuracy = Some(Estimate::from_subset(
-                acc,
-                self.labels.len(),
-                self.labels.len(),
-            ));
-            return Ok(f);
-        }
-        let plan = self.plan(config)?;
-        let Some(suffix) = slice_plan(&plan, cut) else {
-            return Err(EvalError::Other(format!("cannot run from layer {cut} on")));
+        let recipe = config.to_recipe(&self.info);
+        let (plan, cm, changed) = match self.changed_alone(config, cut) {
+            Some(changed) => {
+                let mut plan = dense.plan.clone();
+                let mut cm: Option<CompressedModel> = None;
+                for &index in &changed {
+                    let name = &self.model.layers[index].name;
+                    let missing = || EvalError::Other(format!("layer {name} was not planned"));
+                    let alone = slice_model(&self.model, index..index + 1).ok_or_else(missing)?;
+                    let mut q = compress::apply(&alone, &recipe, None)?
+                        .layers
+                        .pop()
+                        .ok_or_else(missing)?;
+                    q.layer = index;
+                    let packed = PackedLayer::encode(&q, name)?;
+                    let from = cm.as_ref().unwrap_or(suffix);
+                    cm = Some(from.with_layer(index - cut, packed)?);
+                    let slot = plan.layers.iter_mut().find(|l| l.layer == index);
+                    *slot.ok_or_else(missing)? = q;
+                }
+                (plan, cm, Some(changed))
+            }
+            None => (self.plan(config)?, None, None),
         };
-        let cm = CompressedModel::build(&suffix)?;
+        let cm = match cm {
+            Some(cm) => cm,
+            None if changed.is_some() => suffix.clone(),
+            None => {
+                let Some(part) = slice_plan(&plan, cut) else {
+                    return Err(EvalError::Other(format!("cannot run from layer {cut} on")));
+                };
+                CompressedModel::build(&part)?
+            }
+        };
         let n = self.labels.len();
         let outputs = batched_logits(&cm, acts, n);
         let acc =
             measure::score(&outputs, cm.num_classes(), &self.labels, self.kind, None).accuracy;
         let packed = |i: usize| {
             if i < cut {
-                packed_at(&dense.steps, i)
+                packed_at(&dense.model.steps, i)
             } else {
                 packed_at(&cm.steps, i - cut)
             }
         };
-        let size: usize = dense.steps[..cut].iter().map(step_bytes).sum::<usize>()
+        let size: usize = dense.model.steps[..cut]
+            .iter()
+            .map(step_bytes)
+            .sum::<usize>()
             + cm.steps.iter().map(step_bytes).sum::<usize>();
-        let mut f = self.base_figures(&plan, &packed, size as u64, config.activation_bits);
+        let reuse = changed.as_deref().map(|c| (&dense.base, c));
+        let mut f =
+            self.figures_reusing(&plan, &packed, size as u64, config.activation_bits, reuse);
         f.accuracy = Some(Estimate::from_subset(acc, n, n));
         Ok(f)
     }
@@ -914,15 +993,24 @@ impl Evaluator for ModelEvaluator {
             Ok(p) => p,
             Err(e) => return fail_all(e.to_string()),
         };
+        let suffixes = match cuts
+            .par_iter()
+            .map(|&cut| self.suffix(&dense, cut))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(s) => s,
+            Err(e) => return fail_all(e.to_string()),
+        };
         let classes = job.classes;
         // Layers in parallel; each chain in order, stopping where it collapses.
         job.chains.par_iter().for_each(|chain| {
             let cut = self.cut_for(chain.layer);
-            let Some((_, acts)) = prefixes.iter().find(|(c, _)| *c == cut) else {
+            let Some(at) = cuts.iter().position(|&c| c == cut) else {
                 return;
             };
+            let (acts, suffix) = (&prefixes[at].1, &suffixes[at]);
             sensitivity::run_chain(chain, dense_accuracy, classes, cancel, report, &mut |p| {
-                self.probe(&p.config, cut, acts, &dense.model)
+                self.probe(&p.config, cut, acts, &dense, suffix)
             });
         });
     }
@@ -1104,6 +1192,75 @@ out_features = 3
                     "cut {c}: {g} vs {w}"
                 );
             }
+        }
+    }
+
+    /// Probes inside and after a residual block, which start at the block's first layer and
+    /// reuse the dense layers packed once, give every figure the whole model's evaluation
+    /// gives, to the last bit.
+    #[test]
+    fn probes_from_a_cut_measure_what_the_whole_model_measures() {
+        use crate::explore::jobs::EvalRequest;
+        use crate::explore::sensitivity::{self, ProbeChain, SensitivityGrid};
+        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
+        let model = crate::train::init_model(&spec, Path::new("residual.toml"), 5)
+            .expect("model")
+            .detached();
+        let n = 40;
+        let inputs: Vec<f32> = (0..n * model.input_len())
+            .map(|i| ((i * 7919 % 31) as f32 - 15.0) / 9.0)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let info = ModelInfo::from_model(&model, "residual", n);
+        let layers = info.layers.len();
+        let ev = ModelEvaluator::new(model, info.clone(), inputs, labels, n);
+        let grid = SensitivityGrid {
+            sparsities: vec![500, 900],
+            bits: vec![3],
+            ..SensitivityGrid::default()
+        };
+        let probes = sensitivity::probes(&info, &grid);
+        let chains: Vec<ProbeChain> = sensitivity::chains(&probes)
+            .into_iter()
+            .enumerate()
+            .map(|(c, chain)| ProbeChain {
+                layer: chain[0].layer,
+                points: chain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| EvalRequest {
+                        key: (c * 10 + i) as u64,
+                        config: p.config(layers),
+                        stages: vec![Stage::Full],
+                    })
+                    .collect(),
+            })
+            .collect();
+        let job = ProbeJob {
+            chains: chains.clone(),
+            dense: None,
+            dense_accuracy: None,
+            classes: 3,
+        };
+        let got = Mutex::new(Vec::new());
+        let never = AtomicBool::new(false);
+        ev.measure_probes(&job, &never, &|e| {
+            if let Ok(mut g) = got.lock() {
+                g.push(e);
+            }
+        });
+        let got = got.into_inner().expect("events");
+        assert_eq!(got.len(), probes.len());
+        for p in chains.iter().flat_map(|c| &c.points) {
+            let fast = got
+                .iter()
+                .find_map(|e| match e {
+                    ProbeEvent::Measured { key, figures } if *key == p.key => Some(figures),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("probe {} not measured: {got:?}", p.key));
+            let whole = ev.evaluate(&p.config, Stage::Full, &never).expect("whole");
+            assert_eq!(fast, &whole, "{:?}", p.config);
         }
     }
 }
