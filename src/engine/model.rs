@@ -352,11 +352,11 @@ impl CompressedModel {
         Self::assemble(model.clone(), packed)
     }
 
-    /// This model with its linear or conv layer `index` stored as `packed` instead: that
-    /// layer's kernels prepared anew (an activation fused into it stays fused), every other
-    /// step as it is — what `build` gives for the plan with that one layer changed, without
-    /// packing the rest again.
-    pub fn with_layer(&self, index: usize, packed: PackedLayer) -> Result<Self, EngineError> {
+    /// Stores this model's linear or conv layer `index` as `packed` instead: that layer's
+    /// kernels prepared anew (an activation fused into it stays fused), every other step as it
+    /// is — what `build` gives for the plan with that one layer changed, without packing the
+    /// rest again.
+    pub fn set_layer(&mut self, index: usize, packed: PackedLayer) -> Result<(), EngineError> {
         let layer = self
             .model
             .layers
@@ -369,8 +369,10 @@ impl CompressedModel {
             layer: layer.name.clone(),
             msg,
         };
-        let old = match self.steps.get(index) {
-            Some(Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _)) => p,
+        let (old, dims) = match (self.steps.get(index), layer.params()) {
+            (Some(Step::Linear(p) | Step::TokenLinear(p, _) | Step::Conv(p, _)), Some(w)) => {
+                (p, w.weight.dims().to_vec())
+            }
             _ => return Err(invalid("not a linear or conv step".into())),
         };
         if (packed.rows, packed.cols) != (old.rows, old.cols) {
@@ -379,10 +381,6 @@ impl CompressedModel {
                 packed.rows, packed.cols, old.rows, old.cols
             )));
         }
-        let dims = layer
-            .params()
-            .map(|p| p.weight.dims().to_vec())
-            .unwrap_or_default();
         let weight = Tensor::from_vec(packed.dequantized(), dims, &Device::Cpu);
         let bias = packed
             .bias
@@ -393,7 +391,6 @@ impl CompressedModel {
             (Ok(w), Ok(b)) => (w, b),
             (Err(e), _) | (_, Err(e)) => return Err(invalid(e.to_string())),
         };
-        let mut out = self.clone();
         let step = match &self.steps[index] {
             Step::Linear(_) => Step::Linear(Prepared::linear(packed)),
             Step::TokenLinear(_, tokens) => Step::TokenLinear(Prepared::linear(packed), *tokens),
@@ -404,12 +401,12 @@ impl CompressedModel {
             }
             _ => return Err(invalid("not a linear or conv step".into())),
         };
-        out.steps[index] = step;
-        if let Some(p) = out.model.layers[index].op.params_mut() {
+        self.steps[index] = step;
+        if let Some(p) = self.model.layers[index].op.params_mut() {
             p.weight = weight;
             p.bias = bias;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Builds the steps from the graph and the packed layers (one per linear/conv layer), and

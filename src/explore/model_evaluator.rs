@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::compress::recipe::PruneMethod;
-use crate::compress::{self, Plan, Recipe};
+use crate::compress::{self, Plan, QuantizedLayer, Recipe};
 use crate::data::EvalSet;
 use crate::engine::{self, CompressedModel, PackedLayer, Step};
 use crate::measure::{self, Measurement, OutputKind};
@@ -573,22 +573,45 @@ impl ModelEvaluator {
     }
 
     /// One probe's full-set figures, running from `cut` on `acts` (the dense model's
-    /// activations there). The layers before `cut` are `dense`'s; from it on, `suffix` (the
-    /// dense layers from `cut`, packed) with the probed layers packed anew, or, where
-    /// `changed_alone` says that would differ, the configuration's whole plan from `cut`.
+    /// activations there). The layers before `cut` are `dense`'s. From it on: `work`, the dense
+    /// layers from `cut` (`suffix`, packed) and the dense plan, with the probed layers packed
+    /// anew in place — a chain's probes all compress the same layer, so each replaces it and
+    /// nothing else is copied; or, where `changed_alone` says that would differ, the
+    /// configuration's whole plan from `cut`.
     fn probe(
         &self,
         config: &Config,
         cut: usize,
         acts: &[f32],
-        dense: &Built,
-        suffix: &CompressedModel,
+        (dense, suffix): (&Built, &CompressedModel),
+        work: &mut Option<ProbeWork>,
     ) -> Result<Figures, EvalError> {
-        let recipe = config.to_recipe(&self.info);
+        let whole;
         let (plan, cm, changed) = match self.changed_alone(config, cut) {
             Some(changed) => {
-                let mut plan = dense.plan.clone();
-                let mut cm: Option<CompressedModel> = None;
+                let w = match work {
+                    Some(w) => w,
+                    None => work.insert(ProbeWork {
+                        model: suffix.clone(),
+                        plan: dense.plan.clone(),
+                        changed: Vec::new(),
+                    }),
+                };
+                let recipe = config.to_recipe(&self.info);
+                let restore: Vec<usize> = w
+                    .changed
+                    .iter()
+                    .copied()
+                    .filter(|i| !changed.contains(i))
+                    .collect();
+                for index in restore {
+                    let q = dense.plan.layers.iter().find(|l| l.layer == index);
+                    let p = packed_at(&suffix.steps, index - cut);
+                    if let (Some(q), Some(p)) = (q, p) {
+                        w.set(cut, q.clone(), p.clone())?;
+                    }
+                }
+                w.changed.clear();
                 for &index in &changed {
                     let name = &self.model.layers[index].name;
                     let missing = || EvalError::Other(format!("layer {name} was not planned"));
@@ -599,27 +622,25 @@ impl ModelEvaluator {
                         .ok_or_else(missing)?;
                     q.layer = index;
                     let packed = PackedLayer::encode(&q, name)?;
-                    let from = cm.as_ref().unwrap_or(suffix);
-                    cm = Some(from.with_layer(index - cut, packed)?);
-                    let slot = plan.layers.iter_mut().find(|l| l.layer == index);
-                    *slot.ok_or_else(missing)? = q;
+                    // Listed first: a failed `set` leaves the layer for the next probe to
+                    // restore.
+                    w.changed.push(index);
+                    w.set(cut, q, packed)?;
                 }
-                (plan, cm, Some(changed))
+                (&w.plan, &w.model, Some(changed))
             }
-            None => (self.plan(config)?, None, None),
-        };
-        let cm = match cm {
-            Some(cm) => cm,
-            None if changed.is_some() => suffix.clone(),
             None => {
+                let plan = self.plan(config)?;
                 let Some(part) = slice_plan(&plan, cut) else {
                     return Err(EvalError::Other(format!("cannot run from layer {cut} on")));
                 };
-                CompressedModel::build(&part)?
+                let cm = CompressedModel::build(&part)?;
+                whole = (plan, cm);
+                (&whole.0, &whole.1, None)
             }
         };
         let n = self.labels.len();
-        let outputs = batched_logits(&cm, acts, n);
+        let outputs = batched_logits(cm, acts, n);
         let acc =
             measure::score(&outputs, cm.num_classes(), &self.labels, self.kind, None).accuracy;
         let packed = |i: usize| {
@@ -635,10 +656,30 @@ impl ModelEvaluator {
             .sum::<usize>()
             + cm.steps.iter().map(step_bytes).sum::<usize>();
         let reuse = changed.as_deref().map(|c| (&dense.base, c));
-        let mut f =
-            self.figures_reusing(&plan, &packed, size as u64, config.activation_bits, reuse);
+        let mut f = self.figures_reusing(plan, &packed, size as u64, config.activation_bits, reuse);
         f.accuracy = Some(Estimate::from_subset(acc, n, n));
         Ok(f)
+    }
+}
+
+/// A chain of probes' working model: the dense layers from the chain's cut, packed, and the
+/// dense plan, with the layers in `changed` replaced by the last probe's.
+struct ProbeWork {
+    model: CompressedModel,
+    plan: Plan,
+    changed: Vec<usize>,
+}
+
+impl ProbeWork {
+    /// Model layer `q.layer` planned as `q` and packed as `packed`, in a model from `cut` on.
+    fn set(&mut self, cut: usize, q: QuantizedLayer, packed: PackedLayer) -> Result<(), EvalError> {
+        let index = q.layer;
+        self.model.set_layer(index - cut, packed)?;
+        match self.plan.layers.iter_mut().find(|l| l.layer == index) {
+            Some(slot) => *slot = q,
+            None => return Err(EvalError::Other(format!("layer #{index} was not planned"))),
+        }
+        Ok(())
     }
 }
 
@@ -1009,8 +1050,9 @@ impl Evaluator for ModelEvaluator {
                 return;
             };
             let (acts, suffix) = (&prefixes[at].1, &suffixes[at]);
+            let mut work = None;
             sensitivity::run_chain(chain, dense_accuracy, classes, cancel, report, &mut |p| {
-                self.probe(&p.config, cut, acts, &dense, suffix)
+                self.probe(&p.config, cut, acts, (&dense, suffix), &mut work)
             });
         });
     }
@@ -1201,7 +1243,7 @@ out_features = 3
     #[test]
     fn probes_from_a_cut_measure_what_the_whole_model_measures() {
         use crate::explore::jobs::EvalRequest;
-        use crate::explore::sensitivity::{self, ProbeChain, SensitivityGrid};
+        use crate::explore::sensitivity::{self, ProbeChain, ProbeKind, SensitivityGrid};
         let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
         let model = crate::train::init_model(&spec, Path::new("residual.toml"), 5)
             .expect("model")
@@ -1236,6 +1278,26 @@ out_features = 3
                     .collect(),
             })
             .collect();
+        // A chain whose points compress different layers after the same cut (a, then b, then
+        // a again): each probe puts back what the one before changed.
+        let mut chains = chains;
+        let mixed = [
+            (1, ProbeKind::Prune(PruneMethod::L1, 700)),
+            (2, ProbeKind::Bits(2)),
+            (1, ProbeKind::Bits(4)),
+        ];
+        chains.push(ProbeChain {
+            layer: 1,
+            points: mixed
+                .into_iter()
+                .enumerate()
+                .map(|(i, (layer, kind))| EvalRequest {
+                    key: 1000 + i as u64,
+                    config: sensitivity::Probe { layer, kind }.config(layers),
+                    stages: vec![Stage::Full],
+                })
+                .collect(),
+        });
         let job = ProbeJob {
             chains: chains.clone(),
             dense: None,
@@ -1250,7 +1312,7 @@ out_features = 3
             }
         });
         let got = got.into_inner().expect("events");
-        assert_eq!(got.len(), probes.len());
+        assert_eq!(got.len(), probes.len() + mixed.len());
         for p in chains.iter().flat_map(|c| &c.points) {
             let fast = got
                 .iter()
