@@ -805,6 +805,22 @@ fn conv_net_large_batches_match_candle() {
     check_model(&m, 37, &mut rng);
 }
 
+/// A run that may be stopped gives `logits`' very bits when left alone, and nothing once
+/// stopped.
+#[test]
+fn stoppable_runs_give_the_same_logits_or_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(9);
+    let m = convnet(&dir, &mut rng);
+    let cm = CompressedModel::build(&plan(&m, 0.5, mixed)).expect("build");
+    let n = 37;
+    let x = rand_vec(&mut rng, n * m.input_len());
+    let go = std::sync::atomic::AtomicBool::new(false);
+    assert_eq!(cm.logits_until(&x, n, &go), Some(cm.logits(&x, n)));
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    assert_eq!(cm.logits_until(&x, n, &stop), None);
+}
+
 #[test]
 fn conv_with_quantized_activations_matches_fake_quantized_reference() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::cpu::{Avx512, Isa};
@@ -787,21 +788,36 @@ impl CompressedModel {
     /// Chunks of samples (`chunk`) run in parallel on rayon's pool; each chunk runs
     /// single-threaded.
     pub fn logits(&self, inputs: &[f32], n: usize) -> Vec<f32> {
+        let never = AtomicBool::new(false);
+        self.logits_until(inputs, n, &never).unwrap_or_default()
+    }
+
+    /// `logits`, giving up when `stop` is set: each chunk looks at it before it starts, so a
+    /// long run stops within one chunk's time. `None` when it stopped. The outputs are the
+    /// same bits `logits` gives.
+    pub fn logits_until(&self, inputs: &[f32], n: usize, stop: &AtomicBool) -> Option<Vec<f32>> {
         let (il, ol) = (self.in_len, self.out_len);
         let mut out = vec![0f32; n * ol];
         let inputs = &inputs[..n * il];
         let chunk = self.chunk();
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         if n <= chunk {
             self.run(inputs, n, &mut self.pool.take().s, &mut out);
-            return out;
+            return Some(out);
         }
         out.par_chunks_mut(chunk * ol)
             .zip(inputs.par_chunks(chunk * il))
             .for_each_init(
                 || self.pool.take(),
-                |p, (o, x)| self.run(x, x.len() / il, &mut p.s, o),
+                |p, (o, x)| {
+                    if !stop.load(Ordering::Relaxed) {
+                        self.run(x, x.len() / il, &mut p.s, o);
+                    }
+                },
             );
-        out
+        (!stop.load(Ordering::Relaxed)).then_some(out)
     }
 
     /// Runs `n` samples on the calling thread with `s`'s buffers, writing `n × classes` to

@@ -372,8 +372,9 @@ impl ModelEvaluator {
             }
             let n = BATCH.min(labels.len() - start);
             self.active.fetch_add(1, Ordering::AcqRel);
-            outputs.extend(model.logits(&inputs[start * il..(start + n) * il], n));
+            let part = model.logits_until(&inputs[start * il..(start + n) * il], n, cancel);
             self.active.fetch_sub(1, Ordering::AcqRel);
+            outputs.extend(part.ok_or(EvalError::Cancelled)?);
         }
         Ok(measure::score(&outputs, classes, labels, self.kind, None).accuracy)
     }
@@ -517,7 +518,11 @@ impl ModelEvaluator {
 
     /// The dense model's activations at each cut (the inputs of that layer) for the whole
     /// set, computed layer range by layer range.
-    fn prefix_activations(&self, cuts: &[usize]) -> Result<Prefixes, EvalError> {
+    fn prefix_activations(
+        &self,
+        cuts: &[usize],
+        cancel: &AtomicBool,
+    ) -> Result<Prefixes, EvalError> {
         let mut out: Vec<(usize, Arc<Vec<f32>>)> = Vec::new();
         let mut at = 0;
         let mut acts = Arc::new(self.inputs.clone());
@@ -530,7 +535,7 @@ impl ModelEvaluator {
                 };
                 let plan = compress::apply(&part, &Recipe::default(), None)?;
                 let cm = CompressedModel::build(&plan)?;
-                acts = Arc::new(batched_logits(&cm, &acts, self.labels.len()));
+                acts = Arc::new(batched_logits(&cm, &acts, self.labels.len(), cancel)?);
                 at = cut;
             }
             out.push((cut, Arc::clone(&acts)));
@@ -585,6 +590,7 @@ impl ModelEvaluator {
         acts: &[f32],
         (dense, suffix): (&Built, &CompressedModel),
         work: &mut Option<ProbeWork>,
+        cancel: &AtomicBool,
     ) -> Result<Figures, EvalError> {
         let whole;
         let (plan, cm, changed) = match self.changed_alone(config, cut) {
@@ -640,7 +646,7 @@ impl ModelEvaluator {
             }
         };
         let n = self.labels.len();
-        let outputs = batched_logits(cm, acts, n);
+        let outputs = batched_logits(cm, acts, n, cancel)?;
         let acc =
             measure::score(&outputs, cm.num_classes(), &self.labels, self.kind, None).accuracy;
         let packed = |i: usize| {
@@ -719,15 +725,22 @@ impl TuneHost for ModelEvaluator {
 }
 
 /// Outputs of `n` samples in the batches `accuracy` uses, so that a run split at a layer
-/// groups samples exactly as the whole run does.
-fn batched_logits(model: &CompressedModel, inputs: &[f32], n: usize) -> Vec<f32> {
+/// groups samples exactly as the whole run does; stops early with `Cancelled` when `cancel`
+/// is set.
+fn batched_logits(
+    model: &CompressedModel,
+    inputs: &[f32],
+    n: usize,
+    cancel: &AtomicBool,
+) -> Result<Vec<f32>, EvalError> {
     let il = model.input_len();
     let mut out = Vec::with_capacity(n * model.num_classes());
     for start in (0..n).step_by(BATCH) {
         let len = BATCH.min(n - start);
-        out.extend(model.logits(&inputs[start * il..(start + len) * il], len));
+        let part = model.logits_until(&inputs[start * il..(start + len) * il], len, cancel);
+        out.extend(part.ok_or(EvalError::Cancelled)?);
     }
-    out
+    Ok(out)
 }
 
 /// The packed layer of step `i`, if it is a linear or conv layer.
@@ -1030,16 +1043,21 @@ impl Evaluator for ModelEvaluator {
         let mut cuts: Vec<usize> = job.chains.iter().map(|c| self.cut_for(c.layer)).collect();
         cuts.sort_unstable();
         cuts.dedup();
-        let prefixes = match self.prefix_activations(&cuts) {
+        let prefixes = match self.prefix_activations(&cuts, cancel) {
             Ok(p) => p,
+            Err(e) if e.is_cancelled() => return,
             Err(e) => return fail_all(e.to_string()),
         };
         let suffixes = match cuts
             .par_iter()
-            .map(|&cut| self.suffix(&dense, cut))
+            .map(|&cut| match cancel.load(Ordering::Relaxed) {
+                true => Err(EvalError::Cancelled),
+                false => self.suffix(&dense, cut),
+            })
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(s) => s,
+            Err(e) if e.is_cancelled() => return,
             Err(e) => return fail_all(e.to_string()),
         };
         let classes = job.classes;
@@ -1052,7 +1070,7 @@ impl Evaluator for ModelEvaluator {
             let (acts, suffix) = (&prefixes[at].1, &suffixes[at]);
             let mut work = None;
             sensitivity::run_chain(chain, dense_accuracy, classes, cancel, report, &mut |p| {
-                self.probe(&p.config, cut, acts, (&dense, suffix), &mut work)
+                self.probe(&p.config, cut, acts, (&dense, suffix), &mut work, cancel)
             });
         });
     }
