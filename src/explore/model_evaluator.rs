@@ -7,7 +7,7 @@
 //! the probed one compute the same activations for every probe of it: they are computed once
 //! per sweep and each probe runs only from its layer on (`measure_probes`); the dense layers
 //! from there are packed once per sweep, and a probe packs only the layer it compresses
-//! (`CompressedModel::with_layer`). The figures are the ones the whole path gives (the tests
+//! (`CompressedModel::set_layer`). The figures are the ones the whole path gives (the tests
 //! compare them).
 
 use std::ops::Range;
