@@ -63,6 +63,9 @@ struct Built {
     model: CompressedModel,
     /// Size figures and per-layer histograms, shared by every stage's answer.
     base: Figures,
+    /// Top-1 over the whole set, once measured: a quick stage whose subset is the whole set
+    /// measures it, and the full stage after it reads it rather than running the set again.
+    accuracy: OnceLock<f64>,
 }
 
 /// Evaluates configurations of one model on one prepared evaluation set.
@@ -256,6 +259,7 @@ impl ModelEvaluator {
             plan,
             model,
             base,
+            accuracy: OnceLock::new(),
         });
         if let Ok(mut cache) = self.built.lock() {
             cache.insert(0, Arc::clone(&built));
@@ -876,7 +880,26 @@ impl Evaluator for ModelEvaluator {
         }
         let built = self.build(config)?;
         let mut figures = built.base.clone();
+        let whole = || -> Result<Estimate, EvalError> {
+            let a = match built.accuracy.get() {
+                Some(a) => *a,
+                None => {
+                    let a = self.accuracy(&built.model, &self.inputs, &self.labels, cancel)?;
+                    *built.accuracy.get_or_init(|| a)
+                }
+            };
+            Ok(Estimate::from_subset(
+                a,
+                self.labels.len(),
+                self.labels.len(),
+            ))
+        };
         match stage {
+            // The quick subset is the whole set (`new` keeps the set's order): its answer is
+            // the full one, which the full stage then reads.
+            Stage::Quick if self.quick_labels.len() == self.labels.len() => {
+                figures.accuracy = Some(whole()?);
+            }
             Stage::Quick => {
                 let a =
                     self.accuracy(&built.model, &self.quick_inputs, &self.quick_labels, cancel)?;
@@ -886,14 +909,7 @@ impl Evaluator for ModelEvaluator {
                     self.labels.len(),
                 ));
             }
-            Stage::Full => {
-                let a = self.accuracy(&built.model, &self.inputs, &self.labels, cancel)?;
-                figures.accuracy = Some(Estimate::from_subset(
-                    a,
-                    self.labels.len(),
-                    self.labels.len(),
-                ));
-            }
+            Stage::Full => figures.accuracy = Some(whole()?),
             Stage::Latency => {
                 let lat = self.latency(&built.model);
                 figures.latency_us = Some(lat.median_us);
@@ -1342,5 +1358,42 @@ out_features = 3
             let whole = ev.evaluate(&p.config, Stage::Full, &never).expect("whole");
             assert_eq!(fast, &whole, "{:?}", p.config);
         }
+    }
+
+    /// Where the quick subset is the whole set, the quick answer is the full one; where it is
+    /// not, the full answer after a quick one is still measured on the whole set.
+    #[test]
+    fn a_quick_subset_as_large_as_the_set_answers_for_the_whole_set() {
+        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
+        let model = crate::train::init_model(&spec, Path::new("residual.toml"), 7)
+            .expect("model")
+            .detached();
+        let n = 30;
+        let inputs: Vec<f32> = (0..n * model.input_len())
+            .map(|i| ((i * 104_729 % 37) as f32 - 18.0) / 11.0)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 3).collect();
+        let info = ModelInfo::from_model(&model, "residual", n);
+        let mut config = Config::dense(info.layers.len());
+        config.layers[2].bits = crate::compress::Bits::Int(2);
+        let never = AtomicBool::new(false);
+        let eval = |quick: usize, stage: Stage| {
+            let ev = ModelEvaluator::new(
+                model.clone(),
+                info.clone(),
+                inputs.clone(),
+                labels.clone(),
+                quick,
+            );
+            let first = ev.evaluate(&config, Stage::Quick, &never).expect("quick");
+            let then = ev.evaluate(&config, stage, &never).expect("stage");
+            (first.accuracy.expect("a"), then.accuracy.expect("a"))
+        };
+        let (quick, full) = eval(n, Stage::Full);
+        assert_eq!(quick, full);
+        assert_eq!((quick.samples, quick.half_width), (n, 0.0));
+        let (part, full_after_part) = eval(n / 3, Stage::Full);
+        assert_eq!(part.samples, n / 3);
+        assert_eq!(full_after_part, full);
     }
 }
