@@ -1271,6 +1271,20 @@ out_features = 3
         }
     }
 
+    /// `RESIDUAL` with weights drawn from `seed`, its description, and `n` inputs with labels.
+    fn residual_set(seed: u64, n: usize) -> (Model, ModelInfo, Vec<f32>, Vec<u32>) {
+        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
+        let model = crate::train::init_model(&spec, Path::new("residual.toml"), seed)
+            .expect("model")
+            .detached();
+        let inputs: Vec<f32> = (0..n * model.input_len())
+            .map(|i| ((i * 7919 % 31) as f32 - 15.0) / 9.0)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 3).collect();
+        let info = ModelInfo::from_model(&model, "residual", n);
+        (model, info, inputs, labels)
+    }
+
     /// Probes inside and after a residual block, which start at the block's first layer and
     /// reuse the dense layers packed once, give every figure the whole model's evaluation
     /// gives, to the last bit.
@@ -1278,16 +1292,8 @@ out_features = 3
     fn probes_from_a_cut_measure_what_the_whole_model_measures() {
         use crate::explore::jobs::EvalRequest;
         use crate::explore::sensitivity::{self, ProbeChain, ProbeKind, SensitivityGrid};
-        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
-        let model = crate::train::init_model(&spec, Path::new("residual.toml"), 5)
-            .expect("model")
-            .detached();
         let n = 40;
-        let inputs: Vec<f32> = (0..n * model.input_len())
-            .map(|i| ((i * 7919 % 31) as f32 - 15.0) / 9.0)
-            .collect();
-        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-        let info = ModelInfo::from_model(&model, "residual", n);
+        let (model, info, inputs, labels) = residual_set(5, n);
         let layers = info.layers.len();
         let ev = ModelEvaluator::new(model, info.clone(), inputs, labels, n);
         let grid = SensitivityGrid {
@@ -1364,16 +1370,8 @@ out_features = 3
     /// not, the full answer after a quick one is still measured on the whole set.
     #[test]
     fn a_quick_subset_as_large_as_the_set_answers_for_the_whole_set() {
-        let spec = ArchSpec::from_toml(RESIDUAL).expect("arch");
-        let model = crate::train::init_model(&spec, Path::new("residual.toml"), 7)
-            .expect("model")
-            .detached();
         let n = 30;
-        let inputs: Vec<f32> = (0..n * model.input_len())
-            .map(|i| ((i * 104_729 % 37) as f32 - 18.0) / 11.0)
-            .collect();
-        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 7) % 3).collect();
-        let info = ModelInfo::from_model(&model, "residual", n);
+        let (model, info, inputs, labels) = residual_set(7, n);
         let mut config = Config::dense(info.layers.len());
         config.layers[2].bits = crate::compress::Bits::Int(2);
         let never = AtomicBool::new(false);
