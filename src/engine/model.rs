@@ -382,16 +382,7 @@ impl CompressedModel {
                 packed.rows, packed.cols, old.rows, old.cols
             )));
         }
-        let weight = Tensor::from_vec(packed.dequantized(), dims, &Device::Cpu);
-        let bias = packed
-            .bias
-            .as_ref()
-            .map(|b| Tensor::from_vec(b.clone(), b.len(), &Device::Cpu))
-            .transpose();
-        let (weight, bias) = match (weight, bias) {
-            (Ok(w), Ok(b)) => (w, b),
-            (Err(e), _) | (_, Err(e)) => return Err(invalid(e.to_string())),
-        };
+        let (weight, bias) = weight_tensors(&packed, &dims).map_err(|e| invalid(e.to_string()))?;
         let step = match &self.steps[index] {
             Step::Linear(_) => Step::Linear(Prepared::linear(packed)),
             Step::TokenLinear(_, tokens) => Step::TokenLinear(Prepared::linear(packed), *tokens),
@@ -442,16 +433,8 @@ impl CompressedModel {
                             pl.rows, pl.cols
                         )));
                     }
-                    let deq = pl.dequantized();
-                    p.weight = Tensor::from_vec(deq, dims.clone(), &Device::Cpu)
-                        .map_err(|e| graph(e.to_string()))?;
-                    p.bias = match &pl.bias {
-                        Some(b) => Some(
-                            Tensor::from_vec(b.clone(), b.len(), &Device::Cpu)
-                                .map_err(|e| graph(e.to_string()))?,
-                        ),
-                        None => None,
-                    };
+                    (p.weight, p.bias) =
+                        weight_tensors(&pl, &dims).map_err(|e| graph(e.to_string()))?;
                     match &layer.op {
                         Op::Embedding(_) => Step::Embedding {
                             table: pl.dequantized(),
@@ -1181,6 +1164,20 @@ fn fuse(model: &Model, keep: &[bool], steps: &mut [Step]) {
         }
         steps[j] = Step::Identity;
     }
+}
+
+/// A packed layer's dequantized weights (shaped `dims`) and bias, as the model's parameters
+/// hold them.
+fn weight_tensors(
+    pl: &PackedLayer,
+    dims: &[usize],
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let weight = Tensor::from_vec(pl.dequantized(), dims, &Device::Cpu)?;
+    let bias = match &pl.bias {
+        Some(b) => Some(Tensor::from_vec(b.clone(), b.len(), &Device::Cpu)?),
+        None => None,
+    };
+    Ok((weight, bias))
 }
 
 /// A convolution over `n` samples: its geometry, its layer (kernels prepared per group) and

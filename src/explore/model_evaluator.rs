@@ -616,10 +616,15 @@ impl ModelEvaluator {
                     .collect();
                 for index in restore {
                     let q = dense.plan.layers.iter().find(|l| l.layer == index);
-                    let p = packed_at(&suffix.steps, index - cut);
-                    if let (Some(q), Some(p)) = (q, p) {
-                        w.set(cut, q.clone(), p.clone())?;
-                    }
+                    let p = index
+                        .checked_sub(cut)
+                        .and_then(|i| packed_at(&suffix.steps, i));
+                    let (Some(q), Some(p)) = (q, p) else {
+                        return Err(EvalError::Other(format!(
+                            "layer #{index} has no dense weights to put back"
+                        )));
+                    };
+                    w.set(cut, q.clone(), p.clone())?;
                 }
                 w.changed.clear();
                 for &index in &changed {
@@ -684,7 +689,12 @@ impl ProbeWork {
     /// Model layer `q.layer` planned as `q` and packed as `packed`, in a model from `cut` on.
     fn set(&mut self, cut: usize, q: QuantizedLayer, packed: PackedLayer) -> Result<(), EvalError> {
         let index = q.layer;
-        self.model.set_layer(index - cut, packed)?;
+        let Some(at) = index.checked_sub(cut) else {
+            return Err(EvalError::Other(format!(
+                "layer #{index} lies before the probe's first layer #{cut}"
+            )));
+        };
+        self.model.set_layer(at, packed)?;
         match self.plan.layers.iter_mut().find(|l| l.layer == index) {
             Some(slot) => *slot = q,
             None => return Err(EvalError::Other(format!("layer #{index} was not planned"))),
