@@ -174,10 +174,16 @@ pub(crate) fn product_direct(
     s.row.resize(pos * TR, 0.0);
     let acc = &mut s.row;
     let taps = &tap_buf[..];
+    // The farthest tap of each block of `k`, which bounds a tile's reads.
+    let reach: Vec<usize> = taps
+        .chunks(DIRECT_KC)
+        .map(|t| t.iter().max().map_or(0, |&t| t as usize))
+        .collect();
     for (rp, ap) in a.chunks_exact(TR * k).enumerate().take(m.div_ceil(TR)) {
-        for k0 in (0..k).step_by(DIRECT_KC) {
+        for (kb, k0) in (0..k).step_by(DIRECT_KC).enumerate() {
             let kc = DIRECT_KC.min(k - k0);
             let (ab, tb) = (&ap[k0 * TR..(k0 + kc) * TR], &taps[k0..k0 + kc]);
+            let far = reach[kb];
             for oy in 0..oh {
                 let mut ox = 0;
                 while ox < ow {
@@ -188,14 +194,14 @@ pub(crate) fn product_direct(
                     // reads of `x` and `ab` and its writes of `at`.
                     ox += unsafe {
                         match (ow - ox, sx) {
-                            (12.., 1) => x86::direct::<12, 1>(ab, tb, x, base, at, first),
-                            (8.., 1) => x86::direct::<8, 1>(ab, tb, x, base, at, first),
-                            (4.., 1) => x86::direct::<4, 1>(ab, tb, x, base, at, first),
-                            (_, 1) => x86::direct::<1, 1>(ab, tb, x, base, at, first),
-                            (12.., _) => x86::direct::<12, 2>(ab, tb, x, base, at, first),
-                            (8.., _) => x86::direct::<8, 2>(ab, tb, x, base, at, first),
-                            (4.., _) => x86::direct::<4, 2>(ab, tb, x, base, at, first),
-                            _ => x86::direct::<1, 2>(ab, tb, x, base, at, first),
+                            (12.., 1) => x86::direct::<12, 1>(ab, tb, far, x, base, at, first),
+                            (8.., 1) => x86::direct::<8, 1>(ab, tb, far, x, base, at, first),
+                            (4.., 1) => x86::direct::<4, 1>(ab, tb, far, x, base, at, first),
+                            (_, 1) => x86::direct::<1, 1>(ab, tb, far, x, base, at, first),
+                            (12.., _) => x86::direct::<12, 2>(ab, tb, far, x, base, at, first),
+                            (8.., _) => x86::direct::<8, 2>(ab, tb, far, x, base, at, first),
+                            (4.., _) => x86::direct::<4, 2>(ab, tb, far, x, base, at, first),
+                            _ => x86::direct::<1, 2>(ab, tb, far, x, base, at, first),
                         }
                     };
                 }
@@ -204,11 +210,16 @@ pub(crate) fn product_direct(
         // The panel's outputs, channels-last in `acc`, added into their rows of `y`.
         let r0 = rp * TR;
         let rows = TR.min(m - r0);
-        for (i, yrow) in y[r0 * pos..(r0 + rows) * pos]
-            .chunks_exact_mut(pos.max(1))
-            .enumerate()
-        {
-            for (v, a) in yrow.iter_mut().zip(acc.chunks_exact(TR)) {
+        let yp = &mut y[r0 * pos..(r0 + rows) * pos];
+        // SAFETY: the `Avx512` token vouches for AVX-512F; `acc` holds `pos × TR` values and
+        // `yp` `rows × pos`, `rows ≤ TR`.
+        let done = unsafe { x86::add_transposed(acc, pos, rows, yp) };
+        for (i, yrow) in yp.chunks_exact_mut(pos.max(1)).enumerate() {
+            let first = if i < done.0 { done.1 } else { 0 };
+            for (v, a) in yrow[first..]
+                .iter_mut()
+                .zip(acc[first * TR..].chunks_exact(TR))
+            {
                 *v += a[i];
             }
         }
@@ -681,7 +692,7 @@ fn micro_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Clamp, Init, MR, NR, TR};
+    use super::{Clamp, Init, MR, NR, TR, simd};
 
     /// Steps of `k` ahead of the one in flight that `tall` asks the caches for.
     const PREFETCH: usize = 32;
@@ -691,24 +702,27 @@ mod x86 {
     /// TR` (`=` for the `first` block). Returns `P`.
     ///
     /// # Safety
-    /// The CPU has AVX-512F.
+    /// The CPU has AVX-512F; `far` is at least every value of `taps` (the tile reads up to
+    /// `x[base + far + (P − 1)·SX]`, which it asserts is inside `x`).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn direct<const P: usize, const SX: usize>(
         a: &[f32],
         taps: &[u32],
+        far: usize,
         x: &[f32],
         base: usize,
         acc_out: &mut [f32],
         first: bool,
     ) -> usize {
         let k = taps.len();
-        let reach = base + taps.iter().max().map_or(0, |&t| t as usize) + (P - 1) * SX;
+        let reach = base + far + (P - 1) * SX;
         assert!(a.len() >= k * TR && x.len() > reach && acc_out.len() >= P * TR);
         let ap = a.as_ptr();
         let xb = x.as_ptr().wrapping_add(base);
         let op = acc_out.as_mut_ptr();
+        debug_assert!(taps.iter().all(|&t| t as usize <= far));
         // SAFETY: step `kk < k` reads `a[kk·TR ..][..TR]` and `x[base + taps[kk] + p·SX]` for
-        // `p < P`, at most `reach < x.len()`; the tile reads and writes `acc_out[.. P·TR]`
+        // `p < P`, at most `reach < x.len()` (`taps[kk] ≤ far` by the contract); the tile reads and writes `acc_out[.. P·TR]`
         // (all asserted above).
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; P];
@@ -736,6 +750,44 @@ mod x86 {
             }
         }
         P
+    }
+
+    /// `y[i·pos + p] += acc[p·TR + i]` for the whole 16 × 16 blocks of `rows ≤ TR` channels and
+    /// `pos` positions: a direct tile's channels-last sums added into the output rows, 16
+    /// positions of 16 channels at a time through an in-register transpose. Returns the rows
+    /// and positions done (`rows / 16 · 16`, `pos / 16 · 16`); the caller adds the rest.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_transposed(
+        acc: &[f32],
+        pos: usize,
+        rows: usize,
+        y: &mut [f32],
+    ) -> (usize, usize) {
+        let (r16, p16) = (rows.min(TR) / 16 * 16, pos / 16 * 16);
+        assert!(acc.len() >= pos * TR && y.len() >= rows * pos);
+        let (ap, yp) = (acc.as_ptr(), y.as_mut_ptr());
+        for c0 in (0..r16).step_by(16) {
+            for p0 in (0..p16).step_by(16) {
+                let mut v = [_mm512_setzero_ps(); 16];
+                // SAFETY: positions `p0 .. p0 + 16 ≤ pos`, channels `c0 .. c0 + 16 ≤ rows ≤ TR`:
+                // reads `acc[(p0 + j)·TR + c0 ..][..16]` inside `pos·TR`, and adds into
+                // `y[(c0 + i)·pos + p0 ..][..16]` inside `rows·pos` (asserted above).
+                unsafe {
+                    for (j, v) in v.iter_mut().enumerate() {
+                        *v = _mm512_loadu_ps(ap.add((p0 + j) * TR + c0));
+                    }
+                    simd::transpose16_regs(&mut v);
+                    for (i, v) in v.iter().enumerate() {
+                        let at = yp.add((c0 + i) * pos + p0);
+                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                    }
+                }
+            }
+        }
+        (r16, p16)
     }
 
     /// `P` columns of a tall tile: `y[i·ldb + j0 + j] += Σ_kk a[kk·TR + i] · b[kk·ldb + j]`
@@ -893,11 +945,21 @@ mod x86 {
     pub(super) unsafe fn direct<const P: usize, const SX: usize>(
         _: &[f32],
         _: &[u32],
+        _: usize,
         _: &[f32],
         _: usize,
         _: &mut [f32],
         _: bool,
     ) -> usize {
+        unreachable!("an Avx512 token is only made on x86_64")
+    }
+
+    pub(super) unsafe fn add_transposed(
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) -> (usize, usize) {
         unreachable!("an Avx512 token is only made on x86_64")
     }
 }
@@ -1058,9 +1120,13 @@ mod tests {
                     product_tall(avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
                     assert!(close(&got, &want), "tall panels, {s:?} group {g}");
                     if samples == 1 && st <= 2 {
-                        let mut got = vec![0f32; rows * n];
+                        // Added to what `y` holds, the 16 × 16 blocks and the ragged rest alike.
+                        let held: Vec<f32> = (0..rows * n).map(|i| (i % 7) as f32 - 3.0).collect();
+                        let want_add: Vec<f32> =
+                            want.iter().zip(&held).map(|(w, h)| w + h).collect();
+                        let mut got = held.clone();
                         product_direct(avx512, a, c, &mut got, &mut sc);
-                        assert!(close(&got, &want), "direct, {s:?} group {g}");
+                        assert!(close(&got, &want_add), "direct, {s:?} group {g}");
                     }
                 }
             }
