@@ -194,6 +194,10 @@ pub(crate) fn product_direct(
                     // reads of `x` and `ab` and its writes of `at`.
                     ox += unsafe {
                         match (ow - ox, sx) {
+                            // 16 as 8 + 8 rather than 12 + 4: a 4-wide tile's 8 accumulators
+                            // wait on the FMA latency.
+                            (16, 1) => x86::direct::<8, 1>(ab, tb, far, x, base, at, first),
+                            (16, _) => x86::direct::<8, 2>(ab, tb, far, x, base, at, first),
                             (12.., 1) => x86::direct::<12, 1>(ab, tb, far, x, base, at, first),
                             (8.., 1) => x86::direct::<8, 1>(ab, tb, far, x, base, at, first),
                             (4.., 1) => x86::direct::<4, 1>(ab, tb, far, x, base, at, first),
