@@ -142,6 +142,32 @@ fn empty_app_before_any_result() {
     insta::assert_snapshot!(draw(&app, 120, 36).backend());
 }
 
+/// A set no larger than the quick subset is measured whole in the first stage, and the status
+/// line says so rather than promising a subset.
+#[test]
+fn the_first_stage_on_a_set_no_larger_than_the_subset_says_full_set() {
+    let mut info = info();
+    let mut app = squeeze::tui::App::new(
+        squeeze::explore::session::Session::new(info.clone(), session_options()),
+        options(),
+    );
+    let _ = app.start();
+    let text = screen(&draw(&app, 120, 36));
+    assert!(text.contains("quick estimate on a subset"), "{text}");
+    info.quick_samples = info.samples;
+    let mut app = squeeze::tui::App::new(
+        squeeze::explore::session::Session::new(info, session_options()),
+        options(),
+    );
+    let _ = app.start();
+    let text = screen(&draw(&app, 120, 36));
+    assert!(
+        text.contains("measuring: accuracy on the full set"),
+        "{text}"
+    );
+    assert!(!text.contains("on a subset"), "{text}");
+}
+
 #[test]
 fn export_prompt() {
     let mut app = tuned();

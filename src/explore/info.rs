@@ -40,6 +40,9 @@ pub struct ModelInfo {
     /// The evaluation set's file name and size.
     pub data_name: String,
     pub samples: usize,
+    /// Samples the quick estimate measures: a fixed random subset, or the whole set when it
+    /// is no larger than the subset would be.
+    pub quick_samples: usize,
     pub layers: Vec<LayerInfo>,
     /// Classes the model outputs.
     pub classes: usize,
@@ -93,6 +96,7 @@ impl ModelInfo {
             name,
             data_name: data_name.to_string(),
             samples,
+            quick_samples: samples,
             layers,
             classes: model.num_classes(),
         }
@@ -104,6 +108,7 @@ impl ModelInfo {
             name: "test-model".into(),
             data_name: "test-data".into(),
             samples: 10_000,
+            quick_samples: 1_000,
             layers,
             classes: 10,
         }

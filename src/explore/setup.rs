@@ -141,7 +141,9 @@ impl Setup {
         }
         let fingerprint = model_evaluator::fingerprint(&model, &set);
         let data_name = data_label(&opts.data);
-        let info = ModelInfo::from_model(&model, &data_name, set.len());
+        let mut info = ModelInfo::from_model(&model, &data_name, set.len());
+        // The evaluator's quick subset: at most `quick_samples` of the set.
+        info.quick_samples = opts.quick_samples.max(1).min(set.len());
 
         let (calibration, calibration_tag, loader) = calibration_set(opts, &model)?;
         if let Some(c) = &calibration {

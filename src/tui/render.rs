@@ -1108,6 +1108,10 @@ fn render_work(frame: &mut Frame, area: Rect, app: &App) {
         );
     } else if let Some(stage) = app.session.pending.first() {
         let text = match stage {
+            // A set no larger than the quick subset is measured whole at once.
+            Stage::Quick if app.info().quick_samples >= app.info().samples => {
+                "measuring: accuracy on the full set …"
+            }
             Stage::Quick => "measuring: quick estimate on a subset …",
             Stage::Full => "measuring: accuracy on the full set …",
             Stage::Latency => "measuring: latency …",

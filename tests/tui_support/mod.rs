@@ -50,6 +50,7 @@ pub fn info() -> ModelInfo {
         name: "lenet-300-100".into(),
         data_name: "mnist".into(),
         samples: 10_000,
+        quick_samples: 1_000,
         layers: vec![
             layer("fc1", 300, 784),
             layer("fc2", 100, 300),
