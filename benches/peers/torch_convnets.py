@@ -15,8 +15,10 @@ writes for each, into OUT (default: a temporary directory), the state_dict
 N random inputs labelled with PyTorch's argmax (`<name>.data.safetensors`; inputs whose top two
 logits are within 1e-3 are left out) and the ONNX export (`<name>.onnx`); then times
 
-- squeeze: `squeeze bench --quick --only` with int8 weights, int8 weights + activations
-  (calibrated on the set's first samples) and l1 90 % unstructured besides dense f32 (single-sample latency on one thread; the set on all threads, chunks of samples);
+- squeeze: `squeeze bench --repeat 5 --only` with int8 weights, int8 weights + activations
+  (calibrated on the set's first samples) and l1 90 % unstructured besides dense f32
+  (single-sample latency on one thread, the median of at least 200 runs; the set on all
+  threads, chunks of samples);
   its dense top-1 against PyTorch's argmax is the agreement;
 - ONNX Runtime (CPU provider, all graph optimizations): one sample on 1 thread, the set in
   batches of BATCH on 2 threads;
@@ -288,7 +290,7 @@ def torch_times(m, xs, batch, rounds):
 
 def squeeze_bench(squeeze, base, compressed, out):
     cmd = [squeeze, "bench", "--model", base + ".safetensors", "--data",
-           base + ".data.safetensors", "--quick", "--only", "--quiet", "--format", "json"]
+           base + ".data.safetensors", "--repeat", "5", "--only", "--quiet", "--format", "json"]
     if compressed:
         for i, text in enumerate(RECIPES.values()):
             p = os.path.join(out, f"recipe{i}.toml")
