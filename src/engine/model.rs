@@ -289,6 +289,8 @@ struct LayerBufs {
     q8b: Vec<u8>,
     /// A layer's outputs before they are transposed into place.
     yt: Vec<f32>,
+    /// A padded convolution's input, padded once for its im2col rows (`im2col_padded`).
+    padded: Vec<f32>,
     k: KernelScratch,
 }
 
@@ -1260,7 +1262,8 @@ impl Conv<'_> {
                             f.run_bounded(xg, pos, yg, &mut t.k, clamp);
                         } else if f.fake_quant.is_some() || !k.run_conv(c, yg, &mut t.k, clamp) {
                             t.t1.resize(kk * pos, 0.0);
-                            ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
+                            let col = (&mut t.t1[..], (pos, 0));
+                            im2col_padded(xs, s, g, col, &mut t.padded, avx512);
                             f.run_bounded(&t.t1, pos, yg, &mut t.k, clamp);
                         }
                     }
@@ -1268,7 +1271,7 @@ impl Conv<'_> {
                     // and those run it above; the layer's own product gives the same outputs.
                     Run::Int8(_) => {
                         t.t1.resize(kk * pos, 0.0);
-                        ops::im2col_into(xs, s, g, &mut t.t1, (pos, 0), 0.0, avx512);
+                        im2col_padded(xs, s, g, (&mut t.t1[..], (pos, 0)), &mut t.padded, avx512);
                         k.run(&t.t1, pos, yg, &mut t.k);
                         bound(yg);
                     }
@@ -1354,7 +1357,8 @@ impl Conv<'_> {
                     col.resize(kk * wide, 0.0);
                     for j in 0..count {
                         let xs = &x[(start + j) * in_len..(start + j + 1) * in_len];
-                        ops::im2col_into(xs, s, g, col, (wide, j * pos), 0.0, self.avx512);
+                        let at = (&mut col[..], (wide, j * pos));
+                        im2col_padded(xs, s, g, at, &mut t.padded, self.avx512);
                     }
                     k.run(col, wide, prod, &mut t.k);
                     if let Some(c) = clamp {
@@ -1371,6 +1375,27 @@ impl Conv<'_> {
                 }
             }
         }
+    }
+}
+
+/// Group `g`'s im2col matrix of one sample `xs` into `col.0` at `col.1 = (stride, offset)`
+/// (`ops::im2col_into`). A layer that pads has the group's input padded once into `padded`
+/// first, so that every row copies whole segments of its input rows without bounds tests or
+/// fills.
+fn im2col_padded(
+    xs: &[f32],
+    s: &ConvShape,
+    g: usize,
+    col: (&mut [f32], (usize, usize)),
+    padded: &mut Vec<f32>,
+    avx512: Option<Avx512>,
+) {
+    let (col, at) = col;
+    if s.pad != (0, 0) {
+        let valid = ops::pad_group(xs, s, g, 1, padded, avx512);
+        ops::im2col_into(padded, &valid, 0, col, at, 0.0, avx512);
+    } else {
+        ops::im2col_into(xs, s, g, col, at, 0.0, avx512);
     }
 }
 
