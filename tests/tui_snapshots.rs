@@ -146,21 +146,20 @@ fn empty_app_before_any_result() {
 /// line says so rather than promising a subset.
 #[test]
 fn the_first_stage_on_a_set_no_larger_than_the_subset_says_full_set() {
+    let first_screen = |info| {
+        let session = squeeze::explore::session::Session::new(info, session_options());
+        let mut app = squeeze::tui::App::new(session, options());
+        let _ = app.start();
+        screen(&draw(&app, 120, 36))
+    };
     let mut info = info();
-    let mut app = squeeze::tui::App::new(
-        squeeze::explore::session::Session::new(info.clone(), session_options()),
-        options(),
+    let text = first_screen(info.clone());
+    assert!(
+        text.contains("measuring: quick estimate on a subset"),
+        "{text}"
     );
-    let _ = app.start();
-    let text = screen(&draw(&app, 120, 36));
-    assert!(text.contains("quick estimate on a subset"), "{text}");
     info.quick_samples = info.samples;
-    let mut app = squeeze::tui::App::new(
-        squeeze::explore::session::Session::new(info, session_options()),
-        options(),
-    );
-    let _ = app.start();
-    let text = screen(&draw(&app, 120, 36));
+    let text = first_screen(info);
     assert!(
         text.contains("measuring: accuracy on the full set"),
         "{text}"

@@ -726,8 +726,8 @@ mod x86 {
         let op = acc_out.as_mut_ptr();
         debug_assert!(taps.iter().all(|&t| t as usize <= far));
         // SAFETY: step `kk < k` reads `a[kk·TR ..][..TR]` and `x[base + taps[kk] + p·SX]` for
-        // `p < P`, at most `reach < x.len()` (`taps[kk] ≤ far` by the contract); the tile reads and writes `acc_out[.. P·TR]`
-        // (all asserted above).
+        // `p < P`, at most `reach < x.len()` (`taps[kk] ≤ far` by the contract); the tile
+        // reads and writes `acc_out[.. P·TR]` (all asserted above).
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; P];
             if !first {
