@@ -174,16 +174,12 @@ pub(crate) fn product_direct(
     s.row.resize(pos * TR, 0.0);
     let acc = &mut s.row;
     let taps = &tap_buf[..];
-    // The farthest tap of each block of `k`, which bounds a tile's reads.
-    let reach: Vec<usize> = taps
-        .chunks(DIRECT_KC)
-        .map(|t| t.iter().max().map_or(0, |&t| t as usize))
-        .collect();
     for (rp, ap) in a.chunks_exact(TR * k).enumerate().take(m.div_ceil(TR)) {
-        for (kb, k0) in (0..k).step_by(DIRECT_KC).enumerate() {
+        for k0 in (0..k).step_by(DIRECT_KC) {
             let kc = DIRECT_KC.min(k - k0);
             let (ab, tb) = (&ap[k0 * TR..(k0 + kc) * TR], &taps[k0..k0 + kc]);
-            let far = reach[kb];
+            // The block's farthest tap, which bounds its tiles' reads.
+            let far = tb.iter().max().map_or(0, |&t| t as usize);
             for oy in 0..oh {
                 let mut ox = 0;
                 while ox < ow {
@@ -234,7 +230,7 @@ pub(crate) fn product_direct(
 /// A convolution's input as its im2col rows read it, with the geometry and group that go with
 /// it: padded once into `padded` (the group's channels only) when the layer pads or groups, so
 /// no row tests bounds; else the input itself.
-fn conv_input<'a>(
+pub(crate) fn conv_input<'a>(
     c: ConvRhs<'a>,
     padded: &'a mut Vec<f32>,
     avx512: Option<Avx512>,

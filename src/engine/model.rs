@@ -1379,9 +1379,9 @@ impl Conv<'_> {
 }
 
 /// Group `g`'s im2col matrix of one sample `xs` into `col.0` at `col.1 = (stride, offset)`
-/// (`ops::im2col_into`). A layer that pads has the group's input padded once into `padded`
-/// first, so that every row copies whole segments of its input rows without bounds tests or
-/// fills.
+/// (`ops::im2col_into`), from the input as the matrix products read it (`gemm::conv_input`:
+/// a layer that pads or groups has the group's input padded once into `padded`), so that every
+/// row copies whole segments of its input rows without bounds tests or fills.
 fn im2col_padded(
     xs: &[f32],
     s: &ConvShape,
@@ -1391,12 +1391,14 @@ fn im2col_padded(
     avx512: Option<Avx512>,
 ) {
     let (col, at) = col;
-    if s.pad != (0, 0) {
-        let valid = ops::pad_group(xs, s, g, 1, padded, avx512);
-        ops::im2col_into(padded, &valid, 0, col, at, 0.0, avx512);
-    } else {
-        ops::im2col_into(xs, s, g, col, at, 0.0, avx512);
-    }
+    let c = ConvRhs {
+        x: xs,
+        shape: s,
+        group: g,
+        samples: 1,
+    };
+    let (x, valid, group) = gemm::conv_input(c, padded, avx512);
+    ops::im2col_into(x, &valid, group, col, at, 0.0, avx512);
 }
 
 /// Output positions `Conv::batched` multiplies at once: the im2col block of that many columns

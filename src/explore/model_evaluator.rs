@@ -107,7 +107,7 @@ impl ModelEvaluator {
     /// choice of `quick` samples (the same every run, so cached estimates stay comparable).
     pub fn new(
         model: Model,
-        info: ModelInfo,
+        mut info: ModelInfo,
         inputs: Vec<f32>,
         labels: Vec<u32>,
         quick: usize,
@@ -115,6 +115,7 @@ impl ModelEvaluator {
         let il = model.input_len();
         let n = labels.len();
         let k = quick.min(n);
+        info.quick_samples = k;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_5a3e);
         let mut idx = rand::seq::index::sample(&mut rng, n, k).into_vec();
         idx.sort_unstable();

@@ -141,9 +141,7 @@ impl Setup {
         }
         let fingerprint = model_evaluator::fingerprint(&model, &set);
         let data_name = data_label(&opts.data);
-        let mut info = ModelInfo::from_model(&model, &data_name, set.len());
-        // The evaluator's quick subset: at most `quick_samples` of the set.
-        info.quick_samples = opts.quick_samples.max(1).min(set.len());
+        let info = ModelInfo::from_model(&model, &data_name, set.len());
 
         let (calibration, calibration_tag, loader) = calibration_set(opts, &model)?;
         if let Some(c) = &calibration {
@@ -197,27 +195,23 @@ impl Setup {
         protected.extend(opts.arch.iter().cloned());
         protected.extend(opts.also_reads.iter().cloned());
         protected.extend(journal_path.iter().cloned());
-        let mut evaluator = ModelEvaluator::new(
-            model,
-            info.clone(),
-            inputs,
-            set.labels,
-            opts.quick_samples.max(1),
-        )
-        .with_provenance(provenance.clone())
-        .with_inputs(protected)
-        .with_training(super::finetune::training_path(
-            opts.train.as_deref(),
-            &opts.data,
-        ))
-        .with_models_dir(models_dir);
+        let mut evaluator =
+            ModelEvaluator::new(model, info, inputs, set.labels, opts.quick_samples.max(1))
+                .with_provenance(provenance.clone())
+                .with_inputs(protected)
+                .with_training(super::finetune::training_path(
+                    opts.train.as_deref(),
+                    &opts.data,
+                ))
+                .with_models_dir(models_dir);
         if let Some(l) = loader {
             evaluator = evaluator.with_calibration_loader(l);
         }
         Ok(Setup {
             model_path: opts.model.clone(),
             data_path: opts.data.clone(),
-            info,
+            // With the evaluator's quick subset size.
+            info: evaluator.info().clone(),
             fingerprint,
             calibration_tag,
             evaluator: Arc::new(evaluator),
