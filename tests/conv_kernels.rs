@@ -266,6 +266,8 @@ fn check_quantized(m: &Model, what: &str, group: usize) {
 /// sparse direct convolution over 18 × 18 maps (a whole tile of columns and rows and a partial
 /// one of each; dilated, and without an activation, in `pre`). Where a branch
 /// reads the convolution's own output (`side` reads `c4`), the activation keeps its pass.
+/// A residual `add` after a convolution, then a ReLU (`c1r`, direct over 18 × 18), and a
+/// `mul` with none (`tail`, an im2col product over 5 × 5), are joined by the convolution too.
 #[test]
 fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -308,10 +310,24 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
         if !act.is_empty() {
             arch += &format!("[[layer]]\nop = \"{act}\"\nname = \"{name}.act\"\n");
         }
+        if name == "c1" {
+            // A residual block's second half: conv, add of the block input, ReLU.
+            arch += "[[layer]]\nop = \"conv2d\"\nname = \"c1r\"\nweight = \"c1r.weight\"\n\
+                     bias = \"c1r.bias\"\npadding = 1\n[[layer]]\nop = \"add\"\n\
+                     name = \"c1r.add\"\nfrom = \"c1.act\"\n[[layer]]\nop = \"relu\"\n";
+            let w = rand_vec(&mut rng, 16 * 16 * 9)
+                .iter()
+                .map(|v| v * 0.1)
+                .collect();
+            t.push(("c1r.weight".into(), vec![16, 16, 3, 3], w));
+            t.push(("c1r.bias".into(), vec![16], rand_vec(&mut rng, 16)));
+        }
     }
     arch += "[[layer]]\nop = \"conv2d\"\nname = \"side\"\ninput = \"c4\"\n\
              weight = \"side.weight\"\n[[layer]]\nop = \"add\"\nname = \"res\"\n\
-             inputs = [\"c4.act\", \"side\"]\n[[layer]]\nop = \"flatten\"\n\
+             inputs = [\"c4.act\", \"side\"]\n[[layer]]\nop = \"conv2d\"\n\
+             name = \"tail\"\nweight = \"tail.weight\"\npadding = 1\n[[layer]]\n\
+             op = \"mul\"\nfrom = \"res\"\n[[layer]]\nop = \"flatten\"\n\
              [[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\n\
              bias = \"fc.bias\"\n";
     t.push((
@@ -319,6 +335,11 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
         vec![32, 32, 1, 1],
         rand_vec(&mut rng, 32 * 32),
     ));
+    let w = rand_vec(&mut rng, 32 * 32 * 9)
+        .iter()
+        .map(|v| v * 0.02)
+        .collect();
+    t.push(("tail.weight".into(), vec![32, 32, 3, 3], w));
     t.push((
         "fc.weight".into(),
         vec![5, 32 * 25],

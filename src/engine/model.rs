@@ -133,6 +133,9 @@ pub struct Prepared {
     depthwise: Option<Depthwise>,
     /// The activation after the layer, when its kernels apply it (`fuse`).
     clamp: Option<Clamp>,
+    /// A same-shaped `add` (`false`) or `mul` (`true`) of a kept value after the layer, joined
+    /// to each sample's outputs before `clamp` bounds them (`fuse`).
+    join: Option<(Source, bool)>,
 }
 
 impl Prepared {
@@ -144,6 +147,7 @@ impl Prepared {
             kernels,
             depthwise: None,
             clamp: None,
+            join: None,
         }
     }
 
@@ -158,6 +162,7 @@ impl Prepared {
                 kernels: Vec::new(),
                 depthwise: Some(d),
                 clamp: None,
+                join: None,
             };
         }
         let work = Work {
@@ -181,6 +186,7 @@ impl Prepared {
             kernels,
             depthwise: None,
             clamp: None,
+            join: None,
         }
     }
 
@@ -390,7 +396,7 @@ impl CompressedModel {
             Step::TokenLinear(_, tokens) => Step::TokenLinear(Prepared::linear(packed), *tokens),
             Step::Conv(p, shape) => {
                 let mut prepared = Prepared::conv(packed, shape);
-                prepared.clamp = p.clamp;
+                (prepared.clamp, prepared.join) = (p.clamp, p.join);
                 Step::Conv(prepared, *shape)
             }
             _ => return Err(invalid("not a linear or conv step".into())),
@@ -943,7 +949,9 @@ impl CompressedModel {
                         shape,
                         avx512: self.avx512,
                     };
-                    conv.run(&cur[..n * len], n, &mut next[..n * out_len], &mut s.bufs);
+                    let join = p.join.map(|(src, mul)| (kept(inputs, &s.saved, src), mul));
+                    let (x, y) = (&cur[..n * len], &mut next[..n * out_len]);
+                    conv.run(x, n, y, &mut s.bufs, join);
                 }
                 Step::ChannelAffine { scale, shift, per } => {
                     for x in cur[..n * len].chunks_mut(len) {
@@ -1137,34 +1145,60 @@ fn linear_float(
     transpose(&t.yt, rows, n, y, avx512);
 }
 
-/// Gives each convolution followed by a ReLU or ReLU6 the activation, which its kernels then
-/// apply in registers as they store the outputs, and drops the activation's own pass. Only
-/// where nothing else reads the convolution's output: the layers between (folded
-/// batchnorms, dropouts) pass it on unchanged, and neither it nor theirs is kept for a branch.
+/// Gives each convolution the steps after it that its kernels can finish while a sample's
+/// outputs are still in the caches, and drops their own passes over the whole batch: a
+/// same-shaped `add` or `mul` of a kept value (a residual connection), then a ReLU or ReLU6,
+/// which the kernels apply as they store the outputs (after the join, when there is one). Only
+/// where nothing else reads what the fused steps consume: the layers between (folded
+/// batchnorms, dropouts) pass the value on unchanged and read no branch, and none of their
+/// outputs is kept for one.
 fn fuse(model: &Model, keep: &[bool], steps: &mut [Step]) {
-    for i in 0..steps.len() {
-        if !matches!(steps[i], Step::Conv(..)) {
-            continue;
-        }
-        let mut j = i + 1;
+    // The first step from `j` on that is not an identity passing its input on.
+    let skip = |steps: &[Step], mut j: usize| {
         while j < steps.len()
             && matches!(steps[j], Step::Identity)
             && model.layers[j].input.is_none()
         {
             j += 1;
         }
+        j
+    };
+    for i in 0..steps.len() {
+        if !matches!(steps[i], Step::Conv(..)) {
+            continue;
+        }
+        // Layer `t`'s output is kept when `keep[t + 1]` (slot 0 is the model's input).
+        let unread = |from: usize, to: usize| !keep[from + 1..=to].contains(&true);
+        let mut j = skip(steps, i + 1);
+        let mut join = None;
+        if let Some(Step::Join {
+            from, mul, shape, ..
+        }) = steps.get(j)
+            && model.layers[j].input.is_none()
+            && !shape.a_per_channel
+            && !shape.b_per_channel
+            && unread(i, j)
+        {
+            join = Some((j, (*from, *mul)));
+            j = skip(steps, j + 1);
+        }
+        let start = join.map_or(i, |(at, _)| at);
         let clamp = match steps.get(j) {
-            Some(Step::Activation(a)) if model.layers[j].input.is_none() => Clamp::of(*a),
+            Some(Step::Activation(a)) if model.layers[j].input.is_none() && unread(start, j) => {
+                Clamp::of(*a)
+            }
             _ => None,
         };
-        // Layer `t`'s output is kept when `keep[t + 1]` (slot 0 is the model's input).
-        let Some(clamp) = clamp.filter(|_| !keep[i + 1..=j].contains(&true)) else {
-            continue;
-        };
         if let Step::Conv(p, _) = &mut steps[i] {
-            p.clamp = Some(clamp);
+            p.join = join.map(|(_, v)| v);
+            p.clamp = clamp;
         }
-        steps[j] = Step::Identity;
+        if let Some((at, _)) = join {
+            steps[at] = Step::Identity;
+        }
+        if clamp.is_some() {
+            steps[j] = Step::Identity;
+        }
     }
 }
 
@@ -1182,6 +1216,10 @@ fn weight_tensors(
     Ok((weight, bias))
 }
 
+/// The operand of an `add` (`false`) or `mul` (`true`) fused into a convolution
+/// (`Prepared::join`): `n` samples shaped as its outputs, sample-major.
+type Join<'a> = Option<(&'a [f32], bool)>;
+
 /// A convolution over `n` samples: its geometry, its layer (kernels prepared per group) and
 /// the vector moves of its transposes and im2col.
 struct Conv<'a> {
@@ -1192,34 +1230,46 @@ struct Conv<'a> {
 
 impl Conv<'_> {
     /// Each sample im2col then the matrix kernels, group by group; batches of float samples
-    /// several at a time (`batched`).
-    fn run(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+    /// several at a time (`batched`). `join` is the fused `add`/`mul` operand (`n` samples of
+    /// the outputs' shape), joined to each sample's outputs before they are bounded.
+    fn run(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs, join: Join<'_>) {
         let (s, avx512) = (self.shape, self.avx512);
         let in_len = s.cin * s.h * s.w;
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
         let rows_g = s.cout / s.groups;
-        let clamp = self.layer.clamp;
+        let clamp = self.kernel_clamp(join);
         let bound = |y: &mut [f32]| {
             if let Some(c) = clamp {
                 c.apply(y)
             }
         };
         if let Some(d) = &self.layer.depthwise {
-            for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+            for (k, (xs, ys)) in x
+                .chunks(in_len)
+                .zip(y.chunks_mut(out_len))
+                .take(n)
+                .enumerate()
+            {
                 d.run(xs, ys, &mut t.t1, &mut t.t2, clamp);
+                self.finish(ys, k, join);
             }
             return;
         }
         if let [k] = &self.layer.kernels[..]
             && let Run::Int8(il) = k.kernels()
         {
-            return self.int8(il, x, n, y, t);
+            return self.int8(il, x, n, y, t, join);
         }
         if self.layer.activation.is_none() && n > 1 && !s.is_pointwise() {
-            return self.batched(x, n, y, t);
+            return self.batched(x, n, y, t, join);
         }
-        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+        for (i, (xs, ys)) in x
+            .chunks(in_len)
+            .zip(y.chunks_mut(out_len))
+            .take(n)
+            .enumerate()
+        {
             // The sample's activation codes, or their values for float weights, made once for
             // all groups.
             let (mut codes, mut values) = (false, false);
@@ -1277,11 +1327,50 @@ impl Conv<'_> {
                     }
                 }
             }
+            self.finish(ys, i, join);
+        }
+    }
+
+    /// The bounds the kernels apply as they store the outputs: none when a join comes first
+    /// (`finish` bounds the joined values).
+    fn kernel_clamp(&self, join: Join<'_>) -> Option<Clamp> {
+        self.layer.clamp.filter(|_| join.is_none())
+    }
+
+    /// Sample `k`'s outputs `ys`, which the kernels left unbounded, joined with the fused
+    /// operand and then bounded, in one pass while they are still in the caches: the same
+    /// values the `add`/`mul` and activation steps give in their own passes.
+    fn finish(&self, ys: &mut [f32], k: usize, join: Join<'_>) {
+        let Some((b, mul)) = join else {
+            return;
+        };
+        let b = &b[k * ys.len()..(k + 1) * ys.len()];
+        match (mul, self.layer.clamp) {
+            (false, Some(c)) => {
+                for (v, z) in ys.iter_mut().zip(b) {
+                    *v = (*v + z).max(c.lo).min(c.hi);
+                }
+            }
+            (false, None) => ys.iter_mut().zip(b).for_each(|(v, z)| *v += z),
+            (true, _) => {
+                ys.iter_mut().zip(b).for_each(|(v, z)| *v *= z);
+                if let Some(c) = self.layer.clamp {
+                    c.apply(ys);
+                }
+            }
         }
     }
 
     /// 8-bit codes × 8-bit weights: the positions are the kernel's samples.
-    fn int8(&self, il: &Int8Layer, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+    fn int8(
+        &self,
+        il: &Int8Layer,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        t: &mut LayerBufs,
+        join: Join<'_>,
+    ) {
         let s = self.shape;
         let in_len = s.cin * s.h * s.w;
         let out_len = s.cout * s.positions();
@@ -1290,7 +1379,12 @@ impl Conv<'_> {
         // Padding is the zero point, the code of 0.0 (`Int8Layer` admits only zero points in
         // the codes' range).
         let zero = u8::try_from(il.act.zero_point).unwrap_or_default();
-        for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+        for (i, (xs, ys)) in x
+            .chunks(in_len)
+            .zip(y.chunks_mut(out_len))
+            .take(n)
+            .enumerate()
+        {
             // The input quantized once; im2col of the codes; then each quad of rows interleaved
             // into the kernel's layout (`[quad][position][4]`; the padding rows past `kk` have
             // zero weights).
@@ -1304,9 +1398,10 @@ impl Conv<'_> {
             t.yt.resize(pos * s.cout, 0.0);
             il.run(&t.q8, pos, Layout::Quads, &mut t.yt);
             transpose(&t.yt, pos, s.cout, ys, self.avx512);
-            if let Some(c) = self.layer.clamp {
+            if let Some(c) = self.kernel_clamp(join) {
                 c.apply(ys);
             }
+            self.finish(ys, i, join);
         }
     }
 
@@ -1314,8 +1409,9 @@ impl Conv<'_> {
     /// positions, at least one sample): their im2col matrices side by side
     /// (`k × (samples·positions)`), one matrix product per group, then each sample's output
     /// rows copied into place.
-    fn batched(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs) {
+    fn batched(&self, x: &[f32], n: usize, y: &mut [f32], t: &mut LayerBufs, join: Join<'_>) {
         let s = self.shape;
+        let clamp = self.kernel_clamp(join);
         let in_len = s.cin * s.h * s.w;
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
@@ -1325,7 +1421,12 @@ impl Conv<'_> {
             && s.ow >= gemm::DIRECT_MIN_WIDTH
         {
             // Each sample a direct convolution, straight into its outputs.
-            for (xs, ys) in x.chunks(in_len).zip(y.chunks_mut(out_len)).take(n) {
+            for (i, (xs, ys)) in x
+                .chunks(in_len)
+                .zip(y.chunks_mut(out_len))
+                .take(n)
+                .enumerate()
+            {
                 for (g, k) in self.layer.kernels.iter().enumerate() {
                     let c = ConvRhs {
                         x: xs,
@@ -1334,8 +1435,9 @@ impl Conv<'_> {
                         samples: 1,
                     };
                     let yg = &mut ys[g * rows_g * pos..(g + 1) * rows_g * pos];
-                    k.run_conv(c, yg, &mut t.k, self.layer.clamp);
+                    k.run_conv(c, yg, &mut t.k, clamp);
                 }
+                self.finish(ys, i, join);
             }
             return;
         }
@@ -1352,7 +1454,6 @@ impl Conv<'_> {
                     group: g,
                     samples: count,
                 };
-                let clamp = self.layer.clamp;
                 if !k.run_conv(c, prod, &mut t.k, clamp) {
                     col.resize(kk * wide, 0.0);
                     for j in 0..count {
@@ -1373,6 +1474,9 @@ impl Conv<'_> {
                             .copy_from_slice(&prod[r * wide + j * pos..r * wide + (j + 1) * pos]);
                     }
                 }
+            }
+            for j in start..start + count {
+                self.finish(&mut y[j * out_len..(j + 1) * out_len], j, join);
             }
         }
     }

@@ -242,7 +242,7 @@ pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: 
         let one = Model {
             layers: vec![model::Layer {
                 op: match &layer.op {
-                    model::Op::Add { .. } => model::Op::Flatten,
+                    model::Op::Add { .. } | model::Op::Mul { .. } => model::Op::Flatten,
                     op => op.clone(),
                 },
                 input: None,
@@ -264,13 +264,14 @@ pub fn fake_quant_forward(m: &Model, p: &squeeze::compress::Plan, x: &[f32], n: 
             .expect("flat")
             .to_vec1()
             .expect("vec");
-        if let model::Op::Add {
-            from: model::Source::Layer(from),
-        } = layer.op
-        {
-            for (v, s) in y.iter_mut().zip(&outputs[from]) {
-                *v += s;
-            }
+        match layer.op {
+            model::Op::Add {
+                from: model::Source::Layer(from),
+            } => y.iter_mut().zip(&outputs[from]).for_each(|(v, s)| *v += s),
+            model::Op::Mul {
+                from: model::Source::Layer(from),
+            } => y.iter_mut().zip(&outputs[from]).for_each(|(v, s)| *v *= s),
+            _ => {}
         }
         outputs.push(y.clone());
         cur = y;
