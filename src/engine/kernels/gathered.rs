@@ -325,6 +325,10 @@ pub(super) struct GatheredBatch {
     rows: usize,
     columns: Vec<u32>,
     starts: Vec<usize>,
+    /// `columns` as 16-bit numbers, where they fit and the values are read in place: `run`
+    /// streams 6 bytes per kept weight instead of 8 (a single sample through a layer whose
+    /// weights are not in the caches waits on that stream).
+    narrow: Option<Vec<u16>>,
     /// One past the largest column.
     bound: usize,
     /// The rows by their count of kept weights, so that the four rows `run` sums side by side
@@ -341,10 +345,14 @@ impl GatheredBatch {
         let starts = row_starts(layer);
         let mut order: Vec<usize> = (0..layer.rows).collect();
         order.sort_by_key(|&r| starts[r + 1] - starts[r]);
+        let f32_values = matches!(layer.values, ValueStore::F32(_));
+        let narrow = (f32_values && ec.bound <= 1 << 16)
+            .then(|| ec.cols.iter().map(|&c| c as u16).collect());
         GatheredBatch {
             rows: layer.rows,
             columns: ec.cols,
             starts,
+            narrow,
             bound: ec.bound,
             order,
             values: match &layer.values {
@@ -368,6 +376,12 @@ impl GatheredBatch {
         for quad in quads {
             let rows = [quad[0], quad[1], quad[2], quad[3]];
             let ranges = rows.map(|r| self.starts[r]..self.starts[r + 1]);
+            if let (Ok(v), Some(narrow)) = (&self.values, &self.narrow) {
+                let lists = ranges.map(|range| (&narrow[range.clone()], &v[range]));
+                // SAFETY: as below.
+                unsafe { sparse_rows4_batch(rows, lists, b, p, y) };
+                continue;
+            }
             let lists = match &self.values {
                 Ok(v) => ranges.map(|range| (&self.columns[range.clone()], &v[range])),
                 Err(layer) => {
@@ -550,9 +564,9 @@ fn sparse_row_batch(idx: &[u32], vals: &[f32], b: &[f32], p: usize, yr: &mut [f3
 /// # Safety
 /// Every column `c` of `lists` has `(c + 1)·p ≤ b.len()`, and every row `r` of `rows`
 /// `(r + 1)·p ≤ y.len()`.
-unsafe fn sparse_rows4_batch(
+unsafe fn sparse_rows4_batch<C: Column>(
     rows: [usize; 4],
-    lists: [(&[u32], &[f32]); 4],
+    lists: [(&[C], &[f32]); 4],
     b: &[f32],
     p: usize,
     y: &mut [f32],
@@ -565,16 +579,16 @@ unsafe fn sparse_rows4_batch(
     // SAFETY: the tiles read columns `t0 .. t0 + T ≤ p` of the rows the contract bounds.
     unsafe {
         while t0 + 64 <= p {
-            t0 = rows4_tile::<64>(rows, &lists, b, p, t0, y);
+            t0 = rows4_tile::<C, 64>(rows, &lists, b, p, t0, y);
         }
         while t0 + 16 <= p {
-            t0 = rows4_tile::<16>(rows, &lists, b, p, t0, y);
+            t0 = rows4_tile::<C, 16>(rows, &lists, b, p, t0, y);
         }
     }
     if t0 < p {
         for (&r, (idx, vals)) in rows.iter().zip(lists) {
             for (&c, &v) in idx.iter().zip(vals) {
-                let c = c as usize;
+                let c = c.at();
                 axpy(
                     v,
                     &b[c * p + t0..(c + 1) * p],
@@ -585,15 +599,32 @@ unsafe fn sparse_rows4_batch(
     }
 }
 
+/// A kept weight's column as `sparse_rows4_batch` reads it: 32 or 16 bits.
+trait Column: Copy {
+    fn at(self) -> usize;
+}
+
+impl Column for u32 {
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+impl Column for u16 {
+    fn at(self) -> usize {
+        usize::from(self)
+    }
+}
+
 /// Columns `t0 .. t0 + T` of `sparse_rows4_batch`, in registers; returns `t0 + T`.
 ///
 /// # Safety
 /// `sparse_rows4_batch`'s, with `t0 + T ≤ p`; `lists` pairs columns and values of equal
 /// lengths.
 #[inline]
-unsafe fn rows4_tile<const T: usize>(
+unsafe fn rows4_tile<C: Column, const T: usize>(
     rows: [usize; 4],
-    lists: &[(&[u32], &[f32]); 4],
+    lists: &[(&[C], &[f32]); 4],
     b: &[f32],
     p: usize,
     t0: usize,
@@ -605,9 +636,9 @@ unsafe fn rows4_tile<const T: usize>(
     }
     let common = lists.iter().map(|l| l.0.len()).min().unwrap_or(0);
     let bp = b.as_ptr();
-    let step = |a: &mut [f32; T], c: u32, v: f32| {
+    let step = |a: &mut [f32; T], c: C, v: f32| {
         // SAFETY: column `c` reads `b[c·p + t0 .. c·p + t0 + T]`, inside `b` by the contract.
-        let x = unsafe { &*(bp.add(c as usize * p + t0) as *const [f32; T]) };
+        let x = unsafe { &*(bp.add(c.at() * p + t0) as *const [f32; T]) };
         for (a, &x) in a.iter_mut().zip(x) {
             *a = v.mul_add(x, *a);
         }
