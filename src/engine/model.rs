@@ -16,7 +16,7 @@ use super::kernels::{
     Depthwise, FloatKernels, Int8Layer, KernelScratch, LayerKernels, Layout, Run, Work,
     fake_quantize, interleave_quads, quantize_centered,
 };
-use super::ops::{self, Clamp, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
+use super::ops::{self, Cell, Clamp, ConvShape, JoinShape, PoolShape, ResampleShape, transpose};
 use super::simd::LineBuf;
 use crate::compress::Plan;
 use crate::model::{
@@ -1470,8 +1470,8 @@ impl Conv<'_> {
                     let ys = &mut y[(start + j) * out_len..(start + j + 1) * out_len];
                     for r in 0..rows_g {
                         let at = (g * rows_g + r) * pos;
-                        ys[at..at + pos]
-                            .copy_from_slice(&prod[r * wide + j * pos..r * wide + (j + 1) * pos]);
+                        let src = &prod[r * wide + j * pos..r * wide + (j + 1) * pos];
+                        f32::copy_row(&mut ys[at..at + pos], src, self.avx512);
                     }
                 }
             }

@@ -7,9 +7,11 @@
 //! values over its columns instead (`MaskRows`). Many columns (`GatheredBatch`): one axpy per
 //! kept weight over the batch, so the work is proportional to the kept weights.
 
+use std::sync::OnceLock;
+
 use super::super::format::{Indexing, PackedLayer, ValueStore};
 use super::super::gemm::ConvRhs;
-use super::super::ops::Clamp;
+use super::super::ops::{Cell, Clamp};
 #[cfg(target_arch = "x86_64")]
 use super::common::by_four_rows;
 use super::common::{KernelScratch, bias_of, fill_bias};
@@ -331,6 +333,9 @@ pub(super) struct GatheredBatch {
     narrow: Option<Vec<u16>>,
     /// One past the largest column.
     bound: usize,
+    /// Where `run_conv`'s kept weights read in its padded planes, for the one geometry a layer
+    /// runs at: found on the first call rather than on every sample.
+    offsets: OnceLock<(TapGeometry, Vec<usize>)>,
     /// The rows by their count of kept weights, so that the four rows `run` sums side by side
     /// have about as many each.
     order: Vec<usize>,
@@ -354,6 +359,7 @@ impl GatheredBatch {
             starts,
             narrow,
             bound: ec.bound,
+            offsets: OnceLock::new(),
             order,
             values: match &layer.values {
                 ValueStore::F32(v) => Ok(v.clone()),
@@ -455,21 +461,33 @@ impl GatheredBatch {
         s.xpad.clear();
         s.xpad.resize(cg * plane + tail, 0.0);
         let first = c.group * cg * sh.h * sh.w;
+        let avx512 = Isa::current().avx512;
         for (ci, xs) in c.x[first..first + cg * sh.h * sh.w]
             .chunks_exact(sh.h * sh.w)
             .enumerate()
         {
             for (r, row) in xs.chunks_exact(sh.w).enumerate() {
                 let at = ci * plane + (r + sh.pad.0) * wp + sh.pad.1;
-                s.xpad[at..at + sh.w].copy_from_slice(row);
+                f32::copy_row(&mut s.xpad[at..at + sh.w], row, avx512);
             }
         }
-        let kk = sh.kh * sh.kw;
-        s.offsets.clear();
-        s.offsets.extend(self.columns.iter().map(|&col| {
-            let (ci, t) = (col as usize / kk, col as usize % kk);
-            ci * plane + (t / sh.kw) * sh.dil.0 * wp + (t % sh.kw) * sh.dil.1
-        }));
+        let geometry = TapGeometry {
+            plane,
+            wp,
+            kw: sh.kw,
+            kk: sh.kh * sh.kw,
+            dil: sh.dil,
+        };
+        let offsets = match self
+            .offsets
+            .get_or_init(|| (geometry, geometry.offsets(&self.columns)))
+        {
+            (g, offsets) if *g == geometry => offsets,
+            _ => {
+                s.offsets = geometry.offsets(&self.columns);
+                &s.offsets
+            }
+        };
         let vals: &[f32] = match &self.values {
             Ok(v) => v,
             Err(layer) => {
@@ -486,7 +504,7 @@ impl GatheredBatch {
         let (xp, pos) = (&s.xpad[..], oh * ow);
         for (r, yr) in y.chunks_exact_mut(pos).enumerate().take(self.rows) {
             let range = self.starts[r]..self.starts[r + 1];
-            let (offs, vals) = (&s.offsets[range.clone()], &vals[range]);
+            let (offs, vals) = (&offsets[range.clone()], &vals[range]);
             let b = self.bias.as_ref().map_or(0.0, |b| b[r]);
             for oy in (0..oh).step_by(ROWS) {
                 for ox in (0..ow).step_by(LANES) {
@@ -505,6 +523,30 @@ impl GatheredBatch {
             }
         }
         true
+    }
+}
+
+/// The geometry of `GatheredBatch::run_conv`'s padded planes that places its kept weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TapGeometry {
+    plane: usize,
+    wp: usize,
+    kw: usize,
+    kk: usize,
+    dil: (usize, usize),
+}
+
+impl TapGeometry {
+    /// Where each of `columns` (`(ci, i, j)` of a convolution's im2col rows) reads in the
+    /// padded planes, from a tile's first input.
+    fn offsets(&self, columns: &[u32]) -> Vec<usize> {
+        columns
+            .iter()
+            .map(|&col| {
+                let (ci, t) = (col as usize / self.kk, col as usize % self.kk);
+                ci * self.plane + (t / self.kw) * self.dil.0 * self.wp + (t % self.kw) * self.dil.1
+            })
+            .collect()
     }
 }
 
