@@ -384,7 +384,8 @@ impl GatheredBatch {
             let ranges = rows.map(|r| self.starts[r]..self.starts[r + 1]);
             if let (Ok(v), Some(narrow)) = (&self.values, &self.narrow) {
                 let lists = ranges.map(|range| (&narrow[range.clone()], &v[range]));
-                // SAFETY: as below.
+                // SAFETY: every column is below `bound` and every row below `rows` (asserted
+                // against `b` and `y` above).
                 unsafe { sparse_rows4_batch(rows, lists, b, p, y) };
                 continue;
             }
