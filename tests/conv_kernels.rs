@@ -267,7 +267,8 @@ fn check_quantized(m: &Model, what: &str, group: usize) {
 /// one of each; dilated, and without an activation, in `pre`). Where a branch
 /// reads the convolution's own output (`side` reads `c4`), the activation keeps its pass.
 /// A residual `add` after a convolution, then a ReLU (`c1r`, direct over 18 × 18), and a
-/// `mul` with none (`tail`, an im2col product over 5 × 5), are joined by the convolution too.
+/// `mul` with none (`tail`, an im2col product over 5 × 5), are joined by the convolution too;
+/// pruned, `tail` (800 inputs a filter) sums four filters side by side.
 #[test]
 fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -326,7 +327,7 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     arch += "[[layer]]\nop = \"conv2d\"\nname = \"side\"\ninput = \"c4\"\n\
              weight = \"side.weight\"\n[[layer]]\nop = \"add\"\nname = \"res\"\n\
              inputs = [\"c4.act\", \"side\"]\n[[layer]]\nop = \"conv2d\"\n\
-             name = \"tail\"\nweight = \"tail.weight\"\npadding = 1\n[[layer]]\n\
+             name = \"tail\"\nweight = \"tail.weight\"\npadding = 2\n[[layer]]\n\
              op = \"mul\"\nfrom = \"res\"\n[[layer]]\nop = \"flatten\"\n\
              [[layer]]\nop = \"linear\"\nname = \"fc\"\nweight = \"fc.weight\"\n\
              bias = \"fc.bias\"\n";
@@ -335,11 +336,11 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
         vec![32, 32, 1, 1],
         rand_vec(&mut rng, 32 * 32),
     ));
-    let w = rand_vec(&mut rng, 32 * 32 * 9)
+    let w = rand_vec(&mut rng, 32 * 32 * 25)
         .iter()
-        .map(|v| v * 0.02)
+        .map(|v| v * 0.01)
         .collect();
-    t.push(("tail.weight".into(), vec![32, 32, 3, 3], w));
+    t.push(("tail.weight".into(), vec![32, 32, 5, 5], w));
     t.push((
         "fc.weight".into(),
         vec![5, 32 * 25],
