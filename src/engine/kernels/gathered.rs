@@ -327,9 +327,9 @@ pub(super) struct GatheredBatch {
     rows: usize,
     columns: Vec<u32>,
     starts: Vec<usize>,
-    /// `columns` as 16-bit numbers, where they fit and the values are read in place: `run`
-    /// streams 6 bytes per kept weight instead of 8 (a single sample through a layer whose
-    /// weights are not in the caches waits on that stream).
+    /// `columns` as 16-bit numbers, where they fit and the values are read in place: `run`'s
+    /// four-row sums stream 6 bytes per kept weight instead of 8 (a single sample through a
+    /// layer whose weights are not in the caches waits on that stream).
     narrow: Option<Vec<u16>>,
     /// One past the largest column.
     bound: usize,
