@@ -351,3 +351,73 @@ fn activations_after_convolutions_match_the_reference_on_every_kernel() {
     check(&m, "activations after convolutions");
     check_quantized(&m, "activations after convolutions", 2);
 }
+
+/// Convolutions whose output maps are `gemm::DIRECT_NARROW` wide (a ResNet's last stage) run
+/// direct across the samples of a batch, two whole output rows a tile: 3×3 at stride 2 and 1
+/// over 3 × 4 outputs (an odd row count, so the last tile is one row; at most `gemm::FEW`
+/// positions, so on tall panels), 40 filters (a partial panel of 32), and a 1×1 stride-2
+/// projection of the block input joined by `add`.
+#[test]
+fn narrow_maps_over_several_samples_match_the_reference() {
+    use squeeze::engine::{ConvShape, gemm};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = StdRng::seed_from_u64(14);
+    // name, input, cin, cout, window, stride, padding
+    let convs = [
+        ("n0", "", 64, 32, 3, 2, 1),
+        ("n1", "", 32, 40, 3, 1, 1),
+        ("proj", "input", 64, 40, 1, 2, 0),
+    ];
+    let mut arch = String::from("[input]\nshape = [64, 6, 8]\n");
+    let mut t: Named = Vec::new();
+    for (name, input, cin, cout, k, stride, pad) in convs {
+        let shape = ConvShape {
+            cin,
+            h: if name == "n1" { 3 } else { 6 },
+            w: if name == "n1" { 4 } else { 8 },
+            cout,
+            kh: k,
+            kw: k,
+            stride: (stride, stride),
+            pad: (pad, pad),
+            dil: (1, 1),
+            groups: 1,
+            oh: 3,
+            ow: 4,
+        };
+        assert!(
+            gemm::runs_direct(&shape, 7) && !gemm::runs_direct(&shape, 1),
+            "{name} must run direct over several samples only"
+        );
+        let from = if input.is_empty() {
+            String::new()
+        } else {
+            format!("input = \"{input}\"\n")
+        };
+        arch += &format!(
+            "[[layer]]\nop = \"conv2d\"\nname = \"{name}\"\n{from}weight = \"{name}.weight\"\n\
+             bias = \"{name}.bias\"\nstride = {stride}\npadding = {pad}\n"
+        );
+        if name == "n0" {
+            arch += "[[layer]]\nop = \"relu\"\nname = \"n0.act\"\n";
+        }
+        let scale = (2.0 / (cin * k * k) as f32).sqrt();
+        let w = rand_vec(&mut rng, cout * cin * k * k)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        t.push((format!("{name}.weight"), vec![cout, cin, k, k], w));
+        t.push((format!("{name}.bias"), vec![cout], rand_vec(&mut rng, cout)));
+    }
+    arch += "[[layer]]\nop = \"add\"\nname = \"join\"\ninputs = [\"n1\", \"proj\"]\n\
+             [[layer]]\nop = \"relu\"\n[[layer]]\nop = \"flatten\"\n[[layer]]\nop = \"linear\"\n\
+             name = \"fc\"\nweight = \"fc.weight\"\nbias = \"fc.bias\"\n";
+    t.push((
+        "fc.weight".into(),
+        vec![5, 40 * 12],
+        rand_vec(&mut rng, 5 * 40 * 12),
+    ));
+    t.push(("fc.bias".into(), vec![5], rand_vec(&mut rng, 5)));
+    let m = written_model(&dir, &arch, &t);
+    check(&m, "narrow maps");
+}

@@ -313,7 +313,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=50, help="least single-sample runs")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--no-compressed", action="store_true",
-                    help="squeeze's dense f32 only (no int8 / l1 90 % rows)")
+                    help="squeeze's dense f32 only (no int8 / l1 90 %% rows)")
     a = ap.parse_args()
     out = a.out or tempfile.mkdtemp(prefix="torch_convnets_")
     os.makedirs(out, exist_ok=True)

@@ -73,8 +73,8 @@ impl GemmPanels {
 
     /// `y (rows × p) = bias + W · B` for `B` a convolution's im2col matrix, packed from its
     /// input planes by the product itself, bounded by `clamp`.
-    /// One sample on tall panels runs as a direct convolution (`gemm::product_direct`),
-    /// without its im2col matrix.
+    /// On tall panels, one sample of a wide map or any samples of a narrow one run as a direct
+    /// convolution (`gemm::product_direct`, `gemm::runs_direct`), without their im2col matrix.
     pub(super) fn run_conv(
         &self,
         c: ConvRhs<'_>,
@@ -84,11 +84,7 @@ impl GemmPanels {
     ) {
         let p = c.samples * c.shape.positions();
         match &self.tall {
-            Some((tall, avx512))
-                if c.samples == 1
-                    && matches!(c.shape.stride.1, 1 | 2)
-                    && c.shape.ow >= gemm::DIRECT_MIN_WIDTH =>
-            {
+            Some((tall, avx512)) if gemm::runs_direct(c.shape, c.samples) => {
                 fill_bias(&self.bias, 0..self.rows, p, y);
                 let a = Lhs {
                     panels: tall,
