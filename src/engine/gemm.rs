@@ -167,8 +167,8 @@ type DirectTile = unsafe fn(&[f32], &[u32], usize, &[f32], usize, usize, &mut [f
 /// at columns `j·positions ..`): the input is padded once (`ops::pad_group`), then each tile
 /// of output positions (up to 12 consecutive ones of one output row, or two whole rows of a
 /// map `DIRECT_NARROW` wide) meets two vectors of 16 filters at every step of `k`, its inputs
-/// broadcast straight from the padded planes (tap `kk` of position `p` sits at
-/// `taps[kk] + p·stride` from the tile's first input). Blocks of `k` keep the weights in L1
+/// broadcast straight from the padded planes (tap `kk` of a row's position `p` sits at
+/// `taps[kk] + p·stride` from the row's first input). Blocks of `k` keep the weights in L1
 /// while every sample's tiles pass them; the tiles accumulate channels-last in scratch (whole
 /// vectors), transposed into `y` once per panel. Strides 1 and 2 (`runs_direct`).
 pub(crate) fn product_direct(
