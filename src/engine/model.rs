@@ -1416,10 +1416,7 @@ impl Conv<'_> {
         let out_len = s.cout * s.positions();
         let (kk, pos) = (s.k(), s.positions());
         let rows_g = s.cout / s.groups;
-        if self.layer.kernels.iter().all(LayerKernels::direct)
-            && s.stride.1 <= 2
-            && s.ow >= gemm::DIRECT_MIN_WIDTH
-        {
+        if self.layer.kernels.iter().all(LayerKernels::direct) && gemm::runs_direct(s, 1) {
             // Each sample a direct convolution, straight into its outputs.
             for (i, (xs, ys)) in x
                 .chunks(in_len)
