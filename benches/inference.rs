@@ -339,7 +339,7 @@ fn bench_gemm(c: &mut Criterion) {
         })
     });
     g.bench_function("conv3x3-64x32x32/direct", |bch| {
-        bch.iter(|| gemm::conv_direct_acc(&tall, &shape, black_box(&x), &mut y, &mut s))
+        bch.iter(|| gemm::conv_direct(&tall, &shape, black_box(&x), &mut y, &mut s))
     });
     g.finish();
 }

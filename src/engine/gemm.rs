@@ -162,21 +162,25 @@ pub fn runs_direct(shape: &ConvShape, samples: usize) -> bool {
 /// One of `x86::direct`'s tiles.
 type DirectTile = unsafe fn(&[f32], &[u32], usize, &[f32], usize, usize, &mut [f32], bool);
 
-/// A convolution's outputs `y += A · im2col(x)` for `c.samples` samples without the im2col
-/// matrix, `A` in `tall_panels`' layout, `y (m × samples·positions)` (sample `j`'s positions
-/// at columns `j·positions ..`): the input is padded once (`ops::pad_group`), then each tile
+/// A convolution's outputs `y = bias + A · im2col(x)`, bounded by `clamp`, for `c.samples`
+/// samples without the im2col matrix, `A` in `tall_panels`' layout, `bias` one value a row
+/// (none: 0), `y (m × samples·positions)` (sample `j`'s positions at columns
+/// `j·positions ..`): the input is padded once (`ops::pad_group`), then each tile
 /// of output positions (up to 12 consecutive ones of one output row, or two whole rows of a
 /// map `DIRECT_NARROW` wide) meets two vectors of 16 filters at every step of `k`, its inputs
 /// broadcast straight from the padded planes (tap `kk` of a row's position `p` sits at
 /// `taps[kk] + p·stride` from the row's first input). Blocks of `k` keep the weights in L1
 /// while every sample's tiles pass them; the tiles accumulate channels-last in scratch (whole
-/// vectors), transposed into `y` once per panel. Strides 1 and 2 (`runs_direct`).
+/// vectors), transposed into `y` once per panel with the bias added and the bounds applied,
+/// so `y` sees one pass of stores. Strides 1 and 2 (`runs_direct`).
 pub(crate) fn product_direct(
     avx512: Avx512,
     a: Lhs<'_>,
     c: ConvRhs<'_>,
     y: &mut [f32],
     s: &mut GemmScratch,
+    bias: Option<&[f32]>,
+    clamp: Option<Clamp>,
 ) {
     let Lhs { panels: a, m, k } = a;
     let mut tap_buf = std::mem::take(&mut s.taps);
@@ -193,7 +197,8 @@ pub(crate) fn product_direct(
             && y.len() >= m * wide
             && x.len() >= samples * in_len
             && matches!(sx, 1 | 2)
-            && (samples == 1 || narrow),
+            && (samples == 1 || narrow)
+            && bias.is_none_or(|b| b.len() >= m),
         "direct convolution operands"
     );
     s.row.resize(wide * TR, 0.0);
@@ -252,20 +257,28 @@ pub(crate) fn product_direct(
                 }
             }
         }
-        // The panel's outputs, channels-last in `acc`, added into their rows of `y`.
+        // The panel's outputs, channels-last in `acc`, stored into their rows of `y`.
         let r0 = rp * TR;
         let rows = TR.min(m - r0);
+        let mut b = [0f32; TR];
+        if let Some(bias) = bias {
+            b[..rows].copy_from_slice(&bias[r0..r0 + rows]);
+        }
+        let bounds = clamp.unwrap_or(Clamp {
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+        });
         let yp = &mut y[r0 * wide..(r0 + rows) * wide];
         // SAFETY: the `Avx512` token vouches for AVX-512F; `acc` holds `wide × TR` values and
         // `yp` `rows × wide`, `rows ≤ TR`.
-        let done = unsafe { x86::add_transposed(acc, wide, rows, yp) };
+        let done = unsafe { x86::store_transposed(acc, wide, rows, yp, &b, bounds) };
         for (i, yrow) in yp.chunks_exact_mut(wide.max(1)).enumerate() {
             let first = if i < done.0 { done.1 } else { 0 };
             for (v, a) in yrow[first..]
                 .iter_mut()
                 .zip(acc[first * TR..].chunks_exact(TR))
             {
-                *v += a[i];
+                *v = (a[i] + b[i]).max(bounds.lo).min(bounds.hi);
             }
         }
     }
@@ -323,9 +336,10 @@ pub fn gemm_tall_acc(
     }
 }
 
-/// `product_direct` for one sample of a convolution (group 0), with `a` in `tall_panels`'
-/// layout; `false`, with nothing done, where the CPU lacks AVX-512 or the stride is not 1 or 2.
-pub fn conv_direct_acc(
+/// `product_direct` for one sample of a convolution (group 0, no bias), with `a` in
+/// `tall_panels`' layout; `false`, with nothing done, where the CPU lacks AVX-512 or the stride
+/// is not 1 or 2.
+pub fn conv_direct(
     a: &[f32],
     shape: &ConvShape,
     x: &[f32],
@@ -345,7 +359,7 @@ pub fn conv_direct_acc(
                 group: 0,
                 samples: 1,
             };
-            product_direct(avx512, lhs, c, y, s);
+            product_direct(avx512, lhs, c, y, s, None, None);
             true
         }
         _ => false,
@@ -798,28 +812,32 @@ mod x86 {
         }
     }
 
-    /// `y[i·pos + p] += acc[p·TR + i]` for the whole 16 × 16 blocks of `rows ≤ TR` channels and
-    /// `pos` positions: a direct tile's channels-last sums added into the output rows, 16
-    /// positions of 16 channels at a time through an in-register transpose. Returns the rows
-    /// and positions done (`rows / 16 · 16`, `pos / 16 · 16`); the caller adds the rest.
+    /// `y[i·pos + p] = clamp(acc[p·TR + i] + bias[i])` for the whole 16 × 16 blocks of
+    /// `rows ≤ TR` channels and `pos` positions: a direct tile's channels-last sums stored into
+    /// the output rows, 16 positions of 16 channels at a time through an in-register
+    /// transpose. Returns the rows and positions done (`rows / 16 · 16`, `pos / 16 · 16`); the
+    /// caller stores the rest.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn add_transposed(
+    pub(super) unsafe fn store_transposed(
         acc: &[f32],
         pos: usize,
         rows: usize,
         y: &mut [f32],
+        bias: &[f32; TR],
+        clamp: Clamp,
     ) -> (usize, usize) {
         let (r16, p16) = (rows.min(TR) / 16 * 16, pos / 16 * 16);
         assert!(acc.len() >= pos * TR && y.len() >= rows * pos);
         let (ap, yp) = (acc.as_ptr(), y.as_mut_ptr());
+        let (lo, hi) = (_mm512_set1_ps(clamp.lo), _mm512_set1_ps(clamp.hi));
         for c0 in (0..r16).step_by(16) {
             for p0 in (0..p16).step_by(16) {
                 let mut v = [_mm512_setzero_ps(); 16];
                 // SAFETY: positions `p0 .. p0 + 16 ≤ pos`, channels `c0 .. c0 + 16 ≤ rows ≤ TR`:
-                // reads `acc[(p0 + j)·TR + c0 ..][..16]` inside `pos·TR`, and adds into
+                // reads `acc[(p0 + j)·TR + c0 ..][..16]` inside `pos·TR`, and stores into
                 // `y[(c0 + i)·pos + p0 ..][..16]` inside `rows·pos` (asserted above).
                 unsafe {
                     for (j, v) in v.iter_mut().enumerate() {
@@ -827,8 +845,9 @@ mod x86 {
                     }
                     simd::transpose16_regs(&mut v);
                     for (i, v) in v.iter().enumerate() {
-                        let at = yp.add((c0 + i) * pos + p0);
-                        _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), *v));
+                        let b = _mm512_set1_ps(bias[c0 + i]);
+                        let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(*v, b), lo), hi);
+                        _mm512_storeu_ps(yp.add((c0 + i) * pos + p0), v);
                     }
                 }
             }
@@ -976,6 +995,8 @@ mod x86 {
 /// take one, are never reached.
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
+    use super::{Clamp, TR};
+
     pub(super) unsafe fn tall<const P: usize>(
         _: usize,
         _: &[f32],
@@ -1002,11 +1023,13 @@ mod x86 {
         unreachable!("an Avx512 token is only made on x86_64")
     }
 
-    pub(super) unsafe fn add_transposed(
+    pub(super) unsafe fn store_transposed(
         _: &[f32],
         _: usize,
         _: usize,
         _: &mut [f32],
+        _: &[f32; TR],
+        _: Clamp,
     ) -> (usize, usize) {
         unreachable!("an Avx512 token is only made on x86_64")
     }
@@ -1170,13 +1193,19 @@ mod tests {
                     product_tall(avx512, a, n, Rhs::Conv(c), &mut got, &mut sc);
                     assert!(close(&got, &want), "tall panels, {s:?} group {g}");
                     if samples == 1 && st <= 2 {
-                        // Added to what `y` holds, the 16 × 16 blocks and the ragged rest alike.
-                        let held: Vec<f32> = (0..rows * n).map(|i| (i % 7) as f32 - 3.0).collect();
-                        let want_add: Vec<f32> =
-                            want.iter().zip(&held).map(|(w, h)| w + h).collect();
-                        let mut got = held.clone();
-                        product_direct(avx512, a, c, &mut got, &mut sc);
-                        assert!(close(&got, &want_add), "direct, {s:?} group {g}");
+                        // Whatever `y` held, from the bias and bounded or not, the 16 × 16
+                        // blocks and the ragged rest alike.
+                        let cases = [
+                            (None, None, &want),
+                            (Some(&bias[..]), None, &want_b),
+                            (Some(&bias[..]), Some(bounds), &want_c),
+                        ];
+                        for (b, clamp, want) in cases {
+                            let mut got = vec![f32::NAN; rows * n];
+                            product_direct(avx512, a, c, &mut got, &mut sc, b, clamp);
+                            let case = (b.is_some(), clamp.is_some());
+                            assert!(close(&got, want), "direct {case:?}, {s:?} group {g}");
+                        }
                     }
                 }
             }

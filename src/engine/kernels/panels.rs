@@ -85,16 +85,13 @@ impl GemmPanels {
         let p = c.samples * c.shape.positions();
         match &self.tall {
             Some((tall, avx512)) if gemm::runs_direct(c.shape, c.samples) => {
-                fill_bias(&self.bias, 0..self.rows, p, y);
                 let a = Lhs {
                     panels: tall,
                     m: self.rows,
                     k: self.cols,
                 };
-                gemm::product_direct(*avx512, a, c, y, &mut s.gemm);
-                if let Some(c) = clamp {
-                    c.apply(&mut y[..self.rows * p]);
-                }
+                let bias = self.bias.as_deref();
+                gemm::product_direct(*avx512, a, c, y, &mut s.gemm, bias, clamp);
             }
             _ => self.product(Rhs::Conv(c), p, y, s, clamp),
         }
