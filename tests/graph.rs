@@ -1,6 +1,7 @@
 //! Models that are graphs, not chains: layers naming their inputs, a ResNet projection
 //! shortcut, a squeeze-and-excite gate broadcast by `mul`, `concat` of branches and of the model
-//! input. The reference forward against hand-written loops, the engine against the reference
+//! input, a branch's last reader passing the value on unchanged (a dropout). The reference
+//! forward against hand-written loops, the engine against the reference
 //! (dense and compressed), files written and read back, every loading problem in one run, and
 //! structured pruning following branches, joins and gates.
 
@@ -81,9 +82,12 @@ op = "mul"
 name = "scale"
 inputs = ["r2", "gate"]
 [[layer]]
+op = "dropout"
+name = "pass"
+input = "r2"
+[[layer]]
 op = "conv2d"
 name = "side"
-input = "r2"
 weight = "side.weight"
 bias = "side.bias"
 [[layer]]
@@ -308,7 +312,7 @@ fn every_problem_of_a_graph_is_reported_at_its_layer_in_one_run() {
     assert!(e.contains("3 problems"), "{e}");
     // An unknown name, with the names it could have meant.
     assert!(
-        e.contains("layer side (conv2d): reads \"r3\", which names no layer (earlier layers: stem, bn_stem, relu0"),
+        e.contains("layer pass (dropout): reads \"r3\", which names no layer (earlier layers: stem, bn_stem, relu0"),
         "{e}"
     );
     // A layer written later: no cycle can be described.
@@ -357,7 +361,7 @@ fn every_problem_of_a_graph_is_reported_at_its_layer_in_one_run() {
     let path = write_model(&dir, "m2.safetensors", &bad, &t);
     let e = model::load(&path).expect_err("bad inputs").to_string();
     assert!(
-        e.contains("layer side (conv2d): conv2d reads 1 value(s), given 2"),
+        e.contains("layer pass (dropout): dropout reads 1 value(s), given 2"),
         "{e}"
     );
     assert!(e.contains("named \"input\""), "{e}");
