@@ -112,19 +112,6 @@ pub enum Step {
 }
 
 impl Step {
-    /// Whether the step changes its input in place (its output is its input's buffer).
-    fn in_place(&self) -> bool {
-        match self {
-            Step::ParamJoin { .. }
-            | Step::ChannelAffine { .. }
-            | Step::Activation(_)
-            | Step::LayerNorm { .. }
-            | Step::Softmax { .. } => true,
-            Step::Join { shape, .. } => !shape.a_per_channel && !shape.b_per_channel,
-            _ => false,
-        }
-    }
-
     /// The packed weights of a linear, conv or embedding step.
     pub fn packed(&self) -> Option<&PackedLayer> {
         match self {
@@ -238,8 +225,6 @@ pub struct CompressedModel {
     max_len: usize,
     /// Values a run keeps: `[0]` the input, `[j + 1]` layer j's output ([`Model::kept_values`]).
     keep: Vec<bool>,
-    /// After step `i`, the kept values (their `keep` slots) no later step reads.
-    release: Vec<Vec<usize>>,
     /// The transposes' and im2col's vector moves (chosen with the kernels).
     avx512: Option<Avx512>,
     /// Buffers of finished batch runs, reused by the next (`logits`).
@@ -288,13 +273,9 @@ impl Drop for Pooled<'_> {
 /// Per-thread buffers for one run.
 #[derive(Debug, Default)]
 pub struct Scratch {
-    /// The current value (unless a kept one is) and the next step's outputs.
     a: LineBuf,
     b: LineBuf,
-    /// Kept values by `keep` slot, each the buffer a step wrote it into (not a copy), and the
-    /// buffers of released ones, for `a` to take over.
-    saved: Vec<LineBuf>,
-    spare: Vec<LineBuf>,
+    saved: Vec<Vec<f32>>,
     bufs: LayerBufs,
     /// Seconds spent in each step of the last run, when timing layers (`timing::layer_times`).
     pub(crate) step_times: Option<Vec<f64>>,
@@ -671,20 +652,6 @@ impl CompressedModel {
             .unwrap_or(in_len);
         let keep = model.kept_values();
         fuse(&model, &keep, &mut steps);
-        let mut release = vec![Vec::new(); steps.len()];
-        let mut last = vec![None; keep.len()];
-        for (l, layer) in model.layers.iter().enumerate() {
-            for src in layer.input.iter().chain(layer.op.joined()) {
-                if let Source::Layer(j) = src {
-                    last[j + 1] = Some(l);
-                }
-            }
-        }
-        for (slot, l) in last.iter().enumerate() {
-            if let Some(l) = l {
-                release[*l].push(slot);
-            }
-        }
         Ok(CompressedModel {
             model,
             steps,
@@ -692,7 +659,6 @@ impl CompressedModel {
             out_len,
             max_len,
             keep,
-            release,
             avx512: Isa::current().avx512,
             pool: ScratchPool::default(),
         })
@@ -852,12 +818,8 @@ impl CompressedModel {
         let need = n * self.max_len;
         s.a.resize(need);
         s.b.resize(need);
-        s.saved.resize_with(self.steps.len() + 1, LineBuf::default);
+        s.saved.resize(self.steps.len() + 1, Vec::new());
         let mut len = self.in_len;
-        // The current value is a kept one (the model's input, a branch's source, a value just
-        // kept) rather than `s.a`'s: steps read it where it is, copied only for those that
-        // change their input in place.
-        let mut held: Option<Source> = None;
         // Batches keep activations feature-major (`len × n`) through runs of linear layers and
         // elementwise steps, so a chain of linear layers transposes once on the way in and once
         // on the way out rather than around every layer. `fm` says which layout `s.a` holds.
@@ -890,7 +852,7 @@ impl CompressedModel {
                     done = i + 1;
                 }
             }
-            _ => held = Some(Source::Input),
+            _ => s.a[..n * len].copy_from_slice(&inputs[..n * len]),
         }
         if let (Some(t0), Some(t)) = (lead_started, &mut s.step_times) {
             t.clear();
@@ -905,8 +867,9 @@ impl CompressedModel {
             let out_len: usize = self.model.layers[i].out_shape.iter().product();
             if let Some(src) = self.model.layers[i].input {
                 // A branch: the step reads a kept value, not the previous step's output.
-                len = kept(inputs, &s.saved, src).len() / n.max(1);
-                held = Some(src);
+                let v = kept(inputs, &s.saved, src);
+                s.a[..v.len()].copy_from_slice(v);
+                len = v.len() / n.max(1);
                 fm = false;
             }
             let layout_free = match step {
@@ -919,18 +882,7 @@ impl CompressedModel {
                 std::mem::swap(&mut s.a, &mut s.b);
                 fm = false;
             }
-            if let Some(src) = held
-                && step.in_place()
-            {
-                s.a[..n * len].copy_from_slice(kept(inputs, &s.saved, src));
-                held = None;
-            }
-            // What the step reads; `s.a` itself for the steps that change it in place.
-            let cur: &[f32] = match held {
-                Some(src) => kept(inputs, &s.saved, src),
-                None => &s.a[..n * len],
-            };
-            let next = &mut s.b;
+            let (cur, next) = (&mut s.a, &mut s.b);
             let mut swapped = true;
             match step {
                 Step::Linear(p) if n > 1 && p.activation.is_none() => {
@@ -978,7 +930,7 @@ impl CompressedModel {
                     }
                 }
                 Step::ParamJoin { value, mul } => {
-                    for x in s.a[..n * len].chunks_mut(len) {
+                    for x in cur[..n * len].chunks_mut(len) {
                         for (v, p) in x.iter_mut().zip(value) {
                             *v = if *mul { *v * p } else { *v + p };
                         }
@@ -1002,19 +954,19 @@ impl CompressedModel {
                     conv.run(x, n, y, &mut s.bufs, join);
                 }
                 Step::ChannelAffine { scale, shift, per } => {
-                    for x in s.a[..n * len].chunks_mut(len) {
+                    for x in cur[..n * len].chunks_mut(len) {
                         ops::channel_affine(x, scale, shift, *per);
                     }
                     swapped = false;
                 }
                 Step::Activation(a) => {
-                    ops::activation(&mut s.a[..n * len], *a);
+                    ops::activation(&mut cur[..n * len], *a);
                     swapped = false;
                 }
                 Step::LayerNorm {
                     weight, bias, eps, ..
                 } => {
-                    ops::layer_norm(&mut s.a[..n * len], weight, bias, *eps);
+                    ops::layer_norm(&mut cur[..n * len], weight, bias, *eps);
                     swapped = false;
                 }
                 Step::MaxPool(ps) | Step::AvgPool(ps) => {
@@ -1047,7 +999,7 @@ impl CompressedModel {
                 }
                 Step::Identity => swapped = false,
                 Step::Softmax { last } => {
-                    ops::softmax(&mut s.a[..n * len], *last);
+                    ops::softmax(&mut cur[..n * len], *last);
                     swapped = false;
                 }
                 Step::Join {
@@ -1059,7 +1011,7 @@ impl CompressedModel {
                     let b = kept(inputs, &s.saved, *from);
                     if !shape.a_per_channel && !shape.b_per_channel {
                         // Same shapes: in place.
-                        for (v, z) in s.a[..n * len].iter_mut().zip(b) {
+                        for (v, z) in cur[..n * len].iter_mut().zip(b) {
                             *v = if *mul { *v * z } else { *v + z };
                         }
                         swapped = false;
@@ -1087,7 +1039,6 @@ impl CompressedModel {
             }
             if swapped {
                 std::mem::swap(&mut s.a, &mut s.b);
-                held = None;
             }
             len = out_len;
             if self.keep[i + 1] && fm {
@@ -1096,31 +1047,9 @@ impl CompressedModel {
                 fm = false;
             }
             if self.keep[i + 1] {
-                if let Some(src) = held {
-                    // An identity step passing a kept value on.
-                    s.a[..n * len].copy_from_slice(kept(inputs, &s.saved, src));
-                }
-                // The buffer holding the value is kept as it is; `a` takes a spare one.
-                let spare = s.spare.pop().unwrap_or_default();
-                let mut value = std::mem::replace(&mut s.a, spare);
-                s.a.resize(need);
-                value.resize(n * len);
-                let old = std::mem::replace(&mut s.saved[i + 1], value);
-                if old.is_allocated() {
-                    s.spare.push(old);
-                }
-                held = Some(Source::Layer(i));
-            }
-            for &slot in &self.release[i] {
-                // Read by no later step: its buffer is spare, or `a`'s when it is the current
-                // value.
-                let mut buf = std::mem::take(&mut s.saved[slot]);
-                if held == Some(Source::Layer(slot - 1)) {
-                    buf.resize(need);
-                    std::mem::swap(&mut s.a, &mut buf);
-                    held = None;
-                }
-                s.spare.push(buf);
+                let saved = &mut s.saved[i + 1];
+                saved.clear();
+                saved.extend_from_slice(&s.a[..n * len]);
             }
             if let (Some(t0), Some(t)) = (started, &mut s.step_times) {
                 t[i] = t0.elapsed().as_secs_f64();
@@ -1128,8 +1057,6 @@ impl CompressedModel {
         }
         if fm {
             transpose(&s.a[..n * len], len, n, &mut out[..n * len], self.avx512);
-        } else if let Some(src) = held {
-            out[..n * len].copy_from_slice(kept(inputs, &s.saved, src));
         } else {
             out[..n * len].copy_from_slice(&s.a[..n * len]);
         }
@@ -1138,7 +1065,7 @@ impl CompressedModel {
 
 /// A kept value of a run over `n` samples, sample-major: the model input or a layer's saved
 /// output.
-fn kept<'a>(inputs: &'a [f32], saved: &'a [LineBuf], src: Source) -> &'a [f32] {
+fn kept<'a>(inputs: &'a [f32], saved: &'a [Vec<f32>], src: Source) -> &'a [f32] {
     match src {
         Source::Input => inputs,
         Source::Layer(j) => &saved[j + 1],

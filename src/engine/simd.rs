@@ -189,11 +189,6 @@ impl LineBuf {
         }
         self.len = len;
     }
-
-    /// Whether the buffer has storage (a default one has none).
-    pub(crate) fn is_allocated(&self) -> bool {
-        !self.lines.is_empty()
-    }
 }
 
 impl std::ops::Deref for LineBuf {
