@@ -264,21 +264,18 @@ pub(crate) fn product_direct(
         if let Some(bias) = bias {
             b[..rows].copy_from_slice(&bias[r0..r0 + rows]);
         }
-        let bounds = clamp.unwrap_or(Clamp {
-            lo: f32::NEG_INFINITY,
-            hi: f32::INFINITY,
-        });
         let yp = &mut y[r0 * wide..(r0 + rows) * wide];
         // SAFETY: the `Avx512` token vouches for AVX-512F; `acc` holds `wide × TR` values and
         // `yp` `rows × wide`, `rows ≤ TR`.
-        let done = unsafe { x86::store_transposed(acc, wide, rows, yp, &b, bounds) };
+        let done = unsafe { x86::store_transposed(acc, wide, rows, yp, &b, clamp) };
         for (i, yrow) in yp.chunks_exact_mut(wide.max(1)).enumerate() {
             let first = if i < done.0 { done.1 } else { 0 };
             for (v, a) in yrow[first..]
                 .iter_mut()
                 .zip(acc[first * TR..].chunks_exact(TR))
             {
-                *v = (a[i] + b[i]).max(bounds.lo).min(bounds.hi);
+                let sum = a[i] + b[i];
+                *v = clamp.map_or(sum, |c| sum.max(c.lo).min(c.hi));
             }
         }
     }
@@ -812,11 +809,11 @@ mod x86 {
         }
     }
 
-    /// `y[i·pos + p] = clamp(acc[p·TR + i] + bias[i])` for the whole 16 × 16 blocks of
-    /// `rows ≤ TR` channels and `pos` positions: a direct tile's channels-last sums stored into
-    /// the output rows, 16 positions of 16 channels at a time through an in-register
-    /// transpose. Returns the rows and positions done (`rows / 16 · 16`, `pos / 16 · 16`); the
-    /// caller stores the rest.
+    /// `y[i·pos + p] = acc[p·TR + i] + bias[i]`, bounded by `clamp`, for the whole 16 × 16
+    /// blocks of `rows ≤ TR` channels and `pos` positions: a direct tile's channels-last sums
+    /// stored into the output rows, 16 positions of 16 channels at a time through an
+    /// in-register transpose. Returns the rows and positions done (`rows / 16 · 16`,
+    /// `pos / 16 · 16`); the caller stores the rest.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
@@ -827,12 +824,12 @@ mod x86 {
         rows: usize,
         y: &mut [f32],
         bias: &[f32; TR],
-        clamp: Clamp,
+        clamp: Option<Clamp>,
     ) -> (usize, usize) {
         let (r16, p16) = (rows.min(TR) / 16 * 16, pos / 16 * 16);
         assert!(acc.len() >= pos * TR && y.len() >= rows * pos);
         let (ap, yp) = (acc.as_ptr(), y.as_mut_ptr());
-        let (lo, hi) = (_mm512_set1_ps(clamp.lo), _mm512_set1_ps(clamp.hi));
+        let bounds = clamp.map(|c| (_mm512_set1_ps(c.lo), _mm512_set1_ps(c.hi)));
         for c0 in (0..r16).step_by(16) {
             for p0 in (0..p16).step_by(16) {
                 let mut v = [_mm512_setzero_ps(); 16];
@@ -845,8 +842,10 @@ mod x86 {
                     }
                     simd::transpose16_regs(&mut v);
                     for (i, v) in v.iter().enumerate() {
-                        let b = _mm512_set1_ps(bias[c0 + i]);
-                        let v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(*v, b), lo), hi);
+                        let mut v = _mm512_add_ps(*v, _mm512_set1_ps(bias[c0 + i]));
+                        if let Some((lo, hi)) = bounds {
+                            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                        }
                         _mm512_storeu_ps(yp.add((c0 + i) * pos + p0), v);
                     }
                 }
@@ -1029,7 +1028,7 @@ mod x86 {
         _: usize,
         _: &mut [f32],
         _: &[f32; TR],
-        _: Clamp,
+        _: Option<Clamp>,
     ) -> (usize, usize) {
         unreachable!("an Avx512 token is only made on x86_64")
     }
