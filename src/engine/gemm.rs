@@ -275,7 +275,7 @@ pub(crate) fn product_direct(
                 .zip(acc[first * TR..].chunks_exact(TR))
             {
                 let sum = a[i] + b[i];
-                *v = clamp.map_or(sum, |c| sum.max(c.lo).min(c.hi));
+                *v = clamp.map_or(sum, |c| c.bound(sum));
             }
         }
     }
@@ -716,7 +716,7 @@ fn micro_portable(
     init: Init<'_>,
     clamp: Option<Clamp>,
 ) {
-    let bound = |v: f32| clamp.map_or(v, |c| v.max(c.lo).min(c.hi));
+    let bound = |v: f32| clamp.map_or(v, |c| c.bound(v));
     for r0 in (0..rows).step_by(SUB_ROWS) {
         for c0 in (0..cols).step_by(SUB_COLS) {
             let mut acc = [[0f32; SUB_COLS]; SUB_ROWS];
@@ -780,8 +780,8 @@ mod x86 {
         let op = acc_out.as_mut_ptr();
         debug_assert!(taps.iter().all(|&t| t as usize <= far));
         // SAFETY: step `kk < k` reads `a[kk·TR ..][..TR]` and `x[base + taps[kk] + (p / C)·rs
-        // + (p % C)·SX]` for `p < P`, at most `reach < x.len()` (`taps[kk] ≤ far` by the contract); the tile
-        // reads and writes `acc_out[.. P·TR]` (all asserted above).
+        // + (p % C)·SX]` for `p < P`, at most `reach < x.len()` (`taps[kk] ≤ far` by the
+        // contract); the tile reads and writes `acc_out[.. P·TR]` (all asserted above).
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; P];
             if !first {

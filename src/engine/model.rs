@@ -1348,7 +1348,7 @@ impl Conv<'_> {
         match (mul, self.layer.clamp) {
             (false, Some(c)) => {
                 for (v, z) in ys.iter_mut().zip(b) {
-                    *v = (*v + z).max(c.lo).min(c.hi);
+                    *v = c.bound(*v + z);
                 }
             }
             (false, None) => ys.iter_mut().zip(b).for_each(|(v, z)| *v += z),

@@ -673,9 +673,15 @@ impl Clamp {
         }
     }
 
+    /// `v` bounded (a NaN becomes `lo`, as the vector kernels' max-then-min gives).
+    #[inline]
+    pub fn bound(self, v: f32) -> f32 {
+        v.max(self.lo).min(self.hi)
+    }
+
     /// `x`'s values bounded, where a kernel did not bound them itself.
     pub fn apply(self, x: &mut [f32]) {
-        x.iter_mut().for_each(|v| *v = v.max(self.lo).min(self.hi));
+        x.iter_mut().for_each(|v| *v = self.bound(*v));
     }
 }
 

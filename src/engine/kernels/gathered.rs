@@ -530,7 +530,7 @@ impl GatheredBatch {
                         let out = &mut yr[(oy + i) * ow + ox..][..w];
                         for (o, &v) in out.iter_mut().zip(a) {
                             *o = match clamp {
-                                Some(c) => (b + v).max(c.lo).min(c.hi),
+                                Some(c) => c.bound(b + v),
                                 None => b + v,
                             };
                         }
